@@ -1,0 +1,352 @@
+//! The command line: `maestro serve`, `migrate`, and offline administration of tenants
+//! and keys against the same store the server uses.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use chrono::{DateTime, SecondsFormat, Utc};
+use clap::{Args, Parser, Subcommand};
+use maestro_core::{ApiKey, KeyScope, Role, Tenant};
+use serde_json::json;
+
+use crate::accounts::{Accounts, expiry_after, validate_key_name};
+use crate::config::{Config, Env, LogFormat, Overrides};
+
+/// Maestro: a self-hosted agent platform.
+#[derive(Debug, Parser)]
+#[command(name = "maestro", version, about, propagate_version = true)]
+pub struct Cli {
+    /// TOML config file (default: none, or MAESTRO_CONFIG).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+/// `maestro serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (overrides MAESTRO_LISTEN and the config file).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+/// `maestro tenant …`.
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        /// Name: lowercase letters, digits and `-`.
+        name: String,
+    },
+    /// List tenants.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `maestro key …`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a key; its token is printed once on stdout.
+    Create {
+        /// Tenant the key belongs to.
+        #[arg(
+            long,
+            required_unless_present = "platform",
+            conflicts_with = "platform"
+        )]
+        tenant: Option<String>,
+        /// Role within the tenant: admin, member or viewer.
+        #[arg(
+            long,
+            required_unless_present = "platform",
+            conflicts_with = "platform"
+        )]
+        role: Option<Role>,
+        /// Create a platform-admin key (cross-tenant administration).
+        #[arg(long)]
+        platform: bool,
+        /// Label shown in listings.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Lifetime, e.g. 30d, 12h, 90m (default: never expires).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+        /// Print JSON (including the token).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (never their tokens).
+    List {
+        /// Only this tenant's keys.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        /// Key id (`key_…`).
+        id: String,
+    },
+}
+
+/// Runs a parsed command line with the environment read once by `main`.
+pub fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
+    let listen = match &cli.command {
+        Command::Serve(args) => args.listen.clone(),
+        _ => None,
+    };
+    let overrides = Overrides {
+        listen,
+        log_format: cli.log_format,
+    };
+    let config = Config::load(cli.config.as_deref(), env, &overrides)?;
+    let filter = match &cli.command {
+        Command::Serve(_) => config.log_filter.clone(),
+        // Offline commands print their results; only warnings belong on stderr.
+        _ => env
+            .get("MAESTRO_LOG")
+            .cloned()
+            .unwrap_or_else(|| "warn".to_owned()),
+    };
+    crate::telemetry::init(&filter, config.log_format).map_err(anyhow::Error::msg)?;
+    for name in &config.unknown_env {
+        tracing::warn!(variable = %name, "unknown MAESTRO_ variable ignored");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start tokio")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(_) => crate::serve(config, crate::shutdown_signal()).await,
+            Command::Migrate => migrate(&config).await,
+            Command::Tenant(command) => tenant(&open(&config).await?, command).await,
+            Command::Key(command) => key(&open(&config).await?, command).await,
+        }
+    })
+}
+
+async fn open(config: &Config) -> anyhow::Result<Accounts> {
+    crate::open_accounts(config)
+        .await
+        .with_context(|| format!("cannot open the store at {}", config.store.describe()))
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    open(config).await?;
+    println!(
+        "{} is up to date (latest migration: {})",
+        config.store.describe(),
+        crate::storage::latest_migration(&config.store)
+    );
+    Ok(())
+}
+
+async fn tenant(accounts: &Accounts, command: TenantCommand) -> anyhow::Result<()> {
+    match command {
+        TenantCommand::Create { name } => {
+            let tenant = accounts.create_tenant(&name).await?;
+            println!("{}\t{}", tenant.id, tenant.name);
+        }
+        TenantCommand::List { json } => {
+            let tenants = accounts.list_tenants().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tenants)?);
+            } else {
+                print_table(
+                    &["ID", "NAME", "CREATED"],
+                    tenants
+                        .iter()
+                        .map(|t| vec![t.id.to_string(), t.name.to_string(), time(t.created_at)]),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn key(accounts: &Accounts, command: KeyCommand) -> anyhow::Result<()> {
+    match command {
+        KeyCommand::Create {
+            tenant,
+            role,
+            platform,
+            name,
+            expires,
+            json,
+        } => {
+            let name = validate_key_name(&name).map_err(anyhow::Error::msg)?;
+            let expires_at = expires
+                .as_deref()
+                .map(|e| expiry_after(accounts.now(), e))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let (scope, tenant_name) = match (platform, tenant, role) {
+                (true, _, _) => (KeyScope::Platform, "-".to_owned()),
+                (false, Some(tenant), Some(role)) => {
+                    let tenant = accounts.tenant_named(&tenant).await?;
+                    (
+                        KeyScope::Tenant {
+                            tenant_id: tenant.id,
+                            role,
+                        },
+                        tenant.name.to_string(),
+                    )
+                }
+                _ => bail!("give --tenant and --role, or --platform"),
+            };
+            let issued = accounts.create_key(scope, name, expires_at).await?;
+            if json {
+                let mut value = key_json(&issued.key, &tenant_name, accounts.now());
+                value["token"] = json!(issued.token.expose_secret());
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                eprintln!(
+                    "created key {} ({}, {}, expires {}); the token below is shown only this once:",
+                    issued.key.id,
+                    tenant_name,
+                    role_name(&issued.key.scope),
+                    issued
+                        .key
+                        .expires_at
+                        .map_or_else(|| "never".to_owned(), time),
+                );
+                println!("{}", issued.token.expose_secret());
+            }
+        }
+        KeyCommand::List { tenant, json } => {
+            let tenants = accounts.list_tenants().await?;
+            let filter = match tenant {
+                Some(name) => Some(accounts.tenant_named(&name).await?.id),
+                None => None,
+            };
+            let keys = accounts.list_keys(filter.as_ref()).await?;
+            let now = accounts.now();
+            let tenant_of = |key: &ApiKey| tenant_name(&tenants, &key.scope);
+            if json {
+                let values: Vec<_> = keys
+                    .iter()
+                    .map(|k| key_json(k, &tenant_of(k), now))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&values)?);
+            } else {
+                print_table(
+                    &[
+                        "ID", "TENANT", "ROLE", "NAME", "PREFIX", "STATUS", "CREATED", "EXPIRES",
+                    ],
+                    keys.iter().map(|k| {
+                        vec![
+                            k.id.to_string(),
+                            tenant_of(k),
+                            role_name(&k.scope).to_owned(),
+                            k.name.clone(),
+                            k.display_prefix(),
+                            status(k, now).to_owned(),
+                            time(k.created_at),
+                            k.expires_at.map_or_else(|| "never".to_owned(), time),
+                        ]
+                    }),
+                );
+            }
+        }
+        KeyCommand::Revoke { id } => {
+            let key = accounts.revoke_key(&id, None).await?;
+            let at = key.revoked_at.map_or_else(String::new, time);
+            println!("revoked {} at {at}", key.id);
+        }
+    }
+    Ok(())
+}
+
+fn key_json(key: &ApiKey, tenant: &str, now: DateTime<Utc>) -> serde_json::Value {
+    json!({
+        "id": key.id,
+        "tenant": tenant,
+        "tenant_id": key.scope.tenant_id(),
+        "role": role_name(&key.scope),
+        "name": key.name,
+        "prefix": key.display_prefix(),
+        "status": status(key, now),
+        "created_at": key.created_at,
+        "expires_at": key.expires_at,
+        "revoked_at": key.revoked_at,
+    })
+}
+
+fn tenant_name(tenants: &[Tenant], scope: &KeyScope) -> String {
+    match scope.tenant_id() {
+        None => "-".to_owned(),
+        Some(id) => tenants
+            .iter()
+            .find(|t| t.id == *id)
+            .map_or_else(|| id.to_string(), |t| t.name.to_string()),
+    }
+}
+
+fn role_name(scope: &KeyScope) -> &'static str {
+    match scope {
+        KeyScope::Platform => "platform",
+        KeyScope::Tenant { role, .. } => role.as_str(),
+    }
+}
+
+fn status(key: &ApiKey, now: DateTime<Utc>) -> &'static str {
+    if key.revoked_at.is_some() {
+        "revoked"
+    } else if key.expires_at.is_some_and(|at| at <= now) {
+        "expired"
+    } else {
+        "active"
+    }
+}
+
+fn time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn print_table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}

@@ -1,0 +1,403 @@
+//! Configuration: defaults in code < `--config FILE` (TOML) < `MAESTRO_*` environment
+//! < command-line flags.
+//!
+//! Two stages, like the policies: [`RawConfig`] is exactly what a file may say (unknown
+//! keys rejected, a `version`), and [`Config`] is the validated, typed value the rest of
+//! the host uses. `main` reads the process environment once into a map and passes it in,
+//! so tests never touch process-wide state.
+
+mod raw;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use maestro_core::KeyToken;
+
+pub use raw::RawConfig;
+
+use crate::storage::{StoreLocation, redact_url};
+
+/// The environment, read once by `main`.
+pub type Env = BTreeMap<String, String>;
+
+/// Environment variables Maestro reads, with what they override.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    (
+        "MAESTRO_CONFIG",
+        "path of the TOML config file (like --config)",
+    ),
+    (
+        "MAESTRO_LISTEN",
+        "listen address, e.g. 0.0.0.0:8080 (listen)",
+    ),
+    (
+        "MAESTRO_DATA_DIR",
+        "data directory for the embedded store (data_dir)",
+    ),
+    (
+        "MAESTRO_DATABASE_URL",
+        "postgres://… or sqlite:PATH (database_url)",
+    ),
+    (
+        "MAESTRO_ADMIN_KEY",
+        "platform-admin key used on first start (admin_key)",
+    ),
+    (
+        "MAESTRO_LOG",
+        "log filter, e.g. info or maestro_host=debug (log.level)",
+    ),
+    ("MAESTRO_LOG_FORMAT", "human or json (log.format)"),
+    (
+        "MAESTRO_BODY_LIMIT_BYTES",
+        "largest accepted request body (http.body_limit_bytes)",
+    ),
+    (
+        "MAESTRO_CORS_ALLOW_ORIGINS",
+        "comma-separated CORS allow-list (http.cors_allow_origins)",
+    ),
+];
+
+/// The config file format version this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags that override everything else.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+}
+
+/// The validated configuration.
+#[derive(Clone, PartialEq)]
+pub struct Config {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Directory for the embedded store and, later, caches and indexes.
+    pub data_dir: PathBuf,
+    /// Where the store lives (derived from `database_url` and `data_dir`).
+    pub store: StoreLocation,
+    /// Platform-admin key to register on first start instead of generating one.
+    pub admin_key: Option<KeyToken>,
+    /// Tracing filter directives.
+    pub log_filter: String,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// Largest accepted request body, in bytes.
+    pub body_limit_bytes: usize,
+    /// Origins allowed by CORS; empty means CORS is off (no CORS headers at all).
+    pub cors_allow_origins: Vec<String>,
+    /// `MAESTRO_*` variables that were set but are not known, to warn about once
+    /// logging is up.
+    pub unknown_env: Vec<String>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("store", &self.store)
+            .field("admin_key", &self.admin_key.as_ref().map(|_| "<redacted>"))
+            .field("log_filter", &self.log_filter)
+            .field("log_format", &self.log_format)
+            .field("body_limit_bytes", &self.body_limit_bytes)
+            .field("cors_allow_origins", &self.cors_allow_origins)
+            .finish()
+    }
+}
+
+/// Why the configuration could not be loaded. Messages name the file or variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has unknown keys or wrong types.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("invalid {key} `{value}`: {reason}")]
+    Invalid {
+        /// The key or variable.
+        key: String,
+        /// The value (never a secret).
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Loads the configuration: `file` (or `MAESTRO_CONFIG`), then `env`, then `overrides`.
+    pub fn load(
+        file: Option<&Path>,
+        env: &Env,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let env_file = non_empty(env, "MAESTRO_CONFIG").map(PathBuf::from);
+        let raw = match file.map(Path::to_path_buf).or(env_file) {
+            Some(path) => RawConfig::read(&path)?,
+            None => RawConfig::default(),
+        };
+        Self::from_raw(raw, env, overrides)
+    }
+
+    /// Validates a raw config with environment and flag overrides applied on top.
+    pub fn from_raw(
+        mut raw: RawConfig,
+        env: &Env,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        raw.apply_env(env)?;
+        if let Some(listen) = &overrides.listen {
+            raw.listen = Some(listen.clone());
+        }
+        let version = raw.version.unwrap_or(CONFIG_VERSION);
+        if version != CONFIG_VERSION {
+            return Err(invalid(
+                "version",
+                version,
+                format!("this build reads config version {CONFIG_VERSION}"),
+            ));
+        }
+        let listen_text = raw.listen.unwrap_or_else(|| raw::DEFAULT_LISTEN.to_owned());
+        let listen = listen_text.parse::<SocketAddr>().map_err(|e| {
+            invalid(
+                "listen",
+                &listen_text,
+                format!("{e} (expected HOST:PORT, e.g. 127.0.0.1:8080)"),
+            )
+        })?;
+        let data_dir = raw
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(raw::DEFAULT_DATA_DIR));
+        let store =
+            StoreLocation::resolve(raw.database_url.as_deref(), &data_dir).map_err(|e| {
+                invalid(
+                    "database_url",
+                    redact_url(raw.database_url.as_deref().unwrap_or("")),
+                    e.to_string(),
+                )
+            })?;
+        let admin_key = raw
+            .admin_key
+            .as_deref()
+            .map(KeyToken::parse)
+            .transpose()
+            .map_err(|e| invalid("admin_key", "<redacted>", e.to_string()))?;
+        let log_format = match overrides.log_format {
+            Some(format) => format,
+            None => match raw.log.format.as_deref() {
+                None | Some("human") => LogFormat::Human,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(invalid(
+                        "log.format",
+                        other,
+                        "expected human or json".into(),
+                    ));
+                }
+            },
+        };
+        let body_limit_bytes = raw.http.body_limit_bytes.unwrap_or(raw::DEFAULT_BODY_LIMIT);
+        if !(1024..=(256 << 20)).contains(&body_limit_bytes) {
+            return Err(invalid(
+                "http.body_limit_bytes",
+                body_limit_bytes,
+                "must be between 1 KiB and 256 MiB".into(),
+            ));
+        }
+        let cors_allow_origins = raw.http.cors_allow_origins.unwrap_or_default();
+        for origin in &cors_allow_origins {
+            validate_origin(origin)?;
+        }
+        let unknown_env = env
+            .keys()
+            .filter(|k| k.starts_with("MAESTRO_") && !ENV_VARS.iter().any(|(known, _)| known == k))
+            .cloned()
+            .collect();
+        Ok(Self {
+            listen,
+            data_dir,
+            store,
+            admin_key,
+            log_filter: raw
+                .log
+                .level
+                .unwrap_or_else(|| raw::DEFAULT_LOG_LEVEL.to_owned()),
+            log_format,
+            body_limit_bytes,
+            cors_allow_origins,
+            unknown_env,
+        })
+    }
+}
+
+fn validate_origin(origin: &str) -> Result<(), ConfigError> {
+    let shape_ok = (origin.starts_with("https://") || origin.starts_with("http://"))
+        && !origin
+            .trim_end_matches('/')
+            .contains(|c: char| c == '*' || c.is_whitespace())
+        && origin
+            .split("://")
+            .nth(1)
+            .is_some_and(|host| !host.is_empty() && !host.contains('/'));
+    if shape_ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "http.cors_allow_origins",
+            origin,
+            "expected an origin like https://app.example.com (no path, no wildcard)".into(),
+        ))
+    }
+}
+
+fn invalid(key: &str, value: impl fmt::Display, reason: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        value: value.to_string(),
+        reason,
+    }
+}
+
+/// A variable's value, treating an empty value as unset (as compose files often do).
+pub(crate) fn non_empty<'a>(env: &'a Env, key: &str) -> Option<&'a str> {
+    env.get(key)
+        .map(String::as_str)
+        .filter(|v| !v.trim().is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_use_embedded_sqlite_under_data() {
+        let config =
+            Config::load(None, &Env::new(), &Overrides::default()).expect("defaults are valid");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            config.store,
+            StoreLocation::Sqlite(PathBuf::from("data/maestro.db"))
+        );
+        assert_eq!(config.log_format, LogFormat::Human);
+        assert!(config.cors_allow_origins.is_empty());
+    }
+
+    #[test]
+    fn env_overrides_file_and_flags_override_env() {
+        let raw =
+            RawConfig::parse("listen = \"127.0.0.1:1\"\n", Path::new("t.toml")).expect("parses");
+        let env = env(&[
+            ("MAESTRO_LISTEN", "127.0.0.1:2"),
+            ("MAESTRO_LOG_FORMAT", "json"),
+        ]);
+        let config = Config::from_raw(raw.clone(), &env, &Overrides::default()).expect("valid");
+        assert_eq!(config.listen.port(), 2);
+        assert_eq!(config.log_format, LogFormat::Json);
+        let flags = Overrides {
+            listen: Some("127.0.0.1:3".into()),
+            log_format: Some(LogFormat::Human),
+        };
+        let config = Config::from_raw(raw, &env, &flags).expect("valid");
+        assert_eq!(config.listen.port(), 3);
+        assert_eq!(config.log_format, LogFormat::Human);
+    }
+
+    #[test]
+    fn empty_env_values_count_as_unset() {
+        let config = Config::load(
+            None,
+            &env(&[("MAESTRO_DATABASE_URL", "")]),
+            &Overrides::default(),
+        )
+        .expect("valid");
+        assert!(matches!(config.store, StoreLocation::Sqlite(_)));
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let env = env(&[
+            (
+                "MAESTRO_DATABASE_URL",
+                "postgres://maestro:hunter2@db/maestro",
+            ),
+            (
+                "MAESTRO_ADMIN_KEY",
+                "mk_0123456789abcdefghijABCDEFGHIJ0123456789",
+            ),
+        ]);
+        let shown = format!(
+            "{:?}",
+            Config::load(None, &env, &Overrides::default()).expect("valid")
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("0123456789abcdefghij"), "{shown}");
+    }
+
+    #[test]
+    fn rejects_bad_values_naming_the_key() {
+        let cases = [
+            ("MAESTRO_LISTEN", "nonsense", "listen"),
+            ("MAESTRO_ADMIN_KEY", "sk_live_123", "admin_key"),
+            ("MAESTRO_LOG_FORMAT", "xml", "log.format"),
+            ("MAESTRO_BODY_LIMIT_BYTES", "12", "http.body_limit_bytes"),
+            (
+                "MAESTRO_BODY_LIMIT_BYTES",
+                "lots",
+                "MAESTRO_BODY_LIMIT_BYTES",
+            ),
+            ("MAESTRO_CORS_ALLOW_ORIGINS", "*", "http.cors_allow_origins"),
+            ("MAESTRO_DATABASE_URL", "mysql://x", "database_url"),
+        ];
+        for (var, value, key) in cases {
+            let err =
+                Config::load(None, &env(&[(var, value)]), &Overrides::default()).expect_err(value);
+            assert!(err.to_string().contains(key), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn reports_unknown_maestro_variables() {
+        let config = Config::load(
+            None,
+            &env(&[("MAESTRO_LISTNE", "x"), ("HOME", "/root")]),
+            &Overrides::default(),
+        )
+        .expect("valid");
+        assert_eq!(config.unknown_env, vec!["MAESTRO_LISTNE".to_owned()]);
+    }
+}

@@ -1,0 +1,114 @@
+//! The config file as written: every key optional, unknown keys rejected.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{ConfigError, Env, non_empty};
+
+pub(super) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub(super) const DEFAULT_DATA_DIR: &str = "data";
+pub(super) const DEFAULT_LOG_LEVEL: &str = "info";
+pub(super) const DEFAULT_BODY_LIMIT: usize = 1 << 20;
+
+/// The raw config file. See `config/maestro.toml` for every key and its default.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Format version; 1 for this build.
+    pub version: Option<u32>,
+    /// Listen address.
+    pub listen: Option<String>,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Database URL; unset means embedded SQLite under `data_dir`.
+    pub database_url: Option<String>,
+    /// Platform-admin key for first start.
+    pub admin_key: Option<String>,
+    /// `[log]`.
+    #[serde(default)]
+    pub log: RawLog,
+    /// `[http]`.
+    #[serde(default)]
+    pub http: RawHttp,
+}
+
+/// `[log]` section.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// Filter directives.
+    pub level: Option<String>,
+    /// `human` or `json`.
+    pub format: Option<String>,
+}
+
+/// `[http]` section.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// Largest accepted request body.
+    pub body_limit_bytes: Option<usize>,
+    /// CORS allow-list.
+    pub cors_allow_origins: Option<Vec<String>>,
+}
+
+impl RawConfig {
+    /// Reads and parses a config file.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text; `path` is for messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Applies `MAESTRO_*` variables on top of the file.
+    pub(super) fn apply_env(&mut self, env: &Env) -> Result<(), ConfigError> {
+        let get = |key| non_empty(env, key).map(str::to_owned);
+        if let Some(v) = get("MAESTRO_LISTEN") {
+            self.listen = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_DATA_DIR") {
+            self.data_dir = Some(v.into());
+        }
+        if let Some(v) = get("MAESTRO_DATABASE_URL") {
+            self.database_url = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_ADMIN_KEY") {
+            self.admin_key = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_LOG") {
+            self.log.level = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_LOG_FORMAT") {
+            self.log.format = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_BODY_LIMIT_BYTES") {
+            let bytes = v.trim().parse().map_err(|_| ConfigError::Invalid {
+                key: "MAESTRO_BODY_LIMIT_BYTES".into(),
+                value: v.clone(),
+                reason: "expected a number of bytes".into(),
+            })?;
+            self.http.body_limit_bytes = Some(bytes);
+        }
+        if let Some(v) = get("MAESTRO_CORS_ALLOW_ORIGINS") {
+            let origins = v
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned)
+                .collect();
+            self.http.cors_allow_origins = Some(origins);
+        }
+        Ok(())
+    }
+}

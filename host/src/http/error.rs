@@ -1,0 +1,202 @@
+//! The one JSON error shape, `{"error":{"code":"…","message":"…"}}`, and the one table
+//! of stable codes mapped to HTTP statuses. Clients match on `code`, never on messages.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::accounts::{AccountsError, AuthError};
+
+/// Every error code the API returns. Adding a code is a compatible change; renaming or
+/// removing one is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body is not valid JSON.
+    InvalidJson,
+    /// The JSON is well formed but does not fit the request (unknown or missing field,
+    /// wrong type, invalid value).
+    InvalidRequest,
+    /// The request needs `Content-Type: application/json`.
+    UnsupportedMediaType,
+    /// The body exceeds the configured limit.
+    PayloadTooLarge,
+    /// No valid API key.
+    Unauthorized,
+    /// The key is valid but may not do this.
+    Forbidden,
+    /// No such route or resource (or not visible to this caller).
+    NotFound,
+    /// The route exists but not for this method.
+    MethodNotAllowed,
+    /// The resource already exists.
+    Conflict,
+    /// A dependency (the store) is not available.
+    Unavailable,
+    /// An unexpected failure; details are logged, not returned.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status for this code.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::InvalidJson => StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An error answered to a client.
+#[derive(Debug)]
+pub struct ApiError {
+    code: ErrorCode,
+    message: String,
+    www_authenticate: Option<&'static str>,
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Code and message of an error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with a code and a message for the client.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            www_authenticate: None,
+        }
+    }
+
+    /// A server-side failure: logged here once with its cause chain, answered with a
+    /// generic message.
+    pub fn internal(code: ErrorCode, err: &(dyn std::error::Error + 'static)) -> Self {
+        let mut chain = err.to_string();
+        let mut source = err.source();
+        while let Some(cause) = source {
+            chain.push_str(": ");
+            chain.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        tracing::error!(error = %chain, code = ?code, "request failed");
+        let message = match code {
+            ErrorCode::Unavailable => "the store is not available, try again later",
+            _ => "internal error",
+        };
+        Self::new(code, message)
+    }
+
+    /// A 401 with the `WWW-Authenticate` challenge RFC 6750 asks for.
+    pub fn unauthorized(err: AuthError) -> Self {
+        let challenge = match err {
+            AuthError::Missing => r#"Bearer realm="maestro""#,
+            _ => r#"Bearer realm="maestro", error="invalid_token""#,
+        };
+        Self {
+            www_authenticate: Some(challenge),
+            ..Self::new(ErrorCode::Unauthorized, err.to_string())
+        }
+    }
+
+    /// The error's code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
+        let mut response = (self.code.status(), Json(body)).into_response();
+        if let Some(challenge) = self.www_authenticate {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        response
+    }
+}
+
+impl From<AccountsError> for ApiError {
+    fn from(err: AccountsError) -> Self {
+        let code = match &err {
+            AccountsError::InvalidName(_) | AccountsError::ExpiryInPast(_) => {
+                ErrorCode::InvalidRequest
+            }
+            AccountsError::TenantNotFound(_) | AccountsError::KeyNotFound(_) => ErrorCode::NotFound,
+            AccountsError::TenantExists(_) => ErrorCode::Conflict,
+            AccountsError::Store(maestro_core::StoreError::Backend(_)) => {
+                return Self::internal(ErrorCode::Unavailable, &err);
+            }
+            AccountsError::Store(_) => return Self::internal(ErrorCode::Internal, &err),
+        };
+        Self::new(code, err.to_string())
+    }
+}
+
+impl From<maestro_core::AccessError> for ApiError {
+    fn from(err: maestro_core::AccessError) -> Self {
+        Self::new(ErrorCode::Forbidden, err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_serialises_to_its_snake_case_name_and_a_4xx_or_5xx() {
+        let codes = [
+            ErrorCode::InvalidJson,
+            ErrorCode::InvalidRequest,
+            ErrorCode::UnsupportedMediaType,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::NotFound,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::Conflict,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+        ];
+        for code in codes {
+            let name = serde_json::to_value(code).expect("serialises");
+            let name = name.as_str().expect("a string");
+            assert!(
+                name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{name}"
+            );
+            assert!(code.status().is_client_error() || code.status().is_server_error());
+        }
+    }
+}

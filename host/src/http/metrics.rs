@@ -1,0 +1,159 @@
+//! Prometheus metrics: requests by route, method and status, and a latency histogram
+//! by route. Routes are the matched templates (`/v1/keys/{id}`), never raw paths, so the
+//! label set stays bounded whatever clients send.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// The registry. Cheap to update: one uncontended lock per request.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    requests: BTreeMap<(String, String, u16), u64>,
+    latency: BTreeMap<String, Histogram>,
+}
+
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Metrics {
+    fn record(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *inner
+            .requests
+            .entry((method.to_owned(), route.to_owned(), status))
+            .or_default() += 1;
+        let histogram = inner.latency.entry(route.to_owned()).or_default();
+        histogram.count += 1;
+        histogram.sum += seconds;
+        for (bucket, bound) in histogram.buckets.iter_mut().zip(BUCKETS) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+    }
+
+    /// The registry in Prometheus text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = String::new();
+        out.push_str(
+            "# HELP maestro_build_info Build information.\n# TYPE maestro_build_info gauge\n",
+        );
+        let _ = writeln!(
+            out,
+            "maestro_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        out.push_str(
+            "# HELP maestro_http_requests_total HTTP requests by route, method and status.\n",
+        );
+        out.push_str("# TYPE maestro_http_requests_total counter\n");
+        for ((method, route, status), count) in &inner.requests {
+            let _ = writeln!(
+                out,
+                "maestro_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {count}"
+            );
+        }
+        out.push_str(
+            "# HELP maestro_http_request_duration_seconds HTTP request latency by route.\n",
+        );
+        out.push_str("# TYPE maestro_http_request_duration_seconds histogram\n");
+        for (route, h) in &inner.latency {
+            for (bound, count) in BUCKETS.iter().zip(h.buckets) {
+                let _ = writeln!(
+                    out,
+                    "maestro_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "maestro_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "maestro_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "maestro_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                h.count
+            );
+        }
+        out
+    }
+}
+
+/// Middleware recording every request.
+pub(super) async fn track(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    metrics.record(&method, &route, status, elapsed.as_secs_f64());
+    tracing::debug!(%method, %route, status, micros = elapsed.as_micros(), "request");
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_cumulative_buckets() {
+        let metrics = Metrics::default();
+        metrics.record("GET", "/healthz", 200, 0.0007);
+        metrics.record("GET", "/healthz", 200, 0.2);
+        let text = metrics.render();
+        assert!(text.contains(
+            "maestro_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 2"
+        ));
+        assert!(text.contains(
+            "maestro_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.0005\"} 0"
+        ));
+        assert!(text.contains(
+            "maestro_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.001\"} 1"
+        ));
+        assert!(text.contains(
+            "maestro_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.25\"} 2"
+        ));
+        assert!(text.contains("maestro_http_request_duration_seconds_count{route=\"/healthz\"} 2"));
+    }
+}

@@ -1,0 +1,151 @@
+//! The HTTP API (the only module that uses axum).
+//!
+//! Public: `/healthz`, `/readyz`, `/metrics`, `/v1/openapi.json`. Everything else under
+//! `/v1` passes the bearer middleware first. Errors share one JSON shape ([`error`]).
+
+pub mod admin;
+mod auth;
+pub mod error;
+mod extract;
+pub mod health;
+pub mod metrics;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, header};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router, middleware};
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use crate::accounts::Accounts;
+use error::{ApiError, ErrorCode};
+pub use metrics::Metrics;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Tenants and keys.
+    pub accounts: Accounts,
+    /// Request metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// HTTP settings from the validated config.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Largest accepted request body.
+    pub body_limit_bytes: usize,
+    /// CORS allow-list; empty turns CORS off.
+    pub cors_allow_origins: Vec<String>,
+}
+
+/// The OpenAPI document, generated from the handlers' annotations.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "Maestro API", description = "Self-hosted agent platform: tenants, keys, and (in later versions) tools, runs, credits and memory."),
+    paths(
+        health::healthz, health::readyz, health::metrics,
+        admin::create_tenant, admin::list_tenants,
+        admin::create_key, admin::list_keys, admin::revoke_key,
+    ),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "health", description = "liveness, readiness, metrics"),
+        (name = "tenants", description = "tenants (platform admin)"),
+        (name = "keys", description = "API keys (tenant admin)"),
+    )
+)]
+pub struct ApiDoc;
+
+#[derive(Debug)]
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("mk_…")
+            .build();
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this route",
+    )
+}
+
+/// The application's router.
+pub fn router(state: AppState, settings: &HttpSettings) -> Router {
+    let authenticated = Router::new()
+        .route(
+            "/tenants",
+            post(admin::create_tenant).get(admin::list_tenants),
+        )
+        .route("/keys", post(admin::create_key).get(admin::list_keys))
+        .route("/keys/{id}", delete(admin::revoke_key))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_caller,
+        ));
+    let v1 = authenticated.route("/openapi.json", get(openapi));
+    let mut app = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ));
+    if !settings.cors_allow_origins.is_empty() {
+        let origins = settings
+            .cors_allow_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok());
+        let cors = CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
+        app = app.layer(cors);
+    }
+    app.with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then drains in-flight
+/// requests.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
+    let listener = listener.tap_io(|tcp| {
+        // Small request/response exchanges must not wait on Nagle's algorithm.
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::warn!(%err, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,107 @@
+//! `maestro-host`: the adapters around `maestro-core` and the composition root.
+//!
+//! This file is the only place that names concrete adapters (which store, which clock);
+//! everything else receives ports. See `ARCHITECTURE.md` for the module map.
+
+pub mod accounts;
+pub mod cli;
+pub mod config;
+pub mod http;
+mod random;
+pub mod storage;
+pub mod telemetry;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use accounts::{Accounts, Bootstrap, SystemClock};
+use config::Config;
+use maestro_core::StoreError;
+
+/// Opens the configured store (migrating it) and builds the account use-cases on it.
+pub async fn open_accounts(config: &Config) -> Result<Accounts, StoreError> {
+    let store = storage::open(&config.store).await?;
+    Ok(Accounts::new(store, Arc::new(SystemClock)))
+}
+
+/// The HTTP settings from the config.
+pub fn http_settings(config: &Config) -> http::HttpSettings {
+    http::HttpSettings {
+        body_limit_bytes: config.body_limit_bytes,
+        cors_allow_origins: config.cors_allow_origins.clone(),
+    }
+}
+
+/// `maestro serve`: opens the store, bootstraps the first admin key, and serves HTTP
+/// until `shutdown` completes.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let accounts = open_accounts(&config)
+        .await
+        .with_context(|| format!("cannot open the store at {}", config.store.describe()))?;
+    report_bootstrap(accounts.bootstrap(config.admin_key.as_ref()).await?);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    let state = http::AppState {
+        accounts,
+        metrics: Arc::default(),
+    };
+    let app = http::router(state, &http_settings(&config));
+    tracing::info!(%address, store = %config.store.describe(), "maestro listening on http://{address}");
+    http::serve(listener, app, shutdown).await?;
+    tracing::info!("maestro stopped");
+    Ok(())
+}
+
+fn report_bootstrap(bootstrap: Bootstrap) {
+    match bootstrap {
+        Bootstrap::AlreadyDone => {}
+        Bootstrap::RegisteredConfiguredKey(key) => {
+            tracing::info!(key_id = %key.id, prefix = %key.display_prefix(), "registered MAESTRO_ADMIN_KEY as the platform-admin key");
+        }
+        Bootstrap::Generated(issued) => {
+            tracing::info!(key_id = %issued.key.id, prefix = %issued.key.display_prefix(), "created the platform-admin key");
+            // The token goes to stdout, never to the log.
+            println!(
+                "\nFirst start: created a platform-admin key. It is shown only this once:\n\n    {}\n\n\
+                 Send it as `Authorization: Bearer <key>`. Keep it in a secret store; lose it and you\n\
+                 can create another offline with `maestro key create --platform`.\n",
+                issued.token.expose_secret()
+            );
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(%err, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested, draining requests");
+}

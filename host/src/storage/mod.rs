@@ -1,0 +1,168 @@
+//! Storage adapters (the only module that uses sqlx).
+//!
+//! One adapter per backend — [`sqlite::SqliteStore`] (the embedded default) and
+//! [`postgres::PostgresStore`] — both implementing the core ports. Queries that are the
+//! same SQL on both backends are written once in [`shared`]; a backend file holds only
+//! what differs (connecting, pragmas, migrations, and later backend-specific queries such
+//! as `FOR UPDATE SKIP LOCKED`). Migrations live in `migrations/{sqlite,postgres}` at the
+//! workspace root and are embedded in the binary.
+
+pub mod postgres;
+mod shared;
+pub mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use maestro_core::{Store, StoreError};
+
+/// Where the store lives, parsed from config.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// An SQLite file, created if missing.
+    Sqlite(std::path::PathBuf),
+    /// A Postgres server (`postgres://…` URL).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            StoreLocation::Postgres(url) => write!(f, "{}", redact_url(url)),
+        }
+    }
+}
+
+impl StoreLocation {
+    /// Resolves the store from an optional database URL and the data directory: no URL
+    /// means the embedded SQLite file `maestro.db` under the data directory.
+    pub fn resolve(database_url: Option<&str>, data_dir: &Path) -> Result<Self, StoreError> {
+        match database_url {
+            None => Ok(Self::Sqlite(data_dir.join("maestro.db"))),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Self::Postgres(url.to_owned()))
+            }
+            Some(url) => match url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+            {
+                Some(path) if !path.is_empty() => Ok(Self::Sqlite(path.into())),
+                _ => Err(StoreError::Backend(
+                    format!(
+                        "unsupported database url `{}`: use postgres://… or sqlite:PATH",
+                        redact_url(url)
+                    )
+                    .into(),
+                )),
+            },
+        }
+    }
+
+    /// A description safe to print (no password).
+    pub fn describe(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+/// Opens the store and applies pending migrations.
+pub async fn open(location: &StoreLocation) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match location {
+        StoreLocation::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path).await?),
+        StoreLocation::Postgres(url) => Arc::new(postgres::PostgresStore::open(url).await?),
+    })
+}
+
+/// Replaces the password in a URL's user-info with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_owned()
+            };
+            format!("{scheme}://{masked}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// What a backend adapter names for the shared queries in [`shared`].
+trait Backend {
+    /// The sqlx database driver.
+    type Db: sqlx::Database;
+}
+
+/// The newest migration this binary carries, e.g. `1 tenants and keys`.
+pub fn latest_migration(location: &StoreLocation) -> String {
+    let migrator = match location {
+        StoreLocation::Sqlite(_) => &sqlite::MIGRATOR,
+        StoreLocation::Postgres(_) => &postgres::MIGRATOR,
+    };
+    migrator.iter().last().map_or_else(
+        || "none".to_owned(),
+        |m| format!("{} {}", m.version, m.description),
+    )
+}
+
+/// Maps a sqlx error to the port's error, naming what conflicted or was missing.
+fn map_err(what: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+    move |err| match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(what.to_owned())
+        }
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+            StoreError::NotFound(format!("a row referenced by {what}"))
+        }
+        _ => StoreError::Backend(Box::new(err)),
+    }
+}
+
+fn backend_err(err: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Backend(Box::new(err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_but_keeps_the_rest() {
+        assert_eq!(
+            redact_url("postgres://u:secret@db:5432/m"),
+            "postgres://u:***@db:5432/m"
+        );
+        assert_eq!(redact_url("postgres://u@db/m"), "postgres://u@db/m");
+        assert_eq!(redact_url("postgres://db/m?x=@"), "postgres://db/m?x=@");
+        assert_eq!(
+            redact_url("postgres://u:p@ss@db/m"),
+            "postgres://u:***@db/m"
+        );
+    }
+
+    #[test]
+    fn resolves_locations() {
+        let dir = Path::new("/d");
+        assert_eq!(
+            StoreLocation::resolve(None, dir).ok(),
+            Some(StoreLocation::Sqlite("/d/maestro.db".into()))
+        );
+        assert_eq!(
+            StoreLocation::resolve(Some("sqlite:/x/y.db"), dir).ok(),
+            Some(StoreLocation::Sqlite("/x/y.db".into()))
+        );
+        assert!(matches!(
+            StoreLocation::resolve(Some("postgresql://h/db"), dir),
+            Ok(StoreLocation::Postgres(_))
+        ));
+        assert!(StoreLocation::resolve(Some("mysql://h/db"), dir).is_err());
+        assert!(StoreLocation::resolve(Some("sqlite:"), dir).is_err());
+    }
+}

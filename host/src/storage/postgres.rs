@@ -1,0 +1,61 @@
+//! Postgres (with pgvector), for deployments that want a server database or several
+//! replicas.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use maestro_core::{Store, StoreError};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+use super::shared::impl_shared_queries;
+use super::{Backend, backend_err};
+
+/// Migrations for Postgres, embedded at build time. The first one creates the `vector`
+/// extension.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// Store on a Postgres database.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl Backend for PostgresStore {
+    type Db = sqlx::Postgres;
+}
+
+impl PostgresStore {
+    /// Connects and applies migrations (sqlx serialises concurrent migrators with an
+    /// advisory lock, so replicas may start together).
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(backend_err)?;
+        MIGRATOR.run(&pool).await.map_err(backend_err)?;
+        Ok(Self { pool })
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        self.pool.begin().await.map_err(backend_err)
+    }
+}
+
+impl_shared_queries!(PostgresStore);
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(backend_err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,78 @@
+//! The embedded default: one SQLite file under the data directory, WAL mode.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use maestro_core::{Store, StoreError};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use super::shared::impl_shared_queries;
+use super::{Backend, backend_err};
+
+/// Migrations for SQLite, embedded at build time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// Store on an SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl Backend for SqliteStore {
+    type Db = sqlx::Sqlite;
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(backend_err)?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(backend_err)?
+            .filename(path)
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Money and keys live here: a commit that returned is on disk.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(backend_err)?;
+        MIGRATOR.run(&pool).await.map_err(backend_err)?;
+        Ok(Self { pool })
+    }
+
+    /// A write transaction that takes SQLite's write lock up front (`BEGIN IMMEDIATE`),
+    /// so two writers queue on the busy timeout instead of failing on lock upgrade.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend_err)
+    }
+}
+
+impl_shared_queries!(SqliteStore);
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(backend_err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,33 @@
+-- Tenants and API keys. Timestamps are RFC 3339 text in UTC with millisecond
+-- precision (written by the host), so they sort as text.
+
+CREATE TABLE tenants (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    created_at  TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE api_keys (
+    id          TEXT PRIMARY KEY,
+    -- NULL for platform-admin keys, which act across tenants.
+    tenant_id   TEXT REFERENCES tenants (id) ON DELETE CASCADE,
+    role        TEXT NOT NULL CHECK (role IN ('platform', 'admin', 'member', 'viewer')),
+    name        TEXT NOT NULL,
+    -- Public lookup prefix (8 characters after `mk_`); the token itself is never stored.
+    prefix      TEXT NOT NULL UNIQUE,
+    -- SHA-256 of the whole token.
+    hash        BLOB NOT NULL CHECK (length(hash) = 32),
+    created_at  TEXT NOT NULL,
+    expires_at  TEXT,
+    revoked_at  TEXT,
+    CHECK ((role = 'platform') = (tenant_id IS NULL))
+) STRICT;
+
+CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id, created_at);
+
+-- One row once the first platform-admin key has been created, so that two servers
+-- starting on one empty store cannot both create one.
+CREATE TABLE bootstrap (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    done_at  TEXT NOT NULL
+) STRICT;
