@@ -34,6 +34,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Exit 0 if the server at the configured listen address answers /healthz (for
+    /// container health checks; needs no curl).
+    Healthcheck(HealthcheckArgs),
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -48,6 +51,14 @@ pub struct ServeArgs {
     /// Address to listen on (overrides MAESTRO_LISTEN and the config file).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+}
+
+/// `maestro healthcheck`.
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// Address to probe (default: the configured listen address; 0.0.0.0 means 127.0.0.1).
+    #[arg(long, value_name = "ADDR")]
+    pub address: Option<std::net::SocketAddr>,
 }
 
 /// `maestro tenant …`.
@@ -133,6 +144,9 @@ pub fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
             .cloned()
             .unwrap_or_else(|| "warn".to_owned()),
     };
+    if let Command::Healthcheck(args) = &cli.command {
+        return healthcheck(args.address.unwrap_or(config.listen));
+    }
     crate::telemetry::init(&filter, config.log_format).map_err(anyhow::Error::msg)?;
     for name in &config.unknown_env {
         tracing::warn!(variable = %name, "unknown MAESTRO_ variable ignored");
@@ -145,10 +159,43 @@ pub fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(_) => crate::serve(config, crate::shutdown_signal()).await,
             Command::Migrate => migrate(&config).await,
+            Command::Healthcheck(_) => unreachable!("answered before the runtime starts"),
             Command::Tenant(command) => tenant(&open(&config).await?, command).await,
             Command::Key(command) => key(&open(&config).await?, command).await,
         }
     })
+}
+
+/// A minimal HTTP/1.0 probe of `/healthz` with std only, so the runtime image needs no
+/// HTTP client.
+fn healthcheck(mut address: std::net::SocketAddr) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    if address.ip().is_unspecified() {
+        address.set_ip(if address.is_ipv4() {
+            [127, 0, 0, 1].into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let timeout = std::time::Duration::from_secs(3);
+    let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)
+        .with_context(|| format!("cannot connect to {address}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut reply = Vec::new();
+    stream.take(4096).read_to_end(&mut reply)?;
+    let status_line = String::from_utf8_lossy(&reply)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    if status_line.split_whitespace().nth(1) == Some("200") {
+        println!("healthy: {address}");
+        Ok(())
+    } else {
+        bail!("unhealthy: {address} answered `{status_line}`")
+    }
 }
 
 async fn open(config: &Config) -> anyhow::Result<Accounts> {

@@ -37,7 +37,7 @@ impl std::fmt::Debug for StoreLocation {
 impl StoreLocation {
     /// Resolves the store from an optional database URL and the data directory: no URL
     /// means the embedded SQLite file `maestro.db` under the data directory.
-    pub fn resolve(database_url: Option<&str>, data_dir: &Path) -> Result<Self, StoreError> {
+    pub fn resolve(database_url: Option<&str>, data_dir: &Path) -> Result<Self, String> {
         match database_url {
             None => Ok(Self::Sqlite(data_dir.join("maestro.db"))),
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
@@ -48,13 +48,7 @@ impl StoreLocation {
                 .or_else(|| url.strip_prefix("sqlite:"))
             {
                 Some(path) if !path.is_empty() => Ok(Self::Sqlite(path.into())),
-                _ => Err(StoreError::Backend(
-                    format!(
-                        "unsupported database url `{}`: use postgres://… or sqlite:PATH",
-                        redact_url(url)
-                    )
-                    .into(),
-                )),
+                _ => Err("unsupported database url: use postgres://… or sqlite:PATH".to_owned()),
             },
         }
     }

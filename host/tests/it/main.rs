@@ -1,1 +1,13 @@
+//! The one integration-test binary. Every test that touches a store runs once per
+//! backend (module paths `…::sqlite::…` and `…::postgres::…`): SQLite in a temporary
+//! file, Postgres in a fresh database on the server named by `TEST_DATABASE_URL` (the
+//! README's test command provisions one). Without that variable the Postgres tests fail
+//! loudly instead of being skipped.
 
+mod architecture;
+mod config_files;
+mod harness;
+mod http_api;
+mod packaging;
+mod process;
+mod storage;

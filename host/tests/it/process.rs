@@ -1,0 +1,446 @@
+//! The real `maestro` binary over real sockets on 127.0.0.1: first start, the admin
+//! flows, graceful shutdown on SIGTERM, restart on the same store, and the offline CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{Backend, TestDb, backend_tests};
+
+backend_tests!(
+    serves_the_admin_flow_and_keeps_it_across_restarts,
+    offline_cli_manages_the_same_store_as_the_server,
+    registers_the_configured_admin_key_on_first_start,
+);
+
+/// A `maestro` command with a clean environment pointing at `db`.
+fn maestro(db: &TestDb, backend: Backend) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_maestro"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    command.env("MAESTRO_DATA_DIR", db.dir().join("data"));
+    if backend == Backend::Postgres {
+        command.env("MAESTRO_DATABASE_URL", &db.url);
+    }
+    command
+}
+
+fn run(mut command: Command) -> Output {
+    let output = command.output().expect("maestro runs");
+    assert!(
+        output.status.success(),
+        "maestro failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).expect("utf-8")
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Server {
+    async fn start(mut command: Command, dir: &Path, run: u32) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let stdout = dir.join(format!("stdout-{run}.txt"));
+        let stderr = dir.join(format!("stderr-{run}.txt"));
+        let child = command
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("maestro serve starts");
+        let mut server = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            stdout,
+            stderr,
+        };
+        server.wait_healthy().await;
+        server
+    }
+
+    async fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let client = reqwest::Client::new();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll child") {
+                panic!("maestro exited early ({status}):\n{}", self.stderr_text());
+            }
+            if let Ok(reply) = client.get(format!("{}/healthz", self.base)).send().await
+                && reply.status() == StatusCode::OK
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "maestro did not become healthy:\n{}",
+                self.stderr_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn stdout_text(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// The platform-admin token printed on first start.
+    fn bootstrap_token(&self) -> String {
+        find_token(&self.stdout_text())
+            .unwrap_or_else(|| panic!("no key printed:\n{}", self.stdout_text()))
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let reply = request.send().await.expect("request");
+        let status = reply.status();
+        (status, reply.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Sends SIGTERM and expects a clean exit.
+    async fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .expect("kill")
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll child") {
+                assert!(
+                    status.success(),
+                    "maestro exited with {status}:\n{}",
+                    self.stderr_text()
+                );
+                return self.stderr_text();
+            }
+            assert!(Instant::now() < deadline, "maestro did not stop on SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_token(text: &str) -> Option<String> {
+    text.split_whitespace()
+        .find(|w| w.starts_with("mk_"))
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                .to_owned()
+        })
+}
+
+async fn serves_the_admin_flow_and_keeps_it_across_restarts(backend: Backend) {
+    use reqwest::Method;
+    let db = TestDb::new(backend).await;
+    let server = Server::start(maestro(&db, backend), &db.dir(), 1).await;
+    let platform = server.bootstrap_token();
+    let log = server.stderr_text();
+    assert!(
+        log.contains("listening") && log.contains(&server.base[7..]),
+        "startup names the address:\n{log}"
+    );
+    let store_word = if backend == Backend::Sqlite {
+        "sqlite:"
+    } else {
+        "postgres://"
+    };
+    assert!(log.contains(store_word), "startup names the store:\n{log}");
+    assert!(!log.contains(&platform), "the key never reaches the log");
+
+    let (status, _) = server
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            &platform,
+            Some(json!({ "name": "acme" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, admin) = server
+        .call(
+            Method::POST,
+            "/v1/keys",
+            &platform,
+            Some(json!({ "tenant": "acme", "role": "admin" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let admin = admin["token"].as_str().expect("token").to_owned();
+    let (_, member) = server
+        .call(
+            Method::POST,
+            "/v1/keys",
+            &admin,
+            Some(json!({ "role": "member" })),
+        )
+        .await;
+    let member_id = member["key"]["id"].as_str().expect("id").to_owned();
+    let member = member["token"].as_str().expect("token").to_owned();
+    assert_eq!(
+        server.call(Method::GET, "/v1/keys", &member, None).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, _) = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/keys/{member_id}"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        server.call(Method::GET, "/v1/keys", &member, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let log = server.stop().await;
+    assert!(
+        log.contains("maestro stopped"),
+        "graceful shutdown is logged:\n{log}"
+    );
+
+    let server = Server::start(maestro(&db, backend), &db.dir(), 2).await;
+    assert_eq!(
+        find_token(&server.stdout_text()),
+        None,
+        "no second bootstrap key"
+    );
+    let (status, tenants) = server
+        .call(Method::GET, "/v1/tenants", &platform, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(tenants["tenants"][0]["name"], "acme");
+    let (status, keys) = server.call(Method::GET, "/v1/keys", &admin, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(keys["keys"].as_array().expect("keys").len(), 2);
+    assert_eq!(
+        server.call(Method::GET, "/v1/keys", &member, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    if backend == Backend::Sqlite {
+        assert!(
+            db.dir().join("data/maestro.db").is_file(),
+            "the embedded store lives under the data dir"
+        );
+    }
+    server.stop().await;
+}
+
+async fn offline_cli_manages_the_same_store_as_the_server(backend: Backend) {
+    use reqwest::Method;
+    let db = TestDb::new(backend).await;
+    let tenant = run({
+        let mut c = maestro(&db, backend);
+        c.args(["tenant", "create", "acme"]);
+        c
+    });
+    assert!(stdout(&tenant).contains("acme"));
+    let created = run({
+        let mut c = maestro(&db, backend);
+        c.args([
+            "key",
+            "create",
+            "--tenant",
+            "acme",
+            "--role",
+            "admin",
+            "--name",
+            "ops",
+            "--expires",
+            "30d",
+        ]);
+        c
+    });
+    let admin = stdout(&created).trim().to_owned();
+    assert!(
+        admin.starts_with("mk_") && !admin.contains(char::is_whitespace),
+        "only the token on stdout: {admin}"
+    );
+    assert!(String::from_utf8_lossy(&created.stderr).contains("shown only this once"));
+
+    let server = Server::start(maestro(&db, backend), &db.dir(), 1).await;
+    assert_eq!(
+        find_token(&server.stdout_text()),
+        None,
+        "keys exist, so no bootstrap key"
+    );
+    let (status, keys) = server.call(Method::GET, "/v1/keys", &admin, None).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a key created offline works on the server"
+    );
+    let key_id = keys["keys"][0]["id"].as_str().expect("id").to_owned();
+    assert!(keys["keys"][0]["expires_at"].is_string());
+
+    run({
+        let mut c = maestro(&db, backend);
+        c.args(["key", "revoke", &key_id]);
+        c
+    });
+    assert_eq!(
+        server.call(Method::GET, "/v1/keys", &admin, None).await.0,
+        StatusCode::UNAUTHORIZED,
+        "revoked offline"
+    );
+
+    let listed = run({
+        let mut c = maestro(&db, backend);
+        c.args(["key", "list", "--json"]);
+        c
+    });
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("json");
+    assert_eq!(listed[0]["status"], "revoked");
+    assert_eq!(listed[0]["tenant"], "acme");
+    assert!(
+        !String::from_utf8_lossy(
+            &run({
+                let mut c = maestro(&db, backend);
+                c.args(["key", "list"]);
+                c
+            })
+            .stdout
+        )
+        .contains(&admin[11..]),
+        "listings never show the secret"
+    );
+    server.stop().await;
+}
+
+async fn registers_the_configured_admin_key_on_first_start(backend: Backend) {
+    use reqwest::Method;
+    let db = TestDb::new(backend).await;
+    let admin_key = "mk_ConfiguredByTheOperator0123456789abcdef";
+    let mut command = maestro(&db, backend);
+    command.env("MAESTRO_ADMIN_KEY", admin_key);
+    let server = Server::start(command, &db.dir(), 1).await;
+    assert_eq!(
+        find_token(&server.stdout_text()),
+        None,
+        "nothing printed: the operator has the key"
+    );
+    assert!(!server.stderr_text().contains(admin_key));
+    assert_eq!(
+        server
+            .call(Method::GET, "/v1/tenants", admin_key, None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    server.stop().await;
+}
+
+#[test]
+fn migrate_reports_and_bad_configuration_fails_clearly() {
+    let dir = tempfile::tempdir().expect("dir");
+    let base = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_maestro"));
+        c.env_clear().env("MAESTRO_DATA_DIR", dir.path());
+        c
+    };
+    let migrated = run({
+        let mut c = base();
+        c.arg("migrate");
+        c
+    });
+    assert!(
+        stdout(&migrated).contains("up to date"),
+        "{}",
+        stdout(&migrated)
+    );
+    assert!(dir.path().join("maestro.db").is_file());
+
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let failures: [Case<'_>; 4] = [
+        (
+            &["serve", "--config", "/nonexistent/maestro.toml"],
+            &[],
+            "cannot read config file",
+        ),
+        (&["serve"], &[("MAESTRO_LISTEN", "bogus")], "invalid listen"),
+        (
+            &["serve"],
+            &[("MAESTRO_LOG", "info,[[[")],
+            "invalid log filter",
+        ),
+        (
+            &["key", "create", "--tenant", "nobody", "--role", "admin"],
+            &[],
+            "tenant `nobody` not found",
+        ),
+    ];
+    for (args, env, expected) in failures {
+        let mut command = base();
+        command.args(args).envs(env.iter().copied());
+        let output = command.output().expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} should fail");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn json_log_format_writes_one_object_per_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_maestro"))
+        .env_clear()
+        .env("MAESTRO_DATA_DIR", dir.path())
+        .env("MAESTRO_LOG", "debug")
+        .args(["--log-format", "json", "tenant", "list"])
+        .output()
+        .expect("runs");
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.trim().is_empty(), "debug logging produced lines");
+    for line in stderr.lines() {
+        let value: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            value["level"].is_string() && value["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+}
