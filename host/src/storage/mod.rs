@@ -2,7 +2,7 @@
 //!
 //! One adapter per backend — [`sqlite::SqliteStore`] (the embedded default) and
 //! [`postgres::PostgresStore`] — both implementing the core ports. Queries that are the
-//! same SQL on both backends are written once in [`shared`]; a backend file holds only
+//! same SQL on both backends are written once in `shared.rs`; a backend file holds only
 //! what differs (connecting, pragmas, migrations, and later backend-specific queries such
 //! as `FOR UPDATE SKIP LOCKED`). Migrations live in `migrations/{sqlite,postgres}` at the
 //! workspace root and are embedded in the binary.
