@@ -1,0 +1,522 @@
+//! Tools: typed functions the host exposes as `<plugin>.<tool>`.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// Why a tool call failed; mirrors the WIT `tool-error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ToolError {
+    /// The arguments do not fit the input schema or are otherwise invalid.
+    #[error("invalid arguments: {0}")]
+    InvalidArguments(String),
+    /// No tool by that name in this plugin.
+    #[error("no tool named `{0}`")]
+    NotFound(String),
+    /// The tool ran and failed.
+    #[error("{0}")]
+    Failed(String),
+    /// The tool noticed [`cancelled`](crate::cancelled) and stopped.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl ToolError {
+    /// `InvalidArguments` from anything printable.
+    pub fn invalid(message: impl fmt::Display) -> Self {
+        Self::InvalidArguments(message.to_string())
+    }
+
+    /// `Failed` from anything printable.
+    pub fn failed(message: impl fmt::Display) -> Self {
+        Self::Failed(message.to_string())
+    }
+
+    /// `Err(Cancelled)` when the caller has cancelled the call, for use with `?` in loops.
+    pub fn check_cancelled() -> Result<(), Self> {
+        if crate::cancelled() { Err(Self::Cancelled) } else { Ok(()) }
+    }
+}
+
+impl From<crate::http::HttpError> for ToolError {
+    fn from(error: crate::http::HttpError) -> Self {
+        Self::Failed(error.to_string())
+    }
+}
+
+/// Behaviour hints for clients (MCP tool annotations). All `false` by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Annotations {
+    /// The tool does not modify anything.
+    pub read_only: bool,
+    /// The tool may destroy or overwrite data.
+    pub destructive: bool,
+    /// Calling it twice with the same arguments has the effect of calling it once.
+    pub idempotent: bool,
+    /// The tool reaches outside systems (e.g. the web).
+    pub open_world: bool,
+}
+
+/// What a tool tells the host about itself, apart from its schemas (which the SDK
+/// derives from the input and output types).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolInfo {
+    /// Name within the plugin: `^[A-Za-z0-9_-]{1,48}$`.
+    pub name: String,
+    /// Short human title.
+    pub title: Option<String>,
+    /// What the tool does, for people and models.
+    pub description: String,
+    /// Behaviour hints.
+    pub annotations: Annotations,
+}
+
+impl ToolInfo {
+    /// A tool with a name and a description, no title and no annotations.
+    pub fn new(name: impl Into<String>, description: impl Into<String>) -> Self {
+        Self { name: name.into(), title: None, description: description.into(), annotations: Annotations::default() }
+    }
+
+    /// Sets the human title.
+    #[must_use]
+    pub fn title(mut self, title: impl Into<String>) -> Self {
+        self.title = Some(title.into());
+        self
+    }
+
+    /// Marks the tool read-only.
+    #[must_use]
+    pub fn read_only(mut self) -> Self {
+        self.annotations.read_only = true;
+        self
+    }
+
+    /// Marks the tool destructive.
+    #[must_use]
+    pub fn destructive(mut self) -> Self {
+        self.annotations.destructive = true;
+        self
+    }
+
+    /// Marks the tool idempotent.
+    #[must_use]
+    pub fn idempotent(mut self) -> Self {
+        self.annotations.idempotent = true;
+        self
+    }
+
+    /// Marks the tool as reaching outside systems.
+    #[must_use]
+    pub fn open_world(mut self) -> Self {
+        self.annotations.open_world = true;
+        self
+    }
+}
+
+/// The full description of a tool as the host sees it (the WIT `tool-spec`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    /// Name within the plugin.
+    pub name: String,
+    /// Short human title.
+    pub title: Option<String>,
+    /// What the tool does.
+    pub description: String,
+    /// JSON Schema of the arguments object.
+    pub input_schema: Value,
+    /// JSON Schema of [`ToolOutput::structured`], when the tool returns structured data.
+    pub output_schema: Option<Value>,
+    /// Behaviour hints.
+    pub annotations: Annotations,
+}
+
+/// One piece of a tool's result (the WIT `content`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    /// Plain text.
+    Text(String),
+    /// A JSON document.
+    Json(Value),
+    /// An image.
+    Image {
+        /// Base64 (standard alphabet, padded) of the bytes.
+        data: String,
+        /// e.g. `image/png`.
+        mime_type: String,
+    },
+    /// A link to a resource the client may fetch.
+    ResourceLink {
+        /// Where the resource is.
+        uri: String,
+        /// Its name.
+        name: String,
+        /// What it is.
+        description: Option<String>,
+        /// Its media type.
+        mime_type: Option<String>,
+    },
+}
+
+impl Content {
+    /// Text content.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self::Text(text.into())
+    }
+
+    /// An image from raw bytes (base64-encoded here).
+    pub fn image(bytes: &[u8], mime_type: impl Into<String>) -> Self {
+        Self::Image { data: base64(bytes), mime_type: mime_type.into() }
+    }
+
+    /// A link to a resource.
+    pub fn resource_link(uri: impl Into<String>, name: impl Into<String>) -> Self {
+        Self::ResourceLink { uri: uri.into(), name: name.into(), description: None, mime_type: None }
+    }
+}
+
+/// What a successful call returns (the WIT `tool-output`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ToolOutput {
+    /// Content for people and models.
+    pub content: Vec<Content>,
+    /// Structured result matching the tool's output schema.
+    pub structured: Option<Value>,
+}
+
+impl ToolOutput {
+    /// One text item.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self { content: vec![Content::text(text)], structured: None }
+    }
+
+    /// Structured data, also given as a JSON content item for clients that read only
+    /// content.
+    pub fn structured(value: Value) -> Self {
+        Self { content: vec![Content::Json(value.clone())], structured: Some(value) }
+    }
+
+    /// Adds a content item.
+    #[must_use]
+    pub fn with(mut self, content: Content) -> Self {
+        self.content.push(content);
+        self
+    }
+
+    /// The text of every text item, joined by newlines (handy in tests).
+    pub fn text_content(&self) -> String {
+        let texts: Vec<&str> = self
+            .content
+            .iter()
+            .filter_map(|c| match c {
+                Content::Text(text) => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        texts.join("\n")
+    }
+}
+
+/// A value a tool may return: turns into a [`ToolOutput`] and may declare an output
+/// schema.
+pub trait IntoToolOutput {
+    /// JSON Schema of the structured output, if any.
+    fn output_schema() -> Option<Value> {
+        None
+    }
+
+    /// Converts the value.
+    fn into_tool_output(self) -> Result<ToolOutput, ToolError>;
+}
+
+impl IntoToolOutput for ToolOutput {
+    fn into_tool_output(self) -> Result<ToolOutput, ToolError> {
+        Ok(self)
+    }
+}
+
+impl IntoToolOutput for String {
+    fn into_tool_output(self) -> Result<ToolOutput, ToolError> {
+        Ok(ToolOutput::text(self))
+    }
+}
+
+impl IntoToolOutput for &'static str {
+    fn into_tool_output(self) -> Result<ToolOutput, ToolError> {
+        Ok(ToolOutput::text(self))
+    }
+}
+
+/// Typed structured output: the SDK derives the output schema from `T` and returns the
+/// value as `structured` (and as a JSON content item). `T` should serialise to a JSON
+/// object, as MCP requires of structured results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Structured<T>(pub T);
+
+impl<T: Serialize + JsonSchema> IntoToolOutput for Structured<T> {
+    fn output_schema() -> Option<Value> {
+        Some(schema_of::<T>())
+    }
+
+    fn into_tool_output(self) -> Result<ToolOutput, ToolError> {
+        let value = serde_json::to_value(&self.0)
+            .map_err(|e| ToolError::failed(format!("cannot serialise the result: {e}")))?;
+        Ok(ToolOutput::structured(value))
+    }
+}
+
+/// Readable text for people and models, plus typed structured data: the content is the
+/// text alone (not the JSON), the structured result is the value.
+impl<T: Serialize + JsonSchema> IntoToolOutput for (String, Structured<T>) {
+    fn output_schema() -> Option<Value> {
+        Structured::<T>::output_schema()
+    }
+
+    fn into_tool_output(self) -> Result<ToolOutput, ToolError> {
+        let (text, structured) = self;
+        let mut output = structured.into_tool_output()?;
+        output.content = vec![Content::Text(text)];
+        Ok(output)
+    }
+}
+
+/// The input of a tool that takes no arguments (schema: an empty object).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, JsonSchema)]
+pub struct NoInput {}
+
+/// A tool: typed input, typed output.
+///
+/// Most tools are plain functions wrapped with [`tool`]; implement this trait directly
+/// for a tool that carries state or computes its description.
+pub trait Tool: Send + Sync + 'static {
+    /// The arguments object; its JSON Schema is the tool's input schema.
+    type Input: DeserializeOwned + JsonSchema;
+    /// What a call returns.
+    type Output: IntoToolOutput;
+
+    /// Name, title, description and annotations.
+    fn info(&self) -> ToolInfo;
+
+    /// Runs the tool on arguments that already fit `Input`.
+    fn call(&self, input: Self::Input) -> Result<Self::Output, ToolError>;
+}
+
+/// A tool made from a function; see [`tool`].
+pub struct FnTool<I, O, F> {
+    info: ToolInfo,
+    function: F,
+    types: PhantomData<fn(I) -> O>,
+}
+
+impl<I, O, F> fmt::Debug for FnTool<I, O, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FnTool").field("info", &self.info).finish()
+    }
+}
+
+/// Declares a tool from a function taking its typed arguments.
+///
+/// ```
+/// use maestro_sdk::{tool, ToolError};
+/// #[derive(serde::Deserialize, schemars::JsonSchema)]
+/// struct Args { name: String }
+///
+/// fn greet(args: Args) -> Result<String, ToolError> {
+///     Ok(format!("hello, {}", args.name))
+/// }
+///
+/// let greet = tool("greet", "Greets someone", greet).title("Greeter").read_only();
+/// # let _ = greet;
+/// ```
+pub fn tool<I, O, F>(name: impl Into<String>, description: impl Into<String>, function: F) -> FnTool<I, O, F>
+where
+    I: DeserializeOwned + JsonSchema + 'static,
+    O: IntoToolOutput + 'static,
+    F: Fn(I) -> Result<O, ToolError> + Send + Sync + 'static,
+{
+    FnTool { info: ToolInfo::new(name, description), function, types: PhantomData }
+}
+
+impl<I, O, F> FnTool<I, O, F> {
+    /// Sets the human title.
+    #[must_use]
+    pub fn title(mut self, title: impl Into<String>) -> Self {
+        self.info = self.info.title(title);
+        self
+    }
+
+    /// Sets all annotations at once.
+    #[must_use]
+    pub fn annotations(mut self, annotations: Annotations) -> Self {
+        self.info.annotations = annotations;
+        self
+    }
+
+    /// Marks the tool read-only.
+    #[must_use]
+    pub fn read_only(mut self) -> Self {
+        self.info = self.info.read_only();
+        self
+    }
+
+    /// Marks the tool destructive.
+    #[must_use]
+    pub fn destructive(mut self) -> Self {
+        self.info = self.info.destructive();
+        self
+    }
+
+    /// Marks the tool idempotent.
+    #[must_use]
+    pub fn idempotent(mut self) -> Self {
+        self.info = self.info.idempotent();
+        self
+    }
+
+    /// Marks the tool as reaching outside systems.
+    #[must_use]
+    pub fn open_world(mut self) -> Self {
+        self.info = self.info.open_world();
+        self
+    }
+}
+
+impl<I, O, F> Tool for FnTool<I, O, F>
+where
+    I: DeserializeOwned + JsonSchema + 'static,
+    O: IntoToolOutput + 'static,
+    F: Fn(I) -> Result<O, ToolError> + Send + Sync + 'static,
+{
+    type Input = I;
+    type Output = O;
+
+    fn info(&self) -> ToolInfo {
+        self.info.clone()
+    }
+
+    fn call(&self, input: I) -> Result<O, ToolError> {
+        (self.function)(input)
+    }
+}
+
+/// A tool with its types erased, as the plugin registry holds it.
+pub(crate) trait ErasedTool: Send + Sync {
+    fn spec(&self) -> ToolSpec;
+    fn call_json(&self, arguments: &str) -> Result<ToolOutput, ToolError>;
+}
+
+impl<T: Tool> ErasedTool for T {
+    fn spec(&self) -> ToolSpec {
+        let info = self.info();
+        ToolSpec {
+            name: info.name,
+            title: info.title,
+            description: info.description,
+            input_schema: schema_of::<T::Input>(),
+            output_schema: T::Output::output_schema(),
+            annotations: info.annotations,
+        }
+    }
+
+    fn call_json(&self, arguments: &str) -> Result<ToolOutput, ToolError> {
+        let input = parse_arguments::<T::Input>(arguments)?;
+        self.call(input)?.into_tool_output()
+    }
+}
+
+/// Deserialises a tool's arguments, with errors that say what is wrong and where.
+pub(crate) fn parse_arguments<I: DeserializeOwned>(arguments: &str) -> Result<I, ToolError> {
+    let arguments = if arguments.trim().is_empty() { "{}" } else { arguments };
+    let value: Value = serde_json::from_str(arguments)
+        .map_err(|e| ToolError::invalid(format!("arguments are not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ToolError::invalid(format!("arguments must be a JSON object, got {}", json_kind(&value))));
+    }
+    serde_json::from_value(value).map_err(|e| ToolError::invalid(e.to_string()))
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The JSON Schema of `T` (draft 2020-12), as a JSON value. Subschemas are inlined
+/// (no `$ref`, except for recursive types), which clients and models handle best.
+pub fn schema_of<T: JsonSchema>() -> Value {
+    schemars::generate::SchemaSettings::draft2020_12()
+        .with(|settings| settings.inline_subschemas = true)
+        .into_generator()
+        .into_root_schema_for::<T>()
+        .to_value()
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard_alphabet_with_padding() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64(&[0xff, 0xfe]), "//4=");
+    }
+
+    #[derive(Debug, serde::Deserialize, JsonSchema)]
+    struct Args {
+        #[allow(dead_code)]
+        n: u32,
+    }
+
+    #[test]
+    fn rejects_arguments_that_are_not_an_object() {
+        let err = parse_arguments::<Args>("[1]").expect_err("array");
+        assert_eq!(err, ToolError::invalid("arguments must be a JSON object, got an array"));
+        let err = parse_arguments::<Args>("{").expect_err("broken");
+        assert!(err.to_string().contains("not valid JSON"), "{err}");
+    }
+
+    #[test]
+    fn names_the_missing_or_mistyped_field() {
+        let err = parse_arguments::<Args>("{}").expect_err("missing");
+        assert!(err.to_string().contains("missing field `n`"), "{err}");
+        let err = parse_arguments::<Args>(r#"{"n":"x"}"#).expect_err("mistyped");
+        assert!(err.to_string().contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn empty_arguments_mean_an_empty_object() {
+        parse_arguments::<NoInput>("").expect("empty is {}");
+        let schema = schema_of::<NoInput>();
+        assert_eq!(schema["type"], "object");
+    }
+}
