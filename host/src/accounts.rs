@@ -7,8 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use maestro_core::auth::KeyState;
 use maestro_core::{
-    ApiKey, Caller, Clock, KeyId, KeyScope, KeyToken, Store, StoreError, Tenant, TenantId,
-    TenantName, TenantNameError,
+    ApiKey, Caller, Clock, KeyId, KeyScope, KeyToken, Store, StoreError, Tenant, TenantId, TenantName, TenantNameError,
 };
 
 use crate::random::random_bytes;
@@ -81,12 +80,27 @@ pub enum Bootstrap {
 pub struct Accounts {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    /// Tenant names never change, so they are cached after the first lookup.
+    tenant_names: Arc<std::sync::RwLock<std::collections::HashMap<TenantId, TenantName>>>,
 }
 
 impl Accounts {
     /// Builds the use-cases over a store and a clock.
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+        Self { store, clock, tenant_names: Arc::default() }
+    }
+
+    /// The name of a tenant (cached).
+    pub async fn tenant_name(&self, id: &TenantId) -> Result<TenantName, AccountsError> {
+        if let Some(name) = self.tenant_names.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(id) {
+            return Ok(name.clone());
+        }
+        let tenant = self.store.tenant(id).await?.ok_or_else(|| AccountsError::TenantNotFound(id.to_string()))?;
+        self.tenant_names
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(tenant.id, tenant.name.clone());
+        Ok(tenant.name)
     }
 
     /// The store (for readiness checks).
@@ -102,15 +116,9 @@ impl Accounts {
     /// Creates a tenant.
     pub async fn create_tenant(&self, name: &str) -> Result<Tenant, AccountsError> {
         let name = TenantName::parse(name)?;
-        let tenant = Tenant {
-            id: TenantId::from_random(random_bytes()),
-            name,
-            created_at: self.clock.now(),
-        };
+        let tenant = Tenant { id: TenantId::from_random(random_bytes()), name, created_at: self.clock.now() };
         match self.store.create_tenant(&tenant).await {
-            Err(StoreError::Conflict(_)) => {
-                Err(AccountsError::TenantExists(tenant.name.to_string()))
-            }
+            Err(StoreError::Conflict(_)) => Err(AccountsError::TenantExists(tenant.name.to_string())),
             other => other.map(|()| tenant).map_err(AccountsError::from),
         }
     }
@@ -122,12 +130,8 @@ impl Accounts {
 
     /// A tenant by name.
     pub async fn tenant_named(&self, name: &str) -> Result<Tenant, AccountsError> {
-        let parsed =
-            TenantName::parse(name).map_err(|_| AccountsError::TenantNotFound(name.to_owned()))?;
-        self.store
-            .tenant_by_name(&parsed)
-            .await?
-            .ok_or_else(|| AccountsError::TenantNotFound(name.to_owned()))
+        let parsed = TenantName::parse(name).map_err(|_| AccountsError::TenantNotFound(name.to_owned()))?;
+        self.store.tenant_by_name(&parsed).await?.ok_or_else(|| AccountsError::TenantNotFound(name.to_owned()))
     }
 
     /// Creates a key with a fresh token. `expires_at` must be in the future.
@@ -145,21 +149,13 @@ impl Accounts {
         let mut attempts = 0;
         loop {
             let token = KeyToken::from_random(random_bytes());
-            let key = ApiKey::issue(
-                KeyId::from_random(random_bytes()),
-                scope.clone(),
-                name.clone(),
-                &token,
-                now,
-                expires_at,
-            );
+            let key =
+                ApiKey::issue(KeyId::from_random(random_bytes()), scope.clone(), name.clone(), &token, now, expires_at);
             match self.store.insert_key(&key).await {
                 Ok(()) => return Ok(IssuedKey { key, token }),
                 Err(StoreError::Conflict(_)) if attempts < 3 => attempts += 1,
                 Err(StoreError::NotFound(_)) => {
-                    let tenant = scope
-                        .tenant_id()
-                        .map_or_else(String::new, ToString::to_string);
+                    let tenant = scope.tenant_id().map_or_else(String::new, ToString::to_string);
                     return Err(AccountsError::TenantNotFound(tenant));
                 }
                 Err(err) => return Err(err.into()),
@@ -174,18 +170,10 @@ impl Accounts {
 
     /// Revokes a key, restricted to `tenant` when given (a tenant admin cannot even
     /// learn that another tenant's key exists).
-    pub async fn revoke_key(
-        &self,
-        id: &str,
-        tenant: Option<&TenantId>,
-    ) -> Result<ApiKey, AccountsError> {
+    pub async fn revoke_key(&self, id: &str, tenant: Option<&TenantId>) -> Result<ApiKey, AccountsError> {
         let not_found = || AccountsError::KeyNotFound(id.chars().take(64).collect());
         let key_id = KeyId::parse(id).map_err(|_| not_found())?;
-        match self
-            .store
-            .revoke_key(&key_id, tenant, self.clock.now())
-            .await
-        {
+        match self.store.revoke_key(&key_id, tenant, self.clock.now()).await {
             Err(StoreError::NotFound(_)) => Err(not_found()),
             other => Ok(other?),
         }
@@ -193,10 +181,7 @@ impl Accounts {
 
     /// Resolves the caller behind a bearer token, separating "not accepted" (inner
     /// error) from a store failure (outer error) so that HTTP can answer 401 or 503.
-    pub async fn authenticate(
-        &self,
-        bearer: Option<&str>,
-    ) -> Result<Result<Caller, AuthError>, StoreError> {
+    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Result<Caller, AuthError>, StoreError> {
         let Some(bearer) = bearer else {
             return Ok(Err(AuthError::Missing));
         };
@@ -209,30 +194,16 @@ impl Accounts {
         Ok(match key.verify(&token, self.clock.now()) {
             None => Err(AuthError::Invalid),
             Some(Err(state)) => Err(AuthError::Inactive(state)),
-            Some(Ok(())) => Ok(Caller {
-                key_id: key.id,
-                scope: key.scope,
-            }),
+            Some(Ok(())) => Ok(Caller { key_id: key.id, scope: key.scope }),
         })
     }
 
     /// On a store that has never had a key, creates the first platform-admin key: the
     /// configured one if given, else a generated one whose token the caller must show.
-    pub async fn bootstrap(
-        &self,
-        configured: Option<&KeyToken>,
-    ) -> Result<Bootstrap, AccountsError> {
-        let generated = configured
-            .is_none()
-            .then(|| KeyToken::from_random(random_bytes()));
-        let token = configured
-            .or(generated.as_ref())
-            .expect("one of configured and generated is set");
-        let name = if configured.is_some() {
-            "bootstrap (MAESTRO_ADMIN_KEY)"
-        } else {
-            "bootstrap"
-        };
+    pub async fn bootstrap(&self, configured: Option<&KeyToken>) -> Result<Bootstrap, AccountsError> {
+        let generated = configured.is_none().then(|| KeyToken::from_random(random_bytes()));
+        let token = configured.or(generated.as_ref()).expect("one of configured and generated is set");
+        let name = if configured.is_some() { "bootstrap (MAESTRO_ADMIN_KEY)" } else { "bootstrap" };
         let key = ApiKey::issue(
             KeyId::from_random(random_bytes()),
             KeyScope::Platform,
@@ -269,9 +240,7 @@ pub const MAX_KEY_NAME: usize = 100;
 pub fn validate_key_name(name: &str) -> Result<String, String> {
     let name = name.trim();
     if name.chars().count() > MAX_KEY_NAME {
-        return Err(format!(
-            "key name must be at most {MAX_KEY_NAME} characters"
-        ));
+        return Err(format!("key name must be at most {MAX_KEY_NAME} characters"));
     }
     if name.chars().any(char::is_control) {
         return Err("key name must not contain control characters".to_owned());
@@ -285,13 +254,10 @@ pub fn expiry_after(now: DateTime<Utc>, text: &str) -> Result<DateTime<Utc>, Str
     let duration = humantime::parse_duration(text.trim())
         .map_err(|e| format!("invalid duration `{text}`: {e} (examples: 30d, 12h, 90m)"))?;
     if duration.is_zero() || duration > MAX {
-        return Err(format!(
-            "duration `{text}` must be more than zero and at most 10 years"
-        ));
+        return Err(format!("duration `{text}` must be more than zero and at most 10 years"));
     }
     let duration = chrono::Duration::from_std(duration).map_err(|e| e.to_string())?;
-    now.checked_add_signed(duration)
-        .ok_or_else(|| format!("duration `{text}` is out of range"))
+    now.checked_add_signed(duration).ok_or_else(|| format!("duration `{text}` is out of range"))
 }
 
 #[cfg(test)]
@@ -301,14 +267,8 @@ mod tests {
     #[test]
     fn expiry_accepts_human_durations_and_rejects_nonsense() {
         let now = DateTime::from_timestamp(1_700_000_000, 0).expect("valid");
-        assert_eq!(
-            expiry_after(now, "30d"),
-            Ok(now + chrono::Duration::days(30))
-        );
-        assert_eq!(
-            expiry_after(now, "90m"),
-            Ok(now + chrono::Duration::minutes(90))
-        );
+        assert_eq!(expiry_after(now, "30d"), Ok(now + chrono::Duration::days(30)));
+        assert_eq!(expiry_after(now, "90m"), Ok(now + chrono::Duration::minutes(90)));
         for bad in ["", "0s", "soon", "-5d", "11y", "99999999999999999999d"] {
             assert!(expiry_after(now, bad).is_err(), "{bad}");
         }

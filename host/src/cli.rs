@@ -83,18 +83,10 @@ pub enum KeyCommand {
     /// Create a key; its token is printed once on stdout.
     Create {
         /// Tenant the key belongs to.
-        #[arg(
-            long,
-            required_unless_present = "platform",
-            conflicts_with = "platform"
-        )]
+        #[arg(long, required_unless_present = "platform", conflicts_with = "platform")]
         tenant: Option<String>,
         /// Role within the tenant: admin, member or viewer.
-        #[arg(
-            long,
-            required_unless_present = "platform",
-            conflicts_with = "platform"
-        )]
+        #[arg(long, required_unless_present = "platform", conflicts_with = "platform")]
         role: Option<Role>,
         /// Create a platform-admin key (cross-tenant administration).
         #[arg(long)]
@@ -131,18 +123,12 @@ pub fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
         Command::Serve(args) => args.listen.clone(),
         _ => None,
     };
-    let overrides = Overrides {
-        listen,
-        log_format: cli.log_format,
-    };
+    let overrides = Overrides { listen, log_format: cli.log_format };
     let config = Config::load(cli.config.as_deref(), env, &overrides)?;
     let filter = match &cli.command {
         Command::Serve(_) => config.log_filter.clone(),
         // Offline commands print their results; only warnings belong on stderr.
-        _ => env
-            .get("MAESTRO_LOG")
-            .cloned()
-            .unwrap_or_else(|| "warn".to_owned()),
+        _ => env.get("MAESTRO_LOG").cloned().unwrap_or_else(|| "warn".to_owned()),
     };
     if let Command::Healthcheck(args) = &cli.command {
         return healthcheck(args.address.unwrap_or(config.listen));
@@ -151,13 +137,10 @@ pub fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
     for name in &config.unknown_env {
         tracing::warn!(variable = %name, "unknown MAESTRO_ variable ignored");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start tokio")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(_) => crate::serve(config, crate::shutdown_signal()).await,
+            Command::Serve(_) => crate::serve(config, env, crate::shutdown_signal()).await,
             Command::Migrate => migrate(&config).await,
             Command::Healthcheck(_) => unreachable!("answered before the runtime starts"),
             Command::Tenant(command) => tenant(&open(&config).await?, command).await,
@@ -171,11 +154,7 @@ pub fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
 fn healthcheck(mut address: std::net::SocketAddr) -> anyhow::Result<()> {
     use std::io::{Read as _, Write as _};
     if address.ip().is_unspecified() {
-        address.set_ip(if address.is_ipv4() {
-            [127, 0, 0, 1].into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
+        address.set_ip(if address.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
     }
     let timeout = std::time::Duration::from_secs(3);
     let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)
@@ -185,11 +164,7 @@ fn healthcheck(mut address: std::net::SocketAddr) -> anyhow::Result<()> {
     stream.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
     let mut reply = Vec::new();
     stream.take(4096).read_to_end(&mut reply)?;
-    let status_line = String::from_utf8_lossy(&reply)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let status_line = String::from_utf8_lossy(&reply).lines().next().unwrap_or_default().to_owned();
     if status_line.split_whitespace().nth(1) == Some("200") {
         println!("healthy: {address}");
         Ok(())
@@ -199,9 +174,7 @@ fn healthcheck(mut address: std::net::SocketAddr) -> anyhow::Result<()> {
 }
 
 async fn open(config: &Config) -> anyhow::Result<Accounts> {
-    crate::open_accounts(config)
-        .await
-        .with_context(|| format!("cannot open the store at {}", config.store.describe()))
+    crate::open_accounts(config).await.with_context(|| format!("cannot open the store at {}", config.store.describe()))
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
@@ -227,9 +200,7 @@ async fn tenant(accounts: &Accounts, command: TenantCommand) -> anyhow::Result<(
             } else {
                 print_table(
                     &["ID", "NAME", "CREATED"],
-                    tenants
-                        .iter()
-                        .map(|t| vec![t.id.to_string(), t.name.to_string(), time(t.created_at)]),
+                    tenants.iter().map(|t| vec![t.id.to_string(), t.name.to_string(), time(t.created_at)]),
                 );
             }
         }
@@ -239,31 +210,15 @@ async fn tenant(accounts: &Accounts, command: TenantCommand) -> anyhow::Result<(
 
 async fn key(accounts: &Accounts, command: KeyCommand) -> anyhow::Result<()> {
     match command {
-        KeyCommand::Create {
-            tenant,
-            role,
-            platform,
-            name,
-            expires,
-            json,
-        } => {
+        KeyCommand::Create { tenant, role, platform, name, expires, json } => {
             let name = validate_key_name(&name).map_err(anyhow::Error::msg)?;
-            let expires_at = expires
-                .as_deref()
-                .map(|e| expiry_after(accounts.now(), e))
-                .transpose()
-                .map_err(anyhow::Error::msg)?;
+            let expires_at =
+                expires.as_deref().map(|e| expiry_after(accounts.now(), e)).transpose().map_err(anyhow::Error::msg)?;
             let (scope, tenant_name) = match (platform, tenant, role) {
                 (true, _, _) => (KeyScope::Platform, "-".to_owned()),
                 (false, Some(tenant), Some(role)) => {
                     let tenant = accounts.tenant_named(&tenant).await?;
-                    (
-                        KeyScope::Tenant {
-                            tenant_id: tenant.id,
-                            role,
-                        },
-                        tenant.name.to_string(),
-                    )
+                    (KeyScope::Tenant { tenant_id: tenant.id, role }, tenant.name.to_string())
                 }
                 _ => bail!("give --tenant and --role, or --platform"),
             };
@@ -278,10 +233,7 @@ async fn key(accounts: &Accounts, command: KeyCommand) -> anyhow::Result<()> {
                     issued.key.id,
                     tenant_name,
                     role_name(&issued.key.scope),
-                    issued
-                        .key
-                        .expires_at
-                        .map_or_else(|| "never".to_owned(), time),
+                    issued.key.expires_at.map_or_else(|| "never".to_owned(), time),
                 );
                 println!("{}", issued.token.expose_secret());
             }
@@ -296,16 +248,11 @@ async fn key(accounts: &Accounts, command: KeyCommand) -> anyhow::Result<()> {
             let now = accounts.now();
             let tenant_of = |key: &ApiKey| tenant_name(&tenants, &key.scope);
             if json {
-                let values: Vec<_> = keys
-                    .iter()
-                    .map(|k| key_json(k, &tenant_of(k), now))
-                    .collect();
+                let values: Vec<_> = keys.iter().map(|k| key_json(k, &tenant_of(k), now)).collect();
                 println!("{}", serde_json::to_string_pretty(&values)?);
             } else {
                 print_table(
-                    &[
-                        "ID", "TENANT", "ROLE", "NAME", "PREFIX", "STATUS", "CREATED", "EXPIRES",
-                    ],
+                    &["ID", "TENANT", "ROLE", "NAME", "PREFIX", "STATUS", "CREATED", "EXPIRES"],
                     keys.iter().map(|k| {
                         vec![
                             k.id.to_string(),
@@ -348,10 +295,7 @@ fn key_json(key: &ApiKey, tenant: &str, now: DateTime<Utc>) -> serde_json::Value
 fn tenant_name(tenants: &[Tenant], scope: &KeyScope) -> String {
     match scope.tenant_id() {
         None => "-".to_owned(),
-        Some(id) => tenants
-            .iter()
-            .find(|t| t.id == *id)
-            .map_or_else(|| id.to_string(), |t| t.name.to_string()),
+        Some(id) => tenants.iter().find(|t| t.id == *id).map_or_else(|| id.to_string(), |t| t.name.to_string()),
     }
 }
 
@@ -385,11 +329,7 @@ fn print_table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
         }
     }
     let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(header.to_vec());

@@ -7,9 +7,13 @@ pub mod accounts;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod plugins;
+pub mod policy;
 mod random;
+pub mod sandbox;
 pub mod storage;
 pub mod telemetry;
+pub mod tools;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,10 +36,51 @@ pub fn http_settings(config: &Config) -> http::HttpSettings {
     }
 }
 
-/// `maestro serve`: opens the store, bootstraps the first admin key, and serves HTTP
-/// until `shutdown` completes.
+/// The sandbox configured from the config.
+pub fn sandbox(config: &Config) -> Result<sandbox::Sandbox, sandbox::SandboxError> {
+    sandbox::Sandbox::new(sandbox::SandboxConfig {
+        cache_dir: Some(config.sandbox.cache_dir.clone()),
+        workers: config.sandbox.workers,
+        max_memory_bytes: config.sandbox.max_memory_bytes,
+        max_instances: config.sandbox.max_instances,
+        ..sandbox::SandboxConfig::default()
+    })
+}
+
+/// Starts the sandbox, loads plugins and policies, and starts their reload watchers.
+pub async fn open_tools(config: &Config, env: &config::Env) -> anyhow::Result<Arc<tools::Tools>> {
+    use anyhow::Context as _;
+    let sandbox = Arc::new(sandbox(config)?);
+    let registry = Arc::new(plugins::PluginRegistry::new(sandbox, config.plugin_dir.clone()));
+    registry.refresh().await;
+    let catalog = registry.catalog();
+    tracing::info!(
+        dir = %config.plugin_dir.display(),
+        loaded = catalog.plugins().count(),
+        refused = catalog.refused().len(),
+        "plugins"
+    );
+    let policies = Arc::new(
+        policy::PolicyStore::open(config.policy_dir.clone())
+            .with_context(|| format!("invalid policies in {}", config.policy_dir.display()))?,
+    );
+    let (grants, denies) = policies.current().rule_counts();
+    tracing::info!(dir = %config.policy_dir.display(), grants, denies, "policies");
+    if let Some(interval) = config.plugin_reload {
+        registry.watch(interval);
+    }
+    if let Some(interval) = config.policy_reload {
+        policies.watch(interval);
+    }
+    let secrets = tools::SecretValues::new(env.clone(), config.secrets_dir.clone());
+    Ok(Arc::new(tools::Tools::new(registry, policies, secrets)))
+}
+
+/// `maestro serve`: opens the store, bootstraps the first admin key, loads plugins and
+/// policies, and serves HTTP until `shutdown` completes.
 pub async fn serve(
     config: Config,
+    env: &config::Env,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
@@ -43,14 +88,12 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot open the store at {}", config.store.describe()))?;
     report_bootstrap(accounts.bootstrap(config.admin_key.as_ref()).await?);
+    let tools = open_tools(&config, env).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
-    let state = http::AppState {
-        accounts,
-        metrics: Arc::default(),
-    };
+    let state = http::AppState { accounts, metrics: Arc::default(), tools };
     let app = http::router(state, &http_settings(&config));
     tracing::info!(%address, store = %config.store.describe(), "maestro listening on http://{address}");
     http::serve(listener, app, shutdown).await?;

@@ -63,10 +63,7 @@ impl fmt::Display for Role {
 impl FromStr for Role {
     type Err = RoleError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| RoleError(s.to_owned()))
+        Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| RoleError(s.to_owned()))
     }
 }
 
@@ -128,11 +125,7 @@ impl Caller {
 
     /// Requires a platform-admin key.
     pub fn require_platform_admin(&self) -> Result<(), AccessError> {
-        if self.is_platform_admin() {
-            Ok(())
-        } else {
-            Err(AccessError::NeedsPlatformAdmin)
-        }
+        if self.is_platform_admin() { Ok(()) } else { Err(AccessError::NeedsPlatformAdmin) }
     }
 
     /// Requires at least `required` within the caller's tenant. A platform admin passes
@@ -142,10 +135,7 @@ impl Caller {
         match &self.scope {
             KeyScope::Platform => Ok(None),
             KeyScope::Tenant { tenant_id, role } if role.includes(required) => Ok(Some(tenant_id)),
-            KeyScope::Tenant { role, .. } => Err(AccessError::RoleTooLow {
-                required,
-                actual: *role,
-            }),
+            KeyScope::Tenant { role, .. } => Err(AccessError::RoleTooLow { required, actual: *role }),
         }
     }
 }
@@ -264,24 +254,15 @@ impl KeyToken {
     pub fn from_random(bytes: [u8; Self::GENERATED_LEN]) -> Self {
         let mut s = String::with_capacity(Self::MARKER.len() + Self::GENERATED_LEN);
         s.push_str(Self::MARKER);
-        s.extend(
-            bytes
-                .iter()
-                .map(|b| char::from(BASE62[usize::from(*b) % BASE62.len()])),
-        );
+        s.extend(bytes.iter().map(|b| char::from(BASE62[usize::from(*b) % BASE62.len()])));
         Self(s)
     }
 
     /// Parses a token presented by a caller or an operator.
     pub fn parse(input: &str) -> Result<Self, TokenError> {
         let body = input.strip_prefix(Self::MARKER).ok_or(TokenError::Marker)?;
-        if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&body.len())
-            || !body.bytes().all(|b| b.is_ascii_alphanumeric())
-        {
-            return Err(TokenError::Shape {
-                min: Self::MIN_LEN,
-                max: Self::MAX_LEN,
-            });
+        if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&body.len()) || !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(TokenError::Shape { min: Self::MIN_LEN, max: Self::MAX_LEN });
         }
         Ok(Self(input.to_owned()))
     }
@@ -316,26 +297,14 @@ mod tests {
     fn token(seed: u8) -> KeyToken {
         let mut bytes = [0u8; KeyToken::GENERATED_LEN];
         for (i, b) in bytes.iter_mut().enumerate() {
-            *b = seed
-                .wrapping_mul(31)
-                .wrapping_add(u8::try_from(i).expect("small"));
+            *b = seed.wrapping_mul(31).wrapping_add(u8::try_from(i).expect("small"));
         }
         KeyToken::from_random(bytes)
     }
 
     fn key_for(token: &KeyToken) -> ApiKey {
-        let at = Utc
-            .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
-            .single()
-            .expect("valid date");
-        ApiKey::issue(
-            KeyId::from_random([3; 16]),
-            KeyScope::Platform,
-            "k".into(),
-            token,
-            at,
-            None,
-        )
+        let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("valid date");
+        ApiKey::issue(KeyId::from_random([3; 16]), KeyScope::Platform, "k".into(), token, at, None)
     }
 
     #[test]
@@ -357,18 +326,9 @@ mod tests {
     #[test]
     fn rejects_malformed_tokens() {
         assert_eq!(KeyToken::parse("sk_live_abc"), Err(TokenError::Marker));
-        assert!(matches!(
-            KeyToken::parse("mk_short"),
-            Err(TokenError::Shape { .. })
-        ));
-        assert!(matches!(
-            KeyToken::parse(&format!("mk_{}", "a".repeat(65))),
-            Err(TokenError::Shape { .. })
-        ));
-        assert!(matches!(
-            KeyToken::parse(&format!("mk_{}-", "a".repeat(40))),
-            Err(TokenError::Shape { .. })
-        ));
+        assert!(matches!(KeyToken::parse("mk_short"), Err(TokenError::Shape { .. })));
+        assert!(matches!(KeyToken::parse(&format!("mk_{}", "a".repeat(65))), Err(TokenError::Shape { .. })));
+        assert!(matches!(KeyToken::parse(&format!("mk_{}-", "a".repeat(40))), Err(TokenError::Shape { .. })));
     }
 
     #[test]
@@ -391,27 +351,15 @@ mod tests {
         let tenant_id = TenantId::from_random([9; 16]);
         let caller = |role| Caller {
             key_id: KeyId::from_random([1; 16]),
-            scope: KeyScope::Tenant {
-                tenant_id: tenant_id.clone(),
-                role,
-            },
+            scope: KeyScope::Tenant { tenant_id: tenant_id.clone(), role },
         };
-        assert_eq!(
-            caller(Role::Admin).require_role(Role::Admin),
-            Ok(Some(&tenant_id))
-        );
+        assert_eq!(caller(Role::Admin).require_role(Role::Admin), Ok(Some(&tenant_id)));
         assert_eq!(
             caller(Role::Member).require_role(Role::Admin),
-            Err(AccessError::RoleTooLow {
-                required: Role::Admin,
-                actual: Role::Member
-            })
+            Err(AccessError::RoleTooLow { required: Role::Admin, actual: Role::Member })
         );
         assert!(caller(Role::Admin).require_platform_admin().is_err());
-        let platform = Caller {
-            key_id: KeyId::from_random([2; 16]),
-            scope: KeyScope::Platform,
-        };
+        let platform = Caller { key_id: KeyId::from_random([2; 16]), scope: KeyScope::Platform };
         assert_eq!(platform.require_role(Role::Admin), Ok(None));
     }
 

@@ -46,29 +46,17 @@ impl<K: IdKind> Id<K> {
             value.push(char::from(ALPHABET[(acc & 31) as usize]));
             acc >>= 5;
         }
-        Self {
-            value,
-            kind: PhantomData,
-        }
+        Self { value, kind: PhantomData }
     }
 
     /// Parses and validates an identifier of this kind.
     pub fn parse(input: &str) -> Result<Self, IdError> {
-        let err = || IdError {
-            value: input.chars().take(64).collect(),
-            prefix: K::PREFIX,
-        };
-        let rest = input
-            .strip_prefix(K::PREFIX)
-            .and_then(|r| r.strip_prefix('_'))
-            .ok_or_else(err)?;
+        let err = || IdError { value: input.chars().take(64).collect(), prefix: K::PREFIX };
+        let rest = input.strip_prefix(K::PREFIX).and_then(|r| r.strip_prefix('_')).ok_or_else(err)?;
         if rest.len() != RANDOM_LEN || !rest.bytes().all(|b| ALPHABET.contains(&b)) {
             return Err(err());
         }
-        Ok(Self {
-            value: input.to_owned(),
-            kind: PhantomData,
-        })
+        Ok(Self { value: input.to_owned(), kind: PhantomData })
     }
 
     /// The identifier as stored and shown.
@@ -79,10 +67,7 @@ impl<K: IdKind> Id<K> {
 
 impl<K> Clone for Id<K> {
     fn clone(&self) -> Self {
-        Self {
-            value: self.value.clone(),
-            kind: PhantomData,
-        }
+        Self { value: self.value.clone(), kind: PhantomData }
     }
 }
 impl<K> PartialEq for Id<K> {

@@ -1,20 +1,22 @@
 //! Maestro's pure domain.
 //!
 //! This crate holds the types every part of Maestro agrees on — identifiers, tenants,
-//! roles, API keys — and the *ports* (traits) that adapters in `maestro-host` implement.
-//! It performs no I/O and depends on no runtime, web, database or WASM library: a test
-//! of anything in here runs in microseconds and needs nothing from the machine.
+//! roles, API keys, policies — and the *ports* (traits) that adapters in `maestro-host`
+//! implement. It performs no I/O and depends on no runtime, web, database or WASM
+//! library: a test of anything in here runs in microseconds and needs nothing from the
+//! machine.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod id;
+pub mod plugin;
+pub mod policy;
 pub mod ports;
 pub mod tenant;
 
-pub use auth::{
-    AccessError, ApiKey, Caller, KeyScope, KeyState, KeyToken, Role, RoleError, TokenError,
-};
+pub use auth::{AccessError, ApiKey, Caller, KeyScope, KeyState, KeyToken, Role, RoleError, TokenError};
 pub use id::{Id, IdError};
 pub use id::{KeyId, TenantId};
+pub use policy::{Decision, Limits, PolicyError, PolicyErrors, PolicySet, Subject};
 pub use ports::{Clock, KeyStore, Store, StoreError, TenantStore};
 pub use tenant::{Tenant, TenantName, TenantNameError};

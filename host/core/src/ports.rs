@@ -59,12 +59,7 @@ pub trait KeyStore: Send + Sync {
     /// Revokes a key at `at`, restricted to `tenant` when given. Revoking a revoked key
     /// keeps the first revocation time. [`StoreError::NotFound`] when no such key is
     /// visible.
-    async fn revoke_key(
-        &self,
-        id: &KeyId,
-        tenant: Option<&TenantId>,
-        at: DateTime<Utc>,
-    ) -> Result<ApiKey, StoreError>;
+    async fn revoke_key(&self, id: &KeyId, tenant: Option<&TenantId>, at: DateTime<Utc>) -> Result<ApiKey, StoreError>;
 }
 
 /// Everything the host persists.

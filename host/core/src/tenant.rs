@@ -91,15 +91,9 @@ mod tests {
     #[test]
     fn rejects_bad_names_with_reason() {
         assert_eq!(TenantName::parse(""), Err(TenantNameError::Length(0)));
-        assert!(matches!(
-            TenantName::parse(&"a".repeat(64)),
-            Err(TenantNameError::Length(64))
-        ));
+        assert!(matches!(TenantName::parse(&"a".repeat(64)), Err(TenantNameError::Length(64))));
         for bad in ["Acme", "-acme", "ac me", "acme_1", "acmé", "a/b"] {
-            assert!(
-                matches!(TenantName::parse(bad), Err(TenantNameError::Alphabet(_))),
-                "{bad}"
-            );
+            assert!(matches!(TenantName::parse(bad), Err(TenantNameError::Alphabet(_))), "{bad}");
         }
     }
 

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use maestro_core::KeyToken;
 
@@ -24,39 +25,15 @@ pub type Env = BTreeMap<String, String>;
 
 /// Environment variables Maestro reads, with what they override.
 pub const ENV_VARS: &[(&str, &str)] = &[
-    (
-        "MAESTRO_CONFIG",
-        "path of the TOML config file (like --config)",
-    ),
-    (
-        "MAESTRO_LISTEN",
-        "listen address, e.g. 0.0.0.0:8080 (listen)",
-    ),
-    (
-        "MAESTRO_DATA_DIR",
-        "data directory for the embedded store (data_dir)",
-    ),
-    (
-        "MAESTRO_DATABASE_URL",
-        "postgres://… or sqlite:PATH (database_url)",
-    ),
-    (
-        "MAESTRO_ADMIN_KEY",
-        "platform-admin key used on first start (admin_key)",
-    ),
-    (
-        "MAESTRO_LOG",
-        "log filter, e.g. info or maestro_host=debug (log.level)",
-    ),
+    ("MAESTRO_CONFIG", "path of the TOML config file (like --config)"),
+    ("MAESTRO_LISTEN", "listen address, e.g. 0.0.0.0:8080 (listen)"),
+    ("MAESTRO_DATA_DIR", "data directory for the embedded store (data_dir)"),
+    ("MAESTRO_DATABASE_URL", "postgres://… or sqlite:PATH (database_url)"),
+    ("MAESTRO_ADMIN_KEY", "platform-admin key used on first start (admin_key)"),
+    ("MAESTRO_LOG", "log filter, e.g. info or maestro_host=debug (log.level)"),
     ("MAESTRO_LOG_FORMAT", "human or json (log.format)"),
-    (
-        "MAESTRO_BODY_LIMIT_BYTES",
-        "largest accepted request body (http.body_limit_bytes)",
-    ),
-    (
-        "MAESTRO_CORS_ALLOW_ORIGINS",
-        "comma-separated CORS allow-list (http.cors_allow_origins)",
-    ),
+    ("MAESTRO_BODY_LIMIT_BYTES", "largest accepted request body (http.body_limit_bytes)"),
+    ("MAESTRO_CORS_ALLOW_ORIGINS", "comma-separated CORS allow-list (http.cors_allow_origins)"),
 ];
 
 /// The config file format version this build reads.
@@ -100,9 +77,34 @@ pub struct Config {
     pub body_limit_bytes: usize,
     /// Origins allowed by CORS; empty means CORS is off (no CORS headers at all).
     pub cors_allow_origins: Vec<String>,
+    /// Directory of installed plugins.
+    pub plugin_dir: PathBuf,
+    /// How often plugins are re-scanned (`None`: never).
+    pub plugin_reload: Option<Duration>,
+    /// Directory of policy files.
+    pub policy_dir: PathBuf,
+    /// How often policies are re-read (`None`: never).
+    pub policy_reload: Option<Duration>,
+    /// Directory of `file:KEY` secrets.
+    pub secrets_dir: PathBuf,
+    /// Sandbox engine settings.
+    pub sandbox: SandboxSettings,
     /// `MAESTRO_*` variables that were set but are not known, to warn about once
     /// logging is up.
     pub unknown_env: Vec<String>,
+}
+
+/// Engine-wide sandbox settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxSettings {
+    /// Threads running plugin code.
+    pub workers: usize,
+    /// Largest linear memory of any call.
+    pub max_memory_bytes: usize,
+    /// Instances alive at once.
+    pub max_instances: u32,
+    /// Compiled-component cache directory.
+    pub cache_dir: PathBuf,
 }
 
 impl fmt::Debug for Config {
@@ -116,7 +118,11 @@ impl fmt::Debug for Config {
             .field("log_format", &self.log_format)
             .field("body_limit_bytes", &self.body_limit_bytes)
             .field("cors_allow_origins", &self.cors_allow_origins)
-            .finish()
+            .field("plugin_dir", &self.plugin_dir)
+            .field("policy_dir", &self.policy_dir)
+            .field("secrets_dir", &self.secrets_dir)
+            .field("sandbox", &self.sandbox)
+            .finish_non_exhaustive()
     }
 }
 
@@ -154,11 +160,7 @@ pub enum ConfigError {
 
 impl Config {
     /// Loads the configuration: `file` (or `MAESTRO_CONFIG`), then `env`, then `overrides`.
-    pub fn load(
-        file: Option<&Path>,
-        env: &Env,
-        overrides: &Overrides,
-    ) -> Result<Self, ConfigError> {
+    pub fn load(file: Option<&Path>, env: &Env, overrides: &Overrides) -> Result<Self, ConfigError> {
         let env_file = non_empty(env, "MAESTRO_CONFIG").map(PathBuf::from);
         let raw = match file.map(Path::to_path_buf).or(env_file) {
             Some(path) => RawConfig::read(&path)?,
@@ -168,42 +170,23 @@ impl Config {
     }
 
     /// Validates a raw config with environment and flag overrides applied on top.
-    pub fn from_raw(
-        mut raw: RawConfig,
-        env: &Env,
-        overrides: &Overrides,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_raw(mut raw: RawConfig, env: &Env, overrides: &Overrides) -> Result<Self, ConfigError> {
         raw.apply_env(env)?;
         if let Some(listen) = &overrides.listen {
             raw.listen = Some(listen.clone());
         }
         let version = raw.version.unwrap_or(CONFIG_VERSION);
         if version != CONFIG_VERSION {
-            return Err(invalid(
-                "version",
-                version,
-                format!("this build reads config version {CONFIG_VERSION}"),
-            ));
+            return Err(invalid("version", version, format!("this build reads config version {CONFIG_VERSION}")));
         }
         let listen_text = raw.listen.unwrap_or_else(|| raw::DEFAULT_LISTEN.to_owned());
-        let listen = listen_text.parse::<SocketAddr>().map_err(|e| {
-            invalid(
-                "listen",
-                &listen_text,
-                format!("{e} (expected HOST:PORT, e.g. 127.0.0.1:8080)"),
-            )
+        let listen = listen_text
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("listen", &listen_text, format!("{e} (expected HOST:PORT, e.g. 127.0.0.1:8080)")))?;
+        let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from(raw::DEFAULT_DATA_DIR));
+        let store = StoreLocation::resolve(raw.database_url.as_deref(), &data_dir).map_err(|e| {
+            invalid("database_url", redact_url(raw.database_url.as_deref().unwrap_or("")), e.to_string())
         })?;
-        let data_dir = raw
-            .data_dir
-            .unwrap_or_else(|| PathBuf::from(raw::DEFAULT_DATA_DIR));
-        let store =
-            StoreLocation::resolve(raw.database_url.as_deref(), &data_dir).map_err(|e| {
-                invalid(
-                    "database_url",
-                    redact_url(raw.database_url.as_deref().unwrap_or("")),
-                    e.to_string(),
-                )
-            })?;
         let admin_key = raw
             .admin_key
             .as_deref()
@@ -216,26 +199,47 @@ impl Config {
                 None | Some("human") => LogFormat::Human,
                 Some("json") => LogFormat::Json,
                 Some(other) => {
-                    return Err(invalid(
-                        "log.format",
-                        other,
-                        "expected human or json".into(),
-                    ));
+                    return Err(invalid("log.format", other, "expected human or json".into()));
                 }
             },
         };
         let body_limit_bytes = raw.http.body_limit_bytes.unwrap_or(raw::DEFAULT_BODY_LIMIT);
         if !(1024..=(256 << 20)).contains(&body_limit_bytes) {
-            return Err(invalid(
-                "http.body_limit_bytes",
-                body_limit_bytes,
-                "must be between 1 KiB and 256 MiB".into(),
-            ));
+            return Err(invalid("http.body_limit_bytes", body_limit_bytes, "must be between 1 KiB and 256 MiB".into()));
         }
         let cors_allow_origins = raw.http.cors_allow_origins.unwrap_or_default();
         for origin in &cors_allow_origins {
             validate_origin(origin)?;
         }
+        let plugin_dir = raw.plugins.dir.unwrap_or_else(|| data_dir.join("plugins"));
+        let plugin_reload = reload_interval("plugins.reload_interval", raw.plugins.reload_interval.as_deref())?;
+        let policy_dir = raw.policies.dir.unwrap_or_else(|| PathBuf::from(raw::DEFAULT_POLICY_DIR));
+        let policy_reload = reload_interval("policies.reload_interval", raw.policies.reload_interval.as_deref())?;
+        let secrets_dir = raw.policies.secrets_dir.unwrap_or_else(|| data_dir.join("secrets"));
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let workers = match raw.sandbox.workers {
+            None | Some(0) => cores,
+            Some(n) if n <= 1024 => n,
+            Some(n) => return Err(invalid("sandbox.workers", n, "must be at most 1024".into())),
+        };
+        let max_memory_text = raw.sandbox.max_memory.unwrap_or_else(|| raw::DEFAULT_SANDBOX_MEMORY.to_owned());
+        let max_memory_bytes = maestro_core::policy::parse_size(&max_memory_text)
+            .ok()
+            .and_then(|b| usize::try_from(b).ok())
+            .filter(|b| (1 << 20..=4 << 30).contains(b))
+            .ok_or_else(|| {
+                invalid("sandbox.max_memory", &max_memory_text, "expected a size from 1MiB to 4GiB, e.g. 256MiB".into())
+            })?;
+        let max_instances = raw.sandbox.max_instances.unwrap_or(raw::DEFAULT_SANDBOX_INSTANCES);
+        if !(1..=10_000).contains(&max_instances) {
+            return Err(invalid("sandbox.max_instances", max_instances, "must be between 1 and 10000".into()));
+        }
+        let sandbox = SandboxSettings {
+            workers,
+            max_memory_bytes,
+            max_instances,
+            cache_dir: raw.sandbox.cache_dir.unwrap_or_else(|| data_dir.join("cache").join("wasm")),
+        };
         let unknown_env = env
             .keys()
             .filter(|k| k.starts_with("MAESTRO_") && !ENV_VARS.iter().any(|(known, _)| known == k))
@@ -246,27 +250,38 @@ impl Config {
             data_dir,
             store,
             admin_key,
-            log_filter: raw
-                .log
-                .level
-                .unwrap_or_else(|| raw::DEFAULT_LOG_LEVEL.to_owned()),
+            log_filter: raw.log.level.unwrap_or_else(|| raw::DEFAULT_LOG_LEVEL.to_owned()),
             log_format,
             body_limit_bytes,
             cors_allow_origins,
+            plugin_dir,
+            plugin_reload,
+            policy_dir,
+            policy_reload,
+            secrets_dir,
+            sandbox,
             unknown_env,
         })
     }
 }
 
+fn reload_interval(key: &str, text: Option<&str>) -> Result<Option<Duration>, ConfigError> {
+    let text = text.unwrap_or(raw::DEFAULT_RELOAD_INTERVAL);
+    let interval = humantime::parse_duration(text.trim())
+        .map_err(|e| invalid(key, text, format!("{e} (expected a duration such as 2s; 0s disables reloading)")))?;
+    if interval.is_zero() {
+        return Ok(None);
+    }
+    if interval < Duration::from_millis(100) {
+        return Err(invalid(key, text, "must be 0s (off) or at least 100ms".into()));
+    }
+    Ok(Some(interval))
+}
+
 fn validate_origin(origin: &str) -> Result<(), ConfigError> {
     let shape_ok = (origin.starts_with("https://") || origin.starts_with("http://"))
-        && !origin
-            .trim_end_matches('/')
-            .contains(|c: char| c == '*' || c.is_whitespace())
-        && origin
-            .split("://")
-            .nth(1)
-            .is_some_and(|host| !host.is_empty() && !host.contains('/'));
+        && !origin.trim_end_matches('/').contains(|c: char| c == '*' || c.is_whitespace())
+        && origin.split("://").nth(1).is_some_and(|host| !host.is_empty() && !host.contains('/'));
     if shape_ok {
         Ok(())
     } else {
@@ -279,18 +294,12 @@ fn validate_origin(origin: &str) -> Result<(), ConfigError> {
 }
 
 fn invalid(key: &str, value: impl fmt::Display, reason: String) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.to_owned(),
-        value: value.to_string(),
-        reason,
-    }
+    ConfigError::Invalid { key: key.to_owned(), value: value.to_string(), reason }
 }
 
 /// A variable's value, treating an empty value as unset (as compose files often do).
 pub(crate) fn non_empty<'a>(env: &'a Env, key: &str) -> Option<&'a str> {
-    env.get(key)
-        .map(String::as_str)
-        .filter(|v| !v.trim().is_empty())
+    env.get(key).map(String::as_str).filter(|v| !v.trim().is_empty())
 }
 
 #[cfg(test)]
@@ -298,40 +307,26 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Env {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     #[test]
     fn defaults_use_embedded_sqlite_under_data() {
-        let config =
-            Config::load(None, &Env::new(), &Overrides::default()).expect("defaults are valid");
+        let config = Config::load(None, &Env::new(), &Overrides::default()).expect("defaults are valid");
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(
-            config.store,
-            StoreLocation::Sqlite(PathBuf::from("data/maestro.db"))
-        );
+        assert_eq!(config.store, StoreLocation::Sqlite(PathBuf::from("data/maestro.db")));
         assert_eq!(config.log_format, LogFormat::Human);
         assert!(config.cors_allow_origins.is_empty());
     }
 
     #[test]
     fn env_overrides_file_and_flags_override_env() {
-        let raw =
-            RawConfig::parse("listen = \"127.0.0.1:1\"\n", Path::new("t.toml")).expect("parses");
-        let env = env(&[
-            ("MAESTRO_LISTEN", "127.0.0.1:2"),
-            ("MAESTRO_LOG_FORMAT", "json"),
-        ]);
+        let raw = RawConfig::parse("listen = \"127.0.0.1:1\"\n", Path::new("t.toml")).expect("parses");
+        let env = env(&[("MAESTRO_LISTEN", "127.0.0.1:2"), ("MAESTRO_LOG_FORMAT", "json")]);
         let config = Config::from_raw(raw.clone(), &env, &Overrides::default()).expect("valid");
         assert_eq!(config.listen.port(), 2);
         assert_eq!(config.log_format, LogFormat::Json);
-        let flags = Overrides {
-            listen: Some("127.0.0.1:3".into()),
-            log_format: Some(LogFormat::Human),
-        };
+        let flags = Overrides { listen: Some("127.0.0.1:3".into()), log_format: Some(LogFormat::Human) };
         let config = Config::from_raw(raw, &env, &flags).expect("valid");
         assert_eq!(config.listen.port(), 3);
         assert_eq!(config.log_format, LogFormat::Human);
@@ -339,31 +334,17 @@ mod tests {
 
     #[test]
     fn empty_env_values_count_as_unset() {
-        let config = Config::load(
-            None,
-            &env(&[("MAESTRO_DATABASE_URL", "")]),
-            &Overrides::default(),
-        )
-        .expect("valid");
+        let config = Config::load(None, &env(&[("MAESTRO_DATABASE_URL", "")]), &Overrides::default()).expect("valid");
         assert!(matches!(config.store, StoreLocation::Sqlite(_)));
     }
 
     #[test]
     fn debug_output_redacts_secrets() {
         let env = env(&[
-            (
-                "MAESTRO_DATABASE_URL",
-                "postgres://maestro:hunter2@db/maestro",
-            ),
-            (
-                "MAESTRO_ADMIN_KEY",
-                "mk_0123456789abcdefghijABCDEFGHIJ0123456789",
-            ),
+            ("MAESTRO_DATABASE_URL", "postgres://maestro:hunter2@db/maestro"),
+            ("MAESTRO_ADMIN_KEY", "mk_0123456789abcdefghijABCDEFGHIJ0123456789"),
         ]);
-        let shown = format!(
-            "{:?}",
-            Config::load(None, &env, &Overrides::default()).expect("valid")
-        );
+        let shown = format!("{:?}", Config::load(None, &env, &Overrides::default()).expect("valid"));
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!shown.contains("0123456789abcdefghij"), "{shown}");
     }
@@ -375,29 +356,20 @@ mod tests {
             ("MAESTRO_ADMIN_KEY", "sk_live_123", "admin_key"),
             ("MAESTRO_LOG_FORMAT", "xml", "log.format"),
             ("MAESTRO_BODY_LIMIT_BYTES", "12", "http.body_limit_bytes"),
-            (
-                "MAESTRO_BODY_LIMIT_BYTES",
-                "lots",
-                "MAESTRO_BODY_LIMIT_BYTES",
-            ),
+            ("MAESTRO_BODY_LIMIT_BYTES", "lots", "MAESTRO_BODY_LIMIT_BYTES"),
             ("MAESTRO_CORS_ALLOW_ORIGINS", "*", "http.cors_allow_origins"),
             ("MAESTRO_DATABASE_URL", "mysql://x", "database_url"),
         ];
         for (var, value, key) in cases {
-            let err =
-                Config::load(None, &env(&[(var, value)]), &Overrides::default()).expect_err(value);
+            let err = Config::load(None, &env(&[(var, value)]), &Overrides::default()).expect_err(value);
             assert!(err.to_string().contains(key), "{var}={value}: {err}");
         }
     }
 
     #[test]
     fn reports_unknown_maestro_variables() {
-        let config = Config::load(
-            None,
-            &env(&[("MAESTRO_LISTNE", "x"), ("HOME", "/root")]),
-            &Overrides::default(),
-        )
-        .expect("valid");
+        let config = Config::load(None, &env(&[("MAESTRO_LISTNE", "x"), ("HOME", "/root")]), &Overrides::default())
+            .expect("valid");
         assert_eq!(config.unknown_env, vec!["MAESTRO_LISTNE".to_owned()]);
     }
 }

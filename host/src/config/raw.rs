@@ -10,6 +10,10 @@ pub(super) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub(super) const DEFAULT_DATA_DIR: &str = "data";
 pub(super) const DEFAULT_LOG_LEVEL: &str = "info";
 pub(super) const DEFAULT_BODY_LIMIT: usize = 1 << 20;
+pub(super) const DEFAULT_POLICY_DIR: &str = "policies";
+pub(super) const DEFAULT_RELOAD_INTERVAL: &str = "2s";
+pub(super) const DEFAULT_SANDBOX_MEMORY: &str = "256MiB";
+pub(super) const DEFAULT_SANDBOX_INSTANCES: u32 = 256;
 
 /// The raw config file. See `config/maestro.toml` for every key and its default.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -31,6 +35,51 @@ pub struct RawConfig {
     /// `[http]`.
     #[serde(default)]
     pub http: RawHttp,
+    /// `[plugins]`.
+    #[serde(default)]
+    pub plugins: RawPlugins,
+    /// `[policies]`.
+    #[serde(default)]
+    pub policies: RawPolicies,
+    /// `[sandbox]`.
+    #[serde(default)]
+    pub sandbox: RawSandbox,
+}
+
+/// `[plugins]` section.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugins {
+    /// Directory of installed plugins (`<name>/plugin.toml` + component).
+    pub dir: Option<PathBuf>,
+    /// How often to look for changed plugins, e.g. `2s`; `0s` disables reloading.
+    pub reload_interval: Option<String>,
+}
+
+/// `[policies]` section.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicies {
+    /// Directory of policy files (`*.toml`).
+    pub dir: Option<PathBuf>,
+    /// How often to look for changed policies; `0s` disables reloading.
+    pub reload_interval: Option<String>,
+    /// Directory holding `file:KEY` secrets (one file per key).
+    pub secrets_dir: Option<PathBuf>,
+}
+
+/// `[sandbox]` section.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSandbox {
+    /// Threads running plugin code (0: one per core).
+    pub workers: Option<usize>,
+    /// Largest linear memory any call may get, e.g. `256MiB`.
+    pub max_memory: Option<String>,
+    /// Plugin instances alive at once.
+    pub max_instances: Option<u32>,
+    /// Compiled-component cache; default `<data_dir>/cache/wasm`.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// `[log]` section.
@@ -56,19 +105,14 @@ pub struct RawHttp {
 impl RawConfig {
     /// Reads and parses a config file.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(&text, path)
     }
 
     /// Parses config text; `path` is for messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
     }
 
     /// Applies `MAESTRO_*` variables on top of the file.
@@ -100,13 +144,17 @@ impl RawConfig {
             })?;
             self.http.body_limit_bytes = Some(bytes);
         }
+        if let Some(v) = get("MAESTRO_PLUGIN_DIR") {
+            self.plugins.dir = Some(v.into());
+        }
+        if let Some(v) = get("MAESTRO_POLICY_DIR") {
+            self.policies.dir = Some(v.into());
+        }
+        if let Some(v) = get("MAESTRO_SECRETS_DIR") {
+            self.policies.secrets_dir = Some(v.into());
+        }
         if let Some(v) = get("MAESTRO_CORS_ALLOW_ORIGINS") {
-            let origins = v
-                .split(',')
-                .map(str::trim)
-                .filter(|o| !o.is_empty())
-                .map(str::to_owned)
-                .collect();
+            let origins = v.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_owned).collect();
             self.http.cors_allow_origins = Some(origins);
         }
         Ok(())

@@ -36,11 +36,7 @@ pub struct TenantView {
 
 impl From<Tenant> for TenantView {
     fn from(t: Tenant) -> Self {
-        Self {
-            id: t.id.to_string(),
-            name: t.name.to_string(),
-            created_at: t.created_at,
-        }
+        Self { id: t.id.to_string(), name: t.name.to_string(), created_at: t.created_at }
     }
 }
 
@@ -132,9 +128,7 @@ impl KeyView {
         };
         let (tenant_id, role) = match &key.scope {
             KeyScope::Platform => (None, KeyRole::Platform),
-            KeyScope::Tenant { tenant_id, role } => {
-                (Some(tenant_id.to_string()), KeyRole::from(*role))
-            }
+            KeyScope::Tenant { tenant_id, role } => (Some(tenant_id.to_string()), KeyRole::from(*role)),
         };
         Self {
             prefix: key.display_prefix(),
@@ -227,13 +221,7 @@ pub(super) async fn list_tenants(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<TenantList>, ApiError> {
     caller.require_platform_admin()?;
-    let tenants = state
-        .accounts
-        .list_tenants()
-        .await?
-        .into_iter()
-        .map(TenantView::from)
-        .collect();
+    let tenants = state.accounts.list_tenants().await?.into_iter().map(TenantView::from).collect();
     Ok(Json(TenantList { tenants }))
 }
 
@@ -257,47 +245,29 @@ pub(super) async fn create_key(
     let now = state.accounts.now();
     let expires_at = match (body.expires_in.as_deref(), body.expires_at) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                "give expires_in or expires_at, not both",
-            ));
+            return Err(ApiError::new(ErrorCode::InvalidRequest, "give expires_in or expires_at, not both"));
         }
-        (Some(text), None) => {
-            Some(expiry_after(now, text).map_err(|m| ApiError::new(ErrorCode::InvalidRequest, m))?)
-        }
+        (Some(text), None) => Some(expiry_after(now, text).map_err(|m| ApiError::new(ErrorCode::InvalidRequest, m))?),
         (None, at) => at,
     };
     let scope = match (body.role.tenant_role(), own_tenant) {
         (None, Some(_)) => {
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                "only a platform admin can create platform keys",
-            ));
+            return Err(ApiError::new(ErrorCode::Forbidden, "only a platform admin can create platform keys"));
         }
         (None, None) if body.tenant.is_some() => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                "a platform key belongs to no tenant",
-            ));
+            return Err(ApiError::new(ErrorCode::InvalidRequest, "a platform key belongs to no tenant"));
         }
         (None, None) => KeyScope::Platform,
         (Some(role), own) => {
             let tenant_id = resolve_tenant(&state, own.as_ref(), body.tenant.as_deref()).await?;
-            let tenant_id = tenant_id.ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    "tenant is required for a tenant key",
-                )
-            })?;
+            let tenant_id = tenant_id
+                .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "tenant is required for a tenant key"))?;
             KeyScope::Tenant { tenant_id, role }
         }
     };
     let issued = state.accounts.create_key(scope, name, expires_at).await?;
     tracing::info!(key_id = %issued.key.id, by = %caller.key_id, "key created");
-    let body = CreatedKey {
-        key: KeyView::new(issued.key, now),
-        token: issued.token.expose_secret().to_owned(),
-    };
+    let body = CreatedKey { key: KeyView::new(issued.key, now), token: issued.token.expose_secret().to_owned() };
     Ok((StatusCode::CREATED, Json(body)))
 }
 
@@ -315,9 +285,7 @@ pub(super) async fn list_keys(
     let tenant = resolve_tenant(&state, own_tenant.as_ref(), query.tenant.as_deref()).await?;
     let now = state.accounts.now();
     let keys = state.accounts.list_keys(tenant.as_ref()).await?;
-    Ok(Json(KeyList {
-        keys: keys.into_iter().map(|k| KeyView::new(k, now)).collect(),
-    }))
+    Ok(Json(KeyList { keys: keys.into_iter().map(|k| KeyView::new(k, now)).collect() }))
 }
 
 /// Revokes a key. Revoking twice keeps the first revocation time.
@@ -355,10 +323,9 @@ async fn resolve_tenant(
     match (own, found) {
         (None, found) => Ok(Some(found?.id)),
         (Some(own), Ok(tenant)) if tenant.id == *own => Ok(Some(own.clone())),
-        (Some(_), Ok(_) | Err(AccountsError::TenantNotFound(_))) => Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "a tenant key can only act on its own tenant",
-        )),
+        (Some(_), Ok(_) | Err(AccountsError::TenantNotFound(_))) => {
+            Err(ApiError::new(ErrorCode::Forbidden, "a tenant key can only act on its own tenant"))
+        }
         (Some(_), Err(err)) => Err(err.into()),
     }
 }

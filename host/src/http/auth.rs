@@ -34,9 +34,7 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let value = value
-        .to_str()
-        .map_err(|_| ApiError::unauthorized(AuthError::Invalid))?;
+    let value = value.to_str().map_err(|_| ApiError::unauthorized(AuthError::Invalid))?;
     match value.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(Some(token.trim())),
         _ => Err(ApiError::unauthorized(AuthError::Missing)),

@@ -35,6 +35,24 @@ pub enum ErrorCode {
     Conflict,
     /// A dependency (the store) is not available.
     Unavailable,
+    /// Too many calls under the caller's policy rate.
+    RateLimited,
+    /// The tool ran past its deadline.
+    ToolTimeout,
+    /// The tool used all its fuel.
+    ToolOutOfFuel,
+    /// The tool needed more memory than allowed.
+    ToolMemoryLimit,
+    /// The tool crashed (trap).
+    ToolTrap,
+    /// The tool tried to reach a network destination its policy does not allow.
+    NetworkDenied,
+    /// The tool's result is larger than allowed.
+    ToolOutputTooLarge,
+    /// The tool ran and reported an error.
+    ToolError,
+    /// The call was cancelled.
+    Cancelled,
     /// An unexpected failure; details are logged, not returned.
     Internal,
 }
@@ -53,6 +71,15 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::ToolTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::ToolOutOfFuel
+            | ErrorCode::ToolMemoryLimit
+            | ErrorCode::ToolOutputTooLarge
+            | ErrorCode::ToolError => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::ToolTrap => StatusCode::BAD_GATEWAY,
+            ErrorCode::NetworkDenied => StatusCode::FORBIDDEN,
+            ErrorCode::Cancelled => StatusCode::CONFLICT,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -64,6 +91,8 @@ pub struct ApiError {
     code: ErrorCode,
     message: String,
     www_authenticate: Option<&'static str>,
+    details: Option<serde_json::Value>,
+    retry_after: Option<u64>,
 }
 
 /// The body of every error response.
@@ -80,16 +109,28 @@ pub struct ErrorDetail {
     pub code: ErrorCode,
     /// Human-readable explanation.
     pub message: String,
+    /// Structured context (e.g. a tool call's metering), when there is any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
 }
 
 impl ApiError {
     /// An error with a code and a message for the client.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            www_authenticate: None,
-        }
+        Self { code, message: message.into(), www_authenticate: None, details: None, retry_after: None }
+    }
+
+    /// Adds structured details to the error body.
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    /// Adds a `Retry-After` header (seconds).
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// A server-side failure: logged here once with its cause chain, answered with a
@@ -116,10 +157,7 @@ impl ApiError {
             AuthError::Missing => r#"Bearer realm="maestro""#,
             _ => r#"Bearer realm="maestro", error="invalid_token""#,
         };
-        Self {
-            www_authenticate: Some(challenge),
-            ..Self::new(ErrorCode::Unauthorized, err.to_string())
-        }
+        Self { www_authenticate: Some(challenge), ..Self::new(ErrorCode::Unauthorized, err.to_string()) }
     }
 
     /// The error's code.
@@ -130,18 +168,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code,
-                message: self.message,
-            },
-        };
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message, details: self.details } };
         let mut response = (self.code.status(), Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if let Some(challenge) = self.www_authenticate {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(challenge),
-            );
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
         response
     }
@@ -150,9 +183,7 @@ impl IntoResponse for ApiError {
 impl From<AccountsError> for ApiError {
     fn from(err: AccountsError) -> Self {
         let code = match &err {
-            AccountsError::InvalidName(_) | AccountsError::ExpiryInPast(_) => {
-                ErrorCode::InvalidRequest
-            }
+            AccountsError::InvalidName(_) | AccountsError::ExpiryInPast(_) => ErrorCode::InvalidRequest,
             AccountsError::TenantNotFound(_) | AccountsError::KeyNotFound(_) => ErrorCode::NotFound,
             AccountsError::TenantExists(_) => ErrorCode::Conflict,
             AccountsError::Store(maestro_core::StoreError::Backend(_)) => {
@@ -187,15 +218,21 @@ mod tests {
             ErrorCode::MethodNotAllowed,
             ErrorCode::Conflict,
             ErrorCode::Unavailable,
+            ErrorCode::RateLimited,
+            ErrorCode::ToolTimeout,
+            ErrorCode::ToolOutOfFuel,
+            ErrorCode::ToolMemoryLimit,
+            ErrorCode::ToolTrap,
+            ErrorCode::NetworkDenied,
+            ErrorCode::ToolOutputTooLarge,
+            ErrorCode::ToolError,
+            ErrorCode::Cancelled,
             ErrorCode::Internal,
         ];
         for code in codes {
             let name = serde_json::to_value(code).expect("serialises");
             let name = name.as_str().expect("a string");
-            assert!(
-                name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
-                "{name}"
-            );
+            assert!(name.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{name}");
             assert!(code.status().is_client_error() || code.status().is_server_error());
         }
     }

@@ -23,10 +23,7 @@ pub struct Status {
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Status)))]
 pub(super) async fn healthz() -> Json<Status> {
-    Json(Status {
-        status: "ok",
-        store: None,
-    })
+    Json(Status { status: "ok", store: None })
 }
 
 /// The process can serve requests: its store answers.
@@ -36,24 +33,12 @@ pub(super) async fn healthz() -> Json<Status> {
 )]
 pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
     let store = state.accounts.store();
-    store
-        .ping()
-        .await
-        .map_err(|e| ApiError::internal(ErrorCode::Unavailable, &e))?;
-    Ok(Json(Status {
-        status: "ready",
-        store: Some(store.backend()),
-    }))
+    store.ping().await.map_err(|e| ApiError::internal(ErrorCode::Unavailable, &e))?;
+    Ok(Json(Status { status: "ready", store: Some(store.backend()) }))
 }
 
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, body = String, content_type = "text/plain")))]
 pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
 }

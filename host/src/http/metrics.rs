@@ -12,9 +12,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 /// Upper bounds of the latency buckets, in seconds.
-const BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
+const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
 /// The registry. Cheap to update: one uncontended lock per request.
 #[derive(Debug, Default)]
@@ -37,14 +35,8 @@ struct Histogram {
 
 impl Metrics {
     fn record(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        let mut inner = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *inner
-            .requests
-            .entry((method.to_owned(), route.to_owned(), status))
-            .or_default() += 1;
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *inner.requests.entry((method.to_owned(), route.to_owned(), status)).or_default() += 1;
         let histogram = inner.latency.entry(route.to_owned()).or_default();
         histogram.count += 1;
         histogram.sum += seconds;
@@ -57,22 +49,11 @@ impl Metrics {
 
     /// The registry in Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
-        let inner = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = String::new();
-        out.push_str(
-            "# HELP maestro_build_info Build information.\n# TYPE maestro_build_info gauge\n",
-        );
-        let _ = writeln!(
-            out,
-            "maestro_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
-        );
-        out.push_str(
-            "# HELP maestro_http_requests_total HTTP requests by route, method and status.\n",
-        );
+        out.push_str("# HELP maestro_build_info Build information.\n# TYPE maestro_build_info gauge\n");
+        let _ = writeln!(out, "maestro_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+        out.push_str("# HELP maestro_http_requests_total HTTP requests by route, method and status.\n");
         out.push_str("# TYPE maestro_http_requests_total counter\n");
         for ((method, route, status), count) in &inner.requests {
             let _ = writeln!(
@@ -80,9 +61,7 @@ impl Metrics {
                 "maestro_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {count}"
             );
         }
-        out.push_str(
-            "# HELP maestro_http_request_duration_seconds HTTP request latency by route.\n",
-        );
+        out.push_str("# HELP maestro_http_request_duration_seconds HTTP request latency by route.\n");
         out.push_str("# TYPE maestro_http_request_duration_seconds histogram\n");
         for (route, h) in &inner.latency {
             for (bound, count) in BUCKETS.iter().zip(h.buckets) {
@@ -96,34 +75,18 @@ impl Metrics {
                 "maestro_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
                 h.count
             );
-            let _ = writeln!(
-                out,
-                "maestro_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "maestro_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
-                h.count
-            );
+            let _ = writeln!(out, "maestro_http_request_duration_seconds_sum{{route=\"{route}\"}} {}", h.sum);
+            let _ = writeln!(out, "maestro_http_request_duration_seconds_count{{route=\"{route}\"}} {}", h.count);
         }
         out
     }
 }
 
 /// Middleware recording every request.
-pub(super) async fn track(
-    State(metrics): State<Arc<Metrics>>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub(super) async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().as_str().to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
     let response = next.run(request).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
@@ -142,18 +105,10 @@ mod tests {
         metrics.record("GET", "/healthz", 200, 0.0007);
         metrics.record("GET", "/healthz", 200, 0.2);
         let text = metrics.render();
-        assert!(text.contains(
-            "maestro_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 2"
-        ));
-        assert!(text.contains(
-            "maestro_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.0005\"} 0"
-        ));
-        assert!(text.contains(
-            "maestro_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.001\"} 1"
-        ));
-        assert!(text.contains(
-            "maestro_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.25\"} 2"
-        ));
+        assert!(text.contains("maestro_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 2"));
+        assert!(text.contains("maestro_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.0005\"} 0"));
+        assert!(text.contains("maestro_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.001\"} 1"));
+        assert!(text.contains("maestro_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.25\"} 2"));
         assert!(text.contains("maestro_http_request_duration_seconds_count{route=\"/healthz\"} 2"));
     }
 }

@@ -9,6 +9,7 @@ pub mod error;
 mod extract;
 pub mod health;
 pub mod metrics;
+pub mod tools;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub accounts: Accounts,
     /// Request metrics.
     pub metrics: Arc<Metrics>,
+    /// Plugins, policies and tool calls.
+    pub tools: Arc<crate::tools::Tools>,
 }
 
 /// HTTP settings from the validated config.
@@ -52,12 +55,14 @@ pub struct HttpSettings {
         health::healthz, health::readyz, health::metrics,
         admin::create_tenant, admin::list_tenants,
         admin::create_key, admin::list_keys, admin::revoke_key,
+        tools::list_plugins, tools::list_personas, tools::list_tools, tools::call_tool,
     ),
     modifiers(&BearerScheme),
     tags(
         (name = "health", description = "liveness, readiness, metrics"),
         (name = "tenants", description = "tenants (platform admin)"),
         (name = "keys", description = "API keys (tenant admin)"),
+        (name = "tools", description = "plugins, personas and tool calls (under the caller's policy)"),
     )
 )]
 pub struct ApiDoc;
@@ -68,10 +73,7 @@ struct BearerScheme;
 impl utoipa::Modify for BearerScheme {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        let scheme = HttpBuilder::new()
-            .scheme(HttpAuthScheme::Bearer)
-            .bearer_format("mk_…")
-            .build();
+        let scheme = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("mk_…").build();
         components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
     }
 }
@@ -85,25 +87,20 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        ErrorCode::MethodNotAllowed,
-        "method not allowed on this route",
-    )
+    ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
 }
 
 /// The application's router.
 pub fn router(state: AppState, settings: &HttpSettings) -> Router {
     let authenticated = Router::new()
-        .route(
-            "/tenants",
-            post(admin::create_tenant).get(admin::list_tenants),
-        )
+        .route("/tenants", post(admin::create_tenant).get(admin::list_tenants))
         .route("/keys", post(admin::create_key).get(admin::list_keys))
         .route("/keys/{id}", delete(admin::revoke_key))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_caller,
-        ));
+        .route("/plugins", get(tools::list_plugins))
+        .route("/personas", get(tools::list_personas))
+        .route("/tools", get(tools::list_tools))
+        .route("/tools/{name}/call", post(tools::call_tool))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_caller));
     let v1 = authenticated.route("/openapi.json", get(openapi));
     let mut app = Router::new()
         .route("/healthz", get(health::healthz))
@@ -113,15 +110,9 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
-        .layer(middleware::from_fn_with_state(
-            state.metrics.clone(),
-            metrics::track,
-        ));
+        .layer(middleware::from_fn_with_state(state.metrics.clone(), metrics::track));
     if !settings.cors_allow_origins.is_empty() {
-        let origins = settings
-            .cors_allow_origins
-            .iter()
-            .filter_map(|o| HeaderValue::from_str(o).ok());
+        let origins = settings.cors_allow_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok());
         let cors = CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
             .allow_methods([Method::GET, Method::POST, Method::DELETE])
@@ -145,7 +136,5 @@ pub async fn serve(
             tracing::warn!(%err, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

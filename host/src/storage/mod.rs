@@ -43,10 +43,7 @@ impl StoreLocation {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 Ok(Self::Postgres(url.to_owned()))
             }
-            Some(url) => match url
-                .strip_prefix("sqlite://")
-                .or_else(|| url.strip_prefix("sqlite:"))
-            {
+            Some(url) => match url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
                 Some(path) if !path.is_empty() => Ok(Self::Sqlite(path.into())),
                 _ => Err("unsupported database url: use postgres://… or sqlite:PATH".to_owned()),
             },
@@ -77,11 +74,7 @@ pub fn redact_url(url: &str) -> String {
     match authority.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_owned()
-            };
+            let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
             format!("{scheme}://{masked}@{host}{tail}")
         }
         None => url.to_owned(),
@@ -100,18 +93,13 @@ pub fn latest_migration(location: &StoreLocation) -> String {
         StoreLocation::Sqlite(_) => &sqlite::MIGRATOR,
         StoreLocation::Postgres(_) => &postgres::MIGRATOR,
     };
-    migrator.iter().last().map_or_else(
-        || "none".to_owned(),
-        |m| format!("{} {}", m.version, m.description),
-    )
+    migrator.iter().last().map_or_else(|| "none".to_owned(), |m| format!("{} {}", m.version, m.description))
 }
 
 /// Maps a sqlx error to the port's error, naming what conflicted or was missing.
 fn map_err(what: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
     move |err| match &err {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            StoreError::Conflict(what.to_owned())
-        }
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what.to_owned()),
         sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
             StoreError::NotFound(format!("a row referenced by {what}"))
         }
@@ -129,33 +117,21 @@ mod tests {
 
     #[test]
     fn redacts_passwords_but_keeps_the_rest() {
-        assert_eq!(
-            redact_url("postgres://u:secret@db:5432/m"),
-            "postgres://u:***@db:5432/m"
-        );
+        assert_eq!(redact_url("postgres://u:secret@db:5432/m"), "postgres://u:***@db:5432/m");
         assert_eq!(redact_url("postgres://u@db/m"), "postgres://u@db/m");
         assert_eq!(redact_url("postgres://db/m?x=@"), "postgres://db/m?x=@");
-        assert_eq!(
-            redact_url("postgres://u:p@ss@db/m"),
-            "postgres://u:***@db/m"
-        );
+        assert_eq!(redact_url("postgres://u:p@ss@db/m"), "postgres://u:***@db/m");
     }
 
     #[test]
     fn resolves_locations() {
         let dir = Path::new("/d");
-        assert_eq!(
-            StoreLocation::resolve(None, dir).ok(),
-            Some(StoreLocation::Sqlite("/d/maestro.db".into()))
-        );
+        assert_eq!(StoreLocation::resolve(None, dir).ok(), Some(StoreLocation::Sqlite("/d/maestro.db".into())));
         assert_eq!(
             StoreLocation::resolve(Some("sqlite:/x/y.db"), dir).ok(),
             Some(StoreLocation::Sqlite("/x/y.db".into()))
         );
-        assert!(matches!(
-            StoreLocation::resolve(Some("postgresql://h/db"), dir),
-            Ok(StoreLocation::Postgres(_))
-        ));
+        assert!(matches!(StoreLocation::resolve(Some("postgresql://h/db"), dir), Ok(StoreLocation::Postgres(_))));
         assert!(StoreLocation::resolve(Some("mysql://h/db"), dir).is_err());
         assert!(StoreLocation::resolve(Some("sqlite:"), dir).is_err());
     }

@@ -52,10 +52,7 @@ impl Store for PostgresStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(backend_err)?;
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(backend_err)?;
         Ok(())
     }
 }

@@ -47,14 +47,11 @@ pub(super) fn key_from_row(row: KeyRow) -> Result<ApiKey, StoreError> {
             role: role.parse::<Role>().map_err(corrupt)?,
         },
         (role, None) => {
-            return Err(StoreError::Corrupt(format!(
-                "key {id} has role {role} and no tenant"
-            )));
+            return Err(StoreError::Corrupt(format!("key {id} has role {role} and no tenant")));
         }
     };
-    let hash: [u8; 32] = hash
-        .try_into()
-        .map_err(|_| StoreError::Corrupt(format!("key {id} has a hash that is not 32 bytes")))?;
+    let hash: [u8; 32] =
+        hash.try_into().map_err(|_| StoreError::Corrupt(format!("key {id} has a hash that is not 32 bytes")))?;
     Ok(ApiKey {
         id: KeyId::parse(&id).map_err(corrupt)?,
         scope,
@@ -113,13 +110,15 @@ macro_rules! impl_shared_queries {
                 &self,
                 name: &maestro_core::TenantName,
             ) -> Result<Option<maestro_core::Tenant>, maestro_core::StoreError> {
-                sqlx::query_as::<_, super::shared::TenantRow>("SELECT id, name, created_at FROM tenants WHERE name = $1")
-                    .bind(name.as_str())
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(super::backend_err)?
-                    .map(super::shared::tenant_from_row)
-                    .transpose()
+                sqlx::query_as::<_, super::shared::TenantRow>(
+                    "SELECT id, name, created_at FROM tenants WHERE name = $1",
+                )
+                .bind(name.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(super::backend_err)?
+                .map(super::shared::tenant_from_row)
+                .transpose()
             }
 
             async fn list_tenants(&self) -> Result<Vec<maestro_core::Tenant>, maestro_core::StoreError> {
@@ -164,7 +163,10 @@ macro_rules! impl_shared_queries {
                 Ok(claimed && !any_key)
             }
 
-            async fn key_by_prefix(&self, prefix: &str) -> Result<Option<maestro_core::ApiKey>, maestro_core::StoreError> {
+            async fn key_by_prefix(
+                &self,
+                prefix: &str,
+            ) -> Result<Option<maestro_core::ApiKey>, maestro_core::StoreError> {
                 let sql = concat!("SELECT ", super::shared::key_columns!(), " FROM api_keys WHERE prefix = $1");
                 sqlx::query_as::<_, super::shared::KeyRow>(sql)
                     .bind(prefix)
@@ -180,7 +182,9 @@ macro_rules! impl_shared_queries {
                 tenant: Option<&maestro_core::TenantId>,
             ) -> Result<Vec<maestro_core::ApiKey>, maestro_core::StoreError> {
                 let sql = concat!(
-                    "SELECT ", super::shared::key_columns!(), " FROM api_keys ",
+                    "SELECT ",
+                    super::shared::key_columns!(),
+                    " FROM api_keys ",
                     "WHERE ($1 IS NULL OR tenant_id = $1) ORDER BY created_at, id"
                 );
                 let rows = sqlx::query_as::<_, super::shared::KeyRow>(sql)

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use maestro_core::{Store, StoreError};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use super::shared::impl_shared_queries;
 use super::{Backend, backend_err};
@@ -41,11 +39,7 @@ impl SqliteStore {
             // Money and keys live here: a commit that returned is on disk.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await
-            .map_err(backend_err)?;
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await.map_err(backend_err)?;
         MIGRATOR.run(&pool).await.map_err(backend_err)?;
         Ok(Self { pool })
     }
@@ -53,10 +47,7 @@ impl SqliteStore {
     /// A write transaction that takes SQLite's write lock up front (`BEGIN IMMEDIATE`),
     /// so two writers queue on the busy timeout instead of failing on lock upgrade.
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend_err)
+        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend_err)
     }
 }
 
@@ -69,10 +60,7 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(backend_err)?;
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(backend_err)?;
         Ok(())
     }
 }

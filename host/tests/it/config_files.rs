@@ -14,20 +14,14 @@ fn shipped_config_parses_to_the_defaults() {
     let raw = RawConfig::read(&path).expect("config/maestro.toml parses");
     let shipped = Config::from_raw(raw, &Env::new(), &Overrides::default()).expect("valid");
     let defaults = Config::load(None, &Env::new(), &Overrides::default()).expect("defaults");
-    assert_eq!(
-        shipped, defaults,
-        "config/maestro.toml must document the defaults exactly"
-    );
+    assert_eq!(shipped, defaults, "config/maestro.toml must document the defaults exactly");
 }
 
 #[test]
 fn shipped_config_documents_every_environment_variable() {
     let text = std::fs::read_to_string(root().join("config/maestro.toml")).expect("read");
     for (var, _) in maestro_host::config::ENV_VARS {
-        assert!(
-            text.contains(var),
-            "config/maestro.toml does not mention {var}"
-        );
+        assert!(text.contains(var), "config/maestro.toml does not mention {var}");
     }
 }
 
@@ -42,11 +36,7 @@ fn config_errors_match_golden_files() {
             continue;
         }
         cases += 1;
-        let name = path
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .into_owned();
+        let name = path.file_name().expect("name").to_string_lossy().into_owned();
         let text = std::fs::read_to_string(&path).expect("read case");
         let result = RawConfig::parse(&text, Path::new(&name))
             .and_then(|raw| Config::from_raw(raw, &Env::new(), &Overrides::default()));

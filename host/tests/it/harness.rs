@@ -7,10 +7,14 @@ use std::sync::{Arc, Mutex};
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use chrono::{DateTime, Utc};
+use maestro_core::policy::PolicySet;
 use maestro_core::{Clock, Store};
 use maestro_host::accounts::Accounts;
 use maestro_host::http::{self, AppState, HttpSettings};
+use maestro_host::plugins::PluginRegistry;
+use maestro_host::policy::PolicyStore;
 use maestro_host::storage::{self, StoreLocation};
+use maestro_host::tools::{SecretValues, Tools};
 use serde_json::Value;
 use sqlx::Connection as _;
 use tower::ServiceExt as _;
@@ -63,28 +67,18 @@ impl TestDb {
             Backend::Sqlite => {
                 let path = dir.path().join("maestro.db");
                 let url = format!("sqlite:{}", path.display());
-                Self {
-                    location: StoreLocation::Sqlite(path),
-                    url,
-                    _dir: dir,
-                }
+                Self { location: StoreLocation::Sqlite(path), url, _dir: dir }
             }
             Backend::Postgres => {
                 let url = fresh_postgres_database().await;
-                Self {
-                    location: StoreLocation::Postgres(url.clone()),
-                    url,
-                    _dir: dir,
-                }
+                Self { location: StoreLocation::Postgres(url.clone()), url, _dir: dir }
             }
         }
     }
 
     /// Opens (and migrates) the store; may be called again to reopen it.
     pub(crate) async fn open(&self) -> Arc<dyn Store> {
-        storage::open(&self.location)
-            .await
-            .expect("store opens and migrates")
+        storage::open(&self.location).await.expect("store opens and migrates")
     }
 
     /// A scratch directory that lives as long as this database.
@@ -109,13 +103,8 @@ async fn fresh_postgres_database() -> String {
     let server = postgres_server_url();
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).expect("random");
-    let name = format!(
-        "maestro_test_{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    );
-    let mut admin = sqlx::PgConnection::connect(&server)
-        .await
-        .expect("connect to TEST_DATABASE_URL");
+    let name = format!("maestro_test_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let mut admin = sqlx::PgConnection::connect(&server).await.expect("connect to TEST_DATABASE_URL");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut admin)
         .await
@@ -126,13 +115,23 @@ async fn fresh_postgres_database() -> String {
 
 /// `url` with its database name replaced.
 fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
     let (scheme, rest) = base.split_once("://").expect("url has a scheme");
     let authority = rest.split('/').next().unwrap_or(rest);
     let query = query.map_or_else(String::new, |q| format!("?{q}"));
     format!("{scheme}://{authority}/{database}{query}")
+}
+
+/// Tools over a plugin directory holding `plugins`, with fixed policies.
+pub(crate) async fn tools_with(plugin_dir: &std::path::Path, plugins: &[&str], policies: PolicySet) -> Arc<Tools> {
+    std::fs::create_dir_all(plugin_dir).expect("plugin dir");
+    for plugin in plugins {
+        crate::fixtures::install(plugin_dir, plugin);
+    }
+    let registry = Arc::new(PluginRegistry::new(crate::fixtures::sandbox(), plugin_dir.to_owned()));
+    registry.refresh().await;
+    let secrets = SecretValues::new(Default::default(), plugin_dir.join("no-secrets"));
+    Arc::new(Tools::new(registry, Arc::new(PolicyStore::fixed(policies)), secrets))
 }
 
 /// A clock that only moves when told to.
@@ -141,8 +140,7 @@ pub(crate) struct ManualClock(Mutex<DateTime<Utc>>);
 
 impl ManualClock {
     pub(crate) fn new() -> Arc<Self> {
-        let now =
-            DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).expect("valid time");
+        let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).expect("valid time");
         Arc::new(Self(Mutex::new(now)))
     }
 
@@ -165,6 +163,7 @@ pub(crate) struct TestHost {
     pub(crate) accounts: Accounts,
     pub(crate) clock: Arc<ManualClock>,
     pub(crate) settings: HttpSettings,
+    pub(crate) tools: Arc<Tools>,
 }
 
 /// An answer: status, headers, and the body parsed as JSON (or `Value::String` when it
@@ -179,22 +178,13 @@ pub(crate) struct Reply {
 impl Reply {
     /// The error code of an error body.
     pub(crate) fn code(&self) -> &str {
-        self.body["error"]["code"]
-            .as_str()
-            .unwrap_or_else(|| panic!("not an error body: {}", self.body))
+        self.body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {}", self.body))
     }
 }
 
 impl TestHost {
     pub(crate) async fn new(backend: Backend) -> Self {
-        Self::with_settings(
-            backend,
-            HttpSettings {
-                body_limit_bytes: 64 * 1024,
-                cors_allow_origins: vec![],
-            },
-        )
-        .await
+        Self::with_settings(backend, HttpSettings { body_limit_bytes: 64 * 1024, cors_allow_origins: vec![] }).await
     }
 
     pub(crate) async fn with_settings(backend: Backend, settings: HttpSettings) -> Self {
@@ -202,50 +192,46 @@ impl TestHost {
         let store = db.open().await;
         let clock = ManualClock::new();
         let accounts = Accounts::new(store.clone(), clock.clone());
-        Self {
-            _db: db,
-            accounts,
-            clock,
-            settings,
-        }
+        let tools = tools_with(&db.dir().join("plugins"), &[], PolicySet::deny_all()).await;
+        Self { _db: db, accounts, clock, settings, tools }
+    }
+
+    /// Installs `plugins` (built fixtures) and runs under `policy` (TOML text).
+    pub(crate) async fn with_plugins(backend: Backend, plugins: &[&str], policy: &str) -> Self {
+        let mut host = Self::new(backend).await;
+        let set = PolicySet::parse([("test-policy.toml", policy)]).unwrap_or_else(|e| panic!("test policy: {e}"));
+        host.tools = tools_with(&host._db.dir().join("plugins"), plugins, set).await;
+        host
     }
 
     pub(crate) fn router(&self) -> axum::Router {
-        let state = AppState {
-            accounts: self.accounts.clone(),
-            metrics: Arc::default(),
-        };
+        let state = AppState { accounts: self.accounts.clone(), metrics: Arc::default(), tools: self.tools.clone() };
         http::router(state, &self.settings)
+    }
+
+    /// Another platform-admin token, for tests that already bootstrapped.
+    pub(crate) async fn platform_token_again(&self) -> String {
+        let issued = self
+            .accounts
+            .create_key(maestro_core::KeyScope::Platform, "second".into(), None)
+            .await
+            .expect("platform key");
+        issued.token.expose_secret().to_owned()
     }
 
     /// A platform-admin token, created the way first start does.
     pub(crate) async fn platform_token(&self) -> String {
         match self.accounts.bootstrap(None).await.expect("bootstrap") {
-            maestro_host::accounts::Bootstrap::Generated(issued) => {
-                issued.token.expose_secret().to_owned()
-            }
+            maestro_host::accounts::Bootstrap::Generated(issued) => issued.token.expose_secret().to_owned(),
             other => panic!("expected a generated key, got {other:?}"),
         }
     }
 
     /// Sends one request through a fresh router.
-    pub(crate) async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
+    pub(crate) async fn send(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
         let body = body.map(|b| b.to_string());
-        self.send_raw(
-            method,
-            path,
-            token,
-            body.as_deref()
-                .map(|b| ("application/json", b.as_bytes().to_vec())),
-            &[],
-        )
-        .await
+        self.send_raw(method, path, token, body.as_deref().map(|b| ("application/json", b.as_bytes().to_vec())), &[])
+            .await
     }
 
     pub(crate) async fn send_raw(
@@ -264,29 +250,17 @@ impl TestHost {
             request = request.header(*name, *value);
         }
         let request = match body {
-            Some((content_type, bytes)) => request
-                .header("content-type", content_type)
-                .body(Body::from(bytes)),
+            Some((content_type, bytes)) => request.header("content-type", content_type).body(Body::from(bytes)),
             None => request.body(Body::empty()),
         }
         .expect("valid request");
-        let response = self
-            .router()
-            .oneshot(request)
-            .await
-            .expect("infallible router");
+        let response = self.router().oneshot(request).await.expect("infallible router");
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .expect("body");
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
         let body = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        Reply { status, headers, body }
     }
 
     pub(crate) async fn get(&self, path: &str, token: Option<&str>) -> Reply {
@@ -303,22 +277,9 @@ impl TestHost {
 
     /// Creates a tenant and a key with `role` in it through the API; returns the token.
     pub(crate) async fn tenant_with_key(&self, platform: &str, tenant: &str, role: &str) -> String {
-        let created = self
-            .post(
-                "/v1/tenants",
-                Some(platform),
-                serde_json::json!({ "name": tenant }),
-            )
-            .await;
-        assert!(
-            created.status == StatusCode::CREATED || created.status == StatusCode::CONFLICT,
-            "{created:?}"
-        );
-        self.key(
-            platform,
-            serde_json::json!({ "tenant": tenant, "role": role }),
-        )
-        .await
+        let created = self.post("/v1/tenants", Some(platform), serde_json::json!({ "name": tenant })).await;
+        assert!(created.status == StatusCode::CREATED || created.status == StatusCode::CONFLICT, "{created:?}");
+        self.key(platform, serde_json::json!({ "tenant": tenant, "role": role })).await
     }
 
     /// Creates a key through the API and returns its token.

@@ -6,8 +6,12 @@
 
 mod architecture;
 mod config_files;
+mod fixtures;
 mod harness;
 mod http_api;
 mod packaging;
 mod process;
+mod reload;
+mod sandbox;
 mod storage;
+mod tools_api;

@@ -19,9 +19,7 @@ backend_tests!(
 /// A `maestro` command with a clean environment pointing at `db`.
 fn maestro(db: &TestDb, backend: Backend) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_maestro"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    command.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
     command.env("MAESTRO_DATA_DIR", db.dir().join("data"));
     if backend == Backend::Postgres {
         command.env("MAESTRO_DATABASE_URL", &db.url);
@@ -31,12 +29,7 @@ fn maestro(db: &TestDb, backend: Backend) -> Command {
 
 fn run(mut command: Command) -> Output {
     let output = command.output().expect("maestro runs");
-    assert!(
-        output.status.success(),
-        "maestro failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "maestro failed: {}\n{}", output.status, String::from_utf8_lossy(&output.stderr));
     output
 }
 
@@ -53,11 +46,7 @@ struct Server {
 
 impl Server {
     async fn start(mut command: Command, dir: &Path, run: u32) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("free port")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
         let stdout = dir.join(format!("stdout-{run}.txt"));
         let stderr = dir.join(format!("stderr-{run}.txt"));
         let child = command
@@ -67,12 +56,7 @@ impl Server {
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
             .spawn()
             .expect("maestro serve starts");
-        let mut server = Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            stdout,
-            stderr,
-        };
+        let mut server = Self { child, base: format!("http://127.0.0.1:{port}"), stdout, stderr };
         server.wait_healthy().await;
         server
     }
@@ -89,11 +73,7 @@ impl Server {
             {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "maestro did not become healthy:\n{}",
-                self.stderr_text()
-            );
+            assert!(Instant::now() < deadline, "maestro did not become healthy:\n{}", self.stderr_text());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -108,20 +88,11 @@ impl Server {
 
     /// The platform-admin token printed on first start.
     fn bootstrap_token(&self) -> String {
-        find_token(&self.stdout_text())
-            .unwrap_or_else(|| panic!("no key printed:\n{}", self.stdout_text()))
+        find_token(&self.stdout_text()).unwrap_or_else(|| panic!("no key printed:\n{}", self.stdout_text()))
     }
 
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut request = reqwest::Client::new()
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token);
+    async fn call(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = reqwest::Client::new().request(method, format!("{}{path}", self.base)).bearer_auth(token);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -133,21 +104,11 @@ impl Server {
     /// Sends SIGTERM and expects a clean exit.
     async fn stop(mut self) -> String {
         let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .expect("kill")
-                .success()
-        );
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().expect("poll child") {
-                assert!(
-                    status.success(),
-                    "maestro exited with {status}:\n{}",
-                    self.stderr_text()
-                );
+                assert!(status.success(), "maestro exited with {status}:\n{}", self.stderr_text());
                 return self.stderr_text();
             }
             assert!(Instant::now() < deadline, "maestro did not stop on SIGTERM");
@@ -166,10 +127,7 @@ impl Drop for Server {
 fn find_token(text: &str) -> Option<String> {
     text.split_whitespace()
         .find(|w| w.starts_with("mk_"))
-        .map(|w| {
-            w.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-                .to_owned()
-        })
+        .map(|w| w.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_').to_owned())
 }
 
 async fn serves_the_admin_flow_and_keeps_it_across_restarts(backend: Backend) {
@@ -178,94 +136,39 @@ async fn serves_the_admin_flow_and_keeps_it_across_restarts(backend: Backend) {
     let server = Server::start(maestro(&db, backend), &db.dir(), 1).await;
     let platform = server.bootstrap_token();
     let log = server.stderr_text();
-    assert!(
-        log.contains("listening") && log.contains(&server.base[7..]),
-        "startup names the address:\n{log}"
-    );
-    let store_word = if backend == Backend::Sqlite {
-        "sqlite:"
-    } else {
-        "postgres://"
-    };
+    assert!(log.contains("listening") && log.contains(&server.base[7..]), "startup names the address:\n{log}");
+    let store_word = if backend == Backend::Sqlite { "sqlite:" } else { "postgres://" };
     assert!(log.contains(store_word), "startup names the store:\n{log}");
     assert!(!log.contains(&platform), "the key never reaches the log");
 
-    let (status, _) = server
-        .call(
-            Method::POST,
-            "/v1/tenants",
-            &platform,
-            Some(json!({ "name": "acme" })),
-        )
-        .await;
+    let (status, _) = server.call(Method::POST, "/v1/tenants", &platform, Some(json!({ "name": "acme" }))).await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, admin) = server
-        .call(
-            Method::POST,
-            "/v1/keys",
-            &platform,
-            Some(json!({ "tenant": "acme", "role": "admin" })),
-        )
-        .await;
+    let (status, admin) =
+        server.call(Method::POST, "/v1/keys", &platform, Some(json!({ "tenant": "acme", "role": "admin" }))).await;
     assert_eq!(status, StatusCode::CREATED);
     let admin = admin["token"].as_str().expect("token").to_owned();
-    let (_, member) = server
-        .call(
-            Method::POST,
-            "/v1/keys",
-            &admin,
-            Some(json!({ "role": "member" })),
-        )
-        .await;
+    let (_, member) = server.call(Method::POST, "/v1/keys", &admin, Some(json!({ "role": "member" }))).await;
     let member_id = member["key"]["id"].as_str().expect("id").to_owned();
     let member = member["token"].as_str().expect("token").to_owned();
-    assert_eq!(
-        server.call(Method::GET, "/v1/keys", &member, None).await.0,
-        StatusCode::FORBIDDEN
-    );
-    let (status, _) = server
-        .call(
-            Method::DELETE,
-            &format!("/v1/keys/{member_id}"),
-            &admin,
-            None,
-        )
-        .await;
+    assert_eq!(server.call(Method::GET, "/v1/keys", &member, None).await.0, StatusCode::FORBIDDEN);
+    let (status, _) = server.call(Method::DELETE, &format!("/v1/keys/{member_id}"), &admin, None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        server.call(Method::GET, "/v1/keys", &member, None).await.0,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(server.call(Method::GET, "/v1/keys", &member, None).await.0, StatusCode::UNAUTHORIZED);
 
     let log = server.stop().await;
-    assert!(
-        log.contains("maestro stopped"),
-        "graceful shutdown is logged:\n{log}"
-    );
+    assert!(log.contains("maestro stopped"), "graceful shutdown is logged:\n{log}");
 
     let server = Server::start(maestro(&db, backend), &db.dir(), 2).await;
-    assert_eq!(
-        find_token(&server.stdout_text()),
-        None,
-        "no second bootstrap key"
-    );
-    let (status, tenants) = server
-        .call(Method::GET, "/v1/tenants", &platform, None)
-        .await;
+    assert_eq!(find_token(&server.stdout_text()), None, "no second bootstrap key");
+    let (status, tenants) = server.call(Method::GET, "/v1/tenants", &platform, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(tenants["tenants"][0]["name"], "acme");
     let (status, keys) = server.call(Method::GET, "/v1/keys", &admin, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(keys["keys"].as_array().expect("keys").len(), 2);
-    assert_eq!(
-        server.call(Method::GET, "/v1/keys", &member, None).await.0,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(server.call(Method::GET, "/v1/keys", &member, None).await.0, StatusCode::UNAUTHORIZED);
     if backend == Backend::Sqlite {
-        assert!(
-            db.dir().join("data/maestro.db").is_file(),
-            "the embedded store lives under the data dir"
-        );
+        assert!(db.dir().join("data/maestro.db").is_file(), "the embedded store lives under the data dir");
     }
     server.stop().await;
 }
@@ -281,39 +184,17 @@ async fn offline_cli_manages_the_same_store_as_the_server(backend: Backend) {
     assert!(stdout(&tenant).contains("acme"));
     let created = run({
         let mut c = maestro(&db, backend);
-        c.args([
-            "key",
-            "create",
-            "--tenant",
-            "acme",
-            "--role",
-            "admin",
-            "--name",
-            "ops",
-            "--expires",
-            "30d",
-        ]);
+        c.args(["key", "create", "--tenant", "acme", "--role", "admin", "--name", "ops", "--expires", "30d"]);
         c
     });
     let admin = stdout(&created).trim().to_owned();
-    assert!(
-        admin.starts_with("mk_") && !admin.contains(char::is_whitespace),
-        "only the token on stdout: {admin}"
-    );
+    assert!(admin.starts_with("mk_") && !admin.contains(char::is_whitespace), "only the token on stdout: {admin}");
     assert!(String::from_utf8_lossy(&created.stderr).contains("shown only this once"));
 
     let server = Server::start(maestro(&db, backend), &db.dir(), 1).await;
-    assert_eq!(
-        find_token(&server.stdout_text()),
-        None,
-        "keys exist, so no bootstrap key"
-    );
+    assert_eq!(find_token(&server.stdout_text()), None, "keys exist, so no bootstrap key");
     let (status, keys) = server.call(Method::GET, "/v1/keys", &admin, None).await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "a key created offline works on the server"
-    );
+    assert_eq!(status, StatusCode::OK, "a key created offline works on the server");
     let key_id = keys["keys"][0]["id"].as_str().expect("id").to_owned();
     assert!(keys["keys"][0]["expires_at"].is_string());
 
@@ -322,11 +203,7 @@ async fn offline_cli_manages_the_same_store_as_the_server(backend: Backend) {
         c.args(["key", "revoke", &key_id]);
         c
     });
-    assert_eq!(
-        server.call(Method::GET, "/v1/keys", &admin, None).await.0,
-        StatusCode::UNAUTHORIZED,
-        "revoked offline"
-    );
+    assert_eq!(server.call(Method::GET, "/v1/keys", &admin, None).await.0, StatusCode::UNAUTHORIZED, "revoked offline");
 
     let listed = run({
         let mut c = maestro(&db, backend);
@@ -358,19 +235,9 @@ async fn registers_the_configured_admin_key_on_first_start(backend: Backend) {
     let mut command = maestro(&db, backend);
     command.env("MAESTRO_ADMIN_KEY", admin_key);
     let server = Server::start(command, &db.dir(), 1).await;
-    assert_eq!(
-        find_token(&server.stdout_text()),
-        None,
-        "nothing printed: the operator has the key"
-    );
+    assert_eq!(find_token(&server.stdout_text()), None, "nothing printed: the operator has the key");
     assert!(!server.stderr_text().contains(admin_key));
-    assert_eq!(
-        server
-            .call(Method::GET, "/v1/tenants", admin_key, None)
-            .await
-            .0,
-        StatusCode::OK
-    );
+    assert_eq!(server.call(Method::GET, "/v1/tenants", admin_key, None).await.0, StatusCode::OK);
     server.stop().await;
 }
 
@@ -387,31 +254,15 @@ fn migrate_reports_and_bad_configuration_fails_clearly() {
         c.arg("migrate");
         c
     });
-    assert!(
-        stdout(&migrated).contains("up to date"),
-        "{}",
-        stdout(&migrated)
-    );
+    assert!(stdout(&migrated).contains("up to date"), "{}", stdout(&migrated));
     assert!(dir.path().join("maestro.db").is_file());
 
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
     let failures: [Case<'_>; 4] = [
-        (
-            &["serve", "--config", "/nonexistent/maestro.toml"],
-            &[],
-            "cannot read config file",
-        ),
+        (&["serve", "--config", "/nonexistent/maestro.toml"], &[], "cannot read config file"),
         (&["serve"], &[("MAESTRO_LISTEN", "bogus")], "invalid listen"),
-        (
-            &["serve"],
-            &[("MAESTRO_LOG", "info,[[[")],
-            "invalid log filter",
-        ),
-        (
-            &["key", "create", "--tenant", "nobody", "--role", "admin"],
-            &[],
-            "tenant `nobody` not found",
-        ),
+        (&["serve"], &[("MAESTRO_LOG", "info,[[[")], "invalid log filter"),
+        (&["key", "create", "--tenant", "nobody", "--role", "admin"], &[], "tenant `nobody` not found"),
     ];
     for (args, env, expected) in failures {
         let mut command = base();
@@ -438,9 +289,6 @@ fn json_log_format_writes_one_object_per_line() {
     assert!(!stderr.trim().is_empty(), "debug logging produced lines");
     for line in stderr.lines() {
         let value: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        assert!(
-            value["level"].is_string() && value["timestamp"].is_string(),
-            "{line}"
-        );
+        assert!(value["level"].is_string() && value["timestamp"].is_string(), "{line}");
     }
 }

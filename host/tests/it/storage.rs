@@ -3,9 +3,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use maestro_core::{
-    ApiKey, KeyId, KeyScope, KeyToken, Role, Store, StoreError, Tenant, TenantId, TenantName,
-};
+use maestro_core::{ApiKey, KeyId, KeyScope, KeyToken, Role, Store, StoreError, Tenant, TenantId, TenantName};
 
 use crate::harness::{Backend, TestDb, backend_tests};
 
@@ -46,14 +44,7 @@ fn tenant(name: &str, seed: u64, at: DateTime<Utc>) -> Tenant {
 
 fn key(scope: KeyScope, seed: u64, at: DateTime<Utc>) -> (ApiKey, KeyToken) {
     let token = KeyToken::from_random(seeded(seed));
-    let key = ApiKey::issue(
-        KeyId::from_random(seeded(seed + 1000)),
-        scope,
-        format!("key {seed}"),
-        &token,
-        at,
-        None,
-    );
+    let key = ApiKey::issue(KeyId::from_random(seeded(seed + 1000)), scope, format!("key {seed}"), &token, at, None);
     (key, token)
 }
 
@@ -71,51 +62,19 @@ async fn creates_and_finds_tenants(backend: Backend) {
     store.create_tenant(&globex).await.expect("create globex");
     store.create_tenant(&acme).await.expect("create acme");
 
-    assert_eq!(
-        store.tenant(&acme.id).await.expect("get"),
-        Some(acme.clone())
-    );
-    assert_eq!(
-        store.tenant_by_name(&globex.name).await.expect("by name"),
-        Some(globex.clone())
-    );
-    assert_eq!(
-        store
-            .tenant(&TenantId::from_random(seeded(99)))
-            .await
-            .expect("get"),
-        None
-    );
-    assert_eq!(
-        store
-            .tenant_by_name(&TenantName::parse("nobody").expect("name"))
-            .await
-            .expect("by name"),
-        None
-    );
-    assert_eq!(
-        store.list_tenants().await.expect("list"),
-        vec![acme, globex],
-        "oldest first"
-    );
+    assert_eq!(store.tenant(&acme.id).await.expect("get"), Some(acme.clone()));
+    assert_eq!(store.tenant_by_name(&globex.name).await.expect("by name"), Some(globex.clone()));
+    assert_eq!(store.tenant(&TenantId::from_random(seeded(99))).await.expect("get"), None);
+    assert_eq!(store.tenant_by_name(&TenantName::parse("nobody").expect("name")).await.expect("by name"), None);
+    assert_eq!(store.list_tenants().await.expect("list"), vec![acme, globex], "oldest first");
 }
 
 async fn rejects_duplicate_tenant_names(backend: Backend) {
     let (_db, store) = store(backend).await;
-    store
-        .create_tenant(&tenant("acme", 1, now()))
-        .await
-        .expect("first");
-    let err = store
-        .create_tenant(&tenant("acme", 2, now()))
-        .await
-        .expect_err("duplicate name");
+    store.create_tenant(&tenant("acme", 1, now())).await.expect("first");
+    let err = store.create_tenant(&tenant("acme", 2, now())).await.expect_err("duplicate name");
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
-    assert_eq!(
-        store.list_tenants().await.expect("list").len(),
-        1,
-        "nothing written"
-    );
+    assert_eq!(store.list_tenants().await.expect("list").len(), 1, "nothing written");
 }
 
 async fn round_trips_platform_and_tenant_keys(backend: Backend) {
@@ -123,44 +82,21 @@ async fn round_trips_platform_and_tenant_keys(backend: Backend) {
     let acme = tenant("acme", 1, now());
     store.create_tenant(&acme).await.expect("tenant");
     let (platform, _) = key(KeyScope::Platform, 10, now());
-    let (mut member, token) = key(
-        KeyScope::Tenant {
-            tenant_id: acme.id.clone(),
-            role: Role::Member,
-        },
-        11,
-        now(),
-    );
+    let (mut member, token) = key(KeyScope::Tenant { tenant_id: acme.id.clone(), role: Role::Member }, 11, now());
     member.expires_at = Some(now() + Duration::days(30));
     store.insert_key(&platform).await.expect("platform key");
     store.insert_key(&member).await.expect("member key");
 
-    let found = store
-        .key_by_prefix(token.lookup_prefix())
-        .await
-        .expect("lookup")
-        .expect("found");
-    assert_eq!(
-        found, member,
-        "every field round-trips, timestamps to the millisecond"
-    );
-    assert_eq!(
-        store.key_by_prefix(&platform.prefix).await.expect("lookup"),
-        Some(platform)
-    );
+    let found = store.key_by_prefix(token.lookup_prefix()).await.expect("lookup").expect("found");
+    assert_eq!(found, member, "every field round-trips, timestamps to the millisecond");
+    assert_eq!(store.key_by_prefix(&platform.prefix).await.expect("lookup"), Some(platform));
     assert_eq!(store.key_by_prefix("zzzzzzzz").await.expect("lookup"), None);
 }
 
 async fn rejects_keys_for_missing_tenants_and_duplicate_prefixes(backend: Backend) {
     let (_db, store) = store(backend).await;
-    let ghost = KeyScope::Tenant {
-        tenant_id: TenantId::from_random(seeded(5)),
-        role: Role::Admin,
-    };
-    let err = store
-        .insert_key(&key(ghost, 1, now()).0)
-        .await
-        .expect_err("no such tenant");
+    let ghost = KeyScope::Tenant { tenant_id: TenantId::from_random(seeded(5)), role: Role::Admin };
+    let err = store.insert_key(&key(ghost, 1, now()).0).await.expect_err("no such tenant");
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
 
     let (first, _) = key(KeyScope::Platform, 2, now());
@@ -169,11 +105,7 @@ async fn rejects_keys_for_missing_tenants_and_duplicate_prefixes(backend: Backen
     clash.prefix = first.prefix.clone();
     let err = store.insert_key(&clash).await.expect_err("same prefix");
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
-    assert_eq!(
-        store.list_keys(None).await.expect("list"),
-        vec![first],
-        "nothing else written"
-    );
+    assert_eq!(store.list_keys(None).await.expect("list"), vec![first], "nothing else written");
 }
 
 async fn lists_keys_per_tenant_oldest_first(backend: Backend) {
@@ -182,10 +114,7 @@ async fn lists_keys_per_tenant_oldest_first(backend: Backend) {
     let (acme, globex) = (tenant("acme", 1, t0), tenant("globex", 2, t0));
     store.create_tenant(&acme).await.expect("acme");
     store.create_tenant(&globex).await.expect("globex");
-    let scope = |t: &Tenant, role| KeyScope::Tenant {
-        tenant_id: t.id.clone(),
-        role,
-    };
+    let scope = |t: &Tenant, role| KeyScope::Tenant { tenant_id: t.id.clone(), role };
     let a2 = key(scope(&acme, Role::Viewer), 2, t0 + Duration::seconds(2)).0;
     let a1 = key(scope(&acme, Role::Admin), 1, t0 + Duration::seconds(1)).0;
     let g1 = key(scope(&globex, Role::Admin), 3, t0).0;
@@ -193,18 +122,9 @@ async fn lists_keys_per_tenant_oldest_first(backend: Backend) {
     for k in [&a2, &a1, &g1, &p] {
         store.insert_key(k).await.expect("insert");
     }
-    assert_eq!(
-        store.list_keys(Some(&acme.id)).await.expect("acme"),
-        vec![a1.clone(), a2.clone()]
-    );
-    assert_eq!(
-        store.list_keys(Some(&globex.id)).await.expect("globex"),
-        vec![g1.clone()]
-    );
-    assert_eq!(
-        store.list_keys(None).await.expect("all"),
-        vec![g1, a1, a2, p]
-    );
+    assert_eq!(store.list_keys(Some(&acme.id)).await.expect("acme"), vec![a1.clone(), a2.clone()]);
+    assert_eq!(store.list_keys(Some(&globex.id)).await.expect("globex"), vec![g1.clone()]);
+    assert_eq!(store.list_keys(None).await.expect("all"), vec![g1, a1, a2, p]);
 }
 
 async fn revokes_keys_within_tenant_scope_once(backend: Backend) {
@@ -212,51 +132,20 @@ async fn revokes_keys_within_tenant_scope_once(backend: Backend) {
     let (acme, globex) = (tenant("acme", 1, now()), tenant("globex", 2, now()));
     store.create_tenant(&acme).await.expect("acme");
     store.create_tenant(&globex).await.expect("globex");
-    let (k, _) = key(
-        KeyScope::Tenant {
-            tenant_id: acme.id.clone(),
-            role: Role::Member,
-        },
-        7,
-        now(),
-    );
+    let (k, _) = key(KeyScope::Tenant { tenant_id: acme.id.clone(), role: Role::Member }, 7, now());
     store.insert_key(&k).await.expect("insert");
 
-    let err = store
-        .revoke_key(&k.id, Some(&globex.id), now())
-        .await
-        .expect_err("other tenant");
+    let err = store.revoke_key(&k.id, Some(&globex.id), now()).await.expect_err("other tenant");
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
-    assert_eq!(
-        store
-            .key_by_prefix(&k.prefix)
-            .await
-            .expect("get")
-            .expect("key")
-            .revoked_at,
-        None
-    );
+    assert_eq!(store.key_by_prefix(&k.prefix).await.expect("get").expect("key").revoked_at, None);
 
     let first = now();
-    let revoked = store
-        .revoke_key(&k.id, Some(&acme.id), first)
-        .await
-        .expect("revoke");
+    let revoked = store.revoke_key(&k.id, Some(&acme.id), first).await.expect("revoke");
     assert_eq!(revoked.revoked_at, Some(first));
-    let again = store
-        .revoke_key(&k.id, None, first + Duration::hours(1))
-        .await
-        .expect("revoke again");
-    assert_eq!(
-        again.revoked_at,
-        Some(first),
-        "the first revocation time is kept"
-    );
+    let again = store.revoke_key(&k.id, None, first + Duration::hours(1)).await.expect("revoke again");
+    assert_eq!(again.revoked_at, Some(first), "the first revocation time is kept");
 
-    let err = store
-        .revoke_key(&KeyId::from_random(seeded(9)), None, now())
-        .await
-        .expect_err("unknown");
+    let err = store.revoke_key(&KeyId::from_random(seeded(9)), None, now()).await.expect_err("unknown");
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
 }
 
@@ -265,24 +154,14 @@ async fn bootstrap_inserts_only_on_an_empty_store(backend: Backend) {
     let (first, _) = key(KeyScope::Platform, 1, now());
     assert!(store.insert_bootstrap_key(&first).await.expect("bootstrap"));
     let (second, _) = key(KeyScope::Platform, 2, now());
-    assert!(
-        !store
-            .insert_bootstrap_key(&second)
-            .await
-            .expect("bootstrap again")
-    );
+    assert!(!store.insert_bootstrap_key(&second).await.expect("bootstrap again"));
     assert_eq!(store.list_keys(None).await.expect("list"), vec![first]);
 
     // A store whose first key was created offline is never bootstrapped.
     let (_db2, store2) = self::store(backend).await;
     let (offline, _) = key(KeyScope::Platform, 3, now());
     store2.insert_key(&offline).await.expect("offline key");
-    assert!(
-        !store2
-            .insert_bootstrap_key(&key(KeyScope::Platform, 4, now()).0)
-            .await
-            .expect("bootstrap")
-    );
+    assert!(!store2.insert_bootstrap_key(&key(KeyScope::Platform, 4, now()).0).await.expect("bootstrap"));
     assert_eq!(store2.list_keys(None).await.expect("list"), vec![offline]);
 }
 
@@ -290,11 +169,7 @@ async fn concurrent_bootstraps_insert_exactly_one_key(backend: Backend) {
     let (_db, store) = store(backend).await;
     let attempts = (0..8u64).map(|i| {
         let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .insert_bootstrap_key(&key(KeyScope::Platform, 100 + i, now()).0)
-                .await
-        })
+        tokio::spawn(async move { store.insert_bootstrap_key(&key(KeyScope::Platform, 100 + i, now()).0).await })
     });
     let mut inserted = 0;
     for attempt in attempts {
@@ -309,14 +184,7 @@ async fn concurrent_bootstraps_insert_exactly_one_key(backend: Backend) {
 async fn data_survives_reopening_the_store(backend: Backend) {
     let db = TestDb::new(backend).await;
     let acme = tenant("acme", 1, now());
-    let (k, _) = key(
-        KeyScope::Tenant {
-            tenant_id: acme.id.clone(),
-            role: Role::Admin,
-        },
-        2,
-        now(),
-    );
+    let (k, _) = key(KeyScope::Tenant { tenant_id: acme.id.clone(), role: Role::Admin }, 2, now());
     {
         let store = db.open().await;
         store.create_tenant(&acme).await.expect("tenant");
@@ -343,10 +211,9 @@ async fn postgres_migrations_create_the_vector_extension() {
     let db = TestDb::new(Backend::Postgres).await;
     db.open().await;
     let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
-    let version: String =
-        sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
-            .fetch_one(&mut conn)
-            .await
-            .expect("pgvector is installed by the first migration");
+    let version: String = sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        .fetch_one(&mut conn)
+        .await
+        .expect("pgvector is installed by the first migration");
     assert!(!version.is_empty());
 }

@@ -1,0 +1,881 @@
+//! The sandbox: plugins are WebAssembly components run by wasmtime (the only module
+//! that touches wasmtime).
+//!
+//! - One [`Engine`] per process: pooling allocator, fuel, epoch interruption driven by a
+//!   ticker thread, compiled code cached on disk keyed by content hash.
+//! - One `InstancePre` per plugin ([`LoadedPlugin`]); a fresh `Store` per call.
+//! - Every call runs on the sandbox's own tokio runtime, never on the request runtime,
+//!   under the limits of the caller's policy ([`CallLimits`]): fuel, a wall-clock
+//!   deadline (epoch callback for guest code, plus an outer timeout that also covers
+//!   time inside host calls such as HTTP), linear memory, instances/tables/memories,
+//!   output size, and the network policy ([`net`]).
+//! - Guests yield to the sandbox runtime at every epoch tick, so spinning guests share
+//!   its threads fairly and deadlines and cancellation are noticed within a tick.
+//! - Every call returns a [`CallOutcome`] with duration, fuel used, bytes in/out and a
+//!   typed [`Failure`].
+
+mod ip;
+pub mod net;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use maestro_core::plugin::{
+    Annotations, Content, ModelTier, PersonaSpec, PromptArgument, ToolError, ToolOutput, ToolSpec,
+};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap, UpdateDeadline,
+};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use net::{NetHooks, NetLog, NetPolicy};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../sdk/wit/0.1.0",
+        world: "plugin",
+        exports: { default: async },
+    });
+}
+
+use bindings::maestro::plugin::types as wit;
+
+/// Engine-wide settings (from the host config).
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Where compiled components are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Threads of the sandbox runtime (guests never run on the request runtime).
+    pub workers: usize,
+    /// Largest linear memory any call may get (policies are clamped to it).
+    pub max_memory_bytes: usize,
+    /// Instances that may be alive at once (pool size).
+    pub max_instances: u32,
+    /// Epoch tick: the granularity of deadlines and cancellation.
+    pub epoch_tick: Duration,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            workers: std::thread::available_parallelism().map_or(2, usize::from),
+            max_memory_bytes: 256 << 20,
+            max_instances: 256,
+            epoch_tick: Duration::from_millis(10),
+        }
+    }
+}
+
+/// Limits of one call.
+#[derive(Debug, Clone)]
+pub struct CallLimits {
+    /// Fuel (roughly, wasm instructions).
+    pub fuel: u64,
+    /// Wall-clock deadline from the start of the call.
+    pub timeout: Duration,
+    /// Linear memory.
+    pub memory_bytes: usize,
+    /// Largest result (content plus structured JSON).
+    pub output_bytes: usize,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        Self { fuel: 1_000_000_000, timeout: Duration::from_secs(10), memory_bytes: 64 << 20, output_bytes: 1 << 20 }
+    }
+}
+
+/// A cancellation signal shared by the caller and a running call.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<CancelInner>);
+
+#[derive(Debug, Default)]
+struct CancelInner {
+    flag: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl CancelToken {
+    /// Cancels: the guest sees `cancelled() == true` and the call is stopped within a
+    /// tick even if the guest ignores it.
+    pub fn cancel(&self) {
+        self.0.flag.store(true, Ordering::SeqCst);
+        self.0.notify.notify_waiters();
+    }
+
+    /// Whether cancellation was requested.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.flag.load(Ordering::SeqCst)
+    }
+
+    async fn cancelled(&self) {
+        loop {
+            let notified = self.0.notify.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A progress report from a plugin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    /// Units done.
+    pub done: u64,
+    /// Units in total, if known.
+    pub total: Option<u64>,
+    /// What is happening.
+    pub message: Option<String>,
+}
+
+/// Receives progress reports.
+pub type ProgressSink = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// Everything a call needs besides the plugin and the tool.
+#[derive(Clone)]
+pub struct CallContext {
+    /// Limits from policy.
+    pub limits: CallLimits,
+    /// Network policy.
+    pub network: Arc<NetPolicy>,
+    /// The plugin's config from policy (a JSON document).
+    pub config_json: Arc<str>,
+    /// Cancellation.
+    pub cancel: CancelToken,
+    /// Where progress goes, if the caller wants it.
+    pub progress: Option<ProgressSink>,
+    /// Who is calling (for logs): e.g. the tenant name.
+    pub caller: Arc<str>,
+}
+
+impl std::fmt::Debug for CallContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallContext")
+            .field("limits", &self.limits)
+            .field("caller", &self.caller)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for CallContext {
+    fn default() -> Self {
+        Self {
+            limits: CallLimits::default(),
+            network: Arc::new(NetPolicy::deny_all()),
+            config_json: Arc::from("{}"),
+            cancel: CancelToken::default(),
+            progress: None,
+            caller: Arc::from("-"),
+        }
+    }
+}
+
+/// Why a call did not produce a result.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Failure {
+    /// The wall-clock deadline passed.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The fuel ran out.
+    #[error("ran out of fuel ({0} units)")]
+    OutOfFuel(u64),
+    /// Linear memory would have grown past the limit.
+    #[error("exceeded the memory limit of {0} bytes")]
+    MemoryLimit(usize),
+    /// The guest trapped (panic, stack overflow, unreachable…).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// An outgoing request was refused and the call failed.
+    #[error("network access denied for {url}: {reason}")]
+    NetworkDenied {
+        /// The URL (without query).
+        url: String,
+        /// Why, naming the rule or its absence.
+        reason: String,
+    },
+    /// The result is larger than allowed.
+    #[error("output of {size} bytes exceeds the limit of {limit} bytes")]
+    OutputTooLarge {
+        /// Result size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The tool ran and reported an error.
+    #[error("tool error: {0}")]
+    ToolError(ToolError),
+    /// The caller cancelled the call.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl Failure {
+    /// A stable, machine-readable kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Timeout(_) => "timeout",
+            Failure::OutOfFuel(_) => "out_of_fuel",
+            Failure::MemoryLimit(_) => "memory_limit",
+            Failure::Trap(_) => "trap",
+            Failure::NetworkDenied { .. } => "network_denied",
+            Failure::OutputTooLarge { .. } => "output_too_large",
+            Failure::ToolError(_) => "tool_error",
+            Failure::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The result of a call with its metering.
+#[derive(Debug, Clone)]
+pub struct CallOutcome {
+    /// The tool's output, or why there is none.
+    pub result: Result<ToolOutput, Failure>,
+    /// Wall-clock time of the call.
+    pub duration: Duration,
+    /// Fuel consumed.
+    pub fuel_used: u64,
+    /// Argument bytes passed in.
+    pub bytes_in: usize,
+    /// Result bytes returned.
+    pub bytes_out: usize,
+    /// Outgoing HTTP activity.
+    pub network: NetLog,
+}
+
+/// Why a plugin could not be loaded or the sandbox could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The engine could not be configured.
+    #[error("cannot configure the wasm engine: {0}")]
+    Engine(String),
+    /// The bytes are not a component this host can run.
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    /// Listing tools or personas failed.
+    #[error("plugin failed while listing its {what}: {failure}")]
+    Listing {
+        /// `tools` or `personas`.
+        what: &'static str,
+        /// What went wrong.
+        failure: Failure,
+    },
+    /// A spec the plugin declared is malformed.
+    #[error("plugin declares an invalid {what}: {reason}")]
+    BadSpec {
+        /// `tool` or `persona`.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A compiled, linked plugin ready to instantiate, with what it declared.
+#[derive(Clone)]
+pub struct LoadedPlugin {
+    name: Arc<str>,
+    pre: bindings::PluginPre<State>,
+    /// Tools it provides.
+    pub tools: Vec<ToolSpec>,
+    /// Personas it provides.
+    pub personas: Vec<PersonaSpec>,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("tools", &self.tools.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedPlugin {
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The process-wide sandbox.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Arc<Linker<State>>,
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    config: SandboxConfig,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::SeqCst);
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn engine_err(err: impl std::fmt::Display) -> SandboxError {
+    SandboxError::Engine(format!("{err:#}"))
+}
+
+impl Sandbox {
+    /// Builds the engine, the linker, the sandbox runtime and the epoch ticker.
+    pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true).consume_fuel(true).epoch_interruption(true);
+        // Keeps deep recursion a clean trap well inside the async fiber's stack.
+        wasm.max_wasm_stack(1 << 20).async_stack_size(2 << 20);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances * 4)
+            .total_memories(config.max_instances * 2)
+            .total_tables(config.max_instances * 4)
+            .total_stacks(config.max_instances)
+            .max_memory_size(config.max_memory_bytes)
+            .max_memories_per_component(4)
+            // Pages a call touched stay resident for the next one instead of being
+            // zero-faulted again (measured ~5x cheaper resets).
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10);
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if let Some(dir) = &config.cache_dir {
+            std::fs::create_dir_all(dir).map_err(engine_err)?;
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir);
+            wasm.cache(Some(wasmtime::Cache::new(cache).map_err(engine_err)?));
+        }
+        let engine = Engine::new(&wasm).map_err(engine_err)?;
+
+        let mut linker = Linker::<State>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(engine_err)?;
+        bindings::Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state).map_err(engine_err)?;
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.workers.max(1))
+            .thread_name("maestro-sandbox")
+            .enable_all()
+            .build()
+            .map_err(engine_err)?;
+        let handle = runtime.handle().clone();
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (ticker_engine, stop, tick) = (engine.clone(), ticker_stop.clone(), config.epoch_tick);
+        std::thread::Builder::new()
+            .name("maestro-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    ticker_engine.increment_epoch();
+                }
+            })
+            .map_err(engine_err)?;
+
+        Ok(Self { engine, linker: Arc::new(linker), runtime: Some(runtime), handle, config, ticker_stop })
+    }
+
+    /// The engine-wide settings.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Compiles (or loads from the cache) and links a component, then asks it for its
+    /// tools and personas under `limits`.
+    pub async fn load(&self, name: &str, bytes: Vec<u8>, limits: CallLimits) -> Result<LoadedPlugin, SandboxError> {
+        let engine = self.engine.clone();
+        let component = self
+            .handle
+            .spawn_blocking(move || Component::new(&engine, &bytes))
+            .await
+            .map_err(engine_err)?
+            .map_err(|e| SandboxError::Invalid(format!("{e:#}")))?;
+        let instance_pre =
+            self.linker.instantiate_pre(&component).map_err(|e| SandboxError::Invalid(format!("{e:#}")))?;
+        let pre = bindings::PluginPre::new(instance_pre).map_err(|e| SandboxError::Invalid(format!("{e:#}")))?;
+        let mut plugin = LoadedPlugin { name: Arc::from(name), pre, tools: Vec::new(), personas: Vec::new() };
+        let context = CallContext { limits, ..CallContext::default() };
+
+        let listing = self.run(&plugin, &context, |plugin, store| {
+            Box::pin(async move {
+                let tools = plugin.maestro_plugin_tools().call_list_tools(&mut *store).await?;
+                let personas = plugin.maestro_plugin_personas().call_list_personas(&mut *store).await?;
+                Ok((tools, personas))
+            })
+        });
+        let ((tools, personas), _) =
+            listing.await.map_err(|failure| SandboxError::Listing { what: "tools and personas", failure })?;
+        plugin.tools = tools.into_iter().map(tool_spec).collect::<Result<_, _>>()?;
+        plugin.personas = personas.into_iter().map(persona_spec).collect::<Result<_, _>>()?;
+        Ok(plugin)
+    }
+
+    /// Calls a tool.
+    pub async fn call_tool(
+        &self,
+        plugin: &LoadedPlugin,
+        tool: &str,
+        arguments: String,
+        context: &CallContext,
+    ) -> CallOutcome {
+        let started = Instant::now();
+        let bytes_in = arguments.len();
+        let tool = tool.to_owned();
+        let result = self
+            .run(plugin, context, move |plugin, store| {
+                Box::pin(async move { plugin.maestro_plugin_tools().call_call(&mut *store, &tool, &arguments).await })
+            })
+            .await;
+        let (result, fuel_used, network) = match result {
+            Ok((Ok(output), meter)) => (Ok(tool_output(output)), meter.fuel_used, meter.network),
+            Ok((Err(error), meter)) => {
+                // A tool that failed after being refused memory or network failed
+                // because of that refusal; report the cause.
+                let failure = match meter.network.denied.last() {
+                    _ if meter.memory_hit => {
+                        Failure::MemoryLimit(context.limits.memory_bytes.min(self.config.max_memory_bytes))
+                    }
+                    Some(denial) => Failure::NetworkDenied { url: denial.url.clone(), reason: denial.reason.clone() },
+                    None => Failure::ToolError(tool_error(error)),
+                };
+                (Err(failure), meter.fuel_used, meter.network)
+            }
+            Err(failure) => (Err(failure), context.limits.fuel, NetLog::default()),
+        };
+        let result = result.and_then(|output| {
+            let size = output_size(&output);
+            if size > context.limits.output_bytes {
+                Err(Failure::OutputTooLarge { size, limit: context.limits.output_bytes })
+            } else {
+                Ok(output)
+            }
+        });
+        let bytes_out = result.as_ref().map_or(0, output_size);
+        CallOutcome { result, duration: started.elapsed(), fuel_used, bytes_in, bytes_out, network }
+    }
+
+    /// Renders a persona's prompt (`None`: use the system prompt as is).
+    pub async fn render_persona(
+        &self,
+        plugin: &LoadedPlugin,
+        persona: &str,
+        context_json: String,
+        context: &CallContext,
+    ) -> Result<Option<String>, Failure> {
+        let persona = persona.to_owned();
+        let (rendered, _) = self
+            .run(plugin, context, move |plugin, store| {
+                Box::pin(async move {
+                    plugin.maestro_plugin_personas().call_render(&mut *store, &persona, &context_json).await
+                })
+            })
+            .await?;
+        rendered.map_err(|message| Failure::ToolError(ToolError::Failed(message)))
+    }
+
+    /// Instantiates `plugin` in a fresh store on the sandbox runtime and runs `op`
+    /// under the context's limits.
+    async fn run<R, F>(&self, plugin: &LoadedPlugin, context: &CallContext, op: F) -> Result<(R, Meter), Failure>
+    where
+        R: Send + 'static,
+        F: for<'a> FnOnce(
+                &'a bindings::Plugin,
+                &'a mut Store<State>,
+            )
+                -> std::pin::Pin<Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>>
+            + Send
+            + 'static,
+    {
+        let engine = self.engine.clone();
+        let pre = plugin.pre.clone();
+        let name = plugin.name.clone();
+        let context = context.clone();
+        let limits = CallLimits {
+            memory_bytes: context.limits.memory_bytes.min(self.config.max_memory_bytes),
+            ..context.limits.clone()
+        };
+        let grace = self.config.epoch_tick * 2;
+        // This call's own token: cancelled by the caller's token, or when the caller
+        // stops waiting (e.g. its client disconnected) and drops this future.
+        let cancel = CallCancel { caller: context.cancel.clone(), call: CancelToken::default() };
+        let _cancel_on_drop = CancelOnDrop(cancel.call.clone());
+        let task = self.handle.spawn(async move {
+            let network_log = Arc::new(Mutex::new(NetLog::default()));
+            let stderr = MemoryOutputPipe::new(16 << 10);
+            let state = State::new(&name, &context, &limits, cancel.clone(), network_log.clone(), stderr.clone());
+            let mut store = Store::new(&engine, state);
+            store.limiter(|state| &mut state.limiter);
+            store.set_fuel(limits.fuel).map_err(|e| Failure::Trap(format!("{e:#}")))?;
+            let deadline = Instant::now() + limits.timeout;
+            let epoch_cancel = cancel.clone();
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(move |_| {
+                if epoch_cancel.is_cancelled() {
+                    return Err(Interrupted::Cancelled.into());
+                }
+                if Instant::now() >= deadline {
+                    return Err(Interrupted::Deadline.into());
+                }
+                Ok(UpdateDeadline::Yield(1))
+            });
+            let outcome = {
+                let call = async {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    op(&instance, &mut store).await
+                };
+                tokio::select! {
+                    result = call => Some(result),
+                    () = tokio::time::sleep(limits.timeout + grace) => None,
+                    () = cancel.cancelled() => Some(Err(Interrupted::Cancelled.into())),
+                }
+            };
+            let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+            let memory_hit = store.data().limiter.hit;
+            log_stderr(&name, &stderr);
+            let network = network_log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            match outcome {
+                None => Err(Failure::Timeout(limits.timeout)),
+                Some(Ok(value)) => Ok((value, Meter { fuel_used, network, memory_hit })),
+                Some(Err(err)) => Err(classify(&err, &limits, memory_hit, &stderr, &network)),
+            }
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(join) => Err(Failure::Trap(format!("sandbox task failed: {join}"))),
+        }
+    }
+}
+
+/// Metering of a call that completed.
+struct Meter {
+    fuel_used: u64,
+    network: NetLog,
+    /// The guest asked for more memory than allowed (and maybe coped).
+    memory_hit: bool,
+}
+
+/// Cancellation of one call: the caller's token or the call's own.
+#[derive(Debug, Clone)]
+struct CallCancel {
+    caller: CancelToken,
+    call: CancelToken,
+}
+
+impl CallCancel {
+    fn is_cancelled(&self) -> bool {
+        self.caller.is_cancelled() || self.call.is_cancelled()
+    }
+
+    async fn cancelled(&self) {
+        tokio::select! {
+            () = self.caller.cancelled() => {}
+            () = self.call.cancelled() => {}
+        }
+    }
+}
+
+struct CancelOnDrop(CancelToken);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// Why the epoch callback stopped a guest.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+enum Interrupted {
+    #[error("deadline exceeded")]
+    Deadline,
+    #[error("cancelled")]
+    Cancelled,
+}
+
+fn classify(
+    err: &wasmtime::Error,
+    limits: &CallLimits,
+    memory_hit: bool,
+    stderr: &MemoryOutputPipe,
+    network: &NetLog,
+) -> Failure {
+    if let Some(interrupted) = err.downcast_ref::<Interrupted>() {
+        return match interrupted {
+            Interrupted::Deadline => Failure::Timeout(limits.timeout),
+            Interrupted::Cancelled => Failure::Cancelled,
+        };
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => return Failure::OutOfFuel(limits.fuel),
+        Some(Trap::Interrupt) => return Failure::Timeout(limits.timeout),
+        _ => {}
+    }
+    if memory_hit {
+        return Failure::MemoryLimit(limits.memory_bytes);
+    }
+    if let Some(denial) = network.denied.last() {
+        return Failure::NetworkDenied { url: denial.url.clone(), reason: denial.reason.clone() };
+    }
+    let mut message = match err.downcast_ref::<Trap>() {
+        Some(Trap::StackOverflow) => "stack overflow".to_owned(),
+        Some(trap) => trap.to_string(),
+        None => format!("{err:#}"),
+    };
+    let output = stderr.contents();
+    let panic_line = String::from_utf8_lossy(&output).lines().rev().find(|l| l.contains("panicked")).map(str::to_owned);
+    if let Some(line) = panic_line {
+        message = format!("{message} ({})", line.trim());
+    }
+    Failure::Trap(message)
+}
+
+fn log_stderr(plugin: &str, stderr: &MemoryOutputPipe) {
+    let output = stderr.contents();
+    if !output.is_empty() {
+        tracing::debug!(plugin, output = %String::from_utf8_lossy(&output), "plugin stdout/stderr");
+    }
+}
+
+fn output_size(output: &ToolOutput) -> usize {
+    output.content.iter().map(Content::size).sum::<usize>()
+        + output.structured.as_ref().map_or(0, |s| s.to_string().len())
+}
+
+/// Per-store state.
+pub(crate) struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    http: WasiHttpCtx,
+    hooks: NetHooks,
+    limiter: MemoryGuard,
+    plugin: Arc<str>,
+    caller: Arc<str>,
+    config_json: Arc<str>,
+    cancel: CallCancel,
+    progress: Option<ProgressSink>,
+    logs_left: u32,
+}
+
+impl State {
+    fn new(
+        plugin: &Arc<str>,
+        context: &CallContext,
+        limits: &CallLimits,
+        cancel: CallCancel,
+        log: Arc<Mutex<NetLog>>,
+        stderr: MemoryOutputPipe,
+    ) -> Self {
+        // No preopened directories, no environment, no arguments, no sockets; stdout
+        // and stderr go to a bounded buffer the host logs.
+        let wasi = WasiCtx::builder()
+            .stdout(stderr.clone())
+            .stderr(stderr)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            hooks: NetHooks::new(context.network.clone(), log),
+            limiter: MemoryGuard { limit: limits.memory_bytes, hit: false },
+            plugin: plugin.clone(),
+            caller: context.caller.clone(),
+            config_json: context.config_json.clone(),
+            cancel,
+            progress: context.progress.clone(),
+            logs_left: 1000,
+        }
+    }
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+impl bindings::maestro::plugin::types::Host for State {}
+
+impl bindings::maestro::plugin::host::Host for State {
+    fn log(&mut self, level: wit::LogLevel, message: String) {
+        if self.logs_left == 0 {
+            return;
+        }
+        self.logs_left -= 1;
+        let message: String = message.chars().take(4096).collect();
+        let (plugin, caller) = (&*self.plugin, &*self.caller);
+        match level {
+            wit::LogLevel::Trace => tracing::trace!(plugin, caller, "{message}"),
+            wit::LogLevel::Debug => tracing::debug!(plugin, caller, "{message}"),
+            wit::LogLevel::Info => tracing::info!(plugin, caller, "{message}"),
+            wit::LogLevel::Warn => tracing::warn!(plugin, caller, "{message}"),
+            wit::LogLevel::Error => tracing::error!(plugin, caller, "{message}"),
+        }
+    }
+
+    fn progress(&mut self, done: u64, total: Option<u64>, message: Option<String>) {
+        if let Some(sink) = &self.progress {
+            sink(Progress { done, total, message: message.map(|m| m.chars().take(1024).collect()) });
+        }
+    }
+
+    fn cancelled(&mut self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    fn config(&mut self) -> String {
+        self.config_json.to_string()
+    }
+}
+
+/// Enforces the per-call memory limit and remembers whether it was hit, so that the
+/// trap that follows (an allocation failure in the guest) is reported as
+/// `memory_limit`.
+struct MemoryGuard {
+    limit: usize,
+    hit: bool,
+}
+
+impl ResourceLimiter for MemoryGuard {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+
+    fn instances(&self) -> usize {
+        32
+    }
+
+    fn tables(&self) -> usize {
+        32
+    }
+
+    fn memories(&self) -> usize {
+        4
+    }
+}
+
+fn parse_schema(what: &'static str, name: &str, text: &str) -> Result<serde_json::Value, SandboxError> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| SandboxError::BadSpec { what, reason: format!("{name}: schema is not JSON: {e}") })?;
+    if !value.is_object() {
+        return Err(SandboxError::BadSpec { what, reason: format!("{name}: schema must be a JSON object") });
+    }
+    Ok(value)
+}
+
+fn tool_spec(spec: wit::ToolSpec) -> Result<ToolSpec, SandboxError> {
+    if !maestro_core::plugin::valid_item_name(&spec.name) {
+        return Err(SandboxError::BadSpec {
+            what: "tool",
+            reason: format!("name `{}` must match ^[A-Za-z0-9_-]{{1,48}}$", spec.name),
+        });
+    }
+    let input_schema = parse_schema("tool", &spec.name, &spec.input_schema)?;
+    let output_schema = spec.output_schema.as_deref().map(|s| parse_schema("tool", &spec.name, s)).transpose()?;
+    let a = spec.annotations;
+    Ok(ToolSpec {
+        name: spec.name,
+        title: spec.title,
+        description: spec.description,
+        input_schema,
+        output_schema,
+        annotations: Annotations {
+            read_only: a.read_only,
+            destructive: a.destructive,
+            idempotent: a.idempotent,
+            open_world: a.open_world,
+        },
+    })
+}
+
+fn persona_spec(spec: wit::PersonaSpec) -> Result<PersonaSpec, SandboxError> {
+    if !maestro_core::plugin::valid_item_name(&spec.name) {
+        return Err(SandboxError::BadSpec {
+            what: "persona",
+            reason: format!("name `{}` must match ^[A-Za-z0-9_-]{{1,48}}$", spec.name),
+        });
+    }
+    Ok(PersonaSpec {
+        name: spec.name,
+        title: spec.title,
+        role: spec.role,
+        system_prompt: spec.system_prompt,
+        model_tier: match spec.model_tier {
+            wit::ModelTier::Small => ModelTier::Small,
+            wit::ModelTier::Medium => ModelTier::Medium,
+            wit::ModelTier::Large => ModelTier::Large,
+        },
+        tools: spec.tools,
+        arguments: spec
+            .arguments
+            .into_iter()
+            .map(|a| PromptArgument {
+                name: a.name,
+                description: a.description,
+                required: a.required,
+                values: a.values,
+            })
+            .collect(),
+    })
+}
+
+fn tool_output(output: wit::ToolOutput) -> ToolOutput {
+    let content = output
+        .content
+        .into_iter()
+        .map(|c| match c {
+            wit::Content::Text(text) => Content::Text { text },
+            wit::Content::Json(json) => match serde_json::from_str(&json) {
+                Ok(json) => Content::Json { json },
+                Err(_) => Content::Text { text: json },
+            },
+            wit::Content::Image(image) => Content::Image { data: image.data, mime_type: image.mime_type },
+            wit::Content::ResourceLink(link) => Content::ResourceLink {
+                uri: link.uri,
+                name: link.name,
+                description: link.description,
+                mime_type: link.mime_type,
+            },
+        })
+        .collect();
+    let structured = output.structured.and_then(|s| serde_json::from_str(&s).ok());
+    ToolOutput { content, structured }
+}
+
+fn tool_error(error: wit::ToolError) -> ToolError {
+    match error {
+        wit::ToolError::InvalidArguments(m) => ToolError::InvalidArguments(m),
+        wit::ToolError::NotFound(m) => ToolError::NotFound(m),
+        wit::ToolError::Failed(m) => ToolError::Failed(m),
+        wit::ToolError::Cancelled => ToolError::Cancelled,
+    }
+}

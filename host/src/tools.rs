@@ -1,0 +1,370 @@
+//! Tools and personas for a caller: what policy lets it see, and calls run in the
+//! sandbox under the caller's policy. Used by the HTTP API and (later) MCP.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use maestro_core::plugin::{PersonaSpec, ToolSpec};
+use maestro_core::policy::{Decision, Grant, PolicySet, SecretSource, Subject};
+use maestro_core::{Caller, KeyScope, Role};
+
+use crate::config::Env;
+use crate::plugins::{Catalog, InstalledPlugin, PluginRegistry};
+use crate::policy::PolicyStore;
+use crate::sandbox::net::{self, NetPolicy, NetRule, SecretHeader};
+use crate::sandbox::{CallContext, CallLimits, CallOutcome, CancelToken, ProgressSink};
+
+/// Who is asking, in the terms policies use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Tenant name.
+    pub tenant: String,
+    /// Role within the tenant.
+    pub role: Role,
+    /// The key's id.
+    pub key_id: String,
+}
+
+impl Principal {
+    fn subject(&self) -> Subject<'_> {
+        Subject { tenant: &self.tenant, role: self.role, key_id: &self.key_id }
+    }
+}
+
+/// A tool this caller may use.
+#[derive(Debug, Clone)]
+pub struct VisibleTool {
+    /// `plugin.tool`.
+    pub name: String,
+    /// The plugin.
+    pub plugin: Arc<InstalledPlugin>,
+    /// Its spec.
+    pub spec: ToolSpec,
+    /// Credits one call costs.
+    pub credits: u64,
+}
+
+/// A persona this caller may use.
+#[derive(Debug, Clone)]
+pub struct VisiblePersona {
+    /// `plugin.persona`.
+    pub name: String,
+    /// The plugin.
+    pub plugin: Arc<InstalledPlugin>,
+    /// Its spec.
+    pub spec: PersonaSpec,
+}
+
+/// Why a call was not run.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No such tool is loaded.
+    #[error("no tool named `{0}`")]
+    UnknownTool(String),
+    /// Platform keys administer; they do not call tools.
+    #[error("platform-admin keys cannot call tools; use a tenant key")]
+    NotATenant,
+    /// Policy denies it.
+    #[error("{0}")]
+    Denied(String),
+    /// The grant's rate is exhausted.
+    #[error("rate limit of {limit} reached; retry in {retry_after:?}")]
+    RateLimited {
+        /// The rate, e.g. `60/min`.
+        limit: String,
+        /// When a call will be admitted again.
+        retry_after: Duration,
+    },
+    /// The arguments are not a JSON object.
+    #[error("arguments must be a JSON object")]
+    ArgumentsNotObject,
+    /// A secret the grant injects is not available on this host.
+    #[error("secret `{0}` is not available on this host")]
+    SecretMissing(String),
+}
+
+/// A finished call with what it cost.
+#[derive(Debug)]
+pub struct ToolCall {
+    /// The sandbox outcome (result or typed failure, with metering).
+    pub outcome: CallOutcome,
+    /// Credits the policy prices the call at.
+    pub credits: u64,
+}
+
+/// The tool use-cases.
+#[derive(Debug)]
+pub struct Tools {
+    registry: Arc<PluginRegistry>,
+    policies: Arc<PolicyStore>,
+    secrets: SecretValues,
+    rates: RateLimiter,
+}
+
+impl Tools {
+    /// Builds the use-cases.
+    pub fn new(registry: Arc<PluginRegistry>, policies: Arc<PolicyStore>, secrets: SecretValues) -> Self {
+        Self { registry, policies, secrets, rates: RateLimiter::default() }
+    }
+
+    /// The plugin registry.
+    pub fn registry(&self) -> &Arc<PluginRegistry> {
+        &self.registry
+    }
+
+    /// The policy store.
+    pub fn policies(&self) -> &Arc<PolicyStore> {
+        &self.policies
+    }
+
+    /// Tools the principal may see and call, by name.
+    pub fn visible_tools(&self, principal: &Principal) -> Vec<VisibleTool> {
+        let (catalog, policies) = (self.registry.catalog(), self.policies.current());
+        catalog
+            .tools()
+            .filter_map(|(name, plugin, spec)| match policies.decide(&principal.subject(), &name) {
+                Decision::Allow(grant) => {
+                    Some(VisibleTool { name, plugin: plugin.clone(), spec: spec.clone(), credits: grant.credits })
+                }
+                Decision::Deny(_) => None,
+            })
+            .collect()
+    }
+
+    /// Personas the principal may use (policy globs match `plugin.persona` like tools).
+    pub fn visible_personas(&self, principal: &Principal) -> Vec<VisiblePersona> {
+        let (catalog, policies) = (self.registry.catalog(), self.policies.current());
+        catalog
+            .personas()
+            .filter(|(name, _, _)| policies.decide(&principal.subject(), name).is_allowed())
+            .map(|(name, plugin, spec)| VisiblePersona { name, plugin: plugin.clone(), spec: spec.clone() })
+            .collect()
+    }
+
+    /// Plugins with at least one tool or persona the principal may use.
+    pub fn visible_plugins(&self, principal: &Principal) -> Vec<Arc<InstalledPlugin>> {
+        let policies = self.policies.current();
+        let catalog = self.registry.catalog();
+        catalog
+            .plugins()
+            .filter(|p| {
+                let names = p.loaded.tools.iter().map(|t| &t.name).chain(p.loaded.personas.iter().map(|s| &s.name));
+                names
+                    .map(|n| format!("{}.{n}", p.manifest.name))
+                    .any(|n| policies.decide(&principal.subject(), &n).is_allowed())
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The current catalog (for administrators).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.registry.catalog()
+    }
+
+    /// The current policies.
+    pub fn policy_set(&self) -> Arc<PolicySet> {
+        self.policies.current()
+    }
+
+    /// Runs a tool for the principal under its policy.
+    pub async fn call(
+        &self,
+        principal: &Principal,
+        tool: &str,
+        arguments: serde_json::Value,
+        cancel: CancelToken,
+        progress: Option<ProgressSink>,
+    ) -> Result<ToolCall, CallError> {
+        let catalog = self.registry.catalog();
+        let (plugin, _) = catalog.tool(tool).ok_or_else(|| CallError::UnknownTool(tool.chars().take(128).collect()))?;
+        let grant = match self.policies.current().decide(&principal.subject(), tool) {
+            Decision::Allow(grant) => grant,
+            deny @ Decision::Deny(_) => return Err(CallError::Denied(deny.to_string())),
+        };
+        if !arguments.is_object() {
+            return Err(CallError::ArgumentsNotObject);
+        }
+        if let Some(rate) = grant.rate {
+            self.rates.admit(&grant.rule.name, &principal.key_id, rate.calls, rate.per).map_err(|retry_after| {
+                CallError::RateLimited { limit: format!("{}/{}s", rate.calls, rate.per.as_secs()), retry_after }
+            })?;
+        }
+        let context = CallContext {
+            limits: limits(&grant),
+            network: Arc::new(self.network(&grant)?),
+            config_json: Arc::from(
+                grant.config_for(&plugin.manifest.name).map_or_else(|| "{}".to_owned(), |c| c.to_string()),
+            ),
+            cancel,
+            progress,
+            caller: Arc::from(principal.tenant.as_str()),
+        };
+        let item = tool.split_once('.').map_or(tool, |(_, item)| item);
+        let outcome = self.registry.sandbox().call_tool(&plugin.loaded, item, arguments.to_string(), &context).await;
+        tracing::info!(
+            tenant = %principal.tenant,
+            tool,
+            rule = %grant.rule.name,
+            duration_us = outcome.duration.as_micros(),
+            fuel = outcome.fuel_used,
+            outcome = outcome.result.as_ref().map_or_else(|f| f.kind(), |_| "ok"),
+            "tool call"
+        );
+        Ok(ToolCall { outcome, credits: grant.credits })
+    }
+
+    fn network(&self, grant: &Grant) -> Result<NetPolicy, CallError> {
+        let rules = grant
+            .network
+            .iter()
+            .map(|rule| NetRule {
+                scheme: rule.scheme.as_str().to_owned(),
+                host: host_pattern(&rule.host_pattern),
+                port: Some(rule.port),
+                allow_private: rule.allow_private,
+                origin: format!("{} ({})", grant.rule.name, grant.rule.location),
+            })
+            .collect();
+        let mut secrets = Vec::new();
+        for secret in &grant.secrets {
+            let value =
+                self.secrets.get(&secret.source).ok_or_else(|| CallError::SecretMissing(secret.name.clone()))?;
+            let hosts: Vec<net::HostPattern> = secret.hosts.iter().map(host_pattern).collect();
+            for (name, rendered) in secret.render_headers(&value) {
+                let name = http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| CallError::SecretMissing(secret.name.clone()))?;
+                let mut value = http::HeaderValue::from_str(&rendered)
+                    .map_err(|_| CallError::SecretMissing(secret.name.clone()))?;
+                value.set_sensitive(true);
+                secrets.push(SecretHeader { name, value, hosts: hosts.clone() });
+            }
+        }
+        let l = &grant.limits;
+        Ok(NetPolicy {
+            rules,
+            secrets,
+            max_requests: l.max_requests,
+            max_request_bytes: l.max_request_bytes,
+            max_response_bytes: l.max_response_bytes,
+            request_timeout: l.request_timeout,
+        })
+    }
+}
+
+/// The sandbox's form of a policy host pattern (IP hosts compare as written by
+/// `IpAddr`'s `Display`, which is how the sandbox keys literal hosts).
+fn host_pattern(pattern: &maestro_core::policy::HostPattern) -> net::HostPattern {
+    match pattern {
+        maestro_core::policy::HostPattern::Name(name) => net::HostPattern::Exact(name.to_string()),
+        maestro_core::policy::HostPattern::Subdomains(domain) => net::HostPattern::Subdomains(domain.to_string()),
+        maestro_core::policy::HostPattern::Ip(ip) => net::HostPattern::Exact(ip.to_string()),
+    }
+}
+
+fn limits(grant: &Grant) -> CallLimits {
+    let l = &grant.limits;
+    CallLimits {
+        fuel: l.fuel,
+        timeout: l.timeout,
+        memory_bytes: usize::try_from(l.memory_bytes).unwrap_or(usize::MAX),
+        output_bytes: usize::try_from(l.output_bytes).unwrap_or(usize::MAX),
+    }
+}
+
+/// The principal behind a caller, or why it has none.
+pub fn principal(caller: &Caller, tenant_name: Option<&str>) -> Result<Principal, CallError> {
+    match (&caller.scope, tenant_name) {
+        (KeyScope::Tenant { role, .. }, Some(tenant)) => {
+            Ok(Principal { tenant: tenant.to_owned(), role: *role, key_id: caller.key_id.to_string() })
+        }
+        _ => Err(CallError::NotATenant),
+    }
+}
+
+/// Secret values, read by the host: `env:VAR` from the environment `main` read once,
+/// `file:KEY` from a file named KEY in the secrets directory.
+#[derive(Clone)]
+pub struct SecretValues {
+    env: Arc<Env>,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretValues").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl SecretValues {
+    /// Secrets from `env` and files in `dir`.
+    pub fn new(env: Env, dir: PathBuf) -> Self {
+        Self { env: Arc::new(env), dir }
+    }
+
+    fn get(&self, source: &SecretSource) -> Option<String> {
+        match source {
+            SecretSource::Env(var) => self.env.get(var).filter(|v| !v.is_empty()).cloned(),
+            SecretSource::File(key) => {
+                let valid = !key.is_empty()
+                    && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+                    && !key.starts_with('.');
+                if !valid {
+                    return None;
+                }
+                std::fs::read_to_string(self.dir.join(key)).ok().map(|v| v.trim_end_matches(['\n', '\r']).to_owned())
+            }
+        }
+    }
+}
+
+/// Fixed-window-free rate limiting: a token bucket per (grant, key).
+#[derive(Debug, Default)]
+struct RateLimiter {
+    buckets: Mutex<HashMap<(String, String), Bucket>>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl RateLimiter {
+    /// Takes one token, or says how long until one is available.
+    fn admit(&self, rule: &str, key: &str, calls: u32, per: Duration) -> Result<(), Duration> {
+        let capacity = f64::from(calls);
+        let refill_per_sec = capacity / per.as_secs_f64();
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bucket =
+            buckets.entry((rule.to_owned(), key.to_owned())).or_insert(Bucket { tokens: capacity, updated: now });
+        bucket.tokens =
+            (bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * refill_per_sec).min(capacity);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / refill_per_sec))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_admits_the_burst_then_refuses_with_a_retry_time() {
+        let limiter = RateLimiter::default();
+        for _ in 0..3 {
+            limiter.admit("r", "k", 3, Duration::from_secs(60)).expect("within the rate");
+        }
+        let retry = limiter.admit("r", "k", 3, Duration::from_secs(60)).expect_err("over the rate");
+        assert!(retry > Duration::from_secs(10) && retry <= Duration::from_secs(20), "{retry:?}");
+        limiter.admit("r", "other-key", 3, Duration::from_secs(60)).expect("buckets are per key");
+    }
+}

@@ -1,0 +1,340 @@
+//! The sandbox against hostile guests: every way a plugin can misbehave ends in its
+//! typed failure, the host stays up, and forbidden network targets see no connection.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use maestro_core::plugin::{Content, ToolError};
+use maestro_host::sandbox::net::{HostPattern, NetPolicy, NetRule, SecretHeader};
+use maestro_host::sandbox::{CallContext, CallLimits, CancelToken, Failure, Progress};
+use serde_json::{Value, json};
+
+use crate::fixtures::{TestServer, hostile, sandbox};
+
+fn context(limits: CallLimits) -> CallContext {
+    CallContext { limits, ..CallContext::default() }
+}
+
+/// A short deadline, and fuel enough that the deadline, not the fuel, ends a spin.
+fn quick() -> CallLimits {
+    CallLimits { timeout: Duration::from_millis(300), fuel: u64::MAX, ..CallLimits::default() }
+}
+
+async fn call(tool: &str, args: Value, context: &CallContext) -> maestro_host::sandbox::CallOutcome {
+    sandbox().call_tool(&hostile().await, tool, args.to_string(), context).await
+}
+
+fn text(outcome: &maestro_host::sandbox::CallOutcome) -> String {
+    match &outcome.result {
+        Ok(output) => output
+            .content
+            .iter()
+            .map(|c| match c {
+                Content::Text { text } => text.clone(),
+                other => format!("{other:?}"),
+            })
+            .collect(),
+        Err(failure) => panic!("expected success, got {failure:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_tools_and_personas_of_the_fixture() {
+    let plugin = hostile().await;
+    let names: Vec<&str> = plugin.tools.iter().map(|t| t.name.as_str()).collect();
+    for expected in ["noop", "echo", "spin", "recurse", "grow_memory", "huge_output", "sleep", "fetch", "fail", "trap"]
+    {
+        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+    }
+    assert!(plugin.tools.iter().all(|t| t.input_schema.is_object()));
+    assert_eq!(plugin.personas.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trivial_call_succeeds_with_metering() {
+    let outcome = call("noop", json!({}), &CallContext::default()).await;
+    assert_eq!(text(&outcome), "ok");
+    assert!(outcome.fuel_used > 0);
+    assert_eq!(outcome.bytes_in, 2);
+    assert_eq!(outcome.bytes_out, 2);
+    let echoed = call("echo", json!({ "a": [1, 2] }), &CallContext::default()).await;
+    assert_eq!(echoed.result.expect("echo").structured, Some(json!({ "a": [1, 2] })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_loop_times_out_at_the_deadline() {
+    let limits = quick();
+    let started = Instant::now();
+    let outcome = call("spin", json!({}), &context(limits.clone())).await;
+    let elapsed = started.elapsed();
+    assert_eq!(outcome.result.expect_err("spins"), Failure::Timeout(limits.timeout));
+    assert!(elapsed >= limits.timeout, "stopped early: {elapsed:?}");
+    // Generous bound: the figure itself is reported by the benchmark.
+    assert!(elapsed < limits.timeout + Duration::from_secs(2), "stopped late: {elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuel_runs_out_before_the_deadline() {
+    let limits = CallLimits { fuel: 5_000_000, timeout: Duration::from_secs(30), ..CallLimits::default() };
+    let outcome = call("spin", json!({}), &context(limits)).await;
+    assert_eq!(outcome.result.expect_err("spins"), Failure::OutOfFuel(5_000_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_recursion_is_a_trap() {
+    // Rust guests keep part of their stack in linear memory; whichever stack runs out
+    // first, the call ends in a trap that says so.
+    let outcome = call("recurse", json!({}), &CallContext::default()).await;
+    match outcome.result.expect_err("overflows") {
+        Failure::Trap(message) => {
+            assert!(message.contains("stack overflow") || message.contains("out of bounds memory access"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(text(&call("noop", json!({}), &CallContext::default()).await), "ok", "the host is fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growing_memory_past_the_limit_is_memory_limit() {
+    let limits = CallLimits { memory_bytes: 32 << 20, ..CallLimits::default() };
+    let outcome = call("grow_memory", json!({ "mb": 256 }), &context(limits)).await;
+    assert_eq!(outcome.result.expect_err("too big"), Failure::MemoryLimit(32 << 20));
+    let fits = call(
+        "grow_memory",
+        json!({ "mb": 8 }),
+        &context(CallLimits { memory_bytes: 32 << 20, ..CallLimits::default() }),
+    )
+    .await;
+    assert!(fits.result.is_ok(), "{:?}", fits.result);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_output_is_refused() {
+    let limits = CallLimits { output_bytes: 1 << 20, ..CallLimits::default() };
+    let outcome = call("huge_output", json!({ "bytes": 4 << 20 }), &context(limits)).await;
+    assert_eq!(outcome.result.expect_err("too large"), Failure::OutputTooLarge { size: 4 << 20, limit: 1 << 20 });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_blocked_in_a_host_call_times_out() {
+    let limits = quick();
+    let started = Instant::now();
+    let outcome = call("sleep", json!({ "ms": 60_000 }), &context(limits.clone())).await;
+    assert_eq!(outcome.result.expect_err("sleeps"), Failure::Timeout(limits.timeout));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_errors_and_panics_are_typed() {
+    let failed = call("fail", json!({}), &CallContext::default()).await;
+    assert_eq!(failed.result.expect_err("fails"), Failure::ToolError(ToolError::Failed("boom".into())));
+    let invalid = call("grow_memory", json!({ "mb": "lots" }), &CallContext::default()).await;
+    assert!(matches!(invalid.result, Err(Failure::ToolError(ToolError::InvalidArguments(_)))), "{:?}", invalid.result);
+    let unknown = call("no_such_tool", json!({}), &CallContext::default()).await;
+    assert!(matches!(unknown.result, Err(Failure::ToolError(ToolError::NotFound(_)))), "{:?}", unknown.result);
+    let trapped = call("trap", json!({}), &CallContext::default()).await;
+    assert!(matches!(&trapped.result, Err(Failure::Trap(m)) if m.contains("panicked")), "{:?}", trapped.result);
+    // The host is fine afterwards.
+    assert_eq!(text(&call("noop", json!({}), &CallContext::default()).await), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_and_progress_cross_the_boundary() {
+    let reports = Arc::new(Mutex::new(Vec::<Progress>::new()));
+    let sink = reports.clone();
+    let context = CallContext {
+        config_json: Arc::from(r#"{"greeting":"hi"}"#),
+        progress: Some(Arc::new(move |p| sink.lock().expect("lock").push(p))),
+        ..CallContext::default()
+    };
+    let outcome = call("config", json!({}), &context).await;
+    assert!(format!("{:?}", outcome.result).contains("greeting"), "{:?}", outcome.result);
+    call("progress", json!({ "n": 3 }), &context).await.result.expect("progress");
+    let done: Vec<u64> = reports.lock().expect("lock").iter().map(|p| p.done).collect();
+    assert_eq!(done, vec![1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_stops_a_spinning_guest_promptly() {
+    for tool in ["spin", "spin_until_cancelled", "sleep"] {
+        let cancel = CancelToken::default();
+        let context = CallContext {
+            cancel: cancel.clone(),
+            limits: CallLimits { timeout: Duration::from_secs(30), fuel: u64::MAX, ..CallLimits::default() },
+            ..CallContext::default()
+        };
+        let canceller = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            canceller.cancel();
+        });
+        let started = Instant::now();
+        let outcome = call(tool, json!({ "ms": 60_000 }), &context).await;
+        let failure = outcome.result.expect_err("cancelled");
+        assert!(
+            matches!(failure, Failure::Cancelled | Failure::ToolError(ToolError::Cancelled)),
+            "{tool}: {failure:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{tool} took {:?}", started.elapsed());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_guests_do_not_stall_the_callers_runtime() {
+    let limits = CallLimits { timeout: Duration::from_millis(1500), fuel: u64::MAX, ..CallLimits::default() };
+    let spinners: Vec<_> = (0..8)
+        .map(|_| {
+            let context = context(limits.clone());
+            tokio::spawn(async move { call("spin", json!({}), &context).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut worst = Duration::ZERO;
+    for _ in 0..50 {
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        worst = worst.max(started.elapsed().saturating_sub(Duration::from_millis(10)));
+    }
+    for spinner in spinners {
+        let result = spinner.await.expect("task").result;
+        assert!(matches!(result, Err(Failure::Timeout(_))), "{result:?}");
+    }
+    // Guests run on the sandbox runtime; this runtime's timers stay on time (the
+    // benchmark reports the figure; the bound here only catches a stalled runtime).
+    assert!(worst < Duration::from_millis(500), "a 10 ms timer was {worst:?} late");
+}
+
+fn open_policy(rules: Vec<NetRule>) -> Arc<NetPolicy> {
+    Arc::new(NetPolicy {
+        rules,
+        secrets: Vec::new(),
+        max_requests: 10,
+        max_request_bytes: 1 << 20,
+        max_response_bytes: 1 << 20,
+        request_timeout: Duration::from_secs(5),
+    })
+}
+
+fn rule(scheme: &str, host: &str, port: Option<u16>, allow_private: bool) -> NetRule {
+    NetRule { scheme: scheme.into(), host: HostPattern::parse(host), port, allow_private, origin: "test.toml:1".into() }
+}
+
+async fn fetch(url: &str, network: Arc<NetPolicy>) -> Result<Value, Failure> {
+    let context = CallContext { network, ..CallContext::default() };
+    call("fetch", json!({ "url": url }), &context).await.result.map(|o| o.structured.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_targets_are_denied_without_a_connection() {
+    let server = TestServer::ok("secret internal data").await;
+    let port = server.addr.port();
+    let any_http = open_policy(vec![rule("http", "*", None, false)]);
+    let targets = [
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://localhost:{port}/"),
+        format!("http://2130706433:{port}/"),
+        format!("http://0x7f000001:{port}/"),
+        format!("http://[::ffff:127.0.0.1]:{port}/"),
+        format!("http://[::1]:{port}/"),
+        "http://10.0.0.1/".to_owned(),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        "http://2852039166/".to_owned(),
+        "http://0xA9FEA9FE/".to_owned(),
+        "http://[::ffff:169.254.169.254]/".to_owned(),
+    ];
+    for url in &targets {
+        match fetch(url, any_http.clone()).await {
+            Err(Failure::NetworkDenied { reason, .. }) => {
+                assert!(reason.contains("private"), "{url}: {reason}")
+            }
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+    // Default deny: no rule at all.
+    match fetch(&format!("http://127.0.0.1:{port}/"), Arc::new(NetPolicy::deny_all())).await {
+        Err(Failure::NetworkDenied { reason, .. }) => {
+            assert!(reason.contains("limit") || reason.contains("default deny"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // A host the allow-list does not name.
+    let only_example = open_policy(vec![rule("https", "example.com", None, false)]);
+    match fetch(&format!("http://127.0.0.1:{port}/"), only_example).await {
+        Err(Failure::NetworkDenied { reason, .. }) => {
+            assert!(reason.contains("default deny"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(server.accepted(), 0, "no connection reached the forbidden server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_targets_work_and_redirects_to_private_addresses_are_denied() {
+    let inner = TestServer::ok("internal").await;
+    let to_inner = TestServer::redirect(format!("http://127.0.0.1:{}/", inner.addr.port())).await;
+    let to_metadata = TestServer::redirect("http://169.254.169.254/latest/".to_owned()).await;
+    let public_ok = TestServer::ok("hello").await;
+    let network = open_policy(vec![
+        rule("http", "127.0.0.1", Some(to_inner.addr.port()), true),
+        rule("http", "127.0.0.1", Some(to_metadata.addr.port()), true),
+        rule("http", "127.0.0.1", Some(public_ok.addr.port()), true),
+    ]);
+
+    let fetched =
+        fetch(&format!("http://127.0.0.1:{}/x", public_ok.addr.port()), network.clone()).await.expect("allowed");
+    assert_eq!(fetched["status"], 200);
+    assert_eq!(fetched["body_len"], 5);
+
+    for server in [&to_inner, &to_metadata] {
+        match fetch(&format!("http://127.0.0.1:{}/", server.addr.port()), network.clone()).await {
+            Err(Failure::NetworkDenied { .. }) => {}
+            other => panic!("redirect followed: {other:?}"),
+        }
+        assert_eq!(server.accepted(), 1, "the allowed hop was made");
+    }
+    assert_eq!(inner.accepted(), 0, "the redirect target was never contacted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_injected_by_the_host_only_for_their_hosts() {
+    let server = TestServer::ok("ok").await;
+    let mut policy = (*open_policy(vec![rule("http", "127.0.0.1", Some(server.addr.port()), true)])).clone();
+    policy.secrets = vec![
+        SecretHeader {
+            name: http::HeaderName::from_static("authorization"),
+            value: http::HeaderValue::from_static("Bearer s3cr3t"),
+            hosts: vec![HostPattern::parse("127.0.0.1")],
+        },
+        SecretHeader {
+            name: http::HeaderName::from_static("x-other"),
+            value: http::HeaderValue::from_static("not-for-you"),
+            hosts: vec![HostPattern::parse("api.example.com")],
+        },
+    ];
+    fetch(&format!("http://127.0.0.1:{}/", server.addr.port()), Arc::new(policy)).await.expect("allowed");
+    let heads = server.heads.lock().expect("heads").clone();
+    let head = heads.first().expect("one request").to_ascii_lowercase();
+    assert!(head.contains("authorization: bearer s3cr3t"), "{head}");
+    assert!(!head.contains("not-for-you"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_count_and_response_size_are_capped() {
+    let big = TestServer::start(|_| {
+        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}", 4096, "x".repeat(4096))
+    })
+    .await;
+    let mut policy = (*open_policy(vec![rule("http", "127.0.0.1", Some(big.addr.port()), true)])).clone();
+    policy.max_response_bytes = 1024;
+    let result = fetch(&format!("http://127.0.0.1:{}/", big.addr.port()), Arc::new(policy.clone())).await;
+    assert!(result.is_err(), "a response over the cap fails: {result:?}");
+
+    policy.max_response_bytes = 1 << 20;
+    policy.max_requests = 0;
+    match fetch(&format!("http://127.0.0.1:{}/", big.addr.port()), Arc::new(policy)).await {
+        Err(Failure::NetworkDenied { reason, .. }) => {
+            assert!(reason.contains("request limit"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
