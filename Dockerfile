@@ -16,19 +16,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin maestro \
  && install -D target/release/maestro /out/bin/maestro
-# First-party plugins: each plugins/<name> is a crate built for wasm32-wasip2 and
-# installed with its plugin.toml under /out/plugins/<name>/.
+# First-party plugins, built for wasm32-wasip2, verified and installed with their sha256
+# by the binary itself, exactly as `scripts/run` does.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    set -e; mkdir -p /out/plugins; \
-    for manifest in plugins/*/Cargo.toml; do \
-      [ -e "$manifest" ] || continue; \
-      dir=$(dirname "$manifest"); name=$(basename "$dir"); \
-      cargo build --release --locked --target wasm32-wasip2 --manifest-path "$manifest"; \
-      mkdir -p "/out/plugins/$name"; \
-      cp "$dir/plugin.toml" "/out/plugins/$name/"; \
-      cp target/wasm32-wasip2/release/*.wasm "/out/plugins/$name/"; \
-    done
+    /out/bin/maestro plugin build plugins/calc plugins/text plugins/web plugins/personas \
+      --out /out/plugins
 
 # ---- runtime ----------------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime
@@ -43,7 +36,9 @@ COPY config/maestro.toml /etc/maestro/maestro.toml
 COPY policies /etc/maestro/policies
 ENV MAESTRO_CONFIG=/etc/maestro/maestro.toml \
     MAESTRO_LISTEN=0.0.0.0:8080 \
-    MAESTRO_DATA_DIR=/var/lib/maestro
+    MAESTRO_DATA_DIR=/var/lib/maestro \
+    MAESTRO_PLUGIN_DIR=/usr/local/share/maestro/plugins \
+    MAESTRO_POLICY_DIR=/etc/maestro/policies
 USER maestro:maestro
 WORKDIR /var/lib/maestro
 VOLUME ["/var/lib/maestro"]

@@ -34,6 +34,9 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MAESTRO_LOG_FORMAT", "human or json (log.format)"),
     ("MAESTRO_BODY_LIMIT_BYTES", "largest accepted request body (http.body_limit_bytes)"),
     ("MAESTRO_CORS_ALLOW_ORIGINS", "comma-separated CORS allow-list (http.cors_allow_origins)"),
+    ("MAESTRO_PLUGIN_DIR", "directory of installed plugins (plugins.dir)"),
+    ("MAESTRO_POLICY_DIR", "directory of policy files (policies.dir)"),
+    ("MAESTRO_SECRETS_DIR", "directory of file:KEY secrets (policies.secrets_dir)"),
 ];
 
 /// The config file format version this build reads.

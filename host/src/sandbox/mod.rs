@@ -355,6 +355,8 @@ impl Sandbox {
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         if let Some(dir) = &config.cache_dir {
             std::fs::create_dir_all(dir).map_err(engine_err)?;
+            // wasmtime wants an absolute path; the config may well say `data/cache/wasm`.
+            let dir = std::fs::canonicalize(dir).map_err(engine_err)?;
             let mut cache = wasmtime::CacheConfig::new();
             cache.with_directory(dir);
             wasm.cache(Some(wasmtime::Cache::new(cache).map_err(engine_err)?));
@@ -392,6 +394,13 @@ impl Sandbox {
     /// The engine-wide settings.
     pub fn config(&self) -> &SandboxConfig {
         &self.config
+    }
+
+    /// The interfaces a component imports, e.g. `wasi:http/outgoing-handler@0.2.12`
+    /// (for `maestro plugin inspect`).
+    pub fn imports(&self, bytes: &[u8]) -> Result<Vec<String>, SandboxError> {
+        let component = Component::new(&self.engine, bytes).map_err(|e| SandboxError::Invalid(format!("{e:#}")))?;
+        Ok(component.component_type().imports(&self.engine).map(|(name, _)| name.to_owned()).collect())
     }
 
     /// Compiles (or loads from the cache) and links a component, then asks it for its

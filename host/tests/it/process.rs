@@ -292,3 +292,74 @@ fn json_log_format_writes_one_object_per_line() {
         assert!(value["level"].is_string() && value["timestamp"].is_string(), "{line}");
     }
 }
+
+/// The server with real plugins and policy files: tools follow the policy, and an edit
+/// to a policy file takes effect without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_plugins_under_policy_files_and_reloads_them() {
+    use reqwest::Method;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (plugins, policies) = (db.dir().join("plugins"), db.dir().join("policies"));
+    crate::fixtures::install(&plugins, "calc");
+    crate::fixtures::install(&plugins, "text");
+    std::fs::create_dir_all(&policies).expect("policy dir");
+    let grant = |tools: &str| {
+        format!("version = 1\n[[grant]]\nname = \"members\"\nsubjects = [\"role:member+\"]\ntools = [{tools}]\n")
+    };
+    std::fs::write(policies.join("team.toml"), grant("\"calc.*\"")).expect("policy");
+    let config = db.dir().join("maestro.toml");
+    std::fs::write(&config, "[plugins]\nreload_interval = \"200ms\"\n[policies]\nreload_interval = \"200ms\"\n")
+        .expect("config");
+    let mut command = maestro(&db, Backend::Sqlite);
+    command.env("MAESTRO_PLUGIN_DIR", &plugins).env("MAESTRO_POLICY_DIR", &policies).env("MAESTRO_CONFIG", &config);
+    let server = Server::start(command, &db.dir(), 1).await;
+    let platform = server.bootstrap_token();
+    server.call(Method::POST, "/v1/tenants", &platform, Some(json!({ "name": "acme" }))).await;
+    let (_, member) =
+        server.call(Method::POST, "/v1/keys", &platform, Some(json!({ "tenant": "acme", "role": "member" }))).await;
+    let member = member["token"].as_str().expect("token").to_owned();
+
+    let tool_names = |body: &Value| -> Vec<String> {
+        body["tools"].as_array().into_iter().flatten().filter_map(|t| t["name"].as_str().map(str::to_owned)).collect()
+    };
+    let (status, tools) = server.call(Method::GET, "/v1/tools", &member, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(tool_names(&tools), vec!["calc.evaluate".to_owned()]);
+    let (status, result) = server
+        .call(
+            Method::POST,
+            "/v1/tools/calc.evaluate/call",
+            &member,
+            Some(json!({ "arguments": { "expression": "6*7" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    assert_eq!(result["structured"]["value"], 42.0);
+
+    // Edit the policy: text instead of calc. A broken edit after that changes nothing.
+    std::fs::write(policies.join("team.toml"), grant("\"text.*\"")).expect("policy");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, tools) = server.call(Method::GET, "/v1/tools", &member, None).await;
+        if tool_names(&tools).iter().all(|n| n.starts_with("text.")) && !tool_names(&tools).is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the policy edit never took effect: {tools}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::write(policies.join("team.toml"), "version = 1\n[[grant]]\nname = 42\n").expect("policy");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, tools) = server.call(Method::GET, "/v1/tools", &member, None).await;
+    assert!(tool_names(&tools).contains(&"text.count".to_owned()), "the last good policy stays: {tools}");
+    let (status, _) = server
+        .call(
+            Method::POST,
+            "/v1/tools/calc.evaluate/call",
+            &member,
+            Some(json!({ "arguments": { "expression": "1" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let log = server.stop().await;
+    assert!(log.contains("policy change rejected"), "the broken edit is logged:\n{log}");
+}

@@ -1,5 +1,9 @@
-//! The command line: `maestro serve`, `migrate`, and offline administration of tenants
-//! and keys against the same store the server uses.
+//! The command line: `maestro serve`, `migrate`, offline administration of tenants and
+//! keys against the same store the server uses, plugin authoring (`plugin new|build|
+//! inspect`) and policy checks (`policy check|explain`).
+
+mod plugin;
+mod policy;
 
 use std::path::PathBuf;
 
@@ -43,6 +47,12 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Write, build and inspect plugins.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+    /// Validate and explain policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// `maestro serve`.
@@ -130,8 +140,11 @@ pub fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
         // Offline commands print their results; only warnings belong on stderr.
         _ => env.get("MAESTRO_LOG").cloned().unwrap_or_else(|| "warn".to_owned()),
     };
-    if let Command::Healthcheck(args) = &cli.command {
-        return healthcheck(args.address.unwrap_or(config.listen));
+    match &cli.command {
+        Command::Healthcheck(args) => return healthcheck(args.address.unwrap_or(config.listen)),
+        // Policy commands print their findings themselves and need no runtime.
+        Command::Policy(command) => return policy::run(command, &config),
+        _ => {}
     }
     crate::telemetry::init(&filter, config.log_format).map_err(anyhow::Error::msg)?;
     for name in &config.unknown_env {
@@ -142,7 +155,8 @@ pub fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(_) => crate::serve(config, env, crate::shutdown_signal()).await,
             Command::Migrate => migrate(&config).await,
-            Command::Healthcheck(_) => unreachable!("answered before the runtime starts"),
+            Command::Healthcheck(_) | Command::Policy(_) => unreachable!("answered before the runtime starts"),
+            Command::Plugin(command) => plugin::run(command, &config).await,
             Command::Tenant(command) => tenant(&open(&config).await?, command).await,
             Command::Key(command) => key(&open(&config).await?, command).await,
         }
