@@ -6,6 +6,7 @@
 
 mod architecture;
 mod config_files;
+mod first_party;
 mod fixtures;
 mod harness;
 mod http_api;
