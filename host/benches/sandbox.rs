@@ -1,1 +1,493 @@
-fn main() {}
+//! Sandbox benchmark: prints figures, never asserts timings.
+//!
+//! `cargo bench -p maestro-host --bench sandbox` (build the fixture components first:
+//! `cargo build --release --target wasm32-wasip2 -p maestro-plugin-hostile -p maestro-plugin-calc`,
+//! plus `-p maestro-plugin-text -p maestro-plugin-web -p maestro-plugin-personas` for the
+//! ten-plugin start).
+//!
+//! Method notes:
+//! - CPU time is the whole process's user + system time from `/proc/self/stat` (every
+//!   thread: callers, sandbox workers, epoch ticker). Its unit is a 10 ms clock tick, so
+//!   throughput windows last 3 s (≤ 0.3 % resolution).
+//! - RSS is `VmRSS` from `/proc/self/status`.
+//! - Callers run on this binary's own runtime (the "request runtime"); the sandbox runs
+//!   guests on its own runtime, as in the server.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use maestro_core::policy::PolicySet;
+use maestro_host::accounts::{Accounts, SystemClock};
+use maestro_host::http::{self, AppState, HttpSettings};
+use maestro_host::plugins::{PluginRegistry, sha256_hex};
+use maestro_host::policy::PolicyStore;
+use maestro_host::sandbox::{CallContext, CallLimits, LoadedPlugin, Sandbox, SandboxConfig};
+use maestro_host::storage::{self, StoreLocation};
+use maestro_host::tools::{SecretValues, Tools};
+use wasmtime::component::{Component, InstancePre, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+/// Length of each throughput window.
+const WINDOW: Duration = Duration::from_secs(3);
+/// Every fixture component, for the ten-plugin start.
+const PLUGINS: [&str; 5] = ["calc", "hostile", "personas", "text", "web"];
+
+fn main() {
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let components = components_dir();
+    let missing: Vec<_> = PLUGINS.iter().filter(|p| !component(&components, p).is_file()).collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "missing fixture components in {} ({missing:?}).\nBuild them first:\n    \
+             cargo build --release --target wasm32-wasip2 -p maestro-plugin-hostile -p maestro-plugin-calc \
+             -p maestro-plugin-text -p maestro-plugin-web -p maestro-plugin-personas",
+            components.display()
+        );
+        std::process::exit(1);
+    }
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(cores).enable_all().build().expect("bench runtime");
+    println!("Maestro sandbox benchmark: {cores} cores, components from {}", components.display());
+    runtime.block_on(run(cores, &components));
+}
+
+async fn run(cores: usize, components: &Path) {
+    let rss_start = rss_kib();
+    // Loads come first: the cold case needs an empty cache, and the other sections use
+    // the sandbox the ten-plugin start leaves behind.
+    let (sandbox, hostile) = plugin_loads(components).await;
+    trivial_calls(cores, &sandbox, &hostile).await;
+    timeout_overshoot(&sandbox, &hostile).await;
+    responsiveness(&sandbox, &hostile).await;
+    memory(rss_start, &sandbox, &hostile).await;
+}
+
+// ---------------------------------------------------------------------------------
+// 1-2. Trivial calls
+
+async fn trivial_calls(cores: usize, sandbox: &Arc<Sandbox>, hostile: &LoadedPlugin) {
+    println!("\n1-2. Trivial call: instantiate + call + drop, fresh Store per call ({}s windows)", WINDOW.as_secs());
+    println!(
+        "  {:<40} {:>7} {:>9} {:>8} {:>8} {:>11}",
+        "case", "callers", "calls/s", "p50 µs", "p99 µs", "CPU µs/call"
+    );
+    let callers = [1, cores];
+
+    let fuel = sandbox.call_tool(hostile, "noop", "{}".to_owned(), &CallContext::default()).await.fuel_used;
+    let (sandbox, plugin, context) = (sandbox.clone(), Arc::new(hostile.clone()), Arc::new(CallContext::default()));
+    let noop = move || {
+        let (sandbox, plugin, context) = (sandbox.clone(), plugin.clone(), context.clone());
+        async move {
+            let outcome = sandbox.call_tool(&plugin, "noop", "{}".to_owned(), &context).await;
+            if let Err(failure) = outcome.result {
+                panic!("hostile.noop failed: {failure}");
+            }
+        }
+    };
+    for n in callers {
+        drive(n, noop.clone()).await.print("sandbox hostile.noop", n);
+    }
+
+    // The floor: a minimal component on bare wasmtime, pooling allocator, InstancePre.
+    for (label, metered) in [("bare wasmtime, call_async", false), ("bare wasmtime + fuel/epoch, call_async", true)] {
+        let pre = Arc::new(bare_instance_pre(metered));
+        let call = move || {
+            let pre = pre.clone();
+            async move {
+                let mut store = bare_store(&pre, metered);
+                let instance = pre.instantiate_async(&mut store).await.expect("instantiate");
+                let answer = instance.get_typed_func::<(), (u32,)>(&mut store, "answer").expect("export");
+                assert_eq!(answer.call_async(&mut store, ()).await.expect("call"), (42,));
+            }
+        };
+        for n in callers {
+            drive(n, call.clone()).await.print(label, n);
+        }
+    }
+    let pre = Arc::new(bare_instance_pre(false));
+    let sync_call = move || {
+        let pre = pre.clone();
+        // Synchronous wasmtime calls; they run inline on the caller task.
+        async move {
+            let mut store = bare_store(&pre, false);
+            let instance = pre.instantiate(&mut store).expect("instantiate");
+            let answer = instance.get_typed_func::<(), (u32,)>(&mut store, "answer").expect("export");
+            assert_eq!(answer.call(&mut store, ()).expect("call"), (42,));
+        }
+    };
+    for n in callers {
+        drive(n, sync_call.clone()).await.print("bare wasmtime, sync call", n);
+    }
+    println!("  (guest work of one hostile.noop call, as metered: {fuel} fuel units ≈ wasm instructions)");
+}
+
+/// A component exporting `answer: func() -> u32`, linked with nothing.
+const ANSWER_WAT: &str = r#"
+(component
+  (core module $m (func (export "answer") (result i32) i32.const 42))
+  (core instance $i (instantiate $m))
+  (func (export "answer") (result u32) (canon lift (core func $i "answer"))))
+"#;
+
+/// A pooling-allocator engine with the answer component pre-instantiated; `metered`
+/// turns on fuel and epoch interruption like the sandbox's engine.
+fn bare_instance_pre(metered: bool) -> InstancePre<()> {
+    let mut config = Config::new();
+    config.wasm_component_model(true).consume_fuel(metered).epoch_interruption(metered);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(64)
+        .total_core_instances(64)
+        .total_memories(64)
+        .total_tables(64)
+        .total_stacks(64)
+        .max_memory_size(1 << 20);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    let engine = Engine::new(&config).expect("bare engine");
+    let component = Component::new(&engine, ANSWER_WAT).expect("answer component compiles");
+    Linker::new(&engine).instantiate_pre(&component).expect("answer component links")
+}
+
+fn bare_store(pre: &InstancePre<()>, metered: bool) -> Store<()> {
+    let mut store = Store::new(pre.engine(), ());
+    if metered {
+        store.set_fuel(u64::MAX).expect("fuel");
+        // Nothing ticks this engine's epoch, so a deadline of one tick never fires.
+        store.set_epoch_deadline(1);
+    }
+    store
+}
+
+/// What one throughput window measured.
+struct Run {
+    latencies: Vec<Duration>,
+    wall: Duration,
+    cpu: Duration,
+}
+
+impl Run {
+    fn print(mut self, label: &str, callers: usize) {
+        self.latencies.sort_unstable();
+        let calls = self.latencies.len() as f64;
+        println!(
+            "  {label:<40} {callers:>7} {:>9.0} {:>8.1} {:>8.1} {:>11.1}",
+            calls / self.wall.as_secs_f64(),
+            micros(percentile(&self.latencies, 0.50)),
+            micros(percentile(&self.latencies, 0.99)),
+            micros(self.cpu) / calls,
+        );
+    }
+}
+
+/// Runs `call` in a loop from `callers` concurrent tasks for [`WINDOW`] after a short
+/// warm-up, recording each call's latency and the process CPU time spent.
+async fn drive<F, Fut>(callers: usize, call: F) -> Run
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    for _ in 0..200 {
+        call().await;
+    }
+    let (cpu_before, started) = (cpu_time(), Instant::now());
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(1 << 16);
+                while started.elapsed() < WINDOW {
+                    let begun = Instant::now();
+                    call().await;
+                    latencies.push(begun.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("caller task"));
+    }
+    Run { latencies, wall: started.elapsed(), cpu: cpu_time().saturating_sub(cpu_before) }
+}
+
+// ---------------------------------------------------------------------------------
+// 3. Plugin loads
+
+/// Measures cold and warm loads, then a start with ten cached plugins; returns that
+/// last sandbox (cache warm) and its `hostile` for the other sections.
+async fn plugin_loads(components: &Path) -> (Arc<Sandbox>, LoadedPlugin) {
+    println!("\n3. Plugin load (Sandbox::load: compile or cache hit, link, list tools and personas)");
+    println!("  {:<58} {:>9}", "case", "ms");
+    let cache = tempfile::tempdir().expect("cache dir");
+    let config = SandboxConfig { cache_dir: Some(cache.path().to_owned()), ..SandboxConfig::default() };
+    let read = |name: &str| std::fs::read(component(components, name)).expect("read component");
+
+    // The cold pass also fills the cache for the ten-plugin start below.
+    for (phase, what) in [("cold", "empty cache: compile"), ("warm", "new Sandbox, cache hit")] {
+        let began = Instant::now();
+        let sandbox = Sandbox::new(config.clone()).expect("sandbox starts");
+        if phase == "cold" {
+            print_ms("Sandbox::new (engine, pool, runtime, ticker)", began.elapsed());
+        }
+        for name in PLUGINS {
+            let began = Instant::now();
+            sandbox.load(name, read(name), CallLimits::default()).await.expect("plugin loads");
+            print_ms(&format!("{name} {phase} ({what})"), began.elapsed());
+        }
+    }
+
+    // What a server start does per plugin: read, hash, load (sequentially, like
+    // `PluginRegistry::refresh`), here for the five fixtures twice under two names.
+    let began = Instant::now();
+    let sandbox = Arc::new(Sandbox::new(config).expect("sandbox starts"));
+    let mut hostile = None;
+    for round in 0..2 {
+        for name in PLUGINS {
+            let bytes = read(name);
+            let _hash = sha256_hex(&bytes);
+            let loaded = sandbox.load(&format!("{name}{round}"), bytes, CallLimits::default()).await.expect("loads");
+            hostile = hostile.or((name == "hostile").then_some(loaded));
+        }
+    }
+    print_ms("start with 10 cached plugins (Sandbox::new + read/hash/load)", began.elapsed());
+    (sandbox, hostile.expect("hostile loaded"))
+}
+
+// ---------------------------------------------------------------------------------
+// 4. Timeout overshoot
+
+async fn timeout_overshoot(sandbox: &Sandbox, hostile: &LoadedPlugin) {
+    const DEADLINE: Duration = Duration::from_millis(100);
+    let tick = sandbox.config().epoch_tick;
+    let context = limited(CallLimits { fuel: u64::MAX, timeout: DEADLINE, ..CallLimits::default() });
+    let mut overshoots = Vec::new();
+    for _ in 0..10 {
+        let began = Instant::now();
+        let outcome = sandbox.call_tool(hostile, "spin", "{}".to_owned(), &context).await;
+        let kind = outcome.result.as_ref().map_or_else(|f| f.kind(), |_| "ok");
+        assert_eq!(kind, "timeout", "hostile.spin must time out");
+        overshoots.push(began.elapsed().saturating_sub(DEADLINE));
+    }
+    overshoots.sort_unstable();
+    println!("\n4. Timeout overshoot: hostile.spin, {DEADLINE:?} deadline, {tick:?} epoch tick, 10 runs");
+    println!(
+        "  stop time - deadline: p50 {:.1} ms, max {:.1} ms",
+        millis(percentile(&overshoots, 0.5)),
+        millis(percentile(&overshoots, 1.0))
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// 5. Responsiveness
+
+async fn responsiveness(sandbox: &Arc<Sandbox>, hostile: &LoadedPlugin) {
+    const SPINNERS: usize = 8;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = storage::open(&StoreLocation::Sqlite(dir.path().join("maestro.db"))).await.expect("store opens");
+    let plugin_dir = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugin_dir).expect("plugin dir");
+    let registry = Arc::new(PluginRegistry::new(sandbox.clone(), plugin_dir.clone()));
+    registry.refresh().await;
+    let secrets = SecretValues::new(Default::default(), plugin_dir.join("no-secrets"));
+    let tools = Arc::new(Tools::new(registry, Arc::new(PolicyStore::fixed(PolicySet::deny_all())), secrets));
+    let state = AppState { accounts: Accounts::new(store, Arc::new(SystemClock)), metrics: Arc::default(), tools };
+    let app = http::router(state, &HttpSettings { body_limit_bytes: 64 << 10, cors_allow_origins: vec![] });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/healthz", listener.local_addr().expect("address"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(http::serve(listener, app, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+
+    println!("\n5. GET /healthz, sequential requests for 2 s (server on the bench runtime, keep-alive client)");
+    println!("  {:<36} {:>8} {:>8} {:>8} {:>8}", "case", "requests", "p50 µs", "p99 µs", "max µs");
+    print_latencies("idle", healthz_for(&client, &url, Duration::from_secs(2)).await);
+
+    let context = limited(CallLimits { fuel: u64::MAX, timeout: Duration::from_secs(3), ..CallLimits::default() });
+    let spinners: Vec<_> = (0..SPINNERS)
+        .map(|_| {
+            let (sandbox, hostile, context) = (sandbox.clone(), hostile.clone(), context.clone());
+            tokio::spawn(async move { sandbox.call_tool(&hostile, "spin", "{}".to_owned(), &context).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let busy = healthz_for(&client, &url, Duration::from_secs(2)).await;
+    print_latencies(&format!("{SPINNERS} × hostile.spin running"), busy);
+    for spinner in spinners {
+        let outcome = spinner.await.expect("spinner task");
+        assert!(outcome.result.is_err(), "hostile.spin must not succeed");
+    }
+    let _ = stop.send(());
+    server.await.expect("server task").expect("server stops");
+}
+
+async fn healthz_for(client: &reqwest::Client, url: &str, duration: Duration) -> Vec<Duration> {
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    while started.elapsed() < duration {
+        let begun = Instant::now();
+        let response = client.get(url).send().await.expect("GET /healthz");
+        assert!(response.status().is_success(), "/healthz answered {}", response.status());
+        response.bytes().await.expect("body");
+        latencies.push(begun.elapsed());
+    }
+    latencies
+}
+
+fn print_latencies(label: &str, mut latencies: Vec<Duration>) {
+    latencies.sort_unstable();
+    println!(
+        "  {label:<36} {:>8} {:>8.0} {:>8.0} {:>8.0}",
+        latencies.len(),
+        micros(percentile(&latencies, 0.5)),
+        micros(percentile(&latencies, 0.99)),
+        micros(percentile(&latencies, 1.0)),
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// 6. Memory
+
+async fn memory(rss_start: u64, sandbox: &Arc<Sandbox>, hostile: &LoadedPlugin) {
+    const CALLS: usize = 2_000;
+    const CALLERS: usize = 8;
+    let spin = CallLimits { fuel: u64::MAX, timeout: Duration::from_millis(50), ..CallLimits::default() };
+    // (tool, arguments, limits, expected outcome kind)
+    let mix: Arc<[(&'static str, &'static str, CallContext, &'static str)]> = Arc::new([
+        ("noop", "{}", CallContext::default(), "ok"),
+        ("echo", r#"{"a":[1,2,3]}"#, CallContext::default(), "ok"),
+        (
+            "grow_memory",
+            r#"{"mb":200}"#,
+            limited(CallLimits { memory_bytes: 32 << 20, ..CallLimits::default() }),
+            "memory_limit",
+        ),
+        (
+            "huge_output",
+            r#"{"bytes":4194304}"#,
+            limited(CallLimits { output_bytes: 1 << 20, ..CallLimits::default() }),
+            "output_too_large",
+        ),
+        ("trap", "{}", CallContext::default(), "trap"),
+        ("spin", "{}", limited(spin), "timeout"),
+        ("fail", "{}", CallContext::default(), "tool_error"),
+        ("noop", "{}", CallContext::default(), "ok"),
+    ]);
+    // Two batches: growth in the first and none in the second is a high-water mark
+    // (allocator arenas, pool slots touched), growth in both a leak.
+    let mut rows = vec![("at bench start", rss_start), ("before", rss_kib())];
+    let mut took = Duration::ZERO;
+    for (batch, label) in [(0, "after batch 1"), (1, "after batch 2")] {
+        let began = Instant::now();
+        mixed_calls(sandbox, hostile, &mix, batch * mix.len(), CALLS, CALLERS).await;
+        took += began.elapsed();
+        rows.push((label, rss_kib()));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rows.push(("after 2 s settle", rss_kib()));
+    println!(
+        "\n6. RSS around 2 × {CALLS} mixed calls from {CALLERS} callers ({:.1} s in all): noop, echo, \
+         grow_memory 200 MB / 32 MiB limit, huge_output 4 MiB / 1 MiB limit, trap, spin 50 ms, fail",
+        took.as_secs_f64()
+    );
+    println!("  {:<36} {:>8}", "moment", "RSS MiB");
+    for (moment, kib) in rows {
+        println!("  {moment:<36} {:>8.1}", kib as f64 / 1024.0);
+    }
+}
+
+/// Makes `calls` calls taken in turn from `mix`, from `callers` concurrent tasks, and
+/// checks each one ended the expected way.
+async fn mixed_calls(
+    sandbox: &Arc<Sandbox>,
+    hostile: &LoadedPlugin,
+    mix: &Arc<[(&'static str, &'static str, CallContext, &'static str)]>,
+    first: usize,
+    calls: usize,
+    callers: usize,
+) {
+    let next = Arc::new(AtomicUsize::new(first));
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (sandbox, hostile, mix, next) = (sandbox.clone(), hostile.clone(), mix.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= first + calls {
+                        break;
+                    }
+                    let (tool, args, context, expected) = &mix[i % mix.len()];
+                    let outcome = sandbox.call_tool(&hostile, tool, (*args).to_owned(), context).await;
+                    let kind = outcome.result.as_ref().map_or_else(|f| f.kind(), |_| "ok");
+                    assert_eq!(kind, *expected, "hostile.{tool} {args}: {:?}", outcome.result.err());
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("caller task");
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Helpers
+
+/// Cargo's target directory, from this binary's path (`<target>/release/deps/sandbox-*`),
+/// then the fixtures' build directory in it.
+fn components_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("bench binary path");
+    let target = exe.ancestors().nth(3).expect("<target>/release/deps/<binary>");
+    target.join("wasm32-wasip2/release")
+}
+
+fn component(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("maestro_plugin_{name}.wasm"))
+}
+
+fn limited(limits: CallLimits) -> CallContext {
+    CallContext { limits, ..CallContext::default() }
+}
+
+/// User + system CPU time of the whole process (all threads).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("read /proc/self/stat");
+    // Field 2 (the command name, in parentheses) may hold spaces: split after it. The
+    // rest starts at field 3, so utime (field 14) and stime (field 15) are at 11 and 12.
+    let after_name = &stat[stat.rfind(')').expect("command name") + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // USER_HZ is 100 on every Linux ABI (sysconf(_SC_CLK_TCK) would need libc).
+    Duration::from_millis(ticks * 10)
+}
+
+/// Resident set size in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
+    line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("VmRSS value")
+}
+
+/// The `p` quantile of sorted durations (nearest rank).
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn print_ms(label: &str, d: Duration) {
+    println!("  {label:<58} {:>9.1}", millis(d));
+}

@@ -338,6 +338,9 @@ impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
         let mut wasm = Config::new();
         wasm.wasm_component_model(true).consume_fuel(true).epoch_interruption(true);
+        // Plugins are synchronous components; skipping the component-model-async state
+        // makes every Store and call cheaper.
+        wasm.concurrency_support(false);
         // Keeps deep recursion a clean trap well inside the async fiber's stack.
         wasm.max_wasm_stack(1 << 20).async_stack_size(2 << 20);
         let mut pool = PoolingAllocationConfig::default();
@@ -348,10 +351,14 @@ impl Sandbox {
             .total_stacks(config.max_instances)
             .max_memory_size(config.max_memory_bytes)
             .max_memories_per_component(4)
-            // Pages a call touched stay resident for the next one instead of being
-            // zero-faulted again (measured ~5x cheaper resets).
+            // Pages a call touched stay resident for the next one (reset in place)
+            // instead of being decommitted and faulted in again. 4 MiB measured no
+            // faster per call than 1 MiB and held ~90 MiB more RSS.
             .linear_memory_keep_resident(1 << 20)
-            .table_keep_resident(64 << 10);
+            .table_keep_resident(64 << 10)
+            // Batch the madvise calls (and the TLB shootdowns they cause) for what is
+            // decommitted, instead of one per instance.
+            .decommit_batch_size(32);
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         if let Some(dir) = &config.cache_dir {
             std::fs::create_dir_all(dir).map_err(engine_err)?;

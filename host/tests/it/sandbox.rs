@@ -338,3 +338,17 @@ async fn request_count_and_response_size_are_capped() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_whose_start_loops_is_refused_at_the_load_deadline() {
+    let bytes = std::fs::read(crate::fixtures::component("hostile_start")).expect("component");
+    let limits = quick();
+    let started = Instant::now();
+    let err = sandbox().load("hostile-start", bytes, limits.clone()).await.expect_err("never initialises");
+    assert!(
+        matches!(&err, maestro_host::sandbox::SandboxError::Listing { failure: Failure::Timeout(t), .. } if *t == limits.timeout),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "stopped at the deadline: {:?}", started.elapsed());
+    assert_eq!(text(&call("noop", json!({}), &CallContext::default()).await), "ok", "the host keeps serving");
+}
