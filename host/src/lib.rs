@@ -9,6 +9,7 @@ pub mod config;
 pub mod http;
 pub mod plugins;
 pub mod policy;
+mod poll;
 mod random;
 pub mod sandbox;
 pub mod storage;

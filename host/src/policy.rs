@@ -114,17 +114,9 @@ impl PolicyStore {
 
     /// Polls for changes every `interval` until the store is dropped.
     pub fn watch(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
-        let store = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticker.tick().await;
-            loop {
-                ticker.tick().await;
-                let Some(store) = store.upgrade() else { return };
-                if let Err(err) = store.refresh() {
-                    tracing::error!(dir = %store.dir.display(), errors = %err, "policy change rejected; keeping the last good policies");
-                }
+        crate::poll::every(self, interval, |store| async move {
+            if let Err(err) = store.refresh() {
+                tracing::error!(dir = %store.dir.display(), errors = %err, "policy change rejected; keeping the last good policies");
             }
         })
     }

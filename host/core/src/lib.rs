@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod id;
+pub mod net;
 pub mod plugin;
 pub mod policy;
 pub mod ports;

@@ -236,18 +236,8 @@ impl PluginRegistry {
     /// Polls the directory every `interval` until the registry is dropped, reloading
     /// what changed.
     pub fn watch(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
-        let registry = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticker.tick().await;
-            loop {
-                ticker.tick().await;
-                let Some(registry) = registry.upgrade() else {
-                    return;
-                };
-                registry.refresh().await;
-            }
+        crate::poll::every(self, interval, |registry| async move {
+            registry.refresh().await;
         })
     }
 }

@@ -14,7 +14,6 @@
 //! - Every call returns a [`CallOutcome`] with duration, fuel used, bytes in/out and a
 //!   typed [`Failure`].
 
-mod ip;
 pub mod net;
 
 use std::path::PathBuf;

@@ -25,7 +25,7 @@ use http_body_util::BodyExt as _;
 use tokio::net::TcpStream;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::ip::{self, HostKind};
+use maestro_core::net::{self as ip, HostKind};
 
 /// At most this many redirects are followed for one request.
 pub const MAX_REDIRECTS: usize = 5;

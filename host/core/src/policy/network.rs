@@ -176,33 +176,11 @@ fn validate_dns_name(name: &str) -> Result<(), String> {
 /// Whether an address is one plugins may not reach unless a rule says
 /// `allow_private = true`: loopback, private (RFC 1918, unique-local), link-local
 /// (including the cloud metadata address 169.254.169.254), carrier-grade NAT,
-/// unspecified, broadcast, multicast, and IPv4-mapped forms of those. The host applies
-/// this to every resolved address and redirect target.
+/// unspecified, broadcast, multicast, documentation and reserved ranges, and IPv4
+/// addresses carried in IPv6 (mapped, compatible, NAT64). One classification
+/// ([`crate::net::restriction`]) serves policy validation and the sandbox alike.
 pub fn is_restricted_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b))
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_restricted_ip(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-        }
-    }
+    crate::net::restriction(ip).is_some()
 }
 
 /// One allow-list entry: outgoing requests to `scheme://host:port`.

@@ -1,5 +1,8 @@
 //! Which addresses a plugin may reach, and host names that are really IP literals.
 //!
+//! Pure: the policy compiler uses it to validate entries and the sandbox to vet every
+//! resolved address and redirect target, so both always agree.
+//!
 //! A name like `2852039166`, `0xA9FEA9FE`, `0251.0376.0251.0376` or `169.254.43518` is
 //! an IPv4 literal to the C resolver (`inet_aton`), so it must be to us as well: every
 //! form is parsed here and checked like the dotted quad it means. IPv6 addresses that
@@ -10,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Why an address is off limits unless a rule explicitly allows private targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Restricted {
+pub enum Restricted {
     /// `0.0.0.0/8`, `::`.
     Unspecified,
     /// `127.0.0.0/8`, `::1`.
@@ -31,7 +34,7 @@ pub(crate) enum Restricted {
 
 impl Restricted {
     /// A short description for denial messages.
-    pub(crate) fn describe(self) -> &'static str {
+    pub fn describe(self) -> &'static str {
         match self {
             Restricted::Unspecified => "unspecified address",
             Restricted::Loopback => "loopback address",
@@ -46,7 +49,7 @@ impl Restricted {
 }
 
 /// Classifies an address: `None` for a public unicast address.
-pub(crate) fn restriction(ip: IpAddr) -> Option<Restricted> {
+pub fn restriction(ip: IpAddr) -> Option<Restricted> {
     match ip {
         IpAddr::V4(v4) => restriction_v4(v4),
         IpAddr::V6(v6) => match embedded_v4(v6) {
@@ -103,7 +106,7 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
 /// What a URL host means: an IP literal in any form the resolver would accept, or a
 /// name to resolve. `Err` for a host that looks numeric but is not a valid address
 /// (refused rather than handed to a resolver that might read it differently).
-pub(crate) fn parse_host(host: &str) -> Result<HostKind, String> {
+pub fn parse_host(host: &str) -> Result<HostKind, String> {
     let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
     if let Some(inner) = bracketed {
         let inner = inner.split('%').next().unwrap_or(inner);
@@ -130,7 +133,7 @@ pub(crate) fn parse_host(host: &str) -> Result<HostKind, String> {
 
 /// A URL host, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum HostKind {
+pub enum HostKind {
     /// An IP literal.
     Ip(IpAddr),
     /// A DNS name (lowercase, no trailing dot).
