@@ -330,7 +330,12 @@ struct RateLimiter {
 struct Bucket {
     tokens: f64,
     updated: Instant,
+    /// The refill window: a bucket idle for that long is full again and can be dropped.
+    per: Duration,
 }
+
+/// Above this many buckets, full ones are dropped (a full bucket is the same as none).
+const MAX_IDLE_BUCKETS: usize = 10_000;
 
 impl RateLimiter {
     /// Takes one token, or says how long until one is available.
@@ -339,8 +344,11 @@ impl RateLimiter {
         let refill_per_sec = capacity / per.as_secs_f64();
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if buckets.len() > MAX_IDLE_BUCKETS {
+            buckets.retain(|_, b| now.duration_since(b.updated) < b.per);
+        }
         let bucket =
-            buckets.entry((rule.to_owned(), key.to_owned())).or_insert(Bucket { tokens: capacity, updated: now });
+            buckets.entry((rule.to_owned(), key.to_owned())).or_insert(Bucket { tokens: capacity, updated: now, per });
         bucket.tokens =
             (bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * refill_per_sec).min(capacity);
         bucket.updated = now;
