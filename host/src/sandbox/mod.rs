@@ -432,8 +432,9 @@ impl Sandbox {
                 Ok((tools, personas))
             })
         });
-        let ((tools, personas), _) =
-            listing.await.map_err(|failure| SandboxError::Listing { what: "tools and personas", failure })?;
+        let (listing, _) = listing.await;
+        let (tools, personas) =
+            listing.map_err(|failure| SandboxError::Listing { what: "tools and personas", failure })?;
         plugin.tools = tools.into_iter().map(tool_spec).collect::<Result<_, _>>()?;
         plugin.personas = personas.into_iter().map(persona_spec).collect::<Result<_, _>>()?;
         Ok(plugin)
@@ -450,14 +451,14 @@ impl Sandbox {
         let started = Instant::now();
         let bytes_in = arguments.len();
         let tool = tool.to_owned();
-        let result = self
+        let (result, meter) = self
             .run(plugin, context, move |plugin, store| {
                 Box::pin(async move { plugin.maestro_plugin_tools().call_call(&mut *store, &tool, &arguments).await })
             })
             .await;
-        let (result, fuel_used, network) = match result {
-            Ok((Ok(output), meter)) => (Ok(tool_output(output)), meter.fuel_used, meter.network),
-            Ok((Err(error), meter)) => {
+        let result = match result {
+            Ok(Ok(output)) => Ok(tool_output(output)),
+            Ok(Err(error)) => {
                 // A tool that failed after being refused memory or network failed
                 // because of that refusal; report the cause.
                 let failure = match meter.network.denied.last() {
@@ -467,9 +468,9 @@ impl Sandbox {
                     Some(denial) => Failure::NetworkDenied { url: denial.url.clone(), reason: denial.reason.clone() },
                     None => Failure::ToolError(tool_error(error)),
                 };
-                (Err(failure), meter.fuel_used, meter.network)
+                Err(failure)
             }
-            Err(failure) => (Err(failure), context.limits.fuel, NetLog::default()),
+            Err(failure) => Err(failure),
         };
         let result = result.and_then(|output| {
             let size = output_size(&output);
@@ -480,7 +481,14 @@ impl Sandbox {
             }
         });
         let bytes_out = result.as_ref().map_or(0, output_size);
-        CallOutcome { result, duration: started.elapsed(), fuel_used, bytes_in, bytes_out, network }
+        CallOutcome {
+            result,
+            duration: started.elapsed(),
+            fuel_used: meter.fuel_used,
+            bytes_in,
+            bytes_out,
+            network: meter.network,
+        }
     }
 
     /// Renders a persona's prompt (`None`: use the system prompt as is).
@@ -498,13 +506,13 @@ impl Sandbox {
                     plugin.maestro_plugin_personas().call_render(&mut *store, &persona, &context_json).await
                 })
             })
-            .await?;
-        rendered.map_err(|message| Failure::ToolError(ToolError::Failed(message)))
+            .await;
+        rendered?.map_err(|message| Failure::ToolError(ToolError::Failed(message)))
     }
 
     /// Instantiates `plugin` in a fresh store on the sandbox runtime and runs `op`
     /// under the context's limits.
-    async fn run<R, F>(&self, plugin: &LoadedPlugin, context: &CallContext, op: F) -> Result<(R, Meter), Failure>
+    async fn run<R, F>(&self, plugin: &LoadedPlugin, context: &CallContext, op: F) -> (Result<R, Failure>, Meter)
     where
         R: Send + 'static,
         F: for<'a> FnOnce(
@@ -534,7 +542,9 @@ impl Sandbox {
             let state = State::new(&name, &context, &limits, cancel.clone(), network_log.clone(), stderr.clone());
             let mut store = Store::new(&engine, state);
             store.limiter(|state| &mut state.limiter);
-            store.set_fuel(limits.fuel).map_err(|e| Failure::Trap(format!("{e:#}")))?;
+            if let Err(err) = store.set_fuel(limits.fuel) {
+                return (Err(Failure::Trap(format!("{err:#}"))), Meter::default());
+            }
             let deadline = Instant::now() + limits.timeout;
             let epoch_cancel = cancel.clone();
             store.set_epoch_deadline(1);
@@ -562,20 +572,22 @@ impl Sandbox {
             let memory_hit = store.data().limiter.hit;
             log_stderr(&name, &stderr);
             let network = network_log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-            match outcome {
+            let result = match outcome {
                 None => Err(Failure::Timeout(limits.timeout)),
-                Some(Ok(value)) => Ok((value, Meter { fuel_used, network, memory_hit })),
+                Some(Ok(value)) => Ok(value),
                 Some(Err(err)) => Err(classify(&err, &limits, memory_hit, &stderr, &network)),
-            }
+            };
+            (result, Meter { fuel_used, network, memory_hit })
         });
         match task.await {
-            Ok(result) => result,
-            Err(join) => Err(Failure::Trap(format!("sandbox task failed: {join}"))),
+            Ok(done) => done,
+            Err(join) => (Err(Failure::Trap(format!("sandbox task failed: {join}"))), Meter::default()),
         }
     }
 }
 
-/// Metering of a call that completed.
+/// Metering of a call, whether it succeeded or failed.
+#[derive(Debug, Default)]
 struct Meter {
     fuel_used: u64,
     network: NetLog,

@@ -134,6 +134,11 @@ async fn tool_errors_and_panics_are_typed() {
     assert!(matches!(unknown.result, Err(Failure::ToolError(ToolError::NotFound(_)))), "{:?}", unknown.result);
     let trapped = call("trap", json!({}), &CallContext::default()).await;
     assert!(matches!(&trapped.result, Err(Failure::Trap(m)) if m.contains("panicked")), "{:?}", trapped.result);
+    assert!(
+        trapped.fuel_used > 0 && trapped.fuel_used < CallLimits::default().fuel,
+        "a failed call meters the fuel it really used: {}",
+        trapped.fuel_used
+    );
     // The host is fine afterwards.
     assert_eq!(text(&call("noop", json!({}), &CallContext::default()).await), "ok");
 }
