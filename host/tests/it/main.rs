@@ -14,5 +14,6 @@ mod packaging;
 mod process;
 mod reload;
 mod sandbox;
+mod server;
 mod storage;
 mod tools_api;

@@ -1,134 +1,20 @@
 //! The real `maestro` binary over real sockets on 127.0.0.1: first start, the admin
 //! flows, graceful shutdown on SIGTERM, restart on the same store, and the offline CLI.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::harness::{Backend, TestDb, backend_tests};
+use crate::server::{Server, find_token, maestro, run, stdout};
 
 backend_tests!(
     serves_the_admin_flow_and_keeps_it_across_restarts,
     offline_cli_manages_the_same_store_as_the_server,
     registers_the_configured_admin_key_on_first_start,
 );
-
-/// A `maestro` command with a clean environment pointing at `db`.
-fn maestro(db: &TestDb, backend: Backend) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_maestro"));
-    command.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
-    command.env("MAESTRO_DATA_DIR", db.dir().join("data"));
-    if backend == Backend::Postgres {
-        command.env("MAESTRO_DATABASE_URL", &db.url);
-    }
-    command
-}
-
-fn run(mut command: Command) -> Output {
-    let output = command.output().expect("maestro runs");
-    assert!(output.status.success(), "maestro failed: {}\n{}", output.status, String::from_utf8_lossy(&output.stderr));
-    output
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8(output.stdout.clone()).expect("utf-8")
-}
-
-struct Server {
-    child: Child,
-    base: String,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Server {
-    async fn start(mut command: Command, dir: &Path, run: u32) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
-        let stdout = dir.join(format!("stdout-{run}.txt"));
-        let stderr = dir.join(format!("stderr-{run}.txt"));
-        let child = command
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("maestro serve starts");
-        let mut server = Self { child, base: format!("http://127.0.0.1:{port}"), stdout, stderr };
-        server.wait_healthy().await;
-        server
-    }
-
-    async fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let client = reqwest::Client::new();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll child") {
-                panic!("maestro exited early ({status}):\n{}", self.stderr_text());
-            }
-            if let Ok(reply) = client.get(format!("{}/healthz", self.base)).send().await
-                && reply.status() == StatusCode::OK
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "maestro did not become healthy:\n{}", self.stderr_text());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn stdout_text(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// The platform-admin token printed on first start.
-    fn bootstrap_token(&self) -> String {
-        find_token(&self.stdout_text()).unwrap_or_else(|| panic!("no key printed:\n{}", self.stdout_text()))
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut request = reqwest::Client::new().request(method, format!("{}{path}", self.base)).bearer_auth(token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let reply = request.send().await.expect("request");
-        let status = reply.status();
-        (status, reply.json().await.unwrap_or(Value::Null))
-    }
-
-    /// Sends SIGTERM and expects a clean exit.
-    async fn stop(mut self) -> String {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll child") {
-                assert!(status.success(), "maestro exited with {status}:\n{}", self.stderr_text());
-                return self.stderr_text();
-            }
-            assert!(Instant::now() < deadline, "maestro did not stop on SIGTERM");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn find_token(text: &str) -> Option<String> {
-    text.split_whitespace()
-        .find(|w| w.starts_with("mk_"))
-        .map(|w| w.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_').to_owned())
-}
 
 async fn serves_the_admin_flow_and_keeps_it_across_restarts(backend: Backend) {
     use reqwest::Method;

@@ -1,0 +1,132 @@
+//! A real `maestro` process for tests: a clean environment pointing at a test store,
+//! `serve` on a free 127.0.0.1 port, health-waited, stopped with SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::harness::{Backend, TestDb};
+
+/// A `maestro` command with a clean environment pointing at `db`.
+pub(crate) fn maestro(db: &TestDb, backend: Backend) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_maestro"));
+    command.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    command.env("MAESTRO_DATA_DIR", db.dir().join("data"));
+    if backend == Backend::Postgres {
+        command.env("MAESTRO_DATABASE_URL", &db.url);
+    }
+    command
+}
+
+pub(crate) fn run(mut command: Command) -> Output {
+    let output = command.output().expect("maestro runs");
+    assert!(output.status.success(), "maestro failed: {}\n{}", output.status, String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+pub(crate) fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).expect("utf-8")
+}
+
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) base: String,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Server {
+    pub(crate) async fn start(mut command: Command, dir: &Path, run: u32) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+        let stdout = dir.join(format!("stdout-{run}.txt"));
+        let stderr = dir.join(format!("stderr-{run}.txt"));
+        let child = command
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("maestro serve starts");
+        let mut server = Self { child, base: format!("http://127.0.0.1:{port}"), stdout, stderr };
+        server.wait_healthy().await;
+        server
+    }
+
+    pub(crate) async fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let client = reqwest::Client::new();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll child") {
+                panic!("maestro exited early ({status}):\n{}", self.stderr_text());
+            }
+            if let Ok(reply) = client.get(format!("{}/healthz", self.base)).send().await
+                && reply.status() == StatusCode::OK
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "maestro did not become healthy:\n{}", self.stderr_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub(crate) fn stdout_text(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    pub(crate) fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// The platform-admin token printed on first start.
+    pub(crate) fn bootstrap_token(&self) -> String {
+        find_token(&self.stdout_text()).unwrap_or_else(|| panic!("no key printed:\n{}", self.stdout_text()))
+    }
+
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = reqwest::Client::new().request(method, format!("{}{path}", self.base)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let reply = request.send().await.expect("request");
+        let status = reply.status();
+        (status, reply.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Sends SIGTERM and expects a clean exit.
+    pub(crate) async fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll child") {
+                assert!(status.success(), "maestro exited with {status}:\n{}", self.stderr_text());
+                return self.stderr_text();
+            }
+            assert!(Instant::now() < deadline, "maestro did not stop on SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) fn find_token(text: &str) -> Option<String> {
+    text.split_whitespace()
+        .find(|w| w.starts_with("mk_"))
+        .map(|w| w.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_').to_owned())
+}
