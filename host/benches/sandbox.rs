@@ -293,8 +293,16 @@ async fn responsiveness(sandbox: &Arc<Sandbox>, hostile: &LoadedPlugin) {
     registry.refresh().await;
     let secrets = SecretValues::new(Default::default(), plugin_dir.join("no-secrets"));
     let tools = Arc::new(Tools::new(registry, Arc::new(PolicyStore::fixed(PolicySet::deny_all())), secrets));
-    let state = AppState { accounts: Accounts::new(store, Arc::new(SystemClock)), metrics: Arc::default(), tools };
-    let app = http::router(state, &HttpSettings { body_limit_bytes: 64 << 10, cors_allow_origins: vec![] });
+    let state = AppState {
+        accounts: Accounts::new(store, Arc::new(SystemClock)),
+        metrics: Arc::default(),
+        tools,
+        shutdown: Default::default(),
+    };
+    let app = http::router(
+        state,
+        &HttpSettings { body_limit_bytes: 64 << 10, cors_allow_origins: vec![], mcp: Default::default() },
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/healthz", listener.local_addr().expect("address"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

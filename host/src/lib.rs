@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod mcp;
 pub mod plugins;
 pub mod policy;
 mod poll;
@@ -34,6 +35,7 @@ pub fn http_settings(config: &Config) -> http::HttpSettings {
     http::HttpSettings {
         body_limit_bytes: config.body_limit_bytes,
         cors_allow_origins: config.cors_allow_origins.clone(),
+        mcp: config.mcp.clone(),
     }
 }
 
@@ -94,9 +96,14 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
-    let state = http::AppState { accounts, metrics: Arc::default(), tools };
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let state = http::AppState { accounts, metrics: Arc::default(), tools, shutdown: stopping.clone() };
     let app = http::router(state, &http_settings(&config));
-    tracing::info!(%address, store = %config.store.describe(), "maestro listening on http://{address}");
+    tracing::info!(%address, store = %config.store.describe(), "maestro listening on http://{address} (MCP at /mcp)");
+    let shutdown = async move {
+        shutdown.await;
+        stopping.cancel();
+    };
     http::serve(listener, app, shutdown).await?;
     tracing::info!("maestro stopped");
     Ok(())

@@ -14,7 +14,7 @@ use crate::config::Env;
 use crate::plugins::{Catalog, InstalledPlugin, PluginRegistry};
 use crate::policy::PolicyStore;
 use crate::sandbox::net::{self, NetPolicy, NetRule, SecretHeader};
-use crate::sandbox::{CallContext, CallLimits, CallOutcome, CancelToken, ProgressSink};
+use crate::sandbox::{CallContext, CallLimits, CallOutcome, CancelToken, LogSink, ProgressSink};
 
 /// Who is asking, in the terms policies use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +85,28 @@ pub enum CallError {
     SecretMissing(String),
 }
 
+/// How the caller follows a call: cancellation, and where progress and plugin log lines
+/// go while it runs.
+#[derive(Clone, Default)]
+pub struct Observe {
+    /// Cancels the call (dropping the call's future cancels it too).
+    pub cancel: CancelToken,
+    /// Receives progress reports.
+    pub progress: Option<ProgressSink>,
+    /// Receives the plugin's log lines.
+    pub log: Option<LogSink>,
+}
+
+impl std::fmt::Debug for Observe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observe")
+            .field("cancelled", &self.cancel.is_cancelled())
+            .field("progress", &self.progress.is_some())
+            .field("log", &self.log.is_some())
+            .finish()
+    }
+}
+
 /// A finished call with what it cost.
 #[derive(Debug)]
 pub struct ToolCall {
@@ -101,12 +123,34 @@ pub struct Tools {
     policies: Arc<PolicyStore>,
     secrets: SecretValues,
     rates: RateLimiter,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a call as in flight until dropped (completed, failed or cancelled).
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    fn enter(counter: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Tools {
     /// Builds the use-cases.
     pub fn new(registry: Arc<PluginRegistry>, policies: Arc<PolicyStore>, secrets: SecretValues) -> Self {
-        Self { registry, policies, secrets, rates: RateLimiter::default() }
+        Self { registry, policies, secrets, rates: RateLimiter::default(), in_flight: Arc::default() }
+    }
+
+    /// Tool calls and persona renderings running in the sandbox right now.
+    pub fn calls_in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The plugin registry.
@@ -159,6 +203,11 @@ impl Tools {
             .collect()
     }
 
+    /// The policy decision for the principal and a tool or persona name.
+    pub fn decide(&self, principal: &Principal, name: &str) -> Decision {
+        self.policies.current().decide(&principal.subject(), name)
+    }
+
     /// The current catalog (for administrators).
     pub fn catalog(&self) -> Arc<Catalog> {
         self.registry.catalog()
@@ -175,8 +224,7 @@ impl Tools {
         principal: &Principal,
         tool: &str,
         arguments: serde_json::Value,
-        cancel: CancelToken,
-        progress: Option<ProgressSink>,
+        observe: Observe,
     ) -> Result<ToolCall, CallError> {
         let catalog = self.registry.catalog();
         let (plugin, _) = catalog.tool(tool).ok_or_else(|| CallError::UnknownTool(tool.chars().take(128).collect()))?;
@@ -198,11 +246,13 @@ impl Tools {
             config_json: Arc::from(
                 grant.config_for(&plugin.manifest.name).map_or_else(|| "{}".to_owned(), |c| c.to_string()),
             ),
-            cancel,
-            progress,
+            cancel: observe.cancel,
+            progress: observe.progress,
+            log: observe.log,
             caller: Arc::from(principal.tenant.as_str()),
         };
         let item = tool.split_once('.').map_or(tool, |(_, item)| item);
+        let _in_flight = InFlight::enter(&self.in_flight);
         let outcome = self.registry.sandbox().call_tool(&plugin.loaded, item, arguments.to_string(), &context).await;
         tracing::info!(
             tenant = %principal.tenant,
@@ -214,6 +264,42 @@ impl Tools {
             "tool call"
         );
         Ok(ToolCall { outcome, credits: grant.credits })
+    }
+
+    /// Renders a persona's prompt for the principal from `arguments` (a JSON object),
+    /// in the sandbox under the persona's grant. `Ok(None)`: the plugin has no renderer
+    /// for it, so the persona's system prompt is the prompt.
+    pub async fn render_persona(
+        &self,
+        principal: &Principal,
+        persona: &str,
+        arguments: &serde_json::Value,
+        cancel: CancelToken,
+    ) -> Result<Result<Option<String>, crate::sandbox::Failure>, CallError> {
+        let catalog = self.registry.catalog();
+        let plugin = catalog
+            .personas()
+            .find(|(name, _, _)| name == persona)
+            .map(|(_, plugin, _)| plugin.clone())
+            .ok_or_else(|| CallError::UnknownTool(persona.chars().take(128).collect()))?;
+        let grant = match self.policies.current().decide(&principal.subject(), persona) {
+            Decision::Allow(grant) => grant,
+            deny @ Decision::Deny(_) => return Err(CallError::Denied(deny.to_string())),
+        };
+        let context = CallContext {
+            limits: limits(&grant),
+            network: Arc::new(NetPolicy::deny_all()),
+            config_json: Arc::from(
+                grant.config_for(&plugin.manifest.name).map_or_else(|| "{}".to_owned(), |c| c.to_string()),
+            ),
+            cancel,
+            progress: None,
+            log: None,
+            caller: Arc::from(principal.tenant.as_str()),
+        };
+        let item = persona.split_once('.').map_or(persona, |(_, item)| item);
+        let _in_flight = InFlight::enter(&self.in_flight);
+        Ok(self.registry.sandbox().render_persona(&plugin.loaded, item, arguments.to_string(), &context).await)
     }
 
     fn network(&self, grant: &Grant) -> Result<NetPolicy, CallError> {

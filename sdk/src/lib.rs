@@ -108,8 +108,8 @@ pub use host::{LogLevel, cancelled, config, config_json, log, progress};
 pub use persona::{ModelTier, Persona, PersonaSpec, PromptArgument, RenderContext, RenderFn};
 pub use plugin::{Plugin, is_valid_name};
 pub use tool::{
-    Annotations, Content, FnTool, IntoToolOutput, NoInput, Structured, Tool, ToolError, ToolInfo, ToolOutput, ToolSpec,
-    schema_of, tool,
+    Annotations, Content, FnTool, IntoToolOutput, NoInput, ResourceContents, Structured, Tool, ToolError, ToolInfo,
+    ToolOutput, ToolSpec, schema_of, tool,
 };
 
 // Re-exported so plugins use the same versions as the SDK's schemas and values.

@@ -159,6 +159,31 @@ pub enum Content {
         /// Its media type.
         mime_type: Option<String>,
     },
+    /// Audio.
+    Audio {
+        /// Base64 (standard alphabet, padded) of the bytes.
+        data: String,
+        /// e.g. `audio/wav`.
+        mime_type: String,
+    },
+    /// A resource whose contents travel inside the result (an MCP embedded resource).
+    EmbeddedResource {
+        /// The resource's URI.
+        uri: String,
+        /// Its media type.
+        mime_type: Option<String>,
+        /// What it holds.
+        contents: ResourceContents,
+    },
+}
+
+/// The contents of an embedded resource (the WIT `resource-contents`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceContents {
+    /// Text.
+    Text(String),
+    /// Binary, as base64 (standard alphabet, padded).
+    Blob(String),
 }
 
 impl Content {
@@ -175,6 +200,29 @@ impl Content {
     /// A link to a resource.
     pub fn resource_link(uri: impl Into<String>, name: impl Into<String>) -> Self {
         Self::ResourceLink { uri: uri.into(), name: name.into(), description: None, mime_type: None }
+    }
+
+    /// Audio from raw bytes (base64-encoded here).
+    pub fn audio(bytes: &[u8], mime_type: impl Into<String>) -> Self {
+        Self::Audio { data: base64(bytes), mime_type: mime_type.into() }
+    }
+
+    /// An embedded text resource.
+    pub fn embedded_text(uri: impl Into<String>, mime_type: impl Into<String>, text: impl Into<String>) -> Self {
+        Self::EmbeddedResource {
+            uri: uri.into(),
+            mime_type: Some(mime_type.into()),
+            contents: ResourceContents::Text(text.into()),
+        }
+    }
+
+    /// An embedded binary resource from raw bytes (base64-encoded here).
+    pub fn embedded_blob(uri: impl Into<String>, mime_type: impl Into<String>, bytes: &[u8]) -> Self {
+        Self::EmbeddedResource {
+            uri: uri.into(),
+            mime_type: Some(mime_type.into()),
+            contents: ResourceContents::Blob(base64(bytes)),
+        }
     }
 }
 
@@ -489,6 +537,30 @@ mod tests {
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
         assert_eq!(base64(&[0xff, 0xfe]), "//4=");
+    }
+
+    #[test]
+    fn content_helpers_encode_binary_as_base64() {
+        assert_eq!(
+            Content::audio(b"RIFF", "audio/wav"),
+            Content::Audio { data: "UklGRg==".into(), mime_type: "audio/wav".into() }
+        );
+        assert_eq!(
+            Content::embedded_blob("test://b", "application/octet-stream", b"fo"),
+            Content::EmbeddedResource {
+                uri: "test://b".into(),
+                mime_type: Some("application/octet-stream".into()),
+                contents: ResourceContents::Blob("Zm8=".into()),
+            }
+        );
+        assert_eq!(
+            Content::embedded_text("test://t", "text/plain", "hi"),
+            Content::EmbeddedResource {
+                uri: "test://t".into(),
+                mime_type: Some("text/plain".into()),
+                contents: ResourceContents::Text("hi".into()),
+            }
+        );
     }
 
     #[derive(Debug, serde::Deserialize, JsonSchema)]

@@ -20,7 +20,7 @@ use bindings::maestro::plugin::types as wit;
 use crate::http::{HttpError, Request, Response, Target};
 use crate::persona::ModelTier;
 use crate::plugin::Plugin;
-use crate::tool::{Content, ToolError, ToolOutput};
+use crate::tool::{Content, ResourceContents, ToolError, ToolOutput};
 
 pub use bindings::exports::maestro::plugin::personas::Guest as PersonasGuest;
 pub use bindings::exports::maestro::plugin::tools::Guest as ToolsGuest;
@@ -70,6 +70,14 @@ fn output_to_wit(output: ToolOutput) -> wit::ToolOutput {
             Content::Image { data, mime_type } => wit::Content::Image(wit::Image { data, mime_type }),
             Content::ResourceLink { uri, name, description, mime_type } => {
                 wit::Content::ResourceLink(wit::ResourceLink { uri, name, description, mime_type })
+            }
+            Content::Audio { data, mime_type } => wit::Content::Audio(wit::Audio { data, mime_type }),
+            Content::EmbeddedResource { uri, mime_type, contents } => {
+                let contents = match contents {
+                    ResourceContents::Text(text) => wit::ResourceContents::Text(text),
+                    ResourceContents::Blob(blob) => wit::ResourceContents::Blob(blob),
+                };
+                wit::Content::EmbeddedResource(wit::EmbeddedResource { uri, mime_type, contents })
             }
         })
         .collect();

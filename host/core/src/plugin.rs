@@ -109,6 +109,42 @@ pub enum Content {
         /// MIME type.
         mime_type: Option<String>,
     },
+    /// Audio, base64-encoded.
+    Audio {
+        /// Base64 data.
+        data: String,
+        /// MIME type.
+        mime_type: String,
+    },
+    /// A resource with its contents (MCP embedded resource).
+    EmbeddedResource {
+        /// URI.
+        uri: String,
+        /// MIME type.
+        mime_type: Option<String>,
+        /// Text or base64 blob, serialised as a `text` or `blob` field.
+        #[serde(flatten)]
+        contents: ResourceContents,
+    },
+}
+
+/// The contents of an embedded resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceContents {
+    /// Text.
+    Text(String),
+    /// Binary, base64-encoded.
+    Blob(String),
+}
+
+impl ResourceContents {
+    /// The text or the base64 blob.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ResourceContents::Text(text) | ResourceContents::Blob(text) => text,
+        }
+    }
 }
 
 impl Content {
@@ -123,6 +159,10 @@ impl Content {
                     + name.len()
                     + description.as_ref().map_or(0, String::len)
                     + mime_type.as_ref().map_or(0, String::len)
+            }
+            Content::Audio { data, mime_type } => data.len() + mime_type.len(),
+            Content::EmbeddedResource { uri, mime_type, contents } => {
+                uri.len() + mime_type.as_ref().map_or(0, String::len) + contents.as_str().len()
             }
         }
     }
@@ -178,6 +218,29 @@ pub fn qualified_name(plugin: &str, item: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_size_counts_every_field_and_serialises_flat() {
+        let audio = Content::Audio { data: "UklGRg==".into(), mime_type: "audio/wav".into() };
+        assert_eq!(audio.size(), 8 + 9);
+        let embedded = Content::EmbeddedResource {
+            uri: "test://r".into(),
+            mime_type: Some("text/plain".into()),
+            contents: ResourceContents::Text("hello".into()),
+        };
+        assert_eq!(embedded.size(), 8 + 10 + 5);
+        assert_eq!(
+            serde_json::to_value(&embedded).expect("serialises"),
+            serde_json::json!({ "type": "embedded_resource", "uri": "test://r", "mime_type": "text/plain", "text": "hello" })
+        );
+        let blob = Content::EmbeddedResource {
+            uri: "u".into(),
+            mime_type: None,
+            contents: ResourceContents::Blob("Zg==".into()),
+        };
+        assert_eq!(blob.size(), 1 + 4);
+        assert_eq!(serde_json::to_value(&blob).expect("serialises")["blob"], "Zg==");
+    }
 
     #[test]
     fn names_follow_the_documented_alphabets() {

@@ -36,6 +36,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Serve MCP over stdin/stdout for one caller, for assistants that start a
+    /// process (Claude Desktop, IDEs). Logs go to stderr.
+    Mcp(McpArgs),
     /// Apply pending database migrations and exit.
     Migrate,
     /// Exit 0 if the server at the configured listen address answers /healthz (for
@@ -61,6 +64,22 @@ pub struct ServeArgs {
     /// Address to listen on (overrides MAESTRO_LISTEN and the config file).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+}
+
+/// `maestro mcp`.
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// A tenant API key to act as (or set MAESTRO_MCP_KEY, which keeps it out of the
+    /// process list).
+    #[arg(long, value_name = "KEY", conflicts_with_all = ["tenant", "role"])]
+    pub key: Option<String>,
+    /// Act as this tenant without a key: for a local operator who can already open
+    /// the store. Needs --role.
+    #[arg(long, requires = "role")]
+    pub tenant: Option<String>,
+    /// The role to act with (admin, member or viewer). Needs --tenant.
+    #[arg(long, requires = "tenant")]
+    pub role: Option<Role>,
 }
 
 /// `maestro healthcheck`.
@@ -136,7 +155,7 @@ pub fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
     let overrides = Overrides { listen, log_format: cli.log_format };
     let config = Config::load(cli.config.as_deref(), env, &overrides)?;
     let filter = match &cli.command {
-        Command::Serve(_) => config.log_filter.clone(),
+        Command::Serve(_) | Command::Mcp(_) => config.log_filter.clone(),
         // Offline commands print their results; only warnings belong on stderr.
         _ => env.get("MAESTRO_LOG").cloned().unwrap_or_else(|| "warn".to_owned()),
     };
@@ -154,6 +173,7 @@ pub fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(_) => crate::serve(config, env, crate::shutdown_signal()).await,
+            Command::Mcp(args) => mcp(&config, env, args).await,
             Command::Migrate => migrate(&config).await,
             Command::Healthcheck(_) | Command::Policy(_) => unreachable!("answered before the runtime starts"),
             Command::Plugin(command) => plugin::run(command, &config).await,
@@ -185,6 +205,33 @@ fn healthcheck(mut address: std::net::SocketAddr) -> anyhow::Result<()> {
     } else {
         bail!("unhealthy: {address} answered `{status_line}`")
     }
+}
+
+/// `maestro mcp`: resolves the caller, loads plugins and policies, serves stdio.
+async fn mcp(config: &Config, env: &Env, args: McpArgs) -> anyhow::Result<()> {
+    let accounts = open(config).await?;
+    let key = args.key.or_else(|| env.get("MAESTRO_MCP_KEY").filter(|k| !k.trim().is_empty()).cloned());
+    let principal = match (key, args.tenant, args.role) {
+        (Some(key), None, None) => {
+            let caller = match accounts.authenticate(Some(key.trim())).await? {
+                Ok(caller) => caller,
+                Err(err) => bail!("cannot use that key: {err}"),
+            };
+            let Some(tenant_id) = caller.scope.tenant_id() else {
+                bail!("platform-admin keys cannot use MCP; create a tenant key with `maestro key create`")
+            };
+            let tenant = accounts.tenant_name(tenant_id).await?;
+            crate::tools::principal(&caller, Some(tenant.as_str()))?
+        }
+        (None, Some(tenant), Some(role)) => {
+            let tenant = accounts.tenant_named(&tenant).await?;
+            crate::tools::Principal { tenant: tenant.name.to_string(), role, key_id: "local-operator".to_owned() }
+        }
+        _ => bail!("give --key KEY (or MAESTRO_MCP_KEY), or --tenant T --role R"),
+    };
+    let tools = crate::open_tools(config, env).await?;
+    tracing::info!(tenant = %principal.tenant, role = %principal.role, "serving MCP on stdio");
+    crate::mcp::serve_stdio(crate::mcp::Mcp::new(tools, config.mcp.names), principal).await
 }
 
 async fn open(config: &Config) -> anyhow::Result<Accounts> {

@@ -37,6 +37,11 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MAESTRO_PLUGIN_DIR", "directory of installed plugins (plugins.dir)"),
     ("MAESTRO_POLICY_DIR", "directory of policy files (policies.dir)"),
     ("MAESTRO_SECRETS_DIR", "directory of file:KEY secrets (policies.secrets_dir)"),
+    ("MAESTRO_MCP_ALLOWED_HOSTS", "comma-separated Host allow-list for /mcp (mcp.allowed_hosts)"),
+    ("MAESTRO_MCP_ALLOWED_ORIGINS", "comma-separated Origin allow-list for /mcp (mcp.allowed_origins)"),
+    ("MAESTRO_MCP_KEY", "tenant API key for `maestro mcp` (instead of --key)"),
+    ("MAESTRO_MCP_TOOL_NAMES", "qualified or short (mcp.tool_names)"),
+    ("MAESTRO_MCP_SESSION_IDLE_TIMEOUT", "idle MCP sessions close after this (mcp.session_idle_timeout)"),
 ];
 
 /// The config file format version this build reads.
@@ -92,9 +97,47 @@ pub struct Config {
     pub secrets_dir: PathBuf,
     /// Sandbox engine settings.
     pub sandbox: SandboxSettings,
+    /// The MCP endpoint.
+    pub mcp: McpSettings,
     /// `MAESTRO_*` variables that were set but are not known, to warn about once
     /// logging is up.
     pub unknown_env: Vec<String>,
+}
+
+/// How tools and prompts are named to MCP clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum McpNames {
+    /// Always `plugin.tool`: stable whatever else is installed.
+    #[default]
+    Qualified,
+    /// `tool` when no other tool the caller sees has that name, else `plugin.tool`.
+    Short,
+}
+
+/// The MCP endpoint (`/mcp`) and stdio server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpSettings {
+    /// Hosts (`name` or `name:port`) accepted in the `Host` header (DNS-rebinding
+    /// protection); empty accepts any host.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted in the `Origin` header; a request carrying any other
+    /// origin is refused. Requests without `Origin` (non-browser clients) pass.
+    pub allowed_origins: Vec<String>,
+    /// Tool and prompt naming.
+    pub names: McpNames,
+    /// Idle sessions (2025-11-25 revision) close after this long.
+    pub session_idle_timeout: Duration,
+}
+
+impl Default for McpSettings {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: raw::DEFAULT_MCP_HOSTS.iter().map(|h| (*h).to_owned()).collect(),
+            allowed_origins: Vec::new(),
+            names: McpNames::Qualified,
+            session_idle_timeout: Duration::from_secs(30 * 60),
+        }
+    }
 }
 
 /// Engine-wide sandbox settings.
@@ -125,6 +168,7 @@ impl fmt::Debug for Config {
             .field("policy_dir", &self.policy_dir)
             .field("secrets_dir", &self.secrets_dir)
             .field("sandbox", &self.sandbox)
+            .field("mcp", &self.mcp)
             .finish_non_exhaustive()
     }
 }
@@ -212,7 +256,7 @@ impl Config {
         }
         let cors_allow_origins = raw.http.cors_allow_origins.unwrap_or_default();
         for origin in &cors_allow_origins {
-            validate_origin(origin)?;
+            validate_origin("http.cors_allow_origins", origin)?;
         }
         let plugin_dir = raw.plugins.dir.unwrap_or_else(|| data_dir.join("plugins"));
         let plugin_reload = reload_interval("plugins.reload_interval", raw.plugins.reload_interval.as_deref())?;
@@ -243,6 +287,7 @@ impl Config {
             max_instances,
             cache_dir: raw.sandbox.cache_dir.unwrap_or_else(|| data_dir.join("cache").join("wasm")),
         };
+        let mcp = mcp_settings(raw.mcp, listen)?;
         let unknown_env = env
             .keys()
             .filter(|k| k.starts_with("MAESTRO_") && !ENV_VARS.iter().any(|(known, _)| known == k))
@@ -263,9 +308,52 @@ impl Config {
             policy_reload,
             secrets_dir,
             sandbox,
+            mcp,
             unknown_env,
         })
     }
+}
+
+fn mcp_settings(raw: raw::RawMcp, listen: SocketAddr) -> Result<McpSettings, ConfigError> {
+    let allowed_hosts = match raw.allowed_hosts {
+        Some(hosts) => hosts,
+        None => {
+            let mut hosts: Vec<String> = raw::DEFAULT_MCP_HOSTS.iter().map(|h| (*h).to_owned()).collect();
+            // A server bound to one address is reached by that address too.
+            if !listen.ip().is_unspecified() && !listen.ip().is_loopback() {
+                hosts.push(listen.ip().to_string());
+            }
+            hosts
+        }
+    };
+    for host in &allowed_hosts {
+        let valid = !host.is_empty()
+            && !host.contains(|c: char| c.is_whitespace() || matches!(c, '/' | '*' | '@' | ',' | '?' | '#'));
+        if !valid {
+            return Err(invalid(
+                "mcp.allowed_hosts",
+                host,
+                "expected a host name or host:port, e.g. mcp.example.com".into(),
+            ));
+        }
+    }
+    let allowed_origins = raw.allowed_origins.unwrap_or_default();
+    for origin in &allowed_origins {
+        validate_origin("mcp.allowed_origins", origin)?;
+    }
+    let names = match raw.tool_names.as_deref().map(str::trim) {
+        None | Some("qualified") => McpNames::Qualified,
+        Some("short") => McpNames::Short,
+        Some(other) => return Err(invalid("mcp.tool_names", other, "expected qualified or short".into())),
+    };
+    let idle_text = raw.session_idle_timeout.unwrap_or_else(|| raw::DEFAULT_MCP_SESSION_IDLE.to_owned());
+    let session_idle_timeout = humantime::parse_duration(idle_text.trim())
+        .ok()
+        .filter(|d| (Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600)).contains(d))
+        .ok_or_else(|| {
+            invalid("mcp.session_idle_timeout", &idle_text, "expected a duration from 1s to 7d, e.g. 30m".into())
+        })?;
+    Ok(McpSettings { allowed_hosts, allowed_origins, names, session_idle_timeout })
 }
 
 fn reload_interval(key: &str, text: Option<&str>) -> Result<Option<Duration>, ConfigError> {
@@ -281,18 +369,14 @@ fn reload_interval(key: &str, text: Option<&str>) -> Result<Option<Duration>, Co
     Ok(Some(interval))
 }
 
-fn validate_origin(origin: &str) -> Result<(), ConfigError> {
+fn validate_origin(key: &str, origin: &str) -> Result<(), ConfigError> {
     let shape_ok = (origin.starts_with("https://") || origin.starts_with("http://"))
         && !origin.trim_end_matches('/').contains(|c: char| c == '*' || c.is_whitespace())
         && origin.split("://").nth(1).is_some_and(|host| !host.is_empty() && !host.contains('/'));
     if shape_ok {
         Ok(())
     } else {
-        Err(invalid(
-            "http.cors_allow_origins",
-            origin,
-            "expected an origin like https://app.example.com (no path, no wildcard)".into(),
-        ))
+        Err(invalid(key, origin, "expected an origin like https://app.example.com (no path, no wildcard)".into()))
     }
 }
 
@@ -362,6 +446,10 @@ mod tests {
             ("MAESTRO_BODY_LIMIT_BYTES", "lots", "MAESTRO_BODY_LIMIT_BYTES"),
             ("MAESTRO_CORS_ALLOW_ORIGINS", "*", "http.cors_allow_origins"),
             ("MAESTRO_DATABASE_URL", "mysql://x", "database_url"),
+            ("MAESTRO_MCP_TOOL_NAMES", "bare", "mcp.tool_names"),
+            ("MAESTRO_MCP_ALLOWED_ORIGINS", "*", "mcp.allowed_origins"),
+            ("MAESTRO_MCP_ALLOWED_HOSTS", "evil.example/path", "mcp.allowed_hosts"),
+            ("MAESTRO_MCP_SESSION_IDLE_TIMEOUT", "0s", "mcp.session_idle_timeout"),
         ];
         for (var, value, key) in cases {
             let err = Config::load(None, &env(&[(var, value)]), &Overrides::default()).expect_err(value);

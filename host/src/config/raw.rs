@@ -14,6 +14,8 @@ pub(super) const DEFAULT_POLICY_DIR: &str = "policies";
 pub(super) const DEFAULT_RELOAD_INTERVAL: &str = "2s";
 pub(super) const DEFAULT_SANDBOX_MEMORY: &str = "256MiB";
 pub(super) const DEFAULT_SANDBOX_INSTANCES: u32 = 256;
+pub(super) const DEFAULT_MCP_HOSTS: &[&str] = &["localhost", "127.0.0.1", "::1"];
+pub(super) const DEFAULT_MCP_SESSION_IDLE: &str = "30m";
 
 /// The raw config file. See `config/maestro.toml` for every key and its default.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -44,6 +46,23 @@ pub struct RawConfig {
     /// `[sandbox]`.
     #[serde(default)]
     pub sandbox: RawSandbox,
+    /// `[mcp]`.
+    #[serde(default)]
+    pub mcp: RawMcp,
+}
+
+/// `[mcp]`: the MCP endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMcp {
+    /// Hosts accepted in the `Host` header of `/mcp` requests.
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Browser origins accepted in the `Origin` header of `/mcp` requests.
+    pub allowed_origins: Option<Vec<String>>,
+    /// `qualified` or `short`.
+    pub tool_names: Option<String>,
+    /// Idle sessions (2025-11-25 revision) close after this long.
+    pub session_idle_timeout: Option<String>,
 }
 
 /// `[plugins]` section.
@@ -152,6 +171,19 @@ impl RawConfig {
         }
         if let Some(v) = get("MAESTRO_SECRETS_DIR") {
             self.policies.secrets_dir = Some(v.into());
+        }
+        let list = |v: String| v.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_owned).collect();
+        if let Some(v) = get("MAESTRO_MCP_ALLOWED_HOSTS") {
+            self.mcp.allowed_hosts = Some(list(v));
+        }
+        if let Some(v) = get("MAESTRO_MCP_ALLOWED_ORIGINS") {
+            self.mcp.allowed_origins = Some(list(v));
+        }
+        if let Some(v) = get("MAESTRO_MCP_TOOL_NAMES") {
+            self.mcp.tool_names = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_MCP_SESSION_IDLE_TIMEOUT") {
+            self.mcp.session_idle_timeout = Some(v);
         }
         if let Some(v) = get("MAESTRO_CORS_ALLOW_ORIGINS") {
             let origins = v.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_owned).collect();

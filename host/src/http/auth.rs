@@ -30,7 +30,7 @@ pub(super) async fn require_caller(
 }
 
 /// The token of an `Authorization: Bearer …` header (scheme case-insensitive).
-fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+pub(super) fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };

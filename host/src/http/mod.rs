@@ -8,6 +8,7 @@ mod auth;
 pub mod error;
 mod extract;
 pub mod health;
+mod mcp;
 pub mod metrics;
 pub mod tools;
 
@@ -36,6 +37,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Plugins, policies and tool calls.
     pub tools: Arc<crate::tools::Tools>,
+    /// Cancelled when the server shuts down: ends MCP sessions and open streams so
+    /// graceful shutdown does not wait on them.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// HTTP settings from the validated config.
@@ -45,6 +49,8 @@ pub struct HttpSettings {
     pub body_limit_bytes: usize,
     /// CORS allow-list; empty turns CORS off.
     pub cors_allow_origins: Vec<String>,
+    /// The MCP endpoint.
+    pub mcp: crate::config::McpSettings,
 }
 
 /// The OpenAPI document, generated from the handlers' annotations.
@@ -102,11 +108,18 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .route("/tools/{name}/call", post(tools::call_tool))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_caller));
     let v1 = authenticated.route("/openapi.json", get(openapi));
+    let mcp_service = crate::mcp::Mcp::new(state.tools.clone(), settings.mcp.names);
+    let transport =
+        crate::mcp::HttpTransport::new(mcp_service, &settings.mcp, settings.body_limit_bytes, state.shutdown.clone());
+    let guard = mcp::Guard::new(state.accounts.clone(), &settings.mcp, transport.clone());
+    let mcp_route =
+        Router::new().route_service("/mcp", transport.service).layer(middleware::from_fn_with_state(guard, mcp::guard));
     let mut app = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .nest("/v1", v1)
+        .merge(mcp_route)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))

@@ -13,8 +13,8 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::StrictJson;
-use crate::sandbox::{CallOutcome, CancelToken, Failure};
-use crate::tools::{CallError, Principal, principal};
+use crate::sandbox::{CallOutcome, Failure};
+use crate::tools::{CallError, Observe, Principal, principal};
 
 /// A tool the caller may use.
 #[derive(Debug, Serialize, ToSchema)]
@@ -299,8 +299,7 @@ pub(super) async fn call_tool(
 ) -> Result<Json<CallResponse>, ApiError> {
     let principal = principal_of(&state, &caller).await?.ok_or_else(|| call_error(CallError::NotATenant))?;
     // Dropping this future (the client went away) cancels the call in the sandbox.
-    let call =
-        state.tools.call(&principal, &name, body.arguments, CancelToken::default(), None).await.map_err(call_error)?;
+    let call = state.tools.call(&principal, &name, body.arguments, Observe::default()).await.map_err(call_error)?;
     let metering = metering(&call.outcome, call.credits);
     match call.outcome.result {
         Ok(output) => Ok(Json(CallResponse { content: output.content, structured: output.structured, metering })),

@@ -138,6 +138,25 @@ pub struct Progress {
 /// Receives progress reports.
 pub type ProgressSink = Arc<dyn Fn(Progress) + Send + Sync>;
 
+/// The level of a plugin's log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Finest detail.
+    Trace,
+    /// Debugging detail.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something unexpected that the plugin coped with.
+    Warn,
+    /// A failure.
+    Error,
+}
+
+/// Receives a call's log lines (besides the host's own log), e.g. to forward them to
+/// an MCP client. Lines are already truncated to 4 KiB and capped per call.
+pub type LogSink = Arc<dyn Fn(LogLevel, &str) + Send + Sync>;
+
 /// Everything a call needs besides the plugin and the tool.
 #[derive(Clone)]
 pub struct CallContext {
@@ -151,6 +170,8 @@ pub struct CallContext {
     pub cancel: CancelToken,
     /// Where progress goes, if the caller wants it.
     pub progress: Option<ProgressSink>,
+    /// Where the plugin's log lines also go, if the caller wants them.
+    pub log: Option<LogSink>,
     /// Who is calling (for logs): e.g. the tenant name.
     pub caller: Arc<str>,
 }
@@ -172,6 +193,7 @@ impl Default for CallContext {
             config_json: Arc::from("{}"),
             cancel: CancelToken::default(),
             progress: None,
+            log: None,
             caller: Arc::from("-"),
         }
     }
@@ -693,6 +715,7 @@ pub(crate) struct State {
     config_json: Arc<str>,
     cancel: CallCancel,
     progress: Option<ProgressSink>,
+    log_sink: Option<LogSink>,
     logs_left: u32,
 }
 
@@ -725,6 +748,7 @@ impl State {
             config_json: context.config_json.clone(),
             cancel,
             progress: context.progress.clone(),
+            log_sink: context.log.clone(),
             logs_left: 1000,
         }
     }
@@ -758,6 +782,16 @@ impl bindings::maestro::plugin::host::Host for State {
             wit::LogLevel::Info => tracing::info!(plugin, caller, "{message}"),
             wit::LogLevel::Warn => tracing::warn!(plugin, caller, "{message}"),
             wit::LogLevel::Error => tracing::error!(plugin, caller, "{message}"),
+        }
+        if let Some(sink) = &self.log_sink {
+            let level = match level {
+                wit::LogLevel::Trace => LogLevel::Trace,
+                wit::LogLevel::Debug => LogLevel::Debug,
+                wit::LogLevel::Info => LogLevel::Info,
+                wit::LogLevel::Warn => LogLevel::Warn,
+                wit::LogLevel::Error => LogLevel::Error,
+            };
+            sink(level, &message);
         }
     }
 
@@ -876,6 +910,7 @@ fn persona_spec(spec: wit::PersonaSpec) -> Result<PersonaSpec, SandboxError> {
 }
 
 fn tool_output(output: wit::ToolOutput) -> ToolOutput {
+    use maestro_core::plugin::ResourceContents;
     let content = output
         .content
         .into_iter()
@@ -891,6 +926,15 @@ fn tool_output(output: wit::ToolOutput) -> ToolOutput {
                 name: link.name,
                 description: link.description,
                 mime_type: link.mime_type,
+            },
+            wit::Content::Audio(audio) => Content::Audio { data: audio.data, mime_type: audio.mime_type },
+            wit::Content::EmbeddedResource(resource) => Content::EmbeddedResource {
+                uri: resource.uri,
+                mime_type: resource.mime_type,
+                contents: match resource.contents {
+                    wit::ResourceContents::Text(text) => ResourceContents::Text(text),
+                    wit::ResourceContents::Blob(blob) => ResourceContents::Blob(blob),
+                },
             },
         })
         .collect();

@@ -184,7 +184,11 @@ impl Reply {
 
 impl TestHost {
     pub(crate) async fn new(backend: Backend) -> Self {
-        Self::with_settings(backend, HttpSettings { body_limit_bytes: 64 * 1024, cors_allow_origins: vec![] }).await
+        Self::with_settings(
+            backend,
+            HttpSettings { body_limit_bytes: 64 * 1024, cors_allow_origins: vec![], mcp: Default::default() },
+        )
+        .await
     }
 
     pub(crate) async fn with_settings(backend: Backend, settings: HttpSettings) -> Self {
@@ -205,7 +209,12 @@ impl TestHost {
     }
 
     pub(crate) fn router(&self) -> axum::Router {
-        let state = AppState { accounts: self.accounts.clone(), metrics: Arc::default(), tools: self.tools.clone() };
+        let state = AppState {
+            accounts: self.accounts.clone(),
+            metrics: Arc::default(),
+            tools: self.tools.clone(),
+            shutdown: Default::default(),
+        };
         http::router(state, &self.settings)
     }
 

@@ -293,8 +293,11 @@ async fn cors_is_off_unless_an_allow_list_is_configured() {
     let reply = off.send_raw(Method::GET, "/healthz", None, None, &[("origin", "https://app.example.com")]).await;
     assert!(!reply.headers.contains_key("access-control-allow-origin"), "no CORS headers by default");
 
-    let settings =
-        HttpSettings { body_limit_bytes: 64 * 1024, cors_allow_origins: vec!["https://app.example.com".into()] };
+    let settings = HttpSettings {
+        body_limit_bytes: 64 * 1024,
+        cors_allow_origins: vec!["https://app.example.com".into()],
+        mcp: Default::default(),
+    };
     let on = TestHost::with_settings(Backend::Sqlite, settings).await;
     let reply = on.send_raw(Method::OPTIONS, "/v1/keys", None, None, &preflight("https://app.example.com")).await;
     assert_eq!(

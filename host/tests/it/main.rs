@@ -10,6 +10,8 @@ mod first_party;
 mod fixtures;
 mod harness;
 mod http_api;
+mod mcp;
+mod mcp_conformance;
 mod packaging;
 mod process;
 mod reload;

@@ -1,0 +1,669 @@
+//! MCP: plugin tools, personas (as prompts) and host resources, served to MCP clients
+//! for one caller at a time under that caller's policy. The only module that uses
+//! rmcp. [`http_service`] is the Streamable HTTP transport the HTTP module mounts at
+//! `/mcp` (authentication, Host/Origin checks and session ownership happen there,
+//! before a request reaches this module); [`serve_stdio`] is `maestro mcp`.
+//!
+//! Both revisions in use are served: 2025-11-25 (`initialize`, sessions, server-sent
+//! notifications on the session) and 2026-07-28 (stateless: each request carries its
+//! own metadata; list changes arrive through `subscriptions/listen`).
+
+// rmcp marks MCP logging deprecated (SEP-2577) but clients of both revisions use it.
+#![allow(deprecated)]
+
+mod content;
+mod redact;
+mod resources;
+mod watch;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use maestro_core::plugin::ToolError;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CompleteRequestParams, CompleteResult, CompletionInfo, ErrorData,
+    Extensions, GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam,
+    PaginatedRequestParams, ProgressNotificationParam, ProgressToken, Prompt, PromptArgument, PromptMessage,
+    ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, Reference, Role, ServerCapabilities,
+    ServerConfig, SetLevelRequestParams, SubscriptionFilter, Tool, ToolAnnotations,
+};
+use rmcp::service::{NotificationContext, RequestContext, RoleServer, SubscriptionContext};
+use rmcp::{Peer, ServerHandler};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{McpNames, McpSettings};
+use crate::sandbox::{Failure, LogLevel, Progress};
+use crate::tools::{CallError, Observe, Principal, Tools, VisiblePersona, VisibleTool};
+
+pub use resources::{PLUGIN_TEMPLATE, POLICY_URI};
+
+/// What every MCP handler shares: the tool use-cases and the naming style.
+#[derive(Debug)]
+pub struct Mcp {
+    tools: Arc<Tools>,
+    names: McpNames,
+}
+
+impl Mcp {
+    /// The MCP use-cases over `tools`.
+    pub fn new(tools: Arc<Tools>, names: McpNames) -> Arc<Self> {
+        Arc::new(Self { tools, names })
+    }
+
+    /// Tools the principal sees, under their MCP names, sorted by name.
+    fn tools_for(&self, principal: &Principal) -> Vec<(String, VisibleTool)> {
+        let tools = self.tools.visible_tools(principal);
+        let names = mcp_names(self.names, tools.iter().map(|t| t.name.as_str()));
+        let mut named: Vec<_> = names.into_iter().zip(tools).collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named
+    }
+
+    /// Personas the principal sees, under their MCP (prompt) names, sorted by name.
+    fn personas_for(&self, principal: &Principal) -> Vec<(String, VisiblePersona)> {
+        let personas = self.tools.visible_personas(principal);
+        let names = mcp_names(self.names, personas.iter().map(|p| p.name.as_str()));
+        let mut named: Vec<_> = names.into_iter().zip(personas).collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named
+    }
+
+    /// The qualified name behind an MCP tool name the principal sees.
+    fn resolve_tool(&self, principal: &Principal, name: &str) -> Option<String> {
+        match self.names {
+            // Policy decides at call time; an unknown or denied name fails there.
+            McpNames::Qualified => Some(name.to_owned()),
+            McpNames::Short => self.tools_for(principal).into_iter().find(|(n, _)| n == name).map(|(_, t)| t.name),
+        }
+    }
+}
+
+/// MCP names for qualified `plugin.item` names: as they are, or (short) the bare item
+/// name where no other name in the list has the same item.
+fn mcp_names<'a>(style: McpNames, qualified: impl Iterator<Item = &'a str> + Clone) -> Vec<String> {
+    let item = |name: &'a str| name.split_once('.').map_or(name, |(_, item)| item);
+    match style {
+        McpNames::Qualified => qualified.map(str::to_owned).collect(),
+        McpNames::Short => {
+            let mut counts: HashMap<&str, usize> = HashMap::new();
+            for name in qualified.clone() {
+                *counts.entry(item(name)).or_default() += 1;
+            }
+            qualified.map(|name| if counts[item(name)] == 1 { item(name) } else { name }.to_owned()).collect()
+        }
+    }
+}
+
+/// One MCP connection's handler: a session (2025-11-25), one stateless request
+/// (2026-07-28), or the stdio server. Over HTTP the caller comes with each request
+/// (the HTTP module authenticated it); over stdio it is fixed.
+#[derive(Debug)]
+pub struct Handler {
+    mcp: Arc<Mcp>,
+    fixed: Option<Principal>,
+    /// The level `logging/setLevel` chose for this session.
+    log_level: Mutex<Option<LoggingLevel>>,
+    /// Stops this session's list-change watcher when the handler goes away.
+    stop: CancellationToken,
+}
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Handler {
+    /// A handler whose caller comes with each request (HTTP).
+    pub fn per_request(mcp: Arc<Mcp>) -> Self {
+        Self { mcp, fixed: None, log_level: Mutex::new(None), stop: CancellationToken::new() }
+    }
+
+    /// A handler for one fixed caller (stdio).
+    pub fn for_principal(mcp: Arc<Mcp>, principal: Principal) -> Self {
+        Self { mcp, fixed: Some(principal), log_level: Mutex::new(None), stop: CancellationToken::new() }
+    }
+
+    fn principal(&self, extensions: &Extensions) -> Result<Principal, ErrorData> {
+        if let Some(principal) = &self.fixed {
+            return Ok(principal.clone());
+        }
+        extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Principal>())
+            .cloned()
+            .ok_or_else(|| ErrorData::internal_error("the request carries no authenticated caller", None))
+    }
+
+    /// The lowest level of plugin log lines to forward for this request: the level in
+    /// the request's metadata (2026-07-28), else the session's `logging/setLevel`, else
+    /// `info` for sessions and nothing for stateless requests that did not ask.
+    fn log_threshold(&self, context: &RequestContext<RoleServer>) -> Option<LoggingLevel> {
+        if let Some(level) = context.meta.log_level() {
+            return Some(level);
+        }
+        if let Some(level) = *self.log_level.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            return Some(level);
+        }
+        let stateless =
+            context.protocol_version().is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
+        (!stateless).then_some(LoggingLevel::Info)
+    }
+
+    async fn call(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResult, ErrorData> {
+        let principal = self.principal(&context.extensions)?;
+        let name = request.name.as_ref();
+        let unknown = || ErrorData::invalid_params(format!("unknown tool `{}`", truncate(name, 128)), None);
+        let qualified = self.mcp.resolve_tool(&principal, name).ok_or_else(unknown)?;
+        let arguments = Value::Object(request.arguments.unwrap_or_default());
+        tracing::debug!(tenant = %principal.tenant, tool = %qualified, arguments = %redact::redacted(&arguments), "mcp tools/call arguments");
+        let progress_token = context.meta.get_progress_token();
+        let plugin = qualified.split_once('.').map_or("", |(plugin, _)| plugin).to_owned();
+        let (observe, events) =
+            Events::start(context.peer.clone(), progress_token, self.log_threshold(&context), plugin);
+        let cancel = observe.cancel.clone();
+        let call = self.mcp.tools.call(&principal, &qualified, arguments, observe);
+        tokio::pin!(call);
+        // The client cancelled (notifications/cancelled, or a closed stateless request):
+        // stop the sandboxed call and wait the moment it takes to stop.
+        let result = tokio::select! {
+            result = &mut call => result,
+            () = context.ct.cancelled() => {
+                cancel.cancel();
+                call.await
+            }
+        };
+        events.finish().await;
+        match result {
+            Ok(call) => match call.outcome.result {
+                Ok(output) => Ok(content::success(output)),
+                Err(Failure::ToolError(ToolError::InvalidArguments(message))) => {
+                    Err(ErrorData::invalid_params(format!("invalid arguments for `{name}`: {message}"), None))
+                }
+                Err(Failure::ToolError(error)) => Ok(content::failure("tool_error", &error.to_string())),
+                Err(failure) => Ok(content::failure(failure.kind(), &failure.to_string())),
+            },
+            Err(CallError::UnknownTool(_) | CallError::Denied(_)) => Err(unknown()),
+            Err(err @ CallError::ArgumentsNotObject) => Err(ErrorData::invalid_params(err.to_string(), None)),
+            Err(err @ CallError::NotATenant) => Err(ErrorData::invalid_request(err.to_string(), None)),
+            Err(err @ CallError::RateLimited { .. }) => Ok(content::failure("rate_limited", &err.to_string())),
+            Err(err @ CallError::SecretMissing(_)) => {
+                tracing::error!(error = %err, "tool call needs a secret this host does not have");
+                Ok(content::failure("unavailable", &err.to_string()))
+            }
+        }
+    }
+
+    async fn prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResult, ErrorData> {
+        let principal = self.principal(&context.extensions)?;
+        let unknown = || ErrorData::invalid_params(format!("unknown prompt `{}`", truncate(&request.name, 128)), None);
+        let (_, persona) =
+            self.mcp.personas_for(&principal).into_iter().find(|(n, _)| *n == request.name).ok_or_else(unknown)?;
+        let arguments = prompt_arguments(&persona, request.arguments.unwrap_or_default())?;
+        let cancel = crate::sandbox::CancelToken::default();
+        let render = self.mcp.tools.render_persona(&principal, &persona.name, &arguments, cancel.clone());
+        tokio::pin!(render);
+        let rendered = tokio::select! {
+            rendered = &mut render => rendered,
+            () = context.ct.cancelled() => {
+                cancel.cancel();
+                render.await
+            }
+        };
+        let text = match rendered {
+            Ok(Ok(Some(text))) => text,
+            Ok(Ok(None)) => persona.spec.system_prompt.clone(),
+            Ok(Err(failure)) => {
+                return Err(ErrorData::internal_error(format!("rendering `{}` failed: {failure}", request.name), None));
+            }
+            Err(_) => return Err(unknown()),
+        };
+        let mut result = GetPromptResult::new(vec![PromptMessage::new_text(Role::User, text)]);
+        result.description = Some(persona.spec.role.clone());
+        Ok(result)
+    }
+
+    fn complete_argument(&self, principal: &Principal, request: &CompleteRequestParams) -> Vec<String> {
+        let wanted = request.argument.value.to_lowercase();
+        let candidates: Vec<String> = match &request.r#ref {
+            Reference::Prompt(prompt) => self
+                .mcp
+                .personas_for(principal)
+                .into_iter()
+                .find(|(name, _)| *name == prompt.name)
+                .and_then(|(_, p)| p.spec.arguments.into_iter().find(|a| a.name == request.argument.name))
+                .map(|argument| argument.values)
+                .unwrap_or_default(),
+            Reference::Resource(resource) if resource.uri == PLUGIN_TEMPLATE && request.argument.name == "name" => {
+                self.mcp.tools.visible_plugins(principal).iter().map(|p| p.manifest.name.clone()).collect()
+            }
+            _ => Vec::new(),
+        };
+        candidates.into_iter().filter(|v| v.to_lowercase().starts_with(&wanted)).collect()
+    }
+}
+
+/// A persona's prompt arguments, checked against its spec: all strings, none unknown,
+/// every required one present, enumerable ones among their values.
+fn prompt_arguments(persona: &VisiblePersona, given: rmcp::model::JsonObject) -> Result<Value, ErrorData> {
+    let spec = &persona.spec.arguments;
+    for (name, value) in &given {
+        let Some(argument) = spec.iter().find(|a| a.name == *name) else {
+            return Err(ErrorData::invalid_params(format!("unknown argument `{}`", truncate(name, 64)), None));
+        };
+        let Some(value) = value.as_str() else {
+            return Err(ErrorData::invalid_params(format!("argument `{name}` must be a string"), None));
+        };
+        if !argument.values.is_empty() && !argument.values.iter().any(|v| v == value) {
+            return Err(ErrorData::invalid_params(
+                format!("argument `{name}` must be one of: {}", argument.values.join(", ")),
+                None,
+            ));
+        }
+    }
+    if let Some(missing) = spec.iter().find(|a| a.required && !given.contains_key(&a.name)) {
+        return Err(ErrorData::invalid_params(format!("missing required argument `{}`", missing.name), None));
+    }
+    Ok(Value::Object(given))
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
+/// Progress and plugin log lines of one call, forwarded to the client in order while
+/// the call runs (the sandbox reports them synchronously; sending is async).
+struct Events {
+    sender: tokio::sync::mpsc::UnboundedSender<Event>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+enum Event {
+    Progress(Progress),
+    Log(LoggingLevel, String),
+    Done,
+}
+
+impl Events {
+    fn start(
+        peer: Peer<RoleServer>,
+        progress_token: Option<ProgressToken>,
+        log_threshold: Option<LoggingLevel>,
+        plugin: String,
+    ) -> (Observe, Self) {
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        let progress = progress_token.is_some().then(|| {
+            let sender = sender.clone();
+            Arc::new(move |p: Progress| {
+                let _ = sender.send(Event::Progress(p));
+            }) as crate::sandbox::ProgressSink
+        });
+        let log = log_threshold.map(|threshold| {
+            let sender = sender.clone();
+            Arc::new(move |level: LogLevel, message: &str| {
+                let level = logging_level(level);
+                if rank(level) >= rank(threshold) {
+                    let _ = sender.send(Event::Log(level, message.to_owned()));
+                }
+            }) as crate::sandbox::LogSink
+        });
+        let task = tokio::spawn(async move {
+            while let Some(event) = receiver.recv().await {
+                let sent = match event {
+                    Event::Done => break,
+                    Event::Progress(p) => {
+                        let Some(token) = &progress_token else { continue };
+                        #[expect(clippy::cast_precision_loss, reason = "progress counts are far below 2^52")]
+                        let mut param = ProgressNotificationParam::new(token.clone(), p.done as f64);
+                        #[expect(clippy::cast_precision_loss, reason = "progress counts are far below 2^52")]
+                        if let Some(total) = p.total {
+                            param = param.with_total(total as f64);
+                        }
+                        if let Some(message) = p.message {
+                            param = param.with_message(message);
+                        }
+                        peer.notify_progress(param).await
+                    }
+                    Event::Log(level, message) => {
+                        let param = LoggingMessageNotificationParam::new(level, Value::String(message))
+                            .with_logger(plugin.clone());
+                        peer.notify_logging_message(param).await
+                    }
+                };
+                if sent.is_err() {
+                    // The client went away; the call's own cancellation handles the rest.
+                    break;
+                }
+            }
+        });
+        (Observe { progress, log, ..Observe::default() }, Self { sender, task })
+    }
+
+    /// Waits until every event reported so far has been sent (before the response).
+    async fn finish(self) {
+        let _ = self.sender.send(Event::Done);
+        let _ = self.task.await;
+    }
+}
+
+fn logging_level(level: LogLevel) -> LoggingLevel {
+    match level {
+        LogLevel::Trace | LogLevel::Debug => LoggingLevel::Debug,
+        LogLevel::Info => LoggingLevel::Info,
+        LogLevel::Warn => LoggingLevel::Warning,
+        LogLevel::Error => LoggingLevel::Error,
+    }
+}
+
+fn rank(level: LoggingLevel) -> u8 {
+    match level {
+        LoggingLevel::Debug => 0,
+        LoggingLevel::Info => 1,
+        LoggingLevel::Notice => 2,
+        LoggingLevel::Warning => 3,
+        LoggingLevel::Error => 4,
+        LoggingLevel::Critical => 5,
+        LoggingLevel::Alert => 6,
+        LoggingLevel::Emergency => 7,
+    }
+}
+
+/// An MCP tool description from a plugin tool.
+fn tool(name: String, visible: &VisibleTool) -> Tool {
+    let spec = &visible.spec;
+    let mut tool = Tool::default();
+    tool.name = Cow::Owned(name);
+    tool.title.clone_from(&spec.title);
+    tool.description = Some(Cow::Owned(spec.description.clone()));
+    tool.input_schema = Arc::new(schema_object(&spec.input_schema));
+    tool.output_schema = spec.output_schema.as_ref().map(|s| Arc::new(schema_object(s)));
+    let a = &spec.annotations;
+    let mut annotations = ToolAnnotations::new()
+        .read_only(a.read_only)
+        .destructive(a.destructive)
+        .idempotent(a.idempotent)
+        .open_world(a.open_world);
+    annotations.title.clone_from(&spec.title);
+    tool.annotations = Some(annotations);
+    tool
+}
+
+/// A JSON Schema as an object (a non-object schema, which plugins cannot declare for
+/// arguments, becomes the schema of any object).
+fn schema_object(schema: &Value) -> rmcp::model::JsonObject {
+    match schema {
+        Value::Object(object) => object.clone(),
+        _ => serde_json::json!({ "type": "object" }).as_object().cloned().unwrap_or_default(),
+    }
+}
+
+fn prompt(name: String, persona: &VisiblePersona) -> Prompt {
+    let arguments = persona
+        .spec
+        .arguments
+        .iter()
+        .map(|a| PromptArgument::new(&a.name).with_description(&a.description).with_required(a.required))
+        .collect::<Vec<_>>();
+    Prompt::new(name, Some(persona.spec.role.clone()), (!arguments.is_empty()).then_some(arguments))
+        .with_title(&persona.spec.title)
+}
+
+/// Logs one MCP request: method, tenant, target, duration and outcome.
+fn trace<T>(method: &str, tenant: &str, target: &str, started: Instant, result: &Result<T, ErrorData>) {
+    let duration_us = started.elapsed().as_micros();
+    match result {
+        Ok(_) => tracing::info!(method, tenant, target, duration_us, outcome = "ok", "mcp request"),
+        Err(err) => {
+            tracing::info!(method, tenant, target, duration_us, outcome = "error", code = err.code.0, error = %err.message, "mcp request");
+        }
+    }
+}
+
+fn tenant_of(principal: &Result<Principal, ErrorData>) -> &str {
+    principal.as_ref().map_or("-", |p| p.tenant.as_str())
+}
+
+impl ServerHandler for Handler {
+    fn get_info(&self) -> ServerConfig {
+        let capabilities = ServerCapabilities::builder()
+            .enable_logging()
+            .enable_completions()
+            .enable_prompts()
+            .enable_prompts_list_changed()
+            .enable_resources()
+            .enable_resources_list_changed()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .build();
+        ServerConfig::new(capabilities)
+            .with_server_info(
+                Implementation::new("maestro", env!("CARGO_PKG_VERSION"))
+                    .with_title("Maestro")
+                    .with_description("Plugin tools, agent personas and resources under your organisation's policy"),
+            )
+            .with_instructions(
+                "Tools are plugin tools run in a sandbox under your policy; a tool that ran and failed \
+                 returns isError with the cause. Prompts are agent personas. Resources describe the plugins \
+                 you can use (maestro://plugins/{name}) and your effective policy (maestro://policy/effective).",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let started = Instant::now();
+        let principal = self.principal(&context.extensions);
+        let result = principal.as_ref().map_err(Clone::clone).map(|principal| {
+            ListToolsResult::with_all_items(
+                self.mcp.tools_for(principal).into_iter().map(|(name, visible)| tool(name, &visible)).collect(),
+            )
+        });
+        trace("tools/list", tenant_of(&principal), "-", started, &result);
+        result
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let started = Instant::now();
+        let tenant = self.principal(&context.extensions).map(|p| p.tenant).unwrap_or_else(|_| "-".to_owned());
+        let name = request.name.to_string();
+        let result = self.call(request, context).await;
+        let duration_us = started.elapsed().as_micros();
+        match &result {
+            Ok(r) if r.is_error == Some(true) => {
+                let cause = r.content.first().and_then(|c| c.as_text()).map_or("", |t| t.text.as_str());
+                let kind = cause.split_once(':').map_or(cause, |(kind, _)| kind);
+                tracing::info!(method = "tools/call", tenant, tool = %name, duration_us, outcome = "tool_error", kind, "mcp request");
+            }
+            Ok(_) => {
+                tracing::info!(method = "tools/call", tenant, tool = %name, duration_us, outcome = "ok", "mcp request")
+            }
+            Err(err) => {
+                tracing::info!(method = "tools/call", tenant, tool = %name, duration_us, outcome = "error", code = err.code.0, error = %err.message, "mcp request");
+            }
+        }
+        result.map(CallToolResponse::from)
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let started = Instant::now();
+        let principal = self.principal(&context.extensions);
+        let result = principal.as_ref().map_err(Clone::clone).map(|principal| {
+            ListPromptsResult::with_all_items(
+                self.mcp.personas_for(principal).into_iter().map(|(name, p)| prompt(name, &p)).collect(),
+            )
+        });
+        trace("prompts/list", tenant_of(&principal), "-", started, &result);
+        result
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let started = Instant::now();
+        let principal = self.principal(&context.extensions);
+        let name = request.name.clone();
+        let result = self.prompt(request, context).await;
+        trace("prompts/get", tenant_of(&principal), &name, started, &result);
+        result.map(GetPromptResponse::from)
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let principal = self.principal(&context.extensions)?;
+        let values = self.complete_argument(&principal, &request);
+        let total = u32::try_from(values.len()).unwrap_or(u32::MAX);
+        let shown: Vec<String> = values.into_iter().take(CompletionInfo::MAX_VALUES).collect();
+        let has_more = usize::try_from(total).unwrap_or(usize::MAX) > shown.len();
+        let info = CompletionInfo::with_pagination(shown, Some(total), has_more)
+            .map_err(|e| ErrorData::internal_error(e, None))?;
+        Ok(CompleteResult::new(info))
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        *self.log_level.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(request.level);
+        Ok(())
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let principal = self.principal(&context.extensions)?;
+        Ok(ListResourcesResult::with_all_items(resources::list(&self.mcp.tools, &principal)))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        self.principal(&context.extensions)?;
+        Ok(ListResourceTemplatesResult::with_all_items(resources::templates()))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let started = Instant::now();
+        let principal = self.principal(&context.extensions);
+        let result = principal
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|principal| resources::read(&self.mcp, principal, &request.uri));
+        trace("resources/read", tenant_of(&principal), &truncate(&request.uri, 256), started, &result);
+        result.map(ReadResourceResponse::from)
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        // Sessions (and stdio) get list_changed notifications pushed on the session.
+        let Ok(principal) = self.principal(&context.extensions) else { return };
+        let (mcp, peer, stop) = (self.mcp.clone(), context.peer.clone(), self.stop.clone());
+        tokio::spawn(watch::notify_changes(mcp, principal, stop, watch::PeerSink(peer)));
+    }
+
+    fn accepted_subscription_filter(&self, _requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        Some(SubscriptionFilter::builder().tools_list_changed().prompts_list_changed().resources_list_changed().build())
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        // Stateless clients (2026-07-28) hold a subscriptions/listen request open.
+        let principal = self.principal(&context.request_context().extensions)?;
+        let stop = context.request_context().ct.clone();
+        let sink = watch::SubscriptionSinkAdapter(context.sink().clone());
+        watch::notify_changes(self.mcp.clone(), principal, stop, sink).await;
+        Ok(())
+    }
+}
+
+type Sessions = rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+
+/// The tower service behind `/mcp`.
+pub type HttpService = rmcp::transport::StreamableHttpService<Handler, Sessions>;
+
+/// The Streamable HTTP transport for `/mcp`: sessions for 2025-11-25 clients (idle
+/// ones close after the configured timeout), stateless service for 2026-07-28 ones.
+/// Host/Origin checks and authentication are the HTTP module's job; it must put the
+/// caller's [`Principal`] into each request's extensions, and it decides who may use a
+/// session (see [`HttpTransport::session_is_live`]).
+#[derive(Clone)]
+pub struct HttpTransport {
+    /// The service to mount.
+    pub service: HttpService,
+    sessions: Arc<Sessions>,
+}
+
+impl std::fmt::Debug for HttpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTransport").finish_non_exhaustive()
+    }
+}
+
+impl HttpTransport {
+    /// The transport over `mcp`; `shutdown` ends every session and open stream.
+    pub fn new(mcp: Arc<Mcp>, settings: &McpSettings, body_limit_bytes: usize, shutdown: CancellationToken) -> Self {
+        use rmcp::transport::StreamableHttpServerConfig;
+        let mut sessions = Sessions::default();
+        sessions.session_config.keep_alive = Some(settings.session_idle_timeout);
+        let sessions = Arc::new(sessions);
+        let config = StreamableHttpServerConfig::default()
+            .disable_allowed_hosts()
+            .disable_allowed_origins()
+            .with_json_response(true)
+            .with_sse_keep_alive(Some(Duration::from_secs(15)))
+            .with_max_request_body_bytes(body_limit_bytes)
+            .with_cancellation_token(shutdown);
+        let service = rmcp::transport::StreamableHttpService::new(
+            move || Ok(Handler::per_request(mcp.clone())),
+            sessions.clone(),
+            config,
+        );
+        Self { service, sessions }
+    }
+
+    /// Whether a session with this id is open.
+    pub async fn session_is_live(&self, id: &str) -> bool {
+        self.sessions.sessions.read().await.contains_key(id)
+    }
+}
+
+/// Serves MCP over stdin/stdout for one caller until the client closes stdin.
+pub async fn serve_stdio(mcp: Arc<Mcp>, principal: Principal) -> anyhow::Result<()> {
+    use rmcp::ServiceExt as _;
+    let service = Handler::for_principal(mcp, principal).serve(rmcp::transport::stdio()).await?;
+    service.waiting().await?;
+    Ok(())
+}

@@ -1,0 +1,260 @@
+//! `conformance`: the tools and prompts the official MCP conformance suite
+//! (`@modelcontextprotocol/conformance`, pinned in `host/tests/mcp/package.json`) calls by
+//! name, with exactly the content and behaviour its scenarios check. A test fixture for
+//! `host/tests/it/mcp_conformance.rs`; never shipped.
+//!
+//! The server exposes them under their bare names (`MAESTRO_MCP_TOOL_NAMES=short`), so
+//! the names here are the suite's: `test_simple_text`, `test_prompt_with_arguments`, …
+//! `host/tests/mcp/conformance/scenarios.json` says which scenario uses which.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use maestro_sdk::schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use maestro_sdk::{
+    Content, NoInput, Persona, PersonaSpec, PromptArgument, ToolError, ToolOutput, export_plugin, log, progress, tool,
+};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// A 1×1 red PNG.
+const RED_PIXEL_PNG: [u8; 69] = [
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x02, 0x00, 0x00, 0x00, 0x90, 0x77, 0x53, 0xde, 0x00, 0x00, 0x00, 0x0c, 0x49,
+    0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0xf8, 0xcf, 0xc0, 0x00, 0x00, 0x03, 0x01, 0x01, 0x00, 0xc9, 0xfe, 0x92, 0xef,
+    0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+];
+
+/// Pause between the steps of the logging and progress tools (the suite asks for ~50 ms,
+/// so that the client sees the notifications arrive during the call).
+const STEP: Duration = Duration::from_millis(50);
+
+/// A short WAV file: 8 kHz, mono, 8-bit PCM, `samples` samples of silence.
+fn silent_wav(samples: u32) -> Vec<u8> {
+    const RATE: u32 = 8_000;
+    let mut wav = Vec::with_capacity(44 + samples as usize);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + samples).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes()); // fmt chunk size
+    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&1u16.to_le_bytes()); // channels
+    wav.extend_from_slice(&RATE.to_le_bytes()); // sample rate
+    wav.extend_from_slice(&RATE.to_le_bytes()); // byte rate
+    wav.extend_from_slice(&1u16.to_le_bytes()); // block align
+    wav.extend_from_slice(&8u16.to_le_bytes()); // bits per sample
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&samples.to_le_bytes());
+    wav.resize(44 + samples as usize, 0x80); // 8-bit PCM silence
+    wav
+}
+
+fn red_pixel() -> Content {
+    Content::image(&RED_PIXEL_PNG, "image/png")
+}
+
+fn simple_text(_: NoInput) -> Result<&'static str, ToolError> {
+    Ok("This is a simple text response for testing.")
+}
+
+fn image_content(_: NoInput) -> Result<ToolOutput, ToolError> {
+    Ok(ToolOutput { content: vec![red_pixel()], structured: None })
+}
+
+fn audio_content(_: NoInput) -> Result<ToolOutput, ToolError> {
+    Ok(ToolOutput { content: vec![Content::audio(&silent_wav(80), "audio/wav")], structured: None })
+}
+
+fn embedded_resource(_: NoInput) -> Result<ToolOutput, ToolError> {
+    let resource =
+        Content::embedded_text("test://embedded-resource", "text/plain", "This is an embedded resource content.");
+    Ok(ToolOutput { content: vec![resource], structured: None })
+}
+
+fn multiple_content_types(_: NoInput) -> Result<ToolOutput, ToolError> {
+    Ok(ToolOutput::text("Multiple content types test:").with(red_pixel()).with(Content::embedded_text(
+        "test://mixed-content-resource",
+        "application/json",
+        r#"{"test":"data","value":123}"#,
+    )))
+}
+
+fn tool_with_logging(_: NoInput) -> Result<&'static str, ToolError> {
+    log::info("Tool execution started");
+    std::thread::sleep(STEP);
+    log::info("Tool processing data");
+    std::thread::sleep(STEP);
+    log::info("Tool execution completed");
+    Ok("Tool with logging executed successfully")
+}
+
+fn logging_tool(_: NoInput) -> Result<&'static str, ToolError> {
+    log::info("test_logging_tool ran");
+    Ok("logged one message at info level")
+}
+
+fn tool_with_progress(_: NoInput) -> Result<&'static str, ToolError> {
+    progress(0, Some(100), Some("started"));
+    std::thread::sleep(STEP);
+    progress(50, Some(100), Some("halfway"));
+    std::thread::sleep(STEP);
+    progress(100, Some(100), Some("done"));
+    Ok("Tool with progress executed successfully")
+}
+
+fn error_handling(_: NoInput) -> Result<&'static str, ToolError> {
+    Err(ToolError::failed("This tool intentionally returns an error for testing"))
+}
+
+/// Arguments of `json_schema_2020_12_tool`: any object. What the suite checks is the
+/// input schema, which keeps JSON Schema 2020-12 keywords (`$defs`, `$anchor`, `allOf`,
+/// `anyOf`, `if`/`then`/`else`, `additionalProperties`) as written.
+#[derive(Debug, Deserialize)]
+struct ContactArgs(Map<String, Value>);
+
+impl JsonSchema for ContactArgs {
+    fn schema_name() -> Cow<'static, str> {
+        "ContactArgs".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "$defs": {
+                "address": {
+                    "$anchor": "addressDef",
+                    "type": "object",
+                    "properties": { "street": { "type": "string" }, "city": { "type": "string" } }
+                }
+            },
+            "properties": {
+                "name": { "type": "string" },
+                "address": { "$ref": "#/$defs/address" },
+                "contactMethod": { "type": "string", "enum": ["phone", "email"] },
+                "phone": { "type": "string" },
+                "email": { "type": "string" }
+            },
+            "allOf": [{ "anyOf": [{ "required": ["phone"] }, { "required": ["email"] }] }],
+            "if": { "properties": { "contactMethod": { "const": "phone" } }, "required": ["contactMethod"] },
+            "then": { "required": ["phone"] },
+            "else": { "required": ["email"] },
+            "additionalProperties": false
+        })
+    }
+}
+
+fn json_schema_2020_12(args: ContactArgs) -> Result<ToolOutput, ToolError> {
+    Ok(ToolOutput::structured(Value::Object(args.0)))
+}
+
+fn simple_prompt() -> Persona {
+    Persona::new(PersonaSpec::new(
+        "test_simple_prompt",
+        "Simple prompt",
+        "A simple prompt without arguments",
+        "This is a simple prompt for testing.",
+    ))
+}
+
+fn prompt_with_arguments() -> Persona {
+    Persona::new(
+        PersonaSpec::new(
+            "test_prompt_with_arguments",
+            "Prompt with arguments",
+            "A prompt with required arguments",
+            "Prompt with arguments: arg1='{{arg1}}', arg2='{{arg2}}'",
+        )
+        .argument(PromptArgument::required("arg1", "First test argument").values(["testValue1", "test-alpha", "other"]))
+        .argument(PromptArgument::required("arg2", "Second test argument")),
+    )
+}
+
+export_plugin! {
+    tools: [
+        tool("test_simple_text", "Returns simple text content", simple_text).read_only(),
+        tool("test_image_content", "Returns a 1x1 red PNG", image_content).read_only(),
+        tool("test_audio_content", "Returns a short silent WAV", audio_content).read_only(),
+        tool("test_embedded_resource", "Returns an embedded text resource", embedded_resource).read_only(),
+        tool("test_multiple_content_types", "Returns text, an image and an embedded resource", multiple_content_types)
+            .read_only(),
+        tool("test_tool_with_logging", "Logs three messages at info level, 50 ms apart", tool_with_logging).read_only(),
+        tool("test_logging_tool", "Logs one message at info level", logging_tool).read_only(),
+        tool("test_tool_with_progress", "Reports progress 0, 50 and 100 of 100, 50 ms apart", tool_with_progress)
+            .read_only(),
+        tool("test_error_handling", "Always fails", error_handling).read_only(),
+        tool("json_schema_2020_12_tool", "Tool with JSON Schema 2020-12 features", json_schema_2020_12).read_only(),
+    ],
+    personas: [simple_prompt(), prompt_with_arguments()],
+}
+
+#[cfg(test)]
+mod tests {
+    use maestro_sdk::testing::FakeHost;
+    use maestro_sdk::{LogLevel, ResourceContents};
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn contents_are_what_the_suite_checks() {
+        let plugin = maestro_plugin();
+        let out = plugin.call("test_simple_text", "").expect("no arguments");
+        assert_eq!(out.text_content(), "This is a simple text response for testing.");
+        let out = plugin.call("test_audio_content", "{}").expect("audio");
+        let [Content::Audio { data, mime_type }] = out.content.as_slice() else { panic!("{out:?}") };
+        assert_eq!((mime_type.as_str(), &data[..8]), ("audio/wav", "UklGRnQA"), "RIFF, 36 + 80 bytes");
+        let out = plugin.call("test_multiple_content_types", "{}").expect("mixed");
+        assert!(matches!(
+            out.content.as_slice(),
+            [
+                Content::Text(_),
+                Content::Image { .. },
+                Content::EmbeddedResource { contents: ResourceContents::Text(_), .. }
+            ]
+        ));
+        let err = plugin.call("test_error_handling", "{}").expect_err("always fails");
+        assert_eq!(err.to_string(), "This tool intentionally returns an error for testing");
+    }
+
+    #[test]
+    fn wav_header_matches_its_length() {
+        let wav = silent_wav(80);
+        assert_eq!(wav.len(), 124);
+        assert_eq!(&wav[..4], b"RIFF");
+        assert_eq!(u32::from_le_bytes([wav[4], wav[5], wav[6], wav[7]]), 116);
+        assert_eq!(u32::from_le_bytes([wav[40], wav[41], wav[42], wav[43]]), 80);
+    }
+
+    #[test]
+    fn logs_and_reports_progress_in_steps() {
+        let host = FakeHost::install();
+        maestro_plugin().call("test_tool_with_logging", "{}").expect("runs");
+        let logs = host.logs();
+        assert_eq!(logs.len(), 3);
+        assert!(logs.iter().all(|l| l.level == LogLevel::Info));
+        maestro_plugin().call("test_tool_with_progress", "{}").expect("runs");
+        let done: Vec<u64> = host.progress().iter().map(|p| p.done).collect();
+        assert_eq!(done, [0, 50, 100]);
+    }
+
+    #[test]
+    fn keeps_the_2020_12_keywords_in_the_input_schema() {
+        let spec =
+            maestro_plugin().tool_specs().into_iter().find(|s| s.name == "json_schema_2020_12_tool").expect("listed");
+        let schema = spec.input_schema;
+        assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+        assert_eq!(schema["$defs"]["address"]["$anchor"], "addressDef");
+        assert_eq!(schema["additionalProperties"], false);
+        assert!(schema["allOf"][0]["anyOf"].is_array() && schema["if"].is_object() && schema["else"].is_object());
+    }
+
+    #[test]
+    fn prompts_fill_their_arguments() {
+        let plugin = maestro_plugin();
+        let rendered = plugin
+            .render("test_prompt_with_arguments", &json!({ "arg1": "testValue1", "arg2": "testValue2" }).to_string());
+        assert_eq!(rendered, Ok(Some("Prompt with arguments: arg1='testValue1', arg2='testValue2'".into())));
+        assert_eq!(plugin.render("test_simple_prompt", "{}"), Ok(Some("This is a simple prompt for testing.".into())));
+    }
+}
