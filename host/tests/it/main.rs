@@ -11,6 +11,7 @@ mod fixtures;
 mod harness;
 mod http_api;
 mod mcp;
+mod mcp_clients;
 mod mcp_conformance;
 mod packaging;
 mod process;
