@@ -40,5 +40,9 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Status>
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, body = String, content_type = "text/plain")))]
 pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+    let mut text = state.metrics.render();
+    text.push_str("# HELP maestro_tool_calls_in_flight Tool calls and persona renderings running in the sandbox.\n");
+    text.push_str("# TYPE maestro_tool_calls_in_flight gauge\n");
+    text.push_str(&format!("maestro_tool_calls_in_flight {}\n", state.tools.calls_in_flight()));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }

@@ -119,7 +119,15 @@ pub(super) async fn guard(State(guard): State<Guard>, mut request: Request, next
     let key_id = principal.key_id.clone();
     let method = request.method().clone();
     request.extensions_mut().insert(principal);
-    let response = next.run(request).await;
+    // The key stays here: nothing past this point (the transport, its logs, plugins)
+    // needs it, and the caller travels as the principal.
+    request.headers_mut().remove(header::AUTHORIZATION);
+    let mut response = next.run(request).await;
+    if method == Method::DELETE && response.status() == axum::http::StatusCode::ACCEPTED {
+        // A closed session is done, not accepted for later: some clients (Python `mcp`)
+        // only take 200/204 for it.
+        *response.status_mut() = axum::http::StatusCode::NO_CONTENT;
+    }
     match (&session, response.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok())) {
         (None, Some(opened)) => guard.owners.bind(opened.to_owned(), key_id, &guard.transport).await,
         (Some(session), _) if method == Method::DELETE && response.status().is_success() => {

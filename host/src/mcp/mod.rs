@@ -401,11 +401,53 @@ fn tool(name: String, visible: &VisibleTool) -> Tool {
 }
 
 /// A JSON Schema as an object (a non-object schema, which plugins cannot declare for
-/// arguments, becomes the schema of any object).
+/// arguments, becomes the schema of any object), with only the `format`s JSON Schema
+/// defines: schema generators add others (`uint16`, `int64`) that clients' validators
+/// warn about on every listing.
 fn schema_object(schema: &Value) -> rmcp::model::JsonObject {
+    let mut schema = match schema {
+        Value::Object(_) => schema.clone(),
+        _ => serde_json::json!({ "type": "object" }),
+    };
+    standard_formats_only(&mut schema);
     match schema {
-        Value::Object(object) => object.clone(),
-        _ => serde_json::json!({ "type": "object" }).as_object().cloned().unwrap_or_default(),
+        Value::Object(object) => object,
+        _ => rmcp::model::JsonObject::new(),
+    }
+}
+
+const JSON_SCHEMA_FORMATS: &[&str] = &[
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "email",
+    "idn-email",
+    "hostname",
+    "idn-hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+    "uri-reference",
+    "iri",
+    "iri-reference",
+    "uuid",
+    "uri-template",
+    "json-pointer",
+    "relative-json-pointer",
+    "regex",
+];
+
+fn standard_formats_only(schema: &mut Value) {
+    match schema {
+        Value::Object(object) => {
+            if object.get("format").and_then(Value::as_str).is_some_and(|f| !JSON_SCHEMA_FORMATS.contains(&f)) {
+                object.remove("format");
+            }
+            object.values_mut().for_each(standard_formats_only);
+        }
+        Value::Array(items) => items.iter_mut().for_each(standard_formats_only),
+        _ => {}
     }
 }
 
@@ -666,4 +708,36 @@ pub async fn serve_stdio(mcp: Arc<Mcp>, principal: Principal) -> anyhow::Result<
     let service = Handler::for_principal(mcp, principal).serve(rmcp::transport::stdio()).await?;
     service.waiting().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{McpNames, mcp_names, schema_object};
+
+    #[test]
+    fn short_names_are_bare_only_when_unique() {
+        let qualified = ["calc.evaluate", "text.count", "web.count", "web.fetch"];
+        assert_eq!(
+            mcp_names(McpNames::Short, qualified.iter().copied()),
+            ["evaluate", "text.count", "web.count", "fetch"]
+        );
+        assert_eq!(mcp_names(McpNames::Qualified, qualified.iter().copied()), qualified);
+    }
+
+    #[test]
+    fn schemas_keep_only_standard_formats() {
+        let schema = json!({ "type": "object", "properties": {
+            "port": { "type": "integer", "format": "uint16" },
+            "url": { "type": "string", "format": "uri" },
+            "format": { "type": "string" },
+            "items": { "type": "array", "items": { "type": "integer", "format": "int64" } } } });
+        let cleaned = serde_json::Value::Object(schema_object(&schema));
+        assert_eq!(cleaned["properties"]["port"], json!({ "type": "integer" }));
+        assert_eq!(cleaned["properties"]["url"]["format"], "uri");
+        assert_eq!(cleaned["properties"]["format"], json!({ "type": "string" }));
+        assert_eq!(cleaned["properties"]["items"]["items"], json!({ "type": "integer" }));
+        assert_eq!(serde_json::Value::Object(schema_object(&json!(true))), json!({ "type": "object" }));
+    }
 }

@@ -564,7 +564,12 @@ impl Sandbox {
             let state = State::new(&name, &context, &limits, cancel.clone(), network_log.clone(), stderr.clone());
             let mut store = Store::new(&engine, state);
             store.limiter(|state| &mut state.limiter);
-            if let Err(err) = store.set_fuel(limits.fuel) {
+            // Fuel is also checked (and the guest yields) every FUEL_SLICE units: wasmtime
+            // writes a running guest's fuel count back only at such checks, so a call ended
+            // by the deadline or a cancellation would otherwise meter almost nothing.
+            if let Err(err) =
+                store.fuel_async_yield_interval(Some(FUEL_SLICE)).and_then(|()| store.set_fuel(limits.fuel))
+            {
                 return (Err(Failure::Trap(format!("{err:#}"))), Meter::default());
             }
             let deadline = Instant::now() + limits.timeout;
@@ -607,6 +612,10 @@ impl Sandbox {
         }
     }
 }
+
+/// Fuel between a running guest's fuel checks (about 3 ms of a tight loop here): the
+/// bound on how much of a deadline- or cancel-ended call's fuel goes unmetered.
+const FUEL_SLICE: u64 = 10_000_000;
 
 /// Metering of a call, whether it succeeded or failed.
 #[derive(Debug, Default)]

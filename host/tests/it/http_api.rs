@@ -256,6 +256,7 @@ async fn health_readiness_metrics_and_openapi_answer(backend: Backend) {
     let text = String::from_utf8(bytes.to_vec()).expect("utf-8");
     assert!(text.contains(r#"maestro_http_requests_total{method="GET",route="/healthz",status="200"} 2"#), "{text}");
     assert!(text.contains(r#"maestro_http_requests_total{method="GET",route="/v1/keys",status="401"} 1"#), "{text}");
+    assert!(text.contains("maestro_tool_calls_in_flight 0"), "{text}");
     assert!(text.contains(r#"route="unmatched",status="404"} 1"#), "{text}");
     assert!(text.contains(r#"maestro_http_request_duration_seconds_count{route="/healthz"} 2"#), "{text}");
 

@@ -254,8 +254,17 @@ async fn another_tenants_session_id_learns_nothing() {
             .expect("request");
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{method}");
     }
-    // The owner's session is untouched.
+    // The owner's session is untouched; its owner may close it, and then it is gone.
     assert!(owner.tool_names().await.contains(&"hostile.noop".to_owned()));
+    let closed = reqwest::Client::new()
+        .delete(&served.url)
+        .bearer_auth(&acme)
+        .header("mcp-session-id", &stolen)
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(closed.status(), StatusCode::NO_CONTENT);
+    assert_eq!(owner.request("tools/list", json!({})).await.status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,6 +71,10 @@ async fn infinite_loop_times_out_at_the_deadline() {
     assert!(elapsed >= limits.timeout, "stopped early: {elapsed:?}");
     // Generous bound: the figure itself is reported by the benchmark.
     assert!(elapsed < limits.timeout + Duration::from_secs(2), "stopped late: {elapsed:?}");
+    // The fuel it burnt is metered although the deadline, not the fuel, stopped it (a
+    // tight loop burns millions of units per millisecond; wasmtime only writes the count
+    // back at fuel checks).
+    assert!(outcome.fuel_used > 100_000_000, "a 300 ms spin metered only {} fuel", outcome.fuel_used);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
