@@ -50,28 +50,51 @@ pub fn sandbox(config: &Config) -> Result<sandbox::Sandbox, sandbox::SandboxErro
     })
 }
 
+/// When [`open_tools`] loads the plugins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginLoading {
+    /// Before returning (a server reports ready with its plugins loaded).
+    Now,
+    /// In the background (stdio answers `initialize` while compiling; callers wait on
+    /// [`plugins::PluginRegistry::first_scan`] before using the catalog).
+    Background,
+}
+
 /// Starts the sandbox, loads plugins and policies, and starts their reload watchers.
-pub async fn open_tools(config: &Config, env: &config::Env) -> anyhow::Result<Arc<tools::Tools>> {
+pub async fn open_tools(
+    config: &Config,
+    env: &config::Env,
+    loading: PluginLoading,
+) -> anyhow::Result<Arc<tools::Tools>> {
     use anyhow::Context as _;
     let sandbox = Arc::new(sandbox(config)?);
     let registry = Arc::new(plugins::PluginRegistry::new(sandbox, config.plugin_dir.clone()));
-    registry.refresh().await;
-    let catalog = registry.catalog();
-    tracing::info!(
-        dir = %config.plugin_dir.display(),
-        loaded = catalog.plugins().count(),
-        refused = catalog.refused().len(),
-        "plugins"
-    );
+    let first_load = {
+        let (registry, dir, reload) = (registry.clone(), config.plugin_dir.clone(), config.plugin_reload);
+        async move {
+            registry.refresh().await;
+            let catalog = registry.catalog();
+            tracing::info!(
+                dir = %dir.display(),
+                loaded = catalog.plugins().count(),
+                refused = catalog.refused().len(),
+                "plugins"
+            );
+            if let Some(interval) = reload {
+                registry.watch(interval);
+            }
+        }
+    };
+    match loading {
+        PluginLoading::Now => first_load.await,
+        PluginLoading::Background => drop(tokio::spawn(first_load)),
+    }
     let policies = Arc::new(
         policy::PolicyStore::open(config.policy_dir.clone())
             .with_context(|| format!("invalid policies in {}", config.policy_dir.display()))?,
     );
     let (grants, denies) = policies.current().rule_counts();
     tracing::info!(dir = %config.policy_dir.display(), grants, denies, "policies");
-    if let Some(interval) = config.plugin_reload {
-        registry.watch(interval);
-    }
     if let Some(interval) = config.policy_reload {
         policies.watch(interval);
     }
@@ -91,7 +114,7 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot open the store at {}", config.store.describe()))?;
     report_bootstrap(accounts.bootstrap(config.admin_key.as_ref()).await?);
-    let tools = open_tools(&config, env).await?;
+    let tools = open_tools(&config, env, PluginLoading::Now).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

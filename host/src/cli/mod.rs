@@ -229,7 +229,9 @@ async fn mcp(config: &Config, env: &Env, args: McpArgs) -> anyhow::Result<()> {
         }
         _ => bail!("give --key KEY (or MAESTRO_MCP_KEY), or --tenant T --role R"),
     };
-    let tools = crate::open_tools(config, env).await?;
+    // Answer `initialize` at once; requests that need the plugins wait for them (a
+    // first start compiles every component, which can take seconds).
+    let tools = crate::open_tools(config, env, crate::PluginLoading::Background).await?;
     tracing::info!(tenant = %principal.tenant, role = %principal.role, "serving MCP on stdio");
     crate::mcp::serve_stdio(crate::mcp::Mcp::new(tools, config.mcp.names), principal).await
 }

@@ -128,6 +128,12 @@ impl Handler {
         Self { mcp, fixed: Some(principal), log_level: Mutex::new(None), stop: CancellationToken::new() }
     }
 
+    /// Waits until the plugins have been scanned once (only `maestro mcp` starts
+    /// answering before that).
+    async fn ready(&self) {
+        self.mcp.tools.registry().first_scan().await;
+    }
+
     fn principal(&self, extensions: &Extensions) -> Result<Principal, ErrorData> {
         if let Some(principal) = &self.fixed {
             return Ok(principal.clone());
@@ -507,6 +513,7 @@ impl ServerHandler for Handler {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        self.ready().await;
         let started = Instant::now();
         let principal = self.principal(&context.extensions);
         let result = principal.as_ref().map_err(Clone::clone).map(|principal| {
@@ -523,6 +530,7 @@ impl ServerHandler for Handler {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        self.ready().await;
         let started = Instant::now();
         let tenant = self.principal(&context.extensions).map(|p| p.tenant).unwrap_or_else(|_| "-".to_owned());
         let name = request.name.to_string();
@@ -549,6 +557,7 @@ impl ServerHandler for Handler {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
+        self.ready().await;
         let started = Instant::now();
         let principal = self.principal(&context.extensions);
         let result = principal.as_ref().map_err(Clone::clone).map(|principal| {
@@ -565,6 +574,7 @@ impl ServerHandler for Handler {
         request: GetPromptRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
+        self.ready().await;
         let started = Instant::now();
         let principal = self.principal(&context.extensions);
         let name = request.name.clone();
@@ -578,6 +588,7 @@ impl ServerHandler for Handler {
         request: CompleteRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, ErrorData> {
+        self.ready().await;
         let principal = self.principal(&context.extensions)?;
         let values = self.complete_argument(&principal, &request);
         let total = u32::try_from(values.len()).unwrap_or(u32::MAX);
@@ -602,6 +613,7 @@ impl ServerHandler for Handler {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
+        self.ready().await;
         let principal = self.principal(&context.extensions)?;
         Ok(ListResourcesResult::with_all_items(resources::list(&self.mcp.tools, &principal)))
     }
@@ -620,6 +632,7 @@ impl ServerHandler for Handler {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
+        self.ready().await;
         let started = Instant::now();
         let principal = self.principal(&context.extensions);
         let result = principal

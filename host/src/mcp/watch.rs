@@ -78,6 +78,7 @@ pub(super) async fn notify_changes(
     stop: CancellationToken,
     sink: impl ChangeSink,
 ) {
+    mcp.tools.registry().first_scan().await;
     let mut plugins = mcp.tools.registry().subscribe();
     let mut policies = mcp.tools.policies().subscribe();
     let mut last = snapshot(&mcp, &principal);

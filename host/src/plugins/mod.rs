@@ -118,13 +118,22 @@ pub struct PluginRegistry {
     load_limits: CallLimits,
     catalog: RwLock<Arc<Catalog>>,
     changes: tokio::sync::watch::Sender<u64>,
+    /// Whether the directory has been scanned at least once.
+    scanned: tokio::sync::watch::Sender<bool>,
 }
 
 impl PluginRegistry {
     /// A registry over `dir` (which may not exist yet: then there are no plugins).
     pub fn new(sandbox: Arc<Sandbox>, dir: PathBuf) -> Self {
         let load_limits = CallLimits { timeout: Duration::from_secs(5), ..CallLimits::default() };
-        Self { sandbox, dir, load_limits, catalog: RwLock::default(), changes: tokio::sync::watch::channel(0).0 }
+        Self {
+            sandbox,
+            dir,
+            load_limits,
+            catalog: RwLock::default(),
+            changes: tokio::sync::watch::channel(0).0,
+            scanned: tokio::sync::watch::channel(false).0,
+        }
     }
 
     /// The sandbox plugins run in.
@@ -140,6 +149,13 @@ impl PluginRegistry {
     /// The current catalog.
     pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Completes once the first scan of the directory has finished (at once after it).
+    pub async fn first_scan(&self) {
+        let mut scanned = self.scanned.subscribe();
+        // The sender lives as long as `self`, so this cannot fail while we borrow it.
+        let _ = scanned.wait_for(|done| *done).await;
     }
 
     /// Notified with the catalog generation after every change.
@@ -197,6 +213,7 @@ impl PluginRegistry {
             *self.catalog.write().unwrap_or_else(std::sync::PoisonError::into_inner) = catalog;
             self.changes.send_replace(generation);
         }
+        self.scanned.send_if_modified(|done| !std::mem::replace(done, true));
         changed
     }
 
