@@ -294,10 +294,12 @@ async fn responsiveness(sandbox: &Arc<Sandbox>, hostile: &LoadedPlugin) {
     let secrets = SecretValues::new(Default::default(), plugin_dir.join("no-secrets"));
     let tools = Arc::new(Tools::new(registry, Arc::new(PolicyStore::fixed(PolicySet::deny_all())), secrets));
     let state = AppState {
+        credits: Arc::new(maestro_host::credits::Credits::new(store.clone(), Arc::new(SystemClock))),
         accounts: Accounts::new(store, Arc::new(SystemClock)),
         metrics: Arc::default(),
         tools,
         shutdown: Default::default(),
+        billing: None,
     };
     let app = http::router(
         state,

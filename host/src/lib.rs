@@ -4,8 +4,10 @@
 //! everything else receives ports. See `ARCHITECTURE.md` for the module map.
 
 pub mod accounts;
+pub mod billing;
 pub mod cli;
 pub mod config;
+pub mod credits;
 pub mod http;
 pub mod mcp;
 pub mod plugins;
@@ -65,6 +67,7 @@ pub async fn open_tools(
     config: &Config,
     env: &config::Env,
     loading: PluginLoading,
+    credits: Arc<credits::Credits>,
 ) -> anyhow::Result<Arc<tools::Tools>> {
     use anyhow::Context as _;
     let sandbox = Arc::new(sandbox(config)?);
@@ -99,7 +102,7 @@ pub async fn open_tools(
         policies.watch(interval);
     }
     let secrets = tools::SecretValues::new(env.clone(), config.secrets_dir.clone());
-    Ok(Arc::new(tools::Tools::new(registry, policies, secrets)))
+    Ok(Arc::new(tools::Tools::new(registry, policies, secrets).with_credits(credits)))
 }
 
 /// `maestro serve`: opens the store, bootstraps the first admin key, loads plugins and
@@ -114,13 +117,23 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot open the store at {}", config.store.describe()))?;
     report_bootstrap(accounts.bootstrap(config.admin_key.as_ref()).await?);
-    let tools = open_tools(&config, env, PluginLoading::Now).await?;
+    let credits = Arc::new(credits::Credits::new(accounts.store().clone(), Arc::new(SystemClock)));
+    let tools = open_tools(&config, env, PluginLoading::Now, credits.clone()).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     let stopping = tokio_util::sync::CancellationToken::new();
-    let state = http::AppState { accounts, metrics: Arc::default(), tools, shutdown: stopping.clone() };
+    let billing = match &config.billing {
+        Some(settings) => Some(Arc::new(
+            billing::Billing::new(accounts.store().clone(), Arc::new(SystemClock), settings.clone())
+                .context("cannot set up billing")?,
+        )),
+        None => None,
+    };
+    expire_holds_every(credits.clone(), std::time::Duration::from_secs(30), stopping.clone());
+    let state =
+        http::AppState { accounts, metrics: Arc::default(), tools, credits, shutdown: stopping.clone(), billing };
     let app = http::router(state, &http_settings(&config));
     tracing::info!(%address, store = %config.store.describe(), "maestro listening on http://{address} (MCP at /mcp)");
     let shutdown = async move {
@@ -130,6 +143,28 @@ pub async fn serve(
     http::serve(listener, app, shutdown).await?;
     tracing::info!("maestro stopped");
     Ok(())
+}
+
+/// Expires holds past their time every `interval` until `stop` (each replica may run
+/// this: expiring is idempotent per hold).
+fn expire_holds_every(
+    credits: Arc<credits::Credits>,
+    interval: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            match credits.expire_holds().await {
+                Ok(0) => {}
+                Ok(expired) => tracing::info!(expired, "expired credit holds"),
+                Err(err) => tracing::warn!(error = %err, "cannot expire credit holds"),
+            }
+        }
+    });
 }
 
 fn report_bootstrap(bootstrap: Bootstrap) {

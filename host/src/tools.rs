@@ -1,5 +1,13 @@
 //! Tools and personas for a caller: what policy lets it see, and calls run in the
-//! sandbox under the caller's policy. Used by the HTTP API and (later) MCP.
+//! sandbox under the caller's policy, paid for in credits. Used by the HTTP API and MCP.
+//!
+//! Metering: a call's price (its grant's `credits`) is debited from the tenant's wallet
+//! atomically with the balance check, before the plugin runs; a tenant that cannot pay
+//! gets [`CallError::InsufficientCredits`] and nothing runs. Every outcome in which the
+//! plugin ran is charged — success, its own errors, timeout, fuel, memory, trap, network
+//! denial, oversized output, and a cancellation by the caller — because the sandbox did
+//! the work. Only a host-side failure ([`crate::sandbox::Failure::is_host_side`]: no
+//! instance slot free, the sandbox runtime failed) is refunded, exactly once.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -8,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use maestro_core::plugin::{PersonaSpec, ToolSpec};
 use maestro_core::policy::{Decision, Grant, PolicySet, SecretSource, Subject};
-use maestro_core::{Caller, KeyScope, Role};
+use maestro_core::{Caller, KeyScope, Role, TenantId};
 
 use crate::config::Env;
 use crate::plugins::{Catalog, InstalledPlugin, PluginRegistry};
@@ -21,6 +29,8 @@ use crate::sandbox::{CallContext, CallLimits, CallOutcome, CancelToken, LogSink,
 pub struct Principal {
     /// Tenant name.
     pub tenant: String,
+    /// Tenant id (whose wallet pays).
+    pub tenant_id: TenantId,
     /// Role within the tenant.
     pub role: Role,
     /// The key's id.
@@ -83,6 +93,17 @@ pub enum CallError {
     /// A secret the grant injects is not available on this host.
     #[error("secret `{0}` is not available on this host")]
     SecretMissing(String),
+    /// The tenant's credits do not cover the price; nothing ran.
+    #[error("insufficient credits: the call costs {price}, the balance is {available}")]
+    InsufficientCredits {
+        /// Credits available.
+        available: i64,
+        /// The call's price.
+        price: u64,
+    },
+    /// The ledger could not be reached; nothing ran.
+    #[error("the credit ledger is not available: {0}")]
+    LedgerUnavailable(String),
 }
 
 /// How the caller follows a call: cancellation, and where progress and plugin log lines
@@ -114,6 +135,8 @@ pub struct ToolCall {
     pub outcome: CallOutcome,
     /// Credits the policy prices the call at.
     pub credits: u64,
+    /// Credits actually charged (0 when free or refunded).
+    pub charged: u64,
 }
 
 /// The tool use-cases.
@@ -124,6 +147,7 @@ pub struct Tools {
     secrets: SecretValues,
     rates: RateLimiter,
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    credits: Option<Arc<crate::credits::Credits>>,
 }
 
 /// Counts a call as in flight until dropped (completed, failed or cancelled).
@@ -145,7 +169,45 @@ impl Drop for InFlight {
 impl Tools {
     /// Builds the use-cases.
     pub fn new(registry: Arc<PluginRegistry>, policies: Arc<PolicyStore>, secrets: SecretValues) -> Self {
-        Self { registry, policies, secrets, rates: RateLimiter::default(), in_flight: Arc::default() }
+        Self { registry, policies, secrets, rates: RateLimiter::default(), in_flight: Arc::default(), credits: None }
+    }
+
+    /// Meters calls on `credits` (without it, as in some tests, calls are free).
+    #[must_use]
+    pub fn with_credits(mut self, credits: Arc<crate::credits::Credits>) -> Self {
+        self.credits = Some(credits);
+        self
+    }
+
+    /// Debits `price` for one call before it runs; returns the idempotency key to
+    /// refund it with, if anything was charged.
+    async fn charge(&self, principal: &Principal, price: u64, what: &str) -> Result<Option<String>, CallError> {
+        let Some(credits) = self.credits.as_ref().filter(|_| price > 0) else { return Ok(None) };
+        let amount = i64::try_from(price).map_err(|_| CallError::InsufficientCredits { available: 0, price })?;
+        let key = format!("call:{}", hex::encode(crate::random::random_bytes::<12>()));
+        match credits.debit(&principal.tenant_id, amount, &key, what).await {
+            Ok(_) => Ok(Some(key)),
+            Err(crate::credits::CreditsError::Insufficient { available, .. }) => {
+                Err(CallError::InsufficientCredits { available, price })
+            }
+            Err(err) => {
+                tracing::error!(error = %err, tenant = %principal.tenant, "cannot debit a tool call");
+                Err(CallError::LedgerUnavailable(err.to_string()))
+            }
+        }
+    }
+
+    /// Refunds a charged call the host failed to run.
+    async fn refund(&self, principal: &Principal, charge: &str) {
+        let Some(credits) = &self.credits else { return };
+        let key = format!("refund:{charge}");
+        if let Err(err) =
+            credits.refund_debit(&principal.tenant_id, charge, &key, "the host could not run the call").await
+        {
+            // The debit stands; `maestro credits audit` stays clean, and the refund can be
+            // replayed with the same key.
+            tracing::error!(error = %err, tenant = %principal.tenant, charge, "cannot refund a failed tool call");
+        }
     }
 
     /// Tool calls and persona renderings running in the sandbox right now.
@@ -252,18 +314,27 @@ impl Tools {
             caller: Arc::from(principal.tenant.as_str()),
         };
         let item = tool.split_once('.').map_or(tool, |(_, item)| item);
+        let charge = self.charge(principal, grant.credits, tool).await?;
         let _in_flight = InFlight::enter(&self.in_flight);
         let outcome = self.registry.sandbox().call_tool(&plugin.loaded, item, arguments.to_string(), &context).await;
+        let mut charged = if charge.is_some() { grant.credits } else { 0 };
+        if let (Some(charge), Err(failure)) = (&charge, &outcome.result)
+            && failure.is_host_side()
+        {
+            self.refund(principal, charge).await;
+            charged = 0;
+        }
         tracing::info!(
             tenant = %principal.tenant,
             tool,
             rule = %grant.rule.name,
             duration_us = outcome.duration.as_micros(),
             fuel = outcome.fuel_used,
+            credits = charged,
             outcome = outcome.result.as_ref().map_or_else(|f| f.kind(), |_| "ok"),
             "tool call"
         );
-        Ok(ToolCall { outcome, credits: grant.credits })
+        Ok(ToolCall { outcome, credits: grant.credits, charged })
     }
 
     /// Renders a persona's prompt for the principal from `arguments` (a JSON object),
@@ -298,8 +369,16 @@ impl Tools {
             caller: Arc::from(principal.tenant.as_str()),
         };
         let item = persona.split_once('.').map_or(persona, |(_, item)| item);
+        let charge = self.charge(principal, grant.credits, persona).await?;
         let _in_flight = InFlight::enter(&self.in_flight);
-        Ok(self.registry.sandbox().render_persona(&plugin.loaded, item, arguments.to_string(), &context).await)
+        let rendered =
+            self.registry.sandbox().render_persona(&plugin.loaded, item, arguments.to_string(), &context).await;
+        if let (Some(charge), Err(failure)) = (&charge, &rendered)
+            && failure.is_host_side()
+        {
+            self.refund(principal, charge).await;
+        }
+        Ok(rendered)
     }
 
     fn network(&self, grant: &Grant) -> Result<NetPolicy, CallError> {
@@ -363,9 +442,12 @@ fn limits(grant: &Grant) -> CallLimits {
 /// The principal behind a caller, or why it has none.
 pub fn principal(caller: &Caller, tenant_name: Option<&str>) -> Result<Principal, CallError> {
     match (&caller.scope, tenant_name) {
-        (KeyScope::Tenant { role, .. }, Some(tenant)) => {
-            Ok(Principal { tenant: tenant.to_owned(), role: *role, key_id: caller.key_id.to_string() })
-        }
+        (KeyScope::Tenant { tenant_id, role }, Some(tenant)) => Ok(Principal {
+            tenant: tenant.to_owned(),
+            tenant_id: tenant_id.clone(),
+            role: *role,
+            key_id: caller.key_id.to_string(),
+        }),
         _ => Err(CallError::NotATenant),
     }
 }

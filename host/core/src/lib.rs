@@ -8,7 +8,9 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod billing;
 pub mod id;
+pub mod ledger;
 pub mod net;
 pub mod plugin;
 pub mod policy;
@@ -18,6 +20,10 @@ pub mod tenant;
 pub use auth::{AccessError, ApiKey, Caller, KeyScope, KeyState, KeyToken, Role, RoleError, TokenError};
 pub use id::{Id, IdError};
 pub use id::{KeyId, TenantId};
+pub use ledger::{
+    Account, AuditReport, Balance, Hold, HoldId, HoldState, IdempotencyKey, LedgerError, Posted, Posting, Transaction,
+    TransactionId, TransactionKind, TransactionPage, TransactionQuery,
+};
 pub use policy::{Decision, Limits, PolicyError, PolicyErrors, PolicySet, Subject};
-pub use ports::{Clock, KeyStore, Store, StoreError, TenantStore};
+pub use ports::{Clock, KeyStore, LedgerStore, Store, StoreError, TenantStore};
 pub use tenant::{Tenant, TenantName, TenantNameError};

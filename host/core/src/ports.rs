@@ -9,7 +9,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::auth::ApiKey;
+use crate::billing::{ChargeRefund, CheckoutRecord, ProcessedEvent};
 use crate::id::{KeyId, TenantId};
+use crate::ledger::{
+    AuditReport, Balance, Hold, HoldId, LedgerError, Posted, Posting, Transaction, TransactionPage, TransactionQuery,
+};
 use crate::tenant::{Tenant, TenantName};
 
 /// What can go wrong in a store, in terms callers match on.
@@ -62,9 +66,81 @@ pub trait KeyStore: Send + Sync {
     async fn revoke_key(&self, id: &KeyId, tenant: Option<&TenantId>, at: DateTime<Utc>) -> Result<ApiKey, StoreError>;
 }
 
+/// Stripe billing: which Stripe customer is which tenant, the checkout sessions Maestro
+/// created, refunds seen, and the webhook events already processed. Events are matched
+/// to tenants only through these records, never through event metadata.
+#[async_trait]
+pub trait BillingStore: Send + Sync {
+    /// The Stripe customer of a tenant, if one was created.
+    async fn stripe_customer(&self, tenant: &TenantId) -> Result<Option<String>, StoreError>;
+    /// Maps `tenant` to `customer` unless it already has one; returns the customer now
+    /// mapped (of two concurrent calls, both get the first one's).
+    async fn insert_stripe_customer(
+        &self,
+        tenant: &TenantId,
+        customer: &str,
+        at: DateTime<Utc>,
+    ) -> Result<String, StoreError>;
+    /// Records a checkout session Maestro created; [`StoreError::Conflict`] if its id exists.
+    async fn insert_checkout(&self, checkout: &CheckoutRecord) -> Result<(), StoreError>;
+    /// A checkout session by Stripe id.
+    async fn checkout(&self, id: &str) -> Result<Option<CheckoutRecord>, StoreError>;
+    /// The checkout session paid through this payment intent.
+    async fn checkout_by_payment_intent(&self, payment_intent: &str) -> Result<Option<CheckoutRecord>, StoreError>;
+    /// Notes a completion: sets the payment intent if none is set yet, and marks the
+    /// session paid when `paid` (never unmarks it). Returns the updated session.
+    async fn complete_checkout(
+        &self,
+        id: &str,
+        payment_intent: Option<&str>,
+        paid: bool,
+    ) -> Result<Option<CheckoutRecord>, StoreError>;
+    /// Claims the step of reversed credits from `from` to `to` (`from < to`): succeeds
+    /// only if the session's `reversed_credits` is still `from`, so each step is
+    /// claimed by exactly one caller.
+    async fn claim_reversal(&self, id: &str, from: i64, to: i64) -> Result<bool, StoreError>;
+    /// Records a charge's refund state, keeping the largest `amount_refunded` seen (events
+    /// carry cumulative amounts and may arrive in any order).
+    async fn record_refund(&self, refund: &ChargeRefund, at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// The refund state of the charge on this payment intent.
+    async fn refund_by_payment_intent(&self, payment_intent: &str) -> Result<Option<ChargeRefund>, StoreError>;
+    /// A processed webhook event.
+    async fn processed_event(&self, id: &str) -> Result<Option<ProcessedEvent>, StoreError>;
+    /// Records a processed event once; returns whether this call recorded it.
+    async fn record_event(&self, event: &ProcessedEvent) -> Result<bool, StoreError>;
+}
+
+/// The credits ledger (see [`crate::ledger`]). Each method is one atomic store
+/// transaction; ledger writes are durable when they return.
+#[async_trait]
+pub trait LedgerStore: Send + Sync {
+    /// Applies a posting atomically, or nothing of it: checks its idempotency key
+    /// (same key and same request → the original outcome with `replayed: true`; same key
+    /// and another request → [`LedgerError::IdempotencyConflict`]), applies its legs to
+    /// the cached balances with a conditional update that refuses to take a tenant
+    /// account below zero ([`LedgerError::Insufficient`]), applies its hold effect (the
+    /// hold must be open, see [`Hold::check_close`]), records a reversal at most once
+    /// ([`LedgerError::AlreadyReversed`]), and appends the transaction and its entries.
+    async fn post(&self, posting: &Posting, at: DateTime<Utc>) -> Result<Posted, LedgerError>;
+    /// A tenant's balance (zero for a tenant that never had credits).
+    async fn balance(&self, tenant: &TenantId) -> Result<Balance, StoreError>;
+    /// A hold by id, restricted to `tenant` when given.
+    async fn hold(&self, id: &HoldId, tenant: Option<&TenantId>) -> Result<Option<Hold>, StoreError>;
+    /// Open holds whose expiry is at or before `now`, soonest first, at most `limit`.
+    async fn due_holds(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Hold>, StoreError>;
+    /// A tenant's transaction by its idempotency key.
+    async fn transaction_by_key(&self, tenant: &TenantId, key: &str) -> Result<Option<Transaction>, StoreError>;
+    /// A page of a tenant's transactions, oldest first.
+    async fn transactions(&self, tenant: &TenantId, query: &TransactionQuery) -> Result<TransactionPage, StoreError>;
+    /// Checks the whole ledger: entries of every transaction sum to zero, cached
+    /// balances equal the sum of their entries, tenant accounts are not negative, held
+    /// accounts equal their open holds.
+    async fn audit(&self) -> Result<AuditReport, StoreError>;
+}
+
 /// Everything the host persists.
 #[async_trait]
-pub trait Store: TenantStore + KeyStore + std::fmt::Debug {
+pub trait Store: TenantStore + KeyStore + BillingStore + LedgerStore + std::fmt::Debug {
     /// The backend's name (`sqlite`, `postgres`), for logs and `/readyz`.
     fn backend(&self) -> &'static str;
     /// Checks that the store answers.

@@ -6,6 +6,7 @@ mod plugin;
 mod policy;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -50,6 +51,9 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Credits: balances, grants, the ledger and its audit.
+    #[command(subcommand)]
+    Credits(CreditsCommand),
     /// Write, build and inspect plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -80,6 +84,58 @@ pub struct McpArgs {
     /// The role to act with (admin, member or viewer). Needs --tenant.
     #[arg(long, requires = "tenant")]
     pub role: Option<Role>,
+}
+
+/// `maestro credits …`.
+#[derive(Debug, Subcommand)]
+pub enum CreditsCommand {
+    /// Show a tenant's balance.
+    Balance {
+        /// Tenant name.
+        #[arg(long)]
+        tenant: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Grant credits to a tenant (promotional credits).
+    Grant {
+        /// Tenant name.
+        #[arg(long)]
+        tenant: String,
+        /// Credits to grant (1 to 10^12).
+        #[arg(long)]
+        amount: i64,
+        /// Makes the grant safe to retry: the same key never grants twice (default: a
+        /// new key, printed so that you can retry with it).
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
+        /// Why (shown in the ledger).
+        #[arg(long, default_value = "grant")]
+        memo: String,
+    },
+    /// List a tenant's transactions, oldest first.
+    Ledger {
+        /// Tenant name.
+        #[arg(long)]
+        tenant: String,
+        /// Continue after this cursor.
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many (1 to 500).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the whole ledger: every transaction sums to zero and cached balances equal
+    /// the sum of entries. Exits non-zero on any violation.
+    Audit {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `maestro healthcheck`.
@@ -179,6 +235,7 @@ pub fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
             Command::Plugin(command) => plugin::run(command, &config).await,
             Command::Tenant(command) => tenant(&open(&config).await?, command).await,
             Command::Key(command) => key(&open(&config).await?, command).await,
+            Command::Credits(command) => credits(&open(&config).await?, command).await,
         }
     })
 }
@@ -225,15 +282,107 @@ async fn mcp(config: &Config, env: &Env, args: McpArgs) -> anyhow::Result<()> {
         }
         (None, Some(tenant), Some(role)) => {
             let tenant = accounts.tenant_named(&tenant).await?;
-            crate::tools::Principal { tenant: tenant.name.to_string(), role, key_id: "local-operator".to_owned() }
+            crate::tools::Principal {
+                tenant: tenant.name.to_string(),
+                tenant_id: tenant.id,
+                role,
+                key_id: "local-operator".to_owned(),
+            }
         }
         _ => bail!("give --key KEY (or MAESTRO_MCP_KEY), or --tenant T --role R"),
     };
     // Answer `initialize` at once; requests that need the plugins wait for them (a
     // first start compiles every component, which can take seconds).
-    let tools = crate::open_tools(config, env, crate::PluginLoading::Background).await?;
+    let credits =
+        Arc::new(crate::credits::Credits::new(accounts.store().clone(), Arc::new(crate::accounts::SystemClock)));
+    let tools = crate::open_tools(config, env, crate::PluginLoading::Background, credits).await?;
     tracing::info!(tenant = %principal.tenant, role = %principal.role, "serving MCP on stdio");
     crate::mcp::serve_stdio(crate::mcp::Mcp::new(tools, config.mcp.names), principal).await
+}
+
+async fn credits(accounts: &Accounts, command: CreditsCommand) -> anyhow::Result<()> {
+    let credits = crate::credits::Credits::new(accounts.store().clone(), Arc::new(crate::accounts::SystemClock));
+    match command {
+        CreditsCommand::Balance { tenant, json } => {
+            let tenant = accounts.tenant_named(&tenant).await?;
+            let balance = credits.balance(&tenant.id).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({ "tenant": tenant.name.to_string(), "available": balance.available, "held": balance.held })
+                    )?
+                );
+            } else {
+                println!("{}\tavailable {}\theld {}", tenant.name, balance.available, balance.held);
+            }
+        }
+        CreditsCommand::Grant { tenant, amount, idempotency_key, memo } => {
+            let tenant = accounts.tenant_named(&tenant).await?;
+            let key =
+                idempotency_key.unwrap_or_else(|| format!("cli-{}", hex::encode(crate::random::random_bytes::<12>())));
+            let posted = credits.grant(&tenant.id, amount, &format!("grant:{key}"), &memo).await?;
+            let verb = if posted.replayed { "already granted" } else { "granted" };
+            println!(
+                "{verb} {amount} credits to {} ({}; idempotency key {key}); available {}",
+                tenant.name, posted.transaction.id, posted.balance_after.available
+            );
+        }
+        CreditsCommand::Ledger { tenant, after, limit, json } => {
+            let tenant = accounts.tenant_named(&tenant).await?;
+            if !(1..=maestro_core::TransactionQuery::MAX_LIMIT).contains(&limit) {
+                bail!("--limit must be between 1 and 500");
+            }
+            let query = maestro_core::TransactionQuery { after, limit, ..Default::default() };
+            let page = credits.transactions(&tenant.id, &query).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "transactions": page.transactions, "next": page.next }))?
+                );
+            } else {
+                print_table(
+                    &["ID", "KIND", "AMOUNT", "MEMO", "POSTED"],
+                    page.transactions.iter().map(|t| {
+                        vec![
+                            t.id.to_string(),
+                            t.kind.as_str().to_owned(),
+                            t.amount.to_string(),
+                            t.memo.clone(),
+                            time(t.created_at),
+                        ]
+                    }),
+                );
+                if let Some(next) = page.next {
+                    println!("more: --after {next}");
+                }
+            }
+        }
+        CreditsCommand::Audit { json } => {
+            let report = credits.audit().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{} transactions, {} entries", report.transactions, report.entries);
+                for (tx, sum) in &report.imbalanced {
+                    println!("IMBALANCED transaction {tx}: entries sum to {sum}");
+                }
+                for m in report.mismatches.iter().chain(&report.holds_mismatched) {
+                    println!("MISMATCH {}: cached {}, entries sum to {}", m.account, m.cached, m.computed);
+                }
+                for (account, balance) in &report.negative {
+                    println!("NEGATIVE {account}: {balance}");
+                }
+            }
+            if !report.is_clean() {
+                bail!("the ledger audit found violations");
+            }
+            if !json {
+                println!("ledger audit: clean");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn open(config: &Config) -> anyhow::Result<Accounts> {

@@ -42,6 +42,9 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MAESTRO_MCP_KEY", "tenant API key for `maestro mcp` (instead of --key)"),
     ("MAESTRO_MCP_TOOL_NAMES", "qualified or short (mcp.tool_names)"),
     ("MAESTRO_MCP_SESSION_IDLE_TIMEOUT", "idle MCP sessions close after this (mcp.session_idle_timeout)"),
+    ("MAESTRO_STRIPE_SECRET_KEY", "Stripe secret API key; turns billing on (environment only)"),
+    ("MAESTRO_STRIPE_WEBHOOK_SECRET", "Stripe webhook signing secret, whsec_… (environment only)"),
+    ("MAESTRO_STRIPE_API_BASE", "Stripe API base URL (billing.api_base)"),
 ];
 
 /// The config file format version this build reads.
@@ -99,6 +102,8 @@ pub struct Config {
     pub sandbox: SandboxSettings,
     /// The MCP endpoint.
     pub mcp: McpSettings,
+    /// Stripe top-ups; `None` when `MAESTRO_STRIPE_SECRET_KEY` is not set.
+    pub billing: Option<BillingSettings>,
     /// `MAESTRO_*` variables that were set but are not known, to warn about once
     /// logging is up.
     pub unknown_env: Vec<String>,
@@ -169,6 +174,7 @@ impl fmt::Debug for Config {
             .field("secrets_dir", &self.secrets_dir)
             .field("sandbox", &self.sandbox)
             .field("mcp", &self.mcp)
+            .field("billing", &self.billing)
             .finish_non_exhaustive()
     }
 }
@@ -288,6 +294,7 @@ impl Config {
             cache_dir: raw.sandbox.cache_dir.unwrap_or_else(|| data_dir.join("cache").join("wasm")),
         };
         let mcp = mcp_settings(raw.mcp, listen)?;
+        let billing = billing_settings(raw.billing, env)?;
         let unknown_env = env
             .keys()
             .filter(|k| k.starts_with("MAESTRO_") && !ENV_VARS.iter().any(|(known, _)| known == k))
@@ -309,9 +316,127 @@ impl Config {
             secrets_dir,
             sandbox,
             mcp,
+            billing,
             unknown_env,
         })
     }
+}
+
+/// Stripe top-ups: the API key and webhook secret (environment only, never logged), the
+/// API base, where Checkout sends the customer back, and the credit packs on sale.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BillingSettings {
+    /// Stripe secret API key (`sk_…` or a restricted `rk_…`).
+    pub secret_key: String,
+    /// Webhook signing secret (`whsec_…`).
+    pub webhook_secret: String,
+    /// Stripe API base URL, ending in `/`.
+    pub api_base: String,
+    /// Where Checkout redirects after payment (`{CHECKOUT_SESSION_ID}` is filled in by Stripe).
+    pub success_url: String,
+    /// Where Checkout redirects when the customer gives up.
+    pub cancel_url: String,
+    /// Credit packs on sale.
+    pub packs: Vec<CreditPack>,
+}
+
+/// A credit pack: so many credits for a fixed price.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditPack {
+    /// Identifier clients ask for, e.g. `starter`.
+    pub id: String,
+    /// Name shown on the Checkout page.
+    pub name: String,
+    /// Credits granted once paid.
+    pub credits: i64,
+    /// Price in the currency's smallest unit (cents).
+    pub unit_amount: i64,
+    /// Three-letter ISO currency code, lowercase.
+    pub currency: String,
+}
+
+impl fmt::Debug for BillingSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BillingSettings")
+            .field("secret_key", &"<redacted>")
+            .field("webhook_secret", &"<redacted>")
+            .field("api_base", &self.api_base)
+            .field("success_url", &self.success_url)
+            .field("cancel_url", &self.cancel_url)
+            .field("packs", &self.packs)
+            .finish()
+    }
+}
+
+fn billing_settings(raw: raw::RawBilling, env: &Env) -> Result<Option<BillingSettings>, ConfigError> {
+    let Some(secret_key) = non_empty(env, "MAESTRO_STRIPE_SECRET_KEY") else {
+        return Ok(None);
+    };
+    let secret_key = secret_key.trim().to_owned();
+    if !(secret_key.starts_with("sk_") || secret_key.starts_with("rk_")) {
+        return Err(invalid("MAESTRO_STRIPE_SECRET_KEY", "<redacted>", "expected a Stripe key, sk_… or rk_…".into()));
+    }
+    let webhook_secret = non_empty(env, "MAESTRO_STRIPE_WEBHOOK_SECRET").map(str::trim).ok_or_else(|| {
+        invalid(
+            "MAESTRO_STRIPE_WEBHOOK_SECRET",
+            "",
+            "required when MAESTRO_STRIPE_SECRET_KEY is set (purchases are credited from webhooks)".into(),
+        )
+    })?;
+    let mut api_base = raw.api_base.unwrap_or_else(|| raw::DEFAULT_STRIPE_API_BASE.to_owned());
+    if !(api_base.starts_with("https://") || api_base.starts_with("http://")) {
+        return Err(invalid("billing.api_base", &api_base, "expected an http(s) URL".into()));
+    }
+    if !api_base.ends_with('/') {
+        api_base.push('/');
+    }
+    let url = |key: &str, value: Option<String>| {
+        value.filter(|v| v.starts_with("https://") || v.starts_with("http://")).ok_or_else(|| {
+            invalid(key, "", "required when billing is on: the http(s) URL Checkout returns the customer to".into())
+        })
+    };
+    let success_url = url("billing.success_url", raw.success_url)?;
+    let cancel_url = url("billing.cancel_url", raw.cancel_url)?;
+    let mut packs: Vec<CreditPack> = Vec::new();
+    for pack in raw.packs.unwrap_or_default() {
+        let key = format!("billing.packs[{}]", pack.id);
+        let id_ok = !pack.id.is_empty()
+            && pack.id.len() <= 64
+            && pack.id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !id_ok {
+            return Err(invalid("billing.packs.id", &pack.id, "expected 1-64 of a-z, 0-9, - and _".into()));
+        }
+        if packs.iter().any(|p| p.id == pack.id) {
+            return Err(invalid("billing.packs.id", &pack.id, "listed twice".into()));
+        }
+        if pack.credits <= 0 {
+            return Err(invalid(&format!("{key}.credits"), pack.credits, "must be positive".into()));
+        }
+        if pack.unit_amount <= 0 {
+            return Err(invalid(&format!("{key}.unit_amount"), pack.unit_amount, "must be positive".into()));
+        }
+        let currency = pack.currency.to_ascii_lowercase();
+        if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_lowercase()) {
+            return Err(invalid(
+                &format!("{key}.currency"),
+                &pack.currency,
+                "expected a 3-letter code, e.g. usd".into(),
+            ));
+        }
+        let name = pack.name.unwrap_or_else(|| format!("{} credits", pack.credits));
+        packs.push(CreditPack { id: pack.id, name, credits: pack.credits, unit_amount: pack.unit_amount, currency });
+    }
+    if packs.is_empty() {
+        return Err(invalid("billing.packs", "[]", "billing is on but no [[billing.packs]] are configured".into()));
+    }
+    Ok(Some(BillingSettings {
+        secret_key,
+        webhook_secret: webhook_secret.to_owned(),
+        api_base,
+        success_url,
+        cancel_url,
+        packs,
+    }))
 }
 
 fn mcp_settings(raw: raw::RawMcp, listen: SocketAddr) -> Result<McpSettings, ConfigError> {
@@ -455,6 +580,28 @@ mod tests {
             let err = Config::load(None, &env(&[(var, value)]), &Overrides::default()).expect_err(value);
             assert!(err.to_string().contains(key), "{var}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn billing_is_off_without_a_key_and_validated_with_one() {
+        let config = Config::load(None, &Env::new(), &Overrides::default()).expect("valid");
+        assert_eq!(config.billing, None);
+        let text = "[billing]\nsuccess_url = \"https://app.example/ok\"\ncancel_url = \"https://app.example/no\"\n\
+                    [[billing.packs]]\nid = \"starter\"\ncredits = 1000\nunit_amount = 500\ncurrency = \"USD\"\n";
+        let raw = RawConfig::parse(text, Path::new("t.toml")).expect("parses");
+        let secrets =
+            env(&[("MAESTRO_STRIPE_SECRET_KEY", "sk_test_abc123"), ("MAESTRO_STRIPE_WEBHOOK_SECRET", "whsec_xyz789")]);
+        let config = Config::from_raw(raw.clone(), &secrets, &Overrides::default()).expect("valid");
+        let billing = config.billing.as_ref().expect("billing on");
+        assert_eq!(billing.api_base, "https://api.stripe.com/");
+        assert_eq!(billing.packs[0].currency, "usd");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("sk_test_abc123") && !shown.contains("whsec_xyz789"), "{shown}");
+        let no_webhook = env(&[("MAESTRO_STRIPE_SECRET_KEY", "sk_test_abc123")]);
+        let err = Config::from_raw(raw, &no_webhook, &Overrides::default()).expect_err("needs the webhook secret");
+        assert!(err.to_string().contains("MAESTRO_STRIPE_WEBHOOK_SECRET"), "{err}");
+        let err = Config::load(None, &secrets, &Overrides::default()).expect_err("needs urls and packs");
+        assert!(err.to_string().contains("billing."), "{err}");
     }
 
     #[test]

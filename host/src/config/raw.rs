@@ -16,6 +16,7 @@ pub(super) const DEFAULT_SANDBOX_MEMORY: &str = "256MiB";
 pub(super) const DEFAULT_SANDBOX_INSTANCES: u32 = 256;
 pub(super) const DEFAULT_MCP_HOSTS: &[&str] = &["localhost", "127.0.0.1", "::1"];
 pub(super) const DEFAULT_MCP_SESSION_IDLE: &str = "30m";
+pub(super) const DEFAULT_STRIPE_API_BASE: &str = "https://api.stripe.com/";
 
 /// The raw config file. See `config/maestro.toml` for every key and its default.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -49,6 +50,40 @@ pub struct RawConfig {
     /// `[mcp]`.
     #[serde(default)]
     pub mcp: RawMcp,
+    /// `[billing]`.
+    #[serde(default)]
+    pub billing: RawBilling,
+}
+
+/// `[billing]`: Stripe top-ups. The API key and webhook secret come only from the
+/// environment (`MAESTRO_STRIPE_SECRET_KEY`, `MAESTRO_STRIPE_WEBHOOK_SECRET`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBilling {
+    /// Stripe API base URL.
+    pub api_base: Option<String>,
+    /// Where Checkout sends the customer after paying.
+    pub success_url: Option<String>,
+    /// Where Checkout sends the customer after giving up.
+    pub cancel_url: Option<String>,
+    /// `[[billing.packs]]`.
+    pub packs: Option<Vec<RawPack>>,
+}
+
+/// One `[[billing.packs]]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPack {
+    /// Identifier clients ask for.
+    pub id: String,
+    /// Name on the Checkout page.
+    pub name: Option<String>,
+    /// Credits granted.
+    pub credits: i64,
+    /// Price in the currency's smallest unit.
+    pub unit_amount: i64,
+    /// ISO currency code.
+    pub currency: String,
 }
 
 /// `[mcp]`: the MCP endpoint.
@@ -184,6 +219,9 @@ impl RawConfig {
         }
         if let Some(v) = get("MAESTRO_MCP_SESSION_IDLE_TIMEOUT") {
             self.mcp.session_idle_timeout = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_STRIPE_API_BASE") {
+            self.billing.api_base = Some(v);
         }
         if let Some(v) = get("MAESTRO_CORS_ALLOW_ORIGINS") {
             let origins = v.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_owned).collect();

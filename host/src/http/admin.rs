@@ -311,7 +311,7 @@ pub(super) async fn revoke_key(
 /// The tenant a request acts on: a tenant key acts on its own tenant (naming another,
 /// existing or not, is forbidden alike, so a tenant learns nothing of other tenants); a
 /// platform admin acts on the named tenant, or on none.
-async fn resolve_tenant(
+pub(super) async fn resolve_tenant(
     state: &AppState,
     own: Option<&TenantId>,
     named: Option<&str>,

@@ -37,6 +37,8 @@ pub enum ErrorCode {
     Unavailable,
     /// Too many calls under the caller's policy rate.
     RateLimited,
+    /// The tenant's credits do not cover the call's price (details: balance, price).
+    InsufficientCredits,
     /// The tool ran past its deadline.
     ToolTimeout,
     /// The tool used all its fuel.
@@ -53,6 +55,13 @@ pub enum ErrorCode {
     ToolError,
     /// The call was cancelled.
     Cancelled,
+    /// A Stripe webhook whose signature does not hold (bad, stale or future timestamp,
+    /// modified body, missing header).
+    SignatureInvalid,
+    /// Billing routes answer this when Stripe is not configured on the server.
+    BillingNotConfigured,
+    /// The payment provider (Stripe) failed; details are logged.
+    PaymentProviderFailed,
     /// An unexpected failure; details are logged, not returned.
     Internal,
 }
@@ -72,6 +81,7 @@ impl ErrorCode {
             ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::InsufficientCredits => StatusCode::PAYMENT_REQUIRED,
             ErrorCode::ToolTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::ToolOutOfFuel
             | ErrorCode::ToolMemoryLimit
@@ -80,6 +90,9 @@ impl ErrorCode {
             ErrorCode::ToolTrap => StatusCode::BAD_GATEWAY,
             ErrorCode::NetworkDenied => StatusCode::FORBIDDEN,
             ErrorCode::Cancelled => StatusCode::CONFLICT,
+            ErrorCode::SignatureInvalid => StatusCode::BAD_REQUEST,
+            ErrorCode::BillingNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::PaymentProviderFailed => StatusCode::BAD_GATEWAY,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -146,6 +159,7 @@ impl ApiError {
         tracing::error!(error = %chain, code = ?code, "request failed");
         let message = match code {
             ErrorCode::Unavailable => "the store is not available, try again later",
+            ErrorCode::PaymentProviderFailed => "the payment provider failed, try again later",
             _ => "internal error",
         };
         Self::new(code, message)
@@ -219,6 +233,7 @@ mod tests {
             ErrorCode::Conflict,
             ErrorCode::Unavailable,
             ErrorCode::RateLimited,
+            ErrorCode::InsufficientCredits,
             ErrorCode::ToolTimeout,
             ErrorCode::ToolOutOfFuel,
             ErrorCode::ToolMemoryLimit,
@@ -227,6 +242,9 @@ mod tests {
             ErrorCode::ToolOutputTooLarge,
             ErrorCode::ToolError,
             ErrorCode::Cancelled,
+            ErrorCode::SignatureInvalid,
+            ErrorCode::BillingNotConfigured,
+            ErrorCode::PaymentProviderFailed,
             ErrorCode::Internal,
         ];
         for code in codes {

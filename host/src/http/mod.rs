@@ -5,6 +5,8 @@
 
 pub mod admin;
 mod auth;
+pub mod billing;
+pub mod credits;
 pub mod error;
 mod extract;
 pub mod health;
@@ -37,9 +39,13 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Plugins, policies and tool calls.
     pub tools: Arc<crate::tools::Tools>,
+    /// The credit ledger.
+    pub credits: Arc<crate::credits::Credits>,
     /// Cancelled when the server shuts down: ends MCP sessions and open streams so
     /// graceful shutdown does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Stripe top-ups; `None` when Stripe is not configured (billing routes answer 503).
+    pub billing: Option<Arc<crate::billing::Billing>>,
 }
 
 /// HTTP settings from the validated config.
@@ -62,6 +68,8 @@ pub struct HttpSettings {
         admin::create_tenant, admin::list_tenants,
         admin::create_key, admin::list_keys, admin::revoke_key,
         tools::list_plugins, tools::list_personas, tools::list_tools, tools::call_tool,
+        credits::balance, credits::ledger, credits::grant,
+        billing::checkout, billing::stripe_webhook,
     ),
     modifiers(&BearerScheme),
     tags(
@@ -69,6 +77,8 @@ pub struct HttpSettings {
         (name = "tenants", description = "tenants (platform admin)"),
         (name = "keys", description = "API keys (tenant admin)"),
         (name = "tools", description = "plugins, personas and tool calls (under the caller's policy)"),
+        (name = "credits", description = "balances, the ledger, and grants (platform admin)"),
+        (name = "billing", description = "Stripe top-ups: checkout (tenant admin) and the Stripe webhook"),
     )
 )]
 pub struct ApiDoc;
@@ -106,8 +116,18 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .route("/personas", get(tools::list_personas))
         .route("/tools", get(tools::list_tools))
         .route("/tools/{name}/call", post(tools::call_tool))
+        .route("/credits", get(credits::balance))
+        .route("/credits/ledger", get(credits::ledger))
+        .route("/credits/grants", post(credits::grant))
+        // --- billing (Stripe top-ups) ---
+        .route("/billing/checkout", post(billing::checkout))
+        // --- end billing ---
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_caller));
-    let v1 = authenticated.route("/openapi.json", get(openapi));
+    let v1 = authenticated
+        .route("/openapi.json", get(openapi))
+        // --- billing: Stripe calls this without a bearer key; the signature authenticates it ---
+        .route("/billing/stripe/webhook", post(billing::stripe_webhook));
+    // --- end billing ---
     let mcp_service = crate::mcp::Mcp::new(state.tools.clone(), settings.mcp.names);
     let transport =
         crate::mcp::HttpTransport::new(mcp_service, &settings.mcp, settings.body_limit_bytes, state.shutdown.clone());

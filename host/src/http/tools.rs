@@ -300,7 +300,7 @@ pub(super) async fn call_tool(
     let principal = principal_of(&state, &caller).await?.ok_or_else(|| call_error(CallError::NotATenant))?;
     // Dropping this future (the client went away) cancels the call in the sandbox.
     let call = state.tools.call(&principal, &name, body.arguments, Observe::default()).await.map_err(call_error)?;
-    let metering = metering(&call.outcome, call.credits);
+    let metering = metering(&call.outcome, call.charged);
     match call.outcome.result {
         Ok(output) => Ok(Json(CallResponse { content: output.content, structured: output.structured, metering })),
         Err(failure) => {
@@ -332,6 +332,7 @@ fn failure_error(failure: &Failure) -> ApiError {
         Failure::ToolError(maestro_core::plugin::ToolError::InvalidArguments(_)) => ErrorCode::InvalidRequest,
         Failure::ToolError(_) => ErrorCode::ToolError,
         Failure::Cancelled => ErrorCode::Cancelled,
+        Failure::Unavailable(_) => ErrorCode::Unavailable,
     };
     ApiError::new(code, failure.to_string())
 }
@@ -345,6 +346,11 @@ fn call_error(err: CallError) -> ApiError {
             ApiError::new(ErrorCode::RateLimited, err.to_string()).with_retry_after(seconds)
         }
         CallError::ArgumentsNotObject => ApiError::new(ErrorCode::InvalidRequest, err.to_string()),
+        CallError::InsufficientCredits { available, price } => {
+            ApiError::new(ErrorCode::InsufficientCredits, err.to_string())
+                .with_details(json!({ "balance": available, "price": price }))
+        }
+        CallError::LedgerUnavailable(_) => ApiError::new(ErrorCode::Unavailable, err.to_string()),
         CallError::SecretMissing(_) => {
             tracing::error!(error = %err, "tool call needs a secret this host does not have");
             ApiError::new(ErrorCode::Unavailable, err.to_string())

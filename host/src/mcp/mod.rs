@@ -1,6 +1,6 @@
 //! MCP: plugin tools, personas (as prompts) and host resources, served to MCP clients
 //! for one caller at a time under that caller's policy. The only module that uses
-//! rmcp. [`http_service`] is the Streamable HTTP transport the HTTP module mounts at
+//! rmcp. [`HttpTransport`] is the Streamable HTTP transport the HTTP module mounts at
 //! `/mcp` (authentication, Host/Origin checks and session ownership happen there,
 //! before a request reaches this module); [`serve_stdio`] is `maestro mcp`.
 //!
@@ -201,6 +201,10 @@ impl Handler {
             Err(err @ CallError::ArgumentsNotObject) => Err(ErrorData::invalid_params(err.to_string(), None)),
             Err(err @ CallError::NotATenant) => Err(ErrorData::invalid_request(err.to_string(), None)),
             Err(err @ CallError::RateLimited { .. }) => Ok(content::failure("rate_limited", &err.to_string())),
+            Err(err @ CallError::InsufficientCredits { .. }) => {
+                Ok(content::failure("insufficient_credits", &err.to_string()))
+            }
+            Err(err @ CallError::LedgerUnavailable(_)) => Ok(content::failure("unavailable", &err.to_string())),
             Err(err @ CallError::SecretMissing(_)) => {
                 tracing::error!(error = %err, "tool call needs a secret this host does not have");
                 Ok(content::failure("unavailable", &err.to_string()))
@@ -233,6 +237,9 @@ impl Handler {
             Ok(Ok(None)) => persona.spec.system_prompt.clone(),
             Ok(Err(failure)) => {
                 return Err(ErrorData::internal_error(format!("rendering `{}` failed: {failure}", request.name), None));
+            }
+            Err(err @ (CallError::InsufficientCredits { .. } | CallError::LedgerUnavailable(_))) => {
+                return Err(ErrorData::invalid_request(err.to_string(), None));
             }
             Err(_) => return Err(unknown()),
         };

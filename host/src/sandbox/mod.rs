@@ -236,6 +236,10 @@ pub enum Failure {
     /// The caller cancelled the call.
     #[error("cancelled")]
     Cancelled,
+    /// The host could not run the call (every instance slot busy, the sandbox runtime
+    /// failed). Not the plugin's fault: a charged call is refunded.
+    #[error("the sandbox could not run the call: {0}")]
+    Unavailable(String),
 }
 
 impl Failure {
@@ -250,7 +254,13 @@ impl Failure {
             Failure::OutputTooLarge { .. } => "output_too_large",
             Failure::ToolError(_) => "tool_error",
             Failure::Cancelled => "cancelled",
+            Failure::Unavailable(_) => "unavailable",
         }
+    }
+
+    /// Whether the host, not the plugin or the caller, is why the call failed.
+    pub fn is_host_side(&self) -> bool {
+        matches!(self, Failure::Unavailable(_))
     }
 }
 
@@ -608,7 +618,7 @@ impl Sandbox {
         });
         match task.await {
             Ok(done) => done,
-            Err(join) => (Err(Failure::Trap(format!("sandbox task failed: {join}"))), Meter::default()),
+            Err(join) => (Err(Failure::Unavailable(format!("sandbox task failed: {join}"))), Meter::default()),
         }
     }
 }
@@ -675,6 +685,9 @@ fn classify(
             Interrupted::Deadline => Failure::Timeout(limits.timeout),
             Interrupted::Cancelled => Failure::Cancelled,
         };
+    }
+    if let Some(limit) = err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+        return Failure::Unavailable(limit.to_string());
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => return Failure::OutOfFuel(limits.fuel),

@@ -7,6 +7,8 @@
 //! as `FOR UPDATE SKIP LOCKED`). Migrations live in `migrations/{sqlite,postgres}` at the
 //! workspace root and are embedded in the binary.
 
+mod billing;
+mod ledger;
 pub mod postgres;
 mod shared;
 pub mod sqlite;

@@ -7,6 +7,8 @@ use async_trait::async_trait;
 use maestro_core::{Store, StoreError};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+use super::billing::impl_billing_queries;
+use super::ledger::impl_ledger_queries;
 use super::shared::impl_shared_queries;
 use super::{Backend, backend_err};
 
@@ -41,9 +43,24 @@ impl PostgresStore {
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
         self.pool.begin().await.map_err(backend_err)
     }
+
+    /// A ledger write: commits wait for the WAL flush whatever the server's default
+    /// (`synchronous_commit = on` for this transaction).
+    async fn begin_ledger(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend_err)?;
+        sqlx::query("SET LOCAL synchronous_commit = on").execute(&mut *tx).await.map_err(backend_err)?;
+        Ok(tx)
+    }
+
+    /// A read-only snapshot for all of the audit's queries.
+    async fn begin_audit(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(backend_err)
+    }
 }
 
 impl_shared_queries!(PostgresStore);
+impl_billing_queries!(PostgresStore);
+impl_ledger_queries!(PostgresStore, " FOR UPDATE");
 
 #[async_trait]
 impl Store for PostgresStore {

@@ -8,6 +8,8 @@ use async_trait::async_trait;
 use maestro_core::{Store, StoreError};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+use super::billing::impl_billing_queries;
+use super::ledger::impl_ledger_queries;
 use super::shared::impl_shared_queries;
 use super::{Backend, backend_err};
 
@@ -49,9 +51,21 @@ impl SqliteStore {
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend_err)
     }
+
+    /// A ledger write: a write transaction (`synchronous=FULL` makes its commit durable).
+    async fn begin_ledger(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        self.begin_write().await
+    }
+
+    /// A read transaction: one WAL snapshot for all of the audit's queries.
+    async fn begin_audit(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        self.pool.begin().await.map_err(backend_err)
+    }
 }
 
 impl_shared_queries!(SqliteStore);
+impl_billing_queries!(SqliteStore);
+impl_ledger_queries!(SqliteStore, "");
 
 #[async_trait]
 impl Store for SqliteStore {

@@ -13,6 +13,10 @@ const ALLOWANCES: &[(&str, &[&str])] = &[
     ("wasmtime", &["sandbox/"]),
     ("rmcp", &["mcp/"]),
     ("tantivy", &["search/"]),
+    ("stripe", &["billing/"]),
+    ("stripe_checkout", &["billing/"]),
+    ("stripe_core", &["billing/"]),
+    ("stripe_types", &["billing/"]),
 ];
 
 /// Libraries `maestro-core` must never depend on.

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use maestro_core::policy::PolicySet;
 use maestro_core::{Clock, Store};
 use maestro_host::accounts::Accounts;
+use maestro_host::credits::Credits;
 use maestro_host::http::{self, AppState, HttpSettings};
 use maestro_host::plugins::PluginRegistry;
 use maestro_host::policy::PolicyStore;
@@ -123,7 +124,12 @@ fn with_database(url: &str, database: &str) -> String {
 }
 
 /// Tools over a plugin directory holding `plugins`, with fixed policies.
-pub(crate) async fn tools_with(plugin_dir: &std::path::Path, plugins: &[&str], policies: PolicySet) -> Arc<Tools> {
+pub(crate) async fn tools_with(
+    plugin_dir: &std::path::Path,
+    plugins: &[&str],
+    policies: PolicySet,
+    credits: Arc<Credits>,
+) -> Arc<Tools> {
     std::fs::create_dir_all(plugin_dir).expect("plugin dir");
     for plugin in plugins {
         crate::fixtures::install(plugin_dir, plugin);
@@ -131,7 +137,7 @@ pub(crate) async fn tools_with(plugin_dir: &std::path::Path, plugins: &[&str], p
     let registry = Arc::new(PluginRegistry::new(crate::fixtures::sandbox(), plugin_dir.to_owned()));
     registry.refresh().await;
     let secrets = SecretValues::new(Default::default(), plugin_dir.join("no-secrets"));
-    Arc::new(Tools::new(registry, Arc::new(PolicyStore::fixed(policies)), secrets))
+    Arc::new(Tools::new(registry, Arc::new(PolicyStore::fixed(policies)), secrets).with_credits(credits))
 }
 
 /// A clock that only moves when told to.
@@ -164,6 +170,10 @@ pub(crate) struct TestHost {
     pub(crate) clock: Arc<ManualClock>,
     pub(crate) settings: HttpSettings,
     pub(crate) tools: Arc<Tools>,
+    /// The credit ledger tool calls are metered on.
+    pub(crate) credits: Arc<Credits>,
+    /// Stripe top-ups, when a test sets them up (`None`: billing routes answer 503).
+    pub(crate) billing: Option<Arc<maestro_host::billing::Billing>>,
 }
 
 /// An answer: status, headers, and the body parsed as JSON (or `Value::String` when it
@@ -196,15 +206,16 @@ impl TestHost {
         let store = db.open().await;
         let clock = ManualClock::new();
         let accounts = Accounts::new(store.clone(), clock.clone());
-        let tools = tools_with(&db.dir().join("plugins"), &[], PolicySet::deny_all()).await;
-        Self { _db: db, accounts, clock, settings, tools }
+        let credits = Arc::new(Credits::new(store.clone(), clock.clone()));
+        let tools = tools_with(&db.dir().join("plugins"), &[], PolicySet::deny_all(), credits.clone()).await;
+        Self { _db: db, accounts, clock, settings, tools, credits, billing: None }
     }
 
     /// Installs `plugins` (built fixtures) and runs under `policy` (TOML text).
     pub(crate) async fn with_plugins(backend: Backend, plugins: &[&str], policy: &str) -> Self {
         let mut host = Self::new(backend).await;
         let set = PolicySet::parse([("test-policy.toml", policy)]).unwrap_or_else(|e| panic!("test policy: {e}"));
-        host.tools = tools_with(&host._db.dir().join("plugins"), plugins, set).await;
+        host.tools = tools_with(&host._db.dir().join("plugins"), plugins, set, host.credits.clone()).await;
         host
     }
 
@@ -213,7 +224,9 @@ impl TestHost {
             accounts: self.accounts.clone(),
             metrics: Arc::default(),
             tools: self.tools.clone(),
+            credits: self.credits.clone(),
             shutdown: Default::default(),
+            billing: self.billing.clone(),
         };
         http::router(state, &self.settings)
     }

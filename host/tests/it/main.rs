@@ -5,14 +5,17 @@
 //! loudly instead of being skipped.
 
 mod architecture;
+mod billing;
 mod config_files;
 mod first_party;
 mod fixtures;
 mod harness;
 mod http_api;
+mod ledger;
 mod mcp;
 mod mcp_clients;
 mod mcp_conformance;
+mod metering;
 mod packaging;
 mod process;
 mod reload;

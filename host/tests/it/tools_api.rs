@@ -34,6 +34,11 @@ async fn host() -> (TestHost, String, String) {
     let platform = host.platform_token().await;
     let acme = host.tenant_with_key(&platform, "acme", "member").await;
     let globex = host.tenant_with_key(&platform, "globex", "admin").await;
+    // Calls are paid in credits (see `metering`); these tests are about the calls.
+    for tenant in ["acme", "globex"] {
+        let id = host.accounts.tenant_named(tenant).await.expect("tenant").id;
+        host.credits.grant(&id, 1_000_000, &format!("grant:{tenant}"), "test credits").await.expect("grant");
+    }
     (host, acme, globex)
 }
 

@@ -1,0 +1,570 @@
+//! The credits ledger on both stores: posting rules, idempotency (sequential and
+//! concurrent), holds, no overdraft under concurrency, the audit, pagination, and a
+//! model-based test comparing the store with `maestro_core::ledger::Model`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Duration, Utc};
+use maestro_core::ledger::{HoldId, Model, TransactionId};
+use maestro_core::{
+    Account, Balance, Clock as _, HoldState, LedgerError, Posting, Store, TenantId, TransactionKind, TransactionQuery,
+};
+use maestro_host::credits::{Credits, CreditsError};
+use sqlx::Connection as _;
+
+use crate::harness::{Backend, ManualClock, TestDb, backend_tests};
+
+backend_tests!(
+    grants_and_debits_move_credits_between_accounts,
+    rejects_invalid_amounts_and_keys_without_writing,
+    debit_of_zero_succeeds_without_writing,
+    insufficient_debit_reports_available_and_needed_and_writes_nothing,
+    replaying_a_key_returns_the_original_posting,
+    reusing_a_key_for_another_request_is_a_conflict,
+    concurrent_replays_of_one_key_post_once,
+    concurrent_debits_never_overdraw,
+    concurrent_mixed_operations_keep_the_ledger_consistent,
+    holds_settle_for_the_actual_cost_and_release_the_rest,
+    holds_void_and_expire_back_to_the_wallet,
+    refunds_a_debit_exactly_once,
+    purchase_reversal_takes_back_only_what_is_available,
+    audit_detects_a_tampered_cached_balance,
+    paginates_transactions_with_a_cursor_and_filters,
+    store_matches_the_model_under_random_operations,
+);
+
+struct Fixture {
+    db: TestDb,
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+    credits: Credits,
+}
+
+async fn fixture(backend: Backend) -> Fixture {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    let clock = ManualClock::new();
+    let credits = Credits::new(store.clone(), clock.clone());
+    Fixture { db, store, clock, credits }
+}
+
+fn tenant(seed: u8) -> TenantId {
+    TenantId::from_random([seed; 16])
+}
+
+async fn assert_clean(credits: &Credits) {
+    let report = credits.audit().await.expect("audit");
+    assert!(report.is_clean(), "{report:?}");
+}
+
+async fn grants_and_debits_move_credits_between_accounts(backend: Backend) {
+    let f = fixture(backend).await;
+    let acme = tenant(1);
+    let granted = f.credits.grant(&acme, 500, "welcome", "welcome credits").await.expect("grant");
+    assert_eq!(granted.balance_after, Balance { available: 500, held: 0 });
+    assert!(!granted.replayed);
+    assert!(granted.transaction.id.as_str().starts_with("tx_"));
+    assert_eq!(granted.transaction.kind, TransactionKind::Grant);
+    assert_eq!(granted.transaction.memo, "welcome credits");
+
+    f.credits.purchase(&acme, 1000, "checkout-1", "pack").await.expect("purchase");
+    let debited = f.credits.debit(&acme, 300, "call-1", "calc.add").await.expect("debit").expect("posted");
+    assert_eq!(debited.balance_after, Balance { available: 1200, held: 0 });
+    assert_eq!(
+        debited.transaction.entries.iter().map(|e| (e.account.clone(), e.amount)).collect::<Vec<_>>(),
+        vec![(Account::Revenue, 300), (Account::Wallet(acme.clone()), -300)]
+    );
+    assert_eq!(f.credits.balance(&acme).await.expect("balance"), Balance { available: 1200, held: 0 });
+    assert_eq!(f.credits.balance(&tenant(2)).await.expect("balance"), Balance::default(), "other tenant untouched");
+    let report = f.credits.audit().await.expect("audit");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!((report.transactions, report.entries), (3, 6));
+}
+
+async fn rejects_invalid_amounts_and_keys_without_writing(backend: Backend) {
+    let f = fixture(backend).await;
+    let acme = tenant(1);
+    for amount in [0, -5, 1_000_000_000_001] {
+        let err = f.credits.grant(&acme, amount, "k", "").await.expect_err("invalid amount");
+        assert!(matches!(err, CreditsError::InvalidAmount(a) if a == amount), "{err:?}");
+    }
+    assert!(matches!(f.credits.debit(&acme, -1, "k", "").await, Err(CreditsError::InvalidAmount(-1))));
+    for key in ["", "new\nline", &"k".repeat(201)] {
+        assert!(matches!(f.credits.grant(&acme, 5, key, "").await, Err(CreditsError::InvalidKey)), "{key:?}");
+    }
+    let report = f.credits.audit().await.expect("audit");
+    assert_eq!(report.transactions, 0, "nothing written");
+}
+
+async fn debit_of_zero_succeeds_without_writing(backend: Backend) {
+    let f = fixture(backend).await;
+    let acme = tenant(1);
+    assert!(f.credits.debit(&acme, 0, "free-call", "").await.expect("no-op").is_none());
+    assert_eq!(f.credits.audit().await.expect("audit").transactions, 0);
+    // The key stays free for a real debit later.
+    f.credits.grant(&acme, 5, "g", "").await.expect("grant");
+    assert!(f.credits.debit(&acme, 5, "free-call", "").await.expect("debit").is_some());
+}
+
+async fn insufficient_debit_reports_available_and_needed_and_writes_nothing(backend: Backend) {
+    let f = fixture(backend).await;
+    let acme = tenant(1);
+    f.credits.grant(&acme, 40, "g", "").await.expect("grant");
+    let err = f.credits.debit(&acme, 41, "too-much", "").await.expect_err("insufficient");
+    assert!(matches!(err, CreditsError::Insufficient { available: 40, needed: 41 }), "{err:?}");
+    let err = f.credits.reserve(&acme, 50, Duration::minutes(1), "hold", "").await.expect_err("insufficient");
+    assert!(matches!(err, CreditsError::Insufficient { available: 40, needed: 50 }), "{err:?}");
+    assert_eq!(f.credits.balance(&acme).await.expect("balance"), Balance { available: 40, held: 0 });
+    assert!(f.store.transaction_by_key(&acme, "too-much").await.expect("lookup").is_none());
+    let report = f.credits.audit().await.expect("audit");
+    assert_eq!(report.transactions, 1);
+    assert!(report.is_clean(), "{report:?}");
+    // The refused key was not consumed.
+    f.credits.grant(&acme, 1, "g2", "").await.expect("grant");
+    f.credits.debit(&acme, 41, "too-much", "").await.expect("now it fits");
+}
+
+async fn replaying_a_key_returns_the_original_posting(backend: Backend) {
+    let f = fixture(backend).await;
+    let acme = tenant(1);
+    f.credits.grant(&acme, 100, "g", "").await.expect("grant");
+    let first = f.credits.debit(&acme, 30, "call-7", "m").await.expect("debit").expect("posted");
+    f.clock.advance(Duration::seconds(5));
+    f.credits.debit(&acme, 10, "call-8", "m").await.expect("debit");
+    let replay = f.credits.debit(&acme, 30, "call-7", "m").await.expect("replay").expect("posted");
+    assert!(replay.replayed);
+    assert_eq!(replay.transaction, first.transaction, "the original transaction, timestamp included");
+    assert_eq!(replay.balance_after, first.balance_after, "the balance as it was then");
+    assert_eq!(f.credits.balance(&acme).await.expect("balance").available, 60);
+    // Keys are per tenant: another tenant may use the same one.
+    let globex = tenant(2);
+    assert!(!f.credits.grant(&globex, 30, "call-7", "m").await.expect("grant").replayed);
+    assert_clean(&f.credits).await;
+}
+
+async fn reusing_a_key_for_another_request_is_a_conflict(backend: Backend) {
+    let f = fixture(backend).await;
+    let acme = tenant(1);
+    f.credits.grant(&acme, 100, "k", "").await.expect("grant");
+    for attempt in [
+        f.credits.grant(&acme, 101, "k", "").await.map(|_| ()),
+        f.credits.grant(&acme, 100, "k", "other memo").await.map(|_| ()),
+        f.credits.purchase(&acme, 100, "k", "").await.map(|_| ()),
+        f.credits.debit(&acme, 100, "k", "").await.map(|_| ()),
+    ] {
+        assert!(matches!(attempt, Err(CreditsError::IdempotencyConflict { ref key }) if key == "k"), "{attempt:?}");
+    }
+    assert_eq!(f.credits.balance(&acme).await.expect("balance").available, 100);
+    assert_eq!(f.credits.audit().await.expect("audit").transactions, 1);
+}
+
+async fn concurrent_replays_of_one_key_post_once(backend: Backend) {
+    let f = fixture(backend).await;
+    let acme = tenant(1);
+    f.credits.grant(&acme, 100, "g", "").await.expect("grant");
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let (credits, acme) = (f.credits.clone(), acme.clone());
+            tokio::spawn(async move { credits.debit(&acme, 100, "one-call", "").await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.expect("task").expect("every replay succeeds").expect("posted"));
+    }
+    assert_eq!(outcomes.iter().filter(|p| !p.replayed).count(), 1, "exactly one posting");
+    assert!(outcomes.iter().all(|p| p.transaction == outcomes[0].transaction));
+    assert_eq!(f.credits.balance(&acme).await.expect("balance").available, 0);
+    let report = f.credits.audit().await.expect("audit");
+    assert_eq!(report.transactions, 2);
+    assert!(report.is_clean(), "{report:?}");
+}
+
+async fn concurrent_debits_never_overdraw(backend: Backend) {
+    const CLIENTS: usize = 64;
+    const DEBITS: usize = 60;
+    let f = fixture(backend).await;
+    let acme = tenant(1);
+    f.credits.grant(&acme, 1_000, "g", "").await.expect("grant");
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (credits, acme) = (f.credits.clone(), acme.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut refused) = (0usize, 0usize);
+                for i in 0..DEBITS {
+                    match credits.debit(&acme, 10, &format!("c{client}-{i}"), "").await {
+                        Ok(Some(posted)) => {
+                            assert!(posted.balance_after.available >= 0);
+                            ok += 1;
+                        }
+                        Err(CreditsError::Insufficient { available, needed: 10 }) => {
+                            assert!((0..10).contains(&available), "refused with {available} available");
+                            refused += 1;
+                        }
+                        other => panic!("unexpected outcome {other:?}"),
+                    }
+                }
+                (ok, refused)
+            })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for task in tasks {
+        let (o, r) = task.await.expect("task");
+        ok += o;
+        refused += r;
+    }
+    let elapsed = started.elapsed();
+    println!("{backend:?}: {CLIENTS}x{DEBITS} debits in {elapsed:?} ({ok} succeeded, {refused} refused)");
+    assert_eq!(ok, 100, "exactly the balance's worth succeeds");
+    assert_eq!(refused, CLIENTS * DEBITS - 100);
+    assert_eq!(f.credits.balance(&acme).await.expect("balance"), Balance { available: 0, held: 0 });
+    let report = f.credits.audit().await.expect("audit");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!((report.transactions, report.entries), (101, 202));
+}
+
+async fn concurrent_mixed_operations_keep_the_ledger_consistent(backend: Backend) {
+    let f = fixture(backend).await;
+    let tenants = [tenant(1), tenant(2), tenant(3)];
+    for t in &tenants {
+        f.credits.grant(t, 300, "seed", "").await.expect("grant");
+    }
+    let tasks: Vec<_> = (0..16u64)
+        .map(|client| {
+            let (credits, tenants) = (f.credits.clone(), tenants.clone());
+            tokio::spawn(async move {
+                let mut rng = Rng(0xA076_1D64_78BD_642F ^ (client + 1));
+                for i in 0..30 {
+                    let t = &tenants[rng.below(3) as usize];
+                    let key = format!("c{client}-{i}");
+                    let amount = 1 + rng.below(40) as i64;
+                    let outcome = match rng.below(5) {
+                        0 => credits.grant(t, amount, &key, "").await.map(|_| ()),
+                        1 | 2 => credits.debit(t, amount, &key, "").await.map(|_| ()),
+                        3 => {
+                            credits.refund_debit(t, &format!("c{client}-{}", i.max(1) - 1), &key, "").await.map(|_| ())
+                        }
+                        _ => match credits.reserve(t, amount, Duration::minutes(1), &key, "").await {
+                            Ok(reserved) => {
+                                let settle = format!("{key}-settle");
+                                if rng.below(2) == 0 {
+                                    credits.settle(t, &reserved.hold.id, amount / 2, &settle).await.map(|_| ())
+                                } else {
+                                    credits.void(t, &reserved.hold.id, &settle).await.map(|_| ())
+                                }
+                            }
+                            Err(err) => Err(err),
+                        },
+                    };
+                    match outcome {
+                        Ok(()) | Err(CreditsError::Insufficient { .. } | CreditsError::NotFound(_)) => {}
+                        Err(err) => panic!("unexpected error {err:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    for t in &tenants {
+        let balance = f.credits.balance(t).await.expect("balance");
+        assert!(balance.available >= 0 && balance.held == 0, "{balance:?}");
+    }
+    assert_clean(&f.credits).await;
+}
+
+async fn holds_settle_for_the_actual_cost_and_release_the_rest(backend: Backend) {
+    let f = fixture(backend).await;
+    let acme = tenant(1);
+    f.credits.grant(&acme, 100, "g", "").await.expect("grant");
+    let reserved = f.credits.reserve(&acme, 70, Duration::minutes(10), "run-1", "agent run").await.expect("reserve");
+    assert!(reserved.hold.id.as_str().starts_with("hold_"));
+    assert_eq!(reserved.hold.state, HoldState::Open);
+    assert_eq!(reserved.hold.amount, 70);
+    assert_eq!(reserved.posted.balance_after, Balance { available: 30, held: 70 });
+    let again = f.credits.reserve(&acme, 70, Duration::minutes(10), "run-1", "agent run").await.expect("replay");
+    assert_eq!(again.hold, reserved.hold, "a replayed reserve returns the original hold");
+    assert!(again.posted.replayed);
+
+    let err = f.credits.settle(&acme, &reserved.hold.id, 71, "settle-1").await.expect_err("too much");
+    assert!(matches!(err, CreditsError::ExceedsHold { held: 70, actual: 71 }), "{err:?}");
+    let err = f.credits.settle(&tenant(2), &reserved.hold.id, 10, "settle-1").await.expect_err("other tenant");
+    assert!(matches!(err, CreditsError::NotFound(_)), "{err:?}");
+
+    let settled = f.credits.settle(&acme, &reserved.hold.id, 45, "settle-1").await.expect("settle");
+    assert_eq!(settled.balance_after, Balance { available: 55, held: 0 });
+    assert_eq!(settled.transaction.kind, TransactionKind::Settle);
+    let replay = f.credits.settle(&acme, &reserved.hold.id, 45, "settle-1").await.expect("replay");
+    assert!(replay.replayed);
+    let hold = f.credits.hold(&acme, &reserved.hold.id).await.expect("hold");
+    assert_eq!((hold.state, hold.settled_amount), (HoldState::Settled, Some(45)));
+    assert!(hold.closed_at.is_some());
+    let err = f.credits.void(&acme, &reserved.hold.id, "void-1").await.expect_err("closed");
+    assert!(matches!(err, CreditsError::HoldClosed { state: HoldState::Settled, .. }), "{err:?}");
+    assert_eq!(f.store.audit().await.expect("audit").transactions, 3);
+    assert_clean(&f.credits).await;
+}
+
+async fn holds_void_and_expire_back_to_the_wallet(backend: Backend) {
+    let f = fixture(backend).await;
+    let acme = tenant(1);
+    f.credits.grant(&acme, 100, "g", "").await.expect("grant");
+    let voided = f.credits.reserve(&acme, 30, Duration::minutes(1), "a", "").await.expect("reserve").hold;
+    let expiring = f.credits.reserve(&acme, 20, Duration::minutes(1), "b", "").await.expect("reserve").hold;
+    let late = f.credits.reserve(&acme, 10, Duration::minutes(5), "c", "").await.expect("reserve").hold;
+    assert_eq!(f.credits.balance(&acme).await.expect("balance"), Balance { available: 40, held: 60 });
+
+    let posted = f.credits.void(&acme, &voided.id, "void-a").await.expect("void");
+    assert_eq!(posted.balance_after, Balance { available: 70, held: 30 });
+    assert_eq!(f.credits.expire_holds().await.expect("sweep"), 0, "nothing due yet");
+
+    f.clock.advance(Duration::minutes(1));
+    let err = f.credits.settle(&acme, &expiring.id, 5, "settle-b").await.expect_err("past expiry");
+    assert!(matches!(err, CreditsError::HoldClosed { state: HoldState::Expired, .. }), "{err:?}");
+    assert_eq!(f.credits.expire_holds().await.expect("sweep"), 1);
+    assert_eq!(f.credits.expire_holds().await.expect("sweep"), 0, "expired once");
+    assert_eq!(f.credits.hold(&acme, &expiring.id).await.expect("hold").state, HoldState::Expired);
+    assert_eq!(f.credits.hold(&acme, &late.id).await.expect("hold").state, HoldState::Open);
+    assert_eq!(f.credits.balance(&acme).await.expect("balance"), Balance { available: 90, held: 10 });
+
+    f.clock.advance(Duration::minutes(4));
+    assert_eq!(f.credits.expire_holds().await.expect("sweep"), 1);
+    assert_eq!(f.credits.balance(&acme).await.expect("balance"), Balance { available: 100, held: 0 });
+    assert_clean(&f.credits).await;
+}
+
+async fn refunds_a_debit_exactly_once(backend: Backend) {
+    let f = fixture(backend).await;
+    let acme = tenant(1);
+    f.credits.grant(&acme, 100, "g", "").await.expect("grant");
+    f.credits.debit(&acme, 40, "call-1", "").await.expect("debit");
+    let refunded = f.credits.refund_debit(&acme, "call-1", "refund-1", "failed call").await.expect("refund");
+    assert_eq!(refunded.transaction.amount, 40);
+    assert_eq!(refunded.balance_after.available, 100);
+    assert!(f.credits.refund_debit(&acme, "call-1", "refund-1", "failed call").await.expect("replay").replayed);
+    let err = f.credits.refund_debit(&acme, "call-1", "refund-2", "again").await.expect_err("once");
+    assert!(matches!(err, CreditsError::AlreadyRefunded(_)), "{err:?}");
+    let err = f.credits.refund_debit(&acme, "g", "refund-3", "").await.expect_err("not a debit");
+    assert!(matches!(err, CreditsError::NotFound(_)), "{err:?}");
+    let err = f.credits.refund_debit(&tenant(2), "call-1", "refund-4", "").await.expect_err("other tenant");
+    assert!(matches!(err, CreditsError::NotFound(_)), "{err:?}");
+    assert_eq!(f.credits.balance(&acme).await.expect("balance").available, 100);
+    assert_clean(&f.credits).await;
+}
+
+async fn purchase_reversal_takes_back_only_what_is_available(backend: Backend) {
+    let f = fixture(backend).await;
+    let acme = tenant(1);
+    f.credits.purchase(&acme, 100, "buy", "").await.expect("purchase");
+    f.credits.debit(&acme, 70, "spend", "").await.expect("debit");
+    let reversal = f.credits.reverse_purchase(&acme, 100, "chargeback", "dispute").await.expect("reverse");
+    assert_eq!((reversal.reversed, reversal.unrecovered), (30, 70));
+    assert_eq!(f.credits.balance(&acme).await.expect("balance").available, 0);
+    let replay = f.credits.reverse_purchase(&acme, 100, "chargeback", "dispute").await.expect("replay");
+    assert!(replay.posted.expect("posted").replayed);
+    let nothing = f.credits.reverse_purchase(&acme, 10, "chargeback-2", "").await.expect("empty wallet");
+    assert_eq!((nothing.posted, nothing.reversed, nothing.unrecovered), (None, 0, 10));
+    assert_clean(&f.credits).await;
+}
+
+async fn audit_detects_a_tampered_cached_balance(backend: Backend) {
+    let f = fixture(backend).await;
+    let acme = tenant(1);
+    f.credits.grant(&acme, 100, "g", "").await.expect("grant");
+    f.credits.reserve(&acme, 10, Duration::minutes(1), "r", "").await.expect("reserve");
+    assert_clean(&f.credits).await;
+    let wallet = Account::Wallet(acme.clone()).key();
+    let held = Account::Held(acme.clone()).key();
+    let tamper = "UPDATE ledger_balances SET balance = balance + 5 WHERE account = $1 OR account = $2";
+    match backend {
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&f.db.url).await.expect("connect");
+            sqlx::query(tamper).bind(&wallet).bind(&held).execute(&mut conn).await.expect("tamper");
+        }
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&f.db.url).await.expect("connect");
+            sqlx::query(tamper).bind(&wallet).bind(&held).execute(&mut conn).await.expect("tamper");
+        }
+    }
+    let report = f.credits.audit().await.expect("audit");
+    assert!(!report.is_clean());
+    let mut accounts: Vec<_> = report.mismatches.iter().map(|m| (m.account.clone(), m.cached, m.computed)).collect();
+    accounts.sort();
+    let mut expected = vec![(held.clone(), 15, 10), (wallet, 95, 90)];
+    expected.sort();
+    assert_eq!(accounts, expected);
+    assert_eq!(report.holds_mismatched.len(), 1, "{report:?}");
+    assert_eq!(report.holds_mismatched[0].account, held);
+    assert!(report.imbalanced.is_empty() && report.negative.is_empty());
+}
+
+async fn paginates_transactions_with_a_cursor_and_filters(backend: Backend) {
+    let f = fixture(backend).await;
+    let acme = tenant(1);
+    let start = f.clock.now();
+    f.credits.grant(&acme, 1000, "g", "").await.expect("grant");
+    for i in 0..7 {
+        f.clock.advance(Duration::seconds(1));
+        f.credits.debit(&acme, 1 + i, &format!("d{i}"), "").await.expect("debit");
+    }
+    f.credits.grant(&tenant(2), 5, "other", "").await.expect("other tenant");
+
+    let mut seen = Vec::new();
+    let mut query = TransactionQuery { limit: 3, ..TransactionQuery::default() };
+    let mut pages = 0;
+    loop {
+        let page = f.credits.transactions(&acme, &query).await.expect("page");
+        pages += 1;
+        assert!(page.transactions.len() <= 3);
+        seen.extend(page.transactions.iter().map(|t| t.idempotency_key.to_string()));
+        match page.next {
+            Some(cursor) => query.after = Some(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["g", "d0", "d1", "d2", "d3", "d4", "d5", "d6"]);
+    assert_eq!(pages, 3);
+
+    let debits = TransactionQuery { kinds: vec![TransactionKind::Debit], limit: 100, ..TransactionQuery::default() };
+    let page = f.credits.transactions(&acme, &debits).await.expect("page");
+    assert_eq!(page.transactions.len(), 7);
+    assert!(page.transactions.iter().all(|t| t.kind == TransactionKind::Debit && t.entries.len() == 2));
+    assert_eq!(page.next, None);
+
+    let window = TransactionQuery {
+        since: Some(start + Duration::seconds(2)),
+        until: Some(start + Duration::seconds(4)),
+        ..TransactionQuery::default()
+    };
+    let keys: Vec<_> = f
+        .credits
+        .transactions(&acme, &window)
+        .await
+        .expect("page")
+        .transactions
+        .into_iter()
+        .map(|t| t.idempotency_key.to_string())
+        .collect();
+    assert_eq!(keys, ["d1", "d2"]);
+}
+
+/// A small deterministic generator (xorshift64*), so a failure names its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn bytes(&mut self) -> [u8; 16] {
+        let (a, b) = (self.next(), self.next());
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&a.to_le_bytes());
+        out[8..].copy_from_slice(&b.to_le_bytes());
+        out
+    }
+}
+
+fn describe(outcome: &Result<maestro_core::Posted, LedgerError>) -> String {
+    match outcome {
+        Ok(posted) => format!("{posted:?}"),
+        Err(err) => format!("error: {err}"),
+    }
+}
+
+async fn store_matches_the_model_under_random_operations(backend: Backend) {
+    let (sequences, ops) = match backend {
+        Backend::Sqlite => (12, 60),
+        Backend::Postgres => (6, 60),
+    };
+    let (mut posted, mut replayed, mut refused) = (0, 0, 0);
+    for seed in 1..=sequences {
+        let f = fixture(backend).await;
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed);
+        let tenants = [tenant(1), tenant(2)];
+        let mut model = Model::new();
+        let mut now: DateTime<Utc> = f.clock.now();
+        let mut holds: Vec<HoldId> = Vec::new();
+        let mut postings: Vec<Posting> = Vec::new();
+        for step in 0..ops {
+            let t = tenants[rng.below(2) as usize].clone();
+            let id = TransactionId::from_random(rng.bytes());
+            let key = format!("k{}", rng.below(40));
+            let amount = rng.below(120) as i64;
+            let posting = match rng.below(10) {
+                0 | 1 => Posting::grant(id, t, amount + 1, &key, ""),
+                2 => Posting::purchase_reversal(id, t, amount + 1, &key, ""),
+                3 | 4 => Posting::debit(id, t, amount, &key, ""),
+                5 => {
+                    let hold = HoldId::from_random(rng.bytes());
+                    holds.push(hold.clone());
+                    let expires = now + Duration::seconds(1 + rng.below(5) as i64);
+                    Posting::reserve(id, t, hold, amount, expires, &key, "")
+                }
+                6 => match holds.get(rng.below(holds.len() as u64 + 1) as usize).and_then(|h| model.hold(h)) {
+                    Some(hold) => Posting::settle(id, &hold.clone(), amount.min(hold.amount), &key, ""),
+                    None => continue,
+                },
+                7 => match holds.get(rng.below(holds.len() as u64 + 1) as usize).and_then(|h| model.hold(h)) {
+                    Some(hold) => Posting::void(id, &hold.clone(), &key, ""),
+                    None => continue,
+                },
+                8 => {
+                    now += Duration::seconds(rng.below(4) as i64);
+                    let due = model.due_holds(now);
+                    let stored = f.store.due_holds(now, 1000).await.expect("due holds");
+                    assert_eq!(stored, due, "seed {seed} step {step}: due holds");
+                    for hold in due {
+                        let posting = Posting::expire(TransactionId::from_random(rng.bytes()), &hold).expect("valid");
+                        let expected = describe(&model.post(&posting, now));
+                        assert_eq!(describe(&f.store.post(&posting, now).await), expected, "seed {seed} step {step}");
+                    }
+                    continue;
+                }
+                _ => {
+                    let debits: Vec<_> = model.transactions().filter(|t| t.kind == TransactionKind::Debit).collect();
+                    match debits.get(rng.below(debits.len() as u64 + 1) as usize) {
+                        Some(original) => Posting::refund(id, &(*original).clone(), &key, ""),
+                        None => match postings.get(rng.below(postings.len() as u64 + 1) as usize) {
+                            Some(earlier) => Ok(earlier.clone()),
+                            None => continue,
+                        },
+                    }
+                }
+            };
+            let Ok(posting) = posting else { continue };
+            let expected = model.post(&posting, now);
+            if matches!(&expected, Ok(p) if !p.replayed) {
+                postings.push(posting.clone());
+            }
+            let actual = f.store.post(&posting, now).await;
+            assert_eq!(describe(&actual), describe(&expected), "seed {seed} step {step}: {posting:?}");
+            match expected {
+                Ok(p) if p.replayed => replayed += 1,
+                Ok(_) => posted += 1,
+                Err(_) => refused += 1,
+            }
+        }
+        for t in &tenants {
+            assert_eq!(f.store.balance(t).await.expect("balance"), model.balance(t), "seed {seed}");
+        }
+        let report = f.store.audit().await.expect("audit");
+        assert!(report.is_clean(), "seed {seed}: {report:?}");
+        assert_eq!(report.transactions, model.audit().transactions, "seed {seed}");
+        let total: i64 = model.transactions().flat_map(|t| &t.entries).map(|e| e.amount).sum();
+        assert_eq!(total, 0);
+    }
+    println!("{backend:?}: model test posted {posted}, replayed {replayed}, refused {refused}");
+    assert!(posted > 0 && replayed > 0 && refused > 0, "the sequences exercise every outcome");
+}
