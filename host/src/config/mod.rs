@@ -104,6 +104,8 @@ pub struct Config {
     pub mcp: McpSettings,
     /// Stripe top-ups; `None` when `MAESTRO_STRIPE_SECRET_KEY` is not set.
     pub billing: Option<BillingSettings>,
+    /// What model calls cost, by model name (used by the orchestrator).
+    pub model_prices: Vec<ModelPrice>,
     /// `MAESTRO_*` variables that were set but are not known, to warn about once
     /// logging is up.
     pub unknown_env: Vec<String>,
@@ -295,6 +297,7 @@ impl Config {
         };
         let mcp = mcp_settings(raw.mcp, listen)?;
         let billing = billing_settings(raw.billing, env)?;
+        let model_prices = model_prices(raw.credits)?;
         let unknown_env = env
             .keys()
             .filter(|k| k.starts_with("MAESTRO_") && !ENV_VARS.iter().any(|(known, _)| known == k))
@@ -317,6 +320,7 @@ impl Config {
             sandbox,
             mcp,
             billing,
+            model_prices,
             unknown_env,
         })
     }
@@ -439,6 +443,56 @@ fn billing_settings(raw: raw::RawBilling, env: &Env) -> Result<Option<BillingSet
     }))
 }
 
+/// What a model's tokens cost, in credits per million tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelPrice {
+    /// Model name.
+    pub model: String,
+    /// Credits per million input tokens.
+    pub input_per_million: i64,
+    /// Credits per million output tokens.
+    pub output_per_million: i64,
+}
+
+impl ModelPrice {
+    /// Credits for a call, rounded up so that no call is free by rounding (checked:
+    /// `None` on overflow).
+    pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> Option<i64> {
+        let part = |tokens: u64, per_million: i64| {
+            i128::from(tokens).checked_mul(i128::from(per_million)).map(|micro| (micro + 999_999) / 1_000_000)
+        };
+        let total =
+            part(input_tokens, self.input_per_million)?.checked_add(part(output_tokens, self.output_per_million)?)?;
+        i64::try_from(total).ok()
+    }
+}
+
+fn model_prices(raw: raw::RawCredits) -> Result<Vec<ModelPrice>, ConfigError> {
+    let mut prices: Vec<ModelPrice> = Vec::new();
+    for price in raw.models.unwrap_or_default() {
+        let name = price.model.trim();
+        if name.is_empty() || name.len() > 200 {
+            return Err(invalid("credits.models.model", &price.model, "expected a model name".into()));
+        }
+        if prices.iter().any(|p| p.model == name) {
+            return Err(invalid("credits.models.model", name, "listed twice".into()));
+        }
+        for (key, value) in
+            [("input_per_million", price.input_per_million), ("output_per_million", price.output_per_million)]
+        {
+            if !(0..=maestro_core::ledger::MAX_AMOUNT).contains(&value) {
+                return Err(invalid(&format!("credits.models.{key}"), value, "must be between 0 and 10^12".into()));
+            }
+        }
+        prices.push(ModelPrice {
+            model: name.to_owned(),
+            input_per_million: price.input_per_million,
+            output_per_million: price.output_per_million,
+        });
+    }
+    Ok(prices)
+}
+
 fn mcp_settings(raw: raw::RawMcp, listen: SocketAddr) -> Result<McpSettings, ConfigError> {
     let allowed_hosts = match raw.allowed_hosts {
         Some(hosts) => hosts,
@@ -517,6 +571,31 @@ pub(crate) fn non_empty<'a>(env: &'a Env, key: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn model_prices_validate_and_round_calls_up() {
+        let raw = |text: &str| RawConfig::parse(text, std::path::Path::new("t.toml")).expect("parses");
+        let config = Config::from_raw(
+            raw("[[credits.models]]\nmodel = \"m\"\ninput_per_million = 3000\noutput_per_million = 15000\n"),
+            &Env::new(),
+            &Overrides::default(),
+        )
+        .expect("valid");
+        let price = &config.model_prices[0];
+        assert_eq!(price.cost(1_000_000, 0), Some(3000));
+        assert_eq!(price.cost(1, 1), Some(2), "a token is never free");
+        assert_eq!(price.cost(0, 0), Some(0));
+        let dear = ModelPrice { model: "d".into(), input_per_million: 1_000_000_000_000, output_per_million: 0 };
+        assert_eq!(dear.cost(u64::MAX, 0), None, "overflow is refused, not wrapped");
+        for bad in [
+            "[[credits.models]]\nmodel = \"m\"\ninput_per_million = -1\noutput_per_million = 1\n",
+            "[[credits.models]]\nmodel = \" \"\ninput_per_million = 1\noutput_per_million = 1\n",
+            "[[credits.models]]\nmodel = \"m\"\ninput_per_million = 1\noutput_per_million = 1\n[[credits.models]]\nmodel = \"m\"\ninput_per_million = 2\noutput_per_million = 2\n",
+        ] {
+            let err = Config::from_raw(raw(bad), &Env::new(), &Overrides::default()).expect_err(bad).to_string();
+            assert!(err.contains("credits.models"), "{err}");
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Env {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()

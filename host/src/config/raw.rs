@@ -53,6 +53,29 @@ pub struct RawConfig {
     /// `[billing]`.
     #[serde(default)]
     pub billing: RawBilling,
+    /// `[credits]`.
+    #[serde(default)]
+    pub credits: RawCredits,
+}
+
+/// `[credits]`: prices that are not set per tool by policy.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredits {
+    /// `[[credits.models]]`: what model calls cost.
+    pub models: Option<Vec<RawModelPrice>>,
+}
+
+/// One `[[credits.models]]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModelPrice {
+    /// Model name as the orchestrator asks for it.
+    pub model: String,
+    /// Credits per million input tokens.
+    pub input_per_million: i64,
+    /// Credits per million output tokens.
+    pub output_per_million: i64,
 }
 
 /// `[billing]`: Stripe top-ups. The API key and webhook secret come only from the
