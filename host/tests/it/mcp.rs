@@ -465,6 +465,7 @@ async fn cancelling_an_infinite_loop_frees_the_sandbox_promptly() {
     let ack = client.builder("notifications/cancelled", None).json(&cancel).send().await.expect("cancel");
     assert_eq!(ack.status(), StatusCode::ACCEPTED);
     let freed = freed_within(&served, sent).await;
+    eprintln!("session revision: sandbox freed {freed:?} after notifications/cancelled");
     assert!(freed < Duration::from_millis(100), "freed after {freed:?}");
     task.abort();
     assert_eq!(client.call("hostile.noop", json!({})).await.result()["content"][0]["text"], "ok");
@@ -475,6 +476,7 @@ async fn cancelling_an_infinite_loop_frees_the_sandbox_promptly() {
     let closed = Instant::now();
     task.abort();
     let freed = freed_within(&served, closed).await;
+    eprintln!("stateless revision: sandbox freed {freed:?} after the request closed");
     assert!(freed < Duration::from_millis(100), "freed after {freed:?}");
     assert_eq!(client.call("hostile.noop", json!({})).await.result()["content"][0]["text"], "ok");
 }
