@@ -9,7 +9,8 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber. Fails on a filter that does not parse.
 pub fn init(filter: &str, format: LogFormat) -> Result<(), String> {
-    let filter = EnvFilter::try_new(filter).map_err(|e| format!("invalid log filter `{filter}`: {e}"))?;
+    let filter =
+        EnvFilter::try_new(quiet_libraries(filter)).map_err(|e| format!("invalid log filter `{filter}`: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -19,4 +20,22 @@ pub fn init(filter: &str, format: LogFormat) -> Result<(), String> {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
     };
     result.map_err(|e| format!("cannot install the log subscriber: {e}"))
+}
+
+/// `filter` plus `rmcp::service=error` unless the filter names rmcp itself: rmcp logs a
+/// warning for every JSON-RPC error it answers, so a client sending bad calls in a loop
+/// would flood the log (Maestro logs each MCP request and its outcome itself).
+fn quiet_libraries(filter: &str) -> String {
+    if filter.contains("rmcp") { filter.to_owned() } else { format!("{filter},rmcp::service=error") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quiet_libraries;
+
+    #[test]
+    fn rmcp_error_warnings_are_quiet_unless_asked_for() {
+        assert_eq!(quiet_libraries("info"), "info,rmcp::service=error");
+        assert_eq!(quiet_libraries("debug,rmcp=trace"), "debug,rmcp=trace");
+    }
 }
