@@ -26,7 +26,11 @@ pub fn init(filter: &str, format: LogFormat) -> Result<(), String> {
 /// warning for every JSON-RPC error it answers, so a client sending bad calls in a loop
 /// would flood the log (Maestro logs each MCP request and its outcome itself).
 fn quiet_libraries(filter: &str) -> String {
-    if filter.contains("rmcp") { filter.to_owned() } else { format!("{filter},rmcp::service=error") }
+    if filter.contains(crate::mcp::LIBRARY_TARGET) {
+        filter.to_owned()
+    } else {
+        format!("{filter},{}", crate::mcp::QUIET_LIBRARY_LOGS)
+    }
 }
 
 #[cfg(test)]
@@ -35,7 +39,8 @@ mod tests {
 
     #[test]
     fn rmcp_error_warnings_are_quiet_unless_asked_for() {
-        assert_eq!(quiet_libraries("info"), "info,rmcp::service=error");
+        let quiet = crate::mcp::QUIET_LIBRARY_LOGS;
+        assert_eq!(quiet_libraries("info"), format!("info,{quiet}"));
         assert_eq!(quiet_libraries("debug,rmcp=trace"), "debug,rmcp=trace");
     }
 }

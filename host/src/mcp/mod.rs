@@ -41,6 +41,12 @@ use crate::tools::{CallError, Observe, Principal, Tools, VisiblePersona, Visible
 
 pub use resources::{PLUGIN_TEMPLATE, POLICY_URI};
 
+/// The log target of the MCP library.
+pub const LIBRARY_TARGET: &str = "rmcp";
+/// A log directive that keeps the library's per-error warnings out of the log (it
+/// warns on every JSON-RPC error it answers; Maestro logs each request itself).
+pub const QUIET_LIBRARY_LOGS: &str = "rmcp::service=error";
+
 /// What every MCP handler shares: the tool use-cases and the naming style.
 #[derive(Debug)]
 pub struct Mcp {

@@ -5,11 +5,12 @@
 //! that precede a write (` FOR UPDATE` on Postgres, nothing on SQLite, whose write
 //! transaction already excludes every other writer).
 //!
-//! A posting runs in one transaction: idempotency lookup, hold check and update, one
+//! A posting runs in one transaction: hold check and update, one
 //! conditional `UPDATE ledger_balances … WHERE balance + $n >= 0` per debited tenant
 //! account (rows affected = 0 means insufficient credits) and an upsert per credited
 //! one, then the transaction row (its unique `(tenant_id, idempotency_key)` settles races
-//! between concurrent replays) and its entries. Only tenant accounts have a cached
+//! between replays, concurrent or not: replays are answered after the rollback) and its
+//! entries. Only tenant accounts have a cached
 //! balance row: platform accounts (revenue, clearing, promotions) are unconstrained, so
 //! their balances are sums of entries, and postings of different tenants share no row.
 //! Balance rows are updated in account-key order, so concurrent postings take row locks
@@ -182,9 +183,9 @@ macro_rules! impl_ledger_queries {
                 use maestro_core::ledger::HoldEffect;
                 let be = super::backend_err;
 
-                if let Some(posted) = Self::ledger_replay(&mut **tx, posting, fingerprint).await? {
-                    return Ok(posted);
-                }
+                // No up-front replay lookup: a reused key fails on the unique
+                // `(tenant_id, idempotency_key)` (or earlier), and `post` then answers
+                // with the earlier posting after rolling this one back.
                 if let Some(original) = &posting.reverses {
                     let taken =
                         sqlx::query_scalar::<_, String>("SELECT id FROM ledger_transactions WHERE reverses = $1")
@@ -333,14 +334,29 @@ macro_rules! impl_ledger_queries {
                 .execute(&mut **tx)
                 .await
                 .map_err(super::map_err(&format!("transaction {}", posting.key)))?;
-                for leg in &legs {
-                    sqlx::query("INSERT INTO ledger_entries (transaction_id, account, amount) VALUES ($1, $2, $3)")
-                        .bind(posting.id.as_str())
-                        .bind(leg.account.key())
-                        .bind(leg.amount)
-                        .execute(&mut **tx)
-                        .await
-                        .map_err(be)?;
+                if let [a, b] = legs.as_slice() {
+                    // The usual two legs in one statement.
+                    sqlx::query(
+                        "INSERT INTO ledger_entries (transaction_id, account, amount) VALUES ($1, $2, $3), ($1, $4, $5)",
+                    )
+                    .bind(posting.id.as_str())
+                    .bind(a.account.key())
+                    .bind(a.amount)
+                    .bind(b.account.key())
+                    .bind(b.amount)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(be)?;
+                } else {
+                    for leg in &legs {
+                        sqlx::query("INSERT INTO ledger_entries (transaction_id, account, amount) VALUES ($1, $2, $3)")
+                            .bind(posting.id.as_str())
+                            .bind(leg.account.key())
+                            .bind(leg.amount)
+                            .execute(&mut **tx)
+                            .await
+                            .map_err(be)?;
+                    }
                 }
                 let transaction = maestro_core::Transaction {
                     id: posting.id.clone(),

@@ -47,9 +47,8 @@ impl PostgresStore {
     /// A ledger write: commits wait for the WAL flush whatever the server's default
     /// (`synchronous_commit = on` for this transaction).
     async fn begin_ledger(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(backend_err)?;
-        sqlx::query("SET LOCAL synchronous_commit = on").execute(&mut *tx).await.map_err(backend_err)?;
-        Ok(tx)
+        // One round trip: the simple-query protocol runs both statements.
+        self.pool.begin_with("BEGIN; SET LOCAL synchronous_commit = on").await.map_err(backend_err)
     }
 
     /// A read-only snapshot for all of the audit's queries.
