@@ -20,6 +20,9 @@
 //!   throughput is bound by client + server CPU. Server CPU per call is the figure to
 //!   hold against the goal.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{micros, millis, percentile};
 use std::future::Future;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::SocketAddr;
@@ -835,21 +838,4 @@ fn cpu_time(pid: &str) -> Duration {
     let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
     // USER_HZ is 100 on every Linux ABI (sysconf(_SC_CLK_TCK) would need libc).
     Duration::from_millis(ticks * 10)
-}
-
-/// The `p` quantile of sorted durations (nearest rank).
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }

@@ -13,6 +13,9 @@
 //! - Callers run on this binary's own runtime (the "request runtime"); the sandbox runs
 //!   guests on its own runtime, as in the server.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{micros, millis, percentile};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -479,23 +482,6 @@ fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
     line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("VmRSS value")
-}
-
-/// The `p` quantile of sorted durations (nearest rank).
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 fn print_ms(label: &str, d: Duration) {

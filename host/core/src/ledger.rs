@@ -346,6 +346,23 @@ pub struct Posting {
 pub const MAX_MEMO_LEN: usize = 500;
 
 impl Posting {
+    /// The transaction this posting records once applied: its legs as entries, the
+    /// amount moved, and the hold it opened or closed.
+    pub fn transaction(&self, entries: Vec<Leg>, amount: i64, hold: Option<HoldId>, at: DateTime<Utc>) -> Transaction {
+        Transaction {
+            id: self.id.clone(),
+            kind: self.kind,
+            tenant: self.tenant.clone(),
+            entries,
+            amount,
+            memo: self.memo.clone(),
+            idempotency_key: self.key.clone(),
+            hold,
+            reverses: self.reverses.clone(),
+            created_at: at,
+        }
+    }
+
     /// A posting with arbitrary legs, validated: at least two legs, each non-zero and
     /// within [`MAX_AMOUNT`], no account twice, tenant accounts only of `tenant`, summing
     /// to zero.
@@ -902,18 +919,7 @@ impl Model {
                 Some(hold.clone())
             }
         };
-        let transaction = Transaction {
-            id: posting.id.clone(),
-            kind: posting.kind,
-            tenant: posting.tenant.clone(),
-            entries: legs,
-            amount,
-            memo: posting.memo.clone(),
-            idempotency_key: posting.key.clone(),
-            hold: hold_id,
-            reverses: posting.reverses.clone(),
-            created_at: at,
-        };
+        let transaction = posting.transaction(legs, amount, hold_id, at);
         if let Some(original) = &posting.reverses {
             self.reversed.insert(original.clone(), posting.id.clone());
         }

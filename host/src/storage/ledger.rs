@@ -358,18 +358,7 @@ macro_rules! impl_ledger_queries {
                             .map_err(be)?;
                     }
                 }
-                let transaction = maestro_core::Transaction {
-                    id: posting.id.clone(),
-                    kind: posting.kind,
-                    tenant: posting.tenant.clone(),
-                    entries: legs,
-                    amount,
-                    memo: posting.memo.clone(),
-                    idempotency_key: posting.key.clone(),
-                    hold: hold_id,
-                    reverses: posting.reverses.clone(),
-                    created_at: at,
-                };
+                let transaction = posting.transaction(legs, amount, hold_id, at);
                 Ok(maestro_core::Posted { transaction, balance_after, replayed: false })
             }
 
