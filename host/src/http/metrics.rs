@@ -1,6 +1,7 @@
 //! Prometheus metrics: requests by route, method and status, and a latency histogram
-//! by route. Routes are the matched templates (`/v1/keys/{id}`), never raw paths, so the
-//! label set stays bounded whatever clients send.
+//! by route. Every label is bounded whatever clients send: routes are the matched
+//! templates (`/v1/keys/{id}`) or `unmatched`, never raw paths, and methods are the
+//! standard ones or `other`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 
@@ -82,22 +84,47 @@ impl Metrics {
     }
 }
 
+/// The method as a label: one of the standard methods, or `other` (a client may send
+/// any token as a method).
+pub(super) fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
 /// Middleware recording every request.
 pub(super) async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
     let response = next.run(request).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    metrics.record(&method, &route, status, elapsed.as_secs_f64());
-    tracing::debug!(%method, %route, status, micros = elapsed.as_micros(), "request");
+    metrics.record(method, &route, status, elapsed.as_secs_f64());
+    tracing::debug!(status, micros = elapsed.as_micros(), "request");
     response
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn methods_outside_the_standard_set_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        assert_eq!(method_label(&Method::from_bytes(b"FROB").expect("a token")), "other");
+        assert_eq!(method_label(&Method::from_bytes(b"get").expect("a token")), "other");
+    }
 
     #[test]
     fn renders_counters_and_cumulative_buckets() {
