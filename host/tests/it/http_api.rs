@@ -131,26 +131,31 @@ async fn unknown_methods_and_paths_do_not_grow_the_metrics() {
     assert!(after.contains(r#"method="other",route="/healthz",status="405""#), "{after}");
 }
 
-/// Makes the store fail every key lookup from now on (the keys table is renamed away
-/// under the running pool).
-async fn break_store(db: &crate::harness::TestDb, backend: Backend) {
+/// Makes the store fail from now on on `tables`, renamed away under the running pool.
+async fn break_store(db: &crate::harness::TestDb, backend: Backend, tables: &[&str]) {
     use sqlx::Connection as _;
-    let statement = "ALTER TABLE api_keys RENAME TO api_keys_gone";
+    let statements: String = tables.iter().map(|t| format!("ALTER TABLE {t} RENAME TO {t}_gone;\n")).collect();
+    let statements = sqlx::AssertSqlSafe(statements);
     match backend {
         Backend::Sqlite => {
             let mut connection = sqlx::SqliteConnection::connect(&db.url).await.expect("connect");
-            sqlx::raw_sql(statement).execute(&mut connection).await.expect("rename");
+            sqlx::raw_sql(statements).execute(&mut connection).await.expect("rename");
             connection.close().await.ok();
         }
         Backend::Postgres => {
             let mut connection = sqlx::PgConnection::connect(&db.url).await.expect("connect");
-            sqlx::raw_sql(statement).execute(&mut connection).await.expect("rename");
+            sqlx::raw_sql(statements).execute(&mut connection).await.expect("rename");
             connection.close().await.ok();
         }
     }
 }
 
-async fn store_failures_answer_a_generic_body_and_log_the_detail_once(backend: Backend) {
+/// The API over a fresh store holding `plugins` under `policy`, with the store at hand.
+async fn app_over(
+    backend: Backend,
+    plugins: &[&str],
+    policy: maestro_core::policy::PolicySet,
+) -> (crate::harness::TestDb, axum::Router, String) {
     use maestro_host::accounts::Accounts;
     use maestro_host::credits::Credits;
     use maestro_host::http::{self, AppState};
@@ -160,13 +165,7 @@ async fn store_failures_answer_a_generic_body_and_log_the_detail_once(backend: B
     let clock = crate::harness::ManualClock::new();
     let accounts = Accounts::new(store.clone(), clock.clone());
     let credits = Arc::new(Credits::new(store, clock));
-    let tools = crate::harness::tools_with(
-        &db.dir().join("plugins"),
-        &[],
-        maestro_core::policy::PolicySet::deny_all(),
-        credits.clone(),
-    )
-    .await;
+    let tools = crate::harness::tools_with(&db.dir().join("plugins"), plugins, policy, credits.clone()).await;
     let platform = match accounts.bootstrap(None).await.expect("bootstrap") {
         maestro_host::accounts::Bootstrap::Generated(issued) => issued.token.expose_secret().to_owned(),
         other => panic!("{other:?}"),
@@ -174,11 +173,32 @@ async fn store_failures_answer_a_generic_body_and_log_the_detail_once(backend: B
     let state =
         AppState { accounts, metrics: Arc::default(), tools, credits, shutdown: Default::default(), billing: None };
     let settings = HttpSettings { body_limit_bytes: 64 * 1024, cors_allow_origins: vec![], mcp: Default::default() };
-    let app = http::router(state, &settings);
+    (db, http::router(state, &settings), platform)
+}
+
+async fn post_json(
+    app: &axum::Router,
+    uri: &str,
+    token: &str,
+    body: Value,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let request = Request::post(uri)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("request");
+    let response = app.clone().oneshot(request).await.expect("infallible");
+    let (status, headers) = (response.status(), response.headers().clone());
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
+    (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+async fn store_failures_answer_a_generic_body_and_log_the_detail_once(backend: Backend) {
+    let (db, app, platform) = app_over(backend, &[], maestro_core::policy::PolicySet::deny_all()).await;
     let bearer = format!("Bearer {platform}");
     assert_eq!(send(&app, Method::GET, "/v1/tenants", &[("authorization", &bearer)]).await.0, StatusCode::OK);
 
-    break_store(&db, backend).await;
+    break_store(&db, backend, &["api_keys"]).await;
     let (logs, _guard) = capture_logs("info");
     let (status, headers, body) = send(&app, Method::GET, "/v1/tenants", &[("authorization", &bearer)]).await;
     let id = request_id(&headers);
@@ -216,6 +236,7 @@ backend_tests!(
     health_readiness_metrics_and_openapi_answer,
     unknown_routes_and_methods_use_the_error_shape,
     store_failures_answer_a_generic_body_and_log_the_detail_once,
+    a_ledger_failure_in_a_tool_call_answers_a_generic_body,
 );
 
 async fn platform_admin_sets_up_a_tenant_with_admin_and_member_keys(backend: Backend) {
@@ -505,4 +526,31 @@ async fn cors_is_off_unless_an_allow_list_is_configured() {
     );
     let reply = on.send_raw(Method::OPTIONS, "/v1/keys", None, None, &preflight("https://evil.example")).await;
     assert!(!reply.headers.contains_key("access-control-allow-origin"), "{:?}", reply.headers);
+}
+
+async fn a_ledger_failure_in_a_tool_call_answers_a_generic_body(backend: Backend) {
+    let policy =
+        "version = 1\n[[grant]]\nname = \"paid\"\nsubjects = [\"tenant:acme\"]\ntools = [\"hostile.*\"]\ncredits = 7\n";
+    let policy = maestro_core::policy::PolicySet::parse([("p.toml", policy)]).expect("policy");
+    let (db, app, platform) = app_over(backend, &["hostile"], policy).await;
+    assert_eq!(post_json(&app, "/v1/tenants", &platform, json!({ "name": "acme" })).await.0, StatusCode::CREATED);
+    let (_, _, key) = post_json(&app, "/v1/keys", &platform, json!({ "tenant": "acme", "role": "member" })).await;
+    let member = key["token"].as_str().expect("token").to_owned();
+
+    break_store(&db, backend, &["ledger_holds", "ledger_balances", "ledger_entries", "ledger_transactions"]).await;
+    let (logs, _guard) = capture_logs("info");
+    let (status, headers, body) =
+        post_json(&app, "/v1/tools/hostile.noop/call", &member, json!({ "arguments": {} })).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let id = request_id(&headers);
+    assert_eq!(
+        body,
+        json!({ "error": { "code": "unavailable", "message": "the store is not available, try again later",
+            "request_id": id } }),
+        "the ledger's error text stays in the log"
+    );
+    let text = logs.text();
+    let failures: Vec<&str> = text.lines().filter(|l| l.contains("request failed")).collect();
+    assert_eq!(failures.len(), 1, "logged once: {text}");
+    assert!(failures[0].contains(&id) && failures[0].contains("ledger"), "{}", failures[0]);
 }
