@@ -20,6 +20,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 
+use super::Metrics;
 use super::auth::bearer_token;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use crate::accounts::{Accounts, AuthError};
@@ -50,13 +51,14 @@ impl Guard {
         settings: &McpSettings,
         transport: HttpTransport,
         body_limit_bytes: usize,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             accounts,
             allowed_hosts: settings.allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             allowed_origins: settings.allowed_origins.iter().map(|o| normalize_origin(o)).collect(),
             transport,
-            owners: Arc::new(SessionOwners::new(settings.max_sessions_per_key)),
+            owners: Arc::new(SessionOwners::new(settings.max_sessions_per_key, metrics)),
             body_limit_bytes,
             idle_timeout: settings.session_idle_timeout,
         }
@@ -71,6 +73,8 @@ pub(super) struct SessionOwners {
     cap: usize,
     /// Set while a sweep of closed sessions runs (one at a time).
     sweeping: AtomicBool,
+    /// Where the number of sessions held is shown.
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, Default)]
@@ -92,6 +96,32 @@ impl Owners {
     }
 }
 
+/// The owner table, locked; the sessions gauge follows it when the lock is released.
+struct Locked<'a> {
+    owners: MutexGuard<'a, Owners>,
+    metrics: &'a Metrics,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Owners;
+
+    fn deref(&self) -> &Owners {
+        &self.owners
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Owners {
+        &mut self.owners
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.metrics.set_mcp_sessions(self.owners.by_session.len());
+    }
+}
+
 /// A session slot held for an `initialize` in flight: bound to the session it opens,
 /// or given back when dropped (the request failed, or the client went away).
 struct Slot {
@@ -109,13 +139,14 @@ impl Drop for Slot {
 }
 
 impl SessionOwners {
-    fn new(cap: usize) -> Self {
+    fn new(cap: usize, metrics: Arc<Metrics>) -> Self {
         let owners = Owners { sweep_at: FIRST_SWEEP_AT, ..Owners::default() };
-        Self { inner: Mutex::new(owners), cap: cap.max(1), sweeping: AtomicBool::new(false) }
+        Self { inner: Mutex::new(owners), cap: cap.max(1), sweeping: AtomicBool::new(false), metrics }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Owners> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> Locked<'_> {
+        let owners = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Locked { owners, metrics: &self.metrics }
     }
 
     fn owner(&self, session: &str) -> Option<String> {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -20,6 +21,8 @@ const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 #[derive(Debug, Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// MCP sessions (2025-11-25 revision) the `/mcp` guard holds owners for.
+    mcp_sessions: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -36,6 +39,11 @@ struct Histogram {
 }
 
 impl Metrics {
+    /// Sets the number of MCP sessions held.
+    pub(super) fn set_mcp_sessions(&self, sessions: usize) {
+        self.mcp_sessions.store(sessions, Ordering::Relaxed);
+    }
+
     fn record(&self, method: &str, route: &str, status: u16, seconds: f64) {
         let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         *inner.requests.entry((method.to_owned(), route.to_owned(), status)).or_default() += 1;
@@ -80,6 +88,9 @@ impl Metrics {
             let _ = writeln!(out, "maestro_http_request_duration_seconds_sum{{route=\"{route}\"}} {}", h.sum);
             let _ = writeln!(out, "maestro_http_request_duration_seconds_count{{route=\"{route}\"}} {}", h.count);
         }
+        out.push_str("# HELP maestro_mcp_sessions MCP sessions (2025-11-25 revision) held in this process.\n");
+        out.push_str("# TYPE maestro_mcp_sessions gauge\n");
+        let _ = writeln!(out, "maestro_mcp_sessions {}", self.mcp_sessions.load(Ordering::Relaxed));
         out
     }
 }

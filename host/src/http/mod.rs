@@ -248,7 +248,13 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
     let mcp_service = crate::mcp::Mcp::new(state.tools.clone(), settings.mcp.names);
     let transport =
         crate::mcp::HttpTransport::new(mcp_service, &settings.mcp, settings.body_limit_bytes, state.shutdown.clone());
-    let guard = mcp::Guard::new(state.accounts.clone(), &settings.mcp, transport.clone(), settings.body_limit_bytes);
+    let guard = mcp::Guard::new(
+        state.accounts.clone(),
+        &settings.mcp,
+        transport.clone(),
+        settings.body_limit_bytes,
+        state.metrics.clone(),
+    );
     let mcp_route =
         Router::new().route_service("/mcp", transport.service).layer(middleware::from_fn_with_state(guard, mcp::guard));
     let mut app = public

@@ -14,7 +14,13 @@ use crate::harness::{Backend, TestHost, backend_tests};
 
 /// Captures what this thread logs (in the human format, as `maestro serve` writes it)
 /// until the guard drops. In-process requests (`oneshot`) run on the test's thread.
-fn capture_logs(filter: &str) -> (Captured, tracing::subscriber::DefaultGuard) {
+pub(crate) fn capture_logs(filter: &str) -> (Captured, tracing::subscriber::DefaultGuard) {
+    // tracing caches whether each log site is enabled, for all threads. While a single
+    // dispatcher is registered it asks only the registering thread's, so a site first
+    // reached by another test's thread (which logs nowhere) would be cached as disabled
+    // for this one too. A second, permanent dispatcher makes it ask every dispatcher.
+    static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
     let captured = Captured::default();
     let subscriber =
         maestro_host::telemetry::subscriber(filter, LogFormat::Human, captured.clone(), false).expect("subscriber");

@@ -730,6 +730,9 @@ async fn a_session_flood_from_one_key_stops_at_the_cap_and_closed_sessions_free_
     }
     assert_eq!((opened.len(), refused), (3, 37), "the key stops at its cap");
     assert!(open_session(&served, &beta).await.1.is_some(), "another key is not affected");
+    let metrics =
+        reqwest::get(served.url.replace("/mcp", "/metrics")).await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("\nmaestro_mcp_sessions 4\n"), "the server holds 3 + 1 sessions: {metrics}");
 
     // Closing a session frees its slot, for that key only.
     let closed = reqwest::Client::new()
@@ -757,11 +760,7 @@ async fn a_session_flood_from_one_key_stops_at_the_cap_and_closed_sessions_free_
 #[tokio::test]
 async fn session_requests_log_in_the_span_of_their_http_request() {
     // One thread: the session's task, the server and the client all log here.
-    let captured = maestro_host::telemetry::Captured::default();
-    let subscriber =
-        maestro_host::telemetry::subscriber("info", maestro_host::config::LogFormat::Human, captured.clone(), false)
-            .expect("subscriber");
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = crate::http_api::capture_logs("info");
     let served = Served::start(TestHost::new(Backend::Sqlite).await).await;
     let acme = served.member_of("acme").await;
     let mut client = served.client(&acme, SESSIONS);
