@@ -443,7 +443,66 @@ fn normalize_origin(origin: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{host_name, normalize_origin};
+    use super::*;
+
+    /// A transport over an empty catalog: no session id the tests make up is open.
+    fn transport() -> HttpTransport {
+        let dir = std::env::temp_dir().join("maestro-no-plugins");
+        let sandbox = crate::sandbox::Sandbox::new(crate::sandbox::SandboxConfig::default()).expect("sandbox");
+        let registry = Arc::new(crate::plugins::PluginRegistry::new(Arc::new(sandbox), dir.clone()));
+        let policies = Arc::new(crate::policy::PolicyStore::fixed(maestro_core::policy::PolicySet::deny_all()));
+        let tools =
+            crate::tools::Tools::new(registry, policies, crate::tools::SecretValues::new(Default::default(), dir));
+        let mcp = crate::mcp::Mcp::new(Arc::new(tools), crate::config::McpNames::Qualified);
+        HttpTransport::new(mcp, &McpSettings::default(), 1 << 20, tokio_util::sync::CancellationToken::new())
+    }
+
+    async fn until_empty(owners: &SessionOwners) {
+        for _ in 0..200 {
+            if owners.lock().by_session.is_empty() && !owners.sweeping.load(Ordering::Acquire) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the sweep did not finish");
+    }
+
+    #[tokio::test]
+    async fn sweeps_run_on_their_own_task_and_run_again_later() {
+        let (transport, metrics) = (transport(), Arc::new(Metrics::default()));
+        let owners = Arc::new(SessionOwners::new(10_000, metrics.clone()));
+        for round in 0..2 {
+            for i in 0..FIRST_SWEEP_AT {
+                let slot = owners.try_take("key_a").expect("under the cap");
+                // `bind` is synchronous: the request that triggers a sweep cannot stop it.
+                owners.bind(format!("closed-{round}-{i}"), slot, &transport);
+            }
+            until_empty(&owners).await;
+            assert!(owners.lock().per_key.is_empty(), "round {round}: the key's slots are free again");
+            assert_eq!(owners.lock().sweep_at, FIRST_SWEEP_AT, "round {round}: the next sweep is armed");
+        }
+        assert!(metrics.render().contains("\nmaestro_mcp_sessions 0\n"));
+    }
+
+    #[tokio::test]
+    async fn a_key_at_its_cap_gets_the_slots_of_its_closed_sessions_back() {
+        let transport = transport();
+        let owners = Arc::new(SessionOwners::new(2, Arc::default()));
+        for i in 0..2 {
+            let slot = owners.try_take("key_a").expect("under the cap");
+            owners.bind(format!("closed-{i}"), slot, &transport);
+        }
+        assert!(owners.try_take("key_a").is_none(), "at the cap");
+        assert!(owners.try_take("key_b").is_some(), "caps are per key");
+        // An abandoned reservation changes nothing (cancel safety)...
+        drop(owners.reserve("key_a", &transport));
+        assert_eq!(owners.lock().by_session.len(), 2);
+        // ...and a real one finds the closed sessions and frees their slots.
+        let slot = owners.reserve("key_a", &transport).await.expect("slots of closed sessions come back");
+        drop(slot);
+        assert!(owners.lock().by_session.is_empty());
+        assert_eq!(owners.lock().per_key.get("key_a"), None, "a dropped slot is given back");
+    }
 
     #[test]
     fn host_names_and_origins_compare_in_normal_form() {
