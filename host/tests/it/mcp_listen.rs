@@ -14,13 +14,20 @@ use serde_json::{Value, json};
 use crate::harness::{Backend, TestHost};
 use crate::mcp::{STATELESS, Served};
 
-/// Reads SSE messages from `stream` into `seen` until one has `method`, or `within`
-/// passes. Returns whether it arrived.
-async fn wait_for(stream: &mut reqwest::Response, seen: &mut Vec<Value>, method: &str, within: Duration) -> bool {
+/// Reads SSE messages from `stream` into `seen` until `count` of them have `method`,
+/// or `within` passes. Returns whether they arrived.
+async fn wait_for(
+    stream: &mut reqwest::Response,
+    seen: &mut Vec<Value>,
+    method: &str,
+    count: usize,
+    within: Duration,
+) -> bool {
     let deadline = Instant::now() + within;
     let mut buffer = String::new();
+    let arrived = |seen: &Vec<Value>| seen.iter().filter(|m| m["method"] == method).count() >= count;
     loop {
-        if seen.iter().any(|m| m["method"] == method) {
+        if arrived(seen) {
             return true;
         }
         let Ok(chunk) = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), stream.chunk()).await
@@ -29,7 +36,7 @@ async fn wait_for(stream: &mut reqwest::Response, seen: &mut Vec<Value>, method:
         };
         match chunk.expect("stream") {
             Some(bytes) => buffer.push_str(&String::from_utf8_lossy(&bytes)),
-            None => return seen.iter().any(|m| m["method"] == method),
+            None => return arrived(seen),
         }
         while let Some(end) = buffer.find("\n\n") {
             let event: String = buffer.drain(..end + 2).collect();
@@ -43,7 +50,7 @@ async fn wait_for(stream: &mut reqwest::Response, seen: &mut Vec<Value>, method:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listen_stream_receives_tools_list_changed_when_a_reload_changes_the_list() {
+async fn a_listen_stream_receives_list_changed_when_a_policy_or_plugin_reload_changes_the_lists() {
     let mut host = TestHost::new(Backend::Sqlite).await;
     let dir = tempfile::tempdir().expect("dir");
     let (plugins, policies) = (dir.path().join("plugins"), dir.path().join("policies"));
@@ -54,23 +61,29 @@ async fn a_listen_stream_receives_tools_list_changed_when_a_reload_changes_the_l
     let grant = |tenant: &str, tools: &str| {
         format!("[[grant]]\nname = \"{tenant}\"\nsubjects = [\"tenant:{tenant}\"]\ntools = [{tools}]\n")
     };
+    // acme may also use `text.*`, which is not installed yet.
     let write_policy = |acme_tools: &str| {
-        let text = format!("version = 1\n{}{}", grant("acme", acme_tools), grant("beta", "\"calc.*\""));
+        let acme_tools = format!("{acme_tools}, \"text.*\"");
+        let text = format!("version = 1\n{}{}", grant("acme", &acme_tools), grant("beta", "\"calc.*\""));
         std::fs::write(policies.join("p.toml"), text).expect("write");
     };
     write_policy("\"calc.*\"");
-    let registry = Arc::new(PluginRegistry::new(crate::fixtures::sandbox(), plugins));
+    let registry = Arc::new(PluginRegistry::new(crate::fixtures::sandbox(), plugins.clone()));
     registry.refresh().await;
     let store = Arc::new(PolicyStore::open(policies.clone()).expect("policies"));
-    host.tools =
-        Arc::new(Tools::new(registry, store.clone(), SecretValues::new(Default::default(), dir.path().join("s"))));
+    host.tools = Arc::new(Tools::new(
+        registry.clone(),
+        store.clone(),
+        SecretValues::new(Default::default(), dir.path().join("s")),
+    ));
     let served = Served::start(host).await;
     let (acme, beta) = (served.member_of("acme").await, served.member_of("beta").await);
     let acme_client = served.client(&acme, STATELESS);
     assert_eq!(acme_client.tool_names().await, vec!["calc.evaluate"]);
 
     let listen = |client: &crate::mcp::Client| {
-        let params = json!({ "notifications": { "toolsListChanged": true, "promptsListChanged": true } });
+        let params = json!({ "notifications": {
+            "toolsListChanged": true, "promptsListChanged": true, "resourcesListChanged": true } });
         let body = client.body(11, "subscriptions/listen", params, json!({}));
         client.builder("subscriptions/listen", None).json(&body).send()
     };
@@ -82,8 +95,8 @@ async fn a_listen_stream_receives_tools_list_changed_when_a_reload_changes_the_l
     let mut beta_stream = listen(&beta_client).await.expect("listen");
     let (mut acme_seen, mut beta_seen) = (Vec::new(), Vec::new());
     let acknowledged = "notifications/subscriptions/acknowledged";
-    assert!(wait_for(&mut acme_stream, &mut acme_seen, acknowledged, Duration::from_secs(5)).await, "{acme_seen:?}");
-    assert!(wait_for(&mut beta_stream, &mut beta_seen, acknowledged, Duration::from_secs(5)).await, "{beta_seen:?}");
+    assert!(wait_for(&mut acme_stream, &mut acme_seen, acknowledged, 1, Duration::from_secs(5)).await, "{acme_seen:?}");
+    assert!(wait_for(&mut beta_stream, &mut beta_seen, acknowledged, 1, Duration::from_secs(5)).await, "{beta_seen:?}");
 
     // The listen is acknowledged before the server watches reloads, so a reload in
     // that instant would go unseen: change the list again until a notification comes.
@@ -92,7 +105,8 @@ async fn a_listen_stream_receives_tools_list_changed_when_a_reload_changes_the_l
     for tools in changes {
         write_policy(tools);
         assert!(store.refresh().expect("reload"), "the policy changed");
-        if wait_for(&mut acme_stream, &mut acme_seen, "notifications/tools/list_changed", Duration::from_secs(2)).await
+        if wait_for(&mut acme_stream, &mut acme_seen, "notifications/tools/list_changed", 1, Duration::from_secs(2))
+            .await
         {
             delivered = true;
             break;
@@ -100,10 +114,25 @@ async fn a_listen_stream_receives_tools_list_changed_when_a_reload_changes_the_l
     }
     assert!(delivered, "no tools/list_changed on the listen stream: {acme_seen:?}");
     assert!(!acme_seen.iter().any(|m| m["method"] == "notifications/prompts/list_changed"), "{acme_seen:?}");
-    // beta's list did not change: its stream stays quiet.
+
+    // A plugin reload that adds tools acme may use: its tools and resources change.
+    crate::fixtures::install(&plugins, "text");
+    registry.refresh().await;
+    let tools_changed = "notifications/tools/list_changed";
     assert!(
-        !wait_for(&mut beta_stream, &mut beta_seen, "notifications/tools/list_changed", Duration::from_millis(300))
-            .await,
+        wait_for(&mut acme_stream, &mut acme_seen, tools_changed, 2, Duration::from_secs(5)).await,
+        "no tools/list_changed after the plugin reload: {acme_seen:?}"
+    );
+    let resources_changed = "notifications/resources/list_changed";
+    assert!(
+        wait_for(&mut acme_stream, &mut acme_seen, resources_changed, 1, Duration::from_secs(5)).await,
+        "{acme_seen:?}"
+    );
+    assert!(acme_client.tool_names().await.iter().any(|name| name.starts_with("text.")));
+
+    // beta's lists changed neither time: its stream stays quiet.
+    assert!(
+        !wait_for(&mut beta_stream, &mut beta_seen, tools_changed, 1, Duration::from_millis(300)).await,
         "{beta_seen:?}"
     );
 }
