@@ -268,9 +268,10 @@ fn healthcheck(mut address: std::net::SocketAddr) -> anyhow::Result<()> {
 async fn mcp(config: &Config, env: &Env, args: McpArgs) -> anyhow::Result<()> {
     let accounts = open(config).await?;
     let key = args.key.or_else(|| env.get("MAESTRO_MCP_KEY").filter(|k| !k.trim().is_empty()).cloned());
-    let principal = match (key, args.tenant, args.role) {
+    let (principal, key_check) = match (key, args.tenant, args.role) {
         (Some(key), None, None) => {
-            let caller = match accounts.authenticate(Some(key.trim())).await? {
+            let token = key.trim().to_owned();
+            let caller = match accounts.authenticate(Some(&token)).await? {
                 Ok(caller) => caller,
                 Err(err) => bail!("cannot use that key: {err}"),
             };
@@ -278,16 +279,19 @@ async fn mcp(config: &Config, env: &Env, args: McpArgs) -> anyhow::Result<()> {
                 bail!("platform-admin keys cannot use MCP; create a tenant key with `maestro key create`")
             };
             let tenant = accounts.tenant_name(tenant_id).await?;
-            crate::tools::principal(&caller, Some(tenant.as_str()))?
+            let principal = crate::tools::principal(&caller, Some(tenant.as_str()))?;
+            let check = StdioKey { accounts: accounts.clone(), token, key_id: caller.key_id.as_str().to_owned() };
+            (principal, Some(Arc::new(check) as Arc<dyn crate::mcp::KeyCheck>))
         }
         (None, Some(tenant), Some(role)) => {
             let tenant = accounts.tenant_named(&tenant).await?;
-            crate::tools::Principal {
+            let principal = crate::tools::Principal {
                 tenant: tenant.name.to_string(),
                 tenant_id: tenant.id,
                 role,
                 key_id: "local-operator".to_owned(),
-            }
+            };
+            (principal, None)
         }
         _ => bail!("give --key KEY (or MAESTRO_MCP_KEY), or --tenant T --role R"),
     };
@@ -297,7 +301,38 @@ async fn mcp(config: &Config, env: &Env, args: McpArgs) -> anyhow::Result<()> {
         Arc::new(crate::credits::Credits::new(accounts.store().clone(), Arc::new(crate::accounts::SystemClock)));
     let tools = crate::open_tools(config, env, crate::PluginLoading::Background, credits).await?;
     tracing::info!(tenant = %principal.tenant, role = %principal.role, "serving MCP on stdio");
-    crate::mcp::serve_stdio(crate::mcp::Mcp::new(tools, config.mcp.names), principal).await
+    crate::mcp::serve_stdio(crate::mcp::Mcp::new(tools, config.mcp.names), principal, key_check).await
+}
+
+/// The key a `maestro mcp` process acts as, looked up again before every request (one
+/// indexed read and a hash), so that revoking it or its expiry takes effect at once.
+struct StdioKey {
+    accounts: Accounts,
+    token: String,
+    key_id: String,
+}
+
+impl std::fmt::Debug for StdioKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StdioKey").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::mcp::KeyCheck for StdioKey {
+    async fn check(&self) -> Result<(), String> {
+        match self.accounts.authenticate(Some(&self.token)).await {
+            Ok(Ok(caller)) if caller.key_id.as_str() == self.key_id => Ok(()),
+            Ok(Ok(_)) => Err("the API key of this `maestro mcp` process changed; restart it".to_owned()),
+            Ok(Err(err)) => Err(format!(
+                "the API key of this `maestro mcp` process can no longer be used ({err}); restart it with a valid key"
+            )),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot check the API key");
+                Err("cannot check the API key: the store is not available, try again later".to_owned())
+            }
+        }
+    }
 }
 
 async fn credits(accounts: &Accounts, command: CreditsCommand) -> anyhow::Result<()> {

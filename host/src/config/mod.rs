@@ -42,6 +42,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MAESTRO_MCP_KEY", "tenant API key for `maestro mcp` (instead of --key)"),
     ("MAESTRO_MCP_TOOL_NAMES", "qualified or short (mcp.tool_names)"),
     ("MAESTRO_MCP_SESSION_IDLE_TIMEOUT", "idle MCP sessions close after this (mcp.session_idle_timeout)"),
+    ("MAESTRO_MCP_MAX_SESSIONS_PER_KEY", "open MCP sessions per API key (mcp.max_sessions_per_key)"),
     ("MAESTRO_STRIPE_SECRET_KEY", "Stripe secret API key; turns billing on (environment only)"),
     ("MAESTRO_STRIPE_WEBHOOK_SECRET", "Stripe webhook signing secret, whsec_… (environment only)"),
     ("MAESTRO_STRIPE_API_BASE", "Stripe API base URL (billing.api_base)"),
@@ -134,6 +135,9 @@ pub struct McpSettings {
     pub names: McpNames,
     /// Idle sessions (2025-11-25 revision) close after this long.
     pub session_idle_timeout: Duration,
+    /// Open sessions (2025-11-25 revision) one API key may hold; `initialize` past it
+    /// is refused with 429 until one closes (DELETE) or idles out.
+    pub max_sessions_per_key: usize,
 }
 
 impl Default for McpSettings {
@@ -143,6 +147,7 @@ impl Default for McpSettings {
             allowed_origins: Vec::new(),
             names: McpNames::Qualified,
             session_idle_timeout: Duration::from_secs(30 * 60),
+            max_sessions_per_key: usize::try_from(raw::DEFAULT_MCP_MAX_SESSIONS_PER_KEY).expect("a small constant"),
         }
     }
 }
@@ -532,7 +537,12 @@ fn mcp_settings(raw: raw::RawMcp, listen: SocketAddr) -> Result<McpSettings, Con
         .ok_or_else(|| {
             invalid("mcp.session_idle_timeout", &idle_text, "expected a duration from 1s to 7d, e.g. 30m".into())
         })?;
-    Ok(McpSettings { allowed_hosts, allowed_origins, names, session_idle_timeout })
+    let max_sessions = raw.max_sessions_per_key.unwrap_or(raw::DEFAULT_MCP_MAX_SESSIONS_PER_KEY);
+    if !(1..=10_000).contains(&max_sessions) {
+        return Err(invalid("mcp.max_sessions_per_key", max_sessions, "must be between 1 and 10000".into()));
+    }
+    let max_sessions_per_key = usize::try_from(max_sessions).expect("at most 10000 fits in usize");
+    Ok(McpSettings { allowed_hosts, allowed_origins, names, session_idle_timeout, max_sessions_per_key })
 }
 
 fn reload_interval(key: &str, text: Option<&str>) -> Result<Option<Duration>, ConfigError> {
@@ -654,6 +664,8 @@ mod tests {
             ("MAESTRO_MCP_ALLOWED_ORIGINS", "*", "mcp.allowed_origins"),
             ("MAESTRO_MCP_ALLOWED_HOSTS", "evil.example/path", "mcp.allowed_hosts"),
             ("MAESTRO_MCP_SESSION_IDLE_TIMEOUT", "0s", "mcp.session_idle_timeout"),
+            ("MAESTRO_MCP_MAX_SESSIONS_PER_KEY", "0", "mcp.max_sessions_per_key"),
+            ("MAESTRO_MCP_MAX_SESSIONS_PER_KEY", "many", "MAESTRO_MCP_MAX_SESSIONS_PER_KEY"),
         ];
         for (var, value, key) in cases {
             let err = Config::load(None, &env(&[(var, value)]), &Overrides::default()).expect_err(value);

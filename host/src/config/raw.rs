@@ -16,6 +16,7 @@ pub(super) const DEFAULT_SANDBOX_MEMORY: &str = "256MiB";
 pub(super) const DEFAULT_SANDBOX_INSTANCES: u32 = 256;
 pub(super) const DEFAULT_MCP_HOSTS: &[&str] = &["localhost", "127.0.0.1", "::1"];
 pub(super) const DEFAULT_MCP_SESSION_IDLE: &str = "30m";
+pub(super) const DEFAULT_MCP_MAX_SESSIONS_PER_KEY: u32 = 32;
 pub(super) const DEFAULT_STRIPE_API_BASE: &str = "https://api.stripe.com/";
 
 /// The raw config file. See `config/maestro.toml` for every key and its default.
@@ -121,6 +122,8 @@ pub struct RawMcp {
     pub tool_names: Option<String>,
     /// Idle sessions (2025-11-25 revision) close after this long.
     pub session_idle_timeout: Option<String>,
+    /// Open sessions (2025-11-25 revision) one API key may hold at once.
+    pub max_sessions_per_key: Option<u32>,
 }
 
 /// `[plugins]` section.
@@ -242,6 +245,14 @@ impl RawConfig {
         }
         if let Some(v) = get("MAESTRO_MCP_SESSION_IDLE_TIMEOUT") {
             self.mcp.session_idle_timeout = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_MCP_MAX_SESSIONS_PER_KEY") {
+            let sessions = v.trim().parse().map_err(|_| ConfigError::Invalid {
+                key: "MAESTRO_MCP_MAX_SESSIONS_PER_KEY".into(),
+                value: v.clone(),
+                reason: "expected a number of sessions".into(),
+            })?;
+            self.mcp.max_sessions_per_key = Some(sessions);
         }
         if let Some(v) = get("MAESTRO_STRIPE_API_BASE") {
             self.billing.api_base = Some(v);

@@ -274,7 +274,10 @@ pub(super) async fn create_key(
 /// Lists keys (never their tokens).
 #[utoipa::path(
     get, path = "/v1/keys", tag = "keys", params(KeyListQuery), security(("bearer" = [])),
-    responses((status = 200, body = KeyList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+    responses(
+        (status = 200, body = KeyList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+    )
 )]
 pub(super) async fn list_keys(
     State(state): State<AppState>,

@@ -20,7 +20,11 @@ pub(super) async fn require_caller(
     let bearer = bearer_token(request.headers())?;
     match state.accounts.authenticate(bearer).await {
         Ok(Ok(caller)) => {
-            tracing::Span::current().record("key_id", caller.key_id.as_str());
+            let span = tracing::Span::current();
+            span.record("key_id", caller.key_id.as_str());
+            if let Some(tenant_id) = caller.scope.tenant_id() {
+                span.record("tenant", tracing::field::display(tenant_id));
+            }
             request.extensions_mut().insert(caller);
             Ok(next.run(request).await)
         }

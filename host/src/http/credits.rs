@@ -118,7 +118,8 @@ async fn tenant_of(state: &AppState, caller: &Caller, role: Role, named: Option<
 
 /// The tenant's balance.
 #[utoipa::path(get, path = "/v1/credits", tag = "credits", params(BalanceQuery), security(("bearer" = [])),
-    responses((status = 200, body = BalanceView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = BalanceView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(super) async fn balance(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -132,7 +133,7 @@ pub(super) async fn balance(
 /// The tenant's ledger, oldest first, with cursor pagination.
 #[utoipa::path(get, path = "/v1/credits/ledger", tag = "credits", params(LedgerQuery), security(("bearer" = [])),
     responses((status = 200, body = LedgerPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 422, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(super) async fn ledger(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -1,5 +1,7 @@
-//! The one JSON error shape, `{"error":{"code":"…","message":"…"}}`, and the one table
-//! of stable codes mapped to HTTP statuses. Clients match on `code`, never on messages.
+//! The one JSON error shape, `{"error":{"code":"…","message":"…","request_id":"…"}}`,
+//! and the one table of stable codes mapped to HTTP statuses. Clients match on `code`,
+//! never on messages. Server-side failures (store, payment provider, bugs) answer a
+//! fixed message for their code; their detail is logged once, in the request's span.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -96,6 +98,18 @@ impl ErrorCode {
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
+
+    /// The fixed message of a failure on the server's side, whose detail a client must
+    /// never see (store errors, the payment provider's answer, panics); `None` for
+    /// codes whose message is meant for the client.
+    fn generic_message(self) -> Option<&'static str> {
+        match self {
+            ErrorCode::Unavailable => Some("the store is not available, try again later"),
+            ErrorCode::PaymentProviderFailed => Some("the payment provider failed, try again later"),
+            ErrorCode::Internal => Some("internal error"),
+            _ => None,
+        }
+    }
 }
 
 /// An error answered to a client.
@@ -126,6 +140,10 @@ pub struct ErrorDetail {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub details: Option<serde_json::Value>,
+    /// The request's id (also the `x-request-id` response header): quote it when
+    /// reporting a problem, it finds the logged detail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl ApiError {
@@ -146,8 +164,8 @@ impl ApiError {
         self
     }
 
-    /// A server-side failure: logged here once with its cause chain, answered with a
-    /// generic message.
+    /// A server-side failure with its cause chain: answered with the code's generic
+    /// message, the chain logged once when the response is made.
     pub fn internal(code: ErrorCode, err: &(dyn std::error::Error + 'static)) -> Self {
         let mut chain = err.to_string();
         let mut source = err.source();
@@ -156,13 +174,8 @@ impl ApiError {
             chain.push_str(&cause.to_string());
             source = cause.source();
         }
-        tracing::error!(error = %chain, code = ?code, "request failed");
-        let message = match code {
-            ErrorCode::Unavailable => "the store is not available, try again later",
-            ErrorCode::PaymentProviderFailed => "the payment provider failed, try again later",
-            _ => "internal error",
-        };
-        Self::new(code, message)
+        let code = if code.generic_message().is_some() { code } else { ErrorCode::Internal };
+        Self::new(code, chain)
     }
 
     /// A 401 with the `WWW-Authenticate` challenge RFC 6750 asks for.
@@ -182,7 +195,17 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message, details: self.details } };
+        let (message, details) = match self.code.generic_message() {
+            Some(generic) => {
+                // The one place a server-side failure is logged; the request span adds
+                // the request id, route, tenant and key.
+                tracing::error!(code = ?self.code, error = %self.message, "request failed");
+                (generic.to_owned(), None)
+            }
+            None => (self.message, self.details),
+        };
+        let request_id = crate::telemetry::RequestId::current().map(|id| id.as_str().to_owned());
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message, details, request_id } };
         let mut response = (self.code.status(), Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
@@ -218,6 +241,32 @@ impl From<maestro_core::AccessError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn server_side_failures_answer_a_generic_message() {
+        let leaky = ApiError::new(ErrorCode::Unavailable, "ledger unavailable: error returned from database: relation")
+            .with_details(serde_json::json!({ "sql": "select" }));
+        let response = leaky.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
+        let body: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(
+            body,
+            serde_json::json!({ "error": {
+            "code": "unavailable", "message": "the store is not available, try again later" } })
+        );
+
+        let err = std::io::Error::other("panicked at src/tools.rs: secret detail");
+        let response = ApiError::internal(ErrorCode::ToolError, &err).into_response();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
+        let body: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(body["error"]["code"], "internal");
+        assert_eq!(body["error"]["message"], "internal error");
+
+        let client = ApiError::new(ErrorCode::ToolTimeout, "the tool ran past its 5s deadline").into_response();
+        let bytes = axum::body::to_bytes(client.into_body(), usize::MAX).await.expect("body");
+        assert!(String::from_utf8_lossy(&bytes).contains("5s deadline"), "tool failures keep their message");
+    }
 
     #[test]
     fn every_code_serialises_to_its_snake_case_name_and_a_4xx_or_5xx() {

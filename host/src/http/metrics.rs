@@ -1,13 +1,16 @@
 //! Prometheus metrics: requests by route, method and status, and a latency histogram
-//! by route. Routes are the matched templates (`/v1/keys/{id}`), never raw paths, so the
-//! label set stays bounded whatever clients send.
+//! by route. Every label is bounded whatever clients send: routes are the matched
+//! templates (`/v1/keys/{id}`) or `unmatched`, never raw paths, and methods are the
+//! standard ones or `other`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 
@@ -18,6 +21,8 @@ const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 #[derive(Debug, Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// MCP sessions (2025-11-25 revision) the `/mcp` guard holds owners for.
+    mcp_sessions: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -34,6 +39,11 @@ struct Histogram {
 }
 
 impl Metrics {
+    /// Sets the number of MCP sessions held.
+    pub(super) fn set_mcp_sessions(&self, sessions: usize) {
+        self.mcp_sessions.store(sessions, Ordering::Relaxed);
+    }
+
     fn record(&self, method: &str, route: &str, status: u16, seconds: f64) {
         let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         *inner.requests.entry((method.to_owned(), route.to_owned(), status)).or_default() += 1;
@@ -78,26 +88,54 @@ impl Metrics {
             let _ = writeln!(out, "maestro_http_request_duration_seconds_sum{{route=\"{route}\"}} {}", h.sum);
             let _ = writeln!(out, "maestro_http_request_duration_seconds_count{{route=\"{route}\"}} {}", h.count);
         }
+        out.push_str("# HELP maestro_mcp_sessions MCP sessions (2025-11-25 revision) held in this process.\n");
+        out.push_str("# TYPE maestro_mcp_sessions gauge\n");
+        let _ = writeln!(out, "maestro_mcp_sessions {}", self.mcp_sessions.load(Ordering::Relaxed));
         out
+    }
+}
+
+/// The method as a label: one of the standard methods, or `other` (a client may send
+/// any token as a method).
+pub(super) fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
     }
 }
 
 /// Middleware recording every request.
 pub(super) async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
     let response = next.run(request).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    metrics.record(&method, &route, status, elapsed.as_secs_f64());
-    tracing::debug!(%method, %route, status, micros = elapsed.as_micros(), "request");
+    metrics.record(method, &route, status, elapsed.as_secs_f64());
+    tracing::debug!(status, micros = elapsed.as_micros(), "request");
     response
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn methods_outside_the_standard_set_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        assert_eq!(method_label(&Method::from_bytes(b"FROB").expect("a token")), "other");
+        assert_eq!(method_label(&Method::from_bytes(b"get").expect("a token")), "other");
+    }
 
     #[test]
     fn renders_counters_and_cumulative_buckets() {

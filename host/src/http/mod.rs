@@ -2,6 +2,10 @@
 //!
 //! Public: `/healthz`, `/readyz`, `/metrics`, `/v1/openapi.json`. Everything else under
 //! `/v1` passes the bearer middleware first. Errors share one JSON shape ([`error`]).
+//! [`routes`] is the one table of what the router serves; the OpenAPI document is
+//! checked against it, and adds the statuses every route of a kind can answer (401 and
+//! 503 behind the bearer check, 400/413/415/422 for JSON bodies). Every request runs in
+//! a span with a request id ([`request_id`]).
 
 pub mod admin;
 mod auth;
@@ -12,6 +16,7 @@ mod extract;
 pub mod health;
 mod mcp;
 pub mod metrics;
+pub mod request_id;
 pub mod tools;
 
 use std::future::Future;
@@ -19,12 +24,13 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, header};
-use axum::routing::{delete, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use axum::{Json, Router, middleware};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 
 use crate::accounts::Accounts;
 use error::{ApiError, ErrorCode};
@@ -64,16 +70,18 @@ pub struct HttpSettings {
 #[openapi(
     info(title = "Maestro API", description = "Self-hosted agent platform: tenants, keys, and (in later versions) tools, runs, credits and memory."),
     paths(
-        health::healthz, health::readyz, health::metrics,
+        health::healthz, health::readyz, health::metrics, openapi,
+        mcp::mcp_post, mcp::mcp_get, mcp::mcp_delete,
         admin::create_tenant, admin::list_tenants,
         admin::create_key, admin::list_keys, admin::revoke_key,
         tools::list_plugins, tools::list_personas, tools::list_tools, tools::call_tool,
         credits::balance, credits::ledger, credits::grant,
         billing::checkout, billing::stripe_webhook,
     ),
-    modifiers(&BearerScheme),
+    modifiers(&BearerScheme, &CommonResponses),
     tags(
-        (name = "health", description = "liveness, readiness, metrics"),
+        (name = "health", description = "liveness, readiness, metrics, this document"),
+        (name = "mcp", description = "the MCP Streamable HTTP endpoint (tenant keys)"),
         (name = "tenants", description = "tenants (platform admin)"),
         (name = "keys", description = "API keys (tenant admin)"),
         (name = "tools", description = "plugins, personas and tool calls (under the caller's policy)"),
@@ -94,8 +102,128 @@ impl utoipa::Modify for BearerScheme {
     }
 }
 
+/// Adds to every operation the statuses its kind of route can answer, from [`routes`].
+#[derive(Debug)]
+struct CommonResponses;
+
+impl utoipa::Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for route in routes() {
+            let Some(item) = openapi.paths.paths.get_mut(route.path) else { continue };
+            let operation = match route.method {
+                Method::GET => item.get.as_mut(),
+                Method::POST => item.post.as_mut(),
+                Method::DELETE => item.delete.as_mut(),
+                _ => None,
+            };
+            let Some(operation) = operation else { continue };
+            for (status, description) in route.common_statuses() {
+                let error = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+                let response = ResponseBuilder::new().description(*description).content("application/json", error);
+                operation.responses.responses.entry(status.to_string()).or_insert_with(|| response.into());
+            }
+        }
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "health",
+    responses((status = 200, description = "the OpenAPI 3.1 document", body = Object)))]
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone.
+    Public,
+    /// A bearer API key (`/v1/...` and `/mcp`).
+    Bearer,
+    /// Stripe, authenticated by the webhook signature.
+    StripeSignature,
+}
+
+/// One route the router serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The HTTP method.
+    pub method: Method,
+    /// The path template, as in the OpenAPI document (`/v1/keys/{id}`).
+    pub path: &'static str,
+    /// Who may call it.
+    pub access: Access,
+    /// Whether it reads a JSON request body (so answers 400, 413, 415 and 422 to a bad one).
+    pub json_body: bool,
+}
+
+impl Route {
+    /// The statuses this kind of route can answer whatever its handler does.
+    pub fn common_statuses(&self) -> &'static [(u16, &'static str)] {
+        const BEARER: &[(u16, &str)] = &[
+            (401, "missing, unknown, revoked or expired key"),
+            (500, "internal error (logged with the request id)"),
+            (503, "the store is not available"),
+        ];
+        const BEARER_JSON: &[(u16, &str)] = &[
+            (400, "the body is not valid JSON"),
+            (401, "missing, unknown, revoked or expired key"),
+            (413, "the body is larger than the server accepts"),
+            (415, "the body is not application/json"),
+            (422, "the body does not fit the request"),
+            (500, "internal error (logged with the request id)"),
+            (503, "the store is not available"),
+        ];
+        match (self.access, self.json_body) {
+            (Access::Bearer, false) => BEARER,
+            (Access::Bearer, true) => BEARER_JSON,
+            _ => &[],
+        }
+    }
+}
+
+/// The routes of the `/mcp` endpoint (served by the MCP transport behind its guard).
+const MCP_METHODS: [Method; 3] = [Method::POST, Method::GET, Method::DELETE];
+
+/// Every route the router serves, with its handler (`None`: the MCP transport).
+fn table() -> Vec<(Route, Option<MethodRouter<AppState>>)> {
+    let route =
+        |method: Method, path: &'static str, access: Access, json_body: bool| Route { method, path, access, json_body };
+    use Access::{Bearer, Public, StripeSignature};
+    let mut table = vec![
+        (route(Method::GET, "/healthz", Public, false), Some(get(health::healthz))),
+        (route(Method::GET, "/readyz", Public, false), Some(get(health::readyz))),
+        (route(Method::GET, "/metrics", Public, false), Some(get(health::metrics))),
+        (route(Method::GET, "/v1/openapi.json", Public, false), Some(get(openapi))),
+        (route(Method::POST, "/v1/tenants", Bearer, true), Some(post(admin::create_tenant))),
+        (route(Method::GET, "/v1/tenants", Bearer, false), Some(get(admin::list_tenants))),
+        (route(Method::POST, "/v1/keys", Bearer, true), Some(post(admin::create_key))),
+        (route(Method::GET, "/v1/keys", Bearer, false), Some(get(admin::list_keys))),
+        (route(Method::DELETE, "/v1/keys/{id}", Bearer, false), Some(delete(admin::revoke_key))),
+        (route(Method::GET, "/v1/plugins", Bearer, false), Some(get(tools::list_plugins))),
+        (route(Method::GET, "/v1/personas", Bearer, false), Some(get(tools::list_personas))),
+        (route(Method::GET, "/v1/tools", Bearer, false), Some(get(tools::list_tools))),
+        (route(Method::POST, "/v1/tools/{name}/call", Bearer, true), Some(post(tools::call_tool))),
+        (route(Method::GET, "/v1/credits", Bearer, false), Some(get(credits::balance))),
+        (route(Method::GET, "/v1/credits/ledger", Bearer, false), Some(get(credits::ledger))),
+        (route(Method::POST, "/v1/credits/grants", Bearer, true), Some(post(credits::grant))),
+        (route(Method::POST, "/v1/billing/checkout", Bearer, true), Some(post(billing::checkout))),
+        // Stripe calls this without a bearer key; the signature authenticates it.
+        (
+            route(Method::POST, "/v1/billing/stripe/webhook", StripeSignature, false),
+            Some(post(billing::stripe_webhook)),
+        ),
+    ];
+    for method in MCP_METHODS {
+        // The MCP transport answers bad bodies itself (documented on the operations).
+        table.push((route(method, "/mcp", Bearer, false), None));
+    }
+    table
+}
+
+/// Every route the router serves: method, path template and access.
+pub fn routes() -> Vec<Route> {
+    table().into_iter().map(|(route, _)| route).collect()
 }
 
 async fn not_found() -> ApiError {
@@ -108,37 +236,29 @@ async fn method_not_allowed() -> ApiError {
 
 /// The application's router.
 pub fn router(state: AppState, settings: &HttpSettings) -> Router {
-    let authenticated = Router::new()
-        .route("/tenants", post(admin::create_tenant).get(admin::list_tenants))
-        .route("/keys", post(admin::create_key).get(admin::list_keys))
-        .route("/keys/{id}", delete(admin::revoke_key))
-        .route("/plugins", get(tools::list_plugins))
-        .route("/personas", get(tools::list_personas))
-        .route("/tools", get(tools::list_tools))
-        .route("/tools/{name}/call", post(tools::call_tool))
-        .route("/credits", get(credits::balance))
-        .route("/credits/ledger", get(credits::ledger))
-        .route("/credits/grants", post(credits::grant))
-        // --- billing (Stripe top-ups) ---
-        .route("/billing/checkout", post(billing::checkout))
-        // --- end billing ---
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_caller));
-    let v1 = authenticated
-        .route("/openapi.json", get(openapi))
-        // --- billing: Stripe calls this without a bearer key; the signature authenticates it ---
-        .route("/billing/stripe/webhook", post(billing::stripe_webhook));
-    // --- end billing ---
+    let (mut public, mut authenticated) = (Router::new(), Router::new());
+    for (route, handler) in table() {
+        let Some(handler) = handler else { continue };
+        match route.access {
+            Access::Bearer => authenticated = authenticated.route(route.path, handler),
+            Access::Public | Access::StripeSignature => public = public.route(route.path, handler),
+        }
+    }
+    let authenticated = authenticated.route_layer(middleware::from_fn_with_state(state.clone(), auth::require_caller));
     let mcp_service = crate::mcp::Mcp::new(state.tools.clone(), settings.mcp.names);
     let transport =
         crate::mcp::HttpTransport::new(mcp_service, &settings.mcp, settings.body_limit_bytes, state.shutdown.clone());
-    let guard = mcp::Guard::new(state.accounts.clone(), &settings.mcp, transport.clone());
+    let guard = mcp::Guard::new(
+        state.accounts.clone(),
+        &settings.mcp,
+        transport.clone(),
+        settings.body_limit_bytes,
+        state.metrics.clone(),
+    );
     let mcp_route =
         Router::new().route_service("/mcp", transport.service).layer(middleware::from_fn_with_state(guard, mcp::guard));
-    let mut app = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .nest("/v1", v1)
+    let mut app = public
+        .merge(authenticated)
         .merge(mcp_route)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -149,10 +269,16 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         let cors = CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
             .allow_methods([Method::GET, Method::POST, Method::DELETE])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static(request_id::HEADER),
+            ])
+            .expose_headers([header::HeaderName::from_static(request_id::HEADER)]);
         app = app.layer(cors);
     }
-    app.with_state(state)
+    // Outermost: every response, CORS preflights and errors included, carries the id.
+    app.layer(middleware::from_fn(request_id::assign)).with_state(state)
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then drains in-flight

@@ -287,9 +287,9 @@ pub(super) async fn list_plugins(
     params(("name" = String, Path, description = "qualified tool name (plugin.tool)")),
     responses(
         (status = 200, body = CallResponse),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 502, body = ErrorBody),
-        (status = 504, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 402, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 502, body = ErrorBody), (status = 503, body = ErrorBody), (status = 504, body = ErrorBody),
     ))]
 pub(super) async fn call_tool(
     State(state): State<AppState>,

@@ -34,9 +34,11 @@ use rmcp::service::{NotificationContext, RequestContext, RoleServer, Subscriptio
 use rmcp::{Peer, ServerHandler};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::config::{McpNames, McpSettings};
 use crate::sandbox::{Failure, LogLevel, Progress};
+use crate::telemetry::{RequestId, RequestSpan};
 use crate::tools::{CallError, Observe, Principal, Tools, VisiblePersona, VisibleTool};
 
 pub use resources::{PLUGIN_TEMPLATE, POLICY_URI};
@@ -302,6 +304,18 @@ fn truncate(text: &str, max: usize) -> String {
     text.chars().take(max).collect()
 }
 
+/// The span one MCP request runs in: over HTTP a child of the HTTP request's span
+/// (request id, route, tenant, key), which a session's requests, served on the
+/// session's task, would not otherwise be in; over stdio the span [`serve_stdio`]
+/// opened for the request (the current one).
+fn request_span(context: &RequestContext<RoleServer>, method: &'static str) -> tracing::Span {
+    let parent = context.extensions.get::<http::request::Parts>().and_then(|p| p.extensions.get::<RequestSpan>());
+    match parent {
+        Some(RequestSpan(parent)) => tracing::info_span!(parent: parent, "mcp", method),
+        None => tracing::Span::current(),
+    }
+}
+
 /// Progress and plugin log lines of one call, forwarded to the client in order while
 /// the call runs (the sandbox reports them synchronously; sending is async).
 struct Events {
@@ -526,7 +540,9 @@ impl ServerHandler for Handler {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        self.ready().await;
+        let span = request_span(&context, "tools/list");
+        self.ready().instrument(span.clone()).await;
+        let _entered = span.enter();
         let started = Instant::now();
         let principal = self.principal(&context.extensions);
         let result = principal.as_ref().map_err(Clone::clone).map(|principal| {
@@ -547,7 +563,9 @@ impl ServerHandler for Handler {
         let started = Instant::now();
         let tenant = self.principal(&context.extensions).map(|p| p.tenant).unwrap_or_else(|_| "-".to_owned());
         let name = request.name.to_string();
-        let result = self.call(request, context).await;
+        let span = request_span(&context, "tools/call");
+        let result = self.call(request, context).instrument(span.clone()).await;
+        let _entered = span.enter();
         let duration_us = started.elapsed().as_micros();
         match &result {
             Ok(r) if r.is_error == Some(true) => {
@@ -570,7 +588,9 @@ impl ServerHandler for Handler {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        self.ready().await;
+        let span = request_span(&context, "prompts/list");
+        self.ready().instrument(span.clone()).await;
+        let _entered = span.enter();
         let started = Instant::now();
         let principal = self.principal(&context.extensions);
         let result = principal.as_ref().map_err(Clone::clone).map(|principal| {
@@ -591,7 +611,9 @@ impl ServerHandler for Handler {
         let started = Instant::now();
         let principal = self.principal(&context.extensions);
         let name = request.name.clone();
-        let result = self.prompt(request, context).await;
+        let span = request_span(&context, "prompts/get");
+        let result = self.prompt(request, context).instrument(span.clone()).await;
+        let _entered = span.enter();
         trace("prompts/get", tenant_of(&principal), &name, started, &result);
         result.map(GetPromptResponse::from)
     }
@@ -645,7 +667,9 @@ impl ServerHandler for Handler {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        self.ready().await;
+        let span = request_span(&context, "resources/read");
+        self.ready().instrument(span.clone()).await;
+        let _entered = span.enter();
         let started = Instant::now();
         let principal = self.principal(&context.extensions);
         let result = principal
@@ -672,7 +696,8 @@ impl ServerHandler for Handler {
         let principal = self.principal(&context.request_context().extensions)?;
         let stop = context.request_context().ct.clone();
         let sink = watch::SubscriptionSinkAdapter(context.sink().clone());
-        watch::notify_changes(self.mcp.clone(), principal, stop, sink).await;
+        let span = request_span(context.request_context(), "subscriptions/listen");
+        watch::notify_changes(self.mcp.clone(), principal, stop, sink).instrument(span).await;
         Ok(())
     }
 }
@@ -728,10 +753,76 @@ impl HttpTransport {
     }
 }
 
-/// Serves MCP over stdin/stdout for one caller until the client closes stdin.
-pub async fn serve_stdio(mcp: Arc<Mcp>, principal: Principal) -> anyhow::Result<()> {
+/// Re-checks, before each request of a `maestro mcp` process, that the key it acts as
+/// may still be used: a key revoked or expired while the process runs is refused from
+/// the next request on.
+#[async_trait::async_trait]
+pub trait KeyCheck: Send + Sync + std::fmt::Debug + 'static {
+    /// `Err` with the reason, for the client, once the key may no longer be used.
+    async fn check(&self) -> Result<(), String>;
+}
+
+/// The stdio server: each request runs in its own span (a fresh request id, the
+/// tenant and key) after the key check.
+#[derive(Debug)]
+struct Stdio {
+    handler: Handler,
+    key: Option<Arc<dyn KeyCheck>>,
+}
+
+impl rmcp::Service<RoleServer> for Stdio {
+    async fn handle_request(
+        &self,
+        request: rmcp::model::ClientRequest,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ServerResult, ErrorData> {
+        let principal = self.handler.fixed.as_ref();
+        let span = tracing::info_span!(
+            "request",
+            request_id = %RequestId::generate(),
+            route = "stdio",
+            method = %truncate(request.method(), 64),
+            tenant = %principal.map_or("-", |p| p.tenant.as_str()),
+            key_id = %principal.map_or("-", |p| p.key_id.as_str()),
+        );
+        async {
+            if let Some(key) = &self.key
+                && let Err(reason) = key.check().await
+            {
+                tracing::warn!(reason = %reason, "mcp request refused: the key can no longer be used");
+                // Nothing more reaches this caller, list changes included.
+                self.handler.stop.cancel();
+                return Err(ErrorData::invalid_request(reason, None));
+            }
+            rmcp::Service::handle_request(&self.handler, request, context).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn handle_notification(
+        &self,
+        notification: rmcp::model::ClientNotification,
+        context: NotificationContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        rmcp::Service::handle_notification(&self.handler, notification, context).await
+    }
+
+    fn get_info(&self) -> ServerConfig {
+        rmcp::Service::get_info(&self.handler)
+    }
+
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        rmcp::Service::supported_protocol_versions(&self.handler)
+    }
+}
+
+/// Serves MCP over stdin/stdout for one caller until the client closes stdin; `key`,
+/// when the caller is a key, is checked before every request.
+pub async fn serve_stdio(mcp: Arc<Mcp>, principal: Principal, key: Option<Arc<dyn KeyCheck>>) -> anyhow::Result<()> {
     use rmcp::ServiceExt as _;
-    let service = Handler::for_principal(mcp, principal).serve(rmcp::transport::stdio()).await?;
+    let stdio = Stdio { handler: Handler::for_principal(mcp, principal), key };
+    let service = stdio.serve(rmcp::transport::stdio()).await?;
     service.waiting().await?;
     Ok(())
 }

@@ -1,10 +1,233 @@
 //! The HTTP API in process (`oneshot`), on both backends.
 
-use axum::http::{Method, StatusCode};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use maestro_host::config::LogFormat;
 use maestro_host::http::HttpSettings;
-use serde_json::json;
+use maestro_host::telemetry::Captured;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
 
 use crate::harness::{Backend, TestHost, backend_tests};
+
+/// Captures what this thread logs (in the human format, as `maestro serve` writes it)
+/// until the guard drops. In-process requests (`oneshot`) run on the test's thread.
+pub(crate) fn capture_logs(filter: &str) -> (Captured, tracing::subscriber::DefaultGuard) {
+    // tracing caches whether each log site is enabled, for all threads. While a single
+    // dispatcher is registered it asks only the registering thread's, so a site first
+    // reached by another test's thread (which logs nowhere) would be cached as disabled
+    // for this one too. A second, permanent dispatcher makes it ask every dispatcher.
+    static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+    let captured = Captured::default();
+    let subscriber =
+        maestro_host::telemetry::subscriber(filter, LogFormat::Human, captured.clone(), false).expect("subscriber");
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
+async fn send(
+    app: &axum::Router,
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let mut request = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = app.clone().oneshot(request.body(Body::empty()).expect("request")).await.expect("infallible");
+    let (status, headers) = (response.status(), response.headers().clone());
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, headers, body)
+}
+
+fn request_id(headers: &axum::http::HeaderMap) -> String {
+    headers.get("x-request-id").expect("x-request-id on every response").to_str().expect("ascii").to_owned()
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_and_logs_inside_carry_it_too() {
+    let host = TestHost::new(Backend::Sqlite).await;
+    let platform = host.platform_token().await;
+    let app = host.router();
+    let (logs, _guard) = capture_logs("debug");
+
+    // A well-formed incoming id is kept, and what is logged inside the request carries
+    // it with the matched route (never the raw path).
+    let bearer = format!("Bearer {platform}");
+    let (status, headers, _) = send(
+        &app,
+        Method::DELETE,
+        "/v1/keys/key_doesnotexist",
+        &[("x-request-id", "trace-7.a:b"), ("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(request_id(&headers), "trace-7.a:b");
+    let text = logs.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("trace-7.a:b") && l.contains("status=404"))
+        .unwrap_or_else(|| panic!("no line with the id: {text}"));
+    assert!(line.contains(r#"route="/v1/keys/{id}""#) && !line.contains("key_doesnotexist"), "{line}");
+    assert!(line.contains(r#"key_id="key_"#), "the authenticated key is in the span: {line}");
+
+    // A malformed or oversized one is replaced; errors, unknown routes, 401s and /mcp
+    // all answer with an id, and error bodies repeat it.
+    let long = "x".repeat(65);
+    for (method, uri, incoming) in [
+        (Method::GET, "/healthz", "has space"),
+        (Method::GET, "/nope", long.as_str()),
+        (Method::GET, "/v1/tenants", "not/allowed"),
+        (Method::POST, "/mcp", ""),
+        (Method::from_bytes(b"FROB").expect("token"), "/healthz", "ok-id"),
+    ] {
+        let headers_in: Vec<(&str, &str)> = if incoming.is_empty() { vec![] } else { vec![("x-request-id", incoming)] };
+        let (status, headers, body) = send(&app, method.clone(), uri, &headers_in).await;
+        let id = request_id(&headers);
+        if incoming == "ok-id" {
+            assert_eq!(id, "ok-id");
+        } else {
+            assert_eq!(id.len(), 24, "{method} {uri}: a generated id, not {incoming:?}");
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        }
+        if !status.is_success() {
+            assert_eq!(body["error"]["request_id"], id.as_str(), "{method} {uri}: {body}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn unknown_methods_and_paths_do_not_grow_the_metrics() {
+    let host = TestHost::new(Backend::Sqlite).await;
+    let app = host.router();
+    let metrics = |app: axum::Router| async move {
+        match send(&app, Method::GET, "/metrics", &[]).await.2 {
+            Value::String(text) => text,
+            other => panic!("metrics are text: {other}"),
+        }
+    };
+    let random = |n: usize| {
+        let mut bytes = vec![0u8; n];
+        getrandom::fill(&mut bytes).expect("random");
+        bytes.iter().map(|b| char::from(b'A' + b % 26)).collect::<String>()
+    };
+    let mut flood = Vec::new();
+    for _ in 0..200 {
+        flood.push((random(12), random(20)));
+    }
+    for (method, path) in &flood[..5] {
+        send(&app, Method::from_bytes(method.as_bytes()).expect("token"), &format!("/{path}"), &[]).await;
+        send(&app, Method::from_bytes(method.as_bytes()).expect("token"), "/healthz", &[]).await;
+    }
+    metrics(app.clone()).await;
+    let before = metrics(app.clone()).await;
+    for (method, path) in &flood[5..] {
+        send(&app, Method::from_bytes(method.as_bytes()).expect("token"), &format!("/{path}"), &[]).await;
+        send(&app, Method::from_bytes(method.as_bytes()).expect("token"), "/healthz", &[]).await;
+    }
+    let after = metrics(app).await;
+    let series = |text: &str| text.lines().filter(|l| !l.starts_with('#')).count();
+    assert_eq!(series(&before), series(&after), "no new series:\n{after}");
+    assert!(!after.contains(&flood[100].0) && !after.contains(&flood[100].1), "{after}");
+    assert!(after.contains(r#"method="other",route="unmatched",status="404""#), "{after}");
+    assert!(after.contains(r#"method="other",route="/healthz",status="405""#), "{after}");
+}
+
+/// Makes the store fail from now on on `tables`, renamed away under the running pool.
+async fn break_store(db: &crate::harness::TestDb, backend: Backend, tables: &[&str]) {
+    use sqlx::Connection as _;
+    let statements: String = tables.iter().map(|t| format!("ALTER TABLE {t} RENAME TO {t}_gone;\n")).collect();
+    let statements = sqlx::AssertSqlSafe(statements);
+    match backend {
+        Backend::Sqlite => {
+            let mut connection = sqlx::SqliteConnection::connect(&db.url).await.expect("connect");
+            sqlx::raw_sql(statements).execute(&mut connection).await.expect("rename");
+            connection.close().await.ok();
+        }
+        Backend::Postgres => {
+            let mut connection = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+            sqlx::raw_sql(statements).execute(&mut connection).await.expect("rename");
+            connection.close().await.ok();
+        }
+    }
+}
+
+/// The API over a fresh store holding `plugins` under `policy`, with the store at hand.
+async fn app_over(
+    backend: Backend,
+    plugins: &[&str],
+    policy: maestro_core::policy::PolicySet,
+) -> (crate::harness::TestDb, axum::Router, String) {
+    use maestro_host::accounts::Accounts;
+    use maestro_host::credits::Credits;
+    use maestro_host::http::{self, AppState};
+
+    let db = crate::harness::TestDb::new(backend).await;
+    let store = db.open().await;
+    let clock = crate::harness::ManualClock::new();
+    let accounts = Accounts::new(store.clone(), clock.clone());
+    let credits = Arc::new(Credits::new(store, clock));
+    let tools = crate::harness::tools_with(&db.dir().join("plugins"), plugins, policy, credits.clone()).await;
+    let platform = match accounts.bootstrap(None).await.expect("bootstrap") {
+        maestro_host::accounts::Bootstrap::Generated(issued) => issued.token.expose_secret().to_owned(),
+        other => panic!("{other:?}"),
+    };
+    let state =
+        AppState { accounts, metrics: Arc::default(), tools, credits, shutdown: Default::default(), billing: None };
+    let settings = HttpSettings { body_limit_bytes: 64 * 1024, cors_allow_origins: vec![], mcp: Default::default() };
+    (db, http::router(state, &settings), platform)
+}
+
+async fn post_json(
+    app: &axum::Router,
+    uri: &str,
+    token: &str,
+    body: Value,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let request = Request::post(uri)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("request");
+    let response = app.clone().oneshot(request).await.expect("infallible");
+    let (status, headers) = (response.status(), response.headers().clone());
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
+    (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+async fn store_failures_answer_a_generic_body_and_log_the_detail_once(backend: Backend) {
+    let (db, app, platform) = app_over(backend, &[], maestro_core::policy::PolicySet::deny_all()).await;
+    let bearer = format!("Bearer {platform}");
+    assert_eq!(send(&app, Method::GET, "/v1/tenants", &[("authorization", &bearer)]).await.0, StatusCode::OK);
+
+    break_store(&db, backend, &["api_keys"]).await;
+    let (logs, _guard) = capture_logs("info");
+    let (status, headers, body) = send(&app, Method::GET, "/v1/tenants", &[("authorization", &bearer)]).await;
+    let id = request_id(&headers);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        body,
+        json!({ "error": { "code": "unavailable", "message": "the store is not available, try again later",
+            "request_id": id } }),
+        "no backend text reaches the client"
+    );
+    let text = logs.text();
+    let failures: Vec<&str> = text.lines().filter(|l| l.contains("request failed")).collect();
+    assert_eq!(failures.len(), 1, "logged once: {text}");
+    assert!(failures[0].contains(&id), "with the request id: {}", failures[0]);
+    assert!(failures[0].contains("api_keys"), "with the backend's detail: {}", failures[0]);
+
+    // The MCP endpoint's authentication fails the same way.
+    let (status, headers, body) =
+        send(&app, Method::POST, "/mcp", &[("authorization", &bearer), ("host", "localhost")]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!body.to_string().contains("api_keys"), "{body}");
+    assert_eq!(body["error"]["request_id"], request_id(&headers).as_str());
+}
 
 backend_tests!(
     platform_admin_sets_up_a_tenant_with_admin_and_member_keys,
@@ -18,6 +241,8 @@ backend_tests!(
     key_creation_validates_expiry_and_names,
     health_readiness_metrics_and_openapi_answer,
     unknown_routes_and_methods_use_the_error_shape,
+    store_failures_answer_a_generic_body_and_log_the_detail_once,
+    a_ledger_failure_in_a_tool_call_answers_a_generic_body,
 );
 
 async fn platform_admin_sets_up_a_tenant_with_admin_and_member_keys(backend: Backend) {
@@ -307,4 +532,31 @@ async fn cors_is_off_unless_an_allow_list_is_configured() {
     );
     let reply = on.send_raw(Method::OPTIONS, "/v1/keys", None, None, &preflight("https://evil.example")).await;
     assert!(!reply.headers.contains_key("access-control-allow-origin"), "{:?}", reply.headers);
+}
+
+async fn a_ledger_failure_in_a_tool_call_answers_a_generic_body(backend: Backend) {
+    let policy =
+        "version = 1\n[[grant]]\nname = \"paid\"\nsubjects = [\"tenant:acme\"]\ntools = [\"hostile.*\"]\ncredits = 7\n";
+    let policy = maestro_core::policy::PolicySet::parse([("p.toml", policy)]).expect("policy");
+    let (db, app, platform) = app_over(backend, &["hostile"], policy).await;
+    assert_eq!(post_json(&app, "/v1/tenants", &platform, json!({ "name": "acme" })).await.0, StatusCode::CREATED);
+    let (_, _, key) = post_json(&app, "/v1/keys", &platform, json!({ "tenant": "acme", "role": "member" })).await;
+    let member = key["token"].as_str().expect("token").to_owned();
+
+    break_store(&db, backend, &["ledger_holds", "ledger_balances", "ledger_entries", "ledger_transactions"]).await;
+    let (logs, _guard) = capture_logs("info");
+    let (status, headers, body) =
+        post_json(&app, "/v1/tools/hostile.noop/call", &member, json!({ "arguments": {} })).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let id = request_id(&headers);
+    assert_eq!(
+        body,
+        json!({ "error": { "code": "unavailable", "message": "the store is not available, try again later",
+            "request_id": id } }),
+        "the ledger's error text stays in the log"
+    );
+    let text = logs.text();
+    let failures: Vec<&str> = text.lines().filter(|l| l.contains("request failed")).collect();
+    assert_eq!(failures.len(), 1, "logged once: {text}");
+    assert!(failures[0].contains(&id) && failures[0].contains("ledger"), "{}", failures[0]);
 }

@@ -16,18 +16,18 @@ use serde_json::{Value, json};
 use crate::fixtures::TestServer;
 use crate::harness::{Backend, TestHost};
 
-const STATELESS: &str = "2026-07-28";
+pub(crate) const STATELESS: &str = "2026-07-28";
 const SESSIONS: &str = "2025-11-25";
 
 /// A `TestHost` served on 127.0.0.1.
-struct Served {
-    host: TestHost,
-    url: String,
+pub(crate) struct Served {
+    pub(crate) host: TestHost,
+    pub(crate) url: String,
     platform: String,
 }
 
 impl Served {
-    async fn start(host: TestHost) -> Self {
+    pub(crate) async fn start(host: TestHost) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://127.0.0.1:{}/mcp", listener.local_addr().expect("addr").port());
         let app = host.router();
@@ -40,17 +40,17 @@ impl Served {
         Self::start(TestHost::with_plugins(Backend::Sqlite, plugins, policy).await).await
     }
 
-    async fn member_of(&self, tenant: &str) -> String {
+    pub(crate) async fn member_of(&self, tenant: &str) -> String {
         self.host.tenant_with_key(&self.platform, tenant, "member").await
     }
 
-    fn client(&self, token: &str, revision: &'static str) -> Client {
+    pub(crate) fn client(&self, token: &str, revision: &'static str) -> Client {
         Client { http: reqwest::Client::new(), url: self.url.clone(), token: token.to_owned(), revision, session: None }
     }
 }
 
 /// A minimal MCP client over Streamable HTTP.
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     url: String,
     token: String,
@@ -101,7 +101,7 @@ fn parse_messages(text: &str) -> Vec<Value> {
 }
 
 impl Client {
-    fn builder(&self, method: &str, name: Option<&str>) -> reqwest::RequestBuilder {
+    pub(crate) fn builder(&self, method: &str, name: Option<&str>) -> reqwest::RequestBuilder {
         let mut request = self
             .http
             .post(&self.url)
@@ -120,7 +120,7 @@ impl Client {
         request
     }
 
-    fn body(&self, id: u64, method: &str, mut params: Value, meta: Value) -> Value {
+    pub(crate) fn body(&self, id: u64, method: &str, mut params: Value, meta: Value) -> Value {
         if self.revision == STATELESS {
             let mut all = json!({
                 "io.modelcontextprotocol/protocolVersion": STATELESS,
@@ -174,7 +174,7 @@ impl Client {
         self.request("tools/call", json!({ "name": tool, "arguments": arguments })).await
     }
 
-    async fn tool_names(&self) -> Vec<String> {
+    pub(crate) async fn tool_names(&self) -> Vec<String> {
         let reply = self.request("tools/list", json!({})).await;
         reply.result()["tools"]
             .as_array()
@@ -240,7 +240,13 @@ async fn another_tenants_session_id_learns_nothing() {
     thief.session = Some("0f6b7a2e-8d1c-4f4e-9a51-3c2b1d0e9f87".to_owned());
     let with_unknown = thief.request("tools/list", json!({})).await;
     assert_eq!(with_stolen.status, StatusCode::NOT_FOUND);
-    assert_eq!((with_stolen.status, &with_stolen.text), (with_unknown.status, &with_unknown.text));
+    // The same answer, but for the request id each response carries.
+    let without_id = |reply: &Reply| {
+        let mut body: Value = serde_json::from_str(&reply.text).expect("json");
+        body["error"].as_object_mut().expect("an error").remove("request_id").expect("a request id");
+        (reply.status, body)
+    };
+    assert_eq!(without_id(&with_stolen), without_id(&with_unknown));
 
     // Nor may it listen on the session's stream or close it.
     for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
@@ -675,4 +681,105 @@ async fn stdio_serves_a_local_operator_and_refuses_bad_keys() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("cannot use that key"), "{stderr}");
     assert!(refused.stdout.is_empty(), "stdout is the protocol channel");
+}
+
+/// An `initialize` of the session revision, answered as it comes (status, session id,
+/// body).
+async fn open_session(served: &Served, token: &str) -> (StatusCode, Option<String>, Value) {
+    let body = json!({ "jsonrpc": "2.0", "id": 7, "method": "initialize", "params": {
+        "protocolVersion": SESSIONS, "capabilities": {}, "clientInfo": { "name": "flood", "version": "1" } } });
+    let response = reqwest::Client::new()
+        .post(&served.url)
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&body)
+        .send()
+        .await
+        .expect("initialize");
+    let status = response.status();
+    let session = response.headers().get("mcp-session-id").map(|v| v.to_str().expect("ascii").to_owned());
+    let text = response.text().await.expect("body");
+    (status, session, parse_messages(&text).into_iter().next().unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_flood_from_one_key_stops_at_the_cap_and_closed_sessions_free_their_slots() {
+    let mut host = TestHost::new(Backend::Sqlite).await;
+    host.settings.mcp.max_sessions_per_key = 3;
+    host.settings.mcp.session_idle_timeout = Duration::from_secs(2);
+    let served = Served::start(host).await;
+    let (acme, beta) = (served.member_of("acme").await, served.member_of("beta").await);
+
+    let mut opened = Vec::new();
+    let mut refused = 0;
+    for _ in 0..40 {
+        match open_session(&served, &acme).await {
+            (StatusCode::OK, Some(session), _) => opened.push(session),
+            (StatusCode::TOO_MANY_REQUESTS, None, error) => {
+                refused += 1;
+                assert_eq!(error["id"], 7, "{error}");
+                let message = error["error"]["message"].as_str().expect("a JSON-RPC error");
+                assert!(
+                    message.contains("3 open MCP sessions") && message.contains("mcp.max_sessions_per_key"),
+                    "{message}"
+                );
+                assert!(message.contains("DELETE /mcp"), "says how to close one: {message}");
+            }
+            other => panic!("unexpected answer: {other:?}"),
+        }
+    }
+    assert_eq!((opened.len(), refused), (3, 37), "the key stops at its cap");
+    assert!(open_session(&served, &beta).await.1.is_some(), "another key is not affected");
+    let metrics =
+        reqwest::get(served.url.replace("/mcp", "/metrics")).await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("\nmaestro_mcp_sessions 4\n"), "the server holds 3 + 1 sessions: {metrics}");
+
+    // Closing a session frees its slot, for that key only.
+    let closed = reqwest::Client::new()
+        .delete(&served.url)
+        .bearer_auth(&acme)
+        .header("mcp-session-id", &opened[0])
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(closed.status(), StatusCode::NO_CONTENT);
+    assert_eq!(open_session(&served, &acme).await.0, StatusCode::OK);
+    assert_eq!(open_session(&served, &acme).await.0, StatusCode::TOO_MANY_REQUESTS);
+
+    // Sessions that idle out free theirs too.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if open_session(&served, &acme).await.0 == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "idle sessions never freed their slots");
+    }
+}
+
+#[tokio::test]
+async fn session_requests_log_in_the_span_of_their_http_request() {
+    // One thread: the session's task, the server and the client all log here.
+    let (captured, _guard) = crate::http_api::capture_logs("info");
+    let served = Served::start(TestHost::new(Backend::Sqlite).await).await;
+    let acme = served.member_of("acme").await;
+    let mut client = served.client(&acme, SESSIONS);
+    client.initialize().await;
+    let body = client.body(3, "tools/list", json!({}), json!({}));
+    let listed = client
+        .builder("tools/list", None)
+        .header("x-request-id", "session-req-42")
+        .json(&body)
+        .send()
+        .await
+        .expect("tools/list");
+    assert_eq!(listed.headers().get("x-request-id").expect("id").to_str().expect("ascii"), "session-req-42");
+    assert_eq!(listed.status(), StatusCode::OK);
+    let text = captured.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("mcp request") && l.contains("tools/list"))
+        .unwrap_or_else(|| panic!("no mcp request line: {text}"));
+    assert!(line.contains("request_id=session-req-42") && line.contains(r#"route="/mcp""#), "{line}");
+    assert!(line.contains(r#"key_id="key_"#) && line.contains("tenant=tn_"), "{line}");
 }

@@ -14,6 +14,7 @@ backend_tests!(
     serves_the_admin_flow_and_keeps_it_across_restarts,
     offline_cli_manages_the_same_store_as_the_server,
     registers_the_configured_admin_key_on_first_start,
+    stdio_refuses_the_next_request_after_its_key_is_revoked,
 );
 
 async fn serves_the_admin_flow_and_keeps_it_across_restarts(backend: Backend) {
@@ -248,4 +249,85 @@ async fn serves_plugins_under_policy_files_and_reloads_them() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     let log = server.stop().await;
     assert!(log.contains("policy change rejected"), "the broken edit is logged:\n{log}");
+}
+
+async fn stdio_refuses_the_next_request_after_its_key_is_revoked(backend: Backend) {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::process::Stdio;
+
+    let db = TestDb::new(backend).await;
+    let (plugins, policies) = (db.dir().join("plugins"), db.dir().join("policies"));
+    std::fs::create_dir_all(&policies).expect("policies");
+    crate::fixtures::install(&plugins, "calc");
+    let policy = "version = 1\n[[grant]]\nname = \"beta\"\nsubjects = [\"tenant:beta\"]\ntools = [\"calc.*\"]\n";
+    std::fs::write(policies.join("p.toml"), policy).expect("policy");
+    let command = || {
+        let mut command = maestro(&db, backend);
+        command.env("MAESTRO_PLUGIN_DIR", &plugins).env("MAESTRO_POLICY_DIR", &policies).env("MAESTRO_LOG", "warn");
+        command
+    };
+    run({
+        let mut c = command();
+        c.args(["tenant", "create", "beta"]);
+        c
+    });
+    let created: Value = serde_json::from_slice(
+        &run({
+            let mut c = command();
+            c.args(["key", "create", "--tenant", "beta", "--role", "member", "--json"]);
+            c
+        })
+        .stdout,
+    )
+    .expect("json");
+    let (token, key_id) = (created["token"].as_str().expect("token"), created["id"].as_str().expect("id"));
+
+    let stderr = db.dir().join("mcp-stderr.txt");
+    let mut child = command()
+        .arg("mcp")
+        .env("MAESTRO_MCP_KEY", token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+        .spawn()
+        .expect("maestro mcp starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut exchange = |message: Value| {
+        writeln!(stdin, "{message}").expect("write");
+        if message.get("id").is_none() {
+            return Value::Null;
+        }
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read");
+        serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("not JSON-RPC ({e}): {line:?}"))
+    };
+    let initialized = exchange(json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "t", "version": "1" } } }));
+    assert_eq!(initialized["result"]["serverInfo"]["name"], "maestro", "{initialized}");
+    exchange(json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }));
+    let call = |id: u64| {
+        json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": { "name": "calc.evaluate", "arguments": { "expression": "6 * 7" } } })
+    };
+    let answer = exchange(call(2));
+    assert_eq!(answer["result"]["isError"], false, "{answer}");
+
+    run({
+        let mut c = command();
+        c.args(["key", "revoke", key_id]);
+        c
+    });
+    let refused = exchange(call(3));
+    assert_eq!(refused["id"], 3);
+    let message = refused["error"]["message"].as_str().unwrap_or_else(|| panic!("refused: {refused}"));
+    assert!(message.contains("revoked") && message.contains("maestro mcp"), "{message}");
+    let listed = exchange(json!({ "jsonrpc": "2.0", "id": 4, "method": "tools/list" }));
+    assert!(listed["error"].is_object(), "every later request is refused too: {listed}");
+
+    drop(stdin);
+    let status = child.wait().expect("exits when stdin closes");
+    assert!(status.success(), "{status}");
+    let log = std::fs::read_to_string(&stderr).expect("stderr");
+    assert!(!log.contains(token), "the key never reaches the log");
 }
