@@ -67,7 +67,7 @@ pub struct HttpSettings {
         health::healthz, health::readyz, health::metrics,
         admin::create_tenant, admin::list_tenants,
         admin::create_key, admin::list_keys, admin::revoke_key,
-        tools::list_plugins, tools::list_personas, tools::list_tools, tools::call_tool,
+        tools::list_plugins, tools::list_personas, tools::render_persona, tools::list_tools, tools::call_tool,
         credits::balance, credits::ledger, credits::grant,
         billing::checkout, billing::stripe_webhook,
     ),
@@ -114,6 +114,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .route("/keys/{id}", delete(admin::revoke_key))
         .route("/plugins", get(tools::list_plugins))
         .route("/personas", get(tools::list_personas))
+        .route("/personas/{name}/render", post(tools::render_persona))
         .route("/tools", get(tools::list_tools))
         .route("/tools/{name}/call", post(tools::call_tool))
         .route("/credits", get(credits::balance))

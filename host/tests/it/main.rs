@@ -17,6 +17,7 @@ mod mcp_clients;
 mod mcp_conformance;
 mod metering;
 mod packaging;
+mod pipeline;
 mod process;
 mod reload;
 mod sandbox;
