@@ -44,7 +44,7 @@ name = "spinners"
 subjects = ["tenant:busy"]
 tools = ["hostile.spin_until_cancelled"]
 timeout = "20s"
-fuel = 1_000_000_000_000_000
+fuel = 1_000_000_000_000
 credits = 2
 
 [[deny]]
@@ -435,7 +435,7 @@ name = "members"
 subjects = ["tenant:a", "tenant:b"]
 tools = ["hostile.*"]
 timeout = "20s"
-fuel = 1_000_000_000_000_000
+fuel = 1_000_000_000_000
 credits = 5
 "#;
 
