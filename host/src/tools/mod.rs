@@ -2,8 +2,8 @@
 //! caller's policy, paid for in credits. Used by the HTTP API, MCP and (next) the
 //! orchestrator, all through one pipeline ([`Tools::call`], [`Tools::render_persona`]):
 //!
-//! authorise ([`authorize`]) → rate ([`rate`]) → admit (calls in flight per tenant,
-//! [`inflight`]) → charge ([`charge`]) → run (the [`ToolExecutor`] port; the sandbox
+//! authorise (`authorize.rs`) → rate (`rate.rs`) → admit (calls in flight per tenant,
+//! `inflight.rs`) → charge (`charge.rs`) → run (the [`ToolExecutor`] port; the sandbox
 //! implements it) → settle (refund a host-side failure, meter, log).
 //!
 //! Metering: a call's price (its grant's `credits`) is debited from the tenant's wallet
@@ -122,8 +122,9 @@ pub enum CallError {
     /// The arguments do not fit the persona's prompt arguments.
     #[error("invalid arguments: {0}")]
     InvalidArguments(String),
-    /// A secret the grant injects is not available on this host.
-    #[error("secret `{0}` is not available on this host")]
+    /// A secret the grant injects is not available on this host (its name is logged;
+    /// the caller's message is generic, like every 5xx).
+    #[error("a secret this call needs is not available on this host")]
     SecretMissing(String),
     /// The tenant's credits do not cover the price; nothing ran.
     #[error("insufficient credits: the call costs {price}, the balance is {available}")]
@@ -379,7 +380,9 @@ impl Tools {
         }
         let network = match T::KIND {
             Kind::Tool => self.network(grant).inspect_err(|err| {
-                tracing::error!(error = %err, tenant = %principal.tenant, name, "a call needs a secret this host does not have");
+                if let CallError::SecretMissing(secret) = err {
+                    tracing::error!(secret, tenant = %principal.tenant, name, "a call needs a secret this host does not have");
+                }
             })?,
             // Personas render text; they get no network.
             Kind::Persona => NetPolicy::deny_all(),

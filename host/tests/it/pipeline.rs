@@ -163,7 +163,7 @@ fn check_http(what: &str, reply: &Reply, expect: Expect) {
                 assert!(reply.headers.contains_key("retry-after"), "{what}: {reply:?}");
             }
             if code == Code::Unavailable {
-                assert!(!reply.body.to_string().contains("concurrency"), "{what}: host detail leaked: {reply:?}");
+                assert!(!reply.body.to_string().contains("concurrent"), "{what}: host detail leaked: {reply:?}");
             }
         }
     }
@@ -471,6 +471,7 @@ async fn a_call_the_host_cannot_run_is_refunded_exactly_once(backend: Backend) {
     let refused = host.post("/v1/tools/hostile.noop/call", Some(&a), json!({})).await;
     check_http("tool call without a slot", &refused, refused_unavailable());
     assert_eq!(refused.body["error"]["details"]["metering"]["credits"], 0, "{refused:?}");
+    assert_eq!(refused.body["error"]["message"], "the host could not run the call, try again later");
     let rendered =
         host.post("/v1/personas/hostile.saboteur/render", Some(&a), json!({ "arguments": { "target": "t" } })).await;
     check_http("persona rendering without a slot", &rendered, refused_unavailable());
