@@ -10,11 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use maestro_core::call::{Code, JSONRPC_INTERNAL_ERROR, McpTreatment};
+use maestro_core::call::{
+    Code, Failure, JSONRPC_INTERNAL_ERROR, Job, McpTreatment, Metering, Outcome, RunLimits, ToolExecutor,
+};
+use maestro_core::plugin::{Content, ToolOutput};
 use maestro_core::policy::PolicySet;
 use maestro_host::plugins::PluginRegistry;
 use maestro_host::policy::PolicyStore;
-use maestro_host::sandbox::{Sandbox, SandboxConfig};
+use maestro_host::sandbox::net::NetPolicy;
+use maestro_host::sandbox::{LoadedPlugin, Sandbox, SandboxConfig};
 use maestro_host::tools::{Observe, SecretValues, Tools};
 use serde_json::{Value, json};
 
@@ -489,4 +493,97 @@ async fn a_call_the_host_cannot_run_is_refunded_exactly_once(backend: Backend) {
 
 fn refused_unavailable() -> Expect {
     refused(Code::Unavailable)
+}
+
+/// A stand-in executor behind the port: records what the pipeline hands it and answers
+/// success, or (when `unavailable`) a host-side failure whose detail must stay in the log.
+#[derive(Debug, Default)]
+struct StandIn {
+    jobs: std::sync::Mutex<Vec<(String, RunLimits, String)>>,
+    unavailable: bool,
+}
+
+impl StandIn {
+    fn record(&self, job: &Job<NetPolicy>) {
+        let entry = (job.item.clone(), job.limits.clone(), job.config_json.to_string());
+        self.jobs.lock().expect("jobs").push(entry);
+    }
+}
+
+#[async_trait::async_trait]
+impl ToolExecutor for StandIn {
+    type Plugin = LoadedPlugin;
+    type Network = NetPolicy;
+
+    async fn call_tool(&self, _plugin: &LoadedPlugin, job: Job<NetPolicy>) -> Outcome<ToolOutput> {
+        self.record(&job);
+        let result = if self.unavailable {
+            Err(Failure::Unavailable { detail: "stand-in has no capacity (/var/lib/secret-path)".into() })
+        } else {
+            Ok(ToolOutput { content: vec![Content::Text { text: "from the stand-in".into() }], structured: None })
+        };
+        Outcome { result, metering: Metering { fuel: 7, ..Metering::default() } }
+    }
+
+    async fn render_persona(&self, _plugin: &LoadedPlugin, job: Job<NetPolicy>) -> Outcome<Option<String>> {
+        self.record(&job);
+        Outcome { result: Ok(None), metering: Metering::default() }
+    }
+}
+
+const STAND_IN: &str = r#"
+version = 1
+
+[[grant]]
+name = "members"
+subjects = ["tenant:a"]
+tools = ["hostile.*"]
+timeout = "750ms"
+credits = 3
+config.hostile = { mode = "stand-in" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_executor_behind_the_port_runs_what_the_grant_decided_and_is_settled_alike() {
+    for unavailable in [false, true] {
+        let (mut host, _dir) = host(Backend::Sqlite, STAND_IN, None, 4).await;
+        let stand_in = Arc::new(StandIn { unavailable, ..StandIn::default() });
+        let tools = Arc::into_inner(host.tools).expect("the only reference to the tools");
+        host.tools = Arc::new(tools.with_executor(stand_in.clone()));
+        let platform = host.platform_token().await;
+        let a = member(&host, &platform, "a", 10).await;
+
+        let called = host.post("/v1/tools/hostile.noop/call", Some(&a), json!({ "arguments": {} })).await;
+        let rendered = host
+            .post("/v1/personas/hostile.saboteur/render", Some(&a), json!({ "arguments": { "target": "t" } }))
+            .await;
+        if unavailable {
+            check_http("stand-in tool call", &called, refused(Code::Unavailable));
+            assert!(!called.body.to_string().contains("secret-path"), "{called:?}");
+            // Renderings succeed (the stand-in has no renderer: the system prompt is the prompt).
+            assert_eq!(balance(&host, "a").await, 10 - 3, "the failed call was refunded, the rendering charged");
+        } else {
+            assert_eq!(called.status, StatusCode::OK, "{called:?}");
+            assert_eq!(called.body["content"][0]["text"], "from the stand-in");
+            assert_eq!(
+                (called.body["metering"]["fuel"].as_u64(), called.body["metering"]["credits"].as_u64()),
+                (Some(7), Some(3))
+            );
+            assert_eq!(balance(&host, "a").await, 10 - 6);
+        }
+        assert_eq!(rendered.status, StatusCode::OK, "{rendered:?}");
+        assert!(
+            rendered.body["prompt"].as_str().is_some_and(|p| p.starts_with("You test the sandbox")),
+            "{rendered:?}"
+        );
+
+        let jobs = stand_in.jobs.lock().expect("jobs").clone();
+        assert_eq!(jobs.len(), 2, "{jobs:?}");
+        for (item, (job_item, limits, config)) in ["noop", "saboteur"].iter().zip(&jobs) {
+            assert_eq!(job_item, item);
+            assert_eq!(limits.timeout, Duration::from_millis(750));
+            assert_eq!(serde_json::from_str::<Value>(config).expect("config json"), json!({ "mode": "stand-in" }));
+        }
+        assert!(host.credits.audit().await.expect("audit").is_clean());
+    }
 }
