@@ -102,7 +102,11 @@ pub async fn open_tools(
         policies.watch(interval);
     }
     let secrets = tools::SecretValues::new(env.clone(), config.secrets_dir.clone());
-    Ok(Arc::new(tools::Tools::new(registry, policies, secrets).with_credits(credits)))
+    Ok(Arc::new(
+        tools::Tools::new(registry, policies, secrets)
+            .with_credits(credits)
+            .with_tenant_limit(config.sandbox.max_calls_in_flight_per_tenant),
+    ))
 }
 
 /// `maestro serve`: opens the store, bootstraps the first admin key, loads plugins and

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod billing;
+pub mod call;
 pub mod id;
 pub mod ledger;
 pub mod net;

@@ -161,6 +161,8 @@ pub struct SandboxSettings {
     pub max_memory_bytes: usize,
     /// Instances alive at once.
     pub max_instances: u32,
+    /// Calls one tenant may have running at once (more are refused, not queued).
+    pub max_calls_in_flight_per_tenant: usize,
     /// Compiled-component cache directory.
     pub cache_dir: PathBuf,
 }
@@ -294,10 +296,20 @@ impl Config {
         if !(1..=10_000).contains(&max_instances) {
             return Err(invalid("sandbox.max_instances", max_instances, "must be between 1 and 10000".into()));
         }
+        let max_calls_in_flight_per_tenant =
+            raw.sandbox.max_calls_in_flight_per_tenant.unwrap_or(crate::tools::DEFAULT_MAX_CALLS_IN_FLIGHT_PER_TENANT);
+        if !(1..=100_000).contains(&max_calls_in_flight_per_tenant) {
+            return Err(invalid(
+                "sandbox.max_calls_in_flight_per_tenant",
+                max_calls_in_flight_per_tenant,
+                "must be between 1 and 100000".into(),
+            ));
+        }
         let sandbox = SandboxSettings {
             workers,
             max_memory_bytes,
             max_instances,
+            max_calls_in_flight_per_tenant,
             cache_dir: raw.sandbox.cache_dir.unwrap_or_else(|| data_dir.join("cache").join("wasm")),
         };
         let mcp = mcp_settings(raw.mcp, listen)?;

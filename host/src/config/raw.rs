@@ -158,6 +158,8 @@ pub struct RawSandbox {
     pub max_memory: Option<String>,
     /// Plugin instances alive at once.
     pub max_instances: Option<u32>,
+    /// Tool calls and persona renderings one tenant may have running at once.
+    pub max_calls_in_flight_per_tenant: Option<usize>,
     /// Compiled-component cache; default `<data_dir>/cache/wasm`.
     pub cache_dir: Option<PathBuf>,
 }

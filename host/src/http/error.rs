@@ -39,6 +39,8 @@ pub enum ErrorCode {
     Unavailable,
     /// Too many calls under the caller's policy rate.
     RateLimited,
+    /// The tenant already has as many calls running as it may (retry after).
+    TooManyCallsInFlight,
     /// The tenant's credits do not cover the call's price (details: balance, price).
     InsufficientCredits,
     /// The tool ran past its deadline.
@@ -82,7 +84,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited | ErrorCode::TooManyCallsInFlight => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::InsufficientCredits => StatusCode::PAYMENT_REQUIRED,
             ErrorCode::ToolTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::ToolOutOfFuel
@@ -282,6 +284,7 @@ mod tests {
             ErrorCode::Conflict,
             ErrorCode::Unavailable,
             ErrorCode::RateLimited,
+            ErrorCode::TooManyCallsInFlight,
             ErrorCode::InsufficientCredits,
             ErrorCode::ToolTimeout,
             ErrorCode::ToolOutOfFuel,

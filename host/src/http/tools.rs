@@ -13,8 +13,8 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::StrictJson;
-use crate::sandbox::{CallOutcome, Failure};
 use crate::tools::{CallError, Observe, Principal, principal};
+use maestro_core::call::{Code, Failure};
 
 /// A tool the caller may use.
 #[derive(Debug, Serialize, ToSchema)]
@@ -288,8 +288,9 @@ pub(super) async fn list_plugins(
     responses(
         (status = 200, body = CallResponse),
         (status = 401, body = ErrorBody), (status = 402, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
-        (status = 502, body = ErrorBody), (status = 503, body = ErrorBody), (status = 504, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 502, body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 504, body = ErrorBody),
     ))]
 pub(super) async fn call_tool(
     State(state): State<AppState>,
@@ -300,7 +301,7 @@ pub(super) async fn call_tool(
     let principal = principal_of(&state, &caller).await?.ok_or_else(|| call_error(CallError::NotATenant))?;
     // Dropping this future (the client went away) cancels the call in the sandbox.
     let call = state.tools.call(&principal, &name, body.arguments, Observe::default()).await.map_err(call_error)?;
-    let metering = metering(&call.outcome, call.charged);
+    let metering = metering(&call.outcome.metering, call.charged);
     match call.outcome.result {
         Ok(output) => Ok(Json(CallResponse { content: output.content, structured: output.structured, metering })),
         Err(failure) => {
@@ -309,51 +310,117 @@ pub(super) async fn call_tool(
     }
 }
 
-fn metering(outcome: &CallOutcome, credits: u64) -> Metering {
+/// Body of `POST /v1/personas/{name}/render`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenderRequest {
+    /// The persona's prompt arguments, strings by name (default `{}`).
+    #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
+    pub arguments: serde_json::Value,
+}
+
+/// Answer of a persona rendering.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RenderResponse {
+    /// The prompt: the plugin's rendering, or the persona's system prompt when it has no
+    /// renderer.
+    pub prompt: String,
+    /// What it cost.
+    pub metering: Metering,
+}
+
+/// Renders a persona's prompt under the caller's policy (rate, calls in flight and
+/// credits as for a tool call).
+#[utoipa::path(post, path = "/v1/personas/{name}/render", tag = "tools", request_body = RenderRequest, security(("bearer" = [])),
+    params(("name" = String, Path, description = "qualified persona name (plugin.persona)")),
+    responses(
+        (status = 200, body = RenderResponse),
+        (status = 401, body = ErrorBody), (status = 402, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 502, body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 504, body = ErrorBody),
+    ))]
+pub(super) async fn render_persona(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    StrictJson(body): StrictJson<RenderRequest>,
+) -> Result<Json<RenderResponse>, ApiError> {
+    let principal = principal_of(&state, &caller).await?.ok_or_else(|| call_error(CallError::NotATenant))?;
+    let rendering =
+        state.tools.render_persona(&principal, &name, &body.arguments, Observe::default()).await.map_err(call_error)?;
+    let metering = metering(&rendering.outcome.metering, rendering.charged);
+    match rendering.outcome.result {
+        Ok(prompt) => Ok(Json(RenderResponse { prompt, metering })),
+        Err(failure) => {
+            Err(failure_error(&failure).with_details(json!({ "failure": failure.kind(), "metering": metering })))
+        }
+    }
+}
+
+fn metering(metering: &maestro_core::call::Metering, credits: u64) -> Metering {
     Metering {
-        duration_us: u64::try_from(outcome.duration.as_micros()).unwrap_or(u64::MAX),
-        fuel: outcome.fuel_used,
-        bytes_in: outcome.bytes_in,
-        bytes_out: outcome.bytes_out,
-        http_requests: outcome.network.requests,
-        http_bytes_received: outcome.network.bytes_received,
+        duration_us: u64::try_from(metering.duration.as_micros()).unwrap_or(u64::MAX),
+        fuel: metering.fuel,
+        bytes_in: metering.bytes_in,
+        bytes_out: metering.bytes_out,
+        http_requests: metering.http_requests,
+        http_bytes_received: metering.http_bytes_received,
         credits,
     }
 }
 
-fn failure_error(failure: &Failure) -> ApiError {
-    let code = match failure {
-        Failure::Timeout(_) => ErrorCode::ToolTimeout,
-        Failure::OutOfFuel(_) => ErrorCode::ToolOutOfFuel,
-        Failure::MemoryLimit(_) => ErrorCode::ToolMemoryLimit,
-        Failure::Trap(_) => ErrorCode::ToolTrap,
-        Failure::NetworkDenied { .. } => ErrorCode::NetworkDenied,
-        Failure::OutputTooLarge { .. } => ErrorCode::ToolOutputTooLarge,
-        Failure::ToolError(maestro_core::plugin::ToolError::InvalidArguments(_)) => ErrorCode::InvalidRequest,
-        Failure::ToolError(_) => ErrorCode::ToolError,
-        Failure::Cancelled => ErrorCode::Cancelled,
-        Failure::Unavailable(_) => ErrorCode::Unavailable,
-    };
-    ApiError::new(code, failure.to_string())
+/// The HTTP error code of a code of the one call table ([`Code`]); the statuses agree
+/// (a test checks every code).
+pub(crate) fn error_code(code: Code) -> ErrorCode {
+    match code {
+        Code::NotFound => ErrorCode::NotFound,
+        Code::Forbidden => ErrorCode::Forbidden,
+        Code::InvalidRequest => ErrorCode::InvalidRequest,
+        Code::RateLimited => ErrorCode::RateLimited,
+        Code::TooManyCallsInFlight => ErrorCode::TooManyCallsInFlight,
+        Code::InsufficientCredits => ErrorCode::InsufficientCredits,
+        Code::Unavailable => ErrorCode::Unavailable,
+        Code::ToolTimeout => ErrorCode::ToolTimeout,
+        Code::ToolOutOfFuel => ErrorCode::ToolOutOfFuel,
+        Code::ToolMemoryLimit => ErrorCode::ToolMemoryLimit,
+        Code::ToolTrap => ErrorCode::ToolTrap,
+        Code::NetworkDenied => ErrorCode::NetworkDenied,
+        Code::ToolOutputTooLarge => ErrorCode::ToolOutputTooLarge,
+        Code::ToolError => ErrorCode::ToolError,
+        Code::Cancelled => ErrorCode::Cancelled,
+    }
 }
 
-fn call_error(err: CallError) -> ApiError {
-    match err {
-        CallError::UnknownTool(_) => ApiError::new(ErrorCode::NotFound, err.to_string()),
-        CallError::NotATenant | CallError::Denied(_) => ApiError::new(ErrorCode::Forbidden, err.to_string()),
-        CallError::RateLimited { retry_after, .. } => {
-            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            ApiError::new(ErrorCode::RateLimited, err.to_string()).with_retry_after(seconds)
-        }
-        CallError::ArgumentsNotObject => ApiError::new(ErrorCode::InvalidRequest, err.to_string()),
-        CallError::InsufficientCredits { available, price } => {
-            ApiError::new(ErrorCode::InsufficientCredits, err.to_string())
-                .with_details(json!({ "balance": available, "price": price }))
-        }
-        CallError::LedgerUnavailable(_) => ApiError::new(ErrorCode::Unavailable, err.to_string()),
-        CallError::SecretMissing(_) => {
-            tracing::error!(error = %err, "tool call needs a secret this host does not have");
-            ApiError::new(ErrorCode::Unavailable, err.to_string())
+/// A call that ran and failed, answered through the one table (a host-side failure's
+/// detail was logged by the pipeline; its message is generic).
+pub(crate) fn failure_error(failure: &Failure) -> ApiError {
+    ApiError::new(error_code(failure.code()), failure.to_string())
+}
+
+/// A call refused before running, answered through the one table.
+pub(crate) fn call_error(err: CallError) -> ApiError {
+    let mut error = ApiError::new(error_code(err.code()), err.to_string());
+    if let Some(seconds) = err.retry_after_secs() {
+        error = error.with_retry_after(seconds);
+    }
+    if let CallError::InsufficientCredits { available, price } = err {
+        error = error.with_details(json!({ "balance": available, "price": price }));
+    }
+    error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_statuses_follow_the_one_call_table() {
+        for code in Code::ALL {
+            let http = error_code(code);
+            assert_eq!(http.status().as_u16(), code.http_status(), "{code}");
+            assert_eq!(serde_json::to_value(http).expect("serialises"), code.as_str(), "{code}");
         }
     }
 }

@@ -21,7 +21,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use maestro_core::plugin::ToolError;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CompleteRequestParams, CompleteResult, CompletionInfo, ErrorData,
     Extensions, GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation, ListPromptsResult,
@@ -36,8 +35,10 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use maestro_core::call::{Code, Failure, JSONRPC_INTERNAL_ERROR, LogLevel, McpTreatment, Progress};
+use maestro_core::plugin::PersonaSpec;
+
 use crate::config::{McpNames, McpSettings};
-use crate::sandbox::{Failure, LogLevel, Progress};
 use crate::telemetry::{RequestId, RequestSpan};
 use crate::tools::{CallError, Observe, Principal, Tools, VisiblePersona, VisibleTool};
 
@@ -86,6 +87,19 @@ impl Mcp {
             // Policy decides at call time; an unknown or denied name fails there.
             McpNames::Qualified => Some(name.to_owned()),
             McpNames::Short => self.tools_for(principal).into_iter().find(|(n, _)| n == name).map(|(_, t)| t.name),
+        }
+    }
+
+    /// The qualified name and spec of the persona behind an MCP prompt name.
+    fn resolve_persona(&self, principal: &Principal, name: &str) -> Option<(String, PersonaSpec)> {
+        match self.names {
+            // Policy decides at render time; a denied name fails there.
+            McpNames::Qualified => {
+                self.tools.catalog().personas().find(|(n, _, _)| n == name).map(|(n, _, spec)| (n, spec.clone()))
+            }
+            McpNames::Short => {
+                self.personas_for(principal).into_iter().find(|(n, _)| n == name).map(|(_, p)| (p.name, p.spec))
+            }
         }
     }
 }
@@ -175,8 +189,9 @@ impl Handler {
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
         let principal = self.principal(&context.extensions)?;
         let name = request.name.as_ref();
-        let unknown = || ErrorData::invalid_params(format!("unknown tool `{}`", truncate(name, 128)), None);
-        let qualified = self.mcp.resolve_tool(&principal, name).ok_or_else(unknown)?;
+        let Some(qualified) = self.mcp.resolve_tool(&principal, name) else {
+            return tool_answer(&CallError::UnknownTool(truncate(name, 128)).into());
+        };
         let arguments = Value::Object(request.arguments.unwrap_or_default());
         tracing::debug!(tenant = %principal.tenant, tool = %qualified, arguments = %redact::redacted(&arguments), "mcp tools/call arguments");
         let progress_token = context.meta.get_progress_token();
@@ -199,24 +214,9 @@ impl Handler {
         match result {
             Ok(call) => match call.outcome.result {
                 Ok(output) => Ok(content::success(output)),
-                Err(Failure::ToolError(ToolError::InvalidArguments(message))) => {
-                    Err(ErrorData::invalid_params(format!("invalid arguments for `{name}`: {message}"), None))
-                }
-                Err(Failure::ToolError(error)) => Ok(content::failure("tool_error", &error.to_string())),
-                Err(failure) => Ok(content::failure(failure.kind(), &failure.to_string())),
+                Err(failure) => tool_answer(&(&failure).into()),
             },
-            Err(CallError::UnknownTool(_) | CallError::Denied(_)) => Err(unknown()),
-            Err(err @ CallError::ArgumentsNotObject) => Err(ErrorData::invalid_params(err.to_string(), None)),
-            Err(err @ CallError::NotATenant) => Err(ErrorData::invalid_request(err.to_string(), None)),
-            Err(err @ CallError::RateLimited { .. }) => Ok(content::failure("rate_limited", &err.to_string())),
-            Err(err @ CallError::InsufficientCredits { .. }) => {
-                Ok(content::failure("insufficient_credits", &err.to_string()))
-            }
-            Err(err @ CallError::LedgerUnavailable(_)) => Ok(content::failure("unavailable", &err.to_string())),
-            Err(err @ CallError::SecretMissing(_)) => {
-                tracing::error!(error = %err, "tool call needs a secret this host does not have");
-                Ok(content::failure("unavailable", &err.to_string()))
-            }
+            Err(err) => tool_answer(&(&err).into()),
         }
     }
 
@@ -226,12 +226,13 @@ impl Handler {
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResult, ErrorData> {
         let principal = self.principal(&context.extensions)?;
-        let unknown = || ErrorData::invalid_params(format!("unknown prompt `{}`", truncate(&request.name, 128)), None);
-        let (_, persona) =
-            self.mcp.personas_for(&principal).into_iter().find(|(n, _)| *n == request.name).ok_or_else(unknown)?;
-        let arguments = prompt_arguments(&persona, request.arguments.unwrap_or_default())?;
-        let cancel = crate::sandbox::CancelToken::default();
-        let render = self.mcp.tools.render_persona(&principal, &persona.name, &arguments, cancel.clone());
+        let Some((qualified, spec)) = self.mcp.resolve_persona(&principal, &request.name) else {
+            return Err(prompt_error(&CallError::UnknownPersona(truncate(&request.name, 128)).into()));
+        };
+        let arguments = Value::Object(request.arguments.unwrap_or_default());
+        let observe = Observe::default();
+        let cancel = observe.cancel.clone();
+        let render = self.mcp.tools.render_persona(&principal, &qualified, &arguments, observe);
         tokio::pin!(render);
         let rendered = tokio::select! {
             rendered = &mut render => rendered,
@@ -241,18 +242,14 @@ impl Handler {
             }
         };
         let text = match rendered {
-            Ok(Ok(Some(text))) => text,
-            Ok(Ok(None)) => persona.spec.system_prompt.clone(),
-            Ok(Err(failure)) => {
-                return Err(ErrorData::internal_error(format!("rendering `{}` failed: {failure}", request.name), None));
-            }
-            Err(err @ (CallError::InsufficientCredits { .. } | CallError::LedgerUnavailable(_))) => {
-                return Err(ErrorData::invalid_request(err.to_string(), None));
-            }
-            Err(_) => return Err(unknown()),
+            Ok(rendering) => match rendering.outcome.result {
+                Ok(text) => text,
+                Err(failure) => return Err(prompt_error(&(&failure).into())),
+            },
+            Err(err) => return Err(prompt_error(&(&err).into())),
         };
         let mut result = GetPromptResult::new(vec![PromptMessage::new_text(Role::User, text)]);
-        result.description = Some(persona.spec.role.clone());
+        result.description = Some(spec.role.clone());
         Ok(result)
     }
 
@@ -276,28 +273,72 @@ impl Handler {
     }
 }
 
-/// A persona's prompt arguments, checked against its spec: all strings, none unknown,
-/// every required one present, enumerable ones among their values.
-fn prompt_arguments(persona: &VisiblePersona, given: rmcp::model::JsonObject) -> Result<Value, ErrorData> {
-    let spec = &persona.spec.arguments;
-    for (name, value) in &given {
-        let Some(argument) = spec.iter().find(|a| a.name == *name) else {
-            return Err(ErrorData::invalid_params(format!("unknown argument `{}`", truncate(name, 64)), None));
+/// A refusal or a failure of a call, as the one table ([`Code`]) answers it.
+#[derive(Debug)]
+struct Refusal {
+    code: Code,
+    message: String,
+    retry_after_secs: Option<u64>,
+}
+
+impl From<&CallError> for Refusal {
+    fn from(err: &CallError) -> Self {
+        Self { code: err.code(), message: err.to_string(), retry_after_secs: err.retry_after_secs() }
+    }
+}
+
+impl From<CallError> for Refusal {
+    fn from(err: CallError) -> Self {
+        Self::from(&err)
+    }
+}
+
+impl From<&Failure> for Refusal {
+    fn from(failure: &Failure) -> Self {
+        // A tool's own error is given as the tool wrote it.
+        let message = match failure {
+            Failure::ToolError(error) => error.to_string(),
+            other => other.to_string(),
         };
-        let Some(value) = value.as_str() else {
-            return Err(ErrorData::invalid_params(format!("argument `{name}` must be a string"), None));
-        };
-        if !argument.values.is_empty() && !argument.values.iter().any(|v| v == value) {
-            return Err(ErrorData::invalid_params(
-                format!("argument `{name}` must be one of: {}", argument.values.join(", ")),
-                None,
-            ));
+        Self { code: failure.code(), message, retry_after_secs: None }
+    }
+}
+
+impl Refusal {
+    /// The JSON-RPC error data: the stable code (and when to retry).
+    fn data(&self) -> Value {
+        let mut data = serde_json::json!({ "code": self.code.as_str() });
+        if let Some(seconds) = self.retry_after_secs {
+            data["retry_after_seconds"] = seconds.into();
         }
+        data
     }
-    if let Some(missing) = spec.iter().find(|a| a.required && !given.contains_key(&a.name)) {
-        return Err(ErrorData::invalid_params(format!("missing required argument `{}`", missing.name), None));
+}
+
+/// A tool call's answer for a refusal or failure: a JSON-RPC error for a wrong or
+/// forbidden request, else an `isError` result `"<code>: <message>"` the model reads.
+fn tool_answer(refusal: &Refusal) -> Result<rmcp::model::CallToolResult, ErrorData> {
+    match refusal.code.mcp() {
+        McpTreatment::Protocol(code) => {
+            Err(ErrorData::new(rmcp::model::ErrorCode(code), refusal.message.clone(), Some(refusal.data())))
+        }
+        McpTreatment::IsError => Ok(content::failure(refusal.code.as_str(), &refusal.message)),
     }
-    Ok(Value::Object(given))
+}
+
+/// A prompt's answer for a refusal or failure: prompts have no `isError` result, so a
+/// failure the tool would report as one is JSON-RPC `-32603`, with the code in the data.
+fn prompt_error(refusal: &Refusal) -> ErrorData {
+    match refusal.code.mcp() {
+        McpTreatment::Protocol(code) => {
+            ErrorData::new(rmcp::model::ErrorCode(code), refusal.message.clone(), Some(refusal.data()))
+        }
+        McpTreatment::IsError => ErrorData::new(
+            rmcp::model::ErrorCode(JSONRPC_INTERNAL_ERROR),
+            format!("{}: {}", refusal.code, refusal.message),
+            Some(refusal.data()),
+        ),
+    }
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -316,17 +357,75 @@ fn request_span(context: &RequestContext<RoleServer>, method: &'static str) -> t
     }
 }
 
+/// Most events of one call waiting for a slow client. Past it, progress is coalesced
+/// (the latest report is kept and sent once there is room) and log lines are dropped
+/// and counted (the client is told how many at the end): a plugin flooding either
+/// cannot make the host buffer without bound.
+const MAX_QUEUED_EVENTS: usize = 256;
+
 /// Progress and plugin log lines of one call, forwarded to the client in order while
-/// the call runs (the sandbox reports them synchronously; sending is async).
+/// the call runs (the sandbox reports them synchronously; sending is async), through a
+/// bounded [`EventQueue`].
 struct Events {
-    sender: tokio::sync::mpsc::UnboundedSender<Event>,
+    shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
 }
 
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<EventQueue>,
+    ready: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn push(&self, push: impl FnOnce(&mut EventQueue)) {
+        push(&mut self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        self.ready.notify_one();
+    }
+}
+
+#[derive(Debug, PartialEq)]
 enum Event {
     Progress(Progress),
     Log(LoggingLevel, String),
-    Done,
+}
+
+/// The events of one call not yet sent, at most [`MAX_QUEUED_EVENTS`].
+#[derive(Debug, Default)]
+struct EventQueue {
+    events: std::collections::VecDeque<Event>,
+    /// The latest progress report that found the queue full.
+    latest_progress: Option<Progress>,
+    /// Log lines dropped because the queue was full.
+    dropped_logs: u64,
+    /// The call has finished: send what is queued, then stop.
+    done: bool,
+}
+
+impl EventQueue {
+    fn push_progress(&mut self, progress: Progress) {
+        if let Some(Event::Progress(last)) = self.events.back_mut() {
+            *last = progress;
+        } else if self.events.len() < MAX_QUEUED_EVENTS {
+            // Newer than any report waiting for room.
+            self.latest_progress = None;
+            self.events.push_back(Event::Progress(progress));
+        } else {
+            self.latest_progress = Some(progress);
+        }
+    }
+
+    fn push_log(&mut self, level: LoggingLevel, message: &str) {
+        if self.events.len() < MAX_QUEUED_EVENTS {
+            self.events.push_back(Event::Log(level, message.to_owned()));
+        } else {
+            self.dropped_logs += 1;
+        }
+    }
+
+    fn pop(&mut self) -> Option<Event> {
+        self.events.pop_front().or_else(|| self.latest_progress.take().map(Event::Progress))
+    }
 }
 
 impl Events {
@@ -336,58 +435,77 @@ impl Events {
         log_threshold: Option<LoggingLevel>,
         plugin: String,
     ) -> (Observe, Self) {
-        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::default());
         let progress = progress_token.is_some().then(|| {
-            let sender = sender.clone();
-            Arc::new(move |p: Progress| {
-                let _ = sender.send(Event::Progress(p));
-            }) as crate::sandbox::ProgressSink
+            let shared = shared.clone();
+            Arc::new(move |p: Progress| shared.push(|queue| queue.push_progress(p))) as maestro_core::call::ProgressSink
         });
         let log = log_threshold.map(|threshold| {
-            let sender = sender.clone();
+            let shared = shared.clone();
             Arc::new(move |level: LogLevel, message: &str| {
                 let level = logging_level(level);
                 if rank(level) >= rank(threshold) {
-                    let _ = sender.send(Event::Log(level, message.to_owned()));
+                    shared.push(|queue| queue.push_log(level, message));
                 }
-            }) as crate::sandbox::LogSink
+            }) as maestro_core::call::LogSink
         });
-        let task = tokio::spawn(async move {
-            while let Some(event) = receiver.recv().await {
-                let sent = match event {
-                    Event::Done => break,
-                    Event::Progress(p) => {
-                        let Some(token) = &progress_token else { continue };
-                        #[expect(clippy::cast_precision_loss, reason = "progress counts are far below 2^52")]
-                        let mut param = ProgressNotificationParam::new(token.clone(), p.done as f64);
-                        #[expect(clippy::cast_precision_loss, reason = "progress counts are far below 2^52")]
-                        if let Some(total) = p.total {
-                            param = param.with_total(total as f64);
-                        }
-                        if let Some(message) = p.message {
-                            param = param.with_message(message);
-                        }
-                        peer.notify_progress(param).await
-                    }
-                    Event::Log(level, message) => {
-                        let param = LoggingMessageNotificationParam::new(level, Value::String(message))
-                            .with_logger(plugin.clone());
-                        peer.notify_logging_message(param).await
-                    }
-                };
-                if sent.is_err() {
-                    // The client went away; the call's own cancellation handles the rest.
-                    break;
-                }
-            }
-        });
-        (Observe { progress, log, ..Observe::default() }, Self { sender, task })
+        let task = tokio::spawn(forward(shared.clone(), peer, progress_token, plugin));
+        (Observe { progress, log, ..Observe::default() }, Self { shared, task })
     }
 
     /// Waits until every event reported so far has been sent (before the response).
     async fn finish(self) {
-        let _ = self.sender.send(Event::Done);
+        self.shared.push(|queue| queue.done = true);
         let _ = self.task.await;
+    }
+}
+
+/// Sends a call's queued events to the client until the call is done and the queue is
+/// empty, or the client is gone.
+async fn forward(shared: Arc<Shared>, peer: Peer<RoleServer>, progress_token: Option<ProgressToken>, plugin: String) {
+    loop {
+        let (event, done, dropped) = {
+            let mut queue = shared.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            (queue.pop(), queue.done, queue.dropped_logs)
+        };
+        let sent = match event {
+            None if done => {
+                if dropped > 0 {
+                    let message = format!("{dropped} log lines of this call were dropped: the client read too slowly");
+                    let param = LoggingMessageNotificationParam::new(LoggingLevel::Warning, Value::String(message))
+                        .with_logger(plugin.clone());
+                    let _ = peer.notify_logging_message(param).await;
+                }
+                return;
+            }
+            None => {
+                shared.ready.notified().await;
+                continue;
+            }
+            Some(Event::Progress(p)) => {
+                let Some(token) = &progress_token else { continue };
+                #[expect(clippy::cast_precision_loss, reason = "progress counts are far below 2^52")]
+                let mut param = ProgressNotificationParam::new(token.clone(), p.done as f64);
+                #[expect(clippy::cast_precision_loss, reason = "progress counts are far below 2^52")]
+                if let Some(total) = p.total {
+                    param = param.with_total(total as f64);
+                }
+                if let Some(message) = p.message {
+                    param = param.with_message(message);
+                }
+                peer.notify_progress(param).await
+            }
+            Some(Event::Log(level, message)) => {
+                let param =
+                    LoggingMessageNotificationParam::new(level, Value::String(message)).with_logger(plugin.clone());
+                peer.notify_logging_message(param).await
+            }
+        };
+        if sent.is_err() {
+            // The client went away; the call's own cancellation handles the rest (the
+            // sinks keep filling the bounded queue until the call ends).
+            return;
+        }
     }
 }
 
@@ -831,7 +949,38 @@ pub async fn serve_stdio(mcp: Arc<Mcp>, principal: Principal, key: Option<Arc<dy
 mod tests {
     use serde_json::json;
 
-    use super::{McpNames, mcp_names, schema_object};
+    use super::{Event, EventQueue, LoggingLevel, MAX_QUEUED_EVENTS, McpNames, Progress, mcp_names, schema_object};
+
+    #[test]
+    fn a_flood_of_progress_and_logs_stays_bounded_and_keeps_the_latest_progress() {
+        let mut queue = EventQueue::default();
+        for i in 1..=1_000_000u64 {
+            queue.push_progress(Progress { done: i, total: None, message: None });
+            queue.push_log(LoggingLevel::Info, "step");
+            assert!(queue.events.len() <= MAX_QUEUED_EVENTS);
+        }
+        assert!(queue.dropped_logs >= 1_000_000 - MAX_QUEUED_EVENTS as u64, "{}", queue.dropped_logs);
+        let mut last = None;
+        let mut sent = 0;
+        while let Some(event) = queue.pop() {
+            sent += 1;
+            if let Event::Progress(p) = event {
+                last = Some(p.done);
+            }
+        }
+        assert!(sent <= MAX_QUEUED_EVENTS + 1, "{sent}");
+        assert_eq!(last, Some(1_000_000), "the latest progress report is sent");
+    }
+
+    #[test]
+    fn progress_alone_coalesces_to_one_pending_report() {
+        let mut queue = EventQueue::default();
+        for i in 1..=10_000u64 {
+            queue.push_progress(Progress { done: i, total: Some(10_000), message: None });
+        }
+        assert_eq!(queue.pop(), Some(Event::Progress(Progress { done: 10_000, total: Some(10_000), message: None })));
+        assert_eq!(queue.pop(), None);
+    }
 
     #[test]
     fn short_names_are_bare_only_when_unique() {

@@ -15,6 +15,7 @@
 //!   typed [`Failure`].
 
 pub mod net;
+pub mod port;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -19,6 +19,7 @@ mod mcp_listen;
 mod metering;
 mod openapi;
 mod packaging;
+mod pipeline;
 mod process;
 mod reload;
 mod sandbox;

@@ -347,9 +347,9 @@ async fn failures_are_readable_results_and_bad_calls_are_protocol_errors() {
         let timed_out = client.call("hostile.spin", json!({})).await;
         assert_eq!(timed_out.result()["isError"], true);
         let cause = timed_out.result()["content"][0]["text"].as_str().unwrap_or_default().to_owned();
-        assert!(cause.starts_with("timeout: timed out after 300ms"), "{cause}");
+        assert!(cause.starts_with("tool_timeout: timed out after 300ms"), "{cause}");
         let trapped = client.call("hostile.trap", json!({})).await;
-        assert!(trapped.result()["content"][0]["text"].as_str().unwrap_or_default().starts_with("trap:"));
+        assert!(trapped.result()["content"][0]["text"].as_str().unwrap_or_default().starts_with("tool_trap:"));
 
         let echoed = client.call("hostile.echo", json!({ "a": [1, 2] })).await;
         assert_eq!(echoed.result()["structuredContent"], json!({ "a": [1, 2] }));

@@ -1,0 +1,483 @@
+//! One call of a tool or a persona, as every entry point (HTTP, MCP, the coming
+//! orchestrator) and every executor (the wasm sandbox) sees it: what is run
+//! ([`Job`]), how the caller follows it ([`Observe`]: cancellation, progress, log lines),
+//! how it ends ([`Outcome`]: a result or a typed [`Failure`], with [`Metering`]), the
+//! port that runs it ([`ToolExecutor`]), and the one table of stable codes every way a
+//! call can fail is answered with ([`Code`]: HTTP status and MCP treatment).
+//!
+//! Nothing here waits on a runtime: [`CancelToken::cancelled`] is a plain future woken
+//! by [`CancelToken::cancel`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use crate::plugin::{ToolError, ToolOutput};
+
+/// A cancellation signal shared by the caller and a running call. Cloning shares it.
+#[derive(Clone, Default)]
+pub struct CancelToken(Arc<CancelInner>);
+
+#[derive(Default)]
+struct CancelInner {
+    flag: AtomicBool,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl fmt::Debug for CancelToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CancelToken").field(&self.is_cancelled()).finish()
+    }
+}
+
+impl CancelToken {
+    /// Cancels: every clone reports cancellation and every [`Self::cancelled`] future
+    /// completes.
+    pub fn cancel(&self) {
+        self.0.flag.store(true, Ordering::SeqCst);
+        let wakers = std::mem::take(&mut *self.0.wakers.lock().unwrap_or_else(PoisonError::into_inner));
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Whether cancellation was requested.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.flag.load(Ordering::SeqCst)
+    }
+
+    /// Completes once the token is cancelled.
+    pub fn cancelled(&self) -> Cancelled<'_> {
+        Cancelled(self)
+    }
+}
+
+/// The future of [`CancelToken::cancelled`].
+#[derive(Debug)]
+pub struct Cancelled<'a>(&'a CancelToken);
+
+impl Future for Cancelled<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let inner = &(self.0).0;
+        if inner.flag.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        let mut wakers = inner.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+        // Checked again under the lock: `cancel` sets the flag before it takes the wakers.
+        if inner.flag.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// A progress report from a running call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// Units done.
+    pub done: u64,
+    /// Units in total, if known.
+    pub total: Option<u64>,
+    /// What is happening.
+    pub message: Option<String>,
+}
+
+/// The level of a plugin's log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Finest detail.
+    Trace,
+    /// Debugging detail.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something unexpected that the plugin coped with.
+    Warn,
+    /// A failure.
+    Error,
+}
+
+/// Receives progress reports (called synchronously from the executor: keep it cheap and
+/// bounded).
+pub type ProgressSink = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// Receives a call's log lines (called synchronously from the executor: keep it cheap
+/// and bounded).
+pub type LogSink = Arc<dyn Fn(LogLevel, &str) + Send + Sync>;
+
+/// How the caller follows a call: cancellation, and where progress and plugin log lines
+/// go while it runs.
+#[derive(Clone, Default)]
+pub struct Observe {
+    /// Cancels the call (dropping the call's future cancels it too).
+    pub cancel: CancelToken,
+    /// Receives progress reports.
+    pub progress: Option<ProgressSink>,
+    /// Receives the plugin's log lines.
+    pub log: Option<LogSink>,
+}
+
+impl fmt::Debug for Observe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Observe")
+            .field("cancelled", &self.cancel.is_cancelled())
+            .field("progress", &self.progress.is_some())
+            .field("log", &self.log.is_some())
+            .finish()
+    }
+}
+
+/// Limits of one call (from the caller's grant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunLimits {
+    /// Fuel (roughly, wasm instructions).
+    pub fuel: u64,
+    /// Wall-clock deadline from the start of the call.
+    pub timeout: Duration,
+    /// Linear memory.
+    pub memory_bytes: usize,
+    /// Largest result.
+    pub output_bytes: usize,
+}
+
+/// Why a call that was run did not produce a result.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Failure {
+    /// The wall-clock deadline passed.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The fuel ran out.
+    #[error("ran out of fuel ({0} units)")]
+    OutOfFuel(u64),
+    /// Memory would have grown past the limit.
+    #[error("exceeded the memory limit of {0} bytes")]
+    MemoryLimit(usize),
+    /// The guest trapped (panic, stack overflow, unreachable…).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// An outgoing request was refused and the call failed.
+    #[error("network access denied for {url}: {reason}")]
+    NetworkDenied {
+        /// The URL (without query).
+        url: String,
+        /// Why, naming the rule or its absence.
+        reason: String,
+    },
+    /// The result is larger than allowed.
+    #[error("output of {size} bytes exceeds the limit of {limit} bytes")]
+    OutputTooLarge {
+        /// Result size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The tool ran and reported an error.
+    #[error("tool error: {0}")]
+    ToolError(ToolError),
+    /// The caller cancelled the call.
+    #[error("cancelled")]
+    Cancelled,
+    /// The host could not run the call (no instance slot free, the executor failed).
+    /// Not the plugin's fault: a charged call is refunded. `detail` is for the log only;
+    /// the message callers see is generic.
+    #[error("the host could not run the call, try again later")]
+    Unavailable {
+        /// What went wrong, for the operator's log.
+        detail: String,
+    },
+}
+
+impl Failure {
+    /// A short, stable kind (for logs and metrics).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Timeout(_) => "timeout",
+            Failure::OutOfFuel(_) => "out_of_fuel",
+            Failure::MemoryLimit(_) => "memory_limit",
+            Failure::Trap(_) => "trap",
+            Failure::NetworkDenied { .. } => "network_denied",
+            Failure::OutputTooLarge { .. } => "output_too_large",
+            Failure::ToolError(_) => "tool_error",
+            Failure::Cancelled => "cancelled",
+            Failure::Unavailable { .. } => "unavailable",
+        }
+    }
+
+    /// Whether the host, not the plugin or the caller, is why the call failed (a charged
+    /// call is refunded).
+    pub fn is_host_side(&self) -> bool {
+        matches!(self, Failure::Unavailable { .. })
+    }
+
+    /// The stable code callers see.
+    pub fn code(&self) -> Code {
+        match self {
+            Failure::Timeout(_) => Code::ToolTimeout,
+            Failure::OutOfFuel(_) => Code::ToolOutOfFuel,
+            Failure::MemoryLimit(_) => Code::ToolMemoryLimit,
+            Failure::Trap(_) => Code::ToolTrap,
+            Failure::NetworkDenied { .. } => Code::NetworkDenied,
+            Failure::OutputTooLarge { .. } => Code::ToolOutputTooLarge,
+            Failure::ToolError(ToolError::InvalidArguments(_)) => Code::InvalidRequest,
+            Failure::ToolError(_) => Code::ToolError,
+            Failure::Cancelled => Code::Cancelled,
+            Failure::Unavailable { .. } => Code::Unavailable,
+        }
+    }
+}
+
+/// What a call cost, whether it succeeded or failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metering {
+    /// Wall-clock time in the executor.
+    pub duration: Duration,
+    /// Fuel consumed.
+    pub fuel: u64,
+    /// Argument bytes passed in.
+    pub bytes_in: usize,
+    /// Result bytes returned.
+    pub bytes_out: usize,
+    /// Outgoing HTTP requests attempted (redirect hops included).
+    pub http_requests: u32,
+    /// Outgoing HTTP requests refused.
+    pub http_denied: u32,
+    /// Response body bytes received over HTTP.
+    pub http_bytes_received: u64,
+    /// Credits charged for the call (0 when free or refunded); set by the pipeline.
+    pub credits_charged: u64,
+}
+
+/// How a run ended: the result or why there is none, with its metering.
+#[derive(Debug, Clone)]
+pub struct Outcome<T> {
+    /// The result, or why there is none.
+    pub result: Result<T, Failure>,
+    /// What it cost.
+    pub metering: Metering,
+}
+
+/// One run for an executor: the item of a plugin, its arguments, and everything the
+/// caller's grant says about running it. `N` is the executor's form of the network
+/// rules (resolved secrets included).
+pub struct Job<N> {
+    /// The tool or persona name within its plugin.
+    pub item: String,
+    /// The arguments, a JSON object as text.
+    pub arguments: String,
+    /// Limits from the grant.
+    pub limits: RunLimits,
+    /// Network rules from the grant.
+    pub network: Arc<N>,
+    /// The plugin's configuration from the grant (a JSON document).
+    pub config_json: Arc<str>,
+    /// Who is calling (for the executor's logs): the tenant name.
+    pub caller: Arc<str>,
+    /// Cancellation, progress and log lines.
+    pub observe: Observe,
+}
+
+impl<N> fmt::Debug for Job<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Job")
+            .field("item", &self.item)
+            .field("limits", &self.limits)
+            .field("caller", &self.caller)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The port that runs tools and renders personas (the wasm sandbox implements it).
+/// Executors never fail: every way a run can end is an [`Outcome`]; a run the host could
+/// not start is [`Failure::Unavailable`].
+#[async_trait::async_trait]
+pub trait ToolExecutor: Send + Sync + fmt::Debug {
+    /// A plugin ready to run, in the executor's terms.
+    type Plugin: Send + Sync + ?Sized;
+    /// Network rules, in the executor's terms.
+    type Network: Send + Sync;
+
+    /// Calls a tool of `plugin`.
+    async fn call_tool(&self, plugin: &Self::Plugin, job: Job<Self::Network>) -> Outcome<ToolOutput>;
+
+    /// Renders a persona of `plugin` (`None`: the plugin has no renderer for it, the
+    /// persona's system prompt is the prompt).
+    async fn render_persona(&self, plugin: &Self::Plugin, job: Job<Self::Network>) -> Outcome<Option<String>>;
+}
+
+/// How MCP answers a code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum McpTreatment {
+    /// A JSON-RPC error with this code: the request itself was wrong or not allowed.
+    Protocol(i32),
+    /// The call was accepted and failed: a tool answers an `isError` result the model can
+    /// read; a prompt (which has no such result) answers JSON-RPC `-32603`.
+    IsError,
+}
+
+/// JSON-RPC "invalid params".
+pub const JSONRPC_INVALID_PARAMS: i32 = -32602;
+/// JSON-RPC "internal error": how a prompt answers a failure MCP tools answer with
+/// `isError`.
+pub const JSONRPC_INTERNAL_ERROR: i32 = -32603;
+
+/// The one table: every way a tool call or a persona rendering can fail, with its stable
+/// machine code, HTTP status and MCP treatment. Clients match on [`Code::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    /// No such tool or persona is loaded.
+    NotFound,
+    /// Policy denies it, or the key is not a tenant's.
+    Forbidden,
+    /// The arguments do not fit (not an object, rejected by the tool or the persona).
+    InvalidRequest,
+    /// The grant's rate is exhausted (retry after).
+    RateLimited,
+    /// The tenant has as many calls running as it may (retry after).
+    TooManyCallsInFlight,
+    /// The tenant's credits do not cover the price.
+    InsufficientCredits,
+    /// The host could not run the call (ledger, secret, sandbox); details are logged.
+    Unavailable,
+    /// The tool ran past its deadline.
+    ToolTimeout,
+    /// The tool used all its fuel.
+    ToolOutOfFuel,
+    /// The tool needed more memory than allowed.
+    ToolMemoryLimit,
+    /// The tool crashed.
+    ToolTrap,
+    /// The tool tried to reach a destination its policy does not allow.
+    NetworkDenied,
+    /// The result is larger than allowed.
+    ToolOutputTooLarge,
+    /// The tool ran and reported an error.
+    ToolError,
+    /// The caller cancelled the call.
+    Cancelled,
+}
+
+impl Code {
+    /// Every code, for tables and tests.
+    pub const ALL: [Code; 15] = [
+        Code::NotFound,
+        Code::Forbidden,
+        Code::InvalidRequest,
+        Code::RateLimited,
+        Code::TooManyCallsInFlight,
+        Code::InsufficientCredits,
+        Code::Unavailable,
+        Code::ToolTimeout,
+        Code::ToolOutOfFuel,
+        Code::ToolMemoryLimit,
+        Code::ToolTrap,
+        Code::NetworkDenied,
+        Code::ToolOutputTooLarge,
+        Code::ToolError,
+        Code::Cancelled,
+    ];
+
+    /// The stable machine code (the HTTP error code, the prefix of an MCP `isError`
+    /// text and the `code` of a JSON-RPC error's data).
+    pub fn as_str(self) -> &'static str {
+        self.row().0
+    }
+
+    /// The HTTP status.
+    pub fn http_status(self) -> u16 {
+        self.row().1
+    }
+
+    /// How MCP answers it.
+    pub fn mcp(self) -> McpTreatment {
+        self.row().2
+    }
+
+    fn row(self) -> (&'static str, u16, McpTreatment) {
+        use McpTreatment::{IsError, Protocol};
+        match self {
+            Code::NotFound => ("not_found", 404, Protocol(JSONRPC_INVALID_PARAMS)),
+            Code::Forbidden => ("forbidden", 403, Protocol(JSONRPC_INVALID_PARAMS)),
+            Code::InvalidRequest => ("invalid_request", 422, Protocol(JSONRPC_INVALID_PARAMS)),
+            Code::RateLimited => ("rate_limited", 429, IsError),
+            Code::TooManyCallsInFlight => ("too_many_calls_in_flight", 429, IsError),
+            Code::InsufficientCredits => ("insufficient_credits", 402, IsError),
+            Code::Unavailable => ("unavailable", 503, IsError),
+            Code::ToolTimeout => ("tool_timeout", 504, IsError),
+            Code::ToolOutOfFuel => ("tool_out_of_fuel", 422, IsError),
+            Code::ToolMemoryLimit => ("tool_memory_limit", 422, IsError),
+            Code::ToolTrap => ("tool_trap", 502, IsError),
+            Code::NetworkDenied => ("network_denied", 403, IsError),
+            Code::ToolOutputTooLarge => ("tool_output_too_large", 422, IsError),
+            Code::ToolError => ("tool_error", 422, IsError),
+            Code::Cancelled => ("cancelled", 409, IsError),
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::task::Wake;
+
+    use super::*;
+
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn cancelled_future_is_woken_by_cancel_and_ready_after_it() {
+        let token = CancelToken::default();
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut future = token.cancelled();
+        assert!(Pin::new(&mut future).poll(&mut cx).is_pending());
+        token.clone().cancel();
+        assert!(flag.0.load(Ordering::SeqCst), "cancel wakes the waiting future");
+        assert!(Pin::new(&mut future).poll(&mut cx).is_ready());
+        assert!(Pin::new(&mut token.cancelled()).poll(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn every_code_has_a_unique_snake_case_name_and_an_error_status() {
+        let mut seen = HashSet::new();
+        for code in Code::ALL {
+            let name = code.as_str();
+            assert!(name.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{name}");
+            assert!(seen.insert(name), "duplicate {name}");
+            assert!((400..600).contains(&code.http_status()), "{name}");
+        }
+    }
+
+    #[test]
+    fn unavailable_hides_its_detail_from_callers() {
+        let failure = Failure::Unavailable { detail: "pool exhausted: panicked at secret.rs".into() };
+        assert!(!failure.to_string().contains("secret"), "{failure}");
+        assert!(failure.is_host_side());
+        assert_eq!(failure.code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn invalid_arguments_from_a_tool_are_invalid_requests() {
+        assert_eq!(Failure::ToolError(ToolError::InvalidArguments("x".into())).code(), Code::InvalidRequest);
+        assert_eq!(Failure::ToolError(ToolError::Failed("x".into())).code(), Code::ToolError);
+    }
+}
