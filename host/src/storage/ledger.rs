@@ -26,16 +26,17 @@ use maestro_core::{
     Account, Balance, Hold, HoldId, HoldState, IdempotencyKey, StoreError, TenantId, Transaction, TransactionKind,
 };
 
-/// Columns of a transaction joined with one of its entries, in the order of [`TxRow`].
+/// Columns of a transaction joined with one of its entries, read by name into [`TxRow`].
 macro_rules! tx_columns {
     () => {
         "t.seq, t.id, t.tenant_id, t.kind, t.amount, t.memo, t.idempotency_key, t.hold_id, t.reverses, \
-         t.created_at, t.available_after, t.held_after, t.fingerprint, e.account, e.amount"
+         t.created_at, t.available_after, t.held_after, t.fingerprint, e.account AS entry_account, \
+         e.amount AS entry_amount"
     };
 }
 pub(super) use tx_columns;
 
-/// Columns of `ledger_holds`, in the order of [`HoldRow`].
+/// Columns of `ledger_holds`, read by name into [`HoldRow`].
 macro_rules! hold_columns {
     () => {
         "id, tenant_id, amount, expires_at, state, settled_amount, created_at, closed_at"
@@ -44,27 +45,37 @@ macro_rules! hold_columns {
 pub(super) use hold_columns;
 
 /// A transaction row joined with one entry.
-pub(super) type TxRow = (
-    i64,
-    String,
-    String,
-    String,
-    i64,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    DateTime<Utc>,
-    i64,
-    i64,
-    String,
-    String,
-    i64,
-);
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct TxRow {
+    seq: i64,
+    id: String,
+    tenant_id: String,
+    kind: String,
+    amount: i64,
+    memo: String,
+    idempotency_key: String,
+    hold_id: Option<String>,
+    reverses: Option<String>,
+    created_at: DateTime<Utc>,
+    available_after: i64,
+    held_after: i64,
+    fingerprint: String,
+    entry_account: String,
+    entry_amount: i64,
+}
 
 /// A raw `ledger_holds` row.
-pub(super) type HoldRow =
-    (String, String, i64, DateTime<Utc>, String, Option<i64>, DateTime<Utc>, Option<DateTime<Utc>>);
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct HoldRow {
+    id: String,
+    tenant_id: String,
+    amount: i64,
+    expires_at: DateTime<Utc>,
+    state: String,
+    settled_amount: Option<i64>,
+    created_at: DateTime<Utc>,
+    closed_at: Option<DateTime<Utc>>,
+}
 
 /// A stored transaction with what the cursor and replays need.
 pub(super) struct StoredTx {
@@ -78,46 +89,38 @@ pub(super) struct StoredTx {
 pub(super) fn transactions_from_rows(rows: Vec<TxRow>) -> Result<Vec<StoredTx>, StoreError> {
     let mut out: Vec<StoredTx> = Vec::new();
     for row in rows {
-        let (
-            seq,
-            id,
-            tenant,
-            kind,
-            amount,
-            memo,
-            key,
-            hold,
-            reverses,
-            created_at,
-            available,
-            held,
-            fingerprint,
-            account,
-            entry,
-        ) = row;
+        let id = row.id;
+        let account = row.entry_account;
         let leg = Leg {
             account: Account::parse(&account).ok_or_else(|| corrupt(format!("transaction {id}: account {account}")))?,
-            amount: entry,
+            amount: row.entry_amount,
         };
         if let Some(last) = out.last_mut()
-            && last.seq == seq
+            && last.seq == row.seq
         {
             last.transaction.entries.push(leg);
             continue;
         }
+        let key = row.idempotency_key;
         let transaction = Transaction {
             id: TransactionId::parse(&id).map_err(|e| corrupt(e.to_string()))?,
-            kind: TransactionKind::parse(&kind).ok_or_else(|| corrupt(format!("transaction {id}: kind {kind}")))?,
-            tenant: TenantId::parse(&tenant).map_err(|e| corrupt(e.to_string()))?,
+            kind: TransactionKind::parse(&row.kind)
+                .ok_or_else(|| corrupt(format!("transaction {id}: kind {}", row.kind)))?,
+            tenant: TenantId::parse(&row.tenant_id).map_err(|e| corrupt(e.to_string()))?,
             entries: vec![leg],
-            amount,
-            memo,
+            amount: row.amount,
+            memo: row.memo,
             idempotency_key: IdempotencyKey::parse(&key).map_err(|e| corrupt(format!("transaction {id}: {e}")))?,
-            hold: hold.map(|h| HoldId::parse(&h)).transpose().map_err(|e| corrupt(e.to_string()))?,
-            reverses: reverses.map(|r| TransactionId::parse(&r)).transpose().map_err(|e| corrupt(e.to_string()))?,
-            created_at,
+            hold: row.hold_id.map(|h| HoldId::parse(&h)).transpose().map_err(|e| corrupt(e.to_string()))?,
+            reverses: row.reverses.map(|r| TransactionId::parse(&r)).transpose().map_err(|e| corrupt(e.to_string()))?,
+            created_at: row.created_at,
         };
-        out.push(StoredTx { seq, transaction, balance_after: Balance { available, held }, fingerprint });
+        out.push(StoredTx {
+            seq: row.seq,
+            transaction,
+            balance_after: Balance { available: row.available_after, held: row.held_after },
+            fingerprint: row.fingerprint,
+        });
     }
     for stored in &mut out {
         stored.transaction.entries.sort_by_key(|l| l.account.key());
@@ -126,16 +129,16 @@ pub(super) fn transactions_from_rows(rows: Vec<TxRow>) -> Result<Vec<StoredTx>, 
 }
 
 pub(super) fn hold_from_row(row: HoldRow) -> Result<Hold, StoreError> {
-    let (id, tenant, amount, expires_at, state, settled_amount, created_at, closed_at) = row;
+    let id = row.id;
     Ok(Hold {
-        state: HoldState::parse(&state).ok_or_else(|| corrupt(format!("hold {id}: state {state}")))?,
+        state: HoldState::parse(&row.state).ok_or_else(|| corrupt(format!("hold {id}: state {}", row.state)))?,
         id: HoldId::parse(&id).map_err(|e| corrupt(e.to_string()))?,
-        tenant: TenantId::parse(&tenant).map_err(|e| corrupt(e.to_string()))?,
-        amount,
-        expires_at,
-        settled_amount,
-        created_at,
-        closed_at,
+        tenant: TenantId::parse(&row.tenant_id).map_err(|e| corrupt(e.to_string()))?,
+        amount: row.amount,
+        expires_at: row.expires_at,
+        settled_amount: row.settled_amount,
+        created_at: row.created_at,
+        closed_at: row.closed_at,
     })
 }
 
