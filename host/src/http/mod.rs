@@ -10,6 +10,7 @@ pub mod credits;
 pub mod error;
 mod extract;
 pub mod health;
+pub mod jobs;
 mod mcp;
 pub mod metrics;
 pub mod tools;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub tools: Arc<crate::tools::Tools>,
     /// The credit ledger.
     pub credits: Arc<crate::credits::Credits>,
+    /// Background jobs.
+    pub jobs: Arc<crate::jobs::Jobs>,
     /// Cancelled when the server shuts down: ends MCP sessions and open streams so
     /// graceful shutdown does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -70,6 +73,7 @@ pub struct HttpSettings {
         tools::list_plugins, tools::list_personas, tools::list_tools, tools::call_tool,
         credits::balance, credits::ledger, credits::grant,
         billing::checkout, billing::stripe_webhook,
+        jobs::list,
     ),
     modifiers(&BearerScheme),
     tags(
@@ -79,6 +83,7 @@ pub struct HttpSettings {
         (name = "tools", description = "plugins, personas and tool calls (under the caller's policy)"),
         (name = "credits", description = "balances, the ledger, and grants (platform admin)"),
         (name = "billing", description = "Stripe top-ups: checkout (tenant admin) and the Stripe webhook"),
+        (name = "jobs", description = "background jobs of every replica (platform admin)"),
     )
 )]
 pub struct ApiDoc;
@@ -119,6 +124,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .route("/credits", get(credits::balance))
         .route("/credits/ledger", get(credits::ledger))
         .route("/credits/grants", post(credits::grant))
+        .route("/jobs", get(jobs::list))
         // --- billing (Stripe top-ups) ---
         .route("/billing/checkout", post(billing::checkout))
         // --- end billing ---

@@ -177,7 +177,7 @@ macro_rules! impl_ledger_queries {
         impl $store {
             /// Everything a posting does, inside `tx`. `Ok(Err(posted))` is a replay.
             async fn ledger_apply(
-                tx: &mut sqlx::Transaction<'static, <$store as super::Backend>::Db>,
+                conn: &mut <<$store as super::Backend>::Db as sqlx::Database>::Connection,
                 posting: &maestro_core::Posting,
                 fingerprint: &str,
                 at: chrono::DateTime<chrono::Utc>,
@@ -193,7 +193,7 @@ macro_rules! impl_ledger_queries {
                     let taken =
                         sqlx::query_scalar::<_, String>("SELECT id FROM ledger_transactions WHERE reverses = $1")
                             .bind(original.as_str())
-                            .fetch_optional(&mut **tx)
+                            .fetch_optional(&mut *conn)
                             .await
                             .map_err(be)?;
                     if taken.is_some() {
@@ -210,7 +210,7 @@ macro_rules! impl_ledger_queries {
                     let stored = sqlx::query_as::<_, super::ledger::HoldRow>(sql)
                         .bind(hold.as_str())
                         .bind(posting.tenant.as_str())
-                        .fetch_optional(&mut **tx)
+                        .fetch_optional(&mut *conn)
                         .await
                         .map_err(be)?
                         .map(super::ledger::hold_from_row)
@@ -230,7 +230,7 @@ macro_rules! impl_ledger_queries {
                     .bind(state.as_str())
                     .bind(settled)
                     .bind(at)
-                    .execute(&mut **tx)
+                    .execute(&mut *conn)
                     .await
                     .map_err(be)?
                     .rows_affected();
@@ -244,7 +244,7 @@ macro_rules! impl_ledger_queries {
                     let sql = concat!("SELECT balance FROM ledger_balances WHERE account = $1", $lock);
                     let available = sqlx::query_scalar::<_, i64>(sql)
                         .bind(account.key())
-                        .fetch_optional(&mut **tx)
+                        .fetch_optional(&mut *conn)
                         .await
                         .map_err(be)?
                         .unwrap_or(0);
@@ -265,7 +265,7 @@ macro_rules! impl_ledger_queries {
                         )
                         .bind(&key)
                         .bind(leg.amount)
-                        .execute(&mut **tx)
+                        .execute(&mut *conn)
                         .await
                         .map_err(be)?
                         .rows_affected()
@@ -278,7 +278,7 @@ macro_rules! impl_ledger_queries {
                         .bind(leg.account.class())
                         .bind(leg.account.tenant().map(|t| t.as_str()))
                         .bind(leg.amount)
-                        .execute(&mut **tx)
+                        .execute(&mut *conn)
                         .await
                         .map_err(be)?
                         .rows_affected()
@@ -287,7 +287,7 @@ macro_rules! impl_ledger_queries {
                         let available =
                             sqlx::query_scalar::<_, i64>("SELECT balance FROM ledger_balances WHERE account = $1")
                                 .bind(&key)
-                                .fetch_optional(&mut **tx)
+                                .fetch_optional(&mut *conn)
                                 .await
                                 .map_err(be)?
                                 .unwrap_or(0);
@@ -309,14 +309,14 @@ macro_rules! impl_ledger_queries {
                         .bind(amount)
                         .bind(*expires_at)
                         .bind(at)
-                        .execute(&mut **tx)
+                        .execute(&mut *conn)
                         .await
                         .map_err(super::map_err(&format!("hold {hold}")))?;
                         Some(hold.clone())
                     }
                 };
 
-                let balance_after = Self::ledger_balance(&mut **tx, &posting.tenant).await?;
+                let balance_after = Self::ledger_balance(&mut *conn, &posting.tenant).await?;
                 sqlx::query(
                     "INSERT INTO ledger_transactions (id, tenant_id, kind, amount, memo, idempotency_key, fingerprint, \
                      hold_id, reverses, available_after, held_after, created_at) \
@@ -334,7 +334,7 @@ macro_rules! impl_ledger_queries {
                 .bind(balance_after.available)
                 .bind(balance_after.held)
                 .bind(at)
-                .execute(&mut **tx)
+                .execute(&mut *conn)
                 .await
                 .map_err(super::map_err(&format!("transaction {}", posting.key)))?;
                 if let [a, b] = legs.as_slice() {
@@ -347,7 +347,7 @@ macro_rules! impl_ledger_queries {
                     .bind(a.amount)
                     .bind(b.account.key())
                     .bind(b.amount)
-                    .execute(&mut **tx)
+                    .execute(&mut *conn)
                     .await
                     .map_err(be)?;
                 } else {
@@ -356,13 +356,39 @@ macro_rules! impl_ledger_queries {
                             .bind(posting.id.as_str())
                             .bind(leg.account.key())
                             .bind(leg.amount)
-                            .execute(&mut **tx)
+                            .execute(&mut *conn)
                             .await
                             .map_err(be)?;
                     }
                 }
                 let transaction = posting.transaction(legs, amount, hold_id, at);
                 Ok(maestro_core::Posted { transaction, balance_after, replayed: false })
+            }
+
+            /// Answers a posting that failed (and was rolled back): a concurrent request
+            /// with the same key (or reversing the same transaction) may have committed
+            /// while this one ran, and its outcome wins; otherwise `err`.
+            async fn ledger_after_failure(
+                conn: &mut <<$store as super::Backend>::Db as sqlx::Database>::Connection,
+                posting: &maestro_core::Posting,
+                fingerprint: &str,
+                err: maestro_core::LedgerError,
+            ) -> Result<maestro_core::Posted, maestro_core::LedgerError> {
+                if let Some(posted) = Self::ledger_replay(&mut *conn, posting, fingerprint).await? {
+                    return Ok(posted);
+                }
+                if let Some(original) = &posting.reverses {
+                    let taken =
+                        sqlx::query_scalar::<_, String>("SELECT id FROM ledger_transactions WHERE reverses = $1")
+                            .bind(original.as_str())
+                            .fetch_optional(&mut *conn)
+                            .await
+                            .map_err(super::backend_err)?;
+                    if taken.is_some() {
+                        return Err(maestro_core::LedgerError::AlreadyReversed(original.clone()));
+                    }
+                }
+                Err(err)
             }
 
             /// The outcome of an earlier posting with the same key: the original (as a
@@ -427,7 +453,7 @@ macro_rules! impl_ledger_queries {
                 posting.check()?;
                 let fingerprint = posting.fingerprint();
                 let mut tx = self.begin_ledger().await?;
-                let outcome = Self::ledger_apply(&mut tx, posting, &fingerprint, at).await;
+                let outcome = Self::ledger_apply(&mut *tx, posting, &fingerprint, at).await;
                 let outcome = match outcome {
                     Ok(posted) if posted.replayed => {
                         tx.rollback().await.map_err(super::backend_err)?;
@@ -440,23 +466,8 @@ macro_rules! impl_ledger_queries {
                     }
                 };
                 let Err(err) = outcome else { return outcome };
-                // A concurrent request with the same key (or reversing the same
-                // transaction) may have committed while this one ran: its outcome wins.
-                if let Some(posted) = Self::ledger_replay(&self.pool, posting, &fingerprint).await? {
-                    return Ok(posted);
-                }
-                if let Some(original) = &posting.reverses {
-                    let taken =
-                        sqlx::query_scalar::<_, String>("SELECT id FROM ledger_transactions WHERE reverses = $1")
-                            .bind(original.as_str())
-                            .fetch_optional(&self.pool)
-                            .await
-                            .map_err(super::backend_err)?;
-                    if taken.is_some() {
-                        return Err(maestro_core::LedgerError::AlreadyReversed(original.clone()));
-                    }
-                }
-                Err(err)
+                let mut conn = self.pool.acquire().await.map_err(super::backend_err)?;
+                Self::ledger_after_failure(&mut conn, posting, &fingerprint, err).await
             }
 
             async fn balance(

@@ -4,14 +4,17 @@
 //! [`postgres::PostgresStore`] — both implementing the core ports. Queries that are the
 //! same SQL on both backends are written once in `shared.rs`; a backend file holds only
 //! what differs (connecting, pragmas, migrations, and later backend-specific queries such
-//! as `FOR UPDATE SKIP LOCKED`). Migrations live in `migrations/{sqlite,postgres}` at the
+//! as `FOR UPDATE SKIP LOCKED`). Reads decode into row structs (`#[derive(sqlx::FromRow)]`)
+//! converted to domain types in one place per table. Migrations live in `migrations/{sqlite,postgres}` at the
 //! workspace root and are embedded in the binary.
 
 mod billing;
+mod jobs;
 mod ledger;
 pub mod postgres;
 mod shared;
 pub mod sqlite;
+mod unit;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -58,7 +61,9 @@ impl StoreLocation {
     }
 }
 
-/// Opens the store and applies pending migrations.
+/// Opens the store and applies pending migrations. The composition root hands each
+/// use-case the ports it needs from it (`Arc<dyn Store>` coerces to `Arc<dyn LedgerStore>`
+/// and the other ports).
 pub async fn open(location: &StoreLocation) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match location {
         StoreLocation::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path).await?),
