@@ -27,6 +27,10 @@ use crate::random::random_bytes;
 
 /// The kind of the hold-expiry sweep.
 pub const EXPIRE_HOLDS: &str = "credits.expire_holds";
+/// The kind of the retention sweep: deletes jobs finished more than [`RETENTION`] ago.
+pub const PRUNE: &str = "jobs.prune";
+/// How long finished jobs (and so their keys) are kept.
+pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// A harmless built-in kind: succeeds after sleeping `sleep_ms` (payload
 /// `{"sleep_ms": N}`, at most ten minutes; `{}` succeeds at once). Used to check a
 /// deployment's workers end to end.
@@ -72,9 +76,13 @@ impl Registry {
         self
     }
 
-    /// The built-in kinds: [`EXPIRE_HOLDS`] over `credits`, and [`NOOP`].
-    pub fn builtin(credits: Arc<crate::credits::Credits>) -> Self {
-        Self::default().register(EXPIRE_HOLDS, Arc::new(ExpireHolds(credits))).register(NOOP, Arc::new(Noop))
+    /// The built-in kinds: [`EXPIRE_HOLDS`] over `credits`, [`PRUNE`] over `jobs`, and
+    /// [`NOOP`].
+    pub fn builtin(credits: Arc<crate::credits::Credits>, jobs: Arc<dyn JobStore>, clock: Arc<dyn Clock>) -> Self {
+        Self::default()
+            .register(EXPIRE_HOLDS, Arc::new(ExpireHolds(credits)))
+            .register(PRUNE, Arc::new(Prune { jobs, clock }))
+            .register(NOOP, Arc::new(Noop))
     }
 
     fn get(&self, kind: &str) -> Option<&Arc<dyn JobHandler>> {
@@ -337,6 +345,36 @@ impl JobHandler for ExpireHolds {
             }
             Err(err) => Err(JobError::Retry(format!("cannot expire credit holds: {err}"))),
         }
+    }
+}
+
+/// [`PRUNE`]: deletes jobs finished more than [`RETENTION`] ago, in batches.
+struct Prune {
+    jobs: Arc<dyn JobStore>,
+    clock: Arc<dyn Clock>,
+}
+
+#[async_trait]
+impl JobHandler for Prune {
+    async fn handle(&self, _job: &Job) -> Result<(), JobError> {
+        const BATCH: u32 = 1000;
+        let cutoff = self.clock.now() - chrono::Duration::from_std(RETENTION).unwrap_or(chrono::Duration::MAX);
+        let mut pruned = 0;
+        loop {
+            let deleted = self
+                .jobs
+                .prune(cutoff, BATCH)
+                .await
+                .map_err(|err| JobError::Retry(format!("cannot prune finished jobs: {err}")))?;
+            pruned += deleted;
+            if deleted < u64::from(BATCH) {
+                break;
+            }
+        }
+        if pruned > 0 {
+            tracing::info!(pruned, "pruned finished jobs");
+        }
+        Ok(())
     }
 }
 

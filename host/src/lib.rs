@@ -42,6 +42,9 @@ pub async fn open_accounts(config: &Config) -> Result<Accounts, StoreError> {
 /// number of replicas).
 pub const EXPIRE_HOLDS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How often finished jobs older than [`jobs::RETENTION`] are deleted.
+pub const PRUNE_JOBS_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The HTTP settings from the config.
 pub fn http_settings(config: &Config) -> http::HttpSettings {
     http::HttpSettings {
@@ -146,11 +149,12 @@ pub async fn serve(
     let worker = jobs::Worker::new(
         store.clone(),
         clock.clone(),
-        jobs::Registry::builtin(credits.clone()),
+        jobs::Registry::builtin(credits.clone(), store.clone(), clock.clone()),
         jobs::WorkerSettings::new(config.jobs.concurrency, config.jobs.lease, config.jobs.poll_interval),
     )
     .spawn(stopping.clone());
     jobs.schedule_every(jobs::EXPIRE_HOLDS, EXPIRE_HOLDS_EVERY, stopping.clone());
+    jobs.schedule_every(jobs::PRUNE, PRUNE_JOBS_EVERY, stopping.clone());
     let state =
         http::AppState { accounts, metrics: Arc::default(), tools, credits, jobs, shutdown: stopping.clone(), billing };
     let app = http::router(state, &http_settings(&config));

@@ -188,6 +188,10 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<JobState>, StoreError>;
     /// Cancels a queued job; returns whether it did (running and finished jobs are left).
     async fn cancel(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// Deletes up to `limit` finished jobs (succeeded, failed, dead, cancelled) last
+    /// changed before `finished_before`; returns how many. Their keys may then be used
+    /// again.
+    async fn prune(&self, finished_before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
     /// A job by id.
     async fn job(&self, id: i64) -> Result<Option<Job>, StoreError>;
     /// A job by key.

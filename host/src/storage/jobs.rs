@@ -246,6 +246,24 @@ macro_rules! impl_job_queries {
                 Ok(updated.rows_affected() == 1)
             }
 
+            async fn prune(
+                &self,
+                finished_before: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> Result<u64, maestro_core::StoreError> {
+                let deleted = sqlx::query(
+                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs \
+                     WHERE state IN ('succeeded', 'failed', 'dead', 'cancelled') AND updated_at < $1 \
+                     ORDER BY id LIMIT $2)",
+                )
+                .bind(finished_before)
+                .bind(i64::from(limit))
+                .execute(&self.pool)
+                .await
+                .map_err(super::backend_err)?;
+                Ok(deleted.rows_affected())
+            }
+
             async fn job(&self, id: i64) -> Result<Option<maestro_core::Job>, maestro_core::StoreError> {
                 let sql = concat!("SELECT ", super::jobs::job_columns!(), " FROM jobs WHERE id = $1");
                 sqlx::query_as::<_, super::jobs::JobRow>(sql)

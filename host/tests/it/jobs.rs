@@ -31,6 +31,9 @@ backend_tests!(
     lists_jobs_newest_first_with_filters_and_a_cursor,
     jobs_api_is_for_platform_admins_only,
     worker_runs_jobs_retries_failures_and_expires_holds,
+    prunes_only_jobs_finished_before_the_cutoff,
+    worker_abandons_a_job_whose_lease_was_taken_over,
+    every_replica_schedules_a_recurring_job_once_per_slot,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -308,7 +311,8 @@ async fn worker_runs_jobs_retries_failures_and_expires_holds(backend: Backend) {
     host.clock.advance(chrono::Duration::seconds(31));
 
     let flaky = Arc::new(FailsOnce::default());
-    let registry = Registry::builtin(host.credits.clone()).register("test.flaky", flaky.clone());
+    let registry = Registry::builtin(host.credits.clone(), host.store.clone(), Arc::new(SystemClock))
+        .register("test.flaky", flaky.clone());
     let mut settings = WorkerSettings::new(3, Duration::from_secs(5), Duration::from_millis(10));
     settings.retry_base = Duration::from_millis(20);
     settings.retry_cap = Duration::from_millis(40);
@@ -364,6 +368,85 @@ async fn worker_runs_jobs_retries_failures_and_expires_holds(backend: Backend) {
     let unknown = job(&host.store, unknown).await;
     assert_eq!(unknown.state, JobState::Dead);
     assert!(unknown.last_error.is_some_and(|e| e.contains("no handler")));
+}
+
+async fn prunes_only_jobs_finished_before_the_cutoff(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let now = t0();
+    let done = store.enqueue(&noop("done", now), now).await.expect("enqueue").job.id;
+    store.claim("a", 1, now + secs(30), now).await.expect("claim");
+    store.complete(done, "a", now).await.expect("complete");
+    let cancelled = store.enqueue(&noop("cancelled", now + secs(60)), now).await.expect("enqueue").job.id;
+    store.cancel(cancelled, now + secs(1)).await.expect("cancel");
+    let queued = store.enqueue(&noop("queued", now + secs(600)), now).await.expect("enqueue").job.id;
+    let recent = store.enqueue(&noop("recent", now), now).await.expect("enqueue").job.id;
+    store.claim("a", 1, now + secs(300), now + secs(100)).await.expect("claim");
+    store.complete(recent, "a", now + secs(100)).await.expect("complete");
+
+    assert_eq!(store.prune(now + secs(50), 100).await.expect("prune"), 2, "the two finished before the cutoff");
+    assert_eq!(store.job(done).await.expect("job"), None);
+    assert_eq!(store.job(cancelled).await.expect("job"), None);
+    assert!(store.job(queued).await.expect("job").is_some(), "unfinished jobs stay, however old");
+    assert!(store.job(recent).await.expect("job").is_some(), "recently finished jobs stay");
+    assert!(store.enqueue(&noop("done", now), now + secs(200)).await.expect("enqueue").created, "a pruned key is free");
+}
+
+/// Records whether it ran to the end.
+#[derive(Default)]
+struct Slow(std::sync::atomic::AtomicBool);
+
+#[async_trait]
+impl JobHandler for Slow {
+    async fn handle(&self, _job: &Job) -> Result<(), JobError> {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        self.0.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+async fn worker_abandons_a_job_whose_lease_was_taken_over(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let slow = Arc::new(Slow::default());
+    let registry = Registry::default().register("test.slow", slow.clone());
+    let settings = WorkerSettings::new(1, Duration::from_secs(1), Duration::from_millis(10));
+    let owner = settings.owner.clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = Worker::new(store.clone(), Arc::new(SystemClock), registry, settings).spawn(stop.clone());
+    let now = t0();
+    let id = store.enqueue(&NewJob::new("test.slow", "slow", &json!({}), now).expect("valid"), now).await;
+    let id = id.expect("enqueue").job.id;
+    wait_until("the worker to claim the job", Duration::from_secs(10), || {
+        let store = store.clone();
+        async move { store.job(id).await.expect("job").expect("stored").state == JobState::Running }
+    })
+    .await;
+    assert_eq!(job(&store, id).await.lease_owner.as_deref(), Some(owner.as_str()));
+
+    // Another worker whose clock runs an hour ahead sees the lease as expired.
+    let later = t0() + secs(3600);
+    let taken = store.claim("thief", 1, later + secs(60), later).await.expect("claim");
+    assert_eq!(taken.len(), 1, "taken over");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    stop.cancel();
+    worker.await.expect("worker stops");
+    assert!(!slow.0.load(Ordering::SeqCst), "the worker stopped running the job when its heartbeat failed");
+    let held = job(&store, id).await;
+    assert_eq!((held.state, held.lease_owner.as_deref()), (JobState::Running, Some("thief")), "untouched: {held:?}");
+}
+
+async fn every_replica_schedules_a_recurring_job_once_per_slot(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    for _replica in 0..3 {
+        let jobs = maestro_host::jobs::Jobs::new(store.clone(), Arc::new(SystemClock));
+        jobs.schedule_every("test.tick", Duration::from_secs(1), stop.clone());
+    }
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    stop.cancel();
+    let page = store.jobs(&JobQuery { kind: Some("test.tick".into()), ..JobQuery::default() }).await.expect("page");
+    let slots: HashSet<String> = page.jobs.iter().map(|j| j.key.clone()).collect();
+    assert_eq!(slots.len(), page.jobs.len(), "one job per slot key");
+    assert!((2..=4).contains(&page.jobs.len()), "one job per elapsed second, not per replica: {:?}", slots);
 }
 
 /// The must-show: two `maestro serve` processes on one Postgres run 1,000 jobs exactly
