@@ -204,7 +204,8 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
 #[async_trait]
 pub trait UnitOfWork: Send + Sync + std::fmt::Debug {
     /// Begins a write transaction (SQLite: `BEGIN IMMEDIATE`, so writers queue instead
-    /// of failing on lock upgrade; Postgres: durable commit).
+    /// of failing on lock upgrade; Postgres: durable commit). Keep a unit short and free
+    /// of outside calls: on SQLite it holds the database's write lock until it ends.
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError>;
 }
 

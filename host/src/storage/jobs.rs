@@ -127,6 +127,19 @@ macro_rules! impl_job_queries {
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<Vec<maestro_core::Job>, maestro_core::StoreError> {
                 let be = super::backend_err;
+                // An idle poll stays a read: no write lock (SQLite) or row locks when
+                // nothing is due.
+                let due = sqlx::query_scalar::<_, i64>(
+                    "SELECT id FROM jobs WHERE (state = 'queued' AND run_at <= $1) \
+                     OR (state = 'running' AND lease_expires_at < $1) LIMIT 1",
+                )
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(be)?;
+                if due.is_none() {
+                    return Ok(Vec::new());
+                }
                 let mut tx = self.begin_write().await?;
                 // A job whose worker died on its last attempt gets no further attempt.
                 let bury = concat!(
