@@ -437,16 +437,21 @@ async fn worker_abandons_a_job_whose_lease_was_taken_over(backend: Backend) {
 async fn every_replica_schedules_a_recurring_job_once_per_slot(backend: Backend) {
     let (_db, store) = store(backend).await;
     let stop = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
     for _replica in 0..3 {
         let jobs = maestro_host::jobs::Jobs::new(store.clone(), Arc::new(SystemClock));
         jobs.schedule_every("test.tick", Duration::from_secs(1), stop.clone());
     }
     tokio::time::sleep(Duration::from_millis(2600)).await;
     stop.cancel();
+    let slots_passed = usize::try_from(started.elapsed().as_secs()).expect("small") + 2;
     let page = store.jobs(&JobQuery { kind: Some("test.tick".into()), ..JobQuery::default() }).await.expect("page");
     let slots: HashSet<String> = page.jobs.iter().map(|j| j.key.clone()).collect();
     assert_eq!(slots.len(), page.jobs.len(), "one job per slot key");
-    assert!((2..=4).contains(&page.jobs.len()), "one job per elapsed second, not per replica: {:?}", slots);
+    assert!(
+        (2..=slots_passed).contains(&page.jobs.len()),
+        "one job per elapsed second (at most {slots_passed}), not one per replica: {slots:?}"
+    );
 }
 
 /// The must-show: two `maestro serve` processes on one Postgres run 1,000 jobs exactly
