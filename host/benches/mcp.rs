@@ -272,7 +272,7 @@ impl Setup {
     /// The tool use-cases as `maestro serve` composes them, in this process.
     async fn tools(&self) -> Arc<Tools> {
         let config = Config::load(None, &self.env(), &Overrides::default()).expect("config");
-        let store = self.accounts().await.store().clone();
+        let store = maestro_host::open_store(&config).await.expect("store opens");
         let credits =
             Arc::new(maestro_host::credits::Credits::new(store, Arc::new(maestro_host::accounts::SystemClock)));
         maestro_host::open_tools(&config, &self.env(), maestro_host::PluginLoading::Now, credits)

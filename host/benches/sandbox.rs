@@ -298,7 +298,8 @@ async fn responsiveness(sandbox: &Arc<Sandbox>, hostile: &LoadedPlugin) {
     let tools = Arc::new(Tools::new(registry, Arc::new(PolicyStore::fixed(PolicySet::deny_all())), secrets));
     let state = AppState {
         credits: Arc::new(maestro_host::credits::Credits::new(store.clone(), Arc::new(SystemClock))),
-        accounts: Accounts::new(store, Arc::new(SystemClock)),
+        accounts: Accounts::new(store.clone(), Arc::new(SystemClock)),
+        jobs: Arc::new(maestro_host::jobs::Jobs::new(store, Arc::new(SystemClock))),
         metrics: Arc::default(),
         tools,
         shutdown: Default::default(),

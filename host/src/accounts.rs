@@ -1,13 +1,15 @@
 //! Tenants and API keys: the use-cases behind both the CLI and the HTTP API.
 //!
-//! Holds only ports (`Arc<dyn Store>`, `Arc<dyn Clock>`), never adapter types.
+//! Holds only ports (`Arc<dyn AccountStore>`: tenants and keys; `Arc<dyn Clock>`), never
+//! adapter types.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use maestro_core::auth::KeyState;
 use maestro_core::{
-    ApiKey, Caller, Clock, KeyId, KeyScope, KeyToken, Store, StoreError, Tenant, TenantId, TenantName, TenantNameError,
+    AccountStore, ApiKey, Caller, Clock, KeyId, KeyScope, KeyToken, StoreError, Tenant, TenantId, TenantName,
+    TenantNameError,
 };
 
 use crate::random::random_bytes;
@@ -78,15 +80,15 @@ pub enum Bootstrap {
 /// Tenant and key management.
 #[derive(Debug, Clone)]
 pub struct Accounts {
-    store: Arc<dyn Store>,
+    store: Arc<dyn AccountStore>,
     clock: Arc<dyn Clock>,
     /// Tenant names never change, so they are cached after the first lookup.
     tenant_names: Arc<std::sync::RwLock<std::collections::HashMap<TenantId, TenantName>>>,
 }
 
 impl Accounts {
-    /// Builds the use-cases over a store and a clock.
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+    /// Builds the use-cases over the tenant and key ports and a clock.
+    pub fn new(store: Arc<dyn AccountStore>, clock: Arc<dyn Clock>) -> Self {
         Self { store, clock, tenant_names: Arc::default() }
     }
 
@@ -103,8 +105,8 @@ impl Accounts {
         Ok(tenant.name)
     }
 
-    /// The store (for readiness checks).
-    pub fn store(&self) -> &Arc<dyn Store> {
+    /// The tenant and key store (readiness pings it).
+    pub fn store(&self) -> &Arc<dyn AccountStore> {
         &self.store
     }
 

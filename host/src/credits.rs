@@ -1,7 +1,7 @@
 //! Credits: the use-cases on the ledger (grants, purchases, debits, refunds, holds),
 //! shared by tool-call metering, the HTTP API and the CLI.
 //!
-//! Holds only ports (`Arc<dyn Store>`, `Arc<dyn Clock>`). The rules live in
+//! Holds only ports (`Arc<dyn LedgerStore>`, `Arc<dyn Clock>`). The rules live in
 //! [`maestro_core::ledger`]; the store applies each posting atomically and never lets a
 //! wallet go below zero. Every operation that moves credits takes an idempotency key:
 //! repeating a request with its key returns the first outcome (`replayed: true`) and
@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use maestro_core::ledger::{HoldId, TransactionId};
 use maestro_core::{
-    AuditReport, Balance, Clock, Hold, HoldState, LedgerError, Posted, Posting, Store, StoreError, TenantId,
+    AuditReport, Balance, Clock, Hold, HoldState, LedgerError, LedgerStore, Posted, Posting, StoreError, TenantId,
     TransactionPage, TransactionQuery,
 };
 
@@ -124,13 +124,13 @@ const EXPIRE_BATCH: u32 = 100;
 /// The credits use-cases.
 #[derive(Debug, Clone)]
 pub struct Credits {
-    store: Arc<dyn Store>,
+    store: Arc<dyn LedgerStore>,
     clock: Arc<dyn Clock>,
 }
 
 impl Credits {
-    /// Builds the use-cases over a store and a clock.
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+    /// Builds the use-cases over the ledger port and a clock.
+    pub fn new(store: Arc<dyn LedgerStore>, clock: Arc<dyn Clock>) -> Self {
         Self { store, clock }
     }
 

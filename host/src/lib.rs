@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod credits;
 pub mod http;
+pub mod jobs;
 pub mod mcp;
 pub mod plugins;
 pub mod policy;
@@ -24,13 +25,25 @@ use std::sync::Arc;
 
 use accounts::{Accounts, Bootstrap, SystemClock};
 use config::Config;
-use maestro_core::StoreError;
+use maestro_core::{Clock, Store, StoreError};
+
+/// Opens the configured store (migrating it): the whole backend, whose ports the caller
+/// hands to the use-cases (`Accounts` its tenants and keys, `Credits` its ledger, …).
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    storage::open(&config.store).await
+}
 
 /// Opens the configured store (migrating it) and builds the account use-cases on it.
 pub async fn open_accounts(config: &Config) -> Result<Accounts, StoreError> {
-    let store = storage::open(&config.store).await?;
-    Ok(Accounts::new(store, Arc::new(SystemClock)))
+    Ok(Accounts::new(open_store(config).await?, Arc::new(SystemClock)))
 }
+
+/// How often the hold-expiry sweep runs (one job per slot of this length, whatever the
+/// number of replicas).
+pub const EXPIRE_HOLDS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How often finished jobs older than [`jobs::RETENTION`] are deleted.
+pub const PRUNE_JOBS_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The HTTP settings from the config.
 pub fn http_settings(config: &Config) -> http::HttpSettings {
@@ -117,11 +130,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let accounts = open_accounts(&config)
-        .await
-        .with_context(|| format!("cannot open the store at {}", config.store.describe()))?;
+    let store =
+        open_store(&config).await.with_context(|| format!("cannot open the store at {}", config.store.describe()))?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let accounts = Accounts::new(store.clone(), clock.clone());
     report_bootstrap(accounts.bootstrap(config.admin_key.as_ref()).await?);
-    let credits = Arc::new(credits::Credits::new(accounts.store().clone(), Arc::new(SystemClock)));
+    let credits = Arc::new(credits::Credits::new(store.clone(), clock.clone()));
+    let jobs = Arc::new(jobs::Jobs::new(store.clone(), clock.clone()));
     let tools = open_tools(&config, env, PluginLoading::Now, credits.clone()).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -130,14 +145,22 @@ pub async fn serve(
     let stopping = tokio_util::sync::CancellationToken::new();
     let billing = match &config.billing {
         Some(settings) => Some(Arc::new(
-            billing::Billing::new(accounts.store().clone(), Arc::new(SystemClock), settings.clone())
+            billing::Billing::new(store.clone(), store.clone(), clock.clone(), settings.clone())
                 .context("cannot set up billing")?,
         )),
         None => None,
     };
-    expire_holds_every(credits.clone(), std::time::Duration::from_secs(30), stopping.clone());
+    let worker = jobs::Worker::new(
+        store.clone(),
+        clock.clone(),
+        jobs::Registry::builtin(credits.clone(), store.clone(), clock.clone()),
+        jobs::WorkerSettings::new(config.jobs.concurrency, config.jobs.lease, config.jobs.poll_interval),
+    )
+    .spawn(stopping.clone());
+    jobs.schedule_every(jobs::EXPIRE_HOLDS, EXPIRE_HOLDS_EVERY, stopping.clone());
+    jobs.schedule_every(jobs::PRUNE, PRUNE_JOBS_EVERY, stopping.clone());
     let state =
-        http::AppState { accounts, metrics: Arc::default(), tools, credits, shutdown: stopping.clone(), billing };
+        http::AppState { accounts, metrics: Arc::default(), tools, credits, jobs, shutdown: stopping.clone(), billing };
     let app = http::router(state, &http_settings(&config));
     tracing::info!(%address, store = %config.store.describe(), "maestro listening on http://{address} (MCP at /mcp)");
     let shutdown = async move {
@@ -145,30 +168,11 @@ pub async fn serve(
         stopping.cancel();
     };
     http::serve(listener, app, shutdown).await?;
+    if let Err(err) = worker.await {
+        tracing::error!(error = %err, "the job worker failed");
+    }
     tracing::info!("maestro stopped");
     Ok(())
-}
-
-/// Expires holds past their time every `interval` until `stop` (each replica may run
-/// this: expiring is idempotent per hold).
-fn expire_holds_every(
-    credits: Arc<credits::Credits>,
-    interval: std::time::Duration,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(interval) => {}
-            }
-            match credits.expire_holds().await {
-                Ok(0) => {}
-                Ok(expired) => tracing::info!(expired, "expired credit holds"),
-                Err(err) => tracing::warn!(error = %err, "cannot expire credit holds"),
-            }
-        }
-    });
 }
 
 fn report_bootstrap(bootstrap: Bootstrap) {

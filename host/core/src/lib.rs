@@ -11,6 +11,7 @@ pub mod auth;
 pub mod billing;
 pub mod call;
 pub mod id;
+pub mod jobs;
 pub mod ledger;
 pub mod net;
 pub mod plugin;
@@ -21,10 +22,13 @@ pub mod tenant;
 pub use auth::{AccessError, ApiKey, Caller, KeyScope, KeyState, KeyToken, Role, RoleError, TokenError};
 pub use id::{Id, IdError};
 pub use id::{KeyId, TenantId};
+pub use jobs::{Enqueued, InvalidJob, Job, JobFailure, JobPage, JobQuery, JobState, NewJob};
 pub use ledger::{
     Account, AuditReport, Balance, Hold, HoldId, HoldState, IdempotencyKey, LedgerError, Posted, Posting, Transaction,
     TransactionId, TransactionKind, TransactionPage, TransactionQuery,
 };
 pub use policy::{Decision, Limits, PolicyError, PolicyErrors, PolicySet, Subject};
-pub use ports::{Clock, KeyStore, LedgerStore, Store, StoreError, TenantStore};
+pub use ports::{
+    AccountStore, Clock, JobStore, KeyStore, LedgerStore, Store, StoreError, StoreProbe, TenantStore, Tx, UnitOfWork,
+};
 pub use tenant::{Tenant, TenantName, TenantNameError};

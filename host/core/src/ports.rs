@@ -1,9 +1,17 @@
 //! Ports: the traits that storage (and later other) adapters implement.
 //!
-//! Each area of the domain gets its own trait (`TenantStore`, `KeyStore`, and in later
-//! capabilities ledger, documents, runs…); [`Store`] bundles them so the composition
-//! root hands one `Arc<dyn Store>` to the use-cases. Every adapter must pass the one
-//! conformance suite in `host/tests/it/storage.rs`.
+//! Each area of the domain gets its own trait (`TenantStore`, `KeyStore`, `LedgerStore`,
+//! `BillingStore`, `JobStore`, and later documents, runs…), and each use-case holds only
+//! the ports it needs (`Accounts`: [`AccountStore`]; `Credits`: [`LedgerStore`];
+//! `Billing`: [`BillingStore`] and [`LedgerStore`]; jobs: [`JobStore`]). [`Store`] is
+//! the whole backend: only the composition root (and tests) hold it, and hand out its
+//! ports (an `Arc<dyn Store>` coerces to any of them).
+//!
+//! Writes that must happen together go through a [`UnitOfWork`]: [`UnitOfWork::begin`]
+//! opens a [`Tx`] through which the ports' write operations run in one store
+//! transaction, committed by [`Tx::commit`] or rolled back by [`Tx::rollback`] or by
+//! dropping it. Every adapter must pass the one conformance suite in
+//! `host/tests/it/storage.rs`.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -11,6 +19,7 @@ use chrono::{DateTime, Utc};
 use crate::auth::ApiKey;
 use crate::billing::{ChargeRefund, CheckoutRecord, ProcessedEvent};
 use crate::id::{KeyId, TenantId};
+use crate::jobs::{Enqueued, Job, JobFailure, JobPage, JobQuery, JobState, NewJob};
 use crate::ledger::{
     AuditReport, Balance, Hold, HoldId, LedgerError, Posted, Posting, Transaction, TransactionPage, TransactionQuery,
 };
@@ -35,7 +44,7 @@ pub enum StoreError {
 
 /// Tenants.
 #[async_trait]
-pub trait TenantStore: Send + Sync {
+pub trait TenantStore: Send + Sync + std::fmt::Debug {
     /// Inserts a tenant; [`StoreError::Conflict`] if the name is taken.
     async fn create_tenant(&self, tenant: &Tenant) -> Result<(), StoreError>;
     /// A tenant by id.
@@ -48,7 +57,7 @@ pub trait TenantStore: Send + Sync {
 
 /// API keys.
 #[async_trait]
-pub trait KeyStore: Send + Sync {
+pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// Inserts a key; [`StoreError::Conflict`] if its id or lookup prefix is taken,
     /// [`StoreError::NotFound`] if its tenant does not exist.
     async fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError>;
@@ -70,7 +79,7 @@ pub trait KeyStore: Send + Sync {
 /// created, refunds seen, and the webhook events already processed. Events are matched
 /// to tenants only through these records, never through event metadata.
 #[async_trait]
-pub trait BillingStore: Send + Sync {
+pub trait BillingStore: Send + Sync + std::fmt::Debug {
     /// The Stripe customer of a tenant, if one was created.
     async fn stripe_customer(&self, tenant: &TenantId) -> Result<Option<String>, StoreError>;
     /// Maps `tenant` to `customer` unless it already has one; returns the customer now
@@ -113,7 +122,7 @@ pub trait BillingStore: Send + Sync {
 /// The credits ledger (see [`crate::ledger`]). Each method is one atomic store
 /// transaction; ledger writes are durable when they return.
 #[async_trait]
-pub trait LedgerStore: Send + Sync {
+pub trait LedgerStore: Send + Sync + std::fmt::Debug {
     /// Applies a posting atomically, or nothing of it: checks its idempotency key
     /// (same key and same request → the original outcome with `replayed: true`; same key
     /// and another request → [`LedgerError::IdempotencyConflict`]), applies its legs to
@@ -138,14 +147,103 @@ pub trait LedgerStore: Send + Sync {
     async fn audit(&self) -> Result<AuditReport, StoreError>;
 }
 
-/// Everything the host persists.
+/// Background jobs (see [`crate::jobs`]). Every method is one atomic store transaction.
 #[async_trait]
-pub trait Store: TenantStore + KeyStore + BillingStore + LedgerStore + std::fmt::Debug {
+pub trait JobStore: Send + Sync + std::fmt::Debug {
+    /// Stores a queued job, or returns the job already stored under its key
+    /// (`created: false`) whatever its state.
+    async fn enqueue(&self, job: &NewJob, now: DateTime<Utc>) -> Result<Enqueued, StoreError>;
+    /// Claims up to `limit` jobs for `owner` until `lease_until`: queued jobs whose
+    /// `run_at` has passed and running jobs whose lease expired before `now` (their
+    /// worker died), oldest `run_at` first. Each claim counts an attempt. Of concurrent
+    /// claimers, each job goes to one. A running job whose lease expired on its last
+    /// attempt becomes `dead` instead of being claimed.
+    async fn claim(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Job>, StoreError>;
+    /// Extends `owner`'s lease on a running job; `false` when `owner` no longer holds it.
+    async fn heartbeat(
+        &self,
+        id: i64,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Marks a running job `succeeded`, only if `owner` holds it; returns whether it did
+    /// (a worker whose lease was taken over cannot complete the job).
+    async fn complete(&self, id: i64, owner: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// Records a failed attempt, only if `owner` holds the job: `queued` again at
+    /// `retry_at`, `failed` without one, `dead` when out of attempts. Returns the new
+    /// state, `None` when `owner` does not hold the job.
+    async fn fail(
+        &self,
+        id: i64,
+        owner: &str,
+        failure: &JobFailure,
+        now: DateTime<Utc>,
+    ) -> Result<Option<JobState>, StoreError>;
+    /// Cancels a queued job; returns whether it did (running and finished jobs are left).
+    async fn cancel(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// Deletes up to `limit` finished jobs (succeeded, failed, dead, cancelled) last
+    /// changed before `finished_before`; returns how many. Their keys may then be used
+    /// again.
+    async fn prune(&self, finished_before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
+    /// A job by id.
+    async fn job(&self, id: i64) -> Result<Option<Job>, StoreError>;
+    /// A job by key.
+    async fn job_by_key(&self, key: &str) -> Result<Option<Job>, StoreError>;
+    /// A page of jobs, newest first.
+    async fn jobs(&self, query: &JobQuery) -> Result<JobPage, StoreError>;
+}
+
+/// Opens units of work: one store transaction through which several ports write.
+#[async_trait]
+pub trait UnitOfWork: Send + Sync + std::fmt::Debug {
+    /// Begins a write transaction (SQLite: `BEGIN IMMEDIATE`, so writers queue instead
+    /// of failing on lock upgrade; Postgres: durable commit). Keep a unit short and free
+    /// of outside calls: on SQLite it holds the database's write lock until it ends.
+    async fn begin(&self) -> Result<Box<dyn Tx>, StoreError>;
+}
+
+/// An open unit of work. Nothing written through it is visible to others until
+/// [`Tx::commit`]; dropping it without committing rolls everything back.
+#[async_trait]
+pub trait Tx: Send {
+    /// [`LedgerStore::post`] inside this transaction. A refused posting writes nothing
+    /// and leaves the transaction usable.
+    async fn post(&mut self, posting: &Posting, at: DateTime<Utc>) -> Result<Posted, LedgerError>;
+    /// [`JobStore::enqueue`] inside this transaction.
+    async fn enqueue(&mut self, job: &NewJob, now: DateTime<Utc>) -> Result<Enqueued, StoreError>;
+    /// Makes everything written through this transaction durable and visible.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+    /// Discards everything written through this transaction.
+    async fn rollback(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// What readiness asks of a backend.
+#[async_trait]
+pub trait StoreProbe: Send + Sync + std::fmt::Debug {
     /// The backend's name (`sqlite`, `postgres`), for logs and `/readyz`.
     fn backend(&self) -> &'static str;
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }
+
+/// What the account use-cases hold: tenants, keys, and the probe readiness asks (every
+/// request authenticates through them, so they answer for the store).
+pub trait AccountStore: TenantStore + KeyStore + StoreProbe {}
+
+impl<T: TenantStore + KeyStore + StoreProbe> AccountStore for T {}
+
+/// The whole backend: every port. Only the composition root and tests hold it; they
+/// hand each use-case the ports it needs (`Arc<dyn Store>` coerces to `Arc<dyn Port>`).
+pub trait Store: AccountStore + LedgerStore + BillingStore + JobStore + UnitOfWork {}
+
+impl<T: AccountStore + LedgerStore + BillingStore + JobStore + UnitOfWork> Store for T {}
 
 /// The time source. Injected so that tests can move time (e.g. past a key's expiry)
 /// without sleeping.

@@ -24,7 +24,8 @@ use maestro_core::billing::{
     ChargeRefund, CheckoutCompletion, CheckoutRecord, DEFAULT_TOLERANCE, EventAction, EventError, ProcessedEvent,
     SignatureError, StripeEvent, credits_to_reverse, verify_signature,
 };
-use maestro_core::{Clock, Store, StoreError, TenantId};
+use maestro_core::ports::BillingStore;
+use maestro_core::{Clock, LedgerStore, StoreError, TenantId};
 
 use self::stripe::StripeApi;
 pub use self::stripe::StripeApiError;
@@ -79,7 +80,7 @@ pub struct WebhookReceipt {
 /// Billing use-cases over the store, the ledger and Stripe.
 #[derive(Debug)]
 pub struct Billing {
-    store: Arc<dyn Store>,
+    store: Arc<dyn BillingStore>,
     credits: Credits,
     clock: Arc<dyn Clock>,
     stripe: StripeApi,
@@ -87,10 +88,15 @@ pub struct Billing {
 }
 
 impl Billing {
-    /// Billing with the given settings.
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, settings: BillingSettings) -> Result<Self, BillingError> {
+    /// Billing with the given settings, over its records and the ledger.
+    pub fn new(
+        store: Arc<dyn BillingStore>,
+        ledger: Arc<dyn LedgerStore>,
+        clock: Arc<dyn Clock>,
+        settings: BillingSettings,
+    ) -> Result<Self, BillingError> {
         let stripe = StripeApi::new(&settings.secret_key, &settings.api_base)?;
-        let credits = Credits::new(store.clone(), clock.clone());
+        let credits = Credits::new(ledger, clock.clone());
         Ok(Self { store, credits, clock, stripe, settings })
     }
 

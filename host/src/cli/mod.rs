@@ -235,7 +235,7 @@ pub fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
             Command::Plugin(command) => plugin::run(command, &config).await,
             Command::Tenant(command) => tenant(&open(&config).await?, command).await,
             Command::Key(command) => key(&open(&config).await?, command).await,
-            Command::Credits(command) => credits(&open(&config).await?, command).await,
+            Command::Credits(command) => credits(open_store(&config).await?, command).await,
         }
     })
 }
@@ -266,7 +266,8 @@ fn healthcheck(mut address: std::net::SocketAddr) -> anyhow::Result<()> {
 
 /// `maestro mcp`: resolves the caller, loads plugins and policies, serves stdio.
 async fn mcp(config: &Config, env: &Env, args: McpArgs) -> anyhow::Result<()> {
-    let accounts = open(config).await?;
+    let store = open_store(config).await?;
+    let accounts = Accounts::new(store.clone(), Arc::new(crate::accounts::SystemClock));
     let key = args.key.or_else(|| env.get("MAESTRO_MCP_KEY").filter(|k| !k.trim().is_empty()).cloned());
     let (principal, key_check) = match (key, args.tenant, args.role) {
         (Some(key), None, None) => {
@@ -297,8 +298,7 @@ async fn mcp(config: &Config, env: &Env, args: McpArgs) -> anyhow::Result<()> {
     };
     // Answer `initialize` at once; requests that need the plugins wait for them (a
     // first start compiles every component, which can take seconds).
-    let credits =
-        Arc::new(crate::credits::Credits::new(accounts.store().clone(), Arc::new(crate::accounts::SystemClock)));
+    let credits = Arc::new(crate::credits::Credits::new(store, Arc::new(crate::accounts::SystemClock)));
     let tools = crate::open_tools(config, env, crate::PluginLoading::Background, credits).await?;
     tracing::info!(tenant = %principal.tenant, role = %principal.role, "serving MCP on stdio");
     crate::mcp::serve_stdio(crate::mcp::Mcp::new(tools, config.mcp.names), principal, key_check).await
@@ -335,8 +335,9 @@ impl crate::mcp::KeyCheck for StdioKey {
     }
 }
 
-async fn credits(accounts: &Accounts, command: CreditsCommand) -> anyhow::Result<()> {
-    let credits = crate::credits::Credits::new(accounts.store().clone(), Arc::new(crate::accounts::SystemClock));
+async fn credits(store: Arc<dyn maestro_core::Store>, command: CreditsCommand) -> anyhow::Result<()> {
+    let accounts = &Accounts::new(store.clone(), Arc::new(crate::accounts::SystemClock));
+    let credits = crate::credits::Credits::new(store, Arc::new(crate::accounts::SystemClock));
     match command {
         CreditsCommand::Balance { tenant, json } => {
             let tenant = accounts.tenant_named(&tenant).await?;
@@ -421,7 +422,11 @@ async fn credits(accounts: &Accounts, command: CreditsCommand) -> anyhow::Result
 }
 
 async fn open(config: &Config) -> anyhow::Result<Accounts> {
-    crate::open_accounts(config).await.with_context(|| format!("cannot open the store at {}", config.store.describe()))
+    Ok(Accounts::new(open_store(config).await?, Arc::new(crate::accounts::SystemClock)))
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn maestro_core::Store>> {
+    crate::open_store(config).await.with_context(|| format!("cannot open the store at {}", config.store.describe()))
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {

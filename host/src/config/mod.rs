@@ -43,6 +43,9 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MAESTRO_MCP_TOOL_NAMES", "qualified or short (mcp.tool_names)"),
     ("MAESTRO_MCP_SESSION_IDLE_TIMEOUT", "idle MCP sessions close after this (mcp.session_idle_timeout)"),
     ("MAESTRO_MCP_MAX_SESSIONS_PER_KEY", "open MCP sessions per API key (mcp.max_sessions_per_key)"),
+    ("MAESTRO_JOBS_CONCURRENCY", "jobs one process runs at once (jobs.concurrency)"),
+    ("MAESTRO_JOBS_LEASE", "how long a claimed job is held before another worker may take it (jobs.lease)"),
+    ("MAESTRO_JOBS_POLL_INTERVAL", "how often an idle job worker looks for due jobs (jobs.poll_interval)"),
     ("MAESTRO_STRIPE_SECRET_KEY", "Stripe secret API key; turns billing on (environment only)"),
     ("MAESTRO_STRIPE_WEBHOOK_SECRET", "Stripe webhook signing secret, whsec_… (environment only)"),
     ("MAESTRO_STRIPE_API_BASE", "Stripe API base URL (billing.api_base)"),
@@ -107,6 +110,8 @@ pub struct Config {
     pub billing: Option<BillingSettings>,
     /// What model calls cost, by model name (used by the orchestrator).
     pub model_prices: Vec<ModelPrice>,
+    /// The background job worker.
+    pub jobs: JobsSettings,
     /// `MAESTRO_*` variables that were set but are not known, to warn about once
     /// logging is up.
     pub unknown_env: Vec<String>,
@@ -120,6 +125,18 @@ pub enum McpNames {
     Qualified,
     /// `tool` when no other tool the caller sees has that name, else `plugin.tool`.
     Short,
+}
+
+/// The background job worker of `maestro serve` (`[jobs]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobsSettings {
+    /// Jobs one process runs at once (1 to 1024).
+    pub concurrency: usize,
+    /// How long a claimed job is held before another worker may take it over (1s to 1h);
+    /// the worker extends it every third of this while the job runs.
+    pub lease: Duration,
+    /// How often an idle worker looks for due jobs (10ms to 1h).
+    pub poll_interval: Duration,
 }
 
 /// The MCP endpoint (`/mcp`) and stdio server.
@@ -315,6 +332,7 @@ impl Config {
         let mcp = mcp_settings(raw.mcp, listen)?;
         let billing = billing_settings(raw.billing, env)?;
         let model_prices = model_prices(raw.credits)?;
+        let jobs = jobs_settings(raw.jobs)?;
         let unknown_env = env
             .keys()
             .filter(|k| k.starts_with("MAESTRO_") && !ENV_VARS.iter().any(|(known, _)| known == k))
@@ -338,6 +356,7 @@ impl Config {
             mcp,
             billing,
             model_prices,
+            jobs,
             unknown_env,
         })
     }
@@ -557,6 +576,34 @@ fn mcp_settings(raw: raw::RawMcp, listen: SocketAddr) -> Result<McpSettings, Con
     Ok(McpSettings { allowed_hosts, allowed_origins, names, session_idle_timeout, max_sessions_per_key })
 }
 
+fn jobs_settings(raw: raw::RawJobs) -> Result<JobsSettings, ConfigError> {
+    let concurrency = raw.concurrency.unwrap_or(raw::DEFAULT_JOBS_CONCURRENCY);
+    if !(1..=1024).contains(&concurrency) {
+        return Err(invalid("jobs.concurrency", concurrency, "must be between 1 and 1024".into()));
+    }
+    let duration = |key: &str, text: Option<String>, default: &str, range: std::ops::RangeInclusive<Duration>| {
+        let text = text.unwrap_or_else(|| default.to_owned());
+        humantime::parse_duration(text.trim()).ok().filter(|d| range.contains(d)).ok_or_else(|| {
+            invalid(
+                key,
+                &text,
+                format!("expected a duration from {:?} to {:?}, e.g. {default}", range.start(), range.end()),
+            )
+        })
+    };
+    let hour = Duration::from_secs(3600);
+    Ok(JobsSettings {
+        concurrency,
+        lease: duration("jobs.lease", raw.lease, raw::DEFAULT_JOBS_LEASE, Duration::from_secs(1)..=hour)?,
+        poll_interval: duration(
+            "jobs.poll_interval",
+            raw.poll_interval,
+            raw::DEFAULT_JOBS_POLL_INTERVAL,
+            Duration::from_millis(10)..=hour,
+        )?,
+    })
+}
+
 fn reload_interval(key: &str, text: Option<&str>) -> Result<Option<Duration>, ConfigError> {
     let text = text.unwrap_or(raw::DEFAULT_RELOAD_INTERVAL);
     let interval = humantime::parse_duration(text.trim())
@@ -712,5 +759,33 @@ mod tests {
         let config = Config::load(None, &env(&[("MAESTRO_LISTNE", "x"), ("HOME", "/root")]), &Overrides::default())
             .expect("valid");
         assert_eq!(config.unknown_env, vec!["MAESTRO_LISTNE".to_owned()]);
+    }
+
+    #[test]
+    fn jobs_settings_default_and_read_the_environment() {
+        let config = Config::load(None, &Env::new(), &Overrides::default()).expect("valid");
+        assert_eq!(
+            config.jobs,
+            JobsSettings { concurrency: 4, lease: Duration::from_secs(30), poll_interval: Duration::from_secs(1) }
+        );
+        let vars = env(&[
+            ("MAESTRO_JOBS_CONCURRENCY", "2"),
+            ("MAESTRO_JOBS_LEASE", "3s"),
+            ("MAESTRO_JOBS_POLL_INTERVAL", "50ms"),
+        ]);
+        let config = Config::load(None, &vars, &Overrides::default()).expect("valid");
+        assert_eq!(
+            config.jobs,
+            JobsSettings { concurrency: 2, lease: Duration::from_secs(3), poll_interval: Duration::from_millis(50) }
+        );
+        for (var, value, key) in [
+            ("MAESTRO_JOBS_CONCURRENCY", "0", "jobs.concurrency"),
+            ("MAESTRO_JOBS_CONCURRENCY", "many", "MAESTRO_JOBS_CONCURRENCY"),
+            ("MAESTRO_JOBS_LEASE", "0s", "jobs.lease"),
+            ("MAESTRO_JOBS_POLL_INTERVAL", "soon", "jobs.poll_interval"),
+        ] {
+            let err = Config::load(None, &env(&[(var, value)]), &Overrides::default()).expect_err(value);
+            assert!(err.to_string().contains(key), "{var}={value}: {err}");
+        }
     }
 }

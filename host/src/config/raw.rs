@@ -17,6 +17,9 @@ pub(super) const DEFAULT_SANDBOX_INSTANCES: u32 = 256;
 pub(super) const DEFAULT_MCP_HOSTS: &[&str] = &["localhost", "127.0.0.1", "::1"];
 pub(super) const DEFAULT_MCP_SESSION_IDLE: &str = "30m";
 pub(super) const DEFAULT_MCP_MAX_SESSIONS_PER_KEY: u32 = 32;
+pub(super) const DEFAULT_JOBS_CONCURRENCY: usize = 4;
+pub(super) const DEFAULT_JOBS_LEASE: &str = "30s";
+pub(super) const DEFAULT_JOBS_POLL_INTERVAL: &str = "1s";
 pub(super) const DEFAULT_STRIPE_API_BASE: &str = "https://api.stripe.com/";
 
 /// The raw config file. See `config/maestro.toml` for every key and its default.
@@ -57,6 +60,21 @@ pub struct RawConfig {
     /// `[credits]`.
     #[serde(default)]
     pub credits: RawCredits,
+    /// `[jobs]`.
+    #[serde(default)]
+    pub jobs: RawJobs,
+}
+
+/// `[jobs]`: the background job worker of `maestro serve`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJobs {
+    /// Jobs one process runs at once.
+    pub concurrency: Option<usize>,
+    /// How long a claimed job is held before another worker may take it over.
+    pub lease: Option<String>,
+    /// How often an idle worker looks for due jobs.
+    pub poll_interval: Option<String>,
 }
 
 /// `[credits]`: prices that are not set per tool by policy.
@@ -255,6 +273,20 @@ impl RawConfig {
                 reason: "expected a number of sessions".into(),
             })?;
             self.mcp.max_sessions_per_key = Some(sessions);
+        }
+        if let Some(v) = get("MAESTRO_JOBS_CONCURRENCY") {
+            let n = v.trim().parse().map_err(|_| ConfigError::Invalid {
+                key: "MAESTRO_JOBS_CONCURRENCY".into(),
+                value: v.clone(),
+                reason: "expected a number of jobs".into(),
+            })?;
+            self.jobs.concurrency = Some(n);
+        }
+        if let Some(v) = get("MAESTRO_JOBS_LEASE") {
+            self.jobs.lease = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_JOBS_POLL_INTERVAL") {
+            self.jobs.poll_interval = Some(v);
         }
         if let Some(v) = get("MAESTRO_STRIPE_API_BASE") {
             self.billing.api_base = Some(v);

@@ -14,6 +14,7 @@ pub mod credits;
 pub mod error;
 mod extract;
 pub mod health;
+pub mod jobs;
 mod mcp;
 pub mod metrics;
 pub mod request_id;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub tools: Arc<crate::tools::Tools>,
     /// The credit ledger.
     pub credits: Arc<crate::credits::Credits>,
+    /// Background jobs.
+    pub jobs: Arc<crate::jobs::Jobs>,
     /// Cancelled when the server shuts down: ends MCP sessions and open streams so
     /// graceful shutdown does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -77,6 +80,7 @@ pub struct HttpSettings {
         tools::list_plugins, tools::list_personas, tools::render_persona, tools::list_tools, tools::call_tool,
         credits::balance, credits::ledger, credits::grant,
         billing::checkout, billing::stripe_webhook,
+        jobs::list,
     ),
     modifiers(&BearerScheme, &CommonResponses),
     tags(
@@ -87,6 +91,7 @@ pub struct HttpSettings {
         (name = "tools", description = "plugins, personas and tool calls (under the caller's policy)"),
         (name = "credits", description = "balances, the ledger, and grants (platform admin)"),
         (name = "billing", description = "Stripe top-ups: checkout (tenant admin) and the Stripe webhook"),
+        (name = "jobs", description = "background jobs of every replica (platform admin)"),
     )
 )]
 pub struct ApiDoc;
@@ -208,6 +213,7 @@ fn table() -> Vec<(Route, Option<MethodRouter<AppState>>)> {
         (route(Method::GET, "/v1/credits", Bearer, false), Some(get(credits::balance))),
         (route(Method::GET, "/v1/credits/ledger", Bearer, false), Some(get(credits::ledger))),
         (route(Method::POST, "/v1/credits/grants", Bearer, true), Some(post(credits::grant))),
+        (route(Method::GET, "/v1/jobs", Bearer, false), Some(get(jobs::list))),
         (route(Method::POST, "/v1/billing/checkout", Bearer, true), Some(post(billing::checkout))),
         // Stripe calls this without a bearer key; the signature authenticates it.
         (

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use maestro_core::billing::{ChargeRefund, CheckoutRecord, ProcessedEvent};
 use maestro_core::{StoreError, TenantId};
 
-/// Columns of `stripe_checkouts`, in the order of [`CheckoutRow`].
+/// Columns of `stripe_checkouts`, read by name into [`CheckoutRow`].
 macro_rules! checkout_columns {
     () => {
         "id, tenant_id, pack, credits, amount, currency, paid, payment_intent, reversed_credits, reversed_from, \
@@ -15,51 +15,70 @@ macro_rules! checkout_columns {
 pub(super) use checkout_columns;
 
 /// A raw `stripe_checkouts` row.
-pub(super) type CheckoutRow = (String, String, String, i64, i64, String, bool, Option<String>, i64, i64, DateTime<Utc>);
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct CheckoutRow {
+    id: String,
+    tenant_id: String,
+    pack: String,
+    credits: i64,
+    amount: i64,
+    currency: String,
+    paid: bool,
+    payment_intent: Option<String>,
+    reversed_credits: i64,
+    reversed_from: i64,
+    created_at: DateTime<Utc>,
+}
 
 /// A raw `stripe_refunds` row (without `updated_at`).
-pub(super) type RefundRow = (String, String, Option<String>, i64, i64);
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct RefundRow {
+    payment_intent: String,
+    charge_id: String,
+    customer_id: Option<String>,
+    amount: i64,
+    amount_refunded: i64,
+}
 
 /// A raw `stripe_events` row.
-pub(super) type EventRow = (String, String, DateTime<Utc>, String);
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct EventRow {
+    id: String,
+    #[sqlx(rename = "type")]
+    kind: String,
+    received_at: DateTime<Utc>,
+    outcome: String,
+}
 
 pub(super) fn checkout_from_row(row: CheckoutRow) -> Result<CheckoutRecord, StoreError> {
-    let (
-        id,
-        tenant_id,
-        pack,
-        credits,
-        amount,
-        currency,
-        paid,
-        payment_intent,
-        reversed_credits,
-        reversed_from,
-        created_at,
-    ) = row;
     Ok(CheckoutRecord {
-        tenant_id: TenantId::parse(&tenant_id).map_err(|e| StoreError::Corrupt(format!("checkout {id}: {e}")))?,
-        id,
-        pack,
-        credits,
-        amount,
-        currency,
-        paid,
-        payment_intent,
-        reversed_credits,
-        reversed_from,
-        created_at,
+        tenant_id: TenantId::parse(&row.tenant_id)
+            .map_err(|e| StoreError::Corrupt(format!("checkout {}: {e}", row.id)))?,
+        id: row.id,
+        pack: row.pack,
+        credits: row.credits,
+        amount: row.amount,
+        currency: row.currency,
+        paid: row.paid,
+        payment_intent: row.payment_intent,
+        reversed_credits: row.reversed_credits,
+        reversed_from: row.reversed_from,
+        created_at: row.created_at,
     })
 }
 
-pub(super) fn refund_from_row(
-    (payment_intent, charge_id, customer, amount, amount_refunded): RefundRow,
-) -> ChargeRefund {
-    ChargeRefund { charge_id, payment_intent: Some(payment_intent), customer, amount, amount_refunded }
+pub(super) fn refund_from_row(row: RefundRow) -> ChargeRefund {
+    ChargeRefund {
+        charge_id: row.charge_id,
+        payment_intent: Some(row.payment_intent),
+        customer: row.customer_id,
+        amount: row.amount,
+        amount_refunded: row.amount_refunded,
+    }
 }
 
-pub(super) fn event_from_row((id, kind, received_at, outcome): EventRow) -> ProcessedEvent {
-    ProcessedEvent { id, kind, received_at, outcome }
+pub(super) fn event_from_row(row: EventRow) -> ProcessedEvent {
+    ProcessedEvent { id: row.id, kind: row.kind, received_at: row.received_at, outcome: row.outcome }
 }
 
 /// Implements [`maestro_core::ports::BillingStore`] for a store type with a `pool` field.

@@ -26,16 +26,17 @@ use maestro_core::{
     Account, Balance, Hold, HoldId, HoldState, IdempotencyKey, StoreError, TenantId, Transaction, TransactionKind,
 };
 
-/// Columns of a transaction joined with one of its entries, in the order of [`TxRow`].
+/// Columns of a transaction joined with one of its entries, read by name into [`TxRow`].
 macro_rules! tx_columns {
     () => {
         "t.seq, t.id, t.tenant_id, t.kind, t.amount, t.memo, t.idempotency_key, t.hold_id, t.reverses, \
-         t.created_at, t.available_after, t.held_after, t.fingerprint, e.account, e.amount"
+         t.created_at, t.available_after, t.held_after, t.fingerprint, e.account AS entry_account, \
+         e.amount AS entry_amount"
     };
 }
 pub(super) use tx_columns;
 
-/// Columns of `ledger_holds`, in the order of [`HoldRow`].
+/// Columns of `ledger_holds`, read by name into [`HoldRow`].
 macro_rules! hold_columns {
     () => {
         "id, tenant_id, amount, expires_at, state, settled_amount, created_at, closed_at"
@@ -44,27 +45,37 @@ macro_rules! hold_columns {
 pub(super) use hold_columns;
 
 /// A transaction row joined with one entry.
-pub(super) type TxRow = (
-    i64,
-    String,
-    String,
-    String,
-    i64,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    DateTime<Utc>,
-    i64,
-    i64,
-    String,
-    String,
-    i64,
-);
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct TxRow {
+    seq: i64,
+    id: String,
+    tenant_id: String,
+    kind: String,
+    amount: i64,
+    memo: String,
+    idempotency_key: String,
+    hold_id: Option<String>,
+    reverses: Option<String>,
+    created_at: DateTime<Utc>,
+    available_after: i64,
+    held_after: i64,
+    fingerprint: String,
+    entry_account: String,
+    entry_amount: i64,
+}
 
 /// A raw `ledger_holds` row.
-pub(super) type HoldRow =
-    (String, String, i64, DateTime<Utc>, String, Option<i64>, DateTime<Utc>, Option<DateTime<Utc>>);
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct HoldRow {
+    id: String,
+    tenant_id: String,
+    amount: i64,
+    expires_at: DateTime<Utc>,
+    state: String,
+    settled_amount: Option<i64>,
+    created_at: DateTime<Utc>,
+    closed_at: Option<DateTime<Utc>>,
+}
 
 /// A stored transaction with what the cursor and replays need.
 pub(super) struct StoredTx {
@@ -78,46 +89,38 @@ pub(super) struct StoredTx {
 pub(super) fn transactions_from_rows(rows: Vec<TxRow>) -> Result<Vec<StoredTx>, StoreError> {
     let mut out: Vec<StoredTx> = Vec::new();
     for row in rows {
-        let (
-            seq,
-            id,
-            tenant,
-            kind,
-            amount,
-            memo,
-            key,
-            hold,
-            reverses,
-            created_at,
-            available,
-            held,
-            fingerprint,
-            account,
-            entry,
-        ) = row;
+        let id = row.id;
+        let account = row.entry_account;
         let leg = Leg {
             account: Account::parse(&account).ok_or_else(|| corrupt(format!("transaction {id}: account {account}")))?,
-            amount: entry,
+            amount: row.entry_amount,
         };
         if let Some(last) = out.last_mut()
-            && last.seq == seq
+            && last.seq == row.seq
         {
             last.transaction.entries.push(leg);
             continue;
         }
+        let key = row.idempotency_key;
         let transaction = Transaction {
             id: TransactionId::parse(&id).map_err(|e| corrupt(e.to_string()))?,
-            kind: TransactionKind::parse(&kind).ok_or_else(|| corrupt(format!("transaction {id}: kind {kind}")))?,
-            tenant: TenantId::parse(&tenant).map_err(|e| corrupt(e.to_string()))?,
+            kind: TransactionKind::parse(&row.kind)
+                .ok_or_else(|| corrupt(format!("transaction {id}: kind {}", row.kind)))?,
+            tenant: TenantId::parse(&row.tenant_id).map_err(|e| corrupt(e.to_string()))?,
             entries: vec![leg],
-            amount,
-            memo,
+            amount: row.amount,
+            memo: row.memo,
             idempotency_key: IdempotencyKey::parse(&key).map_err(|e| corrupt(format!("transaction {id}: {e}")))?,
-            hold: hold.map(|h| HoldId::parse(&h)).transpose().map_err(|e| corrupt(e.to_string()))?,
-            reverses: reverses.map(|r| TransactionId::parse(&r)).transpose().map_err(|e| corrupt(e.to_string()))?,
-            created_at,
+            hold: row.hold_id.map(|h| HoldId::parse(&h)).transpose().map_err(|e| corrupt(e.to_string()))?,
+            reverses: row.reverses.map(|r| TransactionId::parse(&r)).transpose().map_err(|e| corrupt(e.to_string()))?,
+            created_at: row.created_at,
         };
-        out.push(StoredTx { seq, transaction, balance_after: Balance { available, held }, fingerprint });
+        out.push(StoredTx {
+            seq: row.seq,
+            transaction,
+            balance_after: Balance { available: row.available_after, held: row.held_after },
+            fingerprint: row.fingerprint,
+        });
     }
     for stored in &mut out {
         stored.transaction.entries.sort_by_key(|l| l.account.key());
@@ -126,16 +129,16 @@ pub(super) fn transactions_from_rows(rows: Vec<TxRow>) -> Result<Vec<StoredTx>, 
 }
 
 pub(super) fn hold_from_row(row: HoldRow) -> Result<Hold, StoreError> {
-    let (id, tenant, amount, expires_at, state, settled_amount, created_at, closed_at) = row;
+    let id = row.id;
     Ok(Hold {
-        state: HoldState::parse(&state).ok_or_else(|| corrupt(format!("hold {id}: state {state}")))?,
+        state: HoldState::parse(&row.state).ok_or_else(|| corrupt(format!("hold {id}: state {}", row.state)))?,
         id: HoldId::parse(&id).map_err(|e| corrupt(e.to_string()))?,
-        tenant: TenantId::parse(&tenant).map_err(|e| corrupt(e.to_string()))?,
-        amount,
-        expires_at,
-        settled_amount,
-        created_at,
-        closed_at,
+        tenant: TenantId::parse(&row.tenant_id).map_err(|e| corrupt(e.to_string()))?,
+        amount: row.amount,
+        expires_at: row.expires_at,
+        settled_amount: row.settled_amount,
+        created_at: row.created_at,
+        closed_at: row.closed_at,
     })
 }
 
@@ -174,7 +177,7 @@ macro_rules! impl_ledger_queries {
         impl $store {
             /// Everything a posting does, inside `tx`. `Ok(Err(posted))` is a replay.
             async fn ledger_apply(
-                tx: &mut sqlx::Transaction<'static, <$store as super::Backend>::Db>,
+                conn: &mut <<$store as super::Backend>::Db as sqlx::Database>::Connection,
                 posting: &maestro_core::Posting,
                 fingerprint: &str,
                 at: chrono::DateTime<chrono::Utc>,
@@ -190,7 +193,7 @@ macro_rules! impl_ledger_queries {
                     let taken =
                         sqlx::query_scalar::<_, String>("SELECT id FROM ledger_transactions WHERE reverses = $1")
                             .bind(original.as_str())
-                            .fetch_optional(&mut **tx)
+                            .fetch_optional(&mut *conn)
                             .await
                             .map_err(be)?;
                     if taken.is_some() {
@@ -207,7 +210,7 @@ macro_rules! impl_ledger_queries {
                     let stored = sqlx::query_as::<_, super::ledger::HoldRow>(sql)
                         .bind(hold.as_str())
                         .bind(posting.tenant.as_str())
-                        .fetch_optional(&mut **tx)
+                        .fetch_optional(&mut *conn)
                         .await
                         .map_err(be)?
                         .map(super::ledger::hold_from_row)
@@ -227,7 +230,7 @@ macro_rules! impl_ledger_queries {
                     .bind(state.as_str())
                     .bind(settled)
                     .bind(at)
-                    .execute(&mut **tx)
+                    .execute(&mut *conn)
                     .await
                     .map_err(be)?
                     .rows_affected();
@@ -241,7 +244,7 @@ macro_rules! impl_ledger_queries {
                     let sql = concat!("SELECT balance FROM ledger_balances WHERE account = $1", $lock);
                     let available = sqlx::query_scalar::<_, i64>(sql)
                         .bind(account.key())
-                        .fetch_optional(&mut **tx)
+                        .fetch_optional(&mut *conn)
                         .await
                         .map_err(be)?
                         .unwrap_or(0);
@@ -262,7 +265,7 @@ macro_rules! impl_ledger_queries {
                         )
                         .bind(&key)
                         .bind(leg.amount)
-                        .execute(&mut **tx)
+                        .execute(&mut *conn)
                         .await
                         .map_err(be)?
                         .rows_affected()
@@ -275,7 +278,7 @@ macro_rules! impl_ledger_queries {
                         .bind(leg.account.class())
                         .bind(leg.account.tenant().map(|t| t.as_str()))
                         .bind(leg.amount)
-                        .execute(&mut **tx)
+                        .execute(&mut *conn)
                         .await
                         .map_err(be)?
                         .rows_affected()
@@ -284,7 +287,7 @@ macro_rules! impl_ledger_queries {
                         let available =
                             sqlx::query_scalar::<_, i64>("SELECT balance FROM ledger_balances WHERE account = $1")
                                 .bind(&key)
-                                .fetch_optional(&mut **tx)
+                                .fetch_optional(&mut *conn)
                                 .await
                                 .map_err(be)?
                                 .unwrap_or(0);
@@ -306,14 +309,14 @@ macro_rules! impl_ledger_queries {
                         .bind(amount)
                         .bind(*expires_at)
                         .bind(at)
-                        .execute(&mut **tx)
+                        .execute(&mut *conn)
                         .await
                         .map_err(super::map_err(&format!("hold {hold}")))?;
                         Some(hold.clone())
                     }
                 };
 
-                let balance_after = Self::ledger_balance(&mut **tx, &posting.tenant).await?;
+                let balance_after = Self::ledger_balance(&mut *conn, &posting.tenant).await?;
                 sqlx::query(
                     "INSERT INTO ledger_transactions (id, tenant_id, kind, amount, memo, idempotency_key, fingerprint, \
                      hold_id, reverses, available_after, held_after, created_at) \
@@ -331,7 +334,7 @@ macro_rules! impl_ledger_queries {
                 .bind(balance_after.available)
                 .bind(balance_after.held)
                 .bind(at)
-                .execute(&mut **tx)
+                .execute(&mut *conn)
                 .await
                 .map_err(super::map_err(&format!("transaction {}", posting.key)))?;
                 if let [a, b] = legs.as_slice() {
@@ -344,7 +347,7 @@ macro_rules! impl_ledger_queries {
                     .bind(a.amount)
                     .bind(b.account.key())
                     .bind(b.amount)
-                    .execute(&mut **tx)
+                    .execute(&mut *conn)
                     .await
                     .map_err(be)?;
                 } else {
@@ -353,13 +356,39 @@ macro_rules! impl_ledger_queries {
                             .bind(posting.id.as_str())
                             .bind(leg.account.key())
                             .bind(leg.amount)
-                            .execute(&mut **tx)
+                            .execute(&mut *conn)
                             .await
                             .map_err(be)?;
                     }
                 }
                 let transaction = posting.transaction(legs, amount, hold_id, at);
                 Ok(maestro_core::Posted { transaction, balance_after, replayed: false })
+            }
+
+            /// Answers a posting that failed (and was rolled back): a concurrent request
+            /// with the same key (or reversing the same transaction) may have committed
+            /// while this one ran, and its outcome wins; otherwise `err`.
+            async fn ledger_after_failure(
+                conn: &mut <<$store as super::Backend>::Db as sqlx::Database>::Connection,
+                posting: &maestro_core::Posting,
+                fingerprint: &str,
+                err: maestro_core::LedgerError,
+            ) -> Result<maestro_core::Posted, maestro_core::LedgerError> {
+                if let Some(posted) = Self::ledger_replay(&mut *conn, posting, fingerprint).await? {
+                    return Ok(posted);
+                }
+                if let Some(original) = &posting.reverses {
+                    let taken =
+                        sqlx::query_scalar::<_, String>("SELECT id FROM ledger_transactions WHERE reverses = $1")
+                            .bind(original.as_str())
+                            .fetch_optional(&mut *conn)
+                            .await
+                            .map_err(super::backend_err)?;
+                    if taken.is_some() {
+                        return Err(maestro_core::LedgerError::AlreadyReversed(original.clone()));
+                    }
+                }
+                Err(err)
             }
 
             /// The outcome of an earlier posting with the same key: the original (as a
@@ -424,7 +453,7 @@ macro_rules! impl_ledger_queries {
                 posting.check()?;
                 let fingerprint = posting.fingerprint();
                 let mut tx = self.begin_ledger().await?;
-                let outcome = Self::ledger_apply(&mut tx, posting, &fingerprint, at).await;
+                let outcome = Self::ledger_apply(&mut *tx, posting, &fingerprint, at).await;
                 let outcome = match outcome {
                     Ok(posted) if posted.replayed => {
                         tx.rollback().await.map_err(super::backend_err)?;
@@ -437,23 +466,8 @@ macro_rules! impl_ledger_queries {
                     }
                 };
                 let Err(err) = outcome else { return outcome };
-                // A concurrent request with the same key (or reversing the same
-                // transaction) may have committed while this one ran: its outcome wins.
-                if let Some(posted) = Self::ledger_replay(&self.pool, posting, &fingerprint).await? {
-                    return Ok(posted);
-                }
-                if let Some(original) = &posting.reverses {
-                    let taken =
-                        sqlx::query_scalar::<_, String>("SELECT id FROM ledger_transactions WHERE reverses = $1")
-                            .bind(original.as_str())
-                            .fetch_optional(&self.pool)
-                            .await
-                            .map_err(super::backend_err)?;
-                    if taken.is_some() {
-                        return Err(maestro_core::LedgerError::AlreadyReversed(original.clone()));
-                    }
-                }
-                Err(err)
+                let mut conn = self.pool.acquire().await.map_err(super::backend_err)?;
+                Self::ledger_after_failure(&mut conn, posting, &fingerprint, err).await
             }
 
             async fn balance(

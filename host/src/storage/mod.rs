@@ -4,14 +4,17 @@
 //! [`postgres::PostgresStore`] — both implementing the core ports. Queries that are the
 //! same SQL on both backends are written once in `shared.rs`; a backend file holds only
 //! what differs (connecting, pragmas, migrations, and later backend-specific queries such
-//! as `FOR UPDATE SKIP LOCKED`). Migrations live in `migrations/{sqlite,postgres}` at the
+//! as `FOR UPDATE SKIP LOCKED`). Reads decode into row structs (`#[derive(sqlx::FromRow)]`)
+//! converted to domain types in one place per table. Migrations live in `migrations/{sqlite,postgres}` at the
 //! workspace root and are embedded in the binary.
 
 mod billing;
+mod jobs;
 mod ledger;
 pub mod postgres;
 mod shared;
 pub mod sqlite;
+mod unit;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -58,7 +61,9 @@ impl StoreLocation {
     }
 }
 
-/// Opens the store and applies pending migrations.
+/// Opens the store and applies pending migrations. The composition root hands each
+/// use-case the ports it needs from it (`Arc<dyn Store>` coerces to `Arc<dyn LedgerStore>`
+/// and the other ports).
 pub async fn open(location: &StoreLocation) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match location {
         StoreLocation::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path).await?),
@@ -66,21 +71,49 @@ pub async fn open(location: &StoreLocation) -> Result<Arc<dyn Store>, StoreError
     })
 }
 
-/// Replaces the password in a URL's user-info with `***`.
+/// Replaces the password in a URL's user-info, and the value of every query parameter
+/// that looks secret (`password`, `sslpassword`, `*secret*`, `*token*`, …), with `***`.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
+    let query_start = rest.find(['?', '#']).unwrap_or(rest.len());
+    let (before_query, query) = rest.split_at(query_start);
+    // The user-info ends at the last `@` before the query (a password may hold `@` or `/`).
+    let before_query = match before_query.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
             let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
-            format!("{scheme}://{masked}@{host}{tail}")
+            format!("{masked}@{host}")
         }
-        None => url.to_owned(),
-    }
+        None => before_query.to_owned(),
+    };
+    format!("{scheme}://{before_query}{}", redact_query(query))
+}
+
+/// `?a=1&password=x#f` with secret-looking values replaced.
+fn redact_query(query: &str) -> String {
+    let Some(params) = query.strip_prefix('?') else {
+        return query.to_owned();
+    };
+    let (params, fragment) = params.split_once('#').map_or((params, None), |(p, f)| (p, Some(f)));
+    let redacted: Vec<String> = params
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if is_secret_parameter(key) => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    let fragment = fragment.map_or_else(String::new, |f| format!("#{f}"));
+    format!("?{}{fragment}", redacted.join("&"))
+}
+
+/// Whether a query parameter carries a secret (compared case-insensitively).
+fn is_secret_parameter(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "passwd", "pwd", "secret", "token", "apikey", "api_key", "api-key", "sslkey"]
+        .iter()
+        .any(|word| key.contains(word))
 }
 
 /// What a backend adapter names for the shared queries in [`shared`].
@@ -123,6 +156,31 @@ mod tests {
         assert_eq!(redact_url("postgres://u@db/m"), "postgres://u@db/m");
         assert_eq!(redact_url("postgres://db/m?x=@"), "postgres://db/m?x=@");
         assert_eq!(redact_url("postgres://u:p@ss@db/m"), "postgres://u:***@db/m");
+        assert_eq!(redact_url("postgres://u:pa/ss@db/m"), "postgres://u:***@db/m");
+    }
+
+    #[test]
+    fn redacts_secret_query_parameters() {
+        assert_eq!(redact_url("postgres://u@db/m?password=hunter2"), "postgres://u@db/m?password=***");
+        assert_eq!(
+            redact_url("postgres://db/m?sslmode=require&password=hunter2&application_name=x"),
+            "postgres://db/m?sslmode=require&password=***&application_name=x"
+        );
+        assert_eq!(
+            redact_url("postgres://db/m?sslpassword=k1&PASSWORD=k2"),
+            "postgres://db/m?sslpassword=***&PASSWORD=***"
+        );
+        assert_eq!(
+            redact_url("postgres://db?auth_token=t&client_secret=s#frag"),
+            "postgres://db?auth_token=***&client_secret=***#frag"
+        );
+        assert_eq!(redact_url("postgres://u:pw@db?password=x"), "postgres://u:***@db?password=***");
+        for secret in ["hunter2", "k1", "k2"] {
+            for url in ["postgres://db/m?password=hunter2", "postgres://db/m?sslpassword=k1&password=k2"] {
+                assert!(!redact_url(url).contains(secret) || !url.contains(secret), "{url} leaks {secret}");
+            }
+        }
+        assert_eq!(redact_url("postgres://db/m?sslmode=disable"), "postgres://db/m?sslmode=disable");
     }
 
     #[test]

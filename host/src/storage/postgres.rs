@@ -4,12 +4,14 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use maestro_core::{Store, StoreError};
+use maestro_core::{StoreError, StoreProbe};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::billing::impl_billing_queries;
+use super::jobs::impl_job_queries;
 use super::ledger::impl_ledger_queries;
 use super::shared::impl_shared_queries;
+use super::unit::impl_unit_of_work;
 use super::{Backend, backend_err};
 
 /// Migrations for Postgres, embedded at build time. The first one creates the `vector`
@@ -59,10 +61,12 @@ impl PostgresStore {
 
 impl_shared_queries!(PostgresStore);
 impl_billing_queries!(PostgresStore);
+impl_job_queries!(PostgresStore, " FOR UPDATE SKIP LOCKED");
+impl_unit_of_work!(PostgresStore, PostgresTx);
 impl_ledger_queries!(PostgresStore, " FOR UPDATE");
 
 #[async_trait]
-impl Store for PostgresStore {
+impl StoreProbe for PostgresStore {
     fn backend(&self) -> &'static str {
         "postgres"
     }

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use maestro_core::{ApiKey, KeyId, KeyScope, Role, StoreError, Tenant, TenantId, TenantName};
 
-/// Columns of `api_keys`, in the order of [`KeyRow`]. A macro so that queries are
+/// Columns of `api_keys`, read by name into [`KeyRow`]. A macro so that queries are
 /// built with `concat!` into the static strings sqlx requires.
 macro_rules! key_columns {
     () => {
@@ -15,32 +15,38 @@ macro_rules! key_columns {
 pub(super) use key_columns;
 
 /// A raw `api_keys` row.
-pub(super) type KeyRow = (
-    String,
-    Option<String>,
-    String,
-    String,
-    String,
-    Vec<u8>,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-);
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct KeyRow {
+    id: String,
+    tenant_id: Option<String>,
+    role: String,
+    name: String,
+    prefix: String,
+    hash: Vec<u8>,
+    created_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+}
 
 /// A raw `tenants` row.
-pub(super) type TenantRow = (String, String, DateTime<Utc>);
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct TenantRow {
+    id: String,
+    name: String,
+    created_at: DateTime<Utc>,
+}
 
-pub(super) fn tenant_from_row((id, name, created_at): TenantRow) -> Result<Tenant, StoreError> {
+pub(super) fn tenant_from_row(row: TenantRow) -> Result<Tenant, StoreError> {
     Ok(Tenant {
-        id: TenantId::parse(&id).map_err(corrupt)?,
-        name: TenantName::parse(&name).map_err(corrupt)?,
-        created_at,
+        id: TenantId::parse(&row.id).map_err(corrupt)?,
+        name: TenantName::parse(&row.name).map_err(corrupt)?,
+        created_at: row.created_at,
     })
 }
 
 pub(super) fn key_from_row(row: KeyRow) -> Result<ApiKey, StoreError> {
-    let (id, tenant_id, role, name, prefix, hash, created_at, expires_at, revoked_at) = row;
-    let scope = match (role.as_str(), tenant_id) {
+    let id = row.id;
+    let scope = match (row.role.as_str(), row.tenant_id) {
         ("platform", None) => KeyScope::Platform,
         (role, Some(tenant_id)) => KeyScope::Tenant {
             tenant_id: TenantId::parse(&tenant_id).map_err(corrupt)?,
@@ -51,16 +57,16 @@ pub(super) fn key_from_row(row: KeyRow) -> Result<ApiKey, StoreError> {
         }
     };
     let hash: [u8; 32] =
-        hash.try_into().map_err(|_| StoreError::Corrupt(format!("key {id} has a hash that is not 32 bytes")))?;
+        row.hash.try_into().map_err(|_| StoreError::Corrupt(format!("key {id} has a hash that is not 32 bytes")))?;
     Ok(ApiKey {
         id: KeyId::parse(&id).map_err(corrupt)?,
         scope,
-        name,
-        prefix,
+        name: row.name,
+        prefix: row.prefix,
         hash,
-        created_at,
-        expires_at,
-        revoked_at,
+        created_at: row.created_at,
+        expires_at: row.expires_at,
+        revoked_at: row.revoked_at,
     })
 }
 

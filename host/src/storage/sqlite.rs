@@ -5,12 +5,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use maestro_core::{Store, StoreError};
+use maestro_core::{StoreError, StoreProbe};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use super::billing::impl_billing_queries;
+use super::jobs::impl_job_queries;
 use super::ledger::impl_ledger_queries;
 use super::shared::impl_shared_queries;
+use super::unit::impl_unit_of_work;
 use super::{Backend, backend_err};
 
 /// Migrations for SQLite, embedded at build time.
@@ -65,10 +67,12 @@ impl SqliteStore {
 
 impl_shared_queries!(SqliteStore);
 impl_billing_queries!(SqliteStore);
+impl_job_queries!(SqliteStore, "");
+impl_unit_of_work!(SqliteStore, SqliteTx);
 impl_ledger_queries!(SqliteStore, "");
 
 #[async_trait]
-impl Store for SqliteStore {
+impl StoreProbe for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
     }

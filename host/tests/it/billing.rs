@@ -176,14 +176,14 @@ fn settings(api_base: &str) -> BillingSettings {
 async fn billing_host(backend: Backend) -> (TestHost, FakeStripe) {
     let stripe = FakeStripe::start().await;
     let mut host = TestHost::new(backend).await;
-    let billing = Billing::new(host.accounts.store().clone(), host.clock.clone(), settings(&stripe.base))
+    let billing = Billing::new(host.store.clone(), host.store.clone(), host.clock.clone(), settings(&stripe.base))
         .expect("billing configures");
     host.billing = Some(Arc::new(billing));
     (host, stripe)
 }
 
 fn store(host: &TestHost) -> Arc<dyn Store> {
-    host.accounts.store().clone()
+    host.store.clone()
 }
 
 async fn available(host: &TestHost, tenant: &TenantId) -> i64 {

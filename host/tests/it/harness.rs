@@ -12,6 +12,7 @@ use maestro_core::{Clock, Store};
 use maestro_host::accounts::Accounts;
 use maestro_host::credits::Credits;
 use maestro_host::http::{self, AppState, HttpSettings};
+use maestro_host::jobs::Jobs;
 use maestro_host::plugins::PluginRegistry;
 use maestro_host::policy::PolicyStore;
 use maestro_host::storage::{self, StoreLocation};
@@ -174,6 +175,10 @@ pub(crate) struct TestHost {
     pub(crate) credits: Arc<Credits>,
     /// Stripe top-ups, when a test sets them up (`None`: billing routes answer 503).
     pub(crate) billing: Option<Arc<maestro_host::billing::Billing>>,
+    /// Background jobs.
+    pub(crate) jobs: Arc<Jobs>,
+    /// The whole backend, for tests that hand its ports to use-cases themselves.
+    pub(crate) store: Arc<dyn Store>,
 }
 
 /// An answer: status, headers, and the body parsed as JSON (or `Value::String` when it
@@ -207,8 +212,9 @@ impl TestHost {
         let clock = ManualClock::new();
         let accounts = Accounts::new(store.clone(), clock.clone());
         let credits = Arc::new(Credits::new(store.clone(), clock.clone()));
+        let jobs = Arc::new(Jobs::new(store.clone(), clock.clone()));
         let tools = tools_with(&db.dir().join("plugins"), &[], PolicySet::deny_all(), credits.clone()).await;
-        Self { _db: db, accounts, clock, settings, tools, credits, billing: None }
+        Self { _db: db, accounts, clock, settings, tools, credits, billing: None, jobs, store }
     }
 
     /// Installs `plugins` (built fixtures) and runs under `policy` (TOML text).
@@ -225,6 +231,7 @@ impl TestHost {
             metrics: Arc::default(),
             tools: self.tools.clone(),
             credits: self.credits.clone(),
+            jobs: self.jobs.clone(),
             shutdown: Default::default(),
             billing: self.billing.clone(),
         };

@@ -170,14 +170,22 @@ async fn app_over(
     let store = db.open().await;
     let clock = crate::harness::ManualClock::new();
     let accounts = Accounts::new(store.clone(), clock.clone());
-    let credits = Arc::new(Credits::new(store, clock));
+    let credits = Arc::new(Credits::new(store.clone(), clock.clone()));
+    let jobs = Arc::new(maestro_host::jobs::Jobs::new(store, clock));
     let tools = crate::harness::tools_with(&db.dir().join("plugins"), plugins, policy, credits.clone()).await;
     let platform = match accounts.bootstrap(None).await.expect("bootstrap") {
         maestro_host::accounts::Bootstrap::Generated(issued) => issued.token.expose_secret().to_owned(),
         other => panic!("{other:?}"),
     };
-    let state =
-        AppState { accounts, metrics: Arc::default(), tools, credits, shutdown: Default::default(), billing: None };
+    let state = AppState {
+        accounts,
+        metrics: Arc::default(),
+        tools,
+        credits,
+        shutdown: Default::default(),
+        billing: None,
+        jobs,
+    };
     let settings = HttpSettings { body_limit_bytes: 64 * 1024, cors_allow_origins: vec![], mcp: Default::default() };
     (db, http::router(state, &settings), platform)
 }

@@ -11,6 +11,7 @@ mod first_party;
 mod fixtures;
 mod harness;
 mod http_api;
+mod jobs;
 mod ledger;
 mod mcp;
 mod mcp_clients;

@@ -18,6 +18,8 @@ backend_tests!(
     concurrent_bootstraps_insert_exactly_one_key,
     data_survives_reopening_the_store,
     reports_backend_and_answers_ping,
+    a_unit_of_work_writes_a_posting_and_a_job_together_or_not_at_all,
+    a_refused_posting_leaves_the_unit_of_work_usable,
 );
 
 fn now() -> DateTime<Utc> {
@@ -216,4 +218,71 @@ async fn postgres_migrations_create_the_vector_extension() {
         .await
         .expect("pgvector is installed by the first migration");
     assert!(!version.is_empty());
+}
+
+fn grant(tenant: &TenantId, amount: i64, key: &str, seed: u64) -> maestro_core::Posting {
+    maestro_core::Posting::grant(
+        maestro_core::TransactionId::from_random(seeded(seed)),
+        tenant.clone(),
+        amount,
+        key,
+        "",
+    )
+    .expect("valid grant")
+}
+
+fn job(key: &str, at: DateTime<Utc>) -> maestro_core::NewJob {
+    maestro_core::NewJob::new("noop", key, &serde_json::json!({}), at).expect("valid job")
+}
+
+async fn a_unit_of_work_writes_a_posting_and_a_job_together_or_not_at_all(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let acme = TenantId::from_random(seeded(1));
+    let t0 = now();
+
+    let mut tx = store.begin().await.expect("begin");
+    tx.post(&grant(&acme, 10, "g1", 10), t0).await.expect("post in tx");
+    tx.enqueue(&job("j1", t0), t0).await.expect("enqueue in tx");
+    tx.rollback().await.expect("rollback");
+    assert_eq!(store.balance(&acme).await.expect("balance").available, 0, "rolled back: no credits");
+    assert_eq!(store.job_by_key("j1").await.expect("job"), None, "rolled back: no job");
+
+    let mut tx = store.begin().await.expect("begin");
+    tx.post(&grant(&acme, 10, "g1", 11), t0).await.expect("post in tx");
+    tx.enqueue(&job("j1", t0), t0).await.expect("enqueue in tx");
+    drop(tx);
+    assert_eq!(store.balance(&acme).await.expect("balance").available, 0, "dropped: no credits");
+    assert_eq!(store.job_by_key("j1").await.expect("job"), None, "dropped: no job");
+
+    let mut tx = store.begin().await.expect("begin");
+    let posted = tx.post(&grant(&acme, 10, "g1", 12), t0).await.expect("post in tx");
+    let enqueued = tx.enqueue(&job("j1", t0), t0).await.expect("enqueue in tx");
+    assert!(enqueued.created && !posted.replayed);
+    tx.commit().await.expect("commit");
+    assert_eq!(store.balance(&acme).await.expect("balance").available, 10, "committed: credits");
+    assert_eq!(store.job_by_key("j1").await.expect("job"), Some(enqueued.job), "committed: job");
+    assert!(store.audit().await.expect("audit").is_clean());
+}
+
+async fn a_refused_posting_leaves_the_unit_of_work_usable(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let acme = TenantId::from_random(seeded(1));
+    let t0 = now();
+    store.post(&grant(&acme, 5, "g0", 20), t0).await.expect("grant");
+
+    let mut tx = store.begin().await.expect("begin");
+    let debit =
+        maestro_core::Posting::debit(maestro_core::TransactionId::from_random(seeded(21)), acme.clone(), 50, "d1", "")
+            .expect("valid debit");
+    let err = tx.post(&debit, t0).await.expect_err("more than the wallet holds");
+    assert!(matches!(err, maestro_core::LedgerError::Insufficient { available: 5, needed: 50 }), "{err:?}");
+    let replay = tx.post(&grant(&acme, 5, "g0", 22), t0).await.expect("same key, same request");
+    assert!(replay.replayed, "a replay inside a unit answers like the store");
+    tx.post(&grant(&acme, 1, "g2", 23), t0).await.expect("the unit still writes");
+    tx.enqueue(&job("after-refusal", t0), t0).await.expect("enqueue after a refusal");
+    tx.commit().await.expect("commit");
+
+    assert_eq!(store.balance(&acme).await.expect("balance").available, 6);
+    assert!(store.job_by_key("after-refusal").await.expect("job").is_some());
+    assert!(store.audit().await.expect("audit").is_clean(), "the refused debit left nothing behind");
 }

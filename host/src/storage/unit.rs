@@ -1,0 +1,77 @@
+//! [`maestro_core::UnitOfWork`]: one store transaction through which several ports write
+//! (a ledger posting and a job today; a run's event and its credit settlement next).
+//! Expanded per store type by [`impl_unit_of_work!`]; the transaction is the backend's
+//! `begin_ledger` (SQLite: `BEGIN IMMEDIATE`; Postgres: `synchronous_commit = on`), so a
+//! unit that posts credits is as durable as a posting on its own.
+//!
+//! A posting inside a unit runs under a savepoint: when it is refused (insufficient
+//! credits, a closed hold, a reused key) its partial writes are rolled back to the
+//! savepoint and the unit stays usable, answering exactly as [`maestro_core::LedgerStore::post`]
+//! would. Dropping a unit without committing rolls it back (sqlx rolls back a dropped
+//! transaction).
+
+/// Implements [`maestro_core::UnitOfWork`] for `$store` with `$tx` as its transaction.
+macro_rules! impl_unit_of_work {
+    ($store:ty, $tx:ident) => {
+        /// An open unit of work on this backend.
+        pub struct $tx {
+            tx: sqlx::Transaction<'static, <$store as super::Backend>::Db>,
+        }
+
+        impl std::fmt::Debug for $tx {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($tx)).finish_non_exhaustive()
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl maestro_core::UnitOfWork for $store {
+            async fn begin(&self) -> Result<Box<dyn maestro_core::Tx>, maestro_core::StoreError> {
+                Ok(Box::new($tx { tx: self.begin_ledger().await? }))
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl maestro_core::Tx for $tx {
+            async fn post(
+                &mut self,
+                posting: &maestro_core::Posting,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<maestro_core::Posted, maestro_core::LedgerError> {
+                let be = super::backend_err;
+                posting.check()?;
+                let fingerprint = posting.fingerprint();
+                sqlx::query("SAVEPOINT maestro_post").execute(&mut *self.tx).await.map_err(be)?;
+                match <$store>::ledger_apply(&mut *self.tx, posting, &fingerprint, at).await {
+                    Ok(posted) => {
+                        sqlx::query("RELEASE SAVEPOINT maestro_post").execute(&mut *self.tx).await.map_err(be)?;
+                        Ok(posted)
+                    }
+                    Err(err) => {
+                        sqlx::query("ROLLBACK TO SAVEPOINT maestro_post").execute(&mut *self.tx).await.map_err(be)?;
+                        sqlx::query("RELEASE SAVEPOINT maestro_post").execute(&mut *self.tx).await.map_err(be)?;
+                        <$store>::ledger_after_failure(&mut *self.tx, posting, &fingerprint, err).await
+                    }
+                }
+            }
+
+            async fn enqueue(
+                &mut self,
+                job: &maestro_core::NewJob,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<maestro_core::Enqueued, maestro_core::StoreError> {
+                <$store>::job_enqueue(&mut *self.tx, job, now).await
+            }
+
+            async fn commit(self: Box<Self>) -> Result<(), maestro_core::StoreError> {
+                self.tx.commit().await.map_err(super::backend_err)
+            }
+
+            async fn rollback(self: Box<Self>) -> Result<(), maestro_core::StoreError> {
+                self.tx.rollback().await.map_err(super::backend_err)
+            }
+        }
+    };
+}
+
+pub(super) use impl_unit_of_work;
