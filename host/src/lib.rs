@@ -10,6 +10,7 @@ pub mod config;
 pub mod credits;
 pub mod http;
 pub mod mcp;
+pub mod outbound;
 pub mod plugins;
 pub mod policy;
 mod poll;

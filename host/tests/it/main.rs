@@ -16,6 +16,7 @@ mod mcp;
 mod mcp_clients;
 mod mcp_conformance;
 mod metering;
+mod outbound;
 mod packaging;
 mod process;
 mod reload;
