@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, StatusCode};
+use maestro_core::Role;
+use maestro_core::policy::{PolicySet, Subject};
 use maestro_host::outbound::{
     HostPattern, LOGGED_DENIALS, MAX_DENIAL_RECORDS, NetPolicy, NetRule, OutboundClient, OutboundError, SecretHeader,
     SecretTarget,
@@ -14,7 +16,7 @@ use maestro_host::outbound::{
 use maestro_host::sandbox::{CallContext, CallLimits, Failure};
 use serde_json::json;
 
-use crate::fixtures::{TestServer, component, sandbox};
+use crate::fixtures::{TestServer, component, hostile, sandbox};
 
 fn local_rule(port: u16, allow_private: bool) -> NetRule {
     NetRule {
@@ -208,4 +210,36 @@ async fn a_plugin_attempting_100k_denied_requests_ends_with_network_denied_and_b
     }
     assert_eq!(outcome.network.denials, 100_000, "every attempt was refused and counted");
     assert!(outcome.network.denied.len() <= MAX_DENIAL_RECORDS, "{}", outcome.network.denied.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_secret_for_https_never_leaves_a_plugin_call_over_http() {
+    let server = TestServer::ok("ok").await;
+    let port = server.addr.port();
+    let policies = format!(
+        r#"version = 1
+[secrets.api]
+source = "env:API_TOKEN"
+headers = {{ Authorization = "Bearer {{secret}}" }}
+hosts = ["https://127.0.0.1:{port}"]
+[[grant]]
+name = "fetch"
+subjects = ["*"]
+tools = ["hostile.fetch"]
+network = [{{ url = "https://127.0.0.1:{port}", allow_private = true }}, {{ url = "http://127.0.0.1:{port}", allow_private = true }}]
+secrets = ["api"]
+"#
+    );
+    let set = PolicySet::parse([("p.toml", policies.as_str())]).unwrap_or_else(|e| panic!("{e}"));
+    let subject = Subject { tenant: "acme", role: Role::Member, key_id: "k" };
+    let decision = set.decide(&subject, "hostile.fetch");
+    let grant = decision.grant().expect("allowed");
+    let network = NetPolicy::from_grant(grant, |_| Some("s3cr3t".to_owned())).expect("secret available");
+    let context = CallContext { network: Arc::new(network), ..CallContext::default() };
+    let arguments = json!({ "url": format!("http://127.0.0.1:{port}/") }).to_string();
+    let outcome = sandbox().call_tool(&hostile().await, "fetch", arguments, &context).await;
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+    let heads = heads(&server);
+    assert_eq!(heads.len(), 1);
+    assert!(!heads[0].contains("s3cr3t"), "the https-only secret went over http: {}", heads[0]);
 }
