@@ -409,7 +409,9 @@ async fn load_one(
             || matches!(e, SandboxError::Engine(_));
         LoadError { reason: e.to_string(), remember: !host_side }
     })?;
-    check_names(&manifest.name, &loaded)?;
+    let tools: Vec<&str> = loaded.tools.iter().map(|t| t.name.as_str()).collect();
+    let personas: Vec<&str> = loaded.personas.iter().map(|p| p.name.as_str()).collect();
+    check_names(&manifest.name, &tools, &personas)?;
     let manifest_path = manifest_path.to_owned();
     Ok(InstalledPlugin { manifest, manifest_path, sha256, loaded, content })
 }
@@ -417,21 +419,21 @@ async fn load_one(
 /// Tool and persona names are valid, and unique: no tool or persona twice, and no
 /// persona named like a tool (policies match both by `plugin.name`, so they could not
 /// be told apart).
-fn check_names(plugin: &str, loaded: &LoadedPlugin) -> Result<(), String> {
-    for name in loaded.tools.iter().map(|t| &t.name).chain(loaded.personas.iter().map(|p| &p.name)) {
+fn check_names(plugin: &str, tools: &[&str], personas: &[&str]) -> Result<(), String> {
+    for name in tools.iter().chain(personas) {
         if qualified_name(plugin, name).is_none() {
             return Err(format!("`{plugin}.{name}` is not a valid name (^[A-Za-z0-9_.-]{{1,64}}$)"));
         }
     }
-    let mut tools = HashSet::new();
-    if let Some(dup) = loaded.tools.iter().map(|t| &t.name).find(|n| !tools.insert(*n)) {
+    let mut seen_tools = HashSet::new();
+    if let Some(dup) = tools.iter().find(|n| !seen_tools.insert(**n)) {
         return Err(format!("tool `{dup}` is declared twice"));
     }
-    let mut personas = HashSet::new();
-    if let Some(dup) = loaded.personas.iter().map(|p| &p.name).find(|n| !personas.insert(*n)) {
+    let mut seen_personas = HashSet::new();
+    if let Some(dup) = personas.iter().find(|n| !seen_personas.insert(**n)) {
         return Err(format!("persona `{dup}` is declared twice"));
     }
-    if let Some(clash) = loaded.personas.iter().map(|p| &p.name).find(|n| tools.contains(n)) {
+    if let Some(clash) = personas.iter().find(|n| seen_tools.contains(**n)) {
         return Err(format!(
             "persona `{clash}` has the name of a tool; policies match both as `{plugin}.{clash}`, so rename one"
         ));
@@ -464,4 +466,22 @@ fn find_manifests(dir: &Path) -> Vec<PathBuf> {
         entries.filter_map(Result::ok).map(|e| e.path().join("plugin.toml")).filter(|p| p.is_file()).collect();
     manifests.sort();
     manifests
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_and_clashing_names_are_refused_with_a_reason() {
+        assert_eq!(check_names("team", &["review", "plan"], &["architect", "critic"]), Ok(()));
+        let twice = check_names("team", &["review"], &["architect", "architect"]).expect_err("duplicate persona");
+        assert_eq!(twice, "persona `architect` is declared twice");
+        let tool_twice = check_names("team", &["review", "review"], &[]).expect_err("duplicate tool");
+        assert_eq!(tool_twice, "tool `review` is declared twice");
+        let clash = check_names("team", &["review"], &["review"]).expect_err("persona named like a tool");
+        assert!(clash.contains("persona `review` has the name of a tool"), "{clash}");
+        let invalid = check_names("team", &["bad name"], &[]).expect_err("invalid");
+        assert!(invalid.contains("is not a valid name"), "{invalid}");
+    }
 }
