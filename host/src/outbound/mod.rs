@@ -20,6 +20,13 @@
 //! a bounded [`NetLog`] and only the first few are logged, so a caller looping on a
 //! denied request cannot grow memory or flood the log.
 //!
+//! Using it: a plugin call gets `NetPolicy::from_grant` (its grant's entries, secrets and
+//! limits) and one client per call. A model provider builds its own allow-list from its
+//! configuration — for a local Ollama, `NetRule::parse("http://127.0.0.1:11434", true,
+//! "config: llm.ollama")` inside `NetPolicy::allowing(..)` — keeps one client, and calls
+//! [`OutboundClient::send`] (whole bodies, response capped) or
+//! [`OutboundClient::send_streaming`] (for streamed answers).
+//!
 //! hyper and rustls only; no reqwest in production code.
 
 mod body;
