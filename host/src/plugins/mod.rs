@@ -19,8 +19,10 @@
 //!
 //! A plugin refused at load (invalid component, a start-up that runs out of fuel or
 //! time, bad specs) is remembered by that content fingerprint and not loaded again
-//! until its files change: a broken plugin costs one load, not one per scan. Host-side
-//! failures (no sandbox slot free) are not remembered, so the next scan retries.
+//! until its files change (or the server restarts): a broken plugin costs one load, not
+//! one per scan. A load that hits its deadline counts as the plugin's failure too.
+//! Host-side failures (no sandbox slot free, the engine failing) are not remembered, so
+//! the next scan retries.
 //!
 //! Loads run in parallel, at most [`LOAD_PARALLELISM`] at a time, outside the catalog
 //! lock, and each finished load is published at once: a slow plugin delays neither the
