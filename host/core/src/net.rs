@@ -7,7 +7,11 @@
 //! an IPv4 literal to the C resolver (`inet_aton`), so it must be to us as well: every
 //! form is parsed here and checked like the dotted quad it means. IPv6 addresses that
 //! embed an IPv4 address (mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`, NAT64
-//! `64:ff9b::a.b.c.d`) are judged by the IPv4 address they carry.
+//! `64:ff9b::a.b.c.d`, 6to4 `2002:AABB:CCDD::/48`) are judged by the IPv4 address they
+//! carry. Teredo (`2001::/32`, whose client address is the bitwise NOT of the last 32
+//! bits) and local-use NAT64 (`64:ff9b:1::/48`, RFC 8215: it translates to whatever the
+//! local network chooses) are restricted outright: where they lead cannot be read from
+//! the address.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -78,6 +82,15 @@ fn restriction_v4(ip: Ipv4Addr) -> Option<Restricted> {
 fn restriction_v6(ip: Ipv6Addr) -> Option<Restricted> {
     let segments = ip.segments();
     Some(match segments {
+        // Teredo: a tunnel to an IPv4 host behind NAT (the client is `!last 32 bits`).
+        // Reaching through a relay is never needed by plugins; name the embedded
+        // client's range when it has one.
+        [0x2001, 0, .., hi, lo] => {
+            let client = Ipv4Addr::from(!((u32::from(hi) << 16) | u32::from(lo)));
+            restriction_v4(client).unwrap_or(Restricted::Reserved)
+        }
+        // NAT64 local-use prefix (RFC 8215).
+        [0x64, 0xff9b, 1, ..] => Restricted::Reserved,
         _ if ip.is_unspecified() => Restricted::Unspecified,
         _ if ip.is_loopback() => Restricted::Loopback,
         [s, ..] if s & 0xfe00 == 0xfc00 => Restricted::UniqueLocal,
@@ -99,6 +112,8 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
         [0, 0, 0, 0, 0, 0, hi, _] if hi != 0 => Some(tail),
         // NAT64 well-known prefix.
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(tail),
+        // 6to4: the IPv4 address of the tunnel end is in bits 16..48.
+        [0x2002, hi, lo, ..] => Some(Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)),
         _ => None,
     }
 }
@@ -228,6 +243,37 @@ mod tests {
         ];
         for (host, expected) in cases {
             assert_eq!(restriction(v4(host)), expected, "{host}");
+        }
+    }
+
+    #[test]
+    fn ipv6_transition_addresses_are_judged_by_where_they_lead() {
+        let cases = [
+            // 6to4 carries its IPv4 address in bits 16..48.
+            ("2002:7f00:1::1", Some(Restricted::Loopback)),
+            ("2002:a9fe:a9fe::", Some(Restricted::LinkLocal)),
+            ("2002:0a00:0001:1::5", Some(Restricted::Private)),
+            ("2002:c0a8:0101::1", Some(Restricted::Private)),
+            ("2002:0808:0808::1", None),
+            // Teredo: restricted whatever it carries; the client is the NOT of the tail.
+            ("2001:0:4136:e378:8000:63bf:80ff:fffe", Some(Restricted::Loopback)),
+            ("2001:0:4136:e378:8000:63bf:5601:fef5", Some(Restricted::LinkLocal)),
+            ("2001:0:4136:e378:8000:63bf:f5ff:fffe", Some(Restricted::Private)),
+            ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", Some(Restricted::Reserved)),
+            // NAT64: the well-known prefix carries IPv4; local-use is restricted.
+            ("64:ff9b::7f00:1", Some(Restricted::Loopback)),
+            ("64:ff9b::a00:1", Some(Restricted::Private)),
+            ("64:ff9b::808:808", None),
+            ("64:ff9b:1::808:808", Some(Restricted::Reserved)),
+            ("64:ff9b:1:ffff::1", Some(Restricted::Reserved)),
+            // Neighbours of those prefixes stay public.
+            ("2001:4860::8888", None),
+            ("2003::1", None),
+            ("64:ff9b:2::1", None),
+        ];
+        for (ip, expected) in cases {
+            let ip: IpAddr = ip.parse().expect(ip);
+            assert_eq!(restriction(ip), expected, "{ip}");
         }
     }
 

@@ -122,7 +122,7 @@ fn shipped_example_composes_with_the_default() {
 
     let fetch = set.decide(&who("research", Role::Member), "web.fetch");
     let grant = fetch.grant().expect("allowed");
-    assert_eq!(grant.secrets_for("api.github.com").count(), 1);
+    assert_eq!(grant.secrets_for("https", "api.github.com", 443).count(), 1);
     assert!(grant.network_rule_for("https", "en.wikipedia.org", 443).is_some());
     assert_eq!(grant.config_for("web").and_then(|c| c.get("max_redirects")), Some(&serde_json::json!(3)));
 

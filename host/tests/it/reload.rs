@@ -2,11 +2,13 @@
 //! version and say why.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use maestro_core::Role;
 use maestro_core::policy::Subject;
-use maestro_host::plugins::PluginRegistry;
+use maestro_host::plugins::{Manifest, PluginRegistry, sha256_hex};
 use maestro_host::policy::PolicyStore;
+use maestro_host::sandbox::CallLimits;
 
 use crate::fixtures::{install, sandbox};
 
@@ -78,4 +80,111 @@ async fn plugins_are_verified_reloaded_and_refused_with_reasons() {
     assert!(catalog.tool("calc.evaluate").is_none(), "removed plugin unloaded");
     assert!(catalog.tool("text.count").is_some());
     assert!(catalog.refused().iter().all(|r| !r.path.starts_with(dir.path().join("text"))), "text is healthy again");
+}
+
+/// Installs the `hostile-start` fixture (a plugin whose start-up never finishes) under
+/// `plugin_dir/<dir_name>/`.
+fn install_hostile_start(plugin_dir: &std::path::Path, dir_name: &str) -> std::path::PathBuf {
+    let source = crate::fixtures::source_dir("hostile-start");
+    let mut manifest = Manifest::read(&source.join("plugin.toml")).expect("source manifest");
+    let bytes = std::fs::read(crate::fixtures::component("hostile_start")).expect("component");
+    manifest.sha256 = Some(sha256_hex(&bytes));
+    let dir = plugin_dir.join(dir_name);
+    std::fs::create_dir_all(&dir).expect("plugin dir");
+    std::fs::write(dir.join(&manifest.component), &bytes).expect("write component");
+    std::fs::write(dir.join("plugin.toml"), toml::to_string(&manifest).expect("manifest toml"))
+        .expect("write manifest");
+    dir
+}
+
+fn quick_loads(registry: PluginRegistry) -> PluginRegistry {
+    registry.with_load_limits(CallLimits { timeout: Duration::from_millis(500), ..CallLimits::default() })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_plugin_is_loaded_once_until_its_files_change() {
+    let dir = tempfile::tempdir().expect("dir");
+    let slow = install_hostile_start(dir.path(), "hostile-start");
+    let registry = quick_loads(PluginRegistry::new(sandbox(), dir.path().to_owned()));
+    assert!(registry.refresh().await);
+    let refusal = registry.catalog().refused().first().cloned().expect("refused");
+    assert!(refusal.reason.contains("timed out") || refusal.reason.contains("fuel"), "{}", refusal.reason);
+    assert_eq!(registry.loads(), 1);
+
+    for _ in 0..5 {
+        assert!(!registry.refresh().await, "nothing changed");
+    }
+    assert_eq!(registry.loads(), 1, "the refusal is remembered by fingerprint, not retried every scan");
+    assert_eq!(registry.catalog().refused(), std::slice::from_ref(&refusal), "and still reported");
+
+    // Touching the files without changing them is not a change.
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    for file in ["plugin.toml", "hostile-start.wasm"] {
+        std::fs::File::options().write(true).open(slow.join(file)).expect("open").set_modified(later).expect("touch");
+    }
+    registry.refresh().await;
+    assert_eq!(registry.loads(), 1, "same content, same refusal");
+
+    // A changed manifest is a new plugin version: loaded (and refused) again, once.
+    let manifest_path = slow.join("plugin.toml");
+    let mut manifest = Manifest::read(&manifest_path).expect("manifest");
+    manifest.description = "the same loop, described differently".to_owned();
+    std::fs::write(&manifest_path, toml::to_string(&manifest).expect("toml")).expect("write");
+    registry.refresh().await;
+    registry.refresh().await;
+    assert_eq!(registry.loads(), 2, "reloaded once after its files changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_plugin_is_reloaded_only_when_its_content_changes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let calc = install(dir.path(), "calc");
+    let registry = PluginRegistry::new(sandbox(), dir.path().to_owned());
+    assert!(registry.refresh().await);
+    assert_eq!(registry.loads(), 1);
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(calc.join("plugin.toml"))
+        .expect("open")
+        .set_modified(later)
+        .expect("touch");
+    assert!(!registry.refresh().await, "a touched file with the same content changes nothing");
+    assert_eq!(registry.loads(), 1);
+    install(dir.path(), "calc");
+    let mut manifest = Manifest::read(&calc.join("plugin.toml")).expect("manifest");
+    manifest.description = "calc, re-described".to_owned();
+    std::fs::write(calc.join("plugin.toml"), toml::to_string(&manifest).expect("toml")).expect("write");
+    assert!(registry.refresh().await);
+    assert_eq!(registry.loads(), 2);
+    assert!(registry.catalog().tool("calc.evaluate").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_plugin_does_not_hold_back_the_others() {
+    let dir = tempfile::tempdir().expect("dir");
+    // Sorted first, so a one-at-a-time scan would load it before calc.
+    install_hostile_start(dir.path(), "a-slow");
+    install(dir.path(), "calc");
+    let registry = Arc::new(PluginRegistry::new(sandbox(), dir.path().to_owned()).with_load_limits(CallLimits {
+        fuel: u64::MAX / 2,
+        timeout: Duration::from_secs(8),
+        ..CallLimits::default()
+    }));
+    let mut changes = registry.subscribe();
+    let scan = tokio::spawn({
+        let registry = registry.clone();
+        async move { registry.refresh().await }
+    });
+    loop {
+        changes.changed().await.expect("registry alive");
+        if registry.catalog().tool("calc.evaluate").is_some() {
+            break;
+        }
+    }
+    assert!(!scan.is_finished(), "calc is served while the slow plugin is still loading");
+    assert!(registry.catalog().refused().is_empty(), "the slow one has not been judged yet");
+    assert!(scan.await.expect("scan"));
+    assert_eq!(registry.catalog().refused().len(), 1);
+    assert!(registry.catalog().tool("calc.evaluate").is_some());
 }

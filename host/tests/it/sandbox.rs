@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use maestro_core::plugin::{Content, ToolError};
-use maestro_host::sandbox::net::{HostPattern, NetPolicy, NetRule, SecretHeader};
+use maestro_host::sandbox::net::{HostPattern, NetPolicy, NetRule, SecretHeader, SecretTarget};
 use maestro_host::sandbox::{CallContext, CallLimits, CancelToken, Failure, Progress};
 use serde_json::{Value, json};
 
@@ -312,12 +312,12 @@ async fn secrets_are_injected_by_the_host_only_for_their_hosts() {
         SecretHeader {
             name: http::HeaderName::from_static("authorization"),
             value: http::HeaderValue::from_static("Bearer s3cr3t"),
-            hosts: vec![HostPattern::parse("127.0.0.1")],
+            targets: vec![SecretTarget::new("http", HostPattern::parse("127.0.0.1"), server.addr.port())],
         },
         SecretHeader {
             name: http::HeaderName::from_static("x-other"),
             value: http::HeaderValue::from_static("not-for-you"),
-            hosts: vec![HostPattern::parse("api.example.com")],
+            targets: vec![SecretTarget::new("https", HostPattern::parse("api.example.com"), 443)],
         },
     ];
     fetch(&format!("http://127.0.0.1:{}/", server.addr.port()), Arc::new(policy)).await.expect("allowed");

@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use super::error::{Location, PolicyError, PolicyErrorKind as Kind, PolicyErrors, SourceMap};
 use super::matcher::{Matcher, SubjectPattern, ToolPattern};
-use super::network::{HostPattern, NetworkRule};
+use super::network::{NetworkRule, SecretTarget};
 use super::raw::{RawDefaults, RawDeny, RawFile, RawGrant, RawSecret};
 use super::units::{self, DisplayDuration, DisplaySize, Rate};
 use super::{
@@ -312,7 +312,7 @@ impl Checker<'_> {
         }
         let mut hosts = Vec::new();
         for host in raw.hosts.into_inner() {
-            match HostPattern::parse(host.get_ref()) {
+            match SecretTarget::parse(host.get_ref()) {
                 Ok(h) => hosts.push(h),
                 Err(reason) => {
                     invalid(self, &host.span(), format!("host {:?}: {reason}", host.get_ref()));
@@ -557,7 +557,7 @@ fn resolve_grant(
             errors.push(PolicyError { location: at, kind: Kind::UndefinedSecret { name } });
             continue;
         };
-        let reachable = secret.hosts.iter().any(|h| pending.network.iter().any(|n| n.host_pattern.overlaps(h)));
+        let reachable = secret.hosts.iter().any(|t| pending.network.iter().any(|n| t.reachable_through(n)));
         if !reachable {
             errors.push(PolicyError { location: at, kind: Kind::UnreachableSecret { name } });
             continue;

@@ -124,9 +124,10 @@ pub enum PolicyErrorKind {
         /// The name the grant used.
         name: String,
     },
-    /// A grant's secret applies to hosts its network list never allows.
+    /// A grant's secret goes only to targets (scheme, host, port) its network list never
+    /// allows.
     #[error(
-        "secret {name:?} applies only to hosts this grant's network list does not allow; add a matching network entry"
+        "secret {name:?} applies only to hosts this grant's network list does not allow; add a matching network entry (a secret is sent only with the same scheme, host and port; a bare host means https on port 443)"
     )]
     UnreachableSecret {
         /// The secret's name.

@@ -13,7 +13,7 @@
 //! [secrets.github]                 # injected by the host, never seen by plugins
 //! source = "env:GITHUB_TOKEN"
 //! headers = { Authorization = "Bearer {secret}" }
-//! hosts = ["api.github.com"]
+//! hosts = ["api.github.com"]     # https://api.github.com:443 only; or "http://host:port"
 //!
 //! [[grant]]
 //! name = "acme-members-fetch"
@@ -77,7 +77,7 @@ pub use compile::PolicyFile;
 pub use error::{Location, PolicyError, PolicyErrorKind, PolicyErrors};
 pub use explain::Explanation;
 pub use matcher::Subject;
-pub use network::{HostPattern, NetworkRule, Scheme, is_restricted_ip};
+pub use network::{HostPattern, NetworkRule, Scheme, SecretTarget, is_restricted_ip};
 pub use units::{Rate, parse_duration, parse_size};
 
 use matcher::Matcher;
@@ -279,8 +279,8 @@ pub struct SecretGrant {
     /// Headers to set, as `(name, template)`; `{secret}` in the template stands for the
     /// value.
     pub headers: Vec<(String, String)>,
-    /// Requests to these hosts get the headers.
-    pub hosts: Vec<HostPattern>,
+    /// Requests to these targets (scheme, host and port) get the headers.
+    pub hosts: Vec<SecretTarget>,
     /// Where the secret is defined.
     pub location: Location,
 }
@@ -289,9 +289,9 @@ impl SecretGrant {
     /// The placeholder a header template uses for the secret's value.
     pub const PLACEHOLDER: &'static str = "{secret}";
 
-    /// Whether requests to `host` get this secret's headers.
-    pub fn applies_to(&self, host: &str) -> bool {
-        self.hosts.iter().any(|h| h.matches(host))
+    /// Whether a request to `scheme://host:port` gets this secret's headers.
+    pub fn applies_to(&self, scheme: &str, host: &str, port: u16) -> bool {
+        self.hosts.iter().any(|t| t.matches(scheme, host, port))
     }
 
     /// The headers to set, with the value substituted.
@@ -336,9 +336,14 @@ impl Grant {
         self.network.iter().find(|r| r.matches(scheme, host, port))
     }
 
-    /// The secrets whose headers go on a request to `host`.
-    pub fn secrets_for<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a SecretGrant> + 'a {
-        self.secrets.iter().filter(move |s| s.applies_to(host))
+    /// The secrets whose headers go on a request to `scheme://host:port`.
+    pub fn secrets_for<'a>(
+        &'a self,
+        scheme: &'a str,
+        host: &'a str,
+        port: u16,
+    ) -> impl Iterator<Item = &'a SecretGrant> + 'a {
+        self.secrets.iter().filter(move |s| s.applies_to(scheme, host, port))
     }
 
     /// A setting's effective value, rendered as a policy file would write it.

@@ -1,5 +1,5 @@
 //! Network allow-list entries (`https://api.example.com`, `https://*.example.org:8443`)
-//! and the host patterns secrets apply to.
+//! and the targets secrets are sent to (`https://api.example.com`, scheme, host and port).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -248,6 +248,59 @@ impl fmt::Display for NetworkRule {
     }
 }
 
+/// Where a secret's headers may be sent: one scheme, host pattern and port.
+///
+/// Written `scheme://host[:port]` like a network entry; a bare host (`api.github.com`)
+/// means `https://api.github.com:443`, so a secret is never sent in clear text unless an
+/// entry says `http://` outright. A request gets the headers only when its scheme, host
+/// and port all match, on the first request and on every redirect hop.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SecretTarget {
+    /// The scheme the request must use.
+    pub scheme: Scheme,
+    /// The hosts it may go to.
+    pub host_pattern: HostPattern,
+    /// The port (the scheme's default when the entry names none).
+    pub port: u16,
+}
+
+impl SecretTarget {
+    /// Parses `scheme://host[:port]` (no user info, path, query or fragment) or a bare
+    /// host pattern, which means HTTPS on port 443.
+    pub fn parse(input: &str) -> Result<Self, String> {
+        if !input.contains("://") {
+            let host_pattern = HostPattern::parse(input)?;
+            return Ok(Self { scheme: Scheme::Https, host_pattern, port: Scheme::Https.default_port() });
+        }
+        // A secret target names where a header goes; whether that place is reachable
+        // (private addresses included) is the network list's business.
+        let rule = NetworkRule::parse(input, true)?;
+        Ok(Self { scheme: rule.scheme, host_pattern: rule.host_pattern, port: rule.port })
+    }
+
+    /// Whether a request to `scheme://host:port` gets the secret. `scheme` is compared
+    /// case-insensitively; the host as in [`HostPattern::matches`].
+    pub fn matches(&self, scheme: &str, host: &str, port: u16) -> bool {
+        port == self.port && scheme.eq_ignore_ascii_case(self.scheme.as_str()) && self.host_pattern.matches(host)
+    }
+
+    /// Whether some request `rule` allows would get the secret (same scheme and port,
+    /// overlapping hosts).
+    pub fn reachable_through(&self, rule: &NetworkRule) -> bool {
+        self.scheme == rule.scheme && self.port == rule.port && self.host_pattern.overlaps(&rule.host_pattern)
+    }
+}
+
+impl fmt::Display for SecretTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.host_pattern)?;
+        if self.port != self.scheme.default_port() {
+            write!(f, ":{}", self.port)?;
+        }
+        Ok(())
+    }
+}
+
 /// Splits `host:port` (`[v6]:port` for IPv6), validating the port.
 fn split_port(rest: &str) -> Result<(&str, Option<u16>), String> {
     let (host, port) = if rest.starts_with('[') {
@@ -371,6 +424,30 @@ mod tests {
         }
         for ip in ["8.8.8.8", "2606:4700::1111", "100.128.0.1"] {
             assert!(!is_restricted_ip(ip.parse().expect(ip)), "{ip}");
+        }
+    }
+
+    #[test]
+    fn secret_targets_bind_scheme_host_and_port() {
+        let bare = SecretTarget::parse("api.example.com").expect("bare host");
+        assert_eq!(bare.to_string(), "https://api.example.com");
+        assert!(bare.matches("https", "api.example.com", 443));
+        assert!(!bare.matches("http", "api.example.com", 443), "never over http");
+        assert!(!bare.matches("http", "api.example.com", 80), "never over http");
+        assert!(!bare.matches("https", "api.example.com", 8443), "never to another port");
+
+        let plain = SecretTarget::parse("http://10.0.0.5:8080").expect("explicit http");
+        assert!(plain.matches("http", "10.0.0.5", 8080));
+        assert!(!plain.matches("http", "10.0.0.5", 8081));
+        assert!(!plain.matches("https", "10.0.0.5", 8080));
+        assert_eq!(plain.to_string(), "http://10.0.0.5:8080");
+
+        let https_rule = rule("https://*.example.com");
+        assert!(bare.reachable_through(&https_rule));
+        assert!(!bare.reachable_through(&rule("http://api.example.com")));
+        assert!(!bare.reachable_through(&rule("https://api.example.com:8443")));
+        for bad in ["ftp://a.example", "https://a.example/path", "https://a.example:0", "*.com", "https://"] {
+            assert!(SecretTarget::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -198,12 +198,14 @@ config.web = { user_agent = "bot", retries = 2, ratio = 0.5, tags = ["a"], neste
     assert!(g.network_rule_for("https", "api.github.com", 443).is_some());
     assert!(g.network_rule_for("http", "10.0.0.5", 8080).is_some_and(|r| r.allow_private));
     assert!(g.network_rule_for("https", "github.com", 443).is_none());
-    let secrets: Vec<_> = g.secrets_for("api.github.com").collect();
+    let secrets: Vec<_> = g.secrets_for("https", "api.github.com", 443).collect();
     assert_eq!(secrets.len(), 1);
     assert_eq!(secrets[0].source, SecretSource::Env("GH_TOKEN".into()));
     let headers: Vec<_> = secrets[0].render_headers("t0k").collect();
     assert_eq!(headers, vec![("Authorization", "Bearer t0k".to_owned())]);
-    assert_eq!(g.secrets_for("example.com").count(), 0);
+    assert_eq!(g.secrets_for("https", "example.com", 443).count(), 0);
+    assert_eq!(g.secrets_for("http", "api.github.com", 443).count(), 0, "a bare secret host is https only");
+    assert_eq!(g.secrets_for("https", "api.github.com", 8443).count(), 0, "and only on port 443");
     assert_eq!(
         g.config_for("web"),
         Some(&serde_json::json!({
@@ -318,6 +320,38 @@ secrets = ["s"]
 }
 
 #[test]
+fn rejects_secrets_whose_scheme_or_port_the_grant_never_uses() {
+    for (hosts, network) in [
+        (r#"["api.example.com"]"#, r#"["http://api.example.com"]"#),
+        (r#"["https://api.example.com"]"#, r#"["https://api.example.com:8443"]"#),
+        (r#"["http://10.0.0.5:8080"]"#, r#"[{ url = "http://10.0.0.5:8081", allow_private = true }]"#),
+    ] {
+        let text = format!(
+            "version = 1\n[secrets.s]\nsource = \"env:S\"\nheaders = {{ X-S = \"{{secret}}\" }}\nhosts = {hosts}\n[[grant]]\nname = \"g\"\nsubjects = [\"*\"]\ntools = [\"web.fetch\"]\nnetwork = {network}\nsecrets = [\"s\"]\n"
+        );
+        let got = errors(&[("p.toml", text.as_str())]);
+        assert!(got.contains("secret \"s\" applies only to hosts"), "{hosts} with {network}: {got}");
+    }
+    let ok = set(r#"
+version = 1
+[secrets.s]
+source = "env:S"
+headers = { X-S = "{secret}" }
+hosts = ["http://10.0.0.5:8080"]
+[[grant]]
+name = "g"
+subjects = ["*"]
+tools = ["web.fetch"]
+network = [{ url = "http://10.0.0.5:8080", allow_private = true }]
+secrets = ["s"]
+"#);
+    let d = ok.decide(&caller("acme", Role::Member), "web.fetch");
+    let g = d.grant().expect("allowed");
+    assert_eq!(g.secrets_for("http", "10.0.0.5", 8080).count(), 1);
+    assert_eq!(g.secrets[0].hosts[0].to_string(), "http://10.0.0.5:8080");
+}
+
+#[test]
 fn rejects_malformed_secrets() {
     let got = errors(&[(
         "p.toml",
@@ -325,7 +359,7 @@ fn rejects_malformed_secrets() {
 [secrets.s]
 source = "vault:x"
 headers = { Host = "{secret}", X-A = "no placeholder", X-B = "{secret} {other}" }
-hosts = ["http://a.example"]
+hosts = ["http://a.example/path"]
 "#,
     )]);
     let lines: Vec<_> = got.lines().collect();
