@@ -190,6 +190,19 @@ impl<'w> MakeWriter<'w> for Captured {
     }
 }
 
+/// An error with its causes, `outer: inner: innermost`, for the log (library errors
+/// often say little at the top: "storage backend failed").
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,4 @@
-//! Stripe top-ups (the only module that uses async-stripe): checkout for a credit pack,
+//! Stripe top-ups (the only module that talks to Stripe): checkout for a credit pack,
 //! and the webhook that credits a tenant once paid and takes credits back on refunds.
 //!
 //! Exactly-once, whatever Stripe does (redeliveries, concurrency, any order):

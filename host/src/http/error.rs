@@ -122,6 +122,9 @@ pub struct ApiError {
     www_authenticate: Option<&'static str>,
     details: Option<serde_json::Value>,
     retry_after: Option<u64>,
+    /// The message and details were written for the client even though the code is a
+    /// server-side one (the call pipeline's generic texts, its detail already logged).
+    client_safe: bool,
 }
 
 /// The body of every error response.
@@ -151,7 +154,21 @@ pub struct ErrorDetail {
 impl ApiError {
     /// An error with a code and a message for the client.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), www_authenticate: None, details: None, retry_after: None }
+        Self {
+            code,
+            message: message.into(),
+            www_authenticate: None,
+            details: None,
+            retry_after: None,
+            client_safe: false,
+        }
+    }
+
+    /// An error whose message and details are meant for the client whatever its code:
+    /// for texts that carry no backend detail by construction (the call pipeline's,
+    /// which logged the detail itself), so they are answered as they are.
+    pub fn client_safe(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { client_safe: true, ..Self::new(code, message) }
     }
 
     /// Adds structured details to the error body.
@@ -169,13 +186,7 @@ impl ApiError {
     /// A server-side failure with its cause chain: answered with the code's generic
     /// message, the chain logged once when the response is made.
     pub fn internal(code: ErrorCode, err: &(dyn std::error::Error + 'static)) -> Self {
-        let mut chain = err.to_string();
-        let mut source = err.source();
-        while let Some(cause) = source {
-            chain.push_str(": ");
-            chain.push_str(&cause.to_string());
-            source = cause.source();
-        }
+        let chain = crate::telemetry::error_chain(err);
         let code = if code.generic_message().is_some() { code } else { ErrorCode::Internal };
         Self::new(code, chain)
     }
@@ -197,7 +208,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (message, details) = match self.code.generic_message() {
+        let (message, details) = match self.code.generic_message().filter(|_| !self.client_safe) {
             Some(generic) => {
                 // The one place a server-side failure is logged; the request span adds
                 // the request id, route, tenant and key.

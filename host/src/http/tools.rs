@@ -396,12 +396,12 @@ pub(crate) fn error_code(code: Code) -> ErrorCode {
 /// A call that ran and failed, answered through the one table (a host-side failure's
 /// detail was logged by the pipeline; its message is generic).
 pub(crate) fn failure_error(failure: &Failure) -> ApiError {
-    ApiError::new(error_code(failure.code()), failure.to_string())
+    ApiError::client_safe(error_code(failure.code()), failure.to_string())
 }
 
 /// A call refused before running, answered through the one table.
 pub(crate) fn call_error(err: CallError) -> ApiError {
-    let mut error = ApiError::new(error_code(err.code()), err.to_string());
+    let mut error = ApiError::client_safe(error_code(err.code()), err.to_string());
     if let Some(seconds) = err.retry_after_secs() {
         error = error.with_retry_after(seconds);
     }

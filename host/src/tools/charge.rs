@@ -50,7 +50,8 @@ impl Charger {
                 Err(CallError::InsufficientCredits { available, price })
             }
             Err(err) => {
-                tracing::error!(error = %err, tenant = %principal.tenant, what, "cannot debit a call");
+                let error = crate::telemetry::error_chain(&err);
+                tracing::error!(%error, tenant = %principal.tenant, what, "cannot debit a call");
                 Err(CallError::LedgerUnavailable)
             }
         }
@@ -66,7 +67,8 @@ impl Charger {
         {
             // The debit stands; `maestro credits audit` stays clean, and the refund can be
             // replayed with the same key.
-            tracing::error!(error = %err, tenant = %principal.tenant, charge = %charge.key, "cannot refund a failed call");
+            let error = crate::telemetry::error_chain(&err);
+            tracing::error!(%error, tenant = %principal.tenant, charge = %charge.key, "cannot refund a failed call");
         }
     }
 }

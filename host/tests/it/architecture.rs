@@ -59,15 +59,12 @@ const ALLOWANCES: &[(&str, &[&str])] = &[
     ("webpki_roots", &["outbound"]),
     ("http_body", &["outbound"]),
     ("http_body_util", &["outbound", "sandbox"]),
-    ("bytes", &["outbound", "sandbox", "http"]),
+    ("bytes", &["outbound", "sandbox", "http", "billing"]),
     // HTTP vocabulary types (requests, headers), shared by the adapters that speak HTTP
     // and by the tool pipeline when it needs header types.
-    ("http", &["outbound", "sandbox", "http", "mcp", "tools"]),
-    // Billing.
-    ("stripe", &["billing"]),
-    ("stripe_checkout", &["billing"]),
-    ("stripe_core", &["billing"]),
-    ("stripe_types", &["billing"]),
+    ("http", &["outbound", "sandbox", "http", "mcp", "tools", "billing"]),
+    // Billing: Stripe's form-encoded requests.
+    ("form_urlencoded", &["billing"]),
 ];
 
 /// Known debts: (module path, library, why). Each must still be true (so the list only
@@ -78,12 +75,7 @@ const TOLERATED: &[(&str, &str, &str)] = &[
 ];
 
 /// Packages whose library name is not the package name with `-` as `_`.
-const LIB_NAMES: &[(&str, &str)] = &[
-    ("async-stripe", "stripe"),
-    ("async-stripe-checkout", "stripe_checkout"),
-    ("async-stripe-core", "stripe_core"),
-    ("async-stripe-types", "stripe_types"),
-];
+const LIB_NAMES: &[(&str, &str)] = &[];
 
 /// Libraries `maestro-core` must never depend on.
 const NOT_IN_CORE: &[&str] = &[
@@ -102,7 +94,6 @@ const NOT_IN_CORE: &[&str] = &[
     "tokio-rustls",
     "clap",
     "tracing-subscriber",
-    "async-stripe",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
