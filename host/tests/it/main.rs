@@ -20,6 +20,7 @@ mod packaging;
 mod process;
 mod reload;
 mod sandbox;
+mod sandbox_memory;
 mod server;
 mod storage;
 mod tools_api;
