@@ -178,7 +178,8 @@ pub enum LogLevel {
 }
 
 /// Receives a call's log lines (besides the host's own log), e.g. to forward them to
-/// an MCP client. Lines are already truncated to 4 KiB and capped per call.
+/// an MCP client. Lines are already truncated to 4096 characters and capped per call:
+/// at most [`LOG_LINES`] lines and [`LOG_BYTES`] bytes.
 pub type LogSink = Arc<dyn Fn(LogLevel, &str) + Send + Sync>;
 
 /// Everything a call needs besides the plugin and the tool.
@@ -707,6 +708,10 @@ impl Sandbox {
             let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
             let memory_hit = store.data().limiter.hit;
             store.data_mut().progress.finish();
+            let logs_dropped = store.data().logs_dropped;
+            if logs_dropped > 0 {
+                tracing::debug!(plugin = &*name, logs_dropped, "plugin log lines over the per-call cap dropped");
+            }
             log_output(&name, &stdout, &stderr);
             let network = network_log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
             let result = match outcome {
@@ -1108,7 +1113,14 @@ pub(crate) struct State {
     progress: ProgressGate,
     log_sink: Option<LogSink>,
     logs_left: u32,
+    log_bytes_left: usize,
+    logs_dropped: u64,
 }
+
+/// Most log lines a call may write (more are dropped and counted).
+pub const LOG_LINES: u32 = 1000;
+/// Most bytes of log lines a call may write (more are dropped and counted).
+pub const LOG_BYTES: usize = 256 << 10;
 
 impl State {
     fn new(
@@ -1140,7 +1152,9 @@ impl State {
             cancel,
             progress: ProgressGate::new(context.progress.clone()),
             log_sink: context.log.clone(),
-            logs_left: 1000,
+            logs_left: LOG_LINES,
+            log_bytes_left: LOG_BYTES,
+            logs_dropped: 0,
         }
     }
 }
@@ -1161,11 +1175,13 @@ impl bindings::maestro::plugin::types::Host for State {}
 
 impl bindings::maestro::plugin::host::Host for State {
     fn log(&mut self, level: wit::LogLevel, message: String) {
-        if self.logs_left == 0 {
+        let message: String = message.chars().take(4096).collect();
+        if self.logs_left == 0 || message.len() > self.log_bytes_left {
+            self.logs_dropped += 1;
             return;
         }
         self.logs_left -= 1;
-        let message: String = message.chars().take(4096).collect();
+        self.log_bytes_left -= message.len();
         let (plugin, caller) = (&*self.plugin, &*self.caller);
         match level {
             wit::LogLevel::Trace => tracing::trace!(plugin, caller, "{message}"),

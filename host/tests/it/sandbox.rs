@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use maestro_core::plugin::{Content, ToolError};
 use maestro_host::sandbox::net::{HostPattern, NetPolicy, NetRule, SecretHeader};
 use maestro_host::sandbox::{
-    CallContext, CallLimits, CancelToken, Failure, PROGRESS_MAX, Progress, Sandbox, SandboxConfig, SandboxError,
+    CallContext, CallLimits, CancelToken, Failure, LOG_BYTES, PROGRESS_MAX, Progress, Sandbox, SandboxConfig,
+    SandboxError,
 };
 use serde_json::{Value, json};
 
@@ -457,6 +458,21 @@ async fn heavy_stdout_and_stderr_do_not_fail_the_call() {
         let outcome = call("print", json!({ "bytes": 1 << 20, "stream": stream }), &CallContext::default()).await;
         assert_eq!(text(&outcome), format!("printed {} bytes", 1 << 20), "{stream}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_flood_is_capped_in_bytes_per_call() {
+    let forwarded = Arc::new(Mutex::new(0usize));
+    let sink = forwarded.clone();
+    let context = CallContext {
+        log: Some(Arc::new(move |_, line: &str| *sink.lock().expect("lock") += line.len())),
+        ..CallContext::default()
+    };
+    let outcome = call("print", json!({ "bytes": 4 << 20, "stream": "log" }), &context).await;
+    assert_eq!(text(&outcome), format!("logged {} bytes", 4 << 20));
+    let forwarded = *forwarded.lock().expect("lock");
+    assert!(forwarded <= LOG_BYTES, "{forwarded} bytes of log lines forwarded");
+    assert!(forwarded >= LOG_BYTES - 4096, "lines up to the cap still pass: {forwarded}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

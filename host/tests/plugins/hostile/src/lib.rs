@@ -201,7 +201,7 @@ fn control_text(args: HugeArgs) -> Result<String, ToolError> {
 struct PrintArgs {
     /// Bytes to print.
     bytes: usize,
-    /// `stdout` (default) or `stderr`.
+    /// `stdout` (default), `stderr`, or `log` (the host log, in lines of 4096 bytes).
     #[serde(default)]
     stream: Option<String>,
     /// Panic with this message after printing.
@@ -210,6 +210,13 @@ struct PrintArgs {
 }
 
 fn print(args: PrintArgs) -> Result<String, ToolError> {
+    if args.stream.as_deref() == Some("log") {
+        let line = "l".repeat(4096);
+        for _ in 0..args.bytes / line.len() {
+            maestro_sdk::log::info(&line);
+        }
+        return Ok(format!("logged {} bytes", args.bytes / line.len() * line.len()));
+    }
     let line = format!("{}\n", "p".repeat(99));
     let mut left = args.bytes;
     while left > 0 {
@@ -331,7 +338,7 @@ fn maestro_plugin() -> &'static Plugin {
                 "Returns `bytes` control characters (each escaped as \\u0001 in JSON)",
                 control_text,
             ))
-            .tool(tool("print", "Prints `bytes` bytes to stdout or stderr, then maybe panics", print))
+            .tool(tool("print", "Prints `bytes` bytes to stdout, stderr or the log, then maybe panics", print))
             .tool(tool(
                 "bad_structured",
                 "Returns structured output that breaks its schema, or is not JSON",
