@@ -965,10 +965,11 @@ impl ProgressGate {
 
     fn report(&mut self, done: u64, total: Option<u64>, message: Option<String>) {
         let Some(sink) = &self.sink else { return };
+        let progress = Progress { done, total, message: message.map(|m| m.chars().take(1024).collect()) };
         if self.forwarded >= PROGRESS_MAX {
+            self.held = Some(progress);
             return;
         }
-        let progress = Progress { done, total, message: message.map(|m| m.chars().take(1024).collect()) };
         let now = Instant::now();
         let due = self.due.map_or(now, |due| due.max(now));
         let window = PROGRESS_INTERVAL * (PROGRESS_BURST - 1);
@@ -1443,6 +1444,8 @@ mod tests {
             flooded.report(done, Some(done), None);
         }
         assert_eq!(flooded.forwarded, PROGRESS_MAX, "completions are still capped");
+        flooded.finish();
+        assert_eq!(flooded.forwarded, PROGRESS_MAX + 1, "but the latest report still follows at the end");
     }
 
     #[test]
