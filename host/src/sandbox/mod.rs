@@ -997,7 +997,7 @@ impl ProgressGate {
 /// Bytes kept from the start of each of a call's stdout and stderr.
 const CAPTURE_HEAD: usize = 4 << 10;
 /// Bytes kept from the end of each (a panic message comes last).
-const CAPTURE_TAIL: usize = 8 << 10;
+const CAPTURE_TAIL: usize = 16 << 10;
 
 /// A guest's stdout or stderr: keeps the first [`CAPTURE_HEAD`] and the last
 /// [`CAPTURE_TAIL`] bytes, counts the rest, and never refuses a write (a plugin that
