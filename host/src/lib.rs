@@ -62,6 +62,8 @@ pub fn sandbox(config: &Config) -> Result<sandbox::Sandbox, sandbox::SandboxErro
         workers: config.sandbox.workers,
         max_memory_bytes: config.sandbox.max_memory_bytes,
         max_instances: config.sandbox.max_instances,
+        max_component_bytes: config.sandbox.max_component_bytes,
+        compile_timeout: config.sandbox.compile_timeout,
         ..sandbox::SandboxConfig::default()
     })
 }

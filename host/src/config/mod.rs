@@ -180,6 +180,10 @@ pub struct SandboxSettings {
     pub max_instances: u32,
     /// Calls one tenant may have running at once (more are refused, not queued).
     pub max_calls_in_flight_per_tenant: usize,
+    /// Largest plugin component accepted (larger ones are refused before compiling).
+    pub max_component_bytes: usize,
+    /// Longest a component may take to compile before its plugin is refused.
+    pub compile_timeout: Duration,
     /// Compiled-component cache directory.
     pub cache_dir: PathBuf,
 }
@@ -322,11 +326,32 @@ impl Config {
                 "must be between 1 and 100000".into(),
             ));
         }
+        let component_text = raw.sandbox.max_component_size.unwrap_or_else(|| "64MiB".to_owned());
+        let max_component_bytes = maestro_core::policy::parse_size(&component_text)
+            .ok()
+            .and_then(|b| usize::try_from(b).ok())
+            .filter(|b| (1 << 20..=1 << 30).contains(b))
+            .ok_or_else(|| {
+                invalid(
+                    "sandbox.max_component_size",
+                    &component_text,
+                    "expected a size from 1MiB to 1GiB, e.g. 64MiB".into(),
+                )
+            })?;
+        let compile_text = raw.sandbox.compile_timeout.unwrap_or_else(|| "60s".to_owned());
+        let compile_timeout = humantime::parse_duration(compile_text.trim())
+            .ok()
+            .filter(|d| (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(d))
+            .ok_or_else(|| {
+                invalid("sandbox.compile_timeout", &compile_text, "expected a duration from 1s to 1h, e.g. 60s".into())
+            })?;
         let sandbox = SandboxSettings {
             workers,
             max_memory_bytes,
             max_instances,
             max_calls_in_flight_per_tenant,
+            max_component_bytes,
+            compile_timeout,
             cache_dir: raw.sandbox.cache_dir.unwrap_or_else(|| data_dir.join("cache").join("wasm")),
         };
         let mcp = mcp_settings(raw.mcp, listen)?;

@@ -178,6 +178,10 @@ pub struct RawSandbox {
     pub max_instances: Option<u32>,
     /// Tool calls and persona renderings one tenant may have running at once.
     pub max_calls_in_flight_per_tenant: Option<usize>,
+    /// Largest plugin component accepted, e.g. `64MiB`.
+    pub max_component_size: Option<String>,
+    /// Longest a component may take to compile, e.g. `60s`.
+    pub compile_timeout: Option<String>,
     /// Compiled-component cache; default `<data_dir>/cache/wasm`.
     pub cache_dir: Option<PathBuf>,
 }

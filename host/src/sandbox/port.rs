@@ -25,18 +25,12 @@ impl ToolExecutor for Sandbox {
     }
 
     async fn render_persona(&self, plugin: &LoadedPlugin, job: Job<NetPolicy>) -> Outcome<Option<String>> {
-        let limit = job.limits.output_bytes;
         let (context, cancel, item, arguments) = context(job);
         let started = Instant::now();
         let bytes_in = arguments.len();
         let run = Sandbox::render_persona(self, plugin, &item, arguments, &context);
-        let result = until_cancelled(run, &cancel, &context.cancel).await.map_err(failure).and_then(|rendered| {
-            // A persona's prompt is output like a tool's result, under the same limit.
-            match rendered {
-                Some(text) if text.len() > limit => Err(call::Failure::OutputTooLarge { size: text.len(), limit }),
-                rendered => Ok(rendered),
-            }
-        });
+        // The sandbox holds a rendered prompt to the output limit, like a tool's result.
+        let result = until_cancelled(run, &cancel, &context.cancel).await.map_err(failure);
         let bytes_out = result.as_ref().map_or(0, |text| text.as_ref().map_or(0, String::len));
         Outcome {
             result,
@@ -117,7 +111,7 @@ fn tool_outcome(outcome: CallOutcome) -> Outcome<ToolOutput> {
         bytes_in: outcome.bytes_in,
         bytes_out: outcome.bytes_out,
         http_requests: outcome.network.requests,
-        http_denied: u32::try_from(outcome.network.denied.len()).unwrap_or(u32::MAX),
+        http_denied: u32::try_from(outcome.network.denials).unwrap_or(u32::MAX),
         http_bytes_received: outcome.network.bytes_received,
         credits_charged: 0,
     };

@@ -25,6 +25,7 @@ mod pipeline;
 mod process;
 mod reload;
 mod sandbox;
+mod sandbox_memory;
 mod server;
 mod storage;
 mod tools_api;

@@ -2,12 +2,18 @@
 //!
 //! Each tool misbehaves in one way the sandbox must contain (or, for `noop`, does nothing
 //! at all, to measure the cost of a call).
+//!
+//! The exports are written out by hand instead of with `export_plugin!`, so that
+//! `bad_structured` can return what the SDK never would: structured output that is not
+//! JSON.
+#![cfg_attr(target_arch = "wasm32", allow(unsafe_code))]
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use maestro_sdk::{
-    ModelTier, NoInput, Persona, PersonaSpec, PromptArgument, Structured, ToolError, ToolOutput, export_plugin, tool,
+    Content, IntoToolOutput, ModelTier, NoInput, Persona, PersonaSpec, Plugin, PromptArgument, RenderContext,
+    Structured, ToolError, ToolOutput, tool,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -157,6 +163,135 @@ fn trap(args: TrapArgs) -> Result<&'static str, ToolError> {
     panic!("trap requested");
 }
 
+/// Arguments of `progress_flood`.
+#[derive(Deserialize, JsonSchema)]
+struct FloodArgs {
+    /// Reports to send (`done` runs 1..=n of n).
+    n: u64,
+}
+
+fn progress_flood(args: FloodArgs) -> Result<String, ToolError> {
+    for i in 1..=args.n {
+        maestro_sdk::progress(i, Some(args.n), None);
+    }
+    Ok(format!("reported {} times", args.n))
+}
+
+fn huge_error(args: HugeArgs) -> Result<&'static str, ToolError> {
+    Err(ToolError::failed("e".repeat(args.bytes)))
+}
+
+/// Arguments of `empty_items`.
+#[derive(Deserialize, JsonSchema)]
+struct ItemsArgs {
+    /// Empty text items to return.
+    n: usize,
+}
+
+fn empty_items(args: ItemsArgs) -> Result<ToolOutput, ToolError> {
+    Ok(ToolOutput { content: vec![Content::text(""); args.n], structured: None })
+}
+
+fn control_text(args: HugeArgs) -> Result<String, ToolError> {
+    Ok("\u{1}".repeat(args.bytes))
+}
+
+/// Arguments of `print`.
+#[derive(Deserialize, JsonSchema)]
+struct PrintArgs {
+    /// Bytes to print.
+    bytes: usize,
+    /// `stdout` (default), `stderr`, or `log` (the host log, in lines of 4096 bytes).
+    #[serde(default)]
+    stream: Option<String>,
+    /// Panic with this message after printing.
+    #[serde(default)]
+    panic: Option<String>,
+}
+
+fn print(args: PrintArgs) -> Result<String, ToolError> {
+    if args.stream.as_deref() == Some("log") {
+        let line = "l".repeat(4096);
+        for _ in 0..args.bytes / line.len() {
+            maestro_sdk::log::info(&line);
+        }
+        return Ok(format!("logged {} bytes", args.bytes / line.len() * line.len()));
+    }
+    let line = format!("{}\n", "p".repeat(99));
+    let mut left = args.bytes;
+    while left > 0 {
+        let chunk = &line[..left.min(line.len())];
+        if args.stream.as_deref() == Some("stderr") {
+            eprint!("{chunk}");
+        } else {
+            print!("{chunk}");
+        }
+        left -= chunk.len();
+    }
+    if let Some(message) = args.panic {
+        panic!("{message}");
+    }
+    Ok(format!("printed {} bytes", args.bytes))
+}
+
+/// Arguments of `bad_structured`.
+#[derive(Deserialize, JsonSchema)]
+struct BadArgs {
+    /// Return text that is not JSON at all (only on wasm: the SDK always serialises).
+    #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    invalid: bool,
+}
+
+/// A result whose declared schema says `count` is an integer, while the value has a
+/// string there.
+struct Mismatched;
+
+impl IntoToolOutput for Mismatched {
+    fn output_schema() -> Option<Value> {
+        Some(serde_json::json!({
+            "type": "object",
+            "properties": { "count": { "type": "integer" } },
+            "required": ["count"]
+        }))
+    }
+
+    fn into_tool_output(self) -> Result<ToolOutput, ToolError> {
+        Ok(ToolOutput::structured(serde_json::json!({ "count": "many" })))
+    }
+}
+
+fn bad_structured(_: BadArgs) -> Result<Mismatched, ToolError> {
+    Ok(Mismatched)
+}
+
+/// What `bad_structured` returns with `invalid: true`, bypassing the SDK.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+const NOT_JSON: &str = "{\"count\": ";
+
+fn hog(_: NoInput) -> Result<String, ToolError> {
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut block: Vec<u8> = Vec::new();
+        if block.try_reserve_exact(1 << 20).is_err() {
+            return Err(ToolError::failed(format!("refused more memory after {} MiB", blocks.len())));
+        }
+        block.resize(1 << 20, 1);
+        blocks.push(black_box(block));
+    }
+}
+
+/// Renders the saboteur's prompt, `repeat` times over; `fail` fails with a message of
+/// that many bytes.
+fn sabotage(context: &RenderContext<'_>) -> Result<String, String> {
+    let number = |name: &str| context.get(name).map(|n| n.parse::<usize>().map_err(|e| format!("{name}: {e}")));
+    if let Some(bytes) = number("fail").transpose()? {
+        return Err("f".repeat(bytes));
+    }
+    let once = context.fill(&context.spec().system_prompt);
+    Ok(once.repeat(number("repeat").transpose()?.unwrap_or(1)))
+}
+
 fn saboteur() -> Persona {
     Persona::new(
         PersonaSpec::new(
@@ -168,28 +303,83 @@ fn saboteur() -> Persona {
         .model_tier(ModelTier::Small)
         .tools(["hostile.*"])
         .argument(PromptArgument::required("target", "what to attack"))
-        .argument(PromptArgument::optional("style", "how").values(["loud", "quiet"])),
+        .argument(PromptArgument::optional("style", "how").values(["loud", "quiet"]))
+        .argument(PromptArgument::optional("repeat", "times to repeat the prompt"))
+        .argument(PromptArgument::optional("fail", "fail with a message of this many bytes")),
     )
+    .render_with(sabotage)
 }
 
-export_plugin! {
-    tools: [
-        tool("noop", "Returns \"ok\" at once (the trivial tool for benchmarks)", noop).read_only(),
-        tool("echo", "Returns its arguments as structured JSON", echo).read_only(),
-        tool("spin", "Loops forever without checking anything", spin),
-        tool("spin_until_cancelled", "Loops until the call is cancelled", spin_until_cancelled),
-        tool("recurse", "Recurses without bound (stack overflow)", recurse),
-        tool("grow_memory", "Allocates and touches `mb` megabytes", grow_memory),
-        tool("huge_output", "Returns a text of `bytes` bytes", huge_output),
-        tool("sleep", "Blocks in a host call (a WASI poll) for `ms` milliseconds", sleep),
-        tool("fetch", "GETs a URL through the SDK's HTTP client", fetch).open_world(),
-        tool("fail", "Fails with \"boom\"", fail),
-        tool("config", "Returns the plugin configuration", config).read_only(),
-        tool("progress", "Reports progress 1..=n, logging each step", progress),
-        tool("trap", "Panics (or executes `unreachable`)", trap),
-    ],
-    personas: [saboteur()],
+/// This plugin's tools and personas, built on first use (by the wasm exports and the
+/// native tests).
+#[allow(dead_code)]
+fn maestro_plugin() -> &'static Plugin {
+    static PLUGIN: std::sync::OnceLock<Plugin> = std::sync::OnceLock::new();
+    PLUGIN.get_or_init(|| {
+        Plugin::new()
+            .tool(tool("noop", "Returns \"ok\" at once (the trivial tool for benchmarks)", noop).read_only())
+            .tool(tool("echo", "Returns its arguments as structured JSON", echo).read_only())
+            .tool(tool("spin", "Loops forever without checking anything", spin))
+            .tool(tool("spin_until_cancelled", "Loops until the call is cancelled", spin_until_cancelled))
+            .tool(tool("recurse", "Recurses without bound (stack overflow)", recurse))
+            .tool(tool("grow_memory", "Allocates and touches `mb` megabytes", grow_memory))
+            .tool(tool("huge_output", "Returns a text of `bytes` bytes", huge_output))
+            .tool(tool("sleep", "Blocks in a host call (a WASI poll) for `ms` milliseconds", sleep))
+            .tool(tool("fetch", "GETs a URL through the SDK's HTTP client", fetch).open_world())
+            .tool(tool("fail", "Fails with \"boom\"", fail))
+            .tool(tool("config", "Returns the plugin configuration", config).read_only())
+            .tool(tool("progress", "Reports progress 1..=n, logging each step", progress))
+            .tool(tool("trap", "Panics (or executes `unreachable`)", trap))
+            .tool(tool("progress_flood", "Reports progress `n` times as fast as it can", progress_flood))
+            .tool(tool("huge_error", "Fails with a message of `bytes` bytes", huge_error))
+            .tool(tool("empty_items", "Returns `n` empty text items", empty_items))
+            .tool(tool(
+                "control_text",
+                "Returns `bytes` control characters (each escaped as \\u0001 in JSON)",
+                control_text,
+            ))
+            .tool(tool("print", "Prints `bytes` bytes to stdout, stderr or the log, then maybe panics", print))
+            .tool(tool(
+                "bad_structured",
+                "Returns structured output that breaks its schema, or is not JSON",
+                bad_structured,
+            ))
+            .tool(tool("hog", "Allocates 1 MiB blocks until refused", hog))
+            .persona(saboteur())
+    })
 }
+
+#[cfg(target_arch = "wasm32")]
+const _: () = {
+    use maestro_sdk::__private as sdk;
+
+    struct Exports;
+
+    impl sdk::ToolsGuest for Exports {
+        fn list_tools() -> Vec<sdk::WitToolSpec> {
+            sdk::tools_list(maestro_plugin())
+        }
+
+        fn call(name: String, arguments: String) -> Result<sdk::WitToolOutput, sdk::WitToolError> {
+            if name == "bad_structured" && serde_json::from_str::<BadArgs>(&arguments).is_ok_and(|a| a.invalid) {
+                return Ok(sdk::WitToolOutput { content: Vec::new(), structured: Some(NOT_JSON.to_owned()) });
+            }
+            sdk::tools_call(maestro_plugin(), name, arguments)
+        }
+    }
+
+    impl sdk::PersonasGuest for Exports {
+        fn list_personas() -> Vec<sdk::WitPersonaSpec> {
+            sdk::personas_list(maestro_plugin())
+        }
+
+        fn render(name: String, context: String) -> Result<Option<String>, String> {
+            sdk::personas_render(maestro_plugin(), name, context)
+        }
+    }
+
+    sdk::bindings::__maestro_export_world!(Exports with_types_in maestro_sdk::__private::bindings);
+};
 
 #[cfg(test)]
 mod tests {
@@ -206,7 +396,7 @@ mod tests {
     #[test]
     fn lists_every_fixture_tool_and_the_persona() {
         let names: Vec<String> = maestro_plugin().tool_specs().into_iter().map(|s| s.name).collect();
-        assert_eq!(names.len(), 13);
+        assert_eq!(names.len(), 20);
         assert!(names.iter().all(|n| maestro_sdk::is_valid_name(n)));
         assert_eq!(maestro_plugin().persona_specs()[0].name, "saboteur");
     }
@@ -252,5 +442,34 @@ mod tests {
         assert!(call("grow_memory", json!({"mb": 1})).is_ok());
         assert_eq!(call("huge_output", json!({"bytes": 10})).expect("text").text_content().len(), 10);
         assert!(matches!(call("grow_memory", json!({})), Err(ToolError::InvalidArguments(_))));
+    }
+
+    #[test]
+    fn flooding_tools_produce_what_they_promise() {
+        let host = FakeHost::install();
+        call("progress_flood", json!({"n": 50})).expect("floods");
+        assert_eq!(host.progress().len(), 50);
+        assert_eq!(call("huge_error", json!({"bytes": 7})), Err(ToolError::Failed("eeeeeee".into())));
+        assert_eq!(call("empty_items", json!({"n": 4})).expect("items").content.len(), 4);
+        assert_eq!(call("control_text", json!({"bytes": 3})).expect("text").text_content(), "\u{1}\u{1}\u{1}");
+        assert_eq!(call("print", json!({"bytes": 250})).expect("prints").text_content(), "printed 250 bytes");
+    }
+
+    #[test]
+    fn bad_structured_breaks_its_declared_schema() {
+        let spec = maestro_plugin().tool_specs().into_iter().find(|s| s.name == "bad_structured").expect("listed");
+        assert_eq!(spec.output_schema.expect("declared")["properties"]["count"]["type"], "integer");
+        let out = call("bad_structured", json!({})).expect("returns");
+        assert_eq!(out.structured, Some(json!({"count": "many"})));
+        assert!(serde_json::from_str::<Value>(NOT_JSON).is_err());
+    }
+
+    #[test]
+    fn saboteur_repeats_or_fails_on_request() {
+        let plugin = maestro_plugin();
+        let once = plugin.render("saboteur", r#"{"target":"x"}"#).expect("renders").expect("text");
+        let thrice = plugin.render("saboteur", r#"{"target":"x","repeat":"3"}"#).expect("renders").expect("text");
+        assert_eq!(thrice, once.repeat(3));
+        assert_eq!(plugin.render("saboteur", r#"{"target":"x","fail":"2"}"#), Err("ff".into()));
     }
 }
