@@ -403,13 +403,15 @@ struct EventQueue {
 }
 
 impl EventQueue {
+    /// Every report is sent while there is room (a client sees each step of a plugin
+    /// that reports a few); past the bound only the latest waiting one is kept.
     fn push_progress(&mut self, progress: Progress) {
-        if let Some(Event::Progress(last)) = self.events.back_mut() {
-            *last = progress;
-        } else if self.events.len() < MAX_QUEUED_EVENTS {
+        if self.events.len() < MAX_QUEUED_EVENTS {
             // Newer than any report waiting for room.
             self.latest_progress = None;
             self.events.push_back(Event::Progress(progress));
+        } else if let Some(Event::Progress(last)) = self.events.back_mut() {
+            *last = progress;
         } else {
             self.latest_progress = Some(progress);
         }
@@ -973,13 +975,23 @@ mod tests {
     }
 
     #[test]
-    fn progress_alone_coalesces_to_one_pending_report() {
+    fn progress_is_sent_step_by_step_while_there_is_room_then_coalesced() {
+        let step = |done| Event::Progress(Progress { done, total: Some(10_000), message: None });
         let mut queue = EventQueue::default();
+        for i in 1..=3u64 {
+            queue.push_progress(Progress { done: i, total: Some(10_000), message: None });
+        }
+        assert_eq!(
+            [queue.pop(), queue.pop(), queue.pop(), queue.pop()],
+            [Some(step(1)), Some(step(2)), Some(step(3)), None]
+        );
+
         for i in 1..=10_000u64 {
             queue.push_progress(Progress { done: i, total: Some(10_000), message: None });
         }
-        assert_eq!(queue.pop(), Some(Event::Progress(Progress { done: 10_000, total: Some(10_000), message: None })));
-        assert_eq!(queue.pop(), None);
+        let sent: Vec<Event> = std::iter::from_fn(|| queue.pop()).collect();
+        assert_eq!(sent.len(), MAX_QUEUED_EVENTS);
+        assert_eq!(sent.last(), Some(&step(10_000)), "the latest report replaces the last one queued");
     }
 
     #[test]
