@@ -26,10 +26,28 @@ pub struct Cli {
     pub config: Option<PathBuf>,
     /// Log format.
     #[arg(long, global = true, value_enum)]
-    pub log_format: Option<LogFormat>,
+    pub log_format: Option<LogFormatArg>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format` (the CLI's spelling of [`LogFormat`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormatArg {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(arg: LogFormatArg) -> Self {
+        match arg {
+            LogFormatArg::Human => LogFormat::Human,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
 }
 
 /// Subcommands.
@@ -208,7 +226,7 @@ pub fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
         Command::Serve(args) => args.listen.clone(),
         _ => None,
     };
-    let overrides = Overrides { listen, log_format: cli.log_format };
+    let overrides = Overrides { listen, log_format: cli.log_format.map(LogFormat::from) };
     let config = Config::load(cli.config.as_deref(), env, &overrides)?;
     let filter = match &cli.command {
         Command::Serve(_) | Command::Mcp(_) => config.log_filter.clone(),

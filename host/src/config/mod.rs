@@ -55,7 +55,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
 pub const CONFIG_VERSION: u32 = 1;
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
     /// Human-readable lines.
     #[default]

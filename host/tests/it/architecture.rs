@@ -71,7 +71,6 @@ const ALLOWANCES: &[(&str, &[&str])] = &[
 /// shrinks); fixing one means deleting its line.
 const TOLERATED: &[(&str, &str, &str)] = &[
     ("mcp", "anyhow", "serve_stdio returns anyhow::Result to the CLI instead of a typed error"),
-    ("config", "clap", "a config enum derives clap::ValueEnum so the CLI can parse it"),
 ];
 
 /// Packages whose library name is not the package name with `-` as `_`.
