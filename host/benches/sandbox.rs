@@ -79,7 +79,7 @@ async fn trivial_calls(cores: usize, sandbox: &Arc<Sandbox>, hostile: &LoadedPlu
     );
     let callers = [1, cores];
 
-    let fuel = sandbox.call_tool(hostile, "noop", "{}".to_owned(), &CallContext::default()).await.fuel_used;
+    let fuel = sandbox.call_tool(hostile, "noop", "{}".to_owned(), &CallContext::default()).await.metering.fuel;
     let (sandbox, plugin, context) = (sandbox.clone(), Arc::new(hostile.clone()), Arc::new(CallContext::default()));
     let noop = move || {
         let (sandbox, plugin, context) = (sandbox.clone(), plugin.clone(), context.clone());

@@ -143,8 +143,17 @@ pub struct RunLimits {
     pub timeout: Duration,
     /// Linear memory.
     pub memory_bytes: usize,
-    /// Largest result.
+    /// Largest result, as the JSON that leaves the host (content items with their
+    /// envelopes and escapes, structured JSON); also caps tool-error messages and
+    /// rendered persona prompts.
     pub output_bytes: usize,
+}
+
+impl Default for RunLimits {
+    /// 10⁹ fuel, 10 s, 64 MiB of memory, 1 MiB of output.
+    fn default() -> Self {
+        Self { fuel: 1_000_000_000, timeout: Duration::from_secs(10), memory_bytes: 64 << 20, output_bytes: 1 << 20 }
+    }
 }
 
 /// Why a call that was run did not produce a result.

@@ -11,8 +11,9 @@
 //!   output size, and the network policy ([`net`]).
 //! - Guests yield to the sandbox runtime at every epoch tick, so spinning guests share
 //!   its threads fairly and deadlines and cancellation are noticed within a tick.
-//! - Every call returns a [`CallOutcome`] with duration, fuel used, bytes in/out and a
-//!   typed [`Failure`].
+//! - Every call and every persona rendering returns a [`CallOutcome`]: the core's
+//!   [`Metering`] (duration, fuel used, bytes in/out, HTTP activity) and a typed
+//!   [`Failure`] (the core's: the sandbox speaks the call types of `maestro_core::call`).
 //! - Nothing a guest sends makes the host buffer without bound: results, tool errors and
 //!   rendered personas are measured as the JSON that leaves the host and refused over
 //!   the output limit (checked against the raw payload before any JSON is parsed);
@@ -33,6 +34,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use maestro_core::call::{
+    CancelToken, Failure, LogLevel, LogSink, Metering, Outcome, Progress, ProgressSink, RunLimits,
+};
 use maestro_core::plugin::{
     Annotations, Content, ModelTier, PersonaSpec, PromptArgument, ToolError, ToolOutput, ToolSpec, json_len,
 };
@@ -91,97 +95,8 @@ impl Default for SandboxConfig {
     }
 }
 
-/// Limits of one call.
-#[derive(Debug, Clone)]
-pub struct CallLimits {
-    /// Fuel (roughly, wasm instructions).
-    pub fuel: u64,
-    /// Wall-clock deadline from the start of the call.
-    pub timeout: Duration,
-    /// Linear memory.
-    pub memory_bytes: usize,
-    /// Largest result, as the JSON that leaves the host (content items with their
-    /// envelopes and escapes, structured JSON); also caps tool-error messages and
-    /// rendered persona prompts.
-    pub output_bytes: usize,
-}
-
-impl Default for CallLimits {
-    fn default() -> Self {
-        Self { fuel: 1_000_000_000, timeout: Duration::from_secs(10), memory_bytes: 64 << 20, output_bytes: 1 << 20 }
-    }
-}
-
-/// A cancellation signal shared by the caller and a running call.
-#[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<CancelInner>);
-
-#[derive(Debug, Default)]
-struct CancelInner {
-    flag: AtomicBool,
-    notify: tokio::sync::Notify,
-}
-
-impl CancelToken {
-    /// Cancels: the guest sees `cancelled() == true` and the call is stopped within a
-    /// tick even if the guest ignores it.
-    pub fn cancel(&self) {
-        self.0.flag.store(true, Ordering::SeqCst);
-        self.0.notify.notify_waiters();
-    }
-
-    /// Whether cancellation was requested.
-    pub fn is_cancelled(&self) -> bool {
-        self.0.flag.load(Ordering::SeqCst)
-    }
-
-    async fn cancelled(&self) {
-        loop {
-            let notified = self.0.notify.notified();
-            if self.is_cancelled() {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// A progress report from a plugin.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Progress {
-    /// Units done.
-    pub done: u64,
-    /// Units in total, if known.
-    pub total: Option<u64>,
-    /// What is happening.
-    pub message: Option<String>,
-}
-
-/// Receives progress reports: at most [`PROGRESS_MAX`] per call, the first
-/// [`PROGRESS_BURST`] at once and then one per [`PROGRESS_INTERVAL`] (a report that
-/// completes the work, `done == total`, is not held back), plus the latest held-back
-/// report when the call ends.
-pub type ProgressSink = Arc<dyn Fn(Progress) + Send + Sync>;
-
-/// The level of a plugin's log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum LogLevel {
-    /// Finest detail.
-    Trace,
-    /// Debugging detail.
-    Debug,
-    /// Normal operation.
-    Info,
-    /// Something unexpected that the plugin coped with.
-    Warn,
-    /// A failure.
-    Error,
-}
-
-/// Receives a call's log lines (besides the host's own log), e.g. to forward them to
-/// an MCP client. Lines are already truncated to 4096 characters and capped per call:
-/// at most [`LOG_LINES`] lines and [`LOG_BYTES`] bytes.
-pub type LogSink = Arc<dyn Fn(LogLevel, &str) + Send + Sync>;
+/// Limits of one call: the core's [`RunLimits`] (under the sandbox's name).
+pub type CallLimits = RunLimits;
 
 /// Everything a call needs besides the plugin and the tool.
 #[derive(Clone)]
@@ -192,11 +107,17 @@ pub struct CallContext {
     pub network: Arc<NetPolicy>,
     /// The plugin's config from policy (a JSON document).
     pub config_json: Arc<str>,
-    /// Cancellation.
+    /// Cancellation: the guest sees `cancelled() == true` and the call is stopped
+    /// within a tick even if the guest ignores it.
     pub cancel: CancelToken,
-    /// Where progress goes, if the caller wants it.
+    /// Where progress goes, if the caller wants it: at most [`PROGRESS_MAX`] reports per
+    /// call, the first [`PROGRESS_BURST`] at once and then one per
+    /// [`PROGRESS_INTERVAL`] (a report that completes the work, `done == total`, is not
+    /// held back), plus the latest held-back report when the call ends.
     pub progress: Option<ProgressSink>,
-    /// Where the plugin's log lines also go, if the caller wants them.
+    /// Where the plugin's log lines also go besides the host's own log (e.g. to an MCP
+    /// client). Lines are already truncated to 4096 characters and capped per call: at
+    /// most [`LOG_LINES`] lines and [`LOG_BYTES`] bytes.
     pub log: Option<LogSink>,
     /// Who is calling (for logs): e.g. the tenant name.
     pub caller: Arc<str>,
@@ -225,86 +146,22 @@ impl Default for CallContext {
     }
 }
 
-/// Why a call did not produce a result.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum Failure {
-    /// The wall-clock deadline passed.
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    /// The fuel ran out.
-    #[error("ran out of fuel ({0} units)")]
-    OutOfFuel(u64),
-    /// Linear memory would have grown past the limit.
-    #[error("exceeded the memory limit of {0} bytes")]
-    MemoryLimit(usize),
-    /// The guest trapped (panic, stack overflow, unreachable…).
-    #[error("trapped: {0}")]
-    Trap(String),
-    /// An outgoing request was refused and the call failed.
-    #[error("network access denied for {url}: {reason}")]
-    NetworkDenied {
-        /// The URL (without query).
-        url: String,
-        /// Why, naming the rule or its absence.
-        reason: String,
-    },
-    /// The result is larger than allowed.
-    #[error("output of {size} bytes exceeds the limit of {limit} bytes")]
-    OutputTooLarge {
-        /// Result size.
-        size: usize,
-        /// The limit.
-        limit: usize,
-    },
-    /// The tool ran and reported an error.
-    #[error("tool error: {0}")]
-    ToolError(ToolError),
-    /// The caller cancelled the call.
-    #[error("cancelled")]
-    Cancelled,
-    /// The host could not run the call (every instance slot busy, the sandbox runtime
-    /// failed). Not the plugin's fault: a charged call is refunded.
-    #[error("the sandbox could not run the call: {0}")]
-    Unavailable(String),
-}
-
-impl Failure {
-    /// A stable, machine-readable kind.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Failure::Timeout(_) => "timeout",
-            Failure::OutOfFuel(_) => "out_of_fuel",
-            Failure::MemoryLimit(_) => "memory_limit",
-            Failure::Trap(_) => "trap",
-            Failure::NetworkDenied { .. } => "network_denied",
-            Failure::OutputTooLarge { .. } => "output_too_large",
-            Failure::ToolError(_) => "tool_error",
-            Failure::Cancelled => "cancelled",
-            Failure::Unavailable(_) => "unavailable",
-        }
-    }
-
-    /// Whether the host, not the plugin or the caller, is why the call failed.
-    pub fn is_host_side(&self) -> bool {
-        matches!(self, Failure::Unavailable(_))
-    }
-}
-
-/// The result of a call with its metering.
+/// The result of a call with its metering and its network log.
 #[derive(Debug, Clone)]
-pub struct CallOutcome {
-    /// The tool's output, or why there is none.
-    pub result: Result<ToolOutput, Failure>,
-    /// Wall-clock time of the call.
-    pub duration: Duration,
-    /// Fuel consumed.
-    pub fuel_used: u64,
-    /// Argument bytes passed in.
-    pub bytes_in: usize,
-    /// Result bytes returned.
-    pub bytes_out: usize,
-    /// Outgoing HTTP activity.
+pub struct CallOutcome<T = ToolOutput> {
+    /// The tool's output (or the rendered prompt), or why there is none.
+    pub result: Result<T, Failure>,
+    /// What the call cost: duration, fuel, bytes in and out, HTTP activity.
+    pub metering: Metering,
+    /// Outgoing HTTP activity, with the bounded record of refused attempts.
     pub network: NetLog,
+}
+
+impl<T> CallOutcome<T> {
+    /// The core's outcome (the network log's counts are in the metering).
+    pub fn into_outcome(self) -> Outcome<T> {
+        Outcome { result: self.result, metering: self.metering }
+    }
 }
 
 /// Why a plugin could not be loaded or the sandbox could not start.
@@ -316,8 +173,9 @@ pub enum SandboxError {
     /// The bytes are not a component this host can run.
     #[error("invalid component: {0}")]
     Invalid(String),
-    /// Listing tools or personas failed.
-    #[error("plugin failed while listing its {what}: {failure}")]
+    /// Listing tools or personas failed (a host-side failure's detail is shown: this
+    /// error is for the operator).
+    #[error("plugin failed while listing its {what}: {failure}{}", host_detail(failure))]
     Listing {
         /// `tools` or `personas`.
         what: &'static str,
@@ -332,6 +190,14 @@ pub enum SandboxError {
         /// Why.
         reason: String,
     },
+}
+
+/// The detail of a host-side failure, for the operator's eyes only.
+fn host_detail(failure: &Failure) -> String {
+    match failure {
+        Failure::Unavailable { detail } => format!(" ({detail})"),
+        _ => String::new(),
+    }
 }
 
 /// A compiled, linked plugin ready to instantiate, with what it declared.
@@ -596,28 +462,24 @@ impl Sandbox {
                 (Err(failure), 0)
             }
         };
-        CallOutcome {
-            result,
-            duration: started.elapsed(),
-            fuel_used: meter.fuel_used,
-            bytes_in,
-            bytes_out,
-            network: meter.network,
-        }
+        meter.outcome(result, started, bytes_in, bytes_out)
     }
 
-    /// Renders a persona's prompt (`None`: use the system prompt as is). The rendered
-    /// text, or the error message, is refused over the output limit.
+    /// Renders a persona's prompt (`None`: use the system prompt as is), metered like a
+    /// tool call. The rendered text, or the error message, is refused over the output
+    /// limit.
     pub async fn render_persona(
         &self,
         plugin: &LoadedPlugin,
         persona: &str,
         context_json: String,
         context: &CallContext,
-    ) -> Result<Option<String>, Failure> {
+    ) -> CallOutcome<Option<String>> {
+        let started = Instant::now();
+        let bytes_in = context_json.len();
         let persona = persona.to_owned();
         let limit = context.limits.output_bytes;
-        let (rendered, _) = self
+        let (rendered, meter) = self
             .run(plugin, context, move |plugin, store| {
                 Box::pin(async move {
                     let rendered =
@@ -634,7 +496,12 @@ impl Sandbox {
                 })
             })
             .await;
-        rendered?
+        let result = rendered.and_then(|rendered| rendered);
+        let bytes_out = match &result {
+            Ok(Some(text)) => text.len(),
+            Ok(None) | Err(_) => 0,
+        };
+        meter.outcome(result, started, bytes_in, bytes_out)
     }
 
     /// Instantiates `plugin` in a fresh store on the sandbox runtime and runs `op`
@@ -725,7 +592,9 @@ impl Sandbox {
         });
         match task.await {
             Ok(done) => done,
-            Err(join) => (Err(Failure::Unavailable(format!("sandbox task failed: {join}"))), Meter::default()),
+            Err(join) => {
+                (Err(Failure::Unavailable { detail: format!("sandbox task failed: {join}") }), Meter::default())
+            }
         }
     }
 }
@@ -741,6 +610,29 @@ struct Meter {
     network: NetLog,
     /// The guest asked for more memory than allowed (and maybe coped).
     memory_hit: bool,
+}
+
+impl Meter {
+    /// The call's outcome, metered from `started` on.
+    fn outcome<T>(
+        self,
+        result: Result<T, Failure>,
+        started: Instant,
+        bytes_in: usize,
+        bytes_out: usize,
+    ) -> CallOutcome<T> {
+        let metering = Metering {
+            duration: started.elapsed(),
+            fuel: self.fuel_used,
+            bytes_in,
+            bytes_out,
+            http_requests: self.network.requests,
+            http_denied: u32::try_from(self.network.denials).unwrap_or(u32::MAX),
+            http_bytes_received: self.network.bytes_received,
+            credits_charged: 0,
+        };
+        CallOutcome { result, metering, network: self.network }
+    }
 }
 
 /// Cancellation of one call: the caller's token or the call's own.
@@ -794,7 +686,7 @@ fn classify(
         };
     }
     if let Some(limit) = err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
-        return Failure::Unavailable(limit.to_string());
+        return Failure::Unavailable { detail: limit.to_string() };
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => return Failure::OutOfFuel(limits.fuel),
@@ -1447,6 +1339,21 @@ mod tests {
         assert_eq!(flooded.forwarded, PROGRESS_MAX, "completions are still capped");
         flooded.finish();
         assert_eq!(flooded.forwarded, PROGRESS_MAX + 1, "but the latest report still follows at the end");
+    }
+
+    #[test]
+    fn a_host_side_listing_failure_names_its_detail_for_the_operator() {
+        let err = SandboxError::Listing {
+            what: "tools and personas",
+            failure: Failure::Unavailable { detail: "pool exhausted".into() },
+        };
+        assert_eq!(
+            err.to_string(),
+            "plugin failed while listing its tools and personas: the host could not run the call, try again later \
+             (pool exhausted)"
+        );
+        let err = SandboxError::Listing { what: "tools", failure: Failure::OutOfFuel(5) };
+        assert_eq!(err.to_string(), "plugin failed while listing its tools: ran out of fuel (5 units)");
     }
 
     #[test]

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use maestro_core::call::Failure;
 use maestro_core::plugin::ToolError;
 use maestro_host::sandbox::net::{HostPattern, NetPolicy, NetRule};
-use maestro_host::sandbox::{CallContext, CallLimits, Failure, LoadedPlugin};
+use maestro_host::sandbox::{CallContext, CallLimits, LoadedPlugin};
 use serde_json::{Value, json};
 
 use crate::fixtures::{TestServer, component, sandbox};
@@ -120,9 +121,10 @@ async fn personas_describe_the_team_and_render_prompts() {
             &ctx,
         )
         .await
+        .result
         .expect("renders")
         .expect("a rendered prompt");
     assert!(rendered.contains("a tool library for neighbours"), "{rendered}");
-    let missing = sandbox().render_persona(&personas, "product_manager", "{}".into(), &ctx).await;
+    let missing = sandbox().render_persona(&personas, "product_manager", "{}".into(), &ctx).await.result;
     assert!(matches!(&missing, Err(Failure::ToolError(ToolError::Failed(m))) if m.contains("idea")), "{missing:?}");
 }

@@ -8,12 +8,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, StatusCode};
 use maestro_core::Role;
+use maestro_core::call::Failure;
 use maestro_core::policy::{PolicySet, Subject};
 use maestro_host::outbound::{
     HostPattern, LOGGED_DENIALS, MAX_DENIAL_RECORDS, NetPolicy, NetRule, OutboundClient, OutboundError, SecretHeader,
     SecretTarget,
 };
-use maestro_host::sandbox::{CallContext, CallLimits, Failure};
+use maestro_host::sandbox::{CallContext, CallLimits};
 use serde_json::json;
 
 use crate::fixtures::{TestServer, component, hostile, sandbox};

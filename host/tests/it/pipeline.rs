@@ -491,6 +491,34 @@ async fn a_call_the_host_cannot_run_is_refunded_exactly_once(backend: Backend) {
     assert!(host.credits.audit().await.expect("audit").is_clean());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persona_rendering_reports_the_fuel_time_and_bytes_it_used_like_a_tool_call() {
+    let (host, _dir) = host(Backend::Sqlite, POLICY, None, 2).await;
+    let platform = host.platform_token().await;
+    let acme = member(&host, &platform, "acme", 1_000).await;
+    let rendered =
+        host.post("/v1/personas/hostile.saboteur/render", Some(&acme), json!({ "arguments": { "target": "t" } })).await;
+    assert_eq!(rendered.status, StatusCode::OK, "{rendered:?}");
+    let metering = &rendered.body["metering"];
+    assert!(metering["fuel"].as_u64().is_some_and(|fuel| fuel > 0), "a rendering runs guest code: {metering}");
+    assert!(metering["duration_us"].as_u64().is_some_and(|us| us > 0), "{metering}");
+    assert!(metering["bytes_in"].as_u64().is_some_and(|bytes| bytes > 0), "{metering}");
+    let prompt = rendered.body["prompt"].as_str().expect("prompt");
+    assert_eq!(metering["bytes_out"], prompt.len(), "{metering}");
+
+    // A rendering that fails is metered too.
+    let failed = host
+        .post(
+            "/v1/personas/hostile.saboteur/render",
+            Some(&acme),
+            json!({ "arguments": { "target": "t", "fail": "3" } }),
+        )
+        .await;
+    check_http("failed rendering", &failed, ran_and_failed(Code::ToolError));
+    let metering = &failed.body["error"]["details"]["metering"];
+    assert!(metering["fuel"].as_u64().is_some_and(|fuel| fuel > 0), "{failed:?}");
+}
+
 fn refused_unavailable() -> Expect {
     refused(Code::Unavailable)
 }

@@ -4,12 +4,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use maestro_core::call::{CancelToken, Failure, Progress};
 use maestro_core::plugin::{Content, ToolError};
 use maestro_host::sandbox::net::{HostPattern, NetPolicy, NetRule, SecretHeader, SecretTarget};
-use maestro_host::sandbox::{
-    CallContext, CallLimits, CancelToken, Failure, LOG_BYTES, PROGRESS_MAX, Progress, Sandbox, SandboxConfig,
-    SandboxError,
-};
+use maestro_host::sandbox::{CallContext, CallLimits, LOG_BYTES, PROGRESS_MAX, Sandbox, SandboxConfig, SandboxError};
 use serde_json::{Value, json};
 
 use crate::fixtures::{TestServer, hostile, sandbox};
@@ -58,12 +56,12 @@ async fn lists_tools_and_personas_of_the_fixture() {
 async fn trivial_call_succeeds_with_metering() {
     let outcome = call("noop", json!({}), &CallContext::default()).await;
     assert_eq!(text(&outcome), "ok");
-    assert!(outcome.fuel_used > 0);
-    assert_eq!(outcome.bytes_in, 2);
+    assert!(outcome.metering.fuel > 0);
+    assert_eq!(outcome.metering.bytes_in, 2);
     // What leaves the host: the result as JSON, envelope included.
     let output = outcome.result.as_ref().expect("ok");
-    assert_eq!(outcome.bytes_out, serde_json::to_string(output).expect("serialises").len());
-    assert_eq!(outcome.bytes_out, r#"{"content":[{"type":"text","text":"ok"}],"structured":null}"#.len());
+    assert_eq!(outcome.metering.bytes_out, serde_json::to_string(output).expect("serialises").len());
+    assert_eq!(outcome.metering.bytes_out, r#"{"content":[{"type":"text","text":"ok"}],"structured":null}"#.len());
     let echoed = call("echo", json!({ "a": [1, 2] }), &CallContext::default()).await;
     assert_eq!(echoed.result.expect("echo").structured, Some(json!({ "a": [1, 2] })));
 }
@@ -81,7 +79,7 @@ async fn infinite_loop_times_out_at_the_deadline() {
     // The fuel it burnt is metered although the deadline, not the fuel, stopped it (a
     // tight loop burns millions of units per millisecond; wasmtime only writes the count
     // back at fuel checks).
-    assert!(outcome.fuel_used > 100_000_000, "a 300 ms spin metered only {} fuel", outcome.fuel_used);
+    assert!(outcome.metering.fuel > 100_000_000, "a 300 ms spin metered only {} fuel", outcome.metering.fuel);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,9 +148,9 @@ async fn tool_errors_and_panics_are_typed() {
         trapped.result
     );
     assert!(
-        trapped.fuel_used > 0 && trapped.fuel_used < CallLimits::default().fuel,
+        trapped.metering.fuel > 0 && trapped.metering.fuel < CallLimits::default().fuel,
         "a failed call meters the fuel it really used: {}",
-        trapped.fuel_used
+        trapped.metering.fuel
     );
     // The host is fine afterwards.
     assert_eq!(text(&call("noop", json!({}), &CallContext::default()).await), "ok");
@@ -414,7 +412,9 @@ async fn a_huge_persona_render_or_render_error_is_refused() {
     let plugin = hostile().await;
     let render = |arguments: Value| {
         let plugin = plugin.clone();
-        async move { sandbox().render_persona(&plugin, "saboteur", arguments.to_string(), &limited_output(1 << 20)).await }
+        async move {
+            sandbox().render_persona(&plugin, "saboteur", arguments.to_string(), &limited_output(1 << 20)).await.result
+        }
     };
     let once = render(json!({ "target": "the host" })).await.expect("renders").expect("text");
     assert_eq!(once, "You test the sandbox. Target: the host.");
@@ -449,7 +449,7 @@ async fn output_size_counts_envelopes_and_escapes() {
         other => panic!("{other:?}"),
     }
     let fits = call("control_text", json!({ "bytes": 1000 }), &limited_output(1 << 20)).await;
-    assert!(fits.bytes_out > 6000, "metered as it leaves: {}", fits.bytes_out);
+    assert!(fits.metering.bytes_out > 6000, "metered as it leaves: {}", fits.metering.bytes_out);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use maestro_host::sandbox::{CallContext, CallLimits, Failure};
+use maestro_core::call::Failure;
+use maestro_host::sandbox::{CallContext, CallLimits};
 use serde_json::json;
 
 use crate::fixtures::{hostile, sandbox};
