@@ -530,66 +530,72 @@ impl Sandbox {
         // stops waiting (e.g. its client disconnected) and drops this future.
         let cancel = CallCancel { caller: context.cancel.clone(), call: CancelToken::default() };
         let _cancel_on_drop = CancelOnDrop(cancel.call.clone());
-        let task = self.handle.spawn(async move {
-            let network_log = Arc::new(Mutex::new(NetLog::default()));
-            let (stdout, stderr) = (Capture::default(), Capture::default());
-            let state = State::new(
-                &name,
-                &context,
-                &limits,
-                cancel.clone(),
-                network_log.clone(),
-                (stdout.clone(), stderr.clone()),
-            );
-            let mut store = Store::new(&engine, state);
-            store.limiter(|state| &mut state.limiter);
-            // Fuel is also checked (and the guest yields) every FUEL_SLICE units: wasmtime
-            // writes a running guest's fuel count back only at such checks, so a call ended
-            // by the deadline or a cancellation would otherwise meter almost nothing.
-            if let Err(err) =
-                store.fuel_async_yield_interval(Some(FUEL_SLICE)).and_then(|()| store.set_fuel(limits.fuel))
-            {
-                return (Err(Failure::Trap(format!("{err:#}"))), Meter::default());
-            }
-            let deadline = Instant::now() + limits.timeout;
-            let epoch_cancel = cancel.clone();
-            store.set_epoch_deadline(1);
-            store.epoch_deadline_callback(move |_| {
-                if epoch_cancel.is_cancelled() {
-                    return Err(Interrupted::Cancelled.into());
+        // The call runs in the caller's span (request id, tenant), so the plugin's log
+        // lines and the sandbox's own are tied to the request that caused them.
+        let span = tracing::Span::current();
+        let task = self.handle.spawn(tracing::Instrument::instrument(
+            async move {
+                let network_log = Arc::new(Mutex::new(NetLog::default()));
+                let (stdout, stderr) = (Capture::default(), Capture::default());
+                let state = State::new(
+                    &name,
+                    &context,
+                    &limits,
+                    cancel.clone(),
+                    network_log.clone(),
+                    (stdout.clone(), stderr.clone()),
+                );
+                let mut store = Store::new(&engine, state);
+                store.limiter(|state| &mut state.limiter);
+                // Fuel is also checked (and the guest yields) every FUEL_SLICE units: wasmtime
+                // writes a running guest's fuel count back only at such checks, so a call ended
+                // by the deadline or a cancellation would otherwise meter almost nothing.
+                if let Err(err) =
+                    store.fuel_async_yield_interval(Some(FUEL_SLICE)).and_then(|()| store.set_fuel(limits.fuel))
+                {
+                    return (Err(Failure::Trap(format!("{err:#}"))), Meter::default());
                 }
-                if Instant::now() >= deadline {
-                    return Err(Interrupted::Deadline.into());
-                }
-                Ok(UpdateDeadline::Yield(1))
-            });
-            let outcome = {
-                let call = async {
-                    let instance = pre.instantiate_async(&mut store).await?;
-                    op(&instance, &mut store).await
+                let deadline = Instant::now() + limits.timeout;
+                let epoch_cancel = cancel.clone();
+                store.set_epoch_deadline(1);
+                store.epoch_deadline_callback(move |_| {
+                    if epoch_cancel.is_cancelled() {
+                        return Err(Interrupted::Cancelled.into());
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(Interrupted::Deadline.into());
+                    }
+                    Ok(UpdateDeadline::Yield(1))
+                });
+                let outcome = {
+                    let call = async {
+                        let instance = pre.instantiate_async(&mut store).await?;
+                        op(&instance, &mut store).await
+                    };
+                    tokio::select! {
+                        result = call => Some(result),
+                        () = tokio::time::sleep(limits.timeout + grace) => None,
+                        () = cancel.cancelled() => Some(Err(Interrupted::Cancelled.into())),
+                    }
                 };
-                tokio::select! {
-                    result = call => Some(result),
-                    () = tokio::time::sleep(limits.timeout + grace) => None,
-                    () = cancel.cancelled() => Some(Err(Interrupted::Cancelled.into())),
+                let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+                let memory_hit = store.data().limiter.hit;
+                store.data_mut().progress.finish();
+                let logs_dropped = store.data().logs_dropped;
+                if logs_dropped > 0 {
+                    tracing::debug!(plugin = &*name, logs_dropped, "plugin log lines over the per-call cap dropped");
                 }
-            };
-            let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
-            let memory_hit = store.data().limiter.hit;
-            store.data_mut().progress.finish();
-            let logs_dropped = store.data().logs_dropped;
-            if logs_dropped > 0 {
-                tracing::debug!(plugin = &*name, logs_dropped, "plugin log lines over the per-call cap dropped");
-            }
-            log_output(&name, &stdout, &stderr);
-            let network = network_log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-            let result = match outcome {
-                None => Err(Failure::Timeout(limits.timeout)),
-                Some(Ok(value)) => Ok(value),
-                Some(Err(err)) => Err(classify(&err, &limits, memory_hit, &stderr, &network)),
-            };
-            (result, Meter { fuel_used, network, memory_hit })
-        });
+                log_output(&name, &stdout, &stderr);
+                let network = network_log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+                let result = match outcome {
+                    None => Err(Failure::Timeout(limits.timeout)),
+                    Some(Ok(value)) => Ok(value),
+                    Some(Err(err)) => Err(classify(&err, &limits, memory_hit, &stderr, &network)),
+                };
+                (result, Meter { fuel_used, network, memory_hit })
+            },
+            span,
+        ));
         match task.await {
             Ok(done) => done,
             Err(join) => {

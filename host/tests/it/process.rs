@@ -331,3 +331,40 @@ async fn stdio_refuses_the_next_request_after_its_key_is_revoked(backend: Backen
     let log = std::fs::read_to_string(&stderr).expect("stderr");
     assert!(!log.contains(token), "the key never reaches the log");
 }
+
+#[tokio::test]
+async fn plugin_log_lines_carry_the_request_id_of_the_call_that_wrote_them() {
+    use reqwest::Method;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (plugins, policies) = (db.dir().join("plugins"), db.dir().join("policies"));
+    crate::fixtures::install(&plugins, "hostile");
+    std::fs::create_dir_all(&policies).expect("policy dir");
+    let policy = "version = 1\n[[grant]]\nname = \"members\"\nsubjects = [\"role:member+\"]\ntools = [\"hostile.*\"]\n";
+    std::fs::write(policies.join("team.toml"), policy).expect("policy");
+    let mut command = maestro(&db, Backend::Sqlite);
+    command.env("MAESTRO_PLUGIN_DIR", &plugins).env("MAESTRO_POLICY_DIR", &policies);
+    let server = Server::start(command, &db.dir(), 1).await;
+    let platform = server.bootstrap_token();
+    server.call(Method::POST, "/v1/tenants", &platform, Some(json!({ "name": "acme" }))).await;
+    let (_, member) =
+        server.call(Method::POST, "/v1/keys", &platform, Some(json!({ "tenant": "acme", "role": "member" }))).await;
+    let member = member["token"].as_str().expect("token").to_owned();
+    let (status, body) = server
+        .call(Method::POST, "/v1/tools/hostile.progress/call", &member, Some(json!({ "arguments": { "n": 2 } })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let log = server.stop().await;
+
+    // The pipeline's line for the call names the request; the plugin's own lines, written
+    // on the sandbox's threads, carry the same id.
+    let request_id = |line: &str| {
+        line.split("request_id=").nth(1).map(|rest| rest.chars().take_while(char::is_ascii_alphanumeric).collect())
+    };
+    let call_line = log.lines().find(|l| l.contains("name=\"hostile.progress\"")).expect("the call is logged");
+    let id: String = request_id(call_line).expect("the call's line has a request id");
+    let steps: Vec<&str> = log.lines().filter(|l| l.contains("step 1 of 2") || l.contains("step 2 of 2")).collect();
+    assert_eq!(steps.len(), 2, "{log}");
+    for step in steps {
+        assert_eq!(request_id(step).as_deref(), Some(id.as_str()), "{step}");
+    }
+}
