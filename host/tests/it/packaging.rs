@@ -94,3 +94,21 @@ fn dockerfile_is_multi_stage_non_root_with_a_healthcheck() {
     let entry = instructions.iter().find(|l| l.starts_with("ENTRYPOINT")).expect("ENTRYPOINT");
     assert!(entry.contains("maestro"), "{entry}");
 }
+
+#[test]
+fn the_readme_commands_stop_at_the_first_failure_and_share_one_target_dir() {
+    for script in ["scripts/test", "scripts/run"] {
+        let text = std::fs::read_to_string(root().join(script)).expect("script");
+        let commands: Vec<&str> =
+            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+        // Before anything runs: fail on the first error (a failing test must fail CI),
+        // from the checkout, with the shared cargo environment.
+        assert_eq!(
+            commands.get(..3),
+            Some(&["set -euo pipefail", "cd \"$(dirname \"$0\")/..\"", "source scripts/cargo-env.sh"][..]),
+            "{script} must start with these lines"
+        );
+    }
+    let ci = std::fs::read_to_string(root().join(".ci/run")).expect(".ci/run");
+    assert!(ci.contains("set -euo pipefail") && ci.contains("exec scripts/test"), "{ci}");
+}
