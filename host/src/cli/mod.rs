@@ -319,7 +319,8 @@ async fn mcp(config: &Config, env: &Env, args: McpArgs) -> anyhow::Result<()> {
     let credits = Arc::new(crate::credits::Credits::new(store, Arc::new(crate::accounts::SystemClock)));
     let tools = crate::open_tools(config, env, crate::PluginLoading::Background, credits).await?;
     tracing::info!(tenant = %principal.tenant, role = %principal.role, "serving MCP on stdio");
-    crate::mcp::serve_stdio(crate::mcp::Mcp::new(tools, config.mcp.names), principal, key_check).await
+    crate::mcp::serve_stdio(crate::mcp::Mcp::new(tools, config.mcp.names), principal, key_check).await?;
+    Ok(())
 }
 
 /// The key a `maestro mcp` process acts as, looked up again before every request (one

@@ -937,13 +937,28 @@ impl rmcp::Service<RoleServer> for Stdio {
     }
 }
 
+/// Why serving MCP over stdio ended in failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StdioError {
+    /// The client never completed the initialisation handshake.
+    #[error("the MCP client did not initialise")]
+    Initialize(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The session's task failed.
+    #[error("the MCP session failed")]
+    Session(#[source] tokio::task::JoinError),
+}
+
 /// Serves MCP over stdin/stdout for one caller until the client closes stdin; `key`,
 /// when the caller is a key, is checked before every request.
-pub async fn serve_stdio(mcp: Arc<Mcp>, principal: Principal, key: Option<Arc<dyn KeyCheck>>) -> anyhow::Result<()> {
+pub async fn serve_stdio(
+    mcp: Arc<Mcp>,
+    principal: Principal,
+    key: Option<Arc<dyn KeyCheck>>,
+) -> Result<(), StdioError> {
     use rmcp::ServiceExt as _;
     let stdio = Stdio { handler: Handler::for_principal(mcp, principal), key };
-    let service = stdio.serve(rmcp::transport::stdio()).await?;
-    service.waiting().await?;
+    let service = stdio.serve(rmcp::transport::stdio()).await.map_err(|e| StdioError::Initialize(Box::new(e)))?;
+    service.waiting().await.map_err(StdioError::Session)?;
     Ok(())
 }
 
