@@ -403,7 +403,7 @@ impl Client {
     async fn open(addr: SocketAddr, key: &str, exchange: Exchange) -> Result<Self, String> {
         let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(tcp))
+        let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(connection);

@@ -11,15 +11,18 @@ pub mod credits;
 pub mod http;
 pub mod jobs;
 pub mod mcp;
-pub mod outbound;
 pub mod plugins;
 pub mod policy;
 mod poll;
 mod random;
-pub mod sandbox;
 pub mod storage;
 pub mod telemetry;
 pub mod tools;
+
+/// The one outbound HTTP client (crate `maestro-outbound`), under its module name.
+pub use maestro_outbound as outbound;
+/// The plugin sandbox (crate `maestro-sandbox`), under its module name.
+pub use maestro_sandbox as sandbox;
 
 use std::future::Future;
 use std::sync::Arc;

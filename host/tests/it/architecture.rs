@@ -6,6 +6,12 @@
 //! (`tools.rs` and `tools/…` are module `tools`) and every submodule, so modules added
 //! later (`jobs`, the split of `tools`) are checked without being listed: a module no
 //! rule names may use plumbing only.
+//!
+//! The heavy adapters live in crates of their own (`ADAPTER_CRATES`) and are checked
+//! by the same rules under the module name they have in the host (`maestro-sandbox` is
+//! module `sandbox`, re-exported as `maestro_host::sandbox`): each such crate may depend
+//! only on plumbing and on what its module is allowed, and the host crate no longer
+//! depends on what they wrap (`NOT_IN_HOST`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -32,6 +38,10 @@ const PLUMBING: &[&str] = &[
 const ALLOWANCES: &[(&str, &[&str])] = &[
     // Application edges.
     ("anyhow", &["main", "crate", "cli"]),
+    // The adapter crates, re-exported by the composition root under their module name.
+    // The sandbox reaches the outbound client only through its `wasi:http` glue.
+    ("maestro_outbound", &["crate", "sandbox::net"]),
+    ("maestro_sandbox", &["crate"]),
     ("clap", &["main", "cli"]),
     ("tracing_subscriber", &["telemetry"]),
     ("getrandom", &["random"]),
@@ -58,7 +68,7 @@ const ALLOWANCES: &[(&str, &[&str])] = &[
     ("tokio_rustls", &["outbound"]),
     ("webpki_roots", &["outbound"]),
     ("http_body", &["outbound"]),
-    ("http_body_util", &["outbound", "sandbox"]),
+    ("http_body_util", &["outbound", "sandbox::net"]),
     ("bytes", &["outbound", "sandbox", "http", "billing"]),
     // HTTP vocabulary types (requests, headers), shared by the adapters that speak HTTP
     // and by the tool pipeline when it needs header types.
@@ -73,6 +83,36 @@ const TOLERATED: &[(&str, &str, &str)] = &[];
 
 /// Packages whose library name is not the package name with `-` as `_`.
 const LIB_NAMES: &[(&str, &str)] = &[];
+
+/// The adapter crates split out of the host: (directory under `host/`, the module path
+/// their `src/` stands for).
+const ADAPTER_CRATES: &[(&str, &str)] = &[("outbound", "outbound"), ("sandbox", "sandbox")];
+
+/// Libraries the host crate reaches only through an adapter crate, never directly.
+const NOT_IN_HOST: &[&str] = &[
+    "wasmtime",
+    "wasmtime-wasi",
+    "wasmtime-wasi-http",
+    "hyper",
+    "hyper-util",
+    "rustls",
+    "tokio-rustls",
+    "webpki-roots",
+    "http-body",
+    "http-body-util",
+];
+
+/// Of `NOT_IN_HOST`, the host's dev-dependencies the benches use directly (never the
+/// library or the binary): (package, why).
+const BENCH_ONLY: &[(&str, &str)] = &[
+    ("wasmtime", "benches/sandbox.rs measures bare wasmtime as the floor"),
+    ("hyper", "benches/mcp.rs: a connection-level HTTP/1.1 client"),
+    ("hyper-util", "benches/mcp.rs: the tokio I/O adapter for that client"),
+    ("http-body-util", "benches/mcp.rs: request and response bodies"),
+];
+
+/// Libraries no adapter crate may depend on: other adapters' frameworks.
+const NOT_IN_ADAPTER_CRATES: &[&str] = &["axum", "sqlx", "rmcp", "tantivy", "maestro-host"];
 
 /// Libraries `maestro-core` must never depend on.
 const NOT_IN_CORE: &[&str] = &[
@@ -111,6 +151,15 @@ fn module_path(relative: &str) -> String {
     match trimmed {
         "lib" => "crate".to_owned(),
         other => other.replace('/', "::"),
+    }
+}
+
+/// The module path of a file of an adapter crate whose `src/` stands for module `root`:
+/// `lib.rs` → `root`, `net.rs` → `root::net`.
+fn adapter_module_path(root: &str, relative: &str) -> String {
+    match module_path(relative).as_str() {
+        "crate" => root.to_owned(),
+        other => format!("{root}::{other}"),
     }
 }
 
@@ -191,30 +240,65 @@ fn violations(module: &str, text: &str, libraries: &[&str]) -> Vec<(usize, Strin
         .collect()
 }
 
-fn host_dependencies() -> Vec<String> {
-    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).expect("read");
+/// The package names in one section (`dependencies`, `dev-dependencies`) of the
+/// manifest of the crate in `host/<dir>` (`.` is the host crate itself).
+fn packages(dir: &str, section: &str) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir).join("Cargo.toml");
+    let manifest = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let manifest: toml::Table = manifest.parse().expect("toml");
-    let deps = manifest.get("dependencies").and_then(|d| d.as_table()).cloned().unwrap_or_default();
-    deps.keys()
+    let deps = manifest.get(section).and_then(|d| d.as_table()).cloned().unwrap_or_default();
+    deps.keys().cloned().collect()
+}
+
+/// The library names of the crate in `host/<dir>`'s dependencies.
+fn dependencies(dir: &str) -> Vec<String> {
+    packages(dir, "dependencies")
+        .into_iter()
         .map(|package| {
             LIB_NAMES
                 .iter()
-                .find(|(p, _)| p == package)
+                .find(|(p, _)| *p == package)
                 .map_or_else(|| package.replace('-', "_"), |(_, lib)| (*lib).to_owned())
         })
         .collect()
 }
 
-fn sources() -> Vec<(String, String)> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+fn host_dependencies() -> Vec<String> {
+    dependencies(".")
+}
+
+/// The files of the crate in `host/<dir>`, each with its module path (`module` maps a
+/// path relative to `src/` to it).
+fn crate_sources(dir: &str, module: impl Fn(&str) -> String) -> Vec<(String, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     files
         .into_iter()
         .map(|file| {
             let relative = file.strip_prefix(&src).expect("under src").to_string_lossy().replace('\\', "/");
-            (module_path(&relative), std::fs::read_to_string(&file).expect("read"))
+            (module(&relative), std::fs::read_to_string(&file).expect("read"))
         })
+        .collect()
+}
+
+fn sources() -> Vec<(String, String)> {
+    crate_sources(".", module_path)
+}
+
+/// The dependencies of an adapter crate whose code is module `root` that none of its
+/// modules may use (neither plumbing nor allowed to `root`, what contains it, or one of
+/// its submodules).
+fn unallowed_dependencies(root: &str, libraries: &[String]) -> Vec<String> {
+    libraries
+        .iter()
+        .filter(|library| {
+            !PLUMBING.contains(&library.as_str())
+                && !ALLOWANCES
+                    .iter()
+                    .any(|(l, modules)| l == library && modules.iter().any(|m| within(root, m) || within(m, root)))
+        })
+        .cloned()
         .collect()
 }
 
@@ -278,6 +362,87 @@ fn the_scan_catches_a_module_reaching_past_its_allowance() {
     assert_eq!(module_path("tools/mod.rs"), "tools");
     assert_eq!(module_path("tools/auth.rs"), "tools::auth");
     assert_eq!(module_path("lib.rs"), "crate");
+}
+
+#[test]
+fn adapter_crates_depend_only_on_plumbing_and_what_their_module_is_allowed() {
+    for (dir, root) in ADAPTER_CRATES {
+        let unallowed = unallowed_dependencies(root, &dependencies(dir));
+        assert!(
+            unallowed.is_empty(),
+            "host/{dir} (module `{root}`) depends on libraries its module may not use: {unallowed:?}"
+        );
+    }
+}
+
+#[test]
+fn adapter_crates_use_outside_libraries_only_in_their_allowed_modules() {
+    for (dir, root) in ADAPTER_CRATES {
+        let libraries = dependencies(dir);
+        let libraries: Vec<&str> = libraries.iter().map(String::as_str).collect();
+        let sources = crate_sources(dir, |relative| adapter_module_path(root, relative));
+        assert!(!sources.is_empty(), "found the sources of host/{dir}");
+        let mut found = Vec::new();
+        for (module, text) in &sources {
+            for (line, library) in violations(module, text, &libraries) {
+                found.push(format!("{module} (host/{dir}, line {line}) uses {library}"));
+            }
+        }
+        assert!(found.is_empty(), "libraries used outside their adapter:\n{}", found.join("\n"));
+    }
+}
+
+#[test]
+fn no_adapter_crate_depends_on_the_web_database_mcp_or_search_frameworks() {
+    for (dir, _) in ADAPTER_CRATES {
+        for section in ["dependencies", "dev-dependencies"] {
+            let deps = packages(dir, section);
+            for forbidden in NOT_IN_ADAPTER_CRATES {
+                assert!(!deps.iter().any(|d| d == forbidden), "host/{dir} [{section}] must not depend on {forbidden}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_host_reaches_wasmtime_hyper_and_rustls_only_through_the_adapter_crates() {
+    let deps = packages(".", "dependencies");
+    for forbidden in NOT_IN_HOST {
+        assert!(
+            !deps.iter().any(|d| d == forbidden),
+            "maestro-host must not depend on {forbidden} (it reaches it through maestro-sandbox or maestro-outbound)"
+        );
+    }
+    for dev in packages(".", "dev-dependencies") {
+        assert!(
+            !NOT_IN_HOST.contains(&dev.as_str()) || BENCH_ONLY.iter().any(|(p, _)| *p == dev),
+            "maestro-host [dev-dependencies] has {dev}: only the benches' {BENCH_ONLY:?} may be there"
+        );
+    }
+    for (package, why) in BENCH_ONLY {
+        assert!(NOT_IN_HOST.contains(package), "{package} ({why}) is not in NOT_IN_HOST: delete it from BENCH_ONLY");
+    }
+    for (dir, _) in ADAPTER_CRATES {
+        assert!(deps.iter().any(|d| *d == format!("maestro-{dir}")), "maestro-host depends on maestro-{dir}");
+    }
+}
+
+#[test]
+fn the_crate_check_refuses_a_dependency_the_crates_module_may_not_use() {
+    let deps = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+    assert!(unallowed_dependencies("sandbox", &deps(&["wasmtime", "maestro_outbound", "tokio", "http"])).is_empty());
+    assert_eq!(unallowed_dependencies("outbound", &deps(&["hyper", "wasmtime", "axum"])), ["wasmtime", "axum"]);
+    assert_eq!(unallowed_dependencies("sandbox", &deps(&["rustls", "maestro_sandbox"])), ["rustls", "maestro_sandbox"]);
+    assert_eq!(adapter_module_path("sandbox", "lib.rs"), "sandbox");
+    assert_eq!(adapter_module_path("sandbox", "net.rs"), "sandbox::net");
+    assert_eq!(adapter_module_path("outbound", "client/tls.rs"), "outbound::client::tls");
+    // Inside an adapter crate, the module rules still apply per file.
+    assert_eq!(violations("outbound::client", "use wasmtime::Engine;\n", &["wasmtime"]).len(), 1);
+    let outbound = ["maestro_outbound", "http_body_util"];
+    assert!(
+        violations("sandbox::net", "use maestro_outbound::NetLog;\nuse http_body_util::Full;\n", &outbound).is_empty()
+    );
+    assert_eq!(violations("sandbox::port", "use maestro_outbound::NetPolicy;\n", &outbound).len(), 1);
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Outgoing HTTP for plugins (`wasi:http/outgoing-handler`): thin glue onto the host's
-//! one outbound client ([`crate::outbound`]), which does every check (allow-list,
+//! one outbound client ([`maestro_outbound`]), which does every check (allow-list,
 //! resolve then check every address, connect to the checked address, redirects hop by
 //! hop, secrets bound to scheme, host and port, caps, bounded denial records).
 //!
@@ -14,8 +14,10 @@ use http::{Request, Response};
 use http_body_util::BodyExt as _;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-pub use crate::outbound::{Denial, HostPattern, MAX_REDIRECTS, NetLog, NetPolicy, NetRule, SecretHeader, SecretTarget};
-use crate::outbound::{OutboundClient, OutboundError};
+pub use maestro_outbound::{
+    Denial, HostPattern, MAX_REDIRECTS, NetLog, NetPolicy, NetRule, SecretHeader, SecretTarget,
+};
+use maestro_outbound::{OutboundClient, OutboundError};
 
 /// The `wasi:http` hooks of one call.
 #[derive(Debug)]

@@ -54,7 +54,7 @@ use net::{NetHooks, NetLog, NetPolicy};
 
 mod bindings {
     wasmtime::component::bindgen!({
-        path: "../sdk/wit/0.1.0",
+        path: "../../sdk/wit/0.1.0",
         world: "plugin",
         exports: { default: async },
     });
