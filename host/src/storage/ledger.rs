@@ -189,17 +189,7 @@ macro_rules! impl_ledger_queries {
                 // No up-front replay lookup: a reused key fails on the unique
                 // `(tenant_id, idempotency_key)` (or earlier), and `post` then answers
                 // with the earlier posting after rolling this one back.
-                if let Some(original) = &posting.reverses {
-                    let taken =
-                        sqlx::query_scalar::<_, String>("SELECT id FROM ledger_transactions WHERE reverses = $1")
-                            .bind(original.as_str())
-                            .fetch_optional(&mut *conn)
-                            .await
-                            .map_err(be)?;
-                    if taken.is_some() {
-                        return Err(LedgerError::AlreadyReversed(original.clone()));
-                    }
-                }
+                Self::ledger_check_not_reversed(&mut *conn, posting).await?;
                 if let Some(HoldEffect::Close { hold, state, settled }) = &posting.hold {
                     let sql = concat!(
                         "SELECT ",
@@ -365,6 +355,25 @@ macro_rules! impl_ledger_queries {
                 Ok(maestro_core::Posted { transaction, balance_after, replayed: false })
             }
 
+            /// Refuses a posting that reverses a transaction already reversed.
+            async fn ledger_check_not_reversed(
+                conn: &mut <<$store as super::Backend>::Db as sqlx::Database>::Connection,
+                posting: &maestro_core::Posting,
+            ) -> Result<(), maestro_core::LedgerError> {
+                if let Some(original) = &posting.reverses {
+                    let taken =
+                        sqlx::query_scalar::<_, String>("SELECT id FROM ledger_transactions WHERE reverses = $1")
+                            .bind(original.as_str())
+                            .fetch_optional(&mut *conn)
+                            .await
+                            .map_err(super::backend_err)?;
+                    if taken.is_some() {
+                        return Err(maestro_core::LedgerError::AlreadyReversed(original.clone()));
+                    }
+                }
+                Ok(())
+            }
+
             /// Answers a posting that failed (and was rolled back): a concurrent request
             /// with the same key (or reversing the same transaction) may have committed
             /// while this one ran, and its outcome wins; otherwise `err`.
@@ -377,17 +386,7 @@ macro_rules! impl_ledger_queries {
                 if let Some(posted) = Self::ledger_replay(&mut *conn, posting, fingerprint).await? {
                     return Ok(posted);
                 }
-                if let Some(original) = &posting.reverses {
-                    let taken =
-                        sqlx::query_scalar::<_, String>("SELECT id FROM ledger_transactions WHERE reverses = $1")
-                            .bind(original.as_str())
-                            .fetch_optional(&mut *conn)
-                            .await
-                            .map_err(super::backend_err)?;
-                    if taken.is_some() {
-                        return Err(maestro_core::LedgerError::AlreadyReversed(original.clone()));
-                    }
-                }
+                Self::ledger_check_not_reversed(&mut *conn, posting).await?;
                 Err(err)
             }
 

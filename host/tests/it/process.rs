@@ -200,11 +200,7 @@ async fn serves_plugins_under_policy_files_and_reloads_them() {
     let mut command = maestro(&db, Backend::Sqlite);
     command.env("MAESTRO_PLUGIN_DIR", &plugins).env("MAESTRO_POLICY_DIR", &policies).env("MAESTRO_CONFIG", &config);
     let server = Server::start(command, &db.dir(), 1).await;
-    let platform = server.bootstrap_token();
-    server.call(Method::POST, "/v1/tenants", &platform, Some(json!({ "name": "acme" }))).await;
-    let (_, member) =
-        server.call(Method::POST, "/v1/keys", &platform, Some(json!({ "tenant": "acme", "role": "member" }))).await;
-    let member = member["token"].as_str().expect("token").to_owned();
+    let member = acme_member(&server).await;
 
     let tool_names = |body: &Value| -> Vec<String> {
         body["tools"].as_array().into_iter().flatten().filter_map(|t| t["name"].as_str().map(str::to_owned)).collect()
@@ -344,11 +340,7 @@ async fn plugin_log_lines_carry_the_request_id_of_the_call_that_wrote_them() {
     let mut command = maestro(&db, Backend::Sqlite);
     command.env("MAESTRO_PLUGIN_DIR", &plugins).env("MAESTRO_POLICY_DIR", &policies);
     let server = Server::start(command, &db.dir(), 1).await;
-    let platform = server.bootstrap_token();
-    server.call(Method::POST, "/v1/tenants", &platform, Some(json!({ "name": "acme" }))).await;
-    let (_, member) =
-        server.call(Method::POST, "/v1/keys", &platform, Some(json!({ "tenant": "acme", "role": "member" }))).await;
-    let member = member["token"].as_str().expect("token").to_owned();
+    let member = acme_member(&server).await;
     let (status, body) = server
         .call(Method::POST, "/v1/tools/hostile.progress/call", &member, Some(json!({ "arguments": { "n": 2 } })))
         .await;
@@ -367,4 +359,14 @@ async fn plugin_log_lines_carry_the_request_id_of_the_call_that_wrote_them() {
     for step in steps {
         assert_eq!(request_id(step).as_deref(), Some(id.as_str()), "{step}");
     }
+}
+
+/// Creates tenant `acme` with the first-start platform key and returns a member key of it.
+async fn acme_member(server: &Server) -> String {
+    use reqwest::Method;
+    let platform = server.bootstrap_token();
+    server.call(Method::POST, "/v1/tenants", &platform, Some(json!({ "name": "acme" }))).await;
+    let (_, member) =
+        server.call(Method::POST, "/v1/keys", &platform, Some(json!({ "tenant": "acme", "role": "member" }))).await;
+    member["token"].as_str().expect("token").to_owned()
 }
