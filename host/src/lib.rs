@@ -11,6 +11,7 @@ pub mod credits;
 pub mod http;
 pub mod jobs;
 pub mod mcp;
+pub mod orchestrator;
 pub mod plugins;
 pub mod policy;
 mod poll;

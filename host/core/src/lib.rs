@@ -13,10 +13,12 @@ pub mod call;
 pub mod id;
 pub mod jobs;
 pub mod ledger;
+pub mod llm;
 pub mod net;
 pub mod plugin;
 pub mod policy;
 pub mod ports;
+pub mod run;
 pub mod tenant;
 
 pub use auth::{AccessError, ApiKey, Caller, KeyScope, KeyState, KeyToken, Role, RoleError, TokenError};
@@ -29,6 +31,7 @@ pub use ledger::{
 };
 pub use policy::{Decision, Limits, PolicyError, PolicyErrors, PolicySet, Subject};
 pub use ports::{
-    AccountStore, Clock, JobStore, KeyStore, LedgerStore, Store, StoreError, StoreProbe, TenantStore, Tx, UnitOfWork,
+    AccountStore, Clock, JobStore, KeyStore, LedgerStore, RunStore, Store, StoreError, StoreProbe, TenantStore, Tx,
+    UnitOfWork,
 };
 pub use tenant::{Tenant, TenantName, TenantNameError};

@@ -47,8 +47,9 @@ pub struct ToolSpec {
     pub annotations: Annotations,
 }
 
-/// Preferred model class of a persona.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Preferred model class of a persona (configuration names: `fast`, `balanced`,
+/// `best`; see [`crate::llm::parse_tier`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelTier {
     /// Small, fast model.
@@ -254,6 +255,12 @@ pub fn valid_item_name(name: &str) -> bool {
 pub fn qualified_name(plugin: &str, item: &str) -> Option<String> {
     let name = format!("{plugin}.{item}");
     (valid_plugin_name(plugin) && valid_item_name(item) && name.len() <= 64).then_some(name)
+}
+
+/// Splits a qualified `plugin.item` name into its valid parts.
+pub fn split_qualified(name: &str) -> Option<(&str, &str)> {
+    let (plugin, item) = name.split_once('.')?;
+    (valid_plugin_name(plugin) && valid_item_name(item) && name.len() <= 64).then_some((plugin, item))
 }
 
 /// Longest title of a tool or persona, in bytes.

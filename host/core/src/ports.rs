@@ -23,6 +23,7 @@ use crate::jobs::{Enqueued, Job, JobFailure, JobPage, JobQuery, JobState, NewJob
 use crate::ledger::{
     AuditReport, Balance, Hold, HoldId, LedgerError, Posted, Posting, Transaction, TransactionPage, TransactionQuery,
 };
+use crate::run::{Message, NewEvent, Run, RunEvent, RunId, Session, SessionId};
 use crate::tenant::{Tenant, TenantName};
 
 /// What can go wrong in a store, in terms callers match on.
@@ -200,6 +201,48 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     async fn jobs(&self, query: &JobQuery) -> Result<JobPage, StoreError>;
 }
 
+/// Sessions, their messages, runs and run events (see [`crate::run`]). Reads are
+/// scoped to a tenant wherever a caller names the object; writes go through a [`Tx`]
+/// so that an event, the run's new state and a message commit together.
+#[async_trait]
+pub trait RunStore: Send + Sync + std::fmt::Debug {
+    /// Inserts a session; [`StoreError::Conflict`] if its id exists.
+    async fn create_session(&self, session: &Session) -> Result<(), StoreError>;
+    /// A session of `tenant`.
+    async fn session(&self, tenant: &TenantId, id: &SessionId) -> Result<Option<Session>, StoreError>;
+    /// A tenant's sessions, newest first (by creation time, then id), starting after
+    /// `before` (a session id from the previous page) when given, at most `limit`.
+    async fn sessions(
+        &self,
+        tenant: &TenantId,
+        before: Option<&SessionId>,
+        limit: u32,
+    ) -> Result<Vec<Session>, StoreError>;
+    /// A session's messages with `seq > after`, oldest first, at most `limit`. Empty
+    /// when the session is not `tenant`'s.
+    async fn messages(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError>;
+    /// A run, restricted to `tenant` when given (workers read without one).
+    async fn run(&self, tenant: Option<&TenantId>, id: &RunId) -> Result<Option<Run>, StoreError>;
+    /// A session's runs, newest first, at most `limit`.
+    async fn runs(&self, tenant: &TenantId, session: &SessionId, limit: u32) -> Result<Vec<Run>, StoreError>;
+    /// A run's events with `seq > after`, in `seq` order, at most `limit`.
+    async fn run_events(&self, run: &RunId, after: i64, limit: u32) -> Result<Vec<RunEvent>, StoreError>;
+    /// A session's events (all its runs) with `session_seq > after`, in that order, at
+    /// most `limit`.
+    async fn session_events(&self, session: &SessionId, after: i64, limit: u32) -> Result<Vec<RunEvent>, StoreError>;
+    /// The session's last `session_seq` (0 before its first event).
+    async fn session_head(&self, session: &SessionId) -> Result<i64, StoreError>;
+    /// Marks a run of `tenant` as asked to cancel, unless it is over; returns the run
+    /// as it now stands, `None` when no such run is visible. Idempotent.
+    async fn request_cancel(&self, tenant: &TenantId, id: &RunId) -> Result<Option<Run>, StoreError>;
+}
+
 /// Opens units of work: one store transaction through which several ports write.
 #[async_trait]
 pub trait UnitOfWork: Send + Sync + std::fmt::Debug {
@@ -218,6 +261,18 @@ pub trait Tx: Send {
     async fn post(&mut self, posting: &Posting, at: DateTime<Utc>) -> Result<Posted, LedgerError>;
     /// [`JobStore::enqueue`] inside this transaction.
     async fn enqueue(&mut self, job: &NewJob, now: DateTime<Utc>) -> Result<Enqueued, StoreError>;
+    /// Appends a message to its session, allocating the next `seq` of the session (the
+    /// `seq` passed in is ignored); returns the message as stored.
+    async fn insert_message(&mut self, message: &Message) -> Result<Message, StoreError>;
+    /// Inserts a run; [`StoreError::Conflict`] if its id exists.
+    async fn insert_run(&mut self, run: &Run) -> Result<(), StoreError>;
+    /// Writes a run's state, totals, error and timestamps (not `cancel_requested`, which
+    /// only [`RunStore::request_cancel`] sets, nor `last_seq`, which appends keep).
+    async fn update_run(&mut self, run: &Run) -> Result<(), StoreError>;
+    /// Appends an event, allocating the next `seq` of its run and `session_seq` of its
+    /// session in this transaction (dense under any concurrency: the run's and the
+    /// session's rows are locked until commit); returns the event as stored.
+    async fn append_event(&mut self, event: &NewEvent) -> Result<RunEvent, StoreError>;
     /// Makes everything written through this transaction durable and visible.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
     /// Discards everything written through this transaction.
@@ -241,9 +296,9 @@ impl<T: TenantStore + KeyStore + StoreProbe> AccountStore for T {}
 
 /// The whole backend: every port. Only the composition root and tests hold it; they
 /// hand each use-case the ports it needs (`Arc<dyn Store>` coerces to `Arc<dyn Port>`).
-pub trait Store: AccountStore + LedgerStore + BillingStore + JobStore + UnitOfWork {}
+pub trait Store: AccountStore + LedgerStore + BillingStore + JobStore + RunStore + UnitOfWork {}
 
-impl<T: AccountStore + LedgerStore + BillingStore + JobStore + UnitOfWork> Store for T {}
+impl<T: AccountStore + LedgerStore + BillingStore + JobStore + RunStore + UnitOfWork> Store for T {}
 
 /// The time source. Injected so that tests can move time (e.g. past a key's expiry)
 /// without sleeping.

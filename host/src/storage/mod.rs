@@ -12,6 +12,7 @@ mod billing;
 mod jobs;
 mod ledger;
 pub mod postgres;
+mod runs;
 mod shared;
 pub mod sqlite;
 mod unit;

@@ -10,6 +10,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use super::billing::impl_billing_queries;
 use super::jobs::impl_job_queries;
 use super::ledger::impl_ledger_queries;
+use super::runs::impl_run_queries;
 use super::shared::impl_shared_queries;
 use super::unit::impl_unit_of_work;
 use super::{Backend, backend_err};
@@ -62,6 +63,7 @@ impl PostgresStore {
 impl_shared_queries!(PostgresStore);
 impl_billing_queries!(PostgresStore);
 impl_job_queries!(PostgresStore, " FOR UPDATE SKIP LOCKED");
+impl_run_queries!(PostgresStore);
 impl_unit_of_work!(PostgresStore, PostgresTx);
 impl_ledger_queries!(PostgresStore, " FOR UPDATE");
 

@@ -11,6 +11,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use super::billing::impl_billing_queries;
 use super::jobs::impl_job_queries;
 use super::ledger::impl_ledger_queries;
+use super::runs::impl_run_queries;
 use super::shared::impl_shared_queries;
 use super::unit::impl_unit_of_work;
 use super::{Backend, backend_err};
@@ -68,6 +69,7 @@ impl SqliteStore {
 impl_shared_queries!(SqliteStore);
 impl_billing_queries!(SqliteStore);
 impl_job_queries!(SqliteStore, "");
+impl_run_queries!(SqliteStore);
 impl_unit_of_work!(SqliteStore, SqliteTx);
 impl_ledger_queries!(SqliteStore, "");
 

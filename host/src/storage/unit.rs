@@ -63,6 +63,28 @@ macro_rules! impl_unit_of_work {
                 <$store>::job_enqueue(&mut *self.tx, job, now).await
             }
 
+            async fn insert_message(
+                &mut self,
+                message: &maestro_core::run::Message,
+            ) -> Result<maestro_core::run::Message, maestro_core::StoreError> {
+                <$store>::run_insert_message(&mut *self.tx, message).await
+            }
+
+            async fn insert_run(&mut self, run: &maestro_core::run::Run) -> Result<(), maestro_core::StoreError> {
+                <$store>::run_insert(&mut *self.tx, run).await
+            }
+
+            async fn update_run(&mut self, run: &maestro_core::run::Run) -> Result<(), maestro_core::StoreError> {
+                <$store>::run_update(&mut *self.tx, run).await
+            }
+
+            async fn append_event(
+                &mut self,
+                event: &maestro_core::run::NewEvent,
+            ) -> Result<maestro_core::run::RunEvent, maestro_core::StoreError> {
+                <$store>::run_append_event(&mut *self.tx, event).await
+            }
+
             async fn commit(self: Box<Self>) -> Result<(), maestro_core::StoreError> {
                 self.tx.commit().await.map_err(super::backend_err)
             }
