@@ -288,6 +288,16 @@ impl Credits {
         self.store.hold(hold, Some(tenant)).await?.ok_or_else(|| CreditsError::NotFound(format!("hold {hold}")))
     }
 
+    /// The hold a tenant's reservation posted under `key` opened, if any (callers that
+    /// derive keys deterministically find what an earlier, interrupted attempt reserved).
+    pub async fn hold_by_key(&self, tenant: &TenantId, key: &str) -> Result<Option<Hold>, CreditsError> {
+        let Some(transaction) = self.store.transaction_by_key(tenant, key).await? else { return Ok(None) };
+        match transaction.hold {
+            Some(id) => Ok(self.store.hold(&id, Some(tenant)).await?),
+            None => Ok(None),
+        }
+    }
+
     /// A page of a tenant's transactions, oldest first.
     pub async fn transactions(
         &self,

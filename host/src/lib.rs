@@ -157,10 +157,28 @@ pub async fn serve(
         )),
         None => None,
     };
+    let hub = Arc::new(orchestrator::hub::EventHub::new(store.clone()));
+    // Seam: the configured model providers replace this once `open_models` exists.
+    let models: Arc<dyn maestro_core::llm::ModelProvider> = Arc::new(orchestrator::NoModels);
+    let runner = orchestrator::Runner::new(
+        orchestrator::RunnerPorts {
+            runs: store.clone(),
+            unit: store.clone(),
+            tenants: store.clone(),
+            clock: clock.clone(),
+            tools: tools.clone(),
+            credits: credits.clone(),
+            models,
+            prices: config.model_prices.clone(),
+            hub: hub.clone(),
+        },
+        orchestrator::RunnerSettings::default(),
+    );
     let worker = jobs::Worker::new(
         store.clone(),
         clock.clone(),
-        jobs::Registry::builtin(credits.clone(), store.clone(), clock.clone()),
+        jobs::Registry::builtin(credits.clone(), store.clone(), clock.clone())
+            .register(orchestrator::RUN_JOB, Arc::new(runner)),
         jobs::WorkerSettings::new(config.jobs.concurrency, config.jobs.lease, config.jobs.poll_interval),
     )
     .spawn(stopping.clone());

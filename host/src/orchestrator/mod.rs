@@ -13,7 +13,15 @@
 //! Holds only ports and use-cases (`Arc<dyn RunStore>`, `Arc<dyn UnitOfWork>`,
 //! `Arc<dyn ModelProvider>`, `Tools`, `Credits`), never adapter types.
 
+mod context;
 pub mod hub;
+mod pricing;
+mod record;
+pub mod runner;
+mod step;
+mod strategy;
+
+pub use runner::{NoModels, Runner, RunnerError, RunnerPorts, RunnerSettings};
 
 use std::sync::Arc;
 

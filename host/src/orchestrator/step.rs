@@ -1,0 +1,846 @@
+//! Turns, steps and model calls.
+//!
+//! # A step
+//! The persona is rendered by its plugin through the tool pipeline (its required prompt
+//! arguments filled from the triggering message, see `context.rs`); its model is the
+//! first configured model of its tier ([`model_for_tier`]); its context is the session up
+//! to the triggering message plus this run's answers of earlier turns, trimmed
+//! oldest-first to fit `context_window - max_tokens` (the count is in
+//! `step.started.trimmed_messages`); the tools offered are exactly those its globs select
+//! AND the run's principal may call under policy. The model is called until it answers
+//! in text. Each tool call it makes is recorded (`tool.called`) before it runs through
+//! [`crate::tools::Tools::call`] (policy, rate, credits, sandbox) and its result
+//! (`tool.result`) after; a tool that was not offered is answered `not_offered` and never
+//! runs. Once the step has made `max_tool_calls_per_step` calls, further calls are
+//! answered `tool_limit` without running and the model is called once more with no tools,
+//! so that the step ends with a text answer.
+//!
+//! # A model call
+//! Before it, a hold for the worst case (the prompt's token bound plus `max_tokens` at
+//! the dearest price of the model's chain; `max_tokens` lowered to fit the run's budget)
+//! keyed `run:<id>:s<step>:c<call>:a<attempt>:hold` (memo naming the run). Text deltas
+//! are coalesced into `message.delta` events (every `delta_interval` or `delta_bytes`,
+//! and always before the answer). The answer is recorded as `message.completed` in ONE
+//! unit of work with its settlement (`…:settle`) and the run's totals; a step's final
+//! answer also writes its session message and `step.completed` in that unit. A failed
+//! call voids its hold (`…:void`).
+//!
+//! # Resuming
+//! A step found started in the record is rebuilt: recorded answers and tool results are
+//! replayed into the conversation, never asked again; a `tool.called` without its result
+//! is answered to the model as an error (`interrupted`: its result is unknown) instead of
+//! running twice; the interrupted model call restarts under a new attempt number, after
+//! voiding the hold the dead worker left open (found by its deterministic key). Deltas
+//! of the cut call stay in the log, followed by `run.interrupted`: a client discards the
+//! unfinished call's text when it sees it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::PoisonError;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::Instant;
+
+use maestro_core::call::Observe;
+use maestro_core::llm::{
+    ChatEvent, ChatMessage, ChatRequest, ChatResponse, ChatRole, LlmError, ModelInfo, ToolCallRequest, ToolDefinition,
+    model_for_tier, prompt_token_bound,
+};
+use maestro_core::plugin::{Content, PersonaSpec};
+use maestro_core::run::{Author, EventBody, Message, MessageId, RunTotals, Strategy, ToolResultBody};
+use tokio::sync::watch;
+
+use super::context::{self, Fitted};
+use super::pricing::{self, Unaffordable};
+use super::record::{Answer, Decided, ROUTER_STEP, StepRecord};
+use super::runner::{Commit, Inner, RunCtx, Settle, Stop, deadline_exceeded};
+use super::strategy;
+use crate::random::random_bytes;
+
+/// The persona name the router's calls are recorded under.
+pub(super) const ROUTER_PERSONA: &str = "maestro";
+
+/// A model's answer and what to settle for it.
+#[derive(Debug)]
+struct Answered {
+    response: ChatResponse,
+    settle: Option<Settle>,
+    credits: i64,
+}
+
+/// Parallel steps commit their final answers in team order.
+#[derive(Debug)]
+struct Order {
+    done: watch::Sender<Vec<bool>>,
+    index: usize,
+}
+
+impl Order {
+    async fn wait_turn(&self) {
+        let mut rx = self.done.subscribe();
+        let index = self.index;
+        // The sender lives as long as the turn, so this only ends when earlier steps did.
+        let _ = rx.wait_for(|done| done[..index].iter().all(|d| *d)).await;
+    }
+
+    fn finished(&self) {
+        self.done.send_modify(|done| done[self.index] = true);
+    }
+}
+
+impl Inner {
+    /// Runs the run's strategy to its end (or the first stop).
+    pub(super) async fn drive(&self, ctx: &RunCtx) -> Result<(), Stop> {
+        let team: Vec<String> = ctx.team().to_vec();
+        let max_steps = ctx.limits.max_steps;
+        match ctx.run.lock().await.strategy {
+            Strategy::Router => {
+                for turn in 1..=max_steps {
+                    let decided = self.router_turn(ctx, turn).await?;
+                    if decided.satisfied {
+                        return Ok(());
+                    }
+                    let persona = decided.personas.first().cloned().unwrap_or_default();
+                    self.step(ctx, turn, turn, &persona, decided.instruction.as_deref(), None).await?;
+                }
+                Ok(())
+            }
+            Strategy::RoundRobin => {
+                let last = last_speaker(&ctx.history(1), &team);
+                let persona = strategy::after(&team, last.as_deref()).to_owned();
+                let reason = match &last {
+                    Some(last) => format!("round robin: the persona after {last}, who spoke last"),
+                    None => "round robin: the first persona of the team".to_owned(),
+                };
+                let decided = self.fixed_turn(ctx, 1, vec![persona.clone()], reason).await?;
+                let persona = decided.personas.first().cloned().unwrap_or(persona);
+                self.step(ctx, 1, 1, &persona, None, None).await
+            }
+            Strategy::Sequence => {
+                let count = team.len().min(max_steps as usize);
+                for (index, persona) in team.iter().take(count).enumerate() {
+                    let turn = u32::try_from(index + 1).unwrap_or(u32::MAX);
+                    let reason = format!("sequence: persona {turn} of {count}");
+                    self.fixed_turn(ctx, turn, vec![persona.clone()], reason).await?;
+                    self.step(ctx, turn, turn, persona, None, None).await?;
+                }
+                Ok(())
+            }
+            Strategy::Parallel => {
+                let personas: Vec<String> = team.iter().take(max_steps as usize).cloned().collect();
+                let reason = format!("parallel: {} personas answer the same turn", personas.len());
+                self.fixed_turn(ctx, 1, personas.clone(), reason).await?;
+                let initial: Vec<bool> = (1..=personas.len())
+                    .map(|n| {
+                        let step = u32::try_from(n).unwrap_or(u32::MAX);
+                        ctx.record.steps.get(&step).is_some_and(|s| s.completed.is_some())
+                    })
+                    .collect();
+                let (done, _) = watch::channel(initial);
+                let orders: Vec<Order> = (0..personas.len()).map(|index| Order { done: done.clone(), index }).collect();
+                let steps: Vec<StepFuture<'_>> = personas
+                    .iter()
+                    .zip(&orders)
+                    .enumerate()
+                    .map(|(index, (persona, order))| {
+                        let step = u32::try_from(index + 1).unwrap_or(u32::MAX);
+                        Box::pin(self.step(ctx, 1, step, persona, None, Some(order))) as StepFuture<'_>
+                    })
+                    .collect();
+                try_join_all(steps).await
+            }
+        }
+    }
+
+    /// A turn decided by a fixed rule (recorded once; a resumed run reads it back).
+    async fn fixed_turn(
+        &self,
+        ctx: &RunCtx,
+        turn: u32,
+        personas: Vec<String>,
+        reason: String,
+    ) -> Result<Decided, Stop> {
+        if let Some(decided) = ctx.record.turns.get(&turn) {
+            return Ok(decided.clone());
+        }
+        let decided = Decided { personas: personas.clone(), instruction: None, satisfied: false };
+        let event =
+            EventBody::TurnDecided { turn, personas, instruction: None, reason, satisfied: false, fallback: false };
+        self.commit(ctx, Commit::events(vec![event])).await?;
+        Ok(decided)
+    }
+
+    /// A router turn: the recorded decision, or the router model's (one retry, then the
+    /// fixed fallback).
+    async fn router_turn(&self, ctx: &RunCtx, turn: u32) -> Result<Decided, Stop> {
+        if let Some(decided) = ctx.record.turns.get(&turn) {
+            return Ok(decided.clone());
+        }
+        let team = ctx.team().to_vec();
+        let models = self.models.models();
+        let model = model_for_tier(&models, self.settings.router_tier).cloned().ok_or(LlmError::NoProvider)?;
+        let roles: Vec<(String, String)> = team
+            .iter()
+            .map(|name| (name.clone(), ctx.personas.get(name).map_or_else(String::new, |p| p.role.clone())))
+            .collect();
+        let history: Vec<ChatMessage> = ctx.history(turn).iter().map(|m| context::chat_message(m, None)).collect();
+        let template = ChatRequest {
+            model: model.id.clone(),
+            messages: vec![],
+            tools: vec![],
+            max_tokens: Some(self.settings.router_max_tokens.min(model.max_output_tokens)),
+            temperature: None,
+            response_schema: Some(strategy::decision_schema(&team)),
+        };
+        let max_tokens = template.max_tokens.unwrap_or(model.max_output_tokens);
+        let system = strategy::router_prompt(&roles, turn, ctx.limits.max_steps);
+        let Fitted { mut request, .. } =
+            context::fit(template, Some(system), history, vec![], model.context_window, max_tokens);
+        // A try recorded before an interruption counts: its answer was unusable.
+        let mut tries = if turn == next_undecided(ctx) { ctx.record.router_tries } else { 0 };
+        if tries > 0
+            && let Some(previous) = ctx.record.router_answers.last()
+        {
+            let why = strategy::parse_decision(&previous.text, &team).err().unwrap_or_default();
+            push_retry(&mut request, &previous.text, &why);
+        }
+        loop {
+            let call = ctx.router_calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let answered = self.call_model(ctx, ROUTER_STEP, call, &model, request.clone(), false).await?;
+            let text = answered.response.text.clone();
+            let completed = answer_event(ROUTER_STEP, call, ROUTER_PERSONA, &answered, None);
+            let add = model_totals(&answered);
+            tries += 1;
+            let (decided, event) = match strategy::parse_decision(&text, &team) {
+                Ok(decision) => {
+                    let personas =
+                        if decision.satisfied { vec![] } else { decision.next.clone().into_iter().collect() };
+                    let decided = Decided {
+                        personas: personas.clone(),
+                        instruction: decision.instruction.clone().filter(|_| !decision.satisfied),
+                        satisfied: decision.satisfied,
+                    };
+                    let event = EventBody::TurnDecided {
+                        turn,
+                        personas,
+                        instruction: decided.instruction.clone(),
+                        reason: decision.reason.unwrap_or_default(),
+                        satisfied: decision.satisfied,
+                        fallback: false,
+                    };
+                    (decided, event)
+                }
+                Err(why) if tries < 2 => {
+                    tracing::info!(run = %ctx.id, turn, why, "the router's answer is unusable; asking once more");
+                    self.commit(
+                        ctx,
+                        Commit { events: vec![completed], settle: answered.settle, add, ..Commit::default() },
+                    )
+                    .await?;
+                    push_retry(&mut request, &text, &why);
+                    continue;
+                }
+                Err(why) => {
+                    let last = last_speaker(&ctx.history(turn), &team);
+                    let persona = strategy::after(&team, last.as_deref()).to_owned();
+                    let decided = Decided { personas: vec![persona.clone()], instruction: None, satisfied: false };
+                    let event = EventBody::TurnDecided {
+                        turn,
+                        personas: vec![persona],
+                        instruction: None,
+                        reason: format!(
+                            "the router's answer was unusable twice ({why}); the next persona in team order"
+                        ),
+                        satisfied: false,
+                        fallback: true,
+                    };
+                    (decided, event)
+                }
+            };
+            let commit = Commit { events: vec![completed, event], settle: answered.settle, add, ..Commit::default() };
+            self.commit(ctx, commit).await?;
+            return Ok(decided);
+        }
+    }
+
+    /// One persona answering (see the module docs). `order` makes a parallel step
+    /// commit its final answer after the steps before it.
+    async fn step(
+        &self,
+        ctx: &RunCtx,
+        turn: u32,
+        step: u32,
+        persona: &str,
+        instruction: Option<&str>,
+        order: Option<&Order>,
+    ) -> Result<(), Stop> {
+        let recorded = ctx.record.steps.get(&step).cloned().unwrap_or_default();
+        if recorded.completed.is_some() {
+            return Ok(());
+        }
+        let spec = ctx.personas.get(persona).cloned().ok_or_else(|| {
+            Stop::fail(
+                "persona_unavailable",
+                format!("persona `{persona}` is not loaded or not allowed to this tenant"),
+            )
+        })?;
+        let (system, render_credits) = self.render(ctx, persona, &spec).await?;
+        let models = self.models.models();
+        let model = model_for_tier(&models, spec.model_tier).cloned().ok_or(LlmError::NoProvider)?;
+        let offered = self.offered_tools(ctx, &spec);
+        let history: Vec<ChatMessage> =
+            ctx.history(turn).iter().map(|m| context::chat_message(m, Some(persona))).collect();
+        let mut tail = Vec::new();
+        if let Some(instruction) = instruction {
+            tail.push(ChatMessage::new(ChatRole::User, format!("{ROUTER_PERSONA}: {instruction}")));
+        } else if history.last().is_none_or(|m| m.role == ChatRole::Assistant) {
+            tail.push(ChatMessage::new(ChatRole::User, format!("{ROUTER_PERSONA}: continue")));
+        }
+        let template = ChatRequest {
+            model: model.id.clone(),
+            messages: vec![],
+            tools: offered.clone(),
+            max_tokens: Some(model.max_output_tokens),
+            temperature: None,
+            response_schema: None,
+        };
+        let fitted = context::fit(template, Some(system), history, tail, model.context_window, model.max_output_tokens);
+        let add = RunTotals { credits: render_credits, ..RunTotals::default() };
+        if recorded.persona.is_empty() {
+            let event = EventBody::StepStarted {
+                step,
+                turn,
+                persona: persona.to_owned(),
+                model: model.id.clone(),
+                tools: offered.iter().map(|t| t.name.clone()).collect(),
+                context_messages: fitted.context_messages,
+                trimmed_messages: fitted.trimmed_messages,
+            };
+            self.commit(ctx, Commit { events: vec![event], add, ..Commit::default() }).await?;
+        } else if render_credits > 0 {
+            self.commit(ctx, Commit { add, ..Commit::default() }).await?;
+        }
+        let mut state = StepState::resume(&recorded, fitted.request, &offered);
+        let limit = ctx.limits.max_tool_calls_per_step;
+        loop {
+            if let Some(answer) = state.unanswered.take() {
+                self.answer_tool_calls(ctx, step, &answer, &mut state, limit).await?;
+            }
+            let last_call = state.tool_calls >= limit;
+            let mut request = state.request.clone();
+            if last_call {
+                request.tools.clear();
+            }
+            let call = state.next_call;
+            state.next_call += 1;
+            let answered = self.call_model(ctx, step, call, &model, request, true).await?;
+            let final_answer = answered.response.tool_calls.is_empty() || last_call;
+            let add = model_totals(&answered);
+            state.credits += answered.credits;
+            state.usage = state.usage.plus(answered.response.usage);
+            state.model_calls += 1;
+            if final_answer {
+                let message = Message {
+                    id: MessageId::from_random(random_bytes()),
+                    session: ctx.session.id.clone(),
+                    seq: 0,
+                    author: Author::Persona { name: persona.to_owned() },
+                    content: answered.response.text.clone(),
+                    run: Some(ctx.id.clone()),
+                    at: self.clock.now(),
+                };
+                let completed = answer_event(step, call, persona, &answered, Some(message.id.clone()));
+                let done = EventBody::StepCompleted {
+                    step,
+                    persona: persona.to_owned(),
+                    usage: state.usage,
+                    model_calls: state.model_calls,
+                    tool_calls: state.tool_calls,
+                    credits: state.credits,
+                    message: Some(message.id.clone()),
+                };
+                if let Some(order) = order {
+                    order.wait_turn().await;
+                }
+                let add = RunTotals { steps: 1, ..add };
+                let commit = Commit {
+                    events: vec![completed, done],
+                    settle: answered.settle,
+                    message: Some(message),
+                    add,
+                    ..Commit::default()
+                };
+                let committed = self.commit(ctx, commit).await?;
+                if let Some(order) = order {
+                    order.finished();
+                }
+                if let Some(stored) = committed.message {
+                    ctx.answers.lock().unwrap_or_else(PoisonError::into_inner).push((turn, stored));
+                }
+                return Ok(());
+            }
+            let completed = answer_event(step, call, persona, &answered, None);
+            self.commit(ctx, Commit { events: vec![completed], settle: answered.settle, add, ..Commit::default() })
+                .await?;
+            state.push_answer(&answered.response.text, &answered.response.tool_calls);
+            state.unanswered = Some(answered.response.tool_calls);
+        }
+    }
+
+    /// Renders the persona's prompt under the run's principal; returns it and what the
+    /// rendering was charged.
+    async fn render(&self, ctx: &RunCtx, persona: &str, spec: &PersonaSpec) -> Result<(String, i64), Stop> {
+        let arguments = context::persona_arguments(spec, &ctx.trigger);
+        let rendered =
+            self.tools.render_persona(&ctx.principal, persona, &arguments, Observe::default()).await.map_err(
+                |err| Stop::fail(err.code().as_str(), format!("persona `{persona}` cannot be rendered: {err}")),
+            )?;
+        let charged = i64::try_from(rendered.charged).unwrap_or(i64::MAX);
+        match rendered.outcome.result {
+            Ok(prompt) => Ok((prompt, charged)),
+            Err(failure) => {
+                Err(Stop::fail(failure.code().as_str(), format!("persona `{persona}` cannot be rendered: {failure}")))
+            }
+        }
+    }
+
+    /// The tools offered to a persona: its globs AND the principal's policy, by name.
+    fn offered_tools(&self, ctx: &RunCtx, spec: &PersonaSpec) -> Vec<ToolDefinition> {
+        let mut offered: Vec<ToolDefinition> = self
+            .tools
+            .visible_tools(&ctx.principal)
+            .into_iter()
+            .filter(|tool| context::persona_allows(&spec.tools, &tool.name))
+            .map(|tool| ToolDefinition {
+                name: tool.name,
+                description: tool.spec.description,
+                parameters: tool.spec.input_schema,
+            })
+            .collect();
+        offered.sort_by(|a, b| a.name.cmp(&b.name));
+        offered
+    }
+
+    /// Answers an assistant message's tool calls, in order: recorded results are reused,
+    /// a call announced but never answered (its worker died) is answered `interrupted`,
+    /// the rest run (or are refused) now.
+    async fn answer_tool_calls(
+        &self,
+        ctx: &RunCtx,
+        step: u32,
+        answer: &[ToolCallRequest],
+        state: &mut StepState,
+        limit: u32,
+    ) -> Result<(), Stop> {
+        let call = state.next_call.saturating_sub(1);
+        for request in answer {
+            if let Some(result) = state.recorded.results.get(&request.id) {
+                let (content, is_error) = (result.content.clone(), !result.ok);
+                state.push_result(&request.id, &content, is_error);
+                continue;
+            }
+            if state.recorded.called.contains(&request.id) {
+                let result = ToolResultBody {
+                    step,
+                    call_id: request.id.clone(),
+                    tool: request.name.clone(),
+                    ok: false,
+                    content: "the tool call was interrupted; its result is unknown (it is not run again)".to_owned(),
+                    error: Some("interrupted".to_owned()),
+                    credits: 0,
+                    duration_ms: 0,
+                };
+                let events = vec![EventBody::ToolResult(result.clone())];
+                self.commit(ctx, Commit { events, add: one_tool_call(0), ..Commit::default() }).await?;
+                state.push_result(&request.id, &result.content, true);
+                continue;
+            }
+            let called = EventBody::ToolCalled {
+                step,
+                call,
+                call_id: request.id.clone(),
+                tool: request.name.clone(),
+                arguments: request.arguments.clone(),
+            };
+            state.tool_calls += 1;
+            let refusal = if state.tool_calls > limit {
+                Some(("tool_limit", format!("this step may make at most {limit} tool calls; answer without tools")))
+            } else if !state.offered.iter().any(|t| t == &request.name) {
+                Some((
+                    "not_offered",
+                    format!("the tool `{}` is not offered to you; use only the tools offered", truncate(&request.name)),
+                ))
+            } else {
+                None
+            };
+            if let Some((code, content)) = refusal {
+                let result = refused(step, request, code, content);
+                self.commit(ctx, Commit::events(vec![called, EventBody::ToolResult(result.clone())])).await?;
+                state.push_result(&request.id, &result.content, true);
+                continue;
+            }
+            self.commit(ctx, Commit::events(vec![called])).await?;
+            let result = self.run_tool(ctx, step, request).await?;
+            let credits = i64::try_from(result.credits).unwrap_or(i64::MAX);
+            state.credits += credits;
+            let (content, is_error) = (result.content.clone(), !result.ok);
+            self.commit(
+                ctx,
+                Commit {
+                    events: vec![EventBody::ToolResult(result)],
+                    add: one_tool_call(credits),
+                    ..Commit::default()
+                },
+            )
+            .await?;
+            state.push_result(&request.id, &content, is_error);
+        }
+        Ok(())
+    }
+
+    /// Runs one offered tool through the pipeline.
+    async fn run_tool(&self, ctx: &RunCtx, step: u32, request: &ToolCallRequest) -> Result<ToolResultBody, Stop> {
+        if self.clock.now() >= ctx.deadline {
+            return Err(deadline_exceeded());
+        }
+        let arguments = if request.arguments.trim().is_empty() {
+            Ok(serde_json::json!({}))
+        } else {
+            serde_json::from_str::<serde_json::Value>(&request.arguments)
+        };
+        let arguments = match arguments {
+            Ok(value) if value.is_object() => value,
+            _ => {
+                let content = "the arguments are not a JSON object".to_owned();
+                return Ok(refused(step, request, "invalid_arguments", content));
+            }
+        };
+        if let Some(room) = self.budget_room(ctx).await {
+            let price = self
+                .tools
+                .visible_tools(&ctx.principal)
+                .into_iter()
+                .find(|t| t.name == request.name)
+                .map_or(0, |t| i64::try_from(t.credits).unwrap_or(i64::MAX));
+            if price > room {
+                return Err(Stop::fail(
+                    "budget_exceeded",
+                    format!("the tool `{}` costs {price} credits; the run's budget has {room} left", request.name),
+                ));
+            }
+        }
+        let started = Instant::now();
+        let outcome = self.tools.call(&ctx.principal, &request.name, arguments, Observe::default()).await;
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let body = |ok: bool, content: String, error: Option<String>, credits: u64| ToolResultBody {
+            step,
+            call_id: request.id.clone(),
+            tool: request.name.clone(),
+            ok,
+            content,
+            error,
+            credits,
+            duration_ms,
+        };
+        Ok(match outcome {
+            Err(err) => body(false, err.to_string(), Some(err.code().as_str().to_owned()), 0),
+            Ok(call) => match call.outcome.result {
+                Ok(output) => body(true, output_text(&output.content, output.structured.as_ref()), None, call.charged),
+                Err(failure) => {
+                    body(false, failure.to_string(), Some(failure.code().as_str().to_owned()), call.charged)
+                }
+            },
+        })
+    }
+
+    /// One model call: hold, stream (deltas coalesced), and the settlement to record with
+    /// the answer. A failure voids the hold.
+    async fn call_model(
+        &self,
+        ctx: &RunCtx,
+        step: u32,
+        call: u32,
+        model: &ModelInfo,
+        mut request: ChatRequest,
+        deltas: bool,
+    ) -> Result<Answered, Stop> {
+        let now = self.clock.now();
+        if now >= ctx.deadline {
+            return Err(deadline_exceeded());
+        }
+        let models = self.models.models();
+        let chain = pricing::chain(&models, &model.id);
+        let prompt = prompt_token_bound(&request);
+        let wanted = request.max_tokens.unwrap_or(model.max_output_tokens);
+        let room = self.budget_room(ctx).await;
+        let (max_tokens, worst) =
+            self.pricing.fit(&chain, prompt, wanted, room.unwrap_or(i64::MAX)).map_err(|e| match e {
+                Unaffordable::Budget => Stop::fail(
+                    "budget_exceeded",
+                    format!(
+                        "the run's credits budget has {} left, less than the next model call's prompt costs",
+                        room.unwrap_or(0).max(0)
+                    ),
+                ),
+                Unaffordable::Overflow => Stop::fail("budget_exceeded", "the model call's worst-case cost overflows"),
+            })?;
+        request.max_tokens = Some(max_tokens);
+        let base = format!("run:{}:s{step}:c{call}", ctx.id);
+        if ctx.attempt > 1 {
+            self.void_earlier_attempts(ctx, &base).await;
+        }
+        let key = format!("{base}:a{}", ctx.attempt);
+        let hold = if worst > 0 {
+            let left = (ctx.deadline - now).max(chrono::Duration::zero());
+            let expires_in =
+                left + chrono::Duration::from_std(self.settings.hold_grace).unwrap_or(chrono::Duration::MAX);
+            let memo = format!("run {}: step {step}, model call {call} ({})", ctx.id, model.id);
+            let reservation = self
+                .credits
+                .reserve(&ctx.principal.tenant_id, worst, expires_in, &format!("{key}:hold"), &memo)
+                .await?;
+            ctx.holds.lock().unwrap_or_else(PoisonError::into_inner).insert(key.clone(), reservation.hold.clone());
+            Some(reservation.hold)
+        } else {
+            None
+        };
+        let response = match self.stream(ctx, step, call, request, deltas).await {
+            Ok(response) => response,
+            Err(stop) => {
+                self.release_hold(ctx, &key).await;
+                return Err(stop);
+            }
+        };
+        let actual = match self.pricing.settlement(&response.model, &response.usage) {
+            Some(actual) => actual,
+            None => worst,
+        };
+        let (settle, credits) = match hold {
+            Some(hold) => {
+                let charged = if actual > hold.amount {
+                    tracing::warn!(
+                        run = %ctx.id, model = %response.model, actual, held = hold.amount,
+                        "a model call cost more than its hold (usage beyond the bound); charged the hold"
+                    );
+                    hold.amount
+                } else {
+                    actual
+                };
+                let memo = format!("run {}: step {step}, model call {call} ({})", ctx.id, response.model);
+                (Some(Settle { hold, actual: charged, key: format!("{key}:settle"), memo }), charged)
+            }
+            None => (None, 0),
+        };
+        Ok(Answered { response, settle, credits })
+    }
+
+    /// Streams an answer, committing coalesced text deltas as they come.
+    async fn stream(
+        &self,
+        ctx: &RunCtx,
+        step: u32,
+        call: u32,
+        request: ChatRequest,
+        deltas: bool,
+    ) -> Result<ChatResponse, Stop> {
+        let mut stream = self.models.stream(request).await?;
+        let mut pending = String::new();
+        let mut flushed = Instant::now();
+        loop {
+            match stream.next().await {
+                Some(Ok(ChatEvent::Text { text })) if deltas => {
+                    pending.push_str(&text);
+                    if pending.len() >= self.settings.delta_bytes || flushed.elapsed() >= self.settings.delta_interval {
+                        self.flush(ctx, step, call, &mut pending).await?;
+                        flushed = Instant::now();
+                    }
+                }
+                Some(Ok(ChatEvent::Completed(response))) => {
+                    self.flush(ctx, step, call, &mut pending).await?;
+                    return Ok(response);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(err)) => {
+                    self.flush(ctx, step, call, &mut pending).await?;
+                    return Err(err.into());
+                }
+                None => {
+                    return Err(LlmError::Stream("the stream ended before the answer was complete".to_owned()).into());
+                }
+            }
+        }
+    }
+
+    async fn flush(&self, ctx: &RunCtx, step: u32, call: u32, pending: &mut String) -> Result<(), Stop> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let text = std::mem::take(pending);
+        self.commit(ctx, Commit::events(vec![EventBody::MessageDelta { step, call, text }])).await?;
+        Ok(())
+    }
+}
+
+/// A step's conversation as it grows, and its counts.
+#[derive(Debug)]
+struct StepState {
+    request: ChatRequest,
+    offered: Vec<String>,
+    recorded: StepRecord,
+    /// The last answer's tool calls, not yet answered.
+    unanswered: Option<Vec<ToolCallRequest>>,
+    next_call: u32,
+    tool_calls: u32,
+    model_calls: u32,
+    usage: maestro_core::llm::Usage,
+    credits: i64,
+}
+
+impl StepState {
+    /// The conversation with the recorded answers and results replayed into it.
+    fn resume(recorded: &StepRecord, request: ChatRequest, offered: &[ToolDefinition]) -> Self {
+        let (usage, credits) = recorded.spent();
+        let mut state = StepState {
+            request,
+            offered: offered.iter().map(|t| t.name.clone()).collect(),
+            recorded: recorded.clone(),
+            unanswered: None,
+            next_call: recorded.answers.last().map_or(1, |a| a.call + 1),
+            tool_calls: recorded.tool_calls(),
+            model_calls: u32::try_from(recorded.answers.len()).unwrap_or(u32::MAX),
+            usage,
+            credits: credits + recorded.results.values().map(|r| i64::try_from(r.credits).unwrap_or(0)).sum::<i64>(),
+        };
+        let answers: &[Answer] = &recorded.answers;
+        for (index, answer) in answers.iter().enumerate() {
+            state.push_answer(&answer.text, &answer.tool_calls);
+            if index + 1 == answers.len() {
+                // The last answer's calls are answered by the loop (reusing what is recorded).
+                state.unanswered = Some(answer.tool_calls.clone()).filter(|c| !c.is_empty());
+            } else {
+                for call in &answer.tool_calls {
+                    let (content, is_error) = recorded.results.get(&call.id).map_or_else(
+                        || ("the tool call was interrupted; its result is unknown".to_owned(), true),
+                        |r| (r.content.clone(), !r.ok),
+                    );
+                    state.push_result(&call.id, &content, is_error);
+                }
+            }
+        }
+        state
+    }
+
+    fn push_answer(&mut self, text: &str, calls: &[ToolCallRequest]) {
+        let mut message = ChatMessage::new(ChatRole::Assistant, text);
+        message.tool_calls = calls.to_vec();
+        self.request.messages.push(message);
+    }
+
+    fn push_result(&mut self, call_id: &str, content: &str, is_error: bool) {
+        self.request.messages.push(ChatMessage::tool_result(call_id, content, is_error));
+    }
+}
+
+type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<(), Stop>> + Send + 'a>>;
+
+/// Runs futures concurrently; the first error drops the rest.
+async fn try_join_all(mut futures: Vec<StepFuture<'_>>) -> Result<(), Stop> {
+    let mut done = vec![false; futures.len()];
+    std::future::poll_fn(|cx| {
+        for (index, future) in futures.iter_mut().enumerate() {
+            if done[index] {
+                continue;
+            }
+            if let Poll::Ready(result) = future.as_mut().poll(cx) {
+                done[index] = true;
+                if let Err(stop) = result {
+                    return Poll::Ready(Err(stop));
+                }
+            }
+        }
+        if done.iter().all(|d| *d) { Poll::Ready(Ok(())) } else { Poll::Pending }
+    })
+    .await
+}
+
+/// The first turn without a recorded decision.
+fn next_undecided(ctx: &RunCtx) -> u32 {
+    (1..).find(|turn| !ctx.record.turns.contains_key(turn)).unwrap_or(u32::MAX)
+}
+
+/// The last persona of the team that spoke in `history`.
+fn last_speaker(history: &[Message], team: &[String]) -> Option<String> {
+    history.iter().rev().find_map(|m| match &m.author {
+        Author::Persona { name } if team.contains(name) => Some(name.clone()),
+        _ => None,
+    })
+}
+
+/// Tells the router why its answer was unusable, and asks again.
+fn push_retry(request: &mut ChatRequest, answer: &str, why: &str) {
+    request.messages.push(ChatMessage::new(ChatRole::Assistant, answer));
+    request.messages.push(ChatMessage::new(
+        ChatRole::User,
+        format!("{ROUTER_PERSONA}: that answer is unusable: {why}. Answer again with only the JSON object."),
+    ));
+}
+
+fn answer_event(step: u32, call: u32, persona: &str, answered: &Answered, message: Option<MessageId>) -> EventBody {
+    let response = &answered.response;
+    EventBody::MessageCompleted {
+        step,
+        call,
+        persona: persona.to_owned(),
+        model: response.model.clone(),
+        text: response.text.clone(),
+        tool_calls: response.tool_calls.clone(),
+        finish: response.finish.clone(),
+        usage: response.usage,
+        credits: answered.credits,
+        message,
+    }
+}
+
+fn model_totals(answered: &Answered) -> RunTotals {
+    RunTotals { model_calls: 1, usage: answered.response.usage, credits: answered.credits, ..RunTotals::default() }
+}
+
+fn one_tool_call(credits: i64) -> RunTotals {
+    RunTotals { tool_calls: 1, credits, ..RunTotals::default() }
+}
+
+fn refused(step: u32, request: &ToolCallRequest, code: &str, content: String) -> ToolResultBody {
+    ToolResultBody {
+        step,
+        call_id: request.id.clone(),
+        tool: request.name.clone(),
+        ok: false,
+        content,
+        error: Some(code.to_owned()),
+        credits: 0,
+        duration_ms: 0,
+    }
+}
+
+/// A tool's output as the model reads it: its text items, else its structured result,
+/// else its content as JSON.
+fn output_text(content: &[Content], structured: Option<&serde_json::Value>) -> String {
+    let texts: Vec<&str> = content
+        .iter()
+        .filter_map(|c| match c {
+            Content::Text { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !texts.is_empty() {
+        return texts.join("\n");
+    }
+    match structured {
+        Some(value) => value.to_string(),
+        None => serde_json::to_string(content).unwrap_or_default(),
+    }
+}
+
+fn truncate(name: &str) -> String {
+    name.chars().take(64).collect()
+}

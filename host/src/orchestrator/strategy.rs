@@ -1,0 +1,131 @@
+//! Who acts next. `router`: a model answers a typed decision each turn (see
+//! [`decision_schema`]), validated against the team; `round_robin`, `sequence` and
+//! `parallel` follow fixed rules. The turn logic itself lives in `runner.rs`; this file
+//! holds the rules and the router's contract.
+
+use maestro_core::llm::ResponseSchema;
+use serde::Deserialize;
+
+/// The router's typed answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Decision {
+    /// Whether the user's request is satisfied by the conversation so far.
+    pub(crate) satisfied: bool,
+    /// Who speaks next (a team name), when not satisfied.
+    #[serde(default)]
+    pub(crate) next: Option<String>,
+    /// What they should do.
+    #[serde(default)]
+    pub(crate) instruction: Option<String>,
+    /// Why.
+    #[serde(default)]
+    pub(crate) reason: Option<String>,
+}
+
+/// The JSON Schema the router's answer must fit (strict-mode friendly: every property
+/// required, nulls allowed where optional).
+pub(crate) fn decision_schema(team: &[String]) -> ResponseSchema {
+    let mut names: Vec<serde_json::Value> = team.iter().map(|n| serde_json::Value::String(n.clone())).collect();
+    names.push(serde_json::Value::Null);
+    ResponseSchema {
+        name: "maestro_turn".to_owned(),
+        schema: serde_json::json!({
+            "type": "object",
+            "properties": {
+                "satisfied": { "type": "boolean", "description": "whether the user's request is fully answered" },
+                "next": { "type": ["string", "null"], "enum": names, "description": "who speaks next" },
+                "instruction": { "type": ["string", "null"], "description": "what they should do next" },
+                "reason": { "type": "string", "description": "why, in one sentence" }
+            },
+            "required": ["satisfied", "next", "instruction", "reason"],
+            "additionalProperties": false
+        }),
+    }
+}
+
+/// The router's system prompt: the team, and how to answer.
+pub(crate) fn router_prompt(team: &[(String, String)], turn: u32, max_steps: u32) -> String {
+    let mut prompt = String::from(
+        "You are Maestro, the orchestrator of a team of AI personas working for a user. You do not answer \
+         the user yourself: after reading the conversation, you decide whether the user's request is \
+         satisfied and, if it is not, which persona of the team speaks next and what they should do.\n\n\
+         The team (name: role):\n",
+    );
+    for (name, role) in team {
+        prompt.push_str(&format!("- {name}: {role}\n"));
+    }
+    prompt.push_str(&format!(
+        "\nThis is turn {turn}; at most {max_steps} turns are allowed in all, so finish when the work is \
+         done. Answer with one JSON object and nothing else: {{\"satisfied\": true|false, \"next\": \
+         \"<one of the team's names>\" or null, \"instruction\": \"<what they should do>\" or null, \
+         \"reason\": \"<why>\"}}. When satisfied is true, next is null."
+    ));
+    prompt
+}
+
+/// Parses and validates the router's answer: JSON (a code fence around it is
+/// tolerated), and, unless satisfied, a `next` that names a team member.
+pub(crate) fn parse_decision(text: &str, team: &[String]) -> Result<Decision, String> {
+    let trimmed = text.trim();
+    let json = match (trimmed.find('{'), trimmed.rfind('}')) {
+        (Some(start), Some(end)) if start < end => &trimmed[start..=end],
+        _ => return Err("the answer is not a JSON object".to_owned()),
+    };
+    let decision: Decision =
+        serde_json::from_str(json).map_err(|e| format!("the answer is not a valid decision: {e}"))?;
+    if decision.satisfied {
+        return Ok(decision);
+    }
+    match decision.next.as_deref() {
+        Some(next) if team.iter().any(|n| n == next) => Ok(decision),
+        Some(next) => {
+            Err(format!("`{}` is not in the team ({})", next.chars().take(64).collect::<String>(), team.join(", ")))
+        }
+        None => Err("`next` must name a persona of the team when the request is not satisfied".to_owned()),
+    }
+}
+
+/// The persona after `last` in team order (the first when `last` is none or not in the
+/// team).
+pub(crate) fn after<'a>(team: &'a [String], last: Option<&str>) -> &'a str {
+    let index = last.and_then(|l| team.iter().position(|n| n == l)).map_or(0, |i| (i + 1) % team.len().max(1));
+    team.get(index).map_or("", String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn team() -> Vec<String> {
+        vec!["t.a".into(), "t.b".into(), "t.c".into()]
+    }
+
+    #[test]
+    fn a_decision_must_name_a_team_member_unless_satisfied() {
+        let ok = parse_decision(r#"{"satisfied":false,"next":"t.b","instruction":"go","reason":"r"}"#, &team());
+        assert_eq!(ok.map(|d| d.next), Ok(Some("t.b".into())));
+        let fenced = "```json\n{\"satisfied\":true,\"next\":null,\"instruction\":null,\"reason\":\"done\"}\n```";
+        assert!(parse_decision(fenced, &team()).is_ok_and(|d| d.satisfied));
+        assert!(
+            parse_decision(r#"{"satisfied":false,"next":"t.z","instruction":null,"reason":"r"}"#, &team()).is_err()
+        );
+        assert!(parse_decision(r#"{"satisfied":false,"next":null,"instruction":null,"reason":"r"}"#, &team()).is_err());
+        assert!(parse_decision("I think t.b should go", &team()).is_err());
+        assert!(parse_decision(r#"{"satisfied":"no"}"#, &team()).is_err());
+    }
+
+    #[test]
+    fn the_next_persona_follows_the_last_in_team_order() {
+        assert_eq!(after(&team(), None), "t.a");
+        assert_eq!(after(&team(), Some("t.a")), "t.b");
+        assert_eq!(after(&team(), Some("t.c")), "t.a");
+        assert_eq!(after(&team(), Some("other.x")), "t.a");
+    }
+
+    #[test]
+    fn the_schema_lists_the_team_and_null() {
+        let schema = decision_schema(&team());
+        assert_eq!(schema.schema["properties"]["next"]["enum"].as_array().map(Vec::len), Some(4));
+    }
+}
