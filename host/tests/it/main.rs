@@ -19,6 +19,7 @@ mod mcp_conformance;
 mod mcp_listen;
 mod metering;
 mod openapi;
+mod orchestrator;
 mod outbound;
 mod packaging;
 mod pipeline;

@@ -1,0 +1,924 @@
+//! The runner end to end on both stores: real run storage, real plugins (`personas`,
+//! `calc`, `text`) under a real policy, real credits, and a scripted, counting fake
+//! `ModelProvider` (its answers stream like a provider's: a start, text pieces, tool
+//! calls, then the whole answer with usage).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use maestro_core::ledger::{Account, TransactionKind};
+use maestro_core::llm::{
+    ChatEvent, ChatRequest, ChatResponse, ChatStream, FinishReason, LlmError, ModelInfo, ModelProvider,
+    ToolCallRequest, Usage,
+};
+use maestro_core::plugin::ModelTier;
+use maestro_core::run::{EventBody, Message, Run, RunEvent, RunLimits, RunState, Session, Strategy};
+use maestro_core::{Clock, KeyScope, Role, Store, TransactionQuery};
+use maestro_host::accounts::{Accounts, SystemClock};
+use maestro_host::config::ModelPrice;
+use maestro_host::credits::Credits;
+use maestro_host::orchestrator::hub::EventHub;
+use maestro_host::orchestrator::{NewSession, NoModels, Orchestrator, Runner, RunnerPorts, RunnerSettings};
+use maestro_host::tools::{Principal, Tools};
+use maestro_core::policy::PolicySet;
+
+use crate::harness::{Backend, TestDb, backend_tests, tools_with};
+
+const POLICY: &str = r#"
+version = 1
+
+[[grant]]
+name = "acme"
+subjects = ["tenant:acme"]
+tools = ["personas.*", "calc.*"]
+"#;
+
+const PM: &str = "personas.product_manager";
+const ARCHITECT: &str = "personas.architect";
+const CRITIC: &str = "personas.critic";
+const WRITER: &str = "personas.writer";
+
+/// Which persona (or the router) a request is for, from its system prompt.
+fn speaker(request: &ChatRequest) -> &'static str {
+    if request.response_schema.is_some() {
+        return "router";
+    }
+    let system = request.messages.first().map_or("", |m| m.content.as_str());
+    for (prefix, name) in [
+        ("You are the product manager", PM),
+        ("You are the software architect", ARCHITECT),
+        ("You are the critic", CRITIC),
+        ("You are the technical writer", WRITER),
+    ] {
+        if system.starts_with(prefix) {
+            return name;
+        }
+    }
+    "unknown"
+}
+
+fn usage(input: u64, output: u64) -> Usage {
+    Usage { input_tokens: input, output_tokens: output, ..Usage::default() }
+}
+
+/// One scripted answer.
+#[derive(Debug, Clone)]
+enum Reply {
+    /// Text in pieces, then the answer.
+    Text { pieces: Vec<String>, usage: Usage, delay: Duration },
+    /// Tool calls, then the answer.
+    Tools { calls: Vec<ToolCallRequest>, usage: Usage },
+    /// Refused before the stream starts.
+    Fail(LlmError),
+    /// Some text, then nothing ever again (until dropped).
+    Hang { text: String },
+}
+
+fn text(text: &str, usage: Usage) -> Reply {
+    let pieces = text.split_inclusive(' ').map(str::to_owned).collect();
+    Reply::Text { pieces, usage, delay: Duration::ZERO }
+}
+
+fn decision(next: Option<&str>, satisfied: bool) -> Reply {
+    let json = serde_json::json!({ "satisfied": satisfied, "next": next, "instruction": next.map(|n| format!("{n}, your turn")), "reason": "because" });
+    Reply::Text { pieces: vec![json.to_string()], usage: usage(300, 20), delay: Duration::ZERO }
+}
+
+fn tool_call(id: &str, name: &str, arguments: &str) -> ToolCallRequest {
+    ToolCallRequest { id: id.into(), name: name.into(), arguments: arguments.into() }
+}
+
+type Responder = dyn Fn(&ChatRequest) -> Option<Reply> + Send + Sync;
+
+/// A scripted model provider that counts and records every request.
+struct FakeModels {
+    models: Vec<ModelInfo>,
+    queue: Mutex<VecDeque<Reply>>,
+    responder: Mutex<Option<Box<Responder>>>,
+    requests: Mutex<Vec<ChatRequest>>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for FakeModels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeModels").finish_non_exhaustive()
+    }
+}
+
+fn model(id: &str, tier: ModelTier) -> ModelInfo {
+    ModelInfo {
+        id: id.into(),
+        provider: "fake".into(),
+        tier,
+        context_window: 64_000,
+        max_output_tokens: 1000,
+        fallbacks: vec![],
+    }
+}
+
+impl FakeModels {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            models: vec![model("fast-m", ModelTier::Small), model("big-m", ModelTier::Large)],
+            queue: Mutex::default(),
+            responder: Mutex::default(),
+            requests: Mutex::default(),
+            dropped: Arc::default(),
+        })
+    }
+
+    /// Answers in this order (after the responder, when it has none).
+    fn push(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.queue.lock().expect("queue").extend(replies);
+    }
+
+    fn respond(&self, responder: impl Fn(&ChatRequest) -> Option<Reply> + Send + Sync + 'static) {
+        *self.responder.lock().expect("responder") = Some(Box::new(responder));
+    }
+
+    fn requests(&self) -> Vec<ChatRequest> {
+        self.requests.lock().expect("requests").clone()
+    }
+
+    fn calls_to(&self, who: &str) -> usize {
+        self.requests().iter().filter(|r| speaker(r) == who).count()
+    }
+}
+
+struct FakeStream {
+    events: VecDeque<ChatEvent>,
+    delay: Duration,
+    hang: bool,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl Drop for FakeStream {
+    fn drop(&mut self) {
+        self.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl ChatStream for FakeStream {
+    async fn next(&mut self) -> Option<Result<ChatEvent, LlmError>> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        match self.events.pop_front() {
+            Some(event) => Some(Ok(event)),
+            None if self.hang => std::future::pending().await,
+            None => None,
+        }
+    }
+}
+
+#[async_trait]
+impl ModelProvider for FakeModels {
+    fn models(&self) -> Vec<ModelInfo> {
+        self.models.clone()
+    }
+
+    async fn stream(&self, request: ChatRequest) -> Result<Box<dyn ChatStream>, LlmError> {
+        self.requests.lock().expect("requests").push(request.clone());
+        let scripted = self.responder.lock().expect("responder").as_ref().and_then(|r| r(&request));
+        let reply = match scripted {
+            Some(reply) => reply,
+            None => self.queue.lock().expect("queue").pop_front().unwrap_or_else(|| {
+                Reply::Fail(LlmError::Unavailable { attempts: 1, last: "the fake has no reply scripted".into() })
+            }),
+        };
+        let started = ChatEvent::Started { model: request.model.clone(), provider: "fake".into() };
+        let answer = |text: String, tool_calls: Vec<ToolCallRequest>, usage: Usage| {
+            let finish = if tool_calls.is_empty() { FinishReason::Stop } else { FinishReason::ToolCalls };
+            ChatEvent::Completed(ChatResponse {
+                model: request.model.clone(),
+                provider: "fake".into(),
+                text,
+                tool_calls,
+                finish,
+                usage,
+                usage_reported: true,
+            })
+        };
+        let (events, delay, hang) = match reply {
+            Reply::Fail(err) => return Err(err),
+            Reply::Text { pieces, usage, delay } => {
+                let mut events = vec![started];
+                events.extend(pieces.iter().map(|p| ChatEvent::Text { text: p.clone() }));
+                events.push(answer(pieces.concat(), vec![], usage));
+                (events, delay, false)
+            }
+            Reply::Tools { calls, usage } => {
+                let mut events = vec![started];
+                for (index, call) in calls.iter().enumerate() {
+                    let index = u32::try_from(index).expect("few calls");
+                    events.push(ChatEvent::ToolCallStarted { index, id: call.id.clone(), name: call.name.clone() });
+                    events.push(ChatEvent::ToolCallArguments { index, fragment: call.arguments.clone() });
+                }
+                events.push(answer(String::new(), calls, usage));
+                (events, Duration::ZERO, false)
+            }
+            Reply::Hang { text } => (vec![started, ChatEvent::Text { text }], Duration::ZERO, true),
+        };
+        Ok(Box::new(FakeStream { events: events.into(), delay, hang, dropped: self.dropped.clone() }))
+    }
+}
+
+fn prices() -> Vec<ModelPrice> {
+    vec![
+        ModelPrice { model: "fast-m".into(), input_per_million: 1_000_000, output_per_million: 2_000_000 },
+        ModelPrice { model: "big-m".into(), input_per_million: 2_000_000, output_per_million: 3_000_000 },
+    ]
+}
+
+/// A store, tenant `acme` with a member key and credits, the plugins under [`POLICY`],
+/// the orchestrator, and the fake models.
+struct Rig {
+    _db: TestDb,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    credits: Arc<Credits>,
+    tools: Arc<Tools>,
+    hub: Arc<EventHub>,
+    orchestrator: Orchestrator,
+    principal: Principal,
+    models: Arc<FakeModels>,
+}
+
+impl Rig {
+    async fn new(backend: Backend, credits_granted: i64) -> Self {
+        let db = TestDb::new(backend).await;
+        let store = db.open().await;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let accounts = Accounts::new(store.clone(), clock.clone());
+        let tenant = accounts.create_tenant("acme").await.expect("tenant");
+        let key = accounts
+            .create_key(KeyScope::Tenant { tenant_id: tenant.id.clone(), role: Role::Member }, "member".into(), None)
+            .await
+            .expect("key");
+        let credits = Arc::new(Credits::new(store.clone(), clock.clone()));
+        if credits_granted > 0 {
+            credits.grant(&tenant.id, credits_granted, "grant-1", "test credits").await.expect("grant");
+        }
+        let policies = PolicySet::parse([("test.toml", POLICY)]).expect("policy");
+        let tools = tools_with(&db.dir().join("plugins"), &["personas", "calc", "text"], policies, credits.clone()).await;
+        let hub = Arc::new(EventHub::new(store.clone()));
+        let orchestrator = Orchestrator::new(store.clone(), store.clone(), clock.clone(), tools.clone(), hub.clone());
+        let principal = Principal {
+            tenant: "acme".into(),
+            tenant_id: tenant.id.clone(),
+            role: Role::Member,
+            key_id: key.key.id.to_string(),
+        };
+        Self { _db: db, store, clock, credits, tools, hub, orchestrator, principal, models: FakeModels::new() }
+    }
+
+    fn settings() -> RunnerSettings {
+        RunnerSettings { cancel_poll: Duration::from_millis(100), ..RunnerSettings::default() }
+    }
+
+    fn runner(&self) -> Runner {
+        self.runner_with(self.models.clone())
+    }
+
+    fn runner_with(&self, models: Arc<dyn ModelProvider>) -> Runner {
+        Runner::new(
+            RunnerPorts {
+                runs: self.store.clone(),
+                unit: self.store.clone(),
+                tenants: self.store.clone(),
+                clock: self.clock.clone(),
+                tools: self.tools.clone(),
+                credits: self.credits.clone(),
+                models,
+                prices: prices(),
+                hub: self.hub.clone(),
+            },
+            Self::settings(),
+        )
+    }
+
+    async fn session(&self, personas: &[&str], strategy: Strategy, limits: RunLimits) -> Session {
+        self.orchestrator
+            .create_session(
+                &self.principal,
+                NewSession {
+                    title: "t".into(),
+                    personas: personas.iter().map(|p| (*p).to_owned()).collect(),
+                    strategy,
+                    limits: Some(limits),
+                },
+            )
+            .await
+            .expect("session")
+    }
+
+    async fn post(&self, session: &Session, content: &str) -> Run {
+        self.orchestrator.post_message(&self.principal, &session.id, content.into()).await.expect("posted").run
+    }
+
+    async fn run(&self, run: &Run) -> Run {
+        self.store.run(None, &run.id).await.expect("read").expect("run")
+    }
+
+    async fn events(&self, run: &Run) -> Vec<RunEvent> {
+        self.store.run_events(&run.id, 0, 10_000).await.expect("events")
+    }
+
+    async fn messages(&self, session: &Session) -> Vec<Message> {
+        self.store.messages(&self.principal.tenant_id, &session.id, 0, 200).await.expect("messages")
+    }
+
+    /// Settled credits (what went to revenue) of the tenant's settlements, and whether
+    /// each names the run.
+    async fn settled(&self, run: &Run) -> i64 {
+        let page = self
+            .credits
+            .transactions(&self.principal.tenant_id, &TransactionQuery { limit: 500, ..TransactionQuery::default() })
+            .await
+            .expect("transactions");
+        let mut total = 0;
+        for t in page.transactions.iter().filter(|t| t.kind == TransactionKind::Settle) {
+            assert!(t.memo.contains(&run.id.to_string()), "the ledger names the run: {}", t.memo);
+            total += t.entries.iter().filter(|e| e.account == Account::Revenue).map(|e| e.amount).sum::<i64>();
+        }
+        total
+    }
+
+    /// The ledger is consistent and no hold is open.
+    async fn assert_ledger_clean(&self) {
+        let audit = self.credits.audit().await.expect("audit");
+        assert!(audit.is_clean(), "{audit:?}");
+        let balance = self.credits.balance(&self.principal.tenant_id).await.expect("balance");
+        assert_eq!(balance.held, 0, "no hold is left open");
+    }
+}
+
+fn kinds(events: &[RunEvent]) -> Vec<&'static str> {
+    events.iter().map(|e| e.body.kind()).filter(|k| *k != "message.delta").collect()
+}
+
+fn assert_dense(events: &[RunEvent]) {
+    for (index, event) in events.iter().enumerate() {
+        assert_eq!(event.seq, i64::try_from(index + 1).expect("small"), "seq is dense from 1");
+    }
+}
+
+fn step_personas(events: &[RunEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::StepStarted { persona, .. } => Some(persona.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The text of each step's deltas, joined per (step, call).
+fn delta_text(events: &[RunEvent]) -> HashMap<(u32, u32), String> {
+    let mut texts: HashMap<(u32, u32), String> = HashMap::new();
+    for event in events {
+        if let EventBody::MessageDelta { step, call, text } = &event.body {
+            texts.entry((*step, *call)).or_default().push_str(text);
+        }
+    }
+    texts
+}
+
+fn limits() -> RunLimits {
+    RunLimits::default()
+}
+
+async fn sequence_runs_every_persona_once_in_team_order(backend: Backend) {
+    let rig = Rig::new(backend, 1_000_000).await;
+    rig.models.push([text("the spec is ready", usage(1000, 40)), text("looks fine to me", usage(1200, 30))]);
+    let session = rig.session(&[WRITER, CRITIC], Strategy::Sequence, limits()).await;
+    let run = rig.post(&session, "an app for bakers").await;
+    assert_eq!(rig.runner().execute(&run.id).await.expect("executes"), RunState::Completed);
+
+    let events = rig.events(&run).await;
+    assert_dense(&events);
+    assert_eq!(
+        kinds(&events),
+        [
+            "run.started",
+            "turn.decided",
+            "step.started",
+            "message.completed",
+            "step.completed",
+            "turn.decided",
+            "step.started",
+            "message.completed",
+            "step.completed",
+            "run.completed"
+        ]
+    );
+    assert_eq!(step_personas(&events), [WRITER, CRITIC]);
+    let texts = delta_text(&events);
+    assert_eq!(texts[&(1, 1)], "the spec is ready", "deltas carry the whole text");
+    let messages = rig.messages(&session).await;
+    let contents: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(contents, ["an app for bakers", "the spec is ready", "looks fine to me"]);
+    let requests = rig.models.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(requests[0].messages[0].content.contains("The idea: an app for bakers"), "rendered with the trigger");
+    let critic_sees = &requests[1].messages;
+    assert!(
+        critic_sees.iter().any(|m| m.content == format!("{WRITER}: the spec is ready")),
+        "the critic sees the writer's answer prefixed with its author"
+    );
+    let stored = rig.run(&run).await;
+    assert_eq!(stored.state, RunState::Completed);
+    assert_eq!((stored.totals.steps, stored.totals.model_calls), (2, 2));
+    assert!(stored.started_at.is_some() && stored.finished_at.is_some());
+    // A finished run is left alone.
+    assert_eq!(rig.runner().execute(&run.id).await.expect("again"), RunState::Completed);
+    assert_eq!(rig.events(&run).await.len(), events.len());
+}
+
+async fn round_robin_answers_with_the_persona_after_the_last_speaker(backend: Backend) {
+    let rig = Rig::new(backend, 1_000_000).await;
+    rig.models.push([text("first", usage(10, 1)), text("second", usage(10, 1)), text("third", usage(10, 1))]);
+    let session = rig.session(&[WRITER, CRITIC], Strategy::RoundRobin, limits()).await;
+    let mut speakers = Vec::new();
+    for question in ["one", "two", "three"] {
+        let run = rig.post(&session, question).await;
+        assert_eq!(rig.runner().execute(&run.id).await.expect("executes"), RunState::Completed);
+        speakers.extend(step_personas(&rig.events(&run).await));
+    }
+    assert_eq!(speakers, [WRITER, CRITIC, WRITER]);
+}
+
+async fn parallel_answers_join_in_team_order(backend: Backend) {
+    let rig = Rig::new(backend, 1_000_000).await;
+    // The last persona answers first: the join still follows the team's order.
+    rig.models.respond(|request| {
+        let (answer, delay) = match speaker(request) {
+            PM => ("zebra pm", 300),
+            ARCHITECT => ("zebra architect", 150),
+            CRITIC => ("zebra critic", 0),
+            _ => return None,
+        };
+        Some(Reply::Text { pieces: vec![answer.into()], usage: usage(100, 10), delay: Duration::from_millis(delay) })
+    });
+    let session = rig.session(&[PM, ARCHITECT, CRITIC], Strategy::Parallel, limits()).await;
+    let run = rig.post(&session, "a todo app").await;
+    assert_eq!(rig.runner().execute(&run.id).await.expect("executes"), RunState::Completed);
+    let events = rig.events(&run).await;
+    assert_dense(&events);
+    let turns = events.iter().filter(|e| e.body.kind() == "turn.decided").count();
+    assert_eq!(turns, 1, "one turn for the whole team");
+    let completed: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::StepCompleted { persona, .. } => Some(persona.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(completed, [PM, ARCHITECT, CRITIC], "answers are joined in team order");
+    let contents: Vec<String> = rig.messages(&session).await.into_iter().skip(1).map(|m| m.content).collect();
+    assert_eq!(contents, ["zebra pm", "zebra architect", "zebra critic"]);
+    for request in rig.models.requests() {
+        assert!(
+            !request.messages.iter().any(|m| m.content.contains("zebra")),
+            "each persona answers the same turn without seeing the others"
+        );
+    }
+}
+
+async fn router_decides_each_turn_and_completes_when_satisfied(backend: Backend) {
+    let rig = Rig::new(backend, 1_000_000).await;
+    rig.models.push([
+        decision(Some(CRITIC), false),
+        text("it will fail because of x", usage(500, 20)),
+        decision(None, true),
+    ]);
+    let session = rig.session(&[WRITER, CRITIC], Strategy::Router, limits()).await;
+    let run = rig.post(&session, "critique my plan").await;
+    assert_eq!(rig.runner().execute(&run.id).await.expect("executes"), RunState::Completed);
+    let events = rig.events(&run).await;
+    assert_dense(&events);
+    let decided: Vec<(Vec<String>, bool, bool, Option<String>)> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::TurnDecided { personas, satisfied, fallback, instruction, .. } => {
+                Some((personas.clone(), *satisfied, *fallback, instruction.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            (vec![CRITIC.to_owned()], false, false, Some(format!("{CRITIC}, your turn"))),
+            (vec![], true, false, None)
+        ]
+    );
+    let router_answers: Vec<(u32, u32, i64)> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::MessageCompleted { persona, step, call, credits, .. } if persona == "maestro" => {
+                Some((*step, *call, *credits))
+            }
+            _ => None,
+        })
+        .collect();
+    // fast-m: 300 in × 1 + 20 out × 2 = 340 credits per router call.
+    assert_eq!(router_answers, [(0, 1, 340), (0, 2, 340)], "the router is paid like any model call");
+    let requests = rig.models.requests();
+    assert_eq!(requests[0].model, "fast-m", "the router uses the fast tier");
+    assert!(requests[0].response_schema.is_some() && requests[0].tools.is_empty());
+    assert_eq!(requests[1].model, "big-m", "the critic's tier");
+    assert!(
+        requests[1].messages.last().is_some_and(|m| m.content.contains("your turn")),
+        "the router's instruction reaches the persona"
+    );
+    assert_eq!(step_personas(&events), [CRITIC]);
+}
+
+async fn router_output_invalid_twice_falls_back_to_the_next_persona(backend: Backend) {
+    let rig = Rig::new(backend, 1_000_000).await;
+    rig.models.push([
+        text("I think the writer", usage(300, 5)),
+        decision(Some("personas.nobody"), false),
+        text("written", usage(100, 5)),
+        text("not json either", usage(300, 5)),
+        decision(None, true),
+    ]);
+    let session = rig.session(&[WRITER, CRITIC], Strategy::Router, limits()).await;
+    let run = rig.post(&session, "write it").await;
+    assert_eq!(rig.runner().execute(&run.id).await.expect("executes"), RunState::Completed);
+    let events = rig.events(&run).await;
+    let decided: Vec<(Vec<String>, bool)> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::TurnDecided { personas, fallback, .. } => Some((personas.clone(), *fallback)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        decided,
+        [(vec![WRITER.to_owned()], true), (vec![], false)],
+        "two unusable answers fall back to the first persona; one is retried"
+    );
+    let requests = rig.models.requests();
+    assert_eq!(rig.models.calls_to("router"), 4);
+    let retry = &requests[1].messages;
+    assert!(
+        retry.last().is_some_and(|m| m.content.contains("unusable")),
+        "the retry says why the answer was unusable"
+    );
+    assert!(requests[4].messages.iter().any(|m| m.content.contains("unusable")), "{:?}", requests[4].messages);
+}
+
+async fn tools_outside_policy_are_offered_to_nobody_and_refused_if_called(backend: Backend) {
+    let rig = Rig::new(backend, 1_000_000).await;
+    rig.models.push([
+        Reply::Tools {
+            calls: vec![
+                tool_call("c1", "text.count", r#"{"text":"a b"}"#),
+                tool_call("c2", "calc.evaluate", r#"{"expression":"6 * 7"}"#),
+            ],
+            usage: usage(900, 30),
+        },
+        text("the answer is 42", usage(1000, 10)),
+    ]);
+    let session = rig.session(&[PM], Strategy::Sequence, limits()).await;
+    let run = rig.post(&session, "how much is six times seven").await;
+    assert_eq!(rig.runner().execute(&run.id).await.expect("executes"), RunState::Completed);
+    let requests = rig.models.requests();
+    let offered: Vec<&str> = requests[0].tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(offered, ["calc.evaluate"], "the persona's globs AND the tenant's policy");
+    let events = rig.events(&run).await;
+    let results: Vec<(String, bool, Option<String>)> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::ToolResult(r) => Some((r.tool.clone(), r.ok, r.error.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        results,
+        [("text.count".to_owned(), false, Some("not_offered".to_owned())), ("calc.evaluate".to_owned(), true, None)]
+    );
+    let second = &requests[1].messages;
+    let tool_answers: Vec<(&str, bool)> = second
+        .iter()
+        .filter_map(|m| m.tool_call_id.as_deref().map(|id| (id, m.is_error)))
+        .collect();
+    assert_eq!(tool_answers, [("c1", true), ("c2", false)], "both calls are answered to the model");
+    assert!(second.iter().any(|m| m.tool_call_id.as_deref() == Some("c2") && m.content.contains("42")));
+    assert_eq!(rig.run(&run).await.totals.tool_calls, 1, "only the offered call ran");
+    let called = events.iter().filter(|e| e.body.kind() == "tool.called").count();
+    assert_eq!(called, 2, "every call is recorded before it is answered");
+}
+
+async fn credits_charged_equal_reported_usage_times_price(backend: Backend) {
+    let rig = Rig::new(backend, 1_000_000).await;
+    rig.models.push([
+        decision(Some(WRITER), false),
+        text("draft one", usage(1234, 57)),
+        decision(Some(CRITIC), false),
+        text("critique", usage(2001, 99)),
+        decision(None, true),
+    ]);
+    let session = rig.session(&[WRITER, CRITIC], Strategy::Router, limits()).await;
+    let run = rig.post(&session, "write and critique").await;
+    assert_eq!(rig.runner().execute(&run.id).await.expect("executes"), RunState::Completed);
+    // Router (fast-m, 1 and 2 per token): 3 × (300 + 40); personas (big-m, 2 and 3 per token).
+    let expected = 3 * 340 + (1234 * 2 + 57 * 3) + (2001 * 2 + 99 * 3);
+    assert_eq!(rig.settled(&run).await, expected, "settlements are reported usage × price, exactly");
+    let stored = rig.run(&run).await;
+    assert_eq!(stored.totals.credits, expected);
+    assert_eq!(stored.totals.model_calls, 5);
+    assert_eq!(stored.totals.usage.input_tokens, 3 * 300 + 1234 + 2001);
+    let balance = rig.credits.balance(&rig.principal.tenant_id).await.expect("balance");
+    assert_eq!(balance.available, 1_000_000 - expected);
+    rig.assert_ledger_clean().await;
+    let events = rig.events(&run).await;
+    let from_events: i64 = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::MessageCompleted { credits, .. } => Some(*credits),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(from_events, expected);
+    let holds = rig
+        .credits
+        .transactions(&rig.principal.tenant_id, &TransactionQuery { limit: 500, ..TransactionQuery::default() })
+        .await
+        .expect("transactions")
+        .transactions
+        .into_iter()
+        .filter(|t| t.kind == TransactionKind::Reserve)
+        .count();
+    assert_eq!(holds, 5, "one hold per model call");
+}
+
+async fn insufficient_credits_fail_the_run_before_any_model_call(backend: Backend) {
+    let rig = Rig::new(backend, 10).await;
+    rig.models.push([text("never", usage(1, 1))]);
+    let session = rig.session(&[WRITER], Strategy::Sequence, limits()).await;
+    let run = rig.post(&session, "anything").await;
+    assert_eq!(rig.runner().execute(&run.id).await.expect("executes"), RunState::Failed);
+    assert_eq!(rig.models.requests().len(), 0, "no model was called");
+    let stored = rig.run(&run).await;
+    assert_eq!(stored.error.as_ref().map(|e| e.code.as_str()), Some("insufficient_credits"));
+    let events = rig.events(&run).await;
+    assert!(matches!(&events.last().expect("events").body, EventBody::RunFailed { error, .. } if error.code == "insufficient_credits"));
+    rig.assert_ledger_clean().await;
+    assert_eq!(rig.credits.balance(&rig.principal.tenant_id).await.expect("balance").available, 10);
+}
+
+async fn a_budget_lowers_max_tokens_and_stops_the_run_before_it_is_spent(backend: Backend) {
+    let rig = Rig::new(backend, 1_000_000).await;
+    rig.models.push([text("first", usage(3000, 200)), text("second", usage(10, 10))]);
+    // big-m: 2 per prompt token, 3 per answer token. The writer's prompt is ~2.5k tokens
+    // (bound), so 7,000 credits leave room for fewer than 1,000 answer tokens.
+    let budget = 7_000;
+    let session = rig
+        .session(&[WRITER, CRITIC], Strategy::Sequence, RunLimits { credits_budget: Some(budget), ..limits() })
+        .await;
+    let run = rig.post(&session, "short").await;
+    assert_eq!(rig.runner().execute(&run.id).await.expect("executes"), RunState::Failed);
+    let requests = rig.models.requests();
+    assert_eq!(requests.len(), 1, "the second call does not fit the budget and is never made");
+    let max_tokens = requests[0].max_tokens.expect("max_tokens");
+    assert!(max_tokens < 1000 && max_tokens > 0, "max_tokens lowered to fit the budget: {max_tokens}");
+    let stored = rig.run(&run).await;
+    assert_eq!(stored.error.as_ref().map(|e| e.code.as_str()), Some("budget_exceeded"));
+    assert!(stored.totals.credits <= budget);
+    assert_eq!(stored.totals.credits, 3000 * 2 + 200 * 3);
+    rig.assert_ledger_clean().await;
+}
+
+async fn thirty_two_concurrent_runs_keep_dense_event_logs(backend: Backend) {
+    let rig = Rig::new(backend, 10_000_000).await;
+    rig.models.respond(|_| {
+        let pieces = (0..6).map(|i| format!("piece {i} ")).collect();
+        Some(Reply::Text { pieces, usage: usage(50, 12), delay: Duration::from_millis(15) })
+    });
+    let mut sessions = Vec::new();
+    for _ in 0..4 {
+        sessions.push(rig.session(&[WRITER, CRITIC], Strategy::Sequence, limits()).await);
+    }
+    let mut runs = Vec::new();
+    for index in 0..32 {
+        runs.push(rig.post(&sessions[index % 4], &format!("question {index}")).await);
+    }
+    // Through the job worker, as `serve` runs them.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let registry = maestro_host::jobs::Registry::default()
+        .register(maestro_host::orchestrator::RUN_JOB, Arc::new(rig.runner()));
+    let worker = maestro_host::jobs::Worker::new(
+        rig.store.clone(),
+        rig.clock.clone(),
+        registry,
+        maestro_host::jobs::WorkerSettings::new(32, Duration::from_secs(60), Duration::from_millis(20)),
+    )
+    .spawn(stop.clone());
+    let waited = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let mut done = 0;
+            for run in &runs {
+                if rig.run(run).await.state.is_final() {
+                    done += 1;
+                }
+            }
+            if done == runs.len() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    stop.cancel();
+    worker.await.expect("worker stops");
+    assert!(waited.is_ok(), "every run finished");
+    for run in &runs {
+        assert_eq!(rig.run(run).await.state, RunState::Completed);
+        let events = rig.events(run).await;
+        assert_dense(&events);
+        let texts = delta_text(&events);
+        assert_eq!(texts[&(1, 1)], (0..6).map(|i| format!("piece {i} ")).collect::<String>());
+    }
+    for session in &sessions {
+        let events = rig.store.session_events(&session.id, 0, 10_000).await.expect("session events");
+        for (index, event) in events.iter().enumerate() {
+            assert_eq!(event.session_seq, i64::try_from(index + 1).expect("small"), "session_seq is dense");
+        }
+        assert_eq!(rig.messages(session).await.len(), 8 * 3, "8 questions, 2 answers each");
+    }
+    rig.assert_ledger_clean().await;
+}
+
+/// Waits until the run has recorded a text delta (its model call is mid-stream).
+async fn wait_for_delta(rig: &Rig, run: &Run) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if rig.events(run).await.iter().any(|e| e.body.kind() == "message.delta") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the model call streams");
+}
+
+async fn cancel_mid_stream_ends_the_run_with_no_open_hold(backend: Backend) {
+    let rig = Rig::new(backend, 1_000_000).await;
+    rig.models.push([Reply::Hang { text: "I am thinking about ".into() }]);
+    let session = rig.session(&[WRITER], Strategy::Sequence, limits()).await;
+    let run = rig.post(&session, "think forever").await;
+    let runner = rig.runner();
+    let id = run.id.clone();
+    let task = tokio::spawn(async move { runner.execute(&id).await });
+    wait_for_delta(&rig, &run).await;
+    assert!(rig.credits.balance(&rig.principal.tenant_id).await.expect("balance").held > 0, "a hold is open");
+    let cancelled = rig.orchestrator.cancel(&rig.principal, &run.id).await.expect("cancel");
+    assert!(cancelled.cancel_requested);
+    let state = tokio::time::timeout(Duration::from_secs(10), task).await.expect("ends promptly").expect("joins");
+    assert_eq!(state.expect("executes"), RunState::Cancelled);
+    assert_eq!(rig.models.dropped.load(Ordering::SeqCst), 1, "the model stream was dropped (connection closed)");
+    let events = rig.events(&run).await;
+    assert_dense(&events);
+    assert_eq!(events.last().map(|e| e.body.kind()), Some("run.cancelled"));
+    rig.assert_ledger_clean().await;
+    // Idempotent.
+    assert_eq!(rig.orchestrator.cancel(&rig.principal, &run.id).await.expect("again").state, RunState::Cancelled);
+}
+
+async fn a_cancel_from_another_replica_is_seen_through_the_store(backend: Backend) {
+    let rig = Rig::new(backend, 1_000_000).await;
+    rig.models.push([Reply::Hang { text: "slowly ".into() }]);
+    let session = rig.session(&[WRITER], Strategy::Sequence, limits()).await;
+    let run = rig.post(&session, "think forever").await;
+    let runner = rig.runner();
+    let id = run.id.clone();
+    let task = tokio::spawn(async move { runner.execute(&id).await });
+    wait_for_delta(&rig, &run).await;
+    // Only the store's flag: no hub signal (the runner is on "another" replica).
+    rig.store.request_cancel(&rig.principal.tenant_id, &run.id).await.expect("cancel").expect("run");
+    let state = tokio::time::timeout(Duration::from_secs(10), task).await.expect("ends promptly").expect("joins");
+    assert_eq!(state.expect("executes"), RunState::Cancelled);
+    rig.assert_ledger_clean().await;
+}
+
+async fn a_taken_over_run_never_repeats_a_recorded_call(backend: Backend) {
+    let rig = Rig::new(backend, 1_000_000).await;
+    // The product manager calls a tool, then answers; the critic's answer is cut
+    // mid-stream by the worker's death.
+    rig.models.push([
+        Reply::Tools { calls: vec![tool_call("c1", "calc.evaluate", r#"{"expression":"2+2"}"#)], usage: usage(900, 20) },
+        text("four it is", usage(1000, 5)),
+        Reply::Hang { text: "half of my crit".into() },
+    ]);
+    let session = rig.session(&[PM, CRITIC], Strategy::Sequence, limits()).await;
+    let run = rig.post(&session, "two plus two").await;
+    let runner = rig.runner();
+    let id = run.id.clone();
+    let task = tokio::spawn(async move { runner.execute(&id).await });
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let events = rig.events(&run).await;
+            if events.iter().any(|e| matches!(e.body, EventBody::MessageDelta { step: 2, .. })) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the critic streams");
+    task.abort();
+    let _ = task.await;
+    assert!(rig.credits.balance(&rig.principal.tenant_id).await.expect("balance").held > 0, "the dead worker's hold");
+    assert_eq!(rig.run(&run).await.state, RunState::Running, "the run is left running");
+
+    // Another worker takes the job over.
+    rig.models.push([text("the full critique", usage(1500, 10))]);
+    assert_eq!(rig.runner().execute(&run.id).await.expect("resumes"), RunState::Completed);
+    assert_eq!(rig.models.calls_to(PM), 2, "the product manager's recorded calls are not asked again");
+    assert_eq!(rig.models.calls_to(CRITIC), 2, "the cut call restarts once");
+    let events = rig.events(&run).await;
+    assert_dense(&events);
+    let interrupted: Vec<Option<u32>> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::RunInterrupted { step, .. } => Some(*step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(interrupted, [Some(2)], "the log says which step restarts");
+    let tool_results = events.iter().filter(|e| e.body.kind() == "tool.result").count();
+    assert_eq!(tool_results, 1, "the tool ran once");
+    assert_eq!(events.iter().filter(|e| e.body.kind() == "run.started").count(), 1);
+    let contents: Vec<String> = rig.messages(&session).await.into_iter().map(|m| m.content).collect();
+    assert_eq!(contents, ["two plus two", "four it is", "the full critique"]);
+    // The resumed critic sees the product manager's answer, as the first attempt did.
+    let critic_requests: Vec<ChatRequest> =
+        rig.models.requests().into_iter().filter(|r| speaker(r) == CRITIC).collect();
+    assert_eq!(critic_requests[0].messages, critic_requests[1].messages, "the restarted call is the same call");
+    rig.assert_ledger_clean().await;
+    let expected = (900 * 2 + 20 * 3) + (1000 * 2 + 5 * 3) + (1500 * 2 + 10 * 3);
+    assert_eq!(rig.settled(&run).await, expected);
+    assert_eq!(rig.run(&run).await.totals.credits, expected);
+}
+
+async fn without_a_model_provider_the_run_fails_saying_what_to_configure(backend: Backend) {
+    let rig = Rig::new(backend, 1_000_000).await;
+    let session = rig.session(&[WRITER], Strategy::Router, limits()).await;
+    let run = rig.post(&session, "hello").await;
+    let runner = rig.runner_with(Arc::new(NoModels));
+    assert_eq!(runner.execute(&run.id).await.expect("executes"), RunState::Failed);
+    let error = rig.run(&run).await.error.expect("error");
+    assert_eq!(error.code, "no_model_provider");
+    assert!(error.message.contains("[[llm.providers]]"), "{}", error.message);
+    rig.assert_ledger_clean().await;
+}
+
+async fn a_model_error_fails_the_run_with_its_code_and_voids_the_hold(backend: Backend) {
+    let rig = Rig::new(backend, 1_000_000).await;
+    rig.models.push([Reply::Fail(LlmError::QuotaExceeded("no more".into()))]);
+    let session = rig.session(&[WRITER], Strategy::Sequence, limits()).await;
+    let run = rig.post(&session, "hello").await;
+    assert_eq!(rig.runner().execute(&run.id).await.expect("executes"), RunState::Failed);
+    assert_eq!(rig.run(&run).await.error.map(|e| e.code), Some("model_quota_exceeded".to_owned()));
+    rig.assert_ledger_clean().await;
+    assert_eq!(rig.credits.balance(&rig.principal.tenant_id).await.expect("balance").available, 1_000_000);
+}
+
+async fn a_run_past_its_deadline_fails(backend: Backend) {
+    let rig = Rig::new(backend, 1_000_000).await;
+    rig.models.push([Reply::Hang { text: "never done ".into() }]);
+    let session =
+        rig.session(&[WRITER], Strategy::Sequence, RunLimits { deadline_secs: 1, ..limits() }).await;
+    let run = rig.post(&session, "hello").await;
+    let state = tokio::time::timeout(Duration::from_secs(15), rig.runner().execute(&run.id)).await.expect("ends");
+    assert_eq!(state.expect("executes"), RunState::Failed);
+    assert_eq!(rig.run(&run).await.error.map(|e| e.code), Some("deadline_exceeded".to_owned()));
+    rig.assert_ledger_clean().await;
+}
+
+backend_tests!(
+    sequence_runs_every_persona_once_in_team_order,
+    round_robin_answers_with_the_persona_after_the_last_speaker,
+    parallel_answers_join_in_team_order,
+    router_decides_each_turn_and_completes_when_satisfied,
+    router_output_invalid_twice_falls_back_to_the_next_persona,
+    tools_outside_policy_are_offered_to_nobody_and_refused_if_called,
+    credits_charged_equal_reported_usage_times_price,
+    insufficient_credits_fail_the_run_before_any_model_call,
+    a_budget_lowers_max_tokens_and_stops_the_run_before_it_is_spent,
+    thirty_two_concurrent_runs_keep_dense_event_logs,
+    cancel_mid_stream_ends_the_run_with_no_open_hold,
+    a_cancel_from_another_replica_is_seen_through_the_store,
+    a_taken_over_run_never_repeats_a_recorded_call,
+    without_a_model_provider_the_run_fails_saying_what_to_configure,
+    a_model_error_fails_the_run_with_its_code_and_voids_the_hold,
+    a_run_past_its_deadline_fails,
+);
