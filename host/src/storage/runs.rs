@@ -28,7 +28,6 @@ macro_rules! session_columns {
         "id, tenant_id, title, personas, strategy, limits, created_by, created_at"
     };
 }
-pub(super) use session_columns;
 
 /// Columns of `messages`, read by name into [`MessageRow`].
 macro_rules! message_columns {
@@ -36,7 +35,6 @@ macro_rules! message_columns {
         "id, session_id, seq, author_kind, author_name, content, run_id, at"
     };
 }
-pub(super) use message_columns;
 
 /// Columns of `runs`, read by name into [`RunRow`].
 macro_rules! run_columns {
@@ -45,7 +43,6 @@ macro_rules! run_columns {
          cancel_requested, last_seq, created_at, started_at, finished_at"
     };
 }
-pub(super) use run_columns;
 
 /// Columns of `run_events`, read by name into [`EventRow`].
 macro_rules! event_columns {
@@ -53,7 +50,81 @@ macro_rules! event_columns {
         "run_id, seq, session_id, session_seq, type, version, payload, at"
     };
 }
-pub(super) use event_columns;
+
+// The statements, named so that the query-plan test below checks exactly what runs.
+
+/// Takes the next message `seq` of a session ($1).
+pub(super) const NEXT_MESSAGE_SEQ: &str =
+    "UPDATE sessions SET last_message_seq = last_message_seq + 1 WHERE id = $1 RETURNING last_message_seq";
+/// Takes the next `seq` of a run ($1) of a session ($2).
+pub(super) const NEXT_RUN_SEQ: &str =
+    "UPDATE runs SET last_seq = last_seq + 1 WHERE id = $1 AND session_id = $2 RETURNING last_seq";
+/// Takes the next `session_seq` of a session ($1).
+pub(super) const NEXT_SESSION_SEQ: &str =
+    "UPDATE sessions SET last_event_seq = last_event_seq + 1 WHERE id = $1 RETURNING last_event_seq";
+pub(super) const INSERT_SESSION: &str = "INSERT INTO sessions (id, tenant_id, title, personas, strategy, limits, \
+     created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+pub(super) const INSERT_MESSAGE: &str = "INSERT INTO messages (id, session_id, seq, author_kind, author_name, \
+     content, run_id, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+pub(super) const INSERT_RUN: &str = "INSERT INTO runs (id, session_id, tenant_id, trigger_message, key_id, role, \
+     state, strategy, limits, totals, error, cancel_requested, last_seq, created_at, started_at, finished_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, $14, $15)";
+pub(super) const UPDATE_RUN: &str =
+    "UPDATE runs SET state = $2, totals = $3, error = $4, started_at = $5, finished_at = $6 WHERE id = $1";
+pub(super) const INSERT_EVENT: &str = "INSERT INTO run_events (run_id, seq, session_id, session_seq, type, \
+     version, payload, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+/// A session ($1) of a tenant ($2).
+pub(super) const SESSION: &str =
+    concat!("SELECT ", session_columns!(), " FROM sessions WHERE id = $1 AND tenant_id = $2");
+/// A tenant's ($1) newest sessions, at most $2.
+pub(super) const SESSIONS: &str = concat!(
+    "SELECT ",
+    session_columns!(),
+    " FROM sessions WHERE tenant_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+);
+/// A tenant's ($1) sessions older than one of them ($2), at most $3. A cursor that is
+/// not one of the tenant's sessions compares with NULL: an empty page.
+pub(super) const SESSIONS_BEFORE: &str = concat!(
+    "SELECT ",
+    session_columns!(),
+    " FROM sessions WHERE tenant_id = $1 AND (created_at, id) < ",
+    "(SELECT created_at, id FROM sessions WHERE id = $2 AND tenant_id = $1) ",
+    "ORDER BY created_at DESC, id DESC LIMIT $3"
+);
+/// A session's ($1, of tenant $2) messages after $3, at most $4.
+pub(super) const MESSAGES: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages WHERE session_id = $1 AND seq > $3 ",
+    "AND EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND tenant_id = $2) ",
+    "ORDER BY seq LIMIT $4"
+);
+/// A run ($1), of a tenant ($2) unless NULL.
+pub(super) const RUN: &str =
+    concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1 AND ($2 IS NULL OR tenant_id = $2)");
+/// A session's ($1, of tenant $2) newest runs, at most $3.
+pub(super) const RUNS: &str = concat!(
+    "SELECT ",
+    run_columns!(),
+    " FROM runs WHERE session_id = $1 AND tenant_id = $2 ORDER BY created_at DESC, id DESC LIMIT $3"
+);
+/// A run's ($1) events after $2, at most $3.
+pub(super) const RUN_EVENTS: &str =
+    concat!("SELECT ", event_columns!(), " FROM run_events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3");
+/// A session's ($1) events after $2, at most $3.
+pub(super) const SESSION_EVENTS: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM run_events WHERE session_id = $1 AND session_seq > $2 ORDER BY session_seq LIMIT $3"
+);
+/// A session's ($1) last `session_seq`.
+pub(super) const SESSION_HEAD: &str = "SELECT last_event_seq FROM sessions WHERE id = $1";
+/// Flags a run ($1) of a tenant ($2) with $3 (true) unless it is over.
+pub(super) const REQUEST_CANCEL: &str = concat!(
+    "UPDATE runs SET cancel_requested = $3 WHERE id = $1 AND tenant_id = $2 ",
+    "AND state NOT IN ('completed', 'failed', 'cancelled') RETURNING ",
+    run_columns!()
+);
 
 /// A raw `sessions` row.
 #[derive(Debug, sqlx::FromRow)]
@@ -220,6 +291,12 @@ pub(super) fn to_json(value: &impl Serialize) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Backend(Box::new(e)))
 }
 
+/// A timestamp as both backends keep it exactly: truncated to the millisecond (the
+/// clock's precision; SQLite would keep nanoseconds and Postgres microseconds).
+pub(super) fn ms(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at)
+}
+
 /// A page size as bound in SQL.
 pub(super) fn page(limit: u32) -> i64 {
     i64::from(limit)
@@ -248,62 +325,54 @@ macro_rules! impl_run_queries {
                 conn: &mut <<$store as super::Backend>::Db as sqlx::Database>::Connection,
                 message: &maestro_core::run::Message,
             ) -> Result<maestro_core::run::Message, maestro_core::StoreError> {
-                let seq = sqlx::query_scalar::<_, i64>(
-                    "UPDATE sessions SET last_message_seq = last_message_seq + 1 WHERE id = $1 \
-                     RETURNING last_message_seq",
-                )
-                .bind(message.session.as_str())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(super::backend_err)?
-                .ok_or_else(|| maestro_core::StoreError::NotFound(format!("session {}", message.session)))?;
+                let seq = sqlx::query_scalar::<_, i64>(super::runs::NEXT_MESSAGE_SEQ)
+                    .bind(message.session.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(super::backend_err)?
+                    .ok_or_else(|| maestro_core::StoreError::NotFound(format!("session {}", message.session)))?;
                 let (author_kind, author_name) = super::runs::author_columns(&message.author);
-                sqlx::query(
-                    "INSERT INTO messages (id, session_id, seq, author_kind, author_name, content, run_id, at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(message.id.as_str())
-                .bind(message.session.as_str())
-                .bind(seq)
-                .bind(author_kind)
-                .bind(author_name)
-                .bind(&message.content)
-                .bind(message.run.as_ref().map(|r| r.as_str()))
-                .bind(message.at)
-                .execute(&mut *conn)
-                .await
-                .map_err(super::map_err(&format!("message {}", message.id)))?;
-                Ok(maestro_core::run::Message { seq, ..message.clone() })
+                let at = super::runs::ms(message.at);
+                sqlx::query(super::runs::INSERT_MESSAGE)
+                    .bind(message.id.as_str())
+                    .bind(message.session.as_str())
+                    .bind(seq)
+                    .bind(author_kind)
+                    .bind(author_name)
+                    .bind(&message.content)
+                    .bind(message.run.as_ref().map(|r| r.as_str()))
+                    .bind(at)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(super::map_err(&format!("message {}", message.id)))?;
+                Ok(maestro_core::run::Message { seq, at, ..message.clone() })
             }
 
-            /// Inserts a run; its `last_seq` starts at 0 whatever `run` says (appends keep it).
+            /// Inserts a run; its `last_seq` starts at 0 whatever `run` says (appends
+            /// keep it).
             pub(super) async fn run_insert(
                 conn: &mut <<$store as super::Backend>::Db as sqlx::Database>::Connection,
                 run: &maestro_core::run::Run,
             ) -> Result<(), maestro_core::StoreError> {
-                sqlx::query(
-                    "INSERT INTO runs (id, session_id, tenant_id, trigger_message, key_id, role, state, strategy, \
-                     limits, totals, error, cancel_requested, last_seq, created_at, started_at, finished_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, $14, $15)",
-                )
-                .bind(run.id.as_str())
-                .bind(run.session.as_str())
-                .bind(run.tenant.as_str())
-                .bind(run.trigger.as_str())
-                .bind(&run.key_id)
-                .bind(run.role.as_str())
-                .bind(run.state.as_str())
-                .bind(run.strategy.as_str())
-                .bind(super::runs::to_json(&run.limits)?)
-                .bind(super::runs::to_json(&run.totals)?)
-                .bind(run.error.as_ref().map(super::runs::to_json).transpose()?)
-                .bind(run.cancel_requested)
-                .bind(run.created_at)
-                .bind(run.started_at)
-                .bind(run.finished_at)
-                .execute(&mut *conn)
-                .await
-                .map_err(super::map_err(&format!("run {}", run.id)))?;
+                sqlx::query(super::runs::INSERT_RUN)
+                    .bind(run.id.as_str())
+                    .bind(run.session.as_str())
+                    .bind(run.tenant.as_str())
+                    .bind(run.trigger.as_str())
+                    .bind(&run.key_id)
+                    .bind(run.role.as_str())
+                    .bind(run.state.as_str())
+                    .bind(run.strategy.as_str())
+                    .bind(super::runs::to_json(&run.limits)?)
+                    .bind(super::runs::to_json(&run.totals)?)
+                    .bind(run.error.as_ref().map(super::runs::to_json).transpose()?)
+                    .bind(run.cancel_requested)
+                    .bind(super::runs::ms(run.created_at))
+                    .bind(run.started_at.map(super::runs::ms))
+                    .bind(run.finished_at.map(super::runs::ms))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(super::map_err(&format!("run {}", run.id)))?;
                 Ok(())
             }
 
@@ -312,19 +381,16 @@ macro_rules! impl_run_queries {
                 conn: &mut <<$store as super::Backend>::Db as sqlx::Database>::Connection,
                 run: &maestro_core::run::Run,
             ) -> Result<(), maestro_core::StoreError> {
-                let updated = sqlx::query(
-                    "UPDATE runs SET state = $2, totals = $3, error = $4, started_at = $5, finished_at = $6 \
-                     WHERE id = $1",
-                )
-                .bind(run.id.as_str())
-                .bind(run.state.as_str())
-                .bind(super::runs::to_json(&run.totals)?)
-                .bind(run.error.as_ref().map(super::runs::to_json).transpose()?)
-                .bind(run.started_at)
-                .bind(run.finished_at)
-                .execute(&mut *conn)
-                .await
-                .map_err(super::backend_err)?;
+                let updated = sqlx::query(super::runs::UPDATE_RUN)
+                    .bind(run.id.as_str())
+                    .bind(run.state.as_str())
+                    .bind(super::runs::to_json(&run.totals)?)
+                    .bind(run.error.as_ref().map(super::runs::to_json).transpose()?)
+                    .bind(run.started_at.map(super::runs::ms))
+                    .bind(run.finished_at.map(super::runs::ms))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(super::backend_err)?;
                 if updated.rows_affected() == 0 {
                     return Err(maestro_core::StoreError::NotFound(format!("run {}", run.id)));
                 }
@@ -338,46 +404,40 @@ macro_rules! impl_run_queries {
                 event: &maestro_core::run::NewEvent,
             ) -> Result<maestro_core::run::RunEvent, maestro_core::StoreError> {
                 let be = super::backend_err;
-                let seq = sqlx::query_scalar::<_, i64>(
-                    "UPDATE runs SET last_seq = last_seq + 1 WHERE id = $1 AND session_id = $2 RETURNING last_seq",
-                )
-                .bind(event.run.as_str())
-                .bind(event.session.as_str())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(be)?
-                .ok_or_else(|| {
-                    maestro_core::StoreError::NotFound(format!("run {} of session {}", event.run, event.session))
-                })?;
-                let session_seq = sqlx::query_scalar::<_, i64>(
-                    "UPDATE sessions SET last_event_seq = last_event_seq + 1 WHERE id = $1 RETURNING last_event_seq",
-                )
-                .bind(event.session.as_str())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(be)?
-                .ok_or_else(|| maestro_core::StoreError::NotFound(format!("session {}", event.session)))?;
-                sqlx::query(
-                    "INSERT INTO run_events (run_id, seq, session_id, session_seq, type, version, payload, at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(event.run.as_str())
-                .bind(seq)
-                .bind(event.session.as_str())
-                .bind(session_seq)
-                .bind(event.body.kind())
-                .bind(i64::from(maestro_core::run::EVENT_VERSION))
-                .bind(event.body.payload().to_string())
-                .bind(event.at)
-                .execute(&mut *conn)
-                .await
-                .map_err(super::map_err(&format!("event {seq} of run {}", event.run)))?;
+                let seq = sqlx::query_scalar::<_, i64>(super::runs::NEXT_RUN_SEQ)
+                    .bind(event.run.as_str())
+                    .bind(event.session.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(be)?
+                    .ok_or_else(|| {
+                        maestro_core::StoreError::NotFound(format!("run {} of session {}", event.run, event.session))
+                    })?;
+                let session_seq = sqlx::query_scalar::<_, i64>(super::runs::NEXT_SESSION_SEQ)
+                    .bind(event.session.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(be)?
+                    .ok_or_else(|| maestro_core::StoreError::NotFound(format!("session {}", event.session)))?;
+                let at = super::runs::ms(event.at);
+                sqlx::query(super::runs::INSERT_EVENT)
+                    .bind(event.run.as_str())
+                    .bind(seq)
+                    .bind(event.session.as_str())
+                    .bind(session_seq)
+                    .bind(event.body.kind())
+                    .bind(i64::from(maestro_core::run::EVENT_VERSION))
+                    .bind(event.body.payload().to_string())
+                    .bind(at)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(super::map_err(&format!("event {seq} of run {}", event.run)))?;
                 Ok(maestro_core::run::RunEvent {
                     run: event.run.clone(),
                     session: event.session.clone(),
                     seq,
                     session_seq,
-                    at: event.at,
+                    at,
                     body: event.body.clone(),
                 })
             }
@@ -389,21 +449,18 @@ macro_rules! impl_run_queries {
                 &self,
                 session: &maestro_core::run::Session,
             ) -> Result<(), maestro_core::StoreError> {
-                sqlx::query(
-                    "INSERT INTO sessions (id, tenant_id, title, personas, strategy, limits, created_by, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(session.id.as_str())
-                .bind(session.tenant.as_str())
-                .bind(&session.title)
-                .bind(super::runs::to_json(&session.personas)?)
-                .bind(session.strategy.as_str())
-                .bind(super::runs::to_json(&session.limits)?)
-                .bind(&session.created_by)
-                .bind(session.created_at)
-                .execute(&self.pool)
-                .await
-                .map_err(super::map_err(&format!("session {}", session.id)))?;
+                sqlx::query(super::runs::INSERT_SESSION)
+                    .bind(session.id.as_str())
+                    .bind(session.tenant.as_str())
+                    .bind(&session.title)
+                    .bind(super::runs::to_json(&session.personas)?)
+                    .bind(session.strategy.as_str())
+                    .bind(super::runs::to_json(&session.limits)?)
+                    .bind(&session.created_by)
+                    .bind(super::runs::ms(session.created_at))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(super::map_err(&format!("session {}", session.id)))?;
                 Ok(())
             }
 
@@ -412,12 +469,7 @@ macro_rules! impl_run_queries {
                 tenant: &maestro_core::TenantId,
                 id: &maestro_core::run::SessionId,
             ) -> Result<Option<maestro_core::run::Session>, maestro_core::StoreError> {
-                let sql = concat!(
-                    "SELECT ",
-                    super::runs::session_columns!(),
-                    " FROM sessions WHERE id = $1 AND tenant_id = $2"
-                );
-                sqlx::query_as::<_, super::runs::SessionRow>(sql)
+                sqlx::query_as::<_, super::runs::SessionRow>(super::runs::SESSION)
                     .bind(id.as_str())
                     .bind(tenant.as_str())
                     .fetch_optional(&self.pool)
@@ -435,28 +487,14 @@ macro_rules! impl_run_queries {
             ) -> Result<Vec<maestro_core::run::Session>, maestro_core::StoreError> {
                 let rows = match before {
                     None => {
-                        let sql = concat!(
-                            "SELECT ",
-                            super::runs::session_columns!(),
-                            " FROM sessions WHERE tenant_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
-                        );
-                        sqlx::query_as::<_, super::runs::SessionRow>(sql)
+                        sqlx::query_as::<_, super::runs::SessionRow>(super::runs::SESSIONS)
                             .bind(tenant.as_str())
                             .bind(super::runs::page(limit))
                             .fetch_all(&self.pool)
                             .await
                     }
-                    // A cursor that is not one of the tenant's sessions compares with
-                    // NULL: an empty page.
                     Some(before) => {
-                        let sql = concat!(
-                            "SELECT ",
-                            super::runs::session_columns!(),
-                            " FROM sessions WHERE tenant_id = $1 AND (created_at, id) < ",
-                            "(SELECT created_at, id FROM sessions WHERE id = $2 AND tenant_id = $1) ",
-                            "ORDER BY created_at DESC, id DESC LIMIT $3"
-                        );
-                        sqlx::query_as::<_, super::runs::SessionRow>(sql)
+                        sqlx::query_as::<_, super::runs::SessionRow>(super::runs::SESSIONS_BEFORE)
                             .bind(tenant.as_str())
                             .bind(before.as_str())
                             .bind(super::runs::page(limit))
@@ -474,14 +512,7 @@ macro_rules! impl_run_queries {
                 after: i64,
                 limit: u32,
             ) -> Result<Vec<maestro_core::run::Message>, maestro_core::StoreError> {
-                let sql = concat!(
-                    "SELECT ",
-                    super::runs::message_columns!(),
-                    " FROM messages WHERE session_id = $1 AND seq > $3 ",
-                    "AND EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND tenant_id = $2) ",
-                    "ORDER BY seq LIMIT $4"
-                );
-                let rows = sqlx::query_as::<_, super::runs::MessageRow>(sql)
+                let rows = sqlx::query_as::<_, super::runs::MessageRow>(super::runs::MESSAGES)
                     .bind(session.as_str())
                     .bind(tenant.as_str())
                     .bind(after)
@@ -497,12 +528,7 @@ macro_rules! impl_run_queries {
                 tenant: Option<&maestro_core::TenantId>,
                 id: &maestro_core::run::RunId,
             ) -> Result<Option<maestro_core::run::Run>, maestro_core::StoreError> {
-                let sql = concat!(
-                    "SELECT ",
-                    super::runs::run_columns!(),
-                    " FROM runs WHERE id = $1 AND ($2 IS NULL OR tenant_id = $2)"
-                );
-                sqlx::query_as::<_, super::runs::RunRow>(sql)
+                sqlx::query_as::<_, super::runs::RunRow>(super::runs::RUN)
                     .bind(id.as_str())
                     .bind(tenant.map(|t| t.as_str()))
                     .fetch_optional(&self.pool)
@@ -518,12 +544,7 @@ macro_rules! impl_run_queries {
                 session: &maestro_core::run::SessionId,
                 limit: u32,
             ) -> Result<Vec<maestro_core::run::Run>, maestro_core::StoreError> {
-                let sql = concat!(
-                    "SELECT ",
-                    super::runs::run_columns!(),
-                    " FROM runs WHERE session_id = $1 AND tenant_id = $2 ORDER BY created_at DESC, id DESC LIMIT $3"
-                );
-                let rows = sqlx::query_as::<_, super::runs::RunRow>(sql)
+                let rows = sqlx::query_as::<_, super::runs::RunRow>(super::runs::RUNS)
                     .bind(session.as_str())
                     .bind(tenant.as_str())
                     .bind(super::runs::page(limit))
@@ -539,12 +560,7 @@ macro_rules! impl_run_queries {
                 after: i64,
                 limit: u32,
             ) -> Result<Vec<maestro_core::run::RunEvent>, maestro_core::StoreError> {
-                let sql = concat!(
-                    "SELECT ",
-                    super::runs::event_columns!(),
-                    " FROM run_events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-                );
-                let rows = sqlx::query_as::<_, super::runs::EventRow>(sql)
+                let rows = sqlx::query_as::<_, super::runs::EventRow>(super::runs::RUN_EVENTS)
                     .bind(run.as_str())
                     .bind(after)
                     .bind(super::runs::page(limit))
@@ -560,12 +576,7 @@ macro_rules! impl_run_queries {
                 after: i64,
                 limit: u32,
             ) -> Result<Vec<maestro_core::run::RunEvent>, maestro_core::StoreError> {
-                let sql = concat!(
-                    "SELECT ",
-                    super::runs::event_columns!(),
-                    " FROM run_events WHERE session_id = $1 AND session_seq > $2 ORDER BY session_seq LIMIT $3"
-                );
-                let rows = sqlx::query_as::<_, super::runs::EventRow>(sql)
+                let rows = sqlx::query_as::<_, super::runs::EventRow>(super::runs::SESSION_EVENTS)
                     .bind(session.as_str())
                     .bind(after)
                     .bind(super::runs::page(limit))
@@ -579,7 +590,7 @@ macro_rules! impl_run_queries {
                 &self,
                 session: &maestro_core::run::SessionId,
             ) -> Result<i64, maestro_core::StoreError> {
-                let head = sqlx::query_scalar::<_, i64>("SELECT last_event_seq FROM sessions WHERE id = $1")
+                let head = sqlx::query_scalar::<_, i64>(super::runs::SESSION_HEAD)
                     .bind(session.as_str())
                     .fetch_optional(&self.pool)
                     .await
@@ -592,12 +603,7 @@ macro_rules! impl_run_queries {
                 tenant: &maestro_core::TenantId,
                 id: &maestro_core::run::RunId,
             ) -> Result<Option<maestro_core::run::Run>, maestro_core::StoreError> {
-                let sql = concat!(
-                    "UPDATE runs SET cancel_requested = $3 WHERE id = $1 AND tenant_id = $2 ",
-                    "AND state NOT IN ('completed', 'failed', 'cancelled') RETURNING ",
-                    super::runs::run_columns!()
-                );
-                let flagged = sqlx::query_as::<_, super::runs::RunRow>(sql)
+                let flagged = sqlx::query_as::<_, super::runs::RunRow>(super::runs::REQUEST_CANCEL)
                     .bind(id.as_str())
                     .bind(tenant.as_str())
                     .bind(true)
@@ -614,3 +620,46 @@ macro_rules! impl_run_queries {
     };
 }
 pub(super) use impl_run_queries;
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{Connection as _, Row as _};
+
+    use super::*;
+
+    /// Every read is one indexed search on SQLite (no table scan, no sort step): pages
+    /// stay fast however long a run or session gets.
+    #[tokio::test]
+    async fn every_read_searches_an_index_on_sqlite() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("plan.db");
+        crate::storage::sqlite::SqliteStore::open(&path).await.expect("store opens and migrates");
+        let url = format!("sqlite:{}", path.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("connect");
+        let reads = [
+            ("SESSION", SESSION),
+            ("SESSIONS", SESSIONS),
+            ("SESSIONS_BEFORE", SESSIONS_BEFORE),
+            ("MESSAGES", MESSAGES),
+            ("RUN", RUN),
+            ("RUNS", RUNS),
+            ("RUN_EVENTS", RUN_EVENTS),
+            ("SESSION_EVENTS", SESSION_EVENTS),
+            ("SESSION_HEAD", SESSION_HEAD),
+            ("REQUEST_CANCEL", REQUEST_CANCEL),
+            ("NEXT_MESSAGE_SEQ", NEXT_MESSAGE_SEQ),
+            ("NEXT_RUN_SEQ", NEXT_RUN_SEQ),
+            ("NEXT_SESSION_SEQ", NEXT_SESSION_SEQ),
+            ("UPDATE_RUN", UPDATE_RUN),
+        ];
+        for (name, sql) in reads {
+            let explain = sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}"));
+            let rows = sqlx::raw_sql(explain).fetch_all(&mut conn).await.expect("explain");
+            let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>("detail")).collect();
+            assert!(!plan.is_empty(), "{name}: no plan");
+            for step in &plan {
+                assert!(!step.starts_with("SCAN") && !step.contains("TEMP B-TREE"), "{name} scans or sorts: {plan:?}");
+            }
+        }
+    }
+}

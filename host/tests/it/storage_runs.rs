@@ -30,6 +30,9 @@ backend_tests!(
     run_events_refuse_update_and_delete,
     event_pages_by_after_and_limit_return_exactly_the_rest,
     an_event_for_a_run_of_another_session_is_refused,
+    concurrent_units_writing_messages_events_and_run_updates_stay_dense,
+    stored_times_are_kept_to_the_millisecond,
+    undecodable_rows_answer_corrupt,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -597,6 +600,152 @@ async fn an_event_for_a_run_of_another_session_is_refused(backend: Backend) {
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
     drop(tx);
     assert_eq!(store.session_head(&other.id).await.expect("head"), 0);
+}
+
+/// What a runner writes per step, in one unit: events, the persona's message and the
+/// run's totals (half the steps write the message first). Four runners of one session
+/// do it concurrently while users post messages starting new runs and ask to cancel:
+/// every unit commits (no deadlock) and every sequence stays dense.
+async fn concurrent_units_writing_messages_events_and_run_updates_stay_dense(backend: Backend) {
+    const RUNNERS: usize = 4;
+    const STEPS: u32 = 6;
+    const POSTS: usize = 8;
+    let (_db, store) = store(backend).await;
+    let acme = tenant(&store, "acme").await;
+    let session = new_session(&store, &acme).await;
+    let mut runs = Vec::new();
+    for _ in 0..RUNNERS {
+        runs.push(post(&store, &session, t0()).await.1);
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for run in runs.clone() {
+        let store = store.clone();
+        let session = session.clone();
+        tasks.spawn(async move {
+            let mut current = run.clone();
+            for step in 1..=STEPS {
+                let persona = Message {
+                    author: Author::Persona { name: "team.writer".into() },
+                    ..user_message(&session, Some(&run), &format!("answer {step}"), t0())
+                };
+                let mut tx = store.begin().await.expect("begin");
+                let message = if step % 2 == 0 {
+                    let message = tx.insert_message(&persona).await.expect("message first");
+                    tx.append_event(&new_event(&run, delta(step, "x"))).await.expect("append");
+                    message
+                } else {
+                    tx.append_event(&new_event(&run, delta(step, "x"))).await.expect("append");
+                    tx.insert_message(&persona).await.expect("message after")
+                };
+                let completed = EventBody::StepCompleted {
+                    step,
+                    persona: "team.writer".into(),
+                    usage: Usage::default(),
+                    model_calls: 1,
+                    tool_calls: 0,
+                    credits: 1,
+                    message: Some(message.id.clone()),
+                };
+                tx.append_event(&new_event(&run, completed)).await.expect("append");
+                current.state = RunState::Running;
+                current.totals.steps = step;
+                current.totals.credits += 1;
+                tx.update_run(&current).await.expect("update");
+                tx.commit().await.expect("commit");
+            }
+        });
+    }
+    for i in 0..POSTS {
+        let store = store.clone();
+        let session = session.clone();
+        let cancel = runs[i % RUNNERS].clone();
+        let tenant = acme.clone();
+        tasks.spawn(async move {
+            post(&store, &session, t0()).await;
+            store.request_cancel(&tenant, &cancel.id).await.expect("cancel").expect("visible");
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("task");
+    }
+
+    let messages = store.messages(&acme, &session.id, 0, 1_000).await.expect("messages");
+    let expected_messages = RUNNERS + RUNNERS * STEPS as usize + POSTS;
+    assert_eq!(messages.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=expected_messages as i64).collect::<Vec<_>>());
+    let events = store.session_events(&session.id, 0, 1_000).await.expect("events");
+    let expected_events = RUNNERS * STEPS as usize * 2;
+    assert_eq!(
+        events.iter().map(|e| e.session_seq).collect::<Vec<_>>(),
+        (1..=expected_events as i64).collect::<Vec<_>>()
+    );
+    for run in &runs {
+        let stored = store.run(Some(&acme), &run.id).await.expect("read").expect("run");
+        assert_eq!((stored.state, stored.totals.steps, stored.totals.credits), (RunState::Running, STEPS, 6));
+        assert!(stored.cancel_requested, "the flag survives the runner's updates");
+        let seqs: Vec<i64> = store.run_events(&run.id, 0, 100).await.expect("read").iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=i64::from(STEPS) * 2).collect::<Vec<_>>());
+        assert_eq!(stored.last_seq, i64::from(STEPS) * 2);
+    }
+    assert_eq!(store.runs(&acme, &session.id, 100).await.expect("runs").len(), RUNNERS + POSTS);
+}
+
+async fn stored_times_are_kept_to_the_millisecond(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let acme = tenant(&store, "acme").await;
+    let precise = DateTime::from_timestamp(1_790_000_000, 123_456_789).expect("valid time");
+    let millis = DateTime::from_timestamp(1_790_000_000, 123_000_000).expect("valid time");
+    let created = session(&acme, "precise", precise);
+    store.create_session(&created).await.expect("create");
+    let read = store.session(&acme, &created.id).await.expect("read").expect("session");
+    assert_eq!(read.created_at, millis);
+
+    let (_, run) = post(&store, &read, t0()).await;
+    let mut tx = store.begin().await.expect("begin");
+    let message = tx.insert_message(&user_message(&read, None, "m", precise)).await.expect("message");
+    let event = tx.append_event(&NewEvent { at: precise, ..new_event(&run, delta(1, "e")) }).await.expect("append");
+    tx.update_run(&Run { started_at: Some(precise), state: RunState::Running, ..run.clone() }).await.expect("update");
+    tx.commit().await.expect("commit");
+    assert_eq!((message.at, event.at), (millis, millis), "returned as stored");
+    assert_eq!(store.messages(&acme, &read.id, 1, 10).await.expect("read"), vec![message]);
+    assert_eq!(store.run_events(&run.id, 0, 10).await.expect("read"), vec![event]);
+    let stored = store.run(None, &run.id).await.expect("read").expect("run");
+    assert_eq!(stored.started_at, Some(millis));
+}
+
+async fn undecodable_rows_answer_corrupt(backend: Backend) {
+    let (db, store) = store(backend).await;
+    let acme = tenant(&store, "acme").await;
+    let session = new_session(&store, &acme).await;
+    let (_, run) = post(&store, &session, t0()).await;
+    let good = append(&store, &run, delta(1, "fine")).await;
+    let at = match backend {
+        Backend::Sqlite => format!("'{}'", t0().to_rfc3339_opts(chrono::SecondsFormat::Millis, false)),
+        Backend::Postgres => "now()".to_owned(),
+    };
+    // A type this build does not know, written by a newer one.
+    let insert = format!(
+        "INSERT INTO run_events (run_id, seq, session_id, session_seq, type, version, payload, at) \
+         VALUES ('{}', 2, '{}', 2, 'from.the.future', 1, '{{}}', {at})",
+        run.id, session.id
+    );
+    raw_execute(&db, backend, &insert).await.expect("raw insert");
+    assert_eq!(store.run_events(&run.id, 0, 1).await.expect("the good page"), vec![good]);
+    let err = store.run_events(&run.id, 0, 10).await.expect_err("undecodable event");
+    assert!(matches!(&err, StoreError::Corrupt(m) if m.contains("from.the.future")), "{err:?}");
+    let err = store.session_events(&session.id, 1, 10).await.expect_err("undecodable event");
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+
+    raw_execute(&db, backend, &format!("UPDATE runs SET totals = 'not json' WHERE id = '{}'", run.id))
+        .await
+        .expect("raw update");
+    let err = store.run(None, &run.id).await.expect_err("undecodable run");
+    assert!(matches!(&err, StoreError::Corrupt(m) if m.contains("totals")), "{err:?}");
+    raw_execute(&db, backend, &format!("UPDATE sessions SET personas = '{{}}' WHERE id = '{}'", session.id))
+        .await
+        .expect("raw update");
+    let err = store.session(&acme, &session.id).await.expect_err("undecodable session");
+    assert!(matches!(&err, StoreError::Corrupt(m) if m.contains("personas")), "{err:?}");
 }
 
 /// Measures reading 10,000 events of one run in pages of 1,000 (printed, not asserted):
