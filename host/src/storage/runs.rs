@@ -11,7 +11,12 @@
 //! Postgres: the row lock), so numbers are dense, a rolled-back unit consumes none, and
 //! a reader never sees `seq` N+1 committed while N is not. On Postgres, locks are always
 //! taken in the order run row, then session row, so two runs of one session appending
-//! concurrently queue on the session row instead of deadlocking.
+//! concurrently queue on the session row instead of deadlocking. A message takes the
+//! session's row alone, so a unit may write its run's messages and events in any order
+//! as long as one unit at a time writes a given run (its worker does).
+//!
+//! Events are read by run or session id without a tenant: callers resolve the run or
+//! session for the caller's tenant first (`run`, `session`), then page its events.
 
 use chrono::{DateTime, Utc};
 use maestro_core::run::{
