@@ -93,7 +93,8 @@ impl Inner {
     pub(super) async fn drive(&self, ctx: &RunCtx) -> Result<(), Stop> {
         let team: Vec<String> = ctx.team().to_vec();
         let max_steps = ctx.limits.max_steps;
-        match ctx.run.lock().await.strategy {
+        let strategy = ctx.run.lock().await.strategy;
+        match strategy {
             Strategy::Router => {
                 for turn in 1..=max_steps {
                     let decided = self.router_turn(ctx, turn).await?;
@@ -647,7 +648,27 @@ impl Inner {
         let mut pending = String::new();
         let mut flushed = Instant::now();
         loop {
-            match stream.next().await {
+            // The same `next()` stays pending while deltas are flushed on time (a stream
+            // may pause for long; what arrived reaches clients within `delta_interval`).
+            let next = {
+                let next = stream.next();
+                tokio::pin!(next);
+                loop {
+                    if pending.is_empty() {
+                        break next.await;
+                    }
+                    let wait = self.settings.delta_interval.saturating_sub(flushed.elapsed());
+                    tokio::select! {
+                        biased;
+                        event = &mut next => break event,
+                        () = tokio::time::sleep(wait) => {
+                            self.flush(ctx, step, call, &mut pending).await?;
+                            flushed = Instant::now();
+                        }
+                    }
+                }
+            };
+            match next {
                 Some(Ok(ChatEvent::Text { text })) if deltas => {
                     pending.push_str(&text);
                     if pending.len() >= self.settings.delta_bytes || flushed.elapsed() >= self.settings.delta_interval {

@@ -15,6 +15,7 @@ use maestro_core::llm::{
     ToolCallRequest, Usage,
 };
 use maestro_core::plugin::ModelTier;
+use maestro_core::policy::PolicySet;
 use maestro_core::run::{EventBody, Message, Run, RunEvent, RunLimits, RunState, Session, Strategy};
 use maestro_core::{Clock, KeyScope, Role, Store, TransactionQuery};
 use maestro_host::accounts::{Accounts, SystemClock};
@@ -23,7 +24,6 @@ use maestro_host::credits::Credits;
 use maestro_host::orchestrator::hub::EventHub;
 use maestro_host::orchestrator::{NewSession, NoModels, Orchestrator, Runner, RunnerPorts, RunnerSettings};
 use maestro_host::tools::{Principal, Tools};
-use maestro_core::policy::PolicySet;
 
 use crate::harness::{Backend, TestDb, backend_tests, tools_with};
 
@@ -264,7 +264,8 @@ impl Rig {
             credits.grant(&tenant.id, credits_granted, "grant-1", "test credits").await.expect("grant");
         }
         let policies = PolicySet::parse([("test.toml", POLICY)]).expect("policy");
-        let tools = tools_with(&db.dir().join("plugins"), &["personas", "calc", "text"], policies, credits.clone()).await;
+        let tools =
+            tools_with(&db.dir().join("plugins"), &["personas", "calc", "text"], policies, credits.clone()).await;
         let hub = Arc::new(EventHub::new(store.clone()));
         let orchestrator = Orchestrator::new(store.clone(), store.clone(), clock.clone(), tools.clone(), hub.clone());
         let principal = Principal {
@@ -512,10 +513,7 @@ async fn router_decides_each_turn_and_completes_when_satisfied(backend: Backend)
         .collect();
     assert_eq!(
         decided,
-        [
-            (vec![CRITIC.to_owned()], false, false, Some(format!("{CRITIC}, your turn"))),
-            (vec![], true, false, None)
-        ]
+        [(vec![CRITIC.to_owned()], false, false, Some(format!("{CRITIC}, your turn"))), (vec![], true, false, None)]
     );
     let router_answers: Vec<(u32, u32, i64)> = events
         .iter()
@@ -567,10 +565,7 @@ async fn router_output_invalid_twice_falls_back_to_the_next_persona(backend: Bac
     let requests = rig.models.requests();
     assert_eq!(rig.models.calls_to("router"), 4);
     let retry = &requests[1].messages;
-    assert!(
-        retry.last().is_some_and(|m| m.content.contains("unusable")),
-        "the retry says why the answer was unusable"
-    );
+    assert!(retry.last().is_some_and(|m| m.content.contains("unusable")), "the retry says why the answer was unusable");
     assert!(requests[4].messages.iter().any(|m| m.content.contains("unusable")), "{:?}", requests[4].messages);
 }
 
@@ -605,10 +600,8 @@ async fn tools_outside_policy_are_offered_to_nobody_and_refused_if_called(backen
         [("text.count".to_owned(), false, Some("not_offered".to_owned())), ("calc.evaluate".to_owned(), true, None)]
     );
     let second = &requests[1].messages;
-    let tool_answers: Vec<(&str, bool)> = second
-        .iter()
-        .filter_map(|m| m.tool_call_id.as_deref().map(|id| (id, m.is_error)))
-        .collect();
+    let tool_answers: Vec<(&str, bool)> =
+        second.iter().filter_map(|m| m.tool_call_id.as_deref().map(|id| (id, m.is_error))).collect();
     assert_eq!(tool_answers, [("c1", true), ("c2", false)], "both calls are answered to the model");
     assert!(second.iter().any(|m| m.tool_call_id.as_deref() == Some("c2") && m.content.contains("42")));
     assert_eq!(rig.run(&run).await.totals.tool_calls, 1, "only the offered call ran");
@@ -669,17 +662,19 @@ async fn insufficient_credits_fail_the_run_before_any_model_call(backend: Backen
     let stored = rig.run(&run).await;
     assert_eq!(stored.error.as_ref().map(|e| e.code.as_str()), Some("insufficient_credits"));
     let events = rig.events(&run).await;
-    assert!(matches!(&events.last().expect("events").body, EventBody::RunFailed { error, .. } if error.code == "insufficient_credits"));
+    assert!(
+        matches!(&events.last().expect("events").body, EventBody::RunFailed { error, .. } if error.code == "insufficient_credits")
+    );
     rig.assert_ledger_clean().await;
     assert_eq!(rig.credits.balance(&rig.principal.tenant_id).await.expect("balance").available, 10);
 }
 
 async fn a_budget_lowers_max_tokens_and_stops_the_run_before_it_is_spent(backend: Backend) {
     let rig = Rig::new(backend, 1_000_000).await;
-    rig.models.push([text("first", usage(3000, 200)), text("second", usage(10, 10))]);
-    // big-m: 2 per prompt token, 3 per answer token. The writer's prompt is ~2.5k tokens
-    // (bound), so 7,000 credits leave room for fewer than 1,000 answer tokens.
-    let budget = 7_000;
+    rig.models.push([text("first", usage(1500, 200)), text("second", usage(10, 10))]);
+    // big-m: 2 per prompt token, 3 per answer token. The writer's prompt is ~2k tokens
+    // (bound), so 4,500 credits leave room for fewer than 1,000 answer tokens.
+    let budget = 4_500;
     let session = rig
         .session(&[WRITER, CRITIC], Strategy::Sequence, RunLimits { credits_budget: Some(budget), ..limits() })
         .await;
@@ -688,11 +683,13 @@ async fn a_budget_lowers_max_tokens_and_stops_the_run_before_it_is_spent(backend
     let requests = rig.models.requests();
     assert_eq!(requests.len(), 1, "the second call does not fit the budget and is never made");
     let max_tokens = requests[0].max_tokens.expect("max_tokens");
-    assert!(max_tokens < 1000 && max_tokens > 0, "max_tokens lowered to fit the budget: {max_tokens}");
+    let prompt = maestro_core::llm::prompt_token_bound(&requests[0]);
+    assert!(max_tokens < 1000 && max_tokens > 0, "max_tokens lowered to fit the budget: {max_tokens} ({prompt})");
+    assert!(i64::from(max_tokens) * 3 + i64::try_from(prompt).expect("small") * 2 <= budget, "the hold fits");
     let stored = rig.run(&run).await;
     assert_eq!(stored.error.as_ref().map(|e| e.code.as_str()), Some("budget_exceeded"));
     assert!(stored.totals.credits <= budget);
-    assert_eq!(stored.totals.credits, 3000 * 2 + 200 * 3);
+    assert_eq!(stored.totals.credits, 1500 * 2 + 200 * 3);
     rig.assert_ledger_clean().await;
 }
 
@@ -712,8 +709,8 @@ async fn thirty_two_concurrent_runs_keep_dense_event_logs(backend: Backend) {
     }
     // Through the job worker, as `serve` runs them.
     let stop = tokio_util::sync::CancellationToken::new();
-    let registry = maestro_host::jobs::Registry::default()
-        .register(maestro_host::orchestrator::RUN_JOB, Arc::new(rig.runner()));
+    let registry =
+        maestro_host::jobs::Registry::default().register(maestro_host::orchestrator::RUN_JOB, Arc::new(rig.runner()));
     let worker = maestro_host::jobs::Worker::new(
         rig.store.clone(),
         rig.clock.clone(),
@@ -814,7 +811,10 @@ async fn a_taken_over_run_never_repeats_a_recorded_call(backend: Backend) {
     // The product manager calls a tool, then answers; the critic's answer is cut
     // mid-stream by the worker's death.
     rig.models.push([
-        Reply::Tools { calls: vec![tool_call("c1", "calc.evaluate", r#"{"expression":"2+2"}"#)], usage: usage(900, 20) },
+        Reply::Tools {
+            calls: vec![tool_call("c1", "calc.evaluate", r#"{"expression":"2+2"}"#)],
+            usage: usage(900, 20),
+        },
         text("four it is", usage(1000, 5)),
         Reply::Hang { text: "half of my crit".into() },
     ]);
@@ -895,8 +895,7 @@ async fn a_model_error_fails_the_run_with_its_code_and_voids_the_hold(backend: B
 async fn a_run_past_its_deadline_fails(backend: Backend) {
     let rig = Rig::new(backend, 1_000_000).await;
     rig.models.push([Reply::Hang { text: "never done ".into() }]);
-    let session =
-        rig.session(&[WRITER], Strategy::Sequence, RunLimits { deadline_secs: 1, ..limits() }).await;
+    let session = rig.session(&[WRITER], Strategy::Sequence, RunLimits { deadline_secs: 1, ..limits() }).await;
     let run = rig.post(&session, "hello").await;
     let state = tokio::time::timeout(Duration::from_secs(15), rig.runner().execute(&run.id)).await.expect("ends");
     assert_eq!(state.expect("executes"), RunState::Failed);
