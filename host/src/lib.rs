@@ -166,8 +166,19 @@ pub async fn serve(
     .spawn(stopping.clone());
     jobs.schedule_every(jobs::EXPIRE_HOLDS, EXPIRE_HOLDS_EVERY, stopping.clone());
     jobs.schedule_every(jobs::PRUNE, PRUNE_JOBS_EVERY, stopping.clone());
-    let state =
-        http::AppState { accounts, metrics: Arc::default(), tools, credits, jobs, shutdown: stopping.clone(), billing };
+    let hub = Arc::new(orchestrator::hub::EventHub::new(store.clone()));
+    let orchestrator =
+        Arc::new(orchestrator::Orchestrator::new(store.clone(), store.clone(), clock.clone(), tools.clone(), hub));
+    let state = http::AppState {
+        accounts,
+        metrics: Arc::default(),
+        tools,
+        credits,
+        jobs,
+        shutdown: stopping.clone(),
+        billing,
+        orchestrator,
+    };
     let app = http::router(state, &http_settings(&config));
     tracing::info!(%address, store = %config.store.describe(), "maestro listening on http://{address} (MCP at /mcp)");
     let shutdown = async move {

@@ -34,7 +34,7 @@ mod client;
 mod log;
 mod policy;
 
-pub use body::{OutboundBody, empty_body, full_body};
+pub use body::{OutboundBody, empty_body, full_body, next_chunk};
 pub use client::{MAX_REDIRECTS, OutboundClient, OutboundError};
 pub use log::{Denial, LOGGED_DENIALS, MAX_DENIAL_RECORDS, NetLog};
 pub use policy::{HostPattern, NetPolicy, NetRule, SecretHeader, SecretTarget, SecretUnavailable};

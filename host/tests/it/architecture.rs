@@ -40,7 +40,7 @@ const ALLOWANCES: &[(&str, &[&str])] = &[
     ("anyhow", &["main", "crate", "cli"]),
     // The adapter crates, re-exported by the composition root under their module name.
     // The sandbox reaches the outbound client only through its `wasi:http` glue.
-    ("maestro_outbound", &["crate", "sandbox::net"]),
+    ("maestro_outbound", &["crate", "sandbox::net", "cli::chat"]),
     ("maestro_sandbox", &["crate"]),
     ("clap", &["main", "cli"]),
     ("tracing_subscriber", &["telemetry"]),
@@ -53,6 +53,8 @@ const ALLOWANCES: &[(&str, &[&str])] = &[
     ("tower", &["http"]),
     ("tower_http", &["http"]),
     ("utoipa", &["http"]),
+    // Server-sent event bodies (axum streams a `Stream`).
+    ("futures_util", &["http"]),
     // MCP.
     ("rmcp", &["mcp"]),
     // Search (coming).
@@ -69,10 +71,10 @@ const ALLOWANCES: &[(&str, &[&str])] = &[
     ("webpki_roots", &["outbound"]),
     ("http_body", &["outbound"]),
     ("http_body_util", &["outbound", "sandbox::net"]),
-    ("bytes", &["outbound", "sandbox", "http", "billing"]),
+    ("bytes", &["outbound", "sandbox", "http", "billing", "cli::chat"]),
     // HTTP vocabulary types (requests, headers), shared by the adapters that speak HTTP
     // and by the tool pipeline when it needs header types.
-    ("http", &["outbound", "sandbox", "http", "mcp", "tools", "billing"]),
+    ("http", &["outbound", "sandbox", "http", "mcp", "tools", "billing", "cli::chat"]),
     // Billing: Stripe's form-encoded requests.
     ("form_urlencoded", &["billing"]),
 ];

@@ -24,6 +24,7 @@ mod packaging;
 mod pipeline;
 mod process;
 mod reload;
+mod runs_api;
 mod sandbox;
 mod sandbox_memory;
 mod server;
