@@ -40,6 +40,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MAESTRO_MCP_ALLOWED_HOSTS", "comma-separated Host allow-list for /mcp (mcp.allowed_hosts)"),
     ("MAESTRO_MCP_ALLOWED_ORIGINS", "comma-separated Origin allow-list for /mcp (mcp.allowed_origins)"),
     ("MAESTRO_MCP_KEY", "tenant API key for `maestro mcp` (instead of --key)"),
+    ("MAESTRO_KEY", "tenant API key for `maestro chat` (instead of --key)"),
     ("MAESTRO_MCP_TOOL_NAMES", "qualified or short (mcp.tool_names)"),
     ("MAESTRO_MCP_SESSION_IDLE_TIMEOUT", "idle MCP sessions close after this (mcp.session_idle_timeout)"),
     ("MAESTRO_MCP_MAX_SESSIONS_PER_KEY", "open MCP sessions per API key (mcp.max_sessions_per_key)"),
