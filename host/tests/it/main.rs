@@ -29,4 +29,5 @@ mod sandbox;
 mod sandbox_memory;
 mod server;
 mod storage;
+mod storage_runs;
 mod tools_api;
