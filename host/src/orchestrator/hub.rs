@@ -42,6 +42,8 @@ type Live = broadcast::Sender<Arc<RunEvent>>;
 struct Channels {
     runs: HashMap<RunId, Live>,
     sessions: HashMap<SessionId, Live>,
+    /// Times a feed's live buffer overflowed and it replayed from the store.
+    lagged: u64,
 }
 
 fn lock(channels: &Mutex<Channels>) -> MutexGuard<'_, Channels> {
@@ -163,6 +165,11 @@ impl EventHub {
         }
     }
 
+    /// How many times a feed fell behind its live buffer and replayed from the store.
+    pub fn lagged(&self) -> u64 {
+        lock(&self.channels).lagged
+    }
+
     /// Runs and sessions with live subscribers on this process.
     pub fn watched(&self) -> (usize, usize) {
         let channels = lock(&self.channels);
@@ -276,7 +283,11 @@ impl Feed {
                     // A gap: an earlier event was published later (or elsewhere).
                     self.replay = true;
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => self.replay = true,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "event feed lagged; replaying from the store");
+                    lock(&self.channels).lagged += 1;
+                    self.replay = true;
+                }
                 Err(broadcast::error::RecvError::Closed) => {
                     self.live = None;
                     self.replay = true;
@@ -523,6 +534,7 @@ mod tests {
         let seen = drain(&mut feed).await;
         assert_eq!(seen, (2..=total as i64 + 2).collect::<Vec<_>>());
         assert!(log.reads.load(Ordering::Relaxed) > reads, "the lagging feed replayed from the store");
+        assert!(hub.lagged() >= 1);
     }
 
     #[tokio::test]

@@ -212,6 +212,8 @@ async fn sessions_are_created_listed_paginated_and_read_by_role(backend: Backend
     assert!(first.starts_with("ses_"));
     let mut all = vec![first.clone()];
     for strategy in ["round_robin", "sequence"] {
+        // Newest first is by creation time (then id): let time pass between them.
+        host.clock.advance(chrono::Duration::milliseconds(5));
         let reply = host
             .post("/v1/sessions", Some(&fx.member), json!({ "personas": ["personas.critic"], "strategy": strategy }))
             .await;
@@ -526,6 +528,7 @@ async fn a_client_that_never_reads_does_not_block_publish_and_later_gets_every_e
     }
     let head = (events_per_batch * batches + 1) as i64;
     assert_eq!(seen, (1..=head).collect::<Vec<_>>(), "every event once, in order, after lagging");
+    assert!(fx.hub().lagged() >= 1, "the stalled stream overflowed its live buffer and replayed");
 }
 
 async fn the_session_stream_interleaves_runs_by_session_seq_and_sends_heartbeats(backend: Backend) {
