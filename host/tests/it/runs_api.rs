@@ -583,3 +583,116 @@ backend_tests!(
     a_client_that_never_reads_does_not_block_publish_and_later_gets_every_event,
     the_session_stream_interleaves_runs_by_session_seq_and_sends_heartbeats,
 );
+
+/// `maestro chat` against a real `maestro serve` on the embedded store: it creates the
+/// session, posts stdin's line and prints the run as its events arrive. The events are
+/// written into the server's store by the test (as a runner on another replica would),
+/// so the server's stream finds them by polling the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maestro_chat_posts_stdin_and_prints_the_run_as_it_streams() {
+    use std::io::Write as _;
+    use std::process::Stdio;
+
+    use crate::server::{Server, maestro};
+
+    let db = crate::harness::TestDb::new(Backend::Sqlite).await;
+    let (plugins, policies) = (db.dir().join("plugins"), db.dir().join("policies"));
+    crate::fixtures::install(&plugins, "personas");
+    std::fs::create_dir_all(&policies).expect("policy dir");
+    std::fs::write(policies.join("team.toml"), POLICY).expect("policy");
+    let mut command = maestro(&db, Backend::Sqlite);
+    command.env("MAESTRO_PLUGIN_DIR", &plugins).env("MAESTRO_POLICY_DIR", &policies);
+    let server = Server::start(command, &db.dir(), 1).await;
+    let platform = server.bootstrap_token();
+    server.call(reqwest::Method::POST, "/v1/tenants", &platform, Some(json!({ "name": "acme" }))).await;
+    let (_, key) = server
+        .call(reqwest::Method::POST, "/v1/keys", &platform, Some(json!({ "tenant": "acme", "role": "member" })))
+        .await;
+    let member = key["token"].as_str().expect("token").to_owned();
+
+    let mut chat = maestro(&db, Backend::Sqlite);
+    chat.env("MAESTRO_KEY", &member)
+        .args([
+            "chat",
+            "--url",
+            &server.base,
+            "--personas",
+            "personas.critic,personas.writer",
+            "--strategy",
+            "sequence",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = chat.spawn().expect("maestro chat starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"What could go wrong?\n").expect("write a line");
+    // Ends stdin: chat finishes the run it follows, then exits.
+    drop(stdin);
+
+    // The run the line started, found through the API.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let run = loop {
+        let (_, sessions) = server.call(reqwest::Method::GET, "/v1/sessions", &member, None).await;
+        if let Some(session) = sessions["sessions"][0]["id"].as_str() {
+            let path = format!("/v1/sessions/{session}/messages");
+            let (_, messages) = server.call(reqwest::Method::GET, &path, &member, None).await;
+            if let Some(run) = messages["messages"][0]["run"].as_str() {
+                break RunId::parse(run).expect("run id");
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "chat never posted its line");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The server's embedded store, under its data directory.
+    let location = maestro_host::storage::StoreLocation::Sqlite(db.dir().join("data").join("maestro.db"));
+    let store = maestro_host::storage::open(&location).await.expect("the server's store opens");
+    let run = store.run(None, &run).await.expect("store").expect("the run");
+    let hub = EventHub::new(store.clone());
+    let at = chrono::Utc::now();
+    let step = |persona: &str, step| EventBody::StepStarted {
+        step,
+        turn: step,
+        persona: persona.into(),
+        model: "fast-1".into(),
+        tools: vec![],
+        context_messages: 1,
+        trimmed_messages: 0,
+    };
+    append(
+        &store,
+        &hub,
+        &at,
+        &run,
+        vec![
+            EventBody::TurnDecided {
+                turn: 1,
+                personas: vec!["personas.critic".into()],
+                instruction: None,
+                reason: "sequence: first".into(),
+                satisfied: false,
+                fallback: false,
+            },
+            step("personas.critic", 1),
+            delta("Scope "),
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    append(&store, &hub, &at, &run, vec![delta("creep."), completed()]).await;
+
+    let output =
+        tokio::time::timeout(Duration::from_secs(60), tokio::task::spawn_blocking(move || child.wait_with_output()))
+            .await
+            .expect("chat exits after the run and the end of stdin")
+            .expect("join")
+            .expect("output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "chat failed: {stderr}\n{stdout}");
+    assert!(stderr.contains("session ses_"), "{stderr}");
+    assert!(stdout.contains("turn 1: personas.critic"), "{stdout}");
+    assert!(stdout.contains("[1] personas.critic · fast-1\nScope creep.\n"), "{stdout}");
+    assert!(stdout.contains("■ run completed"), "{stdout}");
+    drop(server);
+}
