@@ -11,9 +11,9 @@
 
 use std::convert::Infallible;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::stream::Stream;
 use maestro_core::run::{EVENT_VERSION, RunEvent};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -105,7 +105,7 @@ pub(super) fn stream(
     positions: Positions,
     heartbeat: std::time::Duration,
     shutdown: CancellationToken,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+) -> impl IntoResponse {
     let events = futures_util::stream::unfold(Some(feed), move |feed| {
         let shutdown = shutdown.clone();
         async move {
@@ -121,7 +121,7 @@ pub(super) fn stream(
                         Positions::Session => event.session_seq,
                     };
                     let sse = sse_event(&event, position);
-                    Some((Ok(sse), Some(feed)))
+                    Some((Ok::<Event, Infallible>(sse), Some(feed)))
                 }
                 Ok(None) => None,
                 Err(err) => {
@@ -131,5 +131,7 @@ pub(super) fn stream(
             }
         }
     });
-    Sse::new(events).keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
+    // Reverse proxies (nginx) must pass events on as they come, not buffer them.
+    let headers = [(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"))];
+    (headers, Sse::new(events).keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat")))
 }

@@ -149,6 +149,7 @@ impl Stream {
         }
         let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
         assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+        assert_eq!(response.headers().get("x-accel-buffering").and_then(|v| v.to_str().ok()), Some("no"));
         Ok(Self { response, decoder: SseDecoder::default(), pending: VecDeque::new() })
     }
 
