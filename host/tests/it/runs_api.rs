@@ -697,3 +697,160 @@ async fn maestro_chat_posts_stdin_and_prints_the_run_as_it_streams() {
     assert!(stdout.contains("■ run completed"), "{stdout}");
     drop(server);
 }
+
+/// What the fake server below saw.
+#[derive(Debug, Default)]
+struct Seen {
+    last_event_ids: Vec<Option<String>>,
+    cancels: u32,
+}
+
+/// A scripted stand-in for a server's sessions API: the first event stream drops after
+/// three events; the resumed one sends one more and then waits for the cancel request
+/// to end the run with `run.cancelled`.
+async fn fake_chat_server() -> (String, Arc<std::sync::Mutex<Seen>>) {
+    use axum::body::Body;
+    use axum::extract::State;
+    use axum::http::HeaderMap;
+    use axum::routing::{get, post};
+
+    type Shared = (Arc<std::sync::Mutex<Seen>>, Arc<tokio::sync::Notify>);
+    fn sse(id: i64, kind: &str, data: Value) -> String {
+        let body = json!({ "run": "run_fake", "seq": id, "session_seq": id, "type": kind, "v": 1, "at": "2026-01-01T00:00:00Z", "data": data });
+        // CRLF line endings, as some proxies write them.
+        format!("id: {id}\r\nevent: {kind}\r\ndata: {body}\r\n\r\n")
+    }
+    async fn events(State((seen, cancelled)): State<Shared>, headers: HeaderMap) -> axum::response::Response {
+        let last = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        seen.lock().expect("lock").last_event_ids.push(last.clone());
+        let head = [("content-type", "text/event-stream")];
+        if last.is_none() {
+            let text = [
+                sse(
+                    1,
+                    "turn.decided",
+                    json!({ "turn": 1, "personas": ["personas.critic"], "reason": "first", "satisfied": false }),
+                ),
+                sse(
+                    2,
+                    "step.started",
+                    json!({ "step": 1, "turn": 1, "persona": "personas.critic", "model": "fast-1" }),
+                ),
+                sse(3, "message.delta", json!({ "step": 1, "call": 1, "text": "Hel" })),
+            ]
+            .concat();
+            // The connection ends here, before the run did.
+            return axum::response::IntoResponse::into_response((head, text));
+        }
+        let first = sse(4, "message.delta", json!({ "step": 1, "call": 1, "text": "lo" }));
+        let last = sse(
+            5,
+            "run.cancelled",
+            json!({ "totals": { "steps": 1, "usage": { "input_tokens": 7, "output_tokens": 2 }, "credits": 4 } }),
+        );
+        let chunks = futures_util::stream::unfold(0, move |step| {
+            let (first, last, cancelled) = (first.clone(), last.clone(), cancelled.clone());
+            async move {
+                match step {
+                    0 => Some((Ok::<_, std::convert::Infallible>(first), 1)),
+                    1 => {
+                        cancelled.notified().await;
+                        Some((Ok(last), 2))
+                    }
+                    _ => None,
+                }
+            }
+        });
+        axum::response::IntoResponse::into_response((head, Body::from_stream(chunks)))
+    }
+    async fn cancel(State((seen, cancelled)): State<Shared>) -> (StatusCode, axum::Json<Value>) {
+        seen.lock().expect("lock").cancels += 1;
+        cancelled.notify_one();
+        (StatusCode::ACCEPTED, axum::Json(json!({ "id": "run_fake", "state": "running" })))
+    }
+    let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+    let shared: Shared = (seen.clone(), Arc::new(tokio::sync::Notify::new()));
+    let app = axum::Router::new()
+        .route(
+            "/v1/sessions",
+            post(|| async {
+                (
+                    StatusCode::CREATED,
+                    axum::Json(json!({ "id": "ses_fake", "personas": ["personas.critic"], "strategy": "router" })),
+                )
+            }),
+        )
+        .route(
+            "/v1/sessions/ses_fake/messages",
+            post(|| async {
+                (StatusCode::ACCEPTED, axum::Json(json!({ "message": {}, "run": { "id": "run_fake" } })))
+            }),
+        )
+        .route("/v1/runs/run_fake/events", get(events))
+        .route("/v1/runs/run_fake/cancel", post(cancel))
+        .with_state(shared);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, seen)
+}
+
+/// `maestro chat` resumes a dropped stream after the last event it printed, and Ctrl-C
+/// cancels the run it follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maestro_chat_resumes_a_dropped_stream_and_cancels_on_ctrl_c() {
+    use std::io::Write as _;
+    use std::process::Stdio;
+
+    let (base, seen) = fake_chat_server().await;
+    let db = crate::harness::TestDb::new(Backend::Sqlite).await;
+    let mut chat = crate::server::maestro(&db, Backend::Sqlite);
+    chat.env("MAESTRO_KEY", "mk_fake")
+        .args(["chat", "--url", &base, "--personas", "personas.critic"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = chat.spawn().expect("maestro chat starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("write a line");
+    drop(stdin);
+    let stdout = child.stdout.take().expect("stdout");
+    let printed = Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let printed = printed.clone();
+        std::thread::spawn(move || {
+            let mut stdout = stdout;
+            let mut buffer = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut buffer) {
+                printed.lock().expect("lock").push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        })
+    };
+    // "Hel" came on the first connection, "lo" on the resumed one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !printed.lock().expect("lock").contains("Hello") {
+        assert!(std::time::Instant::now() < deadline, "the resumed stream never completed the text: {printed:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen.lock().expect("lock").last_event_ids, vec![None, Some("3".to_owned())]);
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().expect("kill").success());
+    let output =
+        tokio::time::timeout(Duration::from_secs(30), tokio::task::spawn_blocking(move || child.wait_with_output()))
+            .await
+            .expect("chat exits after the cancelled run and the end of stdin")
+            .expect("join")
+            .expect("output");
+    reader.join().expect("reader");
+    let printed = printed.lock().expect("lock").clone();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "chat failed: {stderr}\n{printed:?}");
+    assert_eq!(seen.lock().expect("lock").cancels, 1);
+    assert!(stderr.contains("resuming after event 3"), "{stderr}");
+    assert!(stderr.contains("cancelling run_fake"), "{stderr}");
+    assert!(
+        printed
+            .contains("[1] personas.critic · fast-1\nHello\n■ run cancelled: 1 steps, 7 in / 2 out tokens, 4 credits"),
+        "{printed}"
+    );
+}
