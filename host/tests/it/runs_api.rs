@@ -854,3 +854,87 @@ async fn maestro_chat_resumes_a_dropped_stream_and_cancels_on_ctrl_c() {
         "{printed}"
     );
 }
+
+/// Figures, not assertions: events per second delivered to 1,000 SSE subscribers of
+/// one run over real sockets, and the time to replay a 10,000-event run over SSE.
+/// `cargo test -p maestro-host --test it -- --ignored --nocapture runs_api::measure`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints figures; run explicitly"]
+async fn measure_sse_fan_out_and_replay() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let fx = Fx::new(backend).await;
+        let session = fx.session(&fx.member, &["personas.critic"]).await;
+        let run = fx.post(&fx.member, &session, "fan out").await;
+        let path = format!("/v1/runs/{}/events", run.id);
+        const SUBSCRIBERS: usize = 1000;
+        const EVENTS: usize = 200;
+        let mut streams = Vec::with_capacity(SUBSCRIBERS);
+        for _ in 0..SUBSCRIBERS {
+            streams.push(Stream::open(&fx.base, &path, &fx.viewer, None).await.expect("opens"));
+        }
+        let readers: Vec<_> = streams
+            .into_iter()
+            .map(|mut stream| {
+                tokio::spawn(async move {
+                    let mut count = 0usize;
+                    while stream.event().await.is_some() {
+                        count += 1;
+                    }
+                    count
+                })
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        for batch in 0..EVENTS / 10 {
+            let mut bodies: Vec<EventBody> = (0..10).map(|i| delta(&format!("token {batch}.{i} "))).collect();
+            if batch + 1 == EVENTS / 10 {
+                bodies.push(completed());
+            }
+            fx.append(&run, bodies).await;
+        }
+        let mut delivered = 0;
+        for reader in readers {
+            let count = reader.await.expect("reader");
+            assert_eq!(count, EVENTS + 1);
+            delivered += count;
+        }
+        let elapsed = started.elapsed();
+        println!(
+            "{backend:?}: {delivered} events to {SUBSCRIBERS} SSE subscribers in {elapsed:.2?}: {:.0} events/s delivered (lagged feeds: {})",
+            delivered as f64 / elapsed.as_secs_f64(),
+            fx.hub().lagged()
+        );
+
+        let long = fx.post(&fx.member, &session, "long").await;
+        const LONG: usize = 10_000;
+        for batch in 0..LONG / 500 {
+            let mut bodies: Vec<EventBody> = (0..500).map(|_| delta("a token ")).collect();
+            if batch + 1 == LONG / 500 {
+                bodies.pop();
+                bodies.push(completed());
+            }
+            fx.append(&long, bodies).await;
+        }
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            let mut feed = fx.hub().run_feed(&long.id, 0);
+            let mut count = 0;
+            while feed.next().await.expect("feed").is_some() {
+                count += 1;
+            }
+            assert_eq!(count, LONG);
+            println!(
+                "{backend:?}: replay of a {LONG}-event run through a hub feed (store reads): {:.2?}",
+                started.elapsed()
+            );
+        }
+        let path = format!("/v1/runs/{}/events", long.id);
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            let events = Stream::open(&fx.base, &path, &fx.viewer, None).await.expect("opens").rest().await;
+            let elapsed = started.elapsed();
+            assert_eq!(events.len(), LONG);
+            println!("{backend:?}: replay of a {LONG}-event run over SSE (request to last event): {elapsed:.2?}");
+        }
+    }
+}
