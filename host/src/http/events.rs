@@ -76,17 +76,31 @@ pub(super) fn resume_position(headers: &HeaderMap, query: &EventsQuery, head: i6
 
 /// The SSE form of an event, identified by `position`.
 fn sse_event(event: &RunEvent, position: i64) -> Event {
-    let view = EventView {
-        run: event.run.as_str(),
-        seq: event.seq,
-        session_seq: event.session_seq,
-        kind: event.body.kind(),
-        v: EVENT_VERSION,
-        at: event.at,
-        data: event.body.payload(),
+    Event::default().id(position.to_string()).event(event.body.kind()).data(event_json(event))
+}
+
+/// An event as the `data:` JSON ([`EventView`]), written in one pass: the body is
+/// serialised once (its `type` tag first, as serde writes internally tagged enums) and
+/// its fields become `data` (this is on the replay path of every stream).
+fn event_json(event: &RunEvent) -> String {
+    let body = serde_json::to_string(&event.body).expect("event bodies always serialise");
+    let kind = event.body.kind();
+    let fields = body
+        .strip_prefix("{\"type\":")
+        .and_then(|rest| rest.strip_prefix(&serde_json::to_string(kind).expect("a string serialises")))
+        .map(|rest| rest.strip_prefix(',').unwrap_or(rest));
+    let data = match fields {
+        Some(fields) => format!("{{{fields}"),
+        // Not the expected shape: take the slow, sure path.
+        None => event.body.payload().to_string(),
     };
-    let data = serde_json::to_string(&view).expect("event views always serialise");
-    Event::default().id(position.to_string()).event(event.body.kind()).data(data)
+    let at = serde_json::to_string(&event.at).expect("times serialise");
+    format!(
+        "{{\"run\":\"{}\",\"seq\":{},\"session_seq\":{},\"type\":\"{kind}\",\"v\":{EVENT_VERSION},\"at\":{at},\"data\":{data}}}",
+        event.run.as_str(),
+        event.seq,
+        event.session_seq,
+    )
 }
 
 /// Which position identifies an event in a stream.
@@ -134,4 +148,55 @@ pub(super) fn stream(
     // Reverse proxies (nginx) must pass events on as they come, not buffer them.
     let headers = [(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"))];
     (headers, Sse::new(events).keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat")))
+}
+
+#[cfg(test)]
+mod tests {
+    use maestro_core::run::{EventBody, RunError, RunId, RunTotals, SessionId, ToolResultBody};
+
+    use super::*;
+
+    #[test]
+    fn the_streamed_json_is_the_event_view_of_every_kind_of_body() {
+        let bodies = [
+            EventBody::MessageDelta { step: 1, call: 2, text: "h\u{e9} \"quoted\"\n".into() },
+            EventBody::RunInterrupted { step: None, reason: "taken over".into() },
+            EventBody::ToolResult(ToolResultBody {
+                step: 1,
+                call_id: "c".into(),
+                tool: "calc.add".into(),
+                ok: true,
+                content: "3".into(),
+                error: None,
+                credits: 1,
+                duration_ms: 2,
+            }),
+            EventBody::RunFailed {
+                error: RunError { code: "x".into(), message: "y".into() },
+                totals: RunTotals::default(),
+            },
+        ];
+        for body in bodies {
+            let event = RunEvent {
+                run: RunId::from_random([1; 16]),
+                session: SessionId::from_random([2; 16]),
+                seq: 3,
+                session_seq: 7,
+                at: chrono::Utc::now(),
+                body,
+            };
+            let view = EventView {
+                run: event.run.as_str(),
+                seq: event.seq,
+                session_seq: event.session_seq,
+                kind: event.body.kind(),
+                v: EVENT_VERSION,
+                at: event.at,
+                data: event.body.payload(),
+            };
+            let expected = serde_json::to_value(&view).expect("serialises");
+            let written: serde_json::Value = serde_json::from_str(&event_json(&event)).expect("valid JSON");
+            assert_eq!(written, expected);
+        }
+    }
 }
