@@ -70,6 +70,18 @@ pub enum OutboundError {
     Body(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// Time limits of one request sent with [`OutboundClient::send_stream`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamTimeouts {
+    /// Connecting (TCP and TLS handshake) to one checked address; a timeout is
+    /// reported as [`OutboundError::Connect`] of kind `TimedOut`.
+    pub connect: Duration,
+    /// From sending the request to its response head (connecting included).
+    pub head: Duration,
+    /// Reading the whole body; `None`: no deadline (the caller times the reads).
+    pub body: Option<Duration>,
+}
+
 /// An outbound HTTP client bound to one [`NetPolicy`], with a [`NetLog`] of what it
 /// did. Cheap to clone (clones share the log and the request count).
 ///
@@ -137,6 +149,29 @@ impl OutboundClient {
         &self,
         request: Request<OutboundBody>,
     ) -> Result<Response<OutboundBody>, OutboundError> {
+        let timeout = self.inner.policy.request_timeout;
+        let timeouts = StreamTimeouts { connect: timeout, head: timeout, body: Some(timeout) };
+        self.send_with(request, timeouts).await
+    }
+
+    /// Sends a request like [`send_streaming`](Self::send_streaming), under `timeouts`
+    /// instead of the policy's one deadline: a long streamed answer (a model's) needs a
+    /// short connect timeout, a bound on the response head, and no deadline on the
+    /// body (the caller times the gaps between chunks). The size cap still applies.
+    /// Dropping the returned body closes the connection.
+    pub async fn send_stream(
+        &self,
+        request: Request<OutboundBody>,
+        timeouts: StreamTimeouts,
+    ) -> Result<Response<OutboundBody>, OutboundError> {
+        self.send_with(request, timeouts).await
+    }
+
+    async fn send_with(
+        &self,
+        request: Request<OutboundBody>,
+        timeouts: StreamTimeouts,
+    ) -> Result<Response<OutboundBody>, OutboundError> {
         let policy = &*self.inner.policy;
         let log = &self.inner.log;
         let (mut parts, body) = request.into_parts();
@@ -194,9 +229,9 @@ impl OutboundClient {
                 .body(body.take().unwrap_or_else(super::body::empty_body))
                 .map_err(|_| OutboundError::InvalidUri)?;
             *outgoing.headers_mut() = headers;
-            let response = tokio::time::timeout(policy.request_timeout, exchange(&target, outgoing))
+            let response = tokio::time::timeout(timeouts.head, exchange(&target, outgoing, timeouts.connect))
                 .await
-                .map_err(|_| OutboundError::Timeout(policy.request_timeout))??;
+                .map_err(|_| OutboundError::Timeout(timeouts.head))??;
             let redirect = response.status().is_redirection() && matches!(parts.method, Method::GET | Method::HEAD);
             let location = response.headers().get(LOCATION).and_then(|l| l.to_str().ok()).map(str::to_owned);
             match (redirect, location) {
@@ -214,13 +249,15 @@ impl OutboundClient {
                     {
                         return Err(OutboundError::ResponseTooLarge { size: Some(length), limit });
                     }
-                    let capped = CappedBody::new(
+                    let mut capped = CappedBody::new(
                         incoming.map_err(OutboundError::Protocol).boxed_unsync(),
                         limit,
                         Some(log.clone()),
                         OutboundError::ResponseTooLarge { size: None, limit },
-                    )
-                    .with_deadline(policy.request_timeout);
+                    );
+                    if let Some(deadline) = timeouts.body {
+                        capped = capped.with_deadline(deadline);
+                    }
                     return Ok(Response::from_parts(response_parts, capped.boxed_unsync()));
                 }
             }
@@ -322,16 +359,21 @@ async fn authorize(policy: &NetPolicy, uri: &Uri) -> Result<Target, String> {
 async fn exchange(
     target: &Target,
     request: Request<OutboundBody>,
+    connect_timeout: Duration,
 ) -> Result<Response<hyper::body::Incoming>, OutboundError> {
     let mut last_error = None;
     let mut stream = None;
     for addr in &target.addrs {
-        match TcpStream::connect(addr).await {
-            Ok(s) => {
+        match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
                 stream = Some(s);
                 break;
             }
-            Err(err) => last_error = Some(err),
+            Ok(Err(err)) => last_error = Some(err),
+            Err(_) => {
+                let message = format!("connecting timed out after {connect_timeout:?}");
+                last_error = Some(std::io::Error::new(std::io::ErrorKind::TimedOut, message));
+            }
         }
     }
     let stream = match (stream, last_error) {
@@ -346,7 +388,12 @@ async fn exchange(
     let io: Box<dyn Io> = match &target.tls_name {
         Some(name) => {
             let connector = tokio_rustls::TlsConnector::from(tls_config());
-            Box::new(connector.connect(name.clone(), stream).await.map_err(OutboundError::Tls)?)
+            let handshake =
+                tokio::time::timeout(connect_timeout, connector.connect(name.clone(), stream)).await.map_err(|_| {
+                    let message = format!("tls handshake timed out after {connect_timeout:?}");
+                    OutboundError::Connect(std::io::Error::new(std::io::ErrorKind::TimedOut, message))
+                })?;
+            Box::new(handshake.map_err(OutboundError::Tls)?)
         }
         None => Box::new(stream),
     };

@@ -1,0 +1,221 @@
+//! A live answer: the response body, decoded and parsed as it arrives, under the
+//! first-token and idle timeouts. Dropping it drops the body, which closes the
+//! connection.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http_body_util::BodyExt as _;
+use maestro_core::llm::{ChatEvent, ChatStream, LlmError};
+use maestro_outbound::{OutboundBody, empty_body};
+use tokio::time::Instant;
+
+use crate::answer::{Answer, Failure};
+use crate::sse::{SseDecoder, SseEvent};
+use crate::{anthropic, openai};
+
+/// The wire format's parser.
+#[derive(Debug)]
+pub(crate) enum Wire {
+    /// Chat Completions.
+    OpenAi(openai::Parser),
+    /// Messages.
+    Anthropic(anthropic::Parser),
+}
+
+impl Wire {
+    fn done(&self) -> bool {
+        match self {
+            Wire::OpenAi(p) => p.done(),
+            Wire::Anthropic(p) => p.done(),
+        }
+    }
+
+    fn event(&mut self, event: &SseEvent, answer: &mut Answer) -> Result<(), Failure> {
+        match self {
+            Wire::OpenAi(p) => p.event(event, answer),
+            Wire::Anthropic(p) => p.event(event, answer),
+        }
+    }
+
+    fn end(&mut self, answer: &Answer) -> Result<(), Failure> {
+        match self {
+            Wire::OpenAi(p) => p.end(answer),
+            Wire::Anthropic(p) => p.end(answer),
+        }
+    }
+}
+
+/// A streamed answer being read.
+pub(crate) struct Live {
+    body: OutboundBody,
+    decoder: SseDecoder,
+    wire: Wire,
+    answer: Answer,
+    model: String,
+    provider: String,
+    /// Until the first content: the first-token deadline.
+    first_deadline: Instant,
+    first_token_timeout: Duration,
+    idle_timeout: Duration,
+    /// Whether content arrived (from then on the idle timeout applies).
+    content_seen: bool,
+    /// Whether the answer completed or failed (nothing more is read).
+    finished: bool,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").field("model", &self.model).field("provider", &self.provider).finish_non_exhaustive()
+    }
+}
+
+/// What [`Live::new`] needs besides the body.
+#[derive(Debug)]
+pub(crate) struct LiveSetup {
+    pub(crate) wire: Wire,
+    pub(crate) answer: Answer,
+    pub(crate) model: String,
+    pub(crate) provider: String,
+    pub(crate) first_deadline: Instant,
+    pub(crate) first_token_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+}
+
+impl Live {
+    /// Reading `body` as set up.
+    pub(crate) fn new(body: OutboundBody, setup: LiveSetup) -> Self {
+        Self {
+            body,
+            decoder: SseDecoder::default(),
+            wire: setup.wire,
+            answer: setup.answer,
+            model: setup.model,
+            provider: setup.provider,
+            first_deadline: setup.first_deadline,
+            first_token_timeout: setup.first_token_timeout,
+            idle_timeout: setup.idle_timeout,
+            content_seen: false,
+            finished: false,
+        }
+    }
+
+    /// Reads until an event is ready or the answer is over, then announces the
+    /// answer with [`ChatEvent::Started`] ahead of its first content.
+    pub(crate) async fn start(&mut self) -> Result<(), Failure> {
+        self.fill().await?;
+        self.answer
+            .events
+            .push_front(ChatEvent::Started { model: self.model.clone(), provider: self.provider.clone() });
+        Ok(())
+    }
+
+    /// Reads until at least one event is queued (or the answer is over).
+    async fn fill(&mut self) -> Result<(), Failure> {
+        let mut events = Vec::new();
+        while self.answer.events.is_empty() && !self.finished {
+            let wait = if self.content_seen {
+                self.idle_timeout
+            } else {
+                self.first_deadline.saturating_duration_since(Instant::now())
+            };
+            let frame = match tokio::time::timeout(wait, self.body.frame()).await {
+                Err(_) if self.content_seen => {
+                    return Err(
+                        self.fail(Failure::Timeout(format!("no data from the model for {:?}", self.idle_timeout)))
+                    );
+                }
+                Err(_) => {
+                    return Err(self.fail(Failure::Timeout(format!(
+                        "no first token from the model within {:?}",
+                        self.first_token_timeout
+                    ))));
+                }
+                Ok(frame) => frame,
+            };
+            match frame {
+                None => {
+                    self.decoder.finish(&mut events);
+                    self.parse(&mut events)?;
+                    if !self.finished {
+                        if let Err(failure) = self.wire.end(&self.answer) {
+                            return Err(self.fail(failure));
+                        }
+                        self.complete()?;
+                    }
+                }
+                Some(Err(err)) => {
+                    let mut message = format!("the connection failed: {err}");
+                    let mut source = std::error::Error::source(&err);
+                    while let Some(cause) = source {
+                        message.push_str(&format!(": {cause}"));
+                        source = cause.source();
+                    }
+                    return Err(self.fail(Failure::Retryable(message)));
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.decoder.feed(&data, &mut events);
+                        self.parse(&mut events)?;
+                    }
+                }
+            }
+            if !self.answer.events.is_empty() {
+                self.content_seen = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn parse(&mut self, events: &mut Vec<SseEvent>) -> Result<(), Failure> {
+        for event in events.drain(..) {
+            if self.finished {
+                break;
+            }
+            if let Err(failure) = self.wire.event(&event, &mut self.answer) {
+                return Err(self.fail(failure));
+            }
+            if self.wire.done() {
+                self.complete()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self) -> Result<(), Failure> {
+        if let Err(failure) = self.answer.complete(&self.model, &self.provider) {
+            return Err(self.fail(failure));
+        }
+        self.finished = true;
+        // The answer is whole: let the connection go now.
+        self.body = empty_body();
+        Ok(())
+    }
+
+    fn fail(&mut self, failure: Failure) -> Failure {
+        self.finished = true;
+        self.body = empty_body();
+        failure
+    }
+}
+
+#[async_trait]
+impl ChatStream for Live {
+    async fn next(&mut self) -> Option<Result<ChatEvent, LlmError>> {
+        if let Some(event) = self.answer.events.pop_front() {
+            return Some(Ok(event));
+        }
+        if self.finished {
+            return None;
+        }
+        match self.fill().await {
+            Ok(()) => self.answer.events.pop_front().map(Ok),
+            Err(failure) => Some(Err(match failure {
+                Failure::Timeout(message) => LlmError::Timeout(message),
+                Failure::Quota(message) => LlmError::QuotaExceeded(message),
+                Failure::Invalid(message) => LlmError::InvalidResponse(message),
+                Failure::Retryable(message) | Failure::Refused { message, .. } => LlmError::Stream(message),
+            })),
+        }
+    }
+}
