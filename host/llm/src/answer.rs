@@ -182,6 +182,11 @@ fn as_u32(index: usize) -> u32 {
     u32::try_from(index).unwrap_or(u32::MAX)
 }
 
+/// An `f32` as the decimal it was written as (`0.7`, not `0.699999988079071`).
+pub(crate) fn decimal(value: f32) -> f64 {
+    value.to_string().parse().unwrap_or(f64::from(value))
+}
+
 /// `text` cut to at most `max` bytes on a character boundary.
 pub(crate) fn truncate(text: &str, max: usize) -> String {
     if text.len() <= max {
@@ -222,6 +227,12 @@ mod tests {
         let ChatEvent::Completed(response) = &events[3] else { panic!("completed: {events:?}") };
         assert_eq!(response.tool_calls[0].arguments, "{\"a\":1}");
         assert_eq!(response.finish, FinishReason::ToolCalls);
+    }
+
+    #[test]
+    fn floats_are_sent_as_written() {
+        assert_eq!(decimal(0.7).to_string(), "0.7");
+        assert_eq!(decimal(1.0), 1.0);
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub(crate) fn request_body(upstream: &str, request: &ChatRequest, max_tokens: u3
         body["system"] = json!(system.join("\n\n"));
     }
     if let Some(temperature) = request.temperature {
-        body["temperature"] = json!(temperature);
+        body["temperature"] = json!(crate::answer::decimal(temperature));
     }
     let mut tools: Vec<Value> = request
         .tools

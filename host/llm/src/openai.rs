@@ -61,7 +61,7 @@ pub(crate) fn request_body(
     let length_field = if openai_itself { "max_completion_tokens" } else { "max_tokens" };
     body[length_field] = json!(max_tokens);
     if let Some(temperature) = request.temperature {
-        body["temperature"] = json!(temperature);
+        body["temperature"] = json!(crate::answer::decimal(temperature));
     }
     if !request.tools.is_empty() {
         body["tools"] = request

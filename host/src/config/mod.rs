@@ -1021,6 +1021,66 @@ mod tests {
         assert_eq!(config.unknown_env, vec!["MAESTRO_LISTNE".to_owned()]);
     }
 
+    fn llm(text: &str) -> Result<LlmSettings, ConfigError> {
+        let raw = RawConfig::parse(text, Path::new("t.toml"))?;
+        Config::from_raw(raw, &Env::new(), &Overrides::default()).map(|c| c.llm)
+    }
+
+    const PROVIDER: &str =
+        "[[llm.providers]]\nname = \"p\"\nkind = \"anthropic\"\nbase_url = \"https://api.anthropic.com\"\n";
+
+    #[test]
+    fn llm_settings_default_and_validate() {
+        assert_eq!(llm("").expect("none"), LlmSettings::default());
+        let text = format!(
+            "{PROVIDER}api_key = \"file:anthropic\"\nidle_timeout = \"5s\"\nmax_retries = 0\n\
+             [[llm.models]]\nid = \"sonnet\"\nprovider = \"p\"\nmodel = \"claude-sonnet-4-5\"\ntier = \"best\"\n\
+             fallbacks = [\"haiku\"]\n[[llm.models]]\nid = \"haiku\"\nprovider = \"p\"\n"
+        );
+        let settings = llm(&text).expect("valid");
+        let provider = &settings.providers[0];
+        assert_eq!(provider.kind, LlmProviderKind::Anthropic);
+        assert_eq!(provider.api_key, Some(maestro_core::policy::SecretSource::File("anthropic".into())));
+        assert_eq!(
+            (provider.connect_timeout, provider.first_token_timeout, provider.idle_timeout, provider.max_retries),
+            (Duration::from_secs(10), Duration::from_secs(60), Duration::from_secs(5), 0)
+        );
+        assert!(!provider.allow_private);
+        let haiku = &settings.models[1];
+        assert_eq!(haiku.upstream, "haiku", "the upstream name defaults to the id");
+        assert_eq!(haiku.tier, maestro_core::plugin::ModelTier::Medium);
+        assert_eq!(
+            (haiku.context_window, haiku.max_output_tokens),
+            (DEFAULT_CONTEXT_WINDOW, DEFAULT_MAX_OUTPUT_TOKENS)
+        );
+        assert_eq!(settings.models[0].tier, maestro_core::plugin::ModelTier::Large);
+    }
+
+    #[test]
+    fn llm_settings_refuse_bad_values_naming_the_key() {
+        let model = |extra: &str| format!("{PROVIDER}[[llm.models]]\nid = \"m\"\nprovider = \"p\"\n{extra}");
+        let cases = [
+            (PROVIDER.replace("anthropic\"\nbase", "gemini\"\nbase"), "llm.providers[p].kind"),
+            (PROVIDER.replace("https://api.anthropic.com", "ftp://x"), "llm.providers[p].base_url"),
+            (PROVIDER.replace("https://api.anthropic.com", "https://a.example/v1?key=1"), "llm.providers[p].base_url"),
+            (format!("{PROVIDER}api_key = \"sk-ant-123\"\n"), "llm.providers[p].api_key"),
+            (format!("{PROVIDER}api_key = \"env:\"\n"), "llm.providers[p].api_key"),
+            (format!("{PROVIDER}first_token_timeout = \"never\"\n"), "llm.providers[p].first_token_timeout"),
+            (format!("{PROVIDER}max_retries = 11\n"), "llm.providers[p].max_retries"),
+            (format!("{PROVIDER}{PROVIDER}"), "llm.providers.name"),
+            (model("tier = \"huge\"\n"), "llm.models[m].tier"),
+            (model("context_window = 1000\nmax_output_tokens = 2000\n"), "llm.models[m].max_output_tokens"),
+            (model("fallbacks = [\"nope\"]\n"), "llm.models[m].fallbacks"),
+            (model("fallbacks = [\"m\"]\n"), "llm.models[m].fallbacks"),
+            (format!("{PROVIDER}[[llm.models]]\nid = \"m\"\nprovider = \"q\"\n"), "llm.models[m].provider"),
+        ];
+        for (text, key) in cases {
+            let err = llm(&text).expect_err(&text).to_string();
+            assert!(err.contains(key), "{text}\n→ {err}");
+            assert!(!err.contains("sk-ant-123"), "a literal key is never echoed: {err}");
+        }
+    }
+
     #[test]
     fn jobs_settings_default_and_read_the_environment() {
         let config = Config::load(None, &Env::new(), &Overrides::default()).expect("valid");

@@ -560,3 +560,49 @@ async fn open_models_reads_the_key_from_the_environment_and_calls_the_configured
     let err = maestro_host::open_models(&config, &Env::new()).expect_err("the key is not set");
     assert!(err.to_string().contains("env:LOCAL_KEY"), "{err}");
 }
+
+#[tokio::test]
+async fn a_provider_refusing_connections_is_retried_then_falls_back() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let fallback = FakeLlm::start().await;
+    fallback.push(Script::openai_text("still here", usage(1, 1)));
+    let down = ProviderConfig {
+        allow_private: true,
+        max_retries: 1,
+        ..ProviderConfig::new("down", ProviderKind::OpenAi, format!("http://127.0.0.1:{port}/v1"))
+    };
+    let llm = Llm::new(
+        vec![down, fallback.provider("up", ProviderKind::OpenAi)],
+        vec![model("first", "down", &["second"]), model("second", "up", &[])],
+    )
+    .expect("valid");
+    let (events, error) = drain(llm.stream(ask("first")).await.expect("fell back")).await;
+    assert_eq!(error, None);
+    assert_eq!(events[0], ChatEvent::Started { model: "second".into(), provider: "up".into() });
+    assert_eq!(text_of(&events), "still here");
+}
+
+#[tokio::test]
+async fn open_models_reads_a_file_key_from_the_secrets_directory() {
+    use maestro_host::config::{Config, Env, Overrides, RawConfig};
+    let secrets = tempfile::tempdir().expect("secrets dir");
+    std::fs::write(secrets.path().join("claude-key"), "sk-ant-from-file\n").expect("write the key");
+    let fake = FakeLlm::start().await;
+    fake.push(Script::anthropic_answer("hello", &[], usage(3, 1)));
+    let text = format!(
+        "[policies]\nsecrets_dir = \"{}\"\n[[llm.providers]]\nname = \"claude\"\nkind = \"anthropic\"\n\
+         base_url = \"{}\"\napi_key = \"file:claude-key\"\nallow_private = true\n\
+         [[llm.models]]\nid = \"m\"\nprovider = \"claude\"\n",
+        secrets.path().display(),
+        fake.origin()
+    );
+    let raw = RawConfig::parse(&text, std::path::Path::new("t.toml")).expect("parses");
+    let config = Config::from_raw(raw, &Env::new(), &Overrides::default()).expect("valid");
+    assert!(!format!("{config:?}").contains("sk-ant-from-file"));
+    let models = maestro_host::open_models(&config, &Env::new()).expect("opens");
+    let (events, _) = drain(models.stream(ask("m")).await.expect("stream")).await;
+    assert_eq!(completed(&events).text, "hello");
+    assert_eq!(fake.requests()[0].credential("x-api-key"), Some("sk-ant-from-file"));
+}
