@@ -271,6 +271,31 @@ impl Parser {
         Ok(())
     }
 
+    /// A whole (non-streamed) message, from a server that ignored `stream: true`: read
+    /// as the events that would have streamed it.
+    pub(crate) fn whole(&mut self, value: Value, answer: &mut Answer) -> Result<(), Failure> {
+        let event = |data: Value| SseEvent { event: String::new(), data: data.to_string() };
+        if value.get("type").and_then(Value::as_str) == Some("error") || value.get("error").is_some() {
+            return self.event(&event(json!({"type": "error", "error": value.get("error")})), answer);
+        }
+        let usage = value.get("usage").cloned().unwrap_or(Value::Null);
+        self.event(&event(json!({"type": "message_start", "message": {"usage": usage}})), answer)?;
+        let blocks = value.get("content").and_then(Value::as_array).cloned().unwrap_or_default();
+        for (index, block) in blocks.iter().enumerate() {
+            let mut start = block.clone();
+            let input = start.as_object_mut().and_then(|b| b.remove("input"));
+            self.event(&event(json!({"type": "content_block_start", "index": index, "content_block": start})), answer)?;
+            if let Some(input) = input.filter(|i| i.as_object().is_some_and(|o| !o.is_empty())) {
+                let delta = json!({"type": "input_json_delta", "partial_json": input.to_string()});
+                self.event(&event(json!({"type": "content_block_delta", "index": index, "delta": delta})), answer)?;
+            }
+        }
+        let stop = value.get("stop_reason").cloned().unwrap_or(Value::Null);
+        self.event(&event(json!({"type": "message_delta", "delta": {"stop_reason": stop}})), answer)?;
+        self.done = true;
+        Ok(())
+    }
+
     /// The body ended without `message_stop`: a normal end once the model said why it
     /// stopped, else a cut stream.
     pub(crate) fn end(&mut self, answer: &Answer) -> Result<(), Failure> {

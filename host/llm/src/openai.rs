@@ -158,6 +158,9 @@ struct CompletionDetails {
 #[derive(Debug, Default)]
 pub(crate) struct Parser {
     calls: HashMap<u32, usize>,
+    /// Calls by id, for servers that leave out `index`.
+    ids: HashMap<String, usize>,
+    last_call: Option<usize>,
     done: bool,
 }
 
@@ -200,9 +203,17 @@ impl Parser {
                 if let Some(content) = delta.content {
                     answer.text(&content);
                 }
-                for (position, call) in delta.tool_calls.unwrap_or_default().into_iter().enumerate() {
-                    let upstream = call.index.unwrap_or(u32::try_from(position).unwrap_or(u32::MAX));
-                    let index = *self.calls.entry(upstream).or_insert_with(|| answer.new_call());
+                for call in delta.tool_calls.unwrap_or_default() {
+                    let index = match (call.index, call.id.as_deref().filter(|id| !id.is_empty())) {
+                        (Some(upstream), _) => *self.calls.entry(upstream).or_insert_with(|| answer.new_call()),
+                        // Without an index: a new id is a new call, else the call goes on.
+                        (None, Some(id)) => *self.ids.entry(id.to_owned()).or_insert_with(|| answer.new_call()),
+                        (None, None) => match self.last_call {
+                            Some(last) => last,
+                            None => answer.new_call(),
+                        },
+                    };
+                    self.last_call = Some(index);
                     if let Some(id) = call.id {
                         answer.call_id(index, &id);
                     }
@@ -232,6 +243,26 @@ impl Parser {
             };
             answer.usage_reported = true;
         }
+        Ok(())
+    }
+
+    /// A whole (non-streamed) answer, from a server that ignored `stream: true`: read
+    /// as one chunk whose deltas are the messages.
+    pub(crate) fn whole(&mut self, mut value: Value, answer: &mut Answer) -> Result<(), Failure> {
+        if let Some(choices) = value.get_mut("choices").and_then(Value::as_array_mut) {
+            for choice in choices {
+                if let Some(message) = choice.get_mut("message").map(Value::take) {
+                    choice["delta"] = message;
+                }
+                if let Some(calls) = choice.pointer_mut("/delta/tool_calls").and_then(Value::as_array_mut) {
+                    for (index, call) in calls.iter_mut().enumerate() {
+                        call["index"] = json!(index);
+                    }
+                }
+            }
+        }
+        self.event(&SseEvent { event: String::new(), data: value.to_string() }, answer)?;
+        self.done = true;
         Ok(())
     }
 
@@ -350,6 +381,22 @@ mod tests {
         assert_eq!(result, Err(Failure::Retryable("overloaded".into())));
         let (_, result) = feed(&[r#"{"error":{"message":"no money","code":"insufficient_quota"}}"#]);
         assert_eq!(result, Err(Failure::Quota("no money".into())));
+    }
+
+    #[test]
+    fn calls_without_an_index_are_told_apart_by_their_ids() {
+        let (mut answer, result) = feed(&[
+            r#"{"choices":[{"delta":{"tool_calls":[{"id":"a","function":{"name":"f","arguments":"{\"x\":"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"1}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"id":"b","function":{"name":"g","arguments":"{}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{},"finish_reason":"tool_calls"}]}"#,
+        ]);
+        result.expect("ok");
+        answer.complete("m", "p").expect("complete");
+        let Some(ChatEvent::Completed(response)) = answer.events.back() else { panic!("completed") };
+        let calls: Vec<_> =
+            response.tool_calls.iter().map(|c| (c.id.as_str(), c.name.as_str(), c.arguments.as_str())).collect();
+        assert_eq!(calls, [("a", "f", "{\"x\":1}"), ("b", "g", "{}")]);
     }
 
     #[test]

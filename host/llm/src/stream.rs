@@ -38,6 +38,13 @@ impl Wire {
         }
     }
 
+    fn whole(&mut self, value: serde_json::Value, answer: &mut Answer) -> Result<(), Failure> {
+        match self {
+            Wire::OpenAi(p) => p.whole(value, answer),
+            Wire::Anthropic(p) => p.whole(value, answer),
+        }
+    }
+
     fn end(&mut self, answer: &Answer) -> Result<(), Failure> {
         match self {
             Wire::OpenAi(p) => p.end(answer),
@@ -62,7 +69,15 @@ pub(crate) struct Live {
     content_seen: bool,
     /// Whether the answer completed or failed (nothing more is read).
     finished: bool,
+    /// Whether any server-sent event arrived.
+    sse_seen: bool,
+    /// The body so far while no event arrived (a server that ignored `stream: true`
+    /// answers one JSON document), up to [`MAX_WHOLE`] bytes.
+    raw: Vec<u8>,
 }
+
+/// Largest whole JSON answer read from a server that does not stream.
+const MAX_WHOLE: usize = 4 << 20;
 
 impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -97,6 +112,8 @@ impl Live {
             idle_timeout: setup.idle_timeout,
             content_seen: false,
             finished: false,
+            sse_seen: false,
+            raw: Vec::new(),
         }
     }
 
@@ -136,7 +153,11 @@ impl Live {
             match frame {
                 None => {
                     self.decoder.finish(&mut events);
+                    self.sse_seen |= !events.is_empty();
                     self.parse(&mut events)?;
+                    if !self.sse_seen && !self.finished {
+                        self.read_whole()?;
+                    }
                     if !self.finished {
                         if let Err(failure) = self.wire.end(&self.answer) {
                             return Err(self.fail(failure));
@@ -155,7 +176,14 @@ impl Live {
                 }
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
+                        if !self.sse_seen && self.raw.len() < MAX_WHOLE {
+                            self.raw.extend_from_slice(&data);
+                        }
                         self.decoder.feed(&data, &mut events);
+                        if !events.is_empty() {
+                            self.sse_seen = true;
+                            self.raw = Vec::new();
+                        }
                         self.parse(&mut events)?;
                     }
                 }
@@ -180,6 +208,26 @@ impl Live {
             }
         }
         Ok(())
+    }
+
+    /// The body was one JSON document, not events: a whole answer or an error.
+    fn read_whole(&mut self) -> Result<(), Failure> {
+        let raw = std::mem::take(&mut self.raw);
+        let text = String::from_utf8_lossy(&raw);
+        if text.trim().is_empty() {
+            return Ok(());
+        }
+        let value: serde_json::Value = match serde_json::from_str(text.trim()) {
+            Ok(value) => value,
+            Err(_) => {
+                tracing::debug!(raw = %crate::answer::truncate(&text, 2000), "model answer is neither events nor JSON");
+                return Err(self.fail(Failure::Invalid("the answer is neither an event stream nor JSON".into())));
+            }
+        };
+        if let Err(failure) = self.wire.whole(value, &mut self.answer) {
+            return Err(self.fail(failure));
+        }
+        self.complete()
     }
 
     fn complete(&mut self) -> Result<(), Failure> {

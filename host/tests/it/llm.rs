@@ -606,3 +606,43 @@ async fn open_models_reads_a_file_key_from_the_secrets_directory() {
     assert_eq!(completed(&events).text, "hello");
     assert_eq!(fake.requests()[0].credential("x-api-key"), Some("sk-ant-from-file"));
 }
+
+#[tokio::test]
+async fn a_server_that_ignores_stream_true_is_read_as_one_whole_answer() {
+    let fake = FakeLlm::start().await;
+    fake.push(Script::json(
+        200,
+        json!({"id": "chatcmpl-1", "object": "chat.completion", "choices": [{"index": 0, "finish_reason": "tool_calls",
+            "message": {"role": "assistant", "content": "adding",
+                        "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "calc_add", "arguments": "{\"a\":1}"}}]}}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 4}}),
+    ));
+    let request = ChatRequest { tools: vec![calc_tool()], ..ask("m") };
+    let (events, error) = drain(openai(&fake).stream(request).await.expect("stream")).await;
+    assert_eq!(error, None);
+    let response = completed(&events);
+    assert_eq!(response.text, "adding");
+    assert_eq!(response.tool_calls[0].name, "calc.add");
+    assert_eq!(response.tool_calls[0].arguments, "{\"a\":1}");
+    assert_eq!(response.usage, usage(9, 4));
+
+    let claude = FakeLlm::start().await;
+    claude.push(Script::json(
+        200,
+        json!({"id": "msg_1", "type": "message", "role": "assistant", "stop_reason": "tool_use",
+            "content": [{"type": "text", "text": "adding"}, {"type": "tool_use", "id": "toolu_1", "name": "calc_add", "input": {"a": 1}}],
+            "usage": {"input_tokens": 7, "cache_read_input_tokens": 2, "output_tokens": 4}}),
+    ));
+    let request = ChatRequest { tools: vec![calc_tool()], ..ask("m") };
+    let (events, error) = drain(anthropic(&claude).stream(request).await.expect("stream")).await;
+    assert_eq!(error, None);
+    let response = completed(&events);
+    assert_eq!(response.text, "adding");
+    assert_eq!(response.tool_calls[0].arguments, "{\"a\":1}");
+    assert_eq!(response.finish, FinishReason::ToolCalls);
+    assert_eq!(response.usage.input_tokens, 9);
+
+    fake.push(Script::sse_raw(&["<html>gateway says hi</html>"]));
+    let err = openai(&fake).stream(ask("m")).await.err().expect("invalid");
+    assert_eq!(err.code(), "model_invalid_response", "{err:?}");
+}
