@@ -200,6 +200,20 @@ impl Script {
         self
     }
 
+    /// Pauses `wait` between every two body parts (a slow model, for cancelling
+    /// mid-stream).
+    pub(crate) fn paced(mut self, wait: Duration) -> Self {
+        let mut parts = Vec::new();
+        for (i, part) in self.parts.into_iter().enumerate() {
+            if i > 0 {
+                parts.push(Part::Sleep(wait));
+            }
+            parts.push(part);
+        }
+        self.parts = parts;
+        self
+    }
+
     /// Keeps only the first `parts` body parts, then cuts the connection.
     pub(crate) fn cut_after(mut self, parts: usize) -> Self {
         self.parts.truncate(parts);
@@ -268,6 +282,8 @@ impl Recorded {
 #[derive(Default)]
 struct State {
     scripts: VecDeque<Script>,
+    /// Answered when no script is queued.
+    always: Option<Script>,
     requests: Vec<Recorded>,
     closed_by_client: usize,
 }
@@ -326,9 +342,27 @@ impl FakeLlm {
         }
     }
 
+    /// A `[[llm.providers]]` block for this fake, for a config file (no key).
+    pub(crate) fn provider_toml(&self, name: &str, kind: ProviderKind) -> String {
+        let (kind, base) = match kind {
+            ProviderKind::OpenAi => ("openai", self.openai_base()),
+            ProviderKind::Anthropic => ("anthropic", self.origin()),
+        };
+        format!(
+            "[[llm.providers]]\nname = \"{name}\"\nkind = \"{kind}\"\nbase_url = \"{base}\"\nallow_private = true\n\
+             first_token_timeout = \"5s\"\nidle_timeout = \"5s\"\n"
+        )
+    }
+
     /// Queues the response to the next request.
     pub(crate) fn push(&self, script: Script) {
         self.state.lock().expect("fake state").scripts.push_back(script);
+    }
+
+    /// Answers `script` to every request that finds no script queued (many concurrent
+    /// calls, benchmarks).
+    pub(crate) fn always(&self, script: Script) {
+        self.state.lock().expect("fake state").always = Some(script);
     }
 
     /// Every request so far.
@@ -376,7 +410,7 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) {
     let script = {
         let mut state = state.lock().expect("fake state");
         state.requests.push(request);
-        state.scripts.pop_front()
+        state.scripts.pop_front().or_else(|| state.always.clone())
     };
     let script = script.unwrap_or_else(|| {
         Script::json(500, json!({"error": {"message": "fake model server: no script queued", "type": "fake"}}))

@@ -646,3 +646,23 @@ async fn a_server_that_ignores_stream_true_is_read_as_one_whole_answer() {
     let err = openai(&fake).stream(ask("m")).await.err().expect("invalid");
     assert_eq!(err.code(), "model_invalid_response", "{err:?}");
 }
+
+#[tokio::test]
+async fn a_paced_answer_configured_from_toml_streams_every_piece() {
+    use maestro_host::config::{Config, Env, Overrides, RawConfig};
+    let fake = FakeLlm::start().await;
+    fake.always(Script::openai_text("one two three", usage(4, 3)).paced(Duration::from_millis(5)));
+    let text = format!(
+        "{}[[llm.models]]\nid = \"m\"\nprovider = \"local\"\n",
+        fake.provider_toml("local", ProviderKind::OpenAi)
+    );
+    let raw = RawConfig::parse(&text, std::path::Path::new("t.toml")).expect("parses");
+    let config = Config::from_raw(raw, &Env::new(), &Overrides::default()).expect("valid");
+    let models = maestro_host::open_models(&config, &Env::new()).expect("opens");
+    for _ in 0..2 {
+        let (events, error) = drain(models.stream(ask("m")).await.expect("stream")).await;
+        assert_eq!(error, None);
+        assert_eq!(text_of(&events), "one two three");
+    }
+    assert_eq!(fake.request_count(), 2, "the default script answers every request");
+}
