@@ -54,6 +54,8 @@ pub const DEFAULT_FIRST_TOKEN_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default retries on one model before falling back.
 pub const DEFAULT_MAX_RETRIES: u32 = 2;
+/// Connections kept alive per provider between calls.
+const MAX_IDLE_CONNECTIONS: usize = 32;
 /// Largest error body read from a provider.
 const MAX_ERROR_BODY: usize = 64 << 10;
 /// Largest streamed answer accepted (bytes on the wire).
@@ -232,7 +234,7 @@ impl Llm {
             let mut policy = NetPolicy::allowing(vec![rule]);
             policy.max_response_bytes = MAX_STREAM_BYTES;
             policy.max_request_bytes = 32 << 20;
-            let client = OutboundClient::new("model", Arc::new(policy));
+            let client = OutboundClient::pooled("model", Arc::new(policy), MAX_IDLE_CONNECTIONS);
             let base = config.base_url.trim_end_matches('/').to_owned();
             let openai_itself = config.kind == ProviderKind::OpenAi && authority.host() == "api.openai.com";
             built.insert(config.name.clone(), Arc::new(Provider { config, base, openai_itself, client }));

@@ -69,12 +69,20 @@ pub(crate) struct Live {
     content_seen: bool,
     /// Whether the answer completed or failed (nothing more is read).
     finished: bool,
+    /// Whether the answer completed and the rest of its body is still to be read.
+    drain_pending: bool,
     /// Whether any server-sent event arrived.
     sse_seen: bool,
     /// The body so far while no event arrived (a server that ignored `stream: true`
     /// answers one JSON document), up to [`MAX_WHOLE`] bytes.
     raw: Vec<u8>,
 }
+
+/// How long the rest of a completed answer's body is read before its connection is
+/// given up.
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(100);
+/// How much of it is read at most.
+const DRAIN_LIMIT: usize = 64 << 10;
 
 /// Largest whole JSON answer read from a server that does not stream.
 const MAX_WHOLE: usize = 4 << 20;
@@ -113,6 +121,7 @@ impl Live {
             content_seen: false,
             finished: false,
             sse_seen: false,
+            drain_pending: false,
             raw: Vec::new(),
         }
     }
@@ -192,6 +201,9 @@ impl Live {
                 self.content_seen = true;
             }
         }
+        if self.drain_pending {
+            self.drain().await;
+        }
         Ok(())
     }
 
@@ -235,9 +247,26 @@ impl Live {
             return Err(self.fail(failure));
         }
         self.finished = true;
-        // The answer is whole: let the connection go now.
-        self.body = empty_body();
+        self.drain_pending = true;
         Ok(())
+    }
+
+    /// The answer is whole: reads what is left of the body (the end of the chunked
+    /// encoding follows the last event at once) so its connection can serve the next
+    /// call; a body that goes on is dropped, which closes the connection.
+    async fn drain(&mut self) {
+        self.drain_pending = false;
+        let mut rest = std::mem::replace(&mut self.body, empty_body());
+        let drain = async {
+            let mut left = DRAIN_LIMIT;
+            while let Some(Ok(frame)) = rest.frame().await {
+                left = left.saturating_sub(frame.data_ref().map_or(0, bytes::Buf::remaining));
+                if left == 0 {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
     }
 
     fn fail(&mut self, failure: Failure) -> Failure {

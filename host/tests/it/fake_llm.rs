@@ -284,6 +284,10 @@ struct State {
     scripts: VecDeque<Script>,
     /// Answered when no script is queued.
     always: Option<Script>,
+    /// Whether connections stay open for more requests.
+    keep_alive: bool,
+    /// Connections accepted.
+    connections: usize,
     requests: Vec<Recorded>,
     closed_by_client: usize,
 }
@@ -310,6 +314,9 @@ impl FakeLlm {
         let shared = state.clone();
         let task = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
+                // Each chunk leaves at once, as from a real streaming server.
+                let _ = socket.set_nodelay(true);
+                shared.lock().expect("fake state").connections += 1;
                 tokio::spawn(serve(socket, shared.clone()));
             }
         });
@@ -365,6 +372,17 @@ impl FakeLlm {
         self.state.lock().expect("fake state").always = Some(script);
     }
 
+    /// Keeps connections open for further requests (as real servers do) instead of
+    /// answering `connection: close`.
+    pub(crate) fn keep_alive(&self) {
+        self.state.lock().expect("fake state").keep_alive = true;
+    }
+
+    /// Connections accepted so far.
+    pub(crate) fn connections(&self) -> usize {
+        self.state.lock().expect("fake state").connections
+    }
+
     /// Every request so far.
     pub(crate) fn requests(&self) -> Vec<Recorded> {
         self.state.lock().expect("fake state").requests.clone()
@@ -406,12 +424,20 @@ pub(crate) fn model(id: &str, provider: &str, fallbacks: &[&str]) -> ModelConfig
 }
 
 async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) {
-    let Some(request) = read_request(&mut socket).await else { return };
-    let script = {
-        let mut state = state.lock().expect("fake state");
-        state.requests.push(request);
-        state.scripts.pop_front().or_else(|| state.always.clone())
-    };
+    while let Some(request) = read_request(&mut socket).await {
+        let (script, keep_alive) = {
+            let mut state = state.lock().expect("fake state");
+            state.requests.push(request);
+            (state.scripts.pop_front().or_else(|| state.always.clone()), state.keep_alive)
+        };
+        if !respond(&mut socket, script, keep_alive, &state).await || !keep_alive {
+            return;
+        }
+    }
+}
+
+/// Writes one scripted response; whether the connection is still usable.
+async fn respond(socket: &mut TcpStream, script: Option<Script>, keep_alive: bool, state: &Mutex<State>) -> bool {
     let script = script.unwrap_or_else(|| {
         Script::json(500, json!({"error": {"message": "fake model server: no script queued", "type": "fake"}}))
     });
@@ -419,9 +445,10 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) {
     for (name, value) in &script.headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    head.push_str("transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
+    head.push_str("transfer-encoding: chunked\r\n");
+    head.push_str(if keep_alive { "\r\n" } else { "connection: close\r\n\r\n" });
     if socket.write_all(head.as_bytes()).await.is_err() {
-        return;
+        return false;
     }
     for part in script.parts {
         match part {
@@ -430,11 +457,11 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) {
                 framed.extend_from_slice(&bytes);
                 framed.extend_from_slice(b"\r\n");
                 if socket.write_all(&framed).await.is_err() || socket.flush().await.is_err() {
-                    return;
+                    return false;
                 }
             }
             Part::Sleep(wait) => tokio::time::sleep(wait).await,
-            Part::Cut => return,
+            Part::Cut => return false,
             Part::AwaitClose => {
                 let mut buf = [0u8; 256];
                 let closed = tokio::time::timeout(Duration::from_secs(10), async {
@@ -450,12 +477,11 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) {
                 if closed {
                     state.lock().expect("fake state").closed_by_client += 1;
                 }
-                return;
+                return false;
             }
         }
     }
-    let _ = socket.write_all(b"0\r\n\r\n").await;
-    let _ = socket.flush().await;
+    socket.write_all(b"0\r\n\r\n").await.is_ok() && socket.flush().await.is_ok()
 }
 
 async fn read_request(socket: &mut TcpStream) -> Option<Recorded> {

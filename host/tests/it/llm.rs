@@ -489,11 +489,37 @@ async fn anthropic_streams_text_tool_use_and_usage_with_cache_tokens() {
 async fn dropping_the_stream_closes_the_connection() {
     let fake = FakeLlm::start().await;
     fake.push(Script::openai_text("abcdefghijkl", usage(1, 1)).await_close_after(2));
-    let mut stream = openai(&fake).stream(ask("m")).await.expect("stream");
+    let llm = openai(&fake);
+    let mut stream = llm.stream(ask("m")).await.expect("stream");
     assert!(matches!(stream.next().await, Some(Ok(ChatEvent::Started { .. }))));
     assert!(matches!(stream.next().await, Some(Ok(ChatEvent::Text { .. }))));
     drop(stream);
     assert!(fake.wait_closed(1).await, "the fake saw the client close the connection");
+
+    // Also when the connection would otherwise be kept alive for the next call.
+    fake.keep_alive();
+    fake.push(Script::openai_text("warm", usage(1, 1)));
+    drain(llm.stream(ask("m")).await.expect("stream")).await;
+    fake.push(Script::openai_text("abcdefghijkl", usage(1, 1)).await_close_after(2));
+    let mut stream = llm.stream(ask("m")).await.expect("stream");
+    assert!(matches!(stream.next().await, Some(Ok(ChatEvent::Started { .. }))));
+    drop(stream);
+    assert!(fake.wait_closed(2).await, "a kept-alive connection read halfway is closed too");
+    assert_eq!(fake.connections(), 2, "the second and third calls shared one connection");
+}
+
+#[tokio::test]
+async fn connections_are_kept_alive_between_calls() {
+    let fake = FakeLlm::start().await;
+    fake.keep_alive();
+    fake.always(Script::openai_text("again", usage(1, 1)));
+    let llm = openai(&fake);
+    for _ in 0..3 {
+        let (events, error) = drain(llm.stream(ask("m")).await.expect("stream")).await;
+        assert_eq!((text_of(&events).as_str(), error), ("again", None));
+    }
+    assert_eq!(fake.request_count(), 3);
+    assert_eq!(fake.connections(), 1, "one TCP connection for three calls");
 }
 
 #[tokio::test]
