@@ -182,6 +182,21 @@ fn as_u32(index: usize) -> u32 {
     u32::try_from(index).unwrap_or(u32::MAX)
 }
 
+/// A tool's parameter schema as providers require it: a JSON Schema object of
+/// `"type": "object"` (a tool without parameters gets an empty one).
+pub(crate) fn object_schema(schema: &serde_json::Value) -> serde_json::Value {
+    match schema {
+        serde_json::Value::Object(map) if map.contains_key("type") => schema.clone(),
+        serde_json::Value::Object(map) => {
+            let mut map = map.clone();
+            map.insert("type".into(), "object".into());
+            map.entry("properties").or_insert_with(|| serde_json::json!({}));
+            serde_json::Value::Object(map)
+        }
+        _ => serde_json::json!({"type": "object", "properties": {}}),
+    }
+}
+
 /// An `f32` as the decimal it was written as (`0.7`, not `0.699999988079071`).
 pub(crate) fn decimal(value: f32) -> f64 {
     value.to_string().parse().unwrap_or(f64::from(value))
@@ -227,6 +242,14 @@ mod tests {
         let ChatEvent::Completed(response) = &events[3] else { panic!("completed: {events:?}") };
         assert_eq!(response.tool_calls[0].arguments, "{\"a\":1}");
         assert_eq!(response.finish, FinishReason::ToolCalls);
+    }
+
+    #[test]
+    fn parameter_schemas_are_objects() {
+        let schema = serde_json::json!({"type": "object", "properties": {"a": {"type": "number"}}});
+        assert_eq!(object_schema(&schema), schema);
+        assert_eq!(object_schema(&serde_json::Value::Null), serde_json::json!({"type": "object", "properties": {}}));
+        assert_eq!(object_schema(&serde_json::json!({})), serde_json::json!({"type": "object", "properties": {}}));
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub(crate) fn request_body(upstream: &str, request: &ChatRequest, max_tokens: u3
                 system.push(&m.content);
                 continue;
             }
+            // Anthropic refuses empty text blocks; a message left without blocks is skipped.
+            ChatRole::User if m.content.is_empty() => continue,
             ChatRole::User => ("user", vec![json!({"type": "text", "text": m.content})]),
             ChatRole::Assistant => {
                 let mut blocks = Vec::new();
@@ -48,7 +50,7 @@ pub(crate) fn request_body(upstream: &str, request: &ChatRequest, max_tokens: u3
                     );
                 }
                 if blocks.is_empty() {
-                    blocks.push(json!({"type": "text", "text": ""}));
+                    continue;
                 }
                 ("assistant", blocks)
             }
@@ -84,13 +86,16 @@ pub(crate) fn request_body(upstream: &str, request: &ChatRequest, max_tokens: u3
     let mut tools: Vec<Value> = request
         .tools
         .iter()
-        .map(|t| json!({"name": names.wire(&t.name), "description": t.description, "input_schema": t.parameters}))
+        .map(|t| {
+            json!({"name": names.wire(&t.name), "description": t.description,
+                   "input_schema": crate::answer::object_schema(&t.parameters)})
+        })
         .collect();
     if let Some(schema) = &request.response_schema {
         tools.push(json!({
             "name": schema.name,
             "description": "Write the answer as this tool's input.",
-            "input_schema": schema.schema,
+            "input_schema": crate::answer::object_schema(&schema.schema),
         }));
         body["tool_choice"] = json!({"type": "tool", "name": schema.name});
     }

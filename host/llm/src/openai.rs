@@ -69,7 +69,8 @@ pub(crate) fn request_body(
             .iter()
             .map(|t| {
                 json!({"type": "function",
-                       "function": {"name": names.wire(&t.name), "description": t.description, "parameters": t.parameters}})
+                       "function": {"name": names.wire(&t.name), "description": t.description,
+                                    "parameters": crate::answer::object_schema(&t.parameters)}})
             })
             .collect();
     }
