@@ -221,7 +221,7 @@ impl OutboundClient {
     /// instead of the policy's one deadline: a long streamed answer (a model's) needs a
     /// short connect timeout, a bound on the response head, and no deadline on the
     /// body (the caller times the gaps between chunks). The size cap still applies.
-    /// Dropping the returned body closes the connection.
+    /// Dropping the returned body before its end closes the connection.
     pub async fn send_stream(
         &self,
         request: Request<OutboundBody>,

@@ -9,7 +9,7 @@
 //! ```ignore
 //! let fake = FakeLlm::start().await;
 //! fake.push(Script::openai_text("hello", usage(10, 2)));
-//! let llm = Llm::new(vec![fake.provider("fake", ProviderKind::OpenAi)], vec![model("m", "fake")])?;
+//! let llm = Llm::new(vec![fake.provider("fake", ProviderKind::OpenAi)], vec![model("m", "fake", &[])])?;
 //! // … call it …
 //! assert_eq!(fake.requests()[0].path, "/v1/chat/completions");
 //! ```
