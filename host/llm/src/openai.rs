@@ -89,8 +89,17 @@ struct Chunk {
     choices: Option<Vec<Choice>>,
     #[serde(default)]
     usage: Option<WireUsage>,
+    /// Groq's older place for the usage.
+    #[serde(default)]
+    x_groq: Option<XGroq>,
     #[serde(default)]
     error: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct XGroq {
+    #[serde(default)]
+    usage: Option<WireUsage>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,6 +150,9 @@ struct WireUsage {
     prompt_tokens_details: Option<PromptDetails>,
     #[serde(default)]
     completion_tokens_details: Option<CompletionDetails>,
+    /// DeepSeek's cached prompt tokens.
+    #[serde(default)]
+    prompt_cache_hit_tokens: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -232,13 +244,18 @@ impl Parser {
                 answer.finish = Some(finish_reason(&reason));
             }
         }
-        if let Some(usage) = chunk.usage
+        let usage = chunk.usage.filter(|u| u.prompt_tokens.is_some() || u.completion_tokens.is_some());
+        if let Some(usage) = usage.or_else(|| chunk.x_groq.and_then(|x| x.usage))
             && (usage.prompt_tokens.is_some() || usage.completion_tokens.is_some())
         {
             answer.usage = Usage {
                 input_tokens: usage.prompt_tokens.unwrap_or(0),
                 output_tokens: usage.completion_tokens.unwrap_or(0),
-                cached_input_tokens: usage.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0),
+                cached_input_tokens: usage
+                    .prompt_tokens_details
+                    .and_then(|d| d.cached_tokens)
+                    .or(usage.prompt_cache_hit_tokens)
+                    .unwrap_or(0),
                 cache_write_tokens: 0,
                 reasoning_tokens: usage.completion_tokens_details.and_then(|d| d.reasoning_tokens).unwrap_or(0),
             };
@@ -371,6 +388,19 @@ mod tests {
         let Some(ChatEvent::Completed(response)) = answer.events.back() else { panic!("completed") };
         assert_eq!(response.finish, FinishReason::Other("eos_token".into()));
         assert!(!response.usage_reported);
+    }
+
+    #[test]
+    fn usage_is_read_where_groq_and_deepseek_put_it() {
+        let (answer, result) = feed(&[
+            r#"{"choices":[{"delta":{"content":"x"},"finish_reason":"stop"}],"x_groq":{"usage":{"prompt_tokens":7,"completion_tokens":2}}}"#,
+        ]);
+        result.expect("ok");
+        assert_eq!(answer.usage, Usage { input_tokens: 7, output_tokens: 2, ..Usage::default() });
+        let (answer, _) = feed(&[
+            r#"{"choices":[],"usage":{"prompt_tokens":70,"completion_tokens":2,"prompt_cache_hit_tokens":64,"prompt_cache_miss_tokens":6}}"#,
+        ]);
+        assert_eq!(answer.usage.cached_input_tokens, 64);
     }
 
     #[test]
