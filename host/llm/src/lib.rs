@@ -202,6 +202,9 @@ struct Provider {
     base: String,
     /// Whether this is OpenAI itself (`max_completion_tokens`).
     openai_itself: bool,
+    /// Whether to ask for usage with `stream_options` (cleared when the server
+    /// refuses the field; such servers report usage unasked or not at all).
+    stream_options: std::sync::atomic::AtomicBool,
     client: OutboundClient,
 }
 
@@ -237,7 +240,16 @@ impl Llm {
             let client = OutboundClient::pooled("model", Arc::new(policy), MAX_IDLE_CONNECTIONS);
             let base = config.base_url.trim_end_matches('/').to_owned();
             let openai_itself = config.kind == ProviderKind::OpenAi && authority.host() == "api.openai.com";
-            built.insert(config.name.clone(), Arc::new(Provider { config, base, openai_itself, client }));
+            built.insert(
+                config.name.clone(),
+                Arc::new(Provider {
+                    config,
+                    base,
+                    openai_itself,
+                    stream_options: std::sync::atomic::AtomicBool::new(true),
+                    client,
+                }),
+            );
         }
         for (i, model) in models.iter().enumerate() {
             if models[..i].iter().any(|m| m.id == model.id) {
@@ -288,6 +300,10 @@ impl ModelProvider for Llm {
                 match attempt(provider, model, &request).await {
                     Ok(live) => return Ok(Box::new(live)),
                     Err(Attempt::Fatal(error)) => return Err(error),
+                    // Only after a resend that was refused the same way: try again.
+                    Err(Attempt::Resend) => {
+                        last = format!("{} ({}): refused stream_options", model.id, provider.config.name)
+                    }
                     Err(Attempt::Again { message, wait, retry_here }) => {
                         tracing::info!(
                             model = %model.id,
@@ -317,10 +333,20 @@ enum Attempt {
     /// Try again (after `wait` when the server said), here if `retry_here`, else on
     /// the next model of the chain.
     Again { message: String, wait: Option<Duration>, retry_here: bool },
+    /// The server refused `stream_options`: send again without it, at once.
+    Resend,
 }
 
-/// One request to one model, read up to its first content.
+/// One request to one model, read up to its first content (sent twice when the server
+/// refuses `stream_options`).
 async fn attempt(provider: &Provider, model: &ModelConfig, request: &ChatRequest) -> Result<Live, Attempt> {
+    match attempt_once(provider, model, request).await {
+        Err(Attempt::Resend) => attempt_once(provider, model, request).await,
+        other => other,
+    }
+}
+
+async fn attempt_once(provider: &Provider, model: &ModelConfig, request: &ChatRequest) -> Result<Live, Attempt> {
     let config = &provider.config;
     let names = ToolNames::new(&request.tools);
     let max_tokens = request.max_tokens.unwrap_or(model.max_output_tokens).min(model.max_output_tokens).max(1);
@@ -337,10 +363,11 @@ async fn attempt(provider: &Provider, model: &ModelConfig, request: &ChatRequest
         Some(key) if key.len() >= 4 => message.replace(key.as_str(), "<redacted>"),
         _ => message.to_owned(),
     };
+    let asked_usage = provider.stream_options.load(std::sync::atomic::Ordering::Relaxed);
     let (url, body, wire) = match config.kind {
         ProviderKind::OpenAi => (
             format!("{}/chat/completions", provider.base),
-            openai::request_body(&model.upstream, request, max_tokens, &names, provider.openai_itself),
+            openai::request_body(&model.upstream, request, max_tokens, &names, provider.openai_itself, asked_usage),
             Wire::OpenAi(openai::Parser::default()),
         ),
         ProviderKind::Anthropic => (
@@ -390,6 +417,16 @@ async fn attempt(provider: &Provider, model: &ModelConfig, request: &ChatRequest
         let wait = retry::server_wait(&headers, SystemTime::now());
         let remaining = first_deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
         let text: String = tokio::time::timeout(remaining, read_capped(response.into_body())).await.unwrap_or_default();
+        if config.kind == ProviderKind::OpenAi
+            && asked_usage
+            && matches!(status.as_u16(), 400 | 422)
+            && text.contains("stream_options")
+        {
+            if provider.stream_options.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                tracing::info!(provider = %config.name, "the provider refuses stream_options; asking without it");
+            }
+            return Err(Attempt::Resend);
+        }
         return Err(classify(status, &headers, &redact(&text), wait));
     }
     let setup = LiveSetup {

@@ -23,6 +23,7 @@ pub(crate) fn request_body(
     max_tokens: u32,
     names: &ToolNames,
     openai_itself: bool,
+    include_usage: bool,
 ) -> Value {
     let messages: Vec<Value> = request
         .messages
@@ -56,8 +57,10 @@ pub(crate) fn request_body(
         "model": upstream,
         "messages": messages,
         "stream": true,
-        "stream_options": {"include_usage": true},
     });
+    if include_usage {
+        body["stream_options"] = json!({"include_usage": true});
+    }
     let length_field = if openai_itself { "max_completion_tokens" } else { "max_tokens" };
     body[length_field] = json!(max_tokens);
     if let Some(temperature) = request.temperature {
@@ -460,7 +463,7 @@ mod tests {
             temperature: Some(0.5),
             response_schema: Some(ResponseSchema { name: "answer".into(), schema: json!({"type": "object"}) }),
         };
-        let body = request_body("gpt-x", &request, 100, &names, false);
+        let body = request_body("gpt-x", &request, 100, &names, false, true);
         assert_eq!(body["max_tokens"], 100);
         assert!(body.get("max_completion_tokens").is_none());
         assert_eq!(body["stream_options"]["include_usage"], true);
@@ -469,8 +472,9 @@ mod tests {
         assert_eq!(body["messages"][3]["tool_call_id"], "c1");
         assert_eq!(body["tools"][0]["function"]["name"], "calc_add");
         assert_eq!(body["response_format"]["json_schema"]["strict"], true);
-        let body = request_body("gpt-x", &request, 100, &names, true);
+        let body = request_body("gpt-x", &request, 100, &names, true, false);
         assert_eq!(body["max_completion_tokens"], 100);
         assert!(body.get("max_tokens").is_none());
+        assert!(body.get("stream_options").is_none());
     }
 }

@@ -692,3 +692,27 @@ async fn a_paced_answer_configured_from_toml_streams_every_piece() {
     }
     assert_eq!(fake.request_count(), 2, "the default script answers every request");
 }
+
+#[tokio::test]
+async fn a_server_refusing_stream_options_is_asked_again_without_it() {
+    let fake = FakeLlm::start().await;
+    fake.push(Script::json(
+        422,
+        json!({"object": "error", "message": "Extra inputs are not permitted: body.stream_options", "type": "invalid_request_error"}),
+    ));
+    fake.push(Script::openai_text("fine", usage(2, 1)));
+    fake.push(Script::openai_text("again", usage(2, 1)));
+    let llm = Llm::new(
+        vec![ProviderConfig { max_retries: 0, ..fake.provider("strict", ProviderKind::OpenAi) }],
+        vec![model("m", "strict", &[])],
+    )
+    .expect("valid");
+    for expected in ["fine", "again"] {
+        let (events, error) = drain(llm.stream(ask("m")).await.expect("resent")).await;
+        assert_eq!((text_of(&events).as_str(), error), (expected, None));
+    }
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 3, "one refusal, then two calls without the field");
+    assert!(requests[0].body.get("stream_options").is_some());
+    assert!(requests[1].body.get("stream_options").is_none() && requests[2].body.get("stream_options").is_none());
+}
