@@ -20,6 +20,8 @@ pub mod storage;
 pub mod telemetry;
 pub mod tools;
 
+/// The model providers (crate `maestro-llm`), under its module name.
+pub use maestro_llm as llm;
 /// The one outbound HTTP client (crate `maestro-outbound`), under its module name.
 pub use maestro_outbound as outbound;
 /// The plugin sandbox (crate `maestro-sandbox`), under its module name.
@@ -136,7 +138,7 @@ pub async fn open_tools(
 pub fn open_models(config: &Config, env: &config::Env) -> anyhow::Result<Arc<dyn maestro_core::llm::ModelProvider>> {
     use anyhow::Context as _;
     if config.llm.providers.is_empty() {
-        return Ok(Arc::new(maestro_llm::NoProvider));
+        return Ok(Arc::new(llm::NoProvider));
     }
     let secrets = tools::SecretValues::new(env.clone(), config.secrets_dir.clone());
     let mut providers = Vec::new();
@@ -152,14 +154,14 @@ pub fn open_models(config: &Config, env: &config::Env) -> anyhow::Result<Arc<dyn
                     );
                 }
                 let (secrets, source) = (secrets.clone(), source.clone());
-                Some(maestro_llm::ApiKey::new(move || secrets.get(&source)))
+                Some(llm::ApiKey::new(move || secrets.get(&source)))
             }
         };
-        providers.push(maestro_llm::ProviderConfig {
+        providers.push(llm::ProviderConfig {
             name: p.name.clone(),
             kind: match p.kind {
-                config::LlmProviderKind::OpenAi => maestro_llm::ProviderKind::OpenAi,
-                config::LlmProviderKind::Anthropic => maestro_llm::ProviderKind::Anthropic,
+                config::LlmProviderKind::OpenAi => llm::ProviderKind::OpenAi,
+                config::LlmProviderKind::Anthropic => llm::ProviderKind::Anthropic,
             },
             base_url: p.base_url.clone(),
             api_key,
@@ -174,7 +176,7 @@ pub fn open_models(config: &Config, env: &config::Env) -> anyhow::Result<Arc<dyn
         .llm
         .models
         .iter()
-        .map(|m| maestro_llm::ModelConfig {
+        .map(|m| llm::ModelConfig {
             id: m.id.clone(),
             provider: m.provider.clone(),
             upstream: m.upstream.clone(),
@@ -184,9 +186,9 @@ pub fn open_models(config: &Config, env: &config::Env) -> anyhow::Result<Arc<dyn
             fallbacks: m.fallbacks.clone(),
         })
         .collect();
-    let llm = maestro_llm::Llm::new(providers, models).context("invalid [llm] configuration")?;
+    let models = llm::Llm::new(providers, models).context("invalid [llm] configuration")?;
     tracing::info!(providers = config.llm.providers.len(), models = config.llm.models.len(), "model providers");
-    Ok(Arc::new(llm))
+    Ok(Arc::new(models))
 }
 
 /// `maestro serve`: opens the store, bootstraps the first admin key, loads plugins and
