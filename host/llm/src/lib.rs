@@ -305,15 +305,17 @@ impl ModelProvider for Llm {
                         last = format!("{} ({}): refused stream_options", model.id, provider.config.name)
                     }
                     Err(Attempt::Again { message, wait, retry_here }) => {
+                        let again_here = retry_here && retry < provider.config.max_retries;
                         tracing::info!(
                             model = %model.id,
                             provider = %provider.config.name,
                             attempt = attempts,
                             error = %message,
-                            "model call failed; trying again"
+                            next = if again_here { "retry" } else { "next model, if any" },
+                            "model call failed before its first token"
                         );
                         last = format!("{} ({}): {message}", model.id, provider.config.name);
-                        if !retry_here || retry == provider.config.max_retries {
+                        if !again_here {
                             break;
                         }
                         tokio::time::sleep(wait.unwrap_or_else(|| retry::backoff(retry))).await;
