@@ -141,6 +141,8 @@ struct Block {
     text: Option<String>,
     #[serde(default)]
     thinking: Option<String>,
+    #[serde(default)]
+    input: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -232,6 +234,11 @@ impl Parser {
                         let call = answer.new_call();
                         answer.call_id(call, block.id.as_deref().unwrap_or_default());
                         answer.call_name(call, block.name.as_deref().unwrap_or_default());
+                        // Anthropic starts with `{}` and streams the input; a proxy that
+                        // sends it whole here sends no deltas.
+                        if let Some(input) = block.input.filter(|i| i.as_object().is_some_and(|o| !o.is_empty())) {
+                            answer.call_arguments(call, &input.to_string());
+                        }
                         Content::Call(call)
                     }
                     _ => {
