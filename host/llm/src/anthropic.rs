@@ -228,6 +228,9 @@ impl Parser {
                 let block = parsed.content_block.unwrap_or_default();
                 let content = match block.kind.as_str() {
                     "tool_use" | "server_tool_use" if block.name.is_some() && block.name == self.structured_tool => {
+                        if let Some(input) = block.input.filter(|i| i.as_object().is_some_and(|o| !o.is_empty())) {
+                            answer.text(&input.to_string());
+                        }
                         Content::Structured
                     }
                     "tool_use" | "server_tool_use" => {
