@@ -449,6 +449,22 @@ mod tests {
     }
 
     #[test]
+    fn a_tool_input_given_whole_in_the_start_block_is_kept() {
+        let answer = run(
+            &mut Parser::new(None),
+            &[
+                (
+                    "content_block_start",
+                    r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_2","name":"calc_add","input":{"a":1}}}"#,
+                ),
+                ("message_delta", r#"{"type":"message_delta","delta":{"stop_reason":"tool_use"}}"#),
+            ],
+        );
+        let Some(ChatEvent::Completed(response)) = answer.events.back() else { panic!("completed") };
+        assert_eq!(response.tool_calls[0].arguments, r#"{"a":1}"#);
+    }
+
+    #[test]
     fn the_forced_structured_tool_is_reported_as_text() {
         let answer = run(
             &mut Parser::new(Some("verdict".into())),
