@@ -383,6 +383,7 @@ async fn attempt_once(provider: &Provider, model: &ModelConfig, request: &ChatRe
     let mut builder = Request::post(url)
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::ACCEPT, "text/event-stream")
+        .header(http::header::USER_AGENT, concat!("maestro/", env!("CARGO_PKG_VERSION")))
         .header(http::header::CONTENT_LENGTH, body.len());
     if config.kind == ProviderKind::Anthropic {
         builder = builder.header("anthropic-version", anthropic::VERSION);

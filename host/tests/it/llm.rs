@@ -85,6 +85,7 @@ async fn streams_text_with_started_first_and_reported_usage() {
     let request = &requests[0];
     assert_eq!((request.method.as_str(), request.path.as_str()), ("POST", "/v1/chat/completions"));
     assert_eq!(request.header("content-type"), Some("application/json"));
+    assert!(request.header("user-agent").is_some_and(|ua| ua.starts_with("maestro/")));
     assert_eq!(request.body["model"], "upstream-m");
     assert_eq!(request.body["stream"], true);
     assert_eq!(request.body["stream_options"]["include_usage"], true);
