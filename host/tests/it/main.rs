@@ -7,12 +7,14 @@
 mod architecture;
 mod billing;
 mod config_files;
+mod fake_llm;
 mod first_party;
 mod fixtures;
 mod harness;
 mod http_api;
 mod jobs;
 mod ledger;
+mod llm;
 mod mcp;
 mod mcp_clients;
 mod mcp_conformance;
