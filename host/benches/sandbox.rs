@@ -299,8 +299,15 @@ async fn responsiveness(sandbox: &Arc<Sandbox>, hostile: &LoadedPlugin) {
     let state = AppState {
         credits: Arc::new(maestro_host::credits::Credits::new(store.clone(), Arc::new(SystemClock))),
         accounts: Accounts::new(store.clone(), Arc::new(SystemClock)),
-        jobs: Arc::new(maestro_host::jobs::Jobs::new(store, Arc::new(SystemClock))),
+        jobs: Arc::new(maestro_host::jobs::Jobs::new(store.clone(), Arc::new(SystemClock))),
         metrics: Arc::default(),
+        orchestrator: Arc::new(maestro_host::orchestrator::Orchestrator::new(
+            store.clone(),
+            store.clone(),
+            Arc::new(SystemClock),
+            tools.clone(),
+            Arc::new(maestro_host::orchestrator::hub::EventHub::new(store)),
+        )),
         tools,
         shutdown: Default::default(),
         billing: None,

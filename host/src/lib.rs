@@ -20,6 +20,8 @@ pub mod storage;
 pub mod telemetry;
 pub mod tools;
 
+/// The model providers (crate `maestro-llm`), under its module name.
+pub use maestro_llm as llm;
 /// The one outbound HTTP client (crate `maestro-outbound`), under its module name.
 pub use maestro_outbound as outbound;
 /// The plugin sandbox (crate `maestro-sandbox`), under its module name.
@@ -129,6 +131,66 @@ pub async fn open_tools(
     ))
 }
 
+/// The model providers configured in `[llm]`: a provider whose `models()` is empty and
+/// whose calls answer `no_model_provider` when none is configured. Keys are read from
+/// the environment or the secrets directory when each request is sent; one that is not
+/// available at start is refused here, naming the provider and where it was looked for.
+pub fn open_models(config: &Config, env: &config::Env) -> anyhow::Result<Arc<dyn maestro_core::llm::ModelProvider>> {
+    use anyhow::Context as _;
+    if config.llm.providers.is_empty() {
+        return Ok(Arc::new(llm::NoProvider));
+    }
+    let secrets = tools::SecretValues::new(env.clone(), config.secrets_dir.clone());
+    let mut providers = Vec::new();
+    for p in &config.llm.providers {
+        let api_key = match &p.api_key {
+            None => None,
+            Some(source) => {
+                if secrets.get(source).is_none() {
+                    anyhow::bail!(
+                        "llm provider `{}`: its api_key {source} is not set (environment variable, or file in {})",
+                        p.name,
+                        config.secrets_dir.display()
+                    );
+                }
+                let (secrets, source) = (secrets.clone(), source.clone());
+                Some(llm::ApiKey::new(move || secrets.get(&source)))
+            }
+        };
+        providers.push(llm::ProviderConfig {
+            name: p.name.clone(),
+            kind: match p.kind {
+                config::LlmProviderKind::OpenAi => llm::ProviderKind::OpenAi,
+                config::LlmProviderKind::Anthropic => llm::ProviderKind::Anthropic,
+            },
+            base_url: p.base_url.clone(),
+            api_key,
+            allow_private: p.allow_private,
+            connect_timeout: p.connect_timeout,
+            first_token_timeout: p.first_token_timeout,
+            idle_timeout: p.idle_timeout,
+            max_retries: p.max_retries,
+        });
+    }
+    let models = config
+        .llm
+        .models
+        .iter()
+        .map(|m| llm::ModelConfig {
+            id: m.id.clone(),
+            provider: m.provider.clone(),
+            upstream: m.upstream.clone(),
+            tier: m.tier,
+            context_window: m.context_window,
+            max_output_tokens: m.max_output_tokens,
+            fallbacks: m.fallbacks.clone(),
+        })
+        .collect();
+    let models = llm::Llm::new(providers, models).context("invalid [llm] configuration")?;
+    tracing::info!(providers = config.llm.providers.len(), models = config.llm.models.len(), "model providers");
+    Ok(Arc::new(models))
+}
+
 /// `maestro serve`: opens the store, bootstraps the first admin key, loads plugins and
 /// policies, and serves HTTP until `shutdown` completes.
 pub async fn serve(
@@ -184,8 +246,19 @@ pub async fn serve(
     .spawn(stopping.clone());
     jobs.schedule_every(jobs::EXPIRE_HOLDS, EXPIRE_HOLDS_EVERY, stopping.clone());
     jobs.schedule_every(jobs::PRUNE, PRUNE_JOBS_EVERY, stopping.clone());
-    let state =
-        http::AppState { accounts, metrics: Arc::default(), tools, credits, jobs, shutdown: stopping.clone(), billing };
+    let hub = Arc::new(orchestrator::hub::EventHub::new(store.clone()));
+    let orchestrator =
+        Arc::new(orchestrator::Orchestrator::new(store.clone(), store.clone(), clock.clone(), tools.clone(), hub));
+    let state = http::AppState {
+        accounts,
+        metrics: Arc::default(),
+        tools,
+        credits,
+        jobs,
+        shutdown: stopping.clone(),
+        billing,
+        orchestrator,
+    };
     let app = http::router(state, &http_settings(&config));
     tracing::info!(%address, store = %config.store.describe(), "maestro listening on http://{address} (MCP at /mcp)");
     let shutdown = async move {

@@ -26,6 +26,21 @@ pub fn full_body(bytes: impl Into<Bytes>) -> OutboundBody {
     http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
+/// The next chunk of data of a streamed body (trailers are skipped); `None` at its end.
+/// For callers that read a response as it arrives without depending on `http-body`.
+pub async fn next_chunk(body: &mut OutboundBody) -> Option<Result<Bytes, OutboundError>> {
+    loop {
+        match body.frame().await? {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) if data.is_empty() => {}
+                Ok(data) => return Some(Ok(data)),
+                Err(_trailers) => {}
+            },
+            Err(err) => return Some(Err(err)),
+        }
+    }
+}
+
 /// A body that fails once more than `limit` bytes have passed (and, for responses,
 /// when its deadline passes), counting what it delivers into the client's log.
 pub(crate) struct CappedBody {

@@ -70,6 +70,18 @@ pub enum OutboundError {
     Body(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// Time limits of one request sent with [`OutboundClient::send_stream`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamTimeouts {
+    /// Connecting (TCP and TLS handshake) to one checked address; a timeout is
+    /// reported as [`OutboundError::Connect`] of kind `TimedOut`.
+    pub connect: Duration,
+    /// From sending the request to its response head (connecting included).
+    pub head: Duration,
+    /// Reading the whole body; `None`: no deadline (the caller times the reads).
+    pub body: Option<Duration>,
+}
+
 /// An outbound HTTP client bound to one [`NetPolicy`], with a [`NetLog`] of what it
 /// did. Cheap to clone (clones share the log and the request count).
 ///
@@ -85,6 +97,59 @@ struct Inner {
     name: &'static str,
     policy: Arc<NetPolicy>,
     log: Arc<Mutex<NetLog>>,
+    /// Kept-alive connections, when the client pools them.
+    pool: Option<Pool>,
+}
+
+/// How long an idle pooled connection is kept.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+
+/// Kept-alive connections of one client, each bound to the target it was checked for.
+#[derive(Debug)]
+struct Pool {
+    max_idle: usize,
+    idle: Mutex<Vec<Pooled>>,
+}
+
+/// One kept-alive connection.
+struct Pooled {
+    scheme: String,
+    host: String,
+    port: u16,
+    addr: SocketAddr,
+    sender: hyper::client::conn::http1::SendRequest<OutboundBody>,
+    since: std::time::Instant,
+}
+
+impl std::fmt::Debug for Pooled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pooled").field("host", &self.host).field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// An idle connection to one of the target's checked addresses, ready for a request.
+    fn checkout(&self, target: &Target) -> Option<Pooled> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.retain(|p| !p.sender.is_closed() && p.since.elapsed() < POOL_IDLE);
+        let position = idle.iter().position(|p| {
+            p.scheme == target.scheme
+                && p.host == target.host
+                && p.port == target.port
+                && target.addrs.contains(&p.addr)
+                && p.sender.is_ready()
+        })?;
+        Some(idle.swap_remove(position))
+    }
+
+    /// Keeps a connection for later (it becomes ready once its response was read).
+    fn checkin(&self, mut pooled: Pooled) {
+        pooled.since = std::time::Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < self.max_idle {
+            idle.push(pooled);
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -108,7 +173,17 @@ impl OutboundClient {
 
     /// A client that records into `log` (the sandbox reads it after the call).
     pub fn with_log(name: &'static str, policy: Arc<NetPolicy>, log: Arc<Mutex<NetLog>>) -> Self {
-        Self { inner: Arc::new(Inner { name, policy, log }) }
+        Self { inner: Arc::new(Inner { name, policy, log, pool: None }) }
+    }
+
+    /// A long-lived client that keeps up to `max_idle` connections alive between
+    /// requests (a model provider: no TCP and TLS handshake per call). A connection is
+    /// reused only for the same scheme, host and port and an address the request's own
+    /// check allowed, and only once its previous response was read to the end; a
+    /// response dropped half-read closes its connection.
+    pub fn pooled(name: &'static str, policy: Arc<NetPolicy>, max_idle: usize) -> Self {
+        let pool = Pool { max_idle, idle: Mutex::new(Vec::new()) };
+        Self { inner: Arc::new(Inner { name, policy, log: Arc::default(), pool: Some(pool) }) }
     }
 
     /// The policy it enforces.
@@ -136,6 +211,29 @@ impl OutboundClient {
     pub async fn send_streaming(
         &self,
         request: Request<OutboundBody>,
+    ) -> Result<Response<OutboundBody>, OutboundError> {
+        let timeout = self.inner.policy.request_timeout;
+        let timeouts = StreamTimeouts { connect: timeout, head: timeout, body: Some(timeout) };
+        self.send_with(request, timeouts).await
+    }
+
+    /// Sends a request like [`send_streaming`](Self::send_streaming), under `timeouts`
+    /// instead of the policy's one deadline: a long streamed answer (a model's) needs a
+    /// short connect timeout, a bound on the response head, and no deadline on the
+    /// body (the caller times the gaps between chunks). The size cap still applies.
+    /// Dropping the returned body before its end closes the connection.
+    pub async fn send_stream(
+        &self,
+        request: Request<OutboundBody>,
+        timeouts: StreamTimeouts,
+    ) -> Result<Response<OutboundBody>, OutboundError> {
+        self.send_with(request, timeouts).await
+    }
+
+    async fn send_with(
+        &self,
+        request: Request<OutboundBody>,
+        timeouts: StreamTimeouts,
     ) -> Result<Response<OutboundBody>, OutboundError> {
         let policy = &*self.inner.policy;
         let log = &self.inner.log;
@@ -194,9 +292,10 @@ impl OutboundClient {
                 .body(body.take().unwrap_or_else(super::body::empty_body))
                 .map_err(|_| OutboundError::InvalidUri)?;
             *outgoing.headers_mut() = headers;
-            let response = tokio::time::timeout(policy.request_timeout, exchange(&target, outgoing))
+            let pool = self.inner.pool.as_ref();
+            let response = tokio::time::timeout(timeouts.head, exchange(&target, outgoing, timeouts.connect, pool))
                 .await
-                .map_err(|_| OutboundError::Timeout(policy.request_timeout))??;
+                .map_err(|_| OutboundError::Timeout(timeouts.head))??;
             let redirect = response.status().is_redirection() && matches!(parts.method, Method::GET | Method::HEAD);
             let location = response.headers().get(LOCATION).and_then(|l| l.to_str().ok()).map(str::to_owned);
             match (redirect, location) {
@@ -214,13 +313,15 @@ impl OutboundClient {
                     {
                         return Err(OutboundError::ResponseTooLarge { size: Some(length), limit });
                     }
-                    let capped = CappedBody::new(
+                    let mut capped = CappedBody::new(
                         incoming.map_err(OutboundError::Protocol).boxed_unsync(),
                         limit,
                         Some(log.clone()),
                         OutboundError::ResponseTooLarge { size: None, limit },
-                    )
-                    .with_deadline(policy.request_timeout);
+                    );
+                    if let Some(deadline) = timeouts.body {
+                        capped = capped.with_deadline(deadline);
+                    }
                     return Ok(Response::from_parts(response_parts, capped.boxed_unsync()));
                 }
             }
@@ -321,17 +422,38 @@ async fn authorize(policy: &NetPolicy, uri: &Uri) -> Result<Target, String> {
 /// Connects to the first checked address that answers and exchanges one request.
 async fn exchange(
     target: &Target,
-    request: Request<OutboundBody>,
+    mut request: Request<OutboundBody>,
+    connect_timeout: Duration,
+    pool: Option<&Pool>,
 ) -> Result<Response<hyper::body::Incoming>, OutboundError> {
+    if let Some(pool) = pool {
+        while let Some(mut pooled) = pool.checkout(target) {
+            match pooled.sender.try_send_request(request).await {
+                Ok(response) => {
+                    pool.checkin(pooled);
+                    return Ok(response);
+                }
+                Err(mut err) => match err.take_message() {
+                    // Not sent (the server closed the idle connection): another one.
+                    Some(unsent) => request = unsent,
+                    None => return Err(OutboundError::Protocol(err.into_error())),
+                },
+            }
+        }
+    }
     let mut last_error = None;
     let mut stream = None;
     for addr in &target.addrs {
-        match TcpStream::connect(addr).await {
-            Ok(s) => {
+        match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
                 stream = Some(s);
                 break;
             }
-            Err(err) => last_error = Some(err),
+            Ok(Err(err)) => last_error = Some(err),
+            Err(_) => {
+                let message = format!("connecting timed out after {connect_timeout:?}");
+                last_error = Some(std::io::Error::new(std::io::ErrorKind::TimedOut, message));
+            }
         }
     }
     let stream = match (stream, last_error) {
@@ -343,10 +465,16 @@ async fn exchange(
     };
     // Best effort: a socket that refuses the option still works, only slower.
     let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok();
     let io: Box<dyn Io> = match &target.tls_name {
         Some(name) => {
             let connector = tokio_rustls::TlsConnector::from(tls_config());
-            Box::new(connector.connect(name.clone(), stream).await.map_err(OutboundError::Tls)?)
+            let handshake =
+                tokio::time::timeout(connect_timeout, connector.connect(name.clone(), stream)).await.map_err(|_| {
+                    let message = format!("tls handshake timed out after {connect_timeout:?}");
+                    OutboundError::Connect(std::io::Error::new(std::io::ErrorKind::TimedOut, message))
+                })?;
+            Box::new(handshake.map_err(OutboundError::Tls)?)
         }
         None => Box::new(stream),
     };
@@ -358,7 +486,18 @@ async fn exchange(
             tracing::debug!(%err, "outbound http connection ended with an error");
         }
     });
-    sender.send_request(request).await.map_err(OutboundError::Protocol)
+    let response = sender.send_request(request).await.map_err(OutboundError::Protocol)?;
+    if let (Some(pool), Some(addr)) = (pool, peer) {
+        pool.checkin(Pooled {
+            scheme: target.scheme.clone(),
+            host: target.host.clone(),
+            port: target.port,
+            addr,
+            sender,
+            since: std::time::Instant::now(),
+        });
+    }
+    Ok(response)
 }
 
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}

@@ -24,8 +24,10 @@
 //! limits) and one client per call. A model provider builds its own allow-list from its
 //! configuration — for a local Ollama, `NetRule::parse("http://127.0.0.1:11434", true,
 //! "config: llm.ollama")` inside `NetPolicy::allowing(..)` — keeps one client, and calls
-//! [`OutboundClient::send`] (whole bodies, response capped) or
-//! [`OutboundClient::send_streaming`] (for streamed answers).
+//! [`OutboundClient::send`] (whole bodies, response capped),
+//! [`OutboundClient::send_streaming`] (a body under the same deadline), or
+//! [`OutboundClient::send_stream`] (a model's long stream: connect and head timeouts of
+//! its own, no deadline on the body, whose gaps the caller times).
 //!
 //! hyper and rustls only; no reqwest in production code.
 
@@ -34,7 +36,7 @@ mod client;
 mod log;
 mod policy;
 
-pub use body::{OutboundBody, empty_body, full_body};
-pub use client::{MAX_REDIRECTS, OutboundClient, OutboundError};
+pub use body::{OutboundBody, empty_body, full_body, next_chunk};
+pub use client::{MAX_REDIRECTS, OutboundClient, OutboundError, StreamTimeouts};
 pub use log::{Denial, LOGGED_DENIALS, MAX_DENIAL_RECORDS, NetLog};
 pub use policy::{HostPattern, NetPolicy, NetRule, SecretHeader, SecretTarget, SecretUnavailable};

@@ -2,6 +2,7 @@
 //! keys against the same store the server uses, plugin authoring (`plugin new|build|
 //! inspect`) and policy checks (`policy check|explain`).
 
+pub mod chat;
 mod plugin;
 mod policy;
 
@@ -78,6 +79,9 @@ pub enum Command {
     /// Validate and explain policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Chat with a session's team on a running server: posts each line of stdin and
+    /// streams the run (who speaks, tokens, tool calls, costs). Ctrl-C cancels the run.
+    Chat(chat::ChatArgs),
 }
 
 /// `maestro serve`.
@@ -254,6 +258,7 @@ pub fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
             Command::Tenant(command) => tenant(&open(&config).await?, command).await,
             Command::Key(command) => key(&open(&config).await?, command).await,
             Command::Credits(command) => credits(open_store(&config).await?, command).await,
+            Command::Chat(args) => chat::run(&config, env, args).await,
         }
     })
 }

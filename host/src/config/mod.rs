@@ -40,6 +40,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MAESTRO_MCP_ALLOWED_HOSTS", "comma-separated Host allow-list for /mcp (mcp.allowed_hosts)"),
     ("MAESTRO_MCP_ALLOWED_ORIGINS", "comma-separated Origin allow-list for /mcp (mcp.allowed_origins)"),
     ("MAESTRO_MCP_KEY", "tenant API key for `maestro mcp` (instead of --key)"),
+    ("MAESTRO_KEY", "tenant API key for `maestro chat` (instead of --key)"),
     ("MAESTRO_MCP_TOOL_NAMES", "qualified or short (mcp.tool_names)"),
     ("MAESTRO_MCP_SESSION_IDLE_TIMEOUT", "idle MCP sessions close after this (mcp.session_idle_timeout)"),
     ("MAESTRO_MCP_MAX_SESSIONS_PER_KEY", "open MCP sessions per API key (mcp.max_sessions_per_key)"),
@@ -112,6 +113,8 @@ pub struct Config {
     pub model_prices: Vec<ModelPrice>,
     /// The background job worker.
     pub jobs: JobsSettings,
+    /// Model providers and models (`[llm]`); empty when none is configured.
+    pub llm: LlmSettings,
     /// `MAESTRO_*` variables that were set but are not known, to warn about once
     /// logging is up.
     pub unknown_env: Vec<String>,
@@ -205,6 +208,7 @@ impl fmt::Debug for Config {
             .field("sandbox", &self.sandbox)
             .field("mcp", &self.mcp)
             .field("billing", &self.billing)
+            .field("llm", &self.llm)
             .finish_non_exhaustive()
     }
 }
@@ -358,6 +362,7 @@ impl Config {
         let billing = billing_settings(raw.billing, env)?;
         let model_prices = model_prices(raw.credits)?;
         let jobs = jobs_settings(raw.jobs)?;
+        let llm = llm_settings(raw.llm)?;
         let unknown_env = env
             .keys()
             .filter(|k| k.starts_with("MAESTRO_") && !ENV_VARS.iter().any(|(known, _)| known == k))
@@ -382,6 +387,7 @@ impl Config {
             billing,
             model_prices,
             jobs,
+            llm,
             unknown_env,
         })
     }
@@ -552,6 +558,236 @@ fn model_prices(raw: raw::RawCredits) -> Result<Vec<ModelPrice>, ConfigError> {
         });
     }
     Ok(prices)
+}
+
+/// Model providers and the models they serve (`[llm]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LlmSettings {
+    /// `[[llm.providers]]`.
+    pub providers: Vec<LlmProviderSettings>,
+    /// `[[llm.models]]`, in the order written (the first of a tier is its default).
+    pub models: Vec<LlmModelSettings>,
+}
+
+/// The wire format of a provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LlmProviderKind {
+    /// OpenAI-compatible Chat Completions (OpenAI, Ollama, vLLM, llama.cpp, OpenRouter…).
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+/// One model provider. Its key is named by where it is read (`env:NAME`, `file:NAME`),
+/// never held here, so `Debug` shows nothing secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LlmProviderSettings {
+    /// Name models refer to.
+    pub name: String,
+    /// Wire format.
+    pub kind: LlmProviderKind,
+    /// Base URL; only its origin is reachable (the provider's network allow-list).
+    pub base_url: String,
+    /// Where its API key is read (`None`: it needs none, as local servers).
+    pub api_key: Option<maestro_core::policy::SecretSource>,
+    /// Whether the base URL may be loopback or private (Ollama, vLLM on the host).
+    pub allow_private: bool,
+    /// Connecting (TCP and TLS).
+    pub connect_timeout: Duration,
+    /// From sending a request to the first token.
+    pub first_token_timeout: Duration,
+    /// Longest gap between two chunks of an answer.
+    pub idle_timeout: Duration,
+    /// Retries on one model before falling back.
+    pub max_retries: u32,
+}
+
+/// One model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LlmModelSettings {
+    /// Id Maestro calls it by (prices in `[[credits.models]]`, personas and fallbacks
+    /// use it).
+    pub id: String,
+    /// Its provider's name.
+    pub provider: String,
+    /// The provider's name for the model.
+    pub upstream: String,
+    /// Its tier.
+    pub tier: maestro_core::plugin::ModelTier,
+    /// Context window, in tokens.
+    pub context_window: u32,
+    /// Largest answer, in tokens.
+    pub max_output_tokens: u32,
+    /// Model ids tried next, in order, when this one is unavailable.
+    pub fallbacks: Vec<String>,
+}
+
+/// Default context window of a model, in tokens.
+pub const DEFAULT_CONTEXT_WINDOW: u32 = 128_000;
+/// Default largest answer of a model, in tokens.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 4096;
+
+fn llm_settings(raw: raw::RawLlm) -> Result<LlmSettings, ConfigError> {
+    let name_ok = |name: &str| {
+        !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    };
+    let mut providers: Vec<LlmProviderSettings> = Vec::new();
+    for p in raw.providers.unwrap_or_default() {
+        if !name_ok(&p.name) {
+            return Err(invalid("llm.providers.name", &p.name, "expected 1-64 of a-z, A-Z, 0-9, _, - and .".into()));
+        }
+        if providers.iter().any(|q| q.name == p.name) {
+            return Err(invalid("llm.providers.name", &p.name, "listed twice".into()));
+        }
+        let key = |field: &str| format!("llm.providers[{}].{field}", p.name);
+        let kind = match p.kind.trim() {
+            "openai" => LlmProviderKind::OpenAi,
+            "anthropic" => LlmProviderKind::Anthropic,
+            other => {
+                return Err(invalid(
+                    &key("kind"),
+                    other,
+                    "expected openai (any OpenAI-compatible server) or anthropic".into(),
+                ));
+            }
+        };
+        let base_url = p.base_url.trim().to_owned();
+        let origin = base_url
+            .split_once("://")
+            .filter(|(scheme, _)| matches!(*scheme, "http" | "https"))
+            .map(|(scheme, rest)| (scheme, rest.split('/').next().unwrap_or_default()))
+            .filter(|(_, authority)| !authority.is_empty() && !authority.contains(['@', '?', '#']))
+            .map(|(scheme, authority)| format!("{scheme}://{authority}"))
+            .filter(|_| !base_url.contains(['?', '#']))
+            .ok_or_else(|| {
+                invalid(
+                    &key("base_url"),
+                    &base_url,
+                    "expected an http(s) URL without query, e.g. https://api.openai.com/v1".into(),
+                )
+            })?;
+        let allow_private = p.allow_private.unwrap_or(false);
+        maestro_core::policy::NetworkRule::parse(&origin, allow_private)
+            .map_err(|reason| invalid(&key("base_url"), &base_url, reason))?;
+        let api_key = match p.api_key.as_deref().map(str::trim) {
+            None => None,
+            Some(text) => {
+                let source = match text.split_once(':') {
+                    Some(("env", name)) if !name.is_empty() => maestro_core::policy::SecretSource::Env(name.to_owned()),
+                    Some(("file", name)) if !name.is_empty() => {
+                        maestro_core::policy::SecretSource::File(name.to_owned())
+                    }
+                    _ => {
+                        return Err(invalid(
+                            &key("api_key"),
+                            "<redacted>",
+                            "expected env:NAME (an environment variable) or file:NAME (a file in the secrets \
+                             directory); a key written in the config file is refused"
+                                .into(),
+                        ));
+                    }
+                };
+                Some(source)
+            }
+        };
+        let duration = |field: &str, text: Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+            let Some(text) = text else { return Ok(default) };
+            humantime::parse_duration(text.trim())
+                .ok()
+                .filter(|d| (Duration::from_millis(100)..=Duration::from_secs(3600)).contains(d))
+                .ok_or_else(|| invalid(&key(field), &text, "expected a duration from 100ms to 1h, e.g. 60s".into()))
+        };
+        let max_retries = p.max_retries.unwrap_or(2);
+        if max_retries > 10 {
+            return Err(invalid(&key("max_retries"), max_retries, "must be at most 10".into()));
+        }
+        providers.push(LlmProviderSettings {
+            connect_timeout: duration("connect_timeout", p.connect_timeout, Duration::from_secs(10))?,
+            first_token_timeout: duration("first_token_timeout", p.first_token_timeout, Duration::from_secs(60))?,
+            idle_timeout: duration("idle_timeout", p.idle_timeout, Duration::from_secs(60))?,
+            name: p.name,
+            kind,
+            base_url,
+            api_key,
+            allow_private,
+            max_retries,
+        });
+    }
+    let mut models: Vec<LlmModelSettings> = Vec::new();
+    for m in raw.models.unwrap_or_default() {
+        let id = m.id.trim().to_owned();
+        if id.is_empty() || id.len() > 200 || id.contains(char::is_whitespace) {
+            return Err(invalid("llm.models.id", &m.id, "expected a model id without spaces".into()));
+        }
+        if models.iter().any(|n| n.id == id) {
+            return Err(invalid("llm.models.id", &id, "listed twice".into()));
+        }
+        let key = |field: &str| format!("llm.models[{id}].{field}");
+        if !providers.iter().any(|p| p.name == m.provider) {
+            return Err(invalid(&key("provider"), &m.provider, "no [[llm.providers]] has this name".into()));
+        }
+        let tier_text = m.tier.unwrap_or_else(|| "balanced".to_owned());
+        let tier = maestro_core::llm::parse_tier(tier_text.trim())
+            .ok_or_else(|| invalid(&key("tier"), &tier_text, "expected fast, balanced or best".into()))?;
+        let context_window = m.context_window.unwrap_or(DEFAULT_CONTEXT_WINDOW);
+        if context_window < 256 {
+            return Err(invalid(&key("context_window"), context_window, "must be at least 256 tokens".into()));
+        }
+        let max_output_tokens = m.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS.min(context_window));
+        if max_output_tokens == 0 || max_output_tokens > context_window {
+            return Err(invalid(
+                &key("max_output_tokens"),
+                max_output_tokens,
+                "must be at least 1 and at most the context window".into(),
+            ));
+        }
+        let upstream = m.model.map(|u| u.trim().to_owned()).unwrap_or_else(|| id.clone());
+        if upstream.is_empty() {
+            return Err(invalid(&key("model"), "", "expected the provider's model name".into()));
+        }
+        models.push(LlmModelSettings {
+            upstream,
+            provider: m.provider,
+            tier,
+            context_window,
+            max_output_tokens,
+            fallbacks: m.fallbacks.unwrap_or_default(),
+            id,
+        });
+    }
+    for model in &models {
+        for fallback in &model.fallbacks {
+            if !models.iter().any(|m| &m.id == fallback) {
+                return Err(invalid(
+                    &format!("llm.models[{}].fallbacks", model.id),
+                    fallback,
+                    "not a configured model id".into(),
+                ));
+            }
+        }
+        // A cycle: following fallbacks from this model leads back to it.
+        let mut seen = vec![model.id.as_str()];
+        let mut queue: Vec<&str> = model.fallbacks.iter().map(String::as_str).collect();
+        while let Some(next) = queue.pop() {
+            if next == model.id {
+                return Err(invalid(
+                    &format!("llm.models[{}].fallbacks", model.id),
+                    model.fallbacks.join(", "),
+                    "the fallbacks lead back to this model (a cycle)".into(),
+                ));
+            }
+            if seen.contains(&next) {
+                continue;
+            }
+            seen.push(next);
+            if let Some(m) = models.iter().find(|m| m.id == next) {
+                queue.extend(m.fallbacks.iter().map(String::as_str));
+            }
+        }
+    }
+    Ok(LlmSettings { providers, models })
 }
 
 fn mcp_settings(raw: raw::RawMcp, listen: SocketAddr) -> Result<McpSettings, ConfigError> {
@@ -784,6 +1020,66 @@ mod tests {
         let config = Config::load(None, &env(&[("MAESTRO_LISTNE", "x"), ("HOME", "/root")]), &Overrides::default())
             .expect("valid");
         assert_eq!(config.unknown_env, vec!["MAESTRO_LISTNE".to_owned()]);
+    }
+
+    fn llm(text: &str) -> Result<LlmSettings, ConfigError> {
+        let raw = RawConfig::parse(text, Path::new("t.toml"))?;
+        Config::from_raw(raw, &Env::new(), &Overrides::default()).map(|c| c.llm)
+    }
+
+    const PROVIDER: &str =
+        "[[llm.providers]]\nname = \"p\"\nkind = \"anthropic\"\nbase_url = \"https://api.anthropic.com\"\n";
+
+    #[test]
+    fn llm_settings_default_and_validate() {
+        assert_eq!(llm("").expect("none"), LlmSettings::default());
+        let text = format!(
+            "{PROVIDER}api_key = \"file:anthropic\"\nidle_timeout = \"5s\"\nmax_retries = 0\n\
+             [[llm.models]]\nid = \"sonnet\"\nprovider = \"p\"\nmodel = \"claude-sonnet-4-5\"\ntier = \"best\"\n\
+             fallbacks = [\"haiku\"]\n[[llm.models]]\nid = \"haiku\"\nprovider = \"p\"\n"
+        );
+        let settings = llm(&text).expect("valid");
+        let provider = &settings.providers[0];
+        assert_eq!(provider.kind, LlmProviderKind::Anthropic);
+        assert_eq!(provider.api_key, Some(maestro_core::policy::SecretSource::File("anthropic".into())));
+        assert_eq!(
+            (provider.connect_timeout, provider.first_token_timeout, provider.idle_timeout, provider.max_retries),
+            (Duration::from_secs(10), Duration::from_secs(60), Duration::from_secs(5), 0)
+        );
+        assert!(!provider.allow_private);
+        let haiku = &settings.models[1];
+        assert_eq!(haiku.upstream, "haiku", "the upstream name defaults to the id");
+        assert_eq!(haiku.tier, maestro_core::plugin::ModelTier::Medium);
+        assert_eq!(
+            (haiku.context_window, haiku.max_output_tokens),
+            (DEFAULT_CONTEXT_WINDOW, DEFAULT_MAX_OUTPUT_TOKENS)
+        );
+        assert_eq!(settings.models[0].tier, maestro_core::plugin::ModelTier::Large);
+    }
+
+    #[test]
+    fn llm_settings_refuse_bad_values_naming_the_key() {
+        let model = |extra: &str| format!("{PROVIDER}[[llm.models]]\nid = \"m\"\nprovider = \"p\"\n{extra}");
+        let cases = [
+            (PROVIDER.replace("anthropic\"\nbase", "gemini\"\nbase"), "llm.providers[p].kind"),
+            (PROVIDER.replace("https://api.anthropic.com", "ftp://x"), "llm.providers[p].base_url"),
+            (PROVIDER.replace("https://api.anthropic.com", "https://a.example/v1?key=1"), "llm.providers[p].base_url"),
+            (format!("{PROVIDER}api_key = \"sk-ant-123\"\n"), "llm.providers[p].api_key"),
+            (format!("{PROVIDER}api_key = \"env:\"\n"), "llm.providers[p].api_key"),
+            (format!("{PROVIDER}first_token_timeout = \"never\"\n"), "llm.providers[p].first_token_timeout"),
+            (format!("{PROVIDER}max_retries = 11\n"), "llm.providers[p].max_retries"),
+            (format!("{PROVIDER}{PROVIDER}"), "llm.providers.name"),
+            (model("tier = \"huge\"\n"), "llm.models[m].tier"),
+            (model("context_window = 1000\nmax_output_tokens = 2000\n"), "llm.models[m].max_output_tokens"),
+            (model("fallbacks = [\"nope\"]\n"), "llm.models[m].fallbacks"),
+            (model("fallbacks = [\"m\"]\n"), "llm.models[m].fallbacks"),
+            (format!("{PROVIDER}[[llm.models]]\nid = \"m\"\nprovider = \"q\"\n"), "llm.models[m].provider"),
+        ];
+        for (text, key) in cases {
+            let err = llm(&text).expect_err(&text).to_string();
+            assert!(err.contains(key), "{text}\n→ {err}");
+            assert!(!err.contains("sk-ant-123"), "a literal key is never echoed: {err}");
+        }
     }
 
     #[test]

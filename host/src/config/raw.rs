@@ -63,6 +63,63 @@ pub struct RawConfig {
     /// `[jobs]`.
     #[serde(default)]
     pub jobs: RawJobs,
+    /// `[llm]`.
+    #[serde(default)]
+    pub llm: RawLlm,
+}
+
+/// `[llm]`: model providers and the models they serve.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLlm {
+    /// `[[llm.providers]]`.
+    pub providers: Option<Vec<RawLlmProvider>>,
+    /// `[[llm.models]]`.
+    pub models: Option<Vec<RawLlmModel>>,
+}
+
+/// One `[[llm.providers]]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLlmProvider {
+    /// Name models refer to.
+    pub name: String,
+    /// `openai` (any OpenAI-compatible server) or `anthropic`.
+    pub kind: String,
+    /// Base URL.
+    pub base_url: String,
+    /// `env:NAME` or `file:NAME`; never the key itself.
+    pub api_key: Option<String>,
+    /// Whether the base URL may be loopback or private.
+    pub allow_private: Option<bool>,
+    /// Connecting, e.g. `10s`.
+    pub connect_timeout: Option<String>,
+    /// Until the first token, e.g. `60s`.
+    pub first_token_timeout: Option<String>,
+    /// Longest gap between chunks, e.g. `60s`.
+    pub idle_timeout: Option<String>,
+    /// Retries on one model before falling back.
+    pub max_retries: Option<u32>,
+}
+
+/// One `[[llm.models]]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLlmModel {
+    /// Id Maestro calls it by.
+    pub id: String,
+    /// Provider name.
+    pub provider: String,
+    /// Upstream model name; defaults to the id.
+    pub model: Option<String>,
+    /// `fast`, `balanced` or `best`.
+    pub tier: Option<String>,
+    /// Context window, in tokens.
+    pub context_window: Option<u32>,
+    /// Largest answer, in tokens.
+    pub max_output_tokens: Option<u32>,
+    /// Model ids tried next.
+    pub fallbacks: Option<Vec<String>>,
 }
 
 /// `[jobs]`: the background job worker of `maestro serve`.

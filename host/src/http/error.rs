@@ -59,6 +59,12 @@ pub enum ErrorCode {
     ToolError,
     /// The call was cancelled.
     Cancelled,
+    /// A session names a persona that is not loaded or that policy does not let the
+    /// caller use.
+    UnknownPersona,
+    /// An event stream's `Last-Event-ID` header (or `after` parameter) is not a
+    /// non-negative integer, or is beyond the last event of the run or session.
+    InvalidLastEventId,
     /// A Stripe webhook whose signature does not hold (bad, stale or future timestamp,
     /// modified body, missing header).
     SignatureInvalid,
@@ -94,6 +100,8 @@ impl ErrorCode {
             ErrorCode::ToolTrap => StatusCode::BAD_GATEWAY,
             ErrorCode::NetworkDenied => StatusCode::FORBIDDEN,
             ErrorCode::Cancelled => StatusCode::CONFLICT,
+            ErrorCode::UnknownPersona => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidLastEventId => StatusCode::BAD_REQUEST,
             ErrorCode::SignatureInvalid => StatusCode::BAD_REQUEST,
             ErrorCode::BillingNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::PaymentProviderFailed => StatusCode::BAD_GATEWAY,
@@ -245,6 +253,30 @@ impl From<AccountsError> for ApiError {
     }
 }
 
+impl From<crate::orchestrator::OrchestratorError> for ApiError {
+    fn from(err: crate::orchestrator::OrchestratorError) -> Self {
+        use crate::orchestrator::OrchestratorError as E;
+        let code = match &err {
+            E::NotFound(_) => ErrorCode::NotFound,
+            E::Forbidden(_) => ErrorCode::Forbidden,
+            E::Invalid(_) => ErrorCode::InvalidRequest,
+            E::UnknownPersona(_) => ErrorCode::UnknownPersona,
+            E::Store(maestro_core::StoreError::Backend(_)) => return Self::internal(ErrorCode::Unavailable, &err),
+            E::Store(_) => return Self::internal(ErrorCode::Internal, &err),
+        };
+        Self::new(code, err.to_string())
+    }
+}
+
+impl From<maestro_core::StoreError> for ApiError {
+    fn from(err: maestro_core::StoreError) -> Self {
+        match err {
+            maestro_core::StoreError::Backend(_) => Self::internal(ErrorCode::Unavailable, &err),
+            _ => Self::internal(ErrorCode::Internal, &err),
+        }
+    }
+}
+
 impl From<maestro_core::AccessError> for ApiError {
     fn from(err: maestro_core::AccessError) -> Self {
         Self::new(ErrorCode::Forbidden, err.to_string())
@@ -305,6 +337,8 @@ mod tests {
             ErrorCode::ToolOutputTooLarge,
             ErrorCode::ToolError,
             ErrorCode::Cancelled,
+            ErrorCode::UnknownPersona,
+            ErrorCode::InvalidLastEventId,
             ErrorCode::SignatureInvalid,
             ErrorCode::BillingNotConfigured,
             ErrorCode::PaymentProviderFailed,

@@ -12,12 +12,15 @@ mod auth;
 pub mod billing;
 pub mod credits;
 pub mod error;
+pub mod events;
 mod extract;
 pub mod health;
 pub mod jobs;
 mod mcp;
 pub mod metrics;
 pub mod request_id;
+pub mod runs;
+pub mod sessions;
 pub mod tools;
 
 use std::future::Future;
@@ -55,6 +58,8 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Stripe top-ups; `None` when Stripe is not configured (billing routes answer 503).
     pub billing: Option<Arc<crate::billing::Billing>>,
+    /// Sessions, messages, runs and their live events.
+    pub orchestrator: Arc<crate::orchestrator::Orchestrator>,
 }
 
 /// HTTP settings from the validated config.
@@ -81,6 +86,9 @@ pub struct HttpSettings {
         credits::balance, credits::ledger, credits::grant,
         billing::checkout, billing::stripe_webhook,
         jobs::list,
+        sessions::create, sessions::list, sessions::get_one, sessions::messages, sessions::post_message,
+        sessions::events,
+        runs::get_one, runs::cancel, runs::events,
     ),
     modifiers(&BearerScheme, &CommonResponses),
     tags(
@@ -92,6 +100,8 @@ pub struct HttpSettings {
         (name = "credits", description = "balances, the ledger, and grants (platform admin)"),
         (name = "billing", description = "Stripe top-ups: checkout (tenant admin) and the Stripe webhook"),
         (name = "jobs", description = "background jobs of every replica (platform admin)"),
+        (name = "sessions", description = "sessions, their messages and their event stream (tenant keys: members post, viewers read)"),
+        (name = "runs", description = "runs: state, usage, credits, cancel, and their event stream (tenant keys)"),
     )
 )]
 pub struct ApiDoc;
@@ -215,6 +225,15 @@ fn table() -> Vec<(Route, Option<MethodRouter<AppState>>)> {
         (route(Method::POST, "/v1/credits/grants", Bearer, true), Some(post(credits::grant))),
         (route(Method::GET, "/v1/jobs", Bearer, false), Some(get(jobs::list))),
         (route(Method::POST, "/v1/billing/checkout", Bearer, true), Some(post(billing::checkout))),
+        (route(Method::POST, "/v1/sessions", Bearer, true), Some(post(sessions::create))),
+        (route(Method::GET, "/v1/sessions", Bearer, false), Some(get(sessions::list))),
+        (route(Method::GET, "/v1/sessions/{id}", Bearer, false), Some(get(sessions::get_one))),
+        (route(Method::GET, "/v1/sessions/{id}/messages", Bearer, false), Some(get(sessions::messages))),
+        (route(Method::POST, "/v1/sessions/{id}/messages", Bearer, true), Some(post(sessions::post_message))),
+        (route(Method::GET, "/v1/sessions/{id}/events", Bearer, false), Some(get(sessions::events))),
+        (route(Method::GET, "/v1/runs/{id}", Bearer, false), Some(get(runs::get_one))),
+        (route(Method::POST, "/v1/runs/{id}/cancel", Bearer, false), Some(post(runs::cancel))),
+        (route(Method::GET, "/v1/runs/{id}/events", Bearer, false), Some(get(runs::events))),
         // Stripe calls this without a bearer key; the signature authenticates it.
         (
             route(Method::POST, "/v1/billing/stripe/webhook", StripeSignature, false),
@@ -280,6 +299,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
                 header::HeaderName::from_static(request_id::HEADER),
+                header::HeaderName::from_static("last-event-id"),
             ])
             .expose_headers([header::HeaderName::from_static(request_id::HEADER)]);
         app = app.layer(cors);

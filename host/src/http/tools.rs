@@ -163,7 +163,8 @@ pub struct CallResponse {
     pub metering: Metering,
 }
 
-async fn principal_of(state: &AppState, caller: &Caller) -> Result<Option<Principal>, ApiError> {
+/// The caller as a tenant principal; `None` for platform keys.
+pub(super) async fn principal_of(state: &AppState, caller: &Caller) -> Result<Option<Principal>, ApiError> {
     let Some(tenant_id) = caller.scope.tenant_id() else { return Ok(None) };
     let name = state.accounts.tenant_name(tenant_id).await?;
     Ok(Some(principal(caller, Some(name.as_str())).map_err(call_error)?))

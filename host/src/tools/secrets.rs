@@ -44,7 +44,7 @@ impl SecretValues {
     }
 
     /// The value of a secret, if this host has it.
-    pub(super) fn get(&self, source: &SecretSource) -> Option<String> {
+    pub(crate) fn get(&self, source: &SecretSource) -> Option<String> {
         self.get_at(source, Instant::now())
     }
 

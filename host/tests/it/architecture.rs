@@ -40,8 +40,11 @@ const ALLOWANCES: &[(&str, &[&str])] = &[
     ("anyhow", &["main", "crate", "cli"]),
     // The adapter crates, re-exported by the composition root under their module name.
     // The sandbox reaches the outbound client only through its `wasi:http` glue.
-    ("maestro_outbound", &["crate", "sandbox::net"]),
+    // The model providers reach the network only through the outbound client; `maestro
+    // chat` talks to a maestro server through it.
+    ("maestro_outbound", &["crate", "sandbox::net", "llm", "cli::chat"]),
     ("maestro_sandbox", &["crate"]),
+    ("maestro_llm", &["crate"]),
     ("clap", &["main", "cli"]),
     ("tracing_subscriber", &["telemetry"]),
     ("getrandom", &["random"]),
@@ -53,6 +56,8 @@ const ALLOWANCES: &[(&str, &[&str])] = &[
     ("tower", &["http"]),
     ("tower_http", &["http"]),
     ("utoipa", &["http"]),
+    // Server-sent event bodies (axum streams a `Stream`).
+    ("futures_util", &["http"]),
     // MCP.
     ("rmcp", &["mcp"]),
     // Search (coming).
@@ -68,11 +73,11 @@ const ALLOWANCES: &[(&str, &[&str])] = &[
     ("tokio_rustls", &["outbound"]),
     ("webpki_roots", &["outbound"]),
     ("http_body", &["outbound"]),
-    ("http_body_util", &["outbound", "sandbox::net"]),
-    ("bytes", &["outbound", "sandbox", "http", "billing"]),
+    ("http_body_util", &["outbound", "sandbox::net", "llm"]),
+    ("bytes", &["outbound", "sandbox", "http", "billing", "llm", "cli::chat"]),
     // HTTP vocabulary types (requests, headers), shared by the adapters that speak HTTP
     // and by the tool pipeline when it needs header types.
-    ("http", &["outbound", "sandbox", "http", "mcp", "tools", "billing"]),
+    ("http", &["outbound", "sandbox", "http", "mcp", "tools", "billing", "llm", "cli::chat"]),
     // Billing: Stripe's form-encoded requests.
     ("form_urlencoded", &["billing"]),
 ];
@@ -86,7 +91,7 @@ const LIB_NAMES: &[(&str, &str)] = &[];
 
 /// The adapter crates split out of the host: (directory under `host/`, the module path
 /// their `src/` stands for).
-const ADAPTER_CRATES: &[(&str, &str)] = &[("outbound", "outbound"), ("sandbox", "sandbox")];
+const ADAPTER_CRATES: &[(&str, &str)] = &[("outbound", "outbound"), ("sandbox", "sandbox"), ("llm", "llm")];
 
 /// Libraries the host crate reaches only through an adapter crate, never directly.
 const NOT_IN_HOST: &[&str] = &[

@@ -55,3 +55,48 @@ fn config_errors_match_golden_files() {
     }
     assert!(cases >= 4, "golden cases found: {cases}");
 }
+
+/// The commented `[llm]` examples of the shipped config, uncommented.
+fn shipped_llm_examples() -> String {
+    let text = std::fs::read_to_string(root().join("config/maestro.toml")).expect("read");
+    let start = text.find("\n[llm]\n").expect("an [llm] section");
+    let section = &text[start + 1..];
+    let end = section[1..].find("\n[").map_or(section.len(), |i| i + 1);
+    let is_example = |line: &str| {
+        line.starts_with("[[llm.")
+            || line.split_once(" = ").is_some_and(|(key, _)| key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+    };
+    section[..end].lines().filter_map(|l| l.strip_prefix("# ")).filter(|l| is_example(l)).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn shipped_llm_examples_parse_and_document_every_key() {
+    let example = shipped_llm_examples();
+    let raw = RawConfig::parse(&example, Path::new("maestro.toml [llm] examples")).expect("the examples parse");
+    let env: Env = [("OPENAI_API_KEY".to_owned(), "sk-test".to_owned())].into();
+    let config = Config::from_raw(raw, &env, &Overrides::default()).expect("the examples are valid");
+    assert_eq!(config.llm.providers.len(), 3);
+    assert_eq!(config.llm.models.len(), 4);
+    let ollama = config.llm.providers.iter().find(|p| p.name == "ollama").expect("ollama");
+    assert!(ollama.allow_private && ollama.api_key.is_none());
+    for key in [
+        "name",
+        "kind",
+        "base_url",
+        "api_key",
+        "allow_private",
+        "connect_timeout",
+        "first_token_timeout",
+        "idle_timeout",
+        "max_retries",
+        "id",
+        "provider",
+        "model",
+        "tier",
+        "context_window",
+        "max_output_tokens",
+        "fallbacks",
+    ] {
+        assert!(example.contains(&format!("\n{key} = ")), "config/maestro.toml does not document llm key {key}");
+    }
+}

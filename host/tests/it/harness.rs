@@ -13,6 +13,8 @@ use maestro_host::accounts::Accounts;
 use maestro_host::credits::Credits;
 use maestro_host::http::{self, AppState, HttpSettings};
 use maestro_host::jobs::Jobs;
+use maestro_host::orchestrator::Orchestrator;
+use maestro_host::orchestrator::hub::EventHub;
 use maestro_host::plugins::PluginRegistry;
 use maestro_host::policy::PolicyStore;
 use maestro_host::storage::{self, StoreLocation};
@@ -141,6 +143,21 @@ pub(crate) async fn tools_with(
     Arc::new(Tools::new(registry, Arc::new(PolicyStore::fixed(policies)), secrets).with_credits(credits))
 }
 
+/// The orchestrator over `store` with the default feed intervals.
+pub(crate) fn orchestrator(store: &Arc<dyn Store>, clock: Arc<ManualClock>, tools: &Arc<Tools>) -> Arc<Orchestrator> {
+    orchestrator_with(store, clock, tools, EventHub::new(store.clone()))
+}
+
+/// The orchestrator over `store` with this hub.
+pub(crate) fn orchestrator_with(
+    store: &Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+    tools: &Arc<Tools>,
+    hub: EventHub,
+) -> Arc<Orchestrator> {
+    Arc::new(Orchestrator::new(store.clone(), store.clone(), clock, tools.clone(), Arc::new(hub)))
+}
+
 /// A clock that only moves when told to.
 #[derive(Debug)]
 pub(crate) struct ManualClock(Mutex<DateTime<Utc>>);
@@ -179,6 +196,8 @@ pub(crate) struct TestHost {
     pub(crate) jobs: Arc<Jobs>,
     /// The whole backend, for tests that hand its ports to use-cases themselves.
     pub(crate) store: Arc<dyn Store>,
+    /// Sessions, messages and runs; its hub is shared by every request of this host.
+    pub(crate) orchestrator: Arc<Orchestrator>,
 }
 
 /// An answer: status, headers, and the body parsed as JSON (or `Value::String` when it
@@ -214,7 +233,8 @@ impl TestHost {
         let credits = Arc::new(Credits::new(store.clone(), clock.clone()));
         let jobs = Arc::new(Jobs::new(store.clone(), clock.clone()));
         let tools = tools_with(&db.dir().join("plugins"), &[], PolicySet::deny_all(), credits.clone()).await;
-        Self { _db: db, accounts, clock, settings, tools, credits, billing: None, jobs, store }
+        let orchestrator = orchestrator(&store, clock.clone(), &tools);
+        Self { _db: db, accounts, clock, settings, tools, credits, billing: None, jobs, store, orchestrator }
     }
 
     /// Installs `plugins` (built fixtures) and runs under `policy` (TOML text).
@@ -222,7 +242,19 @@ impl TestHost {
         let mut host = Self::new(backend).await;
         let set = PolicySet::parse([("test-policy.toml", policy)]).unwrap_or_else(|e| panic!("test policy: {e}"));
         host.tools = tools_with(&host._db.dir().join("plugins"), plugins, set, host.credits.clone()).await;
+        host.orchestrator = orchestrator(&host.store, host.clock.clone(), &host.tools);
         host
+    }
+
+    /// Replaces the event hub's idle poll and heartbeat intervals (a fresh hub).
+    pub(crate) fn set_event_intervals(&mut self, poll: std::time::Duration, heartbeat: std::time::Duration) {
+        let hub = EventHub::new(self.store.clone()).with_poll_interval(poll).with_heartbeat_interval(heartbeat);
+        self.orchestrator = orchestrator_with(&self.store, self.clock.clone(), &self.tools, hub);
+    }
+
+    /// The event hub the API's streams read.
+    pub(crate) fn hub(&self) -> &Arc<EventHub> {
+        self.orchestrator.hub()
     }
 
     pub(crate) fn router(&self) -> axum::Router {
@@ -234,6 +266,7 @@ impl TestHost {
             jobs: self.jobs.clone(),
             shutdown: Default::default(),
             billing: self.billing.clone(),
+            orchestrator: self.orchestrator.clone(),
         };
         http::router(state, &self.settings)
     }

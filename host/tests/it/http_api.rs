@@ -171,8 +171,9 @@ async fn app_over(
     let clock = crate::harness::ManualClock::new();
     let accounts = Accounts::new(store.clone(), clock.clone());
     let credits = Arc::new(Credits::new(store.clone(), clock.clone()));
-    let jobs = Arc::new(maestro_host::jobs::Jobs::new(store, clock));
+    let jobs = Arc::new(maestro_host::jobs::Jobs::new(store.clone(), clock.clone()));
     let tools = crate::harness::tools_with(&db.dir().join("plugins"), plugins, policy, credits.clone()).await;
+    let orchestrator = crate::harness::orchestrator(&store, clock, &tools);
     let platform = match accounts.bootstrap(None).await.expect("bootstrap") {
         maestro_host::accounts::Bootstrap::Generated(issued) => issued.token.expose_secret().to_owned(),
         other => panic!("{other:?}"),
@@ -185,6 +186,7 @@ async fn app_over(
         shutdown: Default::default(),
         billing: None,
         jobs,
+        orchestrator,
     };
     let settings = HttpSettings { body_limit_bytes: 64 * 1024, cors_allow_origins: vec![], mcp: Default::default() };
     (db, http::router(state, &settings), platform)

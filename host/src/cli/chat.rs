@@ -1,0 +1,648 @@
+//! `maestro chat`: a terminal client of a running server's sessions API.
+//!
+//! Creates a session (or reuses `--session`), reads lines from stdin (a terminal or a
+//! pipe), posts each as a message and streams the run it starts: who speaks, tokens as
+//! they come, tool calls and results, tokens and credits per step and per run, failures
+//! with their code. A dropped stream is resumed with `Last-Event-ID`; Ctrl-C cancels the
+//! current run and a second Ctrl-C exits. HTTP goes through the one outbound client,
+//! allowed exactly the server's origin (private addresses included: it is the
+//! operator's own server). The SSE decoder is [`SseDecoder`].
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use clap::Args;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, StatusCode, Uri};
+use maestro_outbound::{NetPolicy, NetRule, OutboundClient, empty_body, next_chunk};
+use serde_json::{Value, json};
+
+use crate::config::{Config, Env};
+
+/// `maestro chat`.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// The server (default: the configured listen address).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// A tenant API key (member or admin to post; or set MAESTRO_KEY, which keeps it out
+    /// of the process list).
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    /// Continue this session instead of creating one.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["personas", "strategy", "title"])]
+    pub session: Option<String>,
+    /// The team of a new session: `plugin.persona` names, comma-separated.
+    #[arg(long, value_name = "A,B,C", value_delimiter = ',')]
+    pub personas: Vec<String>,
+    /// How a new session picks who speaks: router, round_robin, sequence or parallel.
+    #[arg(long, value_name = "STRATEGY")]
+    pub strategy: Option<String>,
+    /// A new session's title.
+    #[arg(long)]
+    pub title: Option<String>,
+}
+
+/// Silence on an event stream longer than this (the server sends a heartbeat every
+/// 15 s) means the connection is gone: reconnect.
+const STREAM_IDLE: Duration = Duration::from_secs(45);
+
+/// Runs `maestro chat` until stdin ends or a second Ctrl-C.
+pub async fn run(config: &Config, env: &Env, args: ChatArgs) -> anyhow::Result<()> {
+    let key = args
+        .key
+        .clone()
+        .or_else(|| env.get("MAESTRO_KEY").cloned())
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty())
+        .context("give --key KEY or set MAESTRO_KEY (a tenant key with the member role)")?;
+    let base = match &args.url {
+        Some(url) => url.clone(),
+        None => {
+            let mut address = config.listen;
+            if address.ip().is_unspecified() {
+                address.set_ip([127, 0, 0, 1].into());
+            }
+            format!("http://{address}")
+        }
+    };
+    let api = Api::new(&base, &key)?;
+    let session = match &args.session {
+        Some(id) => {
+            let session = api.expect(Method::GET, &format!("/v1/sessions/{id}"), None, StatusCode::OK).await?;
+            eprintln!("session {} ({})", id, team(&session));
+            id.clone()
+        }
+        None => {
+            if args.personas.is_empty() {
+                bail!("give --personas a,b,c for a new session, or --session ID");
+            }
+            let mut body = json!({ "personas": args.personas });
+            if let Some(strategy) = &args.strategy {
+                body["strategy"] = json!(strategy);
+            }
+            if let Some(title) = &args.title {
+                body["title"] = json!(title);
+            }
+            let session = api.expect(Method::POST, "/v1/sessions", Some(body), StatusCode::CREATED).await?;
+            let id = session["id"].as_str().context("the server answered a session without an id")?.to_owned();
+            eprintln!("session {id} ({}) — type a message, Ctrl-D to end", team(&session));
+            id
+        }
+    };
+    let mut interrupts = interrupts();
+    let mut lines = stdin_lines();
+    loop {
+        let line = tokio::select! {
+            line = lines.recv() => line,
+            _ = interrupts.recv() => return Ok(()),
+        };
+        let Some(line) = line else { return Ok(()) };
+        let line = line.context("cannot read stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let posted = api
+            .expect(
+                Method::POST,
+                &format!("/v1/sessions/{session}/messages"),
+                Some(json!({ "content": line })),
+                StatusCode::ACCEPTED,
+            )
+            .await?;
+        let run = posted["run"]["id"].as_str().context("the server answered without a run id")?.to_owned();
+        let mut out = std::io::stdout().lock();
+        if follow(&api, &run, &mut interrupts, &mut Printer::new(&mut out)).await? == Followed::Quit {
+            return Ok(());
+        }
+    }
+}
+
+fn team(session: &Value) -> String {
+    let personas: Vec<&str> =
+        session["personas"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    format!("{}, {}", personas.join(" "), session["strategy"].as_str().unwrap_or("?"))
+}
+
+/// Ctrl-C presses, as they come.
+fn interrupts() -> tokio::sync::mpsc::UnboundedReceiver<()> {
+    let (send, receive) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            if send.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    receive
+}
+
+/// Lines of stdin, read on a thread of their own (stdin is blocking; a pipe works as a
+/// terminal does).
+fn stdin_lines() -> tokio::sync::mpsc::Receiver<std::io::Result<String>> {
+    let (send, receive) = tokio::sync::mpsc::channel(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            if send.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receive
+}
+
+/// How following a run ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Followed {
+    /// The run reached its terminal event.
+    Ended,
+    /// A second Ctrl-C: leave.
+    Quit,
+}
+
+/// Streams a run's events until its terminal event, resuming a dropped stream after
+/// the last event seen; the first Ctrl-C cancels the run, a second one quits.
+async fn follow(
+    api: &Api,
+    run: &str,
+    interrupts: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+    printer: &mut Printer<'_>,
+) -> anyhow::Result<Followed> {
+    let mut last_seen: i64 = 0;
+    let mut cancelled = false;
+    let mut retry = Duration::from_millis(250);
+    loop {
+        let opened = tokio::select! {
+            opened = api.events(run, last_seen) => opened,
+            _ = interrupts.recv() => {
+                if interrupted(api, run, &mut cancelled).await? { return Ok(Followed::Quit) }
+                continue;
+            }
+        };
+        let mut body = match opened {
+            Ok(body) => body,
+            Err(err) if err.is::<Refused>() => return Err(err),
+            Err(err) => {
+                eprintln!("\n[stream unavailable: {err:#}; retrying]");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let mut decoder = SseDecoder::default();
+        loop {
+            let chunk = tokio::select! {
+                chunk = tokio::time::timeout(STREAM_IDLE, next_chunk(&mut body)) => chunk,
+                _ = interrupts.recv() => {
+                    if interrupted(api, run, &mut cancelled).await? { return Ok(Followed::Quit) }
+                    continue;
+                }
+            };
+            let chunk = match chunk {
+                Ok(Some(Ok(chunk))) => chunk,
+                Ok(Some(Err(err))) => {
+                    eprintln!("\n[stream dropped: {err}; resuming after event {last_seen}]");
+                    break;
+                }
+                Ok(None) => {
+                    eprintln!("\n[stream ended early; resuming after event {last_seen}]");
+                    break;
+                }
+                Err(_) => {
+                    eprintln!("\n[no heartbeat for {}s; resuming after event {last_seen}]", STREAM_IDLE.as_secs());
+                    break;
+                }
+            };
+            retry = Duration::from_millis(250);
+            for frame in decoder.push(&chunk) {
+                let SseFrame::Event(event) = frame else { continue };
+                if let Some(seq) = event.id.as_deref().and_then(|id| id.parse::<i64>().ok()) {
+                    last_seen = seq;
+                }
+                let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+                printer.event(&event.event, &data["data"])?;
+                if matches!(event.event.as_str(), "run.completed" | "run.failed" | "run.cancelled") {
+                    return Ok(Followed::Ended);
+                }
+            }
+        }
+        tokio::time::sleep(retry).await;
+    }
+}
+
+/// Handles a Ctrl-C while a run streams: the first cancels it, the next quits
+/// (returns `true`).
+async fn interrupted(api: &Api, run: &str, cancelled: &mut bool) -> anyhow::Result<bool> {
+    if *cancelled {
+        return Ok(true);
+    }
+    *cancelled = true;
+    eprintln!("\n[cancelling {run}; Ctrl-C again to quit]");
+    let (status, body) = api.call(Method::POST, &format!("/v1/runs/{run}/cancel"), None).await?;
+    if !status.is_success() {
+        eprintln!("[cancel refused: {}]", error_text(&body));
+    }
+    Ok(false)
+}
+
+/// A request the server refused (4xx): retrying will not help.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
+
+fn error_text(body: &Value) -> String {
+    match (body["error"]["code"].as_str(), body["error"]["message"].as_str()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        _ => body.to_string(),
+    }
+}
+
+/// The server's API over the outbound client.
+#[derive(Debug)]
+struct Api {
+    base: String,
+    authorization: HeaderValue,
+    /// Whole requests and answers.
+    client: OutboundClient,
+    /// Event streams (no whole-response deadline; idle streams are detected by the
+    /// missing heartbeats instead).
+    streams: OutboundClient,
+}
+
+impl Api {
+    fn new(base: &str, key: &str) -> anyhow::Result<Self> {
+        let uri: Uri = base.trim().parse().with_context(|| format!("invalid --url `{base}`"))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            bail!("invalid --url `{base}`: expected http://host[:port]");
+        };
+        let origin = format!("{scheme}://{authority}");
+        let rule = NetRule::parse(&origin, true, "maestro chat --url").map_err(anyhow::Error::msg)?;
+        let client = OutboundClient::new("chat", Arc::new(NetPolicy::allowing(vec![rule.clone()])));
+        let mut streaming = NetPolicy::allowing(vec![rule]);
+        streaming.request_timeout = Duration::from_secs(7 * 24 * 3600);
+        streaming.max_response_bytes = u64::MAX;
+        let mut authorization =
+            HeaderValue::from_str(&format!("Bearer {key}")).context("the key is not a valid header value")?;
+        authorization.set_sensitive(true);
+        Ok(Self { base: origin, authorization, client, streams: OutboundClient::new("chat", Arc::new(streaming)) })
+    }
+
+    /// Sends a JSON request; answers the status and the body (JSON, or a string).
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<(StatusCode, Value)> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(AUTHORIZATION, self.authorization.clone())
+            .header(ACCEPT, "application/json");
+        let bytes = match body {
+            Some(body) => {
+                request = request.header(CONTENT_TYPE, "application/json");
+                Bytes::from(body.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let response =
+            self.client.send(request.body(bytes)?).await.with_context(|| format!("cannot reach {}", self.base))?;
+        let status = response.status();
+        let body = serde_json::from_slice(response.body())
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(response.body()).into_owned()));
+        Ok((status, body))
+    }
+
+    /// Sends a JSON request and fails unless it answers `expected`.
+    async fn expect(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        expected: StatusCode,
+    ) -> anyhow::Result<Value> {
+        let (status, body) = self.call(method.clone(), path, body).await?;
+        if status != expected {
+            bail!("{method} {path} answered {status}: {}", error_text(&body));
+        }
+        Ok(body)
+    }
+
+    /// Opens a run's event stream after `last_seen`.
+    async fn events(&self, run: &str, last_seen: i64) -> anyhow::Result<maestro_outbound::OutboundBody> {
+        let mut request = Request::builder()
+            .method(Method::GET)
+            .uri(format!("{}/v1/runs/{run}/events", self.base))
+            .header(AUTHORIZATION, self.authorization.clone())
+            .header(ACCEPT, "text/event-stream");
+        if last_seen > 0 {
+            request = request.header("last-event-id", last_seen.to_string());
+        }
+        let response = self.streams.send_streaming(request.body(empty_body())?).await?;
+        let status = response.status();
+        if status.is_client_error() {
+            let mut body = response.into_body();
+            let mut bytes = Vec::new();
+            while let Some(Ok(chunk)) = next_chunk(&mut body).await {
+                bytes.extend_from_slice(&chunk);
+                if bytes.len() > 64 * 1024 {
+                    break;
+                }
+            }
+            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(Refused(format!("the run's events answered {status}: {}", error_text(&body))).into());
+        }
+        if !status.is_success() {
+            bail!("the run's events answered {status}");
+        }
+        Ok(response.into_body())
+    }
+}
+
+/// Writes a run's events for people.
+struct Printer<'a> {
+    out: &'a mut dyn Write,
+    /// Whether the cursor is mid-line (after streamed text).
+    mid_line: bool,
+}
+
+impl std::fmt::Debug for Printer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Printer").field("mid_line", &self.mid_line).finish_non_exhaustive()
+    }
+}
+
+fn short(text: &str, max: usize) -> String {
+    let flat: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if flat.chars().count() <= max { flat } else { format!("{}…", flat.chars().take(max).collect::<String>()) }
+}
+
+fn tokens(usage: &Value) -> String {
+    format!(
+        "{} in / {} out tokens",
+        usage["input_tokens"].as_u64().unwrap_or(0),
+        usage["output_tokens"].as_u64().unwrap_or(0)
+    )
+}
+
+impl<'a> Printer<'a> {
+    fn new(out: &'a mut dyn Write) -> Self {
+        Self { out, mid_line: false }
+    }
+
+    fn line(&mut self, text: &str) -> std::io::Result<()> {
+        if self.mid_line {
+            writeln!(self.out)?;
+            self.mid_line = false;
+        }
+        writeln!(self.out, "{text}")
+    }
+
+    /// Writes one event (`data`: its payload).
+    fn event(&mut self, kind: &str, data: &Value) -> std::io::Result<()> {
+        let s = |key: &str| data[key].as_str().unwrap_or_default().to_owned();
+        let n = |key: &str| data[key].as_i64().unwrap_or(0);
+        match kind {
+            "run.started" => self.line(&format!("▶ run started ({})", s("strategy")))?,
+            "turn.decided" => {
+                let personas: Vec<&str> = data["personas"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                if data["satisfied"].as_bool() == Some(true) {
+                    self.line(&format!("✔ turn {}: satisfied — {}", n("turn"), short(&s("reason"), 120)))?;
+                } else {
+                    let fallback = if data["fallback"].as_bool() == Some(true) { " (fallback)" } else { "" };
+                    self.line(&format!(
+                        "→ turn {}: {}{fallback} — {}",
+                        n("turn"),
+                        personas.join(", "),
+                        short(&s("reason"), 120)
+                    ))?;
+                }
+            }
+            "step.started" => self.line(&format!("[{}] {} · {}", n("step"), s("persona"), s("model")))?,
+            "message.delta" => {
+                write!(self.out, "{}", data["text"].as_str().unwrap_or_default())?;
+                self.mid_line = true;
+            }
+            "tool.called" => self.line(&format!("  ⚙ {} {}", s("tool"), short(&s("arguments"), 160)))?,
+            "tool.result" => {
+                let status = if data["ok"].as_bool() == Some(true) {
+                    "ok".to_owned()
+                } else {
+                    format!("failed [{}]", data["error"].as_str().unwrap_or("error"))
+                };
+                self.line(&format!("  ↳ {} {status}: {}", s("tool"), short(&s("content"), 160)))?;
+            }
+            "message.completed" if self.mid_line => {
+                writeln!(self.out)?;
+                self.mid_line = false;
+            }
+            "step.completed" => self.line(&format!(
+                "  (step {}: {}, {} model calls, {} tool calls, {} credits)",
+                n("step"),
+                tokens(&data["usage"]),
+                n("model_calls"),
+                n("tool_calls"),
+                n("credits")
+            ))?,
+            "run.interrupted" => self.line(&format!("… run resumed: {}", short(&s("reason"), 160)))?,
+            "run.completed" | "run.failed" | "run.cancelled" => {
+                let totals = &data["totals"];
+                let summary = format!(
+                    "{} steps, {}, {} credits",
+                    totals["steps"].as_i64().unwrap_or(0),
+                    tokens(&totals["usage"]),
+                    totals["credits"].as_i64().unwrap_or(0)
+                );
+                match kind {
+                    "run.completed" => self.line(&format!("■ run completed: {summary}"))?,
+                    "run.cancelled" => self.line(&format!("■ run cancelled: {summary}"))?,
+                    _ => self.line(&format!(
+                        "■ run failed [{}]: {} ({summary})",
+                        data["error"]["code"].as_str().unwrap_or("error"),
+                        data["error"]["message"].as_str().unwrap_or_default()
+                    ))?,
+                }
+            }
+            _ => {}
+        }
+        self.out.flush()
+    }
+}
+
+/// One decoded server-sent event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    /// `id:` (absent when the event had none).
+    pub id: Option<String>,
+    /// `event:` (`message` when absent, as the specification says).
+    pub event: String,
+    /// `data:` lines joined with `\n`.
+    pub data: String,
+}
+
+/// What the decoder found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SseFrame {
+    /// An event.
+    Event(SseEvent),
+    /// A comment line (`: heartbeat`), without the colon.
+    Comment(String),
+}
+
+/// A server-sent events decoder: fed bytes as they arrive (chunks split anywhere, in a
+/// line ending or a UTF-8 character too), lines end with LF, CRLF or CR; `data:` lines
+/// of one event join with `\n`; comment lines are reported; a field's value loses one
+/// leading space; unknown fields are ignored.
+#[derive(Debug, Default)]
+pub struct SseDecoder {
+    buffer: Vec<u8>,
+    /// The previous chunk ended in CR: a LF starting this one belongs to it.
+    after_cr: bool,
+    id: Option<String>,
+    event: String,
+    data: Option<String>,
+}
+
+impl SseDecoder {
+    /// Feeds a chunk; returns what it completed.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseFrame> {
+        if chunk.is_empty() {
+            return Vec::new();
+        }
+        let mut chunk = chunk;
+        if self.after_cr && chunk.first() == Some(&b'\n') {
+            chunk = &chunk[1..];
+        }
+        self.after_cr = false;
+        self.buffer.extend_from_slice(chunk);
+        let mut frames = Vec::new();
+        let mut start = 0;
+        let mut i = 0;
+        while i < self.buffer.len() {
+            let byte = self.buffer[i];
+            if byte != b'\n' && byte != b'\r' {
+                i += 1;
+                continue;
+            }
+            let line = String::from_utf8_lossy(&self.buffer[start..i]).into_owned();
+            if byte == b'\r' {
+                if i + 1 == self.buffer.len() {
+                    self.after_cr = true;
+                } else if self.buffer[i + 1] == b'\n' {
+                    i += 1;
+                }
+            }
+            i += 1;
+            start = i;
+            if let Some(frame) = self.line(&line) {
+                frames.push(frame);
+            }
+        }
+        self.buffer.drain(..start);
+        frames
+    }
+
+    fn line(&mut self, line: &str) -> Option<SseFrame> {
+        if line.is_empty() {
+            let event = std::mem::take(&mut self.event);
+            let data = self.data.take()?;
+            let event = if event.is_empty() { "message".to_owned() } else { event };
+            return Some(SseFrame::Event(SseEvent { id: self.id.clone(), event, data }));
+        }
+        if let Some(comment) = line.strip_prefix(':') {
+            return Some(SseFrame::Comment(comment.strip_prefix(' ').unwrap_or(comment).to_owned()));
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "data" => match &mut self.data {
+                Some(data) => {
+                    data.push('\n');
+                    data.push_str(value);
+                }
+                None => self.data = Some(value.to_owned()),
+            },
+            "event" => self.event = value.to_owned(),
+            "id" if !value.contains('\0') => self.id = Some(value.to_owned()),
+            _ => {}
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: Option<&str>, event: &str, data: &str) -> SseFrame {
+        SseFrame::Event(SseEvent { id: id.map(str::to_owned), event: event.to_owned(), data: data.to_owned() })
+    }
+
+    #[test]
+    fn decodes_events_split_anywhere_with_crlf_multiline_data_and_comments() {
+        let stream = "id: 1\r\nevent: message.delta\r\ndata: {\"text\":\"h\u{e9}\"}\r\n\r\n: heartbeat\r\n\r\n\
+                      id: 2\nevent: run.completed\ndata: line one\ndata:line two\n\n\
+                      id: 3\rdata: cr only\r\r";
+        let expected = vec![
+            event(Some("1"), "message.delta", "{\"text\":\"h\u{e9}\"}"),
+            SseFrame::Comment("heartbeat".into()),
+            event(Some("2"), "run.completed", "line one\nline two"),
+            event(Some("3"), "message", "cr only"),
+        ];
+        let bytes = stream.as_bytes();
+        // Whole, then split at every position (inside CRLF and inside the two-byte é).
+        for split in 0..=bytes.len() {
+            let mut decoder = SseDecoder::default();
+            let mut frames = decoder.push(&bytes[..split]);
+            frames.extend(decoder.push(&bytes[split..]));
+            assert_eq!(frames, expected, "split at {split}");
+        }
+        // One byte at a time.
+        let mut decoder = SseDecoder::default();
+        let frames: Vec<SseFrame> = bytes.iter().flat_map(|b| decoder.push(&[*b])).collect();
+        assert_eq!(frames, expected);
+    }
+
+    #[test]
+    fn an_event_without_data_is_not_dispatched_and_ids_carry_over() {
+        let mut decoder = SseDecoder::default();
+        let frames = decoder.push(b"id: 7\nevent: x\n\nretry: 10\ndata\n\n");
+        assert_eq!(frames, vec![event(Some("7"), "message", "")]);
+    }
+
+    #[test]
+    fn prints_who_speaks_streamed_text_tools_and_costs() {
+        let mut out = Vec::new();
+        let mut printer = Printer::new(&mut out);
+        let events = [
+            (
+                "turn.decided",
+                json!({ "turn": 1, "personas": ["team.writer"], "reason": "drafts first", "satisfied": false }),
+            ),
+            ("step.started", json!({ "step": 1, "turn": 1, "persona": "team.writer", "model": "fast-1" })),
+            ("message.delta", json!({ "step": 1, "call": 1, "text": "Hel" })),
+            ("message.delta", json!({ "step": 1, "call": 1, "text": "lo" })),
+            ("tool.called", json!({ "tool": "calc.add", "arguments": "{\"a\":1}" })),
+            ("tool.result", json!({ "tool": "calc.add", "ok": false, "error": "not_offered", "content": "no" })),
+            (
+                "step.completed",
+                json!({ "step": 1, "usage": { "input_tokens": 10, "output_tokens": 2 }, "model_calls": 1, "tool_calls": 1, "credits": 3 }),
+            ),
+            (
+                "run.failed",
+                json!({ "error": { "code": "budget_exceeded", "message": "over" }, "totals": { "steps": 1, "usage": { "input_tokens": 10, "output_tokens": 2 }, "credits": 3 } }),
+            ),
+        ];
+        for (kind, data) in events {
+            printer.event(kind, &data).expect("write");
+        }
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(text.contains("turn 1: team.writer"), "{text}");
+        assert!(text.contains("[1] team.writer · fast-1\nHello\n  ⚙ calc.add"), "{text}");
+        assert!(text.contains("failed [not_offered]"), "{text}");
+        assert!(text.contains("10 in / 2 out tokens, 1 model calls, 1 tool calls, 3 credits"), "{text}");
+        assert!(text.contains("run failed [budget_exceeded]: over"), "{text}");
+    }
+}

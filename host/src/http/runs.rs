@@ -1,0 +1,211 @@
+//! `/v1/runs/{id}`: a run's state, usage, credits and timings; cancelling it; and its
+//! events as server-sent events (replayed from the store, then live, ending after the
+//! terminal event). Viewers read; members cancel; another tenant's runs answer 404.
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
+use maestro_core::Caller;
+use maestro_core::run::{Run, RunId};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody, ErrorCode};
+use super::events::{EventsQuery, Positions};
+use super::extract::StrictQuery;
+use super::sessions::{LimitsView, tenant_principal};
+
+/// Tokens as providers reported them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageView {
+    /// Prompt tokens (cached and cache-writing ones included).
+    pub input_tokens: u64,
+    /// Completion tokens (reasoning tokens included).
+    pub output_tokens: u64,
+    /// Of the input, tokens read from the provider's prompt cache.
+    pub cached_input_tokens: u64,
+    /// Of the input, tokens written to the provider's prompt cache.
+    pub cache_write_tokens: u64,
+    /// Of the output, reasoning tokens.
+    pub reasoning_tokens: u64,
+}
+
+/// What a run used.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TotalsView {
+    /// Steps taken.
+    pub steps: u32,
+    /// Model calls answered.
+    pub model_calls: u32,
+    /// Tool calls run.
+    pub tool_calls: u32,
+    /// Tokens.
+    pub usage: UsageView,
+    /// Credits spent (model settlements and tool charges).
+    pub credits: i64,
+}
+
+/// Why a run failed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunErrorView {
+    /// A stable code (`no_model_provider`, `insufficient_credits`, `budget_exceeded`, …).
+    pub code: String,
+    /// What happened.
+    pub message: String,
+}
+
+/// Where to read a run and its events.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunLinks {
+    /// `GET` this run.
+    #[serde(rename = "self")]
+    pub this: String,
+    /// Its events as server-sent events.
+    pub events: String,
+    /// `POST` to cancel it.
+    pub cancel: String,
+}
+
+/// A run.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunView {
+    /// Its id (`run_…`).
+    pub id: String,
+    /// Its session.
+    pub session: String,
+    /// The message that started it.
+    pub trigger: String,
+    /// queued, running, completed, failed or cancelled.
+    pub state: String,
+    /// The strategy, fixed when it started.
+    pub strategy: String,
+    /// The limits, fixed when it started.
+    pub limits: LimitsView,
+    /// What it used.
+    pub totals: TotalsView,
+    /// Why it failed.
+    pub error: Option<RunErrorView>,
+    /// Whether someone asked to cancel it.
+    pub cancel_requested: bool,
+    /// The last event's `seq` (0 before the first).
+    pub last_seq: i64,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When a worker first started it.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Milliseconds from its start to its end (absent until it ends).
+    pub duration_ms: Option<i64>,
+    /// Where to read it and its events.
+    pub links: RunLinks,
+}
+
+impl From<Run> for RunView {
+    fn from(run: Run) -> Self {
+        let id = run.id.to_string();
+        let usage = run.totals.usage;
+        let duration_ms = run.started_at.zip(run.finished_at).map(|(start, end)| (end - start).num_milliseconds());
+        Self {
+            links: RunLinks {
+                this: format!("/v1/runs/{id}"),
+                events: format!("/v1/runs/{id}/events"),
+                cancel: format!("/v1/runs/{id}/cancel"),
+            },
+            id,
+            session: run.session.to_string(),
+            trigger: run.trigger.to_string(),
+            state: run.state.as_str().to_owned(),
+            strategy: run.strategy.as_str().to_owned(),
+            limits: run.limits.into(),
+            totals: TotalsView {
+                steps: run.totals.steps,
+                model_calls: run.totals.model_calls,
+                tool_calls: run.totals.tool_calls,
+                usage: UsageView {
+                    input_tokens: usage.input_tokens,
+                    output_tokens: usage.output_tokens,
+                    cached_input_tokens: usage.cached_input_tokens,
+                    cache_write_tokens: usage.cache_write_tokens,
+                    reasoning_tokens: usage.reasoning_tokens,
+                },
+                credits: run.totals.credits,
+            },
+            error: run.error.map(|e| RunErrorView { code: e.code, message: e.message }),
+            cancel_requested: run.cancel_requested,
+            last_seq: run.last_seq,
+            created_at: run.created_at,
+            started_at: run.started_at,
+            finished_at: run.finished_at,
+            duration_ms,
+        }
+    }
+}
+
+/// A run id from a path; a malformed one is simply not found.
+fn run_id(raw: &str) -> Result<RunId, ApiError> {
+    RunId::parse(raw).map_err(|_| ApiError::new(ErrorCode::NotFound, format!("run {raw} not found")))
+}
+
+/// A run of the caller's tenant: state, totals (tokens, calls, credits), timings, error.
+#[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "run id (run_…)")),
+    responses((status = 200, body = RunView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn get_one(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<RunView>, ApiError> {
+    let principal = tenant_principal(&state, &caller).await?;
+    let run = state.orchestrator.run(&principal, &run_id(&id)?).await?;
+    Ok(Json(run.into()))
+}
+
+/// Asks a run to stop (members and admins; idempotent): 202 while it is stopping, 200
+/// when it had already ended. The run ends with a `run.cancelled` event.
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "runs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "run id (run_…)")),
+    responses((status = 202, body = RunView, description = "cancel requested; the run is stopping"),
+        (status = 200, body = RunView, description = "the run had already ended"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn cancel(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let principal = tenant_principal(&state, &caller).await?;
+    let run = state.orchestrator.cancel(&principal, &run_id(&id)?).await?;
+    let status = if run.state.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, Json(RunView::from(run))))
+}
+
+/// A run's events as server-sent events: `id:` is the event's `seq`; resumes after
+/// `Last-Event-ID` (or `?after=`) from the store, then follows live; heartbeat comments
+/// while idle; ends after the terminal event.
+#[utoipa::path(get, path = "/v1/runs/{id}/events", tag = "runs", params(EventsQuery), security(("bearer" = [])),
+    params(("id" = String, Path, description = "run id (run_…)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "resume after this seq")),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String,
+            description = "`id: <seq>`, `event: <type>`, `data: <json: run, seq, session_seq, type, v, at, data>`"),
+        (status = 400, body = ErrorBody, description = "`invalid_last_event_id`: malformed, or beyond the run's last event"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "unknown query parameter")))]
+pub(super) async fn events(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    StrictQuery(query): StrictQuery<EventsQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let principal = tenant_principal(&state, &caller).await?;
+    let run = state.orchestrator.run(&principal, &run_id(&id)?).await?;
+    let after = super::events::resume_position(&headers, &query, run.last_seq)?;
+    let hub = state.orchestrator.hub();
+    let feed = hub.run_feed(&run.id, after);
+    Ok(super::events::stream(feed, Positions::Run, hub.heartbeat_interval(), state.shutdown.clone()))
+}
