@@ -220,8 +220,7 @@ pub async fn serve(
         None => None,
     };
     let hub = Arc::new(orchestrator::hub::EventHub::new(store.clone()));
-    // Seam: the configured model providers replace this once `open_models` exists.
-    let models: Arc<dyn maestro_core::llm::ModelProvider> = Arc::new(orchestrator::NoModels);
+    let models = open_models(&config, env)?;
     let runner = orchestrator::Runner::new(
         orchestrator::RunnerPorts {
             runs: store.clone(),
@@ -246,7 +245,6 @@ pub async fn serve(
     .spawn(stopping.clone());
     jobs.schedule_every(jobs::EXPIRE_HOLDS, EXPIRE_HOLDS_EVERY, stopping.clone());
     jobs.schedule_every(jobs::PRUNE, PRUNE_JOBS_EVERY, stopping.clone());
-    let hub = Arc::new(orchestrator::hub::EventHub::new(store.clone()));
     let orchestrator =
         Arc::new(orchestrator::Orchestrator::new(store.clone(), store.clone(), clock.clone(), tools.clone(), hub));
     let state = http::AppState {

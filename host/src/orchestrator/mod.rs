@@ -21,7 +21,7 @@ pub mod runner;
 mod step;
 mod strategy;
 
-pub use runner::{NoModels, Runner, RunnerError, RunnerPorts, RunnerSettings};
+pub use runner::{Runner, RunnerError, RunnerPorts, RunnerSettings};
 
 use std::sync::Arc;
 

@@ -670,22 +670,3 @@ impl JobHandler for Runner {
         }
     }
 }
-
-/// A provider for a server with no model provider configured: no models, and every call
-/// answers [`LlmError::NoProvider`] (whose message says which settings to add).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoModels;
-
-#[async_trait]
-impl ModelProvider for NoModels {
-    fn models(&self) -> Vec<maestro_core::llm::ModelInfo> {
-        Vec::new()
-    }
-
-    async fn stream(
-        &self,
-        _request: maestro_core::llm::ChatRequest,
-    ) -> Result<Box<dyn maestro_core::llm::ChatStream>, LlmError> {
-        Err(LlmError::NoProvider)
-    }
-}

@@ -22,7 +22,7 @@ use maestro_host::accounts::{Accounts, SystemClock};
 use maestro_host::config::ModelPrice;
 use maestro_host::credits::Credits;
 use maestro_host::orchestrator::hub::EventHub;
-use maestro_host::orchestrator::{NewSession, NoModels, Orchestrator, Runner, RunnerPorts, RunnerSettings};
+use maestro_host::orchestrator::{NewSession, Orchestrator, Runner, RunnerPorts, RunnerSettings};
 use maestro_host::tools::{Principal, Tools};
 
 use crate::harness::{Backend, TestDb, backend_tests, tools_with};
@@ -873,7 +873,7 @@ async fn without_a_model_provider_the_run_fails_saying_what_to_configure(backend
     let rig = Rig::new(backend, 1_000_000).await;
     let session = rig.session(&[WRITER], Strategy::Router, limits()).await;
     let run = rig.post(&session, "hello").await;
-    let runner = rig.runner_with(Arc::new(NoModels));
+    let runner = rig.runner_with(Arc::new(maestro_host::llm::NoProvider));
     assert_eq!(runner.execute(&run.id).await.expect("executes"), RunState::Failed);
     let error = rig.run(&run).await.error.expect("error");
     assert_eq!(error.code, "no_model_provider");
@@ -903,6 +903,75 @@ async fn a_run_past_its_deadline_fails(backend: Backend) {
     rig.assert_ledger_clean().await;
 }
 
+/// Three personas on the router, through the real model client (`maestro_llm`) against
+/// the fake OpenAI-compatible server: the decision is logged, tokens stream, a tool runs
+/// in the sandbox under the tenant's policy, the run completes, and the credits charged
+/// equal the reported usage at the configured prices.
+async fn a_router_run_end_to_end_through_the_openai_client(backend: Backend) {
+    use crate::fake_llm::{FakeLlm, Script, model as llm_model};
+    use maestro_host::llm::{Llm, ProviderKind};
+
+    let rig = Rig::new(backend, 1_000_000).await;
+    let fake = FakeLlm::start().await;
+    let decide = |next: Option<&str>| {
+        serde_json::json!({ "satisfied": next.is_none(), "next": next, "instruction": next.map(|_| "frame it"), "reason": "r" })
+            .to_string()
+    };
+    fake.push(Script::openai_text(&decide(Some(PM)), usage(700, 30)));
+    fake.push(Script::openai_tool_calls(&[("call_1", "calc.evaluate", r#"{"expression":"12*12"}"#)], usage(2100, 25)));
+    fake.push(Script::openai_text("Twelve dozen is 144, so the market is small.", usage(2300, 14)));
+    fake.push(Script::openai_text(&decide(None), usage(900, 28)));
+    let mut fast = llm_model("fast-m", "fake", &[]);
+    fast.tier = ModelTier::Small;
+    let mut big = llm_model("big-m", "fake", &[]);
+    big.tier = ModelTier::Large;
+    big.context_window = 64_000;
+    fast.context_window = 64_000;
+    let llm = Llm::new(vec![fake.provider("fake", ProviderKind::OpenAi)], vec![fast, big]).expect("llm");
+    let session = rig.session(&[PM, ARCHITECT, CRITIC], Strategy::Router, limits()).await;
+    let run = rig.post(&session, "a market for calculators").await;
+    assert_eq!(rig.runner_with(Arc::new(llm)).execute(&run.id).await.expect("executes"), RunState::Completed);
+
+    let events = rig.events(&run).await;
+    assert_dense(&events);
+    assert_eq!(
+        kinds(&events),
+        [
+            "run.started",
+            "message.completed",
+            "turn.decided",
+            "step.started",
+            "message.completed",
+            "tool.called",
+            "tool.result",
+            "message.completed",
+            "step.completed",
+            "message.completed",
+            "turn.decided",
+            "run.completed"
+        ]
+    );
+    let result = events.iter().find_map(|e| match &e.body {
+        EventBody::ToolResult(r) => Some(r.clone()),
+        _ => None,
+    });
+    let result = result.expect("tool result");
+    assert!(result.ok && result.content.contains("144"), "{result:?}");
+    assert_eq!(delta_text(&events)[&(1, 2)], "Twelve dozen is 144, so the market is small.");
+    let expected = (700 + 30 * 2) + (2100 * 2 + 25 * 3) + (2300 * 2 + 14 * 3) + (900 + 28 * 2);
+    assert_eq!(rig.settled(&run).await, expected);
+    assert_eq!(rig.run(&run).await.totals.credits, expected);
+    rig.assert_ledger_clean().await;
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 4);
+    assert!(requests[0].body["response_format"].is_object(), "the router asks for structured output");
+    assert_eq!(requests[1].body["model"], "upstream-big-m");
+    let tools = requests[1].body["tools"].as_array().map(Vec::len);
+    assert_eq!(tools, Some(1), "one tool offered: {}", requests[1].body["tools"]);
+    let last = requests[2].body["messages"].as_array().and_then(|m| m.last()).cloned().unwrap_or_default();
+    assert_eq!(last["role"], "tool", "the tool's result goes back to the model");
+}
+
 backend_tests!(
     sequence_runs_every_persona_once_in_team_order,
     round_robin_answers_with_the_persona_after_the_last_speaker,
@@ -920,4 +989,5 @@ backend_tests!(
     without_a_model_provider_the_run_fails_saying_what_to_configure,
     a_model_error_fails_the_run_with_its_code_and_voids_the_hold,
     a_run_past_its_deadline_fails,
+    a_router_run_end_to_end_through_the_openai_client,
 );
