@@ -972,6 +972,93 @@ async fn a_router_run_end_to_end_through_the_openai_client(backend: Backend) {
     assert_eq!(last["role"], "tool", "the tool's result goes back to the model");
 }
 
+/// What a worker that died after announcing a tool call (and before its result) leaves
+/// in the store, written as that worker would have; the next worker answers the call
+/// to the model as interrupted and never runs it again.
+async fn a_tool_call_cut_by_a_dead_worker_is_answered_interrupted_not_run_again(backend: Backend) {
+    let rig = Rig::new(backend, 1_000_000).await;
+    let session = rig.session(&[PM], Strategy::Sequence, limits()).await;
+    let run = rig.post(&session, "one plus one").await;
+    let call = tool_call("c1", "calc.evaluate", r#"{"expression":"1+1"}"#);
+    let mut running = rig.run(&run).await;
+    running.state = RunState::Running;
+    running.started_at = Some(rig.clock.now());
+    let bodies = vec![
+        EventBody::RunStarted {
+            trigger: run.trigger.clone(),
+            strategy: Strategy::Sequence,
+            personas: vec![PM.into()],
+            limits: limits(),
+        },
+        EventBody::TurnDecided {
+            turn: 1,
+            personas: vec![PM.into()],
+            instruction: None,
+            reason: "sequence".into(),
+            satisfied: false,
+            fallback: false,
+        },
+        EventBody::StepStarted {
+            step: 1,
+            turn: 1,
+            persona: PM.into(),
+            model: "big-m".into(),
+            tools: vec!["calc.evaluate".into()],
+            context_messages: 1,
+            trimmed_messages: 0,
+        },
+        EventBody::MessageCompleted {
+            step: 1,
+            call: 1,
+            persona: PM.into(),
+            model: "big-m".into(),
+            text: String::new(),
+            tool_calls: vec![call.clone()],
+            finish: FinishReason::ToolCalls,
+            usage: usage(900, 20),
+            credits: 0,
+            message: None,
+        },
+        EventBody::ToolCalled {
+            step: 1,
+            call: 1,
+            call_id: "c1".into(),
+            tool: "calc.evaluate".into(),
+            arguments: call.arguments.clone(),
+        },
+    ];
+    let mut tx = rig.store.begin().await.expect("begin");
+    tx.update_run(&running).await.expect("running");
+    for body in bodies {
+        let event =
+            maestro_core::run::NewEvent { run: run.id.clone(), session: session.id.clone(), at: rig.clock.now(), body };
+        tx.append_event(&event).await.expect("append");
+    }
+    tx.commit().await.expect("commit");
+
+    rig.models.push([text("it is two", usage(1000, 5))]);
+    assert_eq!(rig.runner().execute(&run.id).await.expect("resumes"), RunState::Completed);
+    assert_eq!(rig.models.requests().len(), 1, "the recorded model call is not asked again");
+    let events = rig.events(&run).await;
+    assert_dense(&events);
+    let results: Vec<(bool, Option<String>)> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::ToolResult(r) => Some((r.ok, r.error.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results, [(false, Some("interrupted".to_owned()))], "the cut call is never run twice");
+    let request = &rig.models.requests()[0];
+    let answered = request.messages.iter().find(|m| m.tool_call_id.as_deref() == Some("c1")).expect("answered");
+    assert!(answered.is_error && answered.content.contains("interrupted"), "{answered:?}");
+    assert!(
+        request.messages.iter().any(|m| m.tool_calls == vec![call.clone()]),
+        "the recorded answer is replayed into the conversation"
+    );
+    assert_eq!(rig.messages(&session).await.last().map(|m| m.content.clone()), Some("it is two".into()));
+}
+
 backend_tests!(
     sequence_runs_every_persona_once_in_team_order,
     round_robin_answers_with_the_persona_after_the_last_speaker,
@@ -990,4 +1077,5 @@ backend_tests!(
     a_model_error_fails_the_run_with_its_code_and_voids_the_hold,
     a_run_past_its_deadline_fails,
     a_router_run_end_to_end_through_the_openai_client,
+    a_tool_call_cut_by_a_dead_worker_is_answered_interrupted_not_run_again,
 );
