@@ -1059,6 +1059,129 @@ async fn a_tool_call_cut_by_a_dead_worker_is_answered_interrupted_not_run_again(
     assert_eq!(rig.messages(&session).await.last().map(|m| m.content.clone()), Some("it is two".into()));
 }
 
+/// `kill -9` of a real `maestro serve` mid-stream: a second server takes the run over
+/// when the job's lease expires, records `run.interrupted`, restarts the cut call only,
+/// and completes; the ledger keeps no open hold.
+async fn a_killed_server_s_run_is_taken_over_by_the_next(backend: Backend) {
+    use crate::fake_llm::{FakeLlm, Script};
+    use crate::server::{Server, maestro};
+    use maestro_host::llm::ProviderKind;
+    use reqwest::{Method, StatusCode};
+
+    let db = TestDb::new(backend).await;
+    let fake = FakeLlm::start().await;
+    let (plugins, policies) = (db.dir().join("plugins"), db.dir().join("policies"));
+    crate::fixtures::install(&plugins, "personas");
+    crate::fixtures::install(&plugins, "calc");
+    std::fs::create_dir_all(&policies).expect("policy dir");
+    std::fs::write(policies.join("team.toml"), POLICY).expect("policy");
+    let config = db.dir().join("maestro.toml");
+    let text = format!(
+        "[jobs]\nlease = \"2s\"\npoll_interval = \"100ms\"\n\n\
+         [[credits.models]]\nmodel = \"big-m\"\ninput_per_million = 2000000\noutput_per_million = 3000000\n\n\
+         {}\n[[llm.models]]\nid = \"big-m\"\nprovider = \"fake\"\nmodel = \"upstream-big-m\"\ntier = \"best\"\n\
+         context_window = 64000\nmax_output_tokens = 1000\n",
+        fake.provider_toml("fake", ProviderKind::OpenAi)
+    );
+    std::fs::write(&config, text).expect("config");
+    let command = || {
+        let mut command = maestro(&db, backend);
+        command.env("MAESTRO_PLUGIN_DIR", &plugins).env("MAESTRO_POLICY_DIR", &policies).env("MAESTRO_CONFIG", &config);
+        // The test reads the server's store too (SQLite: the same file).
+        command.env("MAESTRO_DATABASE_URL", &db.url);
+        command
+    };
+    let mut first = Server::start(command(), &db.dir(), 1).await;
+    let platform = first.bootstrap_token();
+    let (status, _) =
+        first.call(Method::POST, "/v1/tenants", &platform, Some(serde_json::json!({ "name": "acme" }))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, member) = first
+        .call(Method::POST, "/v1/keys", &platform, Some(serde_json::json!({ "tenant": "acme", "role": "member" })))
+        .await;
+    let member = member["token"].as_str().expect("token").to_owned();
+    let store = db.open().await;
+    let tenant = store
+        .tenant_by_name(&maestro_core::TenantName::parse("acme").expect("name"))
+        .await
+        .expect("read")
+        .expect("tenant");
+    let credits = Credits::new(store.clone(), Arc::new(SystemClock));
+    credits.grant(&tenant.id, 1_000_000, "grant-1", "test").await.expect("grant");
+
+    fake.push(Script::openai_text("the framing is done", usage(1800, 6)));
+    // The critic's answer stops after a few pieces and never ends: the server dies.
+    fake.push(Script::openai_text("a long critique that never finishes", usage(1, 1)).await_close_after(4));
+    let (status, session) = first
+        .call(
+            Method::POST,
+            "/v1/sessions",
+            &member,
+            Some(serde_json::json!({ "personas": [PM, CRITIC], "strategy": "sequence" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{session}");
+    let session_id = session["id"].as_str().expect("id").to_owned();
+    let (status, posted) = first
+        .call(
+            Method::POST,
+            &format!("/v1/sessions/{session_id}/messages"),
+            &member,
+            Some(serde_json::json!({ "content": "a market for calculators" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{posted}");
+    let run_id = maestro_core::run::RunId::parse(posted["run"]["id"].as_str().expect("run id")).expect("run id");
+    let cut = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let events = store.run_events(&run_id, 0, 1000).await.expect("events");
+            if events.iter().any(|e| matches!(e.body, EventBody::MessageDelta { step: 2, .. })) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "the critic never streamed:\n{}", first.stderr_text());
+    let pid = first.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-KILL", &pid]).status().expect("kill").success());
+    first.child.wait().expect("the killed server is reaped");
+    assert!(credits.balance(&tenant.id).await.expect("balance").held > 0, "the dead server's hold is open");
+
+    fake.push(Script::openai_text("the full critique", usage(2000, 9)));
+    let second = Server::start(command(), &db.dir(), 2).await;
+    let finished = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let run = store.run(None, &run_id).await.expect("read").expect("run");
+            if run.state.is_final() {
+                return run;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let Ok(run) = finished else { panic!("the run was not taken over:\n{}", second.stderr_text()) };
+    assert_eq!(run.state, RunState::Completed, "{:?}", run.error);
+    assert_eq!(fake.request_count(), 3, "only the cut call was asked again");
+    let events = store.run_events(&run_id, 0, 1000).await.expect("events");
+    assert_dense(&events);
+    let interrupted: Vec<Option<u32>> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::RunInterrupted { step, .. } => Some(*step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(interrupted, [Some(2)]);
+    let messages = store.messages(&tenant.id, &run.session, 0, 100).await.expect("messages");
+    let contents: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(contents, ["a market for calculators", "the framing is done", "the full critique"]);
+    assert_eq!(run.totals.credits, (1800 * 2 + 6 * 3) + (2000 * 2 + 9 * 3));
+    assert_eq!(credits.balance(&tenant.id).await.expect("balance").held, 0, "no hold is left open");
+    assert!(credits.audit().await.expect("audit").is_clean());
+    second.stop().await;
+}
+
 backend_tests!(
     sequence_runs_every_persona_once_in_team_order,
     round_robin_answers_with_the_persona_after_the_last_speaker,
@@ -1078,4 +1201,5 @@ backend_tests!(
     a_run_past_its_deadline_fails,
     a_router_run_end_to_end_through_the_openai_client,
     a_tool_call_cut_by_a_dead_worker_is_answered_interrupted_not_run_again,
+    a_killed_server_s_run_is_taken_over_by_the_next,
 );
