@@ -401,6 +401,11 @@ impl Runner {
             holds: Mutex::default(),
             session,
         };
+        if resumed {
+            // Whatever ends this execution, the holds the interrupted one left open go
+            // back now, not when they expire.
+            this.void_interrupted_calls(&ctx).await;
+        }
         if run.cancel_requested {
             return this.finish(&ctx, Err(Stop::Cancelled)).await;
         }
@@ -528,6 +533,21 @@ impl Inner {
                     tracing::warn!(error = %err, run = %ctx.id, hold = %hold.id, "cannot void a hold; it expires later");
                 }
             }
+        }
+    }
+
+    /// Voids the holds of the calls an interrupted execution may have had in flight: the
+    /// router's next call and the next call of every started, unfinished step.
+    async fn void_interrupted_calls(&self, ctx: &RunCtx) {
+        let router = u32::try_from(ctx.record.router_answers.len()).unwrap_or(u32::MAX).saturating_add(1);
+        let mut sites = vec![(super::record::ROUTER_STEP, router)];
+        for (step, record) in &ctx.record.steps {
+            if !record.persona.is_empty() && record.completed.is_none() {
+                sites.push((*step, record.answers.last().map_or(1, |a| a.call.saturating_add(1))));
+            }
+        }
+        for (step, call) in sites {
+            self.void_earlier_attempts(ctx, &format!("run:{}:s{step}:c{call}", ctx.id)).await;
         }
     }
 

@@ -1182,6 +1182,29 @@ async fn a_killed_server_s_run_is_taken_over_by_the_next(backend: Backend) {
     second.stop().await;
 }
 
+/// A run cancelled while its worker is dead ends cancelled at takeover, and the hold the
+/// dead worker left open goes back at once (not when it expires).
+async fn a_dead_worker_s_hold_is_voided_when_its_cancelled_run_is_taken_over(backend: Backend) {
+    let rig = Rig::new(backend, 1_000_000).await;
+    rig.models.push([Reply::Hang { text: "half ".into() }]);
+    let session = rig.session(&[WRITER], Strategy::Sequence, limits()).await;
+    let run = rig.post(&session, "hello").await;
+    let runner = rig.runner();
+    let id = run.id.clone();
+    let task = tokio::spawn(async move { runner.execute(&id).await });
+    wait_for_delta(&rig, &run).await;
+    task.abort();
+    let _ = task.await;
+    assert!(rig.credits.balance(&rig.principal.tenant_id).await.expect("balance").held > 0);
+    rig.store.request_cancel(&rig.principal.tenant_id, &run.id).await.expect("cancel").expect("run");
+    assert_eq!(rig.runner().execute(&run.id).await.expect("takes over"), RunState::Cancelled);
+    assert_eq!(rig.models.requests().len(), 1, "nothing is asked again");
+    let events = rig.events(&run).await;
+    assert_dense(&events);
+    assert_eq!(events.last().map(|e| e.body.kind()), Some("run.cancelled"));
+    rig.assert_ledger_clean().await;
+}
+
 backend_tests!(
     sequence_runs_every_persona_once_in_team_order,
     round_robin_answers_with_the_persona_after_the_last_speaker,
@@ -1202,4 +1225,5 @@ backend_tests!(
     a_router_run_end_to_end_through_the_openai_client,
     a_tool_call_cut_by_a_dead_worker_is_answered_interrupted_not_run_again,
     a_killed_server_s_run_is_taken_over_by_the_next,
+    a_dead_worker_s_hold_is_voided_when_its_cancelled_run_is_taken_over,
 );
