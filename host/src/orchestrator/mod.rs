@@ -12,6 +12,13 @@
 //!
 //! Holds only ports and use-cases (`Arc<dyn RunStore>`, `Arc<dyn UnitOfWork>`,
 //! `Arc<dyn ModelProvider>`, `Tools`, `Credits`), never adapter types.
+//!
+//! Files: `runner.rs` (the job handler: lifecycle, cancel, deadline, units of work and
+//! holds), `step.rs` (turns per strategy, steps, model calls, tool calls, resuming),
+//! `strategy.rs` (the router's contract and the fixed rules), `context.rs` (what a
+//! model sees: messages, trimming, persona arguments, tool globs), `pricing.rs` (holds,
+//! budgets, settlements), `record.rs` (a run's state rebuilt from its events), `hub.rs`
+//! (live events and cancel signals).
 
 mod context;
 pub mod hub;

@@ -3,7 +3,7 @@
 //! # Lifecycle
 //! A worker claims the run's job under a lease; [`Runner::execute`] loads the run (a
 //! finished run is left alone), its session, its tenant, every recorded event and the
-//! session's messages, and rebuilds the run's [`Record`] from the events (event sourcing:
+//! session's messages, and rebuilds the run's record (`record.rs`) from the events (event sourcing:
 //! the log is the record). A queued run becomes `running` with `run.started` (once,
 //! `started_at` set); a run found `running` was interrupted (its worker died, or a store
 //! failure made the job retry): `run.interrupted` is appended, naming the step that was in
