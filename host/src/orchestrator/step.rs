@@ -66,6 +66,19 @@ struct Answered {
     response: ChatResponse,
     settle: Option<Settle>,
     credits: i64,
+    /// The text that arrived since the last delta was written: recorded in the unit of
+    /// work of the answer, right before it (one durable write less per call).
+    last_delta: Option<EventBody>,
+}
+
+/// Who answers in a step, and where.
+#[derive(Debug, Clone, Copy)]
+struct Plan<'a> {
+    turn: u32,
+    step: u32,
+    persona: &'a str,
+    /// The router's instruction.
+    instruction: Option<&'a str>,
 }
 
 /// Parallel steps commit their final answers in team order.
@@ -102,7 +115,9 @@ impl Inner {
                         return Ok(());
                     }
                     let persona = decided.personas.first().cloned().unwrap_or_default();
-                    self.step(ctx, turn, turn, &persona, decided.instruction.as_deref(), None).await?;
+                    let plan =
+                        Plan { turn, step: turn, persona: &persona, instruction: decided.instruction.as_deref() };
+                    self.step(ctx, plan, None, None).await?;
                 }
                 Ok(())
             }
@@ -113,24 +128,26 @@ impl Inner {
                     Some(last) => format!("round robin: the persona after {last}, who spoke last"),
                     None => "round robin: the first persona of the team".to_owned(),
                 };
-                let decided = self.fixed_turn(ctx, 1, vec![persona.clone()], reason).await?;
+                let (decided, event) = self.fixed_turn(ctx, 1, vec![persona.clone()], reason);
                 let persona = decided.personas.first().cloned().unwrap_or(persona);
-                self.step(ctx, 1, 1, &persona, None, None).await
+                self.step(ctx, Plan { turn: 1, step: 1, persona: &persona, instruction: None }, event, None).await
             }
             Strategy::Sequence => {
                 let count = team.len().min(max_steps as usize);
                 for (index, persona) in team.iter().take(count).enumerate() {
                     let turn = u32::try_from(index + 1).unwrap_or(u32::MAX);
                     let reason = format!("sequence: persona {turn} of {count}");
-                    self.fixed_turn(ctx, turn, vec![persona.clone()], reason).await?;
-                    self.step(ctx, turn, turn, persona, None, None).await?;
+                    let (_, event) = self.fixed_turn(ctx, turn, vec![persona.clone()], reason);
+                    self.step(ctx, Plan { turn, step: turn, persona, instruction: None }, event, None).await?;
                 }
                 Ok(())
             }
             Strategy::Parallel => {
                 let personas: Vec<String> = team.iter().take(max_steps as usize).cloned().collect();
                 let reason = format!("parallel: {} personas answer the same turn", personas.len());
-                self.fixed_turn(ctx, 1, personas.clone(), reason).await?;
+                if let (_, Some(event)) = self.fixed_turn(ctx, 1, personas.clone(), reason) {
+                    self.commit(ctx, Commit::events(vec![event])).await?;
+                }
                 let initial: Vec<bool> = (1..=personas.len())
                     .map(|n| {
                         let step = u32::try_from(n).unwrap_or(u32::MAX);
@@ -145,7 +162,8 @@ impl Inner {
                     .enumerate()
                     .map(|(index, (persona, order))| {
                         let step = u32::try_from(index + 1).unwrap_or(u32::MAX);
-                        Box::pin(self.step(ctx, 1, step, persona, None, Some(order))) as StepFuture<'_>
+                        let plan = Plan { turn: 1, step, persona, instruction: None };
+                        Box::pin(self.step(ctx, plan, None, Some(order))) as StepFuture<'_>
                     })
                     .collect();
                 try_join_all(steps).await
@@ -153,22 +171,23 @@ impl Inner {
         }
     }
 
-    /// A turn decided by a fixed rule (recorded once; a resumed run reads it back).
-    async fn fixed_turn(
+    /// A turn decided by a fixed rule: the recorded decision of a resumed run, or a new
+    /// one with its `turn.decided` event to record (with the step's start: one unit of
+    /// work, so a turn is recorded exactly when its step started).
+    fn fixed_turn(
         &self,
         ctx: &RunCtx,
         turn: u32,
         personas: Vec<String>,
         reason: String,
-    ) -> Result<Decided, Stop> {
+    ) -> (Decided, Option<EventBody>) {
         if let Some(decided) = ctx.record.turns.get(&turn) {
-            return Ok(decided.clone());
+            return (decided.clone(), None);
         }
         let decided = Decided { personas: personas.clone(), instruction: None, satisfied: false };
         let event =
             EventBody::TurnDecided { turn, personas, instruction: None, reason, satisfied: false, fallback: false };
-        self.commit(ctx, Commit::events(vec![event])).await?;
-        Ok(decided)
+        (decided, Some(event))
     }
 
     /// A router turn: the recorded decision, or the router model's (one retry, then the
@@ -264,17 +283,17 @@ impl Inner {
         }
     }
 
-    /// One persona answering (see the module docs). `order` makes a parallel step
-    /// commit its final answer after the steps before it.
+    /// One persona answering (see the module docs). `decided` is recorded with the
+    /// step's start; `order` makes a parallel step commit its final answer after the
+    /// steps before it.
     async fn step(
         &self,
         ctx: &RunCtx,
-        turn: u32,
-        step: u32,
-        persona: &str,
-        instruction: Option<&str>,
+        plan: Plan<'_>,
+        decided: Option<EventBody>,
         order: Option<&Order>,
     ) -> Result<(), Stop> {
+        let Plan { turn, step, persona, instruction } = plan;
         let recorded = ctx.record.steps.get(&step).cloned().unwrap_or_default();
         if recorded.completed.is_some() {
             return Ok(());
@@ -317,7 +336,8 @@ impl Inner {
                 context_messages: fitted.context_messages,
                 trimmed_messages: fitted.trimmed_messages,
             };
-            self.commit(ctx, Commit { events: vec![event], add, ..Commit::default() }).await?;
+            let events = decided.into_iter().chain([event]).collect();
+            self.commit(ctx, Commit { events, add, ..Commit::default() }).await?;
         } else if render_credits > 0 {
             self.commit(ctx, Commit { add, ..Commit::default() }).await?;
         }
@@ -360,17 +380,20 @@ impl Inner {
                     credits: state.credits,
                     message: Some(message.id.clone()),
                 };
+                let mut events: Vec<EventBody> = Vec::new();
                 if let Some(order) = order {
+                    // Live text does not wait for the personas before this one.
+                    if let Some(delta) = answered.last_delta {
+                        self.commit(ctx, Commit::events(vec![delta])).await?;
+                    }
                     order.wait_turn().await;
+                } else {
+                    events.extend(answered.last_delta);
                 }
+                events.extend([completed, done]);
                 let add = RunTotals { steps: 1, ..add };
-                let commit = Commit {
-                    events: vec![completed, done],
-                    settle: answered.settle,
-                    message: Some(message),
-                    add,
-                    ..Commit::default()
-                };
+                let commit =
+                    Commit { events, settle: answered.settle, message: Some(message), add, ..Commit::default() };
                 let committed = self.commit(ctx, commit).await?;
                 if let Some(order) = order {
                     order.finished();
@@ -381,8 +404,8 @@ impl Inner {
                 return Ok(());
             }
             let completed = answer_event(step, call, persona, &answered, None);
-            self.commit(ctx, Commit { events: vec![completed], settle: answered.settle, add, ..Commit::default() })
-                .await?;
+            let events = answered.last_delta.into_iter().chain([completed]).collect();
+            self.commit(ctx, Commit { events, settle: answered.settle, add, ..Commit::default() }).await?;
             state.push_answer(&answered.response.text, &answered.response.tool_calls);
             state.unanswered = Some(answered.response.tool_calls);
         }
@@ -605,8 +628,8 @@ impl Inner {
         } else {
             None
         };
-        let response = match self.stream(ctx, step, call, request, deltas).await {
-            Ok(response) => response,
+        let (response, last_delta) = match self.stream(ctx, step, call, request, deltas).await {
+            Ok(answer) => answer,
             Err(stop) => {
                 self.release_hold(ctx, &key).await;
                 return Err(stop);
@@ -632,10 +655,11 @@ impl Inner {
             }
             None => (None, 0),
         };
-        Ok(Answered { response, settle, credits })
+        Ok(Answered { response, settle, credits, last_delta })
     }
 
-    /// Streams an answer, committing coalesced text deltas as they come.
+    /// Streams an answer, committing coalesced text deltas as they come; returns it with
+    /// the text not yet written (as its delta event).
     async fn stream(
         &self,
         ctx: &RunCtx,
@@ -643,7 +667,7 @@ impl Inner {
         call: u32,
         request: ChatRequest,
         deltas: bool,
-    ) -> Result<ChatResponse, Stop> {
+    ) -> Result<(ChatResponse, Option<EventBody>), Stop> {
         let mut stream = self.models.stream(request).await?;
         let mut pending = String::new();
         let mut flushed = Instant::now();
@@ -677,8 +701,8 @@ impl Inner {
                     }
                 }
                 Some(Ok(ChatEvent::Completed(response))) => {
-                    self.flush(ctx, step, call, &mut pending).await?;
-                    return Ok(response);
+                    let rest = (!pending.is_empty()).then_some(EventBody::MessageDelta { step, call, text: pending });
+                    return Ok((response, rest));
                 }
                 Some(Ok(_)) => {}
                 Some(Err(err)) => {

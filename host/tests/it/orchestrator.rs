@@ -1227,3 +1227,89 @@ backend_tests!(
     a_killed_server_s_run_is_taken_over_by_the_next,
     a_dead_worker_s_hold_is_voided_when_its_cancelled_run_is_taken_over,
 );
+
+/// Figures, not a test of speed: the runner's own cost of a one-step run whose model
+/// answers at once (fake in process): render, hold, stream, settle, and every event
+/// write, on each store; p50 and p95 one run at a time, and runs per second with 16 at
+/// once (16 sessions). `cargo test -p maestro-host --test it -- --ignored --nocapture
+/// orchestrator::measure`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints figures; run explicitly"]
+async fn measure_runner_overhead() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let rig = Rig::new(backend, 1_000_000_000).await;
+        rig.models.respond(|_| Some(text("at once", usage(100, 3))));
+        let sessions = {
+            let mut sessions = Vec::new();
+            for _ in 0..16 {
+                sessions.push(rig.session(&[WRITER], Strategy::RoundRobin, limits()).await);
+            }
+            sessions
+        };
+        let runner = rig.runner();
+        // Persona rendering alone (a sandbox call), to tell it apart.
+        let mut renders = Vec::new();
+        for _ in 0..50 {
+            let started = std::time::Instant::now();
+            let args = serde_json::json!({ "idea": "x" });
+            rig.tools.render_persona(&rig.principal, WRITER, &args, Default::default()).await.expect("renders");
+            renders.push(started.elapsed());
+        }
+        // One unit of work appending one event, the runner's unit of durable write.
+        let mut units = Vec::new();
+        let probe = rig.post(&sessions[1], "probe").await;
+        for _ in 0..100 {
+            let started = std::time::Instant::now();
+            let mut tx = rig.store.begin().await.expect("begin");
+            let body = EventBody::MessageDelta { step: 1, call: 1, text: "x".into() };
+            let event = maestro_core::run::NewEvent {
+                run: probe.id.clone(),
+                session: probe.session.clone(),
+                at: rig.clock.now(),
+                body,
+            };
+            tx.append_event(&event).await.expect("append");
+            tx.commit().await.expect("commit");
+            units.push(started.elapsed());
+        }
+        let mut serial = Vec::new();
+        for index in 0..100 {
+            let run = rig.post(&sessions[0], &format!("q{index}")).await;
+            let started = std::time::Instant::now();
+            assert_eq!(runner.execute(&run.id).await.expect("executes"), RunState::Completed);
+            serial.push(started.elapsed());
+        }
+        let mut runs = Vec::new();
+        for index in 0..160 {
+            runs.push(rig.post(&sessions[index % 16], &format!("c{index}")).await);
+        }
+        let started = std::time::Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for lane in 0..16 {
+            let ids: Vec<_> = runs.iter().skip(lane).step_by(16).map(|r| r.id.clone()).collect();
+            let runner = runner.clone();
+            tasks.spawn(async move {
+                for id in ids {
+                    assert_eq!(runner.execute(&id).await.expect("executes"), RunState::Completed);
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("lane");
+        }
+        let elapsed = started.elapsed();
+        let pct = |v: &mut Vec<Duration>, p: usize| {
+            v.sort();
+            v[(v.len() * p / 100).min(v.len() - 1)]
+        };
+        println!(
+            "{backend:?}: one-step run (7 events in 4 units of work, 1 hold, 1 model call, 1 persona rendering) p50 {:?} p95 {:?} at c=1; \
+             {:.0} runs/s at c=16; persona rendering alone p50 {:?}; one unit of work (one event) p50 {:?}",
+            pct(&mut serial, 50),
+            pct(&mut serial, 95),
+            160.0 / elapsed.as_secs_f64(),
+            pct(&mut renders, 50),
+            pct(&mut units, 50),
+        );
+    }
+}
