@@ -83,14 +83,26 @@ pub(crate) fn fit(
 /// The bound of a request with no message, tool or schema.
 const EMPTY_REQUEST_BOUND: u64 = 16;
 
+/// Longest text of the triggering message put into a persona argument, in characters
+/// (the whole message is in the context anyway; the prompt need not carry it twice).
+pub(crate) const ARGUMENT_CHARS: usize = 2000;
+
 /// The persona's prompt arguments: every required one is filled with the triggering
 /// message's text (the personas' required arguments are what the team works on, like
-/// `idea`), or with the first allowed value when the argument is an enumeration; optional
-/// ones are left to the persona's defaults.
+/// `idea`; at most [`ARGUMENT_CHARS`] characters of it, `…` marking a cut), or with the
+/// first allowed value when the argument is an enumeration; optional ones are left to the
+/// persona's defaults.
 pub(crate) fn persona_arguments(spec: &PersonaSpec, trigger: &str) -> serde_json::Value {
+    let text = if trigger.chars().count() > ARGUMENT_CHARS {
+        let mut cut: String = trigger.chars().take(ARGUMENT_CHARS).collect();
+        cut.push('…');
+        cut
+    } else {
+        trigger.to_owned()
+    };
     let mut arguments = serde_json::Map::new();
     for argument in spec.arguments.iter().filter(|a| a.required) {
-        let value = argument.values.first().cloned().unwrap_or_else(|| trigger.to_owned());
+        let value = argument.values.first().cloned().unwrap_or_else(|| text.clone());
         arguments.insert(argument.name.clone(), serde_json::Value::String(value));
     }
     serde_json::Value::Object(arguments)
@@ -187,6 +199,9 @@ mod tests {
             ],
         };
         assert_eq!(persona_arguments(&spec, "build x"), serde_json::json!({ "idea": "build x", "tone": "plain" }));
+        let long = "é".repeat(ARGUMENT_CHARS + 1);
+        let idea = persona_arguments(&spec, &long)["idea"].as_str().map(|s| s.chars().count());
+        assert_eq!(idea, Some(ARGUMENT_CHARS + 1), "cut to the limit, with the mark");
     }
 
     #[test]

@@ -1205,6 +1205,73 @@ async fn a_dead_worker_s_hold_is_voided_when_its_cancelled_run_is_taken_over(bac
     rig.assert_ledger_clean().await;
 }
 
+/// Past the step's tool-call limit, calls are answered `tool_limit` without running and
+/// the model is asked once more with no tools, so the step ends in text.
+async fn past_the_tool_limit_calls_are_refused_and_the_model_answers_without_tools(backend: Backend) {
+    let rig = Rig::new(backend, 1_000_000).await;
+    rig.models.push([
+        Reply::Tools {
+            calls: vec![
+                tool_call("c1", "calc.evaluate", r#"{"expression":"1+1"}"#),
+                tool_call("c2", "calc.evaluate", r#"{"expression":"2+2"}"#),
+            ],
+            usage: usage(900, 20),
+        },
+        text("two and four", usage(1000, 5)),
+    ]);
+    let session = rig.session(&[PM], Strategy::Sequence, RunLimits { max_tool_calls_per_step: 1, ..limits() }).await;
+    let run = rig.post(&session, "sums").await;
+    assert_eq!(rig.runner().execute(&run.id).await.expect("executes"), RunState::Completed);
+    let events = rig.events(&run).await;
+    let results: Vec<(String, bool, Option<String>)> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::ToolResult(r) => Some((r.call_id.clone(), r.ok, r.error.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results, [("c1".to_owned(), true, None), ("c2".to_owned(), false, Some("tool_limit".to_owned()))]);
+    let requests = rig.models.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(!requests[0].tools.is_empty() && requests[1].tools.is_empty(), "the last call offers no tools");
+    assert_eq!(rig.run(&run).await.totals.tool_calls, 1);
+}
+
+/// The oldest messages are left out to fit the model's window, and the step says how many.
+async fn the_oldest_messages_are_trimmed_to_fit_the_window(backend: Backend) {
+    let rig = Rig::new(backend, 1_000_000).await;
+    let session = rig.session(&[WRITER], Strategy::RoundRobin, limits()).await;
+    let first = rig.post(&session, &"a".repeat(3500)).await;
+    rig.models.push([text("noted", usage(10, 1))]);
+    assert_eq!(rig.runner().execute(&first.id).await.expect("executes"), RunState::Completed);
+
+    // A model whose window (8,000 tokens after its 1,000-token answer) holds the system
+    // prompt (with at most 2,000 characters of the question) and the newest messages,
+    // but not the 3,500-byte first one as well.
+    let small = Arc::new(FakeModels {
+        models: vec![ModelInfo { context_window: 9000, ..model("big-m", ModelTier::Large) }],
+        queue: Mutex::default(),
+        responder: Mutex::default(),
+        requests: Mutex::default(),
+        dropped: Arc::default(),
+    });
+    small.push([text("trimmed", usage(10, 1))]);
+    let second = rig.post(&session, &"b".repeat(3500)).await;
+    assert_eq!(rig.runner_with(small.clone()).execute(&second.id).await.expect("executes"), RunState::Completed);
+    let events = rig.events(&second).await;
+    let counts = events.iter().find_map(|e| match &e.body {
+        EventBody::StepStarted { context_messages, trimmed_messages, .. } => {
+            Some((*context_messages, *trimmed_messages))
+        }
+        _ => None,
+    });
+    assert_eq!(counts, Some((2, 1)), "the first message is trimmed, the answer and the question kept");
+    let request = &small.requests()[0];
+    assert!(!request.messages.iter().any(|m| m.content.contains("aaaa")), "the trimmed message is not sent");
+    assert!(request.messages.iter().any(|m| m.content.contains("bbbb")));
+    assert!(maestro_core::llm::prompt_token_bound(request) <= 8000);
+}
+
 backend_tests!(
     sequence_runs_every_persona_once_in_team_order,
     round_robin_answers_with_the_persona_after_the_last_speaker,
@@ -1226,6 +1293,8 @@ backend_tests!(
     a_tool_call_cut_by_a_dead_worker_is_answered_interrupted_not_run_again,
     a_killed_server_s_run_is_taken_over_by_the_next,
     a_dead_worker_s_hold_is_voided_when_its_cancelled_run_is_taken_over,
+    past_the_tool_limit_calls_are_refused_and_the_model_answers_without_tools,
+    the_oldest_messages_are_trimmed_to_fit_the_window,
 );
 
 /// Figures, not a test of speed: the runner's own cost of a one-step run whose model
