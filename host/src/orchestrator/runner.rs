@@ -639,11 +639,13 @@ impl Inner {
                 next.last_seq = last.seq;
             }
             *run = next;
+            // Published under the run's lock, so live subscribers get its events in order
+            // (publishing never blocks).
+            self.hub.publish(&stored);
             drop(run);
             if let Some(settle) = &commit.settle {
                 ctx.holds.lock().unwrap_or_else(PoisonError::into_inner).retain(|_, h| h.id != settle.hold.id);
             }
-            self.hub.publish(&stored);
             return Ok(Committed { message });
         }
     }
