@@ -226,7 +226,17 @@ impl Inner {
         }
         loop {
             let call = ctx.router_calls.fetch_add(1, Ordering::SeqCst) + 1;
-            let answered = self.call_model(ctx, ROUTER_STEP, call, &model, request.clone(), false).await?;
+            let answered = match self.call_model(ctx, ROUTER_STEP, call, &model, request.clone(), false).await {
+                Ok(answered) => answered,
+                // Servers without structured output refuse the schema: the prompt asks for
+                // the same JSON, and the answer is validated all the same.
+                Err(Stop::Failed(error)) if error.code == "model_refused" && request.response_schema.is_some() => {
+                    tracing::warn!(run = %ctx.id, error = %error.message, "the router's model refused structured output; asking without a schema");
+                    request.response_schema = None;
+                    continue;
+                }
+                Err(stop) => return Err(stop),
+            };
             let text = answered.response.text.clone();
             let completed = answer_event(ROUTER_STEP, call, ROUTER_PERSONA, &answered, None);
             let add = model_totals(&answered);

@@ -23,19 +23,21 @@ pub(crate) struct Decision {
     pub(crate) reason: Option<String>,
 }
 
-/// The JSON Schema the router's answer must fit (strict-mode friendly: every property
-/// required, nulls allowed where optional).
+/// The JSON Schema the router's answer must fit, in the subset every structured-output
+/// implementation takes (OpenAI strict mode, llama.cpp and vLLM grammars, a forced tool
+/// on Anthropic): plain string types, every property required, `next` an enumeration of
+/// the team's names and `""` (satisfied), no nulls or type unions.
 pub(crate) fn decision_schema(team: &[String]) -> ResponseSchema {
     let mut names: Vec<serde_json::Value> = team.iter().map(|n| serde_json::Value::String(n.clone())).collect();
-    names.push(serde_json::Value::Null);
+    names.push(serde_json::Value::String(String::new()));
     ResponseSchema {
         name: "maestro_turn".to_owned(),
         schema: serde_json::json!({
             "type": "object",
             "properties": {
                 "satisfied": { "type": "boolean", "description": "whether the user's request is fully answered" },
-                "next": { "type": ["string", "null"], "enum": names, "description": "who speaks next" },
-                "instruction": { "type": ["string", "null"], "description": "what they should do next" },
+                "next": { "type": "string", "enum": names, "description": "who speaks next (empty when satisfied)" },
+                "instruction": { "type": "string", "description": "what they should do next (empty when satisfied)" },
                 "reason": { "type": "string", "description": "why, in one sentence" }
             },
             "required": ["satisfied", "next", "instruction", "reason"],
@@ -58,8 +60,8 @@ pub(crate) fn router_prompt(team: &[(String, String)], turn: u32, max_steps: u32
     prompt.push_str(&format!(
         "\nThis is turn {turn}; at most {max_steps} turns are allowed in all, so finish when the work is \
          done. Answer with one JSON object and nothing else: {{\"satisfied\": true|false, \"next\": \
-         \"<one of the team's names>\" or null, \"instruction\": \"<what they should do>\" or null, \
-         \"reason\": \"<why>\"}}. When satisfied is true, next is null."
+         \"<one of the team's names>\", \"instruction\": \"<what they should do>\", \"reason\": \
+         \"<why>\"}}. When satisfied is true, next and instruction are empty strings."
     ));
     prompt
 }
@@ -72,8 +74,11 @@ pub(crate) fn parse_decision(text: &str, team: &[String]) -> Result<Decision, St
         (Some(start), Some(end)) if start < end => &trimmed[start..=end],
         _ => return Err("the answer is not a JSON object".to_owned()),
     };
-    let decision: Decision =
+    let mut decision: Decision =
         serde_json::from_str(json).map_err(|e| format!("the answer is not a valid decision: {e}"))?;
+    // `""` and null both mean none.
+    decision.next = decision.next.filter(|n| !n.trim().is_empty());
+    decision.instruction = decision.instruction.filter(|i| !i.trim().is_empty());
     if decision.satisfied {
         return Ok(decision);
     }
@@ -111,6 +116,9 @@ mod tests {
             parse_decision(r#"{"satisfied":false,"next":"t.z","instruction":null,"reason":"r"}"#, &team()).is_err()
         );
         assert!(parse_decision(r#"{"satisfied":false,"next":null,"instruction":null,"reason":"r"}"#, &team()).is_err());
+        assert!(parse_decision(r#"{"satisfied":false,"next":"","instruction":"","reason":"r"}"#, &team()).is_err());
+        let done = parse_decision(r#"{"satisfied":true,"next":"","instruction":"","reason":"r"}"#, &team());
+        assert_eq!(done.map(|d| (d.next, d.instruction)), Ok((None, None)), "empty strings mean none");
         assert!(parse_decision("I think t.b should go", &team()).is_err());
         assert!(parse_decision(r#"{"satisfied":"no"}"#, &team()).is_err());
     }
@@ -124,8 +132,9 @@ mod tests {
     }
 
     #[test]
-    fn the_schema_lists_the_team_and_null() {
+    fn the_schema_lists_the_team_and_none() {
         let schema = decision_schema(&team());
         assert_eq!(schema.schema["properties"]["next"]["enum"].as_array().map(Vec::len), Some(4));
+        assert!(!schema.schema.to_string().contains("null"), "no nulls: every implementation takes it");
     }
 }

@@ -83,7 +83,12 @@ fn text(text: &str, usage: Usage) -> Reply {
 }
 
 fn decision(next: Option<&str>, satisfied: bool) -> Reply {
-    let json = serde_json::json!({ "satisfied": satisfied, "next": next, "instruction": next.map(|n| format!("{n}, your turn")), "reason": "because" });
+    let json = serde_json::json!({
+        "satisfied": satisfied,
+        "next": next.unwrap_or_default(),
+        "instruction": next.map(|n| format!("{n}, your turn")).unwrap_or_default(),
+        "reason": "because"
+    });
     Reply::Text { pieces: vec![json.to_string()], usage: usage(300, 20), delay: Duration::ZERO }
 }
 
@@ -1272,6 +1277,23 @@ async fn the_oldest_messages_are_trimmed_to_fit_the_window(backend: Backend) {
     assert!(maestro_core::llm::prompt_token_bound(request) <= 8000);
 }
 
+/// A server without structured output refuses the router's schema: the router is asked
+/// again without it (the prompt asks for the same JSON) and the run goes on.
+async fn a_router_refused_its_schema_asks_again_without_it(backend: Backend) {
+    let rig = Rig::new(backend, 1_000_000).await;
+    rig.models.push([
+        Reply::Fail(LlmError::Refused { status: 400, message: "response_format is not supported".into() }),
+        decision(None, true),
+    ]);
+    let session = rig.session(&[WRITER, CRITIC], Strategy::Router, limits()).await;
+    let run = rig.post(&session, "nothing to do").await;
+    assert_eq!(rig.runner().execute(&run.id).await.expect("executes"), RunState::Completed);
+    let requests = rig.models.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(requests[0].response_schema.is_some() && requests[1].response_schema.is_none());
+    rig.assert_ledger_clean().await;
+}
+
 backend_tests!(
     sequence_runs_every_persona_once_in_team_order,
     round_robin_answers_with_the_persona_after_the_last_speaker,
@@ -1295,6 +1317,7 @@ backend_tests!(
     a_dead_worker_s_hold_is_voided_when_its_cancelled_run_is_taken_over,
     past_the_tool_limit_calls_are_refused_and_the_model_answers_without_tools,
     the_oldest_messages_are_trimmed_to_fit_the_window,
+    a_router_refused_its_schema_asks_again_without_it,
 );
 
 /// Figures, not a test of speed: the runner's own cost of a one-step run whose model
