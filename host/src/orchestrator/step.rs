@@ -20,7 +20,9 @@
 //! the dearest price of the model's chain; `max_tokens` lowered to fit the run's budget)
 //! keyed `run:<id>:s<step>:c<call>:a<attempt>:hold` (memo naming the run). Text deltas
 //! are coalesced into `message.delta` events (every `delta_interval` or `delta_bytes`,
-//! and always before the answer). The answer is recorded as `message.completed` in ONE
+//! and always before the answer). A provider that reports no usage is charged the safe
+//! estimate (the prompt's token bound, a token per byte of the answer), recorded as the
+//! call's usage. The answer is recorded as `message.completed` in ONE
 //! unit of work with its settlement (`…:settle`) and the run's totals; a step's final
 //! answer also writes its session message and `step.completed` in that unit. A failed
 //! call voids its hold (`…:void`).
@@ -638,13 +640,22 @@ impl Inner {
         } else {
             None
         };
-        let (response, last_delta) = match self.stream(ctx, step, call, request, deltas).await {
+        let (mut response, last_delta) = match self.stream(ctx, step, call, request, deltas).await {
             Ok(answer) => answer,
             Err(stop) => {
                 self.release_hold(ctx, &key).await;
                 return Err(stop);
             }
         };
+        if !response.usage_reported {
+            // No usage from the provider: charge the safe estimate (upper bounds: the
+            // prompt's token bound, and a token per byte of the answer), never nothing.
+            let calls: usize = response.tool_calls.iter().map(|c| c.name.len() + c.arguments.len()).sum();
+            let output = u64::try_from(response.text.len() + calls).unwrap_or(u64::MAX);
+            tracing::warn!(run = %ctx.id, model = %response.model, "the provider reported no usage; charging the estimate");
+            response.usage =
+                maestro_core::llm::Usage { input_tokens: prompt, output_tokens: output, ..Default::default() };
+        }
         let actual = match self.pricing.settlement(&response.model, &response.usage) {
             Some(actual) => actual,
             None => worst,

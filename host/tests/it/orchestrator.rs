@@ -75,6 +75,8 @@ enum Reply {
     Fail(LlmError),
     /// Some text, then nothing ever again (until dropped).
     Hang { text: String },
+    /// Text, and no usage reported.
+    Unreported { text: String },
 }
 
 fn text(text: &str, usage: Usage) -> Reply {
@@ -227,6 +229,18 @@ impl ModelProvider for FakeModels {
                 (events, Duration::ZERO, false)
             }
             Reply::Hang { text } => (vec![started, ChatEvent::Text { text }], Duration::ZERO, true),
+            Reply::Unreported { text } => {
+                let response = ChatResponse {
+                    model: request.model.clone(),
+                    provider: "fake".into(),
+                    text: text.clone(),
+                    tool_calls: vec![],
+                    finish: FinishReason::Stop,
+                    usage: Usage::default(),
+                    usage_reported: false,
+                };
+                (vec![started, ChatEvent::Text { text }, ChatEvent::Completed(response)], Duration::ZERO, false)
+            }
         };
         Ok(Box::new(FakeStream { events: events.into(), delay, hang, dropped: self.dropped.clone() }))
     }
@@ -1294,6 +1308,20 @@ async fn a_router_refused_its_schema_asks_again_without_it(backend: Backend) {
     rig.assert_ledger_clean().await;
 }
 
+/// A provider that reports no usage is charged the safe estimate, never nothing.
+async fn a_call_without_reported_usage_is_charged_its_estimate(backend: Backend) {
+    let rig = Rig::new(backend, 1_000_000).await;
+    rig.models.push([Reply::Unreported { text: "no usage here".into() }]);
+    let session = rig.session(&[WRITER], Strategy::Sequence, limits()).await;
+    let run = rig.post(&session, "hello").await;
+    assert_eq!(rig.runner().execute(&run.id).await.expect("executes"), RunState::Completed);
+    let prompt = i64::try_from(maestro_core::llm::prompt_token_bound(&rig.models.requests()[0])).expect("small");
+    let expected = prompt * 2 + i64::try_from("no usage here".len()).expect("small") * 3;
+    assert_eq!(rig.settled(&run).await, expected);
+    assert_eq!(rig.run(&run).await.totals.usage.output_tokens, 13, "the estimate is the recorded usage");
+    rig.assert_ledger_clean().await;
+}
+
 backend_tests!(
     sequence_runs_every_persona_once_in_team_order,
     round_robin_answers_with_the_persona_after_the_last_speaker,
@@ -1318,6 +1346,7 @@ backend_tests!(
     past_the_tool_limit_calls_are_refused_and_the_model_answers_without_tools,
     the_oldest_messages_are_trimmed_to_fit_the_window,
     a_router_refused_its_schema_asks_again_without_it,
+    a_call_without_reported_usage_is_charged_its_estimate,
 );
 
 /// Figures, not a test of speed: the runner's own cost of a one-step run whose model
