@@ -4,6 +4,7 @@
 //! README's test command provisions one). Without that variable the Postgres tests fail
 //! loudly instead of being skipped.
 
+mod agents;
 mod architecture;
 mod billing;
 mod config_files;

@@ -123,7 +123,7 @@ fn completed() -> EventBody {
 }
 
 /// A server-sent event stream read over a real socket.
-struct Stream {
+pub(crate) struct Stream {
     response: reqwest::Response,
     decoder: SseDecoder,
     pending: VecDeque<SseFrame>,
@@ -131,7 +131,7 @@ struct Stream {
 
 impl Stream {
     /// Opens `path`, optionally with a `Last-Event-ID`; an error answer as status and body.
-    async fn open(
+    pub(crate) async fn open(
         base: &str,
         path: &str,
         token: &str,
@@ -165,7 +165,7 @@ impl Stream {
     }
 
     /// The next event (comments skipped).
-    async fn event(&mut self) -> Option<SseEvent> {
+    pub(crate) async fn event(&mut self) -> Option<SseEvent> {
         loop {
             match self.frame().await? {
                 SseFrame::Event(event) => return Some(event),
@@ -175,7 +175,7 @@ impl Stream {
     }
 
     /// Every event until the server ends the stream.
-    async fn rest(mut self) -> Vec<SseEvent> {
+    pub(crate) async fn rest(mut self) -> Vec<SseEvent> {
         let mut events = Vec::new();
         while let Some(event) = self.event().await {
             events.push(event);
@@ -184,7 +184,7 @@ impl Stream {
     }
 }
 
-fn data(event: &SseEvent) -> Value {
+pub(crate) fn data(event: &SseEvent) -> Value {
     serde_json::from_str(&event.data).expect("data is JSON")
 }
 
