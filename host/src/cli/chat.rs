@@ -17,7 +17,7 @@ use bytes::Bytes;
 use clap::Args;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, StatusCode, Uri};
-use maestro_outbound::{NetPolicy, NetRule, OutboundClient, empty_body, next_chunk};
+use maestro_outbound::{NetPolicy, NetRule, OutboundClient, StreamTimeouts, empty_body, next_chunk};
 use serde_json::{Value, json};
 
 use crate::config::{Config, Env};
@@ -281,8 +281,9 @@ impl Api {
         let origin = format!("{scheme}://{authority}");
         let rule = NetRule::parse(&origin, true, "maestro chat --url").map_err(anyhow::Error::msg)?;
         let client = OutboundClient::new("chat", Arc::new(NetPolicy::allowing(vec![rule.clone()])));
+        // Event streams have no size or time bound of their own: `send_stream` with no body
+        // deadline, and the heartbeats tell a dead stream.
         let mut streaming = NetPolicy::allowing(vec![rule]);
-        streaming.request_timeout = Duration::from_secs(7 * 24 * 3600);
         streaming.max_response_bytes = u64::MAX;
         let mut authorization =
             HeaderValue::from_str(&format!("Bearer {key}")).context("the key is not a valid header value")?;
@@ -337,7 +338,8 @@ impl Api {
         if last_seen > 0 {
             request = request.header("last-event-id", last_seen.to_string());
         }
-        let response = self.streams.send_streaming(request.body(empty_body())?).await?;
+        let timeouts = StreamTimeouts { connect: Duration::from_secs(10), head: Duration::from_secs(30), body: None };
+        let response = self.streams.send_stream(request.body(empty_body())?, timeouts).await?;
         let status = response.status();
         if status.is_client_error() {
             let mut body = response.into_body();

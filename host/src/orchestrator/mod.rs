@@ -44,6 +44,10 @@ use crate::tools::{Principal, Tools};
 /// The job kind that executes a run (payload `{"run": "run_…"}`, key `run:<id>`).
 pub const RUN_JOB: &str = "run.execute";
 
+/// Attempts of a run's job: each takeover after a dead worker is one; on the last, a run
+/// that was interrupted before fails with `worker_lost` rather than resuming again.
+pub const RUN_JOB_ATTEMPTS: u32 = 10;
+
 /// Why a session or run request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum OrchestratorError {
@@ -207,8 +211,9 @@ impl Orchestrator {
             started_at: None,
             finished_at: None,
         };
-        let job = NewJob::new(RUN_JOB, &format!("run:{run_id}"), &serde_json::json!({ "run": run_id }), now)
+        let mut job = NewJob::new(RUN_JOB, &format!("run:{run_id}"), &serde_json::json!({ "run": run_id }), now)
             .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        job.max_attempts = RUN_JOB_ATTEMPTS;
         let mut tx = self.unit.begin().await?;
         let message = tx.insert_message(&message).await?;
         tx.insert_run(&run).await?;

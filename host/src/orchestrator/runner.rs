@@ -317,6 +317,14 @@ impl Runner {
     /// Executes (or resumes) a run until it ends; returns its final state. `Err` leaves
     /// the run to be resumed by another attempt.
     pub async fn execute(&self, id: &RunId) -> Result<RunState, RunnerError> {
+        self.execute_attempt(id, false).await
+    }
+
+    /// [`Runner::execute`] on the job's last attempt: a run that was already interrupted
+    /// is not resumed again but fails with `worker_lost` (its workers keep dying, e.g.
+    /// a crash loop), so it ends with a terminal event instead of staying `running`
+    /// once its job is dead.
+    async fn execute_attempt(&self, id: &RunId, last_attempt: bool) -> Result<RunState, RunnerError> {
         let this = &self.inner;
         let Some(mut run) = this.runs.run(None, id).await? else {
             return Err(RunnerError::NotFound(id.to_string()));
@@ -408,6 +416,10 @@ impl Runner {
         }
         if run.cancel_requested {
             return this.finish(&ctx, Err(Stop::Cancelled)).await;
+        }
+        if resumed && last_attempt {
+            let message = "the run's worker stopped before it finished on every attempt; it is not resumed again";
+            return this.finish(&ctx, Err(Stop::fail("worker_lost", message))).await;
         }
         let state_write = Commit { events: vec![first], state: Some((RunState::Running, None)), ..Commit::default() };
         if let Err(stop) = this.commit(&ctx, state_write).await {
@@ -677,7 +689,7 @@ impl JobHandler for Runner {
         }
         let payload: Payload = serde_json::from_str(&job.payload)
             .map_err(|e| JobError::Permanent(format!("invalid run job payload: {e}")))?;
-        match self.execute(&payload.run).await {
+        match self.execute_attempt(&payload.run, job.attempts >= job.max_attempts).await {
             Ok(state) => {
                 tracing::debug!(run = %payload.run, state = state.as_str(), "run ended");
                 Ok(())

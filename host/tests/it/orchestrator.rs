@@ -888,6 +888,40 @@ async fn a_taken_over_run_never_repeats_a_recorded_call(backend: Backend) {
     assert_eq!(rig.run(&run).await.totals.credits, expected);
 }
 
+async fn a_run_interrupted_again_on_its_jobs_last_attempt_fails_instead_of_resuming(backend: Backend) {
+    use maestro_host::jobs::JobHandler as _;
+    let rig = Rig::new(backend, 1_000_000).await;
+    rig.models.push([Reply::Hang { text: "half an answ".into() }]);
+    let session = rig.session(&[WRITER], Strategy::Sequence, limits()).await;
+    let run = rig.post(&session, "write").await;
+    let runner = rig.runner();
+    let id = run.id.clone();
+    let task = tokio::spawn(async move { runner.execute(&id).await });
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !rig.events(&run).await.iter().any(|e| e.body.kind() == "message.delta") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the writer streams");
+    task.abort();
+    let _ = task.await;
+
+    // The worker claiming the job for the last time does not resume the run again.
+    let mut job = rig.store.job_by_key(&format!("run:{}", run.id)).await.expect("job").expect("the run's job");
+    assert_eq!(job.max_attempts, maestro_host::orchestrator::RUN_JOB_ATTEMPTS);
+    job.attempts = job.max_attempts;
+    rig.runner().handle(&job).await.expect("the job ends");
+    let stored = rig.run(&run).await;
+    assert_eq!(stored.state, RunState::Failed);
+    assert_eq!(stored.error.expect("error").code, "worker_lost");
+    assert_eq!(rig.models.calls_to(WRITER), 1, "the cut call is not made again");
+    let events = rig.events(&run).await;
+    assert_dense(&events);
+    assert_eq!(events.last().map(|e| e.body.kind()), Some("run.failed"));
+    rig.assert_ledger_clean().await;
+}
+
 async fn without_a_model_provider_the_run_fails_saying_what_to_configure(backend: Backend) {
     let rig = Rig::new(backend, 1_000_000).await;
     let session = rig.session(&[WRITER], Strategy::Router, limits()).await;
@@ -1336,6 +1370,7 @@ backend_tests!(
     cancel_mid_stream_ends_the_run_with_no_open_hold,
     a_cancel_from_another_replica_is_seen_through_the_store,
     a_taken_over_run_never_repeats_a_recorded_call,
+    a_run_interrupted_again_on_its_jobs_last_attempt_fails_instead_of_resuming,
     without_a_model_provider_the_run_fails_saying_what_to_configure,
     a_model_error_fails_the_run_with_its_code_and_voids_the_hold,
     a_run_past_its_deadline_fails,
