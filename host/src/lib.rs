@@ -233,7 +233,10 @@ pub async fn serve(
             prices: config.model_prices.clone(),
             hub: hub.clone(),
         },
-        orchestrator::RunnerSettings::default(),
+        orchestrator::RunnerSettings {
+            router_tier: config.llm.router_tier.unwrap_or(maestro_core::plugin::ModelTier::Small),
+            ..orchestrator::RunnerSettings::default()
+        },
     );
     let worker = jobs::Worker::new(
         store.clone(),

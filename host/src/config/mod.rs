@@ -563,6 +563,8 @@ fn model_prices(raw: raw::RawCredits) -> Result<Vec<ModelPrice>, ConfigError> {
 /// Model providers and the models they serve (`[llm]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LlmSettings {
+    /// The tier of the model the `router` strategy asks each turn (`None`: `fast`).
+    pub router_tier: Option<maestro_core::plugin::ModelTier>,
     /// `[[llm.providers]]`.
     pub providers: Vec<LlmProviderSettings>,
     /// `[[llm.models]]`, in the order written (the first of a tier is its default).
@@ -787,7 +789,14 @@ fn llm_settings(raw: raw::RawLlm) -> Result<LlmSettings, ConfigError> {
             }
         }
     }
-    Ok(LlmSettings { providers, models })
+    let router_tier = match raw.router_tier {
+        None => None,
+        Some(name) => Some(
+            maestro_core::llm::parse_tier(name.trim())
+                .ok_or_else(|| invalid("llm.router_tier", &name, "expected fast, balanced or best".into()))?,
+        ),
+    };
+    Ok(LlmSettings { router_tier, providers, models })
 }
 
 fn mcp_settings(raw: raw::RawMcp, listen: SocketAddr) -> Result<McpSettings, ConfigError> {
@@ -1047,6 +1056,13 @@ mod tests {
             (Duration::from_secs(10), Duration::from_secs(60), Duration::from_secs(5), 0)
         );
         assert!(!provider.allow_private);
+        assert_eq!(settings.router_tier, None);
+        assert_eq!(
+            llm("[llm]\nrouter_tier = \"best\"\n").expect("valid").router_tier,
+            Some(maestro_core::plugin::ModelTier::Large)
+        );
+        let err = llm("[llm]\nrouter_tier = \"huge\"\n").expect_err("unknown tier").to_string();
+        assert!(err.contains("llm.router_tier"), "{err}");
         let haiku = &settings.models[1];
         assert_eq!(haiku.upstream, "haiku", "the upstream name defaults to the id");
         assert_eq!(haiku.tier, maestro_core::plugin::ModelTier::Medium);

@@ -72,6 +72,8 @@ pub struct RawConfig {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLlm {
+    /// The tier of the model that routes turns (`fast` when unset).
+    pub router_tier: Option<String>,
     /// `[[llm.providers]]`.
     pub providers: Option<Vec<RawLlmProvider>>,
     /// `[[llm.models]]`.

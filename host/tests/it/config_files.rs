@@ -66,7 +66,10 @@ fn shipped_llm_examples() -> String {
         line.starts_with("[[llm.")
             || line.split_once(" = ").is_some_and(|(key, _)| key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
     };
-    section[..end].lines().filter_map(|l| l.strip_prefix("# ")).filter(|l| is_example(l)).collect::<Vec<_>>().join("\n")
+    let lines: Vec<&str> =
+        section[..end].lines().filter_map(|l| l.strip_prefix("# ")).filter(|l| is_example(l)).collect();
+    // Keys of `[llm]` itself come before its arrays of tables.
+    format!("[llm]\n{}", lines.join("\n"))
 }
 
 #[test]
@@ -77,9 +80,11 @@ fn shipped_llm_examples_parse_and_document_every_key() {
     let config = Config::from_raw(raw, &env, &Overrides::default()).expect("the examples are valid");
     assert_eq!(config.llm.providers.len(), 3);
     assert_eq!(config.llm.models.len(), 4);
+    assert_eq!(config.llm.router_tier, Some(maestro_core::plugin::ModelTier::Small));
     let ollama = config.llm.providers.iter().find(|p| p.name == "ollama").expect("ollama");
     assert!(ollama.allow_private && ollama.api_key.is_none());
     for key in [
+        "router_tier",
         "name",
         "kind",
         "base_url",
