@@ -325,6 +325,25 @@ fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
 macro_rules! impl_run_queries {
     ($store:ty) => {
         impl $store {
+            /// A page of events after `after` by `sql` (`RUN_EVENTS` or `SESSION_EVENTS`,
+            /// keyed by a run or session id).
+            async fn event_page(
+                &self,
+                sql: &'static str,
+                key: &str,
+                after: i64,
+                limit: u32,
+            ) -> Result<Vec<maestro_core::run::RunEvent>, maestro_core::StoreError> {
+                let rows = sqlx::query_as::<_, super::runs::EventRow>(sql)
+                    .bind(key)
+                    .bind(after)
+                    .bind(super::runs::page(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(super::backend_err)?;
+                super::runs::from_rows(rows)
+            }
+
             /// Appends a message, taking the next `seq` of its session's counter.
             pub(super) async fn run_insert_message(
                 conn: &mut <<$store as super::Backend>::Db as sqlx::Database>::Connection,
@@ -565,14 +584,7 @@ macro_rules! impl_run_queries {
                 after: i64,
                 limit: u32,
             ) -> Result<Vec<maestro_core::run::RunEvent>, maestro_core::StoreError> {
-                let rows = sqlx::query_as::<_, super::runs::EventRow>(super::runs::RUN_EVENTS)
-                    .bind(run.as_str())
-                    .bind(after)
-                    .bind(super::runs::page(limit))
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(super::backend_err)?;
-                super::runs::from_rows(rows)
+                self.event_page(super::runs::RUN_EVENTS, run.as_str(), after, limit).await
             }
 
             async fn session_events(
@@ -581,14 +593,7 @@ macro_rules! impl_run_queries {
                 after: i64,
                 limit: u32,
             ) -> Result<Vec<maestro_core::run::RunEvent>, maestro_core::StoreError> {
-                let rows = sqlx::query_as::<_, super::runs::EventRow>(super::runs::SESSION_EVENTS)
-                    .bind(session.as_str())
-                    .bind(after)
-                    .bind(super::runs::page(limit))
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(super::backend_err)?;
-                super::runs::from_rows(rows)
+                self.event_page(super::runs::SESSION_EVENTS, session.as_str(), after, limit).await
             }
 
             async fn session_head(
