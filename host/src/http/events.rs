@@ -11,9 +11,11 @@
 
 use std::convert::Infallible;
 
+use axum::body::Body;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::IntoResponse;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use bytes::Bytes;
 use maestro_core::run::{EVENT_VERSION, RunEvent};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -74,9 +76,11 @@ pub(super) fn resume_position(headers: &HeaderMap, query: &EventsQuery, head: i6
     Ok(position)
 }
 
-/// The SSE form of an event, identified by `position`.
-fn sse_event(event: &RunEvent, position: i64) -> Event {
-    Event::default().id(position.to_string()).event(event.body.kind()).data(event_json(event))
+/// Appends the SSE form of an event, identified by `position` (the JSON has no line
+/// breaks: serde writes compact JSON and escapes them in strings).
+fn write_event(out: &mut String, event: &RunEvent, position: i64) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "id: {position}\nevent: {}\ndata: {}\n\n", event.body.kind(), event_json(event));
 }
 
 /// An event as the `data:` JSON ([`EventView`]), written in one pass: the body is
@@ -112,30 +116,45 @@ pub(super) enum Positions {
     Session,
 }
 
+/// At most this much text goes out in one write when events are already buffered
+/// (a replay page): one chunk for many events instead of one per event.
+const BATCH_BYTES: usize = 64 * 1024;
+
 /// Writes `feed` as SSE until it ends, the store fails (the client resumes with
-/// `Last-Event-ID`) or the server shuts down; heartbeats every `heartbeat`.
+/// `Last-Event-ID`) or the server shuts down; a heartbeat comment after `heartbeat` of
+/// silence. Events the feed already holds (a replay page) are written together.
 pub(super) fn stream(
     feed: Feed,
     positions: Positions,
     heartbeat: std::time::Duration,
     shutdown: CancellationToken,
 ) -> impl IntoResponse {
-    let events = futures_util::stream::unfold(Some(feed), move |feed| {
+    let position = move |event: &RunEvent| match positions {
+        Positions::Run => event.seq,
+        Positions::Session => event.session_seq,
+    };
+    let chunks = futures_util::stream::unfold(Some(feed), move |feed| {
         let shutdown = shutdown.clone();
         async move {
             let mut feed = feed?;
+            // `Feed::next` may be dropped at any await: it changes nothing until a read
+            // completes, and the live channel's receive is cancel-safe.
             let next = tokio::select! {
                 next = feed.next() => next,
+                () = tokio::time::sleep(heartbeat) => {
+                    return Some((Ok::<Bytes, Infallible>(Bytes::from_static(b": heartbeat\n\n")), Some(feed)));
+                }
                 () = shutdown.cancelled() => return None,
             };
             match next {
                 Ok(Some(event)) => {
-                    let position = match positions {
-                        Positions::Run => event.seq,
-                        Positions::Session => event.session_seq,
-                    };
-                    let sse = sse_event(&event, position);
-                    Some((Ok::<Event, Infallible>(sse), Some(feed)))
+                    let mut out = String::with_capacity(1024);
+                    write_event(&mut out, &event, position(&event));
+                    while out.len() < BATCH_BYTES {
+                        let Some(event) = feed.next_buffered() else { break };
+                        write_event(&mut out, &event, position(&event));
+                    }
+                    Some((Ok(Bytes::from(out)), Some(feed)))
                 }
                 Ok(None) => None,
                 Err(err) => {
@@ -145,9 +164,13 @@ pub(super) fn stream(
             }
         }
     });
-    // Reverse proxies (nginx) must pass events on as they come, not buffer them.
-    let headers = [(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"))];
-    (headers, Sse::new(events).keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat")))
+    let headers = [
+        (CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+        (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        // Reverse proxies (nginx) must pass events on as they come, not buffer them.
+        (HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no")),
+    ];
+    (headers, Body::from_stream(chunks))
 }
 
 #[cfg(test)]

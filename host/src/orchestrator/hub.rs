@@ -296,6 +296,18 @@ impl Feed {
         }
     }
 
+    /// The next event if the feed already holds it (the rest of a replay page): no
+    /// waiting and no store read. `None` does not mean the feed ended.
+    pub fn next_buffered(&mut self) -> Option<Arc<RunEvent>> {
+        while !self.ended {
+            let event = self.pending.pop_front()?;
+            if self.scope.position(&event) > self.after {
+                return Some(self.deliver(event));
+            }
+        }
+        None
+    }
+
     fn deliver(&mut self, event: Arc<RunEvent>) -> Arc<RunEvent> {
         self.after = self.scope.position(&event);
         if matches!(self.scope, Scope::Run(_)) && event.body.is_terminal() {
