@@ -105,6 +105,8 @@ pub async fn run(config: &Config, env: &Env, args: ChatArgs) -> anyhow::Result<(
         if line.trim().is_empty() {
             continue;
         }
+        // A message the server refuses (too long, rate-limited, the server away) is
+        // reported and the session goes on with the next line.
         let posted = api
             .expect(
                 Method::POST,
@@ -112,11 +114,20 @@ pub async fn run(config: &Config, env: &Env, args: ChatArgs) -> anyhow::Result<(
                 Some(json!({ "content": line })),
                 StatusCode::ACCEPTED,
             )
-            .await?;
+            .await;
+        let posted = match posted {
+            Ok(posted) => posted,
+            Err(err) => {
+                eprintln!("[message not sent: {err:#}]");
+                continue;
+            }
+        };
         let run = posted["run"]["id"].as_str().context("the server answered without a run id")?.to_owned();
         let mut out = std::io::stdout().lock();
-        if follow(&api, &run, &mut interrupts, &mut Printer::new(&mut out)).await? == Followed::Quit {
-            return Ok(());
+        match follow(&api, &run, &mut interrupts, &mut Printer::new(&mut out)).await {
+            Ok(Followed::Quit) => return Ok(()),
+            Ok(Followed::Ended) => {}
+            Err(err) => eprintln!("[cannot follow run {run}: {err:#}]"),
         }
     }
 }

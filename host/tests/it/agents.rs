@@ -297,13 +297,19 @@ async fn maestro_chat_streams_a_run_against_a_real_server_on_the_embedded_store(
         .stderr(Stdio::piped())
         .spawn()
         .expect("maestro chat starts");
-    chat.stdin.take().expect("stdin").write_all(b"what is 2+3?\n").expect("type a line");
+    // A line the server refuses (longer than a message may be) is reported, and the
+    // next one is posted.
+    let mut input = "x".repeat(70 * 1024);
+    input.push_str("\nwhat is 2+3?\n");
+    chat.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("type two lines");
     let output = tokio::task::spawn_blocking(move || chat.wait_with_output()).await.expect("join").expect("chat exits");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
     let all = format!("{stdout}{stderr}");
-    for needle in ["personas.architect", "calc.evaluate", "Five, as computed.", "credits"] {
+    for needle in
+        ["message not sent", "invalid", "personas.architect", "calc.evaluate", "Five, as computed.", "credits"]
+    {
         assert!(all.contains(needle), "`{needle}` missing from the chat's output:\n{all}");
     }
     assert_eq!(fake.request_count(), 2);

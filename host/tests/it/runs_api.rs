@@ -602,7 +602,13 @@ async fn maestro_chat_posts_stdin_and_prints_the_run_as_it_streams() {
     std::fs::create_dir_all(&policies).expect("policy dir");
     std::fs::write(policies.join("team.toml"), POLICY).expect("policy");
     let mut command = maestro(&db, Backend::Sqlite);
-    command.env("MAESTRO_PLUGIN_DIR", &plugins).env("MAESTRO_POLICY_DIR", &policies);
+    // This test writes the run's events itself: the server's job worker claims once at
+    // start and then not for an hour, so the server's own runner never races it (a
+    // run with a real model provider is `agents::maestro_chat_…`).
+    command
+        .env("MAESTRO_PLUGIN_DIR", &plugins)
+        .env("MAESTRO_POLICY_DIR", &policies)
+        .env("MAESTRO_JOBS_POLL_INTERVAL", "1h");
     let server = Server::start(command, &db.dir(), 1).await;
     let platform = server.bootstrap_token();
     server.call(reqwest::Method::POST, "/v1/tenants", &platform, Some(json!({ "name": "acme" }))).await;
