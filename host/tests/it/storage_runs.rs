@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
 use maestro_core::id::{Id, IdKind};
@@ -746,53 +745,4 @@ async fn undecodable_rows_answer_corrupt(backend: Backend) {
         .expect("raw update");
     let err = store.session(&acme, &session.id).await.expect_err("undecodable session");
     assert!(matches!(&err, StoreError::Corrupt(m) if m.contains("personas")), "{err:?}");
-}
-
-/// Measures reading 10,000 events of one run in pages of 1,000 (printed, not asserted):
-/// `cargo test -p maestro-host --test it storage_runs::measure -- --ignored --nocapture`.
-mod measure {
-    use super::*;
-
-    async fn read_ten_thousand_events(backend: Backend) {
-        let (_db, store) = store(backend).await;
-        let acme = tenant(&store, "acme").await;
-        let session = new_session(&store, &acme).await;
-        let (trigger, run) = post(&store, &session, t0()).await;
-        let bodies = every_event_type(&trigger);
-        let started = Instant::now();
-        for chunk in 0..20 {
-            append_all(&store, &run, (0..500).map(|i| bodies[(chunk * 500 + i) % bodies.len()].clone())).await;
-        }
-        let written = started.elapsed();
-
-        let mut best = std::time::Duration::MAX;
-        for _ in 0..5 {
-            let started = Instant::now();
-            let mut after = 0;
-            let mut count = 0;
-            loop {
-                let page = store.run_events(&run.id, after, 1_000).await.expect("page");
-                let Some(last) = page.last() else { break };
-                after = last.seq;
-                count += page.len();
-            }
-            best = best.min(started.elapsed());
-            assert_eq!(count, 10_000);
-        }
-        println!(
-            "{backend:?}: wrote 10,000 events in 20 units in {written:?}; read them in pages of 1,000 in {best:?} (best of 5)"
-        );
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "measurement: run with --ignored --nocapture"]
-    async fn sqlite_reads_ten_thousand_events() {
-        read_ten_thousand_events(Backend::Sqlite).await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "measurement: run with --ignored --nocapture"]
-    async fn postgres_reads_ten_thousand_events() {
-        read_ten_thousand_events(Backend::Postgres).await
-    }
 }
