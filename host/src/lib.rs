@@ -8,6 +8,7 @@ pub mod billing;
 pub mod cli;
 pub mod config;
 pub mod credits;
+pub mod documents;
 pub mod http;
 pub mod jobs;
 pub mod mcp;

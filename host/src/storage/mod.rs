@@ -9,6 +9,7 @@
 //! workspace root and are embedded in the binary.
 
 mod billing;
+mod documents;
 mod jobs;
 mod ledger;
 pub mod postgres;

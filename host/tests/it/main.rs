@@ -8,6 +8,7 @@ mod agents;
 mod architecture;
 mod billing;
 mod config_files;
+mod documents;
 mod fake_llm;
 mod first_party;
 mod fixtures;
