@@ -198,6 +198,8 @@ pub(crate) struct TestHost {
     pub(crate) store: Arc<dyn Store>,
     /// Sessions, messages and runs; its hub is shared by every request of this host.
     pub(crate) orchestrator: Arc<Orchestrator>,
+    /// Living documents.
+    pub(crate) documents: Arc<maestro_host::documents::Documents>,
 }
 
 /// An answer: status, headers, and the body parsed as JSON (or `Value::String` when it
@@ -234,7 +236,8 @@ impl TestHost {
         let jobs = Arc::new(Jobs::new(store.clone(), clock.clone()));
         let tools = tools_with(&db.dir().join("plugins"), &[], PolicySet::deny_all(), credits.clone()).await;
         let orchestrator = orchestrator(&store, clock.clone(), &tools);
-        Self { _db: db, accounts, clock, settings, tools, credits, billing: None, jobs, store, orchestrator }
+        let documents = Arc::new(maestro_host::documents::Documents::new(store.clone(), clock.clone()));
+        Self { _db: db, accounts, clock, settings, tools, credits, billing: None, jobs, store, orchestrator, documents }
     }
 
     /// Installs `plugins` (built fixtures) and runs under `policy` (TOML text).
@@ -267,6 +270,7 @@ impl TestHost {
             shutdown: Default::default(),
             billing: self.billing.clone(),
             orchestrator: self.orchestrator.clone(),
+            documents: self.documents.clone(),
         };
         http::router(state, &self.settings)
     }

@@ -173,6 +173,7 @@ async fn app_over(
     let credits = Arc::new(Credits::new(store.clone(), clock.clone()));
     let jobs = Arc::new(maestro_host::jobs::Jobs::new(store.clone(), clock.clone()));
     let tools = crate::harness::tools_with(&db.dir().join("plugins"), plugins, policy, credits.clone()).await;
+    let documents = Arc::new(maestro_host::documents::Documents::new(store.clone(), clock.clone()));
     let orchestrator = crate::harness::orchestrator(&store, clock, &tools);
     let platform = match accounts.bootstrap(None).await.expect("bootstrap") {
         maestro_host::accounts::Bootstrap::Generated(issued) => issued.token.expose_secret().to_owned(),
@@ -187,6 +188,7 @@ async fn app_over(
         billing: None,
         jobs,
         orchestrator,
+        documents,
     };
     let settings = HttpSettings { body_limit_bytes: 64 * 1024, cors_allow_origins: vec![], mcp: Default::default() };
     (db, http::router(state, &settings), platform)

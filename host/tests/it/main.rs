@@ -9,6 +9,7 @@ mod architecture;
 mod billing;
 mod config_files;
 mod documents;
+mod documents_api;
 mod fake_llm;
 mod first_party;
 mod fixtures;
