@@ -74,6 +74,14 @@ pub enum ErrorCode {
     PaymentProviderFailed,
     /// An unexpected failure; details are logged, not returned.
     Internal,
+    /// The run is not waiting for an answer (it never asked, was answered, ended or
+    /// its question expired).
+    RunNotWaiting,
+    /// The answer is not one of the question's choices, and free text is not accepted.
+    InvalidAnswer,
+    /// A run of the session waits for an answer; a new message would race it (answer or
+    /// cancel that run first; the message names it).
+    RunWaiting,
 }
 
 impl ErrorCode {
@@ -106,6 +114,8 @@ impl ErrorCode {
             ErrorCode::BillingNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::PaymentProviderFailed => StatusCode::BAD_GATEWAY,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::RunNotWaiting | ErrorCode::RunWaiting => StatusCode::CONFLICT,
+            ErrorCode::InvalidAnswer => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -261,6 +271,9 @@ impl From<crate::orchestrator::OrchestratorError> for ApiError {
             E::Forbidden(_) => ErrorCode::Forbidden,
             E::Invalid(_) => ErrorCode::InvalidRequest,
             E::UnknownPersona(_) => ErrorCode::UnknownPersona,
+            E::NotWaiting { .. } => ErrorCode::RunNotWaiting,
+            E::InvalidAnswer(_) => ErrorCode::InvalidAnswer,
+            E::RunWaiting(_) => ErrorCode::RunWaiting,
             E::Store(maestro_core::StoreError::Backend(_)) => return Self::internal(ErrorCode::Unavailable, &err),
             E::Store(_) => return Self::internal(ErrorCode::Internal, &err),
         };

@@ -89,6 +89,7 @@ pub struct HttpSettings {
         sessions::create, sessions::list, sessions::get_one, sessions::messages, sessions::post_message,
         sessions::events,
         runs::get_one, runs::cancel, runs::events,
+        runs::answer,
     ),
     modifiers(&BearerScheme, &CommonResponses),
     tags(
@@ -234,6 +235,7 @@ fn table() -> Vec<(Route, Option<MethodRouter<AppState>>)> {
         (route(Method::GET, "/v1/runs/{id}", Bearer, false), Some(get(runs::get_one))),
         (route(Method::POST, "/v1/runs/{id}/cancel", Bearer, false), Some(post(runs::cancel))),
         (route(Method::GET, "/v1/runs/{id}/events", Bearer, false), Some(get(runs::events))),
+        (route(Method::POST, "/v1/runs/{id}/answer", Bearer, true), Some(post(runs::answer))),
         // Stripe calls this without a bearer key; the signature authenticates it.
         (
             route(Method::POST, "/v1/billing/stripe/webhook", StripeSignature, false),
