@@ -331,7 +331,263 @@ async fn a_database_migrated_from_0005_keeps_its_runs_and_takes_the_new_states(b
     }
 }
 
+/// A site for `maestro serve`: `personas` and `web` installed, `web.fetch` allowed to a
+/// counting page server on 127.0.0.1, the fake model server as the only provider.
+struct Site {
+    db: TestDb,
+    backend: Backend,
+    config: std::path::PathBuf,
+    page: crate::fixtures::TestServer,
+}
+
+impl Site {
+    async fn new(backend: Backend, fake: &crate::fake_llm::FakeLlm) -> Self {
+        let db = TestDb::new(backend).await;
+        let page = crate::fixtures::TestServer::start(|_| {
+            let body = "the paint costs 42 a litre";
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        })
+        .await;
+        let (plugins, policies) = (db.dir().join("plugins"), db.dir().join("policies"));
+        crate::fixtures::install(&plugins, "personas");
+        crate::fixtures::install(&plugins, "web");
+        std::fs::create_dir_all(&policies).expect("policy dir");
+        let port = page.addr.port();
+        std::fs::write(
+            policies.join("team.toml"),
+            format!(
+                "version = 1\n[[grant]]\nname = \"team\"\nsubjects = [\"role:member+\"]\n\
+                 tools = [\"personas.*\", \"web.fetch\"]\n\
+                 network = [{{ url = \"http://127.0.0.1:{port}\", allow_private = true }}]\n"
+            ),
+        )
+        .expect("policy");
+        let config = db.dir().join("maestro.toml");
+        let text = format!(
+            "[jobs]\nlease = \"2s\"\npoll_interval = \"100ms\"\n\n{}\n\
+             [[llm.models]]\nid = \"big-m\"\nprovider = \"fake\"\nmodel = \"upstream-big-m\"\ntier = \"best\"\n\
+             context_window = 64000\nmax_output_tokens = 1000\n\n\
+             [[credits.models]]\nmodel = \"big-m\"\ninput_per_million = 2000000\noutput_per_million = 3000000\n",
+            fake.provider_toml("fake", maestro_host::llm::ProviderKind::OpenAi)
+        );
+        std::fs::write(&config, text).expect("config");
+        Self { db, backend, config, page }
+    }
+
+    fn command(&self) -> std::process::Command {
+        let mut command = crate::server::maestro(&self.db, self.backend);
+        command
+            .env("MAESTRO_PLUGIN_DIR", self.db.dir().join("plugins"))
+            .env("MAESTRO_POLICY_DIR", self.db.dir().join("policies"))
+            .env("MAESTRO_CONFIG", &self.config)
+            .env("MAESTRO_DATABASE_URL", &self.db.url);
+        command
+    }
+
+    async fn start(&self, run: u32) -> crate::server::Server {
+        crate::server::Server::start(self.command(), &self.db.dir(), run).await
+    }
+
+    fn page_url(&self) -> String {
+        format!("http://127.0.0.1:{}/paint", self.page.addr.port())
+    }
+}
+
+/// Tenant `name` with credits and a member key (its token).
+async fn tenant(server: &crate::server::Server, platform: &str, name: &str) -> String {
+    use reqwest::{Method, StatusCode};
+    let (status, _) = server.call(Method::POST, "/v1/tenants", platform, Some(json!({ "name": name }))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, member) =
+        server.call(Method::POST, "/v1/keys", platform, Some(json!({ "tenant": name, "role": "member" }))).await;
+    let reply = reqwest::Client::new()
+        .post(format!("{}/v1/credits/grants", server.base))
+        .bearer_auth(platform)
+        .header("idempotency-key", format!("asking-grant-{name}"))
+        .json(&json!({ "tenant": name, "amount": 1_000_000, "memo": "test" }))
+        .send()
+        .await
+        .expect("grant");
+    assert!(reply.status().is_success(), "{:?}", reply.text().await);
+    member["token"].as_str().expect("token").to_owned()
+}
+
+/// Polls `GET /v1/runs/{id}` until `done` holds (60 s at most).
+async fn wait_for_run(
+    server: &crate::server::Server,
+    member: &str,
+    run: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let polled = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let (_, body) = server.call(reqwest::Method::GET, &format!("/v1/runs/{run}"), member, None).await;
+            if done(&body) {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    polled.unwrap_or_else(|_| panic!("run {run} did not get there:\n{}", server.stderr_text()))
+}
+
+fn ask_script(site: &Site) -> crate::fake_llm::Script {
+    let fetch = json!({ "url": site.page_url() }).to_string();
+    let question = json!({ "question": "Which colour?", "choices": ["red", "blue"] }).to_string();
+    crate::fake_llm::Script::openai_tool_calls(
+        &[("call_1", "web_fetch", fetch.as_str()), ("call_2", "ask_user", question.as_str())],
+        crate::fake_llm::usage(900, 30),
+    )
+}
+
+async fn a_waiting_run_survives_restarts_and_resumes_without_a_repeated_call(backend: Backend) {
+    use reqwest::{Method, StatusCode};
+    let fake = crate::fake_llm::FakeLlm::start().await;
+    let site = Site::new(backend, &fake).await;
+    let first = site.start(1).await;
+    let platform = first.bootstrap_token();
+    let member = tenant(&first, &platform, "acme").await;
+    let stranger = tenant(&first, &platform, "other").await;
+    fake.push(ask_script(&site));
+    let (status, session) = first
+        .call(Method::POST, "/v1/sessions", &member, Some(json!({ "personas": [PM], "strategy": "sequence" })))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{session}");
+    let session = session["id"].as_str().expect("id").to_owned();
+    let (status, posted) = first
+        .call(
+            Method::POST,
+            &format!("/v1/sessions/{session}/messages"),
+            &member,
+            Some(json!({ "content": "paint the shed" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{posted}");
+    let run = posted["run"]["id"].as_str().expect("run").to_owned();
+    let waiting = wait_for_run(&first, &member, &run, |r| r["state"] == "waiting_input").await;
+    assert_eq!(waiting["pending_question"]["question"], "Which colour?");
+    assert_eq!(waiting["pending_question"]["choices"], json!(["red", "blue"]));
+    assert_eq!(
+        waiting["pending_question"]["asker"],
+        json!({ "kind": "persona", "persona": PM, "step": 1, "call_id": "call_2" })
+    );
+    assert_eq!(waiting["links"]["answer"], format!("/v1/runs/{run}/answer"));
+    assert_eq!(
+        (fake.request_count(), site.page.accepted()),
+        (1, 1),
+        "one model call and one fetch before the question"
+    );
+
+    // Stopped cleanly, then killed while it waits: nothing of the run is lost.
+    first.stop().await;
+    let mut second = site.start(2).await;
+    let still = wait_for_run(&second, &member, &run, |r| r["state"].is_string()).await;
+    assert_eq!(still["state"], "waiting_input", "a restart leaves the run waiting");
+    let pid = second.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-KILL", &pid]).status().expect("kill").success());
+    second.child.wait().expect("the killed server is reaped");
+    let third = site.start(3).await;
+
+    let answer = |body: serde_json::Value, key: String| {
+        let third = &third;
+        let run = run.clone();
+        async move { third.call(Method::POST, &format!("/v1/runs/{run}/answer"), &key, Some(body)).await }
+    };
+    let (status, body) = answer(json!({ "choice": "blue" }), stranger.clone()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another tenant's run: {body}");
+    let (status, body) = answer(json!({ "answer": "green" }), member.clone()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_answer")));
+    let (status, body) = answer(json!({ "answer": "blue", "choice": "blue" }), member.clone()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body) = third
+        .call(Method::POST, &format!("/v1/sessions/{session}/messages"), &member, Some(json!({ "content": "hurry" })))
+        .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("run_waiting")));
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains(&run)), "names the waiting run: {body}");
+    fake.push(crate::fake_llm::Script::openai_text("Blue, at 42 a litre.", crate::fake_llm::usage(1000, 10)));
+    let (status, body) = answer(json!({ "choice": "blue" }), member.clone()).await;
+    assert_eq!((status, body["state"].as_str()), (StatusCode::ACCEPTED, Some("queued")), "{body}");
+    let (status, body) = answer(json!({ "choice": "red" }), member.clone()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("run_not_waiting")));
+
+    let done = wait_for_run(&third, &member, &run, |r| r["state"] != "queued" && r["state"] != "running").await;
+    assert_eq!(done["state"], "completed", "{done}");
+    assert!(done.get("pending_question").is_none());
+    assert_eq!(fake.request_count(), 2, "exactly the model calls of a run without a restart");
+    assert_eq!(site.page.accepted(), 1, "exactly the tool calls of a run without a restart");
+    let second_call = &fake.requests()[1].body;
+    let tool_results: Vec<&str> = second_call["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(tool_results.len(), 2, "{second_call}");
+    assert!(tool_results[0].contains("42") && tool_results[1] == "blue", "{tool_results:?}");
+    let store = site.db.open().await;
+    let run_id = RunId::parse(&run).expect("run id");
+    let events = store.run_events(&run_id, 0, 1000).await.expect("events");
+    assert_dense(&events);
+    assert_eq!(count(&events, "run.interrupted"), 0);
+    assert_eq!(count(&events, "clarification.answered"), 1);
+    assert_eq!(done["totals"]["tool_calls"], 2);
+    assert_eq!(done["totals"]["credits"], (900 * 2 + 30 * 3) + (1000 * 2 + 10 * 3));
+    third.stop().await;
+}
+
+/// `maestro chat` prints the question with numbered choices, reads the answer inline (a
+/// number picks a choice), posts it and follows the run to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maestro_chat_asks_and_answers_inline() {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let fake = crate::fake_llm::FakeLlm::start().await;
+    let site = Site::new(Backend::Sqlite, &fake).await;
+    let server = site.start(1).await;
+    let platform = server.bootstrap_token();
+    let member = tenant(&server, &platform, "acme").await;
+    fake.push(ask_script(&site));
+    fake.push(crate::fake_llm::Script::openai_text("Blue, at 42 a litre.", crate::fake_llm::usage(1000, 10)));
+    let mut chat = std::process::Command::new(env!("CARGO_BIN_EXE_maestro"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("MAESTRO_KEY", &member)
+        .args(["chat", "--url", &server.base, "--personas", PM, "--strategy", "sequence"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("maestro chat starts");
+    // The message, then `7` (no such choice, and no free text: refused, asked again), then
+    // `2` (blue).
+    chat.stdin.take().expect("stdin").write_all(b"paint the shed\n7\n2\n").expect("type");
+    let output = tokio::task::spawn_blocking(move || chat.wait_with_output()).await.expect("join").expect("chat exits");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let all = format!("{stdout}{stderr}");
+    for needle in [
+        "asks: Which colour?",
+        "  1. red",
+        "  2. blue",
+        "answer refused: invalid_answer",
+        "answered: blue",
+        "Blue, at 42 a litre.",
+        "run completed",
+    ] {
+        assert!(all.contains(needle), "`{needle}` missing from the chat's output:\n{all}");
+    }
+    assert_eq!(fake.request_count(), 2);
+    server.stop().await;
+}
+
 backend_tests!(
+    a_waiting_run_survives_restarts_and_resumes_without_a_repeated_call,
     a_persona_asks_and_resumes_on_the_answer_without_repeating_a_call,
     the_router_asks_and_its_next_decision_sees_the_answer,
     an_unanswered_question_expires_and_a_waiting_run_can_be_cancelled,
