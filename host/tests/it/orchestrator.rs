@@ -691,9 +691,10 @@ async fn insufficient_credits_fail_the_run_before_any_model_call(backend: Backen
 async fn a_budget_lowers_max_tokens_and_stops_the_run_before_it_is_spent(backend: Backend) {
     let rig = Rig::new(backend, 1_000_000).await;
     rig.models.push([text("first", usage(1500, 200)), text("second", usage(10, 10))]);
-    // big-m: 2 per prompt token, 3 per answer token. The writer's prompt is ~2k tokens
-    // (bound), so 4,500 credits leave room for fewer than 1,000 answer tokens.
-    let budget = 4_500;
+    // big-m: 2 per prompt token, 3 per answer token. The writer's prompt is ~2.5k tokens
+    // (bound, with the tools offered), so 5,500 credits leave room for fewer than 1,000
+    // answer tokens.
+    let budget = 5_500;
     let session = rig
         .session(&[WRITER, CRITIC], Strategy::Sequence, RunLimits { credits_budget: Some(budget), ..limits() })
         .await;
@@ -1020,7 +1021,7 @@ async fn a_router_run_end_to_end_through_the_openai_client(backend: Backend) {
     assert!(requests[0].body["response_format"].is_object(), "the router asks for structured output");
     assert_eq!(requests[1].body["model"], "upstream-big-m");
     let tools = requests[1].body["tools"].as_array().map(Vec::len);
-    assert_eq!(tools, Some(1), "one tool offered: {}", requests[1].body["tools"]);
+    assert_eq!(tools, Some(2), "calc and ask_user offered: {}", requests[1].body["tools"]);
     let last = requests[2].body["messages"].as_array().and_then(|m| m.last()).cloned().unwrap_or_default();
     assert_eq!(last["role"], "tool", "the tool's result goes back to the model");
 }
