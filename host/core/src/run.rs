@@ -837,6 +837,27 @@ mod tests {
                 error: RunError { code: "x".into(), message: "y".into() },
                 totals: RunTotals::default(),
             },
+            EventBody::ClarificationRequested {
+                asker: Asker::Persona { persona: "p.a".into(), step: 2, call_id: "c9".into() },
+                question: "which?".into(),
+                choices: vec!["a".into(), "b".into()],
+                free_text: false,
+                expires_at: Utc::now(),
+            },
+            EventBody::ClarificationRequested {
+                asker: Asker::Router { turn: 3 },
+                question: "who for?".into(),
+                choices: vec![],
+                free_text: true,
+                expires_at: Utc::now(),
+            },
+            EventBody::ClarificationAnswered {
+                answer: "b".into(),
+                choice: Some(1),
+                key_id: "key_x".into(),
+                at: Utc::now(),
+            },
+            EventBody::RunExpired { totals: RunTotals::default() },
         ];
         for body in bodies {
             let payload = body.payload();
@@ -850,6 +871,30 @@ mod tests {
         assert!(EventBody::decode("run.cancelled", 1, "{} , \"type\": 1").is_err());
         let empty = EventBody::decode("run.interrupted", 1, "{\"reason\":\"r\"}").expect("decodes");
         assert_eq!(empty, EventBody::RunInterrupted { step: None, reason: "r".into() });
+    }
+
+    #[test]
+    fn ask_user_arguments_are_checked_and_answers_fit_the_question() {
+        let q = |v: serde_json::Value| Question::from_arguments(&v);
+        let open = q(serde_json::json!({ "question": " Why? " })).expect("valid");
+        assert_eq!((open.question.as_str(), open.free_text), ("Why?", true), "no choices: free text");
+        assert_eq!(open.accept(" because "), Ok(("because".to_owned(), None)));
+        assert!(open.accept("  ").is_err());
+        let closed = q(serde_json::json!({ "question": "Which?", "choices": ["red", "blue"] })).expect("valid");
+        assert!(!closed.free_text, "choices without free_text: only a choice");
+        assert_eq!(closed.accept("blue"), Ok(("blue".to_owned(), Some(1))));
+        assert!(closed.accept("green").is_err());
+        let both =
+            q(serde_json::json!({ "question": "Which?", "choices": ["red"], "free_text": true })).expect("valid");
+        assert_eq!(both.accept("green"), Ok(("green".to_owned(), None)));
+        assert!(q(serde_json::json!({ "question": "" })).is_err());
+        assert!(q(serde_json::json!({ "choices": ["a"] })).is_err(), "a question is required");
+        assert!(q(serde_json::json!({ "question": "q", "choices": ["a", "a"] })).is_err());
+        assert!(q(serde_json::json!({ "question": "q", "choices": ["a\nb"] })).is_err());
+        assert!(q(serde_json::json!({ "question": "q", "choices": vec!["x"; 1].repeat(MAX_CHOICES + 1) })).is_err());
+        assert!(q(serde_json::json!({ "question": "q", "extra": 1 })).is_err(), "unknown arguments are refused");
+        assert!(RunState::Expired.is_final() && !RunState::WaitingInput.is_final());
+        assert_eq!(RunState::parse("waiting_input"), Some(RunState::WaitingInput));
     }
 
     #[test]
