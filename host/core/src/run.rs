@@ -891,7 +891,7 @@ mod tests {
         assert!(q(serde_json::json!({ "choices": ["a"] })).is_err(), "a question is required");
         assert!(q(serde_json::json!({ "question": "q", "choices": ["a", "a"] })).is_err());
         assert!(q(serde_json::json!({ "question": "q", "choices": ["a\nb"] })).is_err());
-        assert!(q(serde_json::json!({ "question": "q", "choices": vec!["x"; 1].repeat(MAX_CHOICES + 1) })).is_err());
+        assert!(q(serde_json::json!({ "question": "q", "choices": vec!["x"; MAX_CHOICES + 1] })).is_err());
         assert!(q(serde_json::json!({ "question": "q", "extra": 1 })).is_err(), "unknown arguments are refused");
         assert!(RunState::Expired.is_final() && !RunState::WaitingInput.is_final());
         assert_eq!(RunState::parse("waiting_input"), Some(RunState::WaitingInput));

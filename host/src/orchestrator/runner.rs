@@ -10,6 +10,18 @@
 //! progress, and the run continues from its record. A worker's lease that expires lets
 //! another worker take the job over the same way.
 //!
+//! # Asking the user
+//! A persona's `ask_user` call (or the router's `ask_user` decision) records
+//! `clarification.requested`, the state `waiting_input` and the job that expires the
+//! question in one unit of work, and ends the execution: the job completes, holding no
+//! lease and no credits. The answer ([`super::Orchestrator::answer`]) queues the run with
+//! a job keyed `run:<id>:wait:<n>:resume`; that execution takes the run by
+//! compare-and-set (`queued` → `running`, no `run.interrupted`: nothing was cut) and
+//! continues from its record, the answer being the call's result. Only the run's current
+//! job executes it: an earlier one (the job that asked, retried after its worker died)
+//! finds a newer key expected and does nothing. Time spent waiting is added to the
+//! deadline.
+//!
 //! # Strategies
 //! - `router`: each turn the router model (tier `RunnerSettings::router_tier`, `fast` by
 //!   default) answers a typed decision (`{satisfied, next, instruction, reason}`, asked
