@@ -95,13 +95,27 @@ pub struct RunLimits {
     pub max_tool_calls_per_step: u32,
     /// Most credits one run may spend (`None`: the wallet is the only bound).
     pub credits_budget: Option<i64>,
-    /// Wall-clock time a run may take, in seconds, from when it starts.
+    /// Wall-clock time a run may take, in seconds, from when it starts (time spent
+    /// waiting for the user's answers not counted).
     pub deadline_secs: u64,
+    /// How long a question to the user waits for its answer, in seconds (`None`: the
+    /// server's `[runs] wait_timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_timeout_secs: Option<u64>,
 }
+
+/// The longest a question may wait for its answer, in seconds (a year).
+pub const MAX_WAIT_SECS: u64 = 365 * 24 * 3600;
 
 impl Default for RunLimits {
     fn default() -> Self {
-        Self { max_steps: 8, max_tool_calls_per_step: 8, credits_budget: None, deadline_secs: 600 }
+        Self {
+            max_steps: 8,
+            max_tool_calls_per_step: 8,
+            credits_budget: None,
+            deadline_secs: 600,
+            wait_timeout_secs: None,
+        }
     }
 }
 
@@ -124,7 +138,7 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> RunInputError {
 
 impl RunLimits {
     /// Checks the bounds: 1–100 steps, 0–64 tool calls per step, a positive budget,
-    /// 1 s to 24 h.
+    /// 1 s to 24 h, a wait of 1 s to a year.
     pub fn validate(&self) -> Result<(), RunInputError> {
         if !(1..=100).contains(&self.max_steps) {
             return Err(invalid("limits.max_steps", "must be between 1 and 100"));
@@ -139,6 +153,11 @@ impl RunLimits {
         }
         if !(1..=86_400).contains(&self.deadline_secs) {
             return Err(invalid("limits.deadline_secs", "must be between 1 and 86400"));
+        }
+        if let Some(wait) = self.wait_timeout_secs
+            && !(1..=MAX_WAIT_SECS).contains(&wait)
+        {
+            return Err(invalid("limits.wait_timeout_secs", format!("must be between 1 and {MAX_WAIT_SECS}")));
         }
         Ok(())
     }

@@ -154,10 +154,16 @@ async fn a_persona_asks_and_resumes_on_the_answer_without_repeating_a_call(backe
 async fn the_router_asks_and_its_next_decision_sees_the_answer(backend: Backend) {
     let rig = Rig::new(backend, 1_000_000).await;
     rig.models.push([router_asks("Who is the plan for?")]);
-    let session = rig.session(&[PM, CRITIC], Strategy::Router, limits()).await;
+    let hour = RunLimits { wait_timeout_secs: Some(3600), ..limits() };
+    let session = rig.session(&[PM, CRITIC], Strategy::Router, hour).await;
     let run = rig.post(&session, "critique my plan").await;
     assert_eq!(rig.runner().execute(&run.id).await.expect("executes"), RunState::WaitingInput);
     let events = rig.events(&run).await;
+    let Some(EventBody::ClarificationRequested { expires_at, .. }) = events.last().map(|e| &e.body) else {
+        panic!("the run's last event is its question")
+    };
+    let left = *expires_at - chrono::Utc::now();
+    assert!(left > chrono::Duration::minutes(55) && left <= chrono::Duration::hours(1), "the session's wait: {left}");
     let all = kinds(&events);
     assert_eq!(all[all.len() - 2..], ["message.completed", "clarification.requested"]);
     assert!(matches!(
