@@ -513,6 +513,13 @@ async fn a_waiting_run_survives_restarts_and_resumes_without_a_repeated_call(bac
     };
     let (status, body) = answer(json!({ "choice": "blue" }), stranger.clone()).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "another tenant's run: {body}");
+    let (_, viewer) =
+        third.call(Method::POST, "/v1/keys", &platform, Some(json!({ "tenant": "acme", "role": "viewer" }))).await;
+    let viewer = viewer["token"].as_str().expect("token").to_owned();
+    let (status, body) = answer(json!({ "choice": "blue" }), viewer.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "viewers read, members answer: {body}");
+    let (status, body) = third.call(Method::GET, &format!("/v1/runs/{run}"), &viewer, None).await;
+    assert_eq!((status, &body["pending_question"]["question"]), (StatusCode::OK, &json!("Which colour?")));
     let (status, body) = answer(json!({ "answer": "green" }), member.clone()).await;
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_answer")));
     let (status, body) = answer(json!({ "answer": "blue", "choice": "blue" }), member.clone()).await;
