@@ -96,13 +96,27 @@ pub struct RunLimits {
     pub max_tool_calls_per_step: u32,
     /// Most credits one run may spend (`None`: the wallet is the only bound).
     pub credits_budget: Option<i64>,
-    /// Wall-clock time a run may take, in seconds, from when it starts.
+    /// Wall-clock time a run may take, in seconds, from when it starts (time spent
+    /// waiting for the user's answers not counted).
     pub deadline_secs: u64,
+    /// How long a question to the user waits for its answer, in seconds (`None`: the
+    /// server's `[runs] wait_timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_timeout_secs: Option<u64>,
 }
+
+/// The longest a question may wait for its answer, in seconds (a year).
+pub const MAX_WAIT_SECS: u64 = 365 * 24 * 3600;
 
 impl Default for RunLimits {
     fn default() -> Self {
-        Self { max_steps: 8, max_tool_calls_per_step: 8, credits_budget: None, deadline_secs: 600 }
+        Self {
+            max_steps: 8,
+            max_tool_calls_per_step: 8,
+            credits_budget: None,
+            deadline_secs: 600,
+            wait_timeout_secs: None,
+        }
     }
 }
 
@@ -125,7 +139,7 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> RunInputError {
 
 impl RunLimits {
     /// Checks the bounds: 1–100 steps, 0–64 tool calls per step, a positive budget,
-    /// 1 s to 24 h.
+    /// 1 s to 24 h, a wait of 1 s to a year.
     pub fn validate(&self) -> Result<(), RunInputError> {
         if !(1..=100).contains(&self.max_steps) {
             return Err(invalid("limits.max_steps", "must be between 1 and 100"));
@@ -140,6 +154,11 @@ impl RunLimits {
         }
         if !(1..=86_400).contains(&self.deadline_secs) {
             return Err(invalid("limits.deadline_secs", "must be between 1 and 86400"));
+        }
+        if let Some(wait) = self.wait_timeout_secs
+            && !(1..=MAX_WAIT_SECS).contains(&wait)
+        {
+            return Err(invalid("limits.wait_timeout_secs", format!("must be between 1 and {MAX_WAIT_SECS}")));
         }
         Ok(())
     }
@@ -254,6 +273,10 @@ pub enum RunState {
     Failed,
     /// It was cancelled.
     Cancelled,
+    /// It asked the user a question and waits for the answer (no worker holds it).
+    WaitingInput,
+    /// Its question was not answered in time.
+    Expired,
 }
 
 impl RunState {
@@ -265,19 +288,29 @@ impl RunState {
             RunState::Completed => "completed",
             RunState::Failed => "failed",
             RunState::Cancelled => "cancelled",
+            RunState::WaitingInput => "waiting_input",
+            RunState::Expired => "expired",
         }
     }
 
     /// Parses a stored name.
     pub fn parse(name: &str) -> Option<Self> {
-        [RunState::Queued, RunState::Running, RunState::Completed, RunState::Failed, RunState::Cancelled]
-            .into_iter()
-            .find(|s| s.as_str() == name)
+        [
+            RunState::Queued,
+            RunState::Running,
+            RunState::Completed,
+            RunState::Failed,
+            RunState::Cancelled,
+            RunState::WaitingInput,
+            RunState::Expired,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
     }
 
     /// Whether the run is over.
     pub fn is_final(self) -> bool {
-        matches!(self, RunState::Completed | RunState::Failed | RunState::Cancelled)
+        matches!(self, RunState::Completed | RunState::Failed | RunState::Cancelled | RunState::Expired)
     }
 }
 
@@ -538,6 +571,161 @@ pub enum EventBody {
         /// The step it wrote in.
         step: u32,
     },
+    /// The run asks the user a question and waits (`waiting_input`) for the answer.
+    #[serde(rename = "clarification.requested")]
+    ClarificationRequested {
+        /// Who asks.
+        asker: Asker,
+        /// The question.
+        question: String,
+        /// The answers to choose from (empty: free text only).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        choices: Vec<String>,
+        /// Whether an answer outside `choices` is accepted.
+        free_text: bool,
+        /// When the wait expires (the run then ends `expired`).
+        expires_at: DateTime<Utc>,
+    },
+    /// The user answered the run's open question; the run is queued to resume.
+    #[serde(rename = "clarification.answered")]
+    ClarificationAnswered {
+        /// The answer's text (the chosen choice's text when a choice was picked).
+        answer: String,
+        /// The index of the chosen choice, from 0, when the answer is one of them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        choice: Option<u32>,
+        /// The key that answered.
+        key_id: String,
+        /// When it was answered.
+        at: DateTime<Utc>,
+    },
+    /// The run's question was not answered before it expired; the run is over.
+    #[serde(rename = "run.expired")]
+    RunExpired {
+        /// What it used.
+        totals: RunTotals,
+    },
+}
+
+/// Who asked the user a question.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Asker {
+    /// A persona, through the `ask_user` tool.
+    Persona {
+        /// `plugin.persona`.
+        persona: String,
+        /// The step.
+        step: u32,
+        /// The model's tool call id (the answer becomes its result).
+        call_id: String,
+    },
+    /// The router, deciding a turn (the answer is given to its next decision).
+    Router {
+        /// The turn being decided.
+        turn: u32,
+    },
+}
+
+/// The name of the built-in tool every persona may call to ask the user.
+pub const ASK_USER_TOOL: &str = "ask_user";
+/// Most choices a question may offer.
+pub const MAX_CHOICES: usize = 20;
+/// Longest choice, in characters.
+pub const MAX_CHOICE_CHARS: usize = 200;
+/// Longest question, in characters.
+pub const MAX_QUESTION_CHARS: usize = 4000;
+
+/// A question to the user, as the `ask_user` tool (or the router) asks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Question {
+    /// The question.
+    pub question: String,
+    /// The answers to choose from.
+    pub choices: Vec<String>,
+    /// Whether an answer outside `choices` is accepted.
+    pub free_text: bool,
+}
+
+impl Question {
+    /// Parses and checks `ask_user`'s arguments: `question` (not blank), optional
+    /// `choices` (at most [`MAX_CHOICES`] distinct, non-blank, short strings), optional
+    /// `free_text` (default: true when there are no choices, else false; always true
+    /// without choices).
+    pub fn from_arguments(arguments: &serde_json::Value) -> Result<Self, RunInputError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Args {
+            question: String,
+            #[serde(default)]
+            choices: Vec<String>,
+            #[serde(default)]
+            free_text: Option<bool>,
+        }
+        let args: Args = serde_json::from_value(arguments.clone()).map_err(|e| invalid("arguments", e.to_string()))?;
+        let question = args.question.trim().to_owned();
+        if question.is_empty() {
+            return Err(invalid("question", "must not be empty"));
+        }
+        if question.chars().count() > MAX_QUESTION_CHARS {
+            return Err(invalid("question", format!("at most {MAX_QUESTION_CHARS} characters")));
+        }
+        if args.choices.len() > MAX_CHOICES {
+            return Err(invalid("choices", format!("at most {MAX_CHOICES}")));
+        }
+        let mut choices: Vec<String> = Vec::with_capacity(args.choices.len());
+        for choice in args.choices {
+            let choice = choice.trim().to_owned();
+            if choice.is_empty() || choice.chars().count() > MAX_CHOICE_CHARS || choice.chars().any(char::is_control) {
+                return Err(invalid("choices", format!("each is 1 to {MAX_CHOICE_CHARS} characters on one line")));
+            }
+            if choices.contains(&choice) {
+                return Err(invalid("choices", format!("`{}` is listed twice", truncate(&choice))));
+            }
+            choices.push(choice);
+        }
+        let free_text = choices.is_empty() || args.free_text.unwrap_or(false);
+        Ok(Self { question, choices, free_text })
+    }
+
+    /// Checks an answer against the question: one of the choices (by its exact text), or
+    /// free text when allowed. Returns the answer's text and the chosen choice's index.
+    pub fn accept(&self, answer: &str) -> Result<(String, Option<u32>), RunInputError> {
+        let answer = answer.trim();
+        if answer.is_empty() {
+            return Err(invalid("answer", "must not be empty"));
+        }
+        if answer.len() > MAX_MESSAGE_BYTES {
+            return Err(invalid("answer", format!("at most {MAX_MESSAGE_BYTES} bytes")));
+        }
+        if let Some(index) = self.choices.iter().position(|c| c == answer) {
+            return Ok((answer.to_owned(), u32::try_from(index).ok()));
+        }
+        if self.free_text {
+            return Ok((answer.to_owned(), None));
+        }
+        Err(invalid("answer", format!("must be one of: {}", self.choices.join(", "))))
+    }
+
+    /// The JSON Schema of `ask_user`'s arguments, as offered to models.
+    pub fn schema() -> serde_json::Value {
+        serde_json::json!({
+            "type": "object",
+            "properties": {
+                "question": { "type": "string", "description": "the question for the user, self-contained" },
+                "choices": {
+                    "type": "array", "items": { "type": "string" }, "maxItems": MAX_CHOICES,
+                    "description": "answers the user may pick from (optional)"
+                },
+                "free_text": {
+                    "type": "boolean",
+                    "description": "whether the user may answer in their own words when choices are given (default false; always true without choices)"
+                }
+            },
+            "required": ["question"],
+            "additionalProperties": false
+        })
+    }
 }
 
 /// An event body that cannot be decoded.
@@ -569,12 +757,21 @@ impl EventBody {
             EventBody::RunFailed { .. } => "run.failed",
             EventBody::RunCancelled { .. } => "run.cancelled",
             EventBody::DocumentUpdated { .. } => "document.updated",
+            EventBody::ClarificationRequested { .. } => "clarification.requested",
+            EventBody::ClarificationAnswered { .. } => "clarification.answered",
+            EventBody::RunExpired { .. } => "run.expired",
         }
     }
 
     /// Whether this event ends the run's stream.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, EventBody::RunCompleted { .. } | EventBody::RunFailed { .. } | EventBody::RunCancelled { .. })
+        matches!(
+            self,
+            EventBody::RunCompleted { .. }
+                | EventBody::RunFailed { .. }
+                | EventBody::RunCancelled { .. }
+                | EventBody::RunExpired { .. }
+        )
     }
 
     /// The payload as stored: the body's fields without the `type` tag.
@@ -676,6 +873,27 @@ mod tests {
                 error: RunError { code: "x".into(), message: "y".into() },
                 totals: RunTotals::default(),
             },
+            EventBody::ClarificationRequested {
+                asker: Asker::Persona { persona: "p.a".into(), step: 2, call_id: "c9".into() },
+                question: "which?".into(),
+                choices: vec!["a".into(), "b".into()],
+                free_text: false,
+                expires_at: Utc::now(),
+            },
+            EventBody::ClarificationRequested {
+                asker: Asker::Router { turn: 3 },
+                question: "who for?".into(),
+                choices: vec![],
+                free_text: true,
+                expires_at: Utc::now(),
+            },
+            EventBody::ClarificationAnswered {
+                answer: "b".into(),
+                choice: Some(1),
+                key_id: "key_x".into(),
+                at: Utc::now(),
+            },
+            EventBody::RunExpired { totals: RunTotals::default() },
         ];
         for body in bodies {
             let payload = body.payload();
@@ -689,6 +907,30 @@ mod tests {
         assert!(EventBody::decode("run.cancelled", 1, "{} , \"type\": 1").is_err());
         let empty = EventBody::decode("run.interrupted", 1, "{\"reason\":\"r\"}").expect("decodes");
         assert_eq!(empty, EventBody::RunInterrupted { step: None, reason: "r".into() });
+    }
+
+    #[test]
+    fn ask_user_arguments_are_checked_and_answers_fit_the_question() {
+        let q = |v: serde_json::Value| Question::from_arguments(&v);
+        let open = q(serde_json::json!({ "question": " Why? " })).expect("valid");
+        assert_eq!((open.question.as_str(), open.free_text), ("Why?", true), "no choices: free text");
+        assert_eq!(open.accept(" because "), Ok(("because".to_owned(), None)));
+        assert!(open.accept("  ").is_err());
+        let closed = q(serde_json::json!({ "question": "Which?", "choices": ["red", "blue"] })).expect("valid");
+        assert!(!closed.free_text, "choices without free_text: only a choice");
+        assert_eq!(closed.accept("blue"), Ok(("blue".to_owned(), Some(1))));
+        assert!(closed.accept("green").is_err());
+        let both =
+            q(serde_json::json!({ "question": "Which?", "choices": ["red"], "free_text": true })).expect("valid");
+        assert_eq!(both.accept("green"), Ok(("green".to_owned(), None)));
+        assert!(q(serde_json::json!({ "question": "" })).is_err());
+        assert!(q(serde_json::json!({ "choices": ["a"] })).is_err(), "a question is required");
+        assert!(q(serde_json::json!({ "question": "q", "choices": ["a", "a"] })).is_err());
+        assert!(q(serde_json::json!({ "question": "q", "choices": ["a\nb"] })).is_err());
+        assert!(q(serde_json::json!({ "question": "q", "choices": vec!["x"; MAX_CHOICES + 1] })).is_err());
+        assert!(q(serde_json::json!({ "question": "q", "extra": 1 })).is_err(), "unknown arguments are refused");
+        assert!(RunState::Expired.is_final() && !RunState::WaitingInput.is_final());
+        assert_eq!(RunState::parse("waiting_input"), Some(RunState::WaitingInput));
     }
 
     #[test]

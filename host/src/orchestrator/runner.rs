@@ -10,6 +10,18 @@
 //! progress, and the run continues from its record. A worker's lease that expires lets
 //! another worker take the job over the same way.
 //!
+//! # Asking the user
+//! A persona's `ask_user` call (or the router's `ask_user` decision) records
+//! `clarification.requested`, the state `waiting_input` and the job that expires the
+//! question in one unit of work, and ends the execution: the job completes, holding no
+//! lease and no credits. The answer ([`super::Orchestrator::answer`]) queues the run with
+//! a job keyed `run:<id>:wait:<n>:resume`; that execution takes the run by
+//! compare-and-set (`queued` → `running`, no `run.interrupted`: nothing was cut) and
+//! continues from its record, the answer being the call's result. Only the run's current
+//! job executes it: an earlier one (the job that asked, retried after its worker died)
+//! finds a newer key expected and does nothing. Time spent waiting is added to the
+//! deadline.
+//!
 //! # Strategies
 //! - `router`: each turn the router model (tier `RunnerSettings::router_tier`, `fast` by
 //!   default) answers a typed decision (`{satisfied, next, instruction, reason}`, asked
@@ -58,7 +70,7 @@ use maestro_core::plugin::{ModelTier, PersonaSpec};
 use maestro_core::run::{
     Author, EventBody, Message, NewEvent, Run, RunError, RunEvent, RunId, RunLimits, RunState, RunTotals, Session,
 };
-use maestro_core::{Clock, Job, LedgerError, RunStore, StoreError, TenantStore, UnitOfWork};
+use maestro_core::{Clock, Job, LedgerError, NewJob, RunStore, StoreError, TenantStore, UnitOfWork};
 use tokio_util::sync::CancellationToken;
 
 use super::hub::EventHub;
@@ -86,6 +98,9 @@ pub struct RunnerSettings {
     pub hold_grace: Duration,
     /// The largest answer asked of the router, in tokens.
     pub router_max_tokens: u32,
+    /// How long a question to the user waits for its answer before the run expires
+    /// (`[runs] wait_timeout`).
+    pub wait_timeout: Duration,
 }
 
 impl Default for RunnerSettings {
@@ -97,6 +112,7 @@ impl Default for RunnerSettings {
             cancel_poll: Duration::from_secs(1),
             hold_grace: Duration::from_secs(600),
             router_max_tokens: 512,
+            wait_timeout: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -168,6 +184,12 @@ pub(super) enum Stop {
     Cancelled,
     /// The store failed: the job is retried.
     Store(StoreError),
+    /// The run asked the user a question: it is recorded `waiting_input` and this
+    /// execution ends (the answer enqueues the next).
+    Waiting,
+    /// Another execution took the run first (a resume's compare-and-set lost): this
+    /// one leaves it alone.
+    Superseded,
 }
 
 impl Stop {
@@ -217,6 +239,11 @@ pub(super) struct Commit {
     pub(super) add: RunTotals,
     /// The run's new state (and error), with `started_at`/`finished_at` set accordingly.
     pub(super) state: Option<(RunState, Option<RunError>)>,
+    /// Jobs enqueued in the same unit (a wait's expiry).
+    pub(super) jobs: Vec<NewJob>,
+    /// Write the run only if it is still in this state (else the unit is rolled back and
+    /// the commit answers [`Stop::Superseded`]).
+    pub(super) expect: Option<RunState>,
 }
 
 impl Commit {
@@ -317,19 +344,26 @@ impl Runner {
     /// Executes (or resumes) a run until it ends; returns its final state. `Err` leaves
     /// the run to be resumed by another attempt.
     pub async fn execute(&self, id: &RunId) -> Result<RunState, RunnerError> {
-        self.execute_attempt(id, false).await
+        self.execute_attempt(id, false, None).await
     }
 
     /// [`Runner::execute`] on the job's last attempt: a run that was already interrupted
     /// is not resumed again but fails with `worker_lost` (its workers keep dying, e.g.
     /// a crash loop), so it ends with a terminal event instead of staying `running`
     /// once its job is dead.
-    async fn execute_attempt(&self, id: &RunId, last_attempt: bool) -> Result<RunState, RunnerError> {
+    async fn execute_attempt(
+        &self,
+        id: &RunId,
+        last_attempt: bool,
+        job_key: Option<&str>,
+    ) -> Result<RunState, RunnerError> {
         let this = &self.inner;
         let Some(mut run) = this.runs.run(None, id).await? else {
             return Err(RunnerError::NotFound(id.to_string()));
         };
-        if run.state.is_final() {
+        if run.state.is_final() || run.state == RunState::WaitingInput {
+            // A waiting run resumes on its answer's own job (a stale job of the run, e.g.
+            // the one that asked, retried after its worker died, has nothing to do).
             return Ok(run.state);
         }
         let session = this
@@ -350,6 +384,14 @@ impl Runner {
         };
         let events = this.all_events(id).await?;
         let mut record = Record::replay(&events);
+        if let Some(key) = job_key
+            && key != current_job_key(id, record.waits)
+        {
+            // A job of an earlier part of the run (it ended asking the user; retried
+            // after its worker died): the answer's own job carries the run on.
+            tracing::info!(run = %id, job = key, "a stale job of the run; nothing to do");
+            return Ok(run.state);
+        }
         let messages = this.all_messages(&run, &session).await?;
         let Some(trigger) = messages.iter().find(|m| m.id == run.trigger).cloned() else {
             return Err(RunnerError::Invalid(format!("the message that started run {id} is missing")));
@@ -358,22 +400,26 @@ impl Runner {
         let _release = Release(&this.hub, id);
         let now = this.clock.now();
 
-        // Start, or say that the run was interrupted and resumes here.
+        // Start, or say that the run was interrupted and resumes here. A queued run that
+        // started before resumes on the answer to its question: nothing was interrupted.
         let resumed = record.started;
-        let first = if resumed {
-            EventBody::RunInterrupted {
+        let answered = resumed && run.state == RunState::Queued;
+        let first = if answered {
+            None
+        } else if resumed {
+            Some(EventBody::RunInterrupted {
                 step: record.open_step(),
                 reason: "the run's worker stopped before it finished (taken over, or resumed after a failure); \
                          recorded answers and tool results are kept, an unfinished model call restarts"
                     .to_owned(),
-            }
+            })
         } else {
-            EventBody::RunStarted {
+            Some(EventBody::RunStarted {
                 trigger: run.trigger.clone(),
                 strategy: run.strategy,
                 personas: session.personas.clone(),
                 limits: run.limits,
-            }
+            })
         };
         if !run.cancel_requested {
             if !resumed {
@@ -381,8 +427,11 @@ impl Runner {
             }
             run.state = RunState::Running;
         }
-        record.apply(&first);
-        let started_at = run.started_at.unwrap_or(now);
+        if let Some(first) = &first {
+            record.apply(first);
+        }
+        // Time spent waiting for the user's answers does not count against the deadline.
+        let started_at = run.started_at.unwrap_or(now) + waited(&events);
         let deadline_secs = i64::try_from(run.limits.deadline_secs).unwrap_or(i64::MAX);
         let personas = this
             .tools
@@ -409,7 +458,7 @@ impl Runner {
             holds: Mutex::default(),
             session,
         };
-        if resumed {
+        if resumed && !answered {
             // Whatever ends this execution, the holds the interrupted one left open go
             // back now, not when they expire.
             this.void_interrupted_calls(&ctx).await;
@@ -421,9 +470,23 @@ impl Runner {
             let message = "the run's worker stopped before it finished on every attempt; it is not resumed again";
             return this.finish(&ctx, Err(Stop::fail("worker_lost", message))).await;
         }
-        let state_write = Commit { events: vec![first], state: Some((RunState::Running, None)), ..Commit::default() };
-        if let Err(stop) = this.commit(&ctx, state_write).await {
-            return this.finish(&ctx, Err(stop)).await;
+        // A resume on an answer takes the queued run by compare-and-set: of two
+        // executions (the answer's job, and a stale job of the run retried after its
+        // worker died), one goes on.
+        let expect = answered.then_some(RunState::Queued);
+        let state_write = Commit {
+            events: first.into_iter().collect(),
+            state: Some((RunState::Running, None)),
+            expect,
+            ..Commit::default()
+        };
+        match this.commit(&ctx, state_write).await {
+            Ok(_) => {}
+            Err(Stop::Superseded) => {
+                tracing::info!(run = %id, "another execution resumed the run first");
+                return Ok(RunState::Running);
+            }
+            Err(stop) => return this.finish(&ctx, Err(stop)).await,
         }
 
         let remaining = (ctx.deadline - this.clock.now()).to_std().unwrap_or(Duration::ZERO);
@@ -435,6 +498,31 @@ impl Runner {
         };
         this.finish(&ctx, outcome).await
     }
+}
+
+/// The key of the job that executes the run now: the posted run's, or the resume of its
+/// last answered question's (see [`super::Orchestrator::answer`]).
+pub(super) fn current_job_key(id: &RunId, waits: u32) -> String {
+    if waits == 0 { format!("run:{id}") } else { format!("run:{id}:wait:{waits}:resume") }
+}
+
+/// How long the run waited for answers: from each `clarification.requested` to its
+/// `clarification.answered`.
+fn waited(events: &[RunEvent]) -> chrono::Duration {
+    let mut asked = None;
+    let mut total = chrono::Duration::zero();
+    for event in events {
+        match &event.body {
+            EventBody::ClarificationRequested { .. } => asked = Some(event.at),
+            EventBody::ClarificationAnswered { .. } => {
+                if let Some(at) = asked.take() {
+                    total += (event.at - at).max(chrono::Duration::zero());
+                }
+            }
+            _ => {}
+        }
+    }
+    total
 }
 
 pub(super) fn deadline_exceeded() -> Stop {
@@ -503,6 +591,10 @@ impl Inner {
     /// final state. A store failure leaves the run for the job's next attempt.
     async fn finish(&self, ctx: &RunCtx, outcome: Result<(), Stop>) -> Result<RunState, RunnerError> {
         self.void_open_holds(ctx).await;
+        if matches!(outcome, Err(Stop::Waiting)) {
+            // Recorded with the question; the answer's job resumes the run.
+            return Ok(RunState::WaitingInput);
+        }
         // The stored totals are authoritative (a unit of work cut by a cancel may or may
         // not have committed).
         if let Some(stored) = self.runs.run(None, &ctx.id).await? {
@@ -518,6 +610,8 @@ impl Inner {
                 (EventBody::RunFailed { error: error.clone(), totals }, RunState::Failed, Some(error))
             }
             Err(Stop::Store(err)) => return Err(RunnerError::Store(err)),
+            Err(Stop::Waiting) => return Ok(RunState::WaitingInput),
+            Err(Stop::Superseded) => return Ok(RunState::Running),
         };
         let commit = Commit { events: vec![event], state: Some((state, error)), ..Commit::default() };
         match self.commit(ctx, commit).await {
@@ -643,8 +737,16 @@ impl Inner {
                     NewEvent { run: ctx.id.clone(), session: ctx.session.id.clone(), at: now, body: body.clone() };
                 stored.push(tx.append_event(&event).await?);
             }
-            if changes_run {
+            if let Some(expected) = commit.expect {
+                if !tx.update_run_if(&next, expected).await? {
+                    tx.rollback().await?;
+                    return Err(Stop::Superseded);
+                }
+            } else if changes_run {
                 tx.update_run(&next).await?;
+            }
+            for job in &commit.jobs {
+                tx.enqueue(job, now).await?;
             }
             tx.commit().await?;
             if let Some(last) = stored.last() {
@@ -689,7 +791,7 @@ impl JobHandler for Runner {
         }
         let payload: Payload = serde_json::from_str(&job.payload)
             .map_err(|e| JobError::Permanent(format!("invalid run job payload: {e}")))?;
-        match self.execute_attempt(&payload.run, job.attempts >= job.max_attempts).await {
+        match self.execute_attempt(&payload.run, job.attempts >= job.max_attempts, Some(&job.key)).await {
             Ok(state) => {
                 tracing::debug!(run = %payload.run, state = state.as_str(), "run ended");
                 Ok(())
