@@ -19,6 +19,7 @@ pub mod plugin;
 pub mod policy;
 pub mod ports;
 pub mod run;
+pub mod schedule;
 pub mod tenant;
 
 pub use auth::{AccessError, ApiKey, Caller, KeyScope, KeyState, KeyToken, Role, RoleError, TokenError};
@@ -34,4 +35,5 @@ pub use ports::{
     AccountStore, Clock, JobStore, KeyStore, LedgerStore, RunStore, Store, StoreError, StoreProbe, TenantStore, Tx,
     UnitOfWork,
 };
+pub use ports::{EventNotice, EventSignal, ScheduleStore};
 pub use tenant::{Tenant, TenantName, TenantNameError};

@@ -113,6 +113,11 @@ pub struct Config {
     pub model_prices: Vec<ModelPrice>,
     /// The background job worker.
     pub jobs: JobsSettings,
+    /// `[schedules]`.
+    pub schedules: crate::schedules::ScheduleSettings,
+    /// `[events]`: how often an idle event stream reads the store (the backstop of
+    /// notifications from other replicas).
+    pub events_poll_interval: Duration,
     /// Model providers and models (`[llm]`); empty when none is configured.
     pub llm: LlmSettings,
     /// `MAESTRO_*` variables that were set but are not known, to warn about once
@@ -362,6 +367,7 @@ impl Config {
         let billing = billing_settings(raw.billing, env)?;
         let model_prices = model_prices(raw.credits)?;
         let jobs = jobs_settings(raw.jobs)?;
+        let (schedules, events_poll_interval) = schedule_settings(&raw.schedules, &raw.events)?;
         let llm = llm_settings(raw.llm)?;
         let unknown_env = env
             .keys()
@@ -387,6 +393,8 @@ impl Config {
             billing,
             model_prices,
             jobs,
+            schedules,
+            events_poll_interval,
             llm,
             unknown_env,
         })
@@ -872,6 +880,50 @@ fn jobs_settings(raw: raw::RawJobs) -> Result<JobsSettings, ConfigError> {
             Duration::from_millis(10)..=hour,
         )?,
     })
+}
+
+fn schedule_settings(
+    raw: &raw::RawSchedules,
+    events: &raw::RawEvents,
+) -> Result<(crate::schedules::ScheduleSettings, Duration), ConfigError> {
+    let duration = |key: &str, text: Option<&String>, default: &str, range: std::ops::RangeInclusive<Duration>| {
+        let text = text.cloned().unwrap_or_else(|| default.to_owned());
+        humantime::parse_duration(text.trim()).ok().filter(|d| range.contains(d)).ok_or_else(|| {
+            invalid(
+                key,
+                &text,
+                format!("expected a duration from {:?} to {:?}, e.g. {default}", range.start(), range.end()),
+            )
+        })
+    };
+    let (second, hour, day) = (Duration::from_secs(1), Duration::from_secs(3600), Duration::from_secs(86_400));
+    let settings = crate::schedules::ScheduleSettings {
+        tick: duration(
+            "schedules.tick_interval",
+            raw.tick_interval.as_ref(),
+            raw::DEFAULT_SCHEDULES_TICK_INTERVAL,
+            second..=hour,
+        )?,
+        min_period: duration(
+            "schedules.min_period",
+            raw.min_period.as_ref(),
+            raw::DEFAULT_SCHEDULES_MIN_PERIOD,
+            second..=day,
+        )?,
+        catch_up_grace: duration(
+            "schedules.catch_up_grace",
+            raw.catch_up_grace.as_ref(),
+            raw::DEFAULT_SCHEDULES_CATCH_UP_GRACE,
+            second..=day,
+        )?,
+    };
+    let poll = duration(
+        "events.poll_interval",
+        events.poll_interval.as_ref(),
+        raw::DEFAULT_EVENTS_POLL_INTERVAL,
+        Duration::from_millis(10)..=hour,
+    )?;
+    Ok((settings, poll))
 }
 
 fn reload_interval(key: &str, text: Option<&str>) -> Result<Option<Duration>, ConfigError> {

@@ -20,6 +20,7 @@ mod mcp;
 pub mod metrics;
 pub mod request_id;
 pub mod runs;
+pub mod schedules;
 pub mod sessions;
 pub mod tools;
 
@@ -60,6 +61,8 @@ pub struct AppState {
     pub billing: Option<Arc<crate::billing::Billing>>,
     /// Sessions, messages, runs and their live events.
     pub orchestrator: Arc<crate::orchestrator::Orchestrator>,
+    /// Schedules.
+    pub schedules: Arc<crate::schedules::Schedules>,
 }
 
 /// HTTP settings from the validated config.
@@ -89,6 +92,8 @@ pub struct HttpSettings {
         sessions::create, sessions::list, sessions::get_one, sessions::messages, sessions::post_message,
         sessions::events,
         runs::get_one, runs::cancel, runs::events,
+        schedules::create, schedules::list, schedules::get_one, schedules::pause, schedules::resume,
+        schedules::delete_one,
     ),
     modifiers(&BearerScheme, &CommonResponses),
     tags(
@@ -102,6 +107,7 @@ pub struct HttpSettings {
         (name = "jobs", description = "background jobs of every replica (platform admin)"),
         (name = "sessions", description = "sessions, their messages and their event stream (tenant keys: members post, viewers read)"),
         (name = "runs", description = "runs: state, usage, credits, cancel, and their event stream (tenant keys)"),
+        (name = "schedules", description = "messages posted on a cron schedule into a session or a new one (tenant keys: members change, viewers read)"),
     )
 )]
 pub struct ApiDoc;
@@ -234,6 +240,12 @@ fn table() -> Vec<(Route, Option<MethodRouter<AppState>>)> {
         (route(Method::GET, "/v1/runs/{id}", Bearer, false), Some(get(runs::get_one))),
         (route(Method::POST, "/v1/runs/{id}/cancel", Bearer, false), Some(post(runs::cancel))),
         (route(Method::GET, "/v1/runs/{id}/events", Bearer, false), Some(get(runs::events))),
+        (route(Method::POST, "/v1/schedules", Bearer, true), Some(post(schedules::create))),
+        (route(Method::GET, "/v1/schedules", Bearer, false), Some(get(schedules::list))),
+        (route(Method::GET, "/v1/schedules/{id}", Bearer, false), Some(get(schedules::get_one))),
+        (route(Method::DELETE, "/v1/schedules/{id}", Bearer, false), Some(delete(schedules::delete_one))),
+        (route(Method::POST, "/v1/schedules/{id}/pause", Bearer, false), Some(post(schedules::pause))),
+        (route(Method::POST, "/v1/schedules/{id}/resume", Bearer, false), Some(post(schedules::resume))),
         // Stripe calls this without a bearer key; the signature authenticates it.
         (
             route(Method::POST, "/v1/billing/stripe/webhook", StripeSignature, false),
