@@ -259,11 +259,6 @@ impl TestHost {
         Self { _db: db, accounts, clock, settings, tools, credits, billing: None, jobs, store, orchestrator, schedules }
     }
 
-    /// Replaces the schedule settings (a fresh use-case over the same ports).
-    pub(crate) fn set_schedule_settings(&mut self, settings: ScheduleSettings) {
-        self.schedules = schedules(&self.store, self.clock.clone(), &self.tools, settings);
-    }
-
     /// Installs `plugins` (built fixtures) and runs under `policy` (TOML text).
     pub(crate) async fn with_plugins(backend: Backend, plugins: &[&str], policy: &str) -> Self {
         let mut host = Self::new(backend).await;
