@@ -673,6 +673,56 @@ mod tests {
         writer.await.expect("writer");
     }
 
+    /// Another replica's signals, as the test sends them; and this hub's.
+    #[derive(Default)]
+    struct Signals {
+        listener: Mutex<Option<Arc<dyn Fn(EventNotice) + Send + Sync>>>,
+        sent: Mutex<Vec<EventNotice>>,
+    }
+
+    impl std::fmt::Debug for Signals {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Signals")
+        }
+    }
+
+    impl EventSignal for Signals {
+        fn notify(&self, notice: EventNotice) {
+            self.sent.lock().expect("lock").push(notice);
+        }
+
+        fn listen(&self, on_notice: Arc<dyn Fn(EventNotice) + Send + Sync>) {
+            *self.listener.lock().expect("lock") = Some(on_notice);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_signal_from_another_replica_wakes_idle_feeds_and_publish_signals_the_last_positions() {
+        let log = Arc::new(Log::default());
+        let signals = Arc::new(Signals::default());
+        // Polling an hour: only the signal can wake the feed in time.
+        let hub = EventHub::new(log.clone()).with_poll_interval(Duration::from_secs(3600)).with_signal(signals.clone());
+        let run = id(6);
+        let mut feed = hub.run_feed(&run, 0);
+        let reader = tokio::spawn(async move { drain(&mut feed).await });
+        while log.reads.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The feed replayed nothing and waits; another replica commits and signals.
+        let events: Vec<RunEvent> =
+            vec![log.append(&run, delta("a")), log.append(&run, delta("b")), log.append(&run, done())];
+        let listener = signals.listener.lock().expect("lock").clone().expect("the hub listens");
+        listener(EventNotice { run: id(7), session: id(8), seq: 9, session_seq: 9 });
+        listener(EventNotice { run: run.clone(), session: id(9), seq: 3, session_seq: 3 });
+        let seen = tokio::time::timeout(Duration::from_secs(10), reader).await.expect("woken").expect("reader");
+        assert_eq!(seen, vec![1, 2, 3]);
+        assert_eq!(hub.watched(), (0, 0));
+
+        hub.publish(&events);
+        let sent = signals.sent.lock().expect("lock").clone();
+        assert_eq!(sent, vec![EventNotice { run, session: id(9), seq: 3, session_seq: 3 }], "one notice per run");
+    }
+
     #[tokio::test]
     async fn a_session_feed_follows_every_run_of_the_session_by_session_seq() {
         let (log, hub) = hub();
