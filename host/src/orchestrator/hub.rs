@@ -673,10 +673,12 @@ mod tests {
         writer.await.expect("writer");
     }
 
+    type Listener = Arc<dyn Fn(EventNotice) + Send + Sync>;
+
     /// Another replica's signals, as the test sends them; and this hub's.
     #[derive(Default)]
     struct Signals {
-        listener: Mutex<Option<Arc<dyn Fn(EventNotice) + Send + Sync>>>,
+        listener: Mutex<Option<Listener>>,
         sent: Mutex<Vec<EventNotice>>,
     }
 
