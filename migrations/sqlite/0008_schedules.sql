@@ -23,7 +23,7 @@ CREATE TABLE schedules (
 -- A tenant's schedules, newest first.
 CREATE INDEX schedules_by_tenant ON schedules (tenant_id, created_at, id);
 -- What the tick scans: active schedules by next fire.
-CREATE INDEX schedules_due ON schedules (next_fire_at) WHERE paused = 0 AND next_fire_at IS NOT NULL;
+CREATE INDEX schedules_due ON schedules (next_fire_at) WHERE paused = FALSE AND next_fire_at IS NOT NULL;
 
 -- Append-only: one row per fire that posted its message, written in the unit of work
 -- that posts it, so a retried fire job finds it and posts nothing again.
