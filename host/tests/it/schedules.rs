@@ -23,6 +23,7 @@ backend_tests!(
     after_downtime_catch_up_once_runs_the_latest_missed_fire_and_skip_runs_none,
     paused_schedules_do_not_fire_and_a_deleted_schedule_s_pending_fire_does_nothing,
     a_template_schedule_opens_a_new_session_per_fire,
+    a_schedule_whose_owner_key_was_revoked_posts_nothing,
     the_api_validates_expressions_scopes_tenants_and_roles_and_shows_next_fires,
 );
 
@@ -150,6 +151,7 @@ async fn the_store_advances_by_compare_and_set_records_fires_once_pauses_and_del
 /// (member), and a session of acme's.
 struct Fx {
     host: TestHost,
+    platform: String,
     member: String,
     viewer: String,
     outsider: String,
@@ -167,7 +169,7 @@ impl Fx {
             host.post("/v1/sessions", Some(&member), json!({ "personas": [PM], "strategy": "sequence" })).await;
         assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
         let session = created.body["id"].as_str().expect("id").to_owned();
-        Self { host, member, viewer, outsider, session }
+        Self { host, platform, member, viewer, outsider, session }
     }
 
     /// Creates a schedule through the API as the member; its id.
@@ -402,4 +404,24 @@ async fn the_api_validates_expressions_scopes_tenants_and_roles_and_shows_next_f
     assert_eq!(pause.status, StatusCode::FORBIDDEN);
     assert_eq!(host.delete(&format!("/v1/schedules/{id}"), Some(&fx.member)).await.status, StatusCode::NO_CONTENT);
     assert_eq!(host.get(&format!("/v1/schedules/{id}"), Some(&fx.member)).await.status, StatusCode::NOT_FOUND);
+}
+
+async fn a_schedule_whose_owner_key_was_revoked_posts_nothing(backend: Backend) {
+    let fx = Fx::new(backend).await;
+    let owner = fx.host.tenant_with_key(&fx.platform, "acme", "member").await;
+    let reply = fx
+        .host
+        .post("/v1/schedules", Some(&owner), json!({ "cron": "*/5 * * * *", "session": fx.session, "message": "x" }))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+    let id = ScheduleId::parse(reply.body["id"].as_str().expect("id")).expect("id");
+    let key_id = reply.body["created_by"].as_str().expect("owner").to_owned();
+    let revoked = fx.host.delete(&format!("/v1/keys/{key_id}"), Some(&fx.platform)).await;
+    assert_eq!(revoked.status, StatusCode::OK, "{revoked:?}");
+    fx.move_to(fx.stored(&id).await.next_fire_at.expect("next") + Span::seconds(1));
+    assert_eq!(fx.host.schedules.tick().await.expect("tick"), 1);
+    let job = fx.fire_jobs().await.pop().expect("the fire's job");
+    Fire(fx.host.schedules.clone()).handle(&job).await.expect("nothing to do is success");
+    assert!(fx.user_messages(&fx.session).await.is_empty(), "a revoked key posts nothing");
+    assert!(fx.host.store.schedule_fires(&id, 10).await.expect("fires").is_empty());
 }
