@@ -199,6 +199,17 @@ async fn setup(dir: &Path, component: &Path, location: StoreLocation) -> Bench {
         role: Role::Member,
         key_id: issued.key.id.to_string(),
     };
+    let schedules = Arc::new(maestro_host::schedules::Schedules::new(
+        maestro_host::schedules::SchedulePorts {
+            store: store.clone(),
+            runs: store.clone(),
+            unit: store.clone(),
+            keys: store.clone(),
+            clock: clock.clone(),
+            tools: tools.clone(),
+        },
+        Default::default(),
+    ));
     let state = maestro_host::http::AppState {
         accounts,
         metrics: Arc::default(),
@@ -209,6 +220,7 @@ async fn setup(dir: &Path, component: &Path, location: StoreLocation) -> Bench {
         billing: None,
         orchestrator: Arc::new(orchestrator.clone()),
         documents: Arc::new(maestro_host::documents::Documents::new(store.clone(), clock.clone())),
+        schedules,
     };
     let settings = maestro_host::http_settings(&config);
     Bench {

@@ -296,6 +296,17 @@ async fn responsiveness(sandbox: &Arc<Sandbox>, hostile: &LoadedPlugin) {
     registry.refresh().await;
     let secrets = SecretValues::new(Default::default(), plugin_dir.join("no-secrets"));
     let tools = Arc::new(Tools::new(registry, Arc::new(PolicyStore::fixed(PolicySet::deny_all())), secrets));
+    let schedules = Arc::new(maestro_host::schedules::Schedules::new(
+        maestro_host::schedules::SchedulePorts {
+            store: store.clone(),
+            runs: store.clone(),
+            unit: store.clone(),
+            keys: store.clone(),
+            clock: Arc::new(SystemClock),
+            tools: tools.clone(),
+        },
+        Default::default(),
+    ));
     let state = AppState {
         credits: Arc::new(maestro_host::credits::Credits::new(store.clone(), Arc::new(SystemClock))),
         accounts: Accounts::new(store.clone(), Arc::new(SystemClock)),
@@ -312,6 +323,7 @@ async fn responsiveness(sandbox: &Arc<Sandbox>, hostile: &LoadedPlugin) {
         tools,
         shutdown: Default::default(),
         billing: None,
+        schedules,
     };
     let app = http::router(
         state,

@@ -17,6 +17,7 @@ pub mod plugins;
 pub mod policy;
 mod poll;
 mod random;
+pub mod schedules;
 pub mod storage;
 pub mod telemetry;
 pub mod tools;
@@ -234,7 +235,22 @@ pub async fn serve(
         )),
         None => None,
     };
-    let hub = Arc::new(orchestrator::hub::EventHub::new(store.clone()));
+    let hub = Arc::new(
+        orchestrator::hub::EventHub::new(store.clone())
+            .with_poll_interval(config.events_poll_interval)
+            .with_signal(store.clone()),
+    );
+    let schedules = Arc::new(schedules::Schedules::new(
+        schedules::SchedulePorts {
+            store: store.clone(),
+            runs: store.clone(),
+            unit: store.clone(),
+            keys: store.clone(),
+            clock: clock.clone(),
+            tools: tools.clone(),
+        },
+        config.schedules,
+    ));
     let models = open_models(&config, env)?;
     let runner = orchestrator::Runner::new(
         orchestrator::RunnerPorts {
@@ -266,12 +282,15 @@ pub async fn serve(
         clock.clone(),
         jobs::Registry::builtin(credits.clone(), store.clone(), clock.clone())
             .register(orchestrator::RUN_JOB, Arc::new(runner))
-            .register(orchestrator::EXPIRE_WAIT_JOB, Arc::new(orchestrator::ExpireWaits(orchestrator.clone()))),
+            .register(orchestrator::EXPIRE_WAIT_JOB, Arc::new(orchestrator::ExpireWaits(orchestrator.clone())))
+            .register(maestro_core::schedule::FIRE_JOB, Arc::new(schedules::Fire(schedules.clone())))
+            .register(schedules::TICK_JOB, Arc::new(schedules::Tick(schedules.clone()))),
         jobs::WorkerSettings::new(config.jobs.concurrency, config.jobs.lease, config.jobs.poll_interval),
     )
     .spawn(stopping.clone());
     jobs.schedule_every(jobs::EXPIRE_HOLDS, EXPIRE_HOLDS_EVERY, stopping.clone());
     jobs.schedule_every(jobs::PRUNE, PRUNE_JOBS_EVERY, stopping.clone());
+    jobs.schedule_every(schedules::TICK_JOB, config.schedules.tick, stopping.clone());
     let state = http::AppState {
         accounts,
         metrics: Arc::default(),
@@ -282,6 +301,7 @@ pub async fn serve(
         billing,
         orchestrator,
         documents,
+        schedules,
     };
     let app = http::router(state, &http_settings(&config));
     tracing::info!(%address, store = %config.store.describe(), "maestro listening on http://{address} (MCP at /mcp)");

@@ -20,6 +20,7 @@ pub mod plugin;
 pub mod policy;
 pub mod ports;
 pub mod run;
+pub mod schedule;
 pub mod tenant;
 
 pub use auth::{AccessError, ApiKey, Caller, KeyScope, KeyState, KeyToken, Role, RoleError, TokenError};
@@ -35,4 +36,5 @@ pub use ports::{
     AccountStore, Clock, DocumentStore, JobStore, KeyStore, LedgerStore, RunStore, Store, StoreError, StoreProbe,
     TenantStore, Tx, UnitOfWork,
 };
+pub use ports::{EventNotice, EventSignal, ScheduleStore};
 pub use tenant::{Tenant, TenantName, TenantNameError};

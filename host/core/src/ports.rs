@@ -25,6 +25,7 @@ use crate::ledger::{
     AuditReport, Balance, Hold, HoldId, LedgerError, Posted, Posting, Transaction, TransactionPage, TransactionQuery,
 };
 use crate::run::{Message, NewEvent, Run, RunEvent, RunId, RunState, Session, SessionId};
+use crate::schedule::{Schedule, ScheduleFire, ScheduleId};
 use crate::tenant::{Tenant, TenantName};
 
 /// What can go wrong in a store, in terms callers match on.
@@ -293,6 +294,64 @@ pub trait DocumentStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Appended, StoreError>;
 }
 
+/// Schedules (see [`crate::schedule`]). Reads name the tenant wherever a caller names
+/// the schedule; the tick and the fire job read without one.
+#[async_trait]
+pub trait ScheduleStore: Send + Sync + std::fmt::Debug {
+    /// Inserts a schedule; [`StoreError::Conflict`] if its id exists.
+    async fn create_schedule(&self, schedule: &Schedule) -> Result<(), StoreError>;
+    /// A schedule, restricted to `tenant` when given.
+    async fn schedule(&self, tenant: Option<&TenantId>, id: &ScheduleId) -> Result<Option<Schedule>, StoreError>;
+    /// A tenant's schedules, newest first, at most `limit`.
+    async fn schedules(&self, tenant: &TenantId, limit: u32) -> Result<Vec<Schedule>, StoreError>;
+    /// Pauses a schedule of `tenant` (its `next_fire_at` kept), or resumes it with
+    /// `next_fire_at` (fires missed while paused never run). Returns it as it now
+    /// stands, `None` when no such schedule is visible.
+    async fn set_schedule_paused(
+        &self,
+        tenant: &TenantId,
+        id: &ScheduleId,
+        paused: bool,
+        next_fire_at: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Schedule>, StoreError>;
+    /// Deletes a schedule of `tenant` and its fire history; returns whether it existed.
+    async fn delete_schedule(&self, tenant: &TenantId, id: &ScheduleId) -> Result<bool, StoreError>;
+    /// Schedules not paused whose `next_fire_at` is at or before `now`, soonest first,
+    /// at most `limit`.
+    async fn due_schedules(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Schedule>, StoreError>;
+    /// A schedule's latest fires, newest first, at most `limit`.
+    async fn schedule_fires(&self, id: &ScheduleId, limit: u32) -> Result<Vec<ScheduleFire>, StoreError>;
+}
+
+/// A run's events committed up to these positions (what crosses replicas: readers
+/// then read the events from the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventNotice {
+    /// The run.
+    pub run: RunId,
+    /// Its session.
+    pub session: SessionId,
+    /// The run's last committed `seq`.
+    pub seq: i64,
+    /// The session's last committed `session_seq` among them.
+    pub session_seq: i64,
+}
+
+/// Live run events across replicas: after a run's events commit, the writer signals;
+/// every replica listening hears it and wakes the feeds of that run and session, which
+/// read from the store. A lost signal costs latency, never an event (feeds also poll).
+/// Postgres: `NOTIFY` on one channel, one listening connection per replica; SQLite
+/// (one replica): nothing to do.
+pub trait EventSignal: Send + Sync + std::fmt::Debug {
+    /// Signals events committed (never inside a transaction; never blocks: the adapter
+    /// sends in the background, coalescing per run).
+    fn notify(&self, notice: EventNotice);
+    /// Calls `on_notice` for every signal heard from now on (from every replica, this
+    /// one included), reconnecting after failures. Called once per process.
+    fn listen(&self, on_notice: std::sync::Arc<dyn Fn(EventNotice) + Send + Sync>);
+}
+
 /// Opens units of work: one store transaction through which several ports write.
 #[async_trait]
 pub trait UnitOfWork: Send + Sync + std::fmt::Debug {
@@ -323,6 +382,22 @@ pub trait Tx: Send {
     /// session in this transaction (dense under any concurrency: the run's and the
     /// session's rows are locked until commit); returns the event as stored.
     async fn append_event(&mut self, event: &NewEvent) -> Result<RunEvent, StoreError>;
+    /// Inserts a session (a schedule's fire into a new session from its template);
+    /// [`StoreError::Conflict`] if its id exists.
+    async fn insert_session(&mut self, session: &Session) -> Result<(), StoreError>;
+    /// Moves a schedule's `next_fire_at` from `from` to `to`, only if it is still `from`
+    /// and the schedule is not paused (compare-and-set: of replicas ticking together,
+    /// one advances it). Returns whether it did.
+    async fn advance_schedule(
+        &mut self,
+        id: &ScheduleId,
+        from: DateTime<Utc>,
+        to: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Records a fire once; returns whether this call recorded it (`false`: the fire
+    /// already posted). [`StoreError::NotFound`] when the schedule was deleted.
+    async fn record_fire(&mut self, fire: &ScheduleFire) -> Result<bool, StoreError>;
     /// Makes everything written through this transaction durable and visible.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
     /// Discards everything written through this transaction.
@@ -349,9 +424,32 @@ impl<T: TenantStore + KeyStore + StoreProbe> AccountStore for T {}
 
 /// The whole backend: every port. Only the composition root and tests hold it; they
 /// hand each use-case the ports it needs (`Arc<dyn Store>` coerces to `Arc<dyn Port>`).
-pub trait Store: AccountStore + LedgerStore + BillingStore + JobStore + RunStore + DocumentStore + UnitOfWork {}
+pub trait Store:
+    AccountStore
+    + LedgerStore
+    + BillingStore
+    + JobStore
+    + RunStore
+    + DocumentStore
+    + UnitOfWork
+    + ScheduleStore
+    + EventSignal
+{
+}
 
-impl<T: AccountStore + LedgerStore + BillingStore + JobStore + RunStore + DocumentStore + UnitOfWork> Store for T {}
+impl<
+    T: AccountStore
+        + LedgerStore
+        + BillingStore
+        + JobStore
+        + RunStore
+        + DocumentStore
+        + UnitOfWork
+        + ScheduleStore
+        + EventSignal,
+> Store for T
+{
+}
 
 /// The time source. Injected so that tests can move time (e.g. past a key's expiry)
 /// without sleeping.

@@ -113,6 +113,11 @@ pub struct Config {
     pub model_prices: Vec<ModelPrice>,
     /// The background job worker.
     pub jobs: JobsSettings,
+    /// `[schedules]`.
+    pub schedules: crate::schedules::ScheduleSettings,
+    /// `[events]`: how often an idle event stream reads the store (the backstop of
+    /// notifications from other replicas).
+    pub events_poll_interval: Duration,
     /// Model providers and models (`[llm]`); empty when none is configured.
     pub llm: LlmSettings,
     /// Agent runs (`[runs]`).
@@ -372,6 +377,7 @@ impl Config {
         let billing = billing_settings(raw.billing, env)?;
         let model_prices = model_prices(raw.credits)?;
         let jobs = jobs_settings(raw.jobs)?;
+        let (schedules, events_poll_interval) = schedule_settings(&raw.schedules, &raw.events)?;
         let llm = llm_settings(raw.llm)?;
         let runs = runs_settings(raw.runs)?;
         let unknown_env = env
@@ -398,6 +404,8 @@ impl Config {
             billing,
             model_prices,
             jobs,
+            schedules,
+            events_poll_interval,
             llm,
             runs,
             unknown_env,
@@ -893,6 +901,50 @@ fn runs_settings(raw: raw::RawRuns) -> Result<RunsSettings, ConfigError> {
         invalid("runs.wait_timeout", &text, "expected a duration from 1s to 365days, e.g. 24h".into())
     })?;
     Ok(RunsSettings { wait_timeout })
+}
+
+fn schedule_settings(
+    raw: &raw::RawSchedules,
+    events: &raw::RawEvents,
+) -> Result<(crate::schedules::ScheduleSettings, Duration), ConfigError> {
+    let duration = |key: &str, text: Option<&String>, default: &str, range: std::ops::RangeInclusive<Duration>| {
+        let text = text.cloned().unwrap_or_else(|| default.to_owned());
+        humantime::parse_duration(text.trim()).ok().filter(|d| range.contains(d)).ok_or_else(|| {
+            invalid(
+                key,
+                &text,
+                format!("expected a duration from {:?} to {:?}, e.g. {default}", range.start(), range.end()),
+            )
+        })
+    };
+    let (second, hour, day) = (Duration::from_secs(1), Duration::from_secs(3600), Duration::from_secs(86_400));
+    let settings = crate::schedules::ScheduleSettings {
+        tick: duration(
+            "schedules.tick_interval",
+            raw.tick_interval.as_ref(),
+            raw::DEFAULT_SCHEDULES_TICK_INTERVAL,
+            second..=hour,
+        )?,
+        min_period: duration(
+            "schedules.min_period",
+            raw.min_period.as_ref(),
+            raw::DEFAULT_SCHEDULES_MIN_PERIOD,
+            second..=day,
+        )?,
+        catch_up_grace: duration(
+            "schedules.catch_up_grace",
+            raw.catch_up_grace.as_ref(),
+            raw::DEFAULT_SCHEDULES_CATCH_UP_GRACE,
+            second..=day,
+        )?,
+    };
+    let poll = duration(
+        "events.poll_interval",
+        events.poll_interval.as_ref(),
+        raw::DEFAULT_EVENTS_POLL_INTERVAL,
+        Duration::from_millis(10)..=hour,
+    )?;
+    Ok((settings, poll))
 }
 
 fn reload_interval(key: &str, text: Option<&str>) -> Result<Option<Duration>, ConfigError> {

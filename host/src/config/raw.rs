@@ -21,6 +21,10 @@ pub(super) const DEFAULT_JOBS_CONCURRENCY: usize = 4;
 pub(super) const DEFAULT_JOBS_LEASE: &str = "30s";
 pub(super) const DEFAULT_JOBS_POLL_INTERVAL: &str = "1s";
 pub(super) const DEFAULT_RUNS_WAIT_TIMEOUT: &str = "24h";
+pub(super) const DEFAULT_SCHEDULES_TICK_INTERVAL: &str = "15s";
+pub(super) const DEFAULT_SCHEDULES_MIN_PERIOD: &str = "1m";
+pub(super) const DEFAULT_SCHEDULES_CATCH_UP_GRACE: &str = "2m";
+pub(super) const DEFAULT_EVENTS_POLL_INTERVAL: &str = "1s";
 pub(super) const DEFAULT_STRIPE_API_BASE: &str = "https://api.stripe.com/";
 
 /// The raw config file. See `config/maestro.toml` for every key and its default.
@@ -70,6 +74,32 @@ pub struct RawConfig {
     /// `[runs]`.
     #[serde(default)]
     pub runs: RawRuns,
+    /// `[schedules]`.
+    #[serde(default)]
+    pub schedules: RawSchedules,
+    /// `[events]`.
+    #[serde(default)]
+    pub events: RawEvents,
+}
+
+/// `[schedules]`: how schedules fire.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedules {
+    /// How often every replica looks for due schedules.
+    pub tick_interval: Option<String>,
+    /// The shortest period a schedule may have.
+    pub min_period: Option<String>,
+    /// How late a fire may run and still count as on time.
+    pub catch_up_grace: Option<String>,
+}
+
+/// `[events]`: live run events.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvents {
+    /// How often an idle event stream reads the store (the backstop of notifications).
+    pub poll_interval: Option<String>,
 }
 
 /// `[runs]`: how agent runs behave.

@@ -288,6 +288,21 @@ impl From<crate::orchestrator::OrchestratorError> for ApiError {
     }
 }
 
+impl From<crate::schedules::SchedulesError> for ApiError {
+    fn from(err: crate::schedules::SchedulesError) -> Self {
+        use crate::schedules::SchedulesError as E;
+        let code = match &err {
+            E::NotFound(_) => ErrorCode::NotFound,
+            E::Forbidden(_) => ErrorCode::Forbidden,
+            E::Invalid(_) => ErrorCode::InvalidRequest,
+            E::UnknownPersona(_) => ErrorCode::UnknownPersona,
+            E::Store(maestro_core::StoreError::Backend(_)) => return Self::internal(ErrorCode::Unavailable, &err),
+            E::Store(_) => return Self::internal(ErrorCode::Internal, &err),
+        };
+        Self::new(code, err.to_string())
+    }
+}
+
 impl From<maestro_core::StoreError> for ApiError {
     fn from(err: maestro_core::StoreError) -> Self {
         match err {

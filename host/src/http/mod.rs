@@ -21,6 +21,7 @@ mod mcp;
 pub mod metrics;
 pub mod request_id;
 pub mod runs;
+pub mod schedules;
 pub mod sessions;
 pub mod tools;
 
@@ -63,6 +64,8 @@ pub struct AppState {
     pub orchestrator: Arc<crate::orchestrator::Orchestrator>,
     /// Living documents.
     pub documents: Arc<crate::documents::Documents>,
+    /// Schedules.
+    pub schedules: Arc<crate::schedules::Schedules>,
 }
 
 /// HTTP settings from the validated config.
@@ -95,6 +98,8 @@ pub struct HttpSettings {
         documents::create, documents::list, documents::get_one, documents::put, documents::versions,
         documents::version, documents::diff, documents::rollback,
         runs::answer,
+        schedules::create, schedules::list, schedules::get_one, schedules::pause, schedules::resume,
+        schedules::delete_one,
     ),
     modifiers(&BearerScheme, &CommonResponses),
     tags(
@@ -109,6 +114,7 @@ pub struct HttpSettings {
         (name = "sessions", description = "sessions, their messages and their event stream (tenant keys: members post, viewers read)"),
         (name = "runs", description = "runs: state, usage, credits, cancel, and their event stream (tenant keys)"),
         (name = "documents", description = "living documents: versions, diffs, replacement against a version, rollback (tenant keys: members write, viewers read)"),
+        (name = "schedules", description = "messages posted on a cron schedule into a session or a new one (tenant keys: members change, viewers read)"),
     )
 )]
 pub struct ApiDoc;
@@ -251,6 +257,12 @@ fn table() -> Vec<(Route, Option<MethodRouter<AppState>>)> {
         (route(Method::GET, "/v1/documents/{id}/diff", Bearer, false), Some(get(documents::diff))),
         (route(Method::POST, "/v1/documents/{id}/rollback", Bearer, true), Some(post(documents::rollback))),
         (route(Method::POST, "/v1/runs/{id}/answer", Bearer, true), Some(post(runs::answer))),
+        (route(Method::POST, "/v1/schedules", Bearer, true), Some(post(schedules::create))),
+        (route(Method::GET, "/v1/schedules", Bearer, false), Some(get(schedules::list))),
+        (route(Method::GET, "/v1/schedules/{id}", Bearer, false), Some(get(schedules::get_one))),
+        (route(Method::DELETE, "/v1/schedules/{id}", Bearer, false), Some(delete(schedules::delete_one))),
+        (route(Method::POST, "/v1/schedules/{id}/pause", Bearer, false), Some(post(schedules::pause))),
+        (route(Method::POST, "/v1/schedules/{id}/resume", Bearer, false), Some(post(schedules::resume))),
         // Stripe calls this without a bearer key; the signature authenticates it.
         (
             route(Method::POST, "/v1/billing/stripe/webhook", StripeSignature, false),

@@ -8,10 +8,13 @@
 //! event would skip a position (out-of-order publishes) or its buffer overflowed (a
 //! slow reader). Each subscriber's live buffer is bounded ([`LIVE_BUFFER`] events) and
 //! [`EventHub::publish`] never waits for a subscriber: a reader that falls behind loses
-//! live events and replays them from the store instead. Live events from other
-//! replicas are not published here: feeds also poll the store while idle (every
-//! [`EventHub::poll_interval`]), so a run executing elsewhere still streams (issue 11
-//! adds LISTEN/NOTIFY for latency).
+//! live events and replays them from the store instead.
+//!
+//! Across replicas: with an [`EventSignal`] ([`EventHub::with_signal`]; Postgres
+//! `LISTEN`/`NOTIFY`), `publish` also signals every replica, and a signal heard for a
+//! run or session that has feeds here wakes them: they read the new events from the
+//! store. A lost signal costs latency, never an event: feeds also poll the store while
+//! idle (every [`EventHub::poll_interval`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -19,8 +22,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use maestro_core::run::{RunEvent, RunId, SessionId};
-use maestro_core::{RunStore, StoreError};
-use tokio::sync::broadcast;
+use maestro_core::{EventNotice, EventSignal, RunStore, StoreError};
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Live events each subscriber may have waiting before it lags (and replays).
@@ -42,6 +45,10 @@ type Live = broadcast::Sender<Arc<RunEvent>>;
 struct Channels {
     runs: HashMap<RunId, Live>,
     sessions: HashMap<SessionId, Live>,
+    /// The last position another replica signalled, by run and by session (feeds wake
+    /// on a change).
+    run_heads: HashMap<RunId, watch::Sender<i64>>,
+    session_heads: HashMap<SessionId, watch::Sender<i64>>,
     /// Times a feed's live buffer overflowed and it replayed from the store.
     lagged: u64,
 }
@@ -60,6 +67,27 @@ fn forget_if_unwatched<K: Eq + Hash>(map: &mut HashMap<K, Live>, key: &K) {
     }
 }
 
+fn watch_head<K: Eq + Hash + Clone>(map: &mut HashMap<K, watch::Sender<i64>>, key: &K) -> watch::Receiver<i64> {
+    map.entry(key.clone()).or_insert_with(|| watch::channel(0).0).subscribe()
+}
+
+fn forget_head_if_unwatched<K: Eq + Hash>(map: &mut HashMap<K, watch::Sender<i64>>, key: &K) {
+    if map.get(key).is_some_and(|head| head.receiver_count() == 0) {
+        map.remove(key);
+    }
+}
+
+/// Raises a head to `position`, waking its feeds, unless it is there already.
+fn raise<K: Eq + Hash>(map: &HashMap<K, watch::Sender<i64>>, key: &K, position: i64) {
+    if let Some(head) = map.get(key) {
+        head.send_if_modified(|head| {
+            let raised = position > *head;
+            *head = (*head).max(position);
+            raised
+        });
+    }
+}
+
 /// The process's event hub.
 #[derive(Debug)]
 pub struct EventHub {
@@ -68,6 +96,7 @@ pub struct EventHub {
     cancels: Mutex<HashMap<RunId, CancellationToken>>,
     poll_interval: Duration,
     heartbeat_interval: Duration,
+    signal: Option<Arc<dyn EventSignal>>,
 }
 
 impl EventHub {
@@ -80,7 +109,23 @@ impl EventHub {
             cancels: Mutex::default(),
             poll_interval: DEFAULT_POLL_INTERVAL,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            signal: None,
         }
+    }
+
+    /// Signals committed events to other replicas through `signal`, and listens to
+    /// theirs: a signal for a run or session with feeds here wakes those feeds. Call once
+    /// per process (it starts the listener).
+    #[must_use]
+    pub fn with_signal(mut self, signal: Arc<dyn EventSignal>) -> Self {
+        let channels = self.channels.clone();
+        signal.listen(Arc::new(move |notice: EventNotice| {
+            let channels = lock(&channels);
+            raise(&channels.run_heads, &notice.run, notice.seq);
+            raise(&channels.session_heads, &notice.session, notice.session_seq);
+        }));
+        self.signal = Some(signal);
+        self
     }
 
     /// Sets how often idle feeds look at the store (tests shorten it).
@@ -118,6 +163,26 @@ impl EventHub {
         if events.is_empty() {
             return;
         }
+        if let Some(signal) = &self.signal {
+            let mut notices: Vec<EventNotice> = Vec::new();
+            for event in events {
+                match notices.iter_mut().find(|n| n.run == event.run) {
+                    Some(notice) => {
+                        notice.seq = notice.seq.max(event.seq);
+                        notice.session_seq = notice.session_seq.max(event.session_seq);
+                    }
+                    None => notices.push(EventNotice {
+                        run: event.run.clone(),
+                        session: event.session.clone(),
+                        seq: event.seq,
+                        session_seq: event.session_seq,
+                    }),
+                }
+            }
+            for notice in notices {
+                signal.notify(notice);
+            }
+        }
         let channels = lock(&self.channels);
         for event in events {
             let run = channels.runs.get(&event.run);
@@ -140,23 +205,36 @@ impl EventHub {
     /// A feed of `run`'s events with `seq > after`, in order: replayed from the store,
     /// then live; it ends after the run's terminal event.
     pub fn run_feed(&self, run: &RunId, after: i64) -> Feed {
-        let live = subscribe(&mut lock(&self.channels).runs, run);
-        self.feed(Scope::Run(run.clone()), live, after)
+        let (live, head) = {
+            let mut channels = lock(&self.channels);
+            (subscribe(&mut channels.runs, run), watch_head(&mut channels.run_heads, run))
+        };
+        self.feed(Scope::Run(run.clone()), live, head, after)
     }
 
     /// A feed of `session`'s events (all its runs) with `session_seq > after`, in that
     /// order: replayed from the store, then live; it never ends.
     pub fn session_feed(&self, session: &SessionId, after: i64) -> Feed {
-        let live = subscribe(&mut lock(&self.channels).sessions, session);
-        self.feed(Scope::Session(session.clone()), live, after)
+        let (live, head) = {
+            let mut channels = lock(&self.channels);
+            (subscribe(&mut channels.sessions, session), watch_head(&mut channels.session_heads, session))
+        };
+        self.feed(Scope::Session(session.clone()), live, head, after)
     }
 
-    fn feed(&self, scope: Scope, live: broadcast::Receiver<Arc<RunEvent>>, after: i64) -> Feed {
+    fn feed(
+        &self,
+        scope: Scope,
+        live: broadcast::Receiver<Arc<RunEvent>>,
+        head: watch::Receiver<i64>,
+        after: i64,
+    ) -> Feed {
         Feed {
             store: self.store.clone(),
             channels: self.channels.clone(),
             scope,
             live: Some(live),
+            head: Some(head),
             after,
             pending: VecDeque::new(),
             replay: true,
@@ -222,6 +300,8 @@ pub struct Feed {
     scope: Scope,
     /// `None` once the hub's channel closed (then the feed only polls).
     live: Option<broadcast::Receiver<Arc<RunEvent>>>,
+    /// The position other replicas signalled (`None` once its channel closed).
+    head: Option<watch::Receiver<i64>>,
     /// The last position delivered (or the starting one).
     after: i64,
     /// Replayed events not yet delivered.
@@ -263,8 +343,24 @@ impl Feed {
                 self.poll().await?;
                 continue;
             };
+            let head = self.head.as_mut();
+            let signalled = async move {
+                match head {
+                    Some(head) => head.changed().await.map(|()| *head.borrow_and_update()).ok(),
+                    None => std::future::pending().await,
+                }
+            };
             let received = tokio::select! {
                 received = live.recv() => received,
+                head = signalled => {
+                    match head {
+                        // Another replica committed events past this feed: read them.
+                        Some(head) if head > self.after => self.replay = true,
+                        Some(_) => {}
+                        None => self.head = None,
+                    }
+                    continue;
+                }
                 () = tokio::time::sleep(self.poll_interval) => {
                     self.poll().await?;
                     continue;
@@ -368,12 +464,19 @@ impl Feed {
 
 impl Drop for Feed {
     fn drop(&mut self) {
-        // Drop the receiver first, so the channel counts one subscriber fewer.
+        // Drop the receivers first, so the channels count one subscriber fewer.
         self.live = None;
+        self.head = None;
         let mut channels = lock(&self.channels);
         match &self.scope {
-            Scope::Run(run) => forget_if_unwatched(&mut channels.runs, run),
-            Scope::Session(session) => forget_if_unwatched(&mut channels.sessions, session),
+            Scope::Run(run) => {
+                forget_if_unwatched(&mut channels.runs, run);
+                forget_head_if_unwatched(&mut channels.run_heads, run);
+            }
+            Scope::Session(session) => {
+                forget_if_unwatched(&mut channels.sessions, session);
+                forget_head_if_unwatched(&mut channels.session_heads, session);
+            }
         }
     }
 }
@@ -568,6 +671,58 @@ mod tests {
         };
         assert_eq!(drain(&mut feed).await, vec![1, 2, 3, 4, 5, 6]);
         writer.await.expect("writer");
+    }
+
+    type Listener = Arc<dyn Fn(EventNotice) + Send + Sync>;
+
+    /// Another replica's signals, as the test sends them; and this hub's.
+    #[derive(Default)]
+    struct Signals {
+        listener: Mutex<Option<Listener>>,
+        sent: Mutex<Vec<EventNotice>>,
+    }
+
+    impl std::fmt::Debug for Signals {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Signals")
+        }
+    }
+
+    impl EventSignal for Signals {
+        fn notify(&self, notice: EventNotice) {
+            self.sent.lock().expect("lock").push(notice);
+        }
+
+        fn listen(&self, on_notice: Arc<dyn Fn(EventNotice) + Send + Sync>) {
+            *self.listener.lock().expect("lock") = Some(on_notice);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_signal_from_another_replica_wakes_idle_feeds_and_publish_signals_the_last_positions() {
+        let log = Arc::new(Log::default());
+        let signals = Arc::new(Signals::default());
+        // Polling an hour: only the signal can wake the feed in time.
+        let hub = EventHub::new(log.clone()).with_poll_interval(Duration::from_secs(3600)).with_signal(signals.clone());
+        let run = id(6);
+        let mut feed = hub.run_feed(&run, 0);
+        let reader = tokio::spawn(async move { drain(&mut feed).await });
+        while log.reads.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The feed replayed nothing and waits; another replica commits and signals.
+        let events: Vec<RunEvent> =
+            vec![log.append(&run, delta("a")), log.append(&run, delta("b")), log.append(&run, done())];
+        let listener = signals.listener.lock().expect("lock").clone().expect("the hub listens");
+        listener(EventNotice { run: id(7), session: id(8), seq: 9, session_seq: 9 });
+        listener(EventNotice { run: run.clone(), session: id(9), seq: 3, session_seq: 3 });
+        let seen = tokio::time::timeout(Duration::from_secs(10), reader).await.expect("woken").expect("reader");
+        assert_eq!(seen, vec![1, 2, 3]);
+        assert_eq!(hub.watched(), (0, 0));
+
+        hub.publish(&events);
+        let sent = signals.sent.lock().expect("lock").clone();
+        assert_eq!(sent, vec![EventNotice { run, session: id(9), seq: 3, session_seq: 3 }], "one notice per run");
     }
 
     #[tokio::test]

@@ -499,3 +499,47 @@ impl crate::jobs::JobHandler for ExpireWaits {
 fn require(principal: &Principal, role: Role) -> Result<(), OrchestratorError> {
     if principal.role >= role { Ok(()) } else { Err(OrchestratorError::Forbidden(role)) }
 }
+
+/// A user's message to `session` (as key `key_id` with `role`), the queued run answering
+/// it and the run's job, as [`Orchestrator::post_message`] writes them; the caller
+/// writes all three in one unit of work (schedules post this way).
+pub fn queued_run(
+    session: &Session,
+    key_id: &str,
+    role: Role,
+    content: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(Message, Run, NewJob), StoreError> {
+    let run_id = RunId::from_random(random_bytes());
+    let message = Message {
+        id: MessageId::from_random(random_bytes()),
+        session: session.id.clone(),
+        seq: 0,
+        author: Author::User { key_id: key_id.to_owned() },
+        content: content.to_owned(),
+        run: Some(run_id.clone()),
+        at: now,
+    };
+    let run = Run {
+        id: run_id.clone(),
+        session: session.id.clone(),
+        tenant: session.tenant.clone(),
+        trigger: message.id.clone(),
+        key_id: key_id.to_owned(),
+        role,
+        state: RunState::Queued,
+        strategy: session.strategy,
+        limits: session.limits,
+        totals: RunTotals::default(),
+        error: None,
+        cancel_requested: false,
+        last_seq: 0,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+    };
+    let job = NewJob::new(RUN_JOB, &format!("run:{run_id}"), &serde_json::json!({ "run": run_id }), now)
+        .and_then(|job| job.with_max_attempts(RUN_JOB_ATTEMPTS))
+        .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+    Ok((message, run, job))
+}

@@ -14,7 +14,9 @@ mod jobs;
 mod ledger;
 pub mod postgres;
 mod runs;
+mod schedules;
 mod shared;
+mod signal;
 pub mod sqlite;
 mod unit;
 

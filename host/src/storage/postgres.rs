@@ -12,6 +12,7 @@ use super::documents::impl_document_queries;
 use super::jobs::impl_job_queries;
 use super::ledger::impl_ledger_queries;
 use super::runs::impl_run_queries;
+use super::schedules::impl_schedule_queries;
 use super::shared::impl_shared_queries;
 use super::unit::impl_unit_of_work;
 use super::{Backend, backend_err};
@@ -24,6 +25,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/pos
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Live run events across replicas (`LISTEN`/`NOTIFY`).
+    signal: std::sync::Arc<super::signal::PgSignal>,
 }
 
 impl Backend for PostgresStore {
@@ -41,7 +44,8 @@ impl PostgresStore {
             .await
             .map_err(backend_err)?;
         MIGRATOR.run(&pool).await.map_err(backend_err)?;
-        Ok(Self { pool })
+        let signal = std::sync::Arc::new(super::signal::PgSignal::new(pool.clone()));
+        Ok(Self { pool, signal })
     }
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
@@ -66,6 +70,7 @@ impl_billing_queries!(PostgresStore);
 impl_job_queries!(PostgresStore, " FOR UPDATE SKIP LOCKED");
 impl_run_queries!(PostgresStore);
 impl_document_queries!(PostgresStore);
+impl_schedule_queries!(PostgresStore);
 impl_unit_of_work!(PostgresStore, PostgresTx);
 impl_ledger_queries!(PostgresStore, " FOR UPDATE");
 
@@ -78,5 +83,15 @@ impl StoreProbe for PostgresStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map_err(backend_err)?;
         Ok(())
+    }
+}
+
+impl maestro_core::EventSignal for PostgresStore {
+    fn notify(&self, notice: maestro_core::EventNotice) {
+        self.signal.notify(notice);
+    }
+
+    fn listen(&self, on_notice: std::sync::Arc<dyn Fn(maestro_core::EventNotice) + Send + Sync>) {
+        self.signal.listen(on_notice);
     }
 }

@@ -13,6 +13,7 @@ use super::documents::impl_document_queries;
 use super::jobs::impl_job_queries;
 use super::ledger::impl_ledger_queries;
 use super::runs::impl_run_queries;
+use super::schedules::impl_schedule_queries;
 use super::shared::impl_shared_queries;
 use super::unit::impl_unit_of_work;
 use super::{Backend, backend_err};
@@ -72,6 +73,7 @@ impl_billing_queries!(SqliteStore);
 impl_job_queries!(SqliteStore, "");
 impl_run_queries!(SqliteStore);
 impl_document_queries!(SqliteStore);
+impl_schedule_queries!(SqliteStore);
 impl_unit_of_work!(SqliteStore, SqliteTx);
 impl_ledger_queries!(SqliteStore, "");
 
@@ -85,4 +87,11 @@ impl StoreProbe for SqliteStore {
         sqlx::query("SELECT 1").execute(&self.pool).await.map_err(backend_err)?;
         Ok(())
     }
+}
+
+/// One replica only: events are published in process, so there is nothing to signal.
+impl maestro_core::EventSignal for SqliteStore {
+    fn notify(&self, _notice: maestro_core::EventNotice) {}
+
+    fn listen(&self, _on_notice: std::sync::Arc<dyn Fn(maestro_core::EventNotice) + Send + Sync>) {}
 }

@@ -85,6 +85,42 @@ macro_rules! impl_unit_of_work {
                 <$store>::run_append_event(&mut *self.tx, event).await
             }
 
+            async fn insert_session(
+                &mut self,
+                session: &maestro_core::run::Session,
+            ) -> Result<(), maestro_core::StoreError> {
+                sqlx::query(super::runs::INSERT_SESSION)
+                    .bind(session.id.as_str())
+                    .bind(session.tenant.as_str())
+                    .bind(&session.title)
+                    .bind(super::runs::to_json(&session.personas)?)
+                    .bind(session.strategy.as_str())
+                    .bind(super::runs::to_json(&session.limits)?)
+                    .bind(&session.created_by)
+                    .bind(super::runs::ms(session.created_at))
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(super::map_err(&format!("session {}", session.id)))?;
+                Ok(())
+            }
+
+            async fn advance_schedule(
+                &mut self,
+                id: &maestro_core::schedule::ScheduleId,
+                from: chrono::DateTime<chrono::Utc>,
+                to: Option<chrono::DateTime<chrono::Utc>>,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, maestro_core::StoreError> {
+                <$store>::schedule_advance(&mut *self.tx, id, from, to, at).await
+            }
+
+            async fn record_fire(
+                &mut self,
+                fire: &maestro_core::schedule::ScheduleFire,
+            ) -> Result<bool, maestro_core::StoreError> {
+                <$store>::schedule_record_fire(&mut *self.tx, fire).await
+            }
+
             async fn commit(self: Box<Self>) -> Result<(), maestro_core::StoreError> {
                 self.tx.commit().await.map_err(super::backend_err)
             }

@@ -17,6 +17,7 @@ use maestro_host::orchestrator::Orchestrator;
 use maestro_host::orchestrator::hub::EventHub;
 use maestro_host::plugins::PluginRegistry;
 use maestro_host::policy::PolicyStore;
+use maestro_host::schedules::{SchedulePorts, ScheduleSettings, Schedules};
 use maestro_host::storage::{self, StoreLocation};
 use maestro_host::tools::{SecretValues, Tools};
 use serde_json::Value;
@@ -158,6 +159,24 @@ pub(crate) fn orchestrator_with(
     Arc::new(Orchestrator::new(store.clone(), store.clone(), clock, tools.clone(), Arc::new(hub)))
 }
 
+/// The schedule use-cases over `store`.
+pub(crate) fn schedules(
+    store: &Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+    tools: &Arc<Tools>,
+    settings: ScheduleSettings,
+) -> Arc<Schedules> {
+    let ports = SchedulePorts {
+        store: store.clone(),
+        runs: store.clone(),
+        unit: store.clone(),
+        keys: store.clone(),
+        clock,
+        tools: tools.clone(),
+    };
+    Arc::new(Schedules::new(ports, settings))
+}
+
 /// A clock that only moves when told to.
 #[derive(Debug)]
 pub(crate) struct ManualClock(Mutex<DateTime<Utc>>);
@@ -200,6 +219,8 @@ pub(crate) struct TestHost {
     pub(crate) orchestrator: Arc<Orchestrator>,
     /// Living documents.
     pub(crate) documents: Arc<maestro_host::documents::Documents>,
+    /// Schedules (default settings, this host's clock).
+    pub(crate) schedules: Arc<Schedules>,
 }
 
 /// An answer: status, headers, and the body parsed as JSON (or `Value::String` when it
@@ -237,7 +258,21 @@ impl TestHost {
         let tools = tools_with(&db.dir().join("plugins"), &[], PolicySet::deny_all(), credits.clone()).await;
         let orchestrator = orchestrator(&store, clock.clone(), &tools);
         let documents = Arc::new(maestro_host::documents::Documents::new(store.clone(), clock.clone()));
-        Self { _db: db, accounts, clock, settings, tools, credits, billing: None, jobs, store, orchestrator, documents }
+        let schedules = schedules(&store, clock.clone(), &tools, ScheduleSettings::default());
+        Self {
+            _db: db,
+            accounts,
+            clock,
+            settings,
+            tools,
+            credits,
+            billing: None,
+            jobs,
+            store,
+            orchestrator,
+            documents,
+            schedules,
+        }
     }
 
     /// Installs `plugins` (built fixtures) and runs under `policy` (TOML text).
@@ -246,6 +281,7 @@ impl TestHost {
         let set = PolicySet::parse([("test-policy.toml", policy)]).unwrap_or_else(|e| panic!("test policy: {e}"));
         host.tools = tools_with(&host._db.dir().join("plugins"), plugins, set, host.credits.clone()).await;
         host.orchestrator = orchestrator(&host.store, host.clock.clone(), &host.tools);
+        host.schedules = schedules(&host.store, host.clock.clone(), &host.tools, ScheduleSettings::default());
         host
     }
 
@@ -271,6 +307,7 @@ impl TestHost {
             billing: self.billing.clone(),
             orchestrator: self.orchestrator.clone(),
             documents: self.documents.clone(),
+            schedules: self.schedules.clone(),
         };
         http::router(state, &self.settings)
     }

@@ -174,7 +174,8 @@ async fn app_over(
     let jobs = Arc::new(maestro_host::jobs::Jobs::new(store.clone(), clock.clone()));
     let tools = crate::harness::tools_with(&db.dir().join("plugins"), plugins, policy, credits.clone()).await;
     let documents = Arc::new(maestro_host::documents::Documents::new(store.clone(), clock.clone()));
-    let orchestrator = crate::harness::orchestrator(&store, clock, &tools);
+    let orchestrator = crate::harness::orchestrator(&store, clock.clone(), &tools);
+    let schedules = crate::harness::schedules(&store, clock, &tools, Default::default());
     let platform = match accounts.bootstrap(None).await.expect("bootstrap") {
         maestro_host::accounts::Bootstrap::Generated(issued) => issued.token.expose_secret().to_owned(),
         other => panic!("{other:?}"),
@@ -189,6 +190,7 @@ async fn app_over(
         jobs,
         orchestrator,
         documents,
+        schedules,
     };
     let settings = HttpSettings { body_limit_bytes: 64 * 1024, cors_allow_origins: vec![], mcp: Default::default() };
     (db, http::router(state, &settings), platform)
