@@ -541,6 +541,13 @@ impl<'a> Printer<'a> {
                 self.line(&format!("  ({how}; it expires at {})", s("expires_at")))?;
             }
             "clarification.answered" => self.line(&format!("  ↳ answered: {}", short(&s("answer"), 160)))?,
+            "document.updated" => self.line(&format!(
+                "  ✎ {} v{} by {} ({})",
+                short(&s("title"), 120),
+                n("version"),
+                s("persona"),
+                s("document")
+            ))?,
             "run.completed" | "run.failed" | "run.cancelled" | "run.expired" => {
                 let totals = &data["totals"];
                 let summary = format!(
@@ -722,6 +729,10 @@ mod tests {
             ("tool.called", json!({ "tool": "calc.add", "arguments": "{\"a\":1}" })),
             ("tool.result", json!({ "tool": "calc.add", "ok": false, "error": "not_offered", "content": "no" })),
             (
+                "document.updated",
+                json!({ "document": "doc_1", "version": 2, "title": "Plan", "persona": "team.writer", "step": 1 }),
+            ),
+            (
                 "step.completed",
                 json!({ "step": 1, "usage": { "input_tokens": 10, "output_tokens": 2 }, "model_calls": 1, "tool_calls": 1, "credits": 3 }),
             ),
@@ -737,6 +748,7 @@ mod tests {
         assert!(text.contains("turn 1: team.writer"), "{text}");
         assert!(text.contains("[1] team.writer · fast-1\nHello\n  ⚙ calc.add"), "{text}");
         assert!(text.contains("failed [not_offered]"), "{text}");
+        assert!(text.contains("✎ Plan v2 by team.writer (doc_1)"), "{text}");
         assert!(text.contains("10 in / 2 out tokens, 1 model calls, 1 tool calls, 3 credits"), "{text}");
         assert!(text.contains("run failed [budget_exceeded]: over"), "{text}");
     }
