@@ -250,21 +250,28 @@ pub async fn serve(
         },
         orchestrator::RunnerSettings {
             router_tier: config.llm.router_tier.unwrap_or(maestro_core::plugin::ModelTier::Small),
+            wait_timeout: config.runs.wait_timeout,
             ..orchestrator::RunnerSettings::default()
         },
     );
+    let orchestrator = Arc::new(orchestrator::Orchestrator::new(
+        store.clone(),
+        store.clone(),
+        clock.clone(),
+        tools.clone(),
+        hub.clone(),
+    ));
     let worker = jobs::Worker::new(
         store.clone(),
         clock.clone(),
         jobs::Registry::builtin(credits.clone(), store.clone(), clock.clone())
-            .register(orchestrator::RUN_JOB, Arc::new(runner)),
+            .register(orchestrator::RUN_JOB, Arc::new(runner))
+            .register(orchestrator::EXPIRE_WAIT_JOB, Arc::new(orchestrator::ExpireWaits(orchestrator.clone()))),
         jobs::WorkerSettings::new(config.jobs.concurrency, config.jobs.lease, config.jobs.poll_interval),
     )
     .spawn(stopping.clone());
     jobs.schedule_every(jobs::EXPIRE_HOLDS, EXPIRE_HOLDS_EVERY, stopping.clone());
     jobs.schedule_every(jobs::PRUNE, PRUNE_JOBS_EVERY, stopping.clone());
-    let orchestrator =
-        Arc::new(orchestrator::Orchestrator::new(store.clone(), store.clone(), clock.clone(), tools.clone(), hub));
     let state = http::AppState {
         accounts,
         metrics: Arc::default(),

@@ -24,7 +24,7 @@ use crate::jobs::{Enqueued, Job, JobFailure, JobPage, JobQuery, JobState, NewJob
 use crate::ledger::{
     AuditReport, Balance, Hold, HoldId, LedgerError, Posted, Posting, Transaction, TransactionPage, TransactionQuery,
 };
-use crate::run::{Message, NewEvent, Run, RunEvent, RunId, Session, SessionId};
+use crate::run::{Message, NewEvent, Run, RunEvent, RunId, RunState, Session, SessionId};
 use crate::tenant::{Tenant, TenantName};
 
 /// What can go wrong in a store, in terms callers match on.
@@ -327,6 +327,9 @@ pub trait Tx: Send {
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
     /// Discards everything written through this transaction.
     async fn rollback(self: Box<Self>) -> Result<(), StoreError>;
+    /// [`Tx::update_run`] only if the run is in state `expected` (compare-and-set: of
+    /// concurrent writers, one wins); returns whether it was written.
+    async fn update_run_if(&mut self, run: &Run, expected: RunState) -> Result<bool, StoreError>;
 }
 
 /// What readiness asks of a backend.

@@ -254,6 +254,10 @@ pub enum RunState {
     Failed,
     /// It was cancelled.
     Cancelled,
+    /// It asked the user a question and waits for the answer (no worker holds it).
+    WaitingInput,
+    /// Its question was not answered in time.
+    Expired,
 }
 
 impl RunState {
@@ -265,19 +269,29 @@ impl RunState {
             RunState::Completed => "completed",
             RunState::Failed => "failed",
             RunState::Cancelled => "cancelled",
+            RunState::WaitingInput => "waiting_input",
+            RunState::Expired => "expired",
         }
     }
 
     /// Parses a stored name.
     pub fn parse(name: &str) -> Option<Self> {
-        [RunState::Queued, RunState::Running, RunState::Completed, RunState::Failed, RunState::Cancelled]
-            .into_iter()
-            .find(|s| s.as_str() == name)
+        [
+            RunState::Queued,
+            RunState::Running,
+            RunState::Completed,
+            RunState::Failed,
+            RunState::Cancelled,
+            RunState::WaitingInput,
+            RunState::Expired,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
     }
 
     /// Whether the run is over.
     pub fn is_final(self) -> bool {
-        matches!(self, RunState::Completed | RunState::Failed | RunState::Cancelled)
+        matches!(self, RunState::Completed | RunState::Failed | RunState::Cancelled | RunState::Expired)
     }
 }
 
@@ -538,6 +552,161 @@ pub enum EventBody {
         /// The step it wrote in.
         step: u32,
     },
+    /// The run asks the user a question and waits (`waiting_input`) for the answer.
+    #[serde(rename = "clarification.requested")]
+    ClarificationRequested {
+        /// Who asks.
+        asker: Asker,
+        /// The question.
+        question: String,
+        /// The answers to choose from (empty: free text only).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        choices: Vec<String>,
+        /// Whether an answer outside `choices` is accepted.
+        free_text: bool,
+        /// When the wait expires (the run then ends `expired`).
+        expires_at: DateTime<Utc>,
+    },
+    /// The user answered the run's open question; the run is queued to resume.
+    #[serde(rename = "clarification.answered")]
+    ClarificationAnswered {
+        /// The answer's text (the chosen choice's text when a choice was picked).
+        answer: String,
+        /// The index of the chosen choice, from 0, when the answer is one of them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        choice: Option<u32>,
+        /// The key that answered.
+        key_id: String,
+        /// When it was answered.
+        at: DateTime<Utc>,
+    },
+    /// The run's question was not answered before it expired; the run is over.
+    #[serde(rename = "run.expired")]
+    RunExpired {
+        /// What it used.
+        totals: RunTotals,
+    },
+}
+
+/// Who asked the user a question.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Asker {
+    /// A persona, through the `ask_user` tool.
+    Persona {
+        /// `plugin.persona`.
+        persona: String,
+        /// The step.
+        step: u32,
+        /// The model's tool call id (the answer becomes its result).
+        call_id: String,
+    },
+    /// The router, deciding a turn (the answer is given to its next decision).
+    Router {
+        /// The turn being decided.
+        turn: u32,
+    },
+}
+
+/// The name of the built-in tool every persona may call to ask the user.
+pub const ASK_USER_TOOL: &str = "ask_user";
+/// Most choices a question may offer.
+pub const MAX_CHOICES: usize = 20;
+/// Longest choice, in characters.
+pub const MAX_CHOICE_CHARS: usize = 200;
+/// Longest question, in characters.
+pub const MAX_QUESTION_CHARS: usize = 4000;
+
+/// A question to the user, as the `ask_user` tool (or the router) asks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Question {
+    /// The question.
+    pub question: String,
+    /// The answers to choose from.
+    pub choices: Vec<String>,
+    /// Whether an answer outside `choices` is accepted.
+    pub free_text: bool,
+}
+
+impl Question {
+    /// Parses and checks `ask_user`'s arguments: `question` (not blank), optional
+    /// `choices` (at most [`MAX_CHOICES`] distinct, non-blank, short strings), optional
+    /// `free_text` (default: true when there are no choices, else false; always true
+    /// without choices).
+    pub fn from_arguments(arguments: &serde_json::Value) -> Result<Self, RunInputError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Args {
+            question: String,
+            #[serde(default)]
+            choices: Vec<String>,
+            #[serde(default)]
+            free_text: Option<bool>,
+        }
+        let args: Args = serde_json::from_value(arguments.clone()).map_err(|e| invalid("arguments", e.to_string()))?;
+        let question = args.question.trim().to_owned();
+        if question.is_empty() {
+            return Err(invalid("question", "must not be empty"));
+        }
+        if question.chars().count() > MAX_QUESTION_CHARS {
+            return Err(invalid("question", format!("at most {MAX_QUESTION_CHARS} characters")));
+        }
+        if args.choices.len() > MAX_CHOICES {
+            return Err(invalid("choices", format!("at most {MAX_CHOICES}")));
+        }
+        let mut choices: Vec<String> = Vec::with_capacity(args.choices.len());
+        for choice in args.choices {
+            let choice = choice.trim().to_owned();
+            if choice.is_empty() || choice.chars().count() > MAX_CHOICE_CHARS || choice.chars().any(char::is_control) {
+                return Err(invalid("choices", format!("each is 1 to {MAX_CHOICE_CHARS} characters on one line")));
+            }
+            if choices.contains(&choice) {
+                return Err(invalid("choices", format!("`{}` is listed twice", truncate(&choice))));
+            }
+            choices.push(choice);
+        }
+        let free_text = choices.is_empty() || args.free_text.unwrap_or(false);
+        Ok(Self { question, choices, free_text })
+    }
+
+    /// Checks an answer against the question: one of the choices (by its exact text), or
+    /// free text when allowed. Returns the answer's text and the chosen choice's index.
+    pub fn accept(&self, answer: &str) -> Result<(String, Option<u32>), RunInputError> {
+        let answer = answer.trim();
+        if answer.is_empty() {
+            return Err(invalid("answer", "must not be empty"));
+        }
+        if answer.len() > MAX_MESSAGE_BYTES {
+            return Err(invalid("answer", format!("at most {MAX_MESSAGE_BYTES} bytes")));
+        }
+        if let Some(index) = self.choices.iter().position(|c| c == answer) {
+            return Ok((answer.to_owned(), u32::try_from(index).ok()));
+        }
+        if self.free_text {
+            return Ok((answer.to_owned(), None));
+        }
+        Err(invalid("answer", format!("must be one of: {}", self.choices.join(", "))))
+    }
+
+    /// The JSON Schema of `ask_user`'s arguments, as offered to models.
+    pub fn schema() -> serde_json::Value {
+        serde_json::json!({
+            "type": "object",
+            "properties": {
+                "question": { "type": "string", "description": "the question for the user, self-contained" },
+                "choices": {
+                    "type": "array", "items": { "type": "string" }, "maxItems": MAX_CHOICES,
+                    "description": "answers the user may pick from (optional)"
+                },
+                "free_text": {
+                    "type": "boolean",
+                    "description": "whether the user may answer in their own words when choices are given (default false; always true without choices)"
+                }
+            },
+            "required": ["question"],
+            "additionalProperties": false
+        })
+    }
 }
 
 /// An event body that cannot be decoded.
@@ -569,12 +738,21 @@ impl EventBody {
             EventBody::RunFailed { .. } => "run.failed",
             EventBody::RunCancelled { .. } => "run.cancelled",
             EventBody::DocumentUpdated { .. } => "document.updated",
+            EventBody::ClarificationRequested { .. } => "clarification.requested",
+            EventBody::ClarificationAnswered { .. } => "clarification.answered",
+            EventBody::RunExpired { .. } => "run.expired",
         }
     }
 
     /// Whether this event ends the run's stream.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, EventBody::RunCompleted { .. } | EventBody::RunFailed { .. } | EventBody::RunCancelled { .. })
+        matches!(
+            self,
+            EventBody::RunCompleted { .. }
+                | EventBody::RunFailed { .. }
+                | EventBody::RunCancelled { .. }
+                | EventBody::RunExpired { .. }
+        )
     }
 
     /// The payload as stored: the body's fields without the `type` tag.

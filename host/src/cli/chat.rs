@@ -124,7 +124,7 @@ pub async fn run(config: &Config, env: &Env, args: ChatArgs) -> anyhow::Result<(
         };
         let run = posted["run"]["id"].as_str().context("the server answered without a run id")?.to_owned();
         let mut out = std::io::stdout().lock();
-        match follow(&api, &run, &mut interrupts, &mut Printer::new(&mut out)).await {
+        match follow(&api, &run, &mut interrupts, &mut lines, &mut Printer::new(&mut out)).await {
             Ok(Followed::Quit) => return Ok(()),
             Ok(Followed::Ended) => {}
             Err(err) => eprintln!("[cannot follow run {run}: {err:#}]"),
@@ -151,9 +151,12 @@ fn interrupts() -> tokio::sync::mpsc::UnboundedReceiver<()> {
     receive
 }
 
+/// Lines of stdin, as they come.
+type Lines = tokio::sync::mpsc::Receiver<std::io::Result<String>>;
+
 /// Lines of stdin, read on a thread of their own (stdin is blocking; a pipe works as a
 /// terminal does).
-fn stdin_lines() -> tokio::sync::mpsc::Receiver<std::io::Result<String>> {
+fn stdin_lines() -> Lines {
     let (send, receive) = tokio::sync::mpsc::channel(16);
     std::thread::spawn(move || {
         for line in std::io::stdin().lines() {
@@ -180,6 +183,7 @@ async fn follow(
     api: &Api,
     run: &str,
     interrupts: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+    lines: &mut Lines,
     printer: &mut Printer<'_>,
 ) -> anyhow::Result<Followed> {
     let mut last_seen: i64 = 0;
@@ -235,12 +239,61 @@ async fn follow(
                 }
                 let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
                 printer.event(&event.event, &data["data"])?;
-                if matches!(event.event.as_str(), "run.completed" | "run.failed" | "run.cancelled") {
+                if event.event == "clarification.requested"
+                    && answer_inline(api, run, &data["data"], lines, printer).await? == Followed::Quit
+                {
+                    return Ok(Followed::Quit);
+                }
+                if matches!(event.event.as_str(), "run.completed" | "run.failed" | "run.cancelled" | "run.expired") {
                     return Ok(Followed::Ended);
                 }
             }
         }
         tokio::time::sleep(retry).await;
+    }
+}
+
+/// Reads the answer to a run's question from stdin and posts it (a number picks that
+/// choice; other text is the answer), asking again while the server refuses it. A
+/// question already answered (seen again in a replayed stream) is skipped. `Quit` when
+/// stdin ends before an answer: the run keeps waiting, to be answered later.
+async fn answer_inline(
+    api: &Api,
+    run: &str,
+    question: &Value,
+    lines: &mut Lines,
+    printer: &mut Printer<'_>,
+) -> anyhow::Result<Followed> {
+    let (status, current) = api.call(Method::GET, &format!("/v1/runs/{run}"), None).await?;
+    if status != StatusCode::OK || current["state"].as_str() != Some("waiting_input") {
+        return Ok(Followed::Ended);
+    }
+    let choices: Vec<&str> =
+        question["choices"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    loop {
+        printer.prompt("answer> ")?;
+        let Some(line) = lines.recv().await else {
+            printer.line(&format!("[no answer given; run {run} waits for POST /v1/runs/{run}/answer]"))?;
+            return Ok(Followed::Quit);
+        };
+        let line = line.context("cannot read stdin")?;
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let body = match line.parse::<usize>() {
+            Ok(number) if (1..=choices.len()).contains(&number) => json!({ "choice": choices[number - 1] }),
+            _ => json!({ "answer": line }),
+        };
+        let (status, answered) = api.call(Method::POST, &format!("/v1/runs/{run}/answer"), Some(body)).await?;
+        if status == StatusCode::ACCEPTED {
+            return Ok(Followed::Ended);
+        }
+        printer.line(&format!("[answer refused: {}]", error_text(&answered)))?;
+        if status == StatusCode::CONFLICT {
+            // Not waiting any more (expired, cancelled, answered elsewhere).
+            return Ok(Followed::Ended);
+        }
     }
 }
 
@@ -410,6 +463,16 @@ impl<'a> Printer<'a> {
         writeln!(self.out, "{text}")
     }
 
+    /// Writes `text` at the start of a line, without ending it.
+    fn prompt(&mut self, text: &str) -> std::io::Result<()> {
+        if self.mid_line {
+            writeln!(self.out)?;
+        }
+        write!(self.out, "{text}")?;
+        self.mid_line = false;
+        self.out.flush()
+    }
+
     /// Writes one event (`data`: its payload).
     fn event(&mut self, kind: &str, data: &Value) -> std::io::Result<()> {
         let s = |key: &str| data[key].as_str().unwrap_or_default().to_owned();
@@ -460,7 +523,25 @@ impl<'a> Printer<'a> {
                 n("credits")
             ))?,
             "run.interrupted" => self.line(&format!("… run resumed: {}", short(&s("reason"), 160)))?,
-            "run.completed" | "run.failed" | "run.cancelled" => {
+            "clarification.requested" => {
+                let who = match data["asker"]["kind"].as_str() {
+                    Some("persona") => data["asker"]["persona"].as_str().unwrap_or("a persona").to_owned(),
+                    _ => "maestro".to_owned(),
+                };
+                self.line(&format!("? {who} asks: {}", s("question")))?;
+                let choices = data["choices"].as_array().cloned().unwrap_or_default();
+                for (index, choice) in choices.iter().enumerate() {
+                    self.line(&format!("  {}. {}", index + 1, choice.as_str().unwrap_or_default()))?;
+                }
+                let how = match (choices.is_empty(), data["free_text"].as_bool() == Some(true)) {
+                    (true, _) => "type your answer",
+                    (false, true) => "type a number, or your own answer",
+                    (false, false) => "type a number",
+                };
+                self.line(&format!("  ({how}; it expires at {})", s("expires_at")))?;
+            }
+            "clarification.answered" => self.line(&format!("  ↳ answered: {}", short(&s("answer"), 160)))?,
+            "run.completed" | "run.failed" | "run.cancelled" | "run.expired" => {
                 let totals = &data["totals"];
                 let summary = format!(
                     "{} steps, {}, {} credits",
@@ -471,6 +552,7 @@ impl<'a> Printer<'a> {
                 match kind {
                     "run.completed" => self.line(&format!("■ run completed: {summary}"))?,
                     "run.cancelled" => self.line(&format!("■ run cancelled: {summary}"))?,
+                    "run.expired" => self.line(&format!("■ run expired (its question was not answered): {summary}"))?,
                     _ => self.line(&format!(
                         "■ run failed [{}]: {} ({summary})",
                         data["error"]["code"].as_str().unwrap_or("error"),

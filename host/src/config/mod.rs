@@ -115,6 +115,8 @@ pub struct Config {
     pub jobs: JobsSettings,
     /// Model providers and models (`[llm]`); empty when none is configured.
     pub llm: LlmSettings,
+    /// Agent runs (`[runs]`).
+    pub runs: RunsSettings,
     /// `MAESTRO_*` variables that were set but are not known, to warn about once
     /// logging is up.
     pub unknown_env: Vec<String>,
@@ -140,6 +142,14 @@ pub struct JobsSettings {
     pub lease: Duration,
     /// How often an idle worker looks for due jobs (10ms to 1h).
     pub poll_interval: Duration,
+}
+
+/// Agent runs (`[runs]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunsSettings {
+    /// How long a run's question to the user waits for its answer before the run ends
+    /// `expired` (1s to 365 days).
+    pub wait_timeout: Duration,
 }
 
 /// The MCP endpoint (`/mcp`) and stdio server.
@@ -363,6 +373,7 @@ impl Config {
         let model_prices = model_prices(raw.credits)?;
         let jobs = jobs_settings(raw.jobs)?;
         let llm = llm_settings(raw.llm)?;
+        let runs = runs_settings(raw.runs)?;
         let unknown_env = env
             .keys()
             .filter(|k| k.starts_with("MAESTRO_") && !ENV_VARS.iter().any(|(known, _)| known == k))
@@ -388,6 +399,7 @@ impl Config {
             model_prices,
             jobs,
             llm,
+            runs,
             unknown_env,
         })
     }
@@ -872,6 +884,15 @@ fn jobs_settings(raw: raw::RawJobs) -> Result<JobsSettings, ConfigError> {
             Duration::from_millis(10)..=hour,
         )?,
     })
+}
+
+fn runs_settings(raw: raw::RawRuns) -> Result<RunsSettings, ConfigError> {
+    let text = raw.wait_timeout.unwrap_or_else(|| raw::DEFAULT_RUNS_WAIT_TIMEOUT.to_owned());
+    let range = Duration::from_secs(1)..=Duration::from_secs(365 * 24 * 3600);
+    let wait_timeout = humantime::parse_duration(text.trim()).ok().filter(|d| range.contains(d)).ok_or_else(|| {
+        invalid("runs.wait_timeout", &text, "expected a duration from 1s to 365days, e.g. 24h".into())
+    })?;
+    Ok(RunsSettings { wait_timeout })
 }
 
 fn reload_interval(key: &str, text: Option<&str>) -> Result<Option<Duration>, ConfigError> {

@@ -20,6 +20,7 @@ pub(super) const DEFAULT_MCP_MAX_SESSIONS_PER_KEY: u32 = 32;
 pub(super) const DEFAULT_JOBS_CONCURRENCY: usize = 4;
 pub(super) const DEFAULT_JOBS_LEASE: &str = "30s";
 pub(super) const DEFAULT_JOBS_POLL_INTERVAL: &str = "1s";
+pub(super) const DEFAULT_RUNS_WAIT_TIMEOUT: &str = "24h";
 pub(super) const DEFAULT_STRIPE_API_BASE: &str = "https://api.stripe.com/";
 
 /// The raw config file. See `config/maestro.toml` for every key and its default.
@@ -66,6 +67,17 @@ pub struct RawConfig {
     /// `[llm]`.
     #[serde(default)]
     pub llm: RawLlm,
+    /// `[runs]`.
+    #[serde(default)]
+    pub runs: RawRuns,
+}
+
+/// `[runs]`: how agent runs behave.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuns {
+    /// How long a run's question to the user waits for an answer, e.g. `24h`.
+    pub wait_timeout: Option<String>,
 }
 
 /// `[llm]`: model providers and the models they serve.

@@ -79,6 +79,14 @@ pub enum ErrorCode {
     StaleVersion,
     /// A write that must name the version it replaces (`If-Match`) did not.
     PreconditionRequired,
+    /// The run is not waiting for an answer (it never asked, was answered, ended or
+    /// its question expired).
+    RunNotWaiting,
+    /// The answer is not one of the question's choices, and free text is not accepted.
+    InvalidAnswer,
+    /// A run of the session waits for an answer; a new message would race it (answer or
+    /// cancel that run first; the message names it).
+    RunWaiting,
 }
 
 impl ErrorCode {
@@ -113,6 +121,8 @@ impl ErrorCode {
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::StaleVersion => StatusCode::PRECONDITION_FAILED,
             ErrorCode::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
+            ErrorCode::RunNotWaiting | ErrorCode::RunWaiting => StatusCode::CONFLICT,
+            ErrorCode::InvalidAnswer => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -268,6 +278,9 @@ impl From<crate::orchestrator::OrchestratorError> for ApiError {
             E::Forbidden(_) => ErrorCode::Forbidden,
             E::Invalid(_) => ErrorCode::InvalidRequest,
             E::UnknownPersona(_) => ErrorCode::UnknownPersona,
+            E::NotWaiting { .. } => ErrorCode::RunNotWaiting,
+            E::InvalidAnswer(_) => ErrorCode::InvalidAnswer,
+            E::RunWaiting(_) => ErrorCode::RunWaiting,
             E::Store(maestro_core::StoreError::Backend(_)) => return Self::internal(ErrorCode::Unavailable, &err),
             E::Store(_) => return Self::internal(ErrorCode::Internal, &err),
         };

@@ -94,6 +94,7 @@ pub struct HttpSettings {
         runs::get_one, runs::cancel, runs::events,
         documents::create, documents::list, documents::get_one, documents::put, documents::versions,
         documents::version, documents::diff, documents::rollback,
+        runs::answer,
     ),
     modifiers(&BearerScheme, &CommonResponses),
     tags(
@@ -249,6 +250,7 @@ fn table() -> Vec<(Route, Option<MethodRouter<AppState>>)> {
         (route(Method::GET, "/v1/documents/{id}/versions/{version}", Bearer, false), Some(get(documents::version))),
         (route(Method::GET, "/v1/documents/{id}/diff", Bearer, false), Some(get(documents::diff))),
         (route(Method::POST, "/v1/documents/{id}/rollback", Bearer, true), Some(post(documents::rollback))),
+        (route(Method::POST, "/v1/runs/{id}/answer", Bearer, true), Some(post(runs::answer))),
         // Stripe calls this without a bearer key; the signature authenticates it.
         (
             route(Method::POST, "/v1/billing/stripe/webhook", StripeSignature, false),

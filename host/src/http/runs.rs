@@ -9,15 +9,16 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use maestro_core::Caller;
-use maestro_core::run::{Run, RunId};
-use serde::Serialize;
+use maestro_core::run::{Asker, Run, RunId};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::events::{EventsQuery, Positions};
-use super::extract::StrictQuery;
+use super::extract::{StrictJson, StrictQuery};
 use super::sessions::{LimitsView, tenant_principal};
+use crate::orchestrator::{AnswerInput, PendingQuestion};
 
 /// Tokens as providers reported them.
 #[derive(Debug, Serialize, ToSchema)]
@@ -68,6 +69,69 @@ pub struct RunLinks {
     pub events: String,
     /// `POST` to cancel it.
     pub cancel: String,
+    /// `POST` the answer to its open question (while it is `waiting_input`).
+    pub answer: String,
+}
+
+/// Who asked a run's open question.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AskerView {
+    /// `persona` (through the `ask_user` tool) or `router` (deciding a turn).
+    pub kind: String,
+    /// The persona (`plugin.persona`), when a persona asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persona: Option<String>,
+    /// The step, when a persona asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<u32>,
+    /// The model's tool call id, when a persona asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    /// The turn being decided, when the router asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn: Option<u32>,
+}
+
+/// The open question of a `waiting_input` run.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PendingQuestionView {
+    /// Who asks.
+    pub asker: AskerView,
+    /// The question.
+    pub question: String,
+    /// Answers to choose from (empty: free text only).
+    pub choices: Vec<String>,
+    /// Whether an answer outside `choices` is accepted.
+    pub free_text: bool,
+    /// When it was asked.
+    pub asked_at: DateTime<Utc>,
+    /// When the wait expires (the run then ends `expired`).
+    pub expires_at: DateTime<Utc>,
+}
+
+impl From<PendingQuestion> for PendingQuestionView {
+    fn from(pending: PendingQuestion) -> Self {
+        let asker = match pending.asker {
+            Asker::Persona { persona, step, call_id } => AskerView {
+                kind: "persona".to_owned(),
+                persona: Some(persona),
+                step: Some(step),
+                call_id: Some(call_id),
+                turn: None,
+            },
+            Asker::Router { turn } => {
+                AskerView { kind: "router".to_owned(), persona: None, step: None, call_id: None, turn: Some(turn) }
+            }
+        };
+        Self {
+            asker,
+            question: pending.question,
+            choices: pending.choices,
+            free_text: pending.free_text,
+            asked_at: pending.asked_at,
+            expires_at: pending.expires_at,
+        }
+    }
 }
 
 /// A run.
@@ -79,7 +143,7 @@ pub struct RunView {
     pub session: String,
     /// The message that started it.
     pub trigger: String,
-    /// queued, running, completed, failed or cancelled.
+    /// queued, running, waiting_input, completed, failed, cancelled or expired.
     pub state: String,
     /// The strategy, fixed when it started.
     pub strategy: String,
@@ -103,6 +167,9 @@ pub struct RunView {
     pub duration_ms: Option<i64>,
     /// Where to read it and its events.
     pub links: RunLinks,
+    /// The question it waits on (only while `waiting_input`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_question: Option<PendingQuestionView>,
 }
 
 impl From<Run> for RunView {
@@ -115,7 +182,9 @@ impl From<Run> for RunView {
                 this: format!("/v1/runs/{id}"),
                 events: format!("/v1/runs/{id}/events"),
                 cancel: format!("/v1/runs/{id}/cancel"),
+                answer: format!("/v1/runs/{id}/answer"),
             },
+            pending_question: None,
             id,
             session: run.session.to_string(),
             trigger: run.trigger.to_string(),
@@ -162,7 +231,55 @@ pub(super) async fn get_one(
 ) -> Result<Json<RunView>, ApiError> {
     let principal = tenant_principal(&state, &caller).await?;
     let run = state.orchestrator.run(&principal, &run_id(&id)?).await?;
-    Ok(Json(run.into()))
+    Ok(Json(view_with_question(&state, run).await?))
+}
+
+/// The run's view with its open question, if it waits on one.
+async fn view_with_question(state: &AppState, run: Run) -> Result<RunView, ApiError> {
+    let pending = state.orchestrator.pending_question(&run).await?;
+    let mut view = RunView::from(run);
+    view.pending_question = pending.map(Into::into);
+    Ok(view)
+}
+
+/// The answer to a waiting run's question: `answer` (one of the choices, or free text
+/// when the question accepts it) or `choice` (one of the choices), not both.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerBody {
+    /// The answer's text.
+    #[serde(default)]
+    pub answer: Option<String>,
+    /// One of the question's choices, by its text.
+    #[serde(default)]
+    pub choice: Option<String>,
+}
+
+/// Answers a `waiting_input` run's open question (members and admins) and resumes the
+/// run from its record (no recorded model or tool call is made again): 202 with the run,
+/// now `queued`. 409 `run_not_waiting` when it is not waiting (never asked, already
+/// answered, ended or expired); 422 `invalid_answer` when the answer is not one of the
+/// choices and free text is not accepted.
+#[utoipa::path(post, path = "/v1/runs/{id}/answer", tag = "runs", request_body = AnswerBody, security(("bearer" = [])),
+    params(("id" = String, Path, description = "run id (run_…)")),
+    responses((status = 202, body = RunView, description = "answered; the run is queued to resume"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "`run_not_waiting`"),
+        (status = 422, body = ErrorBody, description = "`invalid_answer`, or neither or both of `answer` and `choice`")))]
+pub(super) async fn answer(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    StrictJson(body): StrictJson<AnswerBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let principal = tenant_principal(&state, &caller).await?;
+    let input = match (body.answer, body.choice) {
+        (Some(text), None) => AnswerInput::Text(text),
+        (None, Some(choice)) => AnswerInput::Choice(choice),
+        _ => return Err(ApiError::new(ErrorCode::InvalidRequest, "give exactly one of `answer` and `choice`")),
+    };
+    let run = state.orchestrator.answer(&principal, &run_id(&id)?, input).await?;
+    Ok((StatusCode::ACCEPTED, Json(RunView::from(run))))
 }
 
 /// Asks a run to stop (members and admins; idempotent): 202 while it is stopping, 200

@@ -32,11 +32,12 @@ pub use runner::{Runner, RunnerError, RunnerPorts, RunnerSettings};
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use maestro_core::run::{
-    Author, Message, MessageId, Run, RunId, RunInputError, RunLimits, RunState, RunTotals, Session, SessionId,
-    Strategy, validate_message,
+    ASK_USER_TOOL, Asker, Author, EventBody, Message, MessageId, NewEvent, Question, Run, RunEvent, RunId,
+    RunInputError, RunLimits, RunState, RunTotals, Session, SessionId, Strategy, ToolResultBody, validate_message,
 };
-use maestro_core::{Clock, NewJob, Role, RunStore, StoreError, UnitOfWork};
+use maestro_core::{Clock, Job, NewJob, Role, RunStore, StoreError, UnitOfWork};
 
 use crate::random::random_bytes;
 use crate::tools::{Principal, Tools};
@@ -47,6 +48,17 @@ pub const RUN_JOB: &str = "run.execute";
 /// Attempts of a run's job: each takeover after a dead worker is one; on the last, a run
 /// that was interrupted before fails with `worker_lost` rather than resuming again.
 pub const RUN_JOB_ATTEMPTS: u32 = 10;
+
+/// The job kind that expires a run's unanswered question at its deadline (payload
+/// `{"run": "run_…", "wait": n}`, key `run:<id>:wait:<n>:expire`).
+pub const EXPIRE_WAIT_JOB: &str = "run.expire_wait";
+
+/// The job that expires wait number `wait` of `run` at `at` (`None` only if the key
+/// could not be valid, which run ids rule out).
+pub(crate) fn expiry_job(run: &RunId, wait: u32, at: DateTime<Utc>) -> Option<NewJob> {
+    let payload = serde_json::json!({ "run": run, "wait": wait });
+    NewJob::new(EXPIRE_WAIT_JOB, &format!("run:{run}:wait:{wait}:expire"), &payload, at).ok()
+}
 
 /// Why a session or run request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +78,47 @@ pub enum OrchestratorError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The run is not waiting for an answer (it never asked, was answered, ended or
+    /// expired).
+    #[error("run {run} is not waiting for an answer (it is {state})")]
+    NotWaiting {
+        /// The run.
+        run: RunId,
+        /// Its state.
+        state: &'static str,
+    },
+    /// The answer is not one of the question's choices and free text is not accepted.
+    #[error(transparent)]
+    InvalidAnswer(RunInputError),
+    /// A run of the session waits for an answer: answer it (or cancel it) first.
+    #[error("run {0} of this session waits for an answer: answer it at /v1/runs/{0}/answer, or cancel it")]
+    RunWaiting(RunId),
+}
+
+/// The open question of a waiting run, as clients show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingQuestion {
+    /// Who asks.
+    pub asker: Asker,
+    /// The question.
+    pub question: String,
+    /// The answers to choose from.
+    pub choices: Vec<String>,
+    /// Whether an answer outside the choices is accepted.
+    pub free_text: bool,
+    /// When it was asked.
+    pub asked_at: DateTime<Utc>,
+    /// When the wait expires.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// An answer to a waiting run's question.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnswerInput {
+    /// Text: one of the choices, or free text when the question accepts it.
+    Text(String),
+    /// One of the choices, by its text (never free text).
+    Choice(String),
 }
 
 /// What `POST /v1/sessions` asks for.
@@ -182,6 +235,12 @@ impl Orchestrator {
         require(principal, Role::Member)?;
         validate_message(&content)?;
         let session = self.session(principal, id).await?;
+        // A question waits: the message would race its answer (answer or cancel first).
+        // Runs are refused while one waits, so a waiting run is among the newest.
+        let recent = self.runs.runs(&principal.tenant_id, &session.id, 32).await?;
+        if let Some(waiting) = recent.iter().find(|r| r.state == RunState::WaitingInput) {
+            return Err(OrchestratorError::RunWaiting(waiting.id.clone()));
+        }
         let now = self.clock.now();
         let run_id = RunId::from_random(random_bytes());
         let message = Message {
@@ -241,7 +300,199 @@ impl Orchestrator {
             .await?
             .ok_or_else(|| OrchestratorError::NotFound(format!("run {id}")))?;
         self.hub.cancel(&run.id);
+        if run.state == RunState::WaitingInput {
+            // No worker holds a waiting run: it ends here.
+            let totals = run.totals;
+            if let Some(ended) = self.end_wait(&run, RunState::Cancelled, EventBody::RunCancelled { totals }).await? {
+                return Ok(ended);
+            }
+            return self.run(principal, id).await;
+        }
         Ok(run)
+    }
+
+    /// The open question of a waiting run (`None` when it waits for nothing).
+    pub async fn pending_question(&self, run: &Run) -> Result<Option<PendingQuestion>, OrchestratorError> {
+        if run.state != RunState::WaitingInput {
+            return Ok(None);
+        }
+        let events = self.all_events(&run.id).await?;
+        Ok(record::pending(&events).map(|p| PendingQuestion {
+            asker: p.asker,
+            question: p.question.question,
+            choices: p.question.choices,
+            free_text: p.question.free_text,
+            asked_at: p.asked_at,
+            expires_at: p.expires_at,
+        }))
+    }
+
+    /// Answers a waiting run's question (members and admins of the run's tenant) and
+    /// resumes it: in ONE unit of work, `clarification.answered`, the answer as the
+    /// `ask_user` call's `tool.result` (a router's question: the answer is given to its
+    /// next decision), the run `queued`, and a `run.execute` job keyed by this wait. The
+    /// run then resumes from its record: nothing recorded is asked or run again.
+    /// Refused: a run not waiting (or whose question expired), an answer that is not one
+    /// of the choices when free text is not accepted.
+    pub async fn answer(
+        &self,
+        principal: &Principal,
+        id: &RunId,
+        input: AnswerInput,
+    ) -> Result<Run, OrchestratorError> {
+        require(principal, Role::Member)?;
+        let run = self.run(principal, id).await?;
+        let not_waiting = |run: &Run| OrchestratorError::NotWaiting { run: run.id.clone(), state: run.state.as_str() };
+        if run.state != RunState::WaitingInput {
+            return Err(not_waiting(&run));
+        }
+        let events = self.all_events(&run.id).await?;
+        let Some(pending) = record::pending(&events) else {
+            return Err(StoreError::Corrupt(format!("run {id} waits without a question")).into());
+        };
+        let now = self.clock.now();
+        if now >= pending.expires_at {
+            let totals = run.totals;
+            let ended = self.end_wait(&run, RunState::Expired, EventBody::RunExpired { totals }).await?;
+            return Err(not_waiting(&ended.unwrap_or(Run { state: RunState::Expired, ..run })));
+        }
+        let (text, choice) = match input {
+            AnswerInput::Text(text) => pending.question.accept(&text),
+            AnswerInput::Choice(choice) => {
+                let only_choices = Question { free_text: false, ..pending.question.clone() };
+                only_choices.accept(&choice)
+            }
+        }
+        .map_err(OrchestratorError::InvalidAnswer)?;
+        let mut events = vec![EventBody::ClarificationAnswered {
+            answer: text.clone(),
+            choice,
+            key_id: principal.key_id.clone(),
+            at: now,
+        }];
+        let mut next = Run { state: RunState::Queued, ..run.clone() };
+        if let Asker::Persona { step, call_id, .. } = &pending.asker {
+            let waited = (now - pending.asked_at).num_milliseconds();
+            events.push(EventBody::ToolResult(ToolResultBody {
+                step: *step,
+                call_id: call_id.clone(),
+                tool: ASK_USER_TOOL.to_owned(),
+                ok: true,
+                content: text,
+                error: None,
+                credits: 0,
+                duration_ms: u64::try_from(waited).unwrap_or(0),
+            }));
+            next.totals.tool_calls += 1;
+        }
+        let key = format!("run:{id}:wait:{}:resume", pending.wait);
+        let mut job = NewJob::new(RUN_JOB, &key, &serde_json::json!({ "run": id }), now)
+            .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        job.max_attempts = RUN_JOB_ATTEMPTS;
+        let mut tx = self.unit.begin().await?;
+        if !tx.update_run_if(&next, RunState::WaitingInput).await? {
+            // Answered, cancelled or expired meanwhile.
+            tx.rollback().await?;
+            let now_run = self.run(principal, id).await?;
+            return Err(not_waiting(&now_run));
+        }
+        let stored = self.append(&mut *tx, &run, events).await?;
+        tx.enqueue(&job, now).await?;
+        tx.commit().await?;
+        self.hub.publish(&stored);
+        next.last_seq = stored.last().map_or(run.last_seq, |e| e.seq);
+        Ok(next)
+    }
+
+    /// Expires wait number `wait` of a run if it still waits on it (the job scheduled at
+    /// the question's deadline); returns whether it did.
+    pub async fn expire_wait(&self, id: &RunId, wait: u32) -> Result<bool, OrchestratorError> {
+        let Some(run) = self.runs.run(None, id).await? else {
+            return Ok(false);
+        };
+        if run.state != RunState::WaitingInput {
+            return Ok(false);
+        }
+        let events = self.all_events(id).await?;
+        match record::pending(&events) {
+            Some(pending) if pending.wait == wait && self.clock.now() >= pending.expires_at => {
+                let totals = run.totals;
+                Ok(self.end_wait(&run, RunState::Expired, EventBody::RunExpired { totals }).await?.is_some())
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Ends a waiting run with `state` and its terminal `event`, unless it stopped
+    /// waiting meanwhile (`None`).
+    async fn end_wait(&self, run: &Run, state: RunState, event: EventBody) -> Result<Option<Run>, StoreError> {
+        let now = self.clock.now();
+        let mut next = Run { state, finished_at: Some(now), ..run.clone() };
+        let mut tx = self.unit.begin().await?;
+        if !tx.update_run_if(&next, RunState::WaitingInput).await? {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let stored = self.append(&mut *tx, run, vec![event]).await?;
+        tx.commit().await?;
+        self.hub.publish(&stored);
+        next.last_seq = stored.last().map_or(run.last_seq, |e| e.seq);
+        Ok(Some(next))
+    }
+
+    async fn append(
+        &self,
+        tx: &mut dyn maestro_core::Tx,
+        run: &Run,
+        bodies: Vec<EventBody>,
+    ) -> Result<Vec<RunEvent>, StoreError> {
+        let at = self.clock.now();
+        let mut stored = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            stored.push(
+                tx.append_event(&NewEvent { run: run.id.clone(), session: run.session.clone(), at, body }).await?,
+            );
+        }
+        Ok(stored)
+    }
+
+    async fn all_events(&self, id: &RunId) -> Result<Vec<RunEvent>, StoreError> {
+        const PAGE: u32 = 1000;
+        let mut events = Vec::new();
+        loop {
+            let after = events.last().map_or(0, |e: &RunEvent| e.seq);
+            let page = self.runs.run_events(id, after, PAGE).await?;
+            let done = page.len() < PAGE as usize;
+            events.extend(page);
+            if done {
+                return Ok(events);
+            }
+        }
+    }
+}
+
+/// The handler of [`EXPIRE_WAIT_JOB`]: expires a run's question at its deadline when it
+/// is still unanswered (an answered, cancelled or newer wait makes it a no-op).
+#[derive(Debug, Clone)]
+pub struct ExpireWaits(pub Arc<Orchestrator>);
+
+#[async_trait::async_trait]
+impl crate::jobs::JobHandler for ExpireWaits {
+    async fn handle(&self, job: &Job) -> Result<(), crate::jobs::JobError> {
+        #[derive(serde::Deserialize)]
+        struct Payload {
+            run: RunId,
+            wait: u32,
+        }
+        let payload: Payload = serde_json::from_str(&job.payload)
+            .map_err(|e| crate::jobs::JobError::Permanent(format!("invalid wait expiry payload: {e}")))?;
+        match self.0.expire_wait(&payload.run, payload.wait).await {
+            Ok(expired) => {
+                tracing::debug!(run = %payload.run, wait = payload.wait, expired, "wait expiry checked");
+                Ok(())
+            }
+            Err(err) => Err(crate::jobs::JobError::Retry(err.to_string())),
+        }
     }
 }
 

@@ -5,8 +5,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use chrono::{DateTime, Utc};
 use maestro_core::llm::{FinishReason, ToolCallRequest, Usage};
-use maestro_core::run::{EventBody, MessageId, RunEvent, ToolResultBody};
+use maestro_core::run::{Asker, EventBody, MessageId, Question, RunEvent, ToolResultBody};
 
 /// The `step` the router's model calls are recorded under (`call` numbers them across
 /// the run).
@@ -90,6 +91,59 @@ pub(crate) struct Record {
     pub(crate) steps: BTreeMap<u32, StepRecord>,
     /// The terminal event was recorded.
     pub(crate) terminal: bool,
+    /// Questions asked of the user so far (`clarification.requested`).
+    pub(crate) waits: u32,
+    /// The router's questions and their answers, in order.
+    pub(crate) router_asks: Vec<RouterAsk>,
+}
+
+/// A question the router asked the user while deciding a turn.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RouterAsk {
+    /// The turn it was deciding.
+    pub(crate) turn: u32,
+    /// The question.
+    pub(crate) question: String,
+    /// The user's answer, once given.
+    pub(crate) answer: Option<String>,
+}
+
+/// The question a waiting run asks.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Pending {
+    /// Its number among the run's questions, from 1 (part of its jobs' keys).
+    pub(crate) wait: u32,
+    /// Who asks.
+    pub(crate) asker: Asker,
+    /// The question, its choices and whether free text is accepted.
+    pub(crate) question: Question,
+    /// When it was asked.
+    pub(crate) asked_at: DateTime<Utc>,
+    /// When it expires.
+    pub(crate) expires_at: DateTime<Utc>,
+}
+
+/// The run's unanswered question, if its last question is not answered.
+pub(crate) fn pending(events: &[RunEvent]) -> Option<Pending> {
+    let mut wait = 0;
+    let mut open = None;
+    for event in events {
+        match &event.body {
+            EventBody::ClarificationRequested { asker, question, choices, free_text, expires_at } => {
+                wait += 1;
+                open = Some(Pending {
+                    wait,
+                    asker: asker.clone(),
+                    question: Question { question: question.clone(), choices: choices.clone(), free_text: *free_text },
+                    asked_at: event.at,
+                    expires_at: *expires_at,
+                });
+            }
+            EventBody::ClarificationAnswered { .. } => open = None,
+            _ => {}
+        }
+    }
+    open
 }
 
 impl Record {
@@ -144,8 +198,24 @@ impl Record {
             EventBody::StepCompleted { step, message, .. } => {
                 self.steps.entry(*step).or_default().completed = Some(message.clone());
             }
-            EventBody::RunCompleted { .. } | EventBody::RunFailed { .. } | EventBody::RunCancelled { .. } => {
+            EventBody::RunCompleted { .. }
+            | EventBody::RunFailed { .. }
+            | EventBody::RunCancelled { .. }
+            | EventBody::RunExpired { .. } => {
                 self.terminal = true;
+            }
+            EventBody::ClarificationRequested { asker, question, .. } => {
+                self.waits += 1;
+                if let Asker::Router { turn } = asker {
+                    // The asking answer was usable: the turn's tries start again.
+                    self.router_tries = 0;
+                    self.router_asks.push(RouterAsk { turn: *turn, question: question.clone(), answer: None });
+                }
+            }
+            EventBody::ClarificationAnswered { answer, .. } => {
+                if let Some(ask) = self.router_asks.last_mut().filter(|a| a.answer.is_none()) {
+                    ask.answer = Some(answer.clone());
+                }
             }
             EventBody::MessageDelta { .. } | EventBody::DocumentUpdated { .. } => {}
         }

@@ -58,7 +58,7 @@ use maestro_core::plugin::{ModelTier, PersonaSpec};
 use maestro_core::run::{
     Author, EventBody, Message, NewEvent, Run, RunError, RunEvent, RunId, RunLimits, RunState, RunTotals, Session,
 };
-use maestro_core::{Clock, Job, LedgerError, RunStore, StoreError, TenantStore, UnitOfWork};
+use maestro_core::{Clock, Job, LedgerError, NewJob, RunStore, StoreError, TenantStore, UnitOfWork};
 use tokio_util::sync::CancellationToken;
 
 use super::hub::EventHub;
@@ -86,6 +86,9 @@ pub struct RunnerSettings {
     pub hold_grace: Duration,
     /// The largest answer asked of the router, in tokens.
     pub router_max_tokens: u32,
+    /// How long a question to the user waits for its answer before the run expires
+    /// (`[runs] wait_timeout`).
+    pub wait_timeout: Duration,
 }
 
 impl Default for RunnerSettings {
@@ -97,6 +100,7 @@ impl Default for RunnerSettings {
             cancel_poll: Duration::from_secs(1),
             hold_grace: Duration::from_secs(600),
             router_max_tokens: 512,
+            wait_timeout: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -168,6 +172,9 @@ pub(super) enum Stop {
     Cancelled,
     /// The store failed: the job is retried.
     Store(StoreError),
+    /// The run asked the user a question: it is recorded `waiting_input` and this
+    /// execution ends (the answer enqueues the next).
+    Waiting,
 }
 
 impl Stop {
@@ -217,6 +224,8 @@ pub(super) struct Commit {
     pub(super) add: RunTotals,
     /// The run's new state (and error), with `started_at`/`finished_at` set accordingly.
     pub(super) state: Option<(RunState, Option<RunError>)>,
+    /// Jobs enqueued in the same unit (a wait's expiry).
+    pub(super) jobs: Vec<NewJob>,
 }
 
 impl Commit {
@@ -329,7 +338,9 @@ impl Runner {
         let Some(mut run) = this.runs.run(None, id).await? else {
             return Err(RunnerError::NotFound(id.to_string()));
         };
-        if run.state.is_final() {
+        if run.state.is_final() || run.state == RunState::WaitingInput {
+            // A waiting run resumes on its answer's own job (a stale job of the run, e.g.
+            // the one that asked, retried after its worker died, has nothing to do).
             return Ok(run.state);
         }
         let session = this
@@ -358,22 +369,26 @@ impl Runner {
         let _release = Release(&this.hub, id);
         let now = this.clock.now();
 
-        // Start, or say that the run was interrupted and resumes here.
+        // Start, or say that the run was interrupted and resumes here. A queued run that
+        // started before resumes on the answer to its question: nothing was interrupted.
         let resumed = record.started;
-        let first = if resumed {
-            EventBody::RunInterrupted {
+        let answered = resumed && run.state == RunState::Queued;
+        let first = if answered {
+            None
+        } else if resumed {
+            Some(EventBody::RunInterrupted {
                 step: record.open_step(),
                 reason: "the run's worker stopped before it finished (taken over, or resumed after a failure); \
                          recorded answers and tool results are kept, an unfinished model call restarts"
                     .to_owned(),
-            }
+            })
         } else {
-            EventBody::RunStarted {
+            Some(EventBody::RunStarted {
                 trigger: run.trigger.clone(),
                 strategy: run.strategy,
                 personas: session.personas.clone(),
                 limits: run.limits,
-            }
+            })
         };
         if !run.cancel_requested {
             if !resumed {
@@ -381,8 +396,11 @@ impl Runner {
             }
             run.state = RunState::Running;
         }
-        record.apply(&first);
-        let started_at = run.started_at.unwrap_or(now);
+        if let Some(first) = &first {
+            record.apply(first);
+        }
+        // Time spent waiting for the user's answers does not count against the deadline.
+        let started_at = run.started_at.unwrap_or(now) + waited(&events);
         let deadline_secs = i64::try_from(run.limits.deadline_secs).unwrap_or(i64::MAX);
         let personas = this
             .tools
@@ -409,7 +427,7 @@ impl Runner {
             holds: Mutex::default(),
             session,
         };
-        if resumed {
+        if resumed && !answered {
             // Whatever ends this execution, the holds the interrupted one left open go
             // back now, not when they expire.
             this.void_interrupted_calls(&ctx).await;
@@ -421,7 +439,8 @@ impl Runner {
             let message = "the run's worker stopped before it finished on every attempt; it is not resumed again";
             return this.finish(&ctx, Err(Stop::fail("worker_lost", message))).await;
         }
-        let state_write = Commit { events: vec![first], state: Some((RunState::Running, None)), ..Commit::default() };
+        let state_write =
+            Commit { events: first.into_iter().collect(), state: Some((RunState::Running, None)), ..Commit::default() };
         if let Err(stop) = this.commit(&ctx, state_write).await {
             return this.finish(&ctx, Err(stop)).await;
         }
@@ -435,6 +454,25 @@ impl Runner {
         };
         this.finish(&ctx, outcome).await
     }
+}
+
+/// How long the run waited for answers: from each `clarification.requested` to its
+/// `clarification.answered`.
+fn waited(events: &[RunEvent]) -> chrono::Duration {
+    let mut asked = None;
+    let mut total = chrono::Duration::zero();
+    for event in events {
+        match &event.body {
+            EventBody::ClarificationRequested { .. } => asked = Some(event.at),
+            EventBody::ClarificationAnswered { .. } => {
+                if let Some(at) = asked.take() {
+                    total += (event.at - at).max(chrono::Duration::zero());
+                }
+            }
+            _ => {}
+        }
+    }
+    total
 }
 
 pub(super) fn deadline_exceeded() -> Stop {
@@ -503,6 +541,10 @@ impl Inner {
     /// final state. A store failure leaves the run for the job's next attempt.
     async fn finish(&self, ctx: &RunCtx, outcome: Result<(), Stop>) -> Result<RunState, RunnerError> {
         self.void_open_holds(ctx).await;
+        if matches!(outcome, Err(Stop::Waiting)) {
+            // Recorded with the question; the answer's job resumes the run.
+            return Ok(RunState::WaitingInput);
+        }
         // The stored totals are authoritative (a unit of work cut by a cancel may or may
         // not have committed).
         if let Some(stored) = self.runs.run(None, &ctx.id).await? {
@@ -518,6 +560,7 @@ impl Inner {
                 (EventBody::RunFailed { error: error.clone(), totals }, RunState::Failed, Some(error))
             }
             Err(Stop::Store(err)) => return Err(RunnerError::Store(err)),
+            Err(Stop::Waiting) => return Ok(RunState::WaitingInput),
         };
         let commit = Commit { events: vec![event], state: Some((state, error)), ..Commit::default() };
         match self.commit(ctx, commit).await {
@@ -645,6 +688,9 @@ impl Inner {
             }
             if changes_run {
                 tx.update_run(&next).await?;
+            }
+            for job in &commit.jobs {
+                tx.enqueue(job, now).await?;
             }
             tx.commit().await?;
             if let Some(last) = stored.last() {

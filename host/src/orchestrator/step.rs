@@ -49,7 +49,10 @@ use maestro_core::llm::{
     model_for_tier, prompt_token_bound,
 };
 use maestro_core::plugin::{Content, PersonaSpec};
-use maestro_core::run::{Author, EventBody, Message, MessageId, RunTotals, Strategy, ToolResultBody};
+use maestro_core::run::{
+    ASK_USER_TOOL, Asker, Author, EventBody, Message, MessageId, Question, RunState, RunTotals, Strategy,
+    ToolResultBody,
+};
 use tokio::sync::watch;
 
 use super::context::{self, Fitted};
@@ -207,6 +210,7 @@ impl Inner {
             .map(|name| (name.clone(), ctx.personas.get(name).map_or_else(String::new, |p| p.role.clone())))
             .collect();
         let history: Vec<ChatMessage> = ctx.history(turn).iter().map(|m| context::chat_message(m, None)).collect();
+        let asked = router_answers(ctx, turn);
         let template = ChatRequest {
             model: model.id.clone(),
             messages: vec![],
@@ -219,7 +223,7 @@ impl Inner {
         let blocks = self.tools.host_context(&ctx.principal, &ctx.session.id).await;
         let system = context::with_blocks(strategy::router_prompt(&roles, turn, ctx.limits.max_steps), &blocks);
         let Fitted { mut request, .. } =
-            context::fit(template, Some(system), history, vec![], model.context_window, max_tokens);
+            context::fit(template, Some(system), history, asked, model.context_window, max_tokens);
         // A try recorded before an interruption counts: its answer was unusable.
         let mut tries = if turn == next_undecided(ctx) { ctx.record.router_tries } else { 0 };
         if tries > 0
@@ -246,6 +250,16 @@ impl Inner {
             let add = model_totals(&answered);
             tries += 1;
             let (decided, event) = match strategy::parse_decision(&text, &team) {
+                Ok(decision) if decision.ask_user.is_some() => {
+                    let question =
+                        Question { question: decision.ask_user.unwrap_or_default(), choices: vec![], free_text: true };
+                    let mut commit = self.wait(ctx, Asker::Router { turn }, question);
+                    commit.events.insert(0, completed);
+                    commit.settle = answered.settle;
+                    commit.add = add;
+                    self.commit(ctx, commit).await?;
+                    return Err(Stop::Waiting);
+                }
                 Ok(decision) => {
                     let personas =
                         if decision.satisfied { vec![] } else { decision.next.clone().into_iter().collect() };
@@ -322,13 +336,17 @@ impl Inner {
         let system = context::with_blocks(system, &self.tools.host_context(&ctx.principal, &ctx.session.id).await);
         let models = self.models.models();
         let model = model_for_tier(&models, spec.model_tier).cloned().ok_or(LlmError::NoProvider)?;
-        let offered = self.offered_tools(ctx, &spec);
+        let mut offered = self.offered_tools(ctx, &spec);
+        if ctx.run.lock().await.strategy != Strategy::Parallel {
+            // Personas of a parallel turn answer concurrently: none may stop the turn.
+            offered.push(ask_user_tool());
+        }
         let history: Vec<ChatMessage> =
             ctx.history(turn).iter().map(|m| context::chat_message(m, Some(persona))).collect();
-        let mut tail = Vec::new();
+        let mut tail = router_answers(ctx, turn);
         if let Some(instruction) = instruction {
             tail.push(ChatMessage::new(ChatRole::User, format!("{ROUTER_PERSONA}: {instruction}")));
-        } else if history.last().is_none_or(|m| m.role == ChatRole::Assistant) {
+        } else if tail.is_empty() && history.last().is_none_or(|m| m.role == ChatRole::Assistant) {
             tail.push(ChatMessage::new(ChatRole::User, format!("{ROUTER_PERSONA}: continue")));
         }
         let template = ChatRequest {
@@ -518,6 +536,27 @@ impl Inner {
                 state.push_result(&request.id, &result.content, true);
                 continue;
             }
+            if request.name == ASK_USER_TOOL {
+                // Asked in one unit with its call; the answer becomes its result.
+                let arguments = serde_json::from_str::<serde_json::Value>(&request.arguments)
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| Question::from_arguments(&v).map_err(|e| e.to_string()));
+                match arguments {
+                    Ok(question) => {
+                        let asker = Asker::Persona { persona: persona.to_owned(), step, call_id: request.id.clone() };
+                        let mut commit = self.wait(ctx, asker, question);
+                        commit.events.insert(0, called);
+                        self.commit(ctx, commit).await?;
+                        return Err(Stop::Waiting);
+                    }
+                    Err(why) => {
+                        let result = refused(step, request, "invalid_arguments", why);
+                        self.commit(ctx, Commit::events(vec![called, EventBody::ToolResult(result.clone())])).await?;
+                        state.push_result(&request.id, &result.content, true);
+                        continue;
+                    }
+                }
+            }
             self.commit(ctx, Commit::events(vec![called])).await?;
             let (result, events) = self.run_tool(ctx, (step, persona), request).await?;
             let credits = i64::try_from(result.credits).unwrap_or(i64::MAX);
@@ -536,6 +575,29 @@ impl Inner {
             state.push_result(&request.id, &content, is_error);
         }
         Ok(())
+    }
+
+    /// What asking the user writes: `clarification.requested` (expiring after the wait
+    /// timeout), the run's `waiting_input` state, and the job that expires the wait at
+    /// its deadline (keyed by run and wait).
+    fn wait(&self, ctx: &RunCtx, asker: Asker, question: Question) -> Commit {
+        let expires_at =
+            self.clock.now() + chrono::Duration::from_std(self.settings.wait_timeout).unwrap_or(chrono::Duration::MAX);
+        let wait = ctx.record.waits + 1;
+        let job = super::expiry_job(&ctx.id, wait, expires_at);
+        let event = EventBody::ClarificationRequested {
+            asker,
+            question: question.question,
+            choices: question.choices,
+            free_text: question.free_text,
+            expires_at,
+        };
+        Commit {
+            events: vec![event],
+            state: Some((RunState::WaitingInput, None)),
+            jobs: job.into_iter().collect(),
+            ..Commit::default()
+        }
     }
 
     /// Runs one offered tool through the pipeline; returns its result and the events a
@@ -843,6 +905,32 @@ async fn try_join_all(mut futures: Vec<StepFuture<'_>>) -> Result<(), Stop> {
         if done.iter().all(|d| *d) { Poll::Ready(Ok(())) } else { Poll::Pending }
     })
     .await
+}
+
+/// The built-in `ask_user` tool as offered to models.
+fn ask_user_tool() -> ToolDefinition {
+    ToolDefinition {
+        name: ASK_USER_TOOL.to_owned(),
+        description: "Ask the user a question and wait for the answer (use it when you cannot go on without \
+                      their decision or information). Offer `choices` when the answer is one of a few."
+            .to_owned(),
+        parameters: Question::schema(),
+    }
+}
+
+/// The router's questions to the user up to `turn`, with their answers, as messages.
+fn router_answers(ctx: &RunCtx, turn: u32) -> Vec<ChatMessage> {
+    let mut messages = Vec::new();
+    for ask in ctx.record.router_asks.iter().filter(|a| a.turn <= turn) {
+        if let Some(answer) = &ask.answer {
+            messages.push(ChatMessage::new(
+                ChatRole::Assistant,
+                format!("{ROUTER_PERSONA} asked the user: {}", ask.question),
+            ));
+            messages.push(ChatMessage::new(ChatRole::User, format!("the user answered: {answer}")));
+        }
+    }
+    messages
 }
 
 /// The first turn without a recorded decision.

@@ -21,6 +21,10 @@ pub(crate) struct Decision {
     /// Why.
     #[serde(default)]
     pub(crate) reason: Option<String>,
+    /// A question for the user, when the turn cannot be decided without their answer
+    /// (the run waits for it; `""` and null mean none).
+    #[serde(default)]
+    pub(crate) ask_user: Option<String>,
 }
 
 /// The JSON Schema the router's answer must fit, in the subset every structured-output
@@ -38,9 +42,13 @@ pub(crate) fn decision_schema(team: &[String]) -> ResponseSchema {
                 "satisfied": { "type": "boolean", "description": "whether the user's request is fully answered" },
                 "next": { "type": "string", "enum": names, "description": "who speaks next (empty when satisfied)" },
                 "instruction": { "type": "string", "description": "what they should do next (empty when satisfied)" },
-                "reason": { "type": "string", "description": "why, in one sentence" }
+                "reason": { "type": "string", "description": "why, in one sentence" },
+                "ask_user": {
+                    "type": "string",
+                    "description": "a question for the user when you cannot decide without their answer (else empty)"
+                }
             },
-            "required": ["satisfied", "next", "instruction", "reason"],
+            "required": ["satisfied", "next", "instruction", "reason", "ask_user"],
             "additionalProperties": false
         }),
     }
@@ -61,7 +69,9 @@ pub(crate) fn router_prompt(team: &[(String, String)], turn: u32, max_steps: u32
         "\nThis is turn {turn}; at most {max_steps} turns are allowed in all, so finish when the work is \
          done. Answer with one JSON object and nothing else: {{\"satisfied\": true|false, \"next\": \
          \"<one of the team's names>\", \"instruction\": \"<what they should do>\", \"reason\": \
-         \"<why>\"}}. When satisfied is true, next and instruction are empty strings."
+         \"<why>\", \"ask_user\": \"\"}}. When satisfied is true, next and instruction are empty strings. \
+         Only when you cannot decide without the user's answer, put your question for the user in ask_user \
+         (the team waits for the answer) and leave next empty; otherwise ask_user is an empty string."
     ));
     prompt
 }
@@ -79,7 +89,12 @@ pub(crate) fn parse_decision(text: &str, team: &[String]) -> Result<Decision, St
     // `""` and null both mean none.
     decision.next = decision.next.filter(|n| !n.trim().is_empty());
     decision.instruction = decision.instruction.filter(|i| !i.trim().is_empty());
+    decision.ask_user = decision.ask_user.map(|q| q.trim().to_owned()).filter(|q| !q.is_empty());
     if decision.satisfied {
+        decision.ask_user = None;
+        return Ok(decision);
+    }
+    if decision.ask_user.is_some() {
         return Ok(decision);
     }
     match decision.next.as_deref() {
@@ -121,6 +136,14 @@ mod tests {
         assert_eq!(done.map(|d| (d.next, d.instruction)), Ok((None, None)), "empty strings mean none");
         assert!(parse_decision("I think t.b should go", &team()).is_err());
         assert!(parse_decision(r#"{"satisfied":"no"}"#, &team()).is_err());
+        let ask = parse_decision(
+            r#"{"satisfied":false,"next":"","instruction":"","reason":"r","ask_user":" Which? "}"#,
+            &team(),
+        );
+        assert_eq!(ask.map(|d| d.ask_user), Ok(Some("Which?".into())), "a question needs no next");
+        let none =
+            parse_decision(r#"{"satisfied":false,"next":"t.a","instruction":"","reason":"r","ask_user":""}"#, &team());
+        assert_eq!(none.map(|d| d.ask_user), Ok(None));
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub(super) const INSERT_RUN: &str = "INSERT INTO runs (id, session_id, tenant_id
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, $14, $15)";
 pub(super) const UPDATE_RUN: &str =
     "UPDATE runs SET state = $2, totals = $3, error = $4, started_at = $5, finished_at = $6 WHERE id = $1";
+/// [`UPDATE_RUN`] only while the run is in state $7.
+pub(super) const UPDATE_RUN_IF: &str = "UPDATE runs SET state = $2, totals = $3, error = $4, started_at = $5, \
+     finished_at = $6 WHERE id = $1 AND state = $7";
 pub(super) const INSERT_EVENT: &str = "INSERT INTO run_events (run_id, seq, session_id, session_seq, type, \
      version, payload, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 /// A session ($1) of a tenant ($2).
@@ -127,7 +130,7 @@ pub(super) const SESSION_HEAD: &str = "SELECT last_event_seq FROM sessions WHERE
 /// Flags a run ($1) of a tenant ($2) with $3 (true) unless it is over.
 pub(super) const REQUEST_CANCEL: &str = concat!(
     "UPDATE runs SET cancel_requested = $3 WHERE id = $1 AND tenant_id = $2 ",
-    "AND state NOT IN ('completed', 'failed', 'cancelled') RETURNING ",
+    "AND state NOT IN ('completed', 'failed', 'cancelled', 'expired') RETURNING ",
     run_columns!()
 );
 
@@ -419,6 +422,27 @@ macro_rules! impl_run_queries {
                     return Err(maestro_core::StoreError::NotFound(format!("run {}", run.id)));
                 }
                 Ok(())
+            }
+
+            /// Writes a run's state, totals, error and timestamps if it is in state
+            /// `expected`; returns whether it did.
+            pub(super) async fn run_update_if(
+                conn: &mut <<$store as super::Backend>::Db as sqlx::Database>::Connection,
+                run: &maestro_core::run::Run,
+                expected: maestro_core::run::RunState,
+            ) -> Result<bool, maestro_core::StoreError> {
+                let updated = sqlx::query(super::runs::UPDATE_RUN_IF)
+                    .bind(run.id.as_str())
+                    .bind(run.state.as_str())
+                    .bind(super::runs::to_json(&run.totals)?)
+                    .bind(run.error.as_ref().map(super::runs::to_json).transpose()?)
+                    .bind(run.started_at.map(super::runs::ms))
+                    .bind(run.finished_at.map(super::runs::ms))
+                    .bind(expected.as_str())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(super::backend_err)?;
+                Ok(updated.rows_affected() == 1)
             }
 
             /// Appends an event: the run's row first (next `seq`), then the session's

@@ -92,6 +92,14 @@ macro_rules! impl_unit_of_work {
             async fn rollback(self: Box<Self>) -> Result<(), maestro_core::StoreError> {
                 self.tx.rollback().await.map_err(super::backend_err)
             }
+
+            async fn update_run_if(
+                &mut self,
+                run: &maestro_core::run::Run,
+                expected: maestro_core::run::RunState,
+            ) -> Result<bool, maestro_core::StoreError> {
+                <$store>::run_update_if(&mut *self.tx, run, expected).await
+            }
         }
     };
 }

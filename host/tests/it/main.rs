@@ -6,6 +6,7 @@
 
 mod agents;
 mod architecture;
+mod asking;
 mod billing;
 mod config_files;
 mod documents;

@@ -27,7 +27,7 @@ use maestro_host::tools::{Principal, Tools};
 
 use crate::harness::{Backend, TestDb, backend_tests, tools_with};
 
-const POLICY: &str = r#"
+pub(crate) const POLICY: &str = r#"
 version = 1
 
 [[grant]]
@@ -36,13 +36,13 @@ subjects = ["tenant:acme"]
 tools = ["personas.*", "calc.*"]
 "#;
 
-const PM: &str = "personas.product_manager";
-const ARCHITECT: &str = "personas.architect";
-const CRITIC: &str = "personas.critic";
-const WRITER: &str = "personas.writer";
+pub(crate) const PM: &str = "personas.product_manager";
+pub(crate) const ARCHITECT: &str = "personas.architect";
+pub(crate) const CRITIC: &str = "personas.critic";
+pub(crate) const WRITER: &str = "personas.writer";
 
 /// Which persona (or the router) a request is for, from its system prompt.
-fn speaker(request: &ChatRequest) -> &'static str {
+pub(crate) fn speaker(request: &ChatRequest) -> &'static str {
     if request.response_schema.is_some() {
         return "router";
     }
@@ -60,13 +60,13 @@ fn speaker(request: &ChatRequest) -> &'static str {
     "unknown"
 }
 
-fn usage(input: u64, output: u64) -> Usage {
+pub(crate) fn usage(input: u64, output: u64) -> Usage {
     Usage { input_tokens: input, output_tokens: output, ..Usage::default() }
 }
 
 /// One scripted answer.
 #[derive(Debug, Clone)]
-enum Reply {
+pub(crate) enum Reply {
     /// Text in pieces, then the answer.
     Text { pieces: Vec<String>, usage: Usage, delay: Duration },
     /// Tool calls, then the answer.
@@ -79,12 +79,12 @@ enum Reply {
     Unreported { text: String },
 }
 
-fn text(text: &str, usage: Usage) -> Reply {
+pub(crate) fn text(text: &str, usage: Usage) -> Reply {
     let pieces = text.split_inclusive(' ').map(str::to_owned).collect();
     Reply::Text { pieces, usage, delay: Duration::ZERO }
 }
 
-fn decision(next: Option<&str>, satisfied: bool) -> Reply {
+pub(crate) fn decision(next: Option<&str>, satisfied: bool) -> Reply {
     let json = serde_json::json!({
         "satisfied": satisfied,
         "next": next.unwrap_or_default(),
@@ -94,14 +94,14 @@ fn decision(next: Option<&str>, satisfied: bool) -> Reply {
     Reply::Text { pieces: vec![json.to_string()], usage: usage(300, 20), delay: Duration::ZERO }
 }
 
-fn tool_call(id: &str, name: &str, arguments: &str) -> ToolCallRequest {
+pub(crate) fn tool_call(id: &str, name: &str, arguments: &str) -> ToolCallRequest {
     ToolCallRequest { id: id.into(), name: name.into(), arguments: arguments.into() }
 }
 
 type Responder = dyn Fn(&ChatRequest) -> Option<Reply> + Send + Sync;
 
 /// A scripted model provider that counts and records every request.
-struct FakeModels {
+pub(crate) struct FakeModels {
     models: Vec<ModelInfo>,
     queue: Mutex<VecDeque<Reply>>,
     responder: Mutex<Option<Box<Responder>>>,
@@ -138,19 +138,19 @@ impl FakeModels {
     }
 
     /// Answers in this order (after the responder, when it has none).
-    fn push(&self, replies: impl IntoIterator<Item = Reply>) {
+    pub(crate) fn push(&self, replies: impl IntoIterator<Item = Reply>) {
         self.queue.lock().expect("queue").extend(replies);
     }
 
-    fn respond(&self, responder: impl Fn(&ChatRequest) -> Option<Reply> + Send + Sync + 'static) {
+    pub(crate) fn respond(&self, responder: impl Fn(&ChatRequest) -> Option<Reply> + Send + Sync + 'static) {
         *self.responder.lock().expect("responder") = Some(Box::new(responder));
     }
 
-    fn requests(&self) -> Vec<ChatRequest> {
+    pub(crate) fn requests(&self) -> Vec<ChatRequest> {
         self.requests.lock().expect("requests").clone()
     }
 
-    fn calls_to(&self, who: &str) -> usize {
+    pub(crate) fn calls_to(&self, who: &str) -> usize {
         self.requests().iter().filter(|r| speaker(r) == who).count()
     }
 }
@@ -246,7 +246,7 @@ impl ModelProvider for FakeModels {
     }
 }
 
-fn prices() -> Vec<ModelPrice> {
+pub(crate) fn prices() -> Vec<ModelPrice> {
     vec![
         ModelPrice { model: "fast-m".into(), input_per_million: 1_000_000, output_per_million: 2_000_000 },
         ModelPrice { model: "big-m".into(), input_per_million: 2_000_000, output_per_million: 3_000_000 },
@@ -255,20 +255,20 @@ fn prices() -> Vec<ModelPrice> {
 
 /// A store, tenant `acme` with a member key and credits, the plugins under [`POLICY`],
 /// the orchestrator, and the fake models.
-struct Rig {
-    _db: TestDb,
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
-    credits: Arc<Credits>,
-    tools: Arc<Tools>,
-    hub: Arc<EventHub>,
-    orchestrator: Orchestrator,
-    principal: Principal,
-    models: Arc<FakeModels>,
+pub(crate) struct Rig {
+    pub(crate) _db: TestDb,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) credits: Arc<Credits>,
+    pub(crate) tools: Arc<Tools>,
+    pub(crate) hub: Arc<EventHub>,
+    pub(crate) orchestrator: Orchestrator,
+    pub(crate) principal: Principal,
+    pub(crate) models: Arc<FakeModels>,
 }
 
 impl Rig {
-    async fn new(backend: Backend, credits_granted: i64) -> Self {
+    pub(crate) async fn new(backend: Backend, credits_granted: i64) -> Self {
         let db = TestDb::new(backend).await;
         let store = db.open().await;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -296,15 +296,15 @@ impl Rig {
         Self { _db: db, store, clock, credits, tools, hub, orchestrator, principal, models: FakeModels::new() }
     }
 
-    fn settings() -> RunnerSettings {
+    pub(crate) fn settings() -> RunnerSettings {
         RunnerSettings { cancel_poll: Duration::from_millis(100), ..RunnerSettings::default() }
     }
 
-    fn runner(&self) -> Runner {
+    pub(crate) fn runner(&self) -> Runner {
         self.runner_with(self.models.clone())
     }
 
-    fn runner_with(&self, models: Arc<dyn ModelProvider>) -> Runner {
+    pub(crate) fn runner_with(&self, models: Arc<dyn ModelProvider>) -> Runner {
         Runner::new(
             RunnerPorts {
                 runs: self.store.clone(),
@@ -321,7 +321,7 @@ impl Rig {
         )
     }
 
-    async fn session(&self, personas: &[&str], strategy: Strategy, limits: RunLimits) -> Session {
+    pub(crate) async fn session(&self, personas: &[&str], strategy: Strategy, limits: RunLimits) -> Session {
         self.orchestrator
             .create_session(
                 &self.principal,
@@ -336,25 +336,25 @@ impl Rig {
             .expect("session")
     }
 
-    async fn post(&self, session: &Session, content: &str) -> Run {
+    pub(crate) async fn post(&self, session: &Session, content: &str) -> Run {
         self.orchestrator.post_message(&self.principal, &session.id, content.into()).await.expect("posted").run
     }
 
-    async fn run(&self, run: &Run) -> Run {
+    pub(crate) async fn run(&self, run: &Run) -> Run {
         self.store.run(None, &run.id).await.expect("read").expect("run")
     }
 
-    async fn events(&self, run: &Run) -> Vec<RunEvent> {
+    pub(crate) async fn events(&self, run: &Run) -> Vec<RunEvent> {
         self.store.run_events(&run.id, 0, 10_000).await.expect("events")
     }
 
-    async fn messages(&self, session: &Session) -> Vec<Message> {
+    pub(crate) async fn messages(&self, session: &Session) -> Vec<Message> {
         self.store.messages(&self.principal.tenant_id, &session.id, 0, 200).await.expect("messages")
     }
 
     /// Settled credits (what went to revenue) of the tenant's settlements, and whether
     /// each names the run.
-    async fn settled(&self, run: &Run) -> i64 {
+    pub(crate) async fn settled(&self, run: &Run) -> i64 {
         let page = self
             .credits
             .transactions(&self.principal.tenant_id, &TransactionQuery { limit: 500, ..TransactionQuery::default() })
@@ -369,7 +369,7 @@ impl Rig {
     }
 
     /// The ledger is consistent and no hold is open.
-    async fn assert_ledger_clean(&self) {
+    pub(crate) async fn assert_ledger_clean(&self) {
         let audit = self.credits.audit().await.expect("audit");
         assert!(audit.is_clean(), "{audit:?}");
         let balance = self.credits.balance(&self.principal.tenant_id).await.expect("balance");
@@ -377,17 +377,17 @@ impl Rig {
     }
 }
 
-fn kinds(events: &[RunEvent]) -> Vec<&'static str> {
+pub(crate) fn kinds(events: &[RunEvent]) -> Vec<&'static str> {
     events.iter().map(|e| e.body.kind()).filter(|k| *k != "message.delta").collect()
 }
 
-fn assert_dense(events: &[RunEvent]) {
+pub(crate) fn assert_dense(events: &[RunEvent]) {
     for (index, event) in events.iter().enumerate() {
         assert_eq!(event.seq, i64::try_from(index + 1).expect("small"), "seq is dense from 1");
     }
 }
 
-fn step_personas(events: &[RunEvent]) -> Vec<String> {
+pub(crate) fn step_personas(events: &[RunEvent]) -> Vec<String> {
     events
         .iter()
         .filter_map(|e| match &e.body {
@@ -408,7 +408,7 @@ fn delta_text(events: &[RunEvent]) -> HashMap<(u32, u32), String> {
     texts
 }
 
-fn limits() -> RunLimits {
+pub(crate) fn limits() -> RunLimits {
     RunLimits::default()
 }
 
@@ -605,7 +605,7 @@ async fn tools_outside_policy_are_offered_to_nobody_and_refused_if_called(backen
     assert_eq!(rig.runner().execute(&run.id).await.expect("executes"), RunState::Completed);
     let requests = rig.models.requests();
     let offered: Vec<&str> = requests[0].tools.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(offered, ["calc.evaluate"], "the persona's globs AND the tenant's policy");
+    assert_eq!(offered, ["calc.evaluate", "ask_user"], "the persona's globs AND the tenant's policy, and ask_user");
     let events = rig.events(&run).await;
     let results: Vec<(String, bool, Option<String>)> = events
         .iter()
@@ -691,9 +691,10 @@ async fn insufficient_credits_fail_the_run_before_any_model_call(backend: Backen
 async fn a_budget_lowers_max_tokens_and_stops_the_run_before_it_is_spent(backend: Backend) {
     let rig = Rig::new(backend, 1_000_000).await;
     rig.models.push([text("first", usage(1500, 200)), text("second", usage(10, 10))]);
-    // big-m: 2 per prompt token, 3 per answer token. The writer's prompt is ~2k tokens
-    // (bound), so 4,500 credits leave room for fewer than 1,000 answer tokens.
-    let budget = 4_500;
+    // big-m: 2 per prompt token, 3 per answer token. The writer's prompt is ~2.5k tokens
+    // (bound, with the tools offered), so 5,500 credits leave room for fewer than 1,000
+    // answer tokens.
+    let budget = 5_500;
     let session = rig
         .session(&[WRITER, CRITIC], Strategy::Sequence, RunLimits { credits_budget: Some(budget), ..limits() })
         .await;
@@ -1020,7 +1021,7 @@ async fn a_router_run_end_to_end_through_the_openai_client(backend: Backend) {
     assert!(requests[0].body["response_format"].is_object(), "the router asks for structured output");
     assert_eq!(requests[1].body["model"], "upstream-big-m");
     let tools = requests[1].body["tools"].as_array().map(Vec::len);
-    assert_eq!(tools, Some(1), "one tool offered: {}", requests[1].body["tools"]);
+    assert_eq!(tools, Some(2), "calc and ask_user offered: {}", requests[1].body["tools"]);
     let last = requests[2].body["messages"].as_array().and_then(|m| m.last()).cloned().unwrap_or_default();
     assert_eq!(last["role"], "tool", "the tool's result goes back to the model");
 }
