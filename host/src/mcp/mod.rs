@@ -196,8 +196,9 @@ impl Handler {
         tracing::debug!(tenant = %principal.tenant, tool = %qualified, arguments = %redact::redacted(&arguments), "mcp tools/call arguments");
         let progress_token = context.meta.get_progress_token();
         let plugin = qualified.split_once('.').map_or("", |(plugin, _)| plugin).to_owned();
-        let (observe, events) =
+        let (mut observe, events) =
             Events::start(context.peer.clone(), progress_token, self.log_threshold(&context), plugin);
+        observe.ask = Elicit::offered(&context);
         let cancel = observe.cancel.clone();
         let call = self.mcp.tools.call(&principal, &qualified, arguments, observe);
         tokio::pin!(call);
@@ -507,6 +508,55 @@ async fn forward(shared: Arc<Shared>, peer: Peer<RoleServer>, progress_token: Op
             // The client went away; the call's own cancellation handles the rest (the
             // sinks keep filling the bounded queue until the call ends).
             return;
+        }
+    }
+}
+
+/// Asks the person at the client that made a call, through `elicitation/create` on its
+/// session: offered only to 2025-11-25 sessions whose client declared form elicitation
+/// (the stateless revision has no server-to-client requests; callers then return the
+/// question instead).
+struct Elicit(Peer<RoleServer>);
+
+impl Elicit {
+    fn offered(context: &RequestContext<RoleServer>) -> Option<Arc<dyn maestro_core::call::AskUser>> {
+        let stateless =
+            context.protocol_version().is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
+        let form = context.peer.supported_elicitation_modes().contains(&rmcp::service::ElicitationMode::Form);
+        (!stateless && form).then(|| Arc::new(Self(context.peer.clone())) as Arc<dyn maestro_core::call::AskUser>)
+    }
+}
+
+#[async_trait::async_trait]
+impl maestro_core::call::AskUser for Elicit {
+    async fn ask(&self, question: &maestro_core::call::UserQuestion) -> Result<String, maestro_core::call::AskError> {
+        use maestro_core::call::AskError;
+        use rmcp::model::{ElicitRequestParams, ElicitationAction, ElicitationSchema, EnumSchema, StringSchema};
+        let builder = ElicitationSchema::builder();
+        let builder = if question.choices.is_empty() || question.free_text {
+            let mut answer = StringSchema::new().description("your answer");
+            if !question.choices.is_empty() {
+                answer = answer.description(format!("your answer; suggested: {}", question.choices.join(" | ")));
+            }
+            builder.required_property("answer", rmcp::model::PrimitiveSchemaDefinition::String(answer))
+        } else {
+            builder.required_enum_schema("answer", EnumSchema::builder(question.choices.clone()).build())
+        };
+        let params = ElicitRequestParams::FormElicitationParams {
+            meta: None,
+            message: question.question.clone(),
+            requested_schema: builder.build_unchecked(),
+        };
+        let result = self.0.create_elicitation(params).await.map_err(|e| AskError::Failed(e.to_string()))?;
+        match result.action {
+            ElicitationAction::Accept => result
+                .content
+                .as_ref()
+                .and_then(|c| c.get("answer"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| AskError::Failed("the accepted answer has no `answer` text".to_owned())),
+            _ => Err(AskError::Declined),
         }
     }
 }
