@@ -11,6 +11,7 @@
 // rmcp marks MCP logging deprecated (SEP-2577) but clients of both revisions use it.
 #![allow(deprecated)]
 
+mod agents;
 mod content;
 mod redact;
 mod resources;
@@ -42,6 +43,7 @@ use crate::config::{McpNames, McpSettings};
 use crate::telemetry::{RequestId, RequestSpan};
 use crate::tools::{CallError, Observe, Principal, Tools, VisiblePersona, VisibleTool};
 
+pub use agents::{Agents, DOCUMENT_TEMPLATE, TRANSCRIPT_TEMPLATE, VERSION_TEMPLATE};
 pub use resources::{PLUGIN_TEMPLATE, POLICY_URI};
 
 /// The log target of the MCP library.
@@ -55,12 +57,19 @@ pub const QUIET_LIBRARY_LOGS: &str = "rmcp::service=error";
 pub struct Mcp {
     tools: Arc<Tools>,
     names: McpNames,
+    agents: Option<Agents>,
 }
 
 impl Mcp {
     /// The MCP use-cases over `tools`.
     pub fn new(tools: Arc<Tools>, names: McpNames) -> Arc<Self> {
-        Arc::new(Self { tools, names })
+        Arc::new(Self { tools, names, agents: None })
+    }
+
+    /// The MCP use-cases over `tools`, with the agent runtime's resources (documents,
+    /// transcripts, document subscriptions).
+    pub fn with_agents(tools: Arc<Tools>, names: McpNames, agents: Agents) -> Arc<Self> {
+        Arc::new(Self { tools, names, agents: Some(agents) })
     }
 
     /// Tools the principal sees, under their MCP names, sorted by name.
@@ -131,6 +140,8 @@ pub struct Handler {
     log_level: Mutex<Option<LoggingLevel>>,
     /// Stops this session's list-change watcher when the handler goes away.
     stop: CancellationToken,
+    /// This session's document subscriptions.
+    subscriptions: agents::Subscriptions,
 }
 
 impl Drop for Handler {
@@ -142,12 +153,24 @@ impl Drop for Handler {
 impl Handler {
     /// A handler whose caller comes with each request (HTTP).
     pub fn per_request(mcp: Arc<Mcp>) -> Self {
-        Self { mcp, fixed: None, log_level: Mutex::new(None), stop: CancellationToken::new() }
+        Self {
+            mcp,
+            fixed: None,
+            log_level: Mutex::new(None),
+            stop: CancellationToken::new(),
+            subscriptions: Default::default(),
+        }
     }
 
     /// A handler for one fixed caller (stdio).
     pub fn for_principal(mcp: Arc<Mcp>, principal: Principal) -> Self {
-        Self { mcp, fixed: Some(principal), log_level: Mutex::new(None), stop: CancellationToken::new() }
+        Self {
+            mcp,
+            fixed: Some(principal),
+            log_level: Mutex::new(None),
+            stop: CancellationToken::new(),
+            subscriptions: Default::default(),
+        }
     }
 
     /// Waits until the plugins have been scanned once (only `maestro mcp` starts
@@ -689,6 +712,7 @@ impl ServerHandler for Handler {
             .enable_prompts_list_changed()
             .enable_resources()
             .enable_resources_list_changed()
+            .enable_resources_subscribe()
             .enable_tools()
             .enable_tool_list_changed()
             .build();
@@ -820,7 +844,11 @@ impl ServerHandler for Handler {
     ) -> Result<ListResourcesResult, ErrorData> {
         self.ready().await;
         let principal = self.principal(&context.extensions)?;
-        Ok(ListResourcesResult::with_all_items(resources::list(&self.mcp.tools, &principal)))
+        let mut listed = resources::list(&self.mcp.tools, &principal);
+        if let Some(agents) = &self.mcp.agents {
+            listed.extend(agents::list(agents, &self.mcp.tools, &principal).await);
+        }
+        Ok(ListResourcesResult::with_all_items(listed))
     }
 
     async fn list_resource_templates(
@@ -829,7 +857,11 @@ impl ServerHandler for Handler {
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
         self.principal(&context.extensions)?;
-        Ok(ListResourceTemplatesResult::with_all_items(resources::templates()))
+        let mut templates = resources::templates();
+        if self.mcp.agents.is_some() {
+            templates.extend(agents::templates());
+        }
+        Ok(ListResourceTemplatesResult::with_all_items(templates))
     }
 
     async fn read_resource(
@@ -839,6 +871,19 @@ impl ServerHandler for Handler {
     ) -> Result<ReadResourceResponse, ErrorData> {
         let span = request_span(&context, "resources/read");
         self.ready().instrument(span.clone()).await;
+        if let Some(agents) = self.mcp.agents.as_ref().filter(|_| agents::owns(&request.uri)) {
+            let started = Instant::now();
+            let principal = self.principal(&context.extensions);
+            let result = match &principal {
+                Ok(principal) => {
+                    agents::read(agents, &self.mcp.tools, principal, &request.uri).instrument(span.clone()).await
+                }
+                Err(err) => Err(err.clone()),
+            };
+            let _entered = span.enter();
+            trace("resources/read", tenant_of(&principal), &truncate(&request.uri, 256), started, &result);
+            return result.map(ReadResourceResponse::from);
+        }
         let _entered = span.enter();
         let started = Instant::now();
         let principal = self.principal(&context.extensions);
@@ -848,6 +893,30 @@ impl ServerHandler for Handler {
             .and_then(|principal| resources::read(&self.mcp, principal, &request.uri));
         trace("resources/read", tenant_of(&principal), &truncate(&request.uri, 256), started, &result);
         result.map(ReadResourceResponse::from)
+    }
+
+    async fn subscribe(
+        &self,
+        request: rmcp::model::SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let principal = self.principal(&context.extensions)?;
+        let Some(agents) = &self.mcp.agents else {
+            return Err(ErrorData::invalid_params("this server has no subscribable resources", None));
+        };
+        self.subscriptions
+            .subscribe(agents, &self.mcp.tools, &principal, &request.uri, context.peer.clone(), self.stop.clone())
+            .await
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: rmcp::model::UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.principal(&context.extensions)?;
+        self.subscriptions.unsubscribe(&request.uri);
+        Ok(())
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {

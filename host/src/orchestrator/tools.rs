@@ -38,7 +38,7 @@ impl OrchestratorSlot {
         let _ = self.0.set(Arc::downgrade(orchestrator));
     }
 
-    fn get(&self) -> Option<Arc<Orchestrator>> {
+    pub(crate) fn get(&self) -> Option<Arc<Orchestrator>> {
         self.0.get().and_then(Weak::upgrade)
     }
 }
@@ -51,8 +51,7 @@ pub fn tools() -> (OrchestratorSlot, Vec<Arc<dyn HostTool>>) {
         .into_iter()
         .map(|op| {
             let spec = spec(op);
-            Arc::new(RunTool { op, name: format!("runs.{}", spec.name), spec, slot: slot.clone() })
-                as Arc<dyn HostTool>
+            Arc::new(RunTool { op, name: format!("runs.{}", spec.name), spec, slot: slot.clone() }) as Arc<dyn HostTool>
         })
         .collect();
     (slot, tools)
@@ -200,7 +199,13 @@ async fn get(orchestrator: &Orchestrator, mut call: HostCall) -> HostResult {
 /// Follows a run from event `after` until it ends (its final answer) or waits for an
 /// answer nobody here can give (the question), reporting each event as progress;
 /// cancelling the call cancels the run.
-async fn follow(orchestrator: &Orchestrator, principal: &Principal, run: &Run, after: i64, observe: &Observe) -> HostResult {
+async fn follow(
+    orchestrator: &Orchestrator,
+    principal: &Principal,
+    run: &Run,
+    after: i64,
+    observe: &Observe,
+) -> HostResult {
     let mut feed = orchestrator.hub().run_feed(&run.id, after);
     let mut reported = 0_u64;
     let mut last: Option<(String, String)> = None;
@@ -234,7 +239,8 @@ async fn follow(orchestrator: &Orchestrator, principal: &Principal, run: &Run, a
         }
         match &event.body {
             EventBody::ClarificationRequested { question, choices, free_text, .. } => {
-                let asked = UserQuestion { question: question.clone(), choices: choices.clone(), free_text: *free_text };
+                let asked =
+                    UserQuestion { question: question.clone(), choices: choices.clone(), free_text: *free_text };
                 match ask(observe, &asked).await {
                     Some(answer) => match orchestrator.answer(principal, &run.id, AnswerInput::Text(answer)).await {
                         Ok(_) => continue,
@@ -308,7 +314,9 @@ fn summary(body: &EventBody) -> Option<String> {
         EventBody::ToolResult(result) => {
             format!("step {}: {} {}", result.step, result.tool, if result.ok { "answered" } else { "failed" })
         }
-        EventBody::MessageCompleted { step, persona, message: Some(_), .. } => format!("step {step}: {persona} answered"),
+        EventBody::MessageCompleted { step, persona, message: Some(_), .. } => {
+            format!("step {step}: {persona} answered")
+        }
         EventBody::StepCompleted { step, persona, .. } => format!("step {step}: {persona} done"),
         EventBody::DocumentUpdated { document, version, title, persona, .. } => {
             format!("document \"{title}\" ({document}) version {version} by {persona}")
