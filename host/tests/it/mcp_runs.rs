@@ -4,7 +4,9 @@
 //! document the run wrote reads as a resource (and the session's transcript); a
 //! subscribed session hears `notifications/resources/updated` after an edit;
 //! cancelling the request cancels the run; a question is elicited from a client that
-//! declared elicitation and returned to one that did not (answered with `runs.answer`).
+//! declared elicitation and returned to one that did not (answered with `runs.answer`);
+//! a stdio client (`maestro mcp`, Claude Desktop style) beside the server starts a run
+//! (executed by the server's workers on the shared store) and reads its document.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,7 @@ backend_tests!(
     a_subscribed_session_hears_resources_updated_after_an_edit,
     cancelling_runs_start_cancels_the_run,
     a_question_is_elicited_from_a_client_that_declares_it_and_returned_to_one_that_does_not,
+    a_stdio_client_starts_a_run_and_reads_its_document,
 );
 
 const SESSIONS: &str = "2025-11-25";
@@ -58,7 +61,7 @@ fn serve_command(db: &TestDb, backend: Backend, fake: &FakeLlm) -> std::process:
 }
 
 struct Setup {
-    _db: TestDb,
+    db: TestDb,
     fake: FakeLlm,
     server: Server,
     member: String,
@@ -76,7 +79,7 @@ async fn setup(backend: Backend) -> Setup {
         .call(reqwest::Method::POST, "/v1/keys", &platform, Some(json!({ "tenant": "acme", "role": "member" })))
         .await;
     let member = key["token"].as_str().expect("token").to_owned();
-    Setup { _db: db, fake, server, member }
+    Setup { db, fake, server, member }
 }
 
 /// A small MCP client over Streamable HTTP that reads answers as they stream (it can
@@ -496,5 +499,77 @@ async fn a_question_is_elicited_from_a_client_that_declares_it_and_returned_to_o
     assert_eq!(done["content"][0]["text"], "US it is.", "{done}");
     assert_eq!(done["structuredContent"]["run"], json!(run));
     assert!(progress(&answered).iter().any(|(_, m)| m == "run completed"));
+    setup.server.stop().await;
+}
+
+async fn a_stdio_client_starts_a_run_and_reads_its_document(backend: Backend) {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::process::Stdio;
+
+    let setup = setup(backend).await;
+    setup.fake.push(Script::openai_tool_calls(
+        &[("c1", "documents_create", r##"{"title":"Stdio plan","content":"# Stdio plan\n"}"##)],
+        usage(100, 10),
+    ));
+    setup.fake.push(Script::openai_text("Wrote the stdio plan.", usage(100, 10)));
+    let mut child = serve_command(&setup.db, backend, &setup.fake)
+        .args(["mcp", "--key", &setup.member])
+        .env("MAESTRO_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("maestro mcp starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let conversation = tokio::task::spawn_blocking(move || {
+        let mut stdout = BufReader::new(stdout);
+        let mut send = |message: Value| writeln!(stdin, "{message}").expect("write");
+        let mut receive = |id: u64| {
+            let mut seen = Vec::new();
+            loop {
+                let mut line = String::new();
+                assert!(stdout.read_line(&mut line).expect("read") > 0, "maestro mcp ended: {seen:?}");
+                let message: Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON-RPC ({e}): {line:?}"));
+                let done = message["id"] == json!(id);
+                seen.push(message);
+                if done {
+                    return seen;
+                }
+            }
+        };
+        send(json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": SESSIONS, "capabilities": {}, "clientInfo": { "name": "desktop", "version": "1" } } }));
+        receive(1);
+        send(json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }));
+        send(json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "runs.start", "_meta": { "progressToken": 2 },
+            "arguments": { "personas": ["personas.writer"], "strategy": "sequence", "message": "Plan it." } } }));
+        let started = receive(2);
+        send(json!({ "jsonrpc": "2.0", "id": 3, "method": "resources/list", "params": {} }));
+        let listed = receive(3);
+        let uri = listed.last().expect("list")["result"]["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .filter_map(|r| r["uri"].as_str())
+            .find(|u| u.starts_with("maestro://documents/"))
+            .expect("the run's document is listed")
+            .to_owned();
+        send(json!({ "jsonrpc": "2.0", "id": 4, "method": "resources/read", "params": { "uri": uri } }));
+        let read = receive(4);
+        drop(send);
+        (started, read)
+    });
+    let (started, read) =
+        tokio::time::timeout(Duration::from_secs(60), conversation).await.expect("in time").expect("conversation");
+    let status = child.wait().expect("exits when stdin closes");
+    assert!(status.success(), "{status}");
+    let done = result(&started);
+    assert_eq!(done["content"][0]["text"], "Wrote the stdio plan.", "{done}");
+    let lines: Vec<String> = progress(&started).into_iter().map(|(_, m)| m).collect();
+    assert!(lines.iter().any(|l| l.starts_with("document \"Stdio plan\"")), "{lines:?}");
+    assert_eq!(result(&read)["contents"][0]["text"], "# Stdio plan\n");
     setup.server.stop().await;
 }
