@@ -559,7 +559,6 @@ async fn a_stdio_client_starts_a_run_and_reads_its_document(backend: Backend) {
             .to_owned();
         send(json!({ "jsonrpc": "2.0", "id": 4, "method": "resources/read", "params": { "uri": uri } }));
         let read = receive(4);
-        drop(send);
         (started, read)
     });
     let (started, read) =
