@@ -96,13 +96,27 @@ pub struct RunLimits {
     pub max_tool_calls_per_step: u32,
     /// Most credits one run may spend (`None`: the wallet is the only bound).
     pub credits_budget: Option<i64>,
-    /// Wall-clock time a run may take, in seconds, from when it starts.
+    /// Wall-clock time a run may take, in seconds, from when it starts (time spent
+    /// waiting for the user's answers not counted).
     pub deadline_secs: u64,
+    /// How long a question to the user waits for its answer, in seconds (`None`: the
+    /// server's `[runs] wait_timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_timeout_secs: Option<u64>,
 }
+
+/// The longest a question may wait for its answer, in seconds (a year).
+pub const MAX_WAIT_SECS: u64 = 365 * 24 * 3600;
 
 impl Default for RunLimits {
     fn default() -> Self {
-        Self { max_steps: 8, max_tool_calls_per_step: 8, credits_budget: None, deadline_secs: 600 }
+        Self {
+            max_steps: 8,
+            max_tool_calls_per_step: 8,
+            credits_budget: None,
+            deadline_secs: 600,
+            wait_timeout_secs: None,
+        }
     }
 }
 
@@ -125,7 +139,7 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> RunInputError {
 
 impl RunLimits {
     /// Checks the bounds: 1–100 steps, 0–64 tool calls per step, a positive budget,
-    /// 1 s to 24 h.
+    /// 1 s to 24 h, a wait of 1 s to a year.
     pub fn validate(&self) -> Result<(), RunInputError> {
         if !(1..=100).contains(&self.max_steps) {
             return Err(invalid("limits.max_steps", "must be between 1 and 100"));
@@ -140,6 +154,11 @@ impl RunLimits {
         }
         if !(1..=86_400).contains(&self.deadline_secs) {
             return Err(invalid("limits.deadline_secs", "must be between 1 and 86400"));
+        }
+        if let Some(wait) = self.wait_timeout_secs
+            && !(1..=MAX_WAIT_SECS).contains(&wait)
+        {
+            return Err(invalid("limits.wait_timeout_secs", format!("must be between 1 and {MAX_WAIT_SECS}")));
         }
         Ok(())
     }
@@ -854,6 +873,27 @@ mod tests {
                 error: RunError { code: "x".into(), message: "y".into() },
                 totals: RunTotals::default(),
             },
+            EventBody::ClarificationRequested {
+                asker: Asker::Persona { persona: "p.a".into(), step: 2, call_id: "c9".into() },
+                question: "which?".into(),
+                choices: vec!["a".into(), "b".into()],
+                free_text: false,
+                expires_at: Utc::now(),
+            },
+            EventBody::ClarificationRequested {
+                asker: Asker::Router { turn: 3 },
+                question: "who for?".into(),
+                choices: vec![],
+                free_text: true,
+                expires_at: Utc::now(),
+            },
+            EventBody::ClarificationAnswered {
+                answer: "b".into(),
+                choice: Some(1),
+                key_id: "key_x".into(),
+                at: Utc::now(),
+            },
+            EventBody::RunExpired { totals: RunTotals::default() },
         ];
         for body in bodies {
             let payload = body.payload();
@@ -867,6 +907,30 @@ mod tests {
         assert!(EventBody::decode("run.cancelled", 1, "{} , \"type\": 1").is_err());
         let empty = EventBody::decode("run.interrupted", 1, "{\"reason\":\"r\"}").expect("decodes");
         assert_eq!(empty, EventBody::RunInterrupted { step: None, reason: "r".into() });
+    }
+
+    #[test]
+    fn ask_user_arguments_are_checked_and_answers_fit_the_question() {
+        let q = |v: serde_json::Value| Question::from_arguments(&v);
+        let open = q(serde_json::json!({ "question": " Why? " })).expect("valid");
+        assert_eq!((open.question.as_str(), open.free_text), ("Why?", true), "no choices: free text");
+        assert_eq!(open.accept(" because "), Ok(("because".to_owned(), None)));
+        assert!(open.accept("  ").is_err());
+        let closed = q(serde_json::json!({ "question": "Which?", "choices": ["red", "blue"] })).expect("valid");
+        assert!(!closed.free_text, "choices without free_text: only a choice");
+        assert_eq!(closed.accept("blue"), Ok(("blue".to_owned(), Some(1))));
+        assert!(closed.accept("green").is_err());
+        let both =
+            q(serde_json::json!({ "question": "Which?", "choices": ["red"], "free_text": true })).expect("valid");
+        assert_eq!(both.accept("green"), Ok(("green".to_owned(), None)));
+        assert!(q(serde_json::json!({ "question": "" })).is_err());
+        assert!(q(serde_json::json!({ "choices": ["a"] })).is_err(), "a question is required");
+        assert!(q(serde_json::json!({ "question": "q", "choices": ["a", "a"] })).is_err());
+        assert!(q(serde_json::json!({ "question": "q", "choices": ["a\nb"] })).is_err());
+        assert!(q(serde_json::json!({ "question": "q", "choices": vec!["x"; MAX_CHOICES + 1] })).is_err());
+        assert!(q(serde_json::json!({ "question": "q", "extra": 1 })).is_err(), "unknown arguments are refused");
+        assert!(RunState::Expired.is_final() && !RunState::WaitingInput.is_final());
+        assert_eq!(RunState::parse("waiting_input"), Some(RunState::WaitingInput));
     }
 
     #[test]

@@ -36,8 +36,12 @@ pub struct LimitsBody {
     pub max_tool_calls_per_step: Option<u32>,
     /// Most credits one run may spend (default: the wallet is the only bound).
     pub credits_budget: Option<i64>,
-    /// Wall-clock seconds a run may take, 1 to 86400 (default 600).
+    /// Wall-clock seconds a run may take, 1 to 86400 (default 600); time spent waiting
+    /// for the user's answers is not counted.
     pub deadline_secs: Option<u64>,
+    /// Seconds a run's question to the user waits for its answer before the run expires
+    /// (default: the server's `[runs] wait_timeout`).
+    pub wait_timeout_secs: Option<u64>,
 }
 
 impl From<LimitsBody> for RunLimits {
@@ -48,6 +52,7 @@ impl From<LimitsBody> for RunLimits {
             max_tool_calls_per_step: body.max_tool_calls_per_step.unwrap_or(default.max_tool_calls_per_step),
             credits_budget: body.credits_budget.or(default.credits_budget),
             deadline_secs: body.deadline_secs.unwrap_or(default.deadline_secs),
+            wait_timeout_secs: body.wait_timeout_secs.or(default.wait_timeout_secs),
         }
     }
 }
@@ -84,6 +89,9 @@ pub struct LimitsView {
     pub credits_budget: Option<i64>,
     /// Wall-clock seconds a run may take.
     pub deadline_secs: u64,
+    /// Seconds a question to the user waits (absent: the server's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_timeout_secs: Option<u64>,
 }
 
 impl From<RunLimits> for LimitsView {
@@ -93,6 +101,7 @@ impl From<RunLimits> for LimitsView {
             max_tool_calls_per_step: limits.max_tool_calls_per_step,
             credits_budget: limits.credits_budget,
             deadline_secs: limits.deadline_secs,
+            wait_timeout_secs: limits.wait_timeout_secs,
         }
     }
 }

@@ -386,7 +386,7 @@ impl Orchestrator {
             }));
             next.totals.tool_calls += 1;
         }
-        let key = format!("run:{id}:wait:{}:resume", pending.wait);
+        let key = runner::current_job_key(id, pending.wait);
         let mut job = NewJob::new(RUN_JOB, &key, &serde_json::json!({ "run": id }), now)
             .map_err(|err| StoreError::Corrupt(err.to_string()))?;
         job.max_attempts = RUN_JOB_ATTEMPTS;

@@ -10,6 +10,18 @@
 //! progress, and the run continues from its record. A worker's lease that expires lets
 //! another worker take the job over the same way.
 //!
+//! # Asking the user
+//! A persona's `ask_user` call (or the router's `ask_user` decision) records
+//! `clarification.requested`, the state `waiting_input` and the job that expires the
+//! question in one unit of work, and ends the execution: the job completes, holding no
+//! lease and no credits. The answer ([`super::Orchestrator::answer`]) queues the run with
+//! a job keyed `run:<id>:wait:<n>:resume`; that execution takes the run by
+//! compare-and-set (`queued` → `running`, no `run.interrupted`: nothing was cut) and
+//! continues from its record, the answer being the call's result. Only the run's current
+//! job executes it: an earlier one (the job that asked, retried after its worker died)
+//! finds a newer key expected and does nothing. Time spent waiting is added to the
+//! deadline.
+//!
 //! # Strategies
 //! - `router`: each turn the router model (tier `RunnerSettings::router_tier`, `fast` by
 //!   default) answers a typed decision (`{satisfied, next, instruction, reason}`, asked
@@ -175,6 +187,9 @@ pub(super) enum Stop {
     /// The run asked the user a question: it is recorded `waiting_input` and this
     /// execution ends (the answer enqueues the next).
     Waiting,
+    /// Another execution took the run first (a resume's compare-and-set lost): this
+    /// one leaves it alone.
+    Superseded,
 }
 
 impl Stop {
@@ -226,6 +241,9 @@ pub(super) struct Commit {
     pub(super) state: Option<(RunState, Option<RunError>)>,
     /// Jobs enqueued in the same unit (a wait's expiry).
     pub(super) jobs: Vec<NewJob>,
+    /// Write the run only if it is still in this state (else the unit is rolled back and
+    /// the commit answers [`Stop::Superseded`]).
+    pub(super) expect: Option<RunState>,
 }
 
 impl Commit {
@@ -326,14 +344,19 @@ impl Runner {
     /// Executes (or resumes) a run until it ends; returns its final state. `Err` leaves
     /// the run to be resumed by another attempt.
     pub async fn execute(&self, id: &RunId) -> Result<RunState, RunnerError> {
-        self.execute_attempt(id, false).await
+        self.execute_attempt(id, false, None).await
     }
 
     /// [`Runner::execute`] on the job's last attempt: a run that was already interrupted
     /// is not resumed again but fails with `worker_lost` (its workers keep dying, e.g.
     /// a crash loop), so it ends with a terminal event instead of staying `running`
     /// once its job is dead.
-    async fn execute_attempt(&self, id: &RunId, last_attempt: bool) -> Result<RunState, RunnerError> {
+    async fn execute_attempt(
+        &self,
+        id: &RunId,
+        last_attempt: bool,
+        job_key: Option<&str>,
+    ) -> Result<RunState, RunnerError> {
         let this = &self.inner;
         let Some(mut run) = this.runs.run(None, id).await? else {
             return Err(RunnerError::NotFound(id.to_string()));
@@ -361,6 +384,14 @@ impl Runner {
         };
         let events = this.all_events(id).await?;
         let mut record = Record::replay(&events);
+        if let Some(key) = job_key
+            && key != current_job_key(id, record.waits)
+        {
+            // A job of an earlier part of the run (it ended asking the user; retried
+            // after its worker died): the answer's own job carries the run on.
+            tracing::info!(run = %id, job = key, "a stale job of the run; nothing to do");
+            return Ok(run.state);
+        }
         let messages = this.all_messages(&run, &session).await?;
         let Some(trigger) = messages.iter().find(|m| m.id == run.trigger).cloned() else {
             return Err(RunnerError::Invalid(format!("the message that started run {id} is missing")));
@@ -439,10 +470,23 @@ impl Runner {
             let message = "the run's worker stopped before it finished on every attempt; it is not resumed again";
             return this.finish(&ctx, Err(Stop::fail("worker_lost", message))).await;
         }
-        let state_write =
-            Commit { events: first.into_iter().collect(), state: Some((RunState::Running, None)), ..Commit::default() };
-        if let Err(stop) = this.commit(&ctx, state_write).await {
-            return this.finish(&ctx, Err(stop)).await;
+        // A resume on an answer takes the queued run by compare-and-set: of two
+        // executions (the answer's job, and a stale job of the run retried after its
+        // worker died), one goes on.
+        let expect = answered.then_some(RunState::Queued);
+        let state_write = Commit {
+            events: first.into_iter().collect(),
+            state: Some((RunState::Running, None)),
+            expect,
+            ..Commit::default()
+        };
+        match this.commit(&ctx, state_write).await {
+            Ok(_) => {}
+            Err(Stop::Superseded) => {
+                tracing::info!(run = %id, "another execution resumed the run first");
+                return Ok(RunState::Running);
+            }
+            Err(stop) => return this.finish(&ctx, Err(stop)).await,
         }
 
         let remaining = (ctx.deadline - this.clock.now()).to_std().unwrap_or(Duration::ZERO);
@@ -454,6 +498,12 @@ impl Runner {
         };
         this.finish(&ctx, outcome).await
     }
+}
+
+/// The key of the job that executes the run now: the posted run's, or the resume of its
+/// last answered question's (see [`super::Orchestrator::answer`]).
+pub(super) fn current_job_key(id: &RunId, waits: u32) -> String {
+    if waits == 0 { format!("run:{id}") } else { format!("run:{id}:wait:{waits}:resume") }
 }
 
 /// How long the run waited for answers: from each `clarification.requested` to its
@@ -561,6 +611,7 @@ impl Inner {
             }
             Err(Stop::Store(err)) => return Err(RunnerError::Store(err)),
             Err(Stop::Waiting) => return Ok(RunState::WaitingInput),
+            Err(Stop::Superseded) => return Ok(RunState::Running),
         };
         let commit = Commit { events: vec![event], state: Some((state, error)), ..Commit::default() };
         match self.commit(ctx, commit).await {
@@ -686,7 +737,12 @@ impl Inner {
                     NewEvent { run: ctx.id.clone(), session: ctx.session.id.clone(), at: now, body: body.clone() };
                 stored.push(tx.append_event(&event).await?);
             }
-            if changes_run {
+            if let Some(expected) = commit.expect {
+                if !tx.update_run_if(&next, expected).await? {
+                    tx.rollback().await?;
+                    return Err(Stop::Superseded);
+                }
+            } else if changes_run {
                 tx.update_run(&next).await?;
             }
             for job in &commit.jobs {
@@ -735,7 +791,7 @@ impl JobHandler for Runner {
         }
         let payload: Payload = serde_json::from_str(&job.payload)
             .map_err(|e| JobError::Permanent(format!("invalid run job payload: {e}")))?;
-        match self.execute_attempt(&payload.run, job.attempts >= job.max_attempts).await {
+        match self.execute_attempt(&payload.run, job.attempts >= job.max_attempts, Some(&job.key)).await {
             Ok(state) => {
                 tracing::debug!(run = %payload.run, state = state.as_str(), "run ended");
                 Ok(())

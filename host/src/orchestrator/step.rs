@@ -577,12 +577,13 @@ impl Inner {
         Ok(())
     }
 
-    /// What asking the user writes: `clarification.requested` (expiring after the wait
-    /// timeout), the run's `waiting_input` state, and the job that expires the wait at
-    /// its deadline (keyed by run and wait).
+    /// What asking the user writes: `clarification.requested` (expiring after the
+    /// session's `wait_timeout_secs`, else the server's wait timeout), the run's
+    /// `waiting_input` state, and the job that expires the wait at its deadline (keyed by
+    /// run and wait).
     fn wait(&self, ctx: &RunCtx, asker: Asker, question: Question) -> Commit {
-        let expires_at =
-            self.clock.now() + chrono::Duration::from_std(self.settings.wait_timeout).unwrap_or(chrono::Duration::MAX);
+        let timeout = ctx.limits.wait_timeout_secs.map_or(self.settings.wait_timeout, std::time::Duration::from_secs);
+        let expires_at = self.clock.now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
         let wait = ctx.record.waits + 1;
         let job = super::expiry_job(&ctx.id, wait, expires_at);
         let event = EventBody::ClarificationRequested {

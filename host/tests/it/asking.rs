@@ -110,10 +110,18 @@ async fn a_persona_asks_and_resumes_on_the_answer_without_repeating_a_call(backe
     assert_eq!(answered.state, RunState::Queued);
     let twice = rig.orchestrator.answer(&rig.principal, &run.id, AnswerInput::Text("red".into())).await;
     assert!(matches!(twice, Err(OrchestratorError::NotWaiting { .. })), "{twice:?}");
-    assert_eq!(job(&rig, &format!("run:{}:wait:1:resume", run.id)).await.kind, RUN_JOB);
+    let resume = job(&rig, &format!("run:{}:wait:1:resume", run.id)).await;
+    assert_eq!(resume.kind, RUN_JOB);
 
+    // The run's first job, retried (its worker died after the question), has nothing to
+    // do: the answer's job resumes the run.
+    let runner = rig.runner();
+    let stale = job(&rig, &format!("run:{}", run.id)).await;
+    runner.handle(&stale).await.expect("a stale job is a no-op");
+    assert_eq!((rig.models.requests().len(), rig.run(&run).await.state), (1, RunState::Queued));
     rig.models.push([text("blue it is, 42 litres", usage(1000, 10))]);
-    assert_eq!(rig.runner().execute(&run.id).await.expect("resumes"), RunState::Completed);
+    runner.handle(&resume).await.expect("resumes");
+    assert_eq!(rig.run(&run).await.state, RunState::Completed);
     let requests = rig.models.requests();
     assert_eq!(requests.len(), 2, "the recorded model call is not made again");
     let answers = tool_answers(&requests[1]);
@@ -146,10 +154,16 @@ async fn a_persona_asks_and_resumes_on_the_answer_without_repeating_a_call(backe
 async fn the_router_asks_and_its_next_decision_sees_the_answer(backend: Backend) {
     let rig = Rig::new(backend, 1_000_000).await;
     rig.models.push([router_asks("Who is the plan for?")]);
-    let session = rig.session(&[PM, CRITIC], Strategy::Router, limits()).await;
+    let hour = RunLimits { wait_timeout_secs: Some(3600), ..limits() };
+    let session = rig.session(&[PM, CRITIC], Strategy::Router, hour).await;
     let run = rig.post(&session, "critique my plan").await;
     assert_eq!(rig.runner().execute(&run.id).await.expect("executes"), RunState::WaitingInput);
     let events = rig.events(&run).await;
+    let Some(EventBody::ClarificationRequested { expires_at, .. }) = events.last().map(|e| &e.body) else {
+        panic!("the run's last event is its question")
+    };
+    let left = *expires_at - chrono::Utc::now();
+    assert!(left > chrono::Duration::minutes(55) && left <= chrono::Duration::hours(1), "the session's wait: {left}");
     let all = kinds(&events);
     assert_eq!(all[all.len() - 2..], ["message.completed", "clarification.requested"]);
     assert!(matches!(
@@ -499,6 +513,13 @@ async fn a_waiting_run_survives_restarts_and_resumes_without_a_repeated_call(bac
     };
     let (status, body) = answer(json!({ "choice": "blue" }), stranger.clone()).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "another tenant's run: {body}");
+    let (_, viewer) =
+        third.call(Method::POST, "/v1/keys", &platform, Some(json!({ "tenant": "acme", "role": "viewer" }))).await;
+    let viewer = viewer["token"].as_str().expect("token").to_owned();
+    let (status, body) = answer(json!({ "choice": "blue" }), viewer.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "viewers read, members answer: {body}");
+    let (status, body) = third.call(Method::GET, &format!("/v1/runs/{run}"), &viewer, None).await;
+    assert_eq!((status, &body["pending_question"]["question"]), (StatusCode::OK, &json!("Which colour?")));
     let (status, body) = answer(json!({ "answer": "green" }), member.clone()).await;
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_answer")));
     let (status, body) = answer(json!({ "answer": "blue", "choice": "blue" }), member.clone()).await;

@@ -63,7 +63,13 @@ fn session(tenant: &TenantId, title: &str, at: DateTime<Utc>) -> Session {
         title: title.into(),
         personas: vec!["team.writer".into(), "team.critic".into()],
         strategy: Strategy::RoundRobin,
-        limits: RunLimits { max_steps: 5, max_tool_calls_per_step: 3, credits_budget: Some(900), deadline_secs: 120 },
+        limits: RunLimits {
+            max_steps: 5,
+            max_tool_calls_per_step: 3,
+            credits_budget: Some(900),
+            deadline_secs: 120,
+            wait_timeout_secs: Some(3600),
+        },
         created_by: "key_creator".into(),
         created_at: at,
     }
