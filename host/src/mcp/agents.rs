@@ -2,8 +2,10 @@
 //! `maestro://documents/{id}/versions/{version}`) and session transcripts
 //! (`maestro://sessions/{id}/transcript`, the messages as Markdown), read for the
 //! caller's tenant; documents need `documents.read` under the caller's policy. A
-//! session (2025-11-25) may `resources/subscribe` to a document and then gets
-//! `notifications/resources/updated` when this process writes one of its versions.
+//! session (2025-11-25) may `resources/subscribe` to a document, and a stateless client
+//! (2026-07-28) may name documents in `subscriptions/listen`'s `resourceSubscriptions`;
+//! either then gets `notifications/resources/updated` when this process writes one of
+//! their versions.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -221,7 +223,8 @@ impl Subscriptions {
         if !*started {
             *started = true;
             let changes = agents.documents.changes();
-            tokio::spawn(forward(changes, self.uris.clone(), principal.tenant_id.clone(), peer, stop));
+            let target = Target::Peer(peer);
+            tokio::spawn(forward(changes, self.uris.clone(), principal.tenant_id.clone(), target, stop));
         }
         Ok(())
     }
@@ -229,6 +232,55 @@ impl Subscriptions {
     /// Drops a subscription (unknown ones are fine).
     pub(super) fn unsubscribe(&self, uri: &str) {
         lock(&self.uris).remove(uri);
+    }
+}
+
+/// Most documents one `subscriptions/listen` may name.
+const MAX_LISTENED: usize = 100;
+
+/// The document URIs of a `subscriptions/listen` request this server accepts.
+pub(super) fn accepted(requested: &rmcp::model::SubscriptionFilter) -> Vec<String> {
+    let uris = requested.resource_subscriptions.iter().flatten();
+    let documents = uris.filter(|uri| {
+        uri.strip_prefix(DOCUMENT_PREFIX).is_some_and(|id| !id.contains('/') && DocumentId::parse(id).is_ok())
+    });
+    documents.take(MAX_LISTENED).cloned().collect()
+}
+
+/// Forwards updates of the accepted documents to a stateless `subscriptions/listen`
+/// stream until it ends. Only the caller's tenant's documents ever change under its
+/// name, so an id of another tenant hears nothing; without `documents.read`, nothing.
+pub(super) async fn listen(
+    agents: &Agents,
+    tools: &Tools,
+    principal: &Principal,
+    uris: Vec<String>,
+    sink: rmcp::service::SubscriptionSink,
+    stop: CancellationToken,
+) {
+    if uris.is_empty() || !may_read_documents(tools, principal) {
+        return;
+    }
+    let uris = Arc::new(Mutex::new(uris.into_iter().collect()));
+    let changes = agents.documents.changes();
+    forward(changes, uris, principal.tenant_id.clone(), Target::Sink(sink), stop).await;
+}
+
+/// Where updates go: a session's peer, or a stateless listen stream.
+enum Target {
+    Peer(Peer<RoleServer>),
+    Sink(rmcp::service::SubscriptionSink),
+}
+
+impl Target {
+    /// Sends one update; `false` once the client is gone.
+    async fn updated(&self, uri: String) -> bool {
+        match self {
+            Target::Peer(peer) => {
+                peer.notify_resource_updated(rmcp::model::ResourceUpdatedNotificationParam::new(uri)).await.is_ok()
+            }
+            Target::Sink(sink) => sink.notify_resource_updated(uri).await.is_ok(),
+        }
     }
 }
 
@@ -242,7 +294,7 @@ async fn forward(
     mut changes: tokio::sync::broadcast::Receiver<crate::documents::DocumentChanged>,
     uris: Arc<Mutex<HashSet<String>>>,
     tenant: maestro_core::TenantId,
-    peer: Peer<RoleServer>,
+    target: Target,
     stop: CancellationToken,
 ) {
     use tokio::sync::broadcast::error::RecvError;
@@ -262,8 +314,7 @@ async fn forward(
             Err(RecvError::Closed) => return,
         };
         for uri in updated {
-            let param = rmcp::model::ResourceUpdatedNotificationParam::new(uri);
-            if peer.notify_resource_updated(param).await.is_err() {
+            if !target.updated(uri).await {
                 return;
             }
         }

@@ -926,8 +926,12 @@ impl ServerHandler for Handler {
         tokio::spawn(watch::notify_changes(mcp, principal, stop, watch::PeerSink(peer)));
     }
 
-    fn accepted_subscription_filter(&self, _requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
-        Some(SubscriptionFilter::builder().tools_list_changed().prompts_list_changed().resources_list_changed().build())
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        let builder =
+            SubscriptionFilter::builder().tools_list_changed().prompts_list_changed().resources_list_changed();
+        let documents = if self.mcp.agents.is_some() { agents::accepted(requested) } else { Vec::new() };
+        let builder = if documents.is_empty() { builder } else { builder.resource_subscriptions(documents) };
+        Some(builder.build())
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
@@ -936,9 +940,23 @@ impl ServerHandler for Handler {
         let stop = context.request_context().ct.clone();
         let sink = watch::SubscriptionSinkAdapter(context.sink().clone());
         let span = request_span(context.request_context(), "subscriptions/listen");
-        watch::notify_changes(self.mcp.clone(), principal, stop, sink).instrument(span).await;
+        let documents = context.accepted().resource_subscriptions.clone().unwrap_or_default();
+        let lists = watch::notify_changes(self.mcp.clone(), principal.clone(), stop.clone(), sink);
+        match &self.mcp.agents {
+            Some(agents) if !documents.is_empty() => {
+                let updates =
+                    agents::listen(agents, &self.mcp.tools, &principal, documents, context.sink().clone(), stop);
+                futures_join(lists, updates).instrument(span).await;
+            }
+            _ => lists.instrument(span).await,
+        }
         Ok(())
     }
+}
+
+/// Runs both futures to their ends.
+async fn futures_join(a: impl std::future::Future<Output = ()>, b: impl std::future::Future<Output = ()>) {
+    tokio::join!(a, b);
 }
 
 type Sessions = rmcp::transport::streamable_http_server::session::local::LocalSessionManager;

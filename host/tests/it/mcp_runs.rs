@@ -385,6 +385,39 @@ async fn a_subscribed_session_hears_resources_updated_after_an_edit(backend: Bac
     let read = client.simple("resources/read", json!({ "uri": uri })).await;
     assert_eq!(read["contents"][0]["text"], "# Notes\n\n- edited\n");
 
+    // A stateless client names the document in subscriptions/listen. The listen is
+    // acknowledged before the server follows changes, so edit until an update arrives.
+    let stateless = Mcp::connect(&setup, STATELESS, json!({})).await;
+    let params = json!({ "notifications": { "resourceSubscriptions": [uri, "maestro://elsewhere/x"] } });
+    let body = stateless.body(12, "subscriptions/listen", params, json!({}));
+    let mut listen = stateless.builder("subscriptions/listen", None).json(&body).send().await.expect("listen");
+    assert_eq!(listen.status(), StatusCode::OK);
+    let mut heard = String::new();
+    let mut version = 2;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !heard.contains("notifications/resources/updated") {
+        assert!(Instant::now() < deadline, "no resources/updated on the listen stream: {heard}");
+        if heard.contains("notifications/subscriptions/acknowledged") {
+            let edit = reqwest::Client::new()
+                .put(format!("{}/v1/documents/{id}", setup.server.base))
+                .bearer_auth(&setup.member)
+                .header("if-match", format!("\"{version}\""))
+                .json(&json!({ "content": format!("# Notes\n\n- edit {version}\n") }))
+                .send()
+                .await
+                .expect("put");
+            assert_eq!(edit.status(), StatusCode::OK);
+            version += 1;
+        }
+        if let Ok(Ok(Some(bytes))) = tokio::time::timeout(Duration::from_secs(1), listen.chunk()).await {
+            heard.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    let acknowledged = heard.lines().find(|l| l.contains("notifications/subscriptions/acknowledged")).expect("ack");
+    assert!(acknowledged.contains(&uri) && !acknowledged.contains("elsewhere"), "{acknowledged}");
+    assert!(heard.contains(&format!("\"uri\":\"{uri}\"")), "{heard}");
+    drop(listen);
+
     // A document this key cannot see cannot be subscribed to.
     let refused = client
         .request(
@@ -473,7 +506,8 @@ async fn a_question_is_elicited_from_a_client_that_declares_it_and_returned_to_o
     let session = done["structuredContent"]["session"].as_str().expect("session").to_owned();
     // The persona got the answer as its ask_user result.
     let requests = setup.fake.requests();
-    assert!(requests[1].body.to_string().contains("\"EU\""), "{}", requests[1].body);
+    let answered = requests.iter().map(|r| r.body.to_string()).find(|b| b.contains("\"tool_call_id\":\"q1\""));
+    assert!(answered.as_deref().is_some_and(|b| b.contains("\"EU\"")), "{answered:?}");
 
     // A stateless client cannot be asked: the question is the result, with the run id.
     let plain = Mcp::connect(&setup, STATELESS, json!({})).await;
