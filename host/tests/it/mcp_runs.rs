@@ -332,6 +332,31 @@ async fn runs_start_streams_progress_and_returns_the_answer_and_its_document_rea
         .await;
     let error = &missing.last().expect("answer")["error"];
     assert!(error["message"].as_str().is_some_and(|m| m.starts_with("no resource")), "{missing:?}");
+
+    // Another tenant's member learns nothing of them.
+    let platform = setup.server.bootstrap_token();
+    let (status, _) =
+        setup.server.call(reqwest::Method::POST, "/v1/tenants", &platform, Some(json!({ "name": "beta" }))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, key) = setup
+        .server
+        .call(reqwest::Method::POST, "/v1/keys", &platform, Some(json!({ "tenant": "beta", "role": "member" })))
+        .await;
+    let outsider = Mcp {
+        token: key["token"].as_str().expect("token").to_owned(),
+        ..Mcp::connect(&setup, STATELESS, json!({})).await
+    };
+    let transcript_uri = format!("maestro://sessions/{session}/transcript");
+    for uri in [document, transcript_uri.as_str()] {
+        let refused = outsider.request(6, "resources/read", json!({ "uri": uri }), json!({}), &no_answers).await;
+        let error = &refused.last().expect("answer")["error"];
+        assert!(error["message"].as_str().is_some_and(|m| m.starts_with("no resource")), "{uri}: {refused:?}");
+    }
+    let listed = outsider.simple("resources/list", json!({})).await.to_string();
+    assert!(!listed.contains("maestro://documents/") && !listed.contains(session), "{listed}");
+    let got = result(&outsider.call(7, "runs.get", json!({ "run": run })).await).clone();
+    assert_eq!(got["isError"], true, "{got}");
+    assert!(got["content"][0]["text"].as_str().is_some_and(|t| t.contains("not found")), "{got}");
     setup.server.stop().await;
 }
 
