@@ -196,6 +196,10 @@ async fn get(orchestrator: &Orchestrator, mut call: HostCall) -> HostResult {
     output(text, value)
 }
 
+/// How long a run may stay queued without an event before the caller is told who runs
+/// it (`maestro mcp` executes none itself).
+const QUEUED_NOTE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Follows a run from event `after` until it ends (its final answer) or waits for an
 /// answer nobody here can give (the question), reporting each event as progress;
 /// cancelling the call cancels the run.
@@ -216,9 +220,18 @@ async fn follow(
         }
     };
     report(&mut reported, format!("run {} of session {} queued", run.id, run.session));
+    // Whether the run has shown any event, and whether a run nobody picks up was noted.
+    let (mut moved, mut noted) = (after > 0, false);
     loop {
         let next = tokio::select! {
             next = feed.next() => next,
+            () = tokio::time::sleep(QUEUED_NOTE_AFTER), if !moved && !noted => {
+                noted = true;
+                if orchestrator.run(principal, &run.id).await.is_ok_and(|r| r.state == RunState::Queued) {
+                    report(&mut reported, "still queued: runs are executed by the job workers of `maestro serve` on this store".to_owned());
+                }
+                continue;
+            }
             () = observe.cancel.cancelled() => {
                 if let Err(err) = orchestrator.cancel(principal, &run.id).await {
                     tracing::warn!(run = %run.id, error = %err, "a run whose MCP call was cancelled could not be cancelled");
@@ -226,6 +239,7 @@ async fn follow(
                 return HostResult::error(format!("the call was cancelled, and with it run {}", run.id));
             }
         };
+        moved = true;
         let event = match next {
             Ok(Some(event)) => event,
             Ok(None) => break,
