@@ -251,7 +251,9 @@ async fn runs_start_streams_progress_and_returns_the_answer_and_its_document_rea
 
     let arguments = json!({ "personas": ["personas.writer"], "strategy": "sequence", "title": "launch",
         "message": "Write our launch plan." });
+    let started = Instant::now();
     let messages = client.call(3, "runs.start", arguments).await;
+    eprintln!("{backend:?}: runs.start of a two-call run answered in {:?}", started.elapsed());
     let done = result(&messages);
     assert_eq!(done["isError"], false, "{done}");
     assert_eq!(done["content"][0]["text"], "Drafted the launch plan.");
@@ -484,6 +486,7 @@ async fn cancelling_runs_start_cancels_the_run(backend: Backend) {
         .map(|(at, _)| seen[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect::<String>())
         .find(|id| maestro_core::run::RunId::parse(id).is_ok())
         .expect("the first report names the run");
+    let cancelled_at = Instant::now();
     client
         .notify(json!({ "jsonrpc": "2.0", "method": "notifications/cancelled",
             "params": { "requestId": 21, "reason": "the user pressed stop" } }))
@@ -493,6 +496,7 @@ async fn cancelling_runs_start_cancels_the_run(backend: Backend) {
     let events = tokio::time::timeout(Duration::from_secs(30), stream.rest()).await.expect("the run ends");
     let kinds: Vec<String> = events.iter().map(|e| e.event.clone()).collect();
     assert_eq!(kinds.last().map(String::as_str), Some("run.cancelled"), "{kinds:?}");
+    eprintln!("{backend:?}: run.cancelled readable {:?} after notifications/cancelled", cancelled_at.elapsed());
     let (_, state) = setup.server.call(reqwest::Method::GET, &format!("/v1/runs/{run}"), &setup.member, None).await;
     assert_eq!(state["state"], "cancelled", "{state}");
     assert!(data(events.last().expect("terminal"))["data"]["totals"].is_object());
