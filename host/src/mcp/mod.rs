@@ -211,11 +211,17 @@ impl Handler {
         context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
         let principal = self.principal(&context.extensions)?;
-        let name = request.name.as_ref();
-        let Some(qualified) = self.mcp.resolve_tool(&principal, name) else {
-            return tool_answer(&CallError::UnknownTool(truncate(name, 128)).into());
+        let (qualified, arguments) = match mrtr::resumed(&request) {
+            // A stateless retry carrying the answer to a run's question (SEP-2322).
+            Some(resumed) => resumed,
+            None => {
+                let name = request.name.as_ref();
+                let Some(qualified) = self.mcp.resolve_tool(&principal, name) else {
+                    return tool_answer(&CallError::UnknownTool(truncate(name, 128)).into());
+                };
+                (qualified, Value::Object(request.arguments.unwrap_or_default()))
+            }
         };
-        let arguments = Value::Object(request.arguments.unwrap_or_default());
         tracing::debug!(tenant = %principal.tenant, tool = %qualified, arguments = %redact::redacted(&arguments), "mcp tools/call arguments");
         let progress_token = context.meta.get_progress_token();
         let plugin = qualified.split_once('.').map_or("", |(plugin, _)| plugin).to_owned();
@@ -554,21 +560,11 @@ impl Elicit {
 impl maestro_core::call::AskUser for Elicit {
     async fn ask(&self, question: &maestro_core::call::UserQuestion) -> Result<String, maestro_core::call::AskError> {
         use maestro_core::call::AskError;
-        use rmcp::model::{ElicitRequestParams, ElicitationAction, ElicitationSchema, EnumSchema, StringSchema};
-        let builder = ElicitationSchema::builder();
-        let builder = if question.choices.is_empty() || question.free_text {
-            let mut answer = StringSchema::new().description("your answer");
-            if !question.choices.is_empty() {
-                answer = answer.description(format!("your answer; suggested: {}", question.choices.join(" | ")));
-            }
-            builder.required_property("answer", rmcp::model::PrimitiveSchemaDefinition::String(answer))
-        } else {
-            builder.required_enum_schema("answer", EnumSchema::builder(question.choices.clone()).build())
-        };
+        use rmcp::model::{ElicitRequestParams, ElicitationAction};
         let params = ElicitRequestParams::FormElicitationParams {
             meta: None,
             message: question.question.clone(),
-            requested_schema: builder.build_unchecked(),
+            requested_schema: answer_schema(&question.choices, question.free_text),
         };
         let result = self.0.create_elicitation(params).await.map_err(|e| AskError::Failed(e.to_string()))?;
         match result.action {
@@ -581,6 +577,78 @@ impl maestro_core::call::AskUser for Elicit {
                 .ok_or_else(|| AskError::Failed("the accepted answer has no `answer` text".to_owned())),
             _ => Err(AskError::Declined),
         }
+    }
+}
+
+/// The form asking for a question's answer: one `answer` field, an enum of the choices
+/// when only they are accepted, else text (naming the choices when there are some).
+fn answer_schema(choices: &[String], free_text: bool) -> rmcp::model::ElicitationSchema {
+    use rmcp::model::{ElicitationSchema, EnumSchema, PrimitiveSchemaDefinition, StringSchema};
+    let builder = ElicitationSchema::builder();
+    let builder = if choices.is_empty() || free_text {
+        let mut answer = StringSchema::new().description("your answer");
+        if !choices.is_empty() {
+            answer = answer.description(format!("your answer; suggested: {}", choices.join(" | ")));
+        }
+        builder.required_property("answer", PrimitiveSchemaDefinition::String(answer))
+    } else {
+        builder.required_enum_schema("answer", EnumSchema::builder(choices.to_vec()).build())
+    };
+    builder.build_unchecked()
+}
+
+/// Asking a stateless (2026-07-28) client through input-required results (SEP-2322): a
+/// `runs.start` or `runs.answer` whose run waits for an answer becomes an
+/// `InputRequiredResult` with one elicitation (`answer`) and the request state
+/// `maestro-run:<run id>`; the client's retry with the elicitation's result answers the
+/// run (`runs.answer`, a declined one reads it with `runs.get`). The state is only a
+/// handle: the answer is checked against the caller's tenant and the run's question.
+mod mrtr {
+    use rmcp::model::{
+        CallToolRequestParams, CallToolResult, ElicitRequest, ElicitRequestParams, InputRequest, InputRequiredResult,
+        ProtocolVersion,
+    };
+    use rmcp::service::{RequestContext, RoleServer};
+    use serde_json::{Value, json};
+
+    const STATE_PREFIX: &str = "maestro-run:";
+    const KEY: &str = "answer";
+
+    /// Whether this request's client can be asked through input-required results.
+    pub(super) fn offered(context: &RequestContext<RoleServer>) -> bool {
+        let stateless =
+            context.protocol_version().is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
+        stateless && context.meta.client_capabilities().is_some_and(|c| c.elicitation.is_some())
+    }
+
+    /// The tool and arguments a retry carrying a run's answer stands for.
+    pub(super) fn resumed(request: &CallToolRequestParams) -> Option<(String, Value)> {
+        let run = request.request_state.as_deref()?.strip_prefix(STATE_PREFIX)?.to_owned();
+        let response = request.input_responses.as_ref()?.get(KEY)?;
+        let answer = (response["action"] == "accept").then(|| response["content"][KEY].as_str()).flatten();
+        Some(match answer {
+            Some(answer) => ("runs.answer".to_owned(), json!({ "run": run, "answer": answer })),
+            None => ("runs.get".to_owned(), json!({ "run": run })),
+        })
+    }
+
+    /// The input-required result for a run tool's result that is a waiting question.
+    pub(super) fn input_required(result: &CallToolResult) -> Option<InputRequiredResult> {
+        let structured = result.structured_content.as_ref()?;
+        if result.is_error == Some(true) || structured["state"] != "waiting_input" {
+            return None;
+        }
+        let run = structured["run"].as_str()?;
+        let question = &structured["question"];
+        let choices: Vec<String> =
+            question["choices"].as_array()?.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect();
+        let params = ElicitRequestParams::FormElicitationParams {
+            meta: None,
+            message: question["question"].as_str()?.to_owned(),
+            requested_schema: super::answer_schema(&choices, question["free_text"].as_bool().unwrap_or(true)),
+        };
+        let requests = [(KEY.to_owned(), InputRequest::Elicitation(ElicitRequest::new(params)))].into_iter().collect();
+        Some(InputRequiredResult::new(Some(requests), Some(format!("{STATE_PREFIX}{run}"))))
     }
 }
 
@@ -758,6 +826,7 @@ impl ServerHandler for Handler {
         let tenant = self.principal(&context.extensions).map(|p| p.tenant).unwrap_or_else(|_| "-".to_owned());
         let name = request.name.to_string();
         let span = request_span(&context, "tools/call");
+        let input_required = mrtr::offered(&context);
         let result = self.call(request, context).instrument(span.clone()).await;
         let _entered = span.enter();
         let duration_us = started.elapsed().as_micros();
@@ -774,7 +843,15 @@ impl ServerHandler for Handler {
                 tracing::info!(method = "tools/call", tenant, tool = %name, duration_us, outcome = "error", code = err.code.0, error = %err.message, "mcp request");
             }
         }
-        result.map(CallToolResponse::from)
+        Ok(match result? {
+            // A run waits for an answer and the stateless client can be asked: ask it to
+            // retry with the answer (the run id travels as the request state).
+            done if input_required => match mrtr::input_required(&done) {
+                Some(ask) => CallToolResponse::InputRequired(ask),
+                None => CallToolResponse::from(done),
+            },
+            done => CallToolResponse::from(done),
+        })
     }
 
     async fn list_prompts(

@@ -90,6 +90,8 @@ struct Mcp {
     token: String,
     revision: &'static str,
     session: Option<String>,
+    /// What a stateless client declares in each request's metadata.
+    capabilities: Value,
 }
 
 impl Mcp {
@@ -101,6 +103,7 @@ impl Mcp {
             token: setup.member.clone(),
             revision,
             session: None,
+            capabilities: capabilities.clone(),
         };
         if revision == SESSIONS {
             let body = json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
@@ -145,7 +148,7 @@ impl Mcp {
         let mut all = meta.as_object().cloned().unwrap_or_default();
         if self.revision == STATELESS {
             all.insert("io.modelcontextprotocol/protocolVersion".into(), json!(STATELESS));
-            all.insert("io.modelcontextprotocol/clientCapabilities".into(), json!({}));
+            all.insert("io.modelcontextprotocol/clientCapabilities".into(), self.capabilities.clone());
             all.insert("io.modelcontextprotocol/clientInfo".into(), json!({ "name": "maestro-tests", "version": "1" }));
         }
         if !all.is_empty() {
@@ -562,6 +565,32 @@ async fn a_question_is_elicited_from_a_client_that_declares_it_and_returned_to_o
     assert_eq!(done["content"][0]["text"], "US it is.", "{done}");
     assert_eq!(done["structuredContent"]["run"], json!(run));
     assert!(progress(&answered).iter().any(|(_, m)| m == "run completed"));
+
+    // A stateless client that declares elicitation gets an input-required result
+    // (SEP-2322) and retries with the answer.
+    setup.fake.push(Script::openai_tool_calls(&[("q3", "ask_user", ask)], usage(100, 10)));
+    setup.fake.push(Script::openai_text("EU again.", usage(100, 10)));
+    let asking = Mcp::connect(&setup, STATELESS, json!({ "elicitation": { "form": {} } })).await;
+    let messages = asking.call(36, "runs.start", json!({ "session": session, "message": "Once more?" })).await;
+    let required = result(&messages);
+    assert_eq!(required["resultType"], "input_required", "{required}");
+    let elicitation = &required["inputRequests"]["answer"];
+    assert_eq!(elicitation["method"], "elicitation/create", "{required}");
+    assert_eq!(elicitation["params"]["message"], "Which market first?");
+    assert_eq!(elicitation["params"]["requestedSchema"]["properties"]["answer"]["enum"], json!(["EU", "US"]));
+    let state = required["requestState"].as_str().expect("request state").to_owned();
+    assert!(state.starts_with("maestro-run:run_"), "{state}");
+    let params = json!({ "name": "runs.start", "arguments": { "session": session, "message": "Once more?" },
+        "inputResponses": { "answer": { "action": "accept", "content": { "answer": "EU" } } },
+        "requestState": state });
+    let retried = asking.request(37, "tools/call", params, json!({ "progressToken": "p-37" }), &no_answers).await;
+    let done = result(&retried);
+    assert_eq!(done["content"][0]["text"], "EU again.", "{done}");
+    assert_eq!(format!("maestro-run:{}", done["structuredContent"]["run"].as_str().expect("run")), state);
+    let (_, messages) =
+        setup.server.call(reqwest::Method::GET, &format!("/v1/sessions/{session}/messages"), &setup.member, None).await;
+    let asked = messages.to_string().matches("Once more?").count();
+    assert_eq!(asked, 1, "the retry answered the run and started no other: {messages}");
     setup.server.stop().await;
 }
 
