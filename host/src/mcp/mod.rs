@@ -621,11 +621,13 @@ mod mrtr {
         stateless && context.meta.client_capabilities().is_some_and(|c| c.elicitation.is_some())
     }
 
-    /// The tool and arguments a retry carrying a run's answer stands for.
+    /// The tool and arguments a retry carrying a run's state stands for: its answer, or
+    /// (none, or declined) a reading of the run.
     pub(super) fn resumed(request: &CallToolRequestParams) -> Option<(String, Value)> {
         let run = request.request_state.as_deref()?.strip_prefix(STATE_PREFIX)?.to_owned();
-        let response = request.input_responses.as_ref()?.get(KEY)?;
-        let answer = (response["action"] == "accept").then(|| response["content"][KEY].as_str()).flatten();
+        // No (or no usable) answer: the run as it is, asked again while it still waits.
+        let response = request.input_responses.as_ref().and_then(|r| r.get(KEY));
+        let answer = response.filter(|r| r["action"] == "accept").and_then(|r| r["content"][KEY].as_str());
         Some(match answer {
             Some(answer) => ("runs.answer".to_owned(), json!({ "run": run, "answer": answer })),
             None => ("runs.get".to_owned(), json!({ "run": run })),

@@ -580,6 +580,12 @@ async fn a_question_is_elicited_from_a_client_that_declares_it_and_returned_to_o
     assert_eq!(elicitation["params"]["requestedSchema"]["properties"]["answer"]["enum"], json!(["EU", "US"]));
     let state = required["requestState"].as_str().expect("request state").to_owned();
     assert!(state.starts_with("maestro-run:run_"), "{state}");
+    // A retry without the answer is asked again.
+    let params = json!({ "name": "runs.start", "arguments": { "session": session, "message": "Once more?" },
+        "requestState": state });
+    let again = asking.request(38, "tools/call", params, json!({}), &no_answers).await;
+    assert_eq!(result(&again)["resultType"], "input_required", "{again:?}");
+    assert_eq!(result(&again)["requestState"], json!(state));
     let params = json!({ "name": "runs.start", "arguments": { "session": session, "message": "Once more?" },
         "inputResponses": { "answer": { "action": "accept", "content": { "answer": "EU" } } },
         "requestState": state });
