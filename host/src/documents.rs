@@ -94,12 +94,43 @@ impl From<StoreError> for DocumentsError {
 pub struct Documents {
     store: Arc<dyn DocumentStore>,
     clock: Arc<dyn Clock>,
+    changes: tokio::sync::broadcast::Sender<DocumentChanged>,
 }
+
+/// A version this process wrote (created or appended), as [`Documents::changes`]
+/// announces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentChanged {
+    /// The document's tenant.
+    pub tenant: TenantId,
+    /// The document.
+    pub document: DocumentId,
+    /// The version written.
+    pub version: i64,
+}
+
+/// Changes buffered for a slow listener before it lags (and is told to re-read).
+const CHANGES_BUFFER: usize = 256;
 
 impl Documents {
     /// Builds the use-cases over the document port.
     pub fn new(store: Arc<dyn DocumentStore>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+        Self { store, clock, changes: tokio::sync::broadcast::channel(CHANGES_BUFFER).0 }
+    }
+
+    /// The versions this process writes from now on, whoever writes them (runs, HTTP,
+    /// MCP): an in-process signal (other replicas' writes are not in it).
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<DocumentChanged> {
+        self.changes.subscribe()
+    }
+
+    fn announce(&self, document: &Document) {
+        // No listener is not an error.
+        let _ = self.changes.send(DocumentChanged {
+            tenant: document.tenant.clone(),
+            document: document.id.clone(),
+            version: document.version,
+        });
     }
 
     /// Creates a document of `tenant` with its first version.
@@ -132,7 +163,10 @@ impl Documents {
             at: now,
         };
         match self.store.create_document(&document, &first).await {
-            Ok(()) => Ok(Current { document, content: first.content }),
+            Ok(()) => {
+                self.announce(&document);
+                Ok(Current { document, content: first.content })
+            }
             Err(StoreError::NotFound(_)) => Err(DocumentsError::SessionNotFound),
             Err(err) => Err(err.into()),
         }
@@ -277,7 +311,10 @@ impl Documents {
             at: self.clock.now(),
         };
         match self.store.append_version(tenant, base, &version).await {
-            Ok(Appended::Written(document)) => Ok(Current { document, content: version.content }),
+            Ok(Appended::Written(document)) => {
+                self.announce(&document);
+                Ok(Current { document, content: version.content })
+            }
             Ok(Appended::Stale { .. }) => {
                 let now = self.get(tenant, &current.document.id).await?;
                 Err(DocumentsError::Stale { base, current: Box::new(now) })

@@ -221,7 +221,9 @@ pub async fn serve(
     let credits = Arc::new(credits::Credits::new(store.clone(), clock.clone()));
     let jobs = Arc::new(jobs::Jobs::new(store.clone(), clock.clone()));
     let documents = Arc::new(documents::Documents::new(store.clone(), clock.clone()));
-    let host_tools = tools::documents::tools(documents.clone());
+    let mut host_tools = tools::documents::tools(documents.clone());
+    let (run_tools, more) = orchestrator::tools::tools();
+    host_tools.extend(more);
     let tools = open_tools_with(&config, env, PluginLoading::Now, credits.clone(), host_tools).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -277,6 +279,7 @@ pub async fn serve(
         tools.clone(),
         hub.clone(),
     ));
+    run_tools.bind(&orchestrator);
     let worker = jobs::Worker::new(
         store.clone(),
         clock.clone(),

@@ -122,6 +122,9 @@ pub struct Observe {
     pub progress: Option<ProgressSink>,
     /// Receives the plugin's log lines.
     pub log: Option<LogSink>,
+    /// Asks the person behind the call a question (MCP elicitation), when the caller's
+    /// client can; `None`: nobody can be asked while the call runs.
+    pub ask: Option<Arc<dyn AskUser>>,
 }
 
 impl fmt::Debug for Observe {
@@ -130,6 +133,7 @@ impl fmt::Debug for Observe {
             .field("cancelled", &self.cancel.is_cancelled())
             .field("progress", &self.progress.is_some())
             .field("log", &self.log.is_some())
+            .field("ask", &self.ask.is_some())
             .finish()
     }
 }
@@ -489,4 +493,33 @@ mod tests {
         assert_eq!(Failure::ToolError(ToolError::InvalidArguments("x".into())).code(), Code::InvalidRequest);
         assert_eq!(Failure::ToolError(ToolError::Failed("x".into())).code(), Code::ToolError);
     }
+}
+
+/// A question put to the person behind a call while it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserQuestion {
+    /// The question.
+    pub question: String,
+    /// The answers to choose from (empty: free text only).
+    pub choices: Vec<String>,
+    /// Whether an answer outside `choices` is accepted.
+    pub free_text: bool,
+}
+
+/// Why a question put to the person behind a call has no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AskError {
+    /// The person declined or dismissed the question.
+    #[error("the question was declined")]
+    Declined,
+    /// The question could not be put (the client went away, or failed).
+    #[error("the question could not be asked: {0}")]
+    Failed(String),
+}
+
+/// Asks the person behind a call (over MCP: elicitation on the client that made the call).
+#[async_trait::async_trait]
+pub trait AskUser: Send + Sync {
+    /// Asks `question` and waits for the answer's text.
+    async fn ask(&self, question: &UserQuestion) -> Result<String, AskError>;
 }

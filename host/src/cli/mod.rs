@@ -323,10 +323,22 @@ async fn mcp(config: &Config, env: &Env, args: McpArgs) -> anyhow::Result<()> {
     // first start compiles every component, which can take seconds).
     let clock: Arc<dyn maestro_core::Clock> = Arc::new(crate::accounts::SystemClock);
     let credits = Arc::new(crate::credits::Credits::new(store.clone(), clock.clone()));
-    let host_tools = crate::tools::documents::tools(Arc::new(crate::documents::Documents::new(store, clock)));
+    let documents = Arc::new(crate::documents::Documents::new(store.clone(), clock.clone()));
+    let mut host_tools = crate::tools::documents::tools(documents.clone());
+    let (run_tools, more) = crate::orchestrator::tools::tools();
+    host_tools.extend(more);
     let tools = crate::open_tools_with(config, env, crate::PluginLoading::Background, credits, host_tools).await?;
+    // Runs started here are executed by the job workers of `maestro serve` on the same
+    // store; their events reach this process by polling the store.
+    let hub = Arc::new(crate::orchestrator::hub::EventHub::new(store.clone()));
+    let orchestrator =
+        Arc::new(crate::orchestrator::Orchestrator::new(store.clone(), store.clone(), clock, tools.clone(), hub));
+    run_tools.bind(&orchestrator);
     tracing::info!(tenant = %principal.tenant, role = %principal.role, "serving MCP on stdio");
-    crate::mcp::serve_stdio(crate::mcp::Mcp::new(tools, config.mcp.names), principal, key_check).await?;
+    let agents = crate::mcp::Agents { documents, runs: run_tools };
+    crate::mcp::serve_stdio(crate::mcp::Mcp::with_agents(tools, config.mcp.names, agents), principal, key_check)
+        .await?;
+    drop(orchestrator);
     Ok(())
 }
 

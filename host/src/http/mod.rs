@@ -300,7 +300,10 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         }
     }
     let authenticated = authenticated.route_layer(middleware::from_fn_with_state(state.clone(), auth::require_caller));
-    let mcp_service = crate::mcp::Mcp::new(state.tools.clone(), settings.mcp.names);
+    let runs = crate::orchestrator::tools::OrchestratorSlot::default();
+    runs.bind(&state.orchestrator);
+    let agents = crate::mcp::Agents { documents: state.documents.clone(), runs };
+    let mcp_service = crate::mcp::Mcp::with_agents(state.tools.clone(), settings.mcp.names, agents);
     let transport =
         crate::mcp::HttpTransport::new(mcp_service, &settings.mcp, settings.body_limit_bytes, state.shutdown.clone());
     let guard = mcp::Guard::new(

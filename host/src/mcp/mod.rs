@@ -11,6 +11,7 @@
 // rmcp marks MCP logging deprecated (SEP-2577) but clients of both revisions use it.
 #![allow(deprecated)]
 
+mod agents;
 mod content;
 mod redact;
 mod resources;
@@ -42,6 +43,7 @@ use crate::config::{McpNames, McpSettings};
 use crate::telemetry::{RequestId, RequestSpan};
 use crate::tools::{CallError, Observe, Principal, Tools, VisiblePersona, VisibleTool};
 
+pub use agents::{Agents, DOCUMENT_TEMPLATE, TRANSCRIPT_TEMPLATE, VERSION_TEMPLATE};
 pub use resources::{PLUGIN_TEMPLATE, POLICY_URI};
 
 /// The log target of the MCP library.
@@ -55,12 +57,19 @@ pub const QUIET_LIBRARY_LOGS: &str = "rmcp::service=error";
 pub struct Mcp {
     tools: Arc<Tools>,
     names: McpNames,
+    agents: Option<Agents>,
 }
 
 impl Mcp {
     /// The MCP use-cases over `tools`.
     pub fn new(tools: Arc<Tools>, names: McpNames) -> Arc<Self> {
-        Arc::new(Self { tools, names })
+        Arc::new(Self { tools, names, agents: None })
+    }
+
+    /// The MCP use-cases over `tools`, with the agent runtime's resources (documents,
+    /// transcripts, document subscriptions).
+    pub fn with_agents(tools: Arc<Tools>, names: McpNames, agents: Agents) -> Arc<Self> {
+        Arc::new(Self { tools, names, agents: Some(agents) })
     }
 
     /// Tools the principal sees, under their MCP names, sorted by name.
@@ -131,6 +140,8 @@ pub struct Handler {
     log_level: Mutex<Option<LoggingLevel>>,
     /// Stops this session's list-change watcher when the handler goes away.
     stop: CancellationToken,
+    /// This session's document subscriptions.
+    subscriptions: agents::Subscriptions,
 }
 
 impl Drop for Handler {
@@ -142,12 +153,24 @@ impl Drop for Handler {
 impl Handler {
     /// A handler whose caller comes with each request (HTTP).
     pub fn per_request(mcp: Arc<Mcp>) -> Self {
-        Self { mcp, fixed: None, log_level: Mutex::new(None), stop: CancellationToken::new() }
+        Self {
+            mcp,
+            fixed: None,
+            log_level: Mutex::new(None),
+            stop: CancellationToken::new(),
+            subscriptions: Default::default(),
+        }
     }
 
     /// A handler for one fixed caller (stdio).
     pub fn for_principal(mcp: Arc<Mcp>, principal: Principal) -> Self {
-        Self { mcp, fixed: Some(principal), log_level: Mutex::new(None), stop: CancellationToken::new() }
+        Self {
+            mcp,
+            fixed: Some(principal),
+            log_level: Mutex::new(None),
+            stop: CancellationToken::new(),
+            subscriptions: Default::default(),
+        }
     }
 
     /// Waits until the plugins have been scanned once (only `maestro mcp` starts
@@ -188,16 +211,23 @@ impl Handler {
         context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
         let principal = self.principal(&context.extensions)?;
-        let name = request.name.as_ref();
-        let Some(qualified) = self.mcp.resolve_tool(&principal, name) else {
-            return tool_answer(&CallError::UnknownTool(truncate(name, 128)).into());
+        let (qualified, arguments) = match mrtr::resumed(&request) {
+            // A stateless retry carrying the answer to a run's question (SEP-2322).
+            Some(resumed) => resumed,
+            None => {
+                let name = request.name.as_ref();
+                let Some(qualified) = self.mcp.resolve_tool(&principal, name) else {
+                    return tool_answer(&CallError::UnknownTool(truncate(name, 128)).into());
+                };
+                (qualified, Value::Object(request.arguments.unwrap_or_default()))
+            }
         };
-        let arguments = Value::Object(request.arguments.unwrap_or_default());
         tracing::debug!(tenant = %principal.tenant, tool = %qualified, arguments = %redact::redacted(&arguments), "mcp tools/call arguments");
         let progress_token = context.meta.get_progress_token();
         let plugin = qualified.split_once('.').map_or("", |(plugin, _)| plugin).to_owned();
-        let (observe, events) =
+        let (mut observe, events) =
             Events::start(context.peer.clone(), progress_token, self.log_threshold(&context), plugin);
+        observe.ask = Elicit::offered(&context);
         let cancel = observe.cancel.clone();
         let call = self.mcp.tools.call(&principal, &qualified, arguments, observe);
         tokio::pin!(call);
@@ -511,6 +541,119 @@ async fn forward(shared: Arc<Shared>, peer: Peer<RoleServer>, progress_token: Op
     }
 }
 
+/// Asks the person at the client that made a call, through `elicitation/create` on its
+/// session: offered only to 2025-11-25 sessions whose client declared form elicitation
+/// (the stateless revision has no server-to-client requests; callers then return the
+/// question instead).
+struct Elicit(Peer<RoleServer>);
+
+impl Elicit {
+    fn offered(context: &RequestContext<RoleServer>) -> Option<Arc<dyn maestro_core::call::AskUser>> {
+        let stateless =
+            context.protocol_version().is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
+        let form = context.peer.supported_elicitation_modes().contains(&rmcp::service::ElicitationMode::Form);
+        (!stateless && form).then(|| Arc::new(Self(context.peer.clone())) as Arc<dyn maestro_core::call::AskUser>)
+    }
+}
+
+#[async_trait::async_trait]
+impl maestro_core::call::AskUser for Elicit {
+    async fn ask(&self, question: &maestro_core::call::UserQuestion) -> Result<String, maestro_core::call::AskError> {
+        use maestro_core::call::AskError;
+        use rmcp::model::{ElicitRequestParams, ElicitationAction};
+        let params = ElicitRequestParams::FormElicitationParams {
+            meta: None,
+            message: question.question.clone(),
+            requested_schema: answer_schema(&question.choices, question.free_text),
+        };
+        let result = self.0.create_elicitation(params).await.map_err(|e| AskError::Failed(e.to_string()))?;
+        match result.action {
+            ElicitationAction::Accept => result
+                .content
+                .as_ref()
+                .and_then(|c| c.get("answer"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| AskError::Failed("the accepted answer has no `answer` text".to_owned())),
+            _ => Err(AskError::Declined),
+        }
+    }
+}
+
+/// The form asking for a question's answer: one `answer` field, an enum of the choices
+/// when only they are accepted, else text (naming the choices when there are some).
+fn answer_schema(choices: &[String], free_text: bool) -> rmcp::model::ElicitationSchema {
+    use rmcp::model::{ElicitationSchema, EnumSchema, PrimitiveSchemaDefinition, StringSchema};
+    let builder = ElicitationSchema::builder();
+    let builder = if choices.is_empty() || free_text {
+        let mut answer = StringSchema::new().description("your answer");
+        if !choices.is_empty() {
+            answer = answer.description(format!("your answer; suggested: {}", choices.join(" | ")));
+        }
+        builder.required_property("answer", PrimitiveSchemaDefinition::String(answer))
+    } else {
+        builder.required_enum_schema("answer", EnumSchema::builder(choices.to_vec()).build())
+    };
+    builder.build_unchecked()
+}
+
+/// Asking a stateless (2026-07-28) client through input-required results (SEP-2322): a
+/// `runs.start` or `runs.answer` whose run waits for an answer becomes an
+/// `InputRequiredResult` with one elicitation (`answer`) and the request state
+/// `maestro-run:<run id>`; the client's retry with the elicitation's result answers the
+/// run (`runs.answer`, a declined one reads it with `runs.get`). The state is only a
+/// handle: the answer is checked against the caller's tenant and the run's question.
+mod mrtr {
+    use rmcp::model::{
+        CallToolRequestParams, CallToolResult, ElicitRequest, ElicitRequestParams, InputRequest, InputRequiredResult,
+        ProtocolVersion,
+    };
+    use rmcp::service::{RequestContext, RoleServer};
+    use serde_json::{Value, json};
+
+    const STATE_PREFIX: &str = "maestro-run:";
+    const KEY: &str = "answer";
+
+    /// Whether this request's client can be asked through input-required results.
+    pub(super) fn offered(context: &RequestContext<RoleServer>) -> bool {
+        let stateless =
+            context.protocol_version().is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
+        stateless && context.meta.client_capabilities().is_some_and(|c| c.elicitation.is_some())
+    }
+
+    /// The tool and arguments a retry carrying a run's state stands for: its answer, or
+    /// (none, or declined) a reading of the run.
+    pub(super) fn resumed(request: &CallToolRequestParams) -> Option<(String, Value)> {
+        let run = request.request_state.as_deref()?.strip_prefix(STATE_PREFIX)?.to_owned();
+        // No (or no usable) answer: the run as it is, asked again while it still waits.
+        let response = request.input_responses.as_ref().and_then(|r| r.get(KEY));
+        let answer = response.filter(|r| r["action"] == "accept").and_then(|r| r["content"][KEY].as_str());
+        Some(match answer {
+            Some(answer) => ("runs.answer".to_owned(), json!({ "run": run, "answer": answer })),
+            None => ("runs.get".to_owned(), json!({ "run": run })),
+        })
+    }
+
+    /// The input-required result for a run tool's result that is a waiting question.
+    pub(super) fn input_required(result: &CallToolResult) -> Option<InputRequiredResult> {
+        let structured = result.structured_content.as_ref()?;
+        if result.is_error == Some(true) || structured["state"] != "waiting_input" {
+            return None;
+        }
+        let run = structured["run"].as_str()?;
+        let question = &structured["question"];
+        let choices: Vec<String> =
+            question["choices"].as_array()?.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect();
+        let params = ElicitRequestParams::FormElicitationParams {
+            meta: None,
+            message: question["question"].as_str()?.to_owned(),
+            requested_schema: super::answer_schema(&choices, question["free_text"].as_bool().unwrap_or(true)),
+        };
+        let requests = [(KEY.to_owned(), InputRequest::Elicitation(ElicitRequest::new(params)))].into_iter().collect();
+        Some(InputRequiredResult::new(Some(requests), Some(format!("{STATE_PREFIX}{run}"))))
+    }
+}
+
 fn logging_level(level: LogLevel) -> LoggingLevel {
     match level {
         LogLevel::Trace | LogLevel::Debug => LoggingLevel::Debug,
@@ -639,6 +782,7 @@ impl ServerHandler for Handler {
             .enable_prompts_list_changed()
             .enable_resources()
             .enable_resources_list_changed()
+            .enable_resources_subscribe()
             .enable_tools()
             .enable_tool_list_changed()
             .build();
@@ -684,6 +828,7 @@ impl ServerHandler for Handler {
         let tenant = self.principal(&context.extensions).map(|p| p.tenant).unwrap_or_else(|_| "-".to_owned());
         let name = request.name.to_string();
         let span = request_span(&context, "tools/call");
+        let input_required = mrtr::offered(&context);
         let result = self.call(request, context).instrument(span.clone()).await;
         let _entered = span.enter();
         let duration_us = started.elapsed().as_micros();
@@ -700,7 +845,15 @@ impl ServerHandler for Handler {
                 tracing::info!(method = "tools/call", tenant, tool = %name, duration_us, outcome = "error", code = err.code.0, error = %err.message, "mcp request");
             }
         }
-        result.map(CallToolResponse::from)
+        Ok(match result? {
+            // A run waits for an answer and the stateless client can be asked: ask it to
+            // retry with the answer (the run id travels as the request state).
+            done if input_required => match mrtr::input_required(&done) {
+                Some(ask) => CallToolResponse::InputRequired(ask),
+                None => CallToolResponse::from(done),
+            },
+            done => CallToolResponse::from(done),
+        })
     }
 
     async fn list_prompts(
@@ -770,7 +923,11 @@ impl ServerHandler for Handler {
     ) -> Result<ListResourcesResult, ErrorData> {
         self.ready().await;
         let principal = self.principal(&context.extensions)?;
-        Ok(ListResourcesResult::with_all_items(resources::list(&self.mcp.tools, &principal)))
+        let mut listed = resources::list(&self.mcp.tools, &principal);
+        if let Some(agents) = &self.mcp.agents {
+            listed.extend(agents::list(agents, &self.mcp.tools, &principal).await);
+        }
+        Ok(ListResourcesResult::with_all_items(listed))
     }
 
     async fn list_resource_templates(
@@ -779,7 +936,11 @@ impl ServerHandler for Handler {
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
         self.principal(&context.extensions)?;
-        Ok(ListResourceTemplatesResult::with_all_items(resources::templates()))
+        let mut templates = resources::templates();
+        if self.mcp.agents.is_some() {
+            templates.extend(agents::templates());
+        }
+        Ok(ListResourceTemplatesResult::with_all_items(templates))
     }
 
     async fn read_resource(
@@ -789,6 +950,19 @@ impl ServerHandler for Handler {
     ) -> Result<ReadResourceResponse, ErrorData> {
         let span = request_span(&context, "resources/read");
         self.ready().instrument(span.clone()).await;
+        if let Some(agents) = self.mcp.agents.as_ref().filter(|_| agents::owns(&request.uri)) {
+            let started = Instant::now();
+            let principal = self.principal(&context.extensions);
+            let result = match &principal {
+                Ok(principal) => {
+                    agents::read(agents, &self.mcp.tools, principal, &request.uri).instrument(span.clone()).await
+                }
+                Err(err) => Err(err.clone()),
+            };
+            let _entered = span.enter();
+            trace("resources/read", tenant_of(&principal), &truncate(&request.uri, 256), started, &result);
+            return result.map(ReadResourceResponse::from);
+        }
         let _entered = span.enter();
         let started = Instant::now();
         let principal = self.principal(&context.extensions);
@@ -800,6 +974,30 @@ impl ServerHandler for Handler {
         result.map(ReadResourceResponse::from)
     }
 
+    async fn subscribe(
+        &self,
+        request: rmcp::model::SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let principal = self.principal(&context.extensions)?;
+        let Some(agents) = &self.mcp.agents else {
+            return Err(ErrorData::invalid_params("this server has no subscribable resources", None));
+        };
+        self.subscriptions
+            .subscribe(agents, &self.mcp.tools, &principal, &request.uri, context.peer.clone(), self.stop.clone())
+            .await
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: rmcp::model::UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.principal(&context.extensions)?;
+        self.subscriptions.unsubscribe(&request.uri);
+        Ok(())
+    }
+
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         // Sessions (and stdio) get list_changed notifications pushed on the session.
         let Ok(principal) = self.principal(&context.extensions) else { return };
@@ -807,8 +1005,12 @@ impl ServerHandler for Handler {
         tokio::spawn(watch::notify_changes(mcp, principal, stop, watch::PeerSink(peer)));
     }
 
-    fn accepted_subscription_filter(&self, _requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
-        Some(SubscriptionFilter::builder().tools_list_changed().prompts_list_changed().resources_list_changed().build())
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        let builder =
+            SubscriptionFilter::builder().tools_list_changed().prompts_list_changed().resources_list_changed();
+        let documents = if self.mcp.agents.is_some() { agents::accepted(requested) } else { Vec::new() };
+        let builder = if documents.is_empty() { builder } else { builder.resource_subscriptions(documents) };
+        Some(builder.build())
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
@@ -817,9 +1019,23 @@ impl ServerHandler for Handler {
         let stop = context.request_context().ct.clone();
         let sink = watch::SubscriptionSinkAdapter(context.sink().clone());
         let span = request_span(context.request_context(), "subscriptions/listen");
-        watch::notify_changes(self.mcp.clone(), principal, stop, sink).instrument(span).await;
+        let documents = context.accepted().resource_subscriptions.clone().unwrap_or_default();
+        let lists = watch::notify_changes(self.mcp.clone(), principal.clone(), stop.clone(), sink);
+        match &self.mcp.agents {
+            Some(agents) if !documents.is_empty() => {
+                let updates =
+                    agents::listen(agents, &self.mcp.tools, &principal, documents, context.sink().clone(), stop);
+                futures_join(lists, updates).instrument(span).await;
+            }
+            _ => lists.instrument(span).await,
+        }
         Ok(())
     }
+}
+
+/// Runs both futures to their ends.
+async fn futures_join(a: impl std::future::Future<Output = ()>, b: impl std::future::Future<Output = ()>) {
+    tokio::join!(a, b);
 }
 
 type Sessions = rmcp::transport::streamable_http_server::session::local::LocalSessionManager;

@@ -27,6 +27,7 @@ mod record;
 pub mod runner;
 mod step;
 mod strategy;
+pub mod tools;
 
 pub use runner::{Runner, RunnerError, RunnerPorts, RunnerSettings};
 

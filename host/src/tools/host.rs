@@ -40,6 +40,9 @@ pub struct HostCall {
     pub arguments: serde_json::Value,
     /// Where from, inside a run.
     pub origin: Option<Origin>,
+    /// How the caller follows the call: cancellation, progress, and a person to ask
+    /// (MCP elicitation) when there is one.
+    pub observe: maestro_core::call::Observe,
 }
 
 /// What a built-in tool did.

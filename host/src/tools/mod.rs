@@ -394,7 +394,7 @@ impl Tools {
             if !arguments.is_object() {
                 return Err(CallError::ArgumentsNotObject);
             }
-            let call = HostCall { principal: principal.clone(), arguments, origin: origin.cloned() };
+            let call = HostCall { principal: principal.clone(), arguments, origin: origin.cloned(), observe };
             let bytes_in = call.arguments.to_string().len();
             let execute = |()| async move {
                 let started = std::time::Instant::now();

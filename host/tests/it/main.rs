@@ -23,6 +23,7 @@ mod mcp;
 mod mcp_clients;
 mod mcp_conformance;
 mod mcp_listen;
+mod mcp_runs;
 mod metering;
 mod openapi;
 mod orchestrator;

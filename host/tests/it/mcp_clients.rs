@@ -145,17 +145,23 @@ struct Setup {
 
 impl Setup {
     async fn new() -> Self {
+        Self::with(POLICY, "").await
+    }
+
+    /// A setup with another `policy`, and `config` appended to the configuration.
+    async fn with(policy: &str, config: &str) -> Self {
         let db = TestDb::new(Backend::Sqlite).await;
         let (plugins, policies) = (db.dir().join("plugins"), db.dir().join("policies"));
         for plugin in ["calc", "hostile", "personas", "web"] {
             crate::fixtures::install(&plugins, plugin);
         }
         std::fs::create_dir_all(&policies).expect("policy dir");
-        std::fs::write(policies.join("team.toml"), POLICY).expect("policy");
+        std::fs::write(policies.join("team.toml"), policy).expect("policy");
         // Compiled components are shared by every test and run: a cold compile of each
         // plugin in every `maestro` process would dominate the run.
         let wasm_cache = Path::new(env!("CARGO_BIN_EXE_maestro")).with_file_name("maestro-test-wasm-cache");
-        let config = format!("version = 1\n[sandbox]\ncache_dir = {:?}\n", wasm_cache.to_str().expect("utf-8 path"));
+        let config =
+            format!("version = 1\n{config}\n[sandbox]\ncache_dir = {:?}\n", wasm_cache.to_str().expect("utf-8 path"));
         std::fs::write(db.dir().join("maestro.toml"), config).expect("config");
         let mut setup = Self { db, plugins, policies, acme: String::new(), beta: String::new() };
         setup.acme = setup.member_key("acme");
@@ -367,6 +373,66 @@ async fn each_tenant_lists_the_tools_its_policy_grants() {
         let mut command = Client::TypescriptSdk.command(&installed);
         command.args(["--only", "tools", "--tools", &tools.join(",")]).args(transport);
         run_client(command, &setup.db.dir(), Some(&server)).await;
+    }
+    server.stop().await;
+}
+
+/// Members may use the personas, the documents and the runs.
+const AGENTS_POLICY: &str = r#"version = 1
+
+[[grant]]
+name = "members"
+subjects = ["role:member+"]
+tools = ["personas.*", "documents.*", "runs.*"]
+"#;
+
+/// Each SDK client, as a member of its own tenant, starts a run of `personas.writer`
+/// with `runs.start` (the fake model has it create a document, then answer), follows its
+/// progress, reads the document as a resource, and — the clients on 2025-11-25 sessions
+/// — subscribes to it, edits it with `documents.edit` and hears
+/// `notifications/resources/updated`. The TypeScript SDK does it over stdio too
+/// (`maestro mcp` beside the server, runs executed by the server's workers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_clients_start_a_run_read_its_document_and_hear_it_updated() {
+    use crate::fake_llm::{FakeLlm, Script, usage};
+    let installed = installed_clients();
+    let fake = FakeLlm::start().await;
+    let mut config = format!(
+        "[jobs]\npoll_interval = \"100ms\"\n\n{}\n",
+        fake.provider_toml("fake", maestro_host::llm::ProviderKind::OpenAi)
+    );
+    for tier in ["fast", "balanced", "best"] {
+        config.push_str(&format!(
+            "[[llm.models]]\nid = \"{tier}\"\nprovider = \"fake\"\nmodel = \"upstream-{tier}\"\ntier = \"{tier}\"\n\
+             context_window = 32000\nmax_output_tokens = 400\n"
+        ));
+    }
+    let setup = Setup::with(AGENTS_POLICY, &config).await;
+    let server = Server::start(setup.maestro(), &setup.db.dir(), 1).await;
+    let clients = [
+        (Client::TypescriptSdk, Transport::Http),
+        (Client::TypescriptClientV2, Transport::Http),
+        (Client::Python, Transport::Http),
+        (Client::PythonLegacy, Transport::Http),
+        (Client::TypescriptSdk, Transport::Stdio),
+    ];
+    for (index, (client, transport)) in clients.into_iter().enumerate() {
+        let key = setup.member_key(&format!("team{index}"));
+        let (document, answer) = (format!("# Plan {index}\n"), format!("Wrote plan {index}."));
+        let create = serde_json::json!({ "title": format!("Plan {index}"), "content": document }).to_string();
+        fake.push(Script::openai_tool_calls(&[("c1", "documents_create", &create)], usage(100, 10)));
+        fake.push(Script::openai_text(&answer, usage(100, 10)));
+        let mut command = client.command(&installed);
+        command
+            .args(["--agents", "personas.writer", "--expect-answer", &answer, "--expect-document", &document])
+            .args(setup.transport_args(transport, Some(&server), &key));
+        let output = run_client(command, &setup.db.dir(), Some(&server)).await;
+        let checks: Vec<&str> = output.stdout.lines().filter_map(|l| l.strip_prefix("ok: ")).collect();
+        assert!(checks.iter().any(|c| c.starts_with("runs.start")), "{client:?}\n{}", output.report());
+        assert!(checks.iter().any(|c| c.starts_with("read maestro://documents/")), "{client:?}\n{}", output.report());
+        if client.expected_revision() == "2025-11-25" {
+            assert!(checks.iter().any(|c| c.starts_with("resources/updated")), "{client:?}\n{}", output.report());
+        }
     }
     server.stop().await;
 }

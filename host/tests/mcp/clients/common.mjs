@@ -13,6 +13,12 @@
 //     --plugins calc,…       plugins the caller may use (their maestro://plugins/ URIs)
 //     --denied-plugin web    an installed plugin the caller may not use
 //     --only tools           connect and check the tool list only
+//   or AGENT CHECKS (runAgentChecks):
+//     --agents PERSONA       start a run of PERSONA with runs.start (progress, answer),
+//                            read the document it wrote, and (sessions) subscribe to it
+//                            and hear resources/updated after a documents.edit
+//     --expect-answer TEXT   the run's final answer
+//     --expect-document TEXT the document's content
 //
 // The SDKs come from the directory the test command installs (scripts/mcp-clients.sh),
 // named by MAESTRO_MCP_CLIENTS; they are loaded through `createRequire` because ES
@@ -31,7 +37,10 @@ export function installed() {
 }
 
 export function parseArgs(argv) {
-    const options = { env: {}, tools: null, prompts: [], plugins: [], deniedPlugin: null, only: null, command: null };
+    const options = {
+        env: {}, tools: null, prompts: [], plugins: [], deniedPlugin: null, only: null, command: null,
+        agents: null, expectAnswer: null, expectDocument: null,
+    };
     for (let i = 0; i < argv.length; i++) {
         const arg = argv[i];
         const value = () => {
@@ -54,6 +63,9 @@ export function parseArgs(argv) {
             case '--plugins': options.plugins = list(); break;
             case '--denied-plugin': options.deniedPlugin = value(); break;
             case '--only': options.only = value(); break;
+            case '--agents': options.agents = value(); break;
+            case '--expect-answer': options.expectAnswer = value(); break;
+            case '--expect-document': options.expectDocument = value(); break;
             case '--':
                 options.command = argv.slice(i + 1);
                 i = argv.length;
@@ -61,7 +73,7 @@ export function parseArgs(argv) {
             default: fail('usage', `unknown argument ${arg}`);
         }
     }
-    if (options.tools === null) fail('usage', '--tools is required');
+    if (options.tools === null && options.agents === null) fail('usage', '--tools (or --agents) is required');
     if (!options.url === !options.command) fail('usage', 'give either --url URL --token TOKEN or -- COMMAND ARGS');
     if (options.url && !options.token) fail('usage', '--url needs --token');
     if (options.command && options.command.length === 0) fail('usage', 'no command after --');
@@ -280,4 +292,51 @@ export async function runChecks(api, options) {
     const after = await step('hostile.noop after cancel', () => api.callTool('hostile.noop', {}));
     if (after.isError || text(after) !== 'ok') fail('hostile.noop after cancel', `expected "ok", got ${show(after)}`);
     ok('hostile.noop after cancel');
+}
+
+/**
+ * The agent runtime over MCP. `api` as for runChecks, plus, for clients with sessions,
+ * subscribe(uri) and onResourceUpdated(callback).
+ */
+export async function runAgentChecks(api, options) {
+    const progress = [];
+    const started = await step('runs.start', () =>
+        api.callTool(
+            'runs.start',
+            { personas: [options.agents], strategy: 'sequence', message: 'Write the plan.' },
+            { onprogress: (p) => progress.push(p) },
+        ),
+    );
+    if (started.isError) fail('runs.start', `isError result: ${show(started)}`);
+    if (text(started) !== options.expectAnswer) fail('runs.start', `expected the answer ${show(options.expectAnswer)}: ${show(started)}`);
+    const steps = progress.map((p) => p.progress);
+    if (steps.length < 5 || steps.some((v, i) => i > 0 && v <= steps[i - 1])) {
+        fail('runs.start', `expected at least 5 increasing progress reports: ${show(progress)}`);
+    }
+    if (!progress.some((p) => (p.message ?? '').startsWith('document '))) {
+        fail('runs.start', `no progress report of the document written: ${show(progress)}`);
+    }
+    ok('runs.start', `${progress.length} progress reports; run ${started.structuredContent?.run}`);
+
+    const resources = await step('resources/list', () => api.listResources());
+    const uri = resources.map((r) => r.uri).find((u) => u.startsWith('maestro://documents/'));
+    if (!uri) fail('resources/list', `no maestro://documents/ resource: ${show(resources)}`);
+    const read = await step(`read ${uri}`, () => api.readResource(uri));
+    const contents = read.contents?.[0];
+    if (contents?.text !== options.expectDocument) fail(`read ${uri}`, `expected ${show(options.expectDocument)}: ${show(read)}`);
+    if (contents.mimeType !== 'text/markdown') fail(`read ${uri}`, `mimeType ${contents.mimeType}, expected text/markdown`);
+    ok(`read ${uri}`);
+
+    if (!api.subscribe) return;
+    const updated = new Promise((resolve) => api.onResourceUpdated(resolve));
+    await step('resources/subscribe', () => api.subscribe(uri));
+    const id = uri.slice('maestro://documents/'.length);
+    const edited = await step('documents.edit', () =>
+        api.callTool('documents.edit', { id, base_version: 1, content: '# Edited over MCP\n' }),
+    );
+    if (edited.isError) fail('documents.edit', `isError result: ${show(edited)}`);
+    const timeout = new Promise((resolve) => setTimeout(() => resolve(null), 10000));
+    const notified = await Promise.race([updated, timeout]);
+    if (notified?.uri !== uri) fail('resources/updated', `expected an update of ${uri} within 10 s, got ${show(notified)}`);
+    ok('resources/updated', uri);
 }

@@ -5,6 +5,9 @@ JavaScript clients (common.mjs), with the same command line, plus
                          2026-07-28 when the server does; legacy forces the
                          2025-era initialize handshake
 
+and the agent checks (--agents PERSONA --expect-answer TEXT --expect-document TEXT), as
+common.mjs's runAgentChecks.
+
 Run with the venv of scripts/mcp-clients.sh: `$MAESTRO_MCP_CLIENTS/venv/bin/python`.
 Each check prints `ok: ...` on stdout; the first failure prints `FAIL: ...` on stderr
 and exits 1.
@@ -53,6 +56,9 @@ class Options:
     only: str | None = None
     mode: str = "auto"
     command: list[str] | None = None
+    agents: str | None = None
+    expect_answer: str | None = None
+    expect_document: str | None = None
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -93,10 +99,16 @@ def parse_args(argv: list[str]) -> Options:
             options.only = value()
         elif arg == "--mode":
             options.mode = value()
+        elif arg == "--agents":
+            options.agents = value()
+        elif arg == "--expect-answer":
+            options.expect_answer = value()
+        elif arg == "--expect-document":
+            options.expect_document = value()
         else:
             fail("usage", f"unknown argument {arg}")
-    if options.tools is None:
-        fail("usage", "--tools is required")
+    if options.tools is None and options.agents is None:
+        fail("usage", "--tools (or --agents) is required")
     if (options.url is None) == (options.command is None):
         fail("usage", "give either --url URL --token TOKEN or -- COMMAND ARGS")
     if options.url is not None and options.token is None:
@@ -304,6 +316,68 @@ async def run_checks(client: Client, options: Options) -> None:
     ok("hostile.noop after cancel")
 
 
+UPDATED: list[str] = []
+UPDATE_SEEN = anyio.Event()
+
+
+async def on_message(message: Any) -> None:
+    from mcp import ResourceUpdatedNotification
+
+    inner = getattr(message, "root", message)
+    if isinstance(inner, ResourceUpdatedNotification):
+        UPDATED.append(str(inner.params.uri))
+        UPDATE_SEEN.set()
+
+
+async def run_agent_checks(client: Client, options: Options) -> None:
+    progress: list[tuple[float, str | None]] = []
+
+    async def on_progress(value: float, _total: float | None, message: str | None) -> None:
+        progress.append((value, message))
+
+    arguments = {"personas": [options.agents], "strategy": "sequence", "message": "Write the plan."}
+    async with Step("runs.start"):
+        started = await client.call_tool("runs.start", arguments, progress_callback=on_progress)
+    if started.is_error or text(started) != options.expect_answer:
+        fail("runs.start", f"expected the answer {options.expect_answer!r}: {show(started)}")
+    values = [p[0] for p in progress]
+    if len(values) < 5 or any(b <= a for a, b in zip(values, values[1:])):
+        fail("runs.start", f"expected at least 5 increasing progress reports: {progress}")
+    if not any((m or "").startswith("document ") for _, m in progress):
+        fail("runs.start", f"no progress report of the document written: {progress}")
+    ok("runs.start", f"{len(progress)} progress reports")
+
+    async with Step("resources/list"):
+        listed = await client.list_resources()
+    uris = [str(r.uri) for r in listed.resources]
+    uri = next((u for u in uris if u.startswith("maestro://documents/")), None)
+    if uri is None:
+        fail("resources/list", f"no maestro://documents/ resource: {uris}")
+    async with Step(f"read {uri}"):
+        read = await client.read_resource(uri)
+    contents = read.contents[0]
+    if getattr(contents, "text", None) != options.expect_document or contents.mime_type != "text/markdown":
+        fail(f"read {uri}", f"expected {options.expect_document!r} as text/markdown: {show(read)}")
+    ok(f"read {uri}")
+
+    if client.protocol_version >= "2026-07-28":
+        return
+    async with Step("resources/subscribe"):
+        await client.subscribe_resource(uri)
+    document = uri.removeprefix("maestro://documents/")
+    async with Step("documents.edit"):
+        edited = await client.call_tool(
+            "documents.edit", {"id": document, "base_version": 1, "content": "# Edited over MCP\n"}
+        )
+    if edited.is_error:
+        fail("documents.edit", f"isError result: {show(edited)}")
+    with anyio.move_on_after(10):
+        await UPDATE_SEEN.wait()
+    if uri not in UPDATED:
+        fail("resources/updated", f"no update of {uri} within 10 s: {UPDATED}")
+    ok("resources/updated", uri)
+
+
 async def main(options: Options) -> None:
     async with contextlib.AsyncExitStack() as stack:
         if options.url is not None:
@@ -317,13 +391,16 @@ async def main(options: Options) -> None:
             assert options.command is not None
             server = StdioServerParameters(command=options.command[0], args=options.command[1:], env=options.env)
         try:
-            client = await stack.enter_async_context(Client(server, mode=options.mode))
+            client = await stack.enter_async_context(Client(server, mode=options.mode, message_handler=on_message))
         except Exception as error:  # noqa: BLE001 - reported as the failed check
             fail("connect", error_text(error))
         print(f"protocol-version: {client.protocol_version}", flush=True)
         info = client.server_info
         ok("connect", f"server {info.name} {info.version}" if info else "anonymous server")
-        await run_checks(client, options)
+        if options.agents is not None:
+            await run_agent_checks(client, options)
+        else:
+            await run_checks(client, options)
     ok("close")
 
 

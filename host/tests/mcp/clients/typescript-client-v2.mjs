@@ -2,7 +2,7 @@
 // 2026-07-28 revision: `server/discover` instead of initialize, no session, every request
 // self-describing. See common.mjs for the command line and the checks.
 
-import { deliverOneMessageAtATime, fail, installed, ok, parseArgs, runChecks } from './common.mjs';
+import { deliverOneMessageAtATime, fail, installed, ok, parseArgs, runAgentChecks, runChecks } from './common.mjs';
 
 const REVISION = '2026-07-28';
 const options = parseArgs(process.argv.slice(2));
@@ -51,6 +51,6 @@ const api = {
     callTool: (name, args, opts = {}) => client.callTool({ name, arguments: args }, opts),
     isProtocolError: (error) => (error instanceof ProtocolError ? error.code : undefined),
 };
-await runChecks(api, options);
+await (options.agents ? runAgentChecks(api, options) : runChecks(api, options));
 await client.close();
 ok('close');

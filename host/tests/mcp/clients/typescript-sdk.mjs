@@ -2,14 +2,14 @@
 // revision (initialize handshake, Mcp-Session-Id over HTTP). See common.mjs for the
 // command line and the checks.
 
-import { deliverOneMessageAtATime, fail, installed, ok, parseArgs, runChecks } from './common.mjs';
+import { deliverOneMessageAtATime, fail, installed, ok, parseArgs, runAgentChecks, runChecks } from './common.mjs';
 
 const options = parseArgs(process.argv.slice(2));
 const require = installed();
 const { Client } = require('@modelcontextprotocol/sdk/client/index.js');
 const { StreamableHTTPClientTransport } = require('@modelcontextprotocol/sdk/client/streamableHttp.js');
 const { StdioClientTransport, getDefaultEnvironment } = require('@modelcontextprotocol/sdk/client/stdio.js');
-const { McpError } = require('@modelcontextprotocol/sdk/types.js');
+const { McpError, ResourceUpdatedNotificationSchema } = require('@modelcontextprotocol/sdk/types.js');
 
 const transport = options.url
     ? new StreamableHTTPClientTransport(new URL(options.url), {
@@ -51,7 +51,10 @@ const api = {
     readResource: (uri) => client.readResource({ uri }),
     callTool: (name, args, opts = {}) => client.callTool({ name, arguments: args }, undefined, opts),
     isProtocolError: (error) => (error instanceof McpError ? error.code : undefined),
+    subscribe: (uri) => client.subscribeResource({ uri }),
+    onResourceUpdated: (callback) =>
+        client.setNotificationHandler(ResourceUpdatedNotificationSchema, (n) => callback(n.params)),
 };
-await runChecks(api, options);
+await (options.agents ? runAgentChecks(api, options) : runChecks(api, options));
 await client.close();
 ok('close');
