@@ -124,10 +124,12 @@ pub async fn open_tools(
         policies.watch(interval);
     }
     let secrets = tools::SecretValues::new(env.clone(), config.secrets_dir.clone());
+    let models = open_models(config, env)?;
     Ok(Arc::new(
         tools::Tools::new(registry, policies, secrets)
             .with_credits(credits)
-            .with_tenant_limit(config.sandbox.max_calls_in_flight_per_tenant),
+            .with_tenant_limit(config.sandbox.max_calls_in_flight_per_tenant)
+            .with_models(models, config.model_prices.clone()),
     ))
 }
 
@@ -220,7 +222,11 @@ pub async fn serve(
         None => None,
     };
     let hub = Arc::new(orchestrator::hub::EventHub::new(store.clone()));
-    let models = open_models(&config, env)?;
+    // One set of model providers for runs and plugins' completions.
+    let models = match tools.models() {
+        Some(models) => models,
+        None => open_models(&config, env)?,
+    };
     let runner = orchestrator::Runner::new(
         orchestrator::RunnerPorts {
             runs: store.clone(),

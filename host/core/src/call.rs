@@ -290,6 +290,9 @@ pub struct Job<N> {
     pub caller: Arc<str>,
     /// Cancellation, progress and log lines.
     pub observe: Observe,
+    /// What the platform offers the call besides its arguments (model completions), for
+    /// this caller under its grant; `None`: nothing (every request is refused).
+    pub platform: Option<Arc<dyn Platform>>,
 }
 
 impl<N> fmt::Debug for Job<N> {
@@ -318,6 +321,76 @@ pub trait ToolExecutor: Send + Sync + fmt::Debug {
     /// Renders a persona of `plugin` (`None`: the plugin has no renderer for it, the
     /// persona's system prompt is the prompt).
     async fn render_persona(&self, plugin: &Self::Plugin, job: Job<Self::Network>) -> Outcome<Option<String>>;
+}
+
+/// Who wrote a message of a plugin's completion request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompletionRole {
+    /// Instructions.
+    System,
+    /// The person, or the plugin speaking for one.
+    User,
+    /// The model.
+    Assistant,
+}
+
+/// A completion a plugin asks for (`maestro:plugin/model@0.2.0`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletionRequest {
+    /// The conversation, system message first when there is one.
+    pub messages: Vec<(CompletionRole, String)>,
+    /// The class of model to ask.
+    pub tier: crate::plugin::ModelTier,
+    /// Largest answer, in tokens.
+    pub max_tokens: u32,
+    /// When set, the answer must be JSON fitting this schema (a JSON object).
+    pub schema: Option<serde_json::Value>,
+}
+
+/// A model's answer to a plugin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The answer's text.
+    pub text: String,
+    /// With a schema: the answer parsed as JSON.
+    pub structured: Option<serde_json::Value>,
+    /// The configured id of the model that answered (or the MCP client's model).
+    pub model: String,
+    /// Tokens used, as reported.
+    pub input_tokens: u64,
+    /// Answer tokens, as reported.
+    pub output_tokens: u64,
+    /// Credits charged for it.
+    pub credits: u64,
+}
+
+/// Why a plugin's completion request has no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlatformError {
+    /// Policy does not let this call use models, this tier, or this many tokens.
+    #[error("{0}")]
+    Denied(String),
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The caller's credits do not cover the request's worst case.
+    #[error("{0}")]
+    InsufficientCredits(String),
+    /// The model failed or is unavailable (the message is safe to show the plugin).
+    #[error("{0}")]
+    Failed(String),
+    /// The call was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// The platform as one call sees it: model completions for its caller, under the
+/// caller's grant and on its credits. The host builds one per call and hands it to the
+/// executor in the [`Job`].
+#[async_trait::async_trait]
+pub trait Platform: Send + Sync + fmt::Debug {
+    /// Asks a model for a completion.
+    async fn complete(&self, request: CompletionRequest) -> Result<Completion, PlatformError>;
 }
 
 /// How MCP answers a code.

@@ -21,6 +21,7 @@ mod authorize;
 mod charge;
 mod inflight;
 mod network;
+mod platform;
 mod rate;
 mod secrets;
 
@@ -172,7 +173,8 @@ pub struct Call<T> {
     pub outcome: Outcome<T>,
     /// Credits the policy prices the call at.
     pub credits: u64,
-    /// Credits actually charged (0 when free or refunded).
+    /// Credits actually charged (0 when free or refunded), with the model completions
+    /// the call asked for and got answered before it ended.
     pub charged: u64,
 }
 
@@ -192,6 +194,7 @@ pub struct Tools {
     in_flight: Arc<inflight::InFlight>,
     charger: charge::Charger,
     executor: Arc<Executor>,
+    models: Option<Arc<platform::Models>>,
 }
 
 impl std::fmt::Debug for Tools {
@@ -264,7 +267,25 @@ impl Tools {
             in_flight: Arc::default(),
             charger: charge::Charger::default(),
             executor,
+            models: None,
         }
+    }
+
+    /// Lets tools that policy grants model access (`model_tiers`) ask `models` for
+    /// completions, priced by `prices` and paid from the caller's credits.
+    #[must_use]
+    pub fn with_models(
+        mut self,
+        models: Arc<dyn maestro_core::llm::ModelProvider>,
+        prices: Vec<crate::config::ModelPrice>,
+    ) -> Self {
+        self.models = Some(Arc::new(platform::Models::new(models, prices)));
+        self
+    }
+
+    /// The model providers plugins' completions use, if any.
+    pub fn models(&self) -> Option<Arc<dyn maestro_core::llm::ModelProvider>> {
+        self.models.as_ref().map(|m| m.provider.clone())
     }
 
     /// Meters calls on `credits` (without it, as in some tests, calls are free).
@@ -392,6 +413,19 @@ impl Tools {
             .admit(&principal.tenant)
             .ok_or(CallError::TooManyCallsInFlight { limit: self.in_flight.limit() })?;
         let charge = self.charger.charge(principal, grant.credits, name).await?;
+        // Completions a tool asks for are paid on top of its price (personas get none).
+        let spent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let platform = match (T::KIND, &self.models) {
+            (Kind::Tool, Some(models)) => Some(Arc::new(platform::CallPlatform::new(
+                models.clone(),
+                self.charger.credits().cloned(),
+                principal.tenant_id.clone(),
+                grant.models.clone(),
+                name,
+                spent.clone(),
+            )) as Arc<dyn maestro_core::call::Platform>),
+            _ => None,
+        };
         let job = Job {
             item: name.split_once('.').map_or(name, |(_, item)| item).to_owned(),
             arguments: arguments.to_string(),
@@ -402,6 +436,7 @@ impl Tools {
             ),
             caller: Arc::from(principal.tenant.as_str()),
             observe,
+            platform,
         };
         let mut outcome = T::execute(self.executor.as_ref(), &plugin.loaded, job).await;
         let charged = match (charge, &outcome.result) {
@@ -412,6 +447,7 @@ impl Tools {
             (Some(charge), _) => charge.price(),
             (None, _) => 0,
         };
+        let charged = charged.saturating_add(spent.load(std::sync::atomic::Ordering::SeqCst));
         outcome.metering.credits_charged = charged;
         let kind = T::KIND.as_str();
         if let Err(Failure::Unavailable { detail }) = &outcome.result {
