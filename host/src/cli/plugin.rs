@@ -322,7 +322,7 @@ serde_json = "1"
 version = "0.1.0"
 description = "Describe what {name} does in one line"
 component = "{name}.wasm"
-wit = "maestro:plugin@0.1.0"
+wit = "maestro:plugin@0.2.0"
 
 [capabilities]
 # Destinations the plugin needs, e.g. ["https://api.example.com"]; the administrator's

@@ -26,6 +26,7 @@ mod orchestrator;
 mod outbound;
 mod packaging;
 mod pipeline;
+mod plugin_models;
 mod process;
 mod reload;
 mod runs_api;
