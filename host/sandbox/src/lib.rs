@@ -1161,6 +1161,7 @@ fn parse_schema(what: &'static str, name: &str, text: &str) -> Result<serde_json
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wit::v1::{checked_output, tool_spec, wit};
 
     fn wit_tool(description: &str) -> wit::ToolSpec {
         wit::ToolSpec {

@@ -192,3 +192,21 @@ async fn components_built_against_0_1_0_load_and_run_beside_0_2_0_ones() {
     let denied = sandbox.call_tool(&summarise, "text", r#"{"text":"hi"}"#.into(), &CallContext::default()).await;
     failed_with(&denied.result.map(|o| o.structured.unwrap_or(Value::Null)), "model access is not available");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_naming_another_contract_version_than_its_component_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let installed = crate::fixtures::install(dir.path(), "legacy");
+    let manifest = installed.join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(&manifest, text.replace("maestro:plugin@0.1.0", "maestro:plugin@0.2.0")).expect("rewrite");
+    let registry = PluginRegistry::new(crate::fixtures::sandbox(), dir.path().to_owned());
+    registry.refresh().await;
+    let catalog = registry.catalog();
+    assert_eq!(catalog.plugins().count(), 0);
+    let reason = &catalog.refused()[0].reason;
+    assert_eq!(
+        reason,
+        "the manifest says wit `maestro:plugin@0.2.0`, but the component is built against `maestro:plugin@0.1.0`"
+    );
+}
