@@ -122,6 +122,10 @@ pub struct Observe {
     pub progress: Option<ProgressSink>,
     /// Receives the plugin's log lines.
     pub log: Option<LogSink>,
+    /// The caller's own models (an MCP client that offers sampling): a tool's
+    /// completions go there instead of the host's providers, within the same grant, and
+    /// cost no credits.
+    pub client_models: Option<Arc<dyn Platform>>,
 }
 
 impl fmt::Debug for Observe {
@@ -130,6 +134,7 @@ impl fmt::Debug for Observe {
             .field("cancelled", &self.cancel.is_cancelled())
             .field("progress", &self.progress.is_some())
             .field("log", &self.log.is_some())
+            .field("client_models", &self.client_models.is_some())
             .finish()
     }
 }

@@ -14,6 +14,7 @@
 mod content;
 mod redact;
 mod resources;
+mod sampling;
 mod watch;
 
 use std::borrow::Cow;
@@ -196,8 +197,11 @@ impl Handler {
         tracing::debug!(tenant = %principal.tenant, tool = %qualified, arguments = %redact::redacted(&arguments), "mcp tools/call arguments");
         let progress_token = context.meta.get_progress_token();
         let plugin = qualified.split_once('.').map_or("", |(plugin, _)| plugin).to_owned();
-        let (observe, events) =
+        let (mut observe, events) =
             Events::start(context.peer.clone(), progress_token, self.log_threshold(&context), plugin);
+        // A client that offers sampling answers the tool's completions with its own model.
+        observe.client_models =
+            sampling::Sampling::offered(&context).map(|s| Arc::new(s) as Arc<dyn maestro_core::call::Platform>);
         let cancel = observe.cancel.clone();
         let call = self.mcp.tools.call(&principal, &qualified, arguments, observe);
         tokio::pin!(call);

@@ -416,6 +416,10 @@ impl Tools {
         // Completions a tool asks for are paid on top of its price (personas get none).
         let spent = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let platform = match (T::KIND, &self.models) {
+            (Kind::Tool, _) if observe.client_models.is_some() => observe.client_models.clone().map(|client| {
+                Arc::new(platform::ClientPlatform::new(client, grant.models.clone(), name))
+                    as Arc<dyn maestro_core::call::Platform>
+            }),
             (Kind::Tool, Some(models)) => Some(Arc::new(platform::CallPlatform::new(
                 models.clone(),
                 self.charger.credits().cloned(),

@@ -107,40 +107,8 @@ impl Platform for CallPlatform {
 }
 
 impl Inner {
-    /// Checks the request against the grant.
-    fn admit(&self, request: &CompletionRequest) -> Result<(), PlatformError> {
-        let Some(grant) = &self.grant else {
-            return Err(PlatformError::Denied(format!(
-                "policy gives `{}` no model access (a grant's model_tiers)",
-                self.what
-            )));
-        };
-        if !grant.tiers.contains(&request.tier) {
-            let granted: Vec<&str> = grant.tiers.iter().map(|t| tier_name(*t)).collect();
-            return Err(PlatformError::Denied(format!(
-                "policy does not grant the `{}` model tier to `{}` (granted: {})",
-                tier_name(request.tier),
-                self.what,
-                granted.join(", ")
-            )));
-        }
-        if request.max_tokens > grant.max_tokens {
-            return Err(PlatformError::Denied(format!(
-                "max_tokens {} is over the {} tokens policy allows per completion",
-                request.max_tokens, grant.max_tokens
-            )));
-        }
-        if request.max_tokens == 0 {
-            return Err(PlatformError::InvalidRequest("max_tokens must be at least 1".into()));
-        }
-        if request.messages.is_empty() {
-            return Err(PlatformError::InvalidRequest("a completion needs at least one message".into()));
-        }
-        Ok(())
-    }
-
     async fn complete(&self, request: CompletionRequest) -> Result<Completion, PlatformError> {
-        self.admit(&request)?;
+        admit(self.grant.as_ref(), &self.what, &request)?;
         let models = self.models.provider.models();
         let model = model_for_tier(&models, request.tier)
             .ok_or_else(|| PlatformError::Failed("no model is configured on this host".into()))?;
@@ -269,5 +237,57 @@ impl Inner {
                 maestro_core::llm::Usage { input_tokens: prompt, output_tokens: output, ..Default::default() };
         }
         Ok(response)
+    }
+}
+
+/// Checks a completion request against the grant of the call of `what`.
+fn admit(grant: Option<&ModelGrant>, what: &str, request: &CompletionRequest) -> Result<(), PlatformError> {
+    let Some(grant) = grant else {
+        return Err(PlatformError::Denied(format!("policy gives `{what}` no model access (a grant's model_tiers)")));
+    };
+    if !grant.tiers.contains(&request.tier) {
+        let granted: Vec<&str> = grant.tiers.iter().map(|t| tier_name(*t)).collect();
+        return Err(PlatformError::Denied(format!(
+            "policy does not grant the `{}` model tier to `{what}` (granted: {})",
+            tier_name(request.tier),
+            granted.join(", ")
+        )));
+    }
+    if request.max_tokens > grant.max_tokens {
+        return Err(PlatformError::Denied(format!(
+            "max_tokens {} is over the {} tokens policy allows per completion",
+            request.max_tokens, grant.max_tokens
+        )));
+    }
+    if request.max_tokens == 0 {
+        return Err(PlatformError::InvalidRequest("max_tokens must be at least 1".into()));
+    }
+    if request.messages.is_empty() {
+        return Err(PlatformError::InvalidRequest("a completion needs at least one message".into()));
+    }
+    Ok(())
+}
+
+/// A call's platform when the caller brings its own models (an MCP client's sampling):
+/// the same grant decides, the caller's models answer, and nothing is charged.
+#[derive(Debug)]
+pub(crate) struct ClientPlatform {
+    client: Arc<dyn Platform>,
+    grant: Option<ModelGrant>,
+    what: String,
+}
+
+impl ClientPlatform {
+    pub(crate) fn new(client: Arc<dyn Platform>, grant: Option<ModelGrant>, what: &str) -> Self {
+        Self { client, grant, what: what.to_owned() }
+    }
+}
+
+#[async_trait::async_trait]
+impl Platform for ClientPlatform {
+    async fn complete(&self, request: CompletionRequest) -> Result<Completion, PlatformError> {
+        admit(self.grant.as_ref(), &self.what, &request)?;
+        let answer = self.client.complete(request).await?;
+        Ok(Completion { credits: 0, ..answer })
     }
 }

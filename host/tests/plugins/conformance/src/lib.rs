@@ -106,6 +106,21 @@ fn error_handling(_: NoInput) -> Result<&'static str, ToolError> {
     Err(ToolError::failed("This tool intentionally returns an error for testing"))
 }
 
+/// Arguments of `test_sampling`.
+#[derive(Debug, Deserialize, JsonSchema)]
+struct SamplingArgs {
+    /// The prompt to send to the model.
+    prompt: String,
+}
+
+/// Asks the platform's model (over MCP: the client's own, by sampling) for at most 100
+/// tokens.
+fn sampling(args: SamplingArgs) -> Result<String, ToolError> {
+    let request = maestro_sdk::model::Request::new(maestro_sdk::ModelTier::Medium, 100).user(args.prompt);
+    let answer = maestro_sdk::model::complete(&request)?;
+    Ok(format!("LLM response: {}", answer.text))
+}
+
 /// Arguments of `json_schema_2020_12_tool`: any object. What the suite checks is the
 /// input schema, which keeps JSON Schema 2020-12 keywords (`$defs`, `$anchor`, `allOf`,
 /// `anyOf`, `if`/`then`/`else`, `additionalProperties`) as written.
@@ -184,6 +199,7 @@ export_plugin! {
             .read_only(),
         tool("test_error_handling", "Always fails", error_handling).read_only(),
         tool("json_schema_2020_12_tool", "Tool with JSON Schema 2020-12 features", json_schema_2020_12).read_only(),
+        tool("test_sampling", "Asks the client's model (MCP sampling) to answer a prompt", sampling).read_only(),
     ],
     personas: [simple_prompt(), prompt_with_arguments()],
 }
@@ -195,6 +211,16 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn sampling_asks_for_100_tokens_and_prefixes_the_answer() {
+        let host = FakeHost::install();
+        host.on_complete(|_| Ok(maestro_sdk::model::Completion::text("hi there")));
+        let out = maestro_plugin().call("test_sampling", r#"{"prompt":"Say hi"}"#).expect("answered");
+        assert_eq!(out.content, vec![Content::Text("LLM response: hi there".into())]);
+        let asked = host.completions();
+        assert_eq!((asked[0].max_tokens, asked[0].messages[0].text.as_str()), (100, "Say hi"));
+    }
 
     #[test]
     fn contents_are_what_the_suite_checks() {
