@@ -13,7 +13,8 @@
 //!   placeholders or by your own function;
 //! - the host services: [`log`], [`progress`], [`cancelled`], [`config`], a small
 //!   blocking [`http`] client over `wasi:http`, and the platform's models
-//!   ([`model::complete`], paid by the caller, when policy grants it).
+//!   ([`model::complete`], paid by the caller, when policy grants it), and the person
+//!   behind the call ([`user::ask`], MCP elicitation).
 //!
 //! [`export_plugin!`] implements the WIT exports for you. Off `wasm32`, the host
 //! imports are an in-process fake ([`testing`]), so `cargo test` runs tools natively.
@@ -99,6 +100,7 @@ pub mod model;
 mod persona;
 mod plugin;
 mod tool;
+pub mod user;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;

@@ -36,6 +36,7 @@ use crate::host::LogLevel;
 use crate::http::{HttpError, Request, Response};
 use crate::model::{Completion, ModelError, Request as ModelRequest};
 use crate::tool::{ErasedTool, Tool, ToolError, ToolOutput};
+use crate::user::{Answer, UserError};
 
 /// A log line a tool wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +60,7 @@ pub struct ProgressRecord {
 
 type Responder = Rc<dyn Fn(&Request) -> Result<Response, HttpError>>;
 type Completer = Rc<dyn Fn(&ModelRequest) -> Result<Completion, ModelError>>;
+type Asker = Rc<dyn Fn(&str, &Value) -> Result<Answer, UserError>>;
 
 struct State {
     config: String,
@@ -69,6 +71,8 @@ struct State {
     requests: Vec<Request>,
     completer: Option<Completer>,
     completions: Vec<ModelRequest>,
+    asker: Option<Asker>,
+    questions: Vec<(String, Value)>,
 }
 
 impl Default for State {
@@ -82,6 +86,8 @@ impl Default for State {
             requests: Vec::new(),
             completer: None,
             completions: Vec::new(),
+            asker: None,
+            questions: Vec::new(),
         }
     }
 }
@@ -175,6 +181,18 @@ impl FakeHost {
     pub fn completions(&self) -> Vec<ModelRequest> {
         with(|s| s.completions.clone())
     }
+
+    /// Answers questions ([`user::ask`](crate::user::ask)) with `asker` (given the
+    /// message and the schema). Without one, every question fails with
+    /// [`UserError::NeedsInput`], as where nobody can be asked.
+    pub fn on_ask(&self, asker: impl Fn(&str, &Value) -> Result<Answer, UserError> + 'static) {
+        with(|s| s.asker = Some(Rc::new(asker)));
+    }
+
+    /// The questions asked so far, as `(message, schema)`.
+    pub fn questions(&self) -> Vec<(String, Value)> {
+        with(|s| s.questions.clone())
+    }
 }
 
 /// Calls a tool with JSON arguments the way the host does: the arguments are
@@ -233,6 +251,20 @@ pub(crate) mod sys {
         match completer {
             Some(completer) => completer(request),
             None => Err(crate::model::ModelError::Denied("the fake host has no model (FakeHost::on_complete)".into())),
+        }
+    }
+
+    pub(crate) fn ask(
+        message: &str,
+        schema: &serde_json::Value,
+    ) -> Result<crate::user::Answer, crate::user::UserError> {
+        let asker = with(|s| {
+            s.questions.push((message.to_owned(), schema.clone()));
+            s.asker.clone()
+        });
+        match asker {
+            Some(asker) => asker(message, schema),
+            None => Err(crate::user::UserError::NeedsInput(message.to_owned())),
         }
     }
 }

@@ -193,6 +193,24 @@ pub(crate) mod sys {
             Err(m::Error::Cancelled) => Err(ModelError::Cancelled),
         }
     }
+
+    pub(crate) fn ask(
+        message: &str,
+        schema: &serde_json::Value,
+    ) -> Result<crate::user::Answer, crate::user::UserError> {
+        use super::bindings::maestro::plugin::user as u;
+        use crate::user::{Answer, UserError};
+        match u::ask(message, &schema.to_string()) {
+            Ok(u::Answer::Accepted(json)) => serde_json::from_str(&json)
+                .map(Answer::Accepted)
+                .map_err(|e| UserError::Failed(format!("the answer is not JSON: {e}"))),
+            Ok(u::Answer::Declined) => Ok(Answer::Declined),
+            Ok(u::Answer::Cancelled) => Ok(Answer::Cancelled),
+            Err(u::Error::NeedsInput(question)) => Err(UserError::NeedsInput(question)),
+            Err(u::Error::InvalidRequest(m)) => Err(UserError::InvalidRequest(m)),
+            Err(u::Error::Failed(m)) => Err(UserError::Failed(m)),
+        }
+    }
 }
 
 /// The HTTP client over `wasi:http/outgoing-handler`.

@@ -126,6 +126,9 @@ pub struct Observe {
     /// completions go there instead of the host's providers, within the same grant, and
     /// cost no credits.
     pub client_models: Option<Arc<dyn Platform>>,
+    /// The person behind the caller (an MCP client that offers elicitation): a tool's
+    /// questions go to its [`Platform::ask`]; without it nobody can be asked.
+    pub client_user: Option<Arc<dyn Platform>>,
 }
 
 impl fmt::Debug for Observe {
@@ -135,6 +138,7 @@ impl fmt::Debug for Observe {
             .field("progress", &self.progress.is_some())
             .field("log", &self.log.is_some())
             .field("client_models", &self.client_models.is_some())
+            .field("client_user", &self.client_user.is_some())
             .finish()
     }
 }
@@ -387,6 +391,36 @@ pub enum PlatformError {
     /// The call was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// Nobody can be asked here (no MCP client offering elicitation; in a run, not yet):
+    /// the question as asked, for the caller to put another way. The seam a run's
+    /// `ask_user` flow can record.
+    #[error("needs input from the user: {question}")]
+    NeedsInput {
+        /// The message the plugin asked.
+        question: String,
+        /// The JSON Schema of the answer it wanted (its choices).
+        schema: serde_json::Value,
+    },
+}
+
+/// What a plugin asks the person behind the call (MCP elicitation's form).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Question {
+    /// The message shown.
+    pub message: String,
+    /// The JSON Schema of the answer: an object of primitive and enum properties.
+    pub schema: serde_json::Value,
+}
+
+/// What the person did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// Answered with this JSON object.
+    Accepted(serde_json::Value),
+    /// Declined to answer.
+    Declined,
+    /// Dismissed the question.
+    Cancelled,
 }
 
 /// The platform as one call sees it: model completions for its caller, under the
@@ -396,6 +430,12 @@ pub enum PlatformError {
 pub trait Platform: Send + Sync + fmt::Debug {
     /// Asks a model for a completion.
     async fn complete(&self, request: CompletionRequest) -> Result<Completion, PlatformError>;
+
+    /// Asks the person behind the call. By default nobody can be asked:
+    /// [`PlatformError::NeedsInput`].
+    async fn ask(&self, question: Question) -> Result<Answer, PlatformError> {
+        Err(PlatformError::NeedsInput { question: question.message, schema: question.schema })
+    }
 }
 
 /// How MCP answers a code.

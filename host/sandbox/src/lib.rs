@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use maestro_core::call::{
-    CancelToken, Completion, CompletionRequest, CompletionRole, Failure, LogLevel, LogSink, Metering, Outcome,
-    Platform, PlatformError, Progress, ProgressSink, RunLimits,
+    Answer as UserAnswer, CancelToken, Completion, CompletionRequest, CompletionRole, Failure, LogLevel, LogSink,
+    Metering, Outcome, Platform, PlatformError, Progress, ProgressSink, Question, RunLimits,
 };
 use maestro_core::plugin::{ModelTier, PersonaSpec, ToolError, ToolOutput, ToolSpec, json_len};
 use tokio::io::AsyncWrite;
@@ -1022,6 +1022,43 @@ impl State {
     }
 }
 
+impl State {
+    /// The `user.ask` import: the caller's platform, stopped by cancellation.
+    async fn ask(&mut self, question: Question) -> Result<UserAnswer, PlatformError> {
+        let Some(platform) = self.platform.clone() else {
+            return Err(PlatformError::NeedsInput { question: question.message, schema: question.schema });
+        };
+        let cancel = self.cancel.clone();
+        tokio::select! {
+            answer = platform.ask(question) => answer,
+            () = cancel.cancelled() => Err(PlatformError::Cancelled),
+        }
+    }
+}
+
+impl bindings::v2::maestro::plugin::user::Host for State {
+    async fn ask(
+        &mut self,
+        message: String,
+        schema: String,
+    ) -> Result<bindings::v2::maestro::plugin::user::Answer, bindings::v2::maestro::plugin::user::Error> {
+        use bindings::v2::maestro::plugin::user as u;
+        let schema = match serde_json::from_str::<serde_json::Value>(&schema) {
+            Ok(schema) if schema.is_object() => schema,
+            _ => return Err(u::Error::InvalidRequest("the schema must be a JSON object".into())),
+        };
+        match State::ask(self, Question { message, schema }).await {
+            Ok(UserAnswer::Accepted(value)) => Ok(u::Answer::Accepted(value.to_string())),
+            Ok(UserAnswer::Declined) => Ok(u::Answer::Declined),
+            Ok(UserAnswer::Cancelled) => Ok(u::Answer::Cancelled),
+            Err(PlatformError::NeedsInput { question, .. }) => Err(u::Error::NeedsInput(question)),
+            Err(PlatformError::InvalidRequest(m)) => Err(u::Error::InvalidRequest(m)),
+            Err(PlatformError::Cancelled) => Ok(u::Answer::Cancelled),
+            Err(other) => Err(u::Error::Failed(other.to_string())),
+        }
+    }
+}
+
 /// The host interface of both contract versions (the same four functions).
 macro_rules! host_interface {
     ($version:ident) => {
@@ -1104,6 +1141,7 @@ impl bindings::v2::maestro::plugin::model::Host for State {
             Err(PlatformError::InsufficientCredits(m)) => Err(m::Error::InsufficientCredits(m)),
             Err(PlatformError::Failed(m)) => Err(m::Error::Failed(m)),
             Err(PlatformError::Cancelled) => Err(m::Error::Cancelled),
+            Err(other @ PlatformError::NeedsInput { .. }) => Err(m::Error::Failed(other.to_string())),
         }
     }
 }

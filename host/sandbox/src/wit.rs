@@ -25,12 +25,13 @@ pub(crate) mod bindings {
         });
     }
 
-    /// `maestro:plugin@0.2.0`: the completion import is async (it waits on a model).
+    /// `maestro:plugin@0.2.0`: the completion and question imports are async (they wait
+    /// on a model, a person).
     pub(crate) mod v2 {
         wasmtime::component::bindgen!({
             path: "../../sdk/wit/0.2.0",
             world: "plugin",
-            imports: { "maestro:plugin/model.complete": async },
+            imports: { "maestro:plugin/model.complete": async, "maestro:plugin/user.ask": async },
             exports: { default: async },
         });
     }

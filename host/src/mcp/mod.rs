@@ -12,6 +12,7 @@
 #![allow(deprecated)]
 
 mod content;
+mod elicitation;
 mod redact;
 mod resources;
 mod sampling;
@@ -202,6 +203,9 @@ impl Handler {
         // A client that offers sampling answers the tool's completions with its own model.
         observe.client_models =
             sampling::Sampling::offered(&context).map(|s| Arc::new(s) as Arc<dyn maestro_core::call::Platform>);
+        // A client that offers elicitation answers the tool's questions (its user does).
+        observe.client_user =
+            elicitation::Elicitation::offered(&context).map(|e| Arc::new(e) as Arc<dyn maestro_core::call::Platform>);
         let cancel = observe.cancel.clone();
         let call = self.mcp.tools.call(&principal, &qualified, arguments, observe);
         tokio::pin!(call);

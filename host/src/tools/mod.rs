@@ -415,12 +415,13 @@ impl Tools {
         let charge = self.charger.charge(principal, grant.credits, name).await?;
         // Completions a tool asks for are paid on top of its price (personas get none).
         let spent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let platform = match (T::KIND, &self.models) {
-            (Kind::Tool, _) if observe.client_models.is_some() => observe.client_models.clone().map(|client| {
-                Arc::new(platform::ClientPlatform::new(client, grant.models.clone(), name))
-                    as Arc<dyn maestro_core::call::Platform>
-            }),
-            (Kind::Tool, Some(models)) => Some(Arc::new(platform::CallPlatform::new(
+        let models = match (T::KIND, observe.client_models.clone(), &self.models) {
+            (Kind::Persona, ..) | (Kind::Tool, None, None) => None,
+            (Kind::Tool, Some(client), _) => {
+                Some(Arc::new(platform::ClientPlatform::new(client, grant.models.clone(), name))
+                    as Arc<dyn maestro_core::call::Platform>)
+            }
+            (Kind::Tool, None, Some(models)) => Some(Arc::new(platform::CallPlatform::new(
                 models.clone(),
                 self.charger.credits().cloned(),
                 principal.tenant_id.clone(),
@@ -428,8 +429,11 @@ impl Tools {
                 name,
                 spent.clone(),
             )) as Arc<dyn maestro_core::call::Platform>),
-            _ => None,
         };
+        let platform = (T::KIND == Kind::Tool).then(|| {
+            Arc::new(platform::Joined::new(models, observe.client_user.clone()))
+                as Arc<dyn maestro_core::call::Platform>
+        });
         let job = Job {
             item: name.split_once('.').map_or(name, |(_, item)| item).to_owned(),
             arguments: arguments.to_string(),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use maestro_core::TenantId;
-use maestro_core::call::{Completion, CompletionRequest, CompletionRole, Platform, PlatformError};
+use maestro_core::call::{Answer, Completion, CompletionRequest, CompletionRole, Platform, PlatformError, Question};
 use maestro_core::llm::{
     ChatEvent, ChatMessage, ChatRequest, ChatRole, ModelProvider, ResponseSchema, model_for_tier, prompt_token_bound,
     tier_name,
@@ -289,5 +289,37 @@ impl Platform for ClientPlatform {
         admit(self.grant.as_ref(), &self.what, &request)?;
         let answer = self.client.complete(request).await?;
         Ok(Completion { credits: 0, ..answer })
+    }
+}
+
+/// A tool call's whole platform: its models (the host's or the client's; none: every
+/// completion is denied) and the person behind it (an MCP client offering elicitation;
+/// none: nobody can be asked, [`PlatformError::NeedsInput`]).
+#[derive(Debug)]
+pub(crate) struct Joined {
+    models: Option<Arc<dyn Platform>>,
+    user: Option<Arc<dyn Platform>>,
+}
+
+impl Joined {
+    pub(crate) fn new(models: Option<Arc<dyn Platform>>, user: Option<Arc<dyn Platform>>) -> Self {
+        Self { models, user }
+    }
+}
+
+#[async_trait::async_trait]
+impl Platform for Joined {
+    async fn complete(&self, request: CompletionRequest) -> Result<Completion, PlatformError> {
+        match &self.models {
+            Some(models) => models.complete(request).await,
+            None => Err(PlatformError::Denied("no model provider is available to this call".into())),
+        }
+    }
+
+    async fn ask(&self, question: Question) -> Result<Answer, PlatformError> {
+        match &self.user {
+            Some(user) => user.ask(question).await,
+            None => Err(PlatformError::NeedsInput { question: question.message, schema: question.schema }),
+        }
     }
 }

@@ -210,3 +210,28 @@ async fn a_manifest_naming_another_contract_version_than_its_component_is_refuse
         "the manifest says wit `maestro:plugin@0.2.0`, but the component is built against `maestro:plugin@0.1.0`"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_nobody_can_answer_fails_the_call_with_needs_input_and_the_question() {
+    let sandbox = crate::fixtures::sandbox();
+    let bytes = std::fs::read(crate::fixtures::component("conformance")).expect("component");
+    let plugin = sandbox.load("conformance", bytes, CallLimits::default()).await.expect("loads");
+    let args = r#"{"message":"Which plan?"}"#.to_owned();
+    // No platform at all, and a platform without a person behind it: the same typed answer.
+    let alone = sandbox.call_tool(&plugin, "test_elicitation", args.clone(), &CallContext::default()).await;
+    failed_with(&alone.result.map(|_| Value::Null), "needs input from the user: Which plan?");
+    #[derive(Debug)]
+    struct NoOne;
+    #[async_trait::async_trait]
+    impl maestro_core::call::Platform for NoOne {
+        async fn complete(
+            &self,
+            _: maestro_core::call::CompletionRequest,
+        ) -> Result<maestro_core::call::Completion, maestro_core::call::PlatformError> {
+            Err(maestro_core::call::PlatformError::Denied("none".into()))
+        }
+    }
+    let context = CallContext { platform: Some(Arc::new(NoOne)), ..CallContext::default() };
+    let nobody = sandbox.call_tool(&plugin, "test_elicitation", args, &context).await;
+    failed_with(&nobody.result.map(|_| Value::Null), "needs input from the user: Which plan?");
+}
