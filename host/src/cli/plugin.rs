@@ -394,3 +394,16 @@ mod tests {{
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_plugin_targets_the_newest_contract_the_host_runs() {
+        let manifest = Manifest::parse(&scaffold::manifest("weather")).expect("the scaffold's manifest is valid");
+        let newest = crate::plugins::manifest::SUPPORTED_WIT.last().copied();
+        assert_eq!(Some(manifest.wit.as_str()), newest);
+        assert_eq!(newest, Some("maestro:plugin@0.2.0"));
+    }
+}
