@@ -20,7 +20,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # by the binary itself, exactly as `scripts/run` does.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    /out/bin/maestro plugin build plugins/calc plugins/text plugins/web plugins/personas \
+    /out/bin/maestro plugin build plugins/calc plugins/text plugins/web plugins/personas plugins/summarise \
       --out /out/plugins
 
 # ---- runtime ----------------------------------------------------------------------

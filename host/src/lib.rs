@@ -137,11 +137,13 @@ pub async fn open_tools_with(
         policies.watch(interval);
     }
     let secrets = tools::SecretValues::new(env.clone(), config.secrets_dir.clone());
+    let models = open_models(config, env)?;
     Ok(Arc::new(
         tools::Tools::new(registry, policies, secrets)
             .with_credits(credits)
             .with_tenant_limit(config.sandbox.max_calls_in_flight_per_tenant)
-            .with_host_tools(host_tools),
+            .with_host_tools(host_tools)
+            .with_models(models, config.model_prices.clone()),
     ))
 }
 
@@ -253,7 +255,11 @@ pub async fn serve(
         },
         config.schedules,
     ));
-    let models = open_models(&config, env)?;
+    // One set of model providers for runs and plugins' completions.
+    let models = match tools.models() {
+        Some(models) => models,
+        None => open_models(&config, env)?,
+    };
     let runner = orchestrator::Runner::new(
         orchestrator::RunnerPorts {
             runs: store.clone(),

@@ -11,8 +11,10 @@
 //!   the tool returns [`Structured<T>`], and maps the result to the WIT `tool-output`;
 //! - **personas** as data ([`PersonaSpec`]), rendered by filling `{{argument}}`
 //!   placeholders or by your own function;
-//! - the host services: [`log`], [`progress`], [`cancelled`], [`config`], and a small
-//!   blocking [`http`] client over `wasi:http`.
+//! - the host services: [`log`], [`progress`], [`cancelled`], [`config`], a small
+//!   blocking [`http`] client over `wasi:http`, and the platform's models
+//!   ([`model::complete`], paid by the caller, when policy grants it), and the person
+//!   behind the call ([`user::ask`], MCP elicitation).
 //!
 //! [`export_plugin!`] implements the WIT exports for you. Off `wasm32`, the host
 //! imports are an in-process fake ([`testing`]), so `cargo test` runs tools natively.
@@ -94,9 +96,11 @@
 
 mod host;
 pub mod http;
+pub mod model;
 mod persona;
 mod plugin;
 mod tool;
+pub mod user;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
@@ -117,7 +121,7 @@ pub use schemars;
 pub use serde_json;
 
 /// The WIT package version this SDK targets.
-pub const WIT_PACKAGE: &str = "maestro:plugin@0.1.0";
+pub const WIT_PACKAGE: &str = "maestro:plugin@0.2.0";
 
 /// What [`export_plugin!`] expands to; not part of the API.
 #[doc(hidden)]

@@ -34,7 +34,9 @@ use serde_json::Value;
 
 use crate::host::LogLevel;
 use crate::http::{HttpError, Request, Response};
+use crate::model::{Completion, ModelError, Request as ModelRequest};
 use crate::tool::{ErasedTool, Tool, ToolError, ToolOutput};
+use crate::user::{Answer, UserError};
 
 /// A log line a tool wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +59,8 @@ pub struct ProgressRecord {
 }
 
 type Responder = Rc<dyn Fn(&Request) -> Result<Response, HttpError>>;
+type Completer = Rc<dyn Fn(&ModelRequest) -> Result<Completion, ModelError>>;
+type Asker = Rc<dyn Fn(&str, &Value) -> Result<Answer, UserError>>;
 
 struct State {
     config: String,
@@ -65,6 +69,10 @@ struct State {
     progress: Vec<ProgressRecord>,
     responder: Option<Responder>,
     requests: Vec<Request>,
+    completer: Option<Completer>,
+    completions: Vec<ModelRequest>,
+    asker: Option<Asker>,
+    questions: Vec<(String, Value)>,
 }
 
 impl Default for State {
@@ -76,6 +84,10 @@ impl Default for State {
             progress: Vec::new(),
             responder: None,
             requests: Vec::new(),
+            completer: None,
+            completions: Vec::new(),
+            asker: None,
+            questions: Vec::new(),
         }
     }
 }
@@ -157,6 +169,30 @@ impl FakeHost {
     pub fn requests(&self) -> Vec<Request> {
         with(|s| s.requests.clone())
     }
+
+    /// Answers completion requests ([`model::complete`](crate::model::complete)) with
+    /// `completer`. Without one, every request is [`ModelError::Denied`], as on a host
+    /// whose policy grants no model access.
+    pub fn on_complete(&self, completer: impl Fn(&ModelRequest) -> Result<Completion, ModelError> + 'static) {
+        with(|s| s.completer = Some(Rc::new(completer)));
+    }
+
+    /// The completion requests made so far.
+    pub fn completions(&self) -> Vec<ModelRequest> {
+        with(|s| s.completions.clone())
+    }
+
+    /// Answers questions ([`user::ask`](crate::user::ask)) with `asker` (given the
+    /// message and the schema). Without one, every question fails with
+    /// [`UserError::NeedsInput`], as where nobody can be asked.
+    pub fn on_ask(&self, asker: impl Fn(&str, &Value) -> Result<Answer, UserError> + 'static) {
+        with(|s| s.asker = Some(Rc::new(asker)));
+    }
+
+    /// The questions asked so far, as `(message, schema)`.
+    pub fn questions(&self) -> Vec<(String, Value)> {
+        with(|s| s.questions.clone())
+    }
 }
 
 /// Calls a tool with JSON arguments the way the host does: the arguments are
@@ -203,6 +239,33 @@ pub(crate) mod sys {
             None => return Err(HttpError::denied()),
         };
         Ok(response.truncate(request.response_limit()))
+    }
+
+    pub(crate) fn complete(
+        request: &crate::model::Request,
+    ) -> Result<crate::model::Completion, crate::model::ModelError> {
+        let completer = with(|s| {
+            s.completions.push(request.clone());
+            s.completer.clone()
+        });
+        match completer {
+            Some(completer) => completer(request),
+            None => Err(crate::model::ModelError::Denied("the fake host has no model (FakeHost::on_complete)".into())),
+        }
+    }
+
+    pub(crate) fn ask(
+        message: &str,
+        schema: &serde_json::Value,
+    ) -> Result<crate::user::Answer, crate::user::UserError> {
+        let asker = with(|s| {
+            s.questions.push((message.to_owned(), schema.clone()));
+            s.asker.clone()
+        });
+        match asker {
+            Some(asker) => asker(message, schema),
+            None => Err(crate::user::UserError::NeedsInput(message.to_owned())),
+        }
     }
 }
 
@@ -259,5 +322,25 @@ mod tests {
         assert!(response.truncated);
         assert_eq!(host.requests().len(), 2);
         assert_eq!(host.requests()[1].body_bytes(), b"hi");
+    }
+
+    #[test]
+    fn completions_are_denied_without_a_completer_and_recorded_with_one() {
+        use crate::model::{self, Request};
+        let host = FakeHost::install();
+        let request = Request::new(crate::ModelTier::Small, 10).user("hi");
+        assert!(matches!(model::complete(&request), Err(ModelError::Denied(_))));
+        host.on_complete(|_| Ok(Completion::structured(serde_json::json!({ "n": 3 }))));
+        #[derive(serde::Deserialize, schemars::JsonSchema)]
+        struct N {
+            n: u32,
+        }
+        let (typed, answer) = model::complete_as::<N>(request).expect("answered");
+        assert_eq!((typed.n, answer.model.as_str()), (3, "fake"));
+        let asked = host.completions();
+        assert_eq!(asked.len(), 2);
+        assert!(asked[1].schema.is_some(), "complete_as sends the schema of its type");
+        let cancelled: crate::ToolError = ModelError::Cancelled.into();
+        assert_eq!(cancelled, crate::ToolError::Cancelled);
     }
 }

@@ -1,12 +1,12 @@
-//! The component side (only on `wasm32`): generated bindings for `sdk/wit/0.1.0`, the
+//! The component side (only on `wasm32`): generated bindings for `sdk/wit/0.2.0`, the
 //! host imports, the HTTP client over `wasi:http`, and conversions for the exports.
 #![allow(unsafe_code)] // generated bindings; exports are wired by `export_plugin!`
 
-/// Bindings generated from the WIT world `maestro:plugin/plugin@0.1.0`.
+/// Bindings generated from the WIT world `maestro:plugin/plugin@0.2.0`.
 #[allow(missing_debug_implementations, unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "wit/0.1.0",
+        path: "wit/0.2.0",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "__maestro_export_world",
@@ -149,6 +149,67 @@ pub(crate) mod sys {
 
     pub(crate) fn http_send(request: &Request, target: &Target) -> Result<Response, HttpError> {
         super::http::send(request, target)
+    }
+
+    pub(crate) fn complete(
+        request: &crate::model::Request,
+    ) -> Result<crate::model::Completion, crate::model::ModelError> {
+        use super::bindings::maestro::plugin::model as m;
+        use crate::model::{Completion, ModelError, Role};
+        let request = m::Request {
+            messages: request
+                .messages
+                .iter()
+                .map(|message| m::Message {
+                    role: match message.role {
+                        Role::System => m::Role::System,
+                        Role::User => m::Role::User,
+                        Role::Assistant => m::Role::Assistant,
+                    },
+                    text: message.text.clone(),
+                })
+                .collect(),
+            tier: match request.tier {
+                ModelTier::Small => wit::ModelTier::Small,
+                ModelTier::Medium => wit::ModelTier::Medium,
+                ModelTier::Large => wit::ModelTier::Large,
+            },
+            max_tokens: request.max_tokens,
+            schema: request.schema.as_ref().map(ToString::to_string),
+        };
+        match m::complete(&request) {
+            Ok(answer) => Ok(Completion {
+                text: answer.text,
+                structured: answer.structured.and_then(|s| serde_json::from_str(&s).ok()),
+                model: answer.model,
+                input_tokens: answer.usage.input_tokens,
+                output_tokens: answer.usage.output_tokens,
+                credits: answer.credits,
+            }),
+            Err(m::Error::Denied(m)) => Err(ModelError::Denied(m)),
+            Err(m::Error::InvalidRequest(m)) => Err(ModelError::InvalidRequest(m)),
+            Err(m::Error::InsufficientCredits(m)) => Err(ModelError::InsufficientCredits(m)),
+            Err(m::Error::Failed(m)) => Err(ModelError::Failed(m)),
+            Err(m::Error::Cancelled) => Err(ModelError::Cancelled),
+        }
+    }
+
+    pub(crate) fn ask(
+        message: &str,
+        schema: &serde_json::Value,
+    ) -> Result<crate::user::Answer, crate::user::UserError> {
+        use super::bindings::maestro::plugin::user as u;
+        use crate::user::{Answer, UserError};
+        match u::ask(message, &schema.to_string()) {
+            Ok(u::Answer::Accepted(json)) => serde_json::from_str(&json)
+                .map(Answer::Accepted)
+                .map_err(|e| UserError::Failed(format!("the answer is not JSON: {e}"))),
+            Ok(u::Answer::Declined) => Ok(Answer::Declined),
+            Ok(u::Answer::Cancelled) => Ok(Answer::Cancelled),
+            Err(u::Error::NeedsInput(question)) => Err(UserError::NeedsInput(question)),
+            Err(u::Error::InvalidRequest(m)) => Err(UserError::InvalidRequest(m)),
+            Err(u::Error::Failed(m)) => Err(UserError::Failed(m)),
+        }
     }
 }
 

@@ -122,9 +122,13 @@ pub struct Observe {
     pub progress: Option<ProgressSink>,
     /// Receives the plugin's log lines.
     pub log: Option<LogSink>,
-    /// Asks the person behind the call a question (MCP elicitation), when the caller's
-    /// client can; `None`: nobody can be asked while the call runs.
-    pub ask: Option<Arc<dyn AskUser>>,
+    /// The caller's own models (an MCP client that offers sampling): a tool's
+    /// completions go there instead of the host's providers, within the same grant, and
+    /// cost no credits.
+    pub client_models: Option<Arc<dyn Platform>>,
+    /// The person behind the caller (an MCP client that offers elicitation): a tool's
+    /// questions go to its [`Platform::ask`]; without it nobody can be asked.
+    pub client_user: Option<Arc<dyn Platform>>,
 }
 
 impl fmt::Debug for Observe {
@@ -133,7 +137,8 @@ impl fmt::Debug for Observe {
             .field("cancelled", &self.cancel.is_cancelled())
             .field("progress", &self.progress.is_some())
             .field("log", &self.log.is_some())
-            .field("ask", &self.ask.is_some())
+            .field("client_models", &self.client_models.is_some())
+            .field("client_user", &self.client_user.is_some())
             .finish()
     }
 }
@@ -294,6 +299,9 @@ pub struct Job<N> {
     pub caller: Arc<str>,
     /// Cancellation, progress and log lines.
     pub observe: Observe,
+    /// What the platform offers the call besides its arguments (model completions), for
+    /// this caller under its grant; `None`: nothing (every request is refused).
+    pub platform: Option<Arc<dyn Platform>>,
 }
 
 impl<N> fmt::Debug for Job<N> {
@@ -322,6 +330,147 @@ pub trait ToolExecutor: Send + Sync + fmt::Debug {
     /// Renders a persona of `plugin` (`None`: the plugin has no renderer for it, the
     /// persona's system prompt is the prompt).
     async fn render_persona(&self, plugin: &Self::Plugin, job: Job<Self::Network>) -> Outcome<Option<String>>;
+}
+
+/// Who wrote a message of a plugin's completion request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompletionRole {
+    /// Instructions.
+    System,
+    /// The person, or the plugin speaking for one.
+    User,
+    /// The model.
+    Assistant,
+}
+
+/// A completion a plugin asks for (`maestro:plugin/model@0.2.0`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletionRequest {
+    /// The conversation, system message first when there is one.
+    pub messages: Vec<(CompletionRole, String)>,
+    /// The class of model to ask.
+    pub tier: crate::plugin::ModelTier,
+    /// Largest answer, in tokens.
+    pub max_tokens: u32,
+    /// When set, the answer must be JSON fitting this schema (a JSON object).
+    pub schema: Option<serde_json::Value>,
+}
+
+/// A model's answer to a plugin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The answer's text.
+    pub text: String,
+    /// With a schema: the answer parsed as JSON.
+    pub structured: Option<serde_json::Value>,
+    /// The configured id of the model that answered (or the MCP client's model).
+    pub model: String,
+    /// Tokens used, as reported.
+    pub input_tokens: u64,
+    /// Answer tokens, as reported.
+    pub output_tokens: u64,
+    /// Credits charged for it.
+    pub credits: u64,
+}
+
+/// Why a plugin's completion request has no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlatformError {
+    /// Policy does not let this call use models, this tier, or this many tokens.
+    #[error("{0}")]
+    Denied(String),
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The caller's credits do not cover the request's worst case.
+    #[error("{0}")]
+    InsufficientCredits(String),
+    /// The model failed or is unavailable (the message is safe to show the plugin).
+    #[error("{0}")]
+    Failed(String),
+    /// The call was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+    /// Nobody can be asked here (no MCP client offering elicitation; in a run, not yet):
+    /// the question as asked, for the caller to put another way. The seam a run's
+    /// `ask_user` flow can record.
+    #[error("needs input from the user: {question}")]
+    NeedsInput {
+        /// The message the plugin asked.
+        question: String,
+        /// The JSON Schema of the answer it wanted (its choices).
+        schema: serde_json::Value,
+    },
+}
+
+/// What a plugin asks the person behind the call (MCP elicitation's form).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Question {
+    /// The message shown.
+    pub message: String,
+    /// The JSON Schema of the answer: an object of primitive and enum properties.
+    pub schema: serde_json::Value,
+}
+
+impl Question {
+    /// A question with one text field, `answer`: limited to `choices` (an enum) when only
+    /// they are accepted, else free text (naming the choices, when there are some, as
+    /// suggestions). Read the answer back with [`Answer::text`].
+    pub fn for_answer(message: impl Into<String>, choices: &[String], free_text: bool) -> Self {
+        let answer = if !choices.is_empty() && !free_text {
+            serde_json::json!({ "type": "string", "enum": choices })
+        } else if choices.is_empty() {
+            serde_json::json!({ "type": "string", "description": "your answer" })
+        } else {
+            serde_json::json!({ "type": "string", "description": format!("your answer; suggested: {}", choices.join(" | ")) })
+        };
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": { ANSWER_FIELD: answer },
+            "required": [ANSWER_FIELD],
+        });
+        Self { message: message.into(), schema }
+    }
+}
+
+/// The field of a [`Question::for_answer`] form that holds the answer.
+pub const ANSWER_FIELD: &str = "answer";
+
+/// What the person did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// Answered with this JSON object.
+    Accepted(serde_json::Value),
+    /// Declined to answer.
+    Declined,
+    /// Dismissed the question.
+    Cancelled,
+}
+
+impl Answer {
+    /// The text of an accepted [`Question::for_answer`] form (`None`: declined,
+    /// dismissed, or no text in it).
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Answer::Accepted(form) => form.get(ANSWER_FIELD).and_then(serde_json::Value::as_str),
+            Answer::Declined | Answer::Cancelled => None,
+        }
+    }
+}
+
+/// The platform as one call sees it: model completions for its caller, under the
+/// caller's grant and on its credits. The host builds one per call and hands it to the
+/// executor in the [`Job`].
+#[async_trait::async_trait]
+pub trait Platform: Send + Sync + fmt::Debug {
+    /// Asks a model for a completion.
+    async fn complete(&self, request: CompletionRequest) -> Result<Completion, PlatformError>;
+
+    /// Asks the person behind the call. By default nobody can be asked:
+    /// [`PlatformError::NeedsInput`].
+    async fn ask(&self, question: Question) -> Result<Answer, PlatformError> {
+        Err(PlatformError::NeedsInput { question: question.message, schema: question.schema })
+    }
 }
 
 /// How MCP answers a code.
@@ -493,33 +642,18 @@ mod tests {
         assert_eq!(Failure::ToolError(ToolError::InvalidArguments("x".into())).code(), Code::InvalidRequest);
         assert_eq!(Failure::ToolError(ToolError::Failed("x".into())).code(), Code::ToolError);
     }
-}
 
-/// A question put to the person behind a call while it runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserQuestion {
-    /// The question.
-    pub question: String,
-    /// The answers to choose from (empty: free text only).
-    pub choices: Vec<String>,
-    /// Whether an answer outside `choices` is accepted.
-    pub free_text: bool,
-}
-
-/// Why a question put to the person behind a call has no answer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AskError {
-    /// The person declined or dismissed the question.
-    #[error("the question was declined")]
-    Declined,
-    /// The question could not be put (the client went away, or failed).
-    #[error("the question could not be asked: {0}")]
-    Failed(String),
-}
-
-/// Asks the person behind a call (over MCP: elicitation on the client that made the call).
-#[async_trait::async_trait]
-pub trait AskUser: Send + Sync {
-    /// Asks `question` and waits for the answer's text.
-    async fn ask(&self, question: &UserQuestion) -> Result<String, AskError>;
+    #[test]
+    fn a_question_for_an_answer_limits_it_to_the_choices_unless_free_text_is_allowed() {
+        let choices = vec!["yes".to_owned(), "no".to_owned()];
+        let only = Question::for_answer("ship it?", &choices, false);
+        assert_eq!(only.schema["properties"]["answer"]["enum"], serde_json::json!(["yes", "no"]));
+        assert_eq!(only.schema["required"], serde_json::json!(["answer"]));
+        let open = Question::for_answer("why?", &choices, true);
+        assert!(open.schema["properties"]["answer"].get("enum").is_none());
+        assert!(open.schema["properties"]["answer"]["description"].as_str().is_some_and(|d| d.contains("yes | no")));
+        assert_eq!(Answer::Accepted(serde_json::json!({ "answer": "no" })).text(), Some("no"));
+        assert_eq!(Answer::Accepted(serde_json::json!({ "other": 1 })).text(), None);
+        assert_eq!(Answer::Declined.text(), None);
+    }
 }

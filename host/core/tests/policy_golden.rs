@@ -127,6 +127,10 @@ fn shipped_example_composes_with_the_default() {
     assert_eq!(decide("support", Role::Member, "calc.add"), "members-offline-tools");
     assert_eq!(decide("contractors", Role::Admin, "web.fetch"), "deny:contractors-no-web");
     assert_eq!(decide("contractors", Role::Member, "calc.add"), "members-offline-tools");
+    let summarise = set.decide(&who("support", Role::Member), "summarise.text");
+    let models = summarise.grant().and_then(|g| g.models.clone()).expect("support may ask models");
+    assert_eq!((models.tiers, models.max_tokens), (vec![maestro_core::plugin::ModelTier::Small], 512));
+    assert_eq!(decide("research", Role::Member, "summarise.text"), "default-deny", "no model access by default");
 
     let fetch = set.decide(&who("research", Role::Member), "web.fetch");
     let grant = fetch.grant().expect("allowed");

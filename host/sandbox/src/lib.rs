@@ -24,6 +24,7 @@
 
 pub mod net;
 pub mod port;
+mod wit;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -35,11 +36,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use maestro_core::call::{
-    CancelToken, Failure, LogLevel, LogSink, Metering, Outcome, Progress, ProgressSink, RunLimits,
+    Answer as UserAnswer, CancelToken, Completion, CompletionRequest, CompletionRole, Failure, LogLevel, LogSink,
+    Metering, Outcome, Platform, PlatformError, Progress, ProgressSink, Question, RunLimits,
 };
-use maestro_core::plugin::{
-    Annotations, Content, ModelTier, PersonaSpec, PromptArgument, ToolError, ToolOutput, ToolSpec, json_len,
-};
+use maestro_core::plugin::{ModelTier, PersonaSpec, ToolError, ToolOutput, ToolSpec, json_len};
 use tokio::io::AsyncWrite;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
@@ -52,15 +52,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use net::{NetHooks, NetLog, NetPolicy};
 
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../../sdk/wit/0.1.0",
-        world: "plugin",
-        exports: { default: async },
-    });
-}
-
-use bindings::maestro::plugin::types as wit;
+use wit::bindings;
 
 /// Engine-wide settings (from the host config).
 #[derive(Debug, Clone)]
@@ -121,6 +113,9 @@ pub struct CallContext {
     pub log: Option<LogSink>,
     /// Who is calling (for logs): e.g. the tenant name.
     pub caller: Arc<str>,
+    /// Serves the `model` import of 0.2.0 plugins for this caller; `None`: every
+    /// completion request is denied.
+    pub platform: Option<Arc<dyn Platform>>,
 }
 
 impl std::fmt::Debug for CallContext {
@@ -142,6 +137,7 @@ impl Default for CallContext {
             progress: None,
             log: None,
             caller: Arc::from("-"),
+            platform: None,
         }
     }
 }
@@ -204,7 +200,7 @@ fn host_detail(failure: &Failure) -> String {
 #[derive(Clone)]
 pub struct LoadedPlugin {
     name: Arc<str>,
-    pre: bindings::PluginPre<State>,
+    pre: wit::Pre,
     /// Tools it provides.
     pub tools: Vec<ToolSpec>,
     /// Personas it provides.
@@ -226,6 +222,11 @@ impl LoadedPlugin {
     /// The plugin's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The `maestro:plugin` version the component was built against (`0.1.0`, `0.2.0`).
+    pub fn contract_version(&self) -> &'static str {
+        self.pre.version()
     }
 }
 
@@ -307,7 +308,8 @@ impl Sandbox {
         let mut linker = Linker::<State>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(engine_err)?;
-        bindings::Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state).map_err(engine_err)?;
+        bindings::v1::Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state).map_err(engine_err)?;
+        bindings::v2::Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state).map_err(engine_err)?;
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.workers.max(1))
@@ -371,7 +373,7 @@ impl Sandbox {
             .map_err(|e| SandboxError::Invalid(format!("{e:#}")))?;
         let instance_pre =
             self.linker.instantiate_pre(&component).map_err(|e| SandboxError::Invalid(format!("{e:#}")))?;
-        let pre = bindings::PluginPre::new(instance_pre).map_err(|e| SandboxError::Invalid(format!("{e:#}")))?;
+        let pre = wit::Pre::new(&self.engine, instance_pre)?;
         let mut plugin = LoadedPlugin {
             name: Arc::from(name),
             pre,
@@ -381,30 +383,10 @@ impl Sandbox {
         };
         let context = CallContext { limits, ..CallContext::default() };
 
-        let listing = self.run(&plugin, &context, |plugin, store| {
-            Box::pin(async move {
-                let tools = plugin.maestro_plugin_tools().call_list_tools(&mut *store).await?;
-                let personas = plugin.maestro_plugin_personas().call_list_personas(&mut *store).await?;
-                Ok((tools, personas))
-            })
-        });
+        let listing = self.run(&plugin, &context, |plugin, store| Box::pin(plugin.list(store)));
         let (listing, _) = listing.await;
-        let (tools, personas) =
-            listing.map_err(|failure| SandboxError::Listing { what: "tools and personas", failure })?;
-        // Counted before converting: each spec is parsed and checked below.
-        let (tool_count, persona_count) = (tools.len(), personas.len());
-        if tool_count > maestro_core::plugin::MAX_TOOLS || persona_count > maestro_core::plugin::MAX_PERSONAS {
-            return Err(SandboxError::BadSpec {
-                what: "listing",
-                reason: format!(
-                    "{tool_count} tools and {persona_count} personas, over the limits of {} and {}",
-                    maestro_core::plugin::MAX_TOOLS,
-                    maestro_core::plugin::MAX_PERSONAS
-                ),
-            });
-        }
-        plugin.tools = tools.into_iter().map(tool_spec).collect::<Result<_, _>>()?;
-        plugin.personas = personas.into_iter().map(persona_spec).collect::<Result<_, _>>()?;
+        (plugin.tools, plugin.personas) =
+            listing.map_err(|failure| SandboxError::Listing { what: "tools and personas", failure })??;
         maestro_core::plugin::check_listing(&plugin.tools, &plugin.personas)
             .map_err(|e| SandboxError::BadSpec { what: "listing", reason: e.to_string() })?;
         plugin.output_schemas =
@@ -437,13 +419,7 @@ impl Sandbox {
         // store (and the guest's copy) is dropped.
         let (result, meter) = self
             .run(plugin, context, move |plugin, store| {
-                Box::pin(async move {
-                    let answer = plugin.maestro_plugin_tools().call_call(&mut *store, &tool, &arguments).await?;
-                    Ok(match answer {
-                        Ok(output) => Answer::Output(checked_output(output, schemas.get(&tool), limit)),
-                        Err(error) => Answer::Error(checked_error(tool_error(error), limit)),
-                    })
-                })
+                Box::pin(async move { plugin.call(store, &tool, &arguments, &schemas, limit).await })
             })
             .await;
         let (result, bytes_out) = match result {
@@ -482,8 +458,7 @@ impl Sandbox {
         let (rendered, meter) = self
             .run(plugin, context, move |plugin, store| {
                 Box::pin(async move {
-                    let rendered =
-                        plugin.maestro_plugin_personas().call_render(&mut *store, &persona, &context_json).await?;
+                    let rendered = plugin.render(store, &persona, &context_json).await?;
                     let size = match &rendered {
                         Ok(text) => json_len(text),
                         Err(message) => json_len(message),
@@ -510,7 +485,7 @@ impl Sandbox {
     where
         R: Send + 'static,
         F: for<'a> FnOnce(
-                &'a bindings::Plugin,
+                &'a wit::Instance,
                 &'a mut Store<State>,
             )
                 -> std::pin::Pin<Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>>
@@ -569,7 +544,7 @@ impl Sandbox {
                 });
                 let outcome = {
                     let call = async {
-                        let instance = pre.instantiate_async(&mut store).await?;
+                        let instance = pre.instantiate(&mut store).await?;
                         op(&instance, &mut store).await
                     };
                     tokio::select! {
@@ -773,68 +748,6 @@ fn checked_error(error: ToolError, limit: usize) -> Failure {
     if size > limit { Failure::OutputTooLarge { size, limit } } else { Failure::ToolError(error) }
 }
 
-/// The size of a guest's result before anything is parsed: every string's bytes. What
-/// leaves the host is at least this (JSON texts aside, whose whitespace is dropped).
-fn payload_len(output: &wit::ToolOutput) -> usize {
-    let content: usize = output
-        .content
-        .iter()
-        .map(|c| match c {
-            wit::Content::Text(text) | wit::Content::Json(text) => text.len(),
-            wit::Content::Image(wit::Image { data, mime_type })
-            | wit::Content::Audio(wit::Audio { data, mime_type }) => data.len() + mime_type.len(),
-            wit::Content::ResourceLink(link) => {
-                link.uri.len()
-                    + link.name.len()
-                    + link.description.as_ref().map_or(0, String::len)
-                    + link.mime_type.as_ref().map_or(0, String::len)
-            }
-            wit::Content::EmbeddedResource(resource) => {
-                resource.uri.len()
-                    + resource.mime_type.as_ref().map_or(0, String::len)
-                    + match &resource.contents {
-                        wit::ResourceContents::Text(text) | wit::ResourceContents::Blob(text) => text.len(),
-                    }
-            }
-        })
-        .fold(0, usize::saturating_add);
-    content.saturating_add(output.structured.as_ref().map_or(0, String::len))
-}
-
-/// Converts a guest's result and checks it: its payload, then its size as JSON,
-/// against `limit` (so nothing over the limit is ever parsed); the structured result
-/// must be JSON and satisfy the tool's output schema, if it declared one.
-fn checked_output(
-    output: wit::ToolOutput,
-    schema: Option<&serde_json::Value>,
-    limit: usize,
-) -> Result<(ToolOutput, usize), Failure> {
-    let payload = payload_len(&output);
-    if payload > limit {
-        return Err(Failure::OutputTooLarge { size: payload, limit });
-    }
-    let structured =
-        match &output.structured {
-            None => None,
-            Some(text) => Some(serde_json::from_str::<serde_json::Value>(text).map_err(|e| {
-                Failure::ToolError(ToolError::Failed(format!("structured output is not valid JSON: {e}")))
-            })?),
-        };
-    let output = ToolOutput { content: output.content.into_iter().map(content).collect(), structured };
-    let size = output.json_len();
-    if size > limit {
-        return Err(Failure::OutputTooLarge { size, limit });
-    }
-    if let (Some(schema), Some(structured)) = (schema, &output.structured) {
-        maestro_core::plugin::schema::validate(schema, structured).map_err(|violation| {
-            Failure::ToolError(ToolError::Failed(format!(
-                "structured output does not match the tool's output schema: {violation}"
-            )))
-        })?;
-    }
-    Ok((output, size))
-}
-
 /// Most progress reports forwarded during one call (the latest held-back one may follow
 /// when the call ends).
 pub const PROGRESS_MAX: u32 = 1000;
@@ -1010,6 +923,7 @@ pub(crate) struct State {
     plugin: Arc<str>,
     caller: Arc<str>,
     config_json: Arc<str>,
+    platform: Option<Arc<dyn Platform>>,
     cancel: CallCancel,
     progress: ProgressGate,
     log_sink: Option<LogSink>,
@@ -1050,6 +964,7 @@ impl State {
             plugin: plugin.clone(),
             caller: context.caller.clone(),
             config_json: context.config_json.clone(),
+            platform: context.platform.clone(),
             cancel,
             progress: ProgressGate::new(context.progress.clone()),
             log_sink: context.log.clone(),
@@ -1072,10 +987,8 @@ impl WasiHttpView for State {
     }
 }
 
-impl bindings::maestro::plugin::types::Host for State {}
-
-impl bindings::maestro::plugin::host::Host for State {
-    fn log(&mut self, level: wit::LogLevel, message: String) {
+impl State {
+    fn log(&mut self, level: LogLevel, message: &str) {
         let message: String = message.chars().take(4096).collect();
         if self.logs_left == 0 || message.len() > self.log_bytes_left {
             self.logs_dropped += 1;
@@ -1085,34 +998,151 @@ impl bindings::maestro::plugin::host::Host for State {
         self.log_bytes_left -= message.len();
         let (plugin, caller) = (&*self.plugin, &*self.caller);
         match level {
-            wit::LogLevel::Trace => tracing::trace!(plugin, caller, "{message}"),
-            wit::LogLevel::Debug => tracing::debug!(plugin, caller, "{message}"),
-            wit::LogLevel::Info => tracing::info!(plugin, caller, "{message}"),
-            wit::LogLevel::Warn => tracing::warn!(plugin, caller, "{message}"),
-            wit::LogLevel::Error => tracing::error!(plugin, caller, "{message}"),
+            LogLevel::Trace => tracing::trace!(plugin, caller, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, caller, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, caller, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, caller, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, caller, "{message}"),
         }
         if let Some(sink) = &self.log_sink {
-            let level = match level {
-                wit::LogLevel::Trace => LogLevel::Trace,
-                wit::LogLevel::Debug => LogLevel::Debug,
-                wit::LogLevel::Info => LogLevel::Info,
-                wit::LogLevel::Warn => LogLevel::Warn,
-                wit::LogLevel::Error => LogLevel::Error,
-            };
             sink(level, &message);
         }
     }
 
-    fn progress(&mut self, done: u64, total: Option<u64>, message: Option<String>) {
-        self.progress.report(done, total, message);
+    /// The `model.complete` import: the caller's platform, stopped by cancellation.
+    async fn complete(&mut self, request: CompletionRequest) -> Result<Completion, PlatformError> {
+        let Some(platform) = self.platform.clone() else {
+            return Err(PlatformError::Denied("model access is not available to this call".into()));
+        };
+        let cancel = self.cancel.clone();
+        tokio::select! {
+            answer = platform.complete(request) => answer,
+            () = cancel.cancelled() => Err(PlatformError::Cancelled),
+        }
     }
+}
 
-    fn cancelled(&mut self) -> bool {
-        self.cancel.is_cancelled()
+impl State {
+    /// The `user.ask` import: the caller's platform, stopped by cancellation.
+    async fn ask(&mut self, question: Question) -> Result<UserAnswer, PlatformError> {
+        let Some(platform) = self.platform.clone() else {
+            return Err(PlatformError::NeedsInput { question: question.message, schema: question.schema });
+        };
+        let cancel = self.cancel.clone();
+        tokio::select! {
+            answer = platform.ask(question) => answer,
+            () = cancel.cancelled() => Err(PlatformError::Cancelled),
+        }
     }
+}
 
-    fn config(&mut self) -> String {
-        self.config_json.to_string()
+impl bindings::v2::maestro::plugin::user::Host for State {
+    async fn ask(
+        &mut self,
+        message: String,
+        schema: String,
+    ) -> Result<bindings::v2::maestro::plugin::user::Answer, bindings::v2::maestro::plugin::user::Error> {
+        use bindings::v2::maestro::plugin::user as u;
+        let schema = match serde_json::from_str::<serde_json::Value>(&schema) {
+            Ok(schema) if schema.is_object() => schema,
+            _ => return Err(u::Error::InvalidRequest("the schema must be a JSON object".into())),
+        };
+        match State::ask(self, Question { message, schema }).await {
+            Ok(UserAnswer::Accepted(value)) => Ok(u::Answer::Accepted(value.to_string())),
+            Ok(UserAnswer::Declined) => Ok(u::Answer::Declined),
+            Ok(UserAnswer::Cancelled) => Ok(u::Answer::Cancelled),
+            Err(PlatformError::NeedsInput { question, .. }) => Err(u::Error::NeedsInput(question)),
+            Err(PlatformError::InvalidRequest(m)) => Err(u::Error::InvalidRequest(m)),
+            Err(PlatformError::Cancelled) => Ok(u::Answer::Cancelled),
+            Err(other) => Err(u::Error::Failed(other.to_string())),
+        }
+    }
+}
+
+/// The host interface of both contract versions (the same four functions).
+macro_rules! host_interface {
+    ($version:ident) => {
+        impl bindings::$version::maestro::plugin::types::Host for State {}
+
+        impl bindings::$version::maestro::plugin::host::Host for State {
+            fn log(&mut self, level: bindings::$version::maestro::plugin::types::LogLevel, message: String) {
+                use bindings::$version::maestro::plugin::types::LogLevel as L;
+                let level = match level {
+                    L::Trace => LogLevel::Trace,
+                    L::Debug => LogLevel::Debug,
+                    L::Info => LogLevel::Info,
+                    L::Warn => LogLevel::Warn,
+                    L::Error => LogLevel::Error,
+                };
+                State::log(self, level, &message);
+            }
+
+            fn progress(&mut self, done: u64, total: Option<u64>, message: Option<String>) {
+                self.progress.report(done, total, message);
+            }
+
+            fn cancelled(&mut self) -> bool {
+                self.cancel.is_cancelled()
+            }
+
+            fn config(&mut self) -> String {
+                self.config_json.to_string()
+            }
+        }
+    };
+}
+
+host_interface!(v1);
+host_interface!(v2);
+
+impl bindings::v2::maestro::plugin::model::Host for State {
+    async fn complete(
+        &mut self,
+        request: bindings::v2::maestro::plugin::model::Request,
+    ) -> Result<bindings::v2::maestro::plugin::model::Completion, bindings::v2::maestro::plugin::model::Error> {
+        use bindings::v2::maestro::plugin::model as m;
+        use bindings::v2::maestro::plugin::types::ModelTier as T;
+        let schema = match request.schema.as_deref().map(serde_json::from_str::<serde_json::Value>) {
+            None => None,
+            Some(Ok(schema)) if schema.is_object() => Some(schema),
+            Some(_) => return Err(m::Error::InvalidRequest("the schema must be a JSON object".into())),
+        };
+        let request = CompletionRequest {
+            messages: request
+                .messages
+                .into_iter()
+                .map(|message| {
+                    let role = match message.role {
+                        m::Role::System => CompletionRole::System,
+                        m::Role::User => CompletionRole::User,
+                        m::Role::Assistant => CompletionRole::Assistant,
+                    };
+                    (role, message.text)
+                })
+                .collect(),
+            tier: match request.tier {
+                T::Small => ModelTier::Small,
+                T::Medium => ModelTier::Medium,
+                T::Large => ModelTier::Large,
+            },
+            max_tokens: request.max_tokens,
+            schema,
+        };
+        match State::complete(self, request).await {
+            Ok(answer) => Ok(m::Completion {
+                text: answer.text,
+                structured: answer.structured.map(|s| s.to_string()),
+                model: answer.model,
+                usage: m::Usage { input_tokens: answer.input_tokens, output_tokens: answer.output_tokens },
+                credits: answer.credits,
+            }),
+            Err(PlatformError::Denied(m)) => Err(m::Error::Denied(m)),
+            Err(PlatformError::InvalidRequest(m)) => Err(m::Error::InvalidRequest(m)),
+            Err(PlatformError::InsufficientCredits(m)) => Err(m::Error::InsufficientCredits(m)),
+            Err(PlatformError::Failed(m)) => Err(m::Error::Failed(m)),
+            Err(PlatformError::Cancelled) => Err(m::Error::Cancelled),
+            Err(other @ PlatformError::NeedsInput { .. }) => Err(m::Error::Failed(other.to_string())),
+        }
     }
 }
 
@@ -1166,107 +1196,10 @@ fn parse_schema(what: &'static str, name: &str, text: &str) -> Result<serde_json
     Ok(value)
 }
 
-fn tool_spec(spec: wit::ToolSpec) -> Result<ToolSpec, SandboxError> {
-    if !maestro_core::plugin::valid_item_name(&spec.name) {
-        return Err(SandboxError::BadSpec {
-            what: "tool",
-            reason: format!("name `{}` must match ^[A-Za-z0-9_-]{{1,48}}$", spec.name),
-        });
-    }
-    let input_schema = parse_schema("tool", &spec.name, &spec.input_schema)?;
-    let output_schema = spec.output_schema.as_deref().map(|s| parse_schema("tool", &spec.name, s)).transpose()?;
-    let a = spec.annotations;
-    let spec = ToolSpec {
-        name: spec.name,
-        title: spec.title,
-        description: spec.description,
-        input_schema,
-        output_schema,
-        annotations: Annotations {
-            read_only: a.read_only,
-            destructive: a.destructive,
-            idempotent: a.idempotent,
-            open_world: a.open_world,
-        },
-    };
-    maestro_core::plugin::check_tool(&spec)
-        .map_err(|e| SandboxError::BadSpec { what: "tool", reason: e.to_string() })?;
-    Ok(spec)
-}
-
-fn persona_spec(spec: wit::PersonaSpec) -> Result<PersonaSpec, SandboxError> {
-    if !maestro_core::plugin::valid_item_name(&spec.name) {
-        return Err(SandboxError::BadSpec {
-            what: "persona",
-            reason: format!("name `{}` must match ^[A-Za-z0-9_-]{{1,48}}$", spec.name),
-        });
-    }
-    let spec = PersonaSpec {
-        name: spec.name,
-        title: spec.title,
-        role: spec.role,
-        system_prompt: spec.system_prompt,
-        model_tier: match spec.model_tier {
-            wit::ModelTier::Small => ModelTier::Small,
-            wit::ModelTier::Medium => ModelTier::Medium,
-            wit::ModelTier::Large => ModelTier::Large,
-        },
-        tools: spec.tools,
-        arguments: spec
-            .arguments
-            .into_iter()
-            .map(|a| PromptArgument {
-                name: a.name,
-                description: a.description,
-                required: a.required,
-                values: a.values,
-            })
-            .collect(),
-    };
-    maestro_core::plugin::check_persona(&spec)
-        .map_err(|e| SandboxError::BadSpec { what: "persona", reason: e.to_string() })?;
-    Ok(spec)
-}
-
-fn content(content: wit::Content) -> Content {
-    use maestro_core::plugin::ResourceContents;
-    match content {
-        wit::Content::Text(text) => Content::Text { text },
-        wit::Content::Json(json) => match serde_json::from_str(&json) {
-            Ok(json) => Content::Json { json },
-            Err(_) => Content::Text { text: json },
-        },
-        wit::Content::Image(image) => Content::Image { data: image.data, mime_type: image.mime_type },
-        wit::Content::ResourceLink(link) => Content::ResourceLink {
-            uri: link.uri,
-            name: link.name,
-            description: link.description,
-            mime_type: link.mime_type,
-        },
-        wit::Content::Audio(audio) => Content::Audio { data: audio.data, mime_type: audio.mime_type },
-        wit::Content::EmbeddedResource(resource) => Content::EmbeddedResource {
-            uri: resource.uri,
-            mime_type: resource.mime_type,
-            contents: match resource.contents {
-                wit::ResourceContents::Text(text) => ResourceContents::Text(text),
-                wit::ResourceContents::Blob(blob) => ResourceContents::Blob(blob),
-            },
-        },
-    }
-}
-
-fn tool_error(error: wit::ToolError) -> ToolError {
-    match error {
-        wit::ToolError::InvalidArguments(m) => ToolError::InvalidArguments(m),
-        wit::ToolError::NotFound(m) => ToolError::NotFound(m),
-        wit::ToolError::Failed(m) => ToolError::Failed(m),
-        wit::ToolError::Cancelled => ToolError::Cancelled,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wit::v1::{checked_output, tool_spec, wit};
 
     fn wit_tool(description: &str) -> wit::ToolSpec {
         wit::ToolSpec {

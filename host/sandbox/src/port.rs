@@ -26,7 +26,7 @@ impl ToolExecutor for Sandbox {
 }
 
 fn context(job: Job<NetPolicy>) -> (CallContext, String, String) {
-    let Job { item, arguments, limits, network, config_json, caller, observe } = job;
+    let Job { item, arguments, limits, network, config_json, caller, observe, platform } = job;
     let context = CallContext {
         limits,
         network,
@@ -35,6 +35,7 @@ fn context(job: Job<NetPolicy>) -> (CallContext, String, String) {
         progress: observe.progress,
         log: observe.log,
         caller,
+        platform,
     };
     (context, item, arguments)
 }

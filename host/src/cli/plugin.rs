@@ -185,6 +185,7 @@ async fn inspect(file: &Path, as_json: bool, sandbox: &Sandbox) -> anyhow::Resul
             "name": name,
             "manifest": manifest,
             "component": { "path": wasm, "bytes": bytes.len(), "sha256": sha256, "hash": hash_state },
+            "wit": format!("maestro:plugin@{}", loaded.contract_version()),
             "imports": imports,
             "tools": loaded.tools,
             "personas": loaded.personas,
@@ -197,6 +198,7 @@ async fn inspect(file: &Path, as_json: bool, sandbox: &Sandbox) -> anyhow::Resul
         None => println!("{name} (no plugin.toml beside the component)"),
     }
     println!("component  {} ({} KiB)\nsha256     {sha256} ({hash_state})", wasm.display(), bytes.len() / 1024);
+    println!("built for  maestro:plugin@{}", loaded.contract_version());
     if let Some(m) = &manifest {
         let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
         println!("asks for   network: {}; secrets: {}", list(&m.capabilities.network), list(&m.capabilities.secrets));
@@ -205,6 +207,8 @@ async fn inspect(file: &Path, as_json: bool, sandbox: &Sandbox) -> anyhow::Resul
     for import in &imports {
         let note = if import.starts_with("wasi:http/outgoing-handler") {
             "  (outgoing HTTP, only where policy allows)"
+        } else if import.starts_with("maestro:plugin/model") {
+            "  (model completions on the caller's credits, only where policy allows)"
         } else {
             ""
         };
@@ -322,7 +326,7 @@ serde_json = "1"
 version = "0.1.0"
 description = "Describe what {name} does in one line"
 component = "{name}.wasm"
-wit = "maestro:plugin@0.1.0"
+wit = "maestro:plugin@0.2.0"
 
 [capabilities]
 # Destinations the plugin needs, e.g. ["https://api.example.com"]; the administrator's
@@ -364,6 +368,9 @@ pub fn greet(args: GreetArgs) -> Result<Structured<Greeting>, ToolError> {{
     Ok(Structured(Greeting {{ text: format!("Hello, {{}}!", args.name.trim()) }}))
 }}
 
+// To ask the platform's models (paid by the caller; the administrator's policy must
+// grant `model_tiers`), use `maestro_sdk::model::complete(&model::Request::new(...))`.
+
 export_plugin! {{
     tools: [tool("greet", "Greets someone by name", greet).title("Greeter").read_only().idempotent()],
     personas: [Persona::new(
@@ -385,5 +392,18 @@ mod tests {{
 }}
 "#
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_plugin_targets_the_newest_contract_the_host_runs() {
+        let manifest = Manifest::parse(&scaffold::manifest("weather")).expect("the scaffold's manifest is valid");
+        let newest = crate::plugins::manifest::SUPPORTED_WIT.last().copied();
+        assert_eq!(Some(manifest.wit.as_str()), newest);
+        assert_eq!(newest, Some("maestro:plugin@0.2.0"));
     }
 }

@@ -13,8 +13,10 @@
 
 mod agents;
 mod content;
+mod elicitation;
 mod redact;
 mod resources;
+mod sampling;
 mod watch;
 
 use std::borrow::Cow;
@@ -227,7 +229,12 @@ impl Handler {
         let plugin = qualified.split_once('.').map_or("", |(plugin, _)| plugin).to_owned();
         let (mut observe, events) =
             Events::start(context.peer.clone(), progress_token, self.log_threshold(&context), plugin);
-        observe.ask = Elicit::offered(&context);
+        // A client that offers sampling answers the tool's completions with its own model.
+        observe.client_models =
+            sampling::Sampling::offered(&context).map(|s| Arc::new(s) as Arc<dyn maestro_core::call::Platform>);
+        // A client that offers elicitation answers the tool's questions (its user does).
+        observe.client_user =
+            elicitation::Elicitation::offered(&context).map(|e| Arc::new(e) as Arc<dyn maestro_core::call::Platform>);
         let cancel = observe.cancel.clone();
         let call = self.mcp.tools.call(&principal, &qualified, arguments, observe);
         tokio::pin!(call);
@@ -541,62 +548,6 @@ async fn forward(shared: Arc<Shared>, peer: Peer<RoleServer>, progress_token: Op
     }
 }
 
-/// Asks the person at the client that made a call, through `elicitation/create` on its
-/// session: offered only to 2025-11-25 sessions whose client declared form elicitation
-/// (the stateless revision has no server-to-client requests; callers then return the
-/// question instead).
-struct Elicit(Peer<RoleServer>);
-
-impl Elicit {
-    fn offered(context: &RequestContext<RoleServer>) -> Option<Arc<dyn maestro_core::call::AskUser>> {
-        let stateless =
-            context.protocol_version().is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
-        let form = context.peer.supported_elicitation_modes().contains(&rmcp::service::ElicitationMode::Form);
-        (!stateless && form).then(|| Arc::new(Self(context.peer.clone())) as Arc<dyn maestro_core::call::AskUser>)
-    }
-}
-
-#[async_trait::async_trait]
-impl maestro_core::call::AskUser for Elicit {
-    async fn ask(&self, question: &maestro_core::call::UserQuestion) -> Result<String, maestro_core::call::AskError> {
-        use maestro_core::call::AskError;
-        use rmcp::model::{ElicitRequestParams, ElicitationAction};
-        let params = ElicitRequestParams::FormElicitationParams {
-            meta: None,
-            message: question.question.clone(),
-            requested_schema: answer_schema(&question.choices, question.free_text),
-        };
-        let result = self.0.create_elicitation(params).await.map_err(|e| AskError::Failed(e.to_string()))?;
-        match result.action {
-            ElicitationAction::Accept => result
-                .content
-                .as_ref()
-                .and_then(|c| c.get("answer"))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .ok_or_else(|| AskError::Failed("the accepted answer has no `answer` text".to_owned())),
-            _ => Err(AskError::Declined),
-        }
-    }
-}
-
-/// The form asking for a question's answer: one `answer` field, an enum of the choices
-/// when only they are accepted, else text (naming the choices when there are some).
-fn answer_schema(choices: &[String], free_text: bool) -> rmcp::model::ElicitationSchema {
-    use rmcp::model::{ElicitationSchema, EnumSchema, PrimitiveSchemaDefinition, StringSchema};
-    let builder = ElicitationSchema::builder();
-    let builder = if choices.is_empty() || free_text {
-        let mut answer = StringSchema::new().description("your answer");
-        if !choices.is_empty() {
-            answer = answer.description(format!("your answer; suggested: {}", choices.join(" | ")));
-        }
-        builder.required_property("answer", PrimitiveSchemaDefinition::String(answer))
-    } else {
-        builder.required_enum_schema("answer", EnumSchema::builder(choices.to_vec()).build())
-    };
-    builder.build_unchecked()
-}
-
 /// Asking a stateless (2026-07-28) client through input-required results (SEP-2322): a
 /// `runs.start` or `runs.answer` whose run waits for an answer becomes an
 /// `InputRequiredResult` with one elicitation (`answer`) and the request state
@@ -647,7 +598,11 @@ mod mrtr {
         let params = ElicitRequestParams::FormElicitationParams {
             meta: None,
             message: question["question"].as_str()?.to_owned(),
-            requested_schema: super::answer_schema(&choices, question["free_text"].as_bool().unwrap_or(true)),
+            requested_schema: serde_json::from_value(
+                maestro_core::call::Question::for_answer("", &choices, question["free_text"].as_bool().unwrap_or(true))
+                    .schema,
+            )
+            .ok()?,
         };
         let requests = [(KEY.to_owned(), InputRequest::Elicitation(ElicitRequest::new(params)))].into_iter().collect();
         Some(InputRequiredResult::new(Some(requests), Some(format!("{STATE_PREFIX}{run}"))))

@@ -22,7 +22,7 @@
 
 mod context;
 pub mod hub;
-mod pricing;
+pub(crate) mod pricing;
 mod record;
 pub mod runner;
 mod step;

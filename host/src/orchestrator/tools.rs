@@ -17,7 +17,7 @@
 use std::sync::{Arc, OnceLock, Weak};
 
 use async_trait::async_trait;
-use maestro_core::call::{Observe, Progress, UserQuestion};
+use maestro_core::call::{Observe, Progress, Question};
 use maestro_core::plugin::{Annotations, Content, ToolOutput, ToolSpec};
 use maestro_core::run::{EventBody, Run, RunId, RunState, RunTotals, SessionId, Strategy};
 use serde::Deserialize;
@@ -253,9 +253,8 @@ async fn follow(
         }
         match &event.body {
             EventBody::ClarificationRequested { question, choices, free_text, .. } => {
-                let asked =
-                    UserQuestion { question: question.clone(), choices: choices.clone(), free_text: *free_text };
-                match ask(observe, &asked).await {
+                let asked = Question::for_answer(question.clone(), choices, *free_text);
+                match ask(observe, asked).await {
                     Some(answer) => match orchestrator.answer(principal, &run.id, AnswerInput::Text(answer)).await {
                         Ok(_) => continue,
                         Err(err) => {
@@ -299,11 +298,11 @@ async fn follow(
 
 /// Asks the caller's client, when it can be asked; `None`: not asked, declined, failed
 /// or cancelled.
-async fn ask(observe: &Observe, question: &UserQuestion) -> Option<String> {
-    let asker = observe.ask.as_ref()?;
+async fn ask(observe: &Observe, question: Question) -> Option<String> {
+    let asker = observe.client_user.as_ref()?;
     tokio::select! {
         answer = asker.ask(question) => match answer {
-            Ok(answer) => Some(answer),
+            Ok(answer) => answer.text().map(str::to_owned),
             Err(err) => {
                 tracing::debug!(error = %err, "elicitation gave no answer; the question is returned");
                 None

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// The WIT package versions this host runs.
-pub const SUPPORTED_WIT: &[&str] = &["maestro:plugin@0.1.0"];
+pub const SUPPORTED_WIT: &[&str] = &["maestro:plugin@0.1.0", "maestro:plugin@0.2.0"];
 
 /// A plugin manifest as written.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

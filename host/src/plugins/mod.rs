@@ -411,6 +411,13 @@ async fn load_one(
             || matches!(e, SandboxError::Engine(_));
         LoadError { reason: e.to_string(), remember: !host_side }
     })?;
+    let built_against = format!("maestro:plugin@{}", loaded.contract_version());
+    if manifest.wit != built_against {
+        return Err(LoadError::from(format!(
+            "the manifest says wit `{}`, but the component is built against `{built_against}`",
+            manifest.wit
+        )));
+    }
     let tools: Vec<&str> = loaded.tools.iter().map(|t| t.name.as_str()).collect();
     let personas: Vec<&str> = loaded.personas.iter().map(|p| p.name.as_str()).collect();
     check_names(&manifest.name, &tools, &personas)?;

@@ -33,6 +33,11 @@ impl Charger {
         Self { credits: Some(credits) }
     }
 
+    /// The ledger, if calls are metered.
+    pub(super) fn credits(&self) -> Option<&Arc<Credits>> {
+        self.credits.as_ref()
+    }
+
     /// Debits `price` for one call of `what` before it runs; `None` when nothing was
     /// charged (free, or no ledger).
     pub(super) async fn charge(

@@ -23,6 +23,7 @@ pub mod documents;
 pub mod host;
 mod inflight;
 mod network;
+mod platform;
 mod rate;
 mod secrets;
 
@@ -186,7 +187,8 @@ pub struct Call<T> {
     pub outcome: Outcome<T>,
     /// Credits the policy prices the call at.
     pub credits: u64,
-    /// Credits actually charged (0 when free or refunded).
+    /// Credits actually charged (0 when free or refunded), with the model completions
+    /// the call asked for and got answered before it ended.
     pub charged: u64,
     /// Run events a built-in tool asks its caller to record with the result (empty for
     /// plugin tools and personas).
@@ -210,6 +212,7 @@ pub struct Tools {
     charger: charge::Charger,
     executor: Arc<Executor>,
     host_tools: Vec<Arc<dyn HostTool>>,
+    models: Option<Arc<platform::Models>>,
 }
 
 impl std::fmt::Debug for Tools {
@@ -283,6 +286,7 @@ impl Tools {
             charger: charge::Charger::default(),
             executor,
             host_tools: Vec::new(),
+            models: None,
         }
     }
 
@@ -315,6 +319,23 @@ impl Tools {
 
     fn host_tool(&self, name: &str) -> Option<&Arc<dyn HostTool>> {
         self.host_tools.iter().find(|t| t.name() == name)
+    }
+
+    /// Lets tools that policy grants model access (`model_tiers`) ask `models` for
+    /// completions, priced by `prices` and paid from the caller's credits.
+    #[must_use]
+    pub fn with_models(
+        mut self,
+        models: Arc<dyn maestro_core::llm::ModelProvider>,
+        prices: Vec<crate::config::ModelPrice>,
+    ) -> Self {
+        self.models = Some(Arc::new(platform::Models::new(models, prices)));
+        self
+    }
+
+    /// The model providers plugins' completions use, if any.
+    pub fn models(&self) -> Option<Arc<dyn maestro_core::llm::ModelProvider>> {
+        self.models.as_ref().map(|m| m.provider.clone())
     }
 
     /// Meters calls on `credits` (without it, as in some tests, calls are free).
@@ -401,7 +422,7 @@ impl Tools {
                 let HostResult { outcome, events } = host.call(call).await;
                 let bytes_out = outcome.as_ref().map_or(0, ToolOutput::json_len);
                 let metering = Metering { duration: started.elapsed(), bytes_in, bytes_out, ..Metering::default() };
-                (Outcome { result: outcome, metering }, events)
+                (Outcome { result: outcome, metering }, events, 0)
             };
             return self.stages(principal, tool, Kind::Tool, &grant, || Ok(()), execute).await;
         }
@@ -467,6 +488,27 @@ impl Tools {
         }
         };
         let execute = |network: NetPolicy| async move {
+            // Completions a tool asks for are paid on top of its price (personas get none).
+            let spent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let models = match (T::KIND, observe.client_models.clone(), &self.models) {
+                (Kind::Persona, ..) | (Kind::Tool, None, None) => None,
+                (Kind::Tool, Some(client), _) => {
+                    Some(Arc::new(platform::ClientPlatform::new(client, grant.models.clone(), name))
+                        as Arc<dyn maestro_core::call::Platform>)
+                }
+                (Kind::Tool, None, Some(models)) => Some(Arc::new(platform::CallPlatform::new(
+                    models.clone(),
+                    self.charger.credits().cloned(),
+                    principal.tenant_id.clone(),
+                    grant.models.clone(),
+                    name,
+                    spent.clone(),
+                )) as Arc<dyn maestro_core::call::Platform>),
+            };
+            let platform = (T::KIND == Kind::Tool).then(|| {
+                Arc::new(platform::Joined::new(models, observe.client_user.clone()))
+                    as Arc<dyn maestro_core::call::Platform>
+            });
             let job = Job {
                 item: name.split_once('.').map_or(name, |(_, item)| item).to_owned(),
                 arguments: arguments.to_string(),
@@ -477,8 +519,10 @@ impl Tools {
                 ),
                 caller: Arc::from(principal.tenant.as_str()),
                 observe,
+                platform,
             };
-            (T::execute(self.executor.as_ref(), &plugin.loaded, job).await, Vec::new())
+            let outcome = T::execute(self.executor.as_ref(), &plugin.loaded, job).await;
+            (outcome, Vec::new(), spent.load(std::sync::atomic::Ordering::SeqCst))
         };
         self.stages(principal, name, T::KIND, grant, network, execute).await
     }
@@ -486,7 +530,8 @@ impl Tools {
     /// The stages every call passes after authorisation, whoever runs it: rate →
     /// `prepare` (what the executor needs, e.g. network rules; may refuse) → admit
     /// (calls in flight) → charge → `execute` → settle (refund a host-side failure,
-    /// meter, log).
+    /// meter, log). `execute` gives the outcome, the run events a built-in tool asks to
+    /// record, and the credits its completions cost beyond the call's price.
     async fn stages<T, P, F, Fut>(
         &self,
         principal: &Principal,
@@ -498,7 +543,7 @@ impl Tools {
     ) -> Result<Call<T>, CallError>
     where
         F: FnOnce(P) -> Fut,
-        Fut: std::future::Future<Output = (Outcome<T>, Vec<EventBody>)>,
+        Fut: std::future::Future<Output = (Outcome<T>, Vec<EventBody>, u64)>,
     {
         if let Some(rate) = grant.rate {
             self.rates.admit(&grant.rule.name, &principal.key_id, rate.calls, rate.per).map_err(|retry_after| {
@@ -511,7 +556,7 @@ impl Tools {
             .admit(&principal.tenant)
             .ok_or(CallError::TooManyCallsInFlight { limit: self.in_flight.limit() })?;
         let charge = self.charger.charge(principal, grant.credits, name).await?;
-        let (mut outcome, events) = execute(prepared).await;
+        let (mut outcome, events, spent) = execute(prepared).await;
         let charged = match (charge, &outcome.result) {
             (Some(charge), Err(failure)) if failure.is_host_side() => {
                 self.charger.refund(principal, charge).await;
@@ -520,6 +565,8 @@ impl Tools {
             (Some(charge), _) => charge.price(),
             (None, _) => 0,
         };
+        // Completions a tool asked for are paid on top of its price.
+        let charged = charged.saturating_add(spent);
         outcome.metering.credits_charged = charged;
         let kind = kind.as_str();
         if let Err(Failure::Unavailable { detail }) = &outcome.result {

@@ -30,6 +30,7 @@ mod orchestrator;
 mod outbound;
 mod packaging;
 mod pipeline;
+mod plugin_models;
 mod process;
 mod reload;
 mod replicas;

@@ -220,7 +220,8 @@ async fn passes_the_official_mcp_conformance_scenarios() {
     std::fs::create_dir_all(&policies).expect("policy dir");
     std::fs::write(
         policies.join("conformance.toml"),
-        "version = 1\n[[grant]]\nname = \"conformance\"\nsubjects = [\"tenant:conformance\"]\ntools = [\"conformance.*\"]\n",
+        "version = 1\n[[grant]]\nname = \"conformance\"\nsubjects = [\"tenant:conformance\"]\ntools = [\"conformance.*\"]\n\
+         model_tiers = [\"balanced\"]\nmodel_max_tokens = 100\n",
     )
     .expect("policy");
     run({

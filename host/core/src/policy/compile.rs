@@ -14,8 +14,8 @@ use super::network::{NetworkRule, SecretTarget};
 use super::raw::{RawDefaults, RawDeny, RawFile, RawGrant, RawSecret};
 use super::units::{self, DisplayDuration, DisplaySize, Rate};
 use super::{
-    CompiledDeny, CompiledGrant, Grant, Limits, PolicySet, RuleInfo, RuleKind, SecretGrant, SecretSource, Setting,
-    Source,
+    CompiledDeny, CompiledGrant, Grant, Limits, ModelGrant, PolicySet, RuleInfo, RuleKind, SecretGrant, SecretSource,
+    Setting, Source,
 };
 
 /// The only format version this build reads.
@@ -438,6 +438,7 @@ struct PendingGrant {
     network: Vec<NetworkRule>,
     secrets: Vec<(String, Location)>,
     config: BTreeMap<String, serde_json::Value>,
+    models: Option<ModelGrant>,
 }
 
 /// One file's contribution.
@@ -487,7 +488,8 @@ fn check_file(file: PolicyFile, errors: &mut Vec<PolicyError>) -> FileParts {
 fn check_grant(c: &mut Checker<'_>, index: usize, mut raw: RawGrant) -> PendingGrant {
     c.name(&raw.name);
     let settings = c.settings(raw.take_settings());
-    let RawGrant { name, subjects, tools, network, secrets, config, .. } = raw;
+    let RawGrant { name, subjects, tools, network, secrets, config, model_tiers, model_max_tokens, .. } = raw;
+    let models = model_grant(c, model_tiers, model_max_tokens);
     let matcher = c.matcher(subjects, tools);
     let network = network
         .into_iter()
@@ -524,7 +526,57 @@ fn check_grant(c: &mut Checker<'_>, index: usize, mut raw: RawGrant) -> PendingG
         network,
         secrets,
         config,
+        models,
     }
+}
+
+/// `model_tiers` and `model_max_tokens`: none, or the tiers with the per-call cap
+/// (default [`ModelGrant::DEFAULT_MAX_TOKENS`]).
+fn model_grant(
+    c: &mut Checker<'_>,
+    tiers: Option<Spanned<Vec<Spanned<String>>>>,
+    max_tokens: Option<Spanned<u64>>,
+) -> Option<ModelGrant> {
+    let Some(tiers) = tiers else {
+        if let Some(max) = max_tokens {
+            c.push(&max.span(), Kind::ModelTokensWithoutTiers);
+        }
+        return None;
+    };
+    if tiers.get_ref().is_empty() {
+        c.push(&tiers.span(), Kind::EmptyList { field: "model_tiers" });
+        return None;
+    }
+    let mut granted = Vec::new();
+    for tier in tiers.into_inner() {
+        match crate::llm::parse_tier(tier.get_ref()) {
+            Some(parsed) if !granted.contains(&parsed) => granted.push(parsed),
+            Some(_) => {}
+            None => c.push(&tier.span(), Kind::InvalidModelTier { tier: tier.into_inner() }),
+        }
+    }
+    let max_tokens = match max_tokens {
+        None => ModelGrant::DEFAULT_MAX_TOKENS,
+        Some(max) => {
+            let value = *max.get_ref();
+            match u32::try_from(value) {
+                Ok(value) if (1..=ModelGrant::MAX_TOKENS_CAP).contains(&value) => value,
+                _ => {
+                    c.push(
+                        &max.span(),
+                        Kind::OutOfRange {
+                            field: "model_max_tokens",
+                            value: value.to_string(),
+                            min: "1".to_owned(),
+                            max: ModelGrant::MAX_TOKENS_CAP.to_string(),
+                        },
+                    );
+                    return None;
+                }
+            }
+        }
+    };
+    Some(ModelGrant { tiers: granted, max_tokens })
 }
 
 fn resolve_grant(
@@ -583,6 +635,7 @@ fn resolve_grant(
         network: pending.network,
         secrets: granted,
         config: pending.config,
+        models: pending.models,
         sources: [
             fuel_src,
             timeout_src,

@@ -151,6 +151,15 @@ pub enum PolicyErrorKind {
         /// Where the first one is.
         first: Location,
     },
+    /// A grant names a model tier that does not exist.
+    #[error("invalid model tier {tier:?}: expected one of fast, balanced, best")]
+    InvalidModelTier {
+        /// The tier as written.
+        tier: String,
+    },
+    /// A grant sets `model_max_tokens` without granting any model tier.
+    #[error("model_max_tokens is set but model_tiers is not: list the tiers the grant's plugins may use")]
+    ModelTokensWithoutTiers,
     /// Two files set the same `[defaults]` key.
     #[error("defaults.{key} is also set at {first}; set each default in one file only")]
     ConflictingDefault {

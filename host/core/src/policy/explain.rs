@@ -67,6 +67,18 @@ impl fmt::Display for Explanation {
                         writeln!(f, "      hosts: {}", hosts.join(", "))?;
                     }
                 }
+                match &grant.models {
+                    None => writeln!(f, "  models:  none")?,
+                    Some(models) => {
+                        let tiers: Vec<&str> = models.tiers.iter().map(|t| crate::llm::tier_name(*t)).collect();
+                        writeln!(
+                            f,
+                            "  models:  {} (at most {} answer tokens per completion)",
+                            tiers.join(", "),
+                            models.max_tokens
+                        )?;
+                    }
+                }
                 if grant.config.is_empty() {
                     writeln!(f, "  config:  none")?;
                 } else {

@@ -317,6 +317,9 @@ pub struct Grant {
     pub secrets: Vec<SecretGrant>,
     /// Config per plugin name, as JSON.
     pub config: BTreeMap<String, serde_json::Value>,
+    /// Whether the granted plugins may ask the platform's models for completions, and
+    /// within which bounds; `None` (the default): they may not.
+    pub models: Option<ModelGrant>,
     sources: [Source; Setting::ALL.len()],
 }
 
@@ -362,6 +365,23 @@ impl Grant {
             Setting::Rate => self.rate.map_or_else(|| "unlimited".to_owned(), |r| r.to_string()),
         }
     }
+}
+
+/// Model access a grant gives its plugins (`model_tiers`, `model_max_tokens`): the
+/// completions they ask for are paid from the caller's credits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ModelGrant {
+    /// The tiers they may ask for.
+    pub tiers: Vec<crate::plugin::ModelTier>,
+    /// Most answer tokens per completion.
+    pub max_tokens: u32,
+}
+
+impl ModelGrant {
+    /// `model_max_tokens` when a grant lists tiers without it.
+    pub const DEFAULT_MAX_TOKENS: u32 = 1024;
+    /// The largest `model_max_tokens` a policy may set.
+    pub const MAX_TOKENS_CAP: u32 = 1_000_000;
 }
 
 /// Why a call is refused.

@@ -70,6 +70,11 @@ pub(crate) struct RawGrant {
     pub(crate) secrets: Vec<Spanned<String>>,
     #[serde(default)]
     pub(crate) config: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    /// Model tiers the granted plugins may ask for completions (`fast`, `balanced`,
+    /// `best`); absent: no model access.
+    pub(crate) model_tiers: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Most answer tokens per completion.
+    pub(crate) model_max_tokens: Option<Spanned<u64>>,
 }
 
 impl RawGrant {

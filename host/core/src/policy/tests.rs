@@ -436,6 +436,7 @@ fuel = 5000
     rate                unlimited     built-in
   network: none
   secrets: none
+  models:  none
   config:  none
   also matched, not used: grant \"wide\" at p.toml:6:8
 "
@@ -563,4 +564,77 @@ proptest! {
     fn parsing_never_panics_on_arbitrary_text(text in "\\PC{0,200}") {
         let _ = PolicySet::parse([("p.toml", text.as_str())]);
     }
+}
+
+#[test]
+fn model_access_is_granted_only_with_tiers_and_capped_per_completion() {
+    let s = set(r#"
+version = 1
+[[grant]]
+name = "summarise"
+subjects = ["*"]
+tools = ["summarise.*"]
+model_tiers = ["fast", "balanced", "small"]
+model_max_tokens = 300
+
+[[grant]]
+name = "default-cap"
+subjects = ["*"]
+tools = ["other.*"]
+model_tiers = ["best"]
+
+[[grant]]
+name = "calc"
+subjects = ["*"]
+tools = ["calc.*"]
+"#);
+    let grant = |tool: &str| s.decide(&caller("acme", Role::Member), tool).grant().cloned();
+    let models = grant("summarise.text").and_then(|g| g.models).expect("granted");
+    assert_eq!(
+        models,
+        ModelGrant { tiers: vec![crate::plugin::ModelTier::Small, crate::plugin::ModelTier::Medium], max_tokens: 300 }
+    );
+    let models = grant("other.x").and_then(|g| g.models).expect("granted");
+    assert_eq!(
+        (models.tiers, models.max_tokens),
+        (vec![crate::plugin::ModelTier::Large], ModelGrant::DEFAULT_MAX_TOKENS)
+    );
+    assert_eq!(grant("calc.add").expect("allowed").models, None, "no model access unless granted");
+    let explained = s.explain(&caller("acme", Role::Member), "summarise.text").to_string();
+    assert!(
+        explained.contains("  models:  fast, balanced (at most 300 answer tokens per completion)\n"),
+        "{explained}"
+    );
+}
+
+#[test]
+fn malformed_model_grants_are_refused_with_their_place() {
+    let text = r#"
+version = 1
+[[grant]]
+name = "a"
+subjects = ["*"]
+tools = ["a.*"]
+model_tiers = ["fast", "huge"]
+model_max_tokens = 0
+
+[[grant]]
+name = "b"
+subjects = ["*"]
+tools = ["b.*"]
+model_max_tokens = 10
+
+[[grant]]
+name = "c"
+subjects = ["*"]
+tools = ["c.*"]
+model_tiers = []
+"#;
+    assert_eq!(
+        errors(&[("p.toml", text)]),
+        "p.toml:7:24: invalid model tier \"huge\": expected one of fast, balanced, best\n\
+         p.toml:8:20: model_max_tokens = 0 is out of range: must be between 1 and 1000000\n\
+         p.toml:14:20: model_max_tokens is set but model_tiers is not: list the tiers the grant's plugins may use\n\
+         p.toml:20:15: `model_tiers` must list at least one entry"
+    );
 }

@@ -106,6 +106,93 @@ fn error_handling(_: NoInput) -> Result<&'static str, ToolError> {
     Err(ToolError::failed("This tool intentionally returns an error for testing"))
 }
 
+/// Arguments of `test_sampling`.
+#[derive(Debug, Deserialize, JsonSchema)]
+struct SamplingArgs {
+    /// The prompt to send to the model.
+    prompt: String,
+}
+
+/// Asks the platform's model (over MCP: the client's own, by sampling) for at most 100
+/// tokens.
+fn sampling(args: SamplingArgs) -> Result<String, ToolError> {
+    let request = maestro_sdk::model::Request::new(maestro_sdk::ModelTier::Medium, 100).user(args.prompt);
+    let answer = maestro_sdk::model::complete(&request)?;
+    Ok(format!("LLM response: {}", answer.text))
+}
+
+/// Arguments of `test_elicitation`.
+#[derive(Debug, Deserialize, JsonSchema)]
+struct ElicitationArgs {
+    /// The message to show the user.
+    message: String,
+}
+
+/// `action, content` as the suite's texts show an answer.
+fn described(answer: &maestro_sdk::user::Answer) -> (&'static str, Value) {
+    use maestro_sdk::user::Answer;
+    match answer {
+        Answer::Accepted(content) => ("accept", content.clone()),
+        Answer::Declined => ("decline", Value::Null),
+        Answer::Cancelled => ("cancel", Value::Null),
+    }
+}
+
+/// Asks the user (over MCP: elicitation) for a username and an email.
+fn elicitation(args: ElicitationArgs) -> Result<String, ToolError> {
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "username": { "type": "string", "description": "User's response" },
+            "email": { "type": "string", "description": "User's email address" }
+        },
+        "required": ["username", "email"]
+    });
+    let (action, content) = described(&maestro_sdk::user::ask(&args.message, &schema)?);
+    Ok(format!("User response: <action: {action}, content: {content}>"))
+}
+
+/// Asks with a default for every primitive type (SEP-1034).
+fn elicitation_defaults(_: NoInput) -> Result<String, ToolError> {
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "name": { "type": "string", "default": "John Doe" },
+            "age": { "type": "integer", "default": 30 },
+            "score": { "type": "number", "default": 95.5 },
+            "status": { "type": "string", "enum": ["active", "inactive", "pending"], "default": "active" },
+            "verified": { "type": "boolean", "default": true }
+        }
+    });
+    let (action, content) = described(&maestro_sdk::user::ask("Please review and update the form fields", &schema)?);
+    Ok(format!("Elicitation completed: action={action}, content={content}"))
+}
+
+/// Asks with the five enum forms (SEP-1330).
+fn elicitation_enums(_: NoInput) -> Result<String, ToolError> {
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "untitledSingle": { "type": "string", "enum": ["option1", "option2", "option3"] },
+            "titledSingle": { "type": "string", "oneOf": [
+                { "const": "value1", "title": "First Option" },
+                { "const": "value2", "title": "Second Option" },
+                { "const": "value3", "title": "Third Option" }
+            ] },
+            "legacyEnum": { "type": "string", "enum": ["opt1", "opt2", "opt3"],
+                "enumNames": ["Option One", "Option Two", "Option Three"] },
+            "untitledMulti": { "type": "array", "items": { "type": "string", "enum": ["option1", "option2", "option3"] } },
+            "titledMulti": { "type": "array", "items": { "anyOf": [
+                { "const": "value1", "title": "First Choice" },
+                { "const": "value2", "title": "Second Choice" },
+                { "const": "value3", "title": "Third Choice" }
+            ] } }
+        }
+    });
+    let (action, content) = described(&maestro_sdk::user::ask("Please select options", &schema)?);
+    Ok(format!("Elicitation completed: action={action}, content={content}"))
+}
+
 /// Arguments of `json_schema_2020_12_tool`: any object. What the suite checks is the
 /// input schema, which keeps JSON Schema 2020-12 keywords (`$defs`, `$anchor`, `allOf`,
 /// `anyOf`, `if`/`then`/`else`, `additionalProperties`) as written.
@@ -184,6 +271,11 @@ export_plugin! {
             .read_only(),
         tool("test_error_handling", "Always fails", error_handling).read_only(),
         tool("json_schema_2020_12_tool", "Tool with JSON Schema 2020-12 features", json_schema_2020_12).read_only(),
+        tool("test_sampling", "Asks the client's model (MCP sampling) to answer a prompt", sampling).read_only(),
+        tool("test_elicitation", "Asks the user (MCP elicitation) for a username and an email", elicitation).read_only(),
+        tool("test_elicitation_sep1034_defaults", "Asks the user with a default for every field", elicitation_defaults)
+            .read_only(),
+        tool("test_elicitation_sep1330_enums", "Asks the user with every enum form", elicitation_enums).read_only(),
     ],
     personas: [simple_prompt(), prompt_with_arguments()],
 }
@@ -195,6 +287,33 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn sampling_asks_for_100_tokens_and_prefixes_the_answer() {
+        let host = FakeHost::install();
+        host.on_complete(|_| Ok(maestro_sdk::model::Completion::text("hi there")));
+        let out = maestro_plugin().call("test_sampling", r#"{"prompt":"Say hi"}"#).expect("answered");
+        assert_eq!(out.content, vec![Content::Text("LLM response: hi there".into())]);
+        let asked = host.completions();
+        assert_eq!((asked[0].max_tokens, asked[0].messages[0].text.as_str()), (100, "Say hi"));
+    }
+
+    #[test]
+    fn elicitation_reports_the_action_and_content_or_fails_when_nobody_can_be_asked() {
+        let host = FakeHost::install();
+        let err = maestro_plugin().call("test_elicitation", r#"{"message":"Who?"}"#).expect_err("nobody to ask");
+        assert!(err.to_string().contains("needs input from the user: Who?"), "{err}");
+        host.on_ask(|_, _| Ok(maestro_sdk::user::Answer::Accepted(json!({ "username": "a", "email": "b" }))));
+        let out = maestro_plugin().call("test_elicitation", r#"{"message":"Who?"}"#).expect("answered");
+        assert_eq!(
+            out.content,
+            vec![Content::Text(r#"User response: <action: accept, content: {"email":"b","username":"a"}>"#.into())]
+        );
+        host.on_ask(|_, _| Ok(maestro_sdk::user::Answer::Declined));
+        let out = maestro_plugin().call("test_elicitation_sep1330_enums", "{}").expect("answered");
+        assert_eq!(out.content, vec![Content::Text("Elicitation completed: action=decline, content=null".into())]);
+        assert_eq!(host.questions()[2].1["properties"]["legacyEnum"]["enumNames"][0], "Option One");
+    }
 
     #[test]
     fn contents_are_what_the_suite_checks() {
