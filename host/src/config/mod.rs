@@ -44,6 +44,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MAESTRO_MCP_TOOL_NAMES", "qualified or short (mcp.tool_names)"),
     ("MAESTRO_MCP_SESSION_IDLE_TIMEOUT", "idle MCP sessions close after this (mcp.session_idle_timeout)"),
     ("MAESTRO_MCP_MAX_SESSIONS_PER_KEY", "open MCP sessions per API key (mcp.max_sessions_per_key)"),
+    ("MAESTRO_MCP_POLL_TOOLS", "comma-separated tools whose POST stream closes at once (mcp.poll_tools)"),
     ("MAESTRO_JOBS_CONCURRENCY", "jobs one process runs at once (jobs.concurrency)"),
     ("MAESTRO_JOBS_LEASE", "how long a claimed job is held before another worker may take it (jobs.lease)"),
     ("MAESTRO_JOBS_POLL_INTERVAL", "how often an idle job worker looks for due jobs (jobs.poll_interval)"),
@@ -173,6 +174,11 @@ pub struct McpSettings {
     /// Open sessions (2025-11-25 revision) one API key may hold; `initialize` past it
     /// is refused with 429 until one closes (DELETE) or idles out.
     pub max_sessions_per_key: usize,
+    /// Tools (by the name clients call them) whose calls' POST streams (2025-11-25
+    /// sessions) the server closes right after the first event: the client gets the
+    /// progress, logs and result by reconnecting with `GET` and `Last-Event-ID` (SEP-1699
+    /// polling), so long calls hold no connection open.
+    pub poll_tools: Vec<String>,
 }
 
 impl Default for McpSettings {
@@ -183,6 +189,7 @@ impl Default for McpSettings {
             names: McpNames::Qualified,
             session_idle_timeout: Duration::from_secs(30 * 60),
             max_sessions_per_key: usize::try_from(raw::DEFAULT_MCP_MAX_SESSIONS_PER_KEY).expect("a small constant"),
+            poll_tools: Vec::new(),
         }
     }
 }
@@ -863,7 +870,8 @@ fn mcp_settings(raw: raw::RawMcp, listen: SocketAddr) -> Result<McpSettings, Con
         return Err(invalid("mcp.max_sessions_per_key", max_sessions, "must be between 1 and 10000".into()));
     }
     let max_sessions_per_key = usize::try_from(max_sessions).expect("at most 10000 fits in usize");
-    Ok(McpSettings { allowed_hosts, allowed_origins, names, session_idle_timeout, max_sessions_per_key })
+    let poll_tools = raw.poll_tools.unwrap_or_default().into_iter().map(|t| t.trim().to_owned()).collect();
+    Ok(McpSettings { allowed_hosts, allowed_origins, names, session_idle_timeout, max_sessions_per_key, poll_tools })
 }
 
 fn jobs_settings(raw: raw::RawJobs) -> Result<JobsSettings, ConfigError> {

@@ -243,6 +243,8 @@ pub struct RawMcp {
     pub session_idle_timeout: Option<String>,
     /// Open sessions (2025-11-25 revision) one API key may hold at once.
     pub max_sessions_per_key: Option<u32>,
+    /// Tools whose calls' POST streams the server closes at once (clients poll).
+    pub poll_tools: Option<Vec<String>>,
 }
 
 /// `[plugins]` section.
@@ -378,6 +380,9 @@ impl RawConfig {
                 reason: "expected a number of sessions".into(),
             })?;
             self.mcp.max_sessions_per_key = Some(sessions);
+        }
+        if let Some(v) = get("MAESTRO_MCP_POLL_TOOLS") {
+            self.mcp.poll_tools = Some(list(v));
         }
         if let Some(v) = get("MAESTRO_JOBS_CONCURRENCY") {
             let n = v.trim().parse().map_err(|_| ConfigError::Invalid {

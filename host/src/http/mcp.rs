@@ -19,6 +19,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
+use futures_util::StreamExt as _;
 
 use super::Metrics;
 use super::auth::bearer_token;
@@ -29,6 +30,7 @@ use crate::mcp::HttpTransport;
 use crate::tools::{Principal, principal};
 
 const SESSION_HEADER: &str = "mcp-session-id";
+const LAST_EVENT_ID: &str = "last-event-id";
 
 /// Sessions the owner table holds before the first sweep of closed ones.
 const FIRST_SWEEP_AT: usize = 64;
@@ -43,6 +45,8 @@ pub(super) struct Guard {
     pub(super) owners: Arc<SessionOwners>,
     body_limit_bytes: usize,
     idle_timeout: Duration,
+    /// Tools whose calls' POST streams close after their first event (`mcp.poll_tools`).
+    poll_tools: Arc<[String]>,
 }
 
 impl Guard {
@@ -61,6 +65,7 @@ impl Guard {
             owners: Arc::new(SessionOwners::new(settings.max_sessions_per_key, metrics)),
             body_limit_bytes,
             idle_timeout: settings.session_idle_timeout,
+            poll_tools: settings.poll_tools.iter().cloned().collect(),
         }
     }
 }
@@ -234,6 +239,15 @@ struct Peek {
     id: Option<serde_json::Value>,
     #[serde(default)]
     method: Option<String>,
+    #[serde(default)]
+    params: Option<PeekParams>,
+}
+
+/// The tool a `tools/call` names.
+#[derive(serde::Deserialize)]
+struct PeekParams {
+    #[serde(default)]
+    name: Option<String>,
 }
 
 /// The `/mcp` middleware: Host/Origin, authentication, session ownership, session cap.
@@ -263,6 +277,23 @@ pub(super) async fn guard(State(guard): State<Guard>, mut request: Request, next
     }
     let key_id = principal.key_id.clone();
     let method = request.method().clone();
+    if method == Method::GET
+        && let Some(last_event_id) = request.headers().get(LAST_EVENT_ID)
+    {
+        check_resume(session.as_deref(), last_event_id, &guard.transport)?;
+    }
+    let mut poll = false;
+    if session.is_some() && method == Method::POST && !guard.poll_tools.is_empty() {
+        let (parts, body) = request.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, guard.body_limit_bytes).await else {
+            return Err(ApiError::new(ErrorCode::PayloadTooLarge, "request body is larger than the server accepts"));
+        };
+        poll = serde_json::from_slice::<Peek>(&bytes).ok().is_some_and(|peek| {
+            peek.method.as_deref() == Some("tools/call")
+                && peek.params.and_then(|p| p.name).is_some_and(|name| guard.poll_tools.contains(&name))
+        });
+        request = Request::from_parts(parts, Body::from(bytes));
+    }
     let mut slot = None;
     if session.is_none() && method == Method::POST {
         // Only `initialize` opens a session: look at the message (the transport would
@@ -285,6 +316,13 @@ pub(super) async fn guard(State(guard): State<Guard>, mut request: Request, next
     // needs it, and the caller travels as the principal.
     request.headers_mut().remove(header::AUTHORIZATION);
     let mut response = next.run(request).await;
+    if poll && is_event_stream(&response) {
+        // SEP-1699 polling: the stream ends after its first event (the priming event:
+        // an id and a `retry`); the call runs on, and the client reconnects with GET and
+        // Last-Event-ID for everything after it, the result included.
+        let (parts, body) = response.into_parts();
+        response = Response::from_parts(parts, Body::from_stream(body.into_data_stream().take(1)));
+    }
     if method == Method::DELETE && response.status() == StatusCode::ACCEPTED {
         // A closed session is done, not accepted for later: some clients (Python `mcp`)
         // only take 200/204 for it.
@@ -311,6 +349,29 @@ pub(super) async fn guard(State(guard): State<Guard>, mut request: Request, next
         _ => {}
     }
     Ok(response)
+}
+
+/// Whether a response is an SSE stream.
+fn is_event_stream(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// A GET with `Last-Event-ID` resumes a stream of the session it names, and only
+/// when every event after that id is still kept: past the buffer's bounds the client
+/// hears so, rather than getting a stream with a gap.
+fn check_resume(session: Option<&str>, last_event_id: &HeaderValue, transport: &HttpTransport) -> Result<(), ApiError> {
+    if session.is_none() {
+        return Err(ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            "resuming a stream with Last-Event-ID needs the mcp-session-id of the session it belongs to",
+        ));
+    }
+    let id = last_event_id.to_str().unwrap_or_default();
+    transport.check_resume(id).map_err(|e| ApiError::new(ErrorCode::InvalidLastEventId, e.to_string()))
 }
 
 /// 429 with a JSON-RPC error: the key holds `cap` sessions.

@@ -16,6 +16,7 @@ mod content;
 mod elicitation;
 mod redact;
 mod resources;
+mod resume;
 mod sampling;
 mod watch;
 
@@ -47,6 +48,7 @@ use crate::tools::{CallError, Observe, Principal, Tools, VisiblePersona, Visible
 
 pub use agents::{Agents, DOCUMENT_TEMPLATE, TRANSCRIPT_TEMPLATE, VERSION_TEMPLATE};
 pub use resources::{PLUGIN_TEMPLATE, POLICY_URI};
+pub use resume::{EventBuffer, MAX_STREAM_EVENTS, ResumeError};
 
 /// The log target of the MCP library.
 pub const LIBRARY_TARGET: &str = "rmcp";
@@ -1008,6 +1010,8 @@ pub struct HttpTransport {
     /// The service to mount.
     pub service: HttpService,
     sessions: Arc<Sessions>,
+    /// Every event sent on a session's streams, for clients resuming with `Last-Event-ID`.
+    events: EventBuffer,
 }
 
 impl std::fmt::Debug for HttpTransport {
@@ -1020,7 +1024,8 @@ impl HttpTransport {
     /// The transport over `mcp`; `shutdown` ends every session and open stream.
     pub fn new(mcp: Arc<Mcp>, settings: &McpSettings, body_limit_bytes: usize, shutdown: CancellationToken) -> Self {
         use rmcp::transport::StreamableHttpServerConfig;
-        let mut sessions = Sessions::default();
+        let events = EventBuffer::default();
+        let mut sessions = Sessions::default().with_event_store(Arc::new(events.clone()));
         sessions.session_config.keep_alive = Some(settings.session_idle_timeout);
         let sessions = Arc::new(sessions);
         let config = StreamableHttpServerConfig::default()
@@ -1035,7 +1040,12 @@ impl HttpTransport {
             sessions.clone(),
             config,
         );
-        Self { service, sessions }
+        Self { service, sessions, events }
+    }
+
+    /// Whether a stream can be resumed after `last_event_id` without a gap.
+    pub fn check_resume(&self, last_event_id: &str) -> Result<(), ResumeError> {
+        self.events.check(last_event_id)
     }
 
     /// Whether a session with this id is open.

@@ -245,6 +245,9 @@ async fn passes_the_official_mcp_conformance_scenarios() {
         .env("MAESTRO_PLUGIN_DIR", &plugins)
         .env("MAESTRO_POLICY_DIR", &policies)
         .env("MAESTRO_MCP_TOOL_NAMES", "short")
+        // server-sse-polling: the server closes this tool's POST streams after the
+        // priming event and the client resumes them with Last-Event-ID (SEP-1699).
+        .env("MAESTRO_MCP_POLL_TOOLS", "test_reconnection")
         .env("MAESTRO_MCP_ALLOWED_HOSTS", "localhost,127.0.0.1")
         .env("MAESTRO_MCP_ALLOWED_ORIGINS", format!("http://127.0.0.1:{proxy_port},http://localhost:{proxy_port}"));
     let server = Server::start(command, &db.dir(), 1).await;

@@ -57,6 +57,13 @@ fn simple_text(_: NoInput) -> Result<&'static str, ToolError> {
     Ok("This is a simple text response for testing.")
 }
 
+/// The `server-sse-polling` scenario's tool. The server, not the tool, closes the
+/// call's POST stream: the conformance run lists it in `mcp.poll_tools`, so the client
+/// gets this answer by resuming with `GET` and `Last-Event-ID` (SEP-1699).
+fn reconnection(_: NoInput) -> Result<&'static str, ToolError> {
+    Ok("Reconnection test completed successfully")
+}
+
 fn image_content(_: NoInput) -> Result<ToolOutput, ToolError> {
     Ok(ToolOutput { content: vec![red_pixel()], structured: None })
 }
@@ -276,6 +283,8 @@ export_plugin! {
         tool("test_elicitation_sep1034_defaults", "Asks the user with a default for every field", elicitation_defaults)
             .read_only(),
         tool("test_elicitation_sep1330_enums", "Asks the user with every enum form", elicitation_enums).read_only(),
+        tool("test_reconnection", "Answers on a stream the server closes first (SEP-1699 polling)", reconnection)
+            .read_only(),
     ],
     personas: [simple_prompt(), prompt_with_arguments()],
 }
