@@ -183,10 +183,8 @@ impl EventBuffer {
         let id = format!("{token}.{}", stream.next());
         let mut kept = event.clone();
         kept.event_id = Some(id.clone());
-        let terminal = matches!(
-            kept.message.as_deref(),
-            Some(ServerJsonRpcMessage::Response(_) | ServerJsonRpcMessage::Error(_))
-        );
+        let terminal =
+            matches!(kept.message.as_deref(), Some(ServerJsonRpcMessage::Response(_) | ServerJsonRpcMessage::Error(_)));
         stream.events.push_back(kept);
         if stream.events.len() > MAX_STREAM_EVENTS {
             stream.events.pop_front();

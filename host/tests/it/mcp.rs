@@ -783,3 +783,94 @@ async fn session_requests_log_in_the_span_of_their_http_request() {
     assert!(line.contains("request_id=session-req-42") && line.contains(r#"route="/mcp""#), "{line}");
     assert!(line.contains(r#"key_id="key_"#) && line.contains("tenant=tn_"), "{line}");
 }
+
+/// The `id:` of each SSE event in `text`, and whether any carried a `retry:`.
+fn event_ids(text: &str) -> (Vec<String>, bool) {
+    let ids = text.lines().filter_map(|l| l.strip_prefix("id:")).map(|id| id.trim().to_owned()).collect();
+    (ids, text.lines().any(|l| l.starts_with("retry:")))
+}
+
+/// `GET /mcp` with `Last-Event-ID`, read to its end (with a deadline).
+async fn resume(served: &Served, token: &str, session: Option<&str>, last_event_id: &str) -> Reply {
+    let mut request = reqwest::Client::new()
+        .get(&served.url)
+        .bearer_auth(token)
+        .header("accept", "text/event-stream")
+        .header("mcp-protocol-version", SESSIONS)
+        .header("last-event-id", last_event_id);
+    if let Some(session) = session {
+        request = request.header("mcp-session-id", session);
+    }
+    let response = request.send().await.expect("GET");
+    let status = response.status();
+    let text = tokio::time::timeout(Duration::from_secs(30), response.text())
+        .await
+        .expect("the resumed stream ends after the call's result")
+        .expect("body");
+    Reply { status, messages: parse_messages(&text), text }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_stream_closed_mid_call_resumes_with_last_event_id_without_losing_an_event() {
+    let mut host = TestHost::with_plugins(Backend::Sqlite, &["hostile"], TWO_TENANTS).await;
+    host.settings.mcp.poll_tools = vec!["hostile.progress".to_owned()];
+    let served = Served::start(host).await;
+    let (acme, beta) = (served.member_of("acme").await, served.member_of("beta").await);
+    let mut client = served.client(&acme, SESSIONS);
+    client.initialize().await;
+    let session = client.session.clone().expect("session");
+
+    // The server closes the POST stream after its priming event: an id and a retry, no
+    // message; the call runs on.
+    let meta = json!({ "progressToken": "p-1" });
+    let params = json!({ "name": "hostile.progress", "arguments": { "n": 5 } });
+    let closed = client.request_with(9, "tools/call", params, meta).await;
+    assert_eq!(closed.status, StatusCode::OK);
+    assert!(closed.messages.is_empty(), "the stream closed before any message: {closed:?}");
+    let (ids, retry) = event_ids(&closed.text);
+    assert!(retry && ids.len() == 1, "one priming event with an id and a retry: {closed:?}");
+    let priming = &ids[0];
+
+    // Resuming gets every progress report and the result, in order, each with an id.
+    let resumed = resume(&served, &acme, Some(&session), priming).await;
+    assert_eq!(resumed.status, StatusCode::OK, "{resumed:?}");
+    let progress: Vec<f64> = resumed
+        .notifications("notifications/progress")
+        .iter()
+        .map(|p| p["params"]["progress"].as_f64().expect("progress"))
+        .collect();
+    assert_eq!(progress, vec![1.0, 2.0, 3.0, 4.0, 5.0], "{resumed:?}");
+    assert_eq!(resumed.response()["id"], 9);
+    assert_eq!(resumed.result()["content"][0]["text"], "reported 5 steps");
+    let (later, _) = event_ids(&resumed.text);
+    assert_eq!(later.len(), 6, "five progress reports and the result, each with an id: {resumed:?}");
+
+    // A second reconnection from the middle gets exactly what followed that event.
+    let again = resume(&served, &acme, Some(&session), &later[2]).await;
+    let (rest, _) = event_ids(&again.text);
+    assert_eq!(rest, later[3..], "{again:?}");
+    assert_eq!(again.result()["content"][0]["text"], "reported 5 steps");
+
+    // Ids not given out (or no longer kept) are refused with a reason, not answered
+    // with an empty or gapped stream; a resumption needs the session, and another key
+    // cannot use it.
+    let unknown = resume(&served, &acme, Some(&session), &format!("{}.0", "0".repeat(32))).await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST, "{unknown:?}");
+    assert!(
+        unknown.text.contains("invalid_last_event_id") && unknown.text.contains("no longer buffered"),
+        "{unknown:?}"
+    );
+    let malformed = resume(&served, &acme, Some(&session), "7/0").await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST, "{malformed:?}");
+    let sessionless = resume(&served, &acme, None, priming).await;
+    assert_eq!(sessionless.status, StatusCode::METHOD_NOT_ALLOWED, "{sessionless:?}");
+    let stranger = resume(&served, &beta, Some(&session), priming).await;
+    assert_eq!(stranger.status, StatusCode::NOT_FOUND, "{stranger:?}");
+    assert!(!stranger.text.contains("reported"), "{stranger:?}");
+
+    // Other tools answer on their POST stream as before, with ids on the events.
+    let params = json!({ "name": "hostile.progress_flood", "arguments": { "n": 2 } });
+    let whole = client.request_with(10, "tools/call", params, json!({ "progressToken": "p-2" })).await;
+    assert_eq!(whole.result()["isError"], false, "{whole:?}");
+    assert!(event_ids(&whole.text).0.len() >= 2, "the priming event and the result have ids: {whole:?}");
+}
