@@ -259,7 +259,7 @@ mod tests {
     use super::*;
 
     fn priming() -> ServerSseMessage {
-        ServerSseMessage { event_id: None, message: None, retry: Some(Duration::from_secs(1)) }
+        ServerSseMessage::retry(Duration::from_secs(1))
     }
 
     #[tokio::test]
@@ -269,14 +269,10 @@ mod tests {
         let second = buffer.store("s", &priming());
         let mut replay = buffer.replay(&first).expect("resumable");
         assert_eq!(replay.next().await.and_then(|e| e.event_id), Some(second));
-        let response = ServerSseMessage {
-            event_id: None,
-            message: Some(Arc::new(ServerJsonRpcMessage::response(
-                rmcp::model::ServerResult::empty(()),
-                rmcp::model::NumberOrString::Number(1),
-            ))),
-            retry: None,
-        };
+        let response = ServerSseMessage::from_message(ServerJsonRpcMessage::response(
+            rmcp::model::ServerResult::empty(()),
+            rmcp::model::NumberOrString::Number(1),
+        ));
         let writer = buffer.clone();
         let late = tokio::spawn(async move { writer.store("s", &response) });
         let third = late.await.expect("stored");
