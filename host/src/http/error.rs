@@ -63,7 +63,8 @@ pub enum ErrorCode {
     /// caller use.
     UnknownPersona,
     /// An event stream's `Last-Event-ID` header (or `after` parameter) is not a
-    /// non-negative integer, or is beyond the last event of the run or session.
+    /// non-negative integer, or is beyond the last event of the run or session; on
+    /// `/mcp`, not an event id of the server or one whose later events are no longer kept.
     InvalidLastEventId,
     /// A Stripe webhook whose signature does not hold (bad, stale or future timestamp,
     /// modified body, missing header).

@@ -3,8 +3,11 @@
 //! protection), bearer authentication (a tenant key; its caller goes into the request's
 //! extensions), session ownership (a session id opened by another key is answered
 //! exactly like an unknown one), and, for `initialize`, the cap on sessions per key
-//! (`mcp.max_sessions_per_key`: 429 with a JSON-RPC error past it). The body limit is
-//! the transport's (413).
+//! (`mcp.max_sessions_per_key`: 429 with a JSON-RPC error past it); a `GET` with
+//! `Last-Event-ID` needs a session and an id whose later events are all still kept
+//! (400 otherwise, where rmcp would answer an empty stream). The body limit is the
+//! transport's (413). The answer stream of a `tools/call` of a `mcp.poll_tools` tool
+//! ends after its priming event (SEP-1699 polling: the client resumes with GET).
 //!
 //! Sessions live in this process: behind several replicas, clients of the 2025-11-25
 //! revision need sticky sessions; 2026-07-28 clients are stateless.
@@ -411,15 +414,17 @@ fn too_many_sessions(id: Option<serde_json::Value>, cap: usize, idle: Duration) 
 #[allow(dead_code, reason = "documents the MCP transport mounted at /mcp")]
 pub(super) fn mcp_post() {}
 
-/// The session's stream of server messages (2025-11-25 revision).
+/// The session's stream of server messages (2025-11-25 revision); with `Last-Event-ID`,
+/// the rest of the stream that event belongs to (SEP-1699 resumption).
 #[utoipa::path(get, path = "/mcp", tag = "mcp", security(("bearer" = [])),
-    params(("mcp-session-id" = String, Header, description = "the session")),
+    params(("mcp-session-id" = String, Header, description = "the session"),
+        ("last-event-id" = Option<String>, Header, description = "resume the stream after this event")),
     responses(
         (status = 200, description = "server-sent events", content_type = "text/event-stream"),
-        (status = 400, description = "no session id"),
+        (status = 400, description = "no session id, or (invalid_last_event_id) events after Last-Event-ID are no longer all kept"),
         (status = 403, body = ErrorBody, description = "Host or Origin not allowed, or a platform-admin key"),
         (status = 404, body = ErrorBody, description = "unknown or closed session, or another key's"),
-        (status = 405, description = "no stream without a session"),
+        (status = 405, description = "no stream (nor resumption) without a session"),
         (status = 406, description = "the Accept header lacks text/event-stream"),
     ))]
 #[allow(dead_code, reason = "documents the MCP transport mounted at /mcp")]
