@@ -7,7 +7,8 @@
 //! included, even when the result was produced while it was away.
 //!
 //! Bounds: a stream keeps its last [`MAX_STREAM_EVENTS`] events, the buffer keeps at
-//! most [`MAX_STREAMS`] streams (the oldest is dropped first) and a finished stream
+//! most [`MAX_STREAMS`] streams and [`MAX_BUFFERED_BYTES`] of messages (the oldest
+//! streams are dropped first) and a finished stream
 //! (its response was sent) is kept [`FINISHED_TTL`] after. Nothing past a bound is
 //! lost silently: a `Last-Event-ID` whose following events are no longer all here is
 //! refused with a clear error ([`ResumeError`]) instead of replaying with a gap, and
@@ -28,6 +29,8 @@ use tokio::sync::watch;
 pub const MAX_STREAM_EVENTS: usize = 256;
 /// Streams the buffer keeps (the oldest is dropped first).
 pub(super) const MAX_STREAMS: usize = 4096;
+/// Bytes of messages the buffer keeps in all (the oldest streams are dropped first).
+pub(super) const MAX_BUFFERED_BYTES: usize = 64 << 20;
 /// How long a finished stream (its response sent) stays resumable.
 pub(super) const FINISHED_TTL: Duration = Duration::from_secs(5 * 60);
 
@@ -56,7 +59,9 @@ pub enum ResumeError {
 struct Stream {
     /// Sequence number of `events[0]`.
     first: u64,
-    events: VecDeque<ServerSseMessage>,
+    events: VecDeque<(ServerSseMessage, usize)>,
+    /// Bytes of the kept messages (serialized).
+    bytes: usize,
     /// Set once the stream's response (or error) is kept: no event follows.
     finished: Option<Instant>,
     /// Wakes readers when an event is added.
@@ -77,13 +82,21 @@ struct Streams {
     tokens: HashMap<String, String>,
     /// Tokens, oldest first.
     order: VecDeque<(String, String)>,
+    /// Bytes of all kept messages.
+    bytes: usize,
 }
 
 impl Streams {
+    fn remove(&mut self, stream_id: &str, token: &str) {
+        self.tokens.remove(stream_id);
+        if let Some(stream) = self.by_token.remove(token) {
+            self.bytes -= stream.bytes;
+        }
+    }
+
     fn drop_oldest(&mut self) {
         if let Some((stream_id, token)) = self.order.pop_front() {
-            self.tokens.remove(&stream_id);
-            self.by_token.remove(&token);
+            self.remove(&stream_id, &token);
         }
     }
 
@@ -103,8 +116,7 @@ impl Streams {
         if !expired.is_empty() {
             self.order.retain(|entry| !expired.contains(entry));
             for (stream_id, token) in expired {
-                self.tokens.remove(&stream_id);
-                self.by_token.remove(&token);
+                self.remove(&stream_id, &token);
             }
         }
         while self.order.len() >= MAX_STREAMS {
@@ -135,6 +147,12 @@ fn token() -> String {
         bytes[..8].copy_from_slice(&n.to_be_bytes());
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a kept event costs: its message, serialized.
+fn kept_size(event: &ServerSseMessage) -> usize {
+    let message = event.message.as_deref().map_or(0, |m| serde_json::to_vec(m).map_or(0, |v| v.len()));
+    message + 64
 }
 
 fn parse(id: &str) -> Result<(&str, u64), ResumeError> {
@@ -172,28 +190,45 @@ impl EventBuffer {
                 streams.sweep(Instant::now());
                 let token = token();
                 let (changed, _) = watch::channel(());
-                let stream = Stream { first: 0, events: VecDeque::new(), finished: None, changed };
+                let stream = Stream { first: 0, events: VecDeque::new(), bytes: 0, finished: None, changed };
                 streams.by_token.insert(token.clone(), stream);
                 streams.tokens.insert(stream_id.to_owned(), token.clone());
                 streams.order.push_back((stream_id.to_owned(), token.clone()));
                 token
             }
         };
+        let size = kept_size(event);
+        // Room for this message: the oldest other streams go first.
+        while streams.bytes + size > MAX_BUFFERED_BYTES
+            && let Some(at) = streams.order.iter().position(|(_, t)| *t != token)
+        {
+            if let Some((stream_id, old)) = streams.order.remove(at) {
+                streams.remove(&stream_id, &old);
+            }
+        }
+        streams.bytes += size;
         let stream = streams.by_token.get_mut(&token).expect("every token in `tokens` has its stream");
         let id = format!("{token}.{}", stream.next());
         let mut kept = event.clone();
         kept.event_id = Some(id.clone());
         let terminal =
             matches!(kept.message.as_deref(), Some(ServerJsonRpcMessage::Response(_) | ServerJsonRpcMessage::Error(_)));
-        stream.events.push_back(kept);
-        if stream.events.len() > MAX_STREAM_EVENTS {
-            stream.events.pop_front();
-            stream.first += 1;
+        stream.events.push_back((kept, size));
+        stream.bytes += size;
+        let mut freed = 0;
+        while stream.events.len() > MAX_STREAM_EVENTS || (stream.bytes > MAX_BUFFERED_BYTES && stream.events.len() > 1)
+        {
+            if let Some((_, gone)) = stream.events.pop_front() {
+                stream.first += 1;
+                stream.bytes -= gone;
+                freed += gone;
+            }
         }
         if terminal {
             stream.finished = Some(Instant::now());
         }
         stream.changed.send_replace(());
+        streams.bytes -= freed;
         id
     }
 
@@ -208,7 +243,7 @@ impl EventBuffer {
             return Err(None);
         }
         if let Some(event) = usize::try_from(seq - stream.first).ok().and_then(|i| stream.events.get(i)) {
-            return Ok(event.clone());
+            return Ok(event.0.clone());
         }
         if stream.finished.is_some() {
             return Err(None);
@@ -294,5 +329,27 @@ mod tests {
         let other = buffer.store("t", &priming());
         assert_ne!(other.split('.').next(), first.split('.').next(), "streams have their own tokens");
         assert!(matches!(buffer.check(&format!("{}.0", "0".repeat(32))), Err(ResumeError::Gone(_))));
+    }
+
+    #[test]
+    fn past_the_byte_budget_the_oldest_streams_go_and_say_so() {
+        let buffer = EventBuffer::default();
+        let big = |n: i64| {
+            let text = "x".repeat(MAX_BUFFERED_BYTES / 3);
+            let result = rmcp::model::CallToolResult::success(vec![rmcp::model::ContentBlock::text(text)]);
+            ServerSseMessage::from_message(ServerJsonRpcMessage::response(
+                rmcp::model::ServerResult::CallToolResult(result),
+                rmcp::model::NumberOrString::Number(n),
+            ))
+        };
+        let first = buffer.store("a", &priming());
+        buffer.store("a", &big(1));
+        let second = buffer.store("b", &priming());
+        buffer.store("b", &big(2));
+        assert_eq!(buffer.check(&first), Ok(()));
+        buffer.store("c", &big(3));
+        assert!(matches!(buffer.check(&first), Err(ResumeError::Gone(_))), "the oldest stream made room");
+        assert_eq!(buffer.check(&second), Ok(()));
+        assert!(buffer.lock().bytes <= MAX_BUFFERED_BYTES);
     }
 }
