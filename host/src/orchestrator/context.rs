@@ -173,6 +173,35 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_rich_prompt_adds_its_text_after_the_system_message_and_leaves_images_out() {
+        let message = |role, content| PromptMessage { role, content };
+        let head = head(
+            "sys".into(),
+            vec![
+                message(
+                    PromptRole::User,
+                    Content::Image { data: "iVBORw0KGgo=".into(), mime_type: "image/png".into() },
+                ),
+                message(
+                    PromptRole::User,
+                    Content::EmbeddedResource {
+                        uri: "note://a".into(),
+                        mime_type: Some("text/plain".into()),
+                        contents: ResourceContents::Text("the note".into()),
+                    },
+                ),
+                message(PromptRole::Assistant, Content::Text { text: "Understood.".into() }),
+            ],
+            "p.x",
+        );
+        let got: Vec<(ChatRole, &str)> = head.iter().map(|m| (m.role, m.content.as_str())).collect();
+        assert_eq!(
+            got,
+            [(ChatRole::System, "sys"), (ChatRole::User, "note://a\n\nthe note"), (ChatRole::Assistant, "Understood.")]
+        );
+    }
+
     fn system(text: &str) -> Vec<ChatMessage> {
         vec![ChatMessage::new(ChatRole::System, text)]
     }
