@@ -109,7 +109,10 @@ pub mod testing;
 mod wit;
 
 pub use host::{LogLevel, cancelled, config, config_json, log, progress};
-pub use persona::{ModelTier, Persona, PersonaSpec, PromptArgument, RenderContext, RenderFn};
+pub use persona::{
+    Messages, ModelTier, Persona, PersonaSpec, PromptArgument, PromptContent, PromptMessage, PromptRole, RenderContext,
+    RenderFn, RenderMessagesFn,
+};
 pub use plugin::{Plugin, is_valid_name};
 pub use tool::{
     Annotations, Content, FnTool, IntoToolOutput, NoInput, ResourceContents, Structured, Tool, ToolError, ToolInfo,
@@ -128,8 +131,8 @@ pub const WIT_PACKAGE: &str = "maestro:plugin@0.2.0";
 #[cfg(target_arch = "wasm32")]
 pub mod __private {
     pub use crate::wit::{
-        PersonasGuest, ToolsGuest, WitPersonaSpec, WitToolError, WitToolOutput, WitToolSpec, bindings, personas_list,
-        personas_render, tools_call, tools_list,
+        PersonasGuest, ToolsGuest, WitPersonaSpec, WitPromptMessage, WitToolError, WitToolOutput, WitToolSpec,
+        bindings, personas_list, personas_render, personas_render_messages, tools_call, tools_list,
     };
 }
 
@@ -194,6 +197,16 @@ macro_rules! export_plugin {
                     context: ::std::string::String,
                 ) -> ::std::result::Result<::std::option::Option<::std::string::String>, ::std::string::String> {
                     $crate::__private::personas_render(maestro_plugin(), name, context)
+                }
+
+                fn render_messages(
+                    name: ::std::string::String,
+                    context: ::std::string::String,
+                ) -> ::std::result::Result<
+                    ::std::vec::Vec<$crate::__private::WitPromptMessage>,
+                    ::std::string::String,
+                > {
+                    $crate::__private::personas_render_messages(maestro_plugin(), name, context)
                 }
             }
 

@@ -4,6 +4,8 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::tool::{ResourceContents, base64};
+
 /// Which class of model a persona prefers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ModelTier {
@@ -199,6 +201,133 @@ impl<'a> RenderContext<'a> {
 /// A function that renders a persona's prompt.
 pub type RenderFn = fn(&RenderContext<'_>) -> Result<String, String>;
 
+/// A function that renders the messages after a persona's system prompt.
+pub type RenderMessagesFn = fn(&RenderContext<'_>) -> Result<Vec<PromptMessage>, String>;
+
+/// Who speaks a prompt message after the system prompt (the WIT `prompt-role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptRole {
+    /// The person.
+    User,
+    /// The model (an example answer, or a conversation to continue).
+    Assistant,
+}
+
+/// What a prompt message holds (the WIT `prompt-content`): text, an image or an
+/// embedded resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PromptContent {
+    /// Plain text.
+    Text(String),
+    /// An image.
+    Image {
+        /// Base64 (standard alphabet, padded) of the bytes.
+        data: String,
+        /// e.g. `image/png`.
+        mime_type: String,
+    },
+    /// A resource whose contents travel inside the prompt (an MCP embedded resource).
+    EmbeddedResource {
+        /// The resource's URI.
+        uri: String,
+        /// Its media type.
+        mime_type: Option<String>,
+        /// What it holds.
+        contents: ResourceContents,
+    },
+}
+
+impl PromptContent {
+    /// Text.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self::Text(text.into())
+    }
+
+    /// An image from raw bytes (base64-encoded here).
+    pub fn image(bytes: &[u8], mime_type: impl Into<String>) -> Self {
+        Self::Image { data: base64(bytes), mime_type: mime_type.into() }
+    }
+
+    /// An embedded text resource.
+    pub fn embedded_text(uri: impl Into<String>, mime_type: impl Into<String>, text: impl Into<String>) -> Self {
+        Self::EmbeddedResource {
+            uri: uri.into(),
+            mime_type: Some(mime_type.into()),
+            contents: ResourceContents::Text(text.into()),
+        }
+    }
+
+    /// An embedded binary resource from raw bytes (base64-encoded here).
+    pub fn embedded_blob(uri: impl Into<String>, mime_type: impl Into<String>, bytes: &[u8]) -> Self {
+        Self::EmbeddedResource {
+            uri: uri.into(),
+            mime_type: Some(mime_type.into()),
+            contents: ResourceContents::Blob(base64(bytes)),
+        }
+    }
+}
+
+impl From<&str> for PromptContent {
+    fn from(text: &str) -> Self {
+        Self::Text(text.to_owned())
+    }
+}
+
+impl From<String> for PromptContent {
+    fn from(text: String) -> Self {
+        Self::Text(text)
+    }
+}
+
+/// One message after a persona's system prompt (the WIT `prompt-message`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptMessage {
+    /// Who speaks it.
+    pub role: PromptRole,
+    /// What it holds.
+    pub content: PromptContent,
+}
+
+/// Builds the messages after a persona's system prompt, in order:
+///
+/// ```
+/// use maestro_sdk::{Messages, PromptContent};
+/// let messages = Messages::new()
+///     .user("Review this diff.")
+///     .user(PromptContent::embedded_text("file:///patch.diff", "text/x-diff", "+fn main() {}"))
+///     .assistant("Looks fine; one question.")
+///     .build();
+/// assert_eq!(messages.len(), 3);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Messages(Vec<PromptMessage>);
+
+impl Messages {
+    /// No messages yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a message of the person (text from a string, or any [`PromptContent`]).
+    #[must_use]
+    pub fn user(mut self, content: impl Into<PromptContent>) -> Self {
+        self.0.push(PromptMessage { role: PromptRole::User, content: content.into() });
+        self
+    }
+
+    /// Adds a message of the model.
+    #[must_use]
+    pub fn assistant(mut self, content: impl Into<PromptContent>) -> Self {
+        self.0.push(PromptMessage { role: PromptRole::Assistant, content: content.into() });
+        self
+    }
+
+    /// The messages.
+    pub fn build(self) -> Vec<PromptMessage> {
+        self.0
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Render {
     AsIs,
@@ -211,6 +340,7 @@ enum Render {
 pub struct Persona {
     spec: PersonaSpec,
     render: Render,
+    messages: Option<RenderMessagesFn>,
 }
 
 impl fmt::Debug for Persona {
@@ -220,7 +350,11 @@ impl fmt::Debug for Persona {
             Render::Template => "template",
             Render::Custom(_) => "custom",
         };
-        f.debug_struct("Persona").field("spec", &self.spec).field("render", &render).finish()
+        f.debug_struct("Persona")
+            .field("spec", &self.spec)
+            .field("render", &render)
+            .field("messages", &self.messages.is_some())
+            .finish()
     }
 }
 
@@ -228,12 +362,12 @@ impl Persona {
     /// A persona whose prompt is its system prompt with `{{argument}}` placeholders
     /// filled from the context (after checking required and enumerated arguments).
     pub fn new(spec: PersonaSpec) -> Self {
-        Self { spec, render: Render::Template }
+        Self { spec, render: Render::Template, messages: None }
     }
 
     /// A persona whose prompt is its system prompt as is (`render` answers `none`).
     pub fn as_is(spec: PersonaSpec) -> Self {
-        Self { spec, render: Render::AsIs }
+        Self { spec, render: Render::AsIs, messages: None }
     }
 
     /// A persona rendered by a function (arguments are checked before it runs).
@@ -241,6 +375,23 @@ impl Persona {
     pub fn render_with(mut self, render: RenderFn) -> Self {
         self.render = Render::Custom(render);
         self
+    }
+
+    /// Adds messages after the system prompt, rendered by a function (arguments are
+    /// checked before it runs): user and assistant turns of text, images and embedded
+    /// resources (a rich prompt; see [`Messages`]).
+    #[must_use]
+    pub fn messages_with(mut self, messages: RenderMessagesFn) -> Self {
+        self.messages = Some(messages);
+        self
+    }
+
+    /// Renders the messages after the system prompt from a context document (the WIT
+    /// `personas.render-messages`); empty for a persona without
+    /// [`messages_with`](Self::messages_with).
+    pub fn render_messages(&self, context: &str) -> Result<Vec<PromptMessage>, String> {
+        let Some(messages) = self.messages else { return Ok(Vec::new()) };
+        messages(&RenderContext::parse(&self.spec, context)?)
     }
 
     /// The spec.
@@ -295,6 +446,41 @@ mod tests {
     fn rejects_value_outside_the_enumeration() {
         let err = Persona::new(spec()).render(r#"{"idea":"x","detail":"huge"}"#).expect_err("bad detail");
         assert!(err.contains("must be one of brief, full"), "{err}");
+    }
+
+    fn rich(ctx: &RenderContext<'_>) -> Result<Vec<PromptMessage>, String> {
+        Ok(Messages::new()
+            .user(format!("About {}", ctx.require("idea")?))
+            .user(PromptContent::image(b"\x89PNG", "image/png"))
+            .user(PromptContent::embedded_text("note://idea", "text/plain", "notes"))
+            .assistant("Understood.")
+            .build())
+    }
+
+    #[test]
+    fn rich_messages_follow_the_system_prompt_in_order() {
+        let persona = Persona::new(spec()).messages_with(rich);
+        let messages = persona.render_messages(r#"{"idea":"a kite"}"#).expect("renders");
+        assert_eq!(messages.len(), 4);
+        assert_eq!(messages[0], PromptMessage { role: PromptRole::User, content: PromptContent::text("About a kite") });
+        assert_eq!(
+            messages[1].content,
+            PromptContent::Image { data: "iVBORw==".into(), mime_type: "image/png".into() }
+        );
+        assert!(matches!(&messages[2].content, PromptContent::EmbeddedResource { uri, .. } if uri == "note://idea"));
+        assert_eq!(messages[3].role, PromptRole::Assistant);
+        // The system prompt renders as before.
+        assert_eq!(
+            persona.render(r#"{"idea":"a kite"}"#).expect("renders").as_deref(),
+            Some("Idea: a kite. Detail: . {{other}}")
+        );
+    }
+
+    #[test]
+    fn rich_messages_check_the_arguments_and_default_to_none() {
+        let err = Persona::new(spec()).messages_with(rich).render_messages("{}").expect_err("missing idea");
+        assert!(err.contains("missing required argument `idea`"), "{err}");
+        assert_eq!(Persona::new(spec()).render_messages("{}"), Ok(Vec::new()));
     }
 
     #[test]

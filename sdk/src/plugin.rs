@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::persona::{Persona, PersonaSpec};
+use crate::persona::{Persona, PersonaSpec, PromptMessage};
 use crate::tool::{ErasedTool, Tool, ToolError, ToolOutput, ToolSpec};
 
 /// A plugin's tools and personas. [`export_plugin!`](crate::export_plugin) builds one
@@ -82,6 +82,14 @@ impl Plugin {
         let persona =
             self.personas.iter().find(|p| p.spec().name == name).ok_or_else(|| format!("no persona named `{name}`"))?;
         persona.render(context)
+    }
+
+    /// Renders the messages after a persona's system prompt (the WIT
+    /// `personas.render-messages`).
+    pub fn render_messages(&self, name: &str, context: &str) -> Result<Vec<PromptMessage>, String> {
+        let persona =
+            self.personas.iter().find(|p| p.spec().name == name).ok_or_else(|| format!("no persona named `{name}`"))?;
+        persona.render_messages(context)
     }
 }
 

@@ -18,14 +18,15 @@ use bindings::maestro::plugin::host;
 use bindings::maestro::plugin::types as wit;
 
 use crate::http::{HttpError, Request, Response, Target};
-use crate::persona::ModelTier;
+use crate::persona::{ModelTier, PromptContent, PromptRole};
 use crate::plugin::Plugin;
 use crate::tool::{Content, ResourceContents, ToolError, ToolOutput};
 
 pub use bindings::exports::maestro::plugin::personas::Guest as PersonasGuest;
 pub use bindings::exports::maestro::plugin::tools::Guest as ToolsGuest;
 pub use wit::{
-    PersonaSpec as WitPersonaSpec, ToolError as WitToolError, ToolOutput as WitToolOutput, ToolSpec as WitToolSpec,
+    PersonaSpec as WitPersonaSpec, PromptMessage as WitPromptMessage, ToolError as WitToolError,
+    ToolOutput as WitToolOutput, ToolSpec as WitToolSpec,
 };
 
 /// `tools.list-tools`.
@@ -117,6 +118,35 @@ pub fn personas_list(plugin: &Plugin) -> Vec<wit::PersonaSpec> {
 /// `personas.render`.
 pub fn personas_render(plugin: &Plugin, name: String, context: String) -> Result<Option<String>, String> {
     plugin.render(&name, &context)
+}
+
+/// `personas.render-messages`.
+pub fn personas_render_messages(
+    plugin: &Plugin,
+    name: String,
+    context: String,
+) -> Result<Vec<wit::PromptMessage>, String> {
+    let messages = plugin.render_messages(&name, &context)?;
+    Ok(messages
+        .into_iter()
+        .map(|message| wit::PromptMessage {
+            role: match message.role {
+                PromptRole::User => wit::PromptRole::User,
+                PromptRole::Assistant => wit::PromptRole::Assistant,
+            },
+            content: match message.content {
+                PromptContent::Text(text) => wit::PromptContent::Text(text),
+                PromptContent::Image { data, mime_type } => wit::PromptContent::Image(wit::Image { data, mime_type }),
+                PromptContent::EmbeddedResource { uri, mime_type, contents } => {
+                    let contents = match contents {
+                        ResourceContents::Text(text) => wit::ResourceContents::Text(text),
+                        ResourceContents::Blob(blob) => wit::ResourceContents::Blob(blob),
+                    };
+                    wit::PromptContent::EmbeddedResource(wit::EmbeddedResource { uri, mime_type, contents })
+                }
+            },
+        })
+        .collect())
 }
 
 /// The real host imports.

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use crate::plugin::{ToolError, ToolOutput};
+use crate::plugin::{Rendered, ToolError, ToolOutput};
 
 /// A cancellation signal shared by the caller and a running call. Cloning shares it.
 #[derive(Clone, Default)]
@@ -327,9 +327,9 @@ pub trait ToolExecutor: Send + Sync + fmt::Debug {
     /// Calls a tool of `plugin`.
     async fn call_tool(&self, plugin: &Self::Plugin, job: Job<Self::Network>) -> Outcome<ToolOutput>;
 
-    /// Renders a persona of `plugin` (`None`: the plugin has no renderer for it, the
-    /// persona's system prompt is the prompt).
-    async fn render_persona(&self, plugin: &Self::Plugin, job: Job<Self::Network>) -> Outcome<Option<String>>;
+    /// Renders a persona of `plugin` (system `None`: the plugin has no renderer for it,
+    /// the persona's system prompt is the prompt).
+    async fn render_persona(&self, plugin: &Self::Plugin, job: Job<Self::Network>) -> Outcome<Rendered>;
 }
 
 /// Who wrote a message of a plugin's completion request.

@@ -192,6 +192,59 @@ pub struct ToolOutput {
     pub structured: Option<serde_json::Value>,
 }
 
+/// Who speaks a message of a rendered prompt after its system prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptRole {
+    /// The person.
+    User,
+    /// The model.
+    Assistant,
+}
+
+/// One message of a rendered prompt after its system prompt: text, an image or an
+/// embedded resource ([`Content::Text`], [`Content::Image`],
+/// [`Content::EmbeddedResource`]; the sandbox converts nothing else).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PromptMessage {
+    /// Who speaks it.
+    pub role: PromptRole,
+    /// What it holds.
+    pub content: Content,
+}
+
+/// What a plugin rendered for a persona: the system prompt (`None`: the persona's
+/// declared one as is) and the messages after it (0.2.0 plugins; always empty for
+/// 0.1.0 ones, whose prompt is one text).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Rendered {
+    /// The rendered system prompt, when the plugin rendered one.
+    pub system: Option<String>,
+    /// The messages after it.
+    pub messages: Vec<PromptMessage>,
+}
+
+impl Rendered {
+    /// Size in bytes for output limits and metering: the system text and every
+    /// message's content.
+    pub fn size(&self) -> usize {
+        self.messages
+            .iter()
+            .map(|m| m.content.size())
+            .fold(self.system.as_ref().map_or(0, String::len), usize::saturating_add)
+    }
+}
+
+/// A persona's prompt as the caller receives it: the system prompt and the messages
+/// after it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prompt {
+    /// The system prompt (rendered, or the persona's declared one).
+    pub system: String,
+    /// The messages after it (user and assistant turns).
+    pub messages: Vec<PromptMessage>,
+}
+
 /// Why a tool that ran reported failure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[serde(tag = "kind", content = "message", rename_all = "snake_case")]

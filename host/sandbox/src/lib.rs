@@ -39,7 +39,7 @@ use maestro_core::call::{
     Answer as UserAnswer, CancelToken, Completion, CompletionRequest, CompletionRole, Failure, LogLevel, LogSink,
     Metering, Outcome, Platform, PlatformError, Progress, ProgressSink, Question, RunLimits,
 };
-use maestro_core::plugin::{ModelTier, PersonaSpec, ToolError, ToolOutput, ToolSpec, json_len};
+use maestro_core::plugin::{ModelTier, PersonaSpec, Rendered, ToolError, ToolOutput, ToolSpec, json_len};
 use tokio::io::AsyncWrite;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
@@ -441,41 +441,27 @@ impl Sandbox {
         meter.outcome(result, started, bytes_in, bytes_out)
     }
 
-    /// Renders a persona's prompt (`None`: use the system prompt as is), metered like a
-    /// tool call. The rendered text, or the error message, is refused over the output
-    /// limit.
+    /// Renders a persona's prompt (system `None`: use the system prompt as is; 0.2.0
+    /// plugins add the messages after it), metered like a tool call. The rendering, or
+    /// the error message, is refused over the output limit.
     pub async fn render_persona(
         &self,
         plugin: &LoadedPlugin,
         persona: &str,
         context_json: String,
         context: &CallContext,
-    ) -> CallOutcome<Option<String>> {
+    ) -> CallOutcome<Rendered> {
         let started = Instant::now();
         let bytes_in = context_json.len();
         let persona = persona.to_owned();
         let limit = context.limits.output_bytes;
         let (rendered, meter) = self
             .run(plugin, context, move |plugin, store| {
-                Box::pin(async move {
-                    let rendered = plugin.render(store, &persona, &context_json).await?;
-                    let size = match &rendered {
-                        Ok(text) => json_len(text),
-                        Err(message) => json_len(message),
-                    };
-                    Ok(if size > limit {
-                        Err(Failure::OutputTooLarge { size, limit })
-                    } else {
-                        rendered.map_err(|message| Failure::ToolError(ToolError::Failed(message)))
-                    })
-                })
+                Box::pin(async move { plugin.render(store, &persona, &context_json, limit).await })
             })
             .await;
         let result = rendered.and_then(|rendered| rendered);
-        let bytes_out = match &result {
-            Ok(Some(text)) => text.len(),
-            Ok(None) | Err(_) => 0,
-        };
+        let bytes_out = result.as_ref().map_or(0, Rendered::size);
         meter.outcome(result, started, bytes_in, bytes_out)
     }
 
@@ -746,6 +732,34 @@ enum Answer {
 fn checked_error(error: ToolError, limit: usize) -> Failure {
     let size = json_len(&error);
     if size > limit { Failure::OutputTooLarge { size, limit } } else { Failure::ToolError(error) }
+}
+
+/// A rendering (the system text, `None` for "as declared", and the messages after it)
+/// or the renderer's error message, refused over `limit`: first by its payload, then as
+/// the JSON that leaves the host.
+fn checked_rendering(
+    rendered: Result<(Option<String>, Vec<maestro_core::plugin::PromptMessage>), String>,
+    limit: usize,
+) -> Result<Rendered, Failure> {
+    match rendered {
+        Ok((system, messages)) => {
+            let rendered = Rendered { system, messages };
+            let payload = rendered.size();
+            if payload > limit {
+                return Err(Failure::OutputTooLarge { size: payload, limit });
+            }
+            let size = json_len(&rendered);
+            if size > limit { Err(Failure::OutputTooLarge { size, limit }) } else { Ok(rendered) }
+        }
+        Err(message) => {
+            let size = json_len(&message);
+            Err(if size > limit {
+                Failure::OutputTooLarge { size, limit }
+            } else {
+                Failure::ToolError(ToolError::Failed(message))
+            })
+        }
+    }
 }
 
 /// Most progress reports forwarded during one call (the latest held-back one may follow

@@ -4,7 +4,7 @@
 //! and log sinks are the core's types throughout.
 
 use maestro_core::call::{Job, Outcome, ToolExecutor};
-use maestro_core::plugin::ToolOutput;
+use maestro_core::plugin::{Rendered, ToolOutput};
 
 use super::net::NetPolicy;
 use super::{CallContext, LoadedPlugin, Sandbox};
@@ -19,7 +19,7 @@ impl ToolExecutor for Sandbox {
         Sandbox::call_tool(self, plugin, &item, arguments, &context).await.into_outcome()
     }
 
-    async fn render_persona(&self, plugin: &LoadedPlugin, job: Job<NetPolicy>) -> Outcome<Option<String>> {
+    async fn render_persona(&self, plugin: &LoadedPlugin, job: Job<NetPolicy>) -> Outcome<Rendered> {
         let (context, item, arguments) = context(job);
         Sandbox::render_persona(self, plugin, &item, arguments, &context).await.into_outcome()
     }

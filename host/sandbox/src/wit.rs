@@ -93,16 +93,6 @@ macro_rules! per_version {
             })
         }
 
-        /// `personas.render`.
-        pub(crate) async fn render(
-            plugin: &Plugin,
-            store: &mut Store<State>,
-            persona: &str,
-            context: &str,
-        ) -> wasmtime::Result<Result<Option<String>, String>> {
-            plugin.maestro_plugin_personas().call_render(&mut *store, persona, context).await
-        }
-
         /// The size of a guest's result before anything is parsed: every string's bytes. What
         /// leaves the host is at least this (JSON texts aside, whose whitespace is dropped).
         pub(crate) fn payload_len(output: &wit::ToolOutput) -> usize {
@@ -270,6 +260,18 @@ pub(crate) mod v1 {
     use super::bindings::v1::Plugin;
     pub(crate) use super::bindings::v1::maestro::plugin::types as wit;
     per_version!();
+
+    /// `personas.render`: one text, the system prompt.
+    pub(crate) async fn render(
+        plugin: &Plugin,
+        store: &mut Store<State>,
+        persona: &str,
+        context: &str,
+        limit: usize,
+    ) -> wasmtime::Result<Result<maestro_core::plugin::Rendered, Failure>> {
+        let rendered = plugin.maestro_plugin_personas().call_render(&mut *store, persona, context).await?;
+        Ok(crate::checked_rendering(rendered.map(|system| (system, Vec::new())), limit))
+    }
 }
 
 /// `maestro:plugin@0.2.0`.
@@ -277,6 +279,41 @@ pub(crate) mod v2 {
     use super::bindings::v2::Plugin;
     pub(crate) use super::bindings::v2::maestro::plugin::types as wit;
     per_version!();
+
+    use maestro_core::plugin::{PromptMessage, PromptRole, Rendered};
+
+    /// `personas.render`, then `personas.render-messages` on the same instance.
+    pub(crate) async fn render(
+        plugin: &Plugin,
+        store: &mut Store<State>,
+        persona: &str,
+        context: &str,
+        limit: usize,
+    ) -> wasmtime::Result<Result<Rendered, Failure>> {
+        let personas = plugin.maestro_plugin_personas();
+        let system = match personas.call_render(&mut *store, persona, context).await? {
+            Ok(system) => system,
+            Err(message) => return Ok(crate::checked_rendering(Err(message), limit)),
+        };
+        let messages = personas.call_render_messages(&mut *store, persona, context).await?;
+        Ok(crate::checked_rendering(
+            messages.map(|messages| (system, messages.into_iter().map(prompt_message).collect())),
+            limit,
+        ))
+    }
+
+    fn prompt_message(message: wit::PromptMessage) -> PromptMessage {
+        let role = match message.role {
+            wit::PromptRole::User => PromptRole::User,
+            wit::PromptRole::Assistant => PromptRole::Assistant,
+        };
+        let content = content(match message.content {
+            wit::PromptContent::Text(text) => wit::Content::Text(text),
+            wit::PromptContent::Image(image) => wit::Content::Image(image),
+            wit::PromptContent::EmbeddedResource(resource) => wit::Content::EmbeddedResource(resource),
+        });
+        PromptMessage { role, content }
+    }
 }
 
 /// A linked plugin ready to instantiate, of either version.
@@ -363,16 +400,17 @@ impl Instance {
         }
     }
 
-    /// Renders a persona.
+    /// Renders a persona, its result checked against `limit`.
     pub(crate) async fn render(
         &self,
         store: &mut Store<State>,
         persona: &str,
         context: &str,
-    ) -> wasmtime::Result<Result<Option<String>, String>> {
+        limit: usize,
+    ) -> wasmtime::Result<Result<maestro_core::plugin::Rendered, maestro_core::call::Failure>> {
         match self {
-            Instance::V1(plugin) => v1::render(plugin, store, persona, context).await,
-            Instance::V2(plugin) => v2::render(plugin, store, persona, context).await,
+            Instance::V1(plugin) => v1::render(plugin, store, persona, context, limit).await,
+            Instance::V2(plugin) => v2::render(plugin, store, persona, context, limit).await,
         }
     }
 }

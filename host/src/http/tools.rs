@@ -5,7 +5,7 @@ use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, State};
 use maestro_core::Caller;
-use maestro_core::plugin::{Annotations, Content, ModelTier, PromptArgument};
+use maestro_core::plugin::{Annotations, Content, ModelTier, PromptArgument, PromptMessage};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
@@ -330,6 +330,11 @@ pub struct RenderResponse {
     /// The prompt: the plugin's rendering, or the persona's system prompt when it has no
     /// renderer.
     pub prompt: String,
+    /// The messages after the prompt (0.2.0 plugins' rich prompts): each a `role`
+    /// (`user`, `assistant`) and a `content` (`text`, `image` or `embedded_resource`, as
+    /// in a tool call's content); empty for a prompt that is the system prompt alone.
+    #[schema(value_type = Vec<Object>)]
+    pub messages: Vec<PromptMessage>,
     /// What it cost.
     pub metering: Metering,
 }
@@ -356,7 +361,7 @@ pub(super) async fn render_persona(
         state.tools.render_persona(&principal, &name, &body.arguments, Observe::default()).await.map_err(call_error)?;
     let metering = metering(&rendering.outcome.metering, rendering.charged);
     match rendering.outcome.result {
-        Ok(prompt) => Ok(Json(RenderResponse { prompt, metering })),
+        Ok(prompt) => Ok(Json(RenderResponse { prompt: prompt.system, messages: prompt.messages, metering })),
         Err(failure) => {
             Err(failure_error(&failure).with_details(json!({ "failure": failure.kind(), "metering": metering })))
         }

@@ -1,7 +1,7 @@
 //! Plugin results in MCP terms.
 
-use maestro_core::plugin::{Content, ResourceContents, ToolOutput};
-use rmcp::model::{CallToolResult, ContentBlock, Resource};
+use maestro_core::plugin::{Content, Prompt, PromptRole, ResourceContents, ToolOutput};
+use rmcp::model::{CallToolResult, ContentBlock, PromptMessage, Resource, Role};
 
 /// One piece of plugin content as an MCP content block.
 pub(super) fn block(content: Content) -> ContentBlock {
@@ -26,6 +26,21 @@ pub(super) fn block(content: Content) -> ContentBlock {
             }
         }),
     }
+}
+
+/// A rendered prompt as MCP prompt messages: the system prompt first, as a user message
+/// (MCP prompts have no system role), then the plugin's messages in order, each with its
+/// text, image or embedded resource.
+pub(super) fn prompt_messages(prompt: Prompt) -> Vec<PromptMessage> {
+    std::iter::once(PromptMessage::new_text(Role::User, prompt.system))
+        .chain(prompt.messages.into_iter().map(|message| {
+            let role = match message.role {
+                PromptRole::User => Role::User,
+                PromptRole::Assistant => Role::Assistant,
+            };
+            PromptMessage::new(role, block(message.content))
+        }))
+        .collect()
 }
 
 /// A successful call's result. With structured output and no content, the structured

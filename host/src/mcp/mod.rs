@@ -29,9 +29,9 @@ use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CompleteRequestParams, CompleteResult, CompletionInfo, ErrorData,
     Extensions, GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation, ListPromptsResult,
     ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam,
-    PaginatedRequestParams, ProgressNotificationParam, ProgressToken, Prompt, PromptArgument, PromptMessage,
-    ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, Reference, Role, ServerCapabilities,
-    ServerConfig, SetLevelRequestParams, SubscriptionFilter, Tool, ToolAnnotations,
+    PaginatedRequestParams, ProgressNotificationParam, ProgressToken, Prompt, PromptArgument, ProtocolVersion,
+    ReadResourceRequestParams, ReadResourceResponse, Reference, ServerCapabilities, ServerConfig,
+    SetLevelRequestParams, SubscriptionFilter, Tool, ToolAnnotations,
 };
 use rmcp::service::{NotificationContext, RequestContext, RoleServer, SubscriptionContext};
 use rmcp::{Peer, ServerHandler};
@@ -280,14 +280,14 @@ impl Handler {
                 render.await
             }
         };
-        let text = match rendered {
+        let prompt = match rendered {
             Ok(rendering) => match rendering.outcome.result {
-                Ok(text) => text,
+                Ok(prompt) => prompt,
                 Err(failure) => return Err(prompt_error(&(&failure).into())),
             },
             Err(err) => return Err(prompt_error(&(&err).into())),
         };
-        let mut result = GetPromptResult::new(vec![PromptMessage::new_text(Role::User, text)]);
+        let mut result = GetPromptResult::new(content::prompt_messages(prompt));
         result.description = Some(spec.role.clone());
         Ok(result)
     }

@@ -4,7 +4,7 @@
 //! from the triggering message; the tools a persona's globs select.
 
 use maestro_core::llm::{ChatMessage, ChatRequest, ChatRole, prompt_token_bound};
-use maestro_core::plugin::PersonaSpec;
+use maestro_core::plugin::{Content, PersonaSpec, PromptMessage, PromptRole, ResourceContents};
 use maestro_core::run::{Author, Message};
 
 /// The author label other speakers see in front of a message (`user`, or the persona's
@@ -38,13 +38,14 @@ pub(crate) struct Fitted {
     pub(crate) trimmed_messages: u32,
 }
 
-/// Builds `system` + `history` + `tail` and drops the oldest history messages until the
+/// Builds `head` (the system message and the persona prompt's messages after it) +
+/// `history` + `tail` and drops the oldest history messages until the
 /// prompt's token bound fits `context_window - max_tokens` (at least the newest history
 /// message is kept: a model must see what it answers; if even that does not fit, the
 /// provider's answer says so).
 pub(crate) fn fit(
     template: ChatRequest,
-    system: Option<String>,
+    head: Vec<ChatMessage>,
     history: Vec<ChatMessage>,
     tail: Vec<ChatMessage>,
     context_window: u32,
@@ -53,7 +54,6 @@ pub(crate) fn fit(
     let room = u64::from(context_window.saturating_sub(max_tokens));
     let total = history.len();
     let mut request = template;
-    let head: Vec<ChatMessage> = system.map(|s| ChatMessage::new(ChatRole::System, s)).into_iter().collect();
     // Bound of everything but the history, then add history newest-first while it fits:
     // one pass instead of re-measuring the whole request per dropped message.
     request.messages = head.iter().chain(tail.iter()).cloned().collect();
@@ -78,6 +78,36 @@ pub(crate) fn fit(
         context_messages: u32::try_from(kept).unwrap_or(u32::MAX),
         trimmed_messages: u32::try_from(trimmed).unwrap_or(u32::MAX),
     }
+}
+
+/// The head of a request: the system message, then the messages a persona's rendered
+/// prompt adds after it (user and assistant turns). Their text only: model messages
+/// carry no images, so an image is left out with a note in the log; an embedded
+/// resource's text is given after its URI (a binary one is left out likewise).
+pub(crate) fn head(system: String, prompt: Vec<PromptMessage>, persona: &str) -> Vec<ChatMessage> {
+    let mut head = vec![ChatMessage::new(ChatRole::System, system)];
+    for message in prompt {
+        let role = match message.role {
+            PromptRole::User => ChatRole::User,
+            PromptRole::Assistant => ChatRole::Assistant,
+        };
+        let text = match message.content {
+            Content::Text { text } => text,
+            Content::EmbeddedResource { uri, contents: ResourceContents::Text(text), .. } => format!("{uri}\n\n{text}"),
+            Content::Json { json } => json.to_string(),
+            other => {
+                let kind = match other {
+                    Content::Image { .. } => "an image",
+                    Content::Audio { .. } => "audio",
+                    _ => "a binary resource or link",
+                };
+                tracing::info!(persona, "a prompt message holding {kind} is left out: model messages carry text only");
+                continue;
+            }
+        };
+        head.push(ChatMessage::new(role, text));
+    }
+    head
 }
 
 /// A system prompt followed by the context blocks the built-in tools give (the
@@ -143,6 +173,39 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_rich_prompt_adds_its_text_after_the_system_message_and_leaves_images_out() {
+        let message = |role, content| PromptMessage { role, content };
+        let head = head(
+            "sys".into(),
+            vec![
+                message(
+                    PromptRole::User,
+                    Content::Image { data: "iVBORw0KGgo=".into(), mime_type: "image/png".into() },
+                ),
+                message(
+                    PromptRole::User,
+                    Content::EmbeddedResource {
+                        uri: "note://a".into(),
+                        mime_type: Some("text/plain".into()),
+                        contents: ResourceContents::Text("the note".into()),
+                    },
+                ),
+                message(PromptRole::Assistant, Content::Text { text: "Understood.".into() }),
+            ],
+            "p.x",
+        );
+        let got: Vec<(ChatRole, &str)> = head.iter().map(|m| (m.role, m.content.as_str())).collect();
+        assert_eq!(
+            got,
+            [(ChatRole::System, "sys"), (ChatRole::User, "note://a\n\nthe note"), (ChatRole::Assistant, "Understood.")]
+        );
+    }
+
+    fn system(text: &str) -> Vec<ChatMessage> {
+        vec![ChatMessage::new(ChatRole::System, text)]
+    }
+
     fn template() -> ChatRequest {
         ChatRequest {
             model: "m".into(),
@@ -169,18 +232,18 @@ mod tests {
     fn the_oldest_messages_are_trimmed_first_until_the_prompt_fits() {
         let history: Vec<ChatMessage> =
             (0..10).map(|i| ChatMessage::new(ChatRole::User, format!("{i}").repeat(100))).collect();
-        let all = fit(template(), Some("sys".into()), history.clone(), vec![], 1_000_000, 100);
+        let all = fit(template(), system("sys"), history.clone(), vec![], 1_000_000, 100);
         assert_eq!((all.context_messages, all.trimmed_messages), (10, 0));
         assert_eq!(prompt_token_bound(&all.request), {
             let mut r = template();
             r.messages = std::iter::once(ChatMessage::new(ChatRole::System, "sys")).chain(history.clone()).collect();
             prompt_token_bound(&r)
         });
-        let some = fit(template(), Some("sys".into()), history.clone(), vec![], 700, 100);
+        let some = fit(template(), system("sys"), history.clone(), vec![], 700, 100);
         assert!(some.trimmed_messages > 0 && some.context_messages > 0, "{some:?}");
         assert!(prompt_token_bound(&some.request) <= 600, "fits the window minus the answer");
         assert_eq!(some.request.messages.last(), history.last(), "the newest are kept");
-        let none = fit(template(), None, history.clone(), vec![], 10, 5);
+        let none = fit(template(), vec![], history.clone(), vec![], 10, 5);
         assert_eq!((none.context_messages, none.trimmed_messages), (1, 9), "the newest message is always kept");
     }
 

@@ -48,7 +48,7 @@ use maestro_core::llm::{
     ChatEvent, ChatMessage, ChatRequest, ChatResponse, ChatRole, LlmError, ModelInfo, ToolCallRequest, ToolDefinition,
     model_for_tier, prompt_token_bound,
 };
-use maestro_core::plugin::{Content, PersonaSpec};
+use maestro_core::plugin::{Content, PersonaSpec, Prompt};
 use maestro_core::run::{
     ASK_USER_TOOL, Asker, Author, EventBody, Message, MessageId, Question, RunState, RunTotals, Strategy,
     ToolResultBody,
@@ -222,8 +222,14 @@ impl Inner {
         let max_tokens = template.max_tokens.unwrap_or(model.max_output_tokens);
         let blocks = self.tools.host_context(&ctx.principal, &ctx.session.id).await;
         let system = context::with_blocks(strategy::router_prompt(&roles, turn, ctx.limits.max_steps), &blocks);
-        let Fitted { mut request, .. } =
-            context::fit(template, Some(system), history, asked, model.context_window, max_tokens);
+        let Fitted { mut request, .. } = context::fit(
+            template,
+            context::head(system, Vec::new(), ROUTER_PERSONA),
+            history,
+            asked,
+            model.context_window,
+            max_tokens,
+        );
         // A try recorded before an interruption counts: its answer was unusable.
         let mut tries = if turn == next_undecided(ctx) { ctx.record.router_tries } else { 0 };
         if tries > 0
@@ -332,8 +338,10 @@ impl Inner {
                 format!("persona `{persona}` is not loaded or not allowed to this tenant"),
             )
         })?;
-        let (system, render_credits) = self.render(ctx, persona, &spec).await?;
-        let system = context::with_blocks(system, &self.tools.host_context(&ctx.principal, &ctx.session.id).await);
+        let (prompt, render_credits) = self.render(ctx, persona, &spec).await?;
+        let system =
+            context::with_blocks(prompt.system, &self.tools.host_context(&ctx.principal, &ctx.session.id).await);
+        let head = context::head(system, prompt.messages, persona);
         let models = self.models.models();
         let model = model_for_tier(&models, spec.model_tier).cloned().ok_or(LlmError::NoProvider)?;
         let mut offered = self.offered_tools(ctx, &spec);
@@ -357,7 +365,7 @@ impl Inner {
             temperature: None,
             response_schema: None,
         };
-        let fitted = context::fit(template, Some(system), history, tail, model.context_window, model.max_output_tokens);
+        let fitted = context::fit(template, head, history, tail, model.context_window, model.max_output_tokens);
         let add = RunTotals { credits: render_credits, ..RunTotals::default() };
         if recorded.persona.is_empty() {
             let event = EventBody::StepStarted {
@@ -444,9 +452,9 @@ impl Inner {
         }
     }
 
-    /// Renders the persona's prompt under the run's principal; returns it and what the
-    /// rendering was charged.
-    async fn render(&self, ctx: &RunCtx, persona: &str, spec: &PersonaSpec) -> Result<(String, i64), Stop> {
+    /// Renders the persona's prompt (its system text and the messages after it) under the
+    /// run's principal; returns it and what the rendering was charged.
+    async fn render(&self, ctx: &RunCtx, persona: &str, spec: &PersonaSpec) -> Result<(Prompt, i64), Stop> {
         let arguments = context::persona_arguments(spec, &ctx.trigger);
         let rendered =
             self.tools.render_persona(&ctx.principal, persona, &arguments, Observe::default()).await.map_err(

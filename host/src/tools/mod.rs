@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use maestro_core::call::{Code, Failure, Job, Metering, Outcome, RunLimits, ToolExecutor};
-use maestro_core::plugin::{PersonaSpec, ToolOutput, ToolSpec};
+use maestro_core::plugin::{PersonaSpec, Prompt, Rendered, ToolOutput, ToolSpec};
 use maestro_core::policy::{Grant, PolicySet, Subject};
 use maestro_core::run::EventBody;
 use maestro_core::{Caller, KeyScope, Role, TenantId};
@@ -199,8 +199,8 @@ pub struct Call<T> {
 pub type ToolCall = Call<ToolOutput>;
 
 /// A finished persona rendering: the prompt (the plugin's rendering, or the persona's
-/// system prompt when the plugin has no renderer for it).
-pub type PersonaRendering = Call<String>;
+/// system prompt when the plugin has no renderer for it) and the messages after it.
+pub type PersonaRendering = Call<Prompt>;
 
 /// The tool use-cases.
 pub struct Tools {
@@ -262,7 +262,7 @@ impl Work for ToolOutput {
     }
 }
 
-impl Work for Option<String> {
+impl Work for Rendered {
     const KIND: Kind = Kind::Persona;
     fn execute<'a>(
         executor: &'a Executor,
@@ -455,8 +455,11 @@ impl Tools {
             .ok_or_else(|| CallError::UnknownPersona(truncate(persona)))?;
         let grant = self.authorize(principal, persona)?;
         authorize::persona_arguments(&spec, arguments)?;
-        let call = self.run::<Option<String>>(principal, persona, &plugin, &grant, arguments.clone(), observe).await?;
-        let result = call.outcome.result.map(|rendered| rendered.unwrap_or(spec.system_prompt));
+        let call = self.run::<Rendered>(principal, persona, &plugin, &grant, arguments.clone(), observe).await?;
+        let result = call.outcome.result.map(|rendered| Prompt {
+            system: rendered.system.unwrap_or(spec.system_prompt),
+            messages: rendered.messages,
+        });
         Ok(Call {
             outcome: Outcome { result, metering: call.outcome.metering },
             credits: call.credits,

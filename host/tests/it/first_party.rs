@@ -123,6 +123,7 @@ async fn personas_describe_the_team_and_render_prompts() {
         .await
         .result
         .expect("renders")
+        .system
         .expect("a rendered prompt");
     assert!(rendered.contains("a tool library for neighbours"), "{rendered}");
     let missing = sandbox().render_persona(&personas, "product_manager", "{}".into(), &ctx).await.result;

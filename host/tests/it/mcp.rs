@@ -874,3 +874,46 @@ async fn a_post_stream_closed_mid_call_resumes_with_last_event_id_without_losing
     assert_eq!(whole.result()["isError"], false, "{whole:?}");
     assert!(event_ids(&whole.text).0.len() >= 2, "the priming event and the result have ids: {whole:?}");
 }
+
+const CONFORMANCE: &str = r#"
+version = 1
+
+[[grant]]
+name = "acme"
+subjects = ["tenant:acme"]
+tools = ["conformance.*"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rich_prompts_arrive_as_mcp_messages_with_images_and_embedded_resources() {
+    let served = Served::with_plugins(&["conformance"], CONFORMANCE).await;
+    let acme = served.member_of("acme").await;
+    for revision in [SESSIONS, STATELESS] {
+        let mut client = served.client(&acme, revision);
+        client.initialize().await;
+        let got = client.request("prompts/get", json!({ "name": "conformance.test_prompt_with_image" })).await;
+        let messages = got.result()["messages"].as_array().expect("messages").clone();
+        assert_eq!(messages.len(), 3, "{messages:?}");
+        // The system prompt first (MCP prompts have no system role), then the plugin's messages.
+        assert_eq!(messages[0]["content"], json!({ "type": "text", "text": "This prompt shows an image." }));
+        assert_eq!(messages[1]["role"], "user");
+        assert_eq!(messages[1]["content"]["type"], "image");
+        assert_eq!(messages[1]["content"]["mimeType"], "image/png");
+        assert!(messages[1]["content"]["data"].as_str().expect("base64").starts_with("iVBORw0KGgo"));
+        assert_eq!(messages[2]["content"]["text"], "Please analyze the image above.");
+
+        let got = client
+            .request(
+                "prompts/get",
+                json!({ "name": "conformance.test_prompt_with_embedded_resource", "arguments": { "resourceUri": "test://x" } }),
+            )
+            .await;
+        assert_eq!(
+            got.result()["messages"][1]["content"],
+            json!({ "type": "resource", "resource": { "uri": "test://x", "mimeType": "text/plain", "text": "Embedded resource content for testing." } })
+        );
+        let missing =
+            client.request("prompts/get", json!({ "name": "conformance.test_prompt_with_embedded_resource" })).await;
+        assert_eq!(missing.error_code(), -32602);
+    }
+}

@@ -13,7 +13,7 @@ use axum::http::{Method, StatusCode};
 use maestro_core::call::{
     Code, Failure, JSONRPC_INTERNAL_ERROR, Job, McpTreatment, Metering, Outcome, RunLimits, ToolExecutor,
 };
-use maestro_core::plugin::{Content, ToolOutput};
+use maestro_core::plugin::{Content, Rendered, ToolOutput};
 use maestro_core::policy::PolicySet;
 use maestro_host::plugins::PluginRegistry;
 use maestro_host::policy::PolicyStore;
@@ -553,9 +553,9 @@ impl ToolExecutor for StandIn {
         Outcome { result, metering: Metering { fuel: 7, ..Metering::default() } }
     }
 
-    async fn render_persona(&self, _plugin: &LoadedPlugin, job: Job<NetPolicy>) -> Outcome<Option<String>> {
+    async fn render_persona(&self, _plugin: &LoadedPlugin, job: Job<NetPolicy>) -> Outcome<Rendered> {
         self.record(&job);
-        Outcome { result: Ok(None), metering: Metering::default() }
+        Outcome { result: Ok(Rendered::default()), metering: Metering::default() }
     }
 }
 

@@ -235,3 +235,66 @@ async fn a_question_nobody_can_answer_fails_the_call_with_needs_input_and_the_qu
     let nobody = sandbox.call_tool(&plugin, "test_elicitation", args, &context).await;
     failed_with(&nobody.result.map(|_| Value::Null), "needs input from the user: Which plan?");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_0_2_0_persona_renders_messages_after_its_system_prompt_and_a_0_1_0_one_its_text_alone() {
+    use maestro_core::plugin::{Content, PromptRole, ResourceContents};
+    let sandbox = crate::fixtures::sandbox();
+    let load = |name: &'static str| {
+        let sandbox = sandbox.clone();
+        async move {
+            let bytes = std::fs::read(crate::fixtures::component(name)).expect("component");
+            sandbox.load(name, bytes, CallLimits::default()).await.expect("loads")
+        }
+    };
+    let (conformance, legacy) = (load("conformance").await, load("legacy").await);
+    let ctx = CallContext::default();
+
+    let image = sandbox.render_persona(&conformance, "test_prompt_with_image", "{}".into(), &ctx).await;
+    let rendered = image.result.expect("renders");
+    assert_eq!(rendered.system.as_deref(), Some("This prompt shows an image."));
+    let roles: Vec<PromptRole> = rendered.messages.iter().map(|m| m.role).collect();
+    assert_eq!(roles, [PromptRole::User, PromptRole::User]);
+    assert!(
+        matches!(&rendered.messages[0].content, Content::Image { data, mime_type } if data.starts_with("iVBORw0KGgo") && mime_type == "image/png"),
+        "{rendered:?}"
+    );
+    assert_eq!(rendered.messages[1].content, Content::Text { text: "Please analyze the image above.".into() });
+    assert_eq!(image.metering.bytes_out as usize, rendered.size(), "metered as what it returned");
+
+    let arguments = json!({ "resourceUri": "test://example-resource" }).to_string();
+    let embedded = sandbox.render_persona(&conformance, "test_prompt_with_embedded_resource", arguments, &ctx).await;
+    let rendered = embedded.result.expect("renders");
+    assert_eq!(
+        rendered.messages[0].content,
+        Content::EmbeddedResource {
+            uri: "test://example-resource".into(),
+            mime_type: Some("text/plain".into()),
+            contents: ResourceContents::Text("Embedded resource content for testing.".into()),
+        }
+    );
+    // The messages check the arguments like the system prompt does.
+    let missing = sandbox.render_persona(&conformance, "test_prompt_with_embedded_resource", "{}".into(), &ctx).await;
+    failed_with(&missing.result.map(|_| Value::Null), "missing required argument `resourceUri`");
+
+    // A 0.1.0 persona: one text, no messages after it.
+    let elder = sandbox.render_persona(&legacy, "elder", "{}".into(), &ctx).await.result.expect("renders");
+    assert!(elder.messages.is_empty(), "{elder:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rich_prompt_messages_count_against_the_call_output_limit() {
+    let sandbox = crate::fixtures::sandbox();
+    let bytes = std::fs::read(crate::fixtures::component("conformance")).expect("component");
+    let conformance = sandbox.load("conformance", bytes, CallLimits::default()).await.expect("loads");
+    // The system text alone (27 bytes) fits; with the image and the text after it, it does not.
+    let limited =
+        CallContext { limits: CallLimits { output_bytes: 64, ..CallLimits::default() }, ..CallContext::default() };
+    let outcome = sandbox.render_persona(&conformance, "test_prompt_with_image", "{}".into(), &limited).await;
+    match outcome.result {
+        Err(Failure::OutputTooLarge { size, limit }) => assert!(size > limit && limit == 64, "{size}"),
+        other => panic!("{other:?}"),
+    }
+    let simple = sandbox.render_persona(&conformance, "test_simple_prompt", "{}".into(), &limited).await;
+    assert!(simple.result.expect("fits").messages.is_empty());
+}

@@ -416,7 +416,7 @@ async fn a_huge_persona_render_or_render_error_is_refused() {
             sandbox().render_persona(&plugin, "saboteur", arguments.to_string(), &limited_output(1 << 20)).await.result
         }
     };
-    let once = render(json!({ "target": "the host" })).await.expect("renders").expect("text");
+    let once = render(json!({ "target": "the host" })).await.expect("renders").system.expect("text");
     assert_eq!(once, "You test the sandbox. Target: the host.");
     match render(json!({ "target": "the host", "repeat": "100000" })).await {
         Err(Failure::OutputTooLarge { size, limit }) => assert!(size > limit && limit == 1 << 20, "{size}"),

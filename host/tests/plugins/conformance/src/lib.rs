@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use maestro_sdk::schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use maestro_sdk::{
-    Content, NoInput, Persona, PersonaSpec, PromptArgument, ToolError, ToolOutput, export_plugin, log, progress, tool,
+    Content, Messages, NoInput, Persona, PersonaSpec, PromptArgument, PromptContent, PromptMessage, RenderContext,
+    ToolError, ToolOutput, export_plugin, log, progress, tool,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -264,6 +265,48 @@ fn prompt_with_arguments() -> Persona {
     )
 }
 
+/// `prompts-get-with-image`: an image, then a text asking about it.
+fn prompt_with_image() -> Persona {
+    fn messages(_: &RenderContext<'_>) -> Result<Vec<PromptMessage>, String> {
+        Ok(Messages::new()
+            .user(PromptContent::image(&RED_PIXEL_PNG, "image/png"))
+            .user("Please analyze the image above.")
+            .build())
+    }
+    Persona::new(PersonaSpec::new(
+        "test_prompt_with_image",
+        "Prompt with image",
+        "A prompt that includes image content",
+        "This prompt shows an image.",
+    ))
+    .messages_with(messages)
+}
+
+/// `prompts-get-embedded-resource`: the resource named by `resourceUri`, then a text
+/// asking to process it.
+fn prompt_with_embedded_resource() -> Persona {
+    fn messages(ctx: &RenderContext<'_>) -> Result<Vec<PromptMessage>, String> {
+        Ok(Messages::new()
+            .user(PromptContent::embedded_text(
+                ctx.require("resourceUri")?,
+                "text/plain",
+                "Embedded resource content for testing.",
+            ))
+            .user("Please process the embedded resource above.")
+            .build())
+    }
+    Persona::new(
+        PersonaSpec::new(
+            "test_prompt_with_embedded_resource",
+            "Prompt with embedded resource",
+            "A prompt that includes an embedded resource",
+            "This prompt embeds a resource.",
+        )
+        .argument(PromptArgument::required("resourceUri", "URI of the resource to embed")),
+    )
+    .messages_with(messages)
+}
+
 export_plugin! {
     tools: [
         tool("test_simple_text", "Returns simple text content", simple_text).read_only(),
@@ -286,7 +329,7 @@ export_plugin! {
         tool("test_reconnection", "Answers on a stream the server closes first (SEP-1699 polling)", reconnection)
             .read_only(),
     ],
-    personas: [simple_prompt(), prompt_with_arguments()],
+    personas: [simple_prompt(), prompt_with_arguments(), prompt_with_image(), prompt_with_embedded_resource()],
 }
 
 #[cfg(test)]

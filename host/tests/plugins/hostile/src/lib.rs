@@ -376,6 +376,10 @@ const _: () = {
         fn render(name: String, context: String) -> Result<Option<String>, String> {
             sdk::personas_render(maestro_plugin(), name, context)
         }
+
+        fn render_messages(name: String, context: String) -> Result<Vec<sdk::WitPromptMessage>, String> {
+            sdk::personas_render_messages(maestro_plugin(), name, context)
+        }
     }
 
     sdk::bindings::__maestro_export_world!(Exports with_types_in maestro_sdk::__private::bindings);
