@@ -208,6 +208,11 @@ async fn setup(dir: &Path, component: &Path, location: StoreLocation) -> Bench {
         shutdown: tokio_util::sync::CancellationToken::new(),
         billing: None,
         orchestrator: Arc::new(orchestrator.clone()),
+        artifacts: maestro_host::artifacts::Artifacts::on_disk(
+            std::env::temp_dir().join("maestro-bench-artifacts"),
+            store.clone(),
+            clock.clone(),
+        ),
     };
     let settings = maestro_host::http_settings(&config);
     Bench {

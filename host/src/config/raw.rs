@@ -66,6 +66,33 @@ pub struct RawConfig {
     /// `[llm]`.
     #[serde(default)]
     pub llm: RawLlm,
+    /// `[artifacts]`.
+    #[serde(default)]
+    pub artifacts: RawArtifacts,
+}
+
+/// `[artifacts]`: where exported files are kept.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawArtifacts {
+    /// `disk` (default) or `s3`.
+    pub store: Option<String>,
+    /// Directory of the disk store; default `<data_dir>/artifacts`.
+    pub dir: Option<PathBuf>,
+    /// S3 bucket.
+    pub bucket: Option<String>,
+    /// S3 endpoint URL; unset: AWS's for the region.
+    pub endpoint: Option<String>,
+    /// S3 region.
+    pub region: Option<String>,
+    /// Whether an `http://` endpoint is allowed.
+    pub allow_http: Option<bool>,
+    /// Key prefix in the bucket.
+    pub prefix: Option<String>,
+    /// `env:NAME` or `file:NAME`; never the key itself.
+    pub access_key_id: Option<String>,
+    /// `env:NAME` or `file:NAME`; never the key itself.
+    pub secret_access_key: Option<String>,
 }
 
 /// `[llm]`: model providers and the models they serve.

@@ -8,6 +8,7 @@
 //! a span with a request id ([`request_id`]).
 
 pub mod admin;
+pub mod artifacts;
 mod auth;
 pub mod billing;
 pub mod credits;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub billing: Option<Arc<crate::billing::Billing>>,
     /// Sessions, messages, runs and their live events.
     pub orchestrator: Arc<crate::orchestrator::Orchestrator>,
+    /// Artifacts (document exports) and their blob store.
+    pub artifacts: crate::artifacts::Artifacts,
 }
 
 /// HTTP settings from the validated config.
@@ -89,6 +92,7 @@ pub struct HttpSettings {
         sessions::create, sessions::list, sessions::get_one, sessions::messages, sessions::post_message,
         sessions::events,
         runs::get_one, runs::cancel, runs::events,
+        artifacts::get_one,
     ),
     modifiers(&BearerScheme, &CommonResponses),
     tags(
@@ -102,6 +106,7 @@ pub struct HttpSettings {
         (name = "jobs", description = "background jobs of every replica (platform admin)"),
         (name = "sessions", description = "sessions, their messages and their event stream (tenant keys: members post, viewers read)"),
         (name = "runs", description = "runs: state, usage, credits, cancel, and their event stream (tenant keys)"),
+        (name = "artifacts", description = "files Maestro produced (document exports), by the SHA-256 of their bytes (tenant keys)"),
     )
 )]
 pub struct ApiDoc;
@@ -234,6 +239,7 @@ fn table() -> Vec<(Route, Option<MethodRouter<AppState>>)> {
         (route(Method::GET, "/v1/runs/{id}", Bearer, false), Some(get(runs::get_one))),
         (route(Method::POST, "/v1/runs/{id}/cancel", Bearer, false), Some(post(runs::cancel))),
         (route(Method::GET, "/v1/runs/{id}/events", Bearer, false), Some(get(runs::events))),
+        (route(Method::GET, "/v1/artifacts/{sha256}", Bearer, false), Some(get(artifacts::get_one))),
         // Stripe calls this without a bearer key; the signature authenticates it.
         (
             route(Method::POST, "/v1/billing/stripe/webhook", StripeSignature, false),

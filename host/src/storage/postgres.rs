@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use maestro_core::{StoreError, StoreProbe};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+use super::artifacts::impl_artifact_queries;
 use super::billing::impl_billing_queries;
 use super::jobs::impl_job_queries;
 use super::ledger::impl_ledger_queries;
@@ -66,6 +67,7 @@ impl_job_queries!(PostgresStore, " FOR UPDATE SKIP LOCKED");
 impl_run_queries!(PostgresStore);
 impl_unit_of_work!(PostgresStore, PostgresTx);
 impl_ledger_queries!(PostgresStore, " FOR UPDATE");
+impl_artifact_queries!(PostgresStore);
 
 #[async_trait]
 impl StoreProbe for PostgresStore {

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use maestro_core::{StoreError, StoreProbe};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+use super::artifacts::impl_artifact_queries;
 use super::billing::impl_billing_queries;
 use super::jobs::impl_job_queries;
 use super::ledger::impl_ledger_queries;
@@ -72,6 +73,7 @@ impl_job_queries!(SqliteStore, "");
 impl_run_queries!(SqliteStore);
 impl_unit_of_work!(SqliteStore, SqliteTx);
 impl_ledger_queries!(SqliteStore, "");
+impl_artifact_queries!(SqliteStore);
 
 #[async_trait]
 impl StoreProbe for SqliteStore {

@@ -198,6 +198,8 @@ pub(crate) struct TestHost {
     pub(crate) store: Arc<dyn Store>,
     /// Sessions, messages and runs; its hub is shared by every request of this host.
     pub(crate) orchestrator: Arc<Orchestrator>,
+    /// Artifacts, on disk under the test's directory.
+    pub(crate) artifacts: maestro_host::artifacts::Artifacts,
 }
 
 /// An answer: status, headers, and the body parsed as JSON (or `Value::String` when it
@@ -234,7 +236,9 @@ impl TestHost {
         let jobs = Arc::new(Jobs::new(store.clone(), clock.clone()));
         let tools = tools_with(&db.dir().join("plugins"), &[], PolicySet::deny_all(), credits.clone()).await;
         let orchestrator = orchestrator(&store, clock.clone(), &tools);
-        Self { _db: db, accounts, clock, settings, tools, credits, billing: None, jobs, store, orchestrator }
+        let artifacts =
+            maestro_host::artifacts::Artifacts::on_disk(db.dir().join("artifacts"), store.clone(), clock.clone());
+        Self { _db: db, accounts, clock, settings, tools, credits, billing: None, jobs, store, orchestrator, artifacts }
     }
 
     /// Installs `plugins` (built fixtures) and runs under `policy` (TOML text).
@@ -267,6 +271,7 @@ impl TestHost {
             shutdown: Default::default(),
             billing: self.billing.clone(),
             orchestrator: self.orchestrator.clone(),
+            artifacts: self.artifacts.clone(),
         };
         http::router(state, &self.settings)
     }

@@ -173,7 +173,8 @@ async fn app_over(
     let credits = Arc::new(Credits::new(store.clone(), clock.clone()));
     let jobs = Arc::new(maestro_host::jobs::Jobs::new(store.clone(), clock.clone()));
     let tools = crate::harness::tools_with(&db.dir().join("plugins"), plugins, policy, credits.clone()).await;
-    let orchestrator = crate::harness::orchestrator(&store, clock, &tools);
+    let orchestrator = crate::harness::orchestrator(&store, clock.clone(), &tools);
+    let artifacts = maestro_host::artifacts::Artifacts::on_disk(db.dir().join("artifacts"), store.clone(), clock);
     let platform = match accounts.bootstrap(None).await.expect("bootstrap") {
         maestro_host::accounts::Bootstrap::Generated(issued) => issued.token.expose_secret().to_owned(),
         other => panic!("{other:?}"),
@@ -187,6 +188,7 @@ async fn app_over(
         billing: None,
         jobs,
         orchestrator,
+        artifacts,
     };
     let settings = HttpSettings { body_limit_bytes: 64 * 1024, cors_allow_origins: vec![], mcp: Default::default() };
     (db, http::router(state, &settings), platform)

@@ -35,3 +35,5 @@ mod server;
 mod storage;
 mod storage_runs;
 mod tools_api;
+mod artifacts;
+mod exports;
