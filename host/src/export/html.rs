@@ -123,7 +123,8 @@ mod tests {
 
     #[test]
     fn raw_html_is_shown_as_text_never_passed_through() {
-        let html = body("Hello <b onclick=\"x()\">bold</b>\n\n<script>alert(1)</script>\n\n<img src=x onerror=alert(1)>");
+        let html =
+            body("Hello <b onclick=\"x()\">bold</b>\n\n<script>alert(1)</script>\n\n<img src=x onerror=alert(1)>");
         assert!(!html.contains("<script"), "{html}");
         assert!(!html.contains("<b "), "{html}");
         assert!(!html.contains("<img"), "{html}");

@@ -32,13 +32,8 @@ struct Assets {
 fn assets() -> &'static Assets {
     static ASSETS: OnceLock<Assets> = OnceLock::new();
     ASSETS.get_or_init(|| {
-        let fonts: Vec<Font> =
-            typst_assets::fonts().flat_map(|data| Font::iter(Bytes::new(data))).collect();
-        Assets {
-            library: LazyHash::new(Library::default()),
-            book: LazyHash::new(FontBook::from_fonts(&fonts)),
-            fonts,
-        }
+        let fonts: Vec<Font> = typst_assets::fonts().flat_map(|data| Font::iter(Bytes::new(data))).collect();
+        Assets { library: LazyHash::new(Library::default()), book: LazyHash::new(FontBook::from_fonts(&fonts)), fonts }
     })
 }
 
@@ -92,7 +87,8 @@ fn datetime(at: DateTime<Utc>) -> Option<Datetime> {
 /// Typesets `markdown` (already under its title heading) as a PDF titled `title`,
 /// created at `created_at`.
 pub(super) fn typeset(title: &str, markdown: &str, created_at: DateTime<Utc>) -> Result<Vec<u8>, ExportError> {
-    let today = datetime(created_at).ok_or_else(|| ExportError::Typeset("the version's time is out of range".into()))?;
+    let today =
+        datetime(created_at).ok_or_else(|| ExportError::Typeset("the version's time is out of range".into()))?;
     let page = Page { source: Source::detached(markup(title, markdown)), today };
     let document = typst::compile(&page).output.map_err(|errors| {
         ExportError::Typeset(errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; "))

@@ -147,7 +147,12 @@ async fn artifact_rows_refuse_update(backend: Backend) {
 }
 
 /// Sends a GET and returns status, headers and the raw body.
-async fn get_bytes(host: &TestHost, path: &str, token: &str, extra: &[(&str, &str)]) -> (StatusCode, HeaderMap, Vec<u8>) {
+async fn get_bytes(
+    host: &TestHost,
+    path: &str,
+    token: &str,
+    extra: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, Vec<u8>) {
     use tower::ServiceExt as _;
     let mut request = axum::http::Request::builder().method(Method::GET).uri(path);
     request = request.header("authorization", format!("Bearer {token}"));
@@ -184,7 +189,8 @@ async fn the_artifacts_route_serves_bytes_with_type_and_etag_and_hides_other_ten
     assert_eq!(headers["x-content-type-options"], "nosniff");
     assert!(headers["content-security-policy"].to_str().expect("ascii").contains("default-src 'none'"));
 
-    let (status, _, body) = get_bytes(&host, &path, &acme, &[("if-none-match", &format!("\"{}\"", stored.sha256))]).await;
+    let (status, _, body) =
+        get_bytes(&host, &path, &acme, &[("if-none-match", &format!("\"{}\"", stored.sha256))]).await;
     assert_eq!((status, body.len()), (StatusCode::NOT_MODIFIED, 0));
 
     // Another tenant: 404, with or without If-None-Match; so is a malformed digest.
@@ -277,9 +283,7 @@ async fn fake_s3(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_blobs_put_get_and_verify_through_a_fake_s3_compatible_server() {
     let s3 = FakeS3::default();
-    let app = axum::Router::new()
-        .route("/{*key}", axum::routing::any(fake_s3))
-        .with_state(s3.clone());
+    let app = axum::Router::new().route("/{*key}", axum::routing::any(fake_s3)).with_state(s3.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     let server = tokio::spawn(async move { axum::serve(listener, app).await });

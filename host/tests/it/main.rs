@@ -6,8 +6,10 @@
 
 mod agents;
 mod architecture;
+mod artifacts;
 mod billing;
 mod config_files;
+mod exports;
 mod fake_llm;
 mod first_party;
 mod fixtures;
@@ -35,5 +37,3 @@ mod server;
 mod storage;
 mod storage_runs;
 mod tools_api;
-mod artifacts;
-mod exports;
