@@ -208,6 +208,7 @@ async fn setup(dir: &Path, component: &Path, location: StoreLocation) -> Bench {
         shutdown: tokio_util::sync::CancellationToken::new(),
         billing: None,
         orchestrator: Arc::new(orchestrator.clone()),
+        documents: Arc::new(maestro_host::documents::Documents::new(store.clone(), clock.clone())),
         artifacts: maestro_host::artifacts::Artifacts::on_disk(
             std::env::temp_dir().join("maestro-bench-artifacts"),
             store.clone(),

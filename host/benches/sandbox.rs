@@ -301,6 +301,7 @@ async fn responsiveness(sandbox: &Arc<Sandbox>, hostile: &LoadedPlugin) {
         accounts: Accounts::new(store.clone(), Arc::new(SystemClock)),
         jobs: Arc::new(maestro_host::jobs::Jobs::new(store.clone(), Arc::new(SystemClock))),
         metrics: Arc::default(),
+        documents: Arc::new(maestro_host::documents::Documents::new(store.clone(), Arc::new(SystemClock))),
         artifacts: maestro_host::artifacts::Artifacts::on_disk(
             dir.path().join("artifacts"),
             store.clone(),

@@ -9,6 +9,7 @@ pub mod billing;
 pub mod cli;
 pub mod config;
 pub mod credits;
+pub mod documents;
 pub mod export;
 pub mod http;
 pub mod jobs;
@@ -93,6 +94,17 @@ pub async fn open_tools(
     loading: PluginLoading,
     credits: Arc<credits::Credits>,
 ) -> anyhow::Result<Arc<tools::Tools>> {
+    open_tools_with(config, env, loading, credits, Vec::new()).await
+}
+
+/// The tools of [`open_tools`] plus the host's built-in tools (`documents.*`, …).
+pub async fn open_tools_with(
+    config: &Config,
+    env: &config::Env,
+    loading: PluginLoading,
+    credits: Arc<credits::Credits>,
+    host_tools: Vec<Arc<dyn tools::HostTool>>,
+) -> anyhow::Result<Arc<tools::Tools>> {
     use anyhow::Context as _;
     let sandbox = Arc::new(sandbox(config)?);
     let registry = Arc::new(plugins::PluginRegistry::new(sandbox, config.plugin_dir.clone()));
@@ -129,7 +141,8 @@ pub async fn open_tools(
     Ok(Arc::new(
         tools::Tools::new(registry, policies, secrets)
             .with_credits(credits)
-            .with_tenant_limit(config.sandbox.max_calls_in_flight_per_tenant),
+            .with_tenant_limit(config.sandbox.max_calls_in_flight_per_tenant)
+            .with_host_tools(host_tools),
     ))
 }
 
@@ -244,7 +257,9 @@ pub async fn serve(
     report_bootstrap(accounts.bootstrap(config.admin_key.as_ref()).await?);
     let credits = Arc::new(credits::Credits::new(store.clone(), clock.clone()));
     let jobs = Arc::new(jobs::Jobs::new(store.clone(), clock.clone()));
-    let tools = open_tools(&config, env, PluginLoading::Now, credits.clone()).await?;
+    let documents = Arc::new(documents::Documents::new(store.clone(), clock.clone()));
+    let host_tools = tools::documents::tools(documents.clone());
+    let tools = open_tools_with(&config, env, PluginLoading::Now, credits.clone(), host_tools).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -298,6 +313,7 @@ pub async fn serve(
         shutdown: stopping.clone(),
         billing,
         orchestrator,
+        documents,
         artifacts,
     };
     let app = http::router(state, &http_settings(&config));

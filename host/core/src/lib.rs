@@ -11,6 +11,7 @@ pub mod artifact;
 pub mod auth;
 pub mod billing;
 pub mod call;
+pub mod document;
 pub mod id;
 pub mod jobs;
 pub mod ledger;
@@ -32,7 +33,7 @@ pub use ledger::{
 };
 pub use policy::{Decision, Limits, PolicyError, PolicyErrors, PolicySet, Subject};
 pub use ports::{
-    AccountStore, Clock, JobStore, KeyStore, LedgerStore, RunStore, Store, StoreError, StoreProbe, TenantStore, Tx,
-    UnitOfWork,
+    AccountStore, Clock, DocumentStore, JobStore, KeyStore, LedgerStore, RunStore, Store, StoreError, StoreProbe,
+    TenantStore, Tx, UnitOfWork,
 };
 pub use tenant::{Tenant, TenantName, TenantNameError};

@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use crate::artifact::{Artifact, BlobError, ExportOrigin, Sha256};
 use crate::auth::ApiKey;
 use crate::billing::{ChargeRefund, CheckoutRecord, ProcessedEvent};
+use crate::document::{Appended, Document, DocumentId, DocumentScope, DocumentVersion, VersionSummary};
 use crate::id::{KeyId, TenantId};
 use crate::jobs::{Enqueued, Job, JobFailure, JobPage, JobQuery, JobState, NewJob};
 use crate::ledger::{
@@ -244,6 +245,55 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     async fn request_cancel(&self, tenant: &TenantId, id: &RunId) -> Result<Option<Run>, StoreError>;
 }
 
+/// Living documents and their append-only versions (see [`crate::document`]). Every
+/// read is scoped to a tenant: another tenant's document is not found.
+#[async_trait]
+pub trait DocumentStore: Send + Sync + std::fmt::Debug {
+    /// Inserts a document with its first version (version 1), atomically;
+    /// [`StoreError::Conflict`] if its id exists, [`StoreError::NotFound`] if its
+    /// session is not one of its tenant's.
+    async fn create_document(&self, document: &Document, first: &DocumentVersion) -> Result<(), StoreError>;
+    /// A document of `tenant`.
+    async fn document(&self, tenant: &TenantId, id: &DocumentId) -> Result<Option<Document>, StoreError>;
+    /// A tenant's documents in `scope`, newest first (by creation time, then id),
+    /// starting after `before` (a document id from the previous page) when given, at
+    /// most `limit`.
+    async fn documents(
+        &self,
+        tenant: &TenantId,
+        scope: &DocumentScope,
+        before: Option<&DocumentId>,
+        limit: u32,
+    ) -> Result<Vec<Document>, StoreError>;
+    /// A document's versions with `version > after`, oldest first, at most `limit`,
+    /// without their content. Empty when the document is not `tenant`'s.
+    async fn versions(
+        &self,
+        tenant: &TenantId,
+        id: &DocumentId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<VersionSummary>, StoreError>;
+    /// One version of a document of `tenant`.
+    async fn version(
+        &self,
+        tenant: &TenantId,
+        id: &DocumentId,
+        version: i64,
+    ) -> Result<Option<DocumentVersion>, StoreError>;
+    /// Appends `version` (its number must be `base + 1`) against `base`, in one
+    /// transaction: the document's version moves from `base` to `base + 1` together with
+    /// the new row, or nothing is written and [`Appended::Stale`] carries the current
+    /// version. Of concurrent appends on one base exactly one is written.
+    /// [`StoreError::NotFound`] when the document is not `tenant`'s.
+    async fn append_version(
+        &self,
+        tenant: &TenantId,
+        base: i64,
+        version: &DocumentVersion,
+    ) -> Result<Appended, StoreError>;
+}
+
 /// Opens units of work: one store transaction through which several ports write.
 #[async_trait]
 pub trait UnitOfWork: Send + Sync + std::fmt::Debug {
@@ -297,9 +347,15 @@ impl<T: TenantStore + KeyStore + StoreProbe> AccountStore for T {}
 
 /// The whole backend: every port. Only the composition root and tests hold it; they
 /// hand each use-case the ports it needs (`Arc<dyn Store>` coerces to `Arc<dyn Port>`).
-pub trait Store: AccountStore + LedgerStore + BillingStore + JobStore + RunStore + UnitOfWork + ArtifactStore {}
+pub trait Store:
+    AccountStore + LedgerStore + BillingStore + JobStore + RunStore + DocumentStore + UnitOfWork + ArtifactStore
+{
+}
 
-impl<T: AccountStore + LedgerStore + BillingStore + JobStore + RunStore + UnitOfWork + ArtifactStore> Store for T {}
+impl<T: AccountStore + LedgerStore + BillingStore + JobStore + RunStore + DocumentStore + UnitOfWork + ArtifactStore>
+    Store for T
+{
+}
 
 /// The time source. Injected so that tests can move time (e.g. past a key's expiry)
 /// without sleeping.

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Role;
+use crate::document::DocumentId;
 use crate::id::{Id, IdKind, TenantId};
 use crate::llm::{FinishReason, ToolCallRequest, Usage};
 
@@ -522,6 +523,21 @@ pub enum EventBody {
         /// What it used.
         totals: RunTotals,
     },
+    /// A persona wrote a document's version (created it, or edited it) through a
+    /// built-in tool; recorded with the call's `tool.result`.
+    #[serde(rename = "document.updated")]
+    DocumentUpdated {
+        /// The document.
+        document: DocumentId,
+        /// The version written (1 for a new document).
+        version: i64,
+        /// The document's title.
+        title: String,
+        /// The persona that wrote it.
+        persona: String,
+        /// The step it wrote in.
+        step: u32,
+    },
 }
 
 /// An event body that cannot be decoded.
@@ -552,6 +568,7 @@ impl EventBody {
             EventBody::RunCompleted { .. } => "run.completed",
             EventBody::RunFailed { .. } => "run.failed",
             EventBody::RunCancelled { .. } => "run.cancelled",
+            EventBody::DocumentUpdated { .. } => "document.updated",
         }
     }
 

@@ -89,7 +89,7 @@ fn rule_name(decision: &Decision) -> String {
 #[test]
 fn shipped_default_policy_compiles_alone() {
     let set = PolicySet::parse([("policies/default.toml", DEFAULT)]).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(set.rule_counts(), (2, 0), "offline tools and personas for members");
+    assert_eq!(set.rule_counts(), (3, 0), "offline tools, personas and documents for members");
 }
 
 #[test]
@@ -105,6 +105,10 @@ fn shipped_default_grants_offline_tools_to_members_and_nothing_to_viewers() {
     assert!(!set.decide(&who("anyone", Role::Admin), "web.fetch").is_allowed());
     assert!(set.decide(&who("anyone", Role::Member), "personas.architect").is_allowed());
     assert!(!set.decide(&who("anyone", Role::Viewer), "personas.architect").is_allowed());
+    for tool in ["documents.list", "documents.read", "documents.create", "documents.edit"] {
+        assert!(set.decide(&who("anyone", Role::Member), tool).is_allowed(), "{tool}");
+        assert!(!set.decide(&who("anyone", Role::Viewer), tool).is_allowed(), "{tool}");
+    }
 }
 
 #[test]

@@ -321,8 +321,10 @@ async fn mcp(config: &Config, env: &Env, args: McpArgs) -> anyhow::Result<()> {
     };
     // Answer `initialize` at once; requests that need the plugins wait for them (a
     // first start compiles every component, which can take seconds).
-    let credits = Arc::new(crate::credits::Credits::new(store, Arc::new(crate::accounts::SystemClock)));
-    let tools = crate::open_tools(config, env, crate::PluginLoading::Background, credits).await?;
+    let clock: Arc<dyn maestro_core::Clock> = Arc::new(crate::accounts::SystemClock);
+    let credits = Arc::new(crate::credits::Credits::new(store.clone(), clock.clone()));
+    let host_tools = crate::tools::documents::tools(Arc::new(crate::documents::Documents::new(store, clock)));
+    let tools = crate::open_tools_with(config, env, crate::PluginLoading::Background, credits, host_tools).await?;
     tracing::info!(tenant = %principal.tenant, role = %principal.role, "serving MCP on stdio");
     crate::mcp::serve_stdio(crate::mcp::Mcp::new(tools, config.mcp.names), principal, key_check).await?;
     Ok(())

@@ -74,6 +74,11 @@ pub enum ErrorCode {
     PaymentProviderFailed,
     /// An unexpected failure; details are logged, not returned.
     Internal,
+    /// A write named a version (`If-Match`, a base version) that is no longer the
+    /// document's current one; nothing was written (details: the current version).
+    StaleVersion,
+    /// A write that must name the version it replaces (`If-Match`) did not.
+    PreconditionRequired,
 }
 
 impl ErrorCode {
@@ -106,6 +111,8 @@ impl ErrorCode {
             ErrorCode::BillingNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::PaymentProviderFailed => StatusCode::BAD_GATEWAY,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::StaleVersion => StatusCode::PRECONDITION_FAILED,
+            ErrorCode::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
         }
     }
 
@@ -354,6 +361,8 @@ mod tests {
             ErrorCode::BillingNotConfigured,
             ErrorCode::PaymentProviderFailed,
             ErrorCode::Internal,
+            ErrorCode::StaleVersion,
+            ErrorCode::PreconditionRequired,
         ];
         for code in codes {
             let name = serde_json::to_value(code).expect("serialises");

@@ -12,8 +12,10 @@ pub mod artifacts;
 mod auth;
 pub mod billing;
 pub mod credits;
+pub mod documents;
 pub mod error;
 pub mod events;
+pub mod exports;
 mod extract;
 pub mod health;
 pub mod jobs;
@@ -29,7 +31,7 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, header};
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use axum::{Json, Router, middleware};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -61,6 +63,8 @@ pub struct AppState {
     pub billing: Option<Arc<crate::billing::Billing>>,
     /// Sessions, messages, runs and their live events.
     pub orchestrator: Arc<crate::orchestrator::Orchestrator>,
+    /// Living documents.
+    pub documents: Arc<crate::documents::Documents>,
     /// Artifacts (document exports) and their blob store.
     pub artifacts: crate::artifacts::Artifacts,
 }
@@ -92,7 +96,9 @@ pub struct HttpSettings {
         sessions::create, sessions::list, sessions::get_one, sessions::messages, sessions::post_message,
         sessions::events,
         runs::get_one, runs::cancel, runs::events,
-        artifacts::get_one,
+        documents::create, documents::list, documents::get_one, documents::put, documents::versions,
+        documents::version, documents::diff, documents::rollback,
+        artifacts::get_one, exports::export,
     ),
     modifiers(&BearerScheme, &CommonResponses),
     tags(
@@ -106,6 +112,7 @@ pub struct HttpSettings {
         (name = "jobs", description = "background jobs of every replica (platform admin)"),
         (name = "sessions", description = "sessions, their messages and their event stream (tenant keys: members post, viewers read)"),
         (name = "runs", description = "runs: state, usage, credits, cancel, and their event stream (tenant keys)"),
+        (name = "documents", description = "living documents: versions, diffs, replacement against a version, rollback (tenant keys: members write, viewers read)"),
         (name = "artifacts", description = "files Maestro produced (document exports), by the SHA-256 of their bytes (tenant keys)"),
     )
 )]
@@ -134,6 +141,7 @@ impl utoipa::Modify for CommonResponses {
                 Method::GET => item.get.as_mut(),
                 Method::POST => item.post.as_mut(),
                 Method::DELETE => item.delete.as_mut(),
+                Method::PUT => item.put.as_mut(),
                 _ => None,
             };
             let Some(operation) = operation else { continue };
@@ -239,7 +247,16 @@ fn table() -> Vec<(Route, Option<MethodRouter<AppState>>)> {
         (route(Method::GET, "/v1/runs/{id}", Bearer, false), Some(get(runs::get_one))),
         (route(Method::POST, "/v1/runs/{id}/cancel", Bearer, false), Some(post(runs::cancel))),
         (route(Method::GET, "/v1/runs/{id}/events", Bearer, false), Some(get(runs::events))),
+        (route(Method::POST, "/v1/documents", Bearer, true), Some(post(documents::create))),
+        (route(Method::GET, "/v1/documents", Bearer, false), Some(get(documents::list))),
+        (route(Method::GET, "/v1/documents/{id}", Bearer, false), Some(get(documents::get_one))),
+        (route(Method::PUT, "/v1/documents/{id}", Bearer, true), Some(put(documents::put))),
+        (route(Method::GET, "/v1/documents/{id}/versions", Bearer, false), Some(get(documents::versions))),
+        (route(Method::GET, "/v1/documents/{id}/versions/{version}", Bearer, false), Some(get(documents::version))),
+        (route(Method::GET, "/v1/documents/{id}/diff", Bearer, false), Some(get(documents::diff))),
+        (route(Method::POST, "/v1/documents/{id}/rollback", Bearer, true), Some(post(documents::rollback))),
         (route(Method::GET, "/v1/artifacts/{sha256}", Bearer, false), Some(get(artifacts::get_one))),
+        (route(Method::GET, "/v1/documents/{id}/export", Bearer, false), Some(get(exports::export))),
         // Stripe calls this without a bearer key; the signature authenticates it.
         (
             route(Method::POST, "/v1/billing/stripe/webhook", StripeSignature, false),
@@ -300,14 +317,15 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         let origins = settings.cors_allow_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok());
         let cors = CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
-            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::PUT])
             .allow_headers([
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
                 header::HeaderName::from_static(request_id::HEADER),
                 header::HeaderName::from_static("last-event-id"),
+                header::IF_MATCH,
             ])
-            .expose_headers([header::HeaderName::from_static(request_id::HEADER)]);
+            .expose_headers([header::HeaderName::from_static(request_id::HEADER), header::ETAG]);
         app = app.layer(cors);
     }
     // Outermost: every response, CORS preflights and errors included, carries the id.

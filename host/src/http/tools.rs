@@ -182,7 +182,10 @@ pub(super) async fn list_tools(
             .tools
             .visible_tools(&principal)
             .into_iter()
-            .map(|t| tool_view(t.name, &t.plugin.manifest.name, t.spec, t.credits))
+            .map(|t| {
+                let provider = t.provider().to_owned();
+                tool_view(t.name, &provider, t.spec, t.credits)
+            })
             .collect(),
         // Platform admins see everything that is loaded, unpriced.
         None => state

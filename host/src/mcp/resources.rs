@@ -78,7 +78,7 @@ fn plugin(mcp: &Mcp, principal: &Principal, name: &str) -> Option<Value> {
     let tools: Vec<Value> = mcp
         .tools_for(principal)
         .into_iter()
-        .filter(|(_, t)| t.plugin.manifest.name == name)
+        .filter(|(_, t)| t.plugin.as_ref().is_some_and(|p| p.manifest.name == name))
         .map(|(mcp_name, t)| {
             json!({
                 "name": mcp_name,

@@ -64,7 +64,12 @@ struct Snapshot {
 
 fn snapshot(mcp: &Mcp, principal: &Principal) -> Snapshot {
     Snapshot {
-        tools: mcp.tools_for(principal).into_iter().map(|(n, t)| (n, t.plugin.sha256.clone())).collect(),
+        tools: mcp
+            .tools_for(principal)
+            .into_iter()
+            // Built-in tools change only with the binary.
+            .map(|(n, t)| (n, t.plugin.as_ref().map_or_else(String::new, |p| p.sha256.clone())))
+            .collect(),
         prompts: mcp.personas_for(principal).into_iter().map(|(n, p)| (n, p.plugin.sha256.clone())).collect(),
         resources: mcp.tools.visible_plugins(principal).iter().map(|p| p.manifest.name.clone()).collect(),
     }

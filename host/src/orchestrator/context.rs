@@ -80,6 +80,12 @@ pub(crate) fn fit(
     }
 }
 
+/// A system prompt followed by the context blocks the built-in tools give (the
+/// session's documents, …), separated by blank lines.
+pub(crate) fn with_blocks(system: String, blocks: &[String]) -> String {
+    blocks.iter().fold(system, |prompt, block| format!("{prompt}\n\n{block}"))
+}
+
 /// The bound of a request with no message, tool or schema.
 const EMPTY_REQUEST_BOUND: u64 = 16;
 

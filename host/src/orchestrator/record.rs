@@ -147,7 +147,7 @@ impl Record {
             EventBody::RunCompleted { .. } | EventBody::RunFailed { .. } | EventBody::RunCancelled { .. } => {
                 self.terminal = true;
             }
-            EventBody::MessageDelta { .. } => {}
+            EventBody::MessageDelta { .. } | EventBody::DocumentUpdated { .. } => {}
         }
     }
 

@@ -58,6 +58,7 @@ use super::record::{Answer, Decided, ROUTER_STEP, StepRecord};
 use super::runner::{Commit, Inner, RunCtx, Settle, Stop, deadline_exceeded};
 use super::strategy;
 use crate::random::random_bytes;
+use crate::tools::Origin;
 
 /// The persona name the router's calls are recorded under.
 pub(super) const ROUTER_PERSONA: &str = "maestro";
@@ -215,7 +216,8 @@ impl Inner {
             response_schema: Some(strategy::decision_schema(&team)),
         };
         let max_tokens = template.max_tokens.unwrap_or(model.max_output_tokens);
-        let system = strategy::router_prompt(&roles, turn, ctx.limits.max_steps);
+        let blocks = self.tools.host_context(&ctx.principal, &ctx.session.id).await;
+        let system = context::with_blocks(strategy::router_prompt(&roles, turn, ctx.limits.max_steps), &blocks);
         let Fitted { mut request, .. } =
             context::fit(template, Some(system), history, vec![], model.context_window, max_tokens);
         // A try recorded before an interruption counts: its answer was unusable.
@@ -317,6 +319,7 @@ impl Inner {
             )
         })?;
         let (system, render_credits) = self.render(ctx, persona, &spec).await?;
+        let system = context::with_blocks(system, &self.tools.host_context(&ctx.principal, &ctx.session.id).await);
         let models = self.models.models();
         let model = model_for_tier(&models, spec.model_tier).cloned().ok_or(LlmError::NoProvider)?;
         let offered = self.offered_tools(ctx, &spec);
@@ -357,7 +360,7 @@ impl Inner {
         let limit = ctx.limits.max_tool_calls_per_step;
         loop {
             if let Some(answer) = state.unanswered.take() {
-                self.answer_tool_calls(ctx, step, &answer, &mut state, limit).await?;
+                self.answer_tool_calls(ctx, (step, persona), &answer, &mut state, limit).await?;
             }
             let last_call = state.tool_calls >= limit;
             let mut request = state.request.clone();
@@ -463,7 +466,7 @@ impl Inner {
     async fn answer_tool_calls(
         &self,
         ctx: &RunCtx,
-        step: u32,
+        (step, persona): (u32, &str),
         answer: &[ToolCallRequest],
         state: &mut StepState,
         limit: u32,
@@ -516,14 +519,15 @@ impl Inner {
                 continue;
             }
             self.commit(ctx, Commit::events(vec![called])).await?;
-            let result = self.run_tool(ctx, step, request).await?;
+            let (result, events) = self.run_tool(ctx, (step, persona), request).await?;
             let credits = i64::try_from(result.credits).unwrap_or(i64::MAX);
             state.credits += credits;
             let (content, is_error) = (result.content.clone(), !result.ok);
             self.commit(
                 ctx,
                 Commit {
-                    events: vec![EventBody::ToolResult(result)],
+                    // A built-in tool's events (`document.updated`) commit with its result.
+                    events: std::iter::once(EventBody::ToolResult(result)).chain(events).collect(),
                     add: one_tool_call(credits),
                     ..Commit::default()
                 },
@@ -534,8 +538,14 @@ impl Inner {
         Ok(())
     }
 
-    /// Runs one offered tool through the pipeline.
-    async fn run_tool(&self, ctx: &RunCtx, step: u32, request: &ToolCallRequest) -> Result<ToolResultBody, Stop> {
+    /// Runs one offered tool through the pipeline; returns its result and the events a
+    /// built-in tool asks to record with it.
+    async fn run_tool(
+        &self,
+        ctx: &RunCtx,
+        (step, persona): (u32, &str),
+        request: &ToolCallRequest,
+    ) -> Result<(ToolResultBody, Vec<EventBody>), Stop> {
         if self.clock.now() >= ctx.deadline {
             return Err(deadline_exceeded());
         }
@@ -548,7 +558,7 @@ impl Inner {
             Ok(value) if value.is_object() => value,
             _ => {
                 let content = "the arguments are not a JSON object".to_owned();
-                return Ok(refused(step, request, "invalid_arguments", content));
+                return Ok((refused(step, request, "invalid_arguments", content), Vec::new()));
             }
         };
         if let Some(room) = self.budget_room(ctx).await {
@@ -566,7 +576,9 @@ impl Inner {
             }
         }
         let started = Instant::now();
-        let outcome = self.tools.call(&ctx.principal, &request.name, arguments, Observe::default()).await;
+        let origin = Origin { run: ctx.id.clone(), session: ctx.session.id.clone(), step, persona: persona.to_owned() };
+        let outcome =
+            self.tools.call_in(&ctx.principal, &request.name, arguments, Observe::default(), Some(&origin)).await;
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let body = |ok: bool, content: String, error: Option<String>, credits: u64| ToolResultBody {
             step,
@@ -579,12 +591,16 @@ impl Inner {
             duration_ms,
         };
         Ok(match outcome {
-            Err(err) => body(false, err.to_string(), Some(err.code().as_str().to_owned()), 0),
+            Err(err) => (body(false, err.to_string(), Some(err.code().as_str().to_owned()), 0), Vec::new()),
             Ok(call) => match call.outcome.result {
-                Ok(output) => body(true, output_text(&output.content, output.structured.as_ref()), None, call.charged),
-                Err(failure) => {
-                    body(false, failure.to_string(), Some(failure.code().as_str().to_owned()), call.charged)
-                }
+                Ok(output) => (
+                    body(true, output_text(&output.content, output.structured.as_ref()), None, call.charged),
+                    call.events,
+                ),
+                Err(failure) => (
+                    body(false, failure.to_string(), Some(failure.code().as_str().to_owned()), call.charged),
+                    Vec::new(),
+                ),
             },
         })
     }

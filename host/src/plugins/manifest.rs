@@ -54,6 +54,12 @@ impl Manifest {
         if !maestro_core::plugin::valid_plugin_name(&manifest.name) {
             return Err(format!("name `{}` must match ^[a-z][a-z0-9_-]{{0,31}}$", manifest.name));
         }
+        if maestro_core::plugin::RESERVED_PLUGIN_NAMES.contains(&manifest.name.as_str()) {
+            return Err(format!(
+                "name `{}` is reserved for the host's built-in tools; rename the plugin",
+                manifest.name
+            ));
+        }
         if !SUPPORTED_WIT.contains(&manifest.wit.as_str()) {
             return Err(format!(
                 "wit `{}` is not supported by this host (supported: {})",
@@ -112,6 +118,9 @@ mod tests {
             (GOOD.replace("maestro:plugin@0.1.0", "maestro:plugin@9.0.0"), "not supported"),
             (GOOD.replace("calc.wasm", "../../etc/passwd"), "relative path inside"),
             (format!("{GOOD}sha256 = \"abc\"\n"), "64 hex digits"),
+            (GOOD.replace("\"calc\"", "\"documents\""), "reserved for the host's built-in tools"),
+            (GOOD.replace("\"calc\"", "\"runs\""), "reserved for the host's built-in tools"),
+            (GOOD.replace("\"calc\"", "\"maestro\""), "reserved for the host's built-in tools"),
         ];
         for (text, expected) in cases {
             let err = Manifest::parse(&text).expect_err(expected);

@@ -10,6 +10,7 @@
 
 mod artifacts;
 mod billing;
+mod documents;
 mod jobs;
 mod ledger;
 pub mod postgres;

@@ -9,6 +9,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::artifacts::impl_artifact_queries;
 use super::billing::impl_billing_queries;
+use super::documents::impl_document_queries;
 use super::jobs::impl_job_queries;
 use super::ledger::impl_ledger_queries;
 use super::runs::impl_run_queries;
@@ -65,6 +66,7 @@ impl_shared_queries!(PostgresStore);
 impl_billing_queries!(PostgresStore);
 impl_job_queries!(PostgresStore, " FOR UPDATE SKIP LOCKED");
 impl_run_queries!(PostgresStore);
+impl_document_queries!(PostgresStore);
 impl_unit_of_work!(PostgresStore, PostgresTx);
 impl_ledger_queries!(PostgresStore, " FOR UPDATE");
 impl_artifact_queries!(PostgresStore);

@@ -10,6 +10,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use super::artifacts::impl_artifact_queries;
 use super::billing::impl_billing_queries;
+use super::documents::impl_document_queries;
 use super::jobs::impl_job_queries;
 use super::ledger::impl_ledger_queries;
 use super::runs::impl_run_queries;
@@ -71,6 +72,7 @@ impl_shared_queries!(SqliteStore);
 impl_billing_queries!(SqliteStore);
 impl_job_queries!(SqliteStore, "");
 impl_run_queries!(SqliteStore);
+impl_document_queries!(SqliteStore);
 impl_unit_of_work!(SqliteStore, SqliteTx);
 impl_ledger_queries!(SqliteStore, "");
 impl_artifact_queries!(SqliteStore);

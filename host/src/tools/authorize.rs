@@ -10,15 +10,16 @@ use super::{CallError, Principal, Tools, VisiblePersona, VisibleTool};
 use crate::plugins::InstalledPlugin;
 
 impl Tools {
-    /// Tools the principal may see and call, by name.
+    /// Tools the principal may see and call, by name: the plugins' and the host's
+    /// built-in ones, under the same policy decision.
     pub fn visible_tools(&self, principal: &Principal) -> Vec<VisibleTool> {
         let (catalog, policies) = (self.registry.catalog(), self.policies.current());
-        catalog
-            .tools()
+        let plugin_tools = catalog.tools().map(|(name, plugin, spec)| (name, Some(plugin.clone()), spec.clone()));
+        let host_tools = self.host_tools.iter().map(|tool| (tool.name().to_owned(), None, tool.spec().clone()));
+        plugin_tools
+            .chain(host_tools)
             .filter_map(|(name, plugin, spec)| match policies.decide(&principal.subject(), &name) {
-                Decision::Allow(grant) => {
-                    Some(VisibleTool { name, plugin: plugin.clone(), spec: spec.clone(), credits: grant.credits })
-                }
+                Decision::Allow(grant) => Some(VisibleTool { name, plugin, spec, credits: grant.credits }),
                 Decision::Deny(_) => None,
             })
             .collect()

@@ -19,6 +19,8 @@
 
 mod authorize;
 mod charge;
+pub mod documents;
+pub mod host;
 mod inflight;
 mod network;
 mod rate;
@@ -27,11 +29,13 @@ mod secrets;
 use std::sync::Arc;
 use std::time::Duration;
 
-use maestro_core::call::{Code, Failure, Job, Outcome, RunLimits, ToolExecutor};
+use maestro_core::call::{Code, Failure, Job, Metering, Outcome, RunLimits, ToolExecutor};
 use maestro_core::plugin::{PersonaSpec, ToolOutput, ToolSpec};
 use maestro_core::policy::{Grant, PolicySet, Subject};
+use maestro_core::run::EventBody;
 use maestro_core::{Caller, KeyScope, Role, TenantId};
 
+pub use host::{HostCall, HostResult, HostTool, Origin};
 pub use inflight::DEFAULT_MAX_CALLS_IN_FLIGHT_PER_TENANT;
 pub use maestro_core::call::Observe;
 pub use secrets::SecretValues;
@@ -68,12 +72,22 @@ impl Principal {
 pub struct VisibleTool {
     /// `plugin.tool`.
     pub name: String,
-    /// The plugin.
-    pub plugin: Arc<InstalledPlugin>,
+    /// The plugin; `None` for a tool built into the host (see [`host`]).
+    pub plugin: Option<Arc<InstalledPlugin>>,
     /// Its spec.
     pub spec: ToolSpec,
     /// Credits one call costs.
     pub credits: u64,
+}
+
+impl VisibleTool {
+    /// Who provides it: the plugin's name, or the built-in tool's area (`documents`).
+    pub fn provider(&self) -> &str {
+        match &self.plugin {
+            Some(plugin) => &plugin.manifest.name,
+            None => self.name.split_once('.').map_or(self.name.as_str(), |(area, _)| area),
+        }
+    }
 }
 
 /// A persona this caller may use.
@@ -174,6 +188,9 @@ pub struct Call<T> {
     pub credits: u64,
     /// Credits actually charged (0 when free or refunded).
     pub charged: u64,
+    /// Run events a built-in tool asks its caller to record with the result (empty for
+    /// plugin tools and personas).
+    pub events: Vec<EventBody>,
 }
 
 /// A finished tool call.
@@ -192,6 +209,7 @@ pub struct Tools {
     in_flight: Arc<inflight::InFlight>,
     charger: charge::Charger,
     executor: Arc<Executor>,
+    host_tools: Vec<Arc<dyn HostTool>>,
 }
 
 impl std::fmt::Debug for Tools {
@@ -264,7 +282,39 @@ impl Tools {
             in_flight: Arc::default(),
             charger: charge::Charger::default(),
             executor,
+            host_tools: Vec::new(),
         }
+    }
+
+    /// Offers `tools`, built into the host, next to the plugins' tools (same policy,
+    /// same pipeline). A name given twice keeps the first.
+    #[must_use]
+    pub fn with_host_tools(mut self, tools: Vec<Arc<dyn HostTool>>) -> Self {
+        for tool in tools {
+            if !self.host_tools.iter().any(|t| t.name() == tool.name()) {
+                self.host_tools.push(tool);
+            }
+        }
+        self
+    }
+
+    /// The built-in tools (whatever the caller may see).
+    pub fn host_tools(&self) -> &[Arc<dyn HostTool>] {
+        &self.host_tools
+    }
+
+    /// The context blocks the built-in tools give models working in `session` for the
+    /// principal (see [`HostTool::context`]), in registration order.
+    pub async fn host_context(&self, principal: &Principal, session: &maestro_core::run::SessionId) -> Vec<String> {
+        let mut blocks = Vec::new();
+        for tool in &self.host_tools {
+            blocks.extend(tool.context(principal, session).await);
+        }
+        blocks
+    }
+
+    fn host_tool(&self, name: &str) -> Option<&Arc<dyn HostTool>> {
+        self.host_tools.iter().find(|t| t.name() == name)
     }
 
     /// Meters calls on `credits` (without it, as in some tests, calls are free).
@@ -325,6 +375,36 @@ impl Tools {
         arguments: serde_json::Value,
         observe: Observe,
     ) -> Result<ToolCall, CallError> {
+        self.call_in(principal, tool, arguments, observe, None).await
+    }
+
+    /// [`Tools::call`] from a place in a run (`origin`): built-in tools learn where they
+    /// are called from (a document's author is the persona in its step) and may return
+    /// events for the run ([`Call::events`]); plugin tools ignore it.
+    pub async fn call_in(
+        &self,
+        principal: &Principal,
+        tool: &str,
+        arguments: serde_json::Value,
+        observe: Observe,
+        origin: Option<&Origin>,
+    ) -> Result<ToolCall, CallError> {
+        if let Some(host) = self.host_tool(tool).cloned() {
+            let grant = self.authorize(principal, tool)?;
+            if !arguments.is_object() {
+                return Err(CallError::ArgumentsNotObject);
+            }
+            let call = HostCall { principal: principal.clone(), arguments, origin: origin.cloned() };
+            let bytes_in = call.arguments.to_string().len();
+            let execute = |()| async move {
+                let started = std::time::Instant::now();
+                let HostResult { outcome, events } = host.call(call).await;
+                let bytes_out = outcome.as_ref().map_or(0, ToolOutput::json_len);
+                let metering = Metering { duration: started.elapsed(), bytes_in, bytes_out, ..Metering::default() };
+                (Outcome { result: outcome, metering }, events)
+            };
+            return self.stages(principal, tool, Kind::Tool, &grant, || Ok(()), execute).await;
+        }
         let catalog = self.registry.catalog();
         let (plugin, _) = catalog.tool(tool).ok_or_else(|| CallError::UnknownTool(truncate(tool)))?;
         let plugin = plugin.clone();
@@ -360,10 +440,12 @@ impl Tools {
             outcome: Outcome { result, metering: call.outcome.metering },
             credits: call.credits,
             charged: call.charged,
+            events: call.events,
         })
     }
 
-    /// The pipeline after authorisation: rate → admit → charge → run → settle.
+    /// The pipeline after authorisation for a plugin's tool or persona: its network
+    /// rules, then the shared stages around the sandbox.
     async fn run<T: Work>(
         &self,
         principal: &Principal,
@@ -373,37 +455,63 @@ impl Tools {
         arguments: serde_json::Value,
         observe: Observe,
     ) -> Result<Call<T>, CallError> {
+        let network = || {
+            match T::KIND {
+            Kind::Tool => self.network(grant).inspect_err(|err| {
+                if let CallError::SecretMissing(secret) = err {
+                    tracing::error!(secret, tenant = %principal.tenant, name, "a call needs a secret this host does not have");
+                }
+            }),
+            // Personas render text; they get no network.
+            Kind::Persona => Ok(NetPolicy::deny_all()),
+        }
+        };
+        let execute = |network: NetPolicy| async move {
+            let job = Job {
+                item: name.split_once('.').map_or(name, |(_, item)| item).to_owned(),
+                arguments: arguments.to_string(),
+                limits: limits(grant),
+                network: Arc::new(network),
+                config_json: Arc::from(
+                    grant.config_for(&plugin.manifest.name).map_or_else(|| "{}".to_owned(), |c| c.to_string()),
+                ),
+                caller: Arc::from(principal.tenant.as_str()),
+                observe,
+            };
+            (T::execute(self.executor.as_ref(), &plugin.loaded, job).await, Vec::new())
+        };
+        self.stages(principal, name, T::KIND, grant, network, execute).await
+    }
+
+    /// The stages every call passes after authorisation, whoever runs it: rate →
+    /// `prepare` (what the executor needs, e.g. network rules; may refuse) → admit
+    /// (calls in flight) → charge → `execute` → settle (refund a host-side failure,
+    /// meter, log).
+    async fn stages<T, P, F, Fut>(
+        &self,
+        principal: &Principal,
+        name: &str,
+        kind: Kind,
+        grant: &Grant,
+        prepare: impl FnOnce() -> Result<P, CallError>,
+        execute: F,
+    ) -> Result<Call<T>, CallError>
+    where
+        F: FnOnce(P) -> Fut,
+        Fut: std::future::Future<Output = (Outcome<T>, Vec<EventBody>)>,
+    {
         if let Some(rate) = grant.rate {
             self.rates.admit(&grant.rule.name, &principal.key_id, rate.calls, rate.per).map_err(|retry_after| {
                 CallError::RateLimited { limit: format!("{}/{}s", rate.calls, rate.per.as_secs()), retry_after }
             })?;
         }
-        let network = match T::KIND {
-            Kind::Tool => self.network(grant).inspect_err(|err| {
-                if let CallError::SecretMissing(secret) = err {
-                    tracing::error!(secret, tenant = %principal.tenant, name, "a call needs a secret this host does not have");
-                }
-            })?,
-            // Personas render text; they get no network.
-            Kind::Persona => NetPolicy::deny_all(),
-        };
+        let prepared = prepare()?;
         let _admitted = self
             .in_flight
             .admit(&principal.tenant)
             .ok_or(CallError::TooManyCallsInFlight { limit: self.in_flight.limit() })?;
         let charge = self.charger.charge(principal, grant.credits, name).await?;
-        let job = Job {
-            item: name.split_once('.').map_or(name, |(_, item)| item).to_owned(),
-            arguments: arguments.to_string(),
-            limits: limits(grant),
-            network: Arc::new(network),
-            config_json: Arc::from(
-                grant.config_for(&plugin.manifest.name).map_or_else(|| "{}".to_owned(), |c| c.to_string()),
-            ),
-            caller: Arc::from(principal.tenant.as_str()),
-            observe,
-        };
-        let mut outcome = T::execute(self.executor.as_ref(), &plugin.loaded, job).await;
+        let (mut outcome, events) = execute(prepared).await;
         let charged = match (charge, &outcome.result) {
             (Some(charge), Err(failure)) if failure.is_host_side() => {
                 self.charger.refund(principal, charge).await;
@@ -413,7 +521,7 @@ impl Tools {
             (None, _) => 0,
         };
         outcome.metering.credits_charged = charged;
-        let kind = T::KIND.as_str();
+        let kind = kind.as_str();
         if let Err(Failure::Unavailable { detail }) = &outcome.result {
             tracing::error!(tenant = %principal.tenant, kind, name, detail, "the host could not run a call");
         }
@@ -428,7 +536,7 @@ impl Tools {
             outcome = outcome.result.as_ref().map_or_else(|f| f.kind(), |_| "ok"),
             "call"
         );
-        Ok(Call { outcome, credits: grant.credits, charged })
+        Ok(Call { outcome, credits: grant.credits, charged, events })
     }
 }
 

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use maestro_core::artifact::{Artifact, BlobError, ExportFormat, ExportOrigin, Sha256};
 use maestro_core::id::{Id, IdKind};
-use maestro_core::ports::{ArtifactStore, BlobStore};
+use maestro_core::ports::BlobStore;
 use maestro_core::{Store, StoreError, Tenant, TenantId, TenantName};
 use maestro_host::artifacts::disk::DiskBlobs;
 use maestro_host::artifacts::s3::{S3Blobs, S3Options};

@@ -9,13 +9,17 @@
 use std::path::Path;
 use std::process::Command;
 
+use axum::http::{HeaderMap, Method, StatusCode};
 use chrono::{DateTime, Utc};
 use maestro_core::artifact::{ExportFormat, ExportOrigin, Sha256};
 use maestro_host::export::{self, ExportSource, SourceKind};
 
 use crate::harness::{Backend, TestHost, backend_tests};
 
-backend_tests!(an_export_is_stored_as_an_artifact_and_reused_for_the_same_version);
+backend_tests!(
+    an_export_is_stored_as_an_artifact_and_reused_for_the_same_version,
+    the_export_route_answers_each_version_in_each_format_as_a_stored_artifact,
+);
 
 /// Runs a poppler tool; a missing tool fails the test with how to install it.
 fn poppler(tool: &str, args: &[&str]) -> std::process::Output {
@@ -132,7 +136,7 @@ fn a_json_document_exports_as_a_fenced_block_in_every_format() {
     assert!(md.starts_with("# Config\n\n```json\n{\n  \"name\": \"maestro\""), "{md}");
     let html = String::from_utf8(export::render(&source, ExportFormat::Html).expect("html")).expect("utf-8");
     assert!(html.contains("<pre><code class=\"language-json\">"), "{html}");
-    assert!(html.contains("&quot;&lt;b&gt;&quot;") && !html.contains("\"<b>\""), "{html}");
+    assert!(html.contains("&lt;b&gt;") && !html.contains("<b>"), "{html}");
     let pdf = export::render(&source, ExportFormat::Pdf).expect("pdf");
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("config.pdf");
@@ -172,4 +176,105 @@ async fn an_export_is_stored_as_an_artifact_and_reused_for_the_same_version(back
     ));
     let (opened, opened_bytes) = host.artifacts.open(&acme, &first.sha256).await.expect("open");
     assert_eq!((opened, opened_bytes), (first, bytes));
+}
+
+/// Sends a GET and returns status, headers and the raw body.
+async fn get_bytes(host: &TestHost, path: &str, token: &str) -> (StatusCode, HeaderMap, Vec<u8>) {
+    use tower::ServiceExt as _;
+    let request = axum::http::Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .header("authorization", format!("Bearer {token}"))
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let response = host.router().oneshot(request).await.expect("infallible");
+    let (status, headers) = (response.status(), response.headers().clone());
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
+    (status, headers, bytes.to_vec())
+}
+
+async fn the_export_route_answers_each_version_in_each_format_as_a_stored_artifact(backend: Backend) {
+    let host = TestHost::new(backend).await;
+    let platform = host.platform_token().await;
+    let member = host.tenant_with_key(&platform, "acme", "member").await;
+    let viewer = host.tenant_with_key(&platform, "acme", "viewer").await;
+    let other = host.tenant_with_key(&platform, "globex", "admin").await;
+    let created = host
+        .post(
+            "/v1/documents",
+            Some(&member),
+            serde_json::json!({ "title": "Launch plan: v1/v2", "kind": "markdown", "content": "First *draft*.\n" }),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let id = created.body["id"].as_str().expect("id").to_owned();
+    let put = host
+        .send_raw(
+            Method::PUT,
+            &format!("/v1/documents/{id}"),
+            Some(&member),
+            Some((
+                "application/json",
+                serde_json::json!({ "content": "# Launch plan: v1/v2\n\nSecond draft.\n" }).to_string().into_bytes(),
+            )),
+            &[("if-match", "\"1\"")],
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK, "{put:?}");
+
+    // The current version (2) as PDF, by a viewer.
+    let (status, headers, pdf) = get_bytes(&host, &format!("/v1/documents/{id}/export?format=pdf"), &viewer).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&pdf));
+    assert!(pdf.starts_with(b"%PDF-"));
+    let sha = Sha256::of(&pdf);
+    assert_eq!(headers["content-type"], "application/pdf");
+    assert_eq!(headers["content-disposition"], "attachment; filename=\"Launch-plan-v1-v2.pdf\"");
+    assert_eq!(headers["x-artifact-sha256"], sha.as_str());
+    assert_eq!(headers["etag"], format!("\"{sha}\"").as_str());
+    assert_eq!(headers["link"], format!("</v1/artifacts/{sha}>; rel=\"alternate\"").as_str());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("export.pdf");
+    std::fs::write(&file, &pdf).expect("write");
+    let text =
+        String::from_utf8(poppler("pdftotext", &["-f", "1", "-l", "1", file.to_str().expect("utf-8"), "-"]).stdout)
+            .expect("utf-8");
+    assert!(text.contains("Launch plan: v1/v2") && text.contains("Second draft."), "{text}");
+
+    // Again: the same artifact; and the artifact route serves the same bytes.
+    let (_, again_headers, again) =
+        get_bytes(&host, &format!("/v1/documents/{id}/export?format=pdf&version=2"), &member).await;
+    assert_eq!(
+        (Sha256::of(&again), again_headers["x-artifact-sha256"].clone()),
+        (sha.clone(), headers["x-artifact-sha256"].clone())
+    );
+    let (status, _, stored) = get_bytes(&host, &format!("/v1/artifacts/{sha}"), &viewer).await;
+    assert_eq!((status, Sha256::of(&stored)), (StatusCode::OK, sha.clone()));
+
+    // Version 1 in Markdown (no heading: the title is added) and HTML.
+    let (status, headers, md) =
+        get_bytes(&host, &format!("/v1/documents/{id}/export?format=md&version=1"), &viewer).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/markdown; charset=utf-8");
+    assert_eq!(String::from_utf8(md).expect("utf-8"), "# Launch plan: v1/v2\n\nFirst *draft*.\n");
+    let (status, headers, html) =
+        get_bytes(&host, &format!("/v1/documents/{id}/export?format=html&version=1"), &viewer).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert!(headers["content-security-policy"].to_str().expect("ascii").contains("default-src 'none'"));
+    assert!(String::from_utf8(html).expect("utf-8").contains("<em>draft</em>"));
+
+    // Refusals: an unknown format or version, another tenant's document, a bad id.
+    let cases = [
+        (format!("/v1/documents/{id}/export?format=docx"), &viewer, StatusCode::UNPROCESSABLE_ENTITY),
+        (format!("/v1/documents/{id}/export"), &viewer, StatusCode::UNPROCESSABLE_ENTITY),
+        (format!("/v1/documents/{id}/export?format=pdf&version=9"), &viewer, StatusCode::NOT_FOUND),
+        (format!("/v1/documents/{id}/export?format=pdf"), &other, StatusCode::NOT_FOUND),
+        (format!("/v1/artifacts/{sha}"), &other, StatusCode::NOT_FOUND),
+        ("/v1/documents/doc_nope/export?format=pdf".to_owned(), &viewer, StatusCode::NOT_FOUND),
+        (format!("/v1/documents/{id}/export?format=pdf"), &platform, StatusCode::FORBIDDEN),
+    ];
+    for (path, token, expected) in cases {
+        let (status, _, body) = get_bytes(&host, &path, token).await;
+        assert_eq!(status, expected, "{path}: {}", String::from_utf8_lossy(&body));
+    }
 }

@@ -279,9 +279,14 @@ impl Recorded {
     }
 }
 
+/// Answers a request from what it holds (see [`FakeLlm::respond_with`]).
+type Responder = Arc<dyn Fn(&Recorded) -> Option<Script> + Send + Sync>;
+
 #[derive(Default)]
 struct State {
     scripts: VecDeque<Script>,
+    /// Consulted when no script is queued, before `always`.
+    responder: Option<Responder>,
     /// Answered when no script is queued.
     always: Option<Script>,
     /// Whether connections stay open for more requests.
@@ -366,6 +371,13 @@ impl FakeLlm {
         self.state.lock().expect("fake state").scripts.push_back(script);
     }
 
+    /// Answers requests that find no script queued with what `responder` makes of them
+    /// (a script that depends on the request, e.g. on an id the server generated);
+    /// `None` falls through to [`FakeLlm::always`].
+    pub(crate) fn respond_with(&self, responder: impl Fn(&Recorded) -> Option<Script> + Send + Sync + 'static) {
+        self.state.lock().expect("fake state").responder = Some(Arc::new(responder));
+    }
+
     /// Answers `script` to every request that finds no script queued (many concurrent
     /// calls, benchmarks).
     pub(crate) fn always(&self, script: Script) {
@@ -428,7 +440,11 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) {
         let (script, keep_alive) = {
             let mut state = state.lock().expect("fake state");
             state.requests.push(request);
-            (state.scripts.pop_front().or_else(|| state.always.clone()), state.keep_alive)
+            let queued = state.scripts.pop_front();
+            let script = queued
+                .or_else(|| state.responder.as_ref().and_then(|f| state.requests.last().and_then(|r| f(r))))
+                .or_else(|| state.always.clone());
+            (script, state.keep_alive)
         };
         if !respond(&mut socket, script, keep_alive, &state).await || !keep_alive {
             return;

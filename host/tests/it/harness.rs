@@ -198,6 +198,8 @@ pub(crate) struct TestHost {
     pub(crate) store: Arc<dyn Store>,
     /// Sessions, messages and runs; its hub is shared by every request of this host.
     pub(crate) orchestrator: Arc<Orchestrator>,
+    /// Living documents.
+    pub(crate) documents: Arc<maestro_host::documents::Documents>,
     /// Artifacts, on disk under the test's directory.
     pub(crate) artifacts: maestro_host::artifacts::Artifacts,
 }
@@ -238,7 +240,21 @@ impl TestHost {
         let orchestrator = orchestrator(&store, clock.clone(), &tools);
         let artifacts =
             maestro_host::artifacts::Artifacts::on_disk(db.dir().join("artifacts"), store.clone(), clock.clone());
-        Self { _db: db, accounts, clock, settings, tools, credits, billing: None, jobs, store, orchestrator, artifacts }
+        let documents = Arc::new(maestro_host::documents::Documents::new(store.clone(), clock.clone()));
+        Self {
+            _db: db,
+            accounts,
+            clock,
+            settings,
+            tools,
+            credits,
+            billing: None,
+            jobs,
+            store,
+            orchestrator,
+            documents,
+            artifacts,
+        }
     }
 
     /// Installs `plugins` (built fixtures) and runs under `policy` (TOML text).
@@ -271,6 +287,7 @@ impl TestHost {
             shutdown: Default::default(),
             billing: self.billing.clone(),
             orchestrator: self.orchestrator.clone(),
+            documents: self.documents.clone(),
             artifacts: self.artifacts.clone(),
         };
         http::router(state, &self.settings)

@@ -173,6 +173,7 @@ async fn app_over(
     let credits = Arc::new(Credits::new(store.clone(), clock.clone()));
     let jobs = Arc::new(maestro_host::jobs::Jobs::new(store.clone(), clock.clone()));
     let tools = crate::harness::tools_with(&db.dir().join("plugins"), plugins, policy, credits.clone()).await;
+    let documents = Arc::new(maestro_host::documents::Documents::new(store.clone(), clock.clone()));
     let orchestrator = crate::harness::orchestrator(&store, clock.clone(), &tools);
     let artifacts = maestro_host::artifacts::Artifacts::on_disk(db.dir().join("artifacts"), store.clone(), clock);
     let platform = match accounts.bootstrap(None).await.expect("bootstrap") {
@@ -188,6 +189,7 @@ async fn app_over(
         billing: None,
         jobs,
         orchestrator,
+        documents,
         artifacts,
     };
     let settings = HttpSettings { body_limit_bytes: 64 * 1024, cors_allow_origins: vec![], mcp: Default::default() };

@@ -9,6 +9,8 @@ mod architecture;
 mod artifacts;
 mod billing;
 mod config_files;
+mod documents;
+mod documents_api;
 mod exports;
 mod fake_llm;
 mod first_party;

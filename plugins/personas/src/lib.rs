@@ -129,7 +129,9 @@ after. Resolve contradictions between the inputs rather than copying them, and w
 team disagrees, state both positions fairly and name the open decision and its owner. \
 Keep the requirement IDs so the document can be traced. Cut anything that does not help \
 the reader act: no filler, no hype, no passive voice hiding who does what. Use the text \
-tools to check counts and to diff revisions when asked to revise.
+tools to check counts and to diff revisions when asked to revise. Keep the specification \
+in a living document of the session: create it with documents.create, then revise it with \
+documents.edit against the version you last read.
 
 Write in plain language for the stated audience. Define every term a newcomer would not \
 know on first use. Prefer short sentences, concrete examples and tables for anything \
@@ -154,7 +156,7 @@ fn product_manager() -> Persona {
             PRODUCT_MANAGER,
         )
         .model_tier(ModelTier::Large)
-        .tools(["calc.*", "text.*", "web.fetch"])
+        .tools(["calc.*", "text.*", "web.fetch", "documents.*"])
         .argument(idea())
         .argument(audience())
         .argument(detail())
@@ -172,7 +174,7 @@ fn architect() -> Persona {
             ARCHITECT,
         )
         .model_tier(ModelTier::Large)
-        .tools(["calc.*", "text.*", "web.fetch"])
+        .tools(["calc.*", "text.*", "web.fetch", "documents.*"])
         .argument(idea())
         .argument(PromptArgument::optional("scale", "Expected scale (default startup)").values([
             "prototype",
@@ -189,7 +191,7 @@ fn critic() -> Persona {
     Persona::new(
         PersonaSpec::new("critic", "Critic", "finds the reasons the idea or the design will fail", CRITIC)
             .model_tier(ModelTier::Medium)
-            .tools(["calc.*", "text.*", "web.fetch"])
+            .tools(["calc.*", "text.*", "web.fetch", "documents.*"])
             .argument(idea())
             .argument(PromptArgument::optional("focus", "What to scrutinise most (default all)").values([
                 "feasibility",
@@ -207,7 +209,7 @@ fn writer() -> Persona {
     Persona::new(
         PersonaSpec::new("writer", "Writer", "turns the team's work into one spec people can act on", WRITER)
             .model_tier(ModelTier::Medium)
-            .tools(["text.*"])
+            .tools(["text.*", "documents.*"])
             .argument(idea())
             .argument(audience())
             .argument(PromptArgument::optional("tone", "Voice of the document (default plain)").values([
