@@ -241,8 +241,11 @@ async fn disk_blobs_are_written_whole_and_read_back_verified() {
 #[derive(Debug, Clone, Default)]
 struct FakeS3 {
     objects: Arc<Mutex<HashMap<String, Vec<u8>>>>,
-    requests: Arc<Mutex<Vec<(Method, String, Option<String>)>>>,
+    requests: Arc<Mutex<Vec<SeenRequest>>>,
 }
+
+/// A request the fake S3 server saw: method, object key, `Authorization` header.
+type SeenRequest = (Method, String, Option<String>);
 
 async fn fake_s3(
     State(s3): State<FakeS3>,
