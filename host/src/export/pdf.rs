@@ -90,19 +90,26 @@ pub(super) fn typeset(title: &str, markdown: &str, created_at: DateTime<Utc>) ->
     let today =
         datetime(created_at).ok_or_else(|| ExportError::Typeset("the version's time is out of range".into()))?;
     let page = Page { source: Source::detached(markup(title, markdown)), today };
-    let document = typst::compile(&page).output.map_err(|errors| {
+    let messages = |errors: &[typst::diag::SourceDiagnostic]| {
         ExportError::Typeset(errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; "))
-    })?;
-    let options = typst_pdf::PdfOptions {
-        ident: Smart::Auto,
-        creator: Smart::Custom(Some("Maestro".to_owned())),
-        timestamp: Some(typst_pdf::Timestamp::new_utc(today)),
-        ..typst_pdf::PdfOptions::default()
     };
-    typst_pdf::pdf(&document, &options).map_err(|errors| {
-        ExportError::Typeset(errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; "))
-    })
+    let pdf = typst::compile(&page).output.map_err(|errors| messages(&errors)).and_then(|document| {
+        let options = typst_pdf::PdfOptions {
+            ident: Smart::Auto,
+            creator: Smart::Custom(Some("Maestro".to_owned())),
+            timestamp: Some(typst_pdf::Timestamp::new_utc(today)),
+            ..typst_pdf::PdfOptions::default()
+        };
+        typst_pdf::pdf(&document, &options).map_err(|errors| messages(&errors))
+    });
+    // typst memoises layout in a process-wide cache; in a long-running server, entries
+    // unused by the last few renders are dropped so memory stays bounded.
+    typst::comemo::evict(EVICT_AFTER);
+    pdf
 }
+
+/// Renders after which an unused memoised result is evicted.
+const EVICT_AFTER: usize = 8;
 
 /// A typst string literal holding `text`.
 fn string(text: &str) -> String {
