@@ -221,6 +221,11 @@ async fn setup(dir: &Path, component: &Path, location: StoreLocation) -> Bench {
         orchestrator: Arc::new(orchestrator.clone()),
         documents: Arc::new(maestro_host::documents::Documents::new(store.clone(), clock.clone())),
         schedules,
+        artifacts: maestro_host::artifacts::Artifacts::on_disk(
+            std::env::temp_dir().join("maestro-bench-artifacts"),
+            store.clone(),
+            clock.clone(),
+        ),
     };
     let settings = maestro_host::http_settings(&config);
     Bench {

@@ -313,6 +313,11 @@ async fn responsiveness(sandbox: &Arc<Sandbox>, hostile: &LoadedPlugin) {
         jobs: Arc::new(maestro_host::jobs::Jobs::new(store.clone(), Arc::new(SystemClock))),
         metrics: Arc::default(),
         documents: Arc::new(maestro_host::documents::Documents::new(store.clone(), Arc::new(SystemClock))),
+        artifacts: maestro_host::artifacts::Artifacts::on_disk(
+            dir.path().join("artifacts"),
+            store.clone(),
+            Arc::new(SystemClock),
+        ),
         orchestrator: Arc::new(maestro_host::orchestrator::Orchestrator::new(
             store.clone(),
             store.clone(),

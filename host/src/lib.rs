@@ -4,11 +4,13 @@
 //! everything else receives ports. See `ARCHITECTURE.md` for the module map.
 
 pub mod accounts;
+pub mod artifacts;
 pub mod billing;
 pub mod cli;
 pub mod config;
 pub mod credits;
 pub mod documents;
+pub mod export;
 pub mod http;
 pub mod jobs;
 pub mod mcp;
@@ -207,6 +209,42 @@ pub fn open_models(config: &Config, env: &config::Env) -> anyhow::Result<Arc<dyn
     Ok(Arc::new(models))
 }
 
+/// The artifact use-cases over the configured blob store (`[artifacts]`: a directory,
+/// or an S3-compatible bucket whose keys are read from their `env:`/`file:` sources
+/// now; one that is missing is refused here, naming where it was looked for).
+pub fn open_artifacts(
+    config: &Config,
+    env: &config::Env,
+    rows: Arc<dyn maestro_core::ports::ArtifactStore>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<artifacts::Artifacts> {
+    let blobs: Arc<dyn maestro_core::ports::BlobStore> = match &config.artifacts {
+        config::ArtifactSettings::Disk { dir } => Arc::new(artifacts::disk::DiskBlobs::new(dir.clone())),
+        config::ArtifactSettings::S3(s3) => {
+            let secrets = tools::SecretValues::new(env.clone(), config.secrets_dir.clone());
+            let read = |key: &str, source: &maestro_core::policy::SecretSource| {
+                secrets.get(source).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "artifacts.{key}: {source} is not set (environment variable, or file in {})",
+                        config.secrets_dir.display()
+                    )
+                })
+            };
+            Arc::new(artifacts::s3::S3Blobs::new(artifacts::s3::S3Options {
+                bucket: s3.bucket.clone(),
+                endpoint: s3.endpoint.clone(),
+                region: s3.region.clone(),
+                allow_http: s3.allow_http,
+                prefix: s3.prefix.clone(),
+                access_key_id: read("access_key_id", &s3.access_key_id)?,
+                secret_access_key: read("secret_access_key", &s3.secret_access_key)?,
+            })?)
+        }
+    };
+    tracing::info!(store = blobs.kind(), "artifacts");
+    Ok(artifacts::Artifacts::new(blobs, rows, clock))
+}
+
 /// `maestro serve`: opens the store, bootstraps the first admin key, loads plugins and
 /// policies, and serves HTTP until `shutdown` completes.
 pub async fn serve(
@@ -300,6 +338,7 @@ pub async fn serve(
     jobs.schedule_every(jobs::EXPIRE_HOLDS, EXPIRE_HOLDS_EVERY, stopping.clone());
     jobs.schedule_every(jobs::PRUNE, PRUNE_JOBS_EVERY, stopping.clone());
     jobs.schedule_every(schedules::TICK_JOB, config.schedules.tick, stopping.clone());
+    let artifacts = open_artifacts(&config, env, store.clone(), clock.clone())?;
     let state = http::AppState {
         accounts,
         metrics: Arc::default(),
@@ -311,6 +350,7 @@ pub async fn serve(
         orchestrator,
         documents,
         schedules,
+        artifacts,
     };
     let app = http::router(state, &http_settings(&config));
     tracing::info!(%address, store = %config.store.describe(), "maestro listening on http://{address} (MCP at /mcp)");

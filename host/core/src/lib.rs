@@ -7,6 +7,7 @@
 //! machine.
 #![forbid(unsafe_code)]
 
+pub mod artifact;
 pub mod auth;
 pub mod billing;
 pub mod call;

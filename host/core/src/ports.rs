@@ -16,6 +16,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::artifact::{Artifact, BlobError, ExportOrigin, Sha256};
 use crate::auth::ApiKey;
 use crate::billing::{ChargeRefund, CheckoutRecord, ProcessedEvent};
 use crate::document::{Appended, Document, DocumentId, DocumentScope, DocumentVersion, VersionSummary};
@@ -434,6 +435,7 @@ pub trait Store:
     + UnitOfWork
     + ScheduleStore
     + EventSignal
+    + ArtifactStore
 {
 }
 
@@ -446,7 +448,8 @@ impl<
         + DocumentStore
         + UnitOfWork
         + ScheduleStore
-        + EventSignal,
+        + EventSignal
+        + ArtifactStore,
 > Store for T
 {
 }
@@ -456,4 +459,31 @@ impl<
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// The current time, truncated to milliseconds (what both stores keep exactly).
     fn now(&self) -> DateTime<Utc>;
+}
+
+/// Artifacts' metadata: one row per tenant and digest (the bytes are in a
+/// [`BlobStore`], shared). Rows never change once written.
+#[async_trait]
+pub trait ArtifactStore: Send + Sync + std::fmt::Debug {
+    /// Records `artifact` unless its tenant already has a row for its digest; returns the
+    /// row now stored (the earlier one when there was one).
+    async fn insert_artifact(&self, artifact: &Artifact) -> Result<Artifact, StoreError>;
+    /// A tenant's artifact by digest (`None` for another tenant's).
+    async fn artifact(&self, tenant: &TenantId, sha256: &Sha256) -> Result<Option<Artifact>, StoreError>;
+    /// The artifact a tenant already has for this export of a document version, if any.
+    async fn find_export(&self, tenant: &TenantId, origin: &ExportOrigin) -> Result<Option<Artifact>, StoreError>;
+}
+
+/// Content-addressed bytes: written once under their SHA-256, read back verified. An
+/// adapter never exposes a half-written blob.
+#[async_trait]
+pub trait BlobStore: Send + Sync + std::fmt::Debug {
+    /// Which store this is (`disk`, `s3`), for logs.
+    fn kind(&self) -> &'static str;
+    /// Stores `bytes` under `sha256` (their digest, which the caller computed). Storing
+    /// bytes that are already there is a no-op.
+    async fn put(&self, sha256: &Sha256, bytes: Vec<u8>) -> Result<(), BlobError>;
+    /// The bytes under `sha256`, `None` when there are none; [`BlobError::Corrupt`] when
+    /// they do not hash to it.
+    async fn get(&self, sha256: &Sha256) -> Result<Option<Vec<u8>>, BlobError>;
 }

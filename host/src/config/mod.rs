@@ -123,6 +123,8 @@ pub struct Config {
     pub llm: LlmSettings,
     /// Agent runs (`[runs]`).
     pub runs: RunsSettings,
+    /// Where artifacts (document exports) are kept (`[artifacts]`).
+    pub artifacts: ArtifactSettings,
     /// `MAESTRO_*` variables that were set but are not known, to warn about once
     /// logging is up.
     pub unknown_env: Vec<String>,
@@ -387,6 +389,7 @@ impl Config {
         let (schedules, events_poll_interval) = schedule_settings(&raw.schedules, &raw.events)?;
         let llm = llm_settings(raw.llm)?;
         let runs = runs_settings(raw.runs)?;
+        let artifacts = artifact_settings(raw.artifacts, &data_dir)?;
         let unknown_env = env
             .keys()
             .filter(|k| k.starts_with("MAESTRO_") && !ENV_VARS.iter().any(|(known, _)| known == k))
@@ -415,6 +418,7 @@ impl Config {
             events_poll_interval,
             llm,
             runs,
+            artifacts,
             unknown_env,
         })
     }
@@ -986,6 +990,129 @@ fn invalid(key: &str, value: impl fmt::Display, reason: String) -> ConfigError {
 /// A variable's value, treating an empty value as unset (as compose files often do).
 pub(crate) fn non_empty<'a>(env: &'a Env, key: &str) -> Option<&'a str> {
     env.get(key).map(String::as_str).filter(|v| !v.trim().is_empty())
+}
+
+/// Where artifacts are kept (`[artifacts]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactSettings {
+    /// Files under a directory (default `<data_dir>/artifacts`).
+    Disk {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// An S3-compatible bucket.
+    S3(S3Settings),
+}
+
+/// An S3-compatible bucket. Its keys are named by where they are read (`env:NAME`,
+/// `file:NAME`), never held here, so `Debug` shows nothing secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    /// The bucket.
+    pub bucket: String,
+    /// The endpoint (`None`: AWS's for the region).
+    pub endpoint: Option<String>,
+    /// The region.
+    pub region: String,
+    /// Whether a plain `http://` endpoint is allowed.
+    pub allow_http: bool,
+    /// Key prefix inside the bucket.
+    pub prefix: String,
+    /// Where the access key id is read.
+    pub access_key_id: maestro_core::policy::SecretSource,
+    /// Where the secret access key is read.
+    pub secret_access_key: maestro_core::policy::SecretSource,
+}
+
+/// Default region of an S3 store.
+pub const DEFAULT_S3_REGION: &str = "us-east-1";
+/// Default key prefix of an S3 store.
+pub const DEFAULT_S3_PREFIX: &str = "artifacts/";
+
+fn secret_source(key: &str, text: &str) -> Result<maestro_core::policy::SecretSource, ConfigError> {
+    use maestro_core::policy::SecretSource;
+    let name_ok = |name: &str| {
+        !name.is_empty()
+            && !name.starts_with('.')
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    };
+    match text.trim().split_once(':') {
+        Some(("env", name)) if name_ok(name) => Ok(SecretSource::Env(name.to_owned())),
+        Some(("file", name)) if name_ok(name) => Ok(SecretSource::File(name.to_owned())),
+        _ => Err(invalid(
+            key,
+            "<redacted>",
+            "expected env:NAME (an environment variable) or file:NAME (a file in the secrets directory); a key \
+             written in the config file is refused"
+                .into(),
+        )),
+    }
+}
+
+fn artifact_settings(raw: raw::RawArtifacts, data_dir: &std::path::Path) -> Result<ArtifactSettings, ConfigError> {
+    let store = raw.store.as_deref().map(str::trim).unwrap_or("disk");
+    let s3_only = [
+        ("artifacts.bucket", raw.bucket.is_some()),
+        ("artifacts.endpoint", raw.endpoint.is_some()),
+        ("artifacts.region", raw.region.is_some()),
+        ("artifacts.allow_http", raw.allow_http.is_some()),
+        ("artifacts.prefix", raw.prefix.is_some()),
+        ("artifacts.access_key_id", raw.access_key_id.is_some()),
+        ("artifacts.secret_access_key", raw.secret_access_key.is_some()),
+    ];
+    match store {
+        "disk" => {
+            if let Some((key, _)) = s3_only.iter().find(|(_, set)| *set) {
+                return Err(invalid(key, "(set)", "only used with artifacts.store = \"s3\"".into()));
+            }
+            Ok(ArtifactSettings::Disk { dir: raw.dir.unwrap_or_else(|| data_dir.join("artifacts")) })
+        }
+        "s3" => {
+            if raw.dir.is_some() {
+                return Err(invalid("artifacts.dir", "(set)", "only used with artifacts.store = \"disk\"".into()));
+            }
+            let bucket = raw.bucket.map(|b| b.trim().to_owned()).unwrap_or_default();
+            let bucket_ok = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'));
+            if !bucket_ok {
+                return Err(invalid(
+                    "artifacts.bucket",
+                    &bucket,
+                    "expected a bucket name: 3-63 of a-z, 0-9, - and .".into(),
+                ));
+            }
+            let allow_http = raw.allow_http.unwrap_or(false);
+            let endpoint = match raw.endpoint.map(|e| e.trim().trim_end_matches('/').to_owned()) {
+                None => None,
+                Some(e) if e.starts_with("https://") && e.len() > 8 => Some(e),
+                Some(e) if e.starts_with("http://") && e.len() > 7 && allow_http => Some(e),
+                Some(e) if e.starts_with("http://") => {
+                    return Err(invalid(
+                        "artifacts.endpoint",
+                        &e,
+                        "a plain http:// endpoint needs artifacts.allow_http = true".into(),
+                    ));
+                }
+                Some(e) => return Err(invalid("artifacts.endpoint", &e, "expected an http(s) URL".into())),
+            };
+            let access_key_id = raw.access_key_id.ok_or_else(|| {
+                invalid("artifacts.access_key_id", "(unset)", "the s3 store needs env:NAME or file:NAME".into())
+            })?;
+            let secret_access_key = raw.secret_access_key.ok_or_else(|| {
+                invalid("artifacts.secret_access_key", "(unset)", "the s3 store needs env:NAME or file:NAME".into())
+            })?;
+            Ok(ArtifactSettings::S3(S3Settings {
+                bucket,
+                endpoint,
+                region: raw.region.map(|r| r.trim().to_owned()).unwrap_or_else(|| DEFAULT_S3_REGION.to_owned()),
+                allow_http,
+                prefix: raw.prefix.unwrap_or_else(|| DEFAULT_S3_PREFIX.to_owned()),
+                access_key_id: secret_source("artifacts.access_key_id", &access_key_id)?,
+                secret_access_key: secret_source("artifacts.secret_access_key", &secret_access_key)?,
+            }))
+        }
+        other => Err(invalid("artifacts.store", other, "expected disk or s3".into())),
+    }
 }
 
 #[cfg(test)]

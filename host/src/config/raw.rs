@@ -80,6 +80,9 @@ pub struct RawConfig {
     /// `[events]`.
     #[serde(default)]
     pub events: RawEvents,
+    /// `[artifacts]`.
+    #[serde(default)]
+    pub artifacts: RawArtifacts,
 }
 
 /// `[schedules]`: how schedules fire.
@@ -108,6 +111,30 @@ pub struct RawEvents {
 pub struct RawRuns {
     /// How long a run's question to the user waits for an answer, e.g. `24h`.
     pub wait_timeout: Option<String>,
+}
+
+/// `[artifacts]`: where exported files are kept.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawArtifacts {
+    /// `disk` (default) or `s3`.
+    pub store: Option<String>,
+    /// Directory of the disk store; default `<data_dir>/artifacts`.
+    pub dir: Option<PathBuf>,
+    /// S3 bucket.
+    pub bucket: Option<String>,
+    /// S3 endpoint URL; unset: AWS's for the region.
+    pub endpoint: Option<String>,
+    /// S3 region.
+    pub region: Option<String>,
+    /// Whether an `http://` endpoint is allowed.
+    pub allow_http: Option<bool>,
+    /// Key prefix in the bucket.
+    pub prefix: Option<String>,
+    /// `env:NAME` or `file:NAME`; never the key itself.
+    pub access_key_id: Option<String>,
+    /// `env:NAME` or `file:NAME`; never the key itself.
+    pub secret_access_key: Option<String>,
 }
 
 /// `[llm]`: model providers and the models they serve.

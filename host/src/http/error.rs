@@ -319,6 +319,17 @@ impl From<maestro_core::AccessError> for ApiError {
     }
 }
 
+impl From<crate::artifacts::ArtifactError> for ApiError {
+    fn from(err: crate::artifacts::ArtifactError) -> Self {
+        use crate::artifacts::ArtifactError as E;
+        match &err {
+            E::NotFound => Self::new(ErrorCode::NotFound, "artifact not found"),
+            E::Store(maestro_core::StoreError::Backend(_)) => Self::internal(ErrorCode::Unavailable, &err),
+            E::Store(_) | E::Blob(_) | E::Render(_) => Self::internal(ErrorCode::Internal, &err),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,12 +8,14 @@
 //! a span with a request id ([`request_id`]).
 
 pub mod admin;
+pub mod artifacts;
 mod auth;
 pub mod billing;
 pub mod credits;
 pub mod documents;
 pub mod error;
 pub mod events;
+pub mod exports;
 mod extract;
 pub mod health;
 pub mod jobs;
@@ -66,6 +68,8 @@ pub struct AppState {
     pub documents: Arc<crate::documents::Documents>,
     /// Schedules.
     pub schedules: Arc<crate::schedules::Schedules>,
+    /// Artifacts (document exports) and their blob store.
+    pub artifacts: crate::artifacts::Artifacts,
 }
 
 /// HTTP settings from the validated config.
@@ -100,6 +104,7 @@ pub struct HttpSettings {
         runs::answer,
         schedules::create, schedules::list, schedules::get_one, schedules::pause, schedules::resume,
         schedules::delete_one,
+        artifacts::get_one, exports::export,
     ),
     modifiers(&BearerScheme, &CommonResponses),
     tags(
@@ -115,6 +120,7 @@ pub struct HttpSettings {
         (name = "runs", description = "runs: state, usage, credits, cancel, and their event stream (tenant keys)"),
         (name = "documents", description = "living documents: versions, diffs, replacement against a version, rollback (tenant keys: members write, viewers read)"),
         (name = "schedules", description = "messages posted on a cron schedule into a session or a new one (tenant keys: members change, viewers read)"),
+        (name = "artifacts", description = "files Maestro produced (document exports), by the SHA-256 of their bytes (tenant keys)"),
     )
 )]
 pub struct ApiDoc;
@@ -263,6 +269,8 @@ fn table() -> Vec<(Route, Option<MethodRouter<AppState>>)> {
         (route(Method::DELETE, "/v1/schedules/{id}", Bearer, false), Some(delete(schedules::delete_one))),
         (route(Method::POST, "/v1/schedules/{id}/pause", Bearer, false), Some(post(schedules::pause))),
         (route(Method::POST, "/v1/schedules/{id}/resume", Bearer, false), Some(post(schedules::resume))),
+        (route(Method::GET, "/v1/artifacts/{sha256}", Bearer, false), Some(get(artifacts::get_one))),
+        (route(Method::GET, "/v1/documents/{id}/export", Bearer, false), Some(get(exports::export))),
         // Stripe calls this without a bearer key; the signature authenticates it.
         (
             route(Method::POST, "/v1/billing/stripe/webhook", StripeSignature, false),

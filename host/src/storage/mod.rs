@@ -8,6 +8,7 @@
 //! converted to domain types in one place per table. Migrations live in `migrations/{sqlite,postgres}` at the
 //! workspace root and are embedded in the binary.
 
+mod artifacts;
 mod billing;
 mod documents;
 mod jobs;

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use maestro_core::{StoreError, StoreProbe};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+use super::artifacts::impl_artifact_queries;
 use super::billing::impl_billing_queries;
 use super::documents::impl_document_queries;
 use super::jobs::impl_job_queries;
@@ -73,6 +74,7 @@ impl_document_queries!(PostgresStore);
 impl_schedule_queries!(PostgresStore);
 impl_unit_of_work!(PostgresStore, PostgresTx);
 impl_ledger_queries!(PostgresStore, " FOR UPDATE");
+impl_artifact_queries!(PostgresStore);
 
 #[async_trait]
 impl StoreProbe for PostgresStore {

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use maestro_core::{StoreError, StoreProbe};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+use super::artifacts::impl_artifact_queries;
 use super::billing::impl_billing_queries;
 use super::documents::impl_document_queries;
 use super::jobs::impl_job_queries;
@@ -76,6 +77,7 @@ impl_document_queries!(SqliteStore);
 impl_schedule_queries!(SqliteStore);
 impl_unit_of_work!(SqliteStore, SqliteTx);
 impl_ledger_queries!(SqliteStore, "");
+impl_artifact_queries!(SqliteStore);
 
 #[async_trait]
 impl StoreProbe for SqliteStore {

@@ -80,6 +80,13 @@ const ALLOWANCES: &[(&str, &[&str])] = &[
     ("http", &["outbound", "sandbox", "http", "mcp", "tools", "billing", "llm", "cli::chat"]),
     // Billing: Stripe's form-encoded requests.
     ("form_urlencoded", &["billing"]),
+    // Document exports: Markdown parsing and PDF typesetting.
+    ("pulldown_cmark", &["export"]),
+    ("typst", &["export"]),
+    ("typst_pdf", &["export"]),
+    ("typst_assets", &["export"]),
+    // Artifacts: the S3-compatible blob store.
+    ("object_store", &["artifacts"]),
 ];
 
 /// Known debts: (module path, library, why). Each must still be true (so the list only

@@ -221,6 +221,8 @@ pub(crate) struct TestHost {
     pub(crate) documents: Arc<maestro_host::documents::Documents>,
     /// Schedules (default settings, this host's clock).
     pub(crate) schedules: Arc<Schedules>,
+    /// Artifacts, on disk under the test's directory.
+    pub(crate) artifacts: maestro_host::artifacts::Artifacts,
 }
 
 /// An answer: status, headers, and the body parsed as JSON (or `Value::String` when it
@@ -257,6 +259,8 @@ impl TestHost {
         let jobs = Arc::new(Jobs::new(store.clone(), clock.clone()));
         let tools = tools_with(&db.dir().join("plugins"), &[], PolicySet::deny_all(), credits.clone()).await;
         let orchestrator = orchestrator(&store, clock.clone(), &tools);
+        let artifacts =
+            maestro_host::artifacts::Artifacts::on_disk(db.dir().join("artifacts"), store.clone(), clock.clone());
         let documents = Arc::new(maestro_host::documents::Documents::new(store.clone(), clock.clone()));
         let schedules = schedules(&store, clock.clone(), &tools, ScheduleSettings::default());
         Self {
@@ -272,6 +276,7 @@ impl TestHost {
             orchestrator,
             documents,
             schedules,
+            artifacts,
         }
     }
 
@@ -308,6 +313,7 @@ impl TestHost {
             orchestrator: self.orchestrator.clone(),
             documents: self.documents.clone(),
             schedules: self.schedules.clone(),
+            artifacts: self.artifacts.clone(),
         };
         http::router(state, &self.settings)
     }

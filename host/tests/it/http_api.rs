@@ -175,7 +175,8 @@ async fn app_over(
     let tools = crate::harness::tools_with(&db.dir().join("plugins"), plugins, policy, credits.clone()).await;
     let documents = Arc::new(maestro_host::documents::Documents::new(store.clone(), clock.clone()));
     let orchestrator = crate::harness::orchestrator(&store, clock.clone(), &tools);
-    let schedules = crate::harness::schedules(&store, clock, &tools, Default::default());
+    let schedules = crate::harness::schedules(&store, clock.clone(), &tools, Default::default());
+    let artifacts = maestro_host::artifacts::Artifacts::on_disk(db.dir().join("artifacts"), store.clone(), clock);
     let platform = match accounts.bootstrap(None).await.expect("bootstrap") {
         maestro_host::accounts::Bootstrap::Generated(issued) => issued.token.expose_secret().to_owned(),
         other => panic!("{other:?}"),
@@ -191,6 +192,7 @@ async fn app_over(
         orchestrator,
         documents,
         schedules,
+        artifacts,
     };
     let settings = HttpSettings { body_limit_bytes: 64 * 1024, cors_allow_origins: vec![], mcp: Default::default() };
     (db, http::router(state, &settings), platform)

@@ -6,11 +6,13 @@
 
 mod agents;
 mod architecture;
+mod artifacts;
 mod asking;
 mod billing;
 mod config_files;
 mod documents;
 mod documents_api;
+mod exports;
 mod fake_llm;
 mod first_party;
 mod fixtures;
