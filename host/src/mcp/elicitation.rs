@@ -25,8 +25,7 @@ impl Elicitation {
     pub(super) fn offered(context: &RequestContext<RoleServer>) -> Option<Self> {
         let stateless =
             context.protocol_version().is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
-        // Form mode: the questions are forms (a client may declare URL mode only).
-        let declared = context.peer.supported_elicitation_modes().contains(&rmcp::service::ElicitationMode::Form);
+        let declared = context.peer.peer_info().is_some_and(|info| info.capabilities.elicitation.is_some());
         (declared && !stateless).then(|| Self { peer: context.peer.clone() })
     }
 }

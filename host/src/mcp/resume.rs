@@ -139,14 +139,7 @@ impl std::fmt::Debug for EventBuffer {
 
 /// A fresh unguessable stream token: event ids are not enumerable across streams.
 fn token() -> String {
-    let mut bytes = [0u8; 16];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No OS randomness: still unique within this process.
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        bytes[..8].copy_from_slice(&n.to_be_bytes());
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::random::random_bytes::<16>().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What a kept event costs: its message, serialized.

@@ -56,8 +56,9 @@ const ALLOWANCES: &[(&str, &[&str])] = &[
     ("tower", &["http"]),
     ("tower_http", &["http"]),
     ("utoipa", &["http"]),
-    // Server-sent event bodies (axum streams a `Stream`).
-    ("futures_util", &["http"]),
+    // Server-sent event bodies (axum streams a `Stream`; rmcp's event store for MCP
+    // stream resumption returns one).
+    ("futures_util", &["http", "mcp"]),
     // MCP.
     ("rmcp", &["mcp"]),
     // Search (coming).
