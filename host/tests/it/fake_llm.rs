@@ -366,6 +366,21 @@ impl FakeLlm {
         )
     }
 
+    /// A `maestro.toml` for a server whose every model tier (`fast`, `balanced`, `best`,
+    /// models of the same ids) is served by this fake over the OpenAI wire format, with
+    /// jobs polled every 100 ms.
+    pub(crate) fn serve_config(&self) -> String {
+        let mut text =
+            format!("[jobs]\npoll_interval = \"100ms\"\n\n{}\n", self.provider_toml("fake", ProviderKind::OpenAi));
+        for tier in ["fast", "balanced", "best"] {
+            text.push_str(&format!(
+                "[[llm.models]]\nid = \"{tier}\"\nprovider = \"fake\"\nmodel = \"upstream-{tier}\"\ntier = \"{tier}\"\n\
+                 context_window = 32000\nmax_output_tokens = 400\n"
+            ));
+        }
+        text
+    }
+
     /// Queues the response to the next request.
     pub(crate) fn push(&self, script: Script) {
         self.state.lock().expect("fake state").scripts.push_back(script);

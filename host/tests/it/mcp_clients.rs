@@ -397,17 +397,7 @@ async fn sdk_clients_start_a_run_read_its_document_and_hear_it_updated() {
     use crate::fake_llm::{FakeLlm, Script, usage};
     let installed = installed_clients();
     let fake = FakeLlm::start().await;
-    let mut config = format!(
-        "[jobs]\npoll_interval = \"100ms\"\n\n{}\n",
-        fake.provider_toml("fake", maestro_host::llm::ProviderKind::OpenAi)
-    );
-    for tier in ["fast", "balanced", "best"] {
-        config.push_str(&format!(
-            "[[llm.models]]\nid = \"{tier}\"\nprovider = \"fake\"\nmodel = \"upstream-{tier}\"\ntier = \"{tier}\"\n\
-             context_window = 32000\nmax_output_tokens = 400\n"
-        ));
-    }
-    let setup = Setup::with(AGENTS_POLICY, &config).await;
+    let setup = Setup::with(AGENTS_POLICY, &fake.serve_config()).await;
     let server = Server::start(setup.maestro(), &setup.db.dir(), 1).await;
     let clients = [
         (Client::TypescriptSdk, Transport::Http),

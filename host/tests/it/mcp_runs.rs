@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::fake_llm::{FakeLlm, Script, usage};
 use crate::harness::{Backend, TestDb, backend_tests};
 use crate::runs_api::{Stream, data};
-use crate::server::{Server, maestro};
+use crate::server::Server;
 
 backend_tests!(
     runs_start_streams_progress_and_returns_the_answer_and_its_document_reads_as_a_resource,
@@ -32,32 +32,7 @@ const STATELESS: &str = "2026-07-28";
 /// A `maestro serve` with the personas plugin, members granted `personas.*`,
 /// `documents.*` and `runs.*`, and every model tier served by the fake.
 fn serve_command(db: &TestDb, backend: Backend, fake: &FakeLlm) -> std::process::Command {
-    let (plugins, policies) = (db.dir().join("plugins"), db.dir().join("policies"));
-    crate::fixtures::install(&plugins, "personas");
-    std::fs::create_dir_all(&policies).expect("policy dir");
-    std::fs::write(
-        policies.join("team.toml"),
-        "version = 1\n\
-         [[grant]]\nname = \"personas\"\nsubjects = [\"role:member+\"]\ntools = [\"personas.*\"]\n\
-         [[grant]]\nname = \"documents\"\nsubjects = [\"role:member+\"]\ntools = [\"documents.*\"]\n\
-         [[grant]]\nname = \"runs\"\nsubjects = [\"role:member+\"]\ntools = [\"runs.*\"]\n",
-    )
-    .expect("policy");
-    let config = db.dir().join("maestro.toml");
-    let mut text = format!(
-        "[jobs]\npoll_interval = \"100ms\"\n\n{}\n",
-        fake.provider_toml("fake", maestro_host::llm::ProviderKind::OpenAi)
-    );
-    for tier in ["fast", "balanced", "best"] {
-        text.push_str(&format!(
-            "[[llm.models]]\nid = \"{tier}\"\nprovider = \"fake\"\nmodel = \"upstream-{tier}\"\ntier = \"{tier}\"\n\
-             context_window = 32000\nmax_output_tokens = 400\n"
-        ));
-    }
-    std::fs::write(&config, text).expect("config");
-    let mut command = maestro(db, backend);
-    command.env("MAESTRO_PLUGIN_DIR", plugins).env("MAESTRO_POLICY_DIR", policies).env("MAESTRO_CONFIG", config);
-    command
+    crate::server::serve_personas(db, backend, fake, &["personas.*", "documents.*", "runs.*"])
 }
 
 struct Setup {

@@ -130,3 +130,28 @@ pub(crate) fn find_token(text: &str) -> Option<String> {
         .find(|w| w.starts_with("mk_"))
         .map(|w| w.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_').to_owned())
 }
+
+/// A `maestro serve` with the personas plugin, members granted each glob of `tools`, and
+/// every model tier served by `fake` ([`crate::fake_llm::FakeLlm::serve_config`]).
+pub(crate) fn serve_personas(
+    db: &crate::harness::TestDb,
+    backend: crate::harness::Backend,
+    fake: &crate::fake_llm::FakeLlm,
+    tools: &[&str],
+) -> std::process::Command {
+    let (plugins, policies) = (db.dir().join("plugins"), db.dir().join("policies"));
+    crate::fixtures::install(&plugins, "personas");
+    std::fs::create_dir_all(&policies).expect("policy dir");
+    let mut policy = "version = 1\n".to_owned();
+    for (index, glob) in tools.iter().enumerate() {
+        policy.push_str(&format!(
+            "[[grant]]\nname = \"members-{index}\"\nsubjects = [\"role:member+\"]\ntools = [\"{glob}\"]\n"
+        ));
+    }
+    std::fs::write(policies.join("team.toml"), policy).expect("policy");
+    let config = db.dir().join("maestro.toml");
+    std::fs::write(&config, fake.serve_config()).expect("config");
+    let mut command = maestro(db, backend);
+    command.env("MAESTRO_PLUGIN_DIR", plugins).env("MAESTRO_POLICY_DIR", policies).env("MAESTRO_CONFIG", config);
+    command
+}
