@@ -342,8 +342,6 @@ pub(super) use impl_document_queries;
 
 #[cfg(test)]
 mod tests {
-    use sqlx::{Connection as _, Row as _};
-
     use super::*;
 
     /// Every read and the conditional update search an index on SQLite (no table scan,
@@ -351,11 +349,6 @@ mod tests {
     /// versions a tenant has.
     #[tokio::test]
     async fn every_read_searches_an_index_on_sqlite() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("plan.db");
-        crate::storage::sqlite::SqliteStore::open(&path).await.expect("store opens and migrates");
-        let url = format!("sqlite:{}", path.display());
-        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("connect");
         let reads = [
             ("DOCUMENT", DOCUMENT),
             ("DOCUMENTS", DOCUMENTS),
@@ -365,14 +358,6 @@ mod tests {
             ("ADVANCE", ADVANCE),
             ("CURRENT", CURRENT),
         ];
-        for (name, sql) in reads {
-            let explain = sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}"));
-            let rows = sqlx::raw_sql(explain).fetch_all(&mut conn).await.expect("explain");
-            let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>("detail")).collect();
-            assert!(!plan.is_empty(), "{name}: no plan");
-            for step in &plan {
-                assert!(!step.starts_with("SCAN") && !step.contains("TEMP B-TREE"), "{name} scans or sorts: {plan:?}");
-            }
-        }
+        crate::storage::assert_indexed_on_sqlite(&reads).await;
     }
 }

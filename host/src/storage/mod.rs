@@ -151,6 +151,27 @@ fn backend_err(err: impl std::error::Error + Send + Sync + 'static) -> StoreErro
     StoreError::Backend(Box::new(err))
 }
 
+/// Asserts that each named query is one indexed search on a freshly migrated SQLite
+/// store (no table scan, no sort step), so it stays fast however many rows there are.
+#[cfg(test)]
+pub(crate) async fn assert_indexed_on_sqlite(queries: &[(&str, &str)]) {
+    use sqlx::{Connection as _, Row as _};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("plan.db");
+    sqlite::SqliteStore::open(&path).await.expect("store opens and migrates");
+    let url = format!("sqlite:{}", path.display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("connect");
+    for (name, sql) in queries {
+        let explain = sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}"));
+        let rows = sqlx::raw_sql(explain).fetch_all(&mut conn).await.expect("explain");
+        let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>("detail")).collect();
+        assert!(!plan.is_empty(), "{name}: no plan");
+        for step in &plan {
+            assert!(!step.starts_with("SCAN") && !step.contains("TEMP B-TREE"), "{name} scans or sorts: {plan:?}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

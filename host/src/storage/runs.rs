@@ -657,19 +657,12 @@ pub(super) use impl_run_queries;
 
 #[cfg(test)]
 mod tests {
-    use sqlx::{Connection as _, Row as _};
-
     use super::*;
 
     /// Every read is one indexed search on SQLite (no table scan, no sort step): pages
     /// stay fast however long a run or session gets.
     #[tokio::test]
     async fn every_read_searches_an_index_on_sqlite() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("plan.db");
-        crate::storage::sqlite::SqliteStore::open(&path).await.expect("store opens and migrates");
-        let url = format!("sqlite:{}", path.display());
-        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("connect");
         let reads = [
             ("SESSION", SESSION),
             ("SESSIONS", SESSIONS),
@@ -686,14 +679,6 @@ mod tests {
             ("NEXT_SESSION_SEQ", NEXT_SESSION_SEQ),
             ("UPDATE_RUN", UPDATE_RUN),
         ];
-        for (name, sql) in reads {
-            let explain = sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}"));
-            let rows = sqlx::raw_sql(explain).fetch_all(&mut conn).await.expect("explain");
-            let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>("detail")).collect();
-            assert!(!plan.is_empty(), "{name}: no plan");
-            for step in &plan {
-                assert!(!step.starts_with("SCAN") && !step.contains("TEMP B-TREE"), "{name} scans or sorts: {plan:?}");
-            }
-        }
+        crate::storage::assert_indexed_on_sqlite(&reads).await;
     }
 }

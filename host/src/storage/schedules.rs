@@ -286,19 +286,12 @@ pub(super) use impl_schedule_queries;
 
 #[cfg(test)]
 mod tests {
-    use sqlx::{Connection as _, Row as _};
-
     use super::*;
 
     /// Every read and conditional write is one indexed search on SQLite (no table scan,
     /// no sort step): the tick stays cheap however many schedules there are.
     #[tokio::test]
     async fn every_query_searches_an_index_on_sqlite() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("plan.db");
-        crate::storage::sqlite::SqliteStore::open(&path).await.expect("store opens and migrates");
-        let url = format!("sqlite:{}", path.display());
-        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("connect");
         let queries = [
             ("SCHEDULE", SCHEDULE),
             ("SCHEDULES", SCHEDULES),
@@ -308,14 +301,6 @@ mod tests {
             ("ADVANCE", ADVANCE),
             ("FIRES", FIRES),
         ];
-        for (name, sql) in queries {
-            let explain = sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}"));
-            let rows = sqlx::raw_sql(explain).fetch_all(&mut conn).await.expect("explain");
-            let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>("detail")).collect();
-            assert!(!plan.is_empty(), "{name}: no plan");
-            for step in &plan {
-                assert!(!step.starts_with("SCAN") && !step.contains("TEMP B-TREE"), "{name} scans or sorts: {plan:?}");
-            }
-        }
+        crate::storage::assert_indexed_on_sqlite(&queries).await;
     }
 }
