@@ -10,16 +10,15 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
 use maestro_core::artifact::{Artifact, BlobError, ExportFormat, ExportOrigin, Sha256};
-use maestro_core::id::{Id, IdKind};
 use maestro_core::ports::BlobStore;
-use maestro_core::{Store, StoreError, Tenant, TenantId, TenantName};
+use maestro_core::{StoreError, TenantId};
 use maestro_host::artifacts::disk::DiskBlobs;
 use maestro_host::artifacts::s3::{S3Blobs, S3Options};
 use sqlx::Connection as _;
 
 use crate::harness::{Backend, TestDb, TestHost, backend_tests};
+use crate::storage_runs::{fresh, t0, tenant};
 
 backend_tests!(
     an_artifact_row_is_kept_once_per_tenant_and_digest,
@@ -28,22 +27,6 @@ backend_tests!(
     artifact_rows_refuse_update,
     the_artifacts_route_serves_bytes_with_type_and_etag_and_hides_other_tenants,
 );
-
-fn t0() -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).expect("valid time")
-}
-
-fn fresh<K: IdKind>() -> Id<K> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("random");
-    Id::from_random(bytes)
-}
-
-async fn tenant(store: &Arc<dyn Store>, name: &str) -> TenantId {
-    let tenant = Tenant { id: fresh(), name: TenantName::parse(name).expect("valid name"), created_at: t0() };
-    store.create_tenant(&tenant).await.expect("create tenant");
-    tenant.id
-}
 
 fn artifact(tenant: &TenantId, bytes: &[u8], origin: Option<ExportOrigin>) -> Artifact {
     Artifact {

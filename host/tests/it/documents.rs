@@ -10,13 +10,13 @@ use chrono::{DateTime, Utc};
 use maestro_core::document::{
     Appended, DocAuthor, Document, DocumentError, DocumentKind, DocumentScope, DocumentVersion, Edit, TextEdit,
 };
-use maestro_core::id::{Id, IdKind};
 use maestro_core::run::{RunLimits, Session, Strategy};
-use maestro_core::{Store, StoreError, Tenant, TenantId, TenantName};
+use maestro_core::{Store, StoreError, TenantId};
 use maestro_host::documents::{Documents, DocumentsError, NewDocument};
 use sqlx::Connection as _;
 
 use crate::harness::{Backend, ManualClock, TestDb, backend_tests};
+use crate::storage_runs::{fresh, store, t0, tenant};
 
 backend_tests!(
     a_document_is_created_with_version_one_and_read_only_by_its_tenant,
@@ -31,28 +31,6 @@ backend_tests!(
     concurrent_edits_from_two_personas_on_one_base_let_exactly_one_win,
     another_tenants_document_is_not_found_by_any_use_case,
 );
-
-fn t0() -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).expect("valid time")
-}
-
-fn fresh<K: IdKind>() -> Id<K> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("random");
-    Id::from_random(bytes)
-}
-
-async fn store(backend: Backend) -> (TestDb, Arc<dyn Store>) {
-    let db = TestDb::new(backend).await;
-    let store = db.open().await;
-    (db, store)
-}
-
-async fn tenant(store: &Arc<dyn Store>, name: &str) -> TenantId {
-    let tenant = Tenant { id: fresh(), name: TenantName::parse(name).expect("valid name"), created_at: t0() };
-    store.create_tenant(&tenant).await.expect("create tenant");
-    tenant.id
-}
 
 async fn session(store: &Arc<dyn Store>, tenant: &TenantId) -> Session {
     let session = Session {

@@ -34,23 +34,27 @@ backend_tests!(
     undecodable_rows_answer_corrupt,
 );
 
-fn t0() -> DateTime<Utc> {
+/// Now, to the millisecond (what the stores keep).
+pub(crate) fn t0() -> DateTime<Utc> {
     DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).expect("valid time")
 }
 
-fn fresh<K: IdKind>() -> Id<K> {
+/// A random id of any kind.
+pub(crate) fn fresh<K: IdKind>() -> Id<K> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("random");
     Id::from_random(bytes)
 }
 
-async fn store(backend: Backend) -> (TestDb, Arc<dyn Store>) {
+/// A fresh store of `backend`, with the database it lives in.
+pub(crate) async fn store(backend: Backend) -> (TestDb, Arc<dyn Store>) {
     let db = TestDb::new(backend).await;
     let store = db.open().await;
     (db, store)
 }
 
-async fn tenant(store: &Arc<dyn Store>, name: &str) -> TenantId {
+/// A new tenant named `name`.
+pub(crate) async fn tenant(store: &Arc<dyn Store>, name: &str) -> TenantId {
     let tenant = Tenant { id: fresh(), name: TenantName::parse(name).expect("valid name"), created_at: t0() };
     store.create_tenant(&tenant).await.expect("create tenant");
     tenant.id
