@@ -12,6 +12,7 @@ pub mod auth;
 pub mod billing;
 pub mod call;
 pub mod document;
+pub mod embed;
 pub mod id;
 pub mod jobs;
 pub mod ledger;
