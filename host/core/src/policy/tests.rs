@@ -693,7 +693,9 @@ resources = ["notes"]
     let all = errors(&[("p.toml", text)]);
     assert!(all.contains("p.toml:3:8: a rule must list `tools`, `resources` or both"), "{all}");
     assert!(
-        all.contains("invalid resource pattern \"notes\": resources are granted per plugin: write notes.* for plugin notes"),
+        all.contains(
+            "invalid resource pattern \"notes\": resources are granted per plugin: write notes.* for plugin notes"
+        ),
         "{all}"
     );
 }
