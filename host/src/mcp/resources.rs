@@ -331,7 +331,9 @@ pub(super) mod plugins {
         let uris: Vec<String> = lock(uris).iter().cloned().collect();
         uris.into_iter()
             .map(|uri| {
-                let build = tools.resource_plugin(principal, &uri).map(|p| format!("{}:{}", p.manifest.name, p.sha256));
+                let build = tools
+                    .resource_plugin(principal, &uri)
+                    .map(|p| format!("{} {} {}", p.manifest.name, p.manifest.version, p.sha256));
                 (uri, build)
             })
             .collect()
