@@ -342,7 +342,9 @@ secrets = []
         format!(
             r#"//! `{name}`: a Maestro plugin.
 
-use maestro_sdk::{{Persona, PersonaSpec, PromptArgument, Structured, ToolError, export_plugin, tool}};
+use maestro_sdk::{{
+    Body, Persona, PersonaSpec, PromptArgument, Resource, Structured, ToolError, export_plugin, tool,
+}};
 use schemars::JsonSchema;
 use serde::{{Deserialize, Serialize}};
 
@@ -371,12 +373,22 @@ pub fn greet(args: GreetArgs) -> Result<Structured<Greeting>, ToolError> {{
 // To ask the platform's models (paid by the caller; the administrator's policy must
 // grant `model_tiers`), use `maestro_sdk::model::complete(&model::Request::new(...))`.
 
+/// A resource MCP clients read by its URI (the administrator's policy must grant
+/// `resources = ["{name}.*"]`). Use a URI scheme of your own; `ResourceTemplate` serves a
+/// family of resources such as `{scheme}://notes/{{id}}`.
+pub fn about() -> Resource {{
+    Resource::new("{scheme}://about", "about", || Ok(Body::text("What {name} does, in a few lines.")))
+        .title("About {name}")
+        .mime_type("text/plain")
+}}
+
 export_plugin! {{
     tools: [tool("greet", "Greets someone by name", greet).title("Greeter").read_only().idempotent()],
     personas: [Persona::new(
         PersonaSpec::new("host", "Host", "Welcomes people", "You welcome {{{{guest}}}} warmly and briefly.")
             .argument(PromptArgument::required("guest", "who is arriving")),
     )],
+    resources: [about()],
 }}
 
 #[cfg(test)]
@@ -389,8 +401,15 @@ mod tests {{
         assert_eq!(greeting.text, "Hello, Ada!");
         assert!(greet(GreetArgs {{ name: " ".into() }}).is_err());
     }}
+
+    #[test]
+    fn serves_its_about_resource() {{
+        let contents = maestro_plugin().read_resource("{scheme}://about").expect("reads");
+        assert_eq!(contents[0].text(), Some("What {name} does, in a few lines."));
+    }}
 }}
-"#
+"#,
+            scheme = name.replace('_', "-")
         )
     }
 }
