@@ -288,7 +288,6 @@ async fn stdio_lists_and_reads_plugin_resources() {
     assert!(read["result"]["contents"][0]["text"].as_str().expect("text").contains("Data for ID: abc"), "{read}");
     let unknown = ask(4, "resources/read", json!({ "uri": "test://nope" }));
     assert_eq!(unknown["error"]["data"]["uri"], "test://nope", "{unknown}");
-    drop(ask);
     drop(stdin);
     assert!(child.wait().expect("exits when stdin closes").success());
 }

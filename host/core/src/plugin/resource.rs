@@ -199,7 +199,7 @@ impl UriPattern {
         while let Some((at, c)) = chars.next() {
             match c {
                 '{' => {
-                    let end = text[at..].find('}').map(|e| at + e).ok_or_else(|| UriError::BadChar('{', at))?;
+                    let end = text[at..].find('}').map(|e| at + e).ok_or(UriError::BadChar('{', at))?;
                     let name = &text[at + 1..end];
                     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                         return Err(UriError::BadExpression(text[at..=end].to_owned()));

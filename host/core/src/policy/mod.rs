@@ -531,10 +531,10 @@ impl PolicySet {
         }
         let mut best: Option<(matcher::Specificity, &CompiledGrant)> = None;
         for grant in &self.grants {
-            if let Some(spec) = grant.matcher.matches_resources(subject, plugin) {
-                if best.is_none_or(|(b, _)| spec > b) {
-                    best = Some((spec, grant));
-                }
+            if let Some(spec) = grant.matcher.matches_resources(subject, plugin)
+                && best.is_none_or(|(b, _)| spec > b)
+            {
+                best = Some((spec, grant));
             }
         }
         match best {
