@@ -11,6 +11,9 @@
 //!   the tool returns [`Structured<T>`], and maps the result to the WIT `tool-output`;
 //! - **personas** as data ([`PersonaSpec`]), rendered by filling `{{argument}}`
 //!   placeholders or by your own function;
+//! - **resources** served over MCP by URI: fixed ones ([`Resource`]) and families named
+//!   by a URI template ([`ResourceTemplate`], `notes://pages/{page}`), each with the
+//!   function that reads it (see [`resource`]);
 //! - the host services: [`log`], [`progress`], [`cancelled`], [`config`], a small
 //!   blocking [`http`] client over `wasi:http`, and the platform's models
 //!   ([`model::complete`], paid by the caller, when policy grants it), and the person
@@ -99,6 +102,7 @@ pub mod http;
 pub mod model;
 mod persona;
 mod plugin;
+pub mod resource;
 mod tool;
 pub mod user;
 
@@ -114,6 +118,7 @@ pub use persona::{
     RenderFn, RenderMessagesFn,
 };
 pub use plugin::{Plugin, is_valid_name};
+pub use resource::{Body, Contents, Params, Resource, ResourceError, ResourceInfo, ResourceTemplate};
 pub use tool::{
     Annotations, Content, FnTool, IntoToolOutput, NoInput, ResourceContents, Structured, Tool, ToolError, ToolInfo,
     ToolOutput, ToolSpec, schema_of, tool,
@@ -131,22 +136,28 @@ pub const WIT_PACKAGE: &str = "maestro:plugin@0.2.0";
 #[cfg(target_arch = "wasm32")]
 pub mod __private {
     pub use crate::wit::{
-        PersonasGuest, ToolsGuest, WitPersonaSpec, WitPromptMessage, WitToolError, WitToolOutput, WitToolSpec,
-        bindings, personas_list, personas_render, personas_render_messages, tools_call, tools_list,
+        PersonasGuest, ResourcesGuest, ToolsGuest, WitContents, WitPersonaSpec, WitPromptMessage, WitResourceError,
+        WitResourceSpec, WitResourceTemplate, WitToolError, WitToolOutput, WitToolSpec, bindings, personas_list,
+        personas_render, personas_render_messages, resources_list, resources_read, resources_templates, tools_call,
+        tools_list,
     };
 }
 
-/// Implements the plugin's WIT exports (`maestro:plugin/tools` and
-/// `maestro:plugin/personas`) from lists of tools and personas.
+/// Implements the plugin's WIT exports (`maestro:plugin/tools`,
+/// `maestro:plugin/personas` and `maestro:plugin/resources`) from lists of tools,
+/// personas, resources and resource templates.
 ///
 /// ```text
 /// export_plugin! {
 ///     tools: [tool("evaluate", "…", evaluate), MyTool::new()],
 ///     personas: [my_persona()],
+///     resources: [Resource::new("notes://readme", "readme", read_me)],
+///     resource_templates: [ResourceTemplate::new("notes://pages/{page}", "page", read_page)],
 /// }
 /// ```
 ///
-/// Either list may be left out (the export then lists nothing). Each tool is a value
+/// Any list may be left out (the export then lists nothing), the others keep this
+/// order. Each tool is a value
 /// implementing [`Tool`]; each persona converts into a [`Persona`]. The macro also
 /// defines `maestro_plugin() -> &'static Plugin` in the calling module, which the
 /// exports use and native tests can call. Use it once per crate, at the crate root.
@@ -155,6 +166,8 @@ macro_rules! export_plugin {
     (
         $(tools: [$($tool:expr),* $(,)?] $(,)?)?
         $(personas: [$($persona:expr),* $(,)?] $(,)?)?
+        $(resources: [$($resource:expr),* $(,)?] $(,)?)?
+        $(resource_templates: [$($template:expr),* $(,)?] $(,)?)?
     ) => {
         /// This plugin's tools and personas, built on first use.
         #[allow(dead_code)]
@@ -165,6 +178,8 @@ macro_rules! export_plugin {
                 let mut plugin = $crate::Plugin::new();
                 $($(plugin = plugin.tool($tool);)*)?
                 $($(plugin = plugin.persona($persona);)*)?
+                $($(plugin = plugin.resource($resource);)*)?
+                $($(plugin = plugin.resource_template($template);)*)?
                 plugin
             })
         }
@@ -207,6 +222,25 @@ macro_rules! export_plugin {
                     ::std::string::String,
                 > {
                     $crate::__private::personas_render_messages(maestro_plugin(), name, context)
+                }
+            }
+
+            impl $crate::__private::ResourcesGuest for MaestroPluginExports {
+                fn list_resources() -> ::std::vec::Vec<$crate::__private::WitResourceSpec> {
+                    $crate::__private::resources_list(maestro_plugin())
+                }
+
+                fn list_resource_templates() -> ::std::vec::Vec<$crate::__private::WitResourceTemplate> {
+                    $crate::__private::resources_templates(maestro_plugin())
+                }
+
+                fn read_resource(
+                    uri: ::std::string::String,
+                ) -> ::std::result::Result<
+                    ::std::vec::Vec<$crate::__private::WitContents>,
+                    $crate::__private::WitResourceError,
+                > {
+                    $crate::__private::resources_read(maestro_plugin(), uri)
                 }
             }
 

@@ -1,8 +1,10 @@
-//! The registry of a plugin's tools and personas, which the WIT exports dispatch to.
+//! The registry of a plugin's tools, personas and resources, which the WIT exports
+//! dispatch to.
 
 use std::fmt;
 
 use crate::persona::{Persona, PersonaSpec, PromptMessage};
+use crate::resource::{Contents, Resource, ResourceError, ResourceInfo, ResourceTemplate};
 use crate::tool::{ErasedTool, Tool, ToolError, ToolOutput, ToolSpec};
 
 /// A plugin's tools and personas. [`export_plugin!`](crate::export_plugin) builds one
@@ -11,13 +13,25 @@ use crate::tool::{ErasedTool, Tool, ToolError, ToolOutput, ToolSpec};
 pub struct Plugin {
     tools: Vec<(String, Box<dyn ErasedTool>)>,
     personas: Vec<Persona>,
+    resources: Vec<Resource>,
+    templates: Vec<ResourceTemplate>,
 }
 
 impl fmt::Debug for Plugin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let tools: Vec<&str> = self.tools.iter().map(|(name, _)| name.as_str()).collect();
         let personas: Vec<&str> = self.personas.iter().map(|p| p.spec().name.as_str()).collect();
-        f.debug_struct("Plugin").field("tools", &tools).field("personas", &personas).finish()
+        let resources: Vec<&str> = self
+            .resources
+            .iter()
+            .map(|r| r.info().uri.as_str())
+            .chain(self.templates.iter().map(|t| t.info().uri.as_str()))
+            .collect();
+        f.debug_struct("Plugin")
+            .field("tools", &tools)
+            .field("personas", &personas)
+            .field("resources", &resources)
+            .finish()
     }
 }
 
@@ -82,6 +96,47 @@ impl Plugin {
         let persona =
             self.personas.iter().find(|p| p.spec().name == name).ok_or_else(|| format!("no persona named `{name}`"))?;
         persona.render(context)
+    }
+
+    /// Adds a resource with a fixed URI.
+    ///
+    /// # Panics
+    /// When the URI is already declared.
+    #[must_use]
+    pub fn resource(mut self, resource: Resource) -> Self {
+        let uri = &resource.info().uri;
+        assert!(self.resources.iter().all(|r| r.info().uri != *uri), "duplicate resource `{uri}`");
+        self.resources.push(resource);
+        self
+    }
+
+    /// Adds a resource template.
+    ///
+    /// # Panics
+    /// When the template is already declared.
+    #[must_use]
+    pub fn resource_template(mut self, template: ResourceTemplate) -> Self {
+        let uri = &template.info().uri;
+        assert!(self.templates.iter().all(|t| t.info().uri != *uri), "duplicate resource template `{uri}`");
+        self.templates.push(template);
+        self
+    }
+
+    /// The resources with fixed URIs (the WIT `resources.list-resources`).
+    pub fn resource_infos(&self) -> Vec<ResourceInfo> {
+        self.resources.iter().map(|r| r.info().clone()).collect()
+    }
+
+    /// The resource templates (the WIT `resources.list-resource-templates`; `uri` is
+    /// the template).
+    pub fn template_infos(&self) -> Vec<ResourceInfo> {
+        self.templates.iter().map(|t| t.info().clone()).collect()
+    }
+
+    /// Reads a resource: a declared URI, else the first template it matches (the WIT
+    /// `resources.read-resource`).
+    pub fn read_resource(&self, uri: &str) -> Result<Vec<Contents>, ResourceError> {
+        crate::resource::read(&self.resources, &self.templates, uri)
     }
 
     /// Renders the messages after a persona's system prompt (the WIT

@@ -23,6 +23,10 @@ use crate::plugin::Plugin;
 use crate::tool::{Content, ResourceContents, ToolError, ToolOutput};
 
 pub use bindings::exports::maestro::plugin::personas::Guest as PersonasGuest;
+pub use bindings::exports::maestro::plugin::resources::{
+    Contents as WitContents, Error as WitResourceError, Guest as ResourcesGuest, ResourceSpec as WitResourceSpec,
+    ResourceTemplate as WitResourceTemplate,
+};
 pub use bindings::exports::maestro::plugin::tools::Guest as ToolsGuest;
 pub use wit::{
     PersonaSpec as WitPersonaSpec, PromptMessage as WitPromptMessage, ToolError as WitToolError,
@@ -147,6 +151,57 @@ pub fn personas_render_messages(
             },
         })
         .collect())
+}
+
+/// `resources.list-resources`.
+pub fn resources_list(plugin: &Plugin) -> Vec<WitResourceSpec> {
+    plugin
+        .resource_infos()
+        .into_iter()
+        .map(|r| WitResourceSpec {
+            uri: r.uri,
+            name: r.name,
+            title: r.title,
+            description: r.description,
+            mime_type: r.mime_type,
+            size: r.size,
+        })
+        .collect()
+}
+
+/// `resources.list-resource-templates`.
+pub fn resources_templates(plugin: &Plugin) -> Vec<WitResourceTemplate> {
+    plugin
+        .template_infos()
+        .into_iter()
+        .map(|t| WitResourceTemplate {
+            uri_template: t.uri,
+            name: t.name,
+            title: t.title,
+            description: t.description,
+            mime_type: t.mime_type,
+        })
+        .collect()
+}
+
+/// `resources.read-resource`.
+pub fn resources_read(plugin: &Plugin, uri: String) -> Result<Vec<WitContents>, WitResourceError> {
+    use bindings::exports::maestro::plugin::resources::Data;
+    match plugin.read_resource(&uri) {
+        Ok(contents) => Ok(contents
+            .into_iter()
+            .map(|c| WitContents {
+                uri: c.uri,
+                mime_type: c.mime_type,
+                data: match c.data {
+                    ResourceContents::Text(text) => Data::Text(text),
+                    ResourceContents::Blob(blob) => Data::Blob(blob),
+                },
+            })
+            .collect()),
+        Err(crate::resource::ResourceError::NotFound(m)) => Err(WitResourceError::NotFound(m)),
+        Err(crate::resource::ResourceError::Failed(m)) => Err(WitResourceError::Failed(m)),
+    }
 }
 
 /// The real host imports.

@@ -330,6 +330,21 @@ pub trait ToolExecutor: Send + Sync + fmt::Debug {
     /// Renders a persona of `plugin` (system `None`: the plugin has no renderer for it,
     /// the persona's system prompt is the prompt).
     async fn render_persona(&self, plugin: &Self::Plugin, job: Job<Self::Network>) -> Outcome<Rendered>;
+
+    /// Reads a resource `plugin` serves (`job.item` is the URI, `job.arguments` empty).
+    /// A resource the plugin does not know fails with [`ToolError::NotFound`]. An executor that runs no resources answers
+    /// [`Failure::Unavailable`].
+    async fn read_resource(
+        &self,
+        plugin: &Self::Plugin,
+        job: Job<Self::Network>,
+    ) -> Outcome<Vec<crate::plugin::ReadContents>> {
+        let _ = (plugin, job);
+        Outcome {
+            result: Err(Failure::Unavailable { detail: "this executor reads no resources".to_owned() }),
+            metering: Metering::default(),
+        }
+    }
 }
 
 /// Who wrote a message of a plugin's completion request.

@@ -10,12 +10,15 @@
 //! ([`json_len`]) and structured results are checked against the tool's output schema
 //! ([`schema::validate`]).
 
+pub mod resource;
 pub mod schema;
 
 use std::collections::HashSet;
 use std::fmt;
 
 use serde::Serialize;
+
+pub use resource::{ReadContents, ResourceListing, ResourceSpec, ResourceTemplateSpec, UriPattern};
 
 /// Hints for clients about a tool's behaviour (MCP annotations).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -419,6 +422,16 @@ pub enum SpecError {
         what: &'static str,
         /// The name.
         name: String,
+    },
+    /// A resource's URI, template or media type is malformed (see [`resource`]).
+    #[error("{item}: {field} {reason}")]
+    InvalidUri {
+        /// The resource or template.
+        item: String,
+        /// Which field.
+        field: String,
+        /// Why.
+        reason: String,
     },
 }
 

@@ -89,7 +89,10 @@ fn rule_name(decision: &Decision) -> String {
 #[test]
 fn shipped_default_policy_compiles_alone() {
     let set = PolicySet::parse([("policies/default.toml", DEFAULT)]).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(set.rule_counts(), (4, 0), "offline tools, personas, documents and runs for members");
+    assert_eq!(set.rule_counts(), (5, 0), "offline tools, personas, plugin resources, documents and runs for members");
+    assert!(set.decide_resources(&who("anyone", Role::Member), "personas").is_allowed());
+    assert!(!set.decide_resources(&who("anyone", Role::Viewer), "personas").is_allowed());
+    assert!(!set.decide_resources(&who("anyone", Role::Admin), "thirdparty").is_allowed());
 }
 
 #[test]

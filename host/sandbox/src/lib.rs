@@ -39,7 +39,9 @@ use maestro_core::call::{
     Answer as UserAnswer, CancelToken, Completion, CompletionRequest, CompletionRole, Failure, LogLevel, LogSink,
     Metering, Outcome, Platform, PlatformError, Progress, ProgressSink, Question, RunLimits,
 };
-use maestro_core::plugin::{ModelTier, PersonaSpec, Rendered, ToolError, ToolOutput, ToolSpec, json_len};
+use maestro_core::plugin::{
+    ModelTier, PersonaSpec, ReadContents, Rendered, ResourceListing, ToolError, ToolOutput, ToolSpec, json_len,
+};
 use tokio::io::AsyncWrite;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
@@ -207,6 +209,8 @@ pub struct LoadedPlugin {
     pub personas: Vec<PersonaSpec>,
     /// Output schemas by tool name, for checking structured results.
     output_schemas: Arc<HashMap<String, serde_json::Value>>,
+    /// Resources and URI templates it serves (none for 0.1.0 components).
+    pub resources: ResourceListing,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -380,13 +384,20 @@ impl Sandbox {
             tools: Vec::new(),
             personas: Vec::new(),
             output_schemas: Arc::default(),
+            resources: ResourceListing::default(),
         };
         let context = CallContext { limits, ..CallContext::default() };
 
-        let listing = self.run(&plugin, &context, |plugin, store| Box::pin(plugin.list(store)));
+        let listing = self.run(&plugin, &context, |plugin, store| {
+            Box::pin(async move {
+                let specs = plugin.list(store).await?;
+                let resources = plugin.list_resources(store).await?;
+                Ok(specs.and_then(|specs| Ok((specs, resources?))))
+            })
+        });
         let (listing, _) = listing.await;
-        (plugin.tools, plugin.personas) =
-            listing.map_err(|failure| SandboxError::Listing { what: "tools and personas", failure })??;
+        ((plugin.tools, plugin.personas), plugin.resources) =
+            listing.map_err(|failure| SandboxError::Listing { what: "tools, personas and resources", failure })??;
         maestro_core::plugin::check_listing(&plugin.tools, &plugin.personas)
             .map_err(|e| SandboxError::BadSpec { what: "listing", reason: e.to_string() })?;
         plugin.output_schemas =
@@ -462,6 +473,29 @@ impl Sandbox {
             .await;
         let result = rendered.and_then(|rendered| rendered);
         let bytes_out = result.as_ref().map_or(0, Rendered::size);
+        meter.outcome(result, started, bytes_in, bytes_out)
+    }
+
+    /// Reads one of the plugin's resources, metered like a tool call and under the same
+    /// limits; the contents (or the error message) are refused over the output limit.
+    /// A URI the plugin does not serve fails with `tool_error` `NotFound`.
+    pub async fn read_resource(
+        &self,
+        plugin: &LoadedPlugin,
+        uri: &str,
+        context: &CallContext,
+    ) -> CallOutcome<Vec<ReadContents>> {
+        let started = Instant::now();
+        let bytes_in = uri.len();
+        let uri = uri.to_owned();
+        let limit = context.limits.output_bytes;
+        let (read, meter) = self
+            .run(plugin, context, move |plugin, store| {
+                Box::pin(async move { plugin.read_resource(store, &uri, limit).await })
+            })
+            .await;
+        let result = read.and_then(|read| read);
+        let bytes_out = result.as_ref().map_or(0, json_len);
         meter.outcome(result, started, bytes_in, bytes_out)
     }
 

@@ -4,7 +4,7 @@
 //! and log sinks are the core's types throughout.
 
 use maestro_core::call::{Job, Outcome, ToolExecutor};
-use maestro_core::plugin::{Rendered, ToolOutput};
+use maestro_core::plugin::{ReadContents, Rendered, ToolOutput};
 
 use super::net::NetPolicy;
 use super::{CallContext, LoadedPlugin, Sandbox};
@@ -22,6 +22,11 @@ impl ToolExecutor for Sandbox {
     async fn render_persona(&self, plugin: &LoadedPlugin, job: Job<NetPolicy>) -> Outcome<Rendered> {
         let (context, item, arguments) = context(job);
         Sandbox::render_persona(self, plugin, &item, arguments, &context).await.into_outcome()
+    }
+
+    async fn read_resource(&self, plugin: &LoadedPlugin, job: Job<NetPolicy>) -> Outcome<Vec<ReadContents>> {
+        let (context, uri, _) = context(job);
+        Sandbox::read_resource(self, plugin, &uri, &context).await.into_outcome()
     }
 }
 

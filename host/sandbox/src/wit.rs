@@ -302,6 +302,92 @@ pub(crate) mod v2 {
         ))
     }
 
+    use super::bindings::v2::exports::maestro::plugin::resources as res;
+    use maestro_core::plugin::{ReadContents, ResourceContents, ResourceListing, ResourceSpec, ResourceTemplateSpec};
+
+    /// `resources.list-resources` and `list-resource-templates`, counted before they are
+    /// converted, then checked ([`ResourceListing::new`]).
+    pub(crate) async fn list_resources(
+        plugin: &Plugin,
+        store: &mut Store<State>,
+    ) -> wasmtime::Result<Result<ResourceListing, SandboxError>> {
+        let exports = plugin.maestro_plugin_resources();
+        let resources = exports.call_list_resources(&mut *store).await?;
+        let templates = exports.call_list_resource_templates(&mut *store).await?;
+        let resources: Vec<ResourceSpec> = resources
+            .into_iter()
+            .map(|r| ResourceSpec {
+                uri: r.uri,
+                name: r.name,
+                title: r.title,
+                description: r.description,
+                mime_type: r.mime_type,
+                size: r.size,
+            })
+            .collect();
+        let templates: Vec<ResourceTemplateSpec> = templates
+            .into_iter()
+            .map(|t| ResourceTemplateSpec {
+                uri_template: t.uri_template,
+                name: t.name,
+                title: t.title,
+                description: t.description,
+                mime_type: t.mime_type,
+            })
+            .collect();
+        Ok(ResourceListing::new(resources, templates)
+            .map_err(|e| SandboxError::BadSpec { what: "resource", reason: e.to_string() }))
+    }
+
+    /// `resources.read-resource`, measured against `limit` before anything is kept: its
+    /// payload first, then its size as the JSON that leaves the host.
+    pub(crate) async fn read_resource(
+        plugin: &Plugin,
+        store: &mut Store<State>,
+        uri: &str,
+        limit: usize,
+    ) -> wasmtime::Result<Result<Vec<ReadContents>, Failure>> {
+        let read = plugin.maestro_plugin_resources().call_read_resource(&mut *store, uri).await?;
+        let contents = match read {
+            Ok(contents) => contents,
+            Err(res::Error::NotFound(message)) => {
+                return Ok(Err(crate::checked_error(ToolError::NotFound(message), limit)));
+            }
+            Err(res::Error::Failed(message)) => {
+                return Ok(Err(crate::checked_error(ToolError::Failed(message), limit)));
+            }
+        };
+        let payload = contents
+            .iter()
+            .map(|c| {
+                c.uri.len()
+                    + c.mime_type.as_ref().map_or(0, String::len)
+                    + match &c.data {
+                        res::Data::Text(text) | res::Data::Blob(text) => text.len(),
+                    }
+            })
+            .fold(0, usize::saturating_add);
+        if payload > limit {
+            return Ok(Err(Failure::OutputTooLarge { size: payload, limit }));
+        }
+        let contents: Vec<ReadContents> = contents
+            .into_iter()
+            .map(|c| ReadContents {
+                uri: c.uri,
+                mime_type: c.mime_type,
+                contents: match c.data {
+                    res::Data::Text(text) => ResourceContents::Text(text),
+                    res::Data::Blob(blob) => ResourceContents::Blob(blob),
+                },
+            })
+            .collect();
+        let size = maestro_core::plugin::json_len(&contents);
+        if size > limit {
+            return Ok(Err(Failure::OutputTooLarge { size, limit }));
+        }
+        Ok(Ok(contents))
+    }
+
     fn prompt_message(message: wit::PromptMessage) -> PromptMessage {
         let role = match message.role {
             wit::PromptRole::User => PromptRole::User,
@@ -397,6 +483,33 @@ impl Instance {
         match self {
             Instance::V1(plugin) => v1::call(plugin, store, tool, arguments, schemas, limit).await,
             Instance::V2(plugin) => v2::call(plugin, store, tool, arguments, schemas, limit).await,
+        }
+    }
+
+    /// The plugin's resources and templates, checked (0.1.0 components have none).
+    pub(crate) async fn list_resources(
+        &self,
+        store: &mut Store<State>,
+    ) -> wasmtime::Result<Result<maestro_core::plugin::ResourceListing, SandboxError>> {
+        match self {
+            Instance::V1(_) => Ok(Ok(maestro_core::plugin::ResourceListing::default())),
+            Instance::V2(plugin) => v2::list_resources(plugin, store).await,
+        }
+    }
+
+    /// Reads a resource, its contents checked against `limit` (a 0.1.0 component
+    /// serves none: not found).
+    pub(crate) async fn read_resource(
+        &self,
+        store: &mut Store<State>,
+        uri: &str,
+        limit: usize,
+    ) -> wasmtime::Result<Result<Vec<maestro_core::plugin::ReadContents>, maestro_core::call::Failure>> {
+        match self {
+            Instance::V1(_) => Ok(Err(maestro_core::call::Failure::ToolError(
+                maestro_core::plugin::ToolError::NotFound(uri.chars().take(256).collect()),
+            ))),
+            Instance::V2(plugin) => v2::read_resource(plugin, store, uri, limit).await,
         }
     }
 

@@ -37,7 +37,7 @@ pub enum PluginCommand {
         out: Option<PathBuf>,
     },
     /// Show what a component provides and asks for: tools with schemas, personas,
-    /// imports, requested capabilities.
+    /// resources, imports, requested capabilities.
     Inspect {
         /// A `.wasm` component, a `plugin.toml`, or a directory holding one.
         file: PathBuf,
@@ -94,7 +94,7 @@ async fn build(path: &Path, out: &Path, sandbox: &Sandbox) -> anyhow::Result<()>
     let wasm = target_dir.join("wasm32-wasip2/release").join(format!("{lib_name}.wasm"));
     let bytes = std::fs::read(&wasm).with_context(|| format!("cannot read the built component {}", wasm.display()))?;
 
-    eprintln!("  verifying the component (compile, link, list tools and personas)…");
+    eprintln!("  verifying the component (compile, link, list tools, personas and resources)…");
     let loaded = sandbox
         .load(&manifest.name, bytes.clone(), CallLimits::default())
         .await
@@ -189,6 +189,8 @@ async fn inspect(file: &Path, as_json: bool, sandbox: &Sandbox) -> anyhow::Resul
             "imports": imports,
             "tools": loaded.tools,
             "personas": loaded.personas,
+            "resources": loaded.resources.resources,
+            "resource_templates": loaded.resources.templates,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
@@ -246,6 +248,19 @@ async fn inspect(file: &Path, as_json: bool, sandbox: &Sandbox) -> anyhow::Resul
             persona.tools.join(", ")
         );
         println!("    {}", persona.role);
+    }
+    let (resources, templates) = (&loaded.resources.resources, &loaded.resources.templates);
+    println!("resources ({}) and resource templates ({})", resources.len(), templates.len());
+    let described = |uri: &str, title: &Option<String>, mime: &Option<String>| {
+        let title = title.as_ref().map_or_else(String::new, |t| format!(" — {t}"));
+        let mime = mime.as_ref().map_or_else(String::new, |m| format!(" ({m})"));
+        println!("  {uri}{title}{mime}");
+    };
+    for r in resources {
+        described(&r.uri, &r.title, &r.mime_type);
+    }
+    for t in templates {
+        described(&t.uri_template, &t.title, &t.mime_type);
     }
     Ok(())
 }
@@ -342,7 +357,9 @@ secrets = []
         format!(
             r#"//! `{name}`: a Maestro plugin.
 
-use maestro_sdk::{{Persona, PersonaSpec, PromptArgument, Structured, ToolError, export_plugin, tool}};
+use maestro_sdk::{{
+    Body, Persona, PersonaSpec, PromptArgument, Resource, Structured, ToolError, export_plugin, tool,
+}};
 use schemars::JsonSchema;
 use serde::{{Deserialize, Serialize}};
 
@@ -371,12 +388,22 @@ pub fn greet(args: GreetArgs) -> Result<Structured<Greeting>, ToolError> {{
 // To ask the platform's models (paid by the caller; the administrator's policy must
 // grant `model_tiers`), use `maestro_sdk::model::complete(&model::Request::new(...))`.
 
+/// A resource MCP clients read by its URI (the administrator's policy must grant
+/// `resources = ["{name}.*"]`). Use a URI scheme of your own; `ResourceTemplate` serves a
+/// family of resources such as `{scheme}://notes/{{id}}`.
+pub fn about() -> Resource {{
+    Resource::new("{scheme}://about", "about", || Ok(Body::text("What {name} does, in a few lines.")))
+        .title("About {name}")
+        .mime_type("text/plain")
+}}
+
 export_plugin! {{
     tools: [tool("greet", "Greets someone by name", greet).title("Greeter").read_only().idempotent()],
     personas: [Persona::new(
         PersonaSpec::new("host", "Host", "Welcomes people", "You welcome {{{{guest}}}} warmly and briefly.")
             .argument(PromptArgument::required("guest", "who is arriving")),
     )],
+    resources: [about()],
 }}
 
 #[cfg(test)]
@@ -389,8 +416,15 @@ mod tests {{
         assert_eq!(greeting.text, "Hello, Ada!");
         assert!(greet(GreetArgs {{ name: " ".into() }}).is_err());
     }}
+
+    #[test]
+    fn serves_its_about_resource() {{
+        let contents = maestro_plugin().read_resource("{scheme}://about").expect("reads");
+        assert_eq!(contents[0].text(), Some("What {name} does, in a few lines."));
+    }}
 }}
-"#
+"#,
+            scheme = name.replace('_', "-")
         )
     }
 }

@@ -31,8 +31,11 @@ pub enum PolicyCommand {
         #[arg(long, default_value = "-")]
         key: String,
         /// Qualified tool name, e.g. `calc.evaluate`.
-        #[arg(long)]
-        tool: String,
+        #[arg(long, required_unless_present = "resources", conflicts_with = "resources")]
+        tool: Option<String>,
+        /// A plugin name: explain reading that plugin's resources instead of a tool.
+        #[arg(long, value_name = "PLUGIN")]
+        resources: Option<String>,
         /// The directory (default: the configured policy directory).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -64,7 +67,7 @@ pub(super) fn run(command: &PolicyCommand, config: &Config) -> anyhow::Result<()
                 Err(err) => Err(err.into()),
             }
         }
-        PolicyCommand::Explain { tenant, role, key, tool, dir } => {
+        PolicyCommand::Explain { tenant, role, key, tool, resources, dir } => {
             let dir = dir.clone().unwrap_or_else(|| config.policy_dir.clone());
             let set = match load_dir(&dir) {
                 Ok(set) => set,
@@ -77,7 +80,11 @@ pub(super) fn run(command: &PolicyCommand, config: &Config) -> anyhow::Result<()
                 Err(err) => return Err(err.into()),
             };
             let subject = Subject { tenant, role: *role, key_id: key };
-            print!("{}", set.explain(&subject, tool));
+            match (tool, resources) {
+                (Some(tool), _) => print!("{}", set.explain(&subject, tool)),
+                (None, Some(plugin)) => print!("{}", set.explain_resources(&subject, plugin)),
+                (None, None) => bail!("name a --tool or the --resources of a plugin"),
+            }
             Ok(())
         }
     }

@@ -146,6 +146,8 @@ pub struct Handler {
     stop: CancellationToken,
     /// This session's document subscriptions.
     subscriptions: agents::Subscriptions,
+    /// This session's plugin-resource subscriptions.
+    plugin_subscriptions: resources::plugins::Subscriptions,
 }
 
 impl Drop for Handler {
@@ -163,6 +165,7 @@ impl Handler {
             log_level: Mutex::new(None),
             stop: CancellationToken::new(),
             subscriptions: Default::default(),
+            plugin_subscriptions: Default::default(),
         }
     }
 
@@ -174,6 +177,7 @@ impl Handler {
             log_level: Mutex::new(None),
             stop: CancellationToken::new(),
             subscriptions: Default::default(),
+            plugin_subscriptions: Default::default(),
         }
     }
 
@@ -752,7 +756,8 @@ impl ServerHandler for Handler {
             .with_instructions(
                 "Tools are plugin tools run in a sandbox under your policy; a tool that ran and failed \
                  returns isError with the cause. Prompts are agent personas. Resources describe the plugins \
-                 you can use (maestro://plugins/{name}) and your effective policy (maestro://policy/effective).",
+                 you can use (maestro://plugins/{name}) and your effective policy (maestro://policy/effective); \
+                 plugins may serve resources of their own under their own URIs.",
             )
     }
 
@@ -884,6 +889,7 @@ impl ServerHandler for Handler {
         if let Some(agents) = &self.mcp.agents {
             listed.extend(agents::list(agents, &self.mcp.tools, &principal).await);
         }
+        listed.extend(resources::plugins::list(&self.mcp.tools, &principal));
         Ok(ListResourcesResult::with_all_items(listed))
     }
 
@@ -892,11 +898,13 @@ impl ServerHandler for Handler {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        self.principal(&context.extensions)?;
+        self.ready().await;
+        let principal = self.principal(&context.extensions)?;
         let mut templates = resources::templates();
         if self.mcp.agents.is_some() {
             templates.extend(agents::templates());
         }
+        templates.extend(resources::plugins::templates(&self.mcp.tools, &principal));
         Ok(ListResourceTemplatesResult::with_all_items(templates))
     }
 
@@ -913,6 +921,21 @@ impl ServerHandler for Handler {
             let result = match &principal {
                 Ok(principal) => {
                     agents::read(agents, &self.mcp.tools, principal, &request.uri).instrument(span.clone()).await
+                }
+                Err(err) => Err(err.clone()),
+            };
+            let _entered = span.enter();
+            trace("resources/read", tenant_of(&principal), &truncate(&request.uri, 256), started, &result);
+            return result.map(ReadResourceResponse::from);
+        }
+        if resources::plugins::is_plugin_uri(&request.uri) {
+            let started = Instant::now();
+            let principal = self.principal(&context.extensions);
+            let result = match &principal {
+                Ok(principal) => {
+                    resources::plugins::read(&self.mcp.tools, principal, &request.uri, &context.ct)
+                        .instrument(span.clone())
+                        .await
                 }
                 Err(err) => Err(err.clone()),
             };
@@ -937,6 +960,16 @@ impl ServerHandler for Handler {
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         let principal = self.principal(&context.extensions)?;
+        if resources::plugins::is_plugin_uri(&request.uri) {
+            self.ready().await;
+            return self.plugin_subscriptions.subscribe(
+                &self.mcp.tools,
+                &principal,
+                &request.uri,
+                context.peer.clone(),
+                self.stop.clone(),
+            );
+        }
         let Some(agents) = &self.mcp.agents else {
             return Err(ErrorData::invalid_params("this server has no subscribable resources", None));
         };
@@ -952,6 +985,7 @@ impl ServerHandler for Handler {
     ) -> Result<(), ErrorData> {
         self.principal(&context.extensions)?;
         self.subscriptions.unsubscribe(&request.uri);
+        self.plugin_subscriptions.unsubscribe(&request.uri);
         Ok(())
     }
 

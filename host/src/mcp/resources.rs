@@ -175,3 +175,200 @@ fn grant_view(grant: &Grant) -> Value {
         })).collect::<Vec<_>>(),
     })
 }
+
+/// Plugin resources: the resources and templates plugins declare, served under their
+/// own URIs to callers whose policy lets them read the plugin's resources (a
+/// `resources` rule); everything else about them answers "not found".
+pub(super) mod plugins {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    use maestro_core::call::Failure;
+    use maestro_core::plugin::{ResourceContents as Data, ToolError};
+    use rmcp::model::{ErrorData, ReadResourceResult, Resource, ResourceContents, ResourceTemplate};
+    use rmcp::{Peer, RoleServer};
+    use serde_json::json;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::tools::{CallError, Observe, Principal, Tools};
+
+    /// Whether `uri` may be a plugin's (anything outside the host's `maestro:` scheme).
+    pub(in crate::mcp) fn is_plugin_uri(uri: &str) -> bool {
+        !uri.get(..8).is_some_and(|scheme| scheme.eq_ignore_ascii_case("maestro:"))
+    }
+
+    /// The plugin resources the principal may read.
+    pub(in crate::mcp) fn list(tools: &Tools, principal: &Principal) -> Vec<Resource> {
+        let mut listed = Vec::new();
+        for plugin in tools.resource_plugins(principal) {
+            for r in &plugin.loaded.resources.resources {
+                let mut resource = Resource::new(r.uri.clone(), r.name.clone());
+                resource.title.clone_from(&r.title);
+                resource.description.clone_from(&r.description);
+                resource.mime_type.clone_from(&r.mime_type);
+                resource.size = r.size;
+                listed.push(resource);
+            }
+        }
+        listed
+    }
+
+    /// The plugin resource templates the principal may read.
+    pub(in crate::mcp) fn templates(tools: &Tools, principal: &Principal) -> Vec<ResourceTemplate> {
+        let mut listed = Vec::new();
+        for plugin in tools.resource_plugins(principal) {
+            for t in &plugin.loaded.resources.templates {
+                let mut template = ResourceTemplate::new(t.uri_template.clone(), t.name.clone());
+                template.title.clone_from(&t.title);
+                template.description.clone_from(&t.description);
+                template.mime_type.clone_from(&t.mime_type);
+                listed.push(template);
+            }
+        }
+        listed
+    }
+
+    fn not_found(uri: &str) -> ErrorData {
+        ErrorData::resource_not_found(
+            format!("no resource `{}`", uri.chars().take(256).collect::<String>()),
+            Some(json!({ "uri": uri })),
+        )
+    }
+
+    /// Reads a plugin resource in the sandbox for the principal; `cancel` stops it.
+    pub(in crate::mcp) async fn read(
+        tools: &Tools,
+        principal: &Principal,
+        uri: &str,
+        cancel: &CancellationToken,
+    ) -> Result<ReadResourceResult, ErrorData> {
+        let observe = Observe::default();
+        let stop = observe.cancel.clone();
+        let read = tools.read_resource(principal, uri, observe);
+        tokio::pin!(read);
+        let read = tokio::select! {
+            read = &mut read => read,
+            () = cancel.cancelled() => {
+                stop.cancel();
+                read.await
+            }
+        };
+        let outcome = match read {
+            Ok(call) => call.outcome.result,
+            Err(CallError::UnknownResource(_)) => return Err(not_found(uri)),
+            Err(err) => return Err(super::super::prompt_error(&(&err).into())),
+        };
+        match outcome {
+            Ok(contents) => Ok(ReadResourceResult::new(
+                contents
+                    .into_iter()
+                    .map(|c| {
+                        let contents = match c.contents {
+                            Data::Text(text) => ResourceContents::text(text, c.uri),
+                            Data::Blob(blob) => ResourceContents::blob(blob, c.uri),
+                        };
+                        match c.mime_type {
+                            Some(mime) => contents.with_mime_type(mime),
+                            None => match contents {
+                                // `text` assumes text/plain; the plugin said nothing.
+                                ResourceContents::TextResourceContents { uri, text, meta, .. } => {
+                                    ResourceContents::TextResourceContents { uri, mime_type: None, text, meta }
+                                }
+                                blob => blob,
+                            },
+                        }
+                    })
+                    .collect(),
+            )),
+            Err(Failure::ToolError(ToolError::NotFound(_))) => Err(not_found(uri)),
+            Err(failure) => Err(super::super::prompt_error(&(&failure).into())),
+        }
+    }
+
+    /// One session's plugin-resource subscriptions: `notifications/resources/updated`
+    /// when the plugin serving a subscribed URI is reloaded, replaced or removed (a
+    /// plugin's resources change only with the plugin: the operator installs a new
+    /// version and the registry reloads it).
+    #[derive(Debug, Default)]
+    pub(in crate::mcp) struct Subscriptions {
+        uris: Arc<Mutex<HashSet<String>>>,
+        started: Mutex<bool>,
+    }
+
+    fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        mutex.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    impl Subscriptions {
+        /// Subscribes to a plugin resource the principal may read (else "not found"),
+        /// starting the watcher on the first subscription.
+        pub(in crate::mcp) fn subscribe(
+            &self,
+            tools: &Arc<Tools>,
+            principal: &Principal,
+            uri: &str,
+            peer: Peer<RoleServer>,
+            stop: CancellationToken,
+        ) -> Result<(), ErrorData> {
+            tools.resource_plugin(principal, uri).ok_or_else(|| not_found(uri))?;
+            lock(&self.uris).insert(uri.to_owned());
+            let mut started = lock(&self.started);
+            if !*started {
+                *started = true;
+                tokio::spawn(watch(tools.clone(), principal.clone(), self.uris.clone(), peer, stop));
+            }
+            Ok(())
+        }
+
+        /// Drops a subscription (unknown ones are fine).
+        pub(in crate::mcp) fn unsubscribe(&self, uri: &str) {
+            lock(&self.uris).remove(uri);
+        }
+    }
+
+    /// Which plugin build serves each subscribed URI to the principal now.
+    fn serving(tools: &Tools, principal: &Principal, uris: &Mutex<HashSet<String>>) -> HashMap<String, Option<String>> {
+        let uris: Vec<String> = lock(uris).iter().cloned().collect();
+        uris.into_iter()
+            .map(|uri| {
+                let build = tools
+                    .resource_plugin(principal, &uri)
+                    .map(|p| format!("{} {} {}", p.manifest.name, p.manifest.version, p.sha256));
+                (uri, build)
+            })
+            .collect()
+    }
+
+    /// Sends `notifications/resources/updated` for each subscribed URI whose serving
+    /// plugin changed at a reload, until the session ends or the client is gone.
+    async fn watch(
+        tools: Arc<Tools>,
+        principal: Principal,
+        uris: Arc<Mutex<HashSet<String>>>,
+        peer: Peer<RoleServer>,
+        stop: CancellationToken,
+    ) {
+        let mut changes = tools.registry().subscribe();
+        let mut policies = tools.policies().subscribe();
+        let mut last = serving(&tools, &principal, &uris);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+                changed = policies.changed() => if changed.is_err() { return },
+            }
+            let now = serving(&tools, &principal, &uris);
+            for (uri, build) in &now {
+                // A URI subscribed since the last look is not an update.
+                let Some(before) = last.get(uri) else { continue };
+                if before != build {
+                    let param = rmcp::model::ResourceUpdatedNotificationParam::new(uri.clone());
+                    if peer.notify_resource_updated(param).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            last = now;
+        }
+    }
+}

@@ -102,6 +102,12 @@ impl Catalog {
             .flat_map(|p| p.loaded.personas.iter().map(move |s| (format!("{}.{}", p.manifest.name, s.name), p, s)))
     }
 
+    /// The plugin serving `uri`: the one declaring it, or a template matching it
+    /// (plugins' resources never overlap, so there is at most one).
+    pub fn resource_plugin(&self, uri: &str) -> Option<&Arc<InstalledPlugin>> {
+        self.plugins.values().find(|p| p.loaded.resources.serves(uri))
+    }
+
     /// The plugin and spec behind a qualified tool name.
     pub fn tool(&self, qualified: &str) -> Option<(&Arc<InstalledPlugin>, &ToolSpec)> {
         let (plugin, tool) = qualified.split_once('.')?;
@@ -310,6 +316,7 @@ impl PluginRegistry {
                         version = %installed.manifest.version,
                         tools = installed.loaded.tools.len(),
                         personas = installed.loaded.personas.len(),
+                        resources = installed.loaded.resources.resources.len() + installed.loaded.resources.templates.len(),
                         "plugin loaded"
                     );
                     let installed = Arc::new(installed);
@@ -346,6 +353,7 @@ impl PluginRegistry {
             }
             refused.extend(slot.refusal.clone());
         }
+        refuse_overlapping_resources(current, &mut plugins, &mut refused);
         let same_plugins = plugins.len() == current.plugins.len()
             && plugins.iter().zip(&current.plugins).all(|((a, pa), (b, pb))| a == b && Arc::ptr_eq(pa, pb));
         if same_plugins && refused == current.refused {
@@ -464,6 +472,43 @@ fn insert(
         return;
     }
     plugins.insert(name, plugin);
+}
+
+/// Refuses every plugin whose resources could name a URI another plugin's already
+/// name (a URI must reach one plugin): the plugins serving in `current` keep theirs, so
+/// a newcomer is the one refused; among newcomers, the first by name wins. The reason
+/// names both plugins and both declarations.
+fn refuse_overlapping_resources(
+    current: &Catalog,
+    plugins: &mut BTreeMap<String, Arc<InstalledPlugin>>,
+    refused: &mut Vec<Refusal>,
+) {
+    let incumbent = |p: &Arc<InstalledPlugin>| current.plugin(&p.manifest.name).is_some_and(|c| Arc::ptr_eq(c, p));
+    let mut order: Vec<Arc<InstalledPlugin>> = plugins.values().filter(|p| incumbent(p)).cloned().collect();
+    order.extend(plugins.values().filter(|p| !incumbent(p)).cloned());
+    let mut accepted: Vec<Arc<InstalledPlugin>> = Vec::with_capacity(order.len());
+    for plugin in order {
+        let clash = accepted.iter().find_map(|other| {
+            plugin.loaded.resources.overlap(&other.loaded.resources).map(|(ours, theirs)| (other, ours, theirs))
+        });
+        match clash {
+            Some((other, ours, theirs)) => {
+                tracing::warn!(plugin = %plugin.manifest.name, other = %other.manifest.name, "plugin refused: its resources overlap another plugin's");
+                plugins.remove(&plugin.manifest.name);
+                refused.push(Refusal {
+                    path: plugin.manifest_path.clone(),
+                    reason: format!(
+                        "resource `{ours}` of plugin `{}` overlaps resource `{theirs}` of plugin `{}` (loaded from {}): \
+                         a URI must belong to one plugin",
+                        plugin.manifest.name,
+                        other.manifest.name,
+                        other.manifest_path.display()
+                    ),
+                });
+            }
+            None => accepted.push(plugin),
+        }
+    }
 }
 
 /// `plugin.toml` files one level below `dir`, sorted.

@@ -25,6 +25,7 @@ mod inflight;
 mod network;
 mod platform;
 mod rate;
+mod resources;
 mod secrets;
 
 use std::sync::Arc;
@@ -152,13 +153,17 @@ pub enum CallError {
     /// The ledger could not be reached; nothing ran (the detail is in the log).
     #[error("the credit ledger is not available, try again later")]
     LedgerUnavailable,
+    /// No plugin serves this resource to the caller (none serves it, or policy does not
+    /// let the caller read it: the two look alike).
+    #[error("no resource `{0}`")]
+    UnknownResource(String),
 }
 
 impl CallError {
     /// The stable code callers see (the one table: HTTP status and MCP treatment).
     pub fn code(&self) -> Code {
         match self {
-            CallError::UnknownTool(_) | CallError::UnknownPersona(_) => Code::NotFound,
+            CallError::UnknownTool(_) | CallError::UnknownPersona(_) | CallError::UnknownResource(_) => Code::NotFound,
             CallError::NotATenant | CallError::Denied(_) => Code::Forbidden,
             CallError::RateLimited { .. } => Code::RateLimited,
             CallError::TooManyCallsInFlight { .. } => Code::TooManyCallsInFlight,
@@ -230,6 +235,7 @@ impl std::fmt::Debug for Tools {
 enum Kind {
     Tool,
     Persona,
+    Resource,
 }
 
 impl Kind {
@@ -237,6 +243,7 @@ impl Kind {
         match self {
             Kind::Tool => "tool",
             Kind::Persona => "persona",
+            Kind::Resource => "resource",
         }
     }
 }
@@ -487,14 +494,14 @@ impl Tools {
                 }
             }),
             // Personas render text; they get no network.
-            Kind::Persona => Ok(NetPolicy::deny_all()),
+            Kind::Persona | Kind::Resource => Ok(NetPolicy::deny_all()),
         }
         };
         let execute = |network: NetPolicy| async move {
             // Completions a tool asks for are paid on top of its price (personas get none).
             let spent = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let models = match (T::KIND, observe.client_models.clone(), &self.models) {
-                (Kind::Persona, ..) | (Kind::Tool, None, None) => None,
+                (Kind::Persona | Kind::Resource, ..) | (Kind::Tool, None, None) => None,
                 (Kind::Tool, Some(client), _) => {
                     Some(Arc::new(platform::ClientPlatform::new(client, grant.models.clone(), name))
                         as Arc<dyn maestro_core::call::Platform>)

@@ -33,6 +33,7 @@ mod outbound;
 mod packaging;
 mod pipeline;
 mod plugin_models;
+mod plugin_resources;
 mod process;
 mod reload;
 mod replicas;

@@ -17,7 +17,7 @@ use crate::fixtures::TestServer;
 use crate::harness::{Backend, TestHost};
 
 pub(crate) const STATELESS: &str = "2026-07-28";
-const SESSIONS: &str = "2025-11-25";
+pub(crate) const SESSIONS: &str = "2025-11-25";
 
 /// A `TestHost` served on 127.0.0.1.
 pub(crate) struct Served {
@@ -55,12 +55,12 @@ pub(crate) struct Client {
     url: String,
     token: String,
     revision: &'static str,
-    session: Option<String>,
+    pub(crate) session: Option<String>,
 }
 
 /// An answer: status and the JSON-RPC messages in it (one JSON body, or SSE events).
 #[derive(Debug)]
-struct Reply {
+pub(crate) struct Reply {
     status: StatusCode,
     text: String,
     messages: Vec<Value>,
@@ -68,20 +68,20 @@ struct Reply {
 
 impl Reply {
     /// The response to request `id`.
-    fn response(&self) -> &Value {
+    pub(crate) fn response(&self) -> &Value {
         self.messages
             .iter()
             .find(|m| m.get("id").is_some() && (m.get("result").is_some() || m.get("error").is_some()))
             .unwrap_or_else(|| panic!("no response in {self:?}"))
     }
 
-    fn result(&self) -> &Value {
+    pub(crate) fn result(&self) -> &Value {
         let response = self.response();
         assert!(response.get("error").is_none(), "unexpected error: {response}");
         &response["result"]
     }
 
-    fn error_code(&self) -> i64 {
+    pub(crate) fn error_code(&self) -> i64 {
         self.response()["error"]["code"].as_i64().unwrap_or_else(|| panic!("not an error: {self:?}"))
     }
 
@@ -135,7 +135,7 @@ impl Client {
         json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params })
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+    pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
         let response = request.send().await.expect("request");
         let status = response.status();
         let text = response.text().await.expect("body");
@@ -143,7 +143,7 @@ impl Client {
     }
 
     /// `initialize` + `notifications/initialized` (session revision only).
-    async fn initialize(&mut self) {
+    pub(crate) async fn initialize(&mut self) {
         if self.revision == STATELESS {
             return;
         }
@@ -166,7 +166,7 @@ impl Client {
         self.send(self.builder(method, name.as_deref()).json(&body)).await
     }
 
-    async fn request(&self, method: &str, params: Value) -> Reply {
+    pub(crate) async fn request(&self, method: &str, params: Value) -> Reply {
         self.request_with(1, method, params, json!({})).await
     }
 

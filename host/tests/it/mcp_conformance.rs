@@ -4,7 +4,7 @@
 //!
 //! The suite's client sends no credentials, so a small proxy
 //! (`host/tests/mcp/conformance/proxy.mjs`) sits in front and adds a tenant member's
-//! bearer key. The tools and prompts the scenarios call come from the fixture plugin
+//! bearer key. The tools, prompts and resources the scenarios use come from the fixture plugin
 //! `host/tests/plugins/conformance`, exposed under their bare names
 //! (`MAESTRO_MCP_TOOL_NAMES=short`). `host/tests/mcp/conformance/scenarios.json` lists the
 //! scenarios run per revision and the reason for every one that is not; it must account
@@ -221,6 +221,7 @@ async fn passes_the_official_mcp_conformance_scenarios() {
     std::fs::write(
         policies.join("conformance.toml"),
         "version = 1\n[[grant]]\nname = \"conformance\"\nsubjects = [\"tenant:conformance\"]\ntools = [\"conformance.*\"]\n\
+         resources = [\"conformance.*\"]\n\
          model_tiers = [\"balanced\"]\nmodel_max_tokens = 100\n",
     )
     .expect("policy");

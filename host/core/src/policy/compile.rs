@@ -243,12 +243,25 @@ impl Checker<'_> {
         }
     }
 
-    fn matcher(&mut self, subjects: Spanned<Vec<Spanned<String>>>, tools: Spanned<Vec<Spanned<String>>>) -> Matcher {
+    fn matcher(
+        &mut self,
+        name: &Spanned<String>,
+        subjects: Spanned<Vec<Spanned<String>>>,
+        tools: Option<Spanned<Vec<Spanned<String>>>>,
+        resources: Option<Spanned<Vec<Spanned<String>>>>,
+    ) -> Matcher {
         if subjects.get_ref().is_empty() {
             self.push(&subjects.span(), Kind::EmptyList { field: "subjects" });
         }
-        if tools.get_ref().is_empty() {
-            self.push(&tools.span(), Kind::EmptyList { field: "tools" });
+        match (&tools, &resources) {
+            (None, None) => self.push(&name.span(), Kind::NothingCovered),
+            (Some(tools), _) if tools.get_ref().is_empty() => {
+                self.push(&tools.span(), Kind::EmptyList { field: "tools" });
+            }
+            (_, Some(resources)) if resources.get_ref().is_empty() => {
+                self.push(&resources.span(), Kind::EmptyList { field: "resources" });
+            }
+            _ => {}
         }
         let subjects = subjects
             .into_inner()
@@ -263,7 +276,8 @@ impl Checker<'_> {
             })
             .collect();
         let tools = tools
-            .into_inner()
+            .map(Spanned::into_inner)
+            .unwrap_or_default()
             .into_iter()
             .filter_map(|t| match ToolPattern::parse(t.get_ref()) {
                 Ok(p) => Some(p),
@@ -274,7 +288,20 @@ impl Checker<'_> {
                 }
             })
             .collect();
-        Matcher { subjects, tools }
+        let resources = resources
+            .map(Spanned::into_inner)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| match ToolPattern::parse_resources(r.get_ref()) {
+                Ok(p) => Some(p),
+                Err(reason) => {
+                    let span = r.span();
+                    self.push(&span, Kind::InvalidResourcePattern { pattern: r.into_inner(), reason });
+                    None
+                }
+            })
+            .collect();
+        Matcher { subjects, tools, resources }
     }
 
     fn secret(&mut self, name: &Spanned<String>, raw: RawSecret) -> Option<SecretGrant> {
@@ -332,7 +359,7 @@ impl Checker<'_> {
         &mut self,
         plugin: &Spanned<String>,
         value: Spanned<toml::Value>,
-        tools: &[ToolPattern],
+        matcher: &Matcher,
     ) -> Option<serde_json::Value> {
         let p = plugin.get_ref();
         let invalid = |this: &mut Self, span: &Range<usize>, reason: String| {
@@ -343,7 +370,9 @@ impl Checker<'_> {
             invalid(self, &plugin.span(), "a plugin name has letters, digits, `_` and `-`".to_owned());
             return None;
         }
-        if !tools.iter().any(|t| t.may_cover_plugin(p)) {
+        let reaches = matcher.tools.iter().any(|t| t.may_cover_plugin(p))
+            || matcher.resources.iter().any(|r| r.covers_resources_of(p).is_some());
+        if !reaches {
             invalid(
                 self,
                 &plugin.span(),
@@ -476,9 +505,9 @@ fn check_file(file: PolicyFile, errors: &mut Vec<PolicyError>) -> FileParts {
         parts.grants.push(check_grant(&mut c, index, grant.into_inner()));
     }
     for (index, deny) in raw.deny.into_iter().enumerate() {
-        let RawDeny { name, subjects, tools } = deny.into_inner();
+        let RawDeny { name, subjects, tools, resources } = deny.into_inner();
         c.name(&name);
-        let matcher = c.matcher(subjects, tools);
+        let matcher = c.matcher(&name, subjects, tools, resources);
         let rule = RuleInfo { kind: RuleKind::Deny, location: c.at(&name.span()), name: name.into_inner(), index };
         parts.denies.push((matcher, rule));
     }
@@ -488,9 +517,10 @@ fn check_file(file: PolicyFile, errors: &mut Vec<PolicyError>) -> FileParts {
 fn check_grant(c: &mut Checker<'_>, index: usize, mut raw: RawGrant) -> PendingGrant {
     c.name(&raw.name);
     let settings = c.settings(raw.take_settings());
-    let RawGrant { name, subjects, tools, network, secrets, config, model_tiers, model_max_tokens, .. } = raw;
+    let RawGrant { name, subjects, tools, resources, network, secrets, config, model_tiers, model_max_tokens, .. } =
+        raw;
     let models = model_grant(c, model_tiers, model_max_tokens);
-    let matcher = c.matcher(subjects, tools);
+    let matcher = c.matcher(&name, subjects, tools, resources);
     let network = network
         .into_iter()
         .filter_map(|entry| {
@@ -515,7 +545,7 @@ fn check_grant(c: &mut Checker<'_>, index: usize, mut raw: RawGrant) -> PendingG
     let config = config
         .into_iter()
         .filter_map(|(plugin, value)| {
-            let json = c.plugin_config(&plugin, value, &matcher.tools)?;
+            let json = c.plugin_config(&plugin, value, &matcher)?;
             Some((plugin.into_inner(), json))
         })
         .collect();

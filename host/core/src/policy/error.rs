@@ -66,6 +66,17 @@ pub enum PolicyErrorKind {
         /// Why it was refused.
         reason: String,
     },
+    /// A rule lists neither `tools` nor `resources`.
+    #[error("a rule must list `tools`, `resources` or both")]
+    NothingCovered,
+    /// A resource pattern is malformed.
+    #[error("invalid resource pattern {pattern:?}: {reason}")]
+    InvalidResourcePattern {
+        /// The pattern as written.
+        pattern: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// A network allow-list entry is malformed.
     #[error("invalid network entry {entry:?}: {reason}")]
     InvalidNetworkEntry {

@@ -212,6 +212,35 @@ impl fmt::Display for ToolPattern {
     }
 }
 
+impl ToolPattern {
+    /// A resource pattern: `*` (every plugin's resources) or `plugin.*` (one plugin's);
+    /// resources are granted per plugin.
+    pub(crate) fn parse_resources(input: &str) -> Result<Self, String> {
+        let plugin = match input.strip_suffix(".*") {
+            Some(plugin) => plugin,
+            None if input == "*" => return Ok(ToolPattern::Any),
+            None if !input.contains('.') && !input.contains('*') => {
+                return Err(format!("resources are granted per plugin: write {input}.* for plugin {input}"));
+            }
+            None => return Err("resources are granted per plugin: write `plugin.*` or `*`".to_owned()),
+        };
+        if !crate::plugin::valid_plugin_name(plugin) {
+            return Err(format!("{plugin:?} is not a plugin name (a-z, 0-9, `_`, `-`; starting with a letter)"));
+        }
+        Ok(ToolPattern::Prefix(format!("{plugin}.").into_boxed_str()))
+    }
+
+    /// `Some(specificity)` when this resource pattern covers `plugin`'s resources.
+    pub(crate) fn covers_resources_of(&self, plugin: &str) -> Option<ToolSpecificity> {
+        let covers = match self {
+            ToolPattern::Any => true,
+            ToolPattern::Prefix(prefix) => prefix.strip_suffix('.') == Some(plugin),
+            ToolPattern::Exact(_) => false,
+        };
+        covers.then(|| self.specificity())
+    }
+}
+
 /// How precisely a tool pattern names a tool: an exact name beats any prefix, a longer
 /// prefix beats a shorter one, `*` is least specific.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -232,12 +261,22 @@ pub(crate) struct Specificity {
 pub(crate) struct Matcher {
     pub(crate) subjects: Vec<SubjectPattern>,
     pub(crate) tools: Vec<ToolPattern>,
+    /// Plugins whose resources the rule covers.
+    pub(crate) resources: Vec<ToolPattern>,
 }
 
 impl Matcher {
     /// `Some` with the best specificity among the matching subjects and tools.
     pub(crate) fn matches(&self, subject: &Subject<'_>, tool: &str) -> Option<Specificity> {
         let tool = self.tools.iter().filter_map(|t| t.matches(tool)).max()?;
+        let subject = self.subjects.iter().filter(|s| s.matches(subject)).map(SubjectPattern::rank).max()?;
+        Some(Specificity { subject, tool })
+    }
+
+    /// `Some` with the best specificity when the rule covers `plugin`'s resources for
+    /// the subject.
+    pub(crate) fn matches_resources(&self, subject: &Subject<'_>, plugin: &str) -> Option<Specificity> {
+        let tool = self.resources.iter().filter_map(|r| r.covers_resources_of(plugin)).max()?;
         let subject = self.subjects.iter().filter(|s| s.matches(subject)).map(SubjectPattern::rank).max()?;
         Some(Specificity { subject, tool })
     }
@@ -307,6 +346,20 @@ mod tests {
         assert_eq!(spec("web.*", "webby.fetch"), None);
         assert_eq!(spec("web.*", "web."), None);
         assert_eq!(spec("web.fetch", "web.fetcher"), None);
+    }
+
+    #[test]
+    fn resource_patterns_name_whole_plugins() {
+        let covers = |p: &str, plugin: &str| ToolPattern::parse_resources(p).expect(p).covers_resources_of(plugin);
+        assert!(covers("notes.*", "notes") > covers("*", "notes"));
+        assert_eq!(covers("notes.*", "notebook"), None);
+        for bad in ["notes", "notes.readme", "Notes.*", "a.b.*", "*.*", ""] {
+            assert!(ToolPattern::parse_resources(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(
+            ToolPattern::parse_resources("notes").expect_err("bare"),
+            "resources are granted per plugin: write notes.* for plugin notes"
+        );
     }
 
     #[test]

@@ -521,6 +521,55 @@ impl PolicySet {
         best.map(|(_, g)| g)
     }
 
+    /// Decides whether the subject may list and read the resources of `plugin`: the
+    /// same rules as [`PolicySet::decide`] over the rules' `resources` patterns
+    /// (default deny, deny beats grant, the most specific grant supplies the limits a
+    /// read runs under).
+    pub fn decide_resources(&self, subject: &Subject<'_>, plugin: &str) -> Decision {
+        if let Some(deny) = self.denies.iter().find(|d| d.matcher.matches_resources(subject, plugin).is_some()) {
+            return Decision::Deny(Denial::Rule(Arc::clone(&deny.rule)));
+        }
+        let mut best: Option<(matcher::Specificity, &CompiledGrant)> = None;
+        for grant in &self.grants {
+            if let Some(spec) = grant.matcher.matches_resources(subject, plugin)
+                && best.is_none_or(|(b, _)| spec > b)
+            {
+                best = Some((spec, grant));
+            }
+        }
+        match best {
+            Some((_, winner)) => Decision::Allow(Arc::clone(&winner.grant)),
+            None => Decision::Deny(Denial::NoGrant),
+        }
+    }
+
+    /// [`PolicySet::explain`] for reading `plugin`'s resources.
+    pub fn explain_resources(&self, subject: &Subject<'_>, plugin: &str) -> Explanation {
+        let decision = self.decide_resources(subject, plugin);
+        let decided_by = decision.rule();
+        let also_matched = self
+            .denies
+            .iter()
+            .filter(|d| d.matcher.matches_resources(subject, plugin).is_some())
+            .map(|d| RuleInfo::clone(&d.rule))
+            .chain(
+                self.grants
+                    .iter()
+                    .filter(|g| g.matcher.matches_resources(subject, plugin).is_some())
+                    .map(|g| g.grant.rule.clone()),
+            )
+            .filter(|r| Some(r) != decided_by)
+            .collect();
+        Explanation {
+            tenant: subject.tenant.to_owned(),
+            role: subject.role,
+            key_id: subject.key_id.to_owned(),
+            tool: format!("resources of plugin {plugin}"),
+            decision,
+            also_matched,
+        }
+    }
+
     /// The tools among `all_tools` this caller may call (e.g. for an MCP tool list).
     pub fn visible_tools<'t>(
         &self,

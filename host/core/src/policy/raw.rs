@@ -52,7 +52,11 @@ pub(crate) struct RawSecret {
 pub(crate) struct RawGrant {
     pub(crate) name: Spanned<String>,
     pub(crate) subjects: Spanned<Vec<Spanned<String>>>,
-    pub(crate) tools: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(crate) tools: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Plugins whose resources the rule covers (`notes.*`, `*`).
+    #[serde(default)]
+    pub(crate) resources: Option<Spanned<Vec<Spanned<String>>>>,
     // The settings, written directly in the grant (same keys as `[defaults]`).
     pub(crate) fuel: Option<Spanned<u64>>,
     pub(crate) timeout: Option<Spanned<String>>,
@@ -100,7 +104,11 @@ impl RawGrant {
 pub(crate) struct RawDeny {
     pub(crate) name: Spanned<String>,
     pub(crate) subjects: Spanned<Vec<Spanned<String>>>,
-    pub(crate) tools: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(crate) tools: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Plugins whose resources the rule covers (`notes.*`, `*`).
+    #[serde(default)]
+    pub(crate) resources: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `"https://api.example.com"` or `{ url = "http://10.0.0.5:8080", allow_private = true }`.

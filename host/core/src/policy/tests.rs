@@ -499,6 +499,7 @@ fn spec(g: &G) -> Option<Specificity> {
     let m = Matcher {
         subjects: vec![SubjectPattern::parse(g.subject).expect("valid")],
         tools: vec![ToolPattern::parse(g.tool).expect("valid")],
+        resources: vec![],
     };
     m.matches(&caller("acme", Role::Member), TOOL)
 }
@@ -636,5 +637,65 @@ model_tiers = []
          p.toml:8:20: model_max_tokens = 0 is out of range: must be between 1 and 1000000\n\
          p.toml:14:20: model_max_tokens is set but model_tiers is not: list the tiers the grant's plugins may use\n\
          p.toml:20:15: `model_tiers` must list at least one entry"
+    );
+}
+
+#[test]
+fn resources_are_granted_per_plugin_apart_from_tools_and_denied_by_default() {
+    let s = set(r#"
+version = 1
+[[grant]]
+name = "members-notes"
+subjects = ["role:member+"]
+resources = ["notes.*"]
+timeout = "2s"
+[[grant]]
+name = "admins-everything"
+subjects = ["role:admin"]
+tools = ["*"]
+resources = ["*"]
+[[deny]]
+name = "no-notes-for-globex"
+subjects = ["tenant:globex"]
+resources = ["notes.*"]
+"#);
+    let resources = |s: &PolicySet, who: &Subject<'_>, plugin: &str| match s.decide_resources(who, plugin) {
+        Decision::Allow(g) => g.rule.name.clone(),
+        Decision::Deny(Denial::Rule(r)) => format!("deny:{}", r.name),
+        Decision::Deny(Denial::NoGrant) => "default-deny".to_owned(),
+    };
+    let member = caller("acme", Role::Member);
+    assert_eq!(resources(&s, &member, "notes"), "members-notes");
+    assert_eq!(resources(&s, &member, "wiki"), "default-deny");
+    assert_eq!(winner(&s, &member, "notes.search"), "default-deny", "a resources rule grants no tools");
+    assert_eq!(resources(&s, &caller("acme", Role::Viewer), "notes"), "default-deny");
+    assert_eq!(resources(&s, &caller("globex", Role::Admin), "notes"), "deny:no-notes-for-globex");
+    assert_eq!(resources(&s, &caller("acme", Role::Admin), "notes"), "members-notes", "plugin.* beats *");
+    assert_eq!(resources(&s, &caller("acme", Role::Admin), "wiki"), "admins-everything");
+    let grant = s.decide_resources(&member, "notes");
+    assert_eq!(grant.grant().expect("allowed").limits.timeout, Duration::from_secs(2));
+    let explained = s.explain_resources(&caller("globex", Role::Admin), "notes").to_string();
+    assert!(explained.starts_with("DENY resources of plugin notes\n"), "{explained}");
+    assert!(explained.contains("deny \"no-notes-for-globex\" at p.toml:"), "{explained}");
+}
+
+#[test]
+fn a_rule_without_tools_or_resources_and_bad_resource_patterns_are_refused() {
+    let text = r#"version = 1
+[[grant]]
+name = "nothing"
+subjects = ["*"]
+[[grant]]
+name = "bare"
+subjects = ["*"]
+resources = ["notes"]
+"#;
+    let all = errors(&[("p.toml", text)]);
+    assert!(all.contains("p.toml:3:8: a rule must list `tools`, `resources` or both"), "{all}");
+    assert!(
+        all.contains(
+            "invalid resource pattern \"notes\": resources are granted per plugin: write notes.* for plugin notes"
+        ),
+        "{all}"
     );
 }

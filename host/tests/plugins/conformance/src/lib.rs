@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use maestro_sdk::schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use maestro_sdk::{
-    Content, Messages, NoInput, Persona, PersonaSpec, PromptArgument, PromptContent, PromptMessage, RenderContext,
-    ToolError, ToolOutput, export_plugin, log, progress, tool,
+    Body, Content, Messages, NoInput, Params, Persona, PersonaSpec, PromptArgument, PromptContent, PromptMessage,
+    RenderContext, Resource, ResourceError, ResourceTemplate, ToolError, ToolOutput, export_plugin, log, progress,
+    tool,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -330,6 +331,46 @@ export_plugin! {
             .read_only(),
     ],
     personas: [simple_prompt(), prompt_with_arguments(), prompt_with_image(), prompt_with_embedded_resource()],
+    resources: [static_text(), static_binary(), watched_resource()],
+    resource_templates: [template_data()],
+}
+
+// ─── Resources (the resources-* scenarios) ───────────────────────────────────────────
+
+fn static_text() -> Resource {
+    Resource::new("test://static-text", "static-text", || {
+        Ok(Body::text("This is the content of the static text resource."))
+    })
+    .title("Static text")
+    .description("A static text resource for testing")
+    .mime_type("text/plain")
+}
+
+fn static_binary() -> Resource {
+    Resource::new("test://static-binary", "static-binary", || Ok(Body::bytes(RED_PIXEL_PNG)))
+        .title("Static binary")
+        .description("A static binary resource (a 1x1 red PNG) for testing")
+        .mime_type("image/png")
+        .size(RED_PIXEL_PNG.len() as u64)
+}
+
+/// The resource `resources-subscribe` and `resources-unsubscribe` subscribe to.
+fn watched_resource() -> Resource {
+    Resource::new("test://watched-resource", "watched-resource", || Ok(Body::text("Watched resource content")))
+        .title("Watched resource")
+        .description("A resource clients subscribe to; it changes when the plugin is reloaded")
+        .mime_type("text/plain")
+}
+
+fn template_data() -> ResourceTemplate {
+    ResourceTemplate::new("test://template/{id}/data", "template-data", |params: &Params| {
+        let id = params.decoded("id").ok_or_else(|| ResourceError::not_found("the id is not UTF-8"))?;
+        let data = serde_json::json!({ "id": id, "templateTest": true, "data": format!("Data for ID: {id}") });
+        Ok(Body::text(data.to_string()))
+    })
+    .title("Template data")
+    .description("Data for an id, substituted into the template")
+    .mime_type("application/json")
 }
 
 #[cfg(test)]
@@ -427,5 +468,20 @@ mod tests {
             .render("test_prompt_with_arguments", &json!({ "arg1": "testValue1", "arg2": "testValue2" }).to_string());
         assert_eq!(rendered, Ok(Some("Prompt with arguments: arg1='testValue1', arg2='testValue2'".into())));
         assert_eq!(plugin.render("test_simple_prompt", "{}"), Ok(Some("This is a simple prompt for testing.".into())));
+    }
+
+    #[test]
+    fn resources_are_what_the_suite_reads() {
+        let plugin = maestro_plugin();
+        let text = plugin.read_resource("test://static-text").expect("static text");
+        assert_eq!(text[0].text(), Some("This is the content of the static text resource."));
+        assert_eq!(text[0].mime_type.as_deref(), Some("text/plain"));
+        let binary = plugin.read_resource("test://static-binary").expect("static binary");
+        assert!(matches!(&binary[0].data, ResourceContents::Blob(b) if b.starts_with("iVBORw0KGgo")));
+        let data = plugin.read_resource("test://template/123/data").expect("template");
+        let json: serde_json::Value = serde_json::from_str(data[0].text().expect("text")).expect("json");
+        assert_eq!(json, json!({ "id": "123", "templateTest": true, "data": "Data for ID: 123" }));
+        assert_eq!(data[0].uri, "test://template/123/data");
+        assert!(plugin.read_resource("test://nonexistent").is_err());
     }
 }

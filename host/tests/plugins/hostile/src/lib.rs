@@ -382,6 +382,21 @@ const _: () = {
         }
     }
 
+    // No resources: the SDK's (empty) answers.
+    impl sdk::ResourcesGuest for Exports {
+        fn list_resources() -> Vec<sdk::WitResourceSpec> {
+            sdk::resources_list(maestro_plugin())
+        }
+
+        fn list_resource_templates() -> Vec<sdk::WitResourceTemplate> {
+            sdk::resources_templates(maestro_plugin())
+        }
+
+        fn read_resource(uri: String) -> Result<Vec<sdk::WitContents>, sdk::WitResourceError> {
+            sdk::resources_read(maestro_plugin(), uri)
+        }
+    }
+
     sdk::bindings::__maestro_export_world!(Exports with_types_in maestro_sdk::__private::bindings);
 };
 
