@@ -129,6 +129,14 @@ pub struct Observe {
     /// The person behind the caller (an MCP client that offers elicitation): a tool's
     /// questions go to its [`Platform::ask`]; without it nobody can be asked.
     pub client_user: Option<Arc<dyn Platform>>,
+    /// Answers to the questions the call asked in an earlier attempt (a run resumed after
+    /// its question was answered, an MCP client's retry with its input responses):
+    /// [`Replay`] gives them back before anyone is asked.
+    pub answers: Vec<SuppliedAnswer>,
+    /// The most credits the call's model completions may cost in all (a run's budget
+    /// left): each completion's answer is shortened to fit, and refused when nothing is
+    /// left. `None`: only the caller's balance limits them.
+    pub credit_budget: Option<u64>,
 }
 
 impl fmt::Debug for Observe {
@@ -139,6 +147,8 @@ impl fmt::Debug for Observe {
             .field("log", &self.log.is_some())
             .field("client_models", &self.client_models.is_some())
             .field("client_user", &self.client_user.is_some())
+            .field("answers", &self.answers.len())
+            .field("credit_budget", &self.credit_budget)
             .finish()
     }
 }
@@ -210,6 +220,14 @@ pub enum Failure {
         /// What went wrong, for the operator's log.
         detail: String,
     },
+    /// The tool asked the person behind the call something nobody here could answer:
+    /// the questions still open, for the caller to put to a person and call again with
+    /// the answers ([`Observe::answers`]). Nothing is charged for such an attempt.
+    #[error("needs input from the user: {}", .questions.first().map_or("", |q| q.question.message.as_str()))]
+    NeedsInput {
+        /// The open questions, in the order asked (never empty).
+        questions: Vec<AskedQuestion>,
+    },
 }
 
 impl Failure {
@@ -225,6 +243,7 @@ impl Failure {
             Failure::ToolError(_) => "tool_error",
             Failure::Cancelled => "cancelled",
             Failure::Unavailable { .. } => "unavailable",
+            Failure::NeedsInput { .. } => "needs_input",
         }
     }
 
@@ -247,6 +266,7 @@ impl Failure {
             Failure::ToolError(_) => Code::ToolError,
             Failure::Cancelled => Code::Cancelled,
             Failure::Unavailable { .. } => Code::Unavailable,
+            Failure::NeedsInput { .. } => Code::NeedsInput,
         }
     }
 }
@@ -473,6 +493,122 @@ pub trait Platform: Send + Sync + fmt::Debug {
     }
 }
 
+impl Question {
+    /// The digest a replayed answer is matched by (with the question's position in the
+    /// call): SHA-256 over the message and the schema's JSON, hex.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update((self.message.len() as u64).to_be_bytes());
+        hasher.update(self.message.as_bytes());
+        hasher.update(self.schema.to_string().as_bytes());
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// A question a call asked, with its place in the call (the first `ask` is 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AskedQuestion {
+    /// Its position among the call's questions, from 0.
+    pub index: u32,
+    /// The question.
+    pub question: Question,
+}
+
+/// An answer given to a call for a question it asked in an earlier attempt: returned by
+/// the question in the same position with the same message and schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SuppliedAnswer {
+    /// The question's position in the call, from 0.
+    pub index: u32,
+    /// [`Question::digest`] of the question answered.
+    pub digest: String,
+    /// The answer.
+    pub answer: Answer,
+}
+
+impl SuppliedAnswer {
+    /// The answer to `asked`.
+    pub fn to(asked: &AskedQuestion, answer: Answer) -> Self {
+        Self { index: asked.index, digest: asked.question.digest(), answer }
+    }
+}
+
+/// The one replay mechanism of a call's questions, wrapped around its platform: the
+/// n-th `ask` returns the answer supplied for the n-th question when its message and
+/// schema are the ones answered; with none, the platform's live asker asks (an MCP
+/// client's elicitation); with neither, `ask` fails with
+/// [`PlatformError::NeedsInput`] and the question is kept: once the call ends,
+/// [`Replay::open_questions`] lists every such question and the caller ends the call
+/// with [`Failure::NeedsInput`], whatever the plugin made of the error.
+#[derive(Debug)]
+pub struct Replay {
+    inner: Option<Arc<dyn Platform>>,
+    supplied: Vec<SuppliedAnswer>,
+    state: Mutex<ReplayState>,
+}
+
+#[derive(Debug, Default)]
+struct ReplayState {
+    next: u32,
+    open: Vec<AskedQuestion>,
+}
+
+impl Replay {
+    /// Replays `supplied` before asking through `inner` (`None`: nobody can be asked).
+    pub fn new(inner: Option<Arc<dyn Platform>>, supplied: Vec<SuppliedAnswer>) -> Self {
+        Self { inner, supplied, state: Mutex::new(ReplayState::default()) }
+    }
+
+    /// The questions no answer was found for, in the order asked.
+    pub fn open_questions(&self) -> Vec<AskedQuestion> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).open.clone()
+    }
+
+    /// Ends an outcome with [`Failure::NeedsInput`] when a question was left open (a
+    /// cancelled call stays cancelled).
+    pub fn settle<T>(&self, outcome: &mut Outcome<T>) {
+        let open = self.open_questions();
+        if open.is_empty() || matches!(outcome.result, Err(Failure::Cancelled)) {
+            return;
+        }
+        outcome.result = Err(Failure::NeedsInput { questions: open });
+    }
+}
+
+#[async_trait::async_trait]
+impl Platform for Replay {
+    async fn complete(&self, request: CompletionRequest) -> Result<Completion, PlatformError> {
+        match &self.inner {
+            Some(inner) => inner.complete(request).await,
+            None => Err(PlatformError::Denied("model access is not available to this call".into())),
+        }
+    }
+
+    async fn ask(&self, question: Question) -> Result<Answer, PlatformError> {
+        let index = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let index = state.next;
+            state.next = state.next.saturating_add(1);
+            index
+        };
+        let digest = question.digest();
+        if let Some(given) = self.supplied.iter().find(|s| s.index == index && s.digest == digest) {
+            return Ok(given.answer.clone());
+        }
+        let answered = match &self.inner {
+            Some(inner) => inner.ask(question.clone()).await,
+            None => {
+                Err(PlatformError::NeedsInput { question: question.message.clone(), schema: question.schema.clone() })
+            }
+        };
+        if matches!(answered, Err(PlatformError::NeedsInput { .. })) {
+            self.state.lock().unwrap_or_else(PoisonError::into_inner).open.push(AskedQuestion { index, question });
+        }
+        answered
+    }
+}
+
 /// How MCP answers a code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum McpTreatment {
@@ -523,11 +659,14 @@ pub enum Code {
     ToolError,
     /// The caller cancelled the call.
     Cancelled,
+    /// The tool asked the user a question nobody here could answer (call again with the
+    /// answer).
+    NeedsInput,
 }
 
 impl Code {
     /// Every code, for tables and tests.
-    pub const ALL: [Code; 15] = [
+    pub const ALL: [Code; 16] = [
         Code::NotFound,
         Code::Forbidden,
         Code::InvalidRequest,
@@ -543,6 +682,7 @@ impl Code {
         Code::ToolOutputTooLarge,
         Code::ToolError,
         Code::Cancelled,
+        Code::NeedsInput,
     ];
 
     /// The stable machine code (the HTTP error code, the prefix of an MCP `isError`
@@ -579,6 +719,7 @@ impl Code {
             Code::ToolOutputTooLarge => ("tool_output_too_large", 422, IsError),
             Code::ToolError => ("tool_error", 422, IsError),
             Code::Cancelled => ("cancelled", 409, IsError),
+            Code::NeedsInput => ("needs_input", 409, IsError),
         }
     }
 }

@@ -160,6 +160,25 @@ fn elicitation(args: ElicitationArgs) -> Result<String, ToolError> {
     Ok(format!("User response: <action: {action}, content: {content}>"))
 }
 
+/// Asks two questions in turn, the second only once the first is answered (a run's
+/// plugin question replayed across attempts; host/tests/it/plugin_asks.rs).
+fn two_questions(_: NoInput) -> Result<String, ToolError> {
+    let name = serde_json::json!({
+        "type": "object", "properties": { "name": { "type": "string" } }, "required": ["name"]
+    });
+    let (action, who) = described(&maestro_sdk::user::ask("Your name?", &name)?);
+    if action != "accept" {
+        return Ok(format!("no name ({action})"));
+    }
+    let plan = serde_json::json!({
+        "type": "object",
+        "properties": { "plan": { "type": "string", "enum": ["free", "pro"] } },
+        "required": ["plan"]
+    });
+    let (action, plan) = described(&maestro_sdk::user::ask("Which plan?", &plan)?);
+    Ok(format!("name={}, plan={} ({action})", who["name"], plan["plan"]))
+}
+
 /// Asks with a default for every primitive type (SEP-1034).
 fn elicitation_defaults(_: NoInput) -> Result<String, ToolError> {
     let schema = serde_json::json!({
@@ -265,6 +284,15 @@ fn prompt_with_arguments() -> Persona {
     )
 }
 
+/// A persona that may call this plugin's tools (a run whose tools ask the user;
+/// host/tests/it/plugin_asks.rs).
+fn asking_persona() -> Persona {
+    Persona::new(
+        PersonaSpec::new("test_asker", "Asker", "Calls the tools that ask the user", "You are the asker.")
+            .tools(["conformance.*", "calc.*"]),
+    )
+}
+
 /// `prompts-get-with-image`: an image, then a text asking about it.
 fn prompt_with_image() -> Persona {
     fn messages(_: &RenderContext<'_>) -> Result<Vec<PromptMessage>, String> {
@@ -328,8 +356,15 @@ export_plugin! {
         tool("test_elicitation_sep1330_enums", "Asks the user with every enum form", elicitation_enums).read_only(),
         tool("test_reconnection", "Answers on a stream the server closes first (SEP-1699 polling)", reconnection)
             .read_only(),
+        tool("test_two_questions", "Asks the user for a name, then for a plan", two_questions).read_only(),
     ],
-    personas: [simple_prompt(), prompt_with_arguments(), prompt_with_image(), prompt_with_embedded_resource()],
+    personas: [
+        simple_prompt(),
+        prompt_with_arguments(),
+        prompt_with_image(),
+        prompt_with_embedded_resource(),
+        asking_persona(),
+    ],
 }
 
 #[cfg(test)]

@@ -1,0 +1,273 @@
+//! A plugin tool that asks the user (`maestro:plugin/user.ask`) inside a run: nobody can
+//! be asked mid-call, so the call ends with needs-input (charged nothing, no result
+//! recorded) and the run waits (`waiting_input`, `clarification.requested` with the
+//! question, the answer's schema and the tool call); the answer — checked against the
+//! schema — queues the run, and the same tool call runs again with the answers it was
+//! given replayed by position and digest; several questions are asked one at a time.
+//! Nothing recorded is made again (counting fakes), also when the answer and the resume
+//! happen in a fresh process's objects over the same database; a decline reaches the
+//! plugin as a decline; an unanswered question expires. Real plugins (`conformance`,
+//! `calc`) in the real sandbox, on SQLite and Postgres.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use maestro_core::llm::ChatRequest;
+use maestro_core::policy::PolicySet;
+use maestro_core::run::{AnswerAction, Asker, EventBody, RunEvent, RunLimits, RunState, Strategy};
+use maestro_host::credits::Credits;
+use maestro_host::orchestrator::hub::EventHub;
+use maestro_host::orchestrator::{AnswerInput, Orchestrator, OrchestratorError, Runner, RunnerPorts, RunnerSettings};
+use serde_json::json;
+
+use crate::harness::{Backend, backend_tests, tools_with};
+use crate::orchestrator::{Reply, Rig, assert_dense, kinds, limits, prices, text, tool_call, usage};
+
+/// The persona of the `conformance` fixture that may call its tools.
+const ASKER: &str = "conformance.test_asker";
+
+const POLICY: &str = r#"
+version = 1
+
+[[grant]]
+name = "acme"
+subjects = ["tenant:acme"]
+tools = ["conformance.*", "calc.*"]
+"#;
+
+/// Tools over `conformance` and `calc`, and the orchestrator over them, on `rig`'s store.
+async fn with_asking_plugins(rig: Rig) -> Rig {
+    let policies = PolicySet::parse([("asks.toml", POLICY)]).expect("policy");
+    let dir = rig._db.dir().join("asking-plugins");
+    let tools = tools_with(&dir, &["conformance", "calc"], policies, rig.credits.clone()).await;
+    let orchestrator =
+        Orchestrator::new(rig.store.clone(), rig.store.clone(), rig.clock.clone(), tools.clone(), rig.hub.clone());
+    Rig { tools, orchestrator, ..rig }
+}
+
+/// What a restarted server has: a new store handle, credits, tools, hub and
+/// orchestrator over the same database (the tenant, key and model fakes kept).
+async fn restarted(rig: Rig) -> Rig {
+    let Rig { _db, clock, principal, models, .. } = rig;
+    let store = _db.open().await;
+    let credits = Arc::new(Credits::new(store.clone(), clock.clone()));
+    let hub = Arc::new(EventHub::new(store.clone()));
+    let policies = PolicySet::parse([("asks.toml", POLICY)]).expect("policy");
+    let tools =
+        tools_with(&_db.dir().join("asking-plugins-2"), &["conformance", "calc"], policies, credits.clone()).await;
+    let orchestrator = Orchestrator::new(store.clone(), store.clone(), clock.clone(), tools.clone(), hub.clone());
+    Rig { _db, store, clock, credits, tools, hub, orchestrator, principal, models }
+}
+
+fn runner(rig: &Rig, settings: RunnerSettings) -> Runner {
+    Runner::new(
+        RunnerPorts {
+            runs: rig.store.clone(),
+            unit: rig.store.clone(),
+            tenants: rig.store.clone(),
+            clock: rig.clock.clone(),
+            tools: rig.tools.clone(),
+            credits: rig.credits.clone(),
+            models: rig.models.clone(),
+            prices: prices(),
+            hub: rig.hub.clone(),
+        },
+        settings,
+    )
+}
+
+fn tool_answers(request: &ChatRequest) -> Vec<(String, String)> {
+    request.messages.iter().filter_map(|m| m.tool_call_id.as_ref().map(|id| (id.clone(), m.content.clone()))).collect()
+}
+
+fn calls_of(events: &[RunEvent], call_id: &str) -> (usize, usize) {
+    let called = events.iter().filter(|e| matches!(&e.body, EventBody::ToolCalled { call_id: c, .. } if c == call_id));
+    let results = events.iter().filter(|e| matches!(&e.body, EventBody::ToolResult(r) if r.call_id == call_id));
+    (called.count(), results.count())
+}
+
+fn last_question(events: &[RunEvent]) -> (Asker, String, Vec<String>, bool) {
+    match events.last().map(|e| e.body.clone()) {
+        Some(EventBody::ClarificationRequested { asker, question, choices, free_text, .. }) => {
+            (asker, question, choices, free_text)
+        }
+        other => panic!("the run's last event is its question, not {other:?}"),
+    }
+}
+
+fn form(value: serde_json::Value) -> AnswerInput {
+    AnswerInput::Form { action: AnswerAction::Accept, form: Some(value) }
+}
+
+async fn a_plugin_question_waits_and_the_same_call_runs_again_with_the_answer_after_a_restart(backend: Backend) {
+    let rig = with_asking_plugins(Rig::new(backend, 1_000_000).await).await;
+    rig.models.push([Reply::Tools {
+        calls: vec![
+            tool_call("c1", "calc.evaluate", r#"{"expression":"6 * 7"}"#),
+            tool_call("c2", "conformance.test_elicitation", r#"{"message":"Who are you?"}"#),
+        ],
+        usage: usage(900, 30),
+    }]);
+    let session = rig.session(&[ASKER], Strategy::Sequence, limits()).await;
+    let run = rig.post(&session, "sign me up").await;
+    assert_eq!(rig.runner().execute(&run.id).await.expect("executes"), RunState::WaitingInput);
+
+    let events = rig.events(&run).await;
+    let all = kinds(&events);
+    assert_eq!(all[all.len() - 4..], ["tool.called", "tool.result", "tool.called", "clarification.requested"]);
+    assert_eq!(calls_of(&events, "c2"), (1, 0), "an attempt that asked records no result");
+    let (asker, question, choices, free_text) = last_question(&events);
+    assert_eq!((question.as_str(), choices.is_empty(), free_text), ("Who are you?", true, true));
+    let Asker::Tool { persona, step, call_id, tool, index, schema } = asker else { panic!("a tool asks: {asker:?}") };
+    assert_eq!(
+        (persona.as_str(), step, call_id.as_str(), tool.as_str(), index),
+        (ASKER, 1, "c2", "conformance.test_elicitation", 0)
+    );
+    assert_eq!(schema["required"], json!(["username", "email"]));
+    let waiting = rig.run(&run).await;
+    assert_eq!((waiting.state, waiting.totals.tool_calls), (RunState::WaitingInput, 1));
+    let pending = rig.orchestrator.pending_question(&waiting).await.expect("read").expect("an open question");
+    assert!(matches!(pending.asker, Asker::Tool { .. }));
+    rig.assert_ledger_clean().await;
+
+    // Answers that do not fit the schema are refused and write nothing.
+    let before = events.len();
+    for wrong in [
+        AnswerInput::Text("ada".into()),
+        form(json!({ "username": "ada" })),
+        form(json!({ "username": "ada", "email": 7 })),
+        form(json!("ada")),
+        AnswerInput::Form { action: AnswerAction::Accept, form: None },
+        AnswerInput::Form { action: AnswerAction::Decline, form: Some(json!({ "username": "ada" })) },
+    ] {
+        let refused = rig.orchestrator.answer(&rig.principal, &run.id, wrong.clone()).await;
+        assert!(matches!(refused, Err(OrchestratorError::InvalidAnswer(_))), "{wrong:?}: {refused:?}");
+    }
+    assert_eq!(rig.events(&run).await.len(), before, "a refused answer writes nothing");
+
+    // The server restarts while the run waits: the answer and the resume happen in new
+    // objects over the same database.
+    let rig = restarted(rig).await;
+    let answer = json!({ "username": "ada", "email": "ada@example.com" });
+    let answered = rig.orchestrator.answer(&rig.principal, &run.id, form(answer)).await.expect("answers");
+    assert_eq!(answered.state, RunState::Queued);
+    rig.models.push([text("Welcome, ada.", usage(1000, 10))]);
+    assert_eq!(rig.runner().execute(&run.id).await.expect("resumes"), RunState::Completed);
+
+    let requests = rig.models.requests();
+    assert_eq!(requests.len(), 2, "the recorded model call is not made again");
+    let answers = tool_answers(&requests[1]);
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert!(answers[0].0 == "c1" && answers[0].1.contains("42"), "{answers:?}");
+    assert_eq!(answers[1].0, "c2");
+    assert!(
+        answers[1].1.starts_with("User response: <action: accept, content: ")
+            && answers[1].1.contains("ada@example.com"),
+        "the plugin got the answer: {answers:?}"
+    );
+    let events = rig.events(&run).await;
+    assert_dense(&events);
+    assert_eq!(calls_of(&events, "c1"), (1, 1), "the completed tool call is not run again");
+    assert_eq!(calls_of(&events, "c2"), (2, 1), "the asking call ran twice: asked, then answered");
+    assert_eq!(events.iter().filter(|e| e.body.kind() == "run.interrupted").count(), 0);
+    let all = kinds(&events);
+    assert_eq!(
+        all[all.len() - 7..],
+        [
+            "clarification.requested",
+            "clarification.answered",
+            "tool.called",
+            "tool.result",
+            "message.completed",
+            "step.completed",
+            "run.completed"
+        ]
+    );
+    let done = rig.run(&run).await;
+    assert_eq!((done.totals.model_calls, done.totals.tool_calls), (2, 2));
+    rig.assert_ledger_clean().await;
+}
+
+async fn several_questions_are_asked_one_at_a_time_and_a_decline_reaches_the_plugin(backend: Backend) {
+    let rig = with_asking_plugins(Rig::new(backend, 1_000_000).await).await;
+    let session = rig.session(&[ASKER], Strategy::Sequence, limits()).await;
+    let asks =
+        || Reply::Tools { calls: vec![tool_call("c1", "conformance.test_two_questions", "{}")], usage: usage(100, 5) };
+    rig.models.push([asks()]);
+    let run = rig.post(&session, "first").await;
+    assert_eq!(rig.runner().execute(&run.id).await.expect("executes"), RunState::WaitingInput);
+    let (asker, question, _, free_text) = last_question(&rig.events(&run).await);
+    assert!(matches!(asker, Asker::Tool { index: 0, .. }) && question == "Your name?" && free_text, "{asker:?}");
+    // A form of one field takes a text answer.
+    rig.orchestrator.answer(&rig.principal, &run.id, AnswerInput::Text("Ada".into())).await.expect("answers");
+    assert_eq!(rig.runner().execute(&run.id).await.expect("asks again"), RunState::WaitingInput);
+    let (asker, question, choices, free_text) = last_question(&rig.events(&run).await);
+    assert!(matches!(asker, Asker::Tool { index: 1, .. }), "the second question: {asker:?}");
+    assert_eq!(
+        (question.as_str(), choices.as_slice(), free_text),
+        ("Which plan?", &["free".to_owned(), "pro".to_owned()][..], false)
+    );
+    let gold = rig.orchestrator.answer(&rig.principal, &run.id, AnswerInput::Text("gold".into())).await;
+    assert!(matches!(gold, Err(OrchestratorError::InvalidAnswer(_))), "not one of the enum: {gold:?}");
+    rig.orchestrator.answer(&rig.principal, &run.id, AnswerInput::Choice("pro".into())).await.expect("answers");
+    rig.models.push([text("ok", usage(100, 5))]);
+    assert_eq!(rig.runner().execute(&run.id).await.expect("resumes"), RunState::Completed);
+    let events = rig.events(&run).await;
+    assert_eq!(calls_of(&events, "c1"), (3, 1), "three attempts, one result");
+    let result = events.iter().find_map(|e| match &e.body {
+        EventBody::ToolResult(r) if r.call_id == "c1" => Some(r.content.clone()),
+        _ => None,
+    });
+    assert_eq!(result.as_deref(), Some(r#"name="Ada", plan="pro" (accept)"#), "the first answer was replayed");
+    assert_eq!(rig.models.requests().len(), 2, "no model call is made again");
+
+    // Declined: the plugin sees the decline.
+    rig.models.push([asks()]);
+    let run = rig.post(&session, "second").await;
+    assert_eq!(rig.runner().execute(&run.id).await.expect("executes"), RunState::WaitingInput);
+    let decline = AnswerInput::Form { action: AnswerAction::Decline, form: None };
+    rig.orchestrator.answer(&rig.principal, &run.id, decline).await.expect("declines");
+    rig.models.push([text("fine", usage(100, 5))]);
+    assert_eq!(rig.runner().execute(&run.id).await.expect("resumes"), RunState::Completed);
+    let declined = rig.events(&run).await.iter().find_map(|e| match &e.body {
+        EventBody::ToolResult(r) if r.call_id == "c1" => Some(r.content.clone()),
+        _ => None,
+    });
+    assert_eq!(declined.as_deref(), Some("no name (decline)"));
+
+    // Unanswered: the wait expires like an `ask_user` question's.
+    let quick = runner(&rig, RunnerSettings { wait_timeout: Duration::ZERO, ..Rig::settings() });
+    rig.models.push([asks()]);
+    let run = rig.post(&session, "third").await;
+    assert_eq!(quick.execute(&run.id).await.expect("executes"), RunState::WaitingInput);
+    let late = rig.orchestrator.answer(&rig.principal, &run.id, AnswerInput::Text("Ada".into())).await;
+    assert!(matches!(late, Err(OrchestratorError::NotWaiting { state: "expired", .. })), "{late:?}");
+    assert_eq!(rig.run(&run).await.state, RunState::Expired);
+    rig.assert_ledger_clean().await;
+}
+
+async fn in_a_parallel_turn_a_plugin_question_is_a_failed_tool_result(backend: Backend) {
+    let rig = with_asking_plugins(Rig::new(backend, 1_000_000).await).await;
+    let session = rig.session(&[ASKER], Strategy::Parallel, RunLimits::default()).await;
+    rig.models.push([
+        Reply::Tools { calls: vec![tool_call("c1", "conformance.test_two_questions", "{}")], usage: usage(100, 5) },
+        text("could not ask", usage(100, 5)),
+    ]);
+    let run = rig.post(&session, "go").await;
+    assert_eq!(rig.runner().execute(&run.id).await.expect("executes"), RunState::Completed);
+    let events = rig.events(&run).await;
+    let result = events.iter().find_map(|e| match &e.body {
+        EventBody::ToolResult(r) if r.call_id == "c1" => Some(r.clone()),
+        _ => None,
+    });
+    let result = result.expect("a result");
+    assert_eq!((result.ok, result.error.as_deref()), (false, Some("needs_input")), "{result:?}");
+    assert!(result.content.contains("Your name?"), "{result:?}");
+    rig.assert_ledger_clean().await;
+}
+
+backend_tests!(
+    a_plugin_question_waits_and_the_same_call_runs_again_with_the_answer_after_a_restart,
+    several_questions_are_asked_one_at_a_time_and_a_decline_reaches_the_plugin,
+    in_a_parallel_turn_a_plugin_question_is_a_failed_tool_result,
+);
