@@ -609,6 +609,27 @@ impl Platform for Replay {
     }
 }
 
+/// Seals `payload` with `key` for a client to hold and hand back (an MCP input-required
+/// result's request state): `<payload hex>.<HMAC-SHA256 hex>`.
+pub fn seal(key: &[u8], payload: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(payload);
+    format!("{}.{}", hex::encode(payload), hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The payload of a [`seal`]ed text, when `key` sealed it and nothing was changed
+/// (compared in constant time); `None` otherwise.
+pub fn unseal(key: &[u8], sealed: &str) -> Option<Vec<u8>> {
+    use hmac::Mac;
+    let (payload, tag) = sealed.split_once('.')?;
+    let (payload, tag) = (hex::decode(payload).ok()?, hex::decode(tag).ok()?);
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(&payload);
+    mac.verify_slice(&tag).ok()?;
+    Some(payload)
+}
+
 /// How MCP answers a code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum McpTreatment {
@@ -782,6 +803,46 @@ mod tests {
     fn invalid_arguments_from_a_tool_are_invalid_requests() {
         assert_eq!(Failure::ToolError(ToolError::InvalidArguments("x".into())).code(), Code::InvalidRequest);
         assert_eq!(Failure::ToolError(ToolError::Failed("x".into())).code(), Code::ToolError);
+    }
+
+    #[test]
+    fn a_sealed_state_opens_with_its_key_only_and_unchanged() {
+        let sealed = seal(b"key-1", b"{\"a\":1}");
+        assert_eq!(unseal(b"key-1", &sealed).as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(unseal(b"key-2", &sealed), None, "another deployment's state");
+        assert_eq!(unseal(b"key-1", &format!("{sealed}-TAMPERED")), None);
+        let (payload, tag) = sealed.split_once('.').expect("two parts");
+        let changed = format!("{}.{tag}", hex::encode(b"{\"a\":2}"));
+        assert_eq!(unseal(b"key-1", &changed), None, "a changed payload");
+        assert_eq!(unseal(b"key-1", payload), None);
+    }
+
+    #[test]
+    fn replay_returns_answers_by_position_and_digest_and_keeps_the_rest_open() {
+        let first = Question { message: "name?".into(), schema: serde_json::json!({ "type": "object" }) };
+        let second = Question { message: "plan?".into(), schema: serde_json::json!({ "type": "object" }) };
+        let given = Answer::Accepted(serde_json::json!({ "name": "Ada" }));
+        let supplied = vec![SuppliedAnswer::to(&AskedQuestion { index: 0, question: first.clone() }, given.clone())];
+        let replay = Replay::new(None, supplied.clone());
+        let run = |future: Pin<Box<dyn Future<Output = Result<Answer, PlatformError>> + Send + '_>>| {
+            let waker = Waker::from(Arc::new(Flag(AtomicBool::new(false))));
+            let mut future = future;
+            match future.as_mut().poll(&mut Context::from_waker(&waker)) {
+                Poll::Ready(answer) => answer,
+                Poll::Pending => panic!("replay never waits without a live asker"),
+            }
+        };
+        assert_eq!(run(replay.ask(first.clone())), Ok(given));
+        assert!(matches!(run(replay.ask(second.clone())), Err(PlatformError::NeedsInput { .. })));
+        assert_eq!(replay.open_questions(), vec![AskedQuestion { index: 1, question: second.clone() }]);
+        // The same answer for another question (or another position) is not used.
+        let moved = Replay::new(None, supplied);
+        assert!(run(moved.ask(second)).is_err());
+        assert!(run(moved.ask(first)).is_err(), "the first question asked second is not the one answered");
+        let mut outcome: Outcome<()> = Outcome { result: Ok(()), metering: Metering::default() };
+        moved.settle(&mut outcome);
+        assert!(matches!(&outcome.result, Err(Failure::NeedsInput { questions }) if questions.len() == 2));
+        assert_eq!(outcome.result.map_err(|f| f.code()), Err(Code::NeedsInput));
     }
 
     #[test]

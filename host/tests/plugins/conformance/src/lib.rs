@@ -179,6 +179,47 @@ fn two_questions(_: NoInput) -> Result<String, ToolError> {
     Ok(format!("name={}, plan={} ({action})", who["name"], plan["plan"]))
 }
 
+/// `{ "name": string }`, required: the one-field form the SEP-2322 scenarios ask with.
+fn one_field(field: &str, kind: &str) -> Value {
+    serde_json::json!({
+        "type": "object", "properties": { field: { "type": kind } }, "required": [field]
+    })
+}
+
+/// `input-required-result-basic-elicitation` (and the scenarios that reuse it): asks the
+/// name; over stateless MCP the question is an input-required result.
+fn input_required_elicitation(_: NoInput) -> Result<String, ToolError> {
+    match maestro_sdk::user::ask("What is your name?", &one_field("name", "string"))? {
+        maestro_sdk::user::Answer::Accepted(answer) => {
+            Ok(format!("Hello, {}!", answer["name"].as_str().unwrap_or("?")))
+        }
+        _ => Ok("No name given.".to_owned()),
+    }
+}
+
+/// `input-required-result-request-state`: a confirmation whose answer arrives only with
+/// the request state the host sealed (the text says `state-ok`).
+fn input_required_request_state(_: NoInput) -> Result<String, ToolError> {
+    let (action, content) = described(&maestro_sdk::user::ask("Please confirm", &one_field("ok", "boolean"))?);
+    Ok(format!("state-ok: {action}, {content}"))
+}
+
+/// `input-required-result-multi-round`: two rounds, the second asked once the first is
+/// answered.
+fn input_required_multi_round(_: NoInput) -> Result<String, ToolError> {
+    let (_, name) = described(&maestro_sdk::user::ask("Step 1: What is your name?", &one_field("name", "string"))?);
+    let (_, color) =
+        described(&maestro_sdk::user::ask("Step 2: What is your favorite color?", &one_field("color", "string"))?);
+    Ok(format!("{} likes {}", name["name"], color["color"]))
+}
+
+/// `input-required-result-tampered-state`: a confirmation; a retry whose request state
+/// was changed is refused by the host before the tool runs.
+fn input_required_tampered_state(_: NoInput) -> Result<String, ToolError> {
+    let (action, _) = described(&maestro_sdk::user::ask("Please confirm", &one_field("ok", "boolean"))?);
+    Ok(format!("confirmed ({action})"))
+}
+
 /// Asks with a default for every primitive type (SEP-1034).
 fn elicitation_defaults(_: NoInput) -> Result<String, ToolError> {
     let schema = serde_json::json!({
@@ -357,6 +398,14 @@ export_plugin! {
         tool("test_reconnection", "Answers on a stream the server closes first (SEP-1699 polling)", reconnection)
             .read_only(),
         tool("test_two_questions", "Asks the user for a name, then for a plan", two_questions).read_only(),
+        tool("test_input_required_result_elicitation", "Asks the user's name (SEP-2322)", input_required_elicitation)
+            .read_only(),
+        tool("test_input_required_result_request_state", "Asks for a confirmation (SEP-2322 request state)", input_required_request_state)
+            .read_only(),
+        tool("test_input_required_result_multi_round", "Asks a name, then a colour (SEP-2322 rounds)", input_required_multi_round)
+            .read_only(),
+        tool("test_input_required_result_tampered_state", "Asks for a confirmation (SEP-2322 sealed state)", input_required_tampered_state)
+            .read_only(),
     ],
     personas: [
         simple_prompt(),
