@@ -105,6 +105,11 @@ pub(super) mod stateless {
         pub(crate) fn random() -> Self {
             Self(Arc::new(crate::random::random_bytes::<32>()))
         }
+
+        /// The key derived from a configured secret (SHA-256 of it).
+        pub(crate) fn from_secret(secret: &str) -> Self {
+            Self(Arc::new(sha2::Sha256::digest(secret.as_bytes()).into()))
+        }
     }
 
     #[derive(Debug, Serialize, Deserialize)]

@@ -62,20 +62,32 @@ pub struct Mcp {
     tools: Arc<Tools>,
     names: McpNames,
     agents: Option<Agents>,
-    /// Seals the request states of plugin questions to stateless clients.
-    state_key: elicitation::stateless::StateKey,
+    /// Seals the request states of plugin questions to stateless clients (set once
+    /// from the configured secret; random per process when none is).
+    state_key: std::sync::OnceLock<elicitation::stateless::StateKey>,
 }
 
 impl Mcp {
     /// The MCP use-cases over `tools`.
     pub fn new(tools: Arc<Tools>, names: McpNames) -> Arc<Self> {
-        Arc::new(Self { tools, names, agents: None, state_key: elicitation::stateless::StateKey::random() })
+        Arc::new(Self { tools, names, agents: None, state_key: std::sync::OnceLock::new() })
     }
 
     /// The MCP use-cases over `tools`, with the agent runtime's resources (documents,
     /// transcripts, document subscriptions).
     pub fn with_agents(tools: Arc<Tools>, names: McpNames, agents: Agents) -> Arc<Self> {
-        Arc::new(Self { tools, names, agents: Some(agents), state_key: elicitation::stateless::StateKey::random() })
+        Arc::new(Self { tools, names, agents: Some(agents), state_key: std::sync::OnceLock::new() })
+    }
+
+    /// Seals input-required request states with a key derived from `secret`, the same on
+    /// every replica (`MAESTRO_MCP_STATE_KEY`); without it a random key of this process
+    /// is used. Takes effect only before the first state is sealed or opened.
+    pub fn seal_states_with(&self, secret: &str) {
+        let _ = self.state_key.set(elicitation::stateless::StateKey::from_secret(secret));
+    }
+
+    fn state_key(&self) -> &elicitation::stateless::StateKey {
+        self.state_key.get_or_init(elicitation::stateless::StateKey::random)
     }
 
     /// Tools the principal sees, under their MCP names, sorted by name.
@@ -245,7 +257,7 @@ impl Handler {
         let ask_stateless = mrtr::offered(&context);
         let call_of = (principal.tenant_id.as_str(), qualified.as_str(), &arguments);
         if ask_stateless {
-            let key = &self.mcp.state_key;
+            let key = self.mcp.state_key();
             observe.answers = elicitation::stateless::answers(key, call_of, state.as_deref(), responses.as_ref())?;
         }
         let supplied = observe.answers.clone();
@@ -269,7 +281,7 @@ impl Handler {
                 Err(Failure::NeedsInput { questions }) if ask_stateless => {
                     let (tenant, tool, arguments) = &call_of;
                     let asks = elicitation::stateless::input_required(
-                        &self.mcp.state_key,
+                        self.mcp.state_key(),
                         (tenant, tool, arguments),
                         &supplied,
                         &questions,

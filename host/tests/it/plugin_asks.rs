@@ -18,7 +18,7 @@ use maestro_core::run::{AnswerAction, Asker, EventBody, RunEvent, RunLimits, Run
 use maestro_host::credits::Credits;
 use maestro_host::orchestrator::hub::EventHub;
 use maestro_host::orchestrator::{AnswerInput, Orchestrator, OrchestratorError, Runner, RunnerPorts, RunnerSettings};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::harness::{Backend, backend_tests, tools_with};
 use crate::orchestrator::{Reply, Rig, assert_dense, kinds, limits, prices, text, tool_call, usage};
@@ -266,7 +266,80 @@ async fn in_a_parallel_turn_a_plugin_question_is_a_failed_tool_result(backend: B
     rig.assert_ledger_clean().await;
 }
 
+/// One JSON-RPC `tools/call` on a stateless (2026-07-28) request: the response message.
+async fn stateless_call(client: &crate::mcp::Client, tool: &str, extra: Value, capabilities: Value) -> Value {
+    let mut params = json!({ "name": tool, "arguments": {} });
+    params.as_object_mut().expect("object").extend(extra.as_object().cloned().unwrap_or_default());
+    let meta = json!({ "io.modelcontextprotocol/clientCapabilities": capabilities });
+    let body = client.body(7, "tools/call", params, meta);
+    let response = client.builder("tools/call", Some(tool)).json(&body).send().await.expect("request");
+    let text = response.text().await.expect("body");
+    let messages: Vec<Value> = match serde_json::from_str::<Value>(&text) {
+        Ok(value) => vec![value],
+        Err(_) => text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str(d.trim()).ok())
+            .collect(),
+    };
+    messages.into_iter().find(|m| m.get("id").is_some()).unwrap_or_else(|| panic!("no response in {text}"))
+}
+
+/// SEP-2322 for a plugin's questions: a stateless client that declared elicitation gets
+/// input-required results with a sealed request state, round after round; a changed or
+/// another tenant's state is refused with invalid params; a client that cannot be asked
+/// gets the needs-input error result.
+async fn a_stateless_client_answers_a_plugins_questions_through_input_required_results(backend: Backend) {
+    let policy = "version = 1\n[[grant]]\nname = \"all\"\nsubjects = [\"role:member+\"]\ntools = [\"conformance.*\"]\n";
+    let served =
+        crate::mcp::Served::start(crate::harness::TestHost::with_plugins(backend, &["conformance"], policy).await)
+            .await;
+    let acme = served.client(&served.member_of("acme").await, crate::mcp::STATELESS);
+    let other = served.client(&served.member_of("other").await, crate::mcp::STATELESS);
+    let tool = "conformance.test_input_required_result_multi_round";
+    let asks = json!({ "elicitation": {} });
+
+    let first = stateless_call(&acme, tool, json!({}), asks.clone()).await;
+    let result = &first["result"];
+    assert_eq!(result["resultType"], "input_required", "{first}");
+    let request = &result["inputRequests"]["q0"];
+    assert_eq!(request["method"], "elicitation/create", "{first}");
+    assert_eq!(request["params"]["message"], "Step 1: What is your name?");
+    assert_eq!(request["params"]["requestedSchema"]["required"], json!(["name"]));
+    let state = result["requestState"].as_str().expect("a request state").to_owned();
+    assert!(state.starts_with("maestro-ask:"), "{state}");
+
+    let answer = |key: &str, content: Value| json!({ key: { "action": "accept", "content": content } });
+    let name = answer("q0", json!({ "name": "Alice" }));
+    for (client, bad) in [(&acme, format!("{state}-TAMPERED")), (&other, state.clone())] {
+        let refused =
+            stateless_call(client, tool, json!({ "inputResponses": name, "requestState": bad }), asks.clone()).await;
+        assert_eq!(refused["error"]["code"], -32602, "a changed or foreign state: {refused}");
+    }
+
+    let second =
+        stateless_call(&acme, tool, json!({ "inputResponses": name, "requestState": state }), asks.clone()).await;
+    let result = &second["result"];
+    assert_eq!(result["resultType"], "input_required", "{second}");
+    assert_eq!(result["inputRequests"]["q1"]["params"]["message"], "Step 2: What is your favorite color?");
+    let state2 = result["requestState"].as_str().expect("a request state").to_owned();
+    assert_ne!(state2, state, "each round seals its own state");
+    let colour = answer("q1", json!({ "color": "blue" }));
+    let done =
+        stateless_call(&acme, tool, json!({ "inputResponses": colour, "requestState": state2 }), asks.clone()).await;
+    let result = &done["result"];
+    assert_ne!(result["isError"], true, "{done}");
+    assert_eq!(result["content"][0]["text"], r#""Alice" likes "blue""#, "both answers reached the plugin: {done}");
+
+    // Without elicitation nobody can be asked: the question is the failed result.
+    let plain = stateless_call(&acme, tool, json!({}), json!({})).await;
+    assert_eq!(plain["result"]["isError"], true, "{plain}");
+    let text = plain["result"]["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(text.contains("needs input from the user: Step 1: What is your name?"), "{plain}");
+}
+
 backend_tests!(
+    a_stateless_client_answers_a_plugins_questions_through_input_required_results,
     a_plugin_question_waits_and_the_same_call_runs_again_with_the_answer_after_a_restart,
     several_questions_are_asked_one_at_a_time_and_a_decline_reaches_the_plugin,
     in_a_parallel_turn_a_plugin_question_is_a_failed_tool_result,
