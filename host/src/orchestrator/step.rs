@@ -35,6 +35,15 @@
 //! voiding the hold the dead worker left open (found by its deterministic key). Deltas
 //! of the cut call stay in the log, followed by `run.interrupted`: a client discards the
 //! unfinished call's text when it sees it.
+//!
+//! # A plugin tool that asks the user
+//! Its call ends with `Failure::NeedsInput` (charged nothing, no result recorded): the
+//! run waits on its first open question like on `ask_user` (`Asker::Tool`, with the
+//! answer's schema). Once answered, the resumed step finds the call announced, asked and
+//! answered as often as it was run (`StepRecord::rerun`), announces it again and runs it
+//! with every answer so far (`Observe::answers`); a call announced after its last
+//! answer and cut is answered `interrupted`, never run twice. In a `parallel` turn the
+//! question is the call's failed result instead.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -532,7 +541,7 @@ impl Inner {
                 // A plugin tool that asked the user, answered: the same call runs again
                 // with the answers (announced again, so that an attempt cut now is not).
                 self.commit(ctx, Commit::events(vec![called])).await?;
-                self.plugin_tool(ctx, (step, persona), request, answers, state).await?;
+                self.run_and_record(ctx, (step, persona), request, answers, state).await?;
                 continue;
             }
             state.tool_calls += 1;
@@ -574,7 +583,7 @@ impl Inner {
                 }
             }
             self.commit(ctx, Commit::events(vec![called])).await?;
-            self.plugin_tool(ctx, (step, persona), request, Vec::new(), state).await?;
+            self.run_and_record(ctx, (step, persona), request, Vec::new(), state).await?;
         }
         Ok(())
     }
@@ -582,7 +591,7 @@ impl Inner {
     /// Runs an announced tool call (given the answers to the questions it asked in
     /// earlier attempts) and records its result; a question nobody answered yet puts
     /// the run in `waiting_input` instead, with no result ([`Stop::Waiting`]).
-    async fn plugin_tool(
+    async fn run_and_record(
         &self,
         ctx: &RunCtx,
         (step, persona): (u32, &str),
