@@ -15,9 +15,13 @@ use std::time::Duration;
 use maestro_core::llm::ChatRequest;
 use maestro_core::policy::PolicySet;
 use maestro_core::run::{AnswerAction, Asker, EventBody, RunEvent, RunLimits, RunState, Strategy};
+use maestro_host::config::ModelPrice;
 use maestro_host::credits::Credits;
 use maestro_host::orchestrator::hub::EventHub;
 use maestro_host::orchestrator::{AnswerInput, Orchestrator, OrchestratorError, Runner, RunnerPorts, RunnerSettings};
+use maestro_host::plugins::PluginRegistry;
+use maestro_host::policy::PolicyStore;
+use maestro_host::tools::{SecretValues, Tools};
 use serde_json::{Value, json};
 
 use crate::harness::{Backend, backend_tests, tools_with};
@@ -59,7 +63,35 @@ async fn restarted(rig: Rig) -> Rig {
     Rig { _db, store, clock, credits, tools, hub, orchestrator, principal, models }
 }
 
+/// [`with_asking_plugins`] whose tools may ask `rig`'s model fakes for completions at
+/// `prices` (policy: the `balanced` tier, 100 tokens a completion).
+async fn with_models(rig: Rig, prices: Vec<ModelPrice>) -> Rig {
+    let policy = format!("{POLICY}model_tiers = [\"balanced\"]\nmodel_max_tokens = 100\n");
+    let policies = PolicySet::parse([("asks.toml", policy.as_str())]).expect("policy");
+    let dir = rig._db.dir().join("model-plugins");
+    for plugin in ["conformance", "calc"] {
+        crate::fixtures::install(&dir, plugin);
+    }
+    let registry = Arc::new(PluginRegistry::new(crate::fixtures::sandbox(), dir.clone()));
+    registry.refresh().await;
+    let tools = Tools::new(
+        registry,
+        Arc::new(PolicyStore::fixed(policies)),
+        SecretValues::new(Default::default(), dir.join("no-secrets")),
+    )
+    .with_credits(rig.credits.clone())
+    .with_models(rig.models.clone(), prices);
+    let tools = Arc::new(tools);
+    let orchestrator =
+        Orchestrator::new(rig.store.clone(), rig.store.clone(), rig.clock.clone(), tools.clone(), rig.hub.clone());
+    Rig { tools, orchestrator, ..rig }
+}
+
 fn runner(rig: &Rig, settings: RunnerSettings) -> Runner {
+    runner_priced(rig, settings, prices())
+}
+
+fn runner_priced(rig: &Rig, settings: RunnerSettings, prices: Vec<ModelPrice>) -> Runner {
     Runner::new(
         RunnerPorts {
             runs: rig.store.clone(),
@@ -69,7 +101,7 @@ fn runner(rig: &Rig, settings: RunnerSettings) -> Runner {
             tools: rig.tools.clone(),
             credits: rig.credits.clone(),
             models: rig.models.clone(),
-            prices: prices(),
+            prices,
             hub: rig.hub.clone(),
         },
         settings,
@@ -338,7 +370,62 @@ async fn a_stateless_client_answers_a_plugins_questions_through_input_required_r
     assert!(text.contains("needs input from the user: Step 1: What is your name?"), "{plain}");
 }
 
+/// A plugin's completion inside a run counts against the run's credits budget: its
+/// `max_tokens` lowered to what the run has left, its cost in the tool result and the
+/// run's totals; with nothing left it is refused and the run stops at its budget.
+async fn a_plugin_completion_in_a_run_is_capped_by_the_runs_budget_and_counted_in_its_totals(backend: Backend) {
+    // One credit per answer token on big-m (the balanced tier's model); prompts are free.
+    let prices = vec![ModelPrice { model: "big-m".into(), input_per_million: 0, output_per_million: 1_000_000 }];
+    let rig = with_models(Rig::new(backend, 1_000_000).await, prices.clone()).await;
+    let sampling = || Reply::Tools {
+        calls: vec![tool_call("c1", "conformance.test_sampling", r#"{"prompt":"Capital of France?"}"#)],
+        usage: usage(100, 10),
+    };
+    let budget = |credits: i64| RunLimits { credits_budget: Some(credits), ..limits() };
+
+    // 60 credits: 10 for the first answer, so the plugin may ask for 50 tokens, not 100.
+    let session = rig.session(&[ASKER], Strategy::Sequence, budget(60)).await;
+    rig.models.push([sampling(), text("Paris", usage(5, 7)), text("It is Paris.", usage(10, 3))]);
+    let run = rig.post(&session, "ask the model").await;
+    let runner = runner_priced(&rig, Rig::settings(), prices.clone());
+    assert_eq!(runner.execute(&run.id).await.expect("executes"), RunState::Completed);
+    let requests = rig.models.requests();
+    assert_eq!(requests.len(), 3);
+    assert_eq!(requests[1].max_tokens, Some(50), "the plugin's 100 tokens lowered to the budget left");
+    let events = rig.events(&run).await;
+    let result = events.iter().find_map(|e| match &e.body {
+        EventBody::ToolResult(r) if r.call_id == "c1" => Some(r.clone()),
+        _ => None,
+    });
+    let result = result.expect("a result");
+    assert!(result.ok && result.content == "LLM response: Paris", "{result:?}");
+    assert_eq!(result.credits, 7, "the completion's 7 answer tokens");
+    let done = rig.run(&run).await;
+    assert_eq!(done.totals.credits, 10 + 7 + 3, "the plugin's spend is in the run's totals");
+    rig.assert_ledger_clean().await;
+
+    // 10 credits: the first answer spends them all; the plugin's completion is refused
+    // without asking a model, and the run stops at its budget.
+    let session = rig.session(&[ASKER], Strategy::Sequence, budget(10)).await;
+    rig.models.push([sampling()]);
+    let run = rig.post(&session, "ask again").await;
+    assert_eq!(runner.execute(&run.id).await.expect("executes"), RunState::Failed);
+    assert_eq!(rig.models.requests().len(), 4, "only the persona's first call reached a model");
+    let events = rig.events(&run).await;
+    let refused = events.iter().find_map(|e| match &e.body {
+        EventBody::ToolResult(r) if r.call_id == "c1" => Some(r.clone()),
+        _ => None,
+    });
+    let refused = refused.expect("a result");
+    assert!(!refused.ok && refused.content.contains("the run's credits budget has 0 left"), "{refused:?}");
+    let failed = rig.run(&run).await;
+    assert_eq!(failed.error.map(|e| e.code).as_deref(), Some("budget_exceeded"));
+    assert_eq!(failed.totals.credits, 10);
+    rig.assert_ledger_clean().await;
+}
+
 backend_tests!(
+    a_plugin_completion_in_a_run_is_capped_by_the_runs_budget_and_counted_in_its_totals,
     a_stateless_client_answers_a_plugins_questions_through_input_required_results,
     a_plugin_question_waits_and_the_same_call_runs_again_with_the_answer_after_a_restart,
     several_questions_are_asked_one_at_a_time_and_a_decline_reaches_the_plugin,
