@@ -133,6 +133,9 @@ pub struct Observe {
     /// its question was answered, an MCP client's retry with its input responses):
     /// [`Replay`] gives them back before anyone is asked.
     pub answers: Vec<SuppliedAnswer>,
+    /// Completions the caller's model gave for the requests the call made in an earlier
+    /// attempt, replayed like [`Observe::answers`].
+    pub completions: Vec<SuppliedCompletion>,
     /// The most credits the call's model completions may cost in all (a run's budget
     /// left): each completion's answer is shortened to fit, and refused when nothing is
     /// left. `None`: only the caller's balance limits them.
@@ -148,6 +151,7 @@ impl fmt::Debug for Observe {
             .field("client_models", &self.client_models.is_some())
             .field("client_user", &self.client_user.is_some())
             .field("answers", &self.answers.len())
+            .field("completions", &self.completions.len())
             .field("credit_budget", &self.credit_budget)
             .finish()
     }
@@ -223,10 +227,12 @@ pub enum Failure {
     /// The tool asked the person behind the call something nobody here could answer:
     /// the questions still open, for the caller to put to a person and call again with
     /// the answers ([`Observe::answers`]). Nothing is charged for such an attempt.
-    #[error("needs input from the user: {}", .questions.first().map_or("", |q| q.question.message.as_str()))]
+    #[error("needs input from the user: {}", .questions.first().map_or("a completion by the client's model", |q| q.question.message.as_str()))]
     NeedsInput {
-        /// The open questions, in the order asked (never empty).
+        /// The open questions, in the order asked.
         questions: Vec<AskedQuestion>,
+        /// The completions left to the caller's model, in the order asked.
+        completions: Vec<AskedCompletion>,
     },
 }
 
@@ -421,6 +427,11 @@ pub enum PlatformError {
         /// The JSON Schema of the answer it wanted (its choices).
         schema: serde_json::Value,
     },
+    /// The caller's own model answers, but only on the caller's retry (a stateless MCP
+    /// client that offers sampling through input-required results): the request is
+    /// kept by [`Replay`] and the call ends with [`Failure::NeedsInput`].
+    #[error("the client's model answers this completion when the client calls again")]
+    NeedsCompletion,
 }
 
 /// What a plugin asks the person behind the call (MCP elicitation's form).
@@ -534,6 +545,43 @@ impl SuppliedAnswer {
     }
 }
 
+impl CompletionRequest {
+    /// The digest a replayed completion is matched by (with its position in the call).
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for (role, text) in &self.messages {
+            hasher.update([*role as u8]);
+            hasher.update((text.len() as u64).to_be_bytes());
+            hasher.update(text.as_bytes());
+        }
+        hasher.update([self.tier as u8]);
+        hasher.update(self.max_tokens.to_be_bytes());
+        hasher.update(self.schema.as_ref().map(ToString::to_string).unwrap_or_default().as_bytes());
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// A completion a call asked for, with its place in the call (the first is 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AskedCompletion {
+    /// Its position among the call's completions, from 0.
+    pub index: u32,
+    /// The request.
+    pub request: CompletionRequest,
+}
+
+/// A completion given to a call for a request it made in an earlier attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SuppliedCompletion {
+    /// The request's position in the call, from 0.
+    pub index: u32,
+    /// [`CompletionRequest::digest`] of the request.
+    pub digest: String,
+    /// The completion.
+    pub completion: Completion,
+}
+
 /// The one replay mechanism of a call's questions, wrapped around its platform: the
 /// n-th `ask` returns the answer supplied for the n-th question when its message and
 /// schema are the ones answered; with none, the platform's live asker asks (an MCP
@@ -545,6 +593,7 @@ impl SuppliedAnswer {
 pub struct Replay {
     inner: Option<Arc<dyn Platform>>,
     supplied: Vec<SuppliedAnswer>,
+    completions: Vec<SuppliedCompletion>,
     state: Mutex<ReplayState>,
 }
 
@@ -552,12 +601,21 @@ pub struct Replay {
 struct ReplayState {
     next: u32,
     open: Vec<AskedQuestion>,
+    next_completion: u32,
+    open_completions: Vec<AskedCompletion>,
 }
 
 impl Replay {
     /// Replays `supplied` before asking through `inner` (`None`: nobody can be asked).
     pub fn new(inner: Option<Arc<dyn Platform>>, supplied: Vec<SuppliedAnswer>) -> Self {
-        Self { inner, supplied, state: Mutex::new(ReplayState::default()) }
+        Self { inner, supplied, completions: Vec::new(), state: Mutex::new(ReplayState::default()) }
+    }
+
+    /// Also replays `completions` before asking `inner` for a completion.
+    #[must_use]
+    pub fn with_completions(mut self, completions: Vec<SuppliedCompletion>) -> Self {
+        self.completions = completions;
+        self
     }
 
     /// The questions no answer was found for, in the order asked.
@@ -565,24 +623,40 @@ impl Replay {
         self.state.lock().unwrap_or_else(PoisonError::into_inner).open.clone()
     }
 
-    /// Ends an outcome with [`Failure::NeedsInput`] when a question was left open (a
-    /// cancelled call stays cancelled).
+    /// Ends an outcome with [`Failure::NeedsInput`] when a question or a client's
+    /// completion was left open (a cancelled call stays cancelled).
     pub fn settle<T>(&self, outcome: &mut Outcome<T>) {
-        let open = self.open_questions();
-        if open.is_empty() || matches!(outcome.result, Err(Failure::Cancelled)) {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (questions, completions) = (state.open.clone(), state.open_completions.clone());
+        if (questions.is_empty() && completions.is_empty()) || matches!(outcome.result, Err(Failure::Cancelled)) {
             return;
         }
-        outcome.result = Err(Failure::NeedsInput { questions: open });
+        outcome.result = Err(Failure::NeedsInput { questions, completions });
     }
 }
 
 #[async_trait::async_trait]
 impl Platform for Replay {
     async fn complete(&self, request: CompletionRequest) -> Result<Completion, PlatformError> {
-        match &self.inner {
-            Some(inner) => inner.complete(request).await,
-            None => Err(PlatformError::Denied("model access is not available to this call".into())),
+        let index = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let index = state.next_completion;
+            state.next_completion = state.next_completion.saturating_add(1);
+            index
+        };
+        let digest = request.digest();
+        if let Some(given) = self.completions.iter().find(|s| s.index == index && s.digest == digest) {
+            return Ok(given.completion.clone());
         }
+        let answered = match &self.inner {
+            Some(inner) => inner.complete(request.clone()).await,
+            None => Err(PlatformError::Denied("model access is not available to this call".into())),
+        };
+        if matches!(answered, Err(PlatformError::NeedsCompletion)) {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.open_completions.push(AskedCompletion { index, request });
+        }
+        answered
     }
 
     async fn ask(&self, question: Question) -> Result<Answer, PlatformError> {
@@ -841,7 +915,7 @@ mod tests {
         assert!(run(moved.ask(first)).is_err(), "the first question asked second is not the one answered");
         let mut outcome: Outcome<()> = Outcome { result: Ok(()), metering: Metering::default() };
         moved.settle(&mut outcome);
-        assert!(matches!(&outcome.result, Err(Failure::NeedsInput { questions }) if questions.len() == 2));
+        assert!(matches!(&outcome.result, Err(Failure::NeedsInput { questions, .. }) if questions.len() == 2));
         assert_eq!(outcome.result.map_err(|f| f.code()), Err(Code::NeedsInput));
     }
 

@@ -81,7 +81,7 @@ pub(super) mod stateless {
     use serde_json::Value;
     use sha2::Digest as _;
 
-    use maestro_core::call::{Answer, AskedQuestion, SuppliedAnswer};
+    use maestro_core::call::{Answer, AskedCompletion, AskedQuestion, Completion, SuppliedAnswer, SuppliedCompletion};
 
     /// What distinguishes a plugin call's state from a run's (`maestro-run:`).
     pub(in crate::mcp) const PREFIX: &str = "maestro-ask:";
@@ -120,6 +120,29 @@ pub(super) mod stateless {
         at: i64,
         answers: Vec<Given>,
         asked: Vec<Asked>,
+        #[serde(default)]
+        completions: Vec<GivenCompletion>,
+        #[serde(default)]
+        sampled: Vec<Sampled>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    struct GivenCompletion {
+        index: u32,
+        digest: String,
+        text: String,
+        structured: Option<Value>,
+        model: String,
+    }
+
+    /// A completion asked of the client's model: its key, place, digest and request
+    /// (to check the answer against its schema).
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Sampled {
+        key: String,
+        index: u32,
+        digest: String,
+        schema: Option<Value>,
     }
 
     #[derive(Debug, Serialize, Deserialize)]
@@ -172,9 +195,9 @@ pub(super) mod stateless {
         (tenant, tool, arguments): (&str, &str, &Value),
         state: Option<&str>,
         responses: Option<&InputResponses>,
-    ) -> Result<Vec<SuppliedAnswer>, ErrorData> {
+    ) -> Result<(Vec<SuppliedAnswer>, Vec<SuppliedCompletion>), ErrorData> {
         let Some(sealed) = state.and_then(|s| s.strip_prefix(PREFIX)) else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         };
         let payload = maestro_core::call::unseal(&key.0[..], sealed)
             .ok_or_else(|| refused("it was changed, or another server issued it"))?;
@@ -196,7 +219,39 @@ pub(super) mod stateless {
                 supplied.push(SuppliedAnswer { index: asked.index, digest: asked.digest, answer: answer(response) });
             }
         }
-        Ok(supplied)
+        let mut completions: Vec<SuppliedCompletion> = state
+            .completions
+            .into_iter()
+            .map(|g| SuppliedCompletion {
+                index: g.index,
+                digest: g.digest,
+                completion: Completion {
+                    text: g.text,
+                    structured: g.structured,
+                    model: g.model,
+                    input_tokens: 0,
+                    output_tokens: 0,
+                    credits: 0,
+                },
+            })
+            .collect();
+        for sampled in state.sampled {
+            let Some(response) = responses.and_then(|r| r.get(&sampled.key)) else { continue };
+            // An answer that is not a model's message is not taken: the completion is asked again.
+            let Ok(result) = serde_json::from_value::<rmcp::model::CreateMessageResult>(response.clone()) else {
+                continue;
+            };
+            let request = maestro_core::call::CompletionRequest {
+                messages: Vec::new(),
+                tier: maestro_core::plugin::ModelTier::Medium,
+                max_tokens: 0,
+                schema: sampled.schema,
+            };
+            if let Ok(completion) = crate::mcp::sampling::completion(&request, result) {
+                completions.push(SuppliedCompletion { index: sampled.index, digest: sampled.digest, completion });
+            }
+        }
+        Ok((supplied, completions))
     }
 
     /// The input-required result asking `open` (with the answers so far sealed in its
@@ -204,10 +259,23 @@ pub(super) mod stateless {
     pub(in crate::mcp) fn input_required(
         key: &StateKey,
         (tenant, tool, arguments): (&str, &str, &Value),
-        supplied: &[SuppliedAnswer],
-        open: &[AskedQuestion],
+        (supplied, supplied_completions): (&[SuppliedAnswer], &[SuppliedCompletion]),
+        (open, open_completions): (&[AskedQuestion], &[AskedCompletion]),
     ) -> Option<InputRequiredResult> {
         let mut requests = rmcp::model::InputRequests::new();
+        let mut sampled = Vec::with_capacity(open_completions.len());
+        for asked in open_completions {
+            let params = crate::mcp::sampling::params(&asked.request).ok()?;
+            let name = format!("m{}", asked.index);
+            let request = rmcp::model::CreateMessageRequest::new(params);
+            requests.insert(name.clone(), InputRequest::CreateMessage(request));
+            sampled.push(Sampled {
+                key: name,
+                index: asked.index,
+                digest: asked.request.digest(),
+                schema: asked.request.schema.clone(),
+            });
+        }
         let mut asked = Vec::with_capacity(open.len());
         for question in open {
             let requested_schema: ElicitationSchema = serde_json::from_value(question.question.schema.clone()).ok()?;
@@ -230,6 +298,17 @@ pub(super) mod stateless {
                 .map(|s| Given { index: s.index, digest: s.digest.clone(), answer: response(&s.answer) })
                 .collect(),
             asked,
+            completions: supplied_completions
+                .iter()
+                .map(|s| GivenCompletion {
+                    index: s.index,
+                    digest: s.digest.clone(),
+                    text: s.completion.text.clone(),
+                    structured: s.completion.structured.clone(),
+                    model: s.completion.model.clone(),
+                })
+                .collect(),
+            sampled,
         };
         let payload = serde_json::to_vec(&state).ok()?;
         let sealed = maestro_core::call::seal(&key.0[..], &payload);

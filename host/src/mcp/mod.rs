@@ -254,13 +254,20 @@ impl Handler {
             elicitation::Elicitation::offered(&context).map(|e| Arc::new(e) as Arc<dyn maestro_core::call::Platform>);
         // A stateless client that offers elicitation is asked by input-required results:
         // its retry carries the answers, replayed into the call (SEP-2322).
-        let ask_stateless = mrtr::offered(&context);
+        // Likewise one that offers sampling: its model answers the tool's completions.
+        let elicits = mrtr::offered(&context);
+        if observe.client_models.is_none() {
+            observe.client_models =
+                sampling::Deferred::offered(&context).map(|s| Arc::new(s) as Arc<dyn maestro_core::call::Platform>);
+        }
+        let ask_stateless = elicits || sampling::Deferred::offered(&context).is_some();
         let call_of = (principal.tenant_id.as_str(), qualified.as_str(), &arguments);
         if ask_stateless {
             let key = self.mcp.state_key();
-            observe.answers = elicitation::stateless::answers(key, call_of, state.as_deref(), responses.as_ref())?;
+            (observe.answers, observe.completions) =
+                elicitation::stateless::answers(key, call_of, state.as_deref(), responses.as_ref())?;
         }
-        let supplied = observe.answers.clone();
+        let supplied = (observe.answers.clone(), observe.completions.clone());
         let call_of = (principal.tenant_id.as_str().to_owned(), qualified.clone(), arguments.clone());
         let cancel = observe.cancel.clone();
         let call = self.mcp.tools.call(&principal, &qualified, arguments, observe);
@@ -278,17 +285,20 @@ impl Handler {
         let done = match result {
             Ok(call) => match call.outcome.result {
                 Ok(output) => Ok(content::success(output)),
-                Err(Failure::NeedsInput { questions }) if ask_stateless => {
+                // Questions only to a client that declared elicitation.
+                Err(Failure::NeedsInput { questions, completions })
+                    if ask_stateless && (elicits || questions.is_empty()) =>
+                {
                     let (tenant, tool, arguments) = &call_of;
                     let asks = elicitation::stateless::input_required(
                         self.mcp.state_key(),
                         (tenant, tool, arguments),
-                        &supplied,
-                        &questions,
+                        (&supplied.0, &supplied.1),
+                        (&questions, &completions),
                     );
                     match asks {
                         Some(asks) => return Ok(Called::Asks(asks)),
-                        None => tool_answer(&(&Failure::NeedsInput { questions }).into()),
+                        None => tool_answer(&(&Failure::NeedsInput { questions, completions }).into()),
                     }
                 }
                 Err(failure) => tool_answer(&(&failure).into()),

@@ -726,7 +726,7 @@ impl Inner {
                     body(true, output_text(&output.content, output.structured.as_ref()), None, call.charged),
                     call.events,
                 ),
-                Err(Failure::NeedsInput { mut questions }) if may_wait && !questions.is_empty() => Ran::Asks {
+                Err(Failure::NeedsInput { mut questions, .. }) if may_wait && !questions.is_empty() => Ran::Asks {
                     question: questions.swap_remove(0),
                     charged: i64::try_from(call.charged).unwrap_or(i64::MAX),
                 },

@@ -512,7 +512,10 @@ impl Tools {
             // one left open ends the call with needs-input (nothing charged for it).
             let replay = (T::KIND == Kind::Tool).then(|| {
                 let joined = platform::Joined::new(models, observe.client_user.clone());
-                Arc::new(Replay::new(Some(Arc::new(joined)), observe.answers.clone()))
+                Arc::new(
+                    Replay::new(Some(Arc::new(joined)), observe.answers.clone())
+                        .with_completions(observe.completions.clone()),
+                )
             });
             let platform = replay.clone().map(|r| r as Arc<dyn maestro_core::call::Platform>);
             let job = Job {

@@ -213,6 +213,14 @@ fn input_required_multi_round(_: NoInput) -> Result<String, ToolError> {
     Ok(format!("{} likes {}", name["name"], color["color"]))
 }
 
+/// `input-required-result-basic-sampling`: a completion the stateless client's model
+/// answers on its retry.
+fn input_required_sampling(_: NoInput) -> Result<String, ToolError> {
+    let request =
+        maestro_sdk::model::Request::new(maestro_sdk::ModelTier::Medium, 100).user("What is the capital of France?");
+    Ok(format!("LLM response: {}", maestro_sdk::model::complete(&request)?.text))
+}
+
 /// `input-required-result-tampered-state`: a confirmation; a retry whose request state
 /// was changed is refused by the host before the tool runs.
 fn input_required_tampered_state(_: NoInput) -> Result<String, ToolError> {
@@ -403,6 +411,8 @@ export_plugin! {
         tool("test_input_required_result_request_state", "Asks for a confirmation (SEP-2322 request state)", input_required_request_state)
             .read_only(),
         tool("test_input_required_result_multi_round", "Asks a name, then a colour (SEP-2322 rounds)", input_required_multi_round)
+            .read_only(),
+        tool("test_input_required_result_sampling", "Asks the client's model (SEP-2322 sampling)", input_required_sampling)
             .read_only(),
         tool("test_input_required_result_tampered_state", "Asks for a confirmation (SEP-2322 sealed state)", input_required_tampered_state)
             .read_only(),
