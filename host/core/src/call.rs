@@ -129,6 +129,17 @@ pub struct Observe {
     /// The person behind the caller (an MCP client that offers elicitation): a tool's
     /// questions go to its [`Platform::ask`]; without it nobody can be asked.
     pub client_user: Option<Arc<dyn Platform>>,
+    /// Answers to the questions the call asked in an earlier attempt (a run resumed after
+    /// its question was answered, an MCP client's retry with its input responses):
+    /// [`Replay`] gives them back before anyone is asked.
+    pub answers: Vec<SuppliedAnswer>,
+    /// Completions the caller's model gave for the requests the call made in an earlier
+    /// attempt, replayed like [`Observe::answers`].
+    pub completions: Vec<SuppliedCompletion>,
+    /// The most credits the call's model completions may cost in all (a run's budget
+    /// left): each completion's answer is shortened to fit, and refused when nothing is
+    /// left. `None`: only the caller's balance limits them.
+    pub credit_budget: Option<u64>,
 }
 
 impl fmt::Debug for Observe {
@@ -139,6 +150,9 @@ impl fmt::Debug for Observe {
             .field("log", &self.log.is_some())
             .field("client_models", &self.client_models.is_some())
             .field("client_user", &self.client_user.is_some())
+            .field("answers", &self.answers.len())
+            .field("completions", &self.completions.len())
+            .field("credit_budget", &self.credit_budget)
             .finish()
     }
 }
@@ -210,6 +224,16 @@ pub enum Failure {
         /// What went wrong, for the operator's log.
         detail: String,
     },
+    /// The tool asked the person behind the call something nobody here could answer:
+    /// the questions still open, for the caller to put to a person and call again with
+    /// the answers ([`Observe::answers`]). Nothing is charged for such an attempt.
+    #[error("needs input from the user: {}", .questions.first().map_or("a completion by the client's model", |q| q.question.message.as_str()))]
+    NeedsInput {
+        /// The open questions, in the order asked.
+        questions: Vec<AskedQuestion>,
+        /// The completions left to the caller's model, in the order asked.
+        completions: Vec<AskedCompletion>,
+    },
 }
 
 impl Failure {
@@ -225,6 +249,7 @@ impl Failure {
             Failure::ToolError(_) => "tool_error",
             Failure::Cancelled => "cancelled",
             Failure::Unavailable { .. } => "unavailable",
+            Failure::NeedsInput { .. } => "needs_input",
         }
     }
 
@@ -247,6 +272,7 @@ impl Failure {
             Failure::ToolError(_) => Code::ToolError,
             Failure::Cancelled => Code::Cancelled,
             Failure::Unavailable { .. } => Code::Unavailable,
+            Failure::NeedsInput { .. } => Code::NeedsInput,
         }
     }
 }
@@ -416,6 +442,11 @@ pub enum PlatformError {
         /// The JSON Schema of the answer it wanted (its choices).
         schema: serde_json::Value,
     },
+    /// The caller's own model answers, but only on the caller's retry (a stateless MCP
+    /// client that offers sampling through input-required results): the request is
+    /// kept by [`Replay`] and the call ends with [`Failure::NeedsInput`].
+    #[error("the client's model answers this completion when the client calls again")]
+    NeedsCompletion,
 }
 
 /// What a plugin asks the person behind the call (MCP elicitation's form).
@@ -488,6 +519,206 @@ pub trait Platform: Send + Sync + fmt::Debug {
     }
 }
 
+impl Question {
+    /// The digest a replayed answer is matched by (with the question's position in the
+    /// call): SHA-256 over the message and the schema's JSON, hex.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update((self.message.len() as u64).to_be_bytes());
+        hasher.update(self.message.as_bytes());
+        hasher.update(self.schema.to_string().as_bytes());
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// A question a call asked, with its place in the call (the first `ask` is 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AskedQuestion {
+    /// Its position among the call's questions, from 0.
+    pub index: u32,
+    /// The question.
+    pub question: Question,
+}
+
+/// An answer given to a call for a question it asked in an earlier attempt: returned by
+/// the question in the same position with the same message and schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SuppliedAnswer {
+    /// The question's position in the call, from 0.
+    pub index: u32,
+    /// [`Question::digest`] of the question answered.
+    pub digest: String,
+    /// The answer.
+    pub answer: Answer,
+}
+
+impl SuppliedAnswer {
+    /// The answer to `asked`.
+    pub fn to(asked: &AskedQuestion, answer: Answer) -> Self {
+        Self { index: asked.index, digest: asked.question.digest(), answer }
+    }
+}
+
+impl CompletionRequest {
+    /// The digest a replayed completion is matched by (with its position in the call).
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for (role, text) in &self.messages {
+            hasher.update([*role as u8]);
+            hasher.update((text.len() as u64).to_be_bytes());
+            hasher.update(text.as_bytes());
+        }
+        hasher.update([self.tier as u8]);
+        hasher.update(self.max_tokens.to_be_bytes());
+        hasher.update(self.schema.as_ref().map(ToString::to_string).unwrap_or_default().as_bytes());
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// A completion a call asked for, with its place in the call (the first is 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AskedCompletion {
+    /// Its position among the call's completions, from 0.
+    pub index: u32,
+    /// The request.
+    pub request: CompletionRequest,
+}
+
+/// A completion given to a call for a request it made in an earlier attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SuppliedCompletion {
+    /// The request's position in the call, from 0.
+    pub index: u32,
+    /// [`CompletionRequest::digest`] of the request.
+    pub digest: String,
+    /// The completion.
+    pub completion: Completion,
+}
+
+/// The one replay mechanism of a call's questions, wrapped around its platform: the
+/// n-th `ask` returns the answer supplied for the n-th question when its message and
+/// schema are the ones answered; with none, the platform's live asker asks (an MCP
+/// client's elicitation); with neither, `ask` fails with
+/// [`PlatformError::NeedsInput`] and the question is kept: once the call ends,
+/// [`Replay::open_questions`] lists every such question and the caller ends the call
+/// with [`Failure::NeedsInput`], whatever the plugin made of the error.
+#[derive(Debug)]
+pub struct Replay {
+    inner: Option<Arc<dyn Platform>>,
+    supplied: Vec<SuppliedAnswer>,
+    completions: Vec<SuppliedCompletion>,
+    state: Mutex<ReplayState>,
+}
+
+#[derive(Debug, Default)]
+struct ReplayState {
+    next: u32,
+    open: Vec<AskedQuestion>,
+    next_completion: u32,
+    open_completions: Vec<AskedCompletion>,
+}
+
+impl Replay {
+    /// Replays `supplied` before asking through `inner` (`None`: nobody can be asked).
+    pub fn new(inner: Option<Arc<dyn Platform>>, supplied: Vec<SuppliedAnswer>) -> Self {
+        Self { inner, supplied, completions: Vec::new(), state: Mutex::new(ReplayState::default()) }
+    }
+
+    /// Also replays `completions` before asking `inner` for a completion.
+    #[must_use]
+    pub fn with_completions(mut self, completions: Vec<SuppliedCompletion>) -> Self {
+        self.completions = completions;
+        self
+    }
+
+    /// The questions no answer was found for, in the order asked.
+    pub fn open_questions(&self) -> Vec<AskedQuestion> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).open.clone()
+    }
+
+    /// Ends an outcome with [`Failure::NeedsInput`] when a question or a client's
+    /// completion was left open (a cancelled call stays cancelled).
+    pub fn settle<T>(&self, outcome: &mut Outcome<T>) {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (questions, completions) = (state.open.clone(), state.open_completions.clone());
+        if (questions.is_empty() && completions.is_empty()) || matches!(outcome.result, Err(Failure::Cancelled)) {
+            return;
+        }
+        outcome.result = Err(Failure::NeedsInput { questions, completions });
+    }
+}
+
+#[async_trait::async_trait]
+impl Platform for Replay {
+    async fn complete(&self, request: CompletionRequest) -> Result<Completion, PlatformError> {
+        let index = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let index = state.next_completion;
+            state.next_completion = state.next_completion.saturating_add(1);
+            index
+        };
+        let digest = request.digest();
+        if let Some(given) = self.completions.iter().find(|s| s.index == index && s.digest == digest) {
+            return Ok(given.completion.clone());
+        }
+        let answered = match &self.inner {
+            Some(inner) => inner.complete(request.clone()).await,
+            None => Err(PlatformError::Denied("model access is not available to this call".into())),
+        };
+        if matches!(answered, Err(PlatformError::NeedsCompletion)) {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.open_completions.push(AskedCompletion { index, request });
+        }
+        answered
+    }
+
+    async fn ask(&self, question: Question) -> Result<Answer, PlatformError> {
+        let index = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let index = state.next;
+            state.next = state.next.saturating_add(1);
+            index
+        };
+        let digest = question.digest();
+        if let Some(given) = self.supplied.iter().find(|s| s.index == index && s.digest == digest) {
+            return Ok(given.answer.clone());
+        }
+        let answered = match &self.inner {
+            Some(inner) => inner.ask(question.clone()).await,
+            None => {
+                Err(PlatformError::NeedsInput { question: question.message.clone(), schema: question.schema.clone() })
+            }
+        };
+        if matches!(answered, Err(PlatformError::NeedsInput { .. })) {
+            self.state.lock().unwrap_or_else(PoisonError::into_inner).open.push(AskedQuestion { index, question });
+        }
+        answered
+    }
+}
+
+/// Seals `payload` with `key` for a client to hold and hand back (an MCP input-required
+/// result's request state): `<payload hex>.<HMAC-SHA256 hex>`.
+pub fn seal(key: &[u8], payload: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(payload);
+    format!("{}.{}", hex::encode(payload), hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The payload of a [`seal`]ed text, when `key` sealed it and nothing was changed
+/// (compared in constant time); `None` otherwise.
+pub fn unseal(key: &[u8], sealed: &str) -> Option<Vec<u8>> {
+    use hmac::Mac;
+    let (payload, tag) = sealed.split_once('.')?;
+    let (payload, tag) = (hex::decode(payload).ok()?, hex::decode(tag).ok()?);
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(&payload);
+    mac.verify_slice(&tag).ok()?;
+    Some(payload)
+}
+
 /// How MCP answers a code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum McpTreatment {
@@ -538,11 +769,14 @@ pub enum Code {
     ToolError,
     /// The caller cancelled the call.
     Cancelled,
+    /// The tool asked the user a question nobody here could answer (call again with the
+    /// answer).
+    NeedsInput,
 }
 
 impl Code {
     /// Every code, for tables and tests.
-    pub const ALL: [Code; 15] = [
+    pub const ALL: [Code; 16] = [
         Code::NotFound,
         Code::Forbidden,
         Code::InvalidRequest,
@@ -558,6 +792,7 @@ impl Code {
         Code::ToolOutputTooLarge,
         Code::ToolError,
         Code::Cancelled,
+        Code::NeedsInput,
     ];
 
     /// The stable machine code (the HTTP error code, the prefix of an MCP `isError`
@@ -594,6 +829,7 @@ impl Code {
             Code::ToolOutputTooLarge => ("tool_output_too_large", 422, IsError),
             Code::ToolError => ("tool_error", 422, IsError),
             Code::Cancelled => ("cancelled", 409, IsError),
+            Code::NeedsInput => ("needs_input", 409, IsError),
         }
     }
 }
@@ -656,6 +892,46 @@ mod tests {
     fn invalid_arguments_from_a_tool_are_invalid_requests() {
         assert_eq!(Failure::ToolError(ToolError::InvalidArguments("x".into())).code(), Code::InvalidRequest);
         assert_eq!(Failure::ToolError(ToolError::Failed("x".into())).code(), Code::ToolError);
+    }
+
+    #[test]
+    fn a_sealed_state_opens_with_its_key_only_and_unchanged() {
+        let sealed = seal(b"key-1", b"{\"a\":1}");
+        assert_eq!(unseal(b"key-1", &sealed).as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(unseal(b"key-2", &sealed), None, "another deployment's state");
+        assert_eq!(unseal(b"key-1", &format!("{sealed}-TAMPERED")), None);
+        let (payload, tag) = sealed.split_once('.').expect("two parts");
+        let changed = format!("{}.{tag}", hex::encode(b"{\"a\":2}"));
+        assert_eq!(unseal(b"key-1", &changed), None, "a changed payload");
+        assert_eq!(unseal(b"key-1", payload), None);
+    }
+
+    #[test]
+    fn replay_returns_answers_by_position_and_digest_and_keeps_the_rest_open() {
+        let first = Question { message: "name?".into(), schema: serde_json::json!({ "type": "object" }) };
+        let second = Question { message: "plan?".into(), schema: serde_json::json!({ "type": "object" }) };
+        let given = Answer::Accepted(serde_json::json!({ "name": "Ada" }));
+        let supplied = vec![SuppliedAnswer::to(&AskedQuestion { index: 0, question: first.clone() }, given.clone())];
+        let replay = Replay::new(None, supplied.clone());
+        let run = |future: Pin<Box<dyn Future<Output = Result<Answer, PlatformError>> + Send + '_>>| {
+            let waker = Waker::from(Arc::new(Flag(AtomicBool::new(false))));
+            let mut future = future;
+            match future.as_mut().poll(&mut Context::from_waker(&waker)) {
+                Poll::Ready(answer) => answer,
+                Poll::Pending => panic!("replay never waits without a live asker"),
+            }
+        };
+        assert_eq!(run(replay.ask(first.clone())), Ok(given));
+        assert!(matches!(run(replay.ask(second.clone())), Err(PlatformError::NeedsInput { .. })));
+        assert_eq!(replay.open_questions(), vec![AskedQuestion { index: 1, question: second.clone() }]);
+        // The same answer for another question (or another position) is not used.
+        let moved = Replay::new(None, supplied);
+        assert!(run(moved.ask(second)).is_err());
+        assert!(run(moved.ask(first)).is_err(), "the first question asked second is not the one answered");
+        let mut outcome: Outcome<()> = Outcome { result: Ok(()), metering: Metering::default() };
+        moved.settle(&mut outcome);
+        assert!(matches!(&outcome.result, Err(Failure::NeedsInput { questions, .. }) if questions.len() == 2));
+        assert_eq!(outcome.result.map_err(|f| f.code()), Err(Code::NeedsInput));
     }
 
     #[test]

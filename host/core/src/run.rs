@@ -598,6 +598,13 @@ pub enum EventBody {
         key_id: String,
         /// When it was answered.
         at: DateTime<Utc>,
+        /// A plugin's question ([`Asker::Tool`]): the accepted answer, a JSON object
+        /// fitting its schema.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        form: Option<serde_json::Value>,
+        /// What the person did (a plugin's question may be declined or dismissed).
+        #[serde(default, skip_serializing_if = "AnswerAction::is_accept")]
+        action: AnswerAction,
     },
     /// The run's question was not answered before it expired; the run is over.
     #[serde(rename = "run.expired")]
@@ -625,6 +632,53 @@ pub enum Asker {
         /// The turn being decided.
         turn: u32,
     },
+    /// A plugin tool a persona called (`maestro:plugin/user.ask`): the tool call runs
+    /// again once answered, given the answer (and those of its earlier questions).
+    Tool {
+        /// `plugin.persona`.
+        persona: String,
+        /// The step.
+        step: u32,
+        /// The model's tool call id.
+        call_id: String,
+        /// The tool (`plugin.tool`).
+        tool: String,
+        /// The question's position among the call's questions, from 0.
+        index: u32,
+        /// The JSON Schema of the answer (MCP elicitation's form: an object of
+        /// primitive and enum properties).
+        schema: serde_json::Value,
+    },
+}
+
+/// What the person did with a question.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerAction {
+    /// Answered it.
+    #[default]
+    Accept,
+    /// Declined to answer.
+    Decline,
+    /// Dismissed it without deciding.
+    Cancel,
+}
+
+impl AnswerAction {
+    /// Whether it is [`AnswerAction::Accept`].
+    pub fn is_accept(&self) -> bool {
+        *self == AnswerAction::Accept
+    }
+
+    /// Parses `accept`, `decline` or `cancel`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "accept" => Some(AnswerAction::Accept),
+            "decline" => Some(AnswerAction::Decline),
+            "cancel" => Some(AnswerAction::Cancel),
+            _ => None,
+        }
+    }
 }
 
 /// The name of the built-in tool every persona may call to ask the user.
@@ -726,6 +780,74 @@ impl Question {
             "additionalProperties": false
         })
     }
+}
+
+/// A plugin's question (`maestro:plugin/user.ask`) as a run asks it: its message, and
+/// its schema's one enum field as the choices (an answer outside them refused), else free
+/// text.
+pub fn question_from_schema(message: &str, schema: &serde_json::Value) -> Question {
+    let question: String = message.trim().chars().take(MAX_QUESTION_CHARS).collect();
+    let question = if question.is_empty() { "(the tool asks without a message)".to_owned() } else { question };
+    let choices = single_field(schema)
+        .and_then(|(_, field)| field.get("enum"))
+        .and_then(serde_json::Value::as_array)
+        .map(|items| items.iter().filter_map(|i| i.as_str().map(str::to_owned)).take(MAX_CHOICES).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let free_text = choices.is_empty();
+    Question { question, choices, free_text }
+}
+
+/// The only property of an object schema, when it has exactly one.
+fn single_field(schema: &serde_json::Value) -> Option<(&String, &serde_json::Value)> {
+    let properties = schema.get("properties")?.as_object()?;
+    let mut fields = properties.iter();
+    let first = fields.next()?;
+    fields.next().is_none().then_some(first)
+}
+
+/// The form answering a plugin's question from a text answer: a schema of one field
+/// takes the text in it (as a number, integer or boolean when the field is one), checked
+/// against the schema. A schema of several fields needs the form itself.
+pub fn form_from_text(schema: &serde_json::Value, text: &str) -> Result<serde_json::Value, RunInputError> {
+    let text = text.trim();
+    let Some((name, field)) = single_field(schema) else {
+        return Err(invalid(
+            "form",
+            "this question asks for several fields: answer with `form`, a JSON object fitting its schema",
+        ));
+    };
+    let value = match field.get("type").and_then(serde_json::Value::as_str) {
+        Some("integer") => {
+            text.parse::<i64>().map(serde_json::Value::from).map_err(|_| invalid("answer", "must be an integer"))?
+        }
+        Some("number") => text
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(serde_json::Value::Number)
+            .ok_or_else(|| invalid("answer", "must be a number"))?,
+        Some("boolean") => match text.to_ascii_lowercase().as_str() {
+            "true" | "yes" => serde_json::Value::Bool(true),
+            "false" | "no" => serde_json::Value::Bool(false),
+            _ => return Err(invalid("answer", "must be yes or no")),
+        },
+        _ => serde_json::Value::String(text.to_owned()),
+    };
+    let form = serde_json::json!({ name.clone(): value });
+    check_form(schema, &form)?;
+    Ok(form)
+}
+
+/// Checks a form answering a plugin's question: a JSON object fitting its schema.
+pub fn check_form(schema: &serde_json::Value, form: &serde_json::Value) -> Result<(), RunInputError> {
+    if !form.is_object() {
+        return Err(invalid("form", "must be a JSON object"));
+    }
+    if form.to_string().len() > MAX_MESSAGE_BYTES {
+        return Err(invalid("form", format!("at most {MAX_MESSAGE_BYTES} bytes")));
+    }
+    crate::plugin::schema::validate(schema, form)
+        .map_err(|violation| invalid("form", format!("does not fit the question's schema: {violation}")))
 }
 
 /// An event body that cannot be decoded.
@@ -892,6 +1014,38 @@ mod tests {
                 choice: Some(1),
                 key_id: "key_x".into(),
                 at: Utc::now(),
+                form: None,
+                action: AnswerAction::Accept,
+            },
+            EventBody::ClarificationRequested {
+                asker: Asker::Tool {
+                    persona: "p.a".into(),
+                    step: 1,
+                    call_id: "c1".into(),
+                    tool: "forms.signup".into(),
+                    index: 0,
+                    schema: serde_json::json!({ "type": "object", "properties": { "name": { "type": "string" } } }),
+                },
+                question: "your name?".into(),
+                choices: vec![],
+                free_text: true,
+                expires_at: Utc::now(),
+            },
+            EventBody::ClarificationAnswered {
+                answer: "{\"name\":\"Ada\"}".into(),
+                choice: None,
+                key_id: "key_x".into(),
+                at: Utc::now(),
+                form: Some(serde_json::json!({ "name": "Ada" })),
+                action: AnswerAction::Accept,
+            },
+            EventBody::ClarificationAnswered {
+                answer: "declined".into(),
+                choice: None,
+                key_id: "key_x".into(),
+                at: Utc::now(),
+                form: None,
+                action: AnswerAction::Decline,
             },
             EventBody::RunExpired { totals: RunTotals::default() },
         ];
@@ -907,6 +1061,35 @@ mod tests {
         assert!(EventBody::decode("run.cancelled", 1, "{} , \"type\": 1").is_err());
         let empty = EventBody::decode("run.interrupted", 1, "{\"reason\":\"r\"}").expect("decodes");
         assert_eq!(empty, EventBody::RunInterrupted { step: None, reason: "r".into() });
+    }
+
+    #[test]
+    fn a_plugin_question_shows_its_one_enum_as_choices_and_takes_text_in_its_one_field() {
+        let plan = serde_json::json!({
+            "type": "object",
+            "properties": { "plan": { "type": "string", "enum": ["free", "pro"] } },
+            "required": ["plan"]
+        });
+        let shown = question_from_schema(" Which plan? ", &plan);
+        assert_eq!(
+            (shown.question.as_str(), shown.choices.clone(), shown.free_text),
+            ("Which plan?", vec!["free".to_owned(), "pro".to_owned()], false)
+        );
+        assert_eq!(form_from_text(&plan, "pro"), Ok(serde_json::json!({ "plan": "pro" })));
+        assert!(form_from_text(&plan, "gold").is_err(), "outside the enum");
+        let age = serde_json::json!({ "type": "object", "properties": { "age": { "type": "integer" } } });
+        assert_eq!(form_from_text(&age, " 42 "), Ok(serde_json::json!({ "age": 42 })));
+        assert!(form_from_text(&age, "old").is_err());
+        let two = serde_json::json!({
+            "type": "object",
+            "properties": { "name": { "type": "string" }, "email": { "type": "string" } },
+            "required": ["name", "email"]
+        });
+        assert!(question_from_schema("Who?", &two).free_text);
+        assert!(form_from_text(&two, "Ada").is_err(), "several fields need a form");
+        assert_eq!(check_form(&two, &serde_json::json!({ "name": "Ada", "email": "a@x" })), Ok(()));
+        assert!(check_form(&two, &serde_json::json!({ "name": "Ada" })).is_err(), "a required field is missing");
+        assert!(check_form(&two, &serde_json::json!("Ada")).is_err());
     }
 
     #[test]

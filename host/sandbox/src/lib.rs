@@ -1189,7 +1189,9 @@ impl bindings::v2::maestro::plugin::model::Host for State {
             Err(PlatformError::InsufficientCredits(m)) => Err(m::Error::InsufficientCredits(m)),
             Err(PlatformError::Failed(m)) => Err(m::Error::Failed(m)),
             Err(PlatformError::Cancelled) => Err(m::Error::Cancelled),
-            Err(other @ PlatformError::NeedsInput { .. }) => Err(m::Error::Failed(other.to_string())),
+            Err(other @ (PlatformError::NeedsInput { .. } | PlatformError::NeedsCompletion)) => {
+                Err(m::Error::Failed(other.to_string()))
+            }
         }
     }
 }

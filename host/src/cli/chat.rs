@@ -281,8 +281,14 @@ async fn answer_inline(
         if line.is_empty() {
             continue;
         }
+        let tool = question["asker"]["kind"].as_str() == Some("tool");
+        let form = line.starts_with('{').then(|| serde_json::from_str::<Value>(line).ok()).flatten();
         let body = match line.parse::<usize>() {
             Ok(number) if (1..=choices.len()).contains(&number) => json!({ "choice": choices[number - 1] }),
+            // A plugin tool's question: a JSON object is its form; /decline and /cancel say no.
+            _ if tool && form.is_some() => json!({ "form": form }),
+            _ if tool && line == "/decline" => json!({ "action": "decline" }),
+            _ if tool && line == "/cancel" => json!({ "action": "cancel" }),
             _ => json!({ "answer": line }),
         };
         let (status, answered) = api.call(Method::POST, &format!("/v1/runs/{run}/answer"), Some(body)).await?;
@@ -526,9 +532,19 @@ impl<'a> Printer<'a> {
             "clarification.requested" => {
                 let who = match data["asker"]["kind"].as_str() {
                     Some("persona") => data["asker"]["persona"].as_str().unwrap_or("a persona").to_owned(),
+                    Some("tool") => format!(
+                        "{} (through {})",
+                        data["asker"]["persona"].as_str().unwrap_or("a persona"),
+                        data["asker"]["tool"].as_str().unwrap_or("a tool")
+                    ),
                     _ => "maestro".to_owned(),
                 };
                 self.line(&format!("? {who} asks: {}", s("question")))?;
+                let fields = data["asker"]["schema"]["properties"].as_object().map_or(0, serde_json::Map::len);
+                if fields > 1 {
+                    let schema = &data["asker"]["schema"];
+                    self.line(&format!("  (answer with a JSON object fitting {schema}, or /decline)"))?;
+                }
                 let choices = data["choices"].as_array().cloned().unwrap_or_default();
                 for (index, choice) in choices.iter().enumerate() {
                     self.line(&format!("  {}. {}", index + 1, choice.as_str().unwrap_or_default()))?;

@@ -45,6 +45,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MAESTRO_MCP_SESSION_IDLE_TIMEOUT", "idle MCP sessions close after this (mcp.session_idle_timeout)"),
     ("MAESTRO_MCP_MAX_SESSIONS_PER_KEY", "open MCP sessions per API key (mcp.max_sessions_per_key)"),
     ("MAESTRO_MCP_POLL_TOOLS", "comma-separated tools whose POST stream closes at once (mcp.poll_tools)"),
+    (
+        "MAESTRO_MCP_STATE_KEY",
+        "secret sealing MCP input-required request states, the same on every replica (environment only)",
+    ),
     ("MAESTRO_JOBS_CONCURRENCY", "jobs one process runs at once (jobs.concurrency)"),
     ("MAESTRO_JOBS_LEASE", "how long a claimed job is held before another worker may take it (jobs.lease)"),
     ("MAESTRO_JOBS_POLL_INTERVAL", "how often an idle job worker looks for due jobs (jobs.poll_interval)"),
@@ -181,6 +185,21 @@ pub struct McpSettings {
     /// progress, logs and result by reconnecting with `GET` and `Last-Event-ID` (SEP-1699
     /// polling), so long calls hold no connection open.
     pub poll_tools: Vec<String>,
+    /// The secret input-required request states (a plugin's questions to stateless
+    /// clients, SEP-2322) are sealed with (`MAESTRO_MCP_STATE_KEY`, environment only);
+    /// `None`: a random key per process, so a state is good only on the process that
+    /// issued it.
+    pub state_secret: Option<StateSecret>,
+}
+
+/// A secret kept out of `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StateSecret(pub String);
+
+impl std::fmt::Debug for StateSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl Default for McpSettings {
@@ -192,6 +211,7 @@ impl Default for McpSettings {
             session_idle_timeout: Duration::from_secs(30 * 60),
             max_sessions_per_key: usize::try_from(raw::DEFAULT_MCP_MAX_SESSIONS_PER_KEY).expect("a small constant"),
             poll_tools: Vec::new(),
+            state_secret: None,
         }
     }
 }
@@ -382,7 +402,13 @@ impl Config {
             compile_timeout,
             cache_dir: raw.sandbox.cache_dir.unwrap_or_else(|| data_dir.join("cache").join("wasm")),
         };
-        let mcp = mcp_settings(raw.mcp, listen)?;
+        let mut mcp = mcp_settings(raw.mcp, listen)?;
+        mcp.state_secret = non_empty(env, "MAESTRO_MCP_STATE_KEY").map(|s| StateSecret(s.trim().to_owned()));
+        if let Some(secret) = &mcp.state_secret
+            && secret.0.len() < 32
+        {
+            return Err(invalid("MAESTRO_MCP_STATE_KEY", "<redacted>", "must be at least 32 characters".into()));
+        }
         let billing = billing_settings(raw.billing, env)?;
         let model_prices = model_prices(raw.credits)?;
         let jobs = jobs_settings(raw.jobs)?;
@@ -875,7 +901,15 @@ fn mcp_settings(raw: raw::RawMcp, listen: SocketAddr) -> Result<McpSettings, Con
     }
     let max_sessions_per_key = usize::try_from(max_sessions).expect("at most 10000 fits in usize");
     let poll_tools = raw.poll_tools.unwrap_or_default().into_iter().map(|t| t.trim().to_owned()).collect();
-    Ok(McpSettings { allowed_hosts, allowed_origins, names, session_idle_timeout, max_sessions_per_key, poll_tools })
+    Ok(McpSettings {
+        allowed_hosts,
+        allowed_origins,
+        names,
+        session_idle_timeout,
+        max_sessions_per_key,
+        poll_tools,
+        state_secret: None,
+    })
 }
 
 fn jobs_settings(raw: raw::RawJobs) -> Result<JobsSettings, ConfigError> {

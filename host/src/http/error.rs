@@ -88,6 +88,10 @@ pub enum ErrorCode {
     /// A run of the session waits for an answer; a new message would race it (answer or
     /// cancel that run first; the message names it).
     RunWaiting,
+    /// The tool asked the user a question nobody could answer on this request (no
+    /// elicitation here); call it where a person can answer (a run, an MCP client that
+    /// offers elicitation).
+    NeedsInput,
 }
 
 impl ErrorCode {
@@ -124,6 +128,7 @@ impl ErrorCode {
             ErrorCode::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
             ErrorCode::RunNotWaiting | ErrorCode::RunWaiting => StatusCode::CONFLICT,
             ErrorCode::InvalidAnswer => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::NeedsInput => StatusCode::CONFLICT,
         }
     }
 
@@ -392,6 +397,7 @@ mod tests {
             ErrorCode::Internal,
             ErrorCode::StaleVersion,
             ErrorCode::PreconditionRequired,
+            ErrorCode::NeedsInput,
         ];
         for code in codes {
             let name = serde_json::to_value(code).expect("serialises");

@@ -312,6 +312,9 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
     runs.bind(&state.orchestrator);
     let agents = crate::mcp::Agents { documents: state.documents.clone(), runs };
     let mcp_service = crate::mcp::Mcp::with_agents(state.tools.clone(), settings.mcp.names, agents);
+    if let Some(secret) = &settings.mcp.state_secret {
+        mcp_service.seal_states_with(&secret.0);
+    }
     let transport =
         crate::mcp::HttpTransport::new(mcp_service, &settings.mcp, settings.body_limit_bytes, state.shutdown.clone());
     let guard = mcp::Guard::new(

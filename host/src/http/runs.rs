@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use maestro_core::Caller;
-use maestro_core::run::{Asker, Run, RunId};
+use maestro_core::run::{AnswerAction, Asker, Run, RunId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -90,6 +90,15 @@ pub struct AskerView {
     /// The turn being decided, when the router asked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub turn: Option<u32>,
+    /// The plugin tool (`plugin.tool`), when a tool a persona called asked (`kind`
+    /// `tool`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// The JSON Schema of the answer a tool asks for (an object of primitive and enum
+    /// fields): answer with `form`, or with `answer` when it has one field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<serde_json::Value>,
 }
 
 /// The open question of a `waiting_input` run.
@@ -118,10 +127,27 @@ impl From<PendingQuestion> for PendingQuestionView {
                 step: Some(step),
                 call_id: Some(call_id),
                 turn: None,
+                tool: None,
+                schema: None,
             },
-            Asker::Router { turn } => {
-                AskerView { kind: "router".to_owned(), persona: None, step: None, call_id: None, turn: Some(turn) }
-            }
+            Asker::Router { turn } => AskerView {
+                kind: "router".to_owned(),
+                persona: None,
+                step: None,
+                call_id: None,
+                turn: Some(turn),
+                tool: None,
+                schema: None,
+            },
+            Asker::Tool { persona, step, call_id, tool, schema, .. } => AskerView {
+                kind: "tool".to_owned(),
+                persona: Some(persona),
+                step: Some(step),
+                call_id: Some(call_id),
+                turn: None,
+                tool: Some(tool),
+                schema: Some(schema),
+            },
         };
         Self {
             asker,
@@ -243,7 +269,9 @@ async fn view_with_question(state: &AppState, run: Run) -> Result<RunView, ApiEr
 }
 
 /// The answer to a waiting run's question: `answer` (one of the choices, or free text
-/// when the question accepts it) or `choice` (one of the choices), not both.
+/// when the question accepts it) or `choice` (one of the choices), not both; a plugin
+/// tool's question (asker `tool`) may instead be answered with `form` (a JSON object
+/// fitting its schema) or `action` `decline` / `cancel`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnswerBody {
@@ -253,6 +281,14 @@ pub struct AnswerBody {
     /// One of the question's choices, by its text.
     #[serde(default)]
     pub choice: Option<String>,
+    /// A plugin tool's question: the answer as a JSON object fitting its schema.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub form: Option<serde_json::Value>,
+    /// A plugin tool's question: `accept` (the default, with `form`), `decline` or
+    /// `cancel` (without an answer).
+    #[serde(default)]
+    pub action: Option<String>,
 }
 
 /// Answers a `waiting_input` run's open question (members and admins) and resumes the
@@ -273,10 +309,28 @@ pub(super) async fn answer(
     StrictJson(body): StrictJson<AnswerBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let principal = tenant_principal(&state, &caller).await?;
-    let input = match (body.answer, body.choice) {
-        (Some(text), None) => AnswerInput::Text(text),
-        (None, Some(choice)) => AnswerInput::Choice(choice),
-        _ => return Err(ApiError::new(ErrorCode::InvalidRequest, "give exactly one of `answer` and `choice`")),
+    let action = match body.action.as_deref().map(AnswerAction::parse) {
+        None => None,
+        Some(Some(action)) => Some(action),
+        Some(None) => {
+            return Err(ApiError::new(ErrorCode::InvalidRequest, "`action` is one of accept, decline, cancel"));
+        }
+    };
+    let input = match (body.answer, body.choice, body.form, action) {
+        (Some(text), None, None, None | Some(AnswerAction::Accept)) => AnswerInput::Text(text),
+        (None, Some(choice), None, None | Some(AnswerAction::Accept)) => AnswerInput::Choice(choice),
+        (None, None, form @ Some(_), None | Some(AnswerAction::Accept)) => {
+            AnswerInput::Form { action: AnswerAction::Accept, form }
+        }
+        (None, None, None, Some(action @ (AnswerAction::Decline | AnswerAction::Cancel))) => {
+            AnswerInput::Form { action, form: None }
+        }
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "give exactly one of `answer`, `choice` and `form`, or `action` decline or cancel alone",
+            ));
+        }
     };
     let run = state.orchestrator.answer(&principal, &run_id(&id)?, input).await?;
     Ok((StatusCode::ACCEPTED, Json(RunView::from(run))))

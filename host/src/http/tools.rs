@@ -399,6 +399,7 @@ pub(crate) fn error_code(code: Code) -> ErrorCode {
         Code::ToolOutputTooLarge => ErrorCode::ToolOutputTooLarge,
         Code::ToolError => ErrorCode::ToolError,
         Code::Cancelled => ErrorCode::Cancelled,
+        Code::NeedsInput => ErrorCode::NeedsInput,
     }
 }
 

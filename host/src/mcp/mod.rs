@@ -62,18 +62,32 @@ pub struct Mcp {
     tools: Arc<Tools>,
     names: McpNames,
     agents: Option<Agents>,
+    /// Seals the request states of plugin questions to stateless clients (set once
+    /// from the configured secret; random per process when none is).
+    state_key: std::sync::OnceLock<elicitation::stateless::StateKey>,
 }
 
 impl Mcp {
     /// The MCP use-cases over `tools`.
     pub fn new(tools: Arc<Tools>, names: McpNames) -> Arc<Self> {
-        Arc::new(Self { tools, names, agents: None })
+        Arc::new(Self { tools, names, agents: None, state_key: std::sync::OnceLock::new() })
     }
 
     /// The MCP use-cases over `tools`, with the agent runtime's resources (documents,
     /// transcripts, document subscriptions).
     pub fn with_agents(tools: Arc<Tools>, names: McpNames, agents: Agents) -> Arc<Self> {
-        Arc::new(Self { tools, names, agents: Some(agents) })
+        Arc::new(Self { tools, names, agents: Some(agents), state_key: std::sync::OnceLock::new() })
+    }
+
+    /// Seals input-required request states with a key derived from `secret`, the same on
+    /// every replica (`MAESTRO_MCP_STATE_KEY`); without it a random key of this process
+    /// is used. Takes effect only before the first state is sealed or opened.
+    pub fn seal_states_with(&self, secret: &str) {
+        let _ = self.state_key.set(elicitation::stateless::StateKey::from_secret(secret));
+    }
+
+    fn state_key(&self) -> &elicitation::stateless::StateKey {
+        self.state_key.get_or_init(elicitation::stateless::StateKey::random)
     }
 
     /// Tools the principal sees, under their MCP names, sorted by name.
@@ -217,15 +231,16 @@ impl Handler {
         &self,
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
-    ) -> Result<rmcp::model::CallToolResult, ErrorData> {
+    ) -> Result<Called, ErrorData> {
         let principal = self.principal(&context.extensions)?;
+        let (state, responses) = (request.request_state.clone(), request.input_responses.clone());
         let (qualified, arguments) = match mrtr::resumed(&request) {
             // A stateless retry carrying the answer to a run's question (SEP-2322).
             Some(resumed) => resumed,
             None => {
                 let name = request.name.as_ref();
                 let Some(qualified) = self.mcp.resolve_tool(&principal, name) else {
-                    return tool_answer(&CallError::UnknownTool(truncate(name, 128)).into());
+                    return tool_answer(&CallError::UnknownTool(truncate(name, 128)).into()).map(Called::Done);
                 };
                 (qualified, Value::Object(request.arguments.unwrap_or_default()))
             }
@@ -241,6 +256,23 @@ impl Handler {
         // A client that offers elicitation answers the tool's questions (its user does).
         observe.client_user =
             elicitation::Elicitation::offered(&context).map(|e| Arc::new(e) as Arc<dyn maestro_core::call::Platform>);
+        // A stateless client that offers elicitation is asked by input-required results:
+        // its retry carries the answers, replayed into the call (SEP-2322).
+        // Likewise one that offers sampling: its model answers the tool's completions.
+        let elicits = mrtr::offered(&context);
+        if observe.client_models.is_none() {
+            observe.client_models =
+                sampling::Deferred::offered(&context).map(|s| Arc::new(s) as Arc<dyn maestro_core::call::Platform>);
+        }
+        let ask_stateless = elicits || sampling::Deferred::offered(&context).is_some();
+        let call_of = (principal.tenant_id.as_str(), qualified.as_str(), &arguments);
+        if ask_stateless {
+            let key = self.mcp.state_key();
+            (observe.answers, observe.completions) =
+                elicitation::stateless::answers(key, call_of, state.as_deref(), responses.as_ref())?;
+        }
+        let supplied = (observe.answers.clone(), observe.completions.clone());
+        let call_of = (principal.tenant_id.as_str().to_owned(), qualified.clone(), arguments.clone());
         let cancel = observe.cancel.clone();
         let call = self.mcp.tools.call(&principal, &qualified, arguments, observe);
         tokio::pin!(call);
@@ -254,13 +286,30 @@ impl Handler {
             }
         };
         events.finish().await;
-        match result {
+        let done = match result {
             Ok(call) => match call.outcome.result {
                 Ok(output) => Ok(content::success(output)),
+                // Questions only to a client that declared elicitation.
+                Err(Failure::NeedsInput { questions, completions })
+                    if ask_stateless && (elicits || questions.is_empty()) =>
+                {
+                    let (tenant, tool, arguments) = &call_of;
+                    let asks = elicitation::stateless::input_required(
+                        self.mcp.state_key(),
+                        (tenant, tool, arguments),
+                        (&supplied.0, &supplied.1),
+                        (&questions, &completions),
+                    );
+                    match asks {
+                        Some(asks) => return Ok(Called::Asks(asks)),
+                        None => tool_answer(&(&Failure::NeedsInput { questions, completions }).into()),
+                    }
+                }
                 Err(failure) => tool_answer(&(&failure).into()),
             },
             Err(err) => tool_answer(&(&err).into()),
-        }
+        };
+        done.map(Called::Done)
     }
 
     async fn prompt(
@@ -554,6 +603,13 @@ async fn forward(shared: Arc<Shared>, peer: Peer<RoleServer>, progress_token: Op
     }
 }
 
+/// How a tools/call ended: a result, or (a stateless client that can be asked) the
+/// plugin's questions as an input-required result.
+enum Called {
+    Done(rmcp::model::CallToolResult),
+    Asks(rmcp::model::InputRequiredResult),
+}
+
 /// Asking a stateless (2026-07-28) client through input-required results (SEP-2322): a
 /// `runs.start` or `runs.answer` whose run waits for an answer becomes an
 /// `InputRequiredResult` with one elicitation (`answer`) and the request state
@@ -791,7 +847,16 @@ impl ServerHandler for Handler {
         let name = request.name.to_string();
         let span = request_span(&context, "tools/call");
         let input_required = mrtr::offered(&context);
-        let result = self.call(request, context).instrument(span.clone()).await;
+        let result = match self.call(request, context).instrument(span.clone()).await {
+            Ok(Called::Asks(asks)) => {
+                let _entered = span.enter();
+                let duration_us = started.elapsed().as_micros();
+                tracing::info!(method = "tools/call", tenant, tool = %name, duration_us, outcome = "input_required", "mcp request");
+                return Ok(CallToolResponse::InputRequired(asks));
+            }
+            Ok(Called::Done(done)) => Ok(done),
+            Err(err) => Err(err),
+        };
         let _entered = span.enter();
         let duration_us = started.elapsed().as_micros();
         match &result {

@@ -35,8 +35,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use maestro_core::run::{
-    ASK_USER_TOOL, Asker, Author, EventBody, Message, MessageId, NewEvent, Question, Run, RunEvent, RunId,
-    RunInputError, RunLimits, RunState, RunTotals, Session, SessionId, Strategy, ToolResultBody, validate_message,
+    ASK_USER_TOOL, AnswerAction, Asker, Author, EventBody, Message, MessageId, NewEvent, Question, Run, RunEvent,
+    RunId, RunInputError, RunLimits, RunState, RunTotals, Session, SessionId, Strategy, ToolResultBody,
+    validate_message,
 };
 use maestro_core::{Clock, Job, NewJob, Role, RunStore, StoreError, UnitOfWork};
 
@@ -120,6 +121,14 @@ pub enum AnswerInput {
     Text(String),
     /// One of the choices, by its text (never free text).
     Choice(String),
+    /// A plugin's question answered as MCP elicitation answers: accepted with a form (a
+    /// JSON object fitting the question's schema), declined, or dismissed.
+    Form {
+        /// What the person did.
+        action: AnswerAction,
+        /// The accepted answer (required to accept, refused otherwise).
+        form: Option<serde_json::Value>,
+    },
 }
 
 /// What `POST /v1/sessions` asks for.
@@ -357,19 +366,31 @@ impl Orchestrator {
             let ended = self.end_wait(&run, RunState::Expired, EventBody::RunExpired { totals }).await?;
             return Err(not_waiting(&ended.unwrap_or(Run { state: RunState::Expired, ..run })));
         }
-        let (text, choice) = match input {
-            AnswerInput::Text(text) => pending.question.accept(&text),
-            AnswerInput::Choice(choice) => {
-                let only_choices = Question { free_text: false, ..pending.question.clone() };
-                only_choices.accept(&choice)
+        let (text, choice, form, action) = match &pending.asker {
+            Asker::Tool { schema, .. } => tool_answer(&pending.question, schema, input)?,
+            Asker::Persona { .. } | Asker::Router { .. } => {
+                let (text, choice) = match input {
+                    AnswerInput::Text(text) => pending.question.accept(&text),
+                    AnswerInput::Choice(choice) => {
+                        let only_choices = Question { free_text: false, ..pending.question.clone() };
+                        only_choices.accept(&choice)
+                    }
+                    AnswerInput::Form { .. } => Err(RunInputError::Invalid {
+                        field: "form",
+                        reason: "this question is answered with text (`answer`) or a choice (`choice`)".into(),
+                    }),
+                }
+                .map_err(OrchestratorError::InvalidAnswer)?;
+                (text, choice, None, AnswerAction::Accept)
             }
-        }
-        .map_err(OrchestratorError::InvalidAnswer)?;
+        };
         let mut events = vec![EventBody::ClarificationAnswered {
             answer: text.clone(),
             choice,
             key_id: principal.key_id.clone(),
             at: now,
+            form,
+            action,
         }];
         let mut next = Run { state: RunState::Queued, ..run.clone() };
         if let Asker::Persona { step, call_id, .. } = &pending.asker {
@@ -495,6 +516,50 @@ impl crate::jobs::JobHandler for ExpireWaits {
             Err(err) => Err(crate::jobs::JobError::Retry(err.to_string())),
         }
     }
+}
+
+/// An answer to a plugin's question (its `schema`): text or a choice fills a form of one
+/// field; a form is checked against the schema; declining or dismissing carries no form.
+/// Returns the answer's text (as events and clients show it), the chosen choice, the
+/// form and the action.
+fn tool_answer(
+    question: &Question,
+    schema: &serde_json::Value,
+    input: AnswerInput,
+) -> Result<(String, Option<u32>, Option<serde_json::Value>, AnswerAction), OrchestratorError> {
+    let invalid = OrchestratorError::InvalidAnswer;
+    let (text, form) = match input {
+        AnswerInput::Text(text) => {
+            let form = maestro_core::run::form_from_text(schema, &text).map_err(invalid)?;
+            (text.trim().to_owned(), form)
+        }
+        AnswerInput::Choice(choice) => {
+            let only_choices = Question { free_text: false, ..question.clone() };
+            let (text, _) = only_choices.accept(&choice).map_err(invalid)?;
+            let form = maestro_core::run::form_from_text(schema, &text).map_err(invalid)?;
+            (text, form)
+        }
+        AnswerInput::Form { action: AnswerAction::Accept, form: Some(form) } => {
+            maestro_core::run::check_form(schema, &form).map_err(invalid)?;
+            (form.to_string(), form)
+        }
+        AnswerInput::Form { action: AnswerAction::Accept, form: None } => {
+            return Err(invalid(RunInputError::Invalid { field: "form", reason: "accepting needs the form".into() }));
+        }
+        AnswerInput::Form { action, form: Some(_) } => {
+            let _ = action;
+            return Err(invalid(RunInputError::Invalid {
+                field: "form",
+                reason: "a declined or dismissed question takes no form".into(),
+            }));
+        }
+        AnswerInput::Form { action, form: None } => {
+            let text = if action == AnswerAction::Decline { "(declined)" } else { "(dismissed)" };
+            return Ok((text.to_owned(), None, None, action));
+        }
+    };
+    let choice = question.choices.iter().position(|c| *c == text).and_then(|i| u32::try_from(i).ok());
+    Ok((text, choice, Some(form), AnswerAction::Accept))
 }
 
 fn require(principal: &Principal, role: Role) -> Result<(), OrchestratorError> {

@@ -6,8 +6,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
+use maestro_core::call::{Answer as CallAnswer, AskedQuestion, Question as CallQuestion, SuppliedAnswer};
 use maestro_core::llm::{FinishReason, ToolCallRequest, Usage};
-use maestro_core::run::{Asker, EventBody, MessageId, Question, RunEvent, ToolResultBody};
+use maestro_core::run::{AnswerAction, Asker, EventBody, MessageId, Question, RunEvent, ToolResultBody};
 
 /// The `step` the router's model calls are recorded under (`call` numbers them across
 /// the run).
@@ -50,19 +51,45 @@ pub(crate) struct StepRecord {
     pub(crate) persona: String,
     /// Its model answers, in order.
     pub(crate) answers: Vec<Answer>,
-    /// Tool calls announced (`tool.called`), by call id.
+    /// Tool calls announced (`tool.called`), by call id, once per attempt (a plugin
+    /// tool that asked the user is announced again when it runs again).
     pub(crate) called: Vec<String>,
+    /// Plugin tool calls that asked the user, by call id.
+    pub(crate) asks: HashMap<String, ToolAsks>,
     /// Tool results, by call id.
     pub(crate) results: HashMap<String, ToolResultBody>,
     /// Whether it finished, with the session message holding its answer.
     pub(crate) completed: Option<Option<MessageId>>,
 }
 
+/// The questions one plugin tool call asked in a run, and the answers given.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct ToolAsks {
+    /// Questions asked (`clarification.requested`).
+    pub(crate) asked: u32,
+    /// The answers, in the order given, for the call's next attempt.
+    pub(crate) answers: Vec<SuppliedAnswer>,
+}
+
 impl StepRecord {
     /// Tool calls this step made (announced or answered without running).
     pub(crate) fn tool_calls(&self) -> u32 {
+        let mut announced: Vec<&String> = self.called.iter().collect();
+        announced.sort();
+        announced.dedup();
         let unannounced = self.results.keys().filter(|id| !self.called.contains(id)).count();
-        u32::try_from(self.called.len() + unannounced).unwrap_or(u32::MAX)
+        u32::try_from(announced.len() + unannounced).unwrap_or(u32::MAX)
+    }
+
+    /// The answers to run a tool call again with, when it asked the user, every question
+    /// was answered, and it has not been started since the last answer (`None`: it did
+    /// not ask, still waits, or an attempt after the answer was cut: its result is
+    /// unknown).
+    pub(crate) fn rerun(&self, call_id: &str) -> Option<Vec<SuppliedAnswer>> {
+        let asks = self.asks.get(call_id)?;
+        let attempts = self.called.iter().filter(|id| *id == call_id).count();
+        let answered = asks.answers.len() == asks.asked as usize;
+        (answered && attempts == asks.asked as usize).then(|| asks.answers.clone())
     }
 
     /// Model usage and credits over its answers.
@@ -95,6 +122,8 @@ pub(crate) struct Record {
     pub(crate) waits: u32,
     /// The router's questions and their answers, in order.
     pub(crate) router_asks: Vec<RouterAsk>,
+    /// The plugin question waiting for its answer: step, call id, and the question.
+    open_tool_ask: Option<(u32, String, AskedQuestion)>,
 }
 
 /// A question the router asked the user while deciding a turn.
@@ -206,14 +235,36 @@ impl Record {
             }
             EventBody::ClarificationRequested { asker, question, .. } => {
                 self.waits += 1;
-                if let Asker::Router { turn } = asker {
-                    // The asking answer was usable: the turn's tries start again.
-                    self.router_tries = 0;
-                    self.router_asks.push(RouterAsk { turn: *turn, question: question.clone(), answer: None });
+                match asker {
+                    Asker::Router { turn } => {
+                        // The asking answer was usable: the turn's tries start again.
+                        self.router_tries = 0;
+                        self.router_asks.push(RouterAsk { turn: *turn, question: question.clone(), answer: None });
+                    }
+                    Asker::Tool { step, call_id, index, schema, .. } => {
+                        let entry = self.steps.entry(*step).or_default().asks.entry(call_id.clone()).or_default();
+                        entry.asked += 1;
+                        let asked = AskedQuestion {
+                            index: *index,
+                            question: CallQuestion { message: question.clone(), schema: schema.clone() },
+                        };
+                        self.open_tool_ask = Some((*step, call_id.clone(), asked));
+                    }
+                    Asker::Persona { .. } => {}
                 }
             }
-            EventBody::ClarificationAnswered { answer, .. } => {
-                if let Some(ask) = self.router_asks.last_mut().filter(|a| a.answer.is_none()) {
+            EventBody::ClarificationAnswered { answer, form, action, .. } => {
+                if let Some((step, call_id, asked)) = self.open_tool_ask.take() {
+                    let given = match action {
+                        AnswerAction::Accept => {
+                            CallAnswer::Accepted(form.clone().unwrap_or_else(|| serde_json::json!({})))
+                        }
+                        AnswerAction::Decline => CallAnswer::Declined,
+                        AnswerAction::Cancel => CallAnswer::Cancelled,
+                    };
+                    let entry = self.steps.entry(step).or_default().asks.entry(call_id).or_default();
+                    entry.answers.push(SuppliedAnswer::to(&asked, given));
+                } else if let Some(ask) = self.router_asks.last_mut().filter(|a| a.answer.is_none()) {
                     ask.answer = Some(answer.clone());
                 }
             }

@@ -35,6 +35,15 @@
 //! voiding the hold the dead worker left open (found by its deterministic key). Deltas
 //! of the cut call stay in the log, followed by `run.interrupted`: a client discards the
 //! unfinished call's text when it sees it.
+//!
+//! # A plugin tool that asks the user
+//! Its call ends with `Failure::NeedsInput` (charged nothing, no result recorded): the
+//! run waits on its first open question like on `ask_user` (`Asker::Tool`, with the
+//! answer's schema). Once answered, the resumed step finds the call announced, asked and
+//! answered as often as it was run (`StepRecord::rerun`), announces it again and runs it
+//! with every answer so far (`Observe::answers`); a call announced after its last
+//! answer and cut is answered `interrupted`, never run twice. In a `parallel` turn the
+//! question is the call's failed result instead.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -43,7 +52,7 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Instant;
 
-use maestro_core::call::Observe;
+use maestro_core::call::{AskedQuestion, Failure, Observe, SuppliedAnswer};
 use maestro_core::llm::{
     ChatEvent, ChatMessage, ChatRequest, ChatResponse, ChatRole, LlmError, ModelInfo, ToolCallRequest, ToolDefinition,
     model_for_tier, prompt_token_bound,
@@ -51,7 +60,7 @@ use maestro_core::llm::{
 use maestro_core::plugin::{Content, PersonaSpec, Prompt};
 use maestro_core::run::{
     ASK_USER_TOOL, Asker, Author, EventBody, Message, MessageId, Question, RunState, RunTotals, Strategy,
-    ToolResultBody,
+    ToolResultBody, question_from_schema,
 };
 use tokio::sync::watch;
 
@@ -504,7 +513,8 @@ impl Inner {
                 state.push_result(&request.id, &content, is_error);
                 continue;
             }
-            if state.recorded.called.contains(&request.id) {
+            let rerun = state.recorded.rerun(&request.id);
+            if rerun.is_none() && state.recorded.called.contains(&request.id) {
                 let result = ToolResultBody {
                     step,
                     call_id: request.id.clone(),
@@ -527,6 +537,13 @@ impl Inner {
                 tool: request.name.clone(),
                 arguments: request.arguments.clone(),
             };
+            if let Some(answers) = rerun {
+                // A plugin tool that asked the user, answered: the same call runs again
+                // with the answers (announced again, so that an attempt cut now is not).
+                self.commit(ctx, Commit::events(vec![called])).await?;
+                self.run_and_record(ctx, (step, persona), request, answers, state).await?;
+                continue;
+            }
             state.tool_calls += 1;
             let refusal = if state.tool_calls > limit {
                 Some(("tool_limit", format!("this step may make at most {limit} tool calls; answer without tools")))
@@ -566,22 +583,56 @@ impl Inner {
                 }
             }
             self.commit(ctx, Commit::events(vec![called])).await?;
-            let (result, events) = self.run_tool(ctx, (step, persona), request).await?;
-            let credits = i64::try_from(result.credits).unwrap_or(i64::MAX);
-            state.credits += credits;
-            let (content, is_error) = (result.content.clone(), !result.ok);
-            self.commit(
-                ctx,
-                Commit {
-                    // A built-in tool's events (`document.updated`) commit with its result.
-                    events: std::iter::once(EventBody::ToolResult(result)).chain(events).collect(),
-                    add: one_tool_call(credits),
-                    ..Commit::default()
-                },
-            )
-            .await?;
-            state.push_result(&request.id, &content, is_error);
+            self.run_and_record(ctx, (step, persona), request, Vec::new(), state).await?;
         }
+        Ok(())
+    }
+
+    /// Runs an announced tool call (given the answers to the questions it asked in
+    /// earlier attempts) and records its result; a question nobody answered yet puts
+    /// the run in `waiting_input` instead, with no result ([`Stop::Waiting`]).
+    async fn run_and_record(
+        &self,
+        ctx: &RunCtx,
+        (step, persona): (u32, &str),
+        request: &ToolCallRequest,
+        answers: Vec<SuppliedAnswer>,
+        state: &mut StepState,
+    ) -> Result<(), Stop> {
+        let (result, events) = match self.run_tool(ctx, (step, persona), request, answers).await? {
+            Ran::Result(result, events) => (result, events),
+            Ran::Asks { question, charged } => {
+                let asker = Asker::Tool {
+                    persona: persona.to_owned(),
+                    step,
+                    call_id: request.id.clone(),
+                    tool: request.name.clone(),
+                    index: question.index,
+                    schema: question.question.schema.clone(),
+                };
+                let shown = question_from_schema(&question.question.message, &question.question.schema);
+                let mut commit = self.wait(ctx, asker, shown);
+                // What the attempt's completions cost (its price is refunded).
+                commit.add = RunTotals { credits: charged, ..RunTotals::default() };
+                state.credits += charged;
+                self.commit(ctx, commit).await?;
+                return Err(Stop::Waiting);
+            }
+        };
+        let credits = i64::try_from(result.credits).unwrap_or(i64::MAX);
+        state.credits += credits;
+        let (content, is_error) = (result.content.clone(), !result.ok);
+        self.commit(
+            ctx,
+            Commit {
+                // A built-in tool's events (`document.updated`) commit with its result.
+                events: std::iter::once(EventBody::ToolResult(result)).chain(events).collect(),
+                add: one_tool_call(credits),
+                ..Commit::default()
+            },
+        )
+        .await?;
+        state.push_result(&request.id, &content, is_error);
         Ok(())
     }
 
@@ -616,7 +667,8 @@ impl Inner {
         ctx: &RunCtx,
         (step, persona): (u32, &str),
         request: &ToolCallRequest,
-    ) -> Result<(ToolResultBody, Vec<EventBody>), Stop> {
+        answers: Vec<SuppliedAnswer>,
+    ) -> Result<Ran, Stop> {
         if self.clock.now() >= ctx.deadline {
             return Err(deadline_exceeded());
         }
@@ -629,10 +681,12 @@ impl Inner {
             Ok(value) if value.is_object() => value,
             _ => {
                 let content = "the arguments are not a JSON object".to_owned();
-                return Ok((refused(step, request, "invalid_arguments", content), Vec::new()));
+                return Ok(Ran::Result(refused(step, request, "invalid_arguments", content), Vec::new()));
             }
         };
-        if let Some(room) = self.budget_room(ctx).await {
+        let room = self.budget_room(ctx).await;
+        let mut credit_budget = None;
+        if let Some(room) = room {
             let price = self
                 .tools
                 .visible_tools(&ctx.principal)
@@ -645,11 +699,13 @@ impl Inner {
                     format!("the tool `{}` costs {price} credits; the run's budget has {room} left", request.name),
                 ));
             }
+            // What the tool's model completions may cost: the budget left after its price.
+            credit_budget = Some(u64::try_from(room - price).unwrap_or(0));
         }
         let started = Instant::now();
         let origin = Origin { run: ctx.id.clone(), session: ctx.session.id.clone(), step, persona: persona.to_owned() };
-        let outcome =
-            self.tools.call_in(&ctx.principal, &request.name, arguments, Observe::default(), Some(&origin)).await;
+        let observe = Observe { answers, credit_budget, ..Observe::default() };
+        let outcome = self.tools.call_in(&ctx.principal, &request.name, arguments, observe, Some(&origin)).await;
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let body = |ok: bool, content: String, error: Option<String>, credits: u64| ToolResultBody {
             step,
@@ -661,14 +717,20 @@ impl Inner {
             credits,
             duration_ms,
         };
+        // Personas of a parallel turn answer concurrently: none may stop the turn to ask.
+        let may_wait = ctx.run.lock().await.strategy != Strategy::Parallel;
         Ok(match outcome {
-            Err(err) => (body(false, err.to_string(), Some(err.code().as_str().to_owned()), 0), Vec::new()),
+            Err(err) => Ran::Result(body(false, err.to_string(), Some(err.code().as_str().to_owned()), 0), Vec::new()),
             Ok(call) => match call.outcome.result {
-                Ok(output) => (
+                Ok(output) => Ran::Result(
                     body(true, output_text(&output.content, output.structured.as_ref()), None, call.charged),
                     call.events,
                 ),
-                Err(failure) => (
+                Err(Failure::NeedsInput { mut questions, .. }) if may_wait && !questions.is_empty() => Ran::Asks {
+                    question: questions.swap_remove(0),
+                    charged: i64::try_from(call.charged).unwrap_or(i64::MAX),
+                },
+                Err(failure) => Ran::Result(
                     body(false, failure.to_string(), Some(failure.code().as_str().to_owned()), call.charged),
                     Vec::new(),
                 ),
@@ -832,6 +894,21 @@ impl Inner {
         self.commit(ctx, Commit::events(vec![EventBody::MessageDelta { step, call, text }])).await?;
         Ok(())
     }
+}
+
+/// How a tool call in a run ended.
+#[derive(Debug)]
+enum Ran {
+    /// With a result to record (and the events a built-in tool asks to record with it).
+    Result(ToolResultBody, Vec<EventBody>),
+    /// A plugin tool asked the user something nobody answered yet: its first open
+    /// question, and what the attempt cost.
+    Asks {
+        /// The question to wait for.
+        question: AskedQuestion,
+        /// Credits its completions were charged.
+        charged: i64,
+    },
 }
 
 /// A step's conversation as it grows, and its counts.

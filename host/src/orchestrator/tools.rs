@@ -17,9 +17,9 @@
 use std::sync::{Arc, OnceLock, Weak};
 
 use async_trait::async_trait;
-use maestro_core::call::{Observe, Progress, Question};
+use maestro_core::call::{Answer as CallAnswer, Observe, Progress, Question};
 use maestro_core::plugin::{Annotations, Content, ToolOutput, ToolSpec};
-use maestro_core::run::{EventBody, Run, RunId, RunState, RunTotals, SessionId, Strategy};
+use maestro_core::run::{AnswerAction, Asker, EventBody, Run, RunId, RunState, RunTotals, SessionId, Strategy};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -113,7 +113,10 @@ struct StartArgs {
 #[serde(deny_unknown_fields)]
 struct AnswerArgs {
     run: String,
-    answer: String,
+    #[serde(default)]
+    answer: Option<String>,
+    #[serde(default)]
+    form: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,7 +164,12 @@ async fn answer(orchestrator: &Orchestrator, mut call: HostCall) -> HostResult {
         Err(invalid) => return invalid,
     };
     let Ok(id) = RunId::parse(&args.run) else { return HostResult::error("run not found") };
-    match orchestrator.answer(&call.principal, &id, AnswerInput::Text(args.answer)).await {
+    let input = match (args.answer, args.form) {
+        (Some(text), None) => AnswerInput::Text(text),
+        (None, Some(form)) => AnswerInput::Form { action: AnswerAction::Accept, form: Some(form) },
+        _ => return HostResult::invalid("give exactly one of `answer` and `form`"),
+    };
+    match orchestrator.answer(&call.principal, &id, input).await {
         Ok(run) => follow(orchestrator, &call.principal, &run, run.last_seq, &call.observe).await,
         Err(err) => refused(err),
     }
@@ -252,10 +260,20 @@ async fn follow(
             report(&mut reported, summary);
         }
         match &event.body {
-            EventBody::ClarificationRequested { question, choices, free_text, .. } => {
-                let asked = Question::for_answer(question.clone(), choices, *free_text);
-                match ask(observe, asked).await {
-                    Some(answer) => match orchestrator.answer(principal, &run.id, AnswerInput::Text(answer)).await {
+            EventBody::ClarificationRequested { asker, question, choices, free_text, .. } => {
+                let answered = match asker {
+                    // A plugin tool's question: its own form, answered as elicitation answers.
+                    Asker::Tool { schema, .. } => {
+                        let asked = Question { message: question.clone(), schema: schema.clone() };
+                        ask_form(observe, asked).await
+                    }
+                    Asker::Persona { .. } | Asker::Router { .. } => {
+                        let asked = Question::for_answer(question.clone(), choices, *free_text);
+                        ask(observe, asked).await.map(AnswerInput::Text)
+                    }
+                };
+                match answered {
+                    Some(answer) => match orchestrator.answer(principal, &run.id, answer).await {
                         Ok(_) => continue,
                         Err(err) => {
                             tracing::debug!(run = %run.id, error = %err, "the elicited answer was not taken");
@@ -303,6 +321,24 @@ async fn ask(observe: &Observe, question: Question) -> Option<String> {
     tokio::select! {
         answer = asker.ask(question) => match answer {
             Ok(answer) => answer.text().map(str::to_owned),
+            Err(err) => {
+                tracing::debug!(error = %err, "elicitation gave no answer; the question is returned");
+                None
+            }
+        },
+        () = observe.cancel.cancelled() => None,
+    }
+}
+
+/// Asks the caller's client a plugin tool's own question, when it can be asked; `None`:
+/// not asked, failed or cancelled by this call.
+async fn ask_form(observe: &Observe, question: Question) -> Option<AnswerInput> {
+    let asker = observe.client_user.as_ref()?;
+    tokio::select! {
+        answer = asker.ask(question) => match answer {
+            Ok(CallAnswer::Accepted(form)) => Some(AnswerInput::Form { action: AnswerAction::Accept, form: Some(form) }),
+            Ok(CallAnswer::Declined) => Some(AnswerInput::Form { action: AnswerAction::Decline, form: None }),
+            Ok(CallAnswer::Cancelled) => Some(AnswerInput::Form { action: AnswerAction::Cancel, form: None }),
             Err(err) => {
                 tracing::debug!(error = %err, "elicitation gave no answer; the question is returned");
                 None
@@ -430,8 +466,9 @@ fn spec(op: Op) -> ToolSpec {
             "Answers the question of a run that waits for one (one of its choices, or your own words when allowed), then follows the run like runs.start.",
             json!({"type": "object", "properties": {
                 "run": {"type": "string", "description": "the run (run_…)"},
-                "answer": {"type": "string", "description": "the answer"}
-            }, "required": ["run", "answer"], "additionalProperties": false}),
+                "answer": {"type": "string", "description": "the answer"},
+                "form": {"type": "object", "description": "a plugin tool's question of several fields: the answer as an object fitting its schema (instead of `answer`)"}
+            }, "required": ["run"], "additionalProperties": false}),
             false,
         ),
         Op::Get => (

@@ -31,7 +31,7 @@ mod secrets;
 use std::sync::Arc;
 use std::time::Duration;
 
-use maestro_core::call::{Code, Failure, Job, Metering, Outcome, RunLimits, ToolExecutor};
+use maestro_core::call::{Code, Failure, Job, Metering, Outcome, Replay, RunLimits, ToolExecutor};
 use maestro_core::plugin::{PersonaSpec, Prompt, Rendered, ToolOutput, ToolSpec};
 use maestro_core::policy::{Grant, PolicySet, Subject};
 use maestro_core::run::EventBody;
@@ -509,16 +509,22 @@ impl Tools {
                 (Kind::Tool, None, Some(models)) => Some(Arc::new(platform::CallPlatform::new(
                     models.clone(),
                     self.charger.credits().cloned(),
-                    principal.tenant_id.clone(),
-                    grant.models.clone(),
+                    (principal.tenant_id.clone(), grant.models.clone()),
                     name,
                     spent.clone(),
+                    observe.credit_budget,
                 )) as Arc<dyn maestro_core::call::Platform>),
             };
-            let platform = (T::KIND == Kind::Tool).then(|| {
-                Arc::new(platform::Joined::new(models, observe.client_user.clone()))
-                    as Arc<dyn maestro_core::call::Platform>
+            // A tool's questions replay the answers it was given before anyone is asked;
+            // one left open ends the call with needs-input (nothing charged for it).
+            let replay = (T::KIND == Kind::Tool).then(|| {
+                let joined = platform::Joined::new(models, observe.client_user.clone());
+                Arc::new(
+                    Replay::new(Some(Arc::new(joined)), observe.answers.clone())
+                        .with_completions(observe.completions.clone()),
+                )
             });
+            let platform = replay.clone().map(|r| r as Arc<dyn maestro_core::call::Platform>);
             let job = Job {
                 item: name.split_once('.').map_or(name, |(_, item)| item).to_owned(),
                 arguments: arguments.to_string(),
@@ -531,7 +537,10 @@ impl Tools {
                 observe,
                 platform,
             };
-            let outcome = T::execute(self.executor.as_ref(), &plugin.loaded, job).await;
+            let mut outcome = T::execute(self.executor.as_ref(), &plugin.loaded, job).await;
+            if let Some(replay) = &replay {
+                replay.settle(&mut outcome);
+            }
             (outcome, Vec::new(), spent.load(std::sync::atomic::Ordering::SeqCst))
         };
         self.stages(principal, name, T::KIND, grant, network, execute).await
@@ -568,7 +577,8 @@ impl Tools {
         let charge = self.charger.charge(principal, grant.credits, name).await?;
         let (mut outcome, events, spent) = execute(prepared).await;
         let charged = match (charge, &outcome.result) {
-            (Some(charge), Err(failure)) if failure.is_host_side() => {
+            // The host failed, or the tool waits for an answer and will be called again.
+            (Some(charge), Err(failure)) if failure.is_host_side() || matches!(failure, Failure::NeedsInput { .. }) => {
                 self.charger.refund(principal, charge).await;
                 0
             }

@@ -10,6 +10,11 @@
 //! and settles even when the plugin's call is stopped meanwhile (deadline,
 //! cancellation), so no hold is left open and what the provider did is paid for. The
 //! call's total (`spent`) is added to what the pipeline reports as charged.
+//!
+//! A call may carry a credit budget (inside a run: the run's budget left): each
+//! completion's `max_tokens` is lowered so that its worst case fits what the call's
+//! earlier completions left of it, and a completion that cannot fit even one answer
+//! token is refused (`insufficient-credits`) without asking the model.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -64,19 +69,21 @@ struct Inner {
     id: String,
     next: AtomicU32,
     spent: Arc<AtomicU64>,
+    /// The most the call's completions may cost in all (`None`: the balance decides).
+    budget: Option<u64>,
 }
 
 impl CallPlatform {
     /// The platform of one call of `what` by `tenant` under `grant`; `spent` adds up the
-    /// credits its completions were charged. Built on the host's runtime (completions run
-    /// there).
+    /// credits its completions were charged, `budget` caps it. Built on the host's runtime
+    /// (completions run there).
     pub(crate) fn new(
         models: Arc<Models>,
         credits: Option<Arc<Credits>>,
-        tenant: TenantId,
-        grant: Option<ModelGrant>,
+        (tenant, grant): (TenantId, Option<ModelGrant>),
         what: &str,
         spent: Arc<AtomicU64>,
+        budget: Option<u64>,
     ) -> Self {
         let inner = Inner {
             models,
@@ -87,6 +94,7 @@ impl CallPlatform {
             id: hex::encode(crate::random::random_bytes::<12>()),
             next: AtomicU32::new(0),
             spent,
+            budget,
         };
         Self { inner: Arc::new(inner), runtime: tokio::runtime::Handle::current() }
     }
@@ -133,11 +141,32 @@ impl Inner {
             temperature: None,
             response_schema: schema.clone().map(|schema| ResponseSchema { name: "answer".into(), schema }),
         };
+        let mut chat = chat;
         let prompt = prompt_token_bound(&chat);
         let pricing = &self.models.pricing;
-        let worst = pricing
-            .worst_case(&chain, prompt, request.max_tokens)
-            .ok_or_else(|| PlatformError::InvalidRequest("the completion's worst-case cost overflows".into()))?;
+        let worst = match self.budget {
+            None => pricing
+                .worst_case(&chain, prompt, request.max_tokens)
+                .ok_or_else(|| PlatformError::InvalidRequest("the completion's worst-case cost overflows".into()))?,
+            Some(budget) => {
+                let left = budget.saturating_sub(self.spent.load(Ordering::SeqCst));
+                let room = i64::try_from(left).unwrap_or(i64::MAX);
+                match pricing.fit(&chain, prompt, request.max_tokens, room) {
+                    Ok((max_tokens, worst)) => {
+                        chat.max_tokens = Some(max_tokens);
+                        worst
+                    }
+                    Err(pricing::Unaffordable::Budget) => {
+                        return Err(PlatformError::InsufficientCredits(format!(
+                            "the run's credits budget has {left} left, less than this completion's prompt costs"
+                        )));
+                    }
+                    Err(pricing::Unaffordable::Overflow) => {
+                        return Err(PlatformError::InvalidRequest("the completion's worst-case cost overflows".into()));
+                    }
+                }
+            }
+        };
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let key = format!("plugin:{}:m{n}", self.id);
         let memo = format!("{}: model call {n} ({})", self.what, model.id);

@@ -32,6 +32,7 @@ mod orchestrator;
 mod outbound;
 mod packaging;
 mod pipeline;
+mod plugin_asks;
 mod plugin_models;
 mod plugin_resources;
 mod process;

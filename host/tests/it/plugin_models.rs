@@ -108,6 +108,42 @@ impl Rig {
     }
 }
 
+/// A call's completions within a credit budget (a run's budget left, as the
+/// orchestrator passes it): `max_tokens` lowered so the worst case fits what is left,
+/// refused when not even the prompt fits, and the spend never above it.
+async fn a_credit_budget_lowers_a_completions_max_tokens_to_fit_and_refuses_when_nothing_is_left(backend: Backend) {
+    let rig = Rig::new(backend, "model_tiers = [\"fast\"]\nmodel_max_tokens = 100", 100_000).await;
+    let args = json!({ "text": "Cats sleep. Then they nap. Then sleep.", "words": 5 });
+    let within = |budget: u64| Observe { credit_budget: Some(budget), ..Observe::default() };
+    let call = |observe: Observe| {
+        let (tools, principal, args) = (&rig.tools, &rig.principal, args.clone());
+        async move { tools.call(principal, "summarise.text", args, observe).await.expect("ran") }
+    };
+    // Plenty left: the plugin's 26 tokens are asked for as they are.
+    rig.fake.push(Script::openai_text("Cats sleep.", usage(40, 2)));
+    let plenty = call(within(100_000)).await;
+    assert!(plenty.outcome.result.is_ok(), "{:?}", plenty.outcome.result);
+    let body = rig.fake.requests()[0].body.clone();
+    assert_eq!(body["max_tokens"], 26);
+    // The prompt's token bound, as the host holds it (one credit a token on `m`).
+    let messages = body["messages"].as_array().expect("messages");
+    let bound: u64 = messages.iter().map(|m| m["content"].as_str().map_or(0, str::len) as u64 + 16).sum::<u64>() + 16;
+
+    // Room for the prompt and 10 answer tokens (two credits each): 10 are asked for.
+    rig.fake.push(Script::openai_text("Cats sleep.", usage(40, 2)));
+    let tight = call(within(bound + 20)).await;
+    assert!(tight.outcome.result.is_ok(), "{:?}", tight.outcome.result);
+    assert_eq!(rig.fake.requests()[1].body["max_tokens"], 10, "lowered to fit the budget");
+    assert!(tight.charged - 3 <= bound + 20, "spent within the budget: {}", tight.charged);
+
+    // Not even the prompt fits: refused before any model is asked.
+    let none = call(within(bound - 1)).await;
+    failed_with(&none.outcome.result.map(|o| o.structured.unwrap_or(Value::Null)), "the run's credits budget has");
+    assert_eq!(rig.fake.request_count(), 2, "no model was asked");
+    assert_eq!(none.charged, 3, "the tool's price alone");
+    rig.available().await;
+}
+
 fn failed_with(result: &Result<Value, Failure>, needle: &str) {
     match result {
         Err(Failure::ToolError(ToolError::Failed(message))) => assert!(message.contains(needle), "{message}"),
@@ -116,6 +152,7 @@ fn failed_with(result: &Result<Value, Failure>, needle: &str) {
 }
 
 backend_tests!(
+    a_credit_budget_lowers_a_completions_max_tokens_to_fit_and_refuses_when_nothing_is_left,
     summarise_asks_the_callers_model_and_pays_exact_usage_from_its_credits,
     model_access_is_refused_unless_policy_grants_the_tier_and_the_tokens,
     a_completion_the_credits_cannot_cover_is_refused_before_the_model_is_asked,

@@ -161,6 +161,74 @@ fn elicitation(args: ElicitationArgs) -> Result<String, ToolError> {
     Ok(format!("User response: <action: {action}, content: {content}>"))
 }
 
+/// Asks two questions in turn, the second only once the first is answered (a run's
+/// plugin question replayed across attempts; host/tests/it/plugin_asks.rs).
+fn two_questions(_: NoInput) -> Result<String, ToolError> {
+    let name = serde_json::json!({
+        "type": "object", "properties": { "name": { "type": "string" } }, "required": ["name"]
+    });
+    let (action, who) = described(&maestro_sdk::user::ask("Your name?", &name)?);
+    if action != "accept" {
+        return Ok(format!("no name ({action})"));
+    }
+    let plan = serde_json::json!({
+        "type": "object",
+        "properties": { "plan": { "type": "string", "enum": ["free", "pro"] } },
+        "required": ["plan"]
+    });
+    let (action, plan) = described(&maestro_sdk::user::ask("Which plan?", &plan)?);
+    Ok(format!("name={}, plan={} ({action})", who["name"], plan["plan"]))
+}
+
+/// `{ "name": string }`, required: the one-field form the SEP-2322 scenarios ask with.
+fn one_field(field: &str, kind: &str) -> Value {
+    serde_json::json!({
+        "type": "object", "properties": { field: { "type": kind } }, "required": [field]
+    })
+}
+
+/// `input-required-result-basic-elicitation` (and the scenarios that reuse it): asks the
+/// name; over stateless MCP the question is an input-required result.
+fn input_required_elicitation(_: NoInput) -> Result<String, ToolError> {
+    match maestro_sdk::user::ask("What is your name?", &one_field("name", "string"))? {
+        maestro_sdk::user::Answer::Accepted(answer) => {
+            Ok(format!("Hello, {}!", answer["name"].as_str().unwrap_or("?")))
+        }
+        _ => Ok("No name given.".to_owned()),
+    }
+}
+
+/// `input-required-result-request-state`: a confirmation whose answer arrives only with
+/// the request state the host sealed (the text says `state-ok`).
+fn input_required_request_state(_: NoInput) -> Result<String, ToolError> {
+    let (action, content) = described(&maestro_sdk::user::ask("Please confirm", &one_field("ok", "boolean"))?);
+    Ok(format!("state-ok: {action}, {content}"))
+}
+
+/// `input-required-result-multi-round`: two rounds, the second asked once the first is
+/// answered.
+fn input_required_multi_round(_: NoInput) -> Result<String, ToolError> {
+    let (_, name) = described(&maestro_sdk::user::ask("Step 1: What is your name?", &one_field("name", "string"))?);
+    let (_, color) =
+        described(&maestro_sdk::user::ask("Step 2: What is your favorite color?", &one_field("color", "string"))?);
+    Ok(format!("{} likes {}", name["name"], color["color"]))
+}
+
+/// `input-required-result-basic-sampling`: a completion the stateless client's model
+/// answers on its retry.
+fn input_required_sampling(_: NoInput) -> Result<String, ToolError> {
+    let request =
+        maestro_sdk::model::Request::new(maestro_sdk::ModelTier::Medium, 100).user("What is the capital of France?");
+    Ok(format!("LLM response: {}", maestro_sdk::model::complete(&request)?.text))
+}
+
+/// `input-required-result-tampered-state`: a confirmation; a retry whose request state
+/// was changed is refused by the host before the tool runs.
+fn input_required_tampered_state(_: NoInput) -> Result<String, ToolError> {
+    let (action, _) = described(&maestro_sdk::user::ask("Please confirm", &one_field("ok", "boolean"))?);
+    Ok(format!("confirmed ({action})"))
+}
+
 /// Asks with a default for every primitive type (SEP-1034).
 fn elicitation_defaults(_: NoInput) -> Result<String, ToolError> {
     let schema = serde_json::json!({
@@ -266,6 +334,15 @@ fn prompt_with_arguments() -> Persona {
     )
 }
 
+/// A persona that may call this plugin's tools (a run whose tools ask the user;
+/// host/tests/it/plugin_asks.rs).
+fn asking_persona() -> Persona {
+    Persona::new(
+        PersonaSpec::new("test_asker", "Asker", "Calls the tools that ask the user", "You are the asker.")
+            .tools(["conformance.*", "calc.*"]),
+    )
+}
+
 /// `prompts-get-with-image`: an image, then a text asking about it.
 fn prompt_with_image() -> Persona {
     fn messages(_: &RenderContext<'_>) -> Result<Vec<PromptMessage>, String> {
@@ -329,8 +406,25 @@ export_plugin! {
         tool("test_elicitation_sep1330_enums", "Asks the user with every enum form", elicitation_enums).read_only(),
         tool("test_reconnection", "Answers on a stream the server closes first (SEP-1699 polling)", reconnection)
             .read_only(),
+        tool("test_two_questions", "Asks the user for a name, then for a plan", two_questions).read_only(),
+        tool("test_input_required_result_elicitation", "Asks the user's name (SEP-2322)", input_required_elicitation)
+            .read_only(),
+        tool("test_input_required_result_request_state", "Asks for a confirmation (SEP-2322 request state)", input_required_request_state)
+            .read_only(),
+        tool("test_input_required_result_multi_round", "Asks a name, then a colour (SEP-2322 rounds)", input_required_multi_round)
+            .read_only(),
+        tool("test_input_required_result_sampling", "Asks the client's model (SEP-2322 sampling)", input_required_sampling)
+            .read_only(),
+        tool("test_input_required_result_tampered_state", "Asks for a confirmation (SEP-2322 sealed state)", input_required_tampered_state)
+            .read_only(),
     ],
-    personas: [simple_prompt(), prompt_with_arguments(), prompt_with_image(), prompt_with_embedded_resource()],
+    personas: [
+        simple_prompt(),
+        prompt_with_arguments(),
+        prompt_with_image(),
+        prompt_with_embedded_resource(),
+        asking_persona(),
+    ],
     resources: [static_text(), static_binary(), watched_resource()],
     resource_templates: [template_data()],
 }
