@@ -88,6 +88,9 @@ pub enum ErrorCode {
     /// A run of the session waits for an answer; a new message would race it (answer or
     /// cancel that run first; the message names it).
     RunWaiting,
+    /// Memory needs an embedder: none is configured, or it failed or is unreachable
+    /// (retry later); nothing was written.
+    EmbedderUnavailable,
 }
 
 impl ErrorCode {
@@ -124,6 +127,7 @@ impl ErrorCode {
             ErrorCode::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
             ErrorCode::RunNotWaiting | ErrorCode::RunWaiting => StatusCode::CONFLICT,
             ErrorCode::InvalidAnswer => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::EmbedderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -135,6 +139,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => Some("the store is not available, try again later"),
             ErrorCode::PaymentProviderFailed => Some("the payment provider failed, try again later"),
             ErrorCode::Internal => Some("internal error"),
+            ErrorCode::EmbedderUnavailable => Some("the embedder is not available, try again later"),
             _ => None,
         }
     }

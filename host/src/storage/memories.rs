@@ -549,12 +549,24 @@ impl PostgresStore {
         Ok(held >= EXACT_SCAN_BELOW)
     }
 
-    /// The settings a search sets for its transaction: iterative index scans (so a
-    /// tenant's filtered query still finds `k` rows in the shared index) and an
-    /// `ef_search` sized to `k` (40, pgvector's default, up to its maximum of 1,000).
-    fn memory_search_settings(k: u32) -> String {
+    /// The settings a search through the index sets for its transaction: iterative
+    /// index scans (so a tenant's filtered query still finds `k` rows in the shared
+    /// index), an `ef_search` sized to `k` (40, pgvector's default, up to its maximum of
+    /// 1,000), and `enable_sort = off` inside the CTE's choice: the count of the tenant's
+    /// vectors already chose the index, and the planner's row estimates for a tenant
+    /// and filter (stale right after a bulk insert, blind to the clustering) must not
+    /// turn it back into a sort of every row through a b-tree.
+    async fn memory_search_settings(conn: &mut sqlx::PgConnection, k: u32) -> Result<(), StoreError> {
         let ef = (k.saturating_mul(2)).clamp(40, 1000);
-        format!("SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL hnsw.ef_search = {ef}")
+        sqlx::query(
+            "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), \
+             set_config('hnsw.ef_search', $1, true), set_config('enable_sort', 'off', true)",
+        )
+        .bind(ef.to_string())
+        .execute(conn)
+        .await
+        .map_err(backend_err)?;
+        Ok(())
     }
 
     /// The plan Postgres chooses for a memory search of `tenant` (`EXPLAIN` lines), with
@@ -571,10 +583,7 @@ impl PostgresStore {
         let indexed = self.memory_search_indexed(tenant, embedder).await?;
         let sql = format!("EXPLAIN {}", Self::memory_search_sql(embedder.dimensions, indexed, k));
         let mut tx = self.pool.begin().await.map_err(backend_err)?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(Self::memory_search_settings(k)))
-            .execute(&mut *tx)
-            .await
-            .map_err(backend_err)?;
+        Self::memory_search_settings(&mut *tx, k).await?;
         let explain = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant.as_str());
         let rows = bind_filter!(explain, filter, &filter.tags)
             .bind(&embedder.provider)
@@ -694,10 +703,7 @@ impl MemoryStore for PostgresStore {
         let sql = Self::memory_search_sql(embedder.dimensions, indexed, k);
         let mut tx = self.pool.begin().await.map_err(backend_err)?;
         if indexed {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(Self::memory_search_settings(k)))
-                .execute(&mut *tx)
-                .await
-                .map_err(backend_err)?;
+            Self::memory_search_settings(&mut *tx, k).await?;
         }
         let search = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant.as_str());
         let rows = bind_filter!(search, filter, &filter.tags)
