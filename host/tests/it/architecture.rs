@@ -57,8 +57,9 @@ const ALLOWANCES: &[(&str, &[&str])] = &[
     ("tower_http", &["http"]),
     ("utoipa", &["http"]),
     // Server-sent event bodies (axum streams a `Stream`; rmcp's event store for MCP
-    // stream resumption returns one).
-    ("futures_util", &["http", "mcp"]),
+    // stream resumption returns one); sqlx row streams (the SQLite memory scan reads
+    // rows one at a time instead of holding them all).
+    ("futures_util", &["http", "mcp", "storage"]),
     // MCP.
     ("rmcp", &["mcp"]),
     // Search (coming).
