@@ -1,6 +1,6 @@
 //! [`maestro_core::ports::MemoryStore`] on both backends. The SQL differs where the
 //! vectors and tags do, so each backend has its own implementation here (both read rows
-//! into one [`MemoryRow`], tags as a JSON array text).
+//! into one row type, tags as a JSON array text).
 //!
 //! **Postgres** keeps vectors in a pgvector `vector` column without a fixed dimension
 //! and an HNSW index per common dimension, built on the expression
@@ -583,7 +583,7 @@ impl PostgresStore {
         let indexed = self.memory_search_indexed(tenant, embedder).await?;
         let sql = format!("EXPLAIN {}", Self::memory_search_sql(embedder.dimensions, indexed, k));
         let mut tx = self.pool.begin().await.map_err(backend_err)?;
-        Self::memory_search_settings(&mut *tx, k).await?;
+        Self::memory_search_settings(&mut tx, k).await?;
         let explain = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant.as_str());
         let rows = bind_filter!(explain, filter, &filter.tags)
             .bind(&embedder.provider)
@@ -703,7 +703,7 @@ impl MemoryStore for PostgresStore {
         let sql = Self::memory_search_sql(embedder.dimensions, indexed, k);
         let mut tx = self.pool.begin().await.map_err(backend_err)?;
         if indexed {
-            Self::memory_search_settings(&mut *tx, k).await?;
+            Self::memory_search_settings(&mut tx, k).await?;
         }
         let search = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant.as_str());
         let rows = bind_filter!(search, filter, &filter.tags)
