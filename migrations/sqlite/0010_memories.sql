@@ -36,3 +36,32 @@ CREATE TABLE memories (
 CREATE INDEX memories_by_tenant ON memories (tenant_id, created_at, id);
 -- Re-embedding: rows of another embedder than the configured one.
 CREATE INDEX memories_by_embedder ON memories (provider, model, dims);
+
+-- A tenant's memory epoch: moved by every write that changes what a search sees (not
+-- by `last_used_at`), so the in-process vector cache of a tenant is reused while the
+-- epoch it was loaded at is still current, and reloaded after any write by any
+-- connection.
+CREATE TABLE memory_epochs (
+    tenant_id  TEXT PRIMARY KEY,
+    epoch      INTEGER NOT NULL
+) STRICT;
+
+CREATE TRIGGER memories_epoch_insert AFTER INSERT ON memories
+BEGIN
+    INSERT INTO memory_epochs (tenant_id, epoch) VALUES (NEW.tenant_id, 1)
+        ON CONFLICT (tenant_id) DO UPDATE SET epoch = epoch + 1;
+END;
+
+CREATE TRIGGER memories_epoch_update
+AFTER UPDATE OF tenant_id, scope, persona, session_id, text, tags, created_at, provider, model, dims, embedding
+ON memories
+BEGIN
+    INSERT INTO memory_epochs (tenant_id, epoch) VALUES (NEW.tenant_id, 1)
+        ON CONFLICT (tenant_id) DO UPDATE SET epoch = epoch + 1;
+END;
+
+CREATE TRIGGER memories_epoch_delete AFTER DELETE ON memories
+BEGIN
+    INSERT INTO memory_epochs (tenant_id, epoch) VALUES (OLD.tenant_id, 1)
+        ON CONFLICT (tenant_id) DO UPDATE SET epoch = epoch + 1;
+END;

@@ -57,9 +57,8 @@ const ALLOWANCES: &[(&str, &[&str])] = &[
     ("tower_http", &["http"]),
     ("utoipa", &["http"]),
     // Server-sent event bodies (axum streams a `Stream`; rmcp's event store for MCP
-    // stream resumption returns one); sqlx row streams (the SQLite memory scan reads
-    // rows one at a time instead of holding them all).
-    ("futures_util", &["http", "mcp", "storage"]),
+    // stream resumption returns one).
+    ("futures_util", &["http", "mcp"]),
     // MCP.
     ("rmcp", &["mcp"]),
     // Search (coming).

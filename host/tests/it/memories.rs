@@ -32,6 +32,7 @@ backend_tests!(
     bad_input_is_refused_with_a_clear_error_and_writes_nothing,
     a_small_tenant_gets_its_own_top_k_inside_large_tenants_data_clustered_around_the_query,
     changing_the_embedder_re_embeds_every_memory_in_the_background,
+    a_search_sees_writes_made_through_another_store_on_the_same_database,
 );
 
 /// Dimensions of the fake embedder (those of all-MiniLM-L6-v2).
@@ -571,4 +572,44 @@ async fn changing_the_embedder_re_embeds_every_memory_in_the_background(backend:
     assert!(!new.enqueue_reembed(api.host.store.as_ref()).await.expect("enqueue"), "nothing left to re-embed");
     // Running the job again does nothing (idempotent).
     maestro_host::jobs::JobHandler::handle(&Reembed(new), &job).await.expect("again");
+}
+
+async fn a_search_sees_writes_made_through_another_store_on_the_same_database(backend: Backend) {
+    // SQLite keeps a tenant's vectors in memory between searches; a write by another
+    // process (here: another store on the same file) must still be seen.
+    let db = TestDb::new(backend).await;
+    let (first, second) = (db.open().await, db.open().await);
+    let embedder = FakeEmbedder::new("fake-a");
+    let info = embedder.info().clone();
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("random");
+    let tenant = maestro_core::Tenant {
+        id: TenantId::from_random(bytes),
+        name: TenantName::parse("acme").expect("name"),
+        created_at: Utc::now(),
+    };
+    first.create_tenant(&tenant).await.expect("tenant");
+    let t = &tenant.id;
+    let any = MemoryFilter::default();
+    let query = embedder.vector("blue whale");
+    let whale = (stored(t, &info, &[], Utc::now()), embedder.vector("blue whale"));
+    first.insert_memories(std::slice::from_ref(&whale)).await.expect("insert");
+    let ids = |hits: Vec<maestro_core::memory::MemoryHit>| hits.into_iter().map(|h| h.memory.id).collect::<Vec<_>>();
+    assert_eq!(ids(first.search_memories(t, &info, &query, &any, 5).await.expect("search")), vec![whale.0.id.clone()]);
+    // Inserted, edited and deleted through the other store: the first one sees each.
+    let shark = (stored(t, &info, &["fish"], Utc::now()), embedder.vector("blue shark"));
+    second.insert_memories(std::slice::from_ref(&shark)).await.expect("insert");
+    let found = ids(first.search_memories(t, &info, &query, &any, 5).await.expect("search"));
+    assert_eq!(found, vec![whale.0.id.clone(), shark.0.id.clone()]);
+    let patch = maestro_core::memory::MemoryPatch { tags: Some(vec!["mammal".into()]), ..Default::default() };
+    second.update_memory(t, &whale.0.id, &patch, Utc::now()).await.expect("update").expect("found");
+    let mammals = MemoryFilter { tags: vec!["mammal".into()], ..Default::default() };
+    let found = ids(first.search_memories(t, &info, &query, &mammals, 5).await.expect("search"));
+    assert_eq!(found, vec![whale.0.id.clone()]);
+    assert!(second.delete_memory(t, &whale.0.id).await.expect("delete"));
+    let found = ids(first.search_memories(t, &info, &query, &any, 5).await.expect("search"));
+    assert_eq!(found, vec![shark.0.id.clone()]);
+    // Noting use does not count as a change, and does not hide anything.
+    first.touch_memories(t, &[shark.0.id.clone()], Utc::now()).await.expect("touch");
+    assert_eq!(ids(first.search_memories(t, &info, &query, &any, 5).await.expect("search")), vec![shark.0.id]);
 }
