@@ -610,6 +610,6 @@ async fn a_search_sees_writes_made_through_another_store_on_the_same_database(ba
     let found = ids(first.search_memories(t, &info, &query, &any, 5).await.expect("search"));
     assert_eq!(found, vec![shark.0.id.clone()]);
     // Noting use does not count as a change, and does not hide anything.
-    first.touch_memories(t, &[shark.0.id.clone()], Utc::now()).await.expect("touch");
+    first.touch_memories(t, std::slice::from_ref(&shark.0.id), Utc::now()).await.expect("touch");
     assert_eq!(ids(first.search_memories(t, &info, &query, &any, 5).await.expect("search")), vec![shark.0.id]);
 }
