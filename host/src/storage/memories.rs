@@ -18,7 +18,7 @@
 //! `memories_by_tenant` and sorts them.
 //!
 //! **SQLite** keeps vectors as BLOBs of f32 little-endian numbers. A search reads the
-//! tenant's vectors of the query's embedder into memory once ([`VectorCache`]) and
+//! tenant's vectors of the query's embedder into memory once (the `VectorCache`) and
 //! reuses them while the tenant's `memory_epochs` row is unchanged (triggers move it on
 //! every write that changes what a search sees, whichever connection or process
 //! writes); the scan applies the filter ([`MemoryFilter::matches`]), takes each inner
