@@ -318,6 +318,7 @@ async fn responsiveness(sandbox: &Arc<Sandbox>, hostile: &LoadedPlugin) {
             store.clone(),
             Arc::new(SystemClock),
         ),
+        memories: None,
         orchestrator: Arc::new(maestro_host::orchestrator::Orchestrator::new(
             store.clone(),
             store.clone(),

@@ -14,6 +14,7 @@ pub mod export;
 pub mod http;
 pub mod jobs;
 pub mod mcp;
+pub mod memory;
 pub mod orchestrator;
 pub mod plugins;
 pub mod policy;
@@ -351,6 +352,8 @@ pub async fn serve(
         documents,
         schedules,
         artifacts,
+        // The lead wires the configured embedder here (`open_memories`).
+        memories: None,
     };
     let app = http::router(state, &http_settings(&config));
     tracing::info!(%address, store = %config.store.describe(), "maestro listening on http://{address} (MCP at /mcp)");

@@ -20,11 +20,13 @@ use crate::artifact::{Artifact, BlobError, ExportOrigin, Sha256};
 use crate::auth::ApiKey;
 use crate::billing::{ChargeRefund, CheckoutRecord, ProcessedEvent};
 use crate::document::{Appended, Document, DocumentId, DocumentScope, DocumentVersion, VersionSummary};
+use crate::embed::EmbedderInfo;
 use crate::id::{KeyId, TenantId};
 use crate::jobs::{Enqueued, Job, JobFailure, JobPage, JobQuery, JobState, NewJob};
 use crate::ledger::{
     AuditReport, Balance, Hold, HoldId, LedgerError, Posted, Posting, Transaction, TransactionPage, TransactionQuery,
 };
+use crate::memory::{Memory, MemoryFilter, MemoryHit, MemoryId, MemoryPatch};
 use crate::run::{Message, NewEvent, Run, RunEvent, RunId, RunState, Session, SessionId};
 use crate::schedule::{Schedule, ScheduleFire, ScheduleId};
 use crate::tenant::{Tenant, TenantName};
@@ -436,6 +438,7 @@ pub trait Store:
     + ScheduleStore
     + EventSignal
     + ArtifactStore
+    + MemoryStore
 {
 }
 
@@ -449,7 +452,8 @@ impl<
         + UnitOfWork
         + ScheduleStore
         + EventSignal
-        + ArtifactStore,
+        + ArtifactStore
+        + MemoryStore,
 > Store for T
 {
 }
@@ -486,4 +490,72 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// The bytes under `sha256`, `None` when there are none; [`BlobError::Corrupt`] when
     /// they do not hash to it.
     async fn get(&self, sha256: &Sha256) -> Result<Option<Vec<u8>>, BlobError>;
+}
+
+/// A memory whose vector another embedder made, to re-embed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleMemory {
+    /// The memory.
+    pub id: crate::memory::MemoryId,
+    /// Its text as it was read (the new vector replaces the old one only while the text
+    /// is still this).
+    pub text: String,
+}
+
+/// Memories and their vectors (see [`crate::memory`]). Every read and write a caller
+/// names is scoped to a tenant: another tenant's memory is not found. Searches compare
+/// only vectors of the query's embedder.
+#[async_trait]
+pub trait MemoryStore: Send + Sync + std::fmt::Debug {
+    /// Inserts memories with their vectors, in one transaction (all or none);
+    /// [`StoreError::Conflict`] if an id exists, [`StoreError::NotFound`] if a
+    /// session-scoped memory's session is not its tenant's.
+    async fn insert_memories(&self, memories: &[(Memory, Vec<f32>)]) -> Result<(), StoreError>;
+    /// A memory of `tenant`.
+    async fn memory(&self, tenant: &TenantId, id: &MemoryId) -> Result<Option<Memory>, StoreError>;
+    /// Applies `patch` to a memory of `tenant` at `at` (a new text replaces the vector
+    /// and its embedder too); returns it as it now stands, `None` when not visible.
+    async fn update_memory(
+        &self,
+        tenant: &TenantId,
+        id: &MemoryId,
+        patch: &MemoryPatch,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Memory>, StoreError>;
+    /// Deletes a memory of `tenant`; returns whether it existed.
+    async fn delete_memory(&self, tenant: &TenantId, id: &MemoryId) -> Result<bool, StoreError>;
+    /// A tenant's memories passing `filter`, newest first (by creation time, then id),
+    /// after the cursor `before` (a memory id of the previous page), at most `limit`.
+    async fn memories(
+        &self,
+        tenant: &TenantId,
+        filter: &MemoryFilter,
+        before: Option<&MemoryId>,
+        limit: u32,
+    ) -> Result<Vec<Memory>, StoreError>;
+    /// The `k` memories of `tenant` passing `filter` whose vectors (made by `embedder`)
+    /// are nearest to `query` (unit length) by inner product, nearest first. Postgres
+    /// searches its HNSW index with an iterative scan (a small tenant exactly); SQLite
+    /// scans exactly.
+    async fn search_memories(
+        &self,
+        tenant: &TenantId,
+        embedder: &EmbedderInfo,
+        query: &[f32],
+        filter: &MemoryFilter,
+        k: u32,
+    ) -> Result<Vec<MemoryHit>, StoreError>;
+    /// Notes that a search returned these memories of `tenant` at `at`.
+    async fn touch_memories(&self, tenant: &TenantId, ids: &[MemoryId], at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Up to `limit` memories (of any tenant) whose vectors another embedder than
+    /// `current` made.
+    async fn stale_memories(&self, current: &EmbedderInfo, limit: u32) -> Result<Vec<StaleMemory>, StoreError>;
+    /// Replaces a memory's vector with one `embedder` made from `stale.text`, only if
+    /// its text is still that; returns whether it did.
+    async fn replace_vector(
+        &self,
+        stale: &StaleMemory,
+        vector: &[f32],
+        embedder: &EmbedderInfo,
+    ) -> Result<bool, StoreError>;
 }

@@ -92,6 +92,9 @@ pub enum ErrorCode {
     /// elicitation here); call it where a person can answer (a run, an MCP client that
     /// offers elicitation).
     NeedsInput,
+    /// Memory needs an embedder: none is configured, or it failed or is unreachable
+    /// (retry later); nothing was written.
+    EmbedderUnavailable,
 }
 
 impl ErrorCode {
@@ -129,6 +132,7 @@ impl ErrorCode {
             ErrorCode::RunNotWaiting | ErrorCode::RunWaiting => StatusCode::CONFLICT,
             ErrorCode::InvalidAnswer => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::NeedsInput => StatusCode::CONFLICT,
+            ErrorCode::EmbedderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -140,6 +144,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => Some("the store is not available, try again later"),
             ErrorCode::PaymentProviderFailed => Some("the payment provider failed, try again later"),
             ErrorCode::Internal => Some("internal error"),
+            ErrorCode::EmbedderUnavailable => Some("the embedder is not available, try again later"),
             _ => None,
         }
     }
@@ -398,6 +403,7 @@ mod tests {
             ErrorCode::StaleVersion,
             ErrorCode::PreconditionRequired,
             ErrorCode::NeedsInput,
+            ErrorCode::EmbedderUnavailable,
         ];
         for code in codes {
             let name = serde_json::to_value(code).expect("serialises");

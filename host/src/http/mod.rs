@@ -20,6 +20,7 @@ mod extract;
 pub mod health;
 pub mod jobs;
 mod mcp;
+pub mod memories;
 pub mod metrics;
 pub mod request_id;
 pub mod runs;
@@ -32,7 +33,7 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, header};
-use axum::routing::{MethodRouter, delete, get, post, put};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use axum::{Json, Router, middleware};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -70,6 +71,8 @@ pub struct AppState {
     pub schedules: Arc<crate::schedules::Schedules>,
     /// Artifacts (document exports) and their blob store.
     pub artifacts: crate::artifacts::Artifacts,
+    /// Memories; `None` when no embedder is configured (memory routes answer 503).
+    pub memories: Option<Arc<crate::memory::Memories>>,
 }
 
 /// HTTP settings from the validated config.
@@ -105,6 +108,8 @@ pub struct HttpSettings {
         schedules::create, schedules::list, schedules::get_one, schedules::pause, schedules::resume,
         schedules::delete_one,
         artifacts::get_one, exports::export,
+        memories::create, memories::list, memories::search, memories::get_one, memories::patch,
+        memories::delete_one,
     ),
     modifiers(&BearerScheme, &CommonResponses),
     tags(
@@ -121,6 +126,7 @@ pub struct HttpSettings {
         (name = "documents", description = "living documents: versions, diffs, replacement against a version, rollback (tenant keys: members write, viewers read)"),
         (name = "schedules", description = "messages posted on a cron schedule into a session or a new one (tenant keys: members change, viewers read)"),
         (name = "artifacts", description = "files Maestro produced (document exports), by the SHA-256 of their bytes (tenant keys)"),
+        (name = "memories", description = "what was remembered: see, edit, delete, search by meaning (tenant keys: members change, viewers read)"),
     )
 )]
 pub struct ApiDoc;
@@ -149,6 +155,7 @@ impl utoipa::Modify for CommonResponses {
                 Method::POST => item.post.as_mut(),
                 Method::DELETE => item.delete.as_mut(),
                 Method::PUT => item.put.as_mut(),
+                Method::PATCH => item.patch.as_mut(),
                 _ => None,
             };
             let Some(operation) = operation else { continue };
@@ -271,6 +278,12 @@ fn table() -> Vec<(Route, Option<MethodRouter<AppState>>)> {
         (route(Method::POST, "/v1/schedules/{id}/resume", Bearer, false), Some(post(schedules::resume))),
         (route(Method::GET, "/v1/artifacts/{sha256}", Bearer, false), Some(get(artifacts::get_one))),
         (route(Method::GET, "/v1/documents/{id}/export", Bearer, false), Some(get(exports::export))),
+        (route(Method::POST, "/v1/memories", Bearer, true), Some(post(memories::create))),
+        (route(Method::GET, "/v1/memories", Bearer, false), Some(get(memories::list))),
+        (route(Method::POST, "/v1/memories/search", Bearer, true), Some(post(memories::search))),
+        (route(Method::GET, "/v1/memories/{id}", Bearer, false), Some(get(memories::get_one))),
+        (route(Method::PATCH, "/v1/memories/{id}", Bearer, true), Some(patch(memories::patch))),
+        (route(Method::DELETE, "/v1/memories/{id}", Bearer, false), Some(delete(memories::delete_one))),
         // Stripe calls this without a bearer key; the signature authenticates it.
         (
             route(Method::POST, "/v1/billing/stripe/webhook", StripeSignature, false),
@@ -337,7 +350,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         let origins = settings.cors_allow_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok());
         let cors = CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
-            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::PUT])
+            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::PUT, Method::PATCH])
             .allow_headers([
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,

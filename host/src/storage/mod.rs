@@ -13,6 +13,7 @@ mod billing;
 mod documents;
 mod jobs;
 mod ledger;
+pub mod memories;
 pub mod postgres;
 mod runs;
 mod schedules;

@@ -25,7 +25,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/pos
 /// Store on a Postgres database.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
     /// Live run events across replicas (`LISTEN`/`NOTIFY`).
     signal: std::sync::Arc<super::signal::PgSignal>,
 }

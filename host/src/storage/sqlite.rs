@@ -25,7 +25,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sql
 /// Store on an SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
+    /// Tenants' memory vectors held in memory for the exact scan (`memories.rs`).
+    pub(super) vectors: std::sync::Arc<super::memories::VectorCache>,
 }
 
 impl Backend for SqliteStore {
@@ -49,7 +51,7 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await.map_err(backend_err)?;
         MIGRATOR.run(&pool).await.map_err(backend_err)?;
-        Ok(Self { pool })
+        Ok(Self { pool, vectors: Default::default() })
     }
 
     /// A write transaction that takes SQLite's write lock up front (`BEGIN IMMEDIATE`),

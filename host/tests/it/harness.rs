@@ -223,6 +223,8 @@ pub(crate) struct TestHost {
     pub(crate) schedules: Arc<Schedules>,
     /// Artifacts, on disk under the test's directory.
     pub(crate) artifacts: maestro_host::artifacts::Artifacts,
+    /// Memories, embedded by the deterministic fake embedder (384 dimensions).
+    pub(crate) memories: Option<Arc<maestro_host::memory::Memories>>,
 }
 
 /// An answer: status, headers, and the body parsed as JSON (or `Value::String` when it
@@ -263,6 +265,11 @@ impl TestHost {
             maestro_host::artifacts::Artifacts::on_disk(db.dir().join("artifacts"), store.clone(), clock.clone());
         let documents = Arc::new(maestro_host::documents::Documents::new(store.clone(), clock.clone()));
         let schedules = schedules(&store, clock.clone(), &tools, ScheduleSettings::default());
+        let memories = Some(Arc::new(maestro_host::memory::Memories::new(
+            store.clone(),
+            Arc::new(crate::memories::FakeEmbedder::new("fake-a")),
+            clock.clone(),
+        )));
         Self {
             _db: db,
             accounts,
@@ -277,6 +284,7 @@ impl TestHost {
             documents,
             schedules,
             artifacts,
+            memories,
         }
     }
 
@@ -314,6 +322,7 @@ impl TestHost {
             documents: self.documents.clone(),
             schedules: self.schedules.clone(),
             artifacts: self.artifacts.clone(),
+            memories: self.memories.clone(),
         };
         http::router(state, &self.settings)
     }

@@ -26,6 +26,7 @@ mod mcp_clients;
 mod mcp_conformance;
 mod mcp_listen;
 mod mcp_runs;
+mod memories;
 mod metering;
 mod openapi;
 mod orchestrator;

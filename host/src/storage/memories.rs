@@ -1,0 +1,925 @@
+//! [`maestro_core::ports::MemoryStore`] on both backends. The SQL differs where the
+//! vectors and tags do, so each backend has its own implementation here (both read rows
+//! into one row type, tags as a JSON array text).
+//!
+//! **Postgres** keeps vectors in a pgvector `vector` column without a fixed dimension
+//! and an HNSW index per common dimension, built on the expression
+//! `embedding::vector(D)` in a partial index `WHERE dims = D` (migration 0010). A search
+//! in an indexed dimension, for a tenant holding at least [`EXACT_SCAN_BELOW`] vectors
+//! of the query's embedder, runs in a transaction that first sets
+//! `hnsw.iterative_scan = relaxed_order` and `hnsw.ef_search` sized to `k` (both `SET
+//! LOCAL`): the index hands out neighbours of every tenant, the tenant and filter
+//! conditions drop the others, and the scan goes on past the first `ef_search`
+//! candidates until `k` rows pass (up to pgvector's `hnsw.max_scan_tuples`, 20,000 by
+//! default). The nearest rows come out of a `MATERIALIZED` CTE and are re-sorted by
+//! distance (relaxed order may emit them slightly out of order). A smaller tenant, or a
+//! dimension without an index, is scanned exactly: the `ORDER BY` names the uncast
+//! column, which no index matches, so the planner takes the tenant's rows through
+//! `memories_by_tenant` and sorts them.
+//!
+//! **SQLite** keeps vectors as BLOBs of f32 little-endian numbers. A search reads the
+//! tenant's vectors of the query's embedder into memory once (the `VectorCache`) and
+//! reuses them while the tenant's `memory_epochs` row is unchanged (triggers move it on
+//! every write that changes what a search sees, whichever connection or process
+//! writes); the scan applies the filter ([`MemoryFilter::matches`]), takes each inner
+//! product ([`maestro_core::embed::dot`]) on a blocking thread, keeps the best `k` in a
+//! heap, then reads those rows. Streaming every row through the driver instead costs
+//! about 30× the in-memory scan (`benches/memory.rs`).
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use maestro_core::embed::EmbedderInfo;
+use maestro_core::memory::{
+    Memory, MemoryFilter, MemoryHit, MemoryId, MemoryPatch, MemoryScope, MemorySource, TagMatch, vector_to_bytes,
+};
+use maestro_core::ports::{MemoryStore, StaleMemory};
+use maestro_core::run::{RunId, SessionId};
+use maestro_core::{StoreError, TenantId};
+use sqlx::Row as _;
+
+use super::postgres::PostgresStore;
+use super::sqlite::SqliteStore;
+use super::{backend_err, map_err};
+
+/// Below this many vectors of the query's embedder, a Postgres tenant is searched
+/// exactly rather than through the HNSW index: measured with `benches/memory.rs` (an
+/// exact scan of 1,000 384-dimension vectors in the shared table took 2.2 ms p50, of
+/// 500 1.1 ms; an index search of a 100,000-vector tenant 5.3 ms: 2,000 exact costs
+/// about as much, and is exact).
+pub const EXACT_SCAN_BELOW: i64 = 2_000;
+
+/// A tenant goes through the HNSW index only when it holds at least one row in this
+/// many of the table: measured with `benches/memory.rs`, tenants of 2,000 and 4,000
+/// vectors in a 117,000-row table found under half of their true top 10 through the
+/// index (the iterative scan stops at 20,000 tuples) in 26–32 ms, where an exact scan
+/// of 1,000 took 2.2 ms.
+pub const INDEX_SHARE: i64 = 10;
+
+/// The dimensions migration 0010 builds an HNSW index for.
+pub const INDEXED_DIMENSIONS: [u32; 4] = [384, 768, 1024, 1536];
+
+/// A raw `memories` row (tags as a JSON array of strings).
+#[derive(Debug, sqlx::FromRow)]
+struct MemoryRow {
+    id: String,
+    tenant_id: String,
+    scope: String,
+    persona: Option<String>,
+    session_id: Option<String>,
+    text: String,
+    tags: String,
+    pinned: bool,
+    source_run: Option<String>,
+    source_step: Option<i64>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    last_used_at: Option<DateTime<Utc>>,
+    provider: String,
+    model: String,
+    dims: i32,
+}
+
+impl TryFrom<MemoryRow> for Memory {
+    type Error = StoreError;
+
+    fn try_from(row: MemoryRow) -> Result<Self, StoreError> {
+        let what = format!("memory {}", row.id);
+        let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("{what}: {e}"));
+        let scope = match (row.scope.as_str(), row.persona, row.session_id) {
+            ("tenant", None, None) => MemoryScope::Tenant,
+            ("persona", Some(name), None) => MemoryScope::Persona(name),
+            ("session", None, Some(id)) => MemoryScope::Session(SessionId::parse(&id).map_err(|e| corrupt(&e))?),
+            (scope, _, _) => return Err(corrupt(&format!("scope {scope} with the wrong columns"))),
+        };
+        let source = match (row.source_run, row.source_step) {
+            (None, None) => None,
+            (Some(run), Some(step)) => Some(MemorySource {
+                run: RunId::parse(&run).map_err(|e| corrupt(&e))?,
+                step: u32::try_from(step).map_err(|e| corrupt(&e))?,
+            }),
+            _ => return Err(corrupt(&"partial source")),
+        };
+        Ok(Memory {
+            id: MemoryId::parse(&row.id).map_err(|e| corrupt(&e))?,
+            tenant: TenantId::parse(&row.tenant_id).map_err(|e| corrupt(&e))?,
+            scope,
+            text: row.text,
+            tags: serde_json::from_str(&row.tags).map_err(|e| corrupt(&e))?,
+            pinned: row.pinned,
+            source,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            last_used_at: row.last_used_at,
+            embedder: EmbedderInfo {
+                provider: row.provider,
+                model: row.model,
+                dimensions: u32::try_from(row.dims).map_err(|e| corrupt(&e))?,
+            },
+        })
+    }
+}
+
+/// The row's columns; `tags` is the expression that reads them as JSON text.
+fn columns(tags: &str) -> String {
+    format!(
+        "id, tenant_id, scope, persona, session_id, text, {tags} AS tags, pinned, source_run, source_step, \
+         created_at, updated_at, last_used_at, provider, model, dims"
+    )
+}
+
+const SQLITE_TAGS: &str = "tags";
+const PG_TAGS: &str = "to_json(tags)::text";
+
+/// The filter's conditions, with its parameters numbered from `$first`: scope kind,
+/// persona, session, created from, created to, tags, all tags (bound by
+/// [`bind_filter!`] in that order).
+fn filter_sql(first: usize, postgres: bool) -> String {
+    let p = |i: usize| format!("${}", first + i);
+    let tags = if postgres {
+        format!(
+            "(cardinality({t}::text[]) = 0 OR CASE WHEN {all} THEN tags @> {t}::text[] ELSE tags && {t}::text[] END)",
+            t = p(5),
+            all = p(6)
+        )
+    } else {
+        format!(
+            "({t} = '[]' OR CASE WHEN {all} \
+             THEN NOT EXISTS (SELECT 1 FROM json_each({t}) f WHERE f.value NOT IN (SELECT value FROM json_each(memories.tags))) \
+             ELSE EXISTS (SELECT 1 FROM json_each(memories.tags) m WHERE m.value IN (SELECT value FROM json_each({t}))) END)",
+            t = p(5),
+            all = p(6)
+        )
+    };
+    format!(
+        " AND ({k} IS NULL OR scope = {k}) AND ({pe} IS NULL OR persona = {pe}) AND ({s} IS NULL OR session_id = {s}) \
+         AND ({f} IS NULL OR created_at >= {f}) AND ({t} IS NULL OR created_at < {t}) AND {tags}",
+        k = p(0),
+        pe = p(1),
+        s = p(2),
+        f = p(3),
+        t = p(4),
+    )
+}
+
+/// Binds a [`MemoryFilter`]'s seven parameters (see [`filter_sql`]); `$tags` is the
+/// tags' bound form (a JSON text on SQLite, a `Vec<String>` on Postgres).
+macro_rules! bind_filter {
+    ($query:expr, $filter:expr, $tags:expr) => {
+        $query
+            .bind($filter.scope_kind)
+            .bind($filter.persona.as_deref())
+            .bind($filter.session.as_ref().map(|s| s.as_str()))
+            .bind($filter.created_from)
+            .bind($filter.created_to)
+            .bind($tags)
+            .bind($filter.tag_match == TagMatch::All)
+    };
+}
+
+fn tags_json(tags: &[String]) -> Result<String, StoreError> {
+    serde_json::to_string(tags).map_err(backend_err)
+}
+
+fn ms(at: DateTime<Utc>) -> DateTime<Utc> {
+    super::runs::ms(at)
+}
+
+fn dims(info: &EmbedderInfo) -> i32 {
+    i32::try_from(info.dimensions).unwrap_or(i32::MAX)
+}
+
+/// The scope's `(scope, persona, session_id)` columns.
+fn scope_columns(scope: &MemoryScope) -> (&'static str, Option<&str>, Option<&str>) {
+    match scope {
+        MemoryScope::Tenant => ("tenant", None, None),
+        MemoryScope::Persona(name) => ("persona", Some(name), None),
+        MemoryScope::Session(id) => ("session", None, Some(id.as_str())),
+    }
+}
+
+fn check_vector(memory: &Memory, vector: &[f32]) -> Result<(), StoreError> {
+    if vector.len() != memory.embedder.dimensions as usize {
+        return Err(StoreError::Corrupt(format!(
+            "memory {}: a vector of {} numbers for an embedder of {}",
+            memory.id,
+            vector.len(),
+            memory.embedder.dimensions
+        )));
+    }
+    Ok(())
+}
+
+const INSERT: &str = "INSERT INTO memories (id, tenant_id, scope, persona, session_id, text, tags, pinned, \
+     source_run, source_step, created_at, updated_at, last_used_at, provider, model, dims, embedding) VALUES \
+     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
+const PG_INSERT: &str = "INSERT INTO memories (id, tenant_id, scope, persona, session_id, text, tags, pinned, \
+     source_run, source_step, created_at, updated_at, last_used_at, provider, model, dims, embedding) VALUES \
+     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::real[]::vector)";
+
+/// Binds a memory's seventeen insert parameters; `$tags` and `$vector` in the backend's
+/// bound forms.
+macro_rules! bind_insert {
+    ($query:expr, $memory:expr, $tags:expr, $vector:expr) => {{
+        let (scope, persona, session) = scope_columns(&$memory.scope);
+        $query
+            .bind($memory.id.as_str())
+            .bind($memory.tenant.as_str())
+            .bind(scope)
+            .bind(persona)
+            .bind(session)
+            .bind(&$memory.text)
+            .bind($tags)
+            .bind($memory.pinned)
+            .bind($memory.source.as_ref().map(|s| s.run.as_str()))
+            .bind($memory.source.as_ref().map(|s| i64::from(s.step)))
+            .bind(ms($memory.created_at))
+            .bind(ms($memory.updated_at))
+            .bind($memory.last_used_at.map(ms))
+            .bind(&$memory.embedder.provider)
+            .bind(&$memory.embedder.model)
+            .bind(dims(&$memory.embedder))
+            .bind($vector)
+    }};
+}
+
+/// The best `k` (score, id) pairs seen so far: a min-heap on the score.
+struct TopK {
+    k: usize,
+    heap: BinaryHeap<Candidate>,
+}
+
+struct Candidate {
+    score: f32,
+    id: String,
+}
+
+impl PartialEq for Candidate {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Candidate {}
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Candidate {
+    /// Reversed, so the heap's top is the worst kept candidate (ties: the larger id).
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.score.total_cmp(&self.score).then_with(|| self.id.cmp(&other.id))
+    }
+}
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        Self { k, heap: BinaryHeap::with_capacity(k + 1) }
+    }
+
+    /// Whether a candidate with `score` would be kept (so its id is worth copying).
+    fn admits(&self, score: f32) -> bool {
+        self.heap.len() < self.k || self.heap.peek().is_some_and(|worst| score > worst.score)
+    }
+
+    fn push(&mut self, score: f32, id: String) {
+        self.heap.push(Candidate { score, id });
+        if self.heap.len() > self.k {
+            self.heap.pop();
+        }
+    }
+
+    /// Best first.
+    fn into_sorted(self) -> Vec<(f32, String)> {
+        self.heap.into_sorted_vec().into_iter().map(|c| (c.score, c.id)).collect()
+    }
+}
+
+/// Puts rows in the order of `ranked` (id, score), dropping ids no row has.
+fn in_order(ranked: Vec<(f32, String)>, rows: Vec<MemoryRow>) -> Result<Vec<MemoryHit>, StoreError> {
+    let mut by_id: std::collections::HashMap<String, MemoryRow> = rows.into_iter().map(|r| (r.id.clone(), r)).collect();
+    ranked
+        .into_iter()
+        .filter_map(|(score, id)| by_id.remove(&id).map(|row| (score, row)))
+        .map(|(score, row)| Ok(MemoryHit { memory: Memory::try_from(row)?, score }))
+        .collect()
+}
+
+#[async_trait::async_trait]
+impl MemoryStore for SqliteStore {
+    async fn insert_memories(&self, memories: &[(Memory, Vec<f32>)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend_err)?;
+        for (memory, vector) in memories {
+            check_vector(memory, vector)?;
+            let tags = tags_json(&memory.tags)?;
+            bind_insert!(sqlx::query(INSERT), memory, tags, vector_to_bytes(vector))
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err(&format!("memory {}", memory.id)))?;
+        }
+        tx.commit().await.map_err(backend_err)
+    }
+
+    async fn memory(&self, tenant: &TenantId, id: &MemoryId) -> Result<Option<Memory>, StoreError> {
+        let sql = format!("SELECT {} FROM memories WHERE tenant_id = $1 AND id = $2", columns(SQLITE_TAGS));
+        let row = sqlx::query_as::<_, MemoryRow>(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend_err)?;
+        row.map(Memory::try_from).transpose()
+    }
+
+    async fn update_memory(
+        &self,
+        tenant: &TenantId,
+        id: &MemoryId,
+        patch: &MemoryPatch,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Memory>, StoreError> {
+        let sql = format!(
+            "UPDATE memories SET text = COALESCE($3, text), tags = COALESCE($4, tags), pinned = COALESCE($5, pinned), \
+             updated_at = $6, provider = COALESCE($7, provider), model = COALESCE($8, model), \
+             dims = COALESCE($9, dims), embedding = COALESCE($10, embedding) \
+             WHERE tenant_id = $1 AND id = $2 RETURNING {}",
+            columns(SQLITE_TAGS)
+        );
+        let tags = patch.tags.as_deref().map(tags_json).transpose()?;
+        let text = patch.text.as_ref();
+        let row = sqlx::query_as::<_, MemoryRow>(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(id.as_str())
+            .bind(text.map(|(t, _, _)| t.as_str()))
+            .bind(tags)
+            .bind(patch.pinned)
+            .bind(ms(at))
+            .bind(text.map(|(_, _, e)| e.provider.as_str()))
+            .bind(text.map(|(_, _, e)| e.model.as_str()))
+            .bind(text.map(|(_, _, e)| dims(e)))
+            .bind(text.map(|(_, v, _)| vector_to_bytes(v)))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err(&format!("memory {id}")))?;
+        row.map(Memory::try_from).transpose()
+    }
+
+    async fn delete_memory(&self, tenant: &TenantId, id: &MemoryId) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM memories WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant.as_str())
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(backend_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn memories(
+        &self,
+        tenant: &TenantId,
+        filter: &MemoryFilter,
+        before: Option<&MemoryId>,
+        limit: u32,
+    ) -> Result<Vec<Memory>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM memories WHERE tenant_id = $1{} AND ($9 IS NULL OR (created_at, id) < \
+             (SELECT created_at, id FROM memories WHERE id = $9 AND tenant_id = $1)) \
+             ORDER BY created_at DESC, id DESC LIMIT $10",
+            columns(SQLITE_TAGS),
+            filter_sql(2, false)
+        );
+        let query = sqlx::query_as::<_, MemoryRow>(sqlx::AssertSqlSafe(sql)).bind(tenant.as_str());
+        let rows = bind_filter!(query, filter, tags_json(&filter.tags)?)
+            .bind(before.map(|b| b.as_str()))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend_err)?;
+        rows.into_iter().map(Memory::try_from).collect()
+    }
+
+    async fn search_memories(
+        &self,
+        tenant: &TenantId,
+        embedder: &EmbedderInfo,
+        query: &[f32],
+        filter: &MemoryFilter,
+        k: u32,
+    ) -> Result<Vec<MemoryHit>, StoreError> {
+        if k == 0 || query.len() != embedder.dimensions as usize {
+            return Ok(Vec::new());
+        }
+        let vectors = self.tenant_vectors(tenant, embedder).await?;
+        let (query, filter) = (query.to_vec(), filter.clone());
+        let ranked = tokio::task::spawn_blocking(move || vectors.top_k(&query, &filter, k as usize))
+            .await
+            .map_err(backend_err)?;
+
+        let ids: Vec<&str> = ranked.iter().map(|(_, id)| id.as_str()).collect();
+        let sql = format!(
+            "SELECT {} FROM memories WHERE tenant_id = $1 AND id IN (SELECT value FROM json_each($2))",
+            columns(SQLITE_TAGS)
+        );
+        let found = sqlx::query_as::<_, MemoryRow>(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(serde_json::to_string(&ids).map_err(backend_err)?)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend_err)?;
+        in_order(ranked, found)
+    }
+
+    async fn touch_memories(&self, tenant: &TenantId, ids: &[MemoryId], at: DateTime<Utc>) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+        sqlx::query(
+            "UPDATE memories SET last_used_at = $3 WHERE tenant_id = $1 AND id IN (SELECT value FROM json_each($2))",
+        )
+        .bind(tenant.as_str())
+        .bind(serde_json::to_string(&ids).map_err(backend_err)?)
+        .bind(ms(at))
+        .execute(&self.pool)
+        .await
+        .map_err(backend_err)?;
+        Ok(())
+    }
+
+    async fn stale_memories(&self, current: &EmbedderInfo, limit: u32) -> Result<Vec<StaleMemory>, StoreError> {
+        stale_rows(
+            sqlx::query(STALE)
+                .bind(&current.provider)
+                .bind(&current.model)
+                .bind(dims(current))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend_err)?,
+        )
+    }
+
+    async fn replace_vector(
+        &self,
+        stale: &StaleMemory,
+        vector: &[f32],
+        embedder: &EmbedderInfo,
+    ) -> Result<bool, StoreError> {
+        if vector.len() != embedder.dimensions as usize {
+            return Err(StoreError::Corrupt(format!("memory {}: a vector of the wrong dimension", stale.id)));
+        }
+        let done = sqlx::query(
+            "UPDATE memories SET provider = $3, model = $4, dims = $5, embedding = $6 WHERE id = $1 AND text = $2",
+        )
+        .bind(stale.id.as_str())
+        .bind(&stale.text)
+        .bind(&embedder.provider)
+        .bind(&embedder.model)
+        .bind(dims(embedder))
+        .bind(vector_to_bytes(vector))
+        .execute(&self.pool)
+        .await
+        .map_err(backend_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+/// Memories whose vectors another embedder than ($1, $2, $3) made, at most $4.
+const STALE: &str = "SELECT id, text FROM memories WHERE NOT (provider = $1 AND model = $2 AND dims = $3) \
+     ORDER BY id LIMIT $4";
+
+fn stale_rows<R: sqlx::Row>(rows: Vec<R>) -> Result<Vec<StaleMemory>, StoreError>
+where
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    rows.into_iter()
+        .map(|row| {
+            let id: String = row.try_get("id").map_err(backend_err)?;
+            Ok(StaleMemory {
+                id: MemoryId::parse(&id).map_err(|e| StoreError::Corrupt(format!("memory {id}: {e}")))?,
+                text: row.try_get("text").map_err(backend_err)?,
+            })
+        })
+        .collect()
+}
+
+/// Most vector numbers the SQLite cache holds across tenants (256 MiB of f32, e.g. one
+/// tenant of 160,000 384-dimension vectors): a tenant
+/// larger than this alone is scanned but not kept.
+const CACHE_MAX_FLOATS: usize = 64 * 1024 * 1024;
+
+/// SQLite's exact scan reads a tenant's vectors (of one embedder) into memory once and
+/// reuses them while the tenant's `memory_epochs` row (moved by triggers on every write
+/// that changes what a search sees, from any connection) is unchanged: the scan then
+/// runs at memory speed instead of decoding every row through the driver.
+#[derive(Debug, Default)]
+pub(super) struct VectorCache {
+    tenants: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<TenantVectors>>>,
+}
+
+/// One tenant's vectors of one embedder, as of `epoch`.
+#[derive(Debug)]
+pub(super) struct TenantVectors {
+    epoch: i64,
+    dims: usize,
+    /// The memories (without their text), for the filter.
+    memories: Vec<Memory>,
+    /// Their vectors, one after the other.
+    flat: Vec<f32>,
+}
+
+impl TenantVectors {
+    /// The best `k` (score, id) of the memories passing `filter`, best first.
+    fn top_k(&self, query: &[f32], filter: &MemoryFilter, k: usize) -> Vec<(f32, String)> {
+        let mut best = TopK::new(k);
+        let everything = *filter == MemoryFilter::default();
+        for (memory, vector) in self.memories.iter().zip(self.flat.chunks_exact(self.dims)) {
+            if !everything && !filter.matches(memory) {
+                continue;
+            }
+            let score = maestro_core::embed::dot(query, vector);
+            if best.admits(score) {
+                best.push(score, memory.id.as_str().to_owned());
+            }
+        }
+        best.into_sorted()
+    }
+}
+
+impl SqliteStore {
+    /// The tenant's vectors of `embedder`: the cached ones while the tenant's epoch is
+    /// unchanged, else read anew (epoch and rows in one read transaction).
+    async fn tenant_vectors(
+        &self,
+        tenant: &TenantId,
+        embedder: &EmbedderInfo,
+    ) -> Result<Arc<TenantVectors>, StoreError> {
+        const EPOCH: &str = "SELECT epoch FROM memory_epochs WHERE tenant_id = $1";
+        let key = (tenant.as_str().to_owned(), embedder.key());
+        let epoch: Option<i64> =
+            sqlx::query_scalar(EPOCH).bind(tenant.as_str()).fetch_optional(&self.pool).await.map_err(backend_err)?;
+        let epoch = epoch.unwrap_or(0);
+        if let Some(cached) = self.vectors.get(&key).filter(|c| c.epoch == epoch) {
+            return Ok(cached);
+        }
+        let mut tx = self.pool.begin().await.map_err(backend_err)?;
+        let epoch: Option<i64> =
+            sqlx::query_scalar(EPOCH).bind(tenant.as_str()).fetch_optional(&mut *tx).await.map_err(backend_err)?;
+        let sql = format!(
+            "SELECT {}, embedding FROM memories WHERE tenant_id = $1 AND provider = $2 AND model = $3 AND dims = $4",
+            columns(SQLITE_TAGS).replace("text,", "'' AS text,")
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(&embedder.provider)
+            .bind(&embedder.model)
+            .bind(dims(embedder))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend_err)?;
+        tx.commit().await.map_err(backend_err)?;
+        let dims = embedder.dimensions as usize;
+        let mut loaded = TenantVectors {
+            epoch: epoch.unwrap_or(0),
+            dims,
+            memories: Vec::with_capacity(rows.len()),
+            flat: Vec::with_capacity(rows.len() * dims),
+        };
+        for row in &rows {
+            let bytes: &[u8] = row.try_get("embedding").map_err(backend_err)?;
+            let Some(vector) = maestro_core::memory::vector_from_bytes(bytes).filter(|v| v.len() == dims) else {
+                continue;
+            };
+            let memory = Memory::try_from(<MemoryRow as sqlx::FromRow<_>>::from_row(row).map_err(backend_err)?)?;
+            loaded.memories.push(memory);
+            loaded.flat.extend_from_slice(&vector);
+        }
+        let loaded = Arc::new(loaded);
+        self.vectors.put(key, loaded.clone());
+        Ok(loaded)
+    }
+}
+
+impl VectorCache {
+    fn get(&self, key: &(String, String)) -> Option<Arc<TenantVectors>> {
+        self.tenants.lock().ok()?.get(key).cloned()
+    }
+
+    /// Keeps `vectors`, evicting the others when the cache would hold too many numbers.
+    fn put(&self, key: (String, String), vectors: Arc<TenantVectors>) {
+        let Ok(mut tenants) = self.tenants.lock() else { return };
+        if vectors.flat.len() > CACHE_MAX_FLOATS {
+            tenants.remove(&key);
+            return;
+        }
+        let held: usize = tenants.iter().filter(|(k, _)| **k != key).map(|(_, v)| v.flat.len()).sum();
+        if held + vectors.flat.len() > CACHE_MAX_FLOATS {
+            tenants.clear();
+        }
+        tenants.insert(key, vectors);
+    }
+}
+
+impl PostgresStore {
+    /// The SQL of a memory search in dimension `dims` for `k` hits: through the HNSW
+    /// index (`indexed`) or exact. Parameters: tenant ($1), the filter ($2–$8),
+    /// provider ($9), model ($10), the query vector as `real[]` ($11).
+    fn memory_search_sql(dims: u32, indexed: bool, k: u32) -> String {
+        // `embedding::vector(D)` is the indexed expression; the bare column is not.
+        let order = if indexed {
+            format!("embedding::vector({dims}) <#> $11::real[]::vector({dims})")
+        } else {
+            "embedding <#> $11::real[]::vector".to_owned()
+        };
+        format!(
+            "WITH nearest AS MATERIALIZED (SELECT {cols}, ({order}) AS distance FROM memories \
+             WHERE dims = {dims} AND tenant_id = $1 AND provider = $9 AND model = $10{filter} \
+             ORDER BY {order} LIMIT {k}) SELECT * FROM nearest ORDER BY distance, id",
+            cols = columns(PG_TAGS),
+            filter = filter_sql(2, true),
+        )
+    }
+
+    /// Whether a search of `tenant` in `embedder`'s space goes through the HNSW index:
+    /// an indexed dimension, at least [`EXACT_SCAN_BELOW`] vectors of the tenant, and at
+    /// least one row in [`INDEX_SHARE`] of the table (by the planner's estimate, when it
+    /// has one). A tenant holding a small share of a large shared index is scanned
+    /// exactly: its neighbours lie among many other tenants' rows, and the iterative scan
+    /// stops at `hnsw.max_scan_tuples` with few of them found (`benches/memory.rs`).
+    async fn memory_search_indexed(&self, tenant: &TenantId, embedder: &EmbedderInfo) -> Result<bool, StoreError> {
+        if !INDEXED_DIMENSIONS.contains(&embedder.dimensions) {
+            return Ok(false);
+        }
+        let table: f32 = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT reltuples FROM pg_class WHERE oid = 'memories'::regclass), -1)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend_err)?;
+        // Count only as far as the decision needs.
+        let needed = EXACT_SCAN_BELOW.max((f64::from(table.max(0.0)) / INDEX_SHARE as f64).ceil() as i64);
+        let held: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM memories WHERE tenant_id = $1 AND dims = $2 AND provider = $3 \
+             AND model = $4 LIMIT $5) AS held",
+        )
+        .bind(tenant.as_str())
+        .bind(dims(embedder))
+        .bind(&embedder.provider)
+        .bind(&embedder.model)
+        .bind(needed)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend_err)?;
+        let share_ok = table <= 0.0 || (held as f32) * INDEX_SHARE as f32 >= table;
+        Ok(held >= EXACT_SCAN_BELOW && share_ok)
+    }
+
+    /// The settings a search through the index sets for its transaction: iterative
+    /// index scans (so a tenant's filtered query still finds `k` rows in the shared
+    /// index), an `ef_search` sized to `k` (40, pgvector's default, up to its maximum of
+    /// 1,000), and `enable_sort = off` inside the CTE's choice: the count of the tenant's
+    /// vectors already chose the index, and the planner's row estimates for a tenant
+    /// and filter (stale right after a bulk insert, blind to the clustering) must not
+    /// turn it back into a sort of every row through a b-tree.
+    async fn memory_search_settings(conn: &mut sqlx::PgConnection, k: u32) -> Result<(), StoreError> {
+        let ef = (k.saturating_mul(2)).clamp(40, 1000);
+        sqlx::query(
+            "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), \
+             set_config('hnsw.ef_search', $1, true), set_config('enable_sort', 'off', true)",
+        )
+        .bind(ef.to_string())
+        .execute(conn)
+        .await
+        .map_err(backend_err)?;
+        Ok(())
+    }
+
+    /// The plan Postgres chooses for a memory search of `tenant` (`EXPLAIN` lines), with
+    /// the same settings and SQL [`MemoryStore::search_memories`] uses: tests check that
+    /// a large tenant's search uses the HNSW index and a small one's does not.
+    pub async fn explain_memory_search(
+        &self,
+        tenant: &TenantId,
+        embedder: &EmbedderInfo,
+        query: &[f32],
+        filter: &MemoryFilter,
+        k: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let indexed = self.memory_search_indexed(tenant, embedder).await?;
+        let sql = format!("EXPLAIN {}", Self::memory_search_sql(embedder.dimensions, indexed, k));
+        let mut tx = self.pool.begin().await.map_err(backend_err)?;
+        Self::memory_search_settings(&mut tx, k).await?;
+        let explain = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant.as_str());
+        let rows = bind_filter!(explain, filter, &filter.tags)
+            .bind(&embedder.provider)
+            .bind(&embedder.model)
+            .bind(query)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend_err)?;
+        rows.iter().map(|r| r.try_get::<String, _>(0).map_err(backend_err)).collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl MemoryStore for PostgresStore {
+    async fn insert_memories(&self, memories: &[(Memory, Vec<f32>)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend_err)?;
+        for (memory, vector) in memories {
+            check_vector(memory, vector)?;
+            bind_insert!(sqlx::query(PG_INSERT), memory, &memory.tags, vector)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err(&format!("memory {}", memory.id)))?;
+        }
+        tx.commit().await.map_err(backend_err)
+    }
+
+    async fn memory(&self, tenant: &TenantId, id: &MemoryId) -> Result<Option<Memory>, StoreError> {
+        let sql = format!("SELECT {} FROM memories WHERE tenant_id = $1 AND id = $2", columns(PG_TAGS));
+        let row = sqlx::query_as::<_, MemoryRow>(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend_err)?;
+        row.map(Memory::try_from).transpose()
+    }
+
+    async fn update_memory(
+        &self,
+        tenant: &TenantId,
+        id: &MemoryId,
+        patch: &MemoryPatch,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Memory>, StoreError> {
+        let sql = format!(
+            "UPDATE memories SET text = COALESCE($3, text), tags = COALESCE($4::text[], tags), \
+             pinned = COALESCE($5, pinned), updated_at = $6, provider = COALESCE($7, provider), \
+             model = COALESCE($8, model), dims = COALESCE($9, dims), \
+             embedding = COALESCE($10::real[]::vector, embedding) \
+             WHERE tenant_id = $1 AND id = $2 RETURNING {}",
+            columns(PG_TAGS)
+        );
+        let text = patch.text.as_ref();
+        let row = sqlx::query_as::<_, MemoryRow>(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(id.as_str())
+            .bind(text.map(|(t, _, _)| t.as_str()))
+            .bind(patch.tags.as_deref())
+            .bind(patch.pinned)
+            .bind(ms(at))
+            .bind(text.map(|(_, _, e)| e.provider.as_str()))
+            .bind(text.map(|(_, _, e)| e.model.as_str()))
+            .bind(text.map(|(_, _, e)| dims(e)))
+            .bind(text.map(|(_, v, _)| v.as_slice()))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err(&format!("memory {id}")))?;
+        row.map(Memory::try_from).transpose()
+    }
+
+    async fn delete_memory(&self, tenant: &TenantId, id: &MemoryId) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM memories WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant.as_str())
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(backend_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn memories(
+        &self,
+        tenant: &TenantId,
+        filter: &MemoryFilter,
+        before: Option<&MemoryId>,
+        limit: u32,
+    ) -> Result<Vec<Memory>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM memories WHERE tenant_id = $1{} AND ($9::text IS NULL OR (created_at, id) < \
+             (SELECT created_at, id FROM memories WHERE id = $9 AND tenant_id = $1)) \
+             ORDER BY created_at DESC, id DESC LIMIT $10",
+            columns(PG_TAGS),
+            filter_sql(2, true)
+        );
+        let query = sqlx::query_as::<_, MemoryRow>(sqlx::AssertSqlSafe(sql)).bind(tenant.as_str());
+        let rows = bind_filter!(query, filter, &filter.tags)
+            .bind(before.map(|b| b.as_str()))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend_err)?;
+        rows.into_iter().map(Memory::try_from).collect()
+    }
+
+    async fn search_memories(
+        &self,
+        tenant: &TenantId,
+        embedder: &EmbedderInfo,
+        query: &[f32],
+        filter: &MemoryFilter,
+        k: u32,
+    ) -> Result<Vec<MemoryHit>, StoreError> {
+        if k == 0 || query.len() != embedder.dimensions as usize {
+            return Ok(Vec::new());
+        }
+        let indexed = self.memory_search_indexed(tenant, embedder).await?;
+        let sql = Self::memory_search_sql(embedder.dimensions, indexed, k);
+        let mut tx = self.pool.begin().await.map_err(backend_err)?;
+        if indexed {
+            Self::memory_search_settings(&mut tx, k).await?;
+        }
+        let search = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant.as_str());
+        let rows = bind_filter!(search, filter, &filter.tags)
+            .bind(&embedder.provider)
+            .bind(&embedder.model)
+            .bind(query)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend_err)?;
+        tx.commit().await.map_err(backend_err)?;
+        rows.into_iter()
+            .map(|row| {
+                let distance: f64 = row.try_get("distance").map_err(backend_err)?;
+                let memory = Memory::try_from(<MemoryRow as sqlx::FromRow<_>>::from_row(&row).map_err(backend_err)?)?;
+                // `<#>` is the negative inner product.
+                Ok(MemoryHit { memory, score: -distance as f32 })
+            })
+            .collect()
+    }
+
+    async fn touch_memories(&self, tenant: &TenantId, ids: &[MemoryId], at: DateTime<Utc>) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+        sqlx::query("UPDATE memories SET last_used_at = $3 WHERE tenant_id = $1 AND id = ANY($2)")
+            .bind(tenant.as_str())
+            .bind(&ids)
+            .bind(ms(at))
+            .execute(&self.pool)
+            .await
+            .map_err(backend_err)?;
+        Ok(())
+    }
+
+    async fn stale_memories(&self, current: &EmbedderInfo, limit: u32) -> Result<Vec<StaleMemory>, StoreError> {
+        stale_rows(
+            sqlx::query(STALE)
+                .bind(&current.provider)
+                .bind(&current.model)
+                .bind(dims(current))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend_err)?,
+        )
+    }
+
+    async fn replace_vector(
+        &self,
+        stale: &StaleMemory,
+        vector: &[f32],
+        embedder: &EmbedderInfo,
+    ) -> Result<bool, StoreError> {
+        if vector.len() != embedder.dimensions as usize {
+            return Err(StoreError::Corrupt(format!("memory {}: a vector of the wrong dimension", stale.id)));
+        }
+        let done = sqlx::query(
+            "UPDATE memories SET provider = $3, model = $4, dims = $5, embedding = $6::real[]::vector \
+             WHERE id = $1 AND text = $2",
+        )
+        .bind(stale.id.as_str())
+        .bind(&stale.text)
+        .bind(&embedder.provider)
+        .bind(&embedder.model)
+        .bind(dims(embedder))
+        .bind(vector)
+        .execute(&self.pool)
+        .await
+        .map_err(backend_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_keeps_the_best_scores_best_first() {
+        let mut top = TopK::new(3);
+        for (i, score) in [0.1f32, 0.9, 0.5, 0.7, 0.2, 0.95].iter().enumerate() {
+            if top.admits(*score) {
+                top.push(*score, format!("m{i}"));
+            }
+        }
+        let got: Vec<(f32, String)> = top.into_sorted();
+        assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![0.95, 0.9, 0.7]);
+        assert_eq!(got[0].1, "m5");
+    }
+}
