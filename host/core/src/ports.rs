@@ -303,8 +303,14 @@ pub trait ScheduleStore: Send + Sync + std::fmt::Debug {
     async fn create_schedule(&self, schedule: &Schedule) -> Result<(), StoreError>;
     /// A schedule, restricted to `tenant` when given.
     async fn schedule(&self, tenant: Option<&TenantId>, id: &ScheduleId) -> Result<Option<Schedule>, StoreError>;
-    /// A tenant's schedules, newest first, at most `limit`.
-    async fn schedules(&self, tenant: &TenantId, limit: u32) -> Result<Vec<Schedule>, StoreError>;
+    /// A tenant's schedules, newest first, at most `limit`; with `before`, those older
+    /// than that schedule of the tenant (none when it is not one).
+    async fn schedules(
+        &self,
+        tenant: &TenantId,
+        before: Option<&ScheduleId>,
+        limit: u32,
+    ) -> Result<Vec<Schedule>, StoreError>;
     /// Pauses a schedule of `tenant` (its `next_fire_at` kept), or resumes it with
     /// `next_fire_at` (fires missed while paused never run). Returns it as it now
     /// stands, `None` when no such schedule is visible.
