@@ -345,11 +345,12 @@ pub struct EventNotice {
     pub session_seq: i64,
 }
 
-/// Live run events across replicas: after a run's events commit, the writer signals;
-/// every replica listening hears it and wakes the feeds of that run and session, which
-/// read from the store. A lost signal costs latency, never an event (feeds also poll).
-/// Postgres: `NOTIFY` on one channel, one listening connection per replica; SQLite
-/// (one replica): nothing to do.
+/// Live run events and document changes across replicas: after a run's events commit,
+/// the writer signals; every replica listening hears it and wakes the feeds of that run
+/// and session, which read from the store. A lost signal costs latency, never an event
+/// (feeds also poll). Likewise after a document version commits, so that subscribers on
+/// every replica hear of it. Postgres: `NOTIFY` on one channel per kind, one listening
+/// connection per replica; SQLite (one replica): nothing to do.
 pub trait EventSignal: Send + Sync + std::fmt::Debug {
     /// Signals events committed (never inside a transaction; never blocks: the adapter
     /// sends in the background, coalescing per run).
@@ -357,6 +358,24 @@ pub trait EventSignal: Send + Sync + std::fmt::Debug {
     /// Calls `on_notice` for every signal heard from now on (from every replica, this
     /// one included), reconnecting after failures. Called once per process.
     fn listen(&self, on_notice: std::sync::Arc<dyn Fn(EventNotice) + Send + Sync>);
+    /// Signals a document version committed (never inside a transaction; never blocks).
+    fn notify_document(&self, notice: DocumentNotice);
+    /// Calls `on_notice` for every document version another replica signals from now
+    /// on (this process announces its own in process), reconnecting after failures.
+    /// Called once per process.
+    fn listen_documents(&self, on_notice: std::sync::Arc<dyn Fn(DocumentNotice) + Send + Sync>);
+}
+
+/// A document version committed (what crosses replicas for subscribers of document
+/// changes, such as MCP `resources/updated`: they then read the document from the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentNotice {
+    /// The document's tenant.
+    pub tenant: TenantId,
+    /// The document.
+    pub document: DocumentId,
+    /// The version committed.
+    pub version: i64,
 }
 
 /// Opens units of work: one store transaction through which several ports write.
