@@ -13,7 +13,7 @@
 //! (notifications sent meanwhile are lost, as above) and stops when the pool closes.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use maestro_core::document::DocumentId;
@@ -64,11 +64,16 @@ enum Outgoing {
 type OnRun = Arc<dyn Fn(EventNotice) + Send + Sync>;
 type OnDocument = Arc<dyn Fn(DocumentNotice) + Send + Sync>;
 
-/// Who hears what the listener receives (set once each).
+/// Who hears what the listener receives.
 #[derive(Default)]
 struct Handlers {
-    runs: OnceLock<OnRun>,
-    documents: OnceLock<OnDocument>,
+    runs: Mutex<Vec<OnRun>>,
+    documents: Mutex<Vec<OnDocument>>,
+}
+
+/// A copy of the handlers, so that none is called under the lock.
+fn handlers_of<T: Clone>(list: &Mutex<Vec<T>>) -> Vec<T> {
+    list.lock().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
 /// The sending and listening halves over one pool.
@@ -116,18 +121,14 @@ impl PgSignal {
 
     /// Hands run notices to `on_notice` (and starts the listening task).
     pub(super) fn listen(&self, on_notice: OnRun) {
-        if self.handlers.runs.set(on_notice).is_err() {
-            tracing::warn!("run notices already have a listener; the new one is ignored");
-        }
+        self.handlers.runs.lock().unwrap_or_else(PoisonError::into_inner).push(on_notice);
         self.start_listening();
     }
 
     /// Hands other replicas' document notices to `on_notice` (and starts the listening
     /// task).
     pub(super) fn listen_documents(&self, on_notice: OnDocument) {
-        if self.handlers.documents.set(on_notice).is_err() {
-            tracing::warn!("document notices already have a listener; the new one is ignored");
-        }
+        self.handlers.documents.lock().unwrap_or_else(PoisonError::into_inner).push(on_notice);
         self.start_listening();
     }
 
@@ -216,8 +217,8 @@ async fn listen_loop(pool: PgPool, origin: String, handlers: Arc<Handlers>) {
                         match decode_document(payload) {
                             Some((_, from)) if from == origin => {}
                             Some((notice, _)) => {
-                                if let Some(on_notice) = handlers.documents.get() {
-                                    on_notice(notice);
+                                for on_notice in handlers_of(&handlers.documents) {
+                                    on_notice(notice.clone());
                                 }
                             }
                             None => tracing::debug!("ignored a malformed document notification"),
@@ -225,8 +226,8 @@ async fn listen_loop(pool: PgPool, origin: String, handlers: Arc<Handlers>) {
                     } else {
                         match decode(payload) {
                             Some(notice) => {
-                                if let Some(on_notice) = handlers.runs.get() {
-                                    on_notice(notice);
+                                for on_notice in handlers_of(&handlers.runs) {
+                                    on_notice(notice.clone());
                                 }
                             }
                             None => tracing::debug!("ignored a malformed event notification"),
