@@ -17,7 +17,7 @@ use maestro_core::document::{
     TextEdit, VersionSummary, apply_edits, unified_diff, validate_content, validate_title,
 };
 use maestro_core::run::{MAX_PAGE, SessionId};
-use maestro_core::{Clock, DocumentStore, StoreError, TenantId};
+use maestro_core::{Clock, DocumentNotice, DocumentStore, EventSignal, StoreError, TenantId};
 
 use crate::random::random_bytes;
 
@@ -95,10 +95,12 @@ pub struct Documents {
     store: Arc<dyn DocumentStore>,
     clock: Arc<dyn Clock>,
     changes: tokio::sync::broadcast::Sender<DocumentChanged>,
+    /// Carries this process's versions to the other replicas (Postgres), and theirs here.
+    signal: Option<Arc<dyn EventSignal>>,
 }
 
-/// A version this process wrote (created or appended), as [`Documents::changes`]
-/// announces it.
+/// A version written (created or appended), by this process or, with a signal, by
+/// another replica, as [`Documents::changes`] announces it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocumentChanged {
     /// The document's tenant.
@@ -115,22 +117,50 @@ const CHANGES_BUFFER: usize = 256;
 impl Documents {
     /// Builds the use-cases over the document port.
     pub fn new(store: Arc<dyn DocumentStore>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock, changes: tokio::sync::broadcast::channel(CHANGES_BUFFER).0 }
+        Self { store, clock, changes: tokio::sync::broadcast::channel(CHANGES_BUFFER).0, signal: None }
     }
 
-    /// The versions this process writes from now on, whoever writes them (runs, HTTP,
-    /// MCP): an in-process signal (other replicas' writes are not in it).
+    /// Carries changes across replicas: every version this process writes is signalled
+    /// after its commit, and the versions other replicas signal join [`changes`](Self::changes).
+    /// Call once per process (the signal's listener is registered here).
+    #[must_use]
+    pub fn with_signal(mut self, signal: Arc<dyn EventSignal>) -> Self {
+        let changes = self.changes.clone();
+        signal.listen_documents(Arc::new(move |notice: DocumentNotice| {
+            // No listener is not an error.
+            let _ = changes.send(DocumentChanged {
+                tenant: notice.tenant,
+                document: notice.document,
+                version: notice.version,
+            });
+        }));
+        self.signal = Some(signal);
+        self
+    }
+
+    /// The versions written from now on, whoever writes them (runs, HTTP, MCP): this
+    /// process's at once, and, with [`with_signal`](Self::with_signal), other replicas'
+    /// as their notices arrive (a lost notice is a missed change, never a wrong one).
     pub fn changes(&self) -> tokio::sync::broadcast::Receiver<DocumentChanged> {
         self.changes.subscribe()
     }
 
+    /// Announces a committed version in process and to the other replicas.
     fn announce(&self, document: &Document) {
-        // No listener is not an error.
-        let _ = self.changes.send(DocumentChanged {
+        let changed = DocumentChanged {
             tenant: document.tenant.clone(),
             document: document.id.clone(),
             version: document.version,
-        });
+        };
+        if let Some(signal) = &self.signal {
+            signal.notify_document(DocumentNotice {
+                tenant: changed.tenant.clone(),
+                document: changed.document.clone(),
+                version: changed.version,
+            });
+        }
+        // No listener is not an error.
+        let _ = self.changes.send(changed);
     }
 
     /// Creates a document of `tenant` with its first version.

@@ -261,7 +261,7 @@ pub async fn serve(
     report_bootstrap(accounts.bootstrap(config.admin_key.as_ref()).await?);
     let credits = Arc::new(credits::Credits::new(store.clone(), clock.clone()));
     let jobs = Arc::new(jobs::Jobs::new(store.clone(), clock.clone()));
-    let documents = Arc::new(documents::Documents::new(store.clone(), clock.clone()));
+    let documents = Arc::new(documents::Documents::new(store.clone(), clock.clone()).with_signal(store.clone()));
     let mut host_tools = tools::documents::tools(documents.clone());
     let (run_tools, more) = orchestrator::tools::tools();
     host_tools.extend(more);

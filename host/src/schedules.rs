@@ -231,9 +231,16 @@ impl Schedules {
         Ok(schedule)
     }
 
-    /// The tenant's schedules, newest first.
-    pub async fn list(&self, principal: &Principal, limit: u32) -> Result<Vec<Schedule>, SchedulesError> {
-        Ok(self.store.schedules(&principal.tenant_id, limit.clamp(1, maestro_core::run::MAX_PAGE)).await?)
+    /// A page of the tenant's schedules, newest first: those older than `before` (a
+    /// schedule of the tenant; another one gives an empty page), at most `limit`.
+    pub async fn list(
+        &self,
+        principal: &Principal,
+        before: Option<&ScheduleId>,
+        limit: u32,
+    ) -> Result<Vec<Schedule>, SchedulesError> {
+        let limit = limit.clamp(1, maestro_core::run::MAX_PAGE);
+        Ok(self.store.schedules(&principal.tenant_id, before, limit).await?)
     }
 
     /// A schedule of the caller's tenant with its next and latest fires.

@@ -40,5 +40,5 @@ pub use ports::{
     AccountStore, Clock, DocumentStore, JobStore, KeyStore, LedgerStore, RunStore, Store, StoreError, StoreProbe,
     TenantStore, Tx, UnitOfWork,
 };
-pub use ports::{EventNotice, EventSignal, ScheduleStore};
+pub use ports::{DocumentNotice, EventNotice, EventSignal, ScheduleStore};
 pub use tenant::{Tenant, TenantName, TenantNameError};

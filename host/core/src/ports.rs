@@ -305,8 +305,14 @@ pub trait ScheduleStore: Send + Sync + std::fmt::Debug {
     async fn create_schedule(&self, schedule: &Schedule) -> Result<(), StoreError>;
     /// A schedule, restricted to `tenant` when given.
     async fn schedule(&self, tenant: Option<&TenantId>, id: &ScheduleId) -> Result<Option<Schedule>, StoreError>;
-    /// A tenant's schedules, newest first, at most `limit`.
-    async fn schedules(&self, tenant: &TenantId, limit: u32) -> Result<Vec<Schedule>, StoreError>;
+    /// A tenant's schedules, newest first, at most `limit`; with `before`, those older
+    /// than that schedule of the tenant (none when it is not one).
+    async fn schedules(
+        &self,
+        tenant: &TenantId,
+        before: Option<&ScheduleId>,
+        limit: u32,
+    ) -> Result<Vec<Schedule>, StoreError>;
     /// Pauses a schedule of `tenant` (its `next_fire_at` kept), or resumes it with
     /// `next_fire_at` (fires missed while paused never run). Returns it as it now
     /// stands, `None` when no such schedule is visible.
@@ -341,11 +347,12 @@ pub struct EventNotice {
     pub session_seq: i64,
 }
 
-/// Live run events across replicas: after a run's events commit, the writer signals;
-/// every replica listening hears it and wakes the feeds of that run and session, which
-/// read from the store. A lost signal costs latency, never an event (feeds also poll).
-/// Postgres: `NOTIFY` on one channel, one listening connection per replica; SQLite
-/// (one replica): nothing to do.
+/// Live run events and document changes across replicas: after a run's events commit,
+/// the writer signals; every replica listening hears it and wakes the feeds of that run
+/// and session, which read from the store. A lost signal costs latency, never an event
+/// (feeds also poll). Likewise after a document version commits, so that subscribers on
+/// every replica hear of it. Postgres: `NOTIFY` on one channel per kind, one listening
+/// connection per replica; SQLite (one replica): nothing to do.
 pub trait EventSignal: Send + Sync + std::fmt::Debug {
     /// Signals events committed (never inside a transaction; never blocks: the adapter
     /// sends in the background, coalescing per run).
@@ -353,6 +360,24 @@ pub trait EventSignal: Send + Sync + std::fmt::Debug {
     /// Calls `on_notice` for every signal heard from now on (from every replica, this
     /// one included), reconnecting after failures. Called once per process.
     fn listen(&self, on_notice: std::sync::Arc<dyn Fn(EventNotice) + Send + Sync>);
+    /// Signals a document version committed (never inside a transaction; never blocks).
+    fn notify_document(&self, notice: DocumentNotice);
+    /// Calls `on_notice` for every document version another replica signals from now
+    /// on (this process announces its own in process), reconnecting after failures.
+    /// Called once per process.
+    fn listen_documents(&self, on_notice: std::sync::Arc<dyn Fn(DocumentNotice) + Send + Sync>);
+}
+
+/// A document version committed (what crosses replicas for subscribers of document
+/// changes, such as MCP `resources/updated`: they then read the document from the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentNotice {
+    /// The document's tenant.
+    pub tenant: TenantId,
+    /// The document.
+    pub document: DocumentId,
+    /// The version committed.
+    pub version: i64,
 }
 
 /// Opens units of work: one store transaction through which several ports write.

@@ -206,6 +206,22 @@ impl OutboundClient {
         Ok(Response::from_parts(parts, bytes))
     }
 
+    /// Sends a request whose body is any [`http_body::Body`] of bytes (another
+    /// library's request, such as an object store client's) and reads the whole
+    /// response, as [`send`](Self::send) does: the body streams out under the same
+    /// checks and caps, its failure is [`OutboundError::Body`].
+    pub async fn send_body<B>(&self, request: Request<B>) -> Result<Response<Bytes>, OutboundError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let request = request.map(|body| body.map_err(|err| OutboundError::Body(err.into())).boxed_unsync());
+        let response = self.send_streaming(request).await?;
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await?.to_bytes();
+        Ok(Response::from_parts(parts, bytes))
+    }
+
     /// Sends a request, following redirects for `GET` and `HEAD`, and returns the
     /// response with a body that fails past the size cap or the deadline.
     pub async fn send_streaming(

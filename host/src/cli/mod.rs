@@ -323,7 +323,8 @@ async fn mcp(config: &Config, env: &Env, args: McpArgs) -> anyhow::Result<()> {
     // first start compiles every component, which can take seconds).
     let clock: Arc<dyn maestro_core::Clock> = Arc::new(crate::accounts::SystemClock);
     let credits = Arc::new(crate::credits::Credits::new(store.clone(), clock.clone()));
-    let documents = Arc::new(crate::documents::Documents::new(store.clone(), clock.clone()));
+    // Documents written by `maestro serve` replicas reach this process's subscribers too.
+    let documents = Arc::new(crate::documents::Documents::new(store.clone(), clock.clone()).with_signal(store.clone()));
     let mut host_tools = crate::tools::documents::tools(documents.clone());
     let (run_tools, more) = crate::orchestrator::tools::tools();
     host_tools.extend(more);

@@ -55,6 +55,23 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MAESTRO_STRIPE_SECRET_KEY", "Stripe secret API key; turns billing on (environment only)"),
     ("MAESTRO_STRIPE_WEBHOOK_SECRET", "Stripe webhook signing secret, whsec_… (environment only)"),
     ("MAESTRO_STRIPE_API_BASE", "Stripe API base URL (billing.api_base)"),
+    ("MAESTRO_RUNS_WAIT_TIMEOUT", "how long a run's question waits for its answer (runs.wait_timeout)"),
+    ("MAESTRO_SCHEDULES_TICK_INTERVAL", "how often replicas look for due schedules (schedules.tick_interval)"),
+    ("MAESTRO_SCHEDULES_MIN_PERIOD", "the shortest period a schedule may have (schedules.min_period)"),
+    ("MAESTRO_SCHEDULES_CATCH_UP_GRACE", "how late a fire still counts as on time (schedules.catch_up_grace)"),
+    ("MAESTRO_EVENTS_POLL_INTERVAL", "how often an idle event stream reads the store (events.poll_interval)"),
+    ("MAESTRO_ARTIFACTS_STORE", "disk or s3 (artifacts.store)"),
+    ("MAESTRO_ARTIFACTS_DIR", "directory of the disk artifact store (artifacts.dir)"),
+    ("MAESTRO_ARTIFACTS_BUCKET", "S3 bucket of the s3 artifact store (artifacts.bucket)"),
+    ("MAESTRO_ARTIFACTS_ENDPOINT", "S3 endpoint URL (artifacts.endpoint)"),
+    ("MAESTRO_ARTIFACTS_REGION", "S3 region (artifacts.region)"),
+    ("MAESTRO_ARTIFACTS_ALLOW_HTTP", "true to allow a plain http:// S3 endpoint (artifacts.allow_http)"),
+    ("MAESTRO_ARTIFACTS_PREFIX", "key prefix in the S3 bucket (artifacts.prefix)"),
+    ("MAESTRO_ARTIFACTS_ACCESS_KEY_ID", "env:NAME or file:NAME of the S3 access key id (artifacts.access_key_id)"),
+    (
+        "MAESTRO_ARTIFACTS_SECRET_ACCESS_KEY",
+        "env:NAME or file:NAME of the S3 secret access key (artifacts.secret_access_key)",
+    ),
 ];
 
 /// The config file format version this build reads.
@@ -1337,6 +1354,94 @@ mod tests {
             let err = llm(&text).expect_err(&text).to_string();
             assert!(err.contains(key), "{text}\n→ {err}");
             assert!(!err.contains("sk-ant-123"), "a literal key is never echoed: {err}");
+        }
+    }
+
+    #[test]
+    fn agent_settings_read_the_environment_over_the_file() {
+        let text = "[runs]\nwait_timeout = \"1h\"\n[schedules]\ntick_interval = \"30s\"\n\
+                    [events]\npoll_interval = \"2s\"\n";
+        let raw = RawConfig::parse(text, Path::new("t.toml")).expect("parses");
+        let vars = env(&[
+            ("MAESTRO_RUNS_WAIT_TIMEOUT", "2h"),
+            ("MAESTRO_SCHEDULES_TICK_INTERVAL", "5s"),
+            ("MAESTRO_SCHEDULES_MIN_PERIOD", "10m"),
+            ("MAESTRO_SCHEDULES_CATCH_UP_GRACE", "30s"),
+            ("MAESTRO_EVENTS_POLL_INTERVAL", "250ms"),
+        ]);
+        let config = Config::from_raw(raw.clone(), &vars, &Overrides::default()).expect("valid");
+        assert_eq!(config.runs.wait_timeout, Duration::from_secs(2 * 3600));
+        assert_eq!(
+            config.schedules,
+            crate::schedules::ScheduleSettings {
+                tick: Duration::from_secs(5),
+                min_period: Duration::from_secs(600),
+                catch_up_grace: Duration::from_secs(30),
+            }
+        );
+        assert_eq!(config.events_poll_interval, Duration::from_millis(250));
+        assert!(config.unknown_env.is_empty(), "{:?}", config.unknown_env);
+        let file_only = Config::from_raw(raw, &Env::new(), &Overrides::default()).expect("valid");
+        assert_eq!(file_only.runs.wait_timeout, Duration::from_secs(3600), "the file without the environment");
+
+        let s3 = env(&[
+            ("MAESTRO_ARTIFACTS_STORE", "s3"),
+            ("MAESTRO_ARTIFACTS_BUCKET", "maestro-artifacts"),
+            ("MAESTRO_ARTIFACTS_ENDPOINT", "http://127.0.0.1:9000/"),
+            ("MAESTRO_ARTIFACTS_REGION", "eu-west-1"),
+            ("MAESTRO_ARTIFACTS_ALLOW_HTTP", "true"),
+            ("MAESTRO_ARTIFACTS_PREFIX", "exports/"),
+            ("MAESTRO_ARTIFACTS_ACCESS_KEY_ID", "env:S3_KEY_ID"),
+            ("MAESTRO_ARTIFACTS_SECRET_ACCESS_KEY", "file:s3-secret"),
+        ]);
+        let config = Config::load(None, &s3, &Overrides::default()).expect("valid");
+        assert_eq!(
+            config.artifacts,
+            ArtifactSettings::S3(S3Settings {
+                bucket: "maestro-artifacts".into(),
+                endpoint: Some("http://127.0.0.1:9000".into()),
+                region: "eu-west-1".into(),
+                allow_http: true,
+                prefix: "exports/".into(),
+                access_key_id: maestro_core::policy::SecretSource::Env("S3_KEY_ID".into()),
+                secret_access_key: maestro_core::policy::SecretSource::File("s3-secret".into()),
+            })
+        );
+        let disk = env(&[("MAESTRO_ARTIFACTS_DIR", "/var/lib/maestro/artifacts")]);
+        let config = Config::load(None, &disk, &Overrides::default()).expect("valid");
+        assert_eq!(config.artifacts, ArtifactSettings::Disk { dir: "/var/lib/maestro/artifacts".into() });
+    }
+
+    #[test]
+    fn agent_settings_refuse_bad_environment_values_naming_the_key() {
+        let s3 = |extra: &[(&str, &str)]| {
+            let mut vars = env(&[
+                ("MAESTRO_ARTIFACTS_STORE", "s3"),
+                ("MAESTRO_ARTIFACTS_BUCKET", "maestro-artifacts"),
+                ("MAESTRO_ARTIFACTS_ACCESS_KEY_ID", "env:S3_KEY_ID"),
+                ("MAESTRO_ARTIFACTS_SECRET_ACCESS_KEY", "env:S3_SECRET"),
+            ]);
+            vars.extend(env(extra));
+            vars
+        };
+        let cases = [
+            (env(&[("MAESTRO_RUNS_WAIT_TIMEOUT", "forever")]), "runs.wait_timeout"),
+            (env(&[("MAESTRO_RUNS_WAIT_TIMEOUT", "0s")]), "runs.wait_timeout"),
+            (env(&[("MAESTRO_SCHEDULES_TICK_INTERVAL", "2h")]), "schedules.tick_interval"),
+            (env(&[("MAESTRO_SCHEDULES_MIN_PERIOD", "soon")]), "schedules.min_period"),
+            (env(&[("MAESTRO_SCHEDULES_CATCH_UP_GRACE", "2days")]), "schedules.catch_up_grace"),
+            (env(&[("MAESTRO_EVENTS_POLL_INTERVAL", "1ms")]), "events.poll_interval"),
+            (env(&[("MAESTRO_ARTIFACTS_STORE", "tape")]), "artifacts.store"),
+            (env(&[("MAESTRO_ARTIFACTS_BUCKET", "maestro-artifacts")]), "artifacts.bucket"),
+            (s3(&[("MAESTRO_ARTIFACTS_BUCKET", "Not A Bucket")]), "artifacts.bucket"),
+            (s3(&[("MAESTRO_ARTIFACTS_ENDPOINT", "http://minio:9000")]), "artifacts.endpoint"),
+            (s3(&[("MAESTRO_ARTIFACTS_ALLOW_HTTP", "yes")]), "MAESTRO_ARTIFACTS_ALLOW_HTTP"),
+            (s3(&[("MAESTRO_ARTIFACTS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG")]), "artifacts.secret_access_key"),
+        ];
+        for (vars, key) in cases {
+            let err = Config::load(None, &vars, &Overrides::default()).expect_err(key).to_string();
+            assert!(err.contains(key), "{vars:?}: {err}");
+            assert!(!err.contains("wJalrXUtnFEMI"), "a literal key is never echoed: {err}");
         }
     }
 

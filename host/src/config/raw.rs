@@ -432,6 +432,67 @@ impl RawConfig {
             let origins = v.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_owned).collect();
             self.http.cors_allow_origins = Some(origins);
         }
+        self.apply_agent_env(env)
+    }
+
+    /// The `[runs]`, `[schedules]`, `[events]` and `[artifacts]` variables. Values are
+    /// validated with the file's, so a bad one is refused naming the config key.
+    fn apply_agent_env(&mut self, env: &Env) -> Result<(), ConfigError> {
+        let get = |key| non_empty(env, key).map(str::to_owned);
+        if let Some(v) = get("MAESTRO_RUNS_WAIT_TIMEOUT") {
+            self.runs.wait_timeout = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_SCHEDULES_TICK_INTERVAL") {
+            self.schedules.tick_interval = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_SCHEDULES_MIN_PERIOD") {
+            self.schedules.min_period = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_SCHEDULES_CATCH_UP_GRACE") {
+            self.schedules.catch_up_grace = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_EVENTS_POLL_INTERVAL") {
+            self.events.poll_interval = Some(v);
+        }
+        let artifacts = &mut self.artifacts;
+        if let Some(v) = get("MAESTRO_ARTIFACTS_STORE") {
+            artifacts.store = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_ARTIFACTS_DIR") {
+            artifacts.dir = Some(v.into());
+        }
+        if let Some(v) = get("MAESTRO_ARTIFACTS_BUCKET") {
+            artifacts.bucket = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_ARTIFACTS_ENDPOINT") {
+            artifacts.endpoint = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_ARTIFACTS_REGION") {
+            artifacts.region = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_ARTIFACTS_ALLOW_HTTP") {
+            let allow = match v.trim() {
+                "true" => true,
+                "false" => false,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "MAESTRO_ARTIFACTS_ALLOW_HTTP".into(),
+                        value: v.clone(),
+                        reason: "expected true or false".into(),
+                    });
+                }
+            };
+            artifacts.allow_http = Some(allow);
+        }
+        if let Some(v) = get("MAESTRO_ARTIFACTS_PREFIX") {
+            artifacts.prefix = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_ARTIFACTS_ACCESS_KEY_ID") {
+            artifacts.access_key_id = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_ARTIFACTS_SECRET_ACCESS_KEY") {
+            artifacts.secret_access_key = Some(v);
+        }
         Ok(())
     }
 }

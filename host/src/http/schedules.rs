@@ -21,6 +21,9 @@ use super::extract::{StrictJson, StrictQuery};
 use super::sessions::{LimitsBody, LimitsView, tenant_principal};
 use crate::schedules::{NewSchedule, NewTarget, ScheduleDetail};
 
+/// Default page size of schedule lists.
+const DEFAULT_PAGE: u32 = 50;
+
 /// A new session per fire.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -188,18 +191,22 @@ impl From<ScheduleDetail> for ScheduleDetailView {
     }
 }
 
-/// The tenant's schedules, newest first.
+/// A page of the tenant's schedules, newest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ScheduleList {
     /// The schedules.
     pub schedules: Vec<ScheduleView>,
+    /// Cursor of the next (older) page, for `before`; absent on the last page.
+    pub next: Option<String>,
 }
 
 /// Query of `GET /v1/schedules`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulesQuery {
-    /// At most this many, 1 to 200 (default 200).
+    /// Continue with schedules older than this cursor (`next` of the previous page).
+    pub before: Option<String>,
+    /// Page size, 1 to 200 (default 50).
     pub limit: Option<u32>,
 }
 
@@ -244,7 +251,7 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(ScheduleView::from(schedule))))
 }
 
-/// Lists the tenant's schedules, newest first.
+/// Lists the tenant's schedules, newest first, with cursor pagination.
 #[utoipa::path(get, path = "/v1/schedules", tag = "schedules", params(SchedulesQuery), security(("bearer" = [])),
     responses((status = 200, body = ScheduleList), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(super) async fn list(
@@ -254,14 +261,23 @@ pub(super) async fn list(
 ) -> Result<Json<ScheduleList>, ApiError> {
     let principal = tenant_principal(&state, &caller).await?;
     let limit = match query.limit {
-        None => MAX_PAGE,
+        None => DEFAULT_PAGE,
         Some(limit) if (1..=MAX_PAGE).contains(&limit) => limit,
         Some(_) => {
             return Err(ApiError::new(ErrorCode::InvalidRequest, format!("limit must be between 1 and {MAX_PAGE}")));
         }
     };
-    let schedules = state.schedules.list(&principal, limit).await?;
-    Ok(Json(ScheduleList { schedules: schedules.into_iter().map(ScheduleView::from).collect() }))
+    let before = query
+        .before
+        .as_deref()
+        .map(|raw| {
+            ScheduleId::parse(raw)
+                .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, format!("invalid cursor `{raw}`")))
+        })
+        .transpose()?;
+    let schedules = state.schedules.list(&principal, before.as_ref(), limit).await?;
+    let next = (schedules.len() == limit as usize).then(|| schedules.last().map(|s| s.id.to_string())).flatten();
+    Ok(Json(ScheduleList { schedules: schedules.into_iter().map(ScheduleView::from).collect(), next }))
 }
 
 /// A schedule of the caller's tenant, with its next fires and its latest ones.

@@ -696,6 +696,10 @@ mod tests {
         fn listen(&self, on_notice: Arc<dyn Fn(EventNotice) + Send + Sync>) {
             *self.listener.lock().expect("lock") = Some(on_notice);
         }
+
+        fn notify_document(&self, _notice: maestro_core::DocumentNotice) {}
+
+        fn listen_documents(&self, _on_notice: Arc<dyn Fn(maestro_core::DocumentNotice) + Send + Sync>) {}
     }
 
     #[tokio::test]

@@ -96,4 +96,12 @@ impl maestro_core::EventSignal for PostgresStore {
     fn listen(&self, on_notice: std::sync::Arc<dyn Fn(maestro_core::EventNotice) + Send + Sync>) {
         self.signal.listen(on_notice);
     }
+
+    fn notify_document(&self, notice: maestro_core::DocumentNotice) {
+        self.signal.notify_document(notice);
+    }
+
+    fn listen_documents(&self, on_notice: std::sync::Arc<dyn Fn(maestro_core::DocumentNotice) + Send + Sync>) {
+        self.signal.listen_documents(on_notice);
+    }
 }

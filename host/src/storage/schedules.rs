@@ -28,6 +28,15 @@ pub(super) const SCHEDULES: &str = concat!(
     schedule_columns!(),
     " FROM schedules WHERE tenant_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
 );
+/// The same, older than one of the tenant's schedules ($3). A cursor that is not one of
+/// the tenant's schedules compares with NULL: an empty page.
+pub(super) const SCHEDULES_BEFORE: &str = concat!(
+    "SELECT ",
+    schedule_columns!(),
+    " FROM schedules WHERE tenant_id = $1",
+    " AND (created_at, id) < (SELECT created_at, id FROM schedules WHERE id = $3 AND tenant_id = $1)",
+    " ORDER BY created_at DESC, id DESC LIMIT $2"
+);
 /// Pauses ($3 true, `next_fire_at` kept) or resumes ($3 false, `next_fire_at` = $4) a
 /// schedule ($1) of a tenant ($2) at $5.
 pub(super) const SET_PAUSED: &str = concat!(
@@ -206,14 +215,18 @@ macro_rules! impl_schedule_queries {
             async fn schedules(
                 &self,
                 tenant: &maestro_core::TenantId,
+                before: Option<&maestro_core::schedule::ScheduleId>,
                 limit: u32,
             ) -> Result<Vec<maestro_core::schedule::Schedule>, maestro_core::StoreError> {
-                let rows = sqlx::query_as::<_, super::schedules::ScheduleRow>(super::schedules::SCHEDULES)
+                let sql =
+                    if before.is_some() { super::schedules::SCHEDULES_BEFORE } else { super::schedules::SCHEDULES };
+                let mut query = sqlx::query_as::<_, super::schedules::ScheduleRow>(sql)
                     .bind(tenant.as_str())
-                    .bind(super::runs::page(limit))
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(super::backend_err)?;
+                    .bind(super::runs::page(limit));
+                if let Some(before) = before {
+                    query = query.bind(before.as_str());
+                }
+                let rows = query.fetch_all(&self.pool).await.map_err(super::backend_err)?;
                 super::runs::from_rows(rows)
             }
 
@@ -295,6 +308,7 @@ mod tests {
         let queries = [
             ("SCHEDULE", SCHEDULE),
             ("SCHEDULES", SCHEDULES),
+            ("SCHEDULES_BEFORE", SCHEDULES_BEFORE),
             ("SET_PAUSED", SET_PAUSED),
             ("DELETE_SCHEDULE", DELETE_SCHEDULE),
             ("DUE_SCHEDULES", DUE_SCHEDULES),

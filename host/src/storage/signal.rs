@@ -1,26 +1,33 @@
 //! [`maestro_core::EventSignal`] on Postgres: `NOTIFY maestro_run_events` after a run's
-//! events commit, and one `LISTEN`ing connection per replica.
+//! events commit, `NOTIFY maestro_document_changes` after a document version commits,
+//! and one `LISTEN`ing connection per replica for both.
 //!
-//! `notify` never blocks and never runs inside a transaction: it queues the notice
-//! (bounded; a full queue drops it, which costs a reader latency, never an event: feeds
-//! poll the store as a backstop) for a background task that coalesces what is queued per
-//! run (the highest positions win) and sends `SELECT pg_notify(…)` on the pool. The
-//! payload is JSON: `{"run", "session", "seq", "session_seq"}`. The listener
-//! reconnects after a lost connection (notifications sent meanwhile are lost, as above)
-//! and stops when the pool closes.
+//! `notify` and `notify_document` never block and never run inside a transaction: they
+//! queue the notice (bounded; a full queue drops it, which costs a reader latency, never
+//! an event: feeds poll the store as a backstop) for a background task that coalesces
+//! what is queued per run and per document (the highest positions win) and sends
+//! `SELECT pg_notify(…)` on the pool. The payloads are JSON: `{"run", "session", "seq",
+//! "session_seq"}` and `{"tenant", "document", "version", "origin"}`, where `origin`
+//! names the sending process so that its own document notices are not heard back (it
+//! announces them in process). The listener reconnects after a lost connection
+//! (notifications sent meanwhile are lost, as above) and stops when the pool closes.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use maestro_core::EventNotice;
+use maestro_core::document::DocumentId;
 use maestro_core::run::{RunId, SessionId};
+use maestro_core::{DocumentNotice, EventNotice, TenantId};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::mpsc;
 
-/// The channel every replica listens on.
+/// The channel of run events.
 pub(super) const CHANNEL: &str = "maestro_run_events";
+
+/// The channel of document changes.
+pub(super) const DOCUMENT_CHANNEL: &str = "maestro_document_changes";
 
 /// Notices waiting to be sent before new ones are dropped.
 const QUEUE: usize = 1024;
@@ -28,7 +35,7 @@ const QUEUE: usize = 1024;
 /// The longest wait between two reconnection attempts of the listener.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// The notification payload.
+/// The run notification payload.
 #[derive(Debug, Serialize, Deserialize)]
 struct Payload {
     run: String,
@@ -37,67 +44,151 @@ struct Payload {
     session_seq: i64,
 }
 
-/// The sending and listening halves over one pool.
+/// The document notification payload.
+#[derive(Debug, Serialize, Deserialize)]
+struct DocumentPayload {
+    tenant: String,
+    document: String,
+    version: i64,
+    /// The sending process.
+    origin: String,
+}
+
+/// A notice waiting to be sent.
 #[derive(Debug)]
+enum Outgoing {
+    Run(EventNotice),
+    Document(DocumentNotice),
+}
+
+type OnRun = Arc<dyn Fn(EventNotice) + Send + Sync>;
+type OnDocument = Arc<dyn Fn(DocumentNotice) + Send + Sync>;
+
+/// Who hears what the listener receives.
+#[derive(Default)]
+struct Handlers {
+    runs: Mutex<Vec<OnRun>>,
+    documents: Mutex<Vec<OnDocument>>,
+}
+
+/// A copy of the handlers, so that none is called under the lock.
+fn handlers_of<T: Clone>(list: &Mutex<Vec<T>>) -> Vec<T> {
+    list.lock().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+/// The sending and listening halves over one pool.
 pub(super) struct PgSignal {
     pool: PgPool,
-    queue: OnceLock<mpsc::Sender<EventNotice>>,
+    /// This process, in the document notices it sends.
+    origin: String,
+    queue: OnceLock<mpsc::Sender<Outgoing>>,
+    handlers: Arc<Handlers>,
+    listening: OnceLock<()>,
+}
+
+impl std::fmt::Debug for PgSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSignal").field("origin", &self.origin).finish_non_exhaustive()
+    }
 }
 
 impl PgSignal {
     pub(super) fn new(pool: PgPool) -> Self {
-        Self { pool, queue: OnceLock::new() }
+        let origin = hex::encode(crate::random::random_bytes::<8>());
+        Self { pool, origin, queue: OnceLock::new(), handlers: Arc::default(), listening: OnceLock::new() }
     }
 
-    /// Queues a notice for the sender task (started on first use).
+    /// Queues a run notice for the sender task (started on first use).
     pub(super) fn notify(&self, notice: EventNotice) {
+        self.enqueue(Outgoing::Run(notice));
+    }
+
+    /// Queues a document notice for the sender task (started on first use).
+    pub(super) fn notify_document(&self, notice: DocumentNotice) {
+        self.enqueue(Outgoing::Document(notice));
+    }
+
+    fn enqueue(&self, notice: Outgoing) {
         let queue = self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(send_loop(self.pool.clone(), rx));
+            tokio::spawn(send_loop(self.pool.clone(), self.origin.clone(), rx));
             tx
         });
         if queue.try_send(notice).is_err() {
-            tracing::debug!("event notice queue full or closed; readers fall back to polling");
+            tracing::debug!("notice queue full or closed; readers fall back to polling");
         }
     }
 
-    /// Starts the listening task.
-    pub(super) fn listen(&self, on_notice: Arc<dyn Fn(EventNotice) + Send + Sync>) {
-        tokio::spawn(listen_loop(self.pool.clone(), on_notice));
+    /// Hands run notices to `on_notice` (and starts the listening task).
+    pub(super) fn listen(&self, on_notice: OnRun) {
+        self.handlers.runs.lock().unwrap_or_else(PoisonError::into_inner).push(on_notice);
+        self.start_listening();
+    }
+
+    /// Hands other replicas' document notices to `on_notice` (and starts the listening
+    /// task).
+    pub(super) fn listen_documents(&self, on_notice: OnDocument) {
+        self.handlers.documents.lock().unwrap_or_else(PoisonError::into_inner).push(on_notice);
+        self.start_listening();
+    }
+
+    fn start_listening(&self) {
+        self.listening.get_or_init(|| {
+            tokio::spawn(listen_loop(self.pool.clone(), self.origin.clone(), self.handlers.clone()));
+        });
     }
 }
 
-async fn send_loop(pool: PgPool, mut rx: mpsc::Receiver<EventNotice>) {
+async fn send_loop(pool: PgPool, origin: String, mut rx: mpsc::Receiver<Outgoing>) {
     while let Some(first) = rx.recv().await {
-        let mut latest: HashMap<RunId, EventNotice> = HashMap::new();
-        let mut keep = |notice: EventNotice| {
-            let entry = latest.entry(notice.run.clone()).or_insert_with(|| notice.clone());
-            entry.seq = entry.seq.max(notice.seq);
-            entry.session_seq = entry.session_seq.max(notice.session_seq);
+        let mut runs: HashMap<RunId, EventNotice> = HashMap::new();
+        let mut documents: HashMap<DocumentId, DocumentNotice> = HashMap::new();
+        let mut keep = |notice: Outgoing| match notice {
+            Outgoing::Run(notice) => {
+                let entry = runs.entry(notice.run.clone()).or_insert_with(|| notice.clone());
+                entry.seq = entry.seq.max(notice.seq);
+                entry.session_seq = entry.session_seq.max(notice.session_seq);
+            }
+            Outgoing::Document(notice) => {
+                let entry = documents.entry(notice.document.clone()).or_insert_with(|| notice.clone());
+                entry.version = entry.version.max(notice.version);
+            }
         };
         keep(first);
         while let Ok(more) = rx.try_recv() {
             keep(more);
         }
-        for notice in latest.into_values() {
+        let runs = runs.into_values().filter_map(|notice| {
             let payload = Payload {
                 run: notice.run.to_string(),
                 session: notice.session.to_string(),
                 seq: notice.seq,
                 session_seq: notice.session_seq,
             };
-            let Ok(payload) = serde_json::to_string(&payload) else { continue };
-            if let Err(err) = sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(payload).execute(&pool).await {
+            Some((CHANNEL, serde_json::to_string(&payload).ok()?))
+        });
+        let documents = documents.into_values().filter_map(|notice| {
+            let payload = DocumentPayload {
+                tenant: notice.tenant.to_string(),
+                document: notice.document.to_string(),
+                version: notice.version,
+                origin: origin.clone(),
+            };
+            Some((DOCUMENT_CHANNEL, serde_json::to_string(&payload).ok()?))
+        });
+        let payloads: Vec<(&str, String)> = runs.chain(documents).collect();
+        for (channel, payload) in payloads {
+            if let Err(err) = sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(&pool).await {
                 if matches!(err, sqlx::Error::PoolClosed) {
                     return;
                 }
-                tracing::warn!(error = %err, "cannot send an event notification; readers fall back to polling");
+                tracing::warn!(error = %err, channel, "cannot send a notification; readers fall back to polling");
             }
         }
     }
 }
 
-async fn listen_loop(pool: PgPool, on_notice: Arc<dyn Fn(EventNotice) + Send + Sync>) {
+async fn listen_loop(pool: PgPool, origin: String, handlers: Arc<Handlers>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
@@ -110,20 +201,39 @@ async fn listen_loop(pool: PgPool, on_notice: Arc<dyn Fn(EventNotice) + Send + S
                 continue;
             }
         };
-        if let Err(err) = listener.listen(CHANNEL).await {
+        if let Err(err) = listener.listen_all([CHANNEL, DOCUMENT_CHANNEL]).await {
             tracing::warn!(error = %err, "cannot listen for event notifications; retrying");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
             continue;
         }
-        tracing::debug!(channel = CHANNEL, "listening for run events of every replica");
+        tracing::debug!(channels = ?[CHANNEL, DOCUMENT_CHANNEL], "listening for notices of every replica");
         backoff = Duration::from_millis(100);
         loop {
             match listener.try_recv().await {
-                Ok(Some(notification)) => match decode(notification.payload()) {
-                    Some(notice) => on_notice(notice),
-                    None => tracing::debug!("ignored a malformed event notification"),
-                },
+                Ok(Some(notification)) => {
+                    let payload = notification.payload();
+                    if notification.channel() == DOCUMENT_CHANNEL {
+                        match decode_document(payload) {
+                            Some((_, from)) if from == origin => {}
+                            Some((notice, _)) => {
+                                for on_notice in handlers_of(&handlers.documents) {
+                                    on_notice(notice.clone());
+                                }
+                            }
+                            None => tracing::debug!("ignored a malformed document notification"),
+                        }
+                    } else {
+                        match decode(payload) {
+                            Some(notice) => {
+                                for on_notice in handlers_of(&handlers.runs) {
+                                    on_notice(notice.clone());
+                                }
+                            }
+                            None => tracing::debug!("ignored a malformed event notification"),
+                        }
+                    }
+                }
                 // The connection was lost; the next call reconnects and listens again.
                 Ok(None) => tracing::warn!("event listener connection lost; reconnecting"),
                 Err(sqlx::Error::PoolClosed) => return,
@@ -147,6 +257,17 @@ fn decode(payload: &str) -> Option<EventNotice> {
     })
 }
 
+/// A document notice and the process that sent it.
+fn decode_document(payload: &str) -> Option<(DocumentNotice, String)> {
+    let payload: DocumentPayload = serde_json::from_str(payload).ok()?;
+    let notice = DocumentNotice {
+        tenant: TenantId::parse(&payload.tenant).ok()?,
+        document: DocumentId::parse(&payload.document).ok()?,
+        version: payload.version,
+    };
+    Some((notice, payload.origin))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +286,24 @@ mod tests {
         assert_eq!(decode(&text), Some(EventNotice { run, session, seq: 7, session_seq: 9 }));
         assert_eq!(decode("{\"run\": \"nope\"}"), None);
         assert_eq!(decode("not json"), None);
+    }
+
+    #[test]
+    fn document_payloads_round_trip_with_their_origin() {
+        let tenant = TenantId::from_random([3; 16]);
+        let document = DocumentId::from_random([4; 16]);
+        let text = serde_json::to_string(&DocumentPayload {
+            tenant: tenant.to_string(),
+            document: document.to_string(),
+            version: 5,
+            origin: "a1".into(),
+        })
+        .expect("json");
+        assert_eq!(decode_document(&text), Some((DocumentNotice { tenant, document, version: 5 }, "a1".to_owned())));
+        assert_eq!(
+            decode_document("{\"tenant\": \"nope\", \"document\": \"x\", \"version\": 1, \"origin\": \"a\"}"),
+            None
+        );
+        assert_eq!(decode_document("[]"), None);
     }
 }

@@ -93,9 +93,14 @@ impl StoreProbe for SqliteStore {
     }
 }
 
-/// One replica only: events are published in process, so there is nothing to signal.
+/// One replica only: events and document changes are published in process, so there is
+/// nothing to signal.
 impl maestro_core::EventSignal for SqliteStore {
     fn notify(&self, _notice: maestro_core::EventNotice) {}
 
     fn listen(&self, _on_notice: std::sync::Arc<dyn Fn(maestro_core::EventNotice) + Send + Sync>) {}
+
+    fn notify_document(&self, _notice: maestro_core::DocumentNotice) {}
+
+    fn listen_documents(&self, _on_notice: std::sync::Arc<dyn Fn(maestro_core::DocumentNotice) + Send + Sync>) {}
 }

@@ -3,7 +3,8 @@
 //! executing on one replica streams live from another (LISTEN/NOTIFY; the store poll is
 //! set to an hour so that nothing else could carry the events in time), and when the
 //! executing replica is killed with SIGKILL the other takes the run over and finishes
-//! it, its stream dense from the first event to the terminal one.
+//! it, its stream dense from the first event to the terminal one; a document edited
+//! through one replica reaches an MCP client subscribed to it on the other.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -279,4 +280,109 @@ async fn a_run_streams_live_from_another_replica_and_survives_the_kill_of_its_ex
     assert_eq!(fake.request_count(), 2, "only the cut call was asked again");
     drop(store);
     servers.remove(other).stop().await;
+}
+
+/// A minimal 2025-11-25 MCP session on one replica: initialised, subscribed to `uri`,
+/// with its standalone GET stream open (where `notifications/resources/updated` goes).
+async fn subscribed_session(server: &Server, token: &str, uri: &str) -> reqwest::Response {
+    let http = reqwest::Client::new();
+    let url = format!("{}/mcp", server.base);
+    let post = |session: Option<&str>, body: Value| {
+        let mut request = http
+            .post(&url)
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&body);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.send()
+    };
+    let init = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": { "name": "maestro-tests", "version": "1" } } });
+    let response = post(None, init).await.expect("initialize");
+    assert_eq!(response.status(), StatusCode::OK);
+    let session = response.headers().get("mcp-session-id").expect("session id").to_str().expect("ascii").to_owned();
+    drop(response.text().await);
+    let initialized = post(Some(&session), json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }));
+    assert_eq!(initialized.await.expect("initialized").status(), StatusCode::ACCEPTED);
+    let subscribe = json!({ "jsonrpc": "2.0", "id": 2, "method": "resources/subscribe", "params": { "uri": uri } });
+    let answer = post(Some(&session), subscribe).await.expect("subscribe");
+    assert_eq!(answer.status(), StatusCode::OK);
+    let answer = answer.text().await.expect("subscribe answer");
+    assert!(answer.contains("\"result\":{}"), "subscribed: {answer}");
+    let stream = http
+        .get(&url)
+        .bearer_auth(token)
+        .header("accept", "text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .expect("GET stream");
+    assert_eq!(stream.status(), StatusCode::OK);
+    stream
+}
+
+/// A document edited through one replica reaches an MCP client subscribed to it on the
+/// other: the change crosses as a Postgres notification (nothing else carries document
+/// changes between processes), and the subscriber then reads the new text there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_edited_on_one_replica_notifies_its_subscriber_on_another() {
+    let fake = FakeLlm::start().await;
+    let site = Site::new(&fake, "").await;
+    std::fs::write(
+        site.db.dir().join("policies").join("documents.toml"),
+        "version = 1\n[[grant]]\nname = \"documents\"\nsubjects = [\"role:member+\"]\ntools = [\"documents.*\"]\n",
+    )
+    .expect("policy");
+    let (a, b) = (site.start(1).await, site.start(2).await);
+    let (member, _) = acme_session(&a).await;
+    let (status, created) = a
+        .call(
+            Method::POST,
+            "/v1/documents",
+            &member,
+            Some(json!({ "title": "Plan", "kind": "markdown", "content": "# Plan\n" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().expect("id").to_owned();
+    let uri = format!("maestro://documents/{id}");
+    let mut stream = subscribed_session(&b, &member, &uri).await;
+
+    // Edit through A until B's subscriber hears of it (B listens from its start; each
+    // edit is a new version, so a retry is never a repeat).
+    let mut heard = String::new();
+    let mut version = 1;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !heard.contains("notifications/resources/updated") {
+        assert!(Instant::now() < deadline, "no resources/updated crossed replicas: {heard}");
+        let edit = reqwest::Client::new()
+            .put(format!("{}/v1/documents/{id}", a.base))
+            .bearer_auth(&member)
+            .header("if-match", format!("\"{version}\""))
+            .json(&json!({ "content": format!("# Plan\n\n- step {version}\n") }))
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(edit.status(), StatusCode::OK);
+        version += 1;
+        let wait = Instant::now() + Duration::from_secs(5);
+        while !heard.contains("notifications/resources/updated") && Instant::now() < wait {
+            let left = wait.saturating_duration_since(Instant::now());
+            if let Ok(Ok(Some(bytes))) = tokio::time::timeout(left, stream.chunk()).await {
+                heard.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+    assert!(heard.contains(&format!("\"uri\":\"{uri}\"")), "{heard}");
+    let (status, read) = b.call(Method::GET, &format!("/v1/documents/{id}"), &member, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(read["version"], version, "B reads what A wrote");
+    drop(stream);
+    a.stop().await;
+    b.stop().await;
 }

@@ -15,7 +15,7 @@ use maestro_host::jobs::JobHandler as _;
 use maestro_host::schedules::{Fire, Fired, ScheduleSettings};
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, TestDb, TestHost, backend_tests};
+use crate::harness::{Backend, Reply, TestDb, TestHost, backend_tests};
 
 backend_tests!(
     the_store_advances_by_compare_and_set_records_fires_once_pauses_and_deletes,
@@ -83,9 +83,19 @@ async fn the_store_advances_by_compare_and_set_records_fires_once_pauses_and_del
     assert_eq!(store.schedule(Some(&acme), &first.id).await.expect("read"), Some(first.clone()), "round trip");
     assert_eq!(store.schedule(Some(&globex), &first.id).await.expect("read"), None, "another tenant's");
     assert_eq!(store.schedule(None, &first.id).await.expect("read"), Some(first.clone()));
-    let listed: Vec<ScheduleId> = store.schedules(&acme, 10).await.expect("list").into_iter().map(|s| s.id).collect();
-    assert_eq!(listed, vec![second.id.clone(), first.id.clone()], "newest first");
-    assert!(store.schedules(&globex, 10).await.expect("list").is_empty());
+    let list = |tenant: TenantId, before: Option<ScheduleId>, limit: u32| {
+        let store = store.clone();
+        async move {
+            let page = store.schedules(&tenant, before.as_ref(), limit).await.expect("list");
+            page.into_iter().map(|s| s.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list(acme.clone(), None, 10).await, vec![second.id.clone(), first.id.clone()], "newest first");
+    assert_eq!(list(acme.clone(), None, 1).await, vec![second.id.clone()], "a page");
+    assert_eq!(list(acme.clone(), Some(second.id.clone()), 10).await, vec![first.id.clone()], "after the cursor");
+    assert!(list(acme.clone(), Some(first.id.clone()), 10).await.is_empty(), "past the oldest");
+    assert!(list(globex.clone(), None, 10).await.is_empty());
+    assert!(list(globex.clone(), Some(second.id.clone()), 10).await.is_empty(), "another tenant's cursor");
 
     let due = |now: &str| {
         let store = store.clone();
@@ -373,12 +383,40 @@ async fn the_api_validates_expressions_scopes_tenants_and_roles_and_shows_next_f
     let none = host.get("/v1/schedules", Some(&fx.member)).await;
     assert_eq!(none.body["schedules"], json!([]), "nothing refused was stored");
 
-    let id =
-        fx.schedule(json!({ "cron": "30 8 * * 1-5", "time_zone": "UTC", "session": fx.session, "message": "m" })).await;
+    let mut all = Vec::new();
+    for minute in [10, 20, 30] {
+        let cron = format!("{minute} 8 * * 1-5");
+        all.push(fx.schedule(json!({ "cron": cron, "time_zone": "UTC", "session": fx.session, "message": "m" })).await);
+        fx.host.clock.advance(Span::milliseconds(1));
+    }
+    let id = all.last().expect("a schedule").clone();
     let listed = host.get("/v1/schedules", Some(&fx.viewer)).await;
     assert_eq!(listed.status, StatusCode::OK, "viewers read");
     assert_eq!(listed.body["schedules"][0]["id"], id.to_string());
     assert_eq!(listed.body["schedules"][0]["catch_up"], "once");
+    assert_eq!(listed.body["next"], Value::Null, "one page");
+
+    // Newest first, two per page, then the rest; bad paging is refused.
+    let page = host.get("/v1/schedules?limit=2", Some(&fx.viewer)).await;
+    let ids = |reply: &Reply| -> Vec<String> {
+        let listed = reply.body["schedules"].as_array().expect("schedules");
+        listed.iter().filter_map(|s| s["id"].as_str().map(str::to_owned)).collect()
+    };
+    let mut seen = ids(&page);
+    assert_eq!(seen.len(), 2);
+    let next = page.body["next"].as_str().expect("a next page");
+    let rest = host.get(&format!("/v1/schedules?limit=2&before={next}"), Some(&fx.viewer)).await;
+    assert_eq!(rest.status, StatusCode::OK, "{rest:?}");
+    assert_eq!(rest.body["next"], Value::Null, "the last page has no next");
+    seen.extend(ids(&rest));
+    let expected: Vec<String> = all.iter().rev().map(ToString::to_string).collect();
+    assert_eq!(seen, expected);
+    let foreign = host.get(&format!("/v1/schedules?before={next}"), Some(&fx.outsider)).await;
+    assert_eq!(foreign.body["schedules"], json!([]), "another tenant's cursor shows nothing");
+    for query in ["limit=0", "limit=201", "before=nonsense", "colour=red"] {
+        let reply = host.get(&format!("/v1/schedules?{query}"), Some(&fx.member)).await;
+        assert_eq!((reply.status, reply.code()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"), "{query}");
+    }
     let detail = host.get(&format!("/v1/schedules/{id}"), Some(&fx.member)).await;
     assert_eq!(detail.status, StatusCode::OK);
     let upcoming: Vec<DateTime<Utc>> = serde_json::from_value(detail.body["upcoming"].clone()).expect("times");
