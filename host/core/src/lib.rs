@@ -23,6 +23,7 @@ pub mod policy;
 pub mod ports;
 pub mod run;
 pub mod schedule;
+pub mod search;
 pub mod tenant;
 
 pub use auth::{AccessError, ApiKey, Caller, KeyScope, KeyState, KeyToken, Role, RoleError, TokenError};
@@ -34,6 +35,7 @@ pub use ledger::{
     TransactionId, TransactionKind, TransactionPage, TransactionQuery,
 };
 pub use policy::{Decision, Limits, PolicyError, PolicyErrors, PolicySet, Subject};
+pub use ports::SearchStore;
 pub use ports::{
     AccountStore, Clock, DocumentStore, JobStore, KeyStore, LedgerStore, RunStore, Store, StoreError, StoreProbe,
     TenantStore, Tx, UnitOfWork,

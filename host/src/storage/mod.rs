@@ -16,6 +16,7 @@ mod ledger;
 pub mod postgres;
 mod runs;
 mod schedules;
+mod search;
 mod shared;
 mod signal;
 pub mod sqlite;
