@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod request_id;
 pub mod runs;
 pub mod schedules;
+pub mod search;
 pub mod sessions;
 pub mod tools;
 
@@ -70,6 +71,8 @@ pub struct AppState {
     pub schedules: Arc<crate::schedules::Schedules>,
     /// Artifacts (document exports) and their blob store.
     pub artifacts: crate::artifacts::Artifacts,
+    /// The full-text index; `None` when this process keeps none (search answers 503).
+    pub search: Option<crate::search::FullText>,
 }
 
 /// HTTP settings from the validated config.
@@ -105,6 +108,7 @@ pub struct HttpSettings {
         schedules::create, schedules::list, schedules::get_one, schedules::pause, schedules::resume,
         schedules::delete_one,
         artifacts::get_one, exports::export,
+        search::search,
     ),
     modifiers(&BearerScheme, &CommonResponses),
     tags(
@@ -121,6 +125,7 @@ pub struct HttpSettings {
         (name = "documents", description = "living documents: versions, diffs, replacement against a version, rollback (tenant keys: members write, viewers read)"),
         (name = "schedules", description = "messages posted on a cron schedule into a session or a new one (tenant keys: members change, viewers read)"),
         (name = "artifacts", description = "files Maestro produced (document exports), by the SHA-256 of their bytes (tenant keys)"),
+        (name = "search", description = "full-text search over the tenant's messages and documents (tenant keys)"),
     )
 )]
 pub struct ApiDoc;
@@ -271,6 +276,7 @@ fn table() -> Vec<(Route, Option<MethodRouter<AppState>>)> {
         (route(Method::POST, "/v1/schedules/{id}/resume", Bearer, false), Some(post(schedules::resume))),
         (route(Method::GET, "/v1/artifacts/{sha256}", Bearer, false), Some(get(artifacts::get_one))),
         (route(Method::GET, "/v1/documents/{id}/export", Bearer, false), Some(get(exports::export))),
+        (route(Method::POST, "/v1/search", Bearer, true), Some(post(search::search))),
         // Stripe calls this without a bearer key; the signature authenticates it.
         (
             route(Method::POST, "/v1/billing/stripe/webhook", StripeSignature, false),
