@@ -226,6 +226,7 @@ async fn setup(dir: &Path, component: &Path, location: StoreLocation) -> Bench {
             store.clone(),
             clock.clone(),
         ),
+        search: None,
     };
     let settings = maestro_host::http_settings(&config);
     Bench {

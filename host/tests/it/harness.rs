@@ -223,6 +223,8 @@ pub(crate) struct TestHost {
     pub(crate) schedules: Arc<Schedules>,
     /// Artifacts, on disk under the test's directory.
     pub(crate) artifacts: maestro_host::artifacts::Artifacts,
+    /// The full-text index, when a test opens one ([`TestHost::open_search`]).
+    pub(crate) search: Option<maestro_host::search::FullText>,
 }
 
 /// An answer: status, headers, and the body parsed as JSON (or `Value::String` when it
@@ -277,7 +279,13 @@ impl TestHost {
             documents,
             schedules,
             artifacts,
+            search: None,
         }
+    }
+
+    /// The test's directory (the index lives under it).
+    pub(crate) fn dir(&self) -> PathBuf {
+        self._db.dir()
     }
 
     /// Installs `plugins` (built fixtures) and runs under `policy` (TOML text).
@@ -314,6 +322,7 @@ impl TestHost {
             documents: self.documents.clone(),
             schedules: self.schedules.clone(),
             artifacts: self.artifacts.clone(),
+            search: self.search.clone(),
         };
         http::router(state, &self.settings)
     }

@@ -193,6 +193,7 @@ async fn app_over(
         documents,
         schedules,
         artifacts,
+        search: None,
     };
     let settings = HttpSettings { body_limit_bytes: 64 * 1024, cors_allow_origins: vec![], mcp: Default::default() };
     (db, http::router(state, &settings), platform)
