@@ -122,9 +122,10 @@ pub struct SearchResults {
 impl From<SearchError> for ApiError {
     fn from(err: SearchError) -> Self {
         match err {
-            SearchError::EmptyQuery | SearchError::QueryTooLong { .. } | SearchError::InvalidFilter(_) => {
-                ApiError::new(ErrorCode::InvalidRequest, err.to_string())
-            }
+            SearchError::EmptyQuery
+            | SearchError::QueryTooLong { .. }
+            | SearchError::InvalidFilter(_)
+            | SearchError::UnsupportedQuery(_) => ApiError::new(ErrorCode::InvalidRequest, err.to_string()),
             SearchError::Store(_) | SearchError::Locked(_) => ApiError::internal(ErrorCode::Unavailable, &err),
             SearchError::Index(_) | SearchError::Io(_) => ApiError::internal(ErrorCode::Internal, &err),
         }

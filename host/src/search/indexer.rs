@@ -72,6 +72,19 @@ impl Indexer {
         {
             tracing::warn!(error = %err, "cannot commit the search index at shutdown");
         }
+        // Let running merges finish and write their metas before the process moves on.
+        let index = self.index.clone();
+        let finished = blocking(move || {
+            let taken = writer(&index.inner)?.take();
+            match taken {
+                Some(writer) => writer.wait_merging_threads().map_err(SearchError::from),
+                None => Ok(()),
+            }
+        })
+        .await;
+        if let Err(err) = finished {
+            tracing::warn!(error = %err, "the search index's merges failed at shutdown");
+        }
     }
 
     /// Applies one batch and commits when due; returns whether more rows are waiting.
@@ -126,7 +139,8 @@ impl Indexer {
         let index = self.index.clone();
         blocking(move || {
             let inner = &index.inner;
-            let writer = writer(inner)?;
+            let mut guard = writer(inner)?;
+            let writer = open_writer(&mut guard)?;
             for key in keys {
                 writer.delete_term(schema::key(&inner.fields, key.0.as_str(), &key.1));
                 if let Some(object) = found.get(&key) {
@@ -144,7 +158,8 @@ impl Indexer {
         let payload = Payload { watermark: self.applied, committed_at: index.inner.clock.now().timestamp_millis() };
         let docs = blocking(move || {
             let inner = &index.inner;
-            let mut writer = writer(inner)?;
+            let mut guard = writer(inner)?;
+            let writer = open_writer(&mut guard)?;
             let text = serde_json::to_string(&payload).map_err(|e| SearchError::Io(std::io::Error::other(e)))?;
             let mut prepared = writer.prepare_commit()?;
             prepared.set_payload(&text);
@@ -185,7 +200,7 @@ impl Indexer {
         let settled = self.index.inner.store.outbox_settled().await?;
         let index = self.index.clone();
         blocking(move || {
-            writer(&index.inner)?.delete_all_documents()?;
+            open_writer(&mut writer(&index.inner)?)?.delete_all_documents()?;
             Ok(())
         })
         .await?;
@@ -201,7 +216,8 @@ impl Indexer {
                 let index = self.index.clone();
                 blocking(move || {
                     let inner = &index.inner;
-                    let writer = writer(inner)?;
+                    let mut guard = writer(inner)?;
+                    let writer = open_writer(&mut guard)?;
                     for object in &page {
                         writer.add_document(schema::document(&inner.fields, object))?;
                     }
@@ -245,9 +261,16 @@ impl Indexer {
 }
 
 /// The writer (the index was opened for writing).
-fn writer(
-    inner: &super::Inner,
-) -> Result<std::sync::MutexGuard<'_, tantivy::IndexWriter<tantivy::TantivyDocument>>, SearchError> {
+type Writer = tantivy::IndexWriter<tantivy::TantivyDocument>;
+
+/// The writer in its guard, unless it was shut down.
+fn open_writer<'a>(guard: &'a mut std::sync::MutexGuard<'_, Option<Writer>>) -> Result<&'a mut Writer, SearchError> {
+    guard.as_mut().ok_or_else(|| {
+        SearchError::Index(tantivy::TantivyError::InvalidArgument("the index writer was shut down".to_owned()))
+    })
+}
+
+fn writer(inner: &super::Inner) -> Result<std::sync::MutexGuard<'_, Option<Writer>>, SearchError> {
     let writer = inner.writer.as_ref().ok_or_else(|| {
         SearchError::Index(tantivy::TantivyError::InvalidArgument("the index was opened read-only".to_owned()))
     })?;

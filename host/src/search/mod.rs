@@ -91,6 +91,10 @@ pub enum SearchError {
     /// A filter is invalid.
     #[error("invalid filter: {0}")]
     InvalidFilter(String),
+    /// The query parsed but cannot run on this index (e.g. `field:*` on a field that
+    /// keeps no column).
+    #[error("the query cannot run: {0}")]
+    UnsupportedQuery(String),
     /// Another process holds the index writer (a server on this data directory).
     #[error("the index at {0} is in use by another process")]
     Locked(PathBuf),
@@ -201,7 +205,8 @@ struct Inner {
     reader: IndexReader,
     fields: Fields,
     settings: SearchSettings,
-    writer: Option<Mutex<IndexWriter<TantivyDocument>>>,
+    /// `None` inside once the indexer shut it down (merges finished).
+    writer: Option<Mutex<Option<IndexWriter<TantivyDocument>>>>,
     /// Set when the index must be rebuilt before following the outbox.
     needs_rebuild: AtomicBool,
     status: watch::Sender<IndexStatus>,
@@ -240,7 +245,7 @@ impl FullText {
         let writer = match access {
             Access::Read => None,
             Access::Write => match index.writer_with_num_threads(1, settings.writer_memory_bytes) {
-                Ok(writer) => Some(Mutex::new(writer)),
+                Ok(writer) => Some(Mutex::new(Some(writer))),
                 Err(tantivy::TantivyError::LockFailure(..)) => return Err(SearchError::Locked(settings.dir.clone())),
                 Err(err) => return Err(err.into()),
             },

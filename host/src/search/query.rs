@@ -73,8 +73,8 @@ pub(super) fn search(
     }
     let query = BooleanQuery::new(clauses);
     let searcher = inner.reader.searcher();
-    let top = searcher.search(&query, &TopDocs::with_limit(k).order_by_score())?;
-    let mut snippets = SnippetGenerator::create(&searcher, &*parsed, fields.text)?;
+    let top = searcher.search(&query, &TopDocs::with_limit(k).order_by_score()).map_err(unsupported)?;
+    let mut snippets = SnippetGenerator::create(&searcher, &*parsed, fields.text).map_err(unsupported)?;
     snippets.set_max_num_chars(SNIPPET_CHARS);
     let mut hits = Vec::with_capacity(top.len());
     for (rank, (score, address)) in top.into_iter().enumerate() {
@@ -107,6 +107,16 @@ pub(super) fn search(
         });
     }
     Ok(hits)
+}
+
+/// What the user's query asked that this index cannot do is the query's fault (422);
+/// anything else is the index's.
+fn unsupported(err: tantivy::TantivyError) -> SearchError {
+    use tantivy::TantivyError as E;
+    match err {
+        E::SchemaError(m) | E::InvalidArgument(m) | E::FieldNotFound(m) => SearchError::UnsupportedQuery(m),
+        other => SearchError::Index(other),
+    }
 }
 
 /// A required exact match that adds nothing to the score.
