@@ -936,7 +936,7 @@ fn search_settings(
         if range.contains(&value) {
             Ok(value)
         } else {
-            Err(invalid(key, &value.to_string(), format!("expected {} to {}", range.start(), range.end())))
+            Err(invalid(key, value, format!("expected {} to {}", range.start(), range.end())))
         }
     };
     let (ms, second, hour, day) =
