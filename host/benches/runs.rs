@@ -227,6 +227,7 @@ async fn setup(dir: &Path, component: &Path, location: StoreLocation) -> Bench {
             clock.clone(),
         ),
         memories: None,
+        search: None,
     };
     let settings = maestro_host::http_settings(&config);
     Bench {

@@ -330,6 +330,7 @@ async fn responsiveness(sandbox: &Arc<Sandbox>, hostile: &LoadedPlugin) {
         shutdown: Default::default(),
         billing: None,
         schedules,
+        search: None,
     };
     let app = http::router(
         state,

@@ -21,6 +21,7 @@ pub mod policy;
 mod poll;
 mod random;
 pub mod schedules;
+pub mod search;
 pub mod storage;
 pub mod telemetry;
 pub mod tools;
@@ -246,6 +247,26 @@ pub fn open_artifacts(
     Ok(artifacts::Artifacts::new(blobs, rows, clock))
 }
 
+/// The full-text index of `[search]`, holding its writer (refused when another process
+/// on this data directory holds it).
+pub fn open_search(
+    config: &Config,
+    store: Arc<dyn maestro_core::SearchStore>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<search::FullText> {
+    use anyhow::Context as _;
+    let index = search::FullText::open(config.search.clone(), store, clock, search::Access::Write)
+        .with_context(|| format!("cannot open the search index in {}", config.search.dir.display()))?;
+    let status = index.status();
+    tracing::info!(
+        dir = %config.search.dir.display(),
+        docs = status.docs,
+        rebuild = index.needs_rebuild(),
+        "search index"
+    );
+    Ok(index)
+}
+
 /// `maestro serve`: opens the store, bootstraps the first admin key, loads plugins and
 /// policies, and serves HTTP until `shutdown` completes.
 pub async fn serve(
@@ -340,6 +361,8 @@ pub async fn serve(
     jobs.schedule_every(jobs::PRUNE, PRUNE_JOBS_EVERY, stopping.clone());
     jobs.schedule_every(schedules::TICK_JOB, config.schedules.tick, stopping.clone());
     let artifacts = open_artifacts(&config, env, store.clone(), clock.clone())?;
+    let search = open_search(&config, store.clone(), clock.clone())?;
+    let indexer = search.spawn_indexer(stopping.clone());
     let state = http::AppState {
         accounts,
         metrics: Arc::default(),
@@ -354,6 +377,7 @@ pub async fn serve(
         artifacts,
         // The lead wires the configured embedder here (`open_memories`).
         memories: None,
+        search: Some(search.clone()),
     };
     let app = http::router(state, &http_settings(&config));
     tracing::info!(%address, store = %config.store.describe(), "maestro listening on http://{address} (MCP at /mcp)");
@@ -364,6 +388,9 @@ pub async fn serve(
     http::serve(listener, app, shutdown).await?;
     if let Err(err) = worker.await {
         tracing::error!(error = %err, "the job worker failed");
+    }
+    if let Err(err) = indexer.await {
+        tracing::error!(error = %err, "the search indexer failed");
     }
     tracing::info!("maestro stopped");
     Ok(())

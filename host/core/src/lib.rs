@@ -25,6 +25,7 @@ pub mod ports;
 pub mod retrieval;
 pub mod run;
 pub mod schedule;
+pub mod search;
 pub mod tenant;
 
 pub use auth::{AccessError, ApiKey, Caller, KeyScope, KeyState, KeyToken, Role, RoleError, TokenError};
@@ -36,6 +37,7 @@ pub use ledger::{
     TransactionId, TransactionKind, TransactionPage, TransactionQuery,
 };
 pub use policy::{Decision, Limits, PolicyError, PolicyErrors, PolicySet, Subject};
+pub use ports::SearchStore;
 pub use ports::{
     AccountStore, Clock, DocumentStore, JobStore, KeyStore, LedgerStore, RunStore, Store, StoreError, StoreProbe,
     TenantStore, Tx, UnitOfWork,

@@ -29,6 +29,7 @@ use crate::ledger::{
 use crate::memory::{Memory, MemoryFilter, MemoryHit, MemoryId, MemoryPatch};
 use crate::run::{Message, NewEvent, Run, RunEvent, RunId, RunState, Session, SessionId};
 use crate::schedule::{Schedule, ScheduleFire, ScheduleId};
+use crate::search::{OutboxEntry, OutboxPosition, OutboxStatus, SearchChange, SearchKind, Searchable};
 use crate::tenant::{Tenant, TenantName};
 
 /// What can go wrong in a store, in terms callers match on.
@@ -433,6 +434,9 @@ pub trait Tx: Send {
     /// [`Tx::update_run`] only if the run is in state `expected` (compare-and-set: of
     /// concurrent writers, one wins); returns whether it was written.
     async fn update_run_if(&mut self, run: &Run, expected: RunState) -> Result<bool, StoreError>;
+    /// Records a change for the search index in this transaction (messages and
+    /// document versions record theirs as they are written; other kinds call this).
+    async fn record_search_change(&mut self, change: &SearchChange) -> Result<(), StoreError>;
 }
 
 /// What readiness asks of a backend.
@@ -464,6 +468,7 @@ pub trait Store:
     + EventSignal
     + ArtifactStore
     + MemoryStore
+    + SearchStore
 {
 }
 
@@ -478,7 +483,8 @@ impl<
         + ScheduleStore
         + EventSignal
         + ArtifactStore
-        + MemoryStore,
+        + MemoryStore
+        + SearchStore,
 > Store for T
 {
 }
@@ -583,4 +589,36 @@ pub trait MemoryStore: Send + Sync + std::fmt::Debug {
         vector: &[f32],
         embedder: &EmbedderInfo,
     ) -> Result<bool, StoreError>;
+}
+
+/// The search outbox and the indexed objects' current content (see [`crate::search`]),
+/// read by each replica's full-text index. Reads here are not tenant-scoped: the index
+/// keeps every tenant's objects, each tagged with its tenant, and every query filters
+/// on it.
+#[async_trait]
+pub trait SearchStore: Send + Sync + std::fmt::Debug {
+    /// Settled outbox rows after `after`, in position order, at most `limit`. A row is
+    /// settled when no transaction that could still write before it is open, so a row
+    /// read here is never preceded later by one not yet seen.
+    async fn outbox_after(&self, after: OutboxPosition, limit: u32) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// The outbox as a follower at `after` sees it.
+    async fn outbox_status(&self, after: OutboxPosition) -> Result<OutboxStatus, StoreError>;
+    /// A position through which every change has settled now: an index rebuilt from
+    /// the tables read after this call, then following the outbox from here, misses
+    /// nothing.
+    async fn outbox_settled(&self) -> Result<OutboxPosition, StoreError>;
+    /// Deletes settled outbox rows written before `before`, and records the last
+    /// position deleted; returns how many.
+    async fn prune_outbox(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// The current content of objects of one kind by id, of any tenant; ids with no
+    /// such object are left out (deleted: the index drops them).
+    async fn searchables(&self, kind: SearchKind, ids: &[String]) -> Result<Vec<Searchable>, StoreError>;
+    /// Every object of one kind, of every tenant, by id, after `after` (an id from
+    /// the previous page), at most `limit`: what a rebuild reads.
+    async fn searchable_page(
+        &self,
+        kind: SearchKind,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Searchable>, StoreError>;
 }

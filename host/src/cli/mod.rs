@@ -3,6 +3,7 @@
 //! inspect`) and policy checks (`policy check|explain`).
 
 pub mod chat;
+mod index;
 mod plugin;
 mod policy;
 
@@ -82,6 +83,9 @@ pub enum Command {
     /// Chat with a session's team on a running server: posts each line of stdin and
     /// streams the run (who speaks, tokens, tool calls, costs). Ctrl-C cancels the run.
     Chat(chat::ChatArgs),
+    /// The full-text search index: status, rebuild.
+    #[command(subcommand)]
+    Index(index::IndexCommand),
 }
 
 /// `maestro serve`.
@@ -259,6 +263,7 @@ pub fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
             Command::Key(command) => key(&open(&config).await?, command).await,
             Command::Credits(command) => credits(open_store(&config).await?, command).await,
             Command::Chat(args) => chat::run(&config, env, args).await,
+            Command::Index(command) => index::run(command, &config).await,
         }
     })
 }

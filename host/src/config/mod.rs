@@ -146,6 +146,8 @@ pub struct Config {
     pub runs: RunsSettings,
     /// Where artifacts (document exports) are kept (`[artifacts]`).
     pub artifacts: ArtifactSettings,
+    /// The full-text index (`[search]`).
+    pub search: crate::search::SearchSettings,
     /// `MAESTRO_*` variables that were set but are not known, to warn about once
     /// logging is up.
     pub unknown_env: Vec<String>,
@@ -433,6 +435,7 @@ impl Config {
         let llm = llm_settings(raw.llm)?;
         let runs = runs_settings(raw.runs)?;
         let artifacts = artifact_settings(raw.artifacts, &data_dir)?;
+        let search = search_settings(raw.search, &data_dir)?;
         let unknown_env = env
             .keys()
             .filter(|k| k.starts_with("MAESTRO_") && !ENV_VARS.iter().any(|(known, _)| known == k))
@@ -462,6 +465,7 @@ impl Config {
             llm,
             runs,
             artifacts,
+            search,
             unknown_env,
         })
     }
@@ -964,6 +968,54 @@ fn runs_settings(raw: raw::RawRuns) -> Result<RunsSettings, ConfigError> {
         invalid("runs.wait_timeout", &text, "expected a duration from 1s to 365days, e.g. 24h".into())
     })?;
     Ok(RunsSettings { wait_timeout })
+}
+
+/// `[search]`, with the index under the data directory by default.
+fn search_settings(
+    raw: raw::RawSearch,
+    data_dir: &std::path::Path,
+) -> Result<crate::search::SearchSettings, ConfigError> {
+    let defaults = crate::search::SearchSettings::under(data_dir);
+    let duration = |key: &str, text: Option<String>, default: Duration, range: std::ops::RangeInclusive<Duration>| {
+        let Some(text) = text else { return Ok(default) };
+        humantime::parse_duration(text.trim()).ok().filter(|d| range.contains(d)).ok_or_else(|| {
+            invalid(key, &text, format!("expected a duration from {:?} to {:?}", range.start(), range.end()))
+        })
+    };
+    let count = |key: &str, value: Option<usize>, default: usize, range: std::ops::RangeInclusive<usize>| {
+        let value = value.unwrap_or(default);
+        if range.contains(&value) {
+            Ok(value)
+        } else {
+            Err(invalid(key, value, format!("expected {} to {}", range.start(), range.end())))
+        }
+    };
+    let (ms, second, hour, day) =
+        (Duration::from_millis(1), Duration::from_secs(1), Duration::from_secs(3600), Duration::from_secs(86_400));
+    Ok(crate::search::SearchSettings {
+        dir: raw.dir.unwrap_or(defaults.dir),
+        commit_interval: duration(
+            "search.commit_interval",
+            raw.commit_interval,
+            defaults.commit_interval,
+            ms.saturating_mul(10)..=hour,
+        )?,
+        commit_batch: count("search.commit_batch", raw.commit_batch, defaults.commit_batch, 1..=1_000_000)?,
+        poll_interval: duration("search.poll_interval", raw.poll_interval, defaults.poll_interval, ms..=hour)?,
+        writer_memory_bytes: count(
+            "search.writer_memory_bytes",
+            raw.writer_memory_bytes,
+            defaults.writer_memory_bytes,
+            15_000_000..=4_000_000_000,
+        )?,
+        outbox_retention: duration(
+            "search.outbox_retention",
+            raw.outbox_retention,
+            defaults.outbox_retention,
+            second.saturating_mul(60)..=day.saturating_mul(3650),
+        )?,
+        max_query_chars: count("search.max_query_chars", raw.max_query_chars, defaults.max_query_chars, 1..=100_000)?,
+    })
 }
 
 fn schedule_settings(

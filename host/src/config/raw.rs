@@ -83,6 +83,29 @@ pub struct RawConfig {
     /// `[artifacts]`.
     #[serde(default)]
     pub artifacts: RawArtifacts,
+    /// `[search]`.
+    #[serde(default)]
+    pub search: RawSearch,
+}
+
+/// `[search]`: the full-text index.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSearch {
+    /// The index directory (default `<data_dir>/index`).
+    pub dir: Option<std::path::PathBuf>,
+    /// Commit at most this often while changes arrive.
+    pub commit_interval: Option<String>,
+    /// Or as soon as this many changes wait.
+    pub commit_batch: Option<usize>,
+    /// How often an idle indexer reads the outbox.
+    pub poll_interval: Option<String>,
+    /// The index writer's memory budget in bytes.
+    pub writer_memory_bytes: Option<usize>,
+    /// How long outbox rows are kept.
+    pub outbox_retention: Option<String>,
+    /// Longest accepted query, in characters.
+    pub max_query_chars: Option<usize>,
 }
 
 /// `[schedules]`: how schedules fire.

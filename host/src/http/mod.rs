@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod request_id;
 pub mod runs;
 pub mod schedules;
+pub mod search;
 pub mod sessions;
 pub mod tools;
 
@@ -73,6 +74,8 @@ pub struct AppState {
     pub artifacts: crate::artifacts::Artifacts,
     /// Memories; `None` when no embedder is configured (memory routes answer 503).
     pub memories: Option<Arc<crate::memory::Memories>>,
+    /// The full-text index; `None` when this process keeps none (search answers 503).
+    pub search: Option<crate::search::FullText>,
 }
 
 /// HTTP settings from the validated config.
@@ -110,6 +113,7 @@ pub struct HttpSettings {
         artifacts::get_one, exports::export,
         memories::create, memories::list, memories::search, memories::get_one, memories::patch,
         memories::delete_one,
+        search::search,
     ),
     modifiers(&BearerScheme, &CommonResponses),
     tags(
@@ -127,6 +131,7 @@ pub struct HttpSettings {
         (name = "schedules", description = "messages posted on a cron schedule into a session or a new one (tenant keys: members change, viewers read)"),
         (name = "artifacts", description = "files Maestro produced (document exports), by the SHA-256 of their bytes (tenant keys)"),
         (name = "memories", description = "what was remembered: see, edit, delete, search by meaning (tenant keys: members change, viewers read)"),
+        (name = "search", description = "full-text search over the tenant's messages and documents (tenant keys)"),
     )
 )]
 pub struct ApiDoc;
@@ -284,6 +289,7 @@ fn table() -> Vec<(Route, Option<MethodRouter<AppState>>)> {
         (route(Method::GET, "/v1/memories/{id}", Bearer, false), Some(get(memories::get_one))),
         (route(Method::PATCH, "/v1/memories/{id}", Bearer, true), Some(patch(memories::patch))),
         (route(Method::DELETE, "/v1/memories/{id}", Bearer, false), Some(delete(memories::delete_one))),
+        (route(Method::POST, "/v1/search", Bearer, true), Some(post(search::search))),
         // Stripe calls this without a bearer key; the signature authenticates it.
         (
             route(Method::POST, "/v1/billing/stripe/webhook", StripeSignature, false),

@@ -187,6 +187,7 @@ macro_rules! impl_document_queries {
                         "version {} of document {}",
                         version.version, version.document
                     )))?;
+                Self::search_record_document(&mut *conn, version).await?;
                 Ok(())
             }
         }

@@ -17,6 +17,7 @@ pub mod memories;
 pub mod postgres;
 mod runs;
 mod schedules;
+mod search;
 mod shared;
 mod signal;
 pub mod sqlite;

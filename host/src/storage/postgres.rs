@@ -14,6 +14,7 @@ use super::jobs::impl_job_queries;
 use super::ledger::impl_ledger_queries;
 use super::runs::impl_run_queries;
 use super::schedules::impl_schedule_queries;
+use super::search::impl_search_queries;
 use super::shared::impl_shared_queries;
 use super::unit::impl_unit_of_work;
 use super::{Backend, backend_err};
@@ -75,6 +76,11 @@ impl_schedule_queries!(PostgresStore);
 impl_unit_of_work!(PostgresStore, PostgresTx);
 impl_ledger_queries!(PostgresStore, " FOR UPDATE");
 impl_artifact_queries!(PostgresStore);
+impl_search_queries!(
+    PostgresStore,
+    " AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+    Some("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+);
 
 #[async_trait]
 impl StoreProbe for PostgresStore {

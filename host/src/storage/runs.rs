@@ -372,6 +372,7 @@ macro_rules! impl_run_queries {
                     .execute(&mut *conn)
                     .await
                     .map_err(super::map_err(&format!("message {}", message.id)))?;
+                Self::search_record_message(&mut *conn, message, at).await?;
                 Ok(maestro_core::run::Message { seq, at, ..message.clone() })
             }
 

@@ -15,6 +15,7 @@ use super::jobs::impl_job_queries;
 use super::ledger::impl_ledger_queries;
 use super::runs::impl_run_queries;
 use super::schedules::impl_schedule_queries;
+use super::search::impl_search_queries;
 use super::shared::impl_shared_queries;
 use super::unit::impl_unit_of_work;
 use super::{Backend, backend_err};
@@ -80,6 +81,7 @@ impl_schedule_queries!(SqliteStore);
 impl_unit_of_work!(SqliteStore, SqliteTx);
 impl_ledger_queries!(SqliteStore, "");
 impl_artifact_queries!(SqliteStore);
+impl_search_queries!(SqliteStore, "", None);
 
 #[async_trait]
 impl StoreProbe for SqliteStore {

@@ -136,6 +136,13 @@ macro_rules! impl_unit_of_work {
             ) -> Result<bool, maestro_core::StoreError> {
                 <$store>::run_update_if(&mut *self.tx, run, expected).await
             }
+
+            async fn record_search_change(
+                &mut self,
+                change: &maestro_core::search::SearchChange,
+            ) -> Result<(), maestro_core::StoreError> {
+                <$store>::search_record(&mut *self.tx, change).await
+            }
         }
     };
 }

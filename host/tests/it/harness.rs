@@ -225,6 +225,8 @@ pub(crate) struct TestHost {
     pub(crate) artifacts: maestro_host::artifacts::Artifacts,
     /// Memories, embedded by the deterministic fake embedder (384 dimensions).
     pub(crate) memories: Option<Arc<maestro_host::memory::Memories>>,
+    /// The full-text index, when a test opens one ([`TestHost::open_search`]).
+    pub(crate) search: Option<maestro_host::search::FullText>,
 }
 
 /// An answer: status, headers, and the body parsed as JSON (or `Value::String` when it
@@ -285,7 +287,13 @@ impl TestHost {
             schedules,
             artifacts,
             memories,
+            search: None,
         }
+    }
+
+    /// The test's directory (the index lives under it).
+    pub(crate) fn dir(&self) -> PathBuf {
+        self._db.dir()
     }
 
     /// Installs `plugins` (built fixtures) and runs under `policy` (TOML text).
@@ -323,6 +331,7 @@ impl TestHost {
             schedules: self.schedules.clone(),
             artifacts: self.artifacts.clone(),
             memories: self.memories.clone(),
+            search: self.search.clone(),
         };
         http::router(state, &self.settings)
     }

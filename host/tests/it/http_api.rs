@@ -194,6 +194,7 @@ async fn app_over(
         schedules,
         artifacts,
         memories: None,
+        search: None,
     };
     let settings = HttpSettings { body_limit_bytes: 64 * 1024, cors_allow_origins: vec![], mcp: Default::default() };
     (db, http::router(state, &settings), platform)

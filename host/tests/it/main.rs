@@ -43,6 +43,7 @@ mod runs_api;
 mod sandbox;
 mod sandbox_memory;
 mod schedules;
+mod search;
 mod server;
 mod storage;
 mod storage_runs;

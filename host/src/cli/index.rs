@@ -1,0 +1,93 @@
+//! `maestro index status|rebuild`: the full-text index of this data directory.
+//!
+//! `status` reads the index without its writer (safe beside a running server): the
+//! documents searchable, the watermark in the last commit against the outbox's head,
+//! the last commit's time and the directory's size. `rebuild` rebuilds offline when no
+//! server holds the index (it takes the writer, reads every message and current
+//! document from the store, commits); when a server on this data directory holds it,
+//! it leaves a request file in the index directory that the server's indexer picks up
+//! within a poll interval and rebuilds while it keeps answering from the old commit.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::search::{Access, FullText, REBUILD_REQUEST, SearchError};
+
+/// `maestro index …`.
+#[derive(Debug, Subcommand)]
+pub enum IndexCommand {
+    /// Documents indexed, watermark against the outbox head, last commit, size.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the index from the database: offline when no server holds it, else by
+    /// asking the running server (on this data directory) to rebuild.
+    Rebuild,
+}
+
+/// Runs an index command.
+pub(super) async fn run(command: IndexCommand, config: &Config) -> anyhow::Result<()> {
+    let store = super::open_store(config).await?;
+    let clock: Arc<dyn maestro_core::Clock> = Arc::new(crate::accounts::SystemClock);
+    match command {
+        IndexCommand::Status { json } => {
+            let index = FullText::open(config.search.clone(), store.clone(), clock, Access::Read)
+                .with_context(|| format!("cannot read the search index in {}", config.search.dir.display()))?;
+            let status = index.status();
+            let outbox = store.outbox_status(status.watermark.unwrap_or_default()).await?;
+            let behind_prune = status.watermark.is_none_or(|w| w < outbox.pruned_through);
+            let size = index.size_bytes();
+            if json {
+                let value = json!({
+                    "dir": config.search.dir,
+                    "docs": status.docs,
+                    "watermark": status.watermark.map(|w| w.to_string()),
+                    "outbox_head": outbox.head.map(|h| h.to_string()),
+                    "pending": outbox.pending,
+                    "pruned_through": outbox.pruned_through.to_string(),
+                    "needs_rebuild": behind_prune,
+                    "last_commit": status.last_commit,
+                    "size_bytes": size,
+                });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let or_none = |v: Option<String>| v.unwrap_or_else(|| "none".to_owned());
+                println!("index:        {}", config.search.dir.display());
+                println!("documents:    {}", status.docs);
+                println!("watermark:    {}", or_none(status.watermark.map(|w| w.to_string())));
+                println!("outbox head:  {} ({} pending)", or_none(outbox.head.map(|h| h.to_string())), outbox.pending);
+                println!("last commit:  {}", or_none(status.last_commit.map(|t| t.to_rfc3339())));
+                println!("size:         {} bytes", size);
+                if behind_prune {
+                    println!("the index will be rebuilt from the database when the server starts");
+                }
+            }
+            Ok(())
+        }
+        IndexCommand::Rebuild => {
+            match FullText::open(config.search.clone(), store, clock, Access::Write) {
+                Ok(index) => {
+                    let started = std::time::Instant::now();
+                    let docs = index.rebuild().await?;
+                    println!("rebuilt the index: {docs} documents in {:.1?}", started.elapsed());
+                }
+                Err(SearchError::Locked(dir)) => {
+                    std::fs::write(dir.join(REBUILD_REQUEST), b"")
+                        .with_context(|| format!("cannot write the rebuild request in {}", dir.display()))?;
+                    println!(
+                        "a running server holds the index; it rebuilds within a poll interval \
+                         (follow with `maestro index status`)"
+                    );
+                }
+                Err(err) => return Err(err).context("cannot open the search index"),
+            }
+            Ok(())
+        }
+    }
+}
