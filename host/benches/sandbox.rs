@@ -329,6 +329,7 @@ async fn responsiveness(sandbox: &Arc<Sandbox>, hostile: &LoadedPlugin) {
         shutdown: Default::default(),
         billing: None,
         schedules,
+        embedder: Arc::new(maestro_host::embed::Unavailable::new(maestro_host::embed::info(), "not benchmarked here")),
     };
     let app = http::router(
         state,

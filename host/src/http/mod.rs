@@ -70,6 +70,8 @@ pub struct AppState {
     pub schedules: Arc<crate::schedules::Schedules>,
     /// Artifacts (document exports) and their blob store.
     pub artifacts: crate::artifacts::Artifacts,
+    /// The one embedder of memories and semantic search (`[embeddings]`).
+    pub embedder: Arc<dyn maestro_core::embed::Embedder>,
 }
 
 /// HTTP settings from the validated config.

@@ -223,6 +223,8 @@ pub(crate) struct TestHost {
     pub(crate) schedules: Arc<Schedules>,
     /// Artifacts, on disk under the test's directory.
     pub(crate) artifacts: maestro_host::artifacts::Artifacts,
+    /// The embedder: the deterministic fake (`fake_embed`) unless a test replaces it.
+    pub(crate) embedder: Arc<dyn maestro_core::embed::Embedder>,
 }
 
 /// An answer: status, headers, and the body parsed as JSON (or `Value::String` when it
@@ -277,6 +279,7 @@ impl TestHost {
             documents,
             schedules,
             artifacts,
+            embedder: Arc::new(crate::fake_embed::FakeEmbedder::new()),
         }
     }
 
@@ -314,6 +317,7 @@ impl TestHost {
             documents: self.documents.clone(),
             schedules: self.schedules.clone(),
             artifacts: self.artifacts.clone(),
+            embedder: self.embedder.clone(),
         };
         http::router(state, &self.settings)
     }

@@ -193,6 +193,7 @@ async fn app_over(
         documents,
         schedules,
         artifacts,
+        embedder: Arc::new(crate::fake_embed::FakeEmbedder::new()),
     };
     let settings = HttpSettings { body_limit_bytes: 64 * 1024, cors_allow_origins: vec![], mcp: Default::default() };
     (db, http::router(state, &settings), platform)
