@@ -486,7 +486,11 @@ async fn health_readiness_metrics_and_openapi_answer(backend: Backend) {
     let ready = host.get("/readyz", None).await;
     assert_eq!(ready.status, StatusCode::OK);
     let backend_name = if backend == Backend::Sqlite { "sqlite" } else { "postgres" };
-    assert_eq!(ready.body, json!({ "status": "ready", "store": backend_name }));
+    assert_eq!(
+        ready.body,
+        json!({ "status": "ready", "store": backend_name,
+                "embedder": { "name": "fake/hash-words@384", "status": "ready" } })
+    );
 
     // Metrics are per router; drive one router through a few requests.
     let router = host.router();
