@@ -3,7 +3,7 @@
 //!
 //! It goes through the same outbound client as the model providers (only the base URL's
 //! origin is reachable; loopback and private addresses only when allowed) and retries as
-//! they do ([`crate::retry`]: `x-should-retry`, then 408/409/429/5xx and connection
+//! they do (`retry.rs`: `x-should-retry`, then 408/409/429/5xx and connection
 //! errors, `retry-after-ms`/`retry-after` honoured, else exponential backoff; an exhausted
 //! quota never). Texts are sent in batches of at most
 //! [`EmbeddingsConfig::batch_size`] inputs with `encoding_format: "float"`; each answer
