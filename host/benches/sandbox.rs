@@ -331,6 +331,7 @@ async fn responsiveness(sandbox: &Arc<Sandbox>, hostile: &LoadedPlugin) {
         billing: None,
         schedules,
         search: None,
+        embedder: Arc::new(maestro_host::embed::Unavailable::new(maestro_host::embed::info(), "not benchmarked here")),
     };
     let app = http::router(
         state,

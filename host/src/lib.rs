@@ -26,6 +26,8 @@ pub mod storage;
 pub mod telemetry;
 pub mod tools;
 
+/// The offline embedder (crate `maestro-embed`), under its module name.
+pub use maestro_embed as embed;
 /// The model providers (crate `maestro-llm`), under its module name.
 pub use maestro_llm as llm;
 /// The one outbound HTTP client (crate `maestro-outbound`), under its module name.
@@ -211,6 +213,57 @@ pub fn open_models(config: &Config, env: &config::Env) -> anyhow::Result<Arc<dyn
     Ok(Arc::new(models))
 }
 
+/// The embedder configured in `[embeddings]`, one for the whole server.
+///
+/// `minilm` (the default) starts loading the offline model in the background and
+/// returns at once: `maestro serve` never waits for it or dies without it. When its
+/// files are missing the load fails with a warning naming `scripts/model.sh`, `/readyz`
+/// reports the embedder `unavailable`, and every embedding call answers
+/// `EmbedError::Unavailable` (memory and semantic search fail; everything else works).
+/// `openai` checks the service's settings and that its key is available now; the key is
+/// read again for each request.
+pub fn open_embedder(config: &Config, env: &config::Env) -> anyhow::Result<Arc<dyn maestro_core::embed::Embedder>> {
+    use anyhow::Context as _;
+    match &config.embeddings {
+        config::EmbeddingSettings::MiniLm { model_dir, batch_size, threads } => {
+            let options = embed::MiniLmOptions { batch_size: *batch_size, threads: *threads };
+            tracing::info!(provider = embed::PROVIDER, model = embed::MODEL, dir = %model_dir.display(), "embedder loading");
+            Ok(Arc::new(embed::BackgroundMiniLm::spawn(model_dir.clone(), options)))
+        }
+        config::EmbeddingSettings::OpenAi(service) => {
+            let api_key = match &service.api_key {
+                None => None,
+                Some(source) => {
+                    let secrets = tools::SecretValues::new(env.clone(), config.secrets_dir.clone());
+                    if secrets.get(source).is_none() {
+                        anyhow::bail!(
+                            "embeddings: its api_key {source} is not set (environment variable, or file in {})",
+                            config.secrets_dir.display()
+                        );
+                    }
+                    let source = source.clone();
+                    Some(llm::ApiKey::new(move || secrets.get(&source)))
+                }
+            };
+            let embedder = llm::embeddings::OpenAiEmbedder::new(llm::embeddings::EmbeddingsConfig {
+                base_url: service.base_url.clone(),
+                model: service.model.clone(),
+                dimensions: service.dimensions,
+                send_dimensions: service.send_dimensions,
+                batch_size: service.batch_size,
+                api_key,
+                allow_private: service.allow_private,
+                connect_timeout: llm::DEFAULT_CONNECT_TIMEOUT,
+                timeout: service.timeout,
+                max_retries: service.max_retries,
+            })
+            .context("invalid [embeddings] configuration")?;
+            tracing::info!(provider = "openai", model = %service.model, dimensions = service.dimensions, "embedder");
+            Ok(Arc::new(embedder))
+        }
+    }
+}
+
 /// The artifact use-cases over the configured blob store (`[artifacts]`: a directory,
 /// or an S3-compatible bucket whose keys are read from their `env:`/`file:` sources
 /// now; one that is missing is refused here, naming where it was looked for).
@@ -346,6 +399,8 @@ pub async fn serve(
         hub.clone(),
     ));
     run_tools.bind(&orchestrator);
+    let embedder = open_embedder(&config, env)?;
+    let memories = Arc::new(memory::Memories::new(store.clone(), embedder.clone(), clock.clone()));
     let worker = jobs::Worker::new(
         store.clone(),
         clock.clone(),
@@ -353,10 +408,16 @@ pub async fn serve(
             .register(orchestrator::RUN_JOB, Arc::new(runner))
             .register(orchestrator::EXPIRE_WAIT_JOB, Arc::new(orchestrator::ExpireWaits(orchestrator.clone())))
             .register(maestro_core::schedule::FIRE_JOB, Arc::new(schedules::Fire(schedules.clone())))
-            .register(schedules::TICK_JOB, Arc::new(schedules::Tick(schedules.clone()))),
+            .register(schedules::TICK_JOB, Arc::new(schedules::Tick(schedules.clone())))
+            .register(memory::REEMBED_JOB, Arc::new(memory::Reembed(memories.clone()))),
         jobs::WorkerSettings::new(config.jobs.concurrency, config.jobs.lease, config.jobs.poll_interval),
     )
     .spawn(stopping.clone());
+    // Memories embedded by another embedder than the configured one are re-embedded in
+    // the background; a failure to enqueue only delays that to the next start.
+    if let Err(err) = memories.enqueue_reembed(store.as_ref()).await {
+        tracing::warn!(error = %err, "cannot enqueue the re-embedding of memories");
+    }
     jobs.schedule_every(jobs::EXPIRE_HOLDS, EXPIRE_HOLDS_EVERY, stopping.clone());
     jobs.schedule_every(jobs::PRUNE, PRUNE_JOBS_EVERY, stopping.clone());
     jobs.schedule_every(schedules::TICK_JOB, config.schedules.tick, stopping.clone());
@@ -375,9 +436,9 @@ pub async fn serve(
         documents,
         schedules,
         artifacts,
-        // The lead wires the configured embedder here (`open_memories`).
-        memories: None,
+        memories: Some(memories),
         search: Some(search.clone()),
+        embedder,
     };
     let app = http::router(state, &http_settings(&config));
     tracing::info!(%address, store = %config.store.describe(), "maestro listening on http://{address} (MCP at /mcp)");

@@ -61,6 +61,23 @@ pub trait Embedder: Send + Sync + fmt::Debug {
     /// One vector per text, in order, each of [`EmbedderInfo::dimensions`] numbers and of
     /// unit length (L2-normalised), so that the inner product is the cosine similarity.
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError>;
+    /// Whether it can embed now, for readiness reports (`/readyz`); ready unless the
+    /// implementation says otherwise (a model still loading, or missing).
+    fn status(&self) -> EmbedderStatus {
+        EmbedderStatus::Ready
+    }
+}
+
+/// Whether an embedder can embed now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmbedderStatus {
+    /// Calls are answered.
+    Ready,
+    /// The model is loading; calls wait for it.
+    Loading,
+    /// Calls fail with [`EmbedError::Unavailable`]: why, for operators (never a secret,
+    /// never a path).
+    Unavailable(String),
 }
 
 /// Scales `vector` to unit length in place (a zero vector stays zero).

@@ -23,6 +23,7 @@
 
 mod answer;
 mod anthropic;
+pub mod embeddings;
 mod names;
 mod openai;
 mod retry;
@@ -208,6 +209,32 @@ struct Provider {
     client: OutboundClient,
 }
 
+/// A pooled outbound client named `name` allowed to reach `base_url`'s origin only (a
+/// loopback or private one only with `allow_private`; `rule` names the setting in
+/// denials), with requests up to 32 MiB and answers up to `max_response_bytes`; and the
+/// origin's host.
+fn origin_client(
+    name: &'static str,
+    base_url: &str,
+    allow_private: bool,
+    rule: String,
+    max_response_bytes: u64,
+) -> Result<(OutboundClient, String), String> {
+    let uri: http::Uri = base_url.parse().map_err(|e| format!("{e}"))?;
+    let scheme = uri.scheme_str().ok_or_else(|| "expected an http(s) URL".to_owned())?;
+    let authority = uri.authority().ok_or_else(|| "expected an http(s) URL".to_owned())?;
+    if uri.query().is_some() {
+        return Err("a query string is not allowed".into());
+    }
+    let origin = format!("{scheme}://{authority}");
+    let rule = NetRule::parse(&origin, allow_private, rule)?;
+    let mut policy = NetPolicy::allowing(vec![rule]);
+    policy.max_response_bytes = max_response_bytes;
+    policy.max_request_bytes = 32 << 20;
+    let client = OutboundClient::pooled(name, Arc::new(policy), MAX_IDLE_CONNECTIONS);
+    Ok((client, authority.host().to_owned()))
+}
+
 /// The model providers: every configured provider and model.
 #[derive(Debug)]
 pub struct Llm {
@@ -224,22 +251,16 @@ impl Llm {
             if built.contains_key(&config.name) {
                 return Err(SetupError::Duplicate { what: "provider", name: config.name });
             }
-            let bad = |reason: String| SetupError::BaseUrl { provider: config.name.clone(), reason };
-            let uri: http::Uri = config.base_url.parse().map_err(|e| bad(format!("{e}")))?;
-            let scheme = uri.scheme_str().ok_or_else(|| bad("expected an http(s) URL".into()))?;
-            let authority = uri.authority().ok_or_else(|| bad("expected an http(s) URL".into()))?;
-            if uri.query().is_some() {
-                return Err(bad("a query string is not allowed".into()));
-            }
-            let origin = format!("{scheme}://{authority}");
-            let rule = NetRule::parse(&origin, config.allow_private, format!("llm.providers `{}`", config.name))
-                .map_err(bad)?;
-            let mut policy = NetPolicy::allowing(vec![rule]);
-            policy.max_response_bytes = MAX_STREAM_BYTES;
-            policy.max_request_bytes = 32 << 20;
-            let client = OutboundClient::pooled("model", Arc::new(policy), MAX_IDLE_CONNECTIONS);
+            let (client, host) = origin_client(
+                "model",
+                &config.base_url,
+                config.allow_private,
+                format!("llm.providers `{}`", config.name),
+                MAX_STREAM_BYTES,
+            )
+            .map_err(|reason| SetupError::BaseUrl { provider: config.name.clone(), reason })?;
             let base = config.base_url.trim_end_matches('/').to_owned();
-            let openai_itself = config.kind == ProviderKind::OpenAi && authority.host() == "api.openai.com";
+            let openai_itself = config.kind == ProviderKind::OpenAi && host == "api.openai.com";
             built.insert(
                 config.name.clone(),
                 Arc::new(Provider {
@@ -459,6 +480,24 @@ async fn attempt_once(provider: &Provider, model: &ModelConfig, request: &ChatRe
 
 /// An error response as the next step: quota (never retried), retry, or refusal.
 fn classify(status: StatusCode, headers: &http::HeaderMap, body: &str, wait: Option<Duration>) -> Attempt {
+    let (message, quota) = error_summary(status, body);
+    if quota {
+        return Attempt::Fatal(LlmError::QuotaExceeded(message));
+    }
+    if retry::should_retry(status, headers) {
+        return Attempt::Again { message: format!("status {}: {message}", status.as_u16()), wait, retry_here: true };
+    }
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status.as_u16() == 529 {
+        // The server said not to retry: this model is out, the chain goes on.
+        return Attempt::Again { message: format!("status {}: {message}", status.as_u16()), wait, retry_here: false };
+    }
+    Attempt::Fatal(LlmError::Refused { status: status.as_u16(), message })
+}
+
+/// An error response's message (OpenAI's and Anthropic's `error.message`, a bare
+/// `error` string as Ollama and TEI send, else the body; at most 500 characters) and
+/// whether it says a quota or credit balance is exhausted (never worth retrying).
+fn error_summary(status: StatusCode, body: &str) -> (String, bool) {
     let value: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
     let error = value.get("error").unwrap_or(&value);
     let field = |key: &str| error.get(key).and_then(serde_json::Value::as_str).unwrap_or_default();
@@ -473,17 +512,7 @@ fn classify(status: StatusCode, headers: &http::HeaderMap, body: &str, wait: Opt
         || openai::is_quota(field("type"))
         || openai::is_quota(field("code"))
         || message.contains("credit balance");
-    if quota {
-        return Attempt::Fatal(LlmError::QuotaExceeded(message));
-    }
-    if retry::should_retry(status, headers) {
-        return Attempt::Again { message: format!("status {}: {message}", status.as_u16()), wait, retry_here: true };
-    }
-    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status.as_u16() == 529 {
-        // The server said not to retry: this model is out, the chain goes on.
-        return Attempt::Again { message: format!("status {}: {message}", status.as_u16()), wait, retry_here: false };
-    }
-    Attempt::Fatal(LlmError::Refused { status: status.as_u16(), message })
+    (message, quota)
 }
 
 /// An outbound failure with its causes.

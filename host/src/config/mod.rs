@@ -72,6 +72,16 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "MAESTRO_ARTIFACTS_SECRET_ACCESS_KEY",
         "env:NAME or file:NAME of the S3 secret access key (artifacts.secret_access_key)",
     ),
+    ("MAESTRO_EMBEDDINGS_PROVIDER", "minilm (built in, offline) or openai (embeddings.provider)"),
+    (
+        "MAESTRO_EMBEDDINGS_MODEL_DIR",
+        "directory of the offline model, as scripts/model.sh prints it (embeddings.model_dir)",
+    ),
+    ("MAESTRO_EMBEDDINGS_BASE_URL", "base URL of an OpenAI-compatible embeddings service (embeddings.base_url)"),
+    ("MAESTRO_EMBEDDINGS_MODEL", "the embeddings service's model name (embeddings.model)"),
+    ("MAESTRO_EMBEDDINGS_DIMENSIONS", "numbers per vector of the service's model (embeddings.dimensions)"),
+    ("MAESTRO_EMBEDDINGS_BATCH_SIZE", "texts per forward pass or per request (embeddings.batch_size)"),
+    ("MAESTRO_EMBEDDINGS_THREADS", "threads of the offline embedder, 0 for one per core (embeddings.threads)"),
 ];
 
 /// The config file format version this build reads.
@@ -148,6 +158,8 @@ pub struct Config {
     pub artifacts: ArtifactSettings,
     /// The full-text index (`[search]`).
     pub search: crate::search::SearchSettings,
+    /// The embedder of memories and semantic search (`[embeddings]`).
+    pub embeddings: EmbeddingSettings,
     /// `MAESTRO_*` variables that were set but are not known, to warn about once
     /// logging is up.
     pub unknown_env: Vec<String>,
@@ -272,6 +284,7 @@ impl fmt::Debug for Config {
             .field("mcp", &self.mcp)
             .field("billing", &self.billing)
             .field("llm", &self.llm)
+            .field("embeddings", &self.embeddings)
             .finish_non_exhaustive()
     }
 }
@@ -436,6 +449,7 @@ impl Config {
         let runs = runs_settings(raw.runs)?;
         let artifacts = artifact_settings(raw.artifacts, &data_dir)?;
         let search = search_settings(raw.search, &data_dir)?;
+        let embeddings = embedding_settings(raw.embeddings)?;
         let unknown_env = env
             .keys()
             .filter(|k| k.starts_with("MAESTRO_") && !ENV_VARS.iter().any(|(known, _)| known == k))
@@ -466,6 +480,7 @@ impl Config {
             runs,
             artifacts,
             search,
+            embeddings,
             unknown_env,
         })
     }
@@ -1218,6 +1233,150 @@ fn artifact_settings(raw: raw::RawArtifacts, data_dir: &std::path::Path) -> Resu
     }
 }
 
+/// The embedder (`[embeddings]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmbeddingSettings {
+    /// all-MiniLM-L6-v2 run in process (384 dimensions), from the files
+    /// `scripts/model.sh` fetches.
+    MiniLm {
+        /// The directory holding `config.json`, `tokenizer.json` and `model.safetensors`.
+        model_dir: PathBuf,
+        /// Texts per forward pass (1 to 1024).
+        batch_size: usize,
+        /// Threads of the inference pool (0: one per core).
+        threads: usize,
+    },
+    /// An OpenAI-compatible `/v1/embeddings` service.
+    OpenAi(OpenAiEmbeddingSettings),
+}
+
+/// An OpenAI-compatible embeddings service. Its key is named by where it is read, never
+/// held here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenAiEmbeddingSettings {
+    /// Base URL; requests go to `{base_url}/embeddings`, only its origin is reachable.
+    pub base_url: String,
+    /// The service's model name.
+    pub model: String,
+    /// Numbers per vector the model answers.
+    pub dimensions: u32,
+    /// Whether to ask for `dimensions` in each request (OpenAI `text-embedding-3-*`).
+    pub send_dimensions: bool,
+    /// Inputs per request (1 to 2048).
+    pub batch_size: usize,
+    /// Where its API key is read (`None`: it needs none).
+    pub api_key: Option<maestro_core::policy::SecretSource>,
+    /// Whether the base URL may be loopback or private.
+    pub allow_private: bool,
+    /// One request, from sending it to the end of its answer.
+    pub timeout: Duration,
+    /// Retries of one batch (at most 10).
+    pub max_retries: u32,
+}
+
+/// Default texts per forward pass of the offline embedder.
+pub const DEFAULT_MINILM_BATCH_SIZE: usize = 32;
+/// Default inputs per request to an embeddings service.
+pub const DEFAULT_OPENAI_EMBEDDINGS_BATCH_SIZE: usize = 64;
+
+fn embedding_settings(raw: raw::RawEmbeddings) -> Result<EmbeddingSettings, ConfigError> {
+    let provider = raw.provider.as_deref().map(str::trim).unwrap_or("minilm");
+    let only = |keys: &[(&str, bool)], provider: &str| match keys.iter().find(|(_, set)| *set) {
+        Some((key, _)) => {
+            Err(invalid(&format!("embeddings.{key}"), "(set)", format!("only used with provider = \"{provider}\"")))
+        }
+        None => Ok(()),
+    };
+    match provider {
+        "minilm" => {
+            only(
+                &[
+                    ("base_url", raw.base_url.is_some()),
+                    ("model", raw.model.is_some()),
+                    ("dimensions", raw.dimensions.is_some()),
+                    ("send_dimensions", raw.send_dimensions.is_some()),
+                    ("api_key", raw.api_key.is_some()),
+                    ("allow_private", raw.allow_private.is_some()),
+                    ("timeout", raw.timeout.is_some()),
+                    ("max_retries", raw.max_retries.is_some()),
+                ],
+                "openai",
+            )?;
+            let batch_size = raw.batch_size.unwrap_or(DEFAULT_MINILM_BATCH_SIZE);
+            if !(1..=1024).contains(&batch_size) {
+                return Err(invalid("embeddings.batch_size", batch_size, "must be between 1 and 1024".into()));
+            }
+            let threads = raw.threads.unwrap_or(0);
+            if threads > 256 {
+                return Err(invalid("embeddings.threads", threads, "must be at most 256 (0: one per core)".into()));
+            }
+            let model_dir = raw.model_dir.unwrap_or_else(|| PathBuf::from(raw::DEFAULT_EMBEDDINGS_MODEL_DIR));
+            Ok(EmbeddingSettings::MiniLm { model_dir, batch_size, threads })
+        }
+        "openai" => {
+            only(&[("model_dir", raw.model_dir.is_some()), ("threads", raw.threads.is_some())], "minilm")?;
+            let base_url = raw.base_url.map(|u| u.trim().to_owned()).unwrap_or_default();
+            let origin = base_url
+                .split_once("://")
+                .filter(|(scheme, rest)| matches!(*scheme, "http" | "https") && !rest.is_empty())
+                .map(|(scheme, rest)| format!("{scheme}://{}", rest.split('/').next().unwrap_or_default()))
+                .filter(|_| !base_url.contains(['?', '#', '@']))
+                .ok_or_else(|| {
+                    invalid(
+                        "embeddings.base_url",
+                        &base_url,
+                        "expected an http(s) URL without query, e.g. https://api.openai.com/v1".into(),
+                    )
+                })?;
+            let allow_private = raw.allow_private.unwrap_or(false);
+            maestro_core::policy::NetworkRule::parse(&origin, allow_private)
+                .map_err(|reason| invalid("embeddings.base_url", &base_url, reason))?;
+            let model = raw.model.map(|m| m.trim().to_owned()).filter(|m| !m.is_empty()).ok_or_else(|| {
+                invalid("embeddings.model", "", "expected the service's model name, e.g. text-embedding-3-small".into())
+            })?;
+            let dimensions = raw.dimensions.filter(|d| (1..=65_536).contains(d)).ok_or_else(|| {
+                invalid(
+                    "embeddings.dimensions",
+                    raw.dimensions.map_or("(unset)".to_owned(), |d| d.to_string()),
+                    "expected the model's vector length, from 1 to 65536 (e.g. 1536)".into(),
+                )
+            })?;
+            let batch_size = raw.batch_size.unwrap_or(DEFAULT_OPENAI_EMBEDDINGS_BATCH_SIZE);
+            if !(1..=2048).contains(&batch_size) {
+                return Err(invalid("embeddings.batch_size", batch_size, "must be between 1 and 2048".into()));
+            }
+            let api_key = raw.api_key.as_deref().map(|text| secret_source("embeddings.api_key", text)).transpose()?;
+            let timeout_text = raw.timeout.unwrap_or_else(|| "60s".to_owned());
+            let timeout = humantime::parse_duration(timeout_text.trim())
+                .ok()
+                .filter(|d| (Duration::from_millis(100)..=Duration::from_secs(3600)).contains(d))
+                .ok_or_else(|| {
+                    invalid(
+                        "embeddings.timeout",
+                        &timeout_text,
+                        "expected a duration from 100ms to 1h, e.g. 60s".into(),
+                    )
+                })?;
+            let max_retries = raw.max_retries.unwrap_or(2);
+            if max_retries > 10 {
+                return Err(invalid("embeddings.max_retries", max_retries, "must be at most 10".into()));
+            }
+            Ok(EmbeddingSettings::OpenAi(OpenAiEmbeddingSettings {
+                base_url,
+                model,
+                dimensions,
+                send_dimensions: raw.send_dimensions.unwrap_or(false),
+                batch_size,
+                api_key,
+                allow_private,
+                timeout,
+                max_retries,
+            }))
+        }
+        other => Err(invalid("embeddings.provider", other, "expected minilm (built in) or openai".into())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1523,5 +1682,82 @@ mod tests {
             let err = Config::load(None, &env(&[(var, value)]), &Overrides::default()).expect_err(value);
             assert!(err.to_string().contains(key), "{var}={value}: {err}");
         }
+    }
+
+    fn embeddings(text: &str, env: &[(&str, &str)]) -> Result<EmbeddingSettings, ConfigError> {
+        let raw = RawConfig::parse(text, Path::new("t.toml"))?;
+        Config::from_raw(raw, &self::env(env), &Overrides::default()).map(|c| c.embeddings)
+    }
+
+    #[test]
+    fn embeddings_default_to_the_offline_model_where_the_script_puts_it() {
+        assert_eq!(
+            embeddings("", &[]).expect("defaults"),
+            EmbeddingSettings::MiniLm {
+                model_dir: PathBuf::from("/var/tmp/maestro-cache/models/all-minilm-l6-v2-0.1.0"),
+                batch_size: 32,
+                threads: 0,
+            }
+        );
+        let moved = embeddings(
+            "[embeddings]\nbatch_size = 8\n",
+            &[("MAESTRO_EMBEDDINGS_MODEL_DIR", "/models/minilm"), ("MAESTRO_EMBEDDINGS_THREADS", "1")],
+        )
+        .expect("valid");
+        assert_eq!(
+            moved,
+            EmbeddingSettings::MiniLm { model_dir: PathBuf::from("/models/minilm"), batch_size: 8, threads: 1 }
+        );
+    }
+
+    #[test]
+    fn an_embeddings_service_needs_its_model_and_dimension_and_reads_its_key_from_a_source() {
+        let text = "[embeddings]\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:11434/v1\"\n\
+                    allow_private = true\nmodel = \"nomic-embed-text\"\ndimensions = 768\napi_key = \"env:OLLAMA_KEY\"\n";
+        let EmbeddingSettings::OpenAi(service) = embeddings(text, &[]).expect("valid") else {
+            panic!("an openai embedder")
+        };
+        assert_eq!((service.model.as_str(), service.dimensions, service.batch_size), ("nomic-embed-text", 768, 64));
+        assert_eq!(service.api_key, Some(maestro_core::policy::SecretSource::Env("OLLAMA_KEY".into())));
+        assert_eq!(
+            (service.timeout, service.max_retries, service.send_dimensions),
+            (Duration::from_secs(60), 2, false)
+        );
+        let from_env = embeddings(
+            "",
+            &[
+                ("MAESTRO_EMBEDDINGS_PROVIDER", "openai"),
+                ("MAESTRO_EMBEDDINGS_BASE_URL", "https://api.openai.com/v1"),
+                ("MAESTRO_EMBEDDINGS_MODEL", "text-embedding-3-small"),
+                ("MAESTRO_EMBEDDINGS_DIMENSIONS", "1536"),
+                ("MAESTRO_EMBEDDINGS_BATCH_SIZE", "100"),
+            ],
+        )
+        .expect("valid");
+        assert!(matches!(from_env, EmbeddingSettings::OpenAi(s) if s.dimensions == 1536 && s.batch_size == 100));
+        let openai = "[embeddings]\nprovider = \"openai\"\nbase_url = \"https://api.openai.com/v1\"\n";
+        let cases = [
+            ("[embeddings]\nprovider = \"word2vec\"\n".to_owned(), "embeddings.provider"),
+            ("[embeddings]\nbase_url = \"https://x.example/v1\"\n".to_owned(), "embeddings.base_url"),
+            ("[embeddings]\nbatch_size = 0\n".to_owned(), "embeddings.batch_size"),
+            (format!("{openai}dimensions = 8\n"), "embeddings.model"),
+            (format!("{openai}model = \"m\"\n"), "embeddings.dimensions"),
+            (format!("{openai}model = \"m\"\ndimensions = 8\nmodel_dir = \"x\"\n"), "embeddings.model_dir"),
+            (format!("{openai}model = \"m\"\ndimensions = 8\napi_key = \"sk-live-123\"\n"), "embeddings.api_key"),
+            (format!("{openai}model = \"m\"\ndimensions = 8\nbatch_size = 4096\n"), "embeddings.batch_size"),
+            (format!("{openai}model = \"m\"\ndimensions = 8\ntimeout = \"soon\"\n"), "embeddings.timeout"),
+            (
+                "[embeddings]\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\nmodel = \"m\"\ndimensions = 8\n"
+                    .to_owned(),
+                "embeddings.base_url",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = embeddings(&text, &[]).expect_err(&text).to_string();
+            assert!(err.contains(key), "{text}\n→ {err}");
+            assert!(!err.contains("sk-live-123"), "a literal key is never echoed: {err}");
+        }
+        let err = embeddings("", &[("MAESTRO_EMBEDDINGS_DIMENSIONS", "many")]).expect_err("not a number").to_string();
+        assert!(err.contains("MAESTRO_EMBEDDINGS_DIMENSIONS"), "{err}");
     }
 }

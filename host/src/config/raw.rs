@@ -26,6 +26,8 @@ pub(super) const DEFAULT_SCHEDULES_MIN_PERIOD: &str = "1m";
 pub(super) const DEFAULT_SCHEDULES_CATCH_UP_GRACE: &str = "2m";
 pub(super) const DEFAULT_EVENTS_POLL_INTERVAL: &str = "1s";
 pub(super) const DEFAULT_STRIPE_API_BASE: &str = "https://api.stripe.com/";
+/// Where `scripts/model.sh` puts the offline model (with its default cache dir).
+pub(super) const DEFAULT_EMBEDDINGS_MODEL_DIR: &str = "/var/tmp/maestro-cache/models/all-minilm-l6-v2-0.1.0";
 
 /// The raw config file. See `config/maestro.toml` for every key and its default.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -86,6 +88,9 @@ pub struct RawConfig {
     /// `[search]`.
     #[serde(default)]
     pub search: RawSearch,
+    /// `[embeddings]`.
+    #[serde(default)]
+    pub embeddings: RawEmbeddings,
 }
 
 /// `[search]`: the full-text index.
@@ -359,6 +364,36 @@ pub struct RawHttp {
     pub cors_allow_origins: Option<Vec<String>>,
 }
 
+/// `[embeddings]`: the embedder of memories and semantic search.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmbeddings {
+    /// `minilm` (built in, offline) or `openai` (an OpenAI-compatible service).
+    pub provider: Option<String>,
+    /// minilm: the model directory `scripts/model.sh` prints.
+    pub model_dir: Option<PathBuf>,
+    /// minilm: threads of the inference pool (0: one per core).
+    pub threads: Option<usize>,
+    /// Texts per forward pass (minilm) or inputs per request (openai).
+    pub batch_size: Option<usize>,
+    /// openai: base URL, e.g. `https://api.openai.com/v1`.
+    pub base_url: Option<String>,
+    /// openai: the service's model name.
+    pub model: Option<String>,
+    /// openai: numbers per vector the model answers.
+    pub dimensions: Option<u32>,
+    /// openai: whether to ask for `dimensions` in each request.
+    pub send_dimensions: Option<bool>,
+    /// openai: `env:NAME` or `file:NAME`; never the key itself.
+    pub api_key: Option<String>,
+    /// openai: whether the base URL may be loopback or private.
+    pub allow_private: Option<bool>,
+    /// openai: one request, e.g. `60s`.
+    pub timeout: Option<String>,
+    /// openai: retries of one batch.
+    pub max_retries: Option<u32>,
+}
+
 impl RawConfig {
     /// Reads and parses a config file.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
@@ -450,6 +485,34 @@ impl RawConfig {
         }
         if let Some(v) = get("MAESTRO_STRIPE_API_BASE") {
             self.billing.api_base = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_EMBEDDINGS_PROVIDER") {
+            self.embeddings.provider = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_EMBEDDINGS_MODEL_DIR") {
+            self.embeddings.model_dir = Some(v.into());
+        }
+        if let Some(v) = get("MAESTRO_EMBEDDINGS_BASE_URL") {
+            self.embeddings.base_url = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_EMBEDDINGS_MODEL") {
+            self.embeddings.model = Some(v);
+        }
+        let number = |key: &str, v: &str| {
+            v.trim().parse::<u32>().map_err(|_| ConfigError::Invalid {
+                key: key.into(),
+                value: v.to_owned(),
+                reason: "expected a whole number".into(),
+            })
+        };
+        if let Some(v) = get("MAESTRO_EMBEDDINGS_DIMENSIONS") {
+            self.embeddings.dimensions = Some(number("MAESTRO_EMBEDDINGS_DIMENSIONS", &v)?);
+        }
+        if let Some(v) = get("MAESTRO_EMBEDDINGS_BATCH_SIZE") {
+            self.embeddings.batch_size = Some(number("MAESTRO_EMBEDDINGS_BATCH_SIZE", &v)? as usize);
+        }
+        if let Some(v) = get("MAESTRO_EMBEDDINGS_THREADS") {
+            self.embeddings.threads = Some(number("MAESTRO_EMBEDDINGS_THREADS", &v)? as usize);
         }
         if let Some(v) = get("MAESTRO_CORS_ALLOW_ORIGINS") {
             let origins = v.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_owned).collect();

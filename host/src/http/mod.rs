@@ -76,6 +76,8 @@ pub struct AppState {
     pub memories: Option<Arc<crate::memory::Memories>>,
     /// The full-text index; `None` when this process keeps none (search answers 503).
     pub search: Option<crate::search::FullText>,
+    /// The one embedder of memories and semantic search (`[embeddings]`).
+    pub embedder: Arc<dyn maestro_core::embed::Embedder>,
 }
 
 /// HTTP settings from the validated config.

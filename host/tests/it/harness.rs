@@ -227,6 +227,8 @@ pub(crate) struct TestHost {
     pub(crate) memories: Option<Arc<maestro_host::memory::Memories>>,
     /// The full-text index, when a test opens one ([`TestHost::open_search`]).
     pub(crate) search: Option<maestro_host::search::FullText>,
+    /// The embedder: the deterministic fake (`fake_embed`) unless a test replaces it.
+    pub(crate) embedder: Arc<dyn maestro_core::embed::Embedder>,
 }
 
 /// An answer: status, headers, and the body parsed as JSON (or `Value::String` when it
@@ -267,11 +269,10 @@ impl TestHost {
             maestro_host::artifacts::Artifacts::on_disk(db.dir().join("artifacts"), store.clone(), clock.clone());
         let documents = Arc::new(maestro_host::documents::Documents::new(store.clone(), clock.clone()));
         let schedules = schedules(&store, clock.clone(), &tools, ScheduleSettings::default());
-        let memories = Some(Arc::new(maestro_host::memory::Memories::new(
-            store.clone(),
-            Arc::new(crate::memories::FakeEmbedder::new("fake-a")),
-            clock.clone(),
-        )));
+        let embedder: Arc<dyn maestro_core::embed::Embedder> =
+            Arc::new(crate::fake_embed::FakeEmbedder::named("fake-a"));
+        let memories =
+            Some(Arc::new(maestro_host::memory::Memories::new(store.clone(), embedder.clone(), clock.clone())));
         Self {
             _db: db,
             accounts,
@@ -288,6 +289,7 @@ impl TestHost {
             artifacts,
             memories,
             search: None,
+            embedder,
         }
     }
 
@@ -332,6 +334,7 @@ impl TestHost {
             artifacts: self.artifacts.clone(),
             memories: self.memories.clone(),
             search: self.search.clone(),
+            embedder: self.embedder.clone(),
         };
         http::router(state, &self.settings)
     }

@@ -195,6 +195,7 @@ async fn app_over(
         artifacts,
         memories: None,
         search: None,
+        embedder: Arc::new(crate::fake_embed::FakeEmbedder::new()),
     };
     let settings = HttpSettings { body_limit_bytes: 64 * 1024, cors_allow_origins: vec![], mcp: Default::default() };
     (db, http::router(state, &settings), platform)
@@ -487,7 +488,11 @@ async fn health_readiness_metrics_and_openapi_answer(backend: Backend) {
     let ready = host.get("/readyz", None).await;
     assert_eq!(ready.status, StatusCode::OK);
     let backend_name = if backend == Backend::Sqlite { "sqlite" } else { "postgres" };
-    assert_eq!(ready.body, json!({ "status": "ready", "store": backend_name }));
+    assert_eq!(
+        ready.body,
+        json!({ "status": "ready", "store": backend_name,
+                "embedder": { "name": "fake/hash-words@384", "status": "ready" } })
+    );
 
     // Metrics are per router; drive one router through a few requests.
     let router = host.router();

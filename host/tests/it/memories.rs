@@ -11,16 +11,16 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use axum::http::{Method, StatusCode};
 use chrono::{DateTime, Utc};
-use maestro_core::embed::{EmbedError, Embedder, EmbedderInfo, normalise};
+use maestro_core::embed::{Embedder, EmbedderInfo, normalise};
 use maestro_core::memory::{Memory, MemoryFilter, MemoryId, MemoryScope, TagMatch};
 use maestro_core::run::{RunLimits, Session, SessionId, Strategy};
 use maestro_core::{Clock as _, Store, TenantId, TenantName};
 use maestro_host::memory::{Memories, Reembed};
 use serde_json::{Value, json};
 
+use crate::fake_embed::FakeEmbedder;
 use crate::harness::{Backend, TestDb, TestHost, backend_tests};
 
 backend_tests!(
@@ -34,53 +34,6 @@ backend_tests!(
     changing_the_embedder_re_embeds_every_memory_in_the_background,
     a_search_sees_writes_made_through_another_store_on_the_same_database,
 );
-
-/// Dimensions of the fake embedder (those of all-MiniLM-L6-v2).
-const DIMS: usize = 384;
-
-/// A deterministic embedder: words hashed (FNV-1a) to a dimension and a sign, summed,
-/// normalised. Different `model` names give different vector spaces (another seed).
-#[derive(Debug)]
-pub(crate) struct FakeEmbedder {
-    info: EmbedderInfo,
-    seed: u64,
-}
-
-impl FakeEmbedder {
-    pub(crate) fn new(model: &str) -> Self {
-        let seed = fnv(model.as_bytes(), 0xcbf2_9ce4_8422_2325);
-        Self { info: EmbedderInfo { provider: "fake".into(), model: model.into(), dimensions: DIMS as u32 }, seed }
-    }
-
-    fn vector(&self, text: &str) -> Vec<f32> {
-        let mut v = vec![0.0f32; DIMS];
-        for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
-            let h = fnv(word.to_lowercase().as_bytes(), self.seed);
-            let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
-            v[(h % DIMS as u64) as usize] += sign;
-        }
-        if v.iter().all(|x| *x == 0.0) {
-            v[0] = 1.0;
-        }
-        normalise(&mut v);
-        v
-    }
-}
-
-fn fnv(bytes: &[u8], seed: u64) -> u64 {
-    bytes.iter().fold(seed, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
-}
-
-#[async_trait]
-impl Embedder for FakeEmbedder {
-    fn info(&self) -> &EmbedderInfo {
-        &self.info
-    }
-
-    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        Ok(texts.iter().map(|t| self.vector(t)).collect())
-    }
-}
 
 struct Api {
     host: TestHost,
@@ -473,7 +426,7 @@ fn recall(got: &[MemoryId], expected: &[MemoryId]) -> f64 {
 async fn a_small_tenant_gets_its_own_top_k_inside_large_tenants_data_clustered_around_the_query(backend: Backend) {
     let db = TestDb::new(backend).await;
     let store = db.open().await;
-    let embedder = FakeEmbedder::new("fake-a").info().clone();
+    let embedder = FakeEmbedder::named("fake-a").info().clone();
     let at = Utc::now();
     let tenant = |name: &'static str| {
         let store = store.clone();
@@ -491,7 +444,7 @@ async fn a_small_tenant_gets_its_own_top_k_inside_large_tenants_data_clustered_a
     };
     let (big, large, small) = (tenant("big").await, tenant("large").await, tenant("small").await);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let center: Vec<f32> = (0..DIMS).map(|_| rng.next()).collect();
+    let center: Vec<f32> = (0..crate::fake_embed::DIMENSIONS).map(|_| rng.next()).collect();
     let query = rng.near(&center, 0.05);
     // Two large tenants clustered tightly around the query, above the exact-scan
     // threshold so that their searches go through HNSW on Postgres; one in ten rows of
@@ -555,8 +508,11 @@ async fn changing_the_embedder_re_embeds_every_memory_in_the_background(backend:
     let old = api.host.memories.clone().expect("memories");
     assert!(!old.enqueue_reembed(api.host.store.as_ref()).await.expect("enqueue"), "nothing stale yet");
     // The server restarts with another embedder.
-    let new =
-        Arc::new(Memories::new(api.host.store.clone(), Arc::new(FakeEmbedder::new("fake-b")), api.host.clock.clone()));
+    let new = Arc::new(Memories::new(
+        api.host.store.clone(),
+        Arc::new(FakeEmbedder::named("fake-b")),
+        api.host.clock.clone(),
+    ));
     let none = new.search(&tenant, "gamma delta", &MemoryFilter::default(), 3).await.expect("search");
     assert!(none.is_empty(), "vectors of another embedder are never compared: {none:?}");
     assert!(new.enqueue_reembed(api.host.store.as_ref()).await.expect("enqueue"));
@@ -579,7 +535,7 @@ async fn a_search_sees_writes_made_through_another_store_on_the_same_database(ba
     // process (here: another store on the same file) must still be seen.
     let db = TestDb::new(backend).await;
     let (first, second) = (db.open().await, db.open().await);
-    let embedder = FakeEmbedder::new("fake-a");
+    let embedder = FakeEmbedder::named("fake-a");
     let info = embedder.info().clone();
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("random");
@@ -591,13 +547,13 @@ async fn a_search_sees_writes_made_through_another_store_on_the_same_database(ba
     first.create_tenant(&tenant).await.expect("tenant");
     let t = &tenant.id;
     let any = MemoryFilter::default();
-    let query = embedder.vector("blue whale");
-    let whale = (stored(t, &info, &[], Utc::now()), embedder.vector("blue whale"));
+    let query = FakeEmbedder::vector("blue whale");
+    let whale = (stored(t, &info, &[], Utc::now()), FakeEmbedder::vector("blue whale"));
     first.insert_memories(std::slice::from_ref(&whale)).await.expect("insert");
     let ids = |hits: Vec<maestro_core::memory::MemoryHit>| hits.into_iter().map(|h| h.memory.id).collect::<Vec<_>>();
     assert_eq!(ids(first.search_memories(t, &info, &query, &any, 5).await.expect("search")), vec![whale.0.id.clone()]);
     // Inserted, edited and deleted through the other store: the first one sees each.
-    let shark = (stored(t, &info, &["fish"], Utc::now()), embedder.vector("blue shark"));
+    let shark = (stored(t, &info, &["fish"], Utc::now()), FakeEmbedder::vector("blue shark"));
     second.insert_memories(std::slice::from_ref(&shark)).await.expect("insert");
     let found = ids(first.search_memories(t, &info, &query, &any, 5).await.expect("search"));
     assert_eq!(found, vec![whale.0.id.clone(), shark.0.id.clone()]);
