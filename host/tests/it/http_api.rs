@@ -491,7 +491,7 @@ async fn health_readiness_metrics_and_openapi_answer(backend: Backend) {
     assert_eq!(
         ready.body,
         json!({ "status": "ready", "store": backend_name,
-                "embedder": { "name": "fake/hash-words@384", "status": "ready" } })
+                "embedder": { "name": "fake/fake-a@384", "status": "ready" } })
     );
 
     // Metrics are per router; drive one router through a few requests.

@@ -56,7 +56,10 @@ impl Site {
 
     async fn start(&self, run: u32) -> Server {
         let mut command = maestro(&self.db, Backend::Postgres);
+        // Replicas share only the database: each has its own data directory, and so its
+        // own search index (two processes cannot hold one index).
         command
+            .env("MAESTRO_DATA_DIR", self.db.dir().join(format!("replica-{run}")))
             .env("MAESTRO_PLUGIN_DIR", self.db.dir().join("plugins"))
             .env("MAESTRO_POLICY_DIR", self.db.dir().join("policies"))
             .env("MAESTRO_CONFIG", &self.config);
