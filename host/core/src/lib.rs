@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod llm;
 pub mod memory;
 pub mod net;
+pub mod passage;
 pub mod plugin;
 pub mod policy;
 pub mod ports;

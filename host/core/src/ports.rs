@@ -469,6 +469,7 @@ pub trait Store:
     + ArtifactStore
     + MemoryStore
     + SearchStore
+    + PassageStore
 {
 }
 
@@ -484,7 +485,8 @@ impl<
         + EventSignal
         + ArtifactStore
         + MemoryStore
-        + SearchStore,
+        + SearchStore
+        + PassageStore,
 > Store for T
 {
 }
@@ -621,4 +623,20 @@ pub trait SearchStore: Send + Sync + std::fmt::Debug {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Searchable>, StoreError>;
+}
+
+/// Passages of messages and documents with their vectors (see [`crate::passage`]).
+/// Searches are scoped to a tenant and compare only vectors of the query's embedder.
+#[async_trait]
+pub trait PassageStore: Send + Sync + std::fmt::Debug {
+    /// The `k` passages of `tenant` passing `filter` whose vectors (made by `embedder`)
+    /// are nearest to `query` (unit length) by inner product, nearest first.
+    async fn search_passages(
+        &self,
+        tenant: &TenantId,
+        embedder: &EmbedderInfo,
+        query: &[f32],
+        filter: &crate::passage::PassageFilter,
+        k: u32,
+    ) -> Result<Vec<crate::passage::PassageHit>, StoreError>;
 }

@@ -14,6 +14,7 @@ mod documents;
 mod jobs;
 mod ledger;
 pub mod memories;
+mod passages;
 pub mod postgres;
 mod runs;
 mod schedules;
