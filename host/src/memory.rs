@@ -99,18 +99,43 @@ impl From<StoreError> for MemoriesError {
     }
 }
 
+/// A memory of a tenant changed (its text, tags or pin) or was deleted, by this
+/// process, as [`Memories::changes`] announces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryChanged {
+    /// The memory's tenant.
+    pub tenant: TenantId,
+    /// The memory.
+    pub memory: MemoryId,
+}
+
+/// Changes buffered for a slow listener before it lags (and is told to re-read).
+const CHANGES_BUFFER: usize = 256;
+
 /// The memory use-cases.
 #[derive(Debug, Clone)]
 pub struct Memories {
     store: Arc<dyn MemoryStore>,
     embedder: Arc<dyn Embedder>,
     clock: Arc<dyn Clock>,
+    changes: tokio::sync::broadcast::Sender<MemoryChanged>,
 }
 
 impl Memories {
     /// The use-cases over the memory port, embedding with `embedder`.
     pub fn new(store: Arc<dyn MemoryStore>, embedder: Arc<dyn Embedder>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, embedder, clock }
+        Self { store, embedder, clock, changes: tokio::sync::broadcast::channel(CHANGES_BUFFER).0 }
+    }
+
+    /// The memories this process edits, updates as near-duplicates or deletes from now
+    /// on (new memories are not announced: nobody can be subscribed to them yet).
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<MemoryChanged> {
+        self.changes.subscribe()
+    }
+
+    fn announce(&self, tenant: &TenantId, memory: &MemoryId) {
+        // No listener is not an error.
+        let _ = self.changes.send(MemoryChanged { tenant: tenant.clone(), memory: memory.clone() });
     }
 
     /// The embedder new vectors come from.
@@ -168,6 +193,7 @@ impl Memories {
             };
             // `None`: deleted since the search; then it is inserted anew below.
             if let Some(updated) = self.store.update_memory(tenant, &hit.memory.id, &patch, self.clock.now()).await? {
+                self.announce(tenant, &updated.id);
                 return Ok((updated, Remembered::Updated));
             }
         }
@@ -218,12 +244,19 @@ impl Memories {
             None => None,
         };
         let patch = MemoryPatch { text, tags, pinned: edit.pinned };
-        self.store.update_memory(tenant, id, &patch, self.clock.now()).await?.ok_or(MemoriesError::NotFound)
+        let edited =
+            self.store.update_memory(tenant, id, &patch, self.clock.now()).await?.ok_or(MemoriesError::NotFound)?;
+        self.announce(tenant, id);
+        Ok(edited)
     }
 
     /// Deletes a memory of `tenant`.
     pub async fn delete(&self, tenant: &TenantId, id: &MemoryId) -> Result<(), MemoriesError> {
-        if self.store.delete_memory(tenant, id).await? { Ok(()) } else { Err(MemoriesError::NotFound) }
+        if !self.store.delete_memory(tenant, id).await? {
+            return Err(MemoriesError::NotFound);
+        }
+        self.announce(tenant, id);
+        Ok(())
     }
 
     /// A page of a tenant's memories passing `filter`, newest first.
@@ -246,12 +279,37 @@ impl Memories {
         filter: &MemoryFilter,
         k: u32,
     ) -> Result<Vec<MemoryHit>, MemoriesError> {
+        self.search_any(tenant, query, std::slice::from_ref(filter), k).await
+    }
+
+    /// The `k` memories of `tenant` passing any of `filters` nearest in meaning to
+    /// `query` (one embedding, one search per filter, merged best first without
+    /// repeats); notes the `last_used_at` of those returned. No filter: no hits.
+    pub async fn search_any(
+        &self,
+        tenant: &TenantId,
+        query: &str,
+        filters: &[MemoryFilter],
+        k: u32,
+    ) -> Result<Vec<MemoryHit>, MemoriesError> {
         let query = validate_text(query)?;
         if !(1..=MAX_TOP_K).contains(&k) {
             return Err(MemoryError::Filter(format!("k must be between 1 and {MAX_TOP_K}")).into());
         }
+        if filters.is_empty() {
+            return Ok(Vec::new());
+        }
         let vector = self.embed_one(&query).await?;
-        let hits = self.store.search_memories(tenant, self.embedder.info(), &vector, filter, k).await?;
+        let mut hits: Vec<MemoryHit> = Vec::new();
+        for filter in filters {
+            for hit in self.store.search_memories(tenant, self.embedder.info(), &vector, filter, k).await? {
+                if !hits.iter().any(|h| h.memory.id == hit.memory.id) {
+                    hits.push(hit);
+                }
+            }
+        }
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+        hits.truncate(k as usize);
         let ids: Vec<MemoryId> = hits.iter().map(|h| h.memory.id.clone()).collect();
         if let Err(err) = self.store.touch_memories(tenant, &ids, self.clock.now()).await {
             // Recency bookkeeping only: the search itself succeeded.
