@@ -74,7 +74,7 @@ async fn remembering_a_near_duplicate_in_the_same_scope_updates_it_and_anything_
     let (acme, other) = (tenant(&store, "acme").await, tenant(&store, "other").await);
     let restated = format!("{FACT} indeed");
     let cosine: f32 = FakeEmbedder::vector(FACT).iter().zip(FakeEmbedder::vector(&restated)).map(|(a, b)| a * b).sum();
-    assert!(cosine >= DUPLICATE_SIMILARITY && cosine < 0.99, "the fixture is a near-duplicate: {cosine}");
+    assert!((DUPLICATE_SIMILARITY..0.99).contains(&cosine), "the fixture is a near-duplicate: {cosine}");
 
     let source = MemorySource { run: fresh(), step: 2 };
     let first = NewMemory { source: Some(source.clone()), ..new_memory(MemoryScope::Tenant, FACT, &["billing"]) };
