@@ -337,7 +337,8 @@ pub async fn serve(
     let jobs = Arc::new(jobs::Jobs::new(store.clone(), clock.clone()));
     let documents = Arc::new(documents::Documents::new(store.clone(), clock.clone()).with_signal(store.clone()));
     let embedder = open_embedder(&config, env)?;
-    let memories = Arc::new(memory::Memories::new(store.clone(), embedder.clone(), clock.clone()));
+    let memories =
+        Arc::new(memory::Memories::new(store.clone(), embedder.clone(), clock.clone()).with_signal(store.clone()));
     let mut host_tools = tools::documents::tools(documents.clone());
     let (run_tools, more) = orchestrator::tools::tools();
     host_tools.extend(more);

@@ -24,7 +24,7 @@ use maestro_core::memory::{
     normalise_tags, validate_text,
 };
 use maestro_core::ports::MemoryStore;
-use maestro_core::{Clock, Job, JobStore, NewJob, StoreError, TenantId};
+use maestro_core::{Clock, EventSignal, Job, JobStore, MemoryNotice, NewJob, StoreError, TenantId};
 
 use crate::jobs::{JobError, JobHandler};
 use crate::random::random_bytes;
@@ -99,8 +99,8 @@ impl From<StoreError> for MemoriesError {
     }
 }
 
-/// A memory of a tenant changed (its text, tags or pin) or was deleted, by this
-/// process, as [`Memories::changes`] announces it.
+/// A memory of a tenant changed (its text, tags or pin) or was deleted, by this process
+/// or, with a signal, by another replica, as [`Memories::changes`] announces it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryChanged {
     /// The memory's tenant.
@@ -119,21 +119,43 @@ pub struct Memories {
     embedder: Arc<dyn Embedder>,
     clock: Arc<dyn Clock>,
     changes: tokio::sync::broadcast::Sender<MemoryChanged>,
+    /// Carries this process's changes to the other replicas (Postgres), and theirs here.
+    signal: Option<Arc<dyn EventSignal>>,
 }
 
 impl Memories {
     /// The use-cases over the memory port, embedding with `embedder`.
     pub fn new(store: Arc<dyn MemoryStore>, embedder: Arc<dyn Embedder>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, embedder, clock, changes: tokio::sync::broadcast::channel(CHANGES_BUFFER).0 }
+        Self { store, embedder, clock, changes: tokio::sync::broadcast::channel(CHANGES_BUFFER).0, signal: None }
     }
 
-    /// The memories this process edits, updates as near-duplicates or deletes from now
-    /// on (new memories are not announced: nobody can be subscribed to them yet).
+    /// Carries changes across replicas: every change this process makes is signalled
+    /// after its commit, and the changes other replicas signal join
+    /// [`changes`](Self::changes). Call once per process (the signal's listener is
+    /// registered here).
+    #[must_use]
+    pub fn with_signal(mut self, signal: Arc<dyn EventSignal>) -> Self {
+        let changes = self.changes.clone();
+        signal.listen_memories(Arc::new(move |notice: MemoryNotice| {
+            // No listener is not an error.
+            let _ = changes.send(MemoryChanged { tenant: notice.tenant, memory: notice.memory });
+        }));
+        self.signal = Some(signal);
+        self
+    }
+
+    /// The memories edited, updated as near-duplicates or deleted from now on: this
+    /// process's at once, and, with [`with_signal`](Self::with_signal), other replicas'
+    /// as their notices arrive (new memories are not announced: nobody can be subscribed
+    /// to them yet).
     pub fn changes(&self) -> tokio::sync::broadcast::Receiver<MemoryChanged> {
         self.changes.subscribe()
     }
 
     fn announce(&self, tenant: &TenantId, memory: &MemoryId) {
+        if let Some(signal) = &self.signal {
+            signal.notify_memory(MemoryNotice { tenant: tenant.clone(), memory: memory.clone() });
+        }
         // No listener is not an error.
         let _ = self.changes.send(MemoryChanged { tenant: tenant.clone(), memory: memory.clone() });
     }

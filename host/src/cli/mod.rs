@@ -335,7 +335,9 @@ async fn mcp(config: &Config, env: &Env, args: McpArgs) -> anyhow::Result<()> {
     host_tools.extend(more);
     // The embedder loads in the background; memory calls made meanwhile wait for it.
     let embedder = crate::open_embedder(config, env)?;
-    let memories = Arc::new(crate::memory::Memories::new(store.clone(), embedder, clock.clone()));
+    // Memories changed by `maestro serve` replicas reach this process's subscribers too.
+    let memories =
+        Arc::new(crate::memory::Memories::new(store.clone(), embedder, clock.clone()).with_signal(store.clone()));
     host_tools.extend(crate::tools::memory::tools(memories.clone()));
     let tools = crate::open_tools_with(config, env, crate::PluginLoading::Background, credits, host_tools).await?;
     // Runs started here are executed by the job workers of `maestro serve` on the same

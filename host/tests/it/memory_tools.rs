@@ -563,3 +563,51 @@ async fn stdio_stores_searches_and_reads_memories() {
     assert_eq!(read["error"]["data"]["uri"], json!(uri), "{read}");
     viewer.close();
 }
+
+/// Two processes on one Postgres (here: two stores, each with its own signal): a memory
+/// edited or forgotten through one is announced to the other's subscribers (what its
+/// MCP `resources/updated` follows), and a process never hears its own notices twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_changed_through_one_replica_reaches_the_other_replicas_subscribers() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let (first, second) = (db.open().await, db.open().await);
+    let acme = tenant(&first, "acme").await;
+    let replica = |store: &Arc<dyn Store>| {
+        let embedder = Arc::new(FakeEmbedder::named("fake-a"));
+        Memories::new(store.clone(), embedder, ManualClock::new()).with_signal(store.clone())
+    };
+    let (one, two) = (replica(&first), replica(&second));
+    let memory = one.store(&acme, new_memory(MemoryScope::Tenant, FACT, &[])).await.expect("store");
+    let (mut heard_by_two, mut heard_by_one) = (two.changes(), one.changes());
+    // The other's listener connects in the background: edit until a notice arrives.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut edits = 0;
+    let heard = loop {
+        assert!(Instant::now() < deadline, "the other replica heard nothing");
+        let edit = maestro_host::memory::MemoryEdit { tags: Some(vec!["billing".into()]), ..Default::default() };
+        one.edit(&acme, &memory.id, edit).await.expect("edit");
+        edits += 1;
+        if let Ok(Ok(changed)) = tokio::time::timeout(Duration::from_secs(1), heard_by_two.recv()).await {
+            break changed;
+        }
+    };
+    assert_eq!((heard.tenant, heard.memory.clone()), (acme.clone(), memory.id.clone()));
+    one.delete(&acme, &memory.id).await.expect("delete");
+    let deleted = loop {
+        let changed = tokio::time::timeout_at(deadline.into(), heard_by_two.recv()).await.expect("in time");
+        let changed = changed.expect("open");
+        // Later edits of the loop above may still be on their way.
+        if changed.memory == memory.id && two.get(&acme, &memory.id).await.is_err() {
+            break changed;
+        }
+    };
+    assert_eq!(deleted.memory, memory.id);
+    // The first replica announced its own changes in process, once each (its notices
+    // coming back from the database are not heard again).
+    let mut own = 0;
+    while let Ok(changed) = heard_by_one.try_recv() {
+        assert_eq!(changed.memory, memory.id);
+        own += 1;
+    }
+    assert_eq!(own, edits + 1, "each edit and the deletion, once");
+}
