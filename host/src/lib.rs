@@ -336,9 +336,13 @@ pub async fn serve(
     let credits = Arc::new(credits::Credits::new(store.clone(), clock.clone()));
     let jobs = Arc::new(jobs::Jobs::new(store.clone(), clock.clone()));
     let documents = Arc::new(documents::Documents::new(store.clone(), clock.clone()).with_signal(store.clone()));
+    let embedder = open_embedder(&config, env)?;
+    let memories =
+        Arc::new(memory::Memories::new(store.clone(), embedder.clone(), clock.clone()).with_signal(store.clone()));
     let mut host_tools = tools::documents::tools(documents.clone());
     let (run_tools, more) = orchestrator::tools::tools();
     host_tools.extend(more);
+    host_tools.extend(tools::memory::tools(memories.clone()));
     let tools = open_tools_with(&config, env, PluginLoading::Now, credits.clone(), host_tools).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -399,8 +403,6 @@ pub async fn serve(
         hub.clone(),
     ));
     run_tools.bind(&orchestrator);
-    let embedder = open_embedder(&config, env)?;
-    let memories = Arc::new(memory::Memories::new(store.clone(), embedder.clone(), clock.clone()));
     let worker = jobs::Worker::new(
         store.clone(),
         clock.clone(),

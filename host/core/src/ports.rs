@@ -367,6 +367,24 @@ pub trait EventSignal: Send + Sync + std::fmt::Debug {
     /// on (this process announces its own in process), reconnecting after failures.
     /// Called once per process.
     fn listen_documents(&self, on_notice: std::sync::Arc<dyn Fn(DocumentNotice) + Send + Sync>);
+    /// Signals a memory edited, updated as a near-duplicate or deleted (never inside a
+    /// transaction; never blocks). Adapters without a cross-process signal keep this
+    /// default, which does nothing.
+    fn notify_memory(&self, _notice: MemoryNotice) {}
+    /// Calls `on_notice` for every memory change another replica signals from now on
+    /// (this process announces its own in process), reconnecting after failures. Called
+    /// once per process. The default hears nothing.
+    fn listen_memories(&self, _on_notice: std::sync::Arc<dyn Fn(MemoryNotice) + Send + Sync>) {}
+}
+
+/// A memory changed or deleted (what crosses replicas for subscribers of memory
+/// changes, such as MCP `resources/updated`: they then read the memory from the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryNotice {
+    /// The memory's tenant.
+    pub tenant: TenantId,
+    /// The memory.
+    pub memory: MemoryId,
 }
 
 /// A document version committed (what crosses replicas for subscribers of document
