@@ -35,6 +35,7 @@ mod openapi;
 mod orchestrator;
 mod outbound;
 mod packaging;
+mod passages;
 mod pipeline;
 mod plugin_asks;
 mod plugin_models;
