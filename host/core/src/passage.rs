@@ -234,7 +234,7 @@ mod tests {
             author: Some("key_1".into()),
             title: " Plan ".into(),
             text: (0..200).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" "),
-            at: DateTime::from_timestamp(1_000, 0).unwrap(),
+            at: DateTime::from_timestamp(1_000, 0).expect("a valid time"),
         };
         let passages = passages_of(&object);
         assert_eq!(passages.len(), 2);
@@ -259,7 +259,7 @@ mod tests {
             chunk: 0,
             session: Some(session.clone()),
             author: Some("p.x".into()),
-            at: DateTime::from_timestamp(1_000, 0).unwrap(),
+            at: DateTime::from_timestamp(1_000, 0).expect("a valid time"),
             text: "t".into(),
         };
         assert!(PassageFilter::default().matches(&passage));

@@ -390,7 +390,7 @@ async fn a_deleted_message_document_or_session_drops_its_passages(backend: Backe
         async move { store.passage_objects_between(kind, None, None).await.expect("objects") }
     };
     assert_eq!(objects(SearchKind::Message).await.len(), 3);
-    assert_eq!(objects(SearchKind::Document).await, [doc.clone()]);
+    assert_eq!(objects(SearchKind::Document).await, std::slice::from_ref(&doc));
 
     // A message and a document deleted with their outbox rows: the follower drops them.
     let mut statements = vec![format!("DELETE FROM messages WHERE id = '{goes}'")];
