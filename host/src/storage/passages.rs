@@ -153,8 +153,18 @@ const MOVE: &str = "UPDATE passage_follower SET txid = $3, id = $4, updated_at =
      (SELECT 1 FROM search_outbox_pruned p WHERE (p.txid, p.id) > ($1, $2)))";
 const STATE: &str = "SELECT f.txid, f.id, p.txid AS pruned_txid, p.id AS pruned_id \
      FROM passage_follower f CROSS JOIN search_outbox_pruned p";
-const OBJECTS_BETWEEN: &str = "SELECT DISTINCT object_id FROM passages WHERE kind = $1 \
-     AND ($2 IS NULL OR object_id > $2) AND ($3 IS NULL OR object_id <= $3) ORDER BY object_id";
+/// The ids of objects of kind $1 with passages, after $2 and through $3 when bound
+/// (only the bounds given are in the SQL, so that both stay index range bounds).
+fn objects_between(after: bool, through: bool) -> String {
+    let (mut sql, mut n) = ("SELECT DISTINCT object_id FROM passages WHERE kind = $1".to_owned(), 1);
+    for (bound, op) in [(after, ">"), (through, "<=")] {
+        if bound {
+            n += 1;
+            sql.push_str(&format!(" AND object_id {op} ${n}"));
+        }
+    }
+    sql + " ORDER BY object_id"
+}
 const STALE: &str =
     "SELECT EXISTS (SELECT 1 FROM passages WHERE NOT (provider = $1 AND model = $2 AND dims = $3)) AS stale";
 const INSERT: &str = "INSERT INTO passages (tenant_id, kind, object_id, chunk, session_id, author, at, text, \
@@ -386,8 +396,11 @@ impl PassageStore for SqliteStore {
             .collect();
         let mut objects: Vec<&str> = ranked.iter().map(|(_, _, object, _)| object.as_str()).collect();
         objects.dedup();
+        // Both kinds named, and the tenant's index ruled out (`+`), so that the primary
+        // key finds the few rows rather than a walk through the tenant's.
         let sql = format!(
-            "SELECT {COLUMNS} FROM passages WHERE tenant_id = $1 AND object_id IN (SELECT value FROM json_each($2))"
+            "SELECT {COLUMNS} FROM passages WHERE kind IN ('message', 'document') \
+             AND object_id IN (SELECT value FROM json_each($2)) AND +tenant_id = $1"
         );
         let rows = sqlx::query_as::<_, PassageRow>(sqlx::AssertSqlSafe(sql))
             .bind(tenant.as_str())
@@ -434,13 +447,12 @@ impl PassageStore for SqliteStore {
         after: Option<&str>,
         through: Option<&str>,
     ) -> Result<Vec<String>, StoreError> {
-        sqlx::query_scalar(OBJECTS_BETWEEN)
-            .bind(kind.as_str())
-            .bind(after)
-            .bind(through)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend_err)
+        let sql = objects_between(after.is_some(), through.is_some());
+        let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(kind.as_str());
+        for bound in [after, through].into_iter().flatten() {
+            query = query.bind(bound);
+        }
+        query.fetch_all(&self.pool).await.map_err(backend_err)
     }
 
     async fn write_passages(&self, write: &PassageWrite) -> Result<bool, StoreError> {
@@ -619,13 +631,12 @@ impl PassageStore for PostgresStore {
         after: Option<&str>,
         through: Option<&str>,
     ) -> Result<Vec<String>, StoreError> {
-        sqlx::query_scalar(OBJECTS_BETWEEN)
-            .bind(kind.as_str())
-            .bind(after)
-            .bind(through)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend_err)
+        let sql = objects_between(after.is_some(), through.is_some());
+        let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(kind.as_str());
+        for bound in [after, through].into_iter().flatten() {
+            query = query.bind(bound);
+        }
+        query.fetch_all(&self.pool).await.map_err(backend_err)
     }
 
     async fn write_passages(&self, write: &PassageWrite) -> Result<bool, StoreError> {
@@ -674,7 +685,12 @@ mod tests {
         let load = format!(
             "SELECT {COLUMNS}, embedding FROM passages WHERE tenant_id = $1 AND provider = $2 AND model = $3 AND dims = $4"
         );
-        crate::storage::assert_indexed_on_sqlite(&[("OBJECTS_BETWEEN", OBJECTS_BETWEEN), ("LOAD", load.as_str())])
-            .await;
+        let (first, middle) = (objects_between(false, true), objects_between(true, true));
+        crate::storage::assert_indexed_on_sqlite(&[
+            ("OBJECTS_BETWEEN first", first.as_str()),
+            ("OBJECTS_BETWEEN middle", middle.as_str()),
+            ("LOAD", load.as_str()),
+        ])
+        .await;
     }
 }
