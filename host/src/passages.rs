@@ -298,12 +298,13 @@ impl PassageFollower {
     async fn follow(&self, state: FollowerState) -> Result<Progress, PassagesError> {
         let inner = &self.inner;
         let settings = &inner.settings;
-        let entries = inner.search.outbox_after(state.position, settings.outbox_batch).await?;
+        let batch = settings.outbox_batch.max(1);
+        let entries = inner.search.outbox_after(state.position, batch).await?;
         let Some(last) = entries.last() else {
             self.note_position(state.position);
             return Ok(Progress::Idle);
         };
-        let full = entries.len() == settings.outbox_batch as usize;
+        let full = entries.len() == batch as usize;
         let mut wanted: HashMap<SearchKind, Vec<String>> = HashMap::new();
         let mut seen = HashSet::new();
         for entry in &entries {
@@ -474,8 +475,9 @@ impl PassageFollower {
         // The position is read before the content: a step written in between refuses
         // this page's write, which is then read again.
         let state = inner.passages.passage_follower().await?;
-        let page = inner.search.searchable_page(kind, reconcile.after.as_deref(), settings.reconcile_page).await?;
-        let full = page.len() == settings.reconcile_page as usize;
+        let size = settings.reconcile_page.max(1);
+        let page = inner.search.searchable_page(kind, reconcile.after.as_deref(), size).await?;
+        let full = page.len() == size as usize;
         let ids: Vec<String> = page.iter().map(|o| o.id.clone()).collect();
         let mut stored: HashMap<String, Vec<StoredPassage>> = HashMap::new();
         for passage in inner.passages.stored_passages(kind, &ids).await? {
@@ -499,7 +501,12 @@ impl PassageFollower {
         }
         // Passages of objects in the range this page covers that the tables no longer
         // have (the last page of a kind covers everything after it).
-        let through = if taken == page.len() && !full { None } else { page.get(taken - 1).map(|o| o.id.as_str()) };
+        let through = if taken == page.len() && !full {
+            None
+        } else {
+            // `taken` ≥ 1 here: the first object is always taken, and a full page is not empty.
+            page.get(taken.saturating_sub(1)).map(|o| o.id.as_str())
+        };
         let present: HashSet<&str> = ids.iter().map(String::as_str).collect();
         for id in inner.passages.passage_objects_between(kind, reconcile.after.as_deref(), through).await? {
             if !present.contains(id.as_str()) {
