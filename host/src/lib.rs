@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod mcp;
 pub mod memory;
 pub mod orchestrator;
+pub mod passages;
 pub mod plugins;
 pub mod policy;
 mod poll;
@@ -426,6 +427,15 @@ pub async fn serve(
     let artifacts = open_artifacts(&config, env, store.clone(), clock.clone())?;
     let search = open_search(&config, store.clone(), clock.clone())?;
     let indexer = search.spawn_indexer(stopping.clone());
+    // Vectors of messages and documents follow the same outbox, one position shared by
+    // every replica.
+    let passage_follower = passages::PassageFollower::new(
+        store.clone(),
+        store.clone(),
+        embedder.clone(),
+        passages::FollowerSettings { poll_interval: config.search.poll_interval, ..Default::default() },
+    )
+    .spawn(stopping.clone());
     let state = http::AppState {
         accounts,
         metrics: Arc::default(),
@@ -454,6 +464,9 @@ pub async fn serve(
     }
     if let Err(err) = indexer.await {
         tracing::error!(error = %err, "the search indexer failed");
+    }
+    if let Err(err) = passage_follower.await {
+        tracing::error!(error = %err, "the passage follower failed");
     }
     tracing::info!("maestro stopped");
     Ok(())

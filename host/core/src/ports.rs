@@ -657,4 +657,29 @@ pub trait PassageStore: Send + Sync + std::fmt::Debug {
         filter: &crate::passage::PassageFilter,
         k: u32,
     ) -> Result<Vec<crate::passage::PassageHit>, StoreError>;
+    /// Where the passages stand against the search outbox (the one follower position
+    /// every replica shares, and the outbox's pruning).
+    async fn passage_follower(&self) -> Result<crate::passage::FollowerState, StoreError>;
+    /// The stored passages of objects of one kind (of any tenant) by id, with their
+    /// vectors, ordered by object and chunk.
+    async fn stored_passages(
+        &self,
+        kind: SearchKind,
+        ids: &[String],
+    ) -> Result<Vec<crate::passage::StoredPassage>, StoreError>;
+    /// The ids of objects of one kind that have passages, after `after` and up to and
+    /// including `through` (`None`: no bound), in the store's id order: what a reconcile
+    /// compares with a page of [`SearchStore::searchable_page`] to find passages of
+    /// objects that are gone.
+    async fn passage_objects_between(
+        &self,
+        kind: SearchKind,
+        after: Option<&str>,
+        through: Option<&str>,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Applies `write` in one transaction (see [`crate::passage::PassageWrite`]);
+    /// `false`: refused, nothing written (the position moved, or pruning passed it).
+    async fn write_passages(&self, write: &crate::passage::PassageWrite) -> Result<bool, StoreError>;
+    /// Whether any passage's vector was made by another embedder than `current`.
+    async fn has_stale_passages(&self, current: &EmbedderInfo) -> Result<bool, StoreError>;
 }

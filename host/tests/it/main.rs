@@ -36,6 +36,7 @@ mod openapi;
 mod orchestrator;
 mod outbound;
 mod packaging;
+mod passages;
 mod pipeline;
 mod plugin_asks;
 mod plugin_models;
