@@ -91,6 +91,29 @@ pub struct RawConfig {
     /// `[embeddings]`.
     #[serde(default)]
     pub embeddings: RawEmbeddings,
+    /// `[memory]`.
+    #[serde(default)]
+    pub memory: RawMemory,
+}
+
+/// `[memory]`: what personas recall, and distillation after runs.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMemory {
+    /// Whether personas recall before answering.
+    pub recall: Option<bool>,
+    /// The recalled block's budget, by the prompt token bound.
+    pub recall_tokens: Option<u32>,
+    /// The least cosine similarity recalled.
+    pub recall_min_score: Option<f32>,
+    /// The least BM25 score of a recalled full-text hit.
+    pub recall_min_text_score: Option<f32>,
+    /// Personas that never recall.
+    pub recall_skip: Option<Vec<String>>,
+    /// Whether completed runs are distilled into memories.
+    pub distil: Option<bool>,
+    /// The most facts one run's distillation stores.
+    pub distil_max_facts: Option<u32>,
 }
 
 /// `[search]`: the full-text index.

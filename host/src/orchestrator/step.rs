@@ -348,8 +348,14 @@ impl Inner {
             )
         })?;
         let (prompt, render_credits) = self.render(ctx, persona, &spec).await?;
-        let system =
-            context::with_blocks(prompt.system, &self.tools.host_context(&ctx.principal, &ctx.session.id).await);
+        let mut blocks = self.tools.host_context(&ctx.principal, &ctx.session.id).await;
+        // Recalled on every execution of the step; recorded once, with its start.
+        let recalled = match &self.recall {
+            Some(recall) => recall.recall(&ctx.principal.tenant_id, persona, &ctx.session.id, &ctx.trigger).await,
+            None => crate::recall::Recalled::default(),
+        };
+        blocks.extend(recalled.block.clone());
+        let system = context::with_blocks(prompt.system, &blocks);
         let head = context::head(system, prompt.messages, persona);
         let models = self.models.models();
         let model = model_for_tier(&models, spec.model_tier).cloned().ok_or(LlmError::NoProvider)?;
@@ -386,7 +392,14 @@ impl Inner {
                 context_messages: fitted.context_messages,
                 trimmed_messages: fitted.trimmed_messages,
             };
-            let events = decided.into_iter().chain([event]).collect();
+            let recorded = recalled.block.is_some().then(|| EventBody::MemoryRecalled {
+                step,
+                persona: persona.to_owned(),
+                memories: recalled.memories,
+                snippets: recalled.snippets,
+                tokens: recalled.tokens,
+            });
+            let events = decided.into_iter().chain([event]).chain(recorded).collect();
             self.commit(ctx, Commit { events, add, ..Commit::default() }).await?;
         } else if render_credits > 0 {
             self.commit(ctx, Commit { add, ..Commit::default() }).await?;

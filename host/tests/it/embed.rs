@@ -29,7 +29,7 @@ fn model_dir() -> PathBuf {
 }
 
 /// The model, loaded once for every test of this binary.
-fn model() -> Arc<MiniLm> {
+pub(crate) fn model() -> Arc<MiniLm> {
     static MODEL: OnceLock<Arc<MiniLm>> = OnceLock::new();
     MODEL
         .get_or_init(|| Arc::new(MiniLm::load(&model_dir(), MiniLmOptions::default()).expect("the model loads")))
