@@ -82,6 +82,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MAESTRO_EMBEDDINGS_DIMENSIONS", "numbers per vector of the service's model (embeddings.dimensions)"),
     ("MAESTRO_EMBEDDINGS_BATCH_SIZE", "texts per forward pass or per request (embeddings.batch_size)"),
     ("MAESTRO_EMBEDDINGS_THREADS", "threads of the offline embedder, 0 for one per core (embeddings.threads)"),
+    ("MAESTRO_MEMORY_RECALL", "true or false: personas recall memories and earlier sessions (memory.recall)"),
+    ("MAESTRO_MEMORY_DISTIL", "true or false: completed runs are distilled into memories (memory.distil)"),
 ];
 
 /// The config file format version this build reads.

@@ -544,7 +544,7 @@ impl RawConfig {
         self.apply_agent_env(env)
     }
 
-    /// The `[runs]`, `[schedules]`, `[events]` and `[artifacts]` variables. Values are
+    /// The `[runs]`, `[schedules]`, `[events]`, `[artifacts]` and `[memory]` variables. Values are
     /// validated with the file's, so a bad one is refused naming the config key.
     fn apply_agent_env(&mut self, env: &Env) -> Result<(), ConfigError> {
         let get = |key| non_empty(env, key).map(str::to_owned);
@@ -601,6 +601,23 @@ impl RawConfig {
         }
         if let Some(v) = get("MAESTRO_ARTIFACTS_SECRET_ACCESS_KEY") {
             artifacts.secret_access_key = Some(v);
+        }
+        for (key, slot) in
+            [("MAESTRO_MEMORY_RECALL", &mut self.memory.recall), ("MAESTRO_MEMORY_DISTIL", &mut self.memory.distil)]
+        {
+            if let Some(v) = get(key) {
+                *slot = Some(match v.trim() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            key: key.into(),
+                            value: v.clone(),
+                            reason: "expected true or false".into(),
+                        });
+                    }
+                });
+            }
         }
         Ok(())
     }
