@@ -58,7 +58,7 @@ impl Default for MemorySettings {
         Self {
             recall: true,
             recall_tokens: 800,
-            recall_min_score: 0.35,
+            recall_min_score: 0.3,
             recall_min_text_score: 1.0,
             recall_skip: Vec::new(),
             distil: true,

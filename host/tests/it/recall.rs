@@ -25,6 +25,7 @@ use maestro_host::recall::{MemorySettings, Recall, RecallPorts};
 use maestro_host::search::{Access, FullText, SearchSettings};
 use maestro_host::tools::{Principal, Tools};
 use maestro_llm::{Llm, ProviderKind};
+use serde_json::json;
 
 use crate::fake_embed::FakeEmbedder;
 use crate::fake_llm::{FakeLlm, Recorded, Script, model, usage};
@@ -299,7 +300,7 @@ async fn a_fact_told_in_one_session_is_distilled_then_recalled_in_another_and_ne
     let EventBody::MemoryRecalled { step, persona, memories, snippets, tokens } = recalls[0] else { unreachable!() };
     assert_eq!((*step, persona.as_str()), (1, WRITER));
     assert_eq!(memories.iter().map(|m| &m.id).collect::<Vec<_>>(), vec![&memory.id]);
-    assert!(memories[0].score >= 0.35);
+    assert!(memories[0].score >= 0.3);
     let first_messages = fx.store.messages(&fx.acme.tenant_id, &first.id, 0, 100).await.expect("messages");
     assert!(
         snippets.iter().any(|s| s.id == first_messages[0].id.as_str()),
@@ -484,4 +485,83 @@ async fn the_real_embedder_recalls_a_memory_by_meaning_alone() {
     assert!(memory.text.contains("Biscuit"));
     assert_eq!(fx.persona_requests_holding("golden retriever named Biscuit"), 1);
     assert_eq!(fx.persona_requests_holding("Quarterly revenue"), 0);
+}
+
+/// Through `maestro serve` (the composition root's wiring, the real MiniLM, the real job
+/// worker and index): a run's fact is distilled and listed by `GET /v1/memories`, and a
+/// run of another session recalls it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_run_s_fact_is_remembered_and_recalled_in_a_later_session() {
+    use reqwest::{Method, StatusCode};
+
+    use crate::server::Server;
+
+    let fake = FakeLlm::start().await;
+    fake.respond_with(|request| {
+        Some(if is_distillation(request) {
+            Script::openai_text(FACTS, usage(300, 40))
+        } else {
+            Script::openai_text("Noted, thank you.", usage(200, 10))
+        })
+    });
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut command = crate::server::serve_personas(&db, Backend::Sqlite, &fake, &["personas.*"]);
+    let model_dir = std::env::var("MAESTRO_EMBEDDINGS_MODEL_DIR")
+        .expect("MAESTRO_EMBEDDINGS_MODEL_DIR is not set: export MAESTRO_EMBEDDINGS_MODEL_DIR=$(scripts/model.sh)");
+    command.env("MAESTRO_EMBEDDINGS_MODEL_DIR", model_dir);
+    let server = Server::start(command, &db.dir(), 1).await;
+    let platform = server.bootstrap_token();
+    let (status, _) = server.call(Method::POST, "/v1/tenants", &platform, Some(json!({ "name": "acme" }))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, key) =
+        server.call(Method::POST, "/v1/keys", &platform, Some(json!({ "tenant": "acme", "role": "member" }))).await;
+    let member = key["token"].as_str().expect("token").to_owned();
+    let run_in_new_session = |text: &'static str| {
+        let (server, member) = (&server, member.clone());
+        async move {
+            let body = json!({ "personas": [WRITER], "strategy": "sequence" });
+            let (status, session) = server.call(Method::POST, "/v1/sessions", &member, Some(body)).await;
+            assert_eq!(status, StatusCode::CREATED, "{session}");
+            let path = format!("/v1/sessions/{}/messages", session["id"].as_str().expect("id"));
+            let (status, posted) = server.call(Method::POST, &path, &member, Some(json!({ "content": text }))).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{posted}");
+            let run = posted["run"]["id"].as_str().expect("run").to_owned();
+            poll(|| async {
+                let (_, run) = server.call(Method::GET, &format!("/v1/runs/{run}"), &member, None).await;
+                (run["state"] == "completed").then_some(())
+            })
+            .await;
+            run
+        }
+    };
+
+    let told = run_in_new_session("For the record: our office beehives live on the roof in Lisbon.").await;
+    let memories = poll(|| async {
+        let (_, listed) = server.call(Method::GET, "/v1/memories", &member, None).await;
+        listed["memories"].as_array().filter(|m| !m.is_empty()).cloned()
+    })
+    .await;
+    assert_eq!(memories.len(), 1, "{memories:?}");
+    assert_eq!(memories[0]["text"], "The office beehives are kept on the roof in Lisbon.");
+    assert_eq!(memories[0]["source"]["run"], told.as_str());
+
+    run_in_new_session("Where do our bee colonies live?").await;
+    let recalled = fake.requests().iter().filter(|r| !is_distillation(r)).any(|r| {
+        let system = system_of(r);
+        system.contains("What you remember:\n- The office beehives are kept on the roof in Lisbon.")
+    });
+    assert!(recalled, "the later run's model saw the memory:\n{}", server.stderr_text());
+    server.stop().await;
+}
+
+/// Polls `check` every 50 ms until it answers, for at most a minute.
+async fn poll<T, F: std::future::Future<Output = Option<T>>>(mut check: impl FnMut() -> F) -> T {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
