@@ -51,6 +51,11 @@
 //! stream (closing its connection) and any tool call (cancelling the sandbox call). Open
 //! holds are voided, `run.cancelled` is recorded and the run ends `cancelled`.
 //!
+//! # Memory
+//! With [`Runner::with_memory`], personas recall before they answer (see `step.rs`),
+//! and a completed run enqueues its distillation ([`crate::distil::DISTIL_JOB`]) in the
+//! unit of work that records `run.completed`.
+//!
 //! # Failures
 //! A model error fails the run with its code (`no_model_provider` says which settings to
 //! add); a tenant that cannot cover a hold fails with `insufficient_credits` before the

@@ -15,6 +15,12 @@
 //! answered `tool_limit` without running and the model is called once more with no tools,
 //! so that the step ends with a text answer.
 //!
+//! # Recall
+//! Before the first model call, the persona recalls what is relevant to the triggering
+//! message (`crate::recall`): one delimited block appended to its system prompt (never
+//! trimmed), recorded as `memory.recalled` in the unit of work of `step.started`. A
+//! resumed step recalls again and records nothing more.
+//!
 //! # A model call
 //! Before it, a hold for the worst case (the prompt's token bound plus `max_tokens` at
 //! the dearest price of the model's chain; `max_tokens` lowered to fit the run's budget)
