@@ -30,20 +30,6 @@ pub const REEMBED_JOB: &str = "memory.reembed";
 /// Memories re-embedded per batch (one embedder call, then one write per memory).
 pub const REEMBED_BATCH: u32 = 64;
 
-/// The cosine similarity from which [`Memories::remember`] takes a new text for a
-/// restatement of a memory already held in the same scope, and updates that one.
-pub const DUPLICATE_SIMILARITY: f32 = 0.95;
-
-/// What [`Memories::remember`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Remembered {
-    /// Nothing near enough was held in the scope: a new memory.
-    Inserted,
-    /// A near-duplicate in the same scope was updated (new text and vector, tags
-    /// merged, pinned if either was).
-    Updated,
-}
-
 /// What a new memory holds.
 #[derive(Debug, Clone)]
 pub struct NewMemory {
@@ -146,57 +132,6 @@ impl Memories {
         };
         match self.store.insert_memories(&[(memory.clone(), vector)]).await {
             Ok(()) => Ok(memory),
-            Err(StoreError::NotFound(_)) => Err(MemoriesError::SessionNotFound),
-            Err(err) => Err(err.into()),
-        }
-    }
-
-    /// Stores a memory of `tenant` unless a near-duplicate is already held in the same
-    /// scope (cosine similarity ≥ [`DUPLICATE_SIMILARITY`] between vectors of the
-    /// configured embedder): that one is updated instead (the new text and vector, its
-    /// tags and the new ones, pinned if either was; its id, creation time and source
-    /// stay). One embedding either way; nothing is written when it fails.
-    pub async fn remember(&self, tenant: &TenantId, new: NewMemory) -> Result<(Memory, Remembered), MemoriesError> {
-        let text = validate_text(&new.text)?;
-        let tags = normalise_tags(&new.tags)?;
-        let vector = self.embed_one(&text).await?;
-        let same_scope = match &new.scope {
-            MemoryScope::Tenant => MemoryFilter { scope_kind: Some("tenant"), ..MemoryFilter::default() },
-            MemoryScope::Persona(name) => MemoryFilter { persona: Some(name.clone()), ..MemoryFilter::default() },
-            MemoryScope::Session(id) => MemoryFilter { session: Some(id.clone()), ..MemoryFilter::default() },
-        };
-        let nearest = self.store.search_memories(tenant, self.embedder.info(), &vector, &same_scope, 1).await?;
-        if let Some(hit) = nearest.into_iter().find(|hit| hit.score >= DUPLICATE_SIMILARITY) {
-            let mut merged = tags.clone();
-            merged.extend(hit.memory.tags.iter().filter(|t| !tags.contains(t)).cloned());
-            merged.truncate(maestro_core::memory::MAX_TAGS);
-            merged.sort();
-            let patch = MemoryPatch {
-                text: Some((text.clone(), vector.clone(), self.embedder.info().clone())),
-                tags: Some(merged),
-                pinned: (new.pinned && !hit.memory.pinned).then_some(true),
-            };
-            // `None`: deleted since the search; then it is inserted anew below.
-            if let Some(updated) = self.store.update_memory(tenant, &hit.memory.id, &patch, self.clock.now()).await? {
-                return Ok((updated, Remembered::Updated));
-            }
-        }
-        let now = self.clock.now();
-        let memory = Memory {
-            id: MemoryId::from_random(random_bytes()),
-            tenant: tenant.clone(),
-            scope: new.scope,
-            text,
-            tags,
-            pinned: new.pinned,
-            source: new.source,
-            created_at: now,
-            updated_at: now,
-            last_used_at: None,
-            embedder: self.embedder.info().clone(),
-        };
-        match self.store.insert_memories(&[(memory.clone(), vector)]).await {
-            Ok(()) => Ok((memory, Remembered::Inserted)),
             Err(StoreError::NotFound(_)) => Err(MemoriesError::SessionNotFound),
             Err(err) => Err(err.into()),
         }
