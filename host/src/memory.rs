@@ -5,6 +5,10 @@
 //! operation is scoped to a tenant: another tenant's memory is
 //! [`MemoriesError::NotFound`].
 //!
+//! Agents (the `memory.store` tool) and the distillation of facts after runs go through
+//! [`Memories::remember`]: a near-duplicate of a memory already held in the same scope
+//! updates it instead of inserting another ([`Remembered`]).
+//!
 //! Changing the configured embedder leaves stored vectors of the old one, which are
 //! never compared with the new one's: [`Memories::reembed`] re-embeds them in batches,
 //! run by the [`REEMBED_JOB`] job ([`Reembed`]), which [`Memories::enqueue_reembed`]
@@ -29,6 +33,19 @@ use crate::random::random_bytes;
 pub const REEMBED_JOB: &str = "memory.reembed";
 /// Memories re-embedded per batch (one embedder call, then one write per memory).
 pub const REEMBED_BATCH: u32 = 64;
+/// The cosine similarity from which [`Memories::remember`] takes a new text for a
+/// restatement of a memory already held in the same scope, and updates that one.
+pub const DUPLICATE_SIMILARITY: f32 = 0.95;
+
+/// What [`Memories::remember`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remembered {
+    /// Nothing near enough was held in the scope: a new memory.
+    Inserted,
+    /// A near-duplicate in the same scope was updated (new text and vector, tags
+    /// merged, pinned if either was).
+    Updated,
+}
 
 /// What a new memory holds.
 #[derive(Debug, Clone)]
@@ -116,13 +133,57 @@ impl Memories {
         let text = validate_text(&new.text)?;
         let tags = normalise_tags(&new.tags)?;
         let vector = self.embed_one(&text).await?;
+        self.insert(tenant, NewMemory { text, tags, ..new }, vector).await
+    }
+
+    /// Remembers `new` for `tenant`: when a memory of the same scope is a near-duplicate
+    /// (cosine similarity ≥ [`DUPLICATE_SIMILARITY`] between the vectors of the
+    /// configured embedder), that one is updated instead of inserting: it takes the new
+    /// text and vector, keeps its tags and adds the new ones (up to
+    /// [`maestro_core::memory::MAX_TAGS`], the new ones first), stays pinned if it was,
+    /// and keeps its id, creation time and source. Otherwise a new memory is stored, as
+    /// by [`Memories::store`]. One embedding either way; nothing is written when it fails.
+    ///
+    /// Two concurrent calls with the same new text may both insert (there is no lock
+    /// across the search and the write); the next remembering of it updates one of them.
+    pub async fn remember(&self, tenant: &TenantId, new: NewMemory) -> Result<(Memory, Remembered), MemoriesError> {
+        let text = validate_text(&new.text)?;
+        let tags = normalise_tags(&new.tags)?;
+        let vector = self.embed_one(&text).await?;
+        let same_scope = match &new.scope {
+            MemoryScope::Tenant => MemoryFilter { scope_kind: Some("tenant"), ..MemoryFilter::default() },
+            MemoryScope::Persona(name) => MemoryFilter { persona: Some(name.clone()), ..MemoryFilter::default() },
+            MemoryScope::Session(id) => MemoryFilter { session: Some(id.clone()), ..MemoryFilter::default() },
+        };
+        let nearest = self.store.search_memories(tenant, self.embedder.info(), &vector, &same_scope, 1).await?;
+        if let Some(hit) = nearest.into_iter().find(|hit| hit.score >= DUPLICATE_SIMILARITY) {
+            let mut merged = tags.clone();
+            merged.extend(hit.memory.tags.iter().filter(|t| !tags.contains(t)).cloned());
+            merged.truncate(maestro_core::memory::MAX_TAGS);
+            merged.sort();
+            let patch = MemoryPatch {
+                text: Some((text.clone(), vector.clone(), self.embedder.info().clone())),
+                tags: Some(merged),
+                pinned: (new.pinned && !hit.memory.pinned).then_some(true),
+            };
+            // `None`: deleted since the search; then it is inserted anew below.
+            if let Some(updated) = self.store.update_memory(tenant, &hit.memory.id, &patch, self.clock.now()).await? {
+                return Ok((updated, Remembered::Updated));
+            }
+        }
+        let memory = self.insert(tenant, NewMemory { text, tags, ..new }, vector).await?;
+        Ok((memory, Remembered::Inserted))
+    }
+
+    /// Inserts a new memory of validated `new` with its `vector`.
+    async fn insert(&self, tenant: &TenantId, new: NewMemory, vector: Vec<f32>) -> Result<Memory, MemoriesError> {
         let now = self.clock.now();
         let memory = Memory {
             id: MemoryId::from_random(random_bytes()),
             tenant: tenant.clone(),
             scope: new.scope,
-            text,
-            tags,
+            text: new.text,
+            tags: new.tags,
             pinned: new.pinned,
             source: new.source,
             created_at: now,
