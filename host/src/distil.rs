@@ -59,6 +59,9 @@ pub enum DistilError {
     /// The model's answer is not the JSON asked for, or holds an invalid fact.
     #[error("the distillation model's answer is unusable: {0}")]
     Malformed(String),
+    /// The job names a run that does not exist.
+    #[error("run {0} not found")]
+    RunNotFound(RunId),
     /// No model is configured.
     #[error("no model is configured for distillation")]
     NoModel,
@@ -139,7 +142,7 @@ impl Distil {
     /// hold's key.
     pub async fn distil(&self, id: &RunId, attempt: u32) -> Result<Distilled, DistilError> {
         let Some(run) = self.ports.runs.run(None, id).await? else {
-            return Err(DistilError::Malformed(format!("run {id} not found")));
+            return Err(DistilError::RunNotFound(id.clone()));
         };
         if run.state != RunState::Completed {
             return Ok(Distilled::default());
@@ -209,7 +212,7 @@ impl Distil {
         let worst = self
             .pricing
             .worst_case(&chain, prompt, max_tokens)
-            .ok_or_else(|| DistilError::Malformed("the call's worst-case cost overflows".into()))?;
+            .ok_or(DistilError::Credits(CreditsError::InvalidAmount(i64::MAX)))?;
         let key = format!("{DISTIL_JOB}:{}:a{attempt}", run.id);
         let memo = format!("run {}: memory distillation ({model})", run.id);
         let hold = if worst > 0 {
@@ -390,6 +393,7 @@ impl JobHandler for Distil {
             }
             Err(
                 err @ (DistilError::Malformed(_)
+                | DistilError::RunNotFound(_)
                 | DistilError::NoModel
                 | DistilError::Credits(CreditsError::Insufficient { .. })
                 | DistilError::Memory(MemoriesError::Invalid(_) | MemoriesError::SessionNotFound)),
