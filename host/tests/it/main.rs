@@ -30,7 +30,6 @@ mod mcp_conformance;
 mod mcp_listen;
 mod mcp_runs;
 mod memories;
-mod memory_tools;
 mod metering;
 mod openapi;
 mod orchestrator;
