@@ -9,6 +9,7 @@ pub mod billing;
 pub mod cli;
 pub mod config;
 pub mod credits;
+pub mod distil;
 pub mod documents;
 pub mod export;
 pub mod http;
@@ -21,6 +22,7 @@ pub mod plugins;
 pub mod policy;
 mod poll;
 mod random;
+pub mod recall;
 pub mod schedules;
 pub mod search;
 pub mod storage;
@@ -386,7 +388,7 @@ pub async fn serve(
             clock: clock.clone(),
             tools: tools.clone(),
             credits: credits.clone(),
-            models,
+            models: models.clone(),
             prices: config.model_prices.clone(),
             hub: hub.clone(),
         },
@@ -396,6 +398,31 @@ pub async fn serve(
             ..orchestrator::RunnerSettings::default()
         },
     );
+    let embedder = open_embedder(&config, env)?;
+    let memories = Arc::new(memory::Memories::new(store.clone(), embedder.clone(), clock.clone()));
+    let search = open_search(&config, store.clone(), clock.clone())?;
+    let recall = Arc::new(recall::Recall::new(
+        recall::RecallPorts {
+            memories: store.clone(),
+            passages: store.clone(),
+            embedder: embedder.clone(),
+            search: Some(search.clone()),
+            clock: clock.clone(),
+        },
+        config.memory.clone(),
+    ));
+    let distil = distil::Distil::new(
+        distil::DistilPorts {
+            runs: store.clone(),
+            models: models.clone(),
+            memories: memories.clone(),
+            credits: credits.clone(),
+            prices: config.model_prices.clone(),
+            clock: clock.clone(),
+        },
+        config.memory.distil_max_facts,
+    );
+    let runner = runner.with_memory(Some(recall), config.memory.distil);
     let orchestrator = Arc::new(orchestrator::Orchestrator::new(
         store.clone(),
         store.clone(),
@@ -412,7 +439,8 @@ pub async fn serve(
             .register(orchestrator::EXPIRE_WAIT_JOB, Arc::new(orchestrator::ExpireWaits(orchestrator.clone())))
             .register(maestro_core::schedule::FIRE_JOB, Arc::new(schedules::Fire(schedules.clone())))
             .register(schedules::TICK_JOB, Arc::new(schedules::Tick(schedules.clone())))
-            .register(memory::REEMBED_JOB, Arc::new(memory::Reembed(memories.clone()))),
+            .register(memory::REEMBED_JOB, Arc::new(memory::Reembed(memories.clone())))
+            .register(distil::DISTIL_JOB, Arc::new(distil)),
         jobs::WorkerSettings::new(config.jobs.concurrency, config.jobs.lease, config.jobs.poll_interval),
     )
     .spawn(stopping.clone());
@@ -425,7 +453,6 @@ pub async fn serve(
     jobs.schedule_every(jobs::PRUNE, PRUNE_JOBS_EVERY, stopping.clone());
     jobs.schedule_every(schedules::TICK_JOB, config.schedules.tick, stopping.clone());
     let artifacts = open_artifacts(&config, env, store.clone(), clock.clone())?;
-    let search = open_search(&config, store.clone(), clock.clone())?;
     let indexer = search.spawn_indexer(stopping.clone());
     // Vectors of messages and documents follow the same outbox, one position shared by
     // every replica.

@@ -163,7 +163,14 @@ pub(super) async fn search(
     let Some(index) = &state.search else {
         return Err(ApiError::new(ErrorCode::Unavailable, "search is not available on this server"));
     };
-    let filters = TextFilters { kinds, session, author: body.author, since: body.since, until: body.until };
+    let filters = TextFilters {
+        kinds,
+        session,
+        author: body.author,
+        since: body.since,
+        until: body.until,
+        exclude_session: None,
+    };
     let hits = index.full_text(&principal.tenant_id, &body.query, &filters, limit).await?;
     Ok(Json(SearchResults { mode: body.mode, hits: hits.into_iter().map(SearchHit::from).collect() }))
 }

@@ -128,6 +128,9 @@ pub struct TextFilters {
     pub since: Option<DateTime<Utc>>,
     /// Written before.
     pub until: Option<DateTime<Utc>>,
+    /// Never objects of this session (the session a run is in, when recalling earlier
+    /// sessions); objects of no session still match.
+    pub exclude_session: Option<SessionId>,
 }
 
 /// One hit of [`FullText::full_text`].

@@ -42,6 +42,7 @@ mod plugin_asks;
 mod plugin_models;
 mod plugin_resources;
 mod process;
+mod recall;
 mod reload;
 mod replicas;
 mod runs_api;
