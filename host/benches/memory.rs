@@ -339,7 +339,11 @@ async fn bench_sqlite(sets: &[Sized]) {
         let ids = fill(&store, &who, &set.data.vectors).await;
         println!("  {:<52} {:>8.1} s", format!("{n} × {DIMS}: insert"), start.elapsed().as_secs_f64());
         let (mut samples, recall) = time_search(&store, &who, &set.near, &ids).await;
-        report(&format!("{n} × {DIMS}: search (exact scan)"), &mut samples, &format!("  recall@10 {recall:.3}"));
+        report(
+            &format!("{n} × {DIMS}: search (int8 prefilter, exact rerank)"),
+            &mut samples,
+            &format!("  recall@10 {recall:.3}"),
+        );
     }
 }
 
