@@ -1,4 +1,4 @@
-//! `maestro index status|rebuild`: the full-text index of this data directory.
+//! `maestro index status|rebuild|ids`: the full-text index of this data directory.
 //!
 //! `status` reads the index without its writer (safe beside a running server): the
 //! documents searchable, the watermark in the last commit against the outbox's head,
@@ -7,6 +7,8 @@
 //! document from the store, commits); when a server on this data directory holds it,
 //! it leaves a request file in the index directory that the server's indexer picks up
 //! within a poll interval and rebuilds while it keeps answering from the old commit.
+//! `ids` lists every object the last commit holds (kind, id, tenant, a sha256 of its
+//! title and text), to compare with the database after a crash or a rebuild.
 
 use std::sync::Arc;
 
@@ -29,6 +31,13 @@ pub enum IndexCommand {
     /// Rebuild the index from the database: offline when no server holds it, else by
     /// asking the running server (on this data directory) to rebuild.
     Rebuild,
+    /// Every object the index holds (kind, id, tenant, and a sha256 of its title and
+    /// text), one per line or as JSON: to compare with the database.
+    Ids {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs an index command.
@@ -89,5 +98,40 @@ pub(super) async fn run(command: IndexCommand, config: &Config) -> anyhow::Resul
             }
             Ok(())
         }
+        IndexCommand::Ids { json } => {
+            let index = FullText::open(config.search.clone(), store, clock, Access::Read)
+                .with_context(|| format!("cannot read the search index in {}", config.search.dir.display()))?;
+            let objects = index.indexed_objects().await?;
+            let rows: Vec<_> = objects
+                .iter()
+                .map(|o| {
+                    let digest = content_digest(&o.title, &o.text);
+                    (o.kind.as_str(), o.id.as_str(), o.tenant.as_str(), digest)
+                })
+                .collect();
+            if json {
+                let value: Vec<_> = rows
+                    .iter()
+                    .map(|(kind, id, tenant, digest)| json!({ "kind": kind, "id": id, "tenant": tenant, "sha256": digest }))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                for (kind, id, tenant, digest) in rows {
+                    println!("{kind}\t{id}\t{tenant}\t{digest}");
+                }
+            }
+            Ok(())
+        }
     }
+}
+
+/// The sha256 (hex) of an object's title and text as `maestro index ids` prints it:
+/// `title`, a NUL, `text`.
+fn content_digest(title: &str, text: &str) -> String {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    hash.update(title.as_bytes());
+    hash.update([0u8]);
+    hash.update(text.as_bytes());
+    hex::encode(hash.finalize())
 }

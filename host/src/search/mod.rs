@@ -17,6 +17,7 @@
 //! and ANDed, outside it, with a constant-score term on the caller's tenant and the
 //! filters; BM25 top-k with snippets.
 
+mod ids;
 mod indexer;
 mod query;
 mod schema;
@@ -36,6 +37,7 @@ use tantivy::directory::MmapDirectory;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument};
 use tokio::sync::watch;
 
+pub use ids::IndexedObject;
 use schema::Fields;
 
 /// The file whose presence asks a running server's indexer to rebuild

@@ -50,6 +50,7 @@ mod sandbox;
 mod sandbox_memory;
 mod schedules;
 mod search;
+mod search_crash;
 mod server;
 mod storage;
 mod storage_runs;

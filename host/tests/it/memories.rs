@@ -569,3 +569,92 @@ async fn a_search_sees_writes_made_through_another_store_on_the_same_database(ba
     first.touch_memories(t, std::slice::from_ref(&shark.0.id), Utc::now()).await.expect("touch");
     assert_eq!(ids(first.search_memories(t, &info, &query, &any, 5).await.expect("search")), vec![shark.0.id]);
 }
+
+/// Postgres chooses between the HNSW index and an exact scan from a count of the
+/// tenant's vectors per embedder that triggers keep (migration 0014): after inserts,
+/// edits that change the embedder, re-embedding and deletes the counts equal a fresh
+/// count of the rows, and the search path follows them across the threshold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_vector_counts_follow_every_write_and_choose_the_search_path() {
+    use maestro_core::memory::MemoryPatch;
+    use maestro_host::storage::memories::EXACT_SCAN_BELOW;
+
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = db.open().await;
+    let pg = maestro_host::storage::postgres::PostgresStore::open(&db.url).await.expect("open");
+    let sql = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    let counts_match = || {
+        let sql = sql.clone();
+        async move {
+            let kept: Vec<(String, String, i32, i64)> =
+                sqlx::query_as("SELECT tenant_id, model, dims, n FROM memory_counts ORDER BY 1, 2, 3")
+                    .fetch_all(&sql)
+                    .await
+                    .expect("counts");
+            let fresh: Vec<(String, String, i32, i64)> = sqlx::query_as(
+                "SELECT tenant_id, model, dims, count(*) FROM memories GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+            )
+            .fetch_all(&sql)
+            .await
+            .expect("fresh counts");
+            assert_eq!(kept, fresh, "the kept counts are the rows' counts");
+            kept
+        }
+    };
+    let (a, b) = (FakeEmbedder::named("fake-a").info().clone(), FakeEmbedder::named("fake-b").info().clone());
+    let mut tenants = Vec::new();
+    for name in ["acme", "globex"] {
+        let t = maestro_core::Tenant {
+            id: TenantId::from_random(rand_bytes()),
+            name: TenantName::parse(name).expect("name"),
+            created_at: Utc::now(),
+        };
+        store.create_tenant(&t).await.expect("tenant");
+        tenants.push(t.id);
+    }
+    let (acme, globex) = (&tenants[0], &tenants[1]);
+    let mut rng = Rng(7);
+    let centre: Vec<f32> = (0..crate::fake_embed::DIMENSIONS).map(|_| rng.next()).collect();
+    let threshold = usize::try_from(EXACT_SCAN_BELOW).expect("small");
+    let rows: Vec<(Memory, Vec<f32>)> =
+        (0..threshold).map(|_| (stored(acme, &a, &[], Utc::now()), rng.near(&centre, 0.3))).collect();
+    for chunk in rows.chunks(500) {
+        store.insert_memories(chunk).await.expect("insert");
+    }
+    store.insert_memories(&[(stored(globex, &a, &[], Utc::now()), rng.near(&centre, 0.3))]).await.expect("insert");
+    sqlx::query("ANALYZE memories").execute(&sql).await.expect("analyze");
+    let kept = counts_match().await;
+    assert_eq!(kept.iter().map(|r| r.3).sum::<i64>(), i64::try_from(threshold + 1).expect("small"));
+    let query = rng.near(&centre, 0.05);
+    let any = MemoryFilter::default();
+    let plan = pg.explain_memory_search(acme, &a, &query, &any, 10).await.expect("explain").join("\n");
+    assert!(plan.contains("memories_hnsw_384"), "at the threshold the index is used:\n{plan}");
+
+    // One memory re-embedded by an edit under another embedder, one deleted: below the
+    // threshold in fake-a's space, so scanned exactly.
+    let patch = MemoryPatch { text: Some(("edited".into(), rng.near(&centre, 0.3), b.clone())), ..Default::default() };
+    store.update_memory(acme, &rows[0].0.id, &patch, Utc::now()).await.expect("update").expect("found");
+    assert!(store.delete_memory(acme, &rows[1].0.id).await.expect("delete"));
+    counts_match().await;
+    let plan = pg.explain_memory_search(acme, &a, &query, &any, 10).await.expect("explain").join("\n");
+    assert!(!plan.contains("hnsw"), "below the threshold the scan is exact:\n{plan}");
+
+    // Re-embedding moves the rest to fake-b; touching changes nothing.
+    let stale = store.stale_memories(&b, 10_000).await.expect("stale");
+    for memory in &stale {
+        assert!(store.replace_vector(memory, &rng.near(&centre, 0.3), &b).await.expect("replace"));
+    }
+    let ids: Vec<MemoryId> = rows.iter().skip(2).take(10).map(|(m, _)| m.id.clone()).collect();
+    store.touch_memories(acme, &ids, Utc::now()).await.expect("touch");
+    let kept = counts_match().await;
+    assert!(kept.iter().all(|r| r.1 == "fake-b"), "{kept:?}");
+    let hits = store.search_memories(acme, &b, &query, &any, 10).await.expect("search");
+    assert_eq!(hits.len(), 10);
+    assert!(hits.iter().all(|h| &h.memory.tenant == acme));
+}
+
+fn rand_bytes() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("random");
+    bytes
+}
