@@ -5,7 +5,7 @@
 //! **Postgres** keeps vectors in a pgvector `vector` column without a fixed dimension
 //! and an HNSW index per common dimension, built on the expression
 //! `embedding::halfvec(D)` (half precision: half the pages to read) in a partial index
-//! `WHERE dims = D`, with `m = 32, ef_construction = 128` (migration 0014; 0010's
+//! `WHERE dims = D`, with `m = 32, ef_construction = 128` (migration 0013; 0010's
 //! sparser graph found too few of the true neighbours at any `ef_search`). Triggers keep
 //! how many vectors each tenant holds per embedder (`memory_counts`), so choosing the
 //! path is one key lookup. A search in an indexed dimension, for a tenant holding at
@@ -70,12 +70,12 @@ pub const INDEX_SHARE: i64 = 10;
 pub const EF_SEARCH_PER_HIT: u32 = 4;
 
 /// The least `hnsw.ef_search`. Measured with `benches/memory.rs` on 100,000 × 384
-/// clustered vectors (one tenant, k = 10, the indexes of migration 0014), queries near
+/// clustered vectors (one tenant, k = 10, the indexes of migration 0013), queries near
 /// a stored vector: recall@10 0.964 at 40 (pgvector's default), 0.985 at 64, 0.988 at
 /// 100, 1.0 at 200; 64 keeps a margin over 0.95 for little more work than 40.
 pub const EF_SEARCH_MIN: u32 = 64;
 
-/// The dimensions migrations 0010 and 0014 build an HNSW index for.
+/// The dimensions migrations 0010 and 0013 build an HNSW index for.
 pub const INDEXED_DIMENSIONS: [u32; 4] = [384, 768, 1024, 1536];
 
 /// A raw `memories` row (tags as a JSON array of strings).
@@ -709,7 +709,7 @@ impl PostgresStore {
     /// rows come back with their full-precision distance, and in its order.
     fn memory_search_sql(dims: u32, indexed: bool, k: u32) -> String {
         let exact = "embedding <#> $11::real[]::vector";
-        // `embedding::halfvec(D)` is the indexed expression (migration 0014); the bare
+        // `embedding::halfvec(D)` is the indexed expression (migration 0013); the bare
         // column is not.
         let order = if indexed {
             format!("embedding::halfvec({dims}) <#> $11::real[]::halfvec({dims})")
@@ -735,7 +735,7 @@ impl PostgresStore {
         if !INDEXED_DIMENSIONS.contains(&embedder.dimensions) {
             return Ok(false);
         }
-        // The tenant's count is kept by triggers (migration 0014): one key lookup.
+        // The tenant's count is kept by triggers (migration 0013): one key lookup.
         let (held, table): (i64, f32) = sqlx::query_as(
             "SELECT COALESCE((SELECT n FROM memory_counts WHERE tenant_id = $1 AND provider = $2 AND model = $3 \
              AND dims = $4), 0), COALESCE((SELECT reltuples FROM pg_class WHERE oid = 'memories'::regclass), -1)",

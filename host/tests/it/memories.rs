@@ -571,7 +571,7 @@ async fn a_search_sees_writes_made_through_another_store_on_the_same_database(ba
 }
 
 /// Postgres chooses between the HNSW index and an exact scan from a count of the
-/// tenant's vectors per embedder that triggers keep (migration 0014): after inserts,
+/// tenant's vectors per embedder that triggers keep (migration 0013): after inserts,
 /// edits that change the embedder, re-embedding and deletes the counts equal a fresh
 /// count of the rows, and the search path follows them across the threshold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
