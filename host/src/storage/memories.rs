@@ -53,9 +53,9 @@ use super::{backend_err, map_err};
 
 /// Below this many vectors of the query's embedder, a Postgres tenant is searched
 /// exactly rather than through the HNSW index: measured with `benches/memory.rs` (an
-/// exact scan of 1,000 384-dimension vectors in the shared table took 2.2 ms p50, of
-/// 500 1.1 ms; an index search of a 100,000-vector tenant 5.3 ms: 2,000 exact costs
-/// about as much, and is exact).
+/// exact scan of 1,000 384-dimension vectors in the shared table took 1.4 ms p50, of
+/// 2,000 2.3 ms, of 4,000 5.2 ms; a search of a 100,000-vector tenant through the index
+/// about 6 ms with its round trips: 2,000 exact costs less, and is exact).
 pub const EXACT_SCAN_BELOW: i64 = 2_000;
 
 /// A tenant goes through the HNSW index only when it holds at least one row in this
