@@ -3,7 +3,8 @@
 //!
 //! `cargo bench -p maestro-host --bench memory` (Postgres too when `TEST_DATABASE_URL`
 //! names a pgvector server; a fresh database is created on it). Sizes default to 10,000
-//! and 100,000 vectors of 384 dimensions; `MEMORY_BENCH_SIZES=10000` picks others.
+//! and 100,000 vectors of 384 dimensions; `MEMORY_BENCH_SIZES=10000` picks others,
+//! `MEMORY_BENCH_QUERIES=50` fewer queries (200).
 //!
 //! Vectors are unit length, drawn around 64 random centres (like embeddings of texts
 //! on a few topics). Two sets of queries: **near** ones, a stored vector moved a little
@@ -43,7 +44,10 @@ use sqlx::Connection as _;
 
 const DIMS: usize = 384;
 const K: usize = 10;
-const QUERIES: usize = 200;
+/// Queries per set (`MEMORY_BENCH_QUERIES` picks another count).
+fn queries_per_set() -> usize {
+    std::env::var("MEMORY_BENCH_QUERIES").ok().and_then(|q| q.parse().ok()).filter(|q| *q >= 10).unwrap_or(200)
+}
 const CENTRES: usize = 64;
 /// Noise added to a stored unit vector, per component: near and far queries.
 const NEAR: f32 = 0.06;
@@ -85,7 +89,7 @@ fn data(n: usize, seed: u64) -> Data {
     Data { vectors, flat }
 }
 
-/// `QUERIES` queries, each a stored vector moved by `spread`, and their exact top 10
+/// [`queries_per_set`] queries, each a stored vector moved by `spread`, and their exact top 10
 /// (indices) with the floor's time for each.
 struct Queries {
     name: &'static str,
@@ -97,8 +101,9 @@ struct Queries {
 fn queries(data: &Data, name: &'static str, spread: f32, seed: u64) -> Queries {
     let mut rng = Rng(seed);
     let n = data.vectors.len();
-    let vectors: Vec<Vec<f32>> = (0..QUERIES).map(|i| rng.near(&data.vectors[(i * 7919) % n], spread)).collect();
-    let mut floor = Vec::with_capacity(QUERIES);
+    let count = queries_per_set();
+    let vectors: Vec<Vec<f32>> = (0..count).map(|i| rng.near(&data.vectors[(i * 7919) % n], spread)).collect();
+    let mut floor = Vec::with_capacity(count);
     let exact = vectors
         .iter()
         .map(|q| {
@@ -418,7 +423,7 @@ async fn bench_postgres(server: &str, sets: &[Sized]) {
         if plan.contains("hnsw") {
             for queries in [&set.near, &set.far] {
                 for ef in [40, 64, 100, 200] {
-                    let (mut samples, recall) = time_sql(&mut conn, who, queries, ids, Some(ef), QUERIES).await;
+                    let (mut samples, recall) = time_sql(&mut conn, who, queries, ids, Some(ef), usize::MAX).await;
                     report(
                         &format!("{n} × {DIMS}: pgvector alone, {} queries, ef {ef}", queries.name),
                         &mut samples,
