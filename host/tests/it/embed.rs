@@ -18,7 +18,7 @@ use crate::harness::{Backend, TestDb};
 use crate::server::{Server, maestro};
 
 /// The model directory, from `MAESTRO_EMBEDDINGS_MODEL_DIR`.
-fn model_dir() -> PathBuf {
+pub(crate) fn model_dir() -> PathBuf {
     match std::env::var("MAESTRO_EMBEDDINGS_MODEL_DIR") {
         Ok(dir) if !dir.trim().is_empty() => PathBuf::from(dir),
         _ => panic!(
@@ -29,7 +29,7 @@ fn model_dir() -> PathBuf {
 }
 
 /// The model, loaded once for every test of this binary.
-fn model() -> Arc<MiniLm> {
+pub(crate) fn model() -> Arc<MiniLm> {
     static MODEL: OnceLock<Arc<MiniLm>> = OnceLock::new();
     MODEL
         .get_or_init(|| Arc::new(MiniLm::load(&model_dir(), MiniLmOptions::default()).expect("the model loads")))
