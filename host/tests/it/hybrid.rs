@@ -2,8 +2,9 @@
 //! a memory found by meaning and a message by words in one query with each side's rank
 //! shown (the real MiniLM), filters narrowing both sides, tenants kept apart, recency
 //! decay reordering old and new while a pinned memory keeps its place, an unavailable
-//! embedder degrading to the index alone, and a served document found by meaning
-//! through its passages (that one needs the passage vectors of helper `vec`).
+//! embedder degrading to the index alone, passages (through a fake `PassageStore`)
+//! counted once per object at their best and filtered, and a served document found by
+//! meaning through its passages (that one needs the passage vectors of helper `vec`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,7 +14,11 @@ use axum::http::StatusCode;
 use maestro_core::TenantId;
 use maestro_core::embed::Embedder;
 use maestro_core::memory::MemoryScope;
+use maestro_core::passage::{Passage, PassageFilter, PassageHit};
+use maestro_core::ports::PassageStore;
+use maestro_core::search::SearchKind;
 use maestro_host::memory::{Memories, NewMemory};
+use maestro_host::retrieval::{Filters, Mode, Query, Ranks, Retrieval};
 use serde_json::{Value, json};
 
 use crate::fake_embed::FakeEmbedder;
@@ -28,6 +33,7 @@ backend_tests!(
     recency_decay_reorders_old_and_new_and_spares_a_pinned_memory,
     without_an_embedder_hybrid_answers_from_the_index_alone_and_says_so,
     a_served_document_is_found_by_meaning_through_its_passages,
+    passages_count_once_per_object_at_their_best_and_take_the_filters,
 );
 
 /// A test host with an index, an embedder of the test's choice, and two tenants.
@@ -366,4 +372,125 @@ async fn a_served_document_is_found_by_meaning_through_its_passages(backend: Bac
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     server.stop().await;
+}
+
+/// A `PassageStore` answering from passages the test gives it (the real one is helper
+/// `vec`'s): the tenant's passages of the query's embedder passing the filter, nearest
+/// first; it records the filters it was asked with.
+#[derive(Debug, Default)]
+struct FakePassages {
+    passages: Vec<(Passage, Vec<f32>)>,
+    asked: std::sync::Mutex<Vec<PassageFilter>>,
+}
+
+#[async_trait::async_trait]
+impl PassageStore for FakePassages {
+    async fn search_passages(
+        &self,
+        tenant: &TenantId,
+        _embedder: &maestro_core::embed::EmbedderInfo,
+        query: &[f32],
+        filter: &PassageFilter,
+        k: u32,
+    ) -> Result<Vec<PassageHit>, maestro_core::StoreError> {
+        self.asked.lock().expect("asked").push(filter.clone());
+        let mut hits: Vec<PassageHit> = self
+            .passages
+            .iter()
+            .filter(|(p, _)| &p.tenant == tenant && filter.matches(p))
+            .map(|(p, v)| PassageHit { passage: p.clone(), score: maestro_core::embed::dot(query, v) })
+            .collect();
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+        hits.truncate(k as usize);
+        Ok(hits)
+    }
+}
+
+async fn passages_count_once_per_object_at_their_best_and_take_the_filters(backend: Backend) {
+    let t = Hybrid::new(backend, Arc::new(FakeEmbedder::named("fake-a"))).await;
+    let session = new_session(&t.host.store, &t.acme).await;
+    let message = say(&t.host.store, &session, "photos of the fishing trip").await;
+    t.indexed().await;
+    let at = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).expect("time");
+    let passage =
+        |tenant: &TenantId, kind, object: &str, chunk, session: Option<maestro_core::run::SessionId>, text: &str| {
+            let passage = Passage {
+                tenant: tenant.clone(),
+                kind,
+                object: object.into(),
+                chunk,
+                session,
+                author: Some("team.writer".into()),
+                at,
+                text: text.into(),
+            };
+            let vector = FakeEmbedder::vector(text);
+            (passage, vector)
+        };
+    let fake = Arc::new(FakePassages {
+        passages: vec![
+            passage(&t.acme, SearchKind::Document, "doc_quotas", 0, None, "deep sea fishing quotas for next year"),
+            passage(&t.acme, SearchKind::Document, "doc_quotas", 1, None, "the boats were repaired in March"),
+            passage(&t.acme, SearchKind::Document, "doc_quotas", 2, None, "fishing quotas fishing quotas"),
+            passage(&t.acme, SearchKind::Message, &message, 0, Some(session.clone()), "photos of the fishing trip"),
+            passage(&t.globex, SearchKind::Document, "doc_theirs", 0, None, "fishing quotas of globex"),
+        ],
+        asked: Default::default(),
+    });
+    let retrieval = Retrieval::new(
+        Some(t.running.index.clone()),
+        t.host.store.clone(),
+        fake.clone(),
+        t.host.embedder.clone(),
+        t.host.clock.clone(),
+        None,
+    );
+    let query =
+        |mode, filters: Filters| Query { text: "fishing quotas".into(), mode, filters, limit: 10, half_life: None };
+
+    let found = retrieval.search(&t.acme, &query(Mode::Vector, Filters::default())).await.expect("vector");
+    let keys: Vec<(SearchKind, &str)> = found.hits.iter().map(|h| (h.kind, h.id.as_str())).collect();
+    assert_eq!(keys, [(SearchKind::Document, "doc_quotas"), (SearchKind::Message, message.as_str())], "{found:?}");
+    let document = &found.hits[0];
+    assert_eq!(document.snippet, "fishing quotas fishing quotas", "its best passage");
+    assert_eq!(document.ranks, Ranks { text: None, vector: Some(1) });
+    assert_eq!((document.author.as_deref(), document.at), (Some("team.writer"), at));
+    assert_eq!(found.hits[1].session.as_deref(), Some(session.as_str()));
+
+    // Hybrid: the message found by both sides, the document by its vectors only.
+    let fused = retrieval.search(&t.acme, &query(Mode::Hybrid, Filters::default())).await.expect("hybrid");
+    let message_hit = fused.hits.iter().find(|h| h.id == message).expect("the message");
+    assert_eq!(message_hit.ranks, Ranks { text: Some(1), vector: Some(2) });
+    assert!(!message_hit.highlights.is_empty(), "the index's snippet: {message_hit:?}");
+    assert!(fused.hits.iter().all(|h| h.id != "doc_theirs"));
+
+    // Filters reach the passage side as they are; memory filters keep passages out.
+    fake.asked.lock().expect("asked").clear();
+    let since = at - chrono::Duration::days(1);
+    let filters = Filters {
+        kinds: vec![SearchKind::Message],
+        session: Some(session.clone()),
+        author: Some("team.writer".into()),
+        since: Some(since),
+        ..Filters::default()
+    };
+    let narrowed = retrieval.search(&t.acme, &query(Mode::Hybrid, filters)).await.expect("filtered");
+    assert_eq!(narrowed.hits.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), [message.as_str()]);
+    let asked = fake.asked.lock().expect("asked").clone();
+    assert_eq!(
+        asked,
+        [PassageFilter {
+            kinds: vec![SearchKind::Message],
+            session: Some(session.clone()),
+            exclude_session: None,
+            author: Some("team.writer".into()),
+            since: Some(since),
+            until: None,
+        }]
+    );
+    fake.asked.lock().expect("asked").clear();
+    let tagged = Filters { tags: vec!["fishing".into()], ..Filters::default() };
+    retrieval.search(&t.acme, &query(Mode::Hybrid, tagged)).await.expect("tagged");
+    assert!(fake.asked.lock().expect("asked").is_empty(), "passages carry no tags: not asked");
+    t.running.stop().await;
 }
