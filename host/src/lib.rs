@@ -9,6 +9,7 @@ pub mod billing;
 pub mod cli;
 pub mod config;
 pub mod credits;
+pub mod distil;
 pub mod documents;
 pub mod export;
 pub mod http;
@@ -16,10 +17,12 @@ pub mod jobs;
 pub mod mcp;
 pub mod memory;
 pub mod orchestrator;
+pub mod passages;
 pub mod plugins;
 pub mod policy;
 mod poll;
 mod random;
+pub mod recall;
 pub mod retrieval;
 pub mod schedules;
 pub mod search;
@@ -337,9 +340,13 @@ pub async fn serve(
     let credits = Arc::new(credits::Credits::new(store.clone(), clock.clone()));
     let jobs = Arc::new(jobs::Jobs::new(store.clone(), clock.clone()));
     let documents = Arc::new(documents::Documents::new(store.clone(), clock.clone()).with_signal(store.clone()));
+    let embedder = open_embedder(&config, env)?;
+    let memories =
+        Arc::new(memory::Memories::new(store.clone(), embedder.clone(), clock.clone()).with_signal(store.clone()));
     let mut host_tools = tools::documents::tools(documents.clone());
     let (run_tools, more) = orchestrator::tools::tools();
     host_tools.extend(more);
+    host_tools.extend(tools::memory::tools(memories.clone()));
     let tools = open_tools_with(&config, env, PluginLoading::Now, credits.clone(), host_tools).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -382,7 +389,7 @@ pub async fn serve(
             clock: clock.clone(),
             tools: tools.clone(),
             credits: credits.clone(),
-            models,
+            models: models.clone(),
             prices: config.model_prices.clone(),
             hub: hub.clone(),
         },
@@ -392,6 +399,31 @@ pub async fn serve(
             ..orchestrator::RunnerSettings::default()
         },
     );
+    let embedder = open_embedder(&config, env)?;
+    let memories = Arc::new(memory::Memories::new(store.clone(), embedder.clone(), clock.clone()));
+    let search = open_search(&config, store.clone(), clock.clone())?;
+    let recall = Arc::new(recall::Recall::new(
+        recall::RecallPorts {
+            memories: store.clone(),
+            passages: store.clone(),
+            embedder: embedder.clone(),
+            search: Some(search.clone()),
+            clock: clock.clone(),
+        },
+        config.memory.clone(),
+    ));
+    let distil = distil::Distil::new(
+        distil::DistilPorts {
+            runs: store.clone(),
+            models: models.clone(),
+            memories: memories.clone(),
+            credits: credits.clone(),
+            prices: config.model_prices.clone(),
+            clock: clock.clone(),
+        },
+        config.memory.distil_max_facts,
+    );
+    let runner = runner.with_memory(Some(recall), config.memory.distil);
     let orchestrator = Arc::new(orchestrator::Orchestrator::new(
         store.clone(),
         store.clone(),
@@ -400,8 +432,6 @@ pub async fn serve(
         hub.clone(),
     ));
     run_tools.bind(&orchestrator);
-    let embedder = open_embedder(&config, env)?;
-    let memories = Arc::new(memory::Memories::new(store.clone(), embedder.clone(), clock.clone()));
     let worker = jobs::Worker::new(
         store.clone(),
         clock.clone(),
@@ -410,7 +440,8 @@ pub async fn serve(
             .register(orchestrator::EXPIRE_WAIT_JOB, Arc::new(orchestrator::ExpireWaits(orchestrator.clone())))
             .register(maestro_core::schedule::FIRE_JOB, Arc::new(schedules::Fire(schedules.clone())))
             .register(schedules::TICK_JOB, Arc::new(schedules::Tick(schedules.clone())))
-            .register(memory::REEMBED_JOB, Arc::new(memory::Reembed(memories.clone()))),
+            .register(memory::REEMBED_JOB, Arc::new(memory::Reembed(memories.clone())))
+            .register(distil::DISTIL_JOB, Arc::new(distil)),
         jobs::WorkerSettings::new(config.jobs.concurrency, config.jobs.lease, config.jobs.poll_interval),
     )
     .spawn(stopping.clone());
@@ -423,8 +454,16 @@ pub async fn serve(
     jobs.schedule_every(jobs::PRUNE, PRUNE_JOBS_EVERY, stopping.clone());
     jobs.schedule_every(schedules::TICK_JOB, config.schedules.tick, stopping.clone());
     let artifacts = open_artifacts(&config, env, store.clone(), clock.clone())?;
-    let search = open_search(&config, store.clone(), clock.clone())?;
     let indexer = search.spawn_indexer(stopping.clone());
+    // Vectors of messages and documents follow the same outbox, one position shared by
+    // every replica.
+    let passage_follower = passages::PassageFollower::new(
+        store.clone(),
+        store.clone(),
+        embedder.clone(),
+        passages::FollowerSettings { poll_interval: config.search.poll_interval, ..Default::default() },
+    )
+    .spawn(stopping.clone());
     let state = http::AppState {
         accounts,
         metrics: Arc::default(),
@@ -461,6 +500,9 @@ pub async fn serve(
     }
     if let Err(err) = indexer.await {
         tracing::error!(error = %err, "the search indexer failed");
+    }
+    if let Err(err) = passage_follower.await {
+        tracing::error!(error = %err, "the passage follower failed");
     }
     tracing::info!("maestro stopped");
     Ok(())

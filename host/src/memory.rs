@@ -5,6 +5,10 @@
 //! operation is scoped to a tenant: another tenant's memory is
 //! [`MemoriesError::NotFound`].
 //!
+//! Agents (the `memory.store` tool) and the distillation of facts after runs go through
+//! [`Memories::remember`]: a near-duplicate of a memory already held in the same scope
+//! updates it instead of inserting another ([`Remembered`]).
+//!
 //! Changing the configured embedder leaves stored vectors of the old one, which are
 //! never compared with the new one's: [`Memories::reembed`] re-embeds them in batches,
 //! run by the [`REEMBED_JOB`] job ([`Reembed`]), which [`Memories::enqueue_reembed`]
@@ -20,7 +24,7 @@ use maestro_core::memory::{
     normalise_tags, validate_text,
 };
 use maestro_core::ports::MemoryStore;
-use maestro_core::{Clock, Job, JobStore, NewJob, StoreError, TenantId};
+use maestro_core::{Clock, EventSignal, Job, JobStore, MemoryNotice, NewJob, StoreError, TenantId};
 
 use crate::jobs::{JobError, JobHandler};
 use crate::random::random_bytes;
@@ -29,6 +33,19 @@ use crate::random::random_bytes;
 pub const REEMBED_JOB: &str = "memory.reembed";
 /// Memories re-embedded per batch (one embedder call, then one write per memory).
 pub const REEMBED_BATCH: u32 = 64;
+/// The cosine similarity from which [`Memories::remember`] takes a new text for a
+/// restatement of a memory already held in the same scope, and updates that one.
+pub const DUPLICATE_SIMILARITY: f32 = 0.95;
+
+/// What [`Memories::remember`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remembered {
+    /// Nothing near enough was held in the scope: a new memory.
+    Inserted,
+    /// A near-duplicate in the same scope was updated (new text and vector, tags
+    /// merged, pinned if either was).
+    Updated,
+}
 
 /// What a new memory holds.
 #[derive(Debug, Clone)]
@@ -82,18 +99,65 @@ impl From<StoreError> for MemoriesError {
     }
 }
 
+/// A memory of a tenant changed (its text, tags or pin) or was deleted, by this process
+/// or, with a signal, by another replica, as [`Memories::changes`] announces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryChanged {
+    /// The memory's tenant.
+    pub tenant: TenantId,
+    /// The memory.
+    pub memory: MemoryId,
+}
+
+/// Changes buffered for a slow listener before it lags (and is told to re-read).
+const CHANGES_BUFFER: usize = 256;
+
 /// The memory use-cases.
 #[derive(Debug, Clone)]
 pub struct Memories {
     store: Arc<dyn MemoryStore>,
     embedder: Arc<dyn Embedder>,
     clock: Arc<dyn Clock>,
+    changes: tokio::sync::broadcast::Sender<MemoryChanged>,
+    /// Carries this process's changes to the other replicas (Postgres), and theirs here.
+    signal: Option<Arc<dyn EventSignal>>,
 }
 
 impl Memories {
     /// The use-cases over the memory port, embedding with `embedder`.
     pub fn new(store: Arc<dyn MemoryStore>, embedder: Arc<dyn Embedder>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, embedder, clock }
+        Self { store, embedder, clock, changes: tokio::sync::broadcast::channel(CHANGES_BUFFER).0, signal: None }
+    }
+
+    /// Carries changes across replicas: every change this process makes is signalled
+    /// after its commit, and the changes other replicas signal join
+    /// [`changes`](Self::changes). Call once per process (the signal's listener is
+    /// registered here).
+    #[must_use]
+    pub fn with_signal(mut self, signal: Arc<dyn EventSignal>) -> Self {
+        let changes = self.changes.clone();
+        signal.listen_memories(Arc::new(move |notice: MemoryNotice| {
+            // No listener is not an error.
+            let _ = changes.send(MemoryChanged { tenant: notice.tenant, memory: notice.memory });
+        }));
+        self.signal = Some(signal);
+        self
+    }
+
+    /// The memories edited, updated as near-duplicates or deleted from now on: this
+    /// process's at once, and, with [`with_signal`](Self::with_signal), other replicas'
+    /// as their notices arrive (new memories are not announced: nobody can be subscribed
+    /// to them yet).
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<MemoryChanged> {
+        self.changes.subscribe()
+    }
+
+    fn announce(&self, tenant: &TenantId, memory: &MemoryId) {
+        if let Some(signal) = &self.signal {
+            signal.notify_memory(MemoryNotice { tenant: tenant.clone(), memory: memory.clone() });
+        }
+        // No listener is not an error.
+        let _ = self.changes.send(MemoryChanged { tenant: tenant.clone(), memory: memory.clone() });
     }
 
     /// The embedder new vectors come from.
@@ -116,13 +180,58 @@ impl Memories {
         let text = validate_text(&new.text)?;
         let tags = normalise_tags(&new.tags)?;
         let vector = self.embed_one(&text).await?;
+        self.insert(tenant, NewMemory { text, tags, ..new }, vector).await
+    }
+
+    /// Remembers `new` for `tenant`: when a memory of the same scope is a near-duplicate
+    /// (cosine similarity ≥ [`DUPLICATE_SIMILARITY`] between the vectors of the
+    /// configured embedder), that one is updated instead of inserting: it takes the new
+    /// text and vector, keeps its tags and adds the new ones (up to
+    /// [`maestro_core::memory::MAX_TAGS`], the new ones first), stays pinned if it was,
+    /// and keeps its id, creation time and source. Otherwise a new memory is stored, as
+    /// by [`Memories::store`]. One embedding either way; nothing is written when it fails.
+    ///
+    /// Two concurrent calls with the same new text may both insert (there is no lock
+    /// across the search and the write); the next remembering of it updates one of them.
+    pub async fn remember(&self, tenant: &TenantId, new: NewMemory) -> Result<(Memory, Remembered), MemoriesError> {
+        let text = validate_text(&new.text)?;
+        let tags = normalise_tags(&new.tags)?;
+        let vector = self.embed_one(&text).await?;
+        let same_scope = match &new.scope {
+            MemoryScope::Tenant => MemoryFilter { scope_kind: Some("tenant"), ..MemoryFilter::default() },
+            MemoryScope::Persona(name) => MemoryFilter { persona: Some(name.clone()), ..MemoryFilter::default() },
+            MemoryScope::Session(id) => MemoryFilter { session: Some(id.clone()), ..MemoryFilter::default() },
+        };
+        let nearest = self.store.search_memories(tenant, self.embedder.info(), &vector, &same_scope, 1).await?;
+        if let Some(hit) = nearest.into_iter().find(|hit| hit.score >= DUPLICATE_SIMILARITY) {
+            let mut merged = tags.clone();
+            merged.extend(hit.memory.tags.iter().filter(|t| !tags.contains(t)).cloned());
+            merged.truncate(maestro_core::memory::MAX_TAGS);
+            merged.sort();
+            let patch = MemoryPatch {
+                text: Some((text.clone(), vector.clone(), self.embedder.info().clone())),
+                tags: Some(merged),
+                pinned: (new.pinned && !hit.memory.pinned).then_some(true),
+            };
+            // `None`: deleted since the search; then it is inserted anew below.
+            if let Some(updated) = self.store.update_memory(tenant, &hit.memory.id, &patch, self.clock.now()).await? {
+                self.announce(tenant, &updated.id);
+                return Ok((updated, Remembered::Updated));
+            }
+        }
+        let memory = self.insert(tenant, NewMemory { text, tags, ..new }, vector).await?;
+        Ok((memory, Remembered::Inserted))
+    }
+
+    /// Inserts a new memory of validated `new` with its `vector`.
+    async fn insert(&self, tenant: &TenantId, new: NewMemory, vector: Vec<f32>) -> Result<Memory, MemoriesError> {
         let now = self.clock.now();
         let memory = Memory {
             id: MemoryId::from_random(random_bytes()),
             tenant: tenant.clone(),
             scope: new.scope,
-            text,
-            tags,
+            text: new.text,
+            tags: new.tags,
             pinned: new.pinned,
             source: new.source,
             created_at: now,
@@ -157,12 +266,19 @@ impl Memories {
             None => None,
         };
         let patch = MemoryPatch { text, tags, pinned: edit.pinned };
-        self.store.update_memory(tenant, id, &patch, self.clock.now()).await?.ok_or(MemoriesError::NotFound)
+        let edited =
+            self.store.update_memory(tenant, id, &patch, self.clock.now()).await?.ok_or(MemoriesError::NotFound)?;
+        self.announce(tenant, id);
+        Ok(edited)
     }
 
     /// Deletes a memory of `tenant`.
     pub async fn delete(&self, tenant: &TenantId, id: &MemoryId) -> Result<(), MemoriesError> {
-        if self.store.delete_memory(tenant, id).await? { Ok(()) } else { Err(MemoriesError::NotFound) }
+        if !self.store.delete_memory(tenant, id).await? {
+            return Err(MemoriesError::NotFound);
+        }
+        self.announce(tenant, id);
+        Ok(())
     }
 
     /// A page of a tenant's memories passing `filter`, newest first.
@@ -185,12 +301,37 @@ impl Memories {
         filter: &MemoryFilter,
         k: u32,
     ) -> Result<Vec<MemoryHit>, MemoriesError> {
+        self.search_any(tenant, query, std::slice::from_ref(filter), k).await
+    }
+
+    /// The `k` memories of `tenant` passing any of `filters` nearest in meaning to
+    /// `query` (one embedding, one search per filter, merged best first without
+    /// repeats); notes the `last_used_at` of those returned. No filter: no hits.
+    pub async fn search_any(
+        &self,
+        tenant: &TenantId,
+        query: &str,
+        filters: &[MemoryFilter],
+        k: u32,
+    ) -> Result<Vec<MemoryHit>, MemoriesError> {
         let query = validate_text(query)?;
         if !(1..=MAX_TOP_K).contains(&k) {
             return Err(MemoryError::Filter(format!("k must be between 1 and {MAX_TOP_K}")).into());
         }
+        if filters.is_empty() {
+            return Ok(Vec::new());
+        }
         let vector = self.embed_one(&query).await?;
-        let hits = self.store.search_memories(tenant, self.embedder.info(), &vector, filter, k).await?;
+        let mut hits: Vec<MemoryHit> = Vec::new();
+        for filter in filters {
+            for hit in self.store.search_memories(tenant, self.embedder.info(), &vector, filter, k).await? {
+                if !hits.iter().any(|h| h.memory.id == hit.memory.id) {
+                    hits.push(hit);
+                }
+            }
+        }
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+        hits.truncate(k as usize);
         let ids: Vec<MemoryId> = hits.iter().map(|h| h.memory.id.clone()).collect();
         if let Err(err) = self.store.touch_memories(tenant, &ids, self.clock.now()).await {
             // Recency bookkeeping only: the search itself succeeded.

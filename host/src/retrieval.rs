@@ -578,6 +578,7 @@ fn text_filters(filters: &Filters) -> Option<TextFilters> {
         author,
         since: filters.since,
         until: filters.until,
+        exclude_session: None,
         scope: filters.scope.clone(),
         tags: filters.tags.clone(),
         all_tags: filters.all_tags,

@@ -43,5 +43,5 @@ pub use ports::{
     AccountStore, Clock, DocumentStore, JobStore, KeyStore, LedgerStore, RunStore, Store, StoreError, StoreProbe,
     TenantStore, Tx, UnitOfWork,
 };
-pub use ports::{DocumentNotice, EventNotice, EventSignal, ScheduleStore};
+pub use ports::{DocumentNotice, EventNotice, EventSignal, MemoryNotice, ScheduleStore};
 pub use tenant::{Tenant, TenantName, TenantNameError};

@@ -15,9 +15,10 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::embed::EmbedderInfo;
 use crate::id::TenantId;
 use crate::run::SessionId;
-use crate::search::SearchKind;
+use crate::search::{OutboxPosition, SearchKind, Searchable};
 
 /// About how many words one passage holds.
 pub const PASSAGE_WORDS: usize = 180;
@@ -88,6 +89,90 @@ pub struct PassageHit {
     pub score: f32,
 }
 
+/// Where the passages stand against the search outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowerState {
+    /// The passages reflect every outbox row through here (one position for every
+    /// replica, kept in the database).
+    pub position: OutboxPosition,
+    /// The outbox's pruning deleted every row through here: a position below it
+    /// missed changes, and only a full reconcile catches up.
+    pub pruned_through: OutboxPosition,
+}
+
+impl FollowerState {
+    /// Whether the position fell behind the outbox's pruning.
+    pub fn behind_pruning(&self) -> bool {
+        self.position < self.pruned_through
+    }
+}
+
+/// A passage as stored, with the embedder that made its vector and the vector (what
+/// the follower compares new passages with: an unchanged text keeps its vector).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPassage {
+    /// The passage.
+    pub passage: Passage,
+    /// Which embedder made its vector.
+    pub embedder: EmbedderInfo,
+    /// Its vector.
+    pub vector: Vec<f32>,
+}
+
+/// One write of the passage follower, all or nothing: the position moves from
+/// `expected` to `next`, and every object named in `objects` has exactly `passages`'
+/// rows of it afterwards (none: its passages are deleted). Refused (nothing written)
+/// when the stored position is not `expected`, and, when `follows_outbox`, when the
+/// outbox was pruned past `expected` (the batch may have missed rows).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassageWrite {
+    /// The position the writer read before reading the objects' content.
+    pub expected: OutboxPosition,
+    /// The position afterwards (`expected` again for a reconcile's page).
+    pub next: OutboxPosition,
+    /// Whether the write applies outbox rows after `expected` (refused once pruning
+    /// passed `expected`), rather than a reconcile's page.
+    pub follows_outbox: bool,
+    /// The objects whose passages are replaced.
+    pub objects: Vec<(SearchKind, String)>,
+    /// The embedder that made `passages`' vectors.
+    pub embedder: EmbedderInfo,
+    /// The new passages (each of an object in `objects`) with their vectors.
+    pub passages: Vec<(Passage, Vec<f32>)>,
+}
+
+/// The passages of an object's current content: a message's text, or a document's
+/// title and text (the title in front of the first passage), cut by [`split`] with
+/// [`PASSAGE_WORDS`], [`PASSAGE_OVERLAP`] and [`MAX_PASSAGES`]. Memories have their
+/// own vectors: none.
+pub fn passages_of(object: &Searchable) -> Vec<Passage> {
+    if !matches!(object.kind, SearchKind::Message | SearchKind::Document) {
+        return Vec::new();
+    }
+    let mut texts = split(&object.text, PASSAGE_WORDS, PASSAGE_OVERLAP, MAX_PASSAGES);
+    let title = object.title.trim();
+    if object.kind == SearchKind::Document && !title.is_empty() {
+        match texts.first_mut() {
+            Some(first) => *first = format!("{title}\n\n{first}"),
+            None => texts.push(title.to_owned()),
+        }
+    }
+    texts
+        .into_iter()
+        .enumerate()
+        .map(|(chunk, text)| Passage {
+            tenant: object.tenant.clone(),
+            kind: object.kind,
+            object: object.id.clone(),
+            chunk: u32::try_from(chunk).unwrap_or(u32::MAX),
+            session: object.session.clone(),
+            author: object.author.clone(),
+            at: object.at,
+            text,
+        })
+        .collect()
+}
+
 /// Cuts `text` into passages of about `words` words, consecutive passages sharing
 /// `overlap` words, at most `max` passages; whitespace between words is kept as
 /// written inside a passage. An empty or blank text gives no passage.
@@ -140,6 +225,31 @@ mod tests {
     }
 
     #[test]
+    fn a_documents_title_leads_its_first_passage_and_memories_have_none() {
+        let object = Searchable {
+            tenant: TenantId::from_random([1; 16]),
+            kind: SearchKind::Document,
+            id: "doc_1".into(),
+            session: None,
+            author: Some("key_1".into()),
+            title: " Plan ".into(),
+            text: (0..200).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" "),
+            at: DateTime::from_timestamp(1_000, 0).expect("a valid time"),
+        };
+        let passages = passages_of(&object);
+        assert_eq!(passages.len(), 2);
+        assert!(passages[0].text.starts_with("Plan\n\nw0 w1"));
+        assert!(passages[1].text.starts_with("w150 "));
+        assert_eq!((passages[1].chunk, passages[1].object.as_str()), (1, "doc_1"));
+        let empty = Searchable { text: " ".into(), ..object.clone() };
+        assert_eq!(passages_of(&empty).iter().map(|p| p.text.as_str()).collect::<Vec<_>>(), ["Plan"]);
+        let message =
+            Searchable { kind: SearchKind::Message, title: String::new(), text: "hi there".into(), ..object.clone() };
+        assert_eq!(passages_of(&message)[0].text, "hi there");
+        assert!(passages_of(&Searchable { kind: SearchKind::Memory, ..object }).is_empty());
+    }
+
+    #[test]
     fn the_filter_narrows_by_every_field() {
         let session = SessionId::from_random([3; 16]);
         let passage = Passage {
@@ -149,7 +259,7 @@ mod tests {
             chunk: 0,
             session: Some(session.clone()),
             author: Some("p.x".into()),
-            at: DateTime::from_timestamp(1_000, 0).unwrap(),
+            at: DateTime::from_timestamp(1_000, 0).expect("a valid time"),
             text: "t".into(),
         };
         assert!(PassageFilter::default().matches(&passage));

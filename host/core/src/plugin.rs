@@ -295,7 +295,7 @@ pub fn json_len<T: Serialize + ?Sized>(value: &T) -> usize {
 
 /// Plugin names the host keeps for its built-in tools (`documents.read`, …): a plugin
 /// named so is refused at load, so a built-in tool's name always means the built-in.
-pub const RESERVED_PLUGIN_NAMES: &[&str] = &["documents", "runs", "maestro"];
+pub const RESERVED_PLUGIN_NAMES: &[&str] = &["documents", "runs", "maestro", "memory"];
 
 /// Plugin names: `^[a-z][a-z0-9_-]{0,31}$`.
 pub fn valid_plugin_name(name: &str) -> bool {

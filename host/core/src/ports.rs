@@ -367,6 +367,24 @@ pub trait EventSignal: Send + Sync + std::fmt::Debug {
     /// on (this process announces its own in process), reconnecting after failures.
     /// Called once per process.
     fn listen_documents(&self, on_notice: std::sync::Arc<dyn Fn(DocumentNotice) + Send + Sync>);
+    /// Signals a memory edited, updated as a near-duplicate or deleted (never inside a
+    /// transaction; never blocks). Adapters without a cross-process signal keep this
+    /// default, which does nothing.
+    fn notify_memory(&self, _notice: MemoryNotice) {}
+    /// Calls `on_notice` for every memory change another replica signals from now on
+    /// (this process announces its own in process), reconnecting after failures. Called
+    /// once per process. The default hears nothing.
+    fn listen_memories(&self, _on_notice: std::sync::Arc<dyn Fn(MemoryNotice) + Send + Sync>) {}
+}
+
+/// A memory changed or deleted (what crosses replicas for subscribers of memory
+/// changes, such as MCP `resources/updated`: they then read the memory from the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryNotice {
+    /// The memory's tenant.
+    pub tenant: TenantId,
+    /// The memory.
+    pub memory: MemoryId,
 }
 
 /// A document version committed (what crosses replicas for subscribers of document
@@ -639,4 +657,29 @@ pub trait PassageStore: Send + Sync + std::fmt::Debug {
         filter: &crate::passage::PassageFilter,
         k: u32,
     ) -> Result<Vec<crate::passage::PassageHit>, StoreError>;
+    /// Where the passages stand against the search outbox (the one follower position
+    /// every replica shares, and the outbox's pruning).
+    async fn passage_follower(&self) -> Result<crate::passage::FollowerState, StoreError>;
+    /// The stored passages of objects of one kind (of any tenant) by id, with their
+    /// vectors, ordered by object and chunk.
+    async fn stored_passages(
+        &self,
+        kind: SearchKind,
+        ids: &[String],
+    ) -> Result<Vec<crate::passage::StoredPassage>, StoreError>;
+    /// The ids of objects of one kind that have passages, after `after` and up to and
+    /// including `through` (`None`: no bound), in the store's id order: what a reconcile
+    /// compares with a page of [`SearchStore::searchable_page`] to find passages of
+    /// objects that are gone.
+    async fn passage_objects_between(
+        &self,
+        kind: SearchKind,
+        after: Option<&str>,
+        through: Option<&str>,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Applies `write` in one transaction (see [`crate::passage::PassageWrite`]);
+    /// `false`: refused, nothing written (the position moved, or pruning passed it).
+    async fn write_passages(&self, write: &crate::passage::PassageWrite) -> Result<bool, StoreError>;
+    /// Whether any passage's vector was made by another embedder than `current`.
+    async fn has_stale_passages(&self, current: &EmbedderInfo) -> Result<bool, StoreError>;
 }

@@ -612,6 +612,45 @@ pub enum EventBody {
         /// What it used.
         totals: RunTotals,
     },
+    /// What the runner recalled into a persona's context for a step (recorded with its
+    /// `step.started`): the persona's memories and snippets of the tenant's earlier
+    /// sessions, given to the model as one system block. Not recorded when nothing
+    /// relevant was found.
+    #[serde(rename = "memory.recalled")]
+    MemoryRecalled {
+        /// The step.
+        step: u32,
+        /// `plugin.persona`.
+        persona: String,
+        /// The memories added, best first.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        memories: Vec<RecalledMemory>,
+        /// The snippets of earlier sessions added, best first.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        snippets: Vec<RecalledSnippet>,
+        /// The block's size by the prompt token bound (`[memory] recall_tokens` caps it).
+        tokens: u64,
+    },
+}
+
+/// A memory a step recalled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecalledMemory {
+    /// The memory.
+    pub id: crate::memory::MemoryId,
+    /// Its cosine similarity to the query.
+    pub score: f32,
+}
+
+/// A snippet of an earlier session a step recalled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecalledSnippet {
+    /// What it is part of (a message or a document).
+    pub kind: crate::search::SearchKind,
+    /// That object's id (`msg_…`, `doc_…`).
+    pub id: String,
+    /// Its fused (reciprocal rank) score.
+    pub score: f64,
 }
 
 /// Who asked the user a question.
@@ -882,6 +921,7 @@ impl EventBody {
             EventBody::ClarificationRequested { .. } => "clarification.requested",
             EventBody::ClarificationAnswered { .. } => "clarification.answered",
             EventBody::RunExpired { .. } => "run.expired",
+            EventBody::MemoryRecalled { .. } => "memory.recalled",
         }
     }
 
@@ -1048,6 +1088,18 @@ mod tests {
                 action: AnswerAction::Decline,
             },
             EventBody::RunExpired { totals: RunTotals::default() },
+            EventBody::MemoryRecalled {
+                step: 1,
+                persona: "p.a".into(),
+                memories: vec![RecalledMemory { id: crate::memory::MemoryId::from_random([4; 16]), score: 0.625 }],
+                snippets: vec![RecalledSnippet {
+                    kind: crate::search::SearchKind::Message,
+                    id: "msg_x".into(),
+                    score: 1.0 / 61.0,
+                }],
+                tokens: 120,
+            },
+            EventBody::MemoryRecalled { step: 2, persona: "p.a".into(), memories: vec![], snippets: vec![], tokens: 0 },
         ];
         for body in bodies {
             let payload = body.payload();

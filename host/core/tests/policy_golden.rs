@@ -89,10 +89,27 @@ fn rule_name(decision: &Decision) -> String {
 #[test]
 fn shipped_default_policy_compiles_alone() {
     let set = PolicySet::parse([("policies/default.toml", DEFAULT)]).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(set.rule_counts(), (5, 0), "offline tools, personas, plugin resources, documents and runs for members");
+    assert_eq!(
+        set.rule_counts(),
+        (7, 0),
+        "offline tools, personas, plugin resources, documents, runs and memory for members, memory search for viewers"
+    );
     assert!(set.decide_resources(&who("anyone", Role::Member), "personas").is_allowed());
     assert!(!set.decide_resources(&who("anyone", Role::Viewer), "personas").is_allowed());
     assert!(!set.decide_resources(&who("anyone", Role::Admin), "thirdparty").is_allowed());
+}
+
+#[test]
+fn shipped_default_grants_every_memory_tool_to_members_and_only_search_to_viewers() {
+    let set = PolicySet::parse([("policies/default.toml", DEFAULT)]).expect("valid");
+    for tool in ["memory.search", "memory.store", "memory.forget"] {
+        assert_eq!(rule_name(&set.decide(&who("anyone", Role::Member), tool)), "members-memory", "{tool}");
+        assert!(set.decide(&who("anyone", Role::Admin), tool).is_allowed(), "{tool}");
+    }
+    assert_eq!(rule_name(&set.decide(&who("anyone", Role::Viewer), "memory.search")), "viewers-memory-search");
+    for tool in ["memory.store", "memory.forget"] {
+        assert_eq!(rule_name(&set.decide(&who("anyone", Role::Viewer), tool)), "default-deny", "{tool}");
+    }
 }
 
 #[test]

@@ -333,6 +333,12 @@ async fn mcp(config: &Config, env: &Env, args: McpArgs) -> anyhow::Result<()> {
     let mut host_tools = crate::tools::documents::tools(documents.clone());
     let (run_tools, more) = crate::orchestrator::tools::tools();
     host_tools.extend(more);
+    // The embedder loads in the background; memory calls made meanwhile wait for it.
+    let embedder = crate::open_embedder(config, env)?;
+    // Memories changed by `maestro serve` replicas reach this process's subscribers too.
+    let memories =
+        Arc::new(crate::memory::Memories::new(store.clone(), embedder, clock.clone()).with_signal(store.clone()));
+    host_tools.extend(crate::tools::memory::tools(memories.clone()));
     let tools = crate::open_tools_with(config, env, crate::PluginLoading::Background, credits, host_tools).await?;
     // Runs started here are executed by the job workers of `maestro serve` on the same
     // store; their events reach this process by polling the store.
@@ -341,7 +347,7 @@ async fn mcp(config: &Config, env: &Env, args: McpArgs) -> anyhow::Result<()> {
         Arc::new(crate::orchestrator::Orchestrator::new(store.clone(), store.clone(), clock, tools.clone(), hub));
     run_tools.bind(&orchestrator);
     tracing::info!(tenant = %principal.tenant, role = %principal.role, "serving MCP on stdio");
-    let agents = crate::mcp::Agents { documents, runs: run_tools };
+    let agents = crate::mcp::Agents { documents, runs: run_tools, memories: Some(memories) };
     crate::mcp::serve_stdio(crate::mcp::Mcp::with_agents(tools, config.mcp.names, agents), principal, key_check)
         .await?;
     drop(orchestrator);

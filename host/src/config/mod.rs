@@ -82,6 +82,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MAESTRO_EMBEDDINGS_DIMENSIONS", "numbers per vector of the service's model (embeddings.dimensions)"),
     ("MAESTRO_EMBEDDINGS_BATCH_SIZE", "texts per forward pass or per request (embeddings.batch_size)"),
     ("MAESTRO_EMBEDDINGS_THREADS", "threads of the offline embedder, 0 for one per core (embeddings.threads)"),
+    ("MAESTRO_MEMORY_RECALL", "true or false: personas recall memories and earlier sessions (memory.recall)"),
+    ("MAESTRO_MEMORY_DISTIL", "true or false: completed runs are distilled into memories (memory.distil)"),
 ];
 
 /// The config file format version this build reads.
@@ -160,6 +162,8 @@ pub struct Config {
     pub search: crate::search::SearchSettings,
     /// The embedder of memories and semantic search (`[embeddings]`).
     pub embeddings: EmbeddingSettings,
+    /// What personas recall, and distillation after runs (`[memory]`).
+    pub memory: crate::recall::MemorySettings,
     /// `MAESTRO_*` variables that were set but are not known, to warn about once
     /// logging is up.
     pub unknown_env: Vec<String>,
@@ -450,6 +454,7 @@ impl Config {
         let artifacts = artifact_settings(raw.artifacts, &data_dir)?;
         let search = search_settings(raw.search, &data_dir)?;
         let embeddings = embedding_settings(raw.embeddings)?;
+        let memory = memory_settings(raw.memory)?;
         let unknown_env = env
             .keys()
             .filter(|k| k.starts_with("MAESTRO_") && !ENV_VARS.iter().any(|(known, _)| known == k))
@@ -481,6 +486,7 @@ impl Config {
             artifacts,
             search,
             embeddings,
+            memory,
             unknown_env,
         })
     }
@@ -1037,6 +1043,40 @@ fn search_settings(
             Duration::ZERO..=day.saturating_mul(36_500),
         )?)
         .filter(|d| !d.is_zero()),
+    })
+}
+
+/// `[memory]`.
+fn memory_settings(raw: raw::RawMemory) -> Result<crate::recall::MemorySettings, ConfigError> {
+    let defaults = crate::recall::MemorySettings::default();
+    let recall_tokens = raw.recall_tokens.unwrap_or(defaults.recall_tokens);
+    if !(100..=100_000).contains(&recall_tokens) {
+        return Err(invalid("memory.recall_tokens", recall_tokens, "expected 100 to 100000".into()));
+    }
+    let recall_min_score = raw.recall_min_score.unwrap_or(defaults.recall_min_score);
+    if !(-1.0..=1.0).contains(&recall_min_score) {
+        return Err(invalid("memory.recall_min_score", recall_min_score, "expected a similarity from -1 to 1".into()));
+    }
+    let recall_min_text_score = raw.recall_min_text_score.unwrap_or(defaults.recall_min_text_score);
+    if !(0.0..=1000.0).contains(&recall_min_text_score) {
+        return Err(invalid("memory.recall_min_text_score", recall_min_text_score, "expected 0 to 1000".into()));
+    }
+    let recall_skip = raw.recall_skip.unwrap_or_default();
+    if let Some(bad) = recall_skip.iter().find(|p| maestro_core::plugin::split_qualified(p).is_none()) {
+        return Err(invalid("memory.recall_skip", bad, "expected qualified persona names (plugin.persona)".into()));
+    }
+    let distil_max_facts = raw.distil_max_facts.unwrap_or(defaults.distil_max_facts);
+    if !(1..=100).contains(&distil_max_facts) {
+        return Err(invalid("memory.distil_max_facts", distil_max_facts, "expected 1 to 100".into()));
+    }
+    Ok(crate::recall::MemorySettings {
+        recall: raw.recall.unwrap_or(defaults.recall),
+        recall_tokens,
+        recall_min_score,
+        recall_min_text_score,
+        recall_skip,
+        distil: raw.distil.unwrap_or(defaults.distil),
+        distil_max_facts,
     })
 }
 

@@ -91,6 +91,29 @@ pub struct RawConfig {
     /// `[embeddings]`.
     #[serde(default)]
     pub embeddings: RawEmbeddings,
+    /// `[memory]`.
+    #[serde(default)]
+    pub memory: RawMemory,
+}
+
+/// `[memory]`: what personas recall, and distillation after runs.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMemory {
+    /// Whether personas recall before answering.
+    pub recall: Option<bool>,
+    /// The recalled block's budget, by the prompt token bound.
+    pub recall_tokens: Option<u32>,
+    /// The least cosine similarity recalled.
+    pub recall_min_score: Option<f32>,
+    /// The least BM25 score of a recalled full-text hit.
+    pub recall_min_text_score: Option<f32>,
+    /// Personas that never recall.
+    pub recall_skip: Option<Vec<String>>,
+    /// Whether completed runs are distilled into memories.
+    pub distil: Option<bool>,
+    /// The most facts one run's distillation stores.
+    pub distil_max_facts: Option<u32>,
 }
 
 /// `[search]`: the full-text index.
@@ -523,7 +546,7 @@ impl RawConfig {
         self.apply_agent_env(env)
     }
 
-    /// The `[runs]`, `[schedules]`, `[events]` and `[artifacts]` variables. Values are
+    /// The `[runs]`, `[schedules]`, `[events]`, `[artifacts]` and `[memory]` variables. Values are
     /// validated with the file's, so a bad one is refused naming the config key.
     fn apply_agent_env(&mut self, env: &Env) -> Result<(), ConfigError> {
         let get = |key| non_empty(env, key).map(str::to_owned);
@@ -580,6 +603,23 @@ impl RawConfig {
         }
         if let Some(v) = get("MAESTRO_ARTIFACTS_SECRET_ACCESS_KEY") {
             artifacts.secret_access_key = Some(v);
+        }
+        for (key, slot) in
+            [("MAESTRO_MEMORY_RECALL", &mut self.memory.recall), ("MAESTRO_MEMORY_DISTIL", &mut self.memory.distil)]
+        {
+            if let Some(v) = get(key) {
+                *slot = Some(match v.trim() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            key: key.into(),
+                            value: v.clone(),
+                            reason: "expected true or false".into(),
+                        });
+                    }
+                });
+            }
         }
         Ok(())
     }

@@ -333,7 +333,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
     let authenticated = authenticated.route_layer(middleware::from_fn_with_state(state.clone(), auth::require_caller));
     let runs = crate::orchestrator::tools::OrchestratorSlot::default();
     runs.bind(&state.orchestrator);
-    let agents = crate::mcp::Agents { documents: state.documents.clone(), runs };
+    let agents = crate::mcp::Agents { documents: state.documents.clone(), runs, memories: state.memories.clone() };
     let mcp_service = crate::mcp::Mcp::with_agents(state.tools.clone(), settings.mcp.names, agents);
     if let Some(secret) = &settings.mcp.state_secret {
         mcp_service.seal_states_with(&secret.0);

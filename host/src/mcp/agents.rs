@@ -43,6 +43,8 @@ pub struct Agents {
     pub documents: Arc<Documents>,
     /// The orchestrator, once built.
     pub runs: OrchestratorSlot,
+    /// The memory use-cases (`maestro://memories/{id}`), when memories are set up.
+    pub memories: Option<Arc<crate::memory::Memories>>,
 }
 
 /// Whether `uri` is one of the agent resources.

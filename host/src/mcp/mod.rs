@@ -14,6 +14,7 @@
 mod agents;
 mod content;
 mod elicitation;
+mod memories;
 mod redact;
 mod resources;
 mod resume;
@@ -47,6 +48,7 @@ use crate::telemetry::{RequestId, RequestSpan};
 use crate::tools::{CallError, Observe, Principal, Tools, VisiblePersona, VisibleTool};
 
 pub use agents::{Agents, DOCUMENT_TEMPLATE, TRANSCRIPT_TEMPLATE, VERSION_TEMPLATE};
+pub use memories::{MEMORY_TEMPLATE, PAGE as MEMORY_PAGE};
 pub use resources::{PLUGIN_TEMPLATE, POLICY_URI};
 pub use resume::{EventBuffer, MAX_STREAM_EVENTS, ResumeError};
 
@@ -162,6 +164,8 @@ pub struct Handler {
     subscriptions: agents::Subscriptions,
     /// This session's plugin-resource subscriptions.
     plugin_subscriptions: resources::plugins::Subscriptions,
+    /// This session's memory subscriptions.
+    memory_subscriptions: memories::Subscriptions,
 }
 
 impl Drop for Handler {
@@ -180,6 +184,7 @@ impl Handler {
             stop: CancellationToken::new(),
             subscriptions: Default::default(),
             plugin_subscriptions: Default::default(),
+            memory_subscriptions: Default::default(),
         }
     }
 
@@ -192,6 +197,7 @@ impl Handler {
             stop: CancellationToken::new(),
             subscriptions: Default::default(),
             plugin_subscriptions: Default::default(),
+            memory_subscriptions: Default::default(),
         }
     }
 
@@ -945,17 +951,33 @@ impl ServerHandler for Handler {
 
     async fn list_resources(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
         self.ready().await;
         let principal = self.principal(&context.extensions)?;
+        let memories = self.mcp.agents.as_ref().and_then(|a| a.memories.as_deref());
+        let cursor = request.and_then(|r| r.cursor);
+        if let Some(cursor) = &cursor {
+            // Later pages hold only memories, the one family listed page by page.
+            let Some(memories) = memories.filter(|_| memories::owns_cursor(cursor)) else {
+                return Err(ErrorData::invalid_params("unknown cursor", Some(serde_json::json!({ "cursor": cursor }))));
+            };
+            let (listed, next) = memories::list(memories, &self.mcp.tools, &principal, Some(cursor)).await?;
+            return Ok(ListResourcesResult { next_cursor: next, ..ListResourcesResult::with_all_items(listed) });
+        }
         let mut listed = resources::list(&self.mcp.tools, &principal);
         if let Some(agents) = &self.mcp.agents {
             listed.extend(agents::list(agents, &self.mcp.tools, &principal).await);
         }
         listed.extend(resources::plugins::list(&self.mcp.tools, &principal));
-        Ok(ListResourcesResult::with_all_items(listed))
+        let mut next_cursor = None;
+        if let Some(memories) = memories {
+            let (page, next) = memories::list(memories, &self.mcp.tools, &principal, None).await?;
+            listed.extend(page);
+            next_cursor = next;
+        }
+        Ok(ListResourcesResult { next_cursor, ..ListResourcesResult::with_all_items(listed) })
     }
 
     async fn list_resource_templates(
@@ -968,6 +990,9 @@ impl ServerHandler for Handler {
         let mut templates = resources::templates();
         if self.mcp.agents.is_some() {
             templates.extend(agents::templates());
+        }
+        if self.mcp.agents.as_ref().is_some_and(|a| a.memories.is_some()) {
+            templates.extend(memories::templates());
         }
         templates.extend(resources::plugins::templates(&self.mcp.tools, &principal));
         Ok(ListResourceTemplatesResult::with_all_items(templates))
@@ -986,6 +1011,21 @@ impl ServerHandler for Handler {
             let result = match &principal {
                 Ok(principal) => {
                     agents::read(agents, &self.mcp.tools, principal, &request.uri).instrument(span.clone()).await
+                }
+                Err(err) => Err(err.clone()),
+            };
+            let _entered = span.enter();
+            trace("resources/read", tenant_of(&principal), &truncate(&request.uri, 256), started, &result);
+            return result.map(ReadResourceResponse::from);
+        }
+        if let Some(memories) =
+            self.mcp.agents.as_ref().and_then(|a| a.memories.as_deref()).filter(|_| memories::owns(&request.uri))
+        {
+            let started = Instant::now();
+            let principal = self.principal(&context.extensions);
+            let result = match &principal {
+                Ok(principal) => {
+                    memories::read(memories, &self.mcp.tools, principal, &request.uri).instrument(span.clone()).await
                 }
                 Err(err) => Err(err.clone()),
             };
@@ -1038,6 +1078,13 @@ impl ServerHandler for Handler {
         let Some(agents) = &self.mcp.agents else {
             return Err(ErrorData::invalid_params("this server has no subscribable resources", None));
         };
+        if let Some(memories) = agents.memories.as_deref().filter(|_| memories::owns(&request.uri)) {
+            let (peer, stop) = (context.peer.clone(), self.stop.clone());
+            return self
+                .memory_subscriptions
+                .subscribe(memories, &self.mcp.tools, &principal, &request.uri, peer, stop)
+                .await;
+        }
         self.subscriptions
             .subscribe(agents, &self.mcp.tools, &principal, &request.uri, context.peer.clone(), self.stop.clone())
             .await
@@ -1051,6 +1098,7 @@ impl ServerHandler for Handler {
         self.principal(&context.extensions)?;
         self.subscriptions.unsubscribe(&request.uri);
         self.plugin_subscriptions.unsubscribe(&request.uri);
+        self.memory_subscriptions.unsubscribe(&request.uri);
         Ok(())
     }
 
@@ -1064,7 +1112,10 @@ impl ServerHandler for Handler {
     fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
         let builder =
             SubscriptionFilter::builder().tools_list_changed().prompts_list_changed().resources_list_changed();
-        let documents = if self.mcp.agents.is_some() { agents::accepted(requested) } else { Vec::new() };
+        let mut documents = if self.mcp.agents.is_some() { agents::accepted(requested) } else { Vec::new() };
+        if self.mcp.agents.as_ref().is_some_and(|a| a.memories.is_some()) {
+            documents.extend(memories::accepted(requested));
+        }
         let builder = if documents.is_empty() { builder } else { builder.resource_subscriptions(documents) };
         Some(builder.build())
     }
@@ -1079,9 +1130,15 @@ impl ServerHandler for Handler {
         let lists = watch::notify_changes(self.mcp.clone(), principal.clone(), stop.clone(), sink);
         match &self.mcp.agents {
             Some(agents) if !documents.is_empty() => {
+                let (uris, sink, until) = (documents.clone(), context.sink().clone(), stop.clone());
+                let remembered = async {
+                    if let Some(memories) = &agents.memories {
+                        memories::listen(memories, &self.mcp.tools, &principal, uris, sink, until).await;
+                    }
+                };
                 let updates =
                     agents::listen(agents, &self.mcp.tools, &principal, documents, context.sink().clone(), stop);
-                futures_join(lists, updates).instrument(span).await;
+                futures_join(lists, futures_join(updates, remembered)).instrument(span).await;
             }
             _ => lists.instrument(span).await,
         }

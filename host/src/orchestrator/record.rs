@@ -268,7 +268,7 @@ impl Record {
                     ask.answer = Some(answer.clone());
                 }
             }
-            EventBody::MessageDelta { .. } | EventBody::DocumentUpdated { .. } => {}
+            EventBody::MessageDelta { .. } | EventBody::DocumentUpdated { .. } | EventBody::MemoryRecalled { .. } => {}
         }
     }
 

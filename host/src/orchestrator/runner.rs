@@ -51,6 +51,11 @@
 //! stream (closing its connection) and any tool call (cancelling the sandbox call). Open
 //! holds are voided, `run.cancelled` is recorded and the run ends `cancelled`.
 //!
+//! # Memory
+//! With [`Runner::with_memory`], personas recall before they answer (see `step.rs`),
+//! and a completed run enqueues its distillation ([`crate::distil::DISTIL_JOB`]) in the
+//! unit of work that records `run.completed`.
+//!
 //! # Failures
 //! A model error fails the run with its code (`no_model_provider` says which settings to
 //! add); a tenant that cannot cover a hold fails with `insufficient_credits` before the
@@ -173,6 +178,10 @@ pub(super) struct Inner {
     pub(super) pricing: Pricing,
     pub(super) hub: Arc<EventHub>,
     pub(super) settings: RunnerSettings,
+    /// What personas recall before answering (`None`: nothing).
+    pub(super) recall: Option<Arc<crate::recall::Recall>>,
+    /// Whether a completed run enqueues its distillation ([`crate::distil::DISTIL_JOB`]).
+    pub(super) distil: bool,
 }
 
 /// Why the run's work stopped before completing.
@@ -337,8 +346,26 @@ impl Runner {
                 pricing: Pricing::new(prices),
                 hub,
                 settings,
+                recall: None,
+                distil: false,
             }),
         }
+    }
+
+    /// The same runner, its personas recalling through `recall` before they answer, and
+    /// its completed runs distilled into memories when `distil` (see `recall.rs` and
+    /// `distil.rs`). Call it before the runner is cloned (a shared runner is left as it
+    /// is, with a warning).
+    #[must_use]
+    pub fn with_memory(mut self, recall: Option<Arc<crate::recall::Recall>>, distil: bool) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => {
+                inner.recall = recall;
+                inner.distil = distil;
+            }
+            None => tracing::warn!("the runner is already shared: memory is not wired into it"),
+        }
+        self
     }
 
     /// Executes (or resumes) a run until it ends; returns its final state. `Err` leaves
@@ -602,8 +629,15 @@ impl Inner {
             run.totals = stored.totals;
         }
         let totals = ctx.run.lock().await.totals;
+        let mut jobs = Vec::new();
         let (event, state, error) = match outcome {
-            Ok(()) => (EventBody::RunCompleted { totals }, RunState::Completed, None),
+            Ok(()) => {
+                // Its distillation is enqueued with its end, so it is never lost or doubled.
+                if self.distil {
+                    jobs.extend(crate::distil::distil_job(&ctx.id, self.clock.now()));
+                }
+                (EventBody::RunCompleted { totals }, RunState::Completed, None)
+            }
             Err(Stop::Cancelled) => (EventBody::RunCancelled { totals }, RunState::Cancelled, None),
             Err(Stop::Failed(error)) => {
                 tracing::info!(run = %ctx.id, code = %error.code, "run failed");
@@ -613,7 +647,7 @@ impl Inner {
             Err(Stop::Waiting) => return Ok(RunState::WaitingInput),
             Err(Stop::Superseded) => return Ok(RunState::Running),
         };
-        let commit = Commit { events: vec![event], state: Some((state, error)), ..Commit::default() };
+        let commit = Commit { events: vec![event], state: Some((state, error)), jobs, ..Commit::default() };
         match self.commit(ctx, commit).await {
             Ok(_) => Ok(state),
             Err(Stop::Store(err)) => Err(RunnerError::Store(err)),

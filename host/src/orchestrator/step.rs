@@ -15,6 +15,12 @@
 //! answered `tool_limit` without running and the model is called once more with no tools,
 //! so that the step ends with a text answer.
 //!
+//! # Recall
+//! Before the first model call, the persona recalls what is relevant to the triggering
+//! message (`crate::recall`): one delimited block appended to its system prompt (never
+//! trimmed), recorded as `memory.recalled` in the unit of work of `step.started`. A
+//! resumed step recalls again and records nothing more.
+//!
 //! # A model call
 //! Before it, a hold for the worst case (the prompt's token bound plus `max_tokens` at
 //! the dearest price of the model's chain; `max_tokens` lowered to fit the run's budget)
@@ -348,8 +354,14 @@ impl Inner {
             )
         })?;
         let (prompt, render_credits) = self.render(ctx, persona, &spec).await?;
-        let system =
-            context::with_blocks(prompt.system, &self.tools.host_context(&ctx.principal, &ctx.session.id).await);
+        let mut blocks = self.tools.host_context(&ctx.principal, &ctx.session.id).await;
+        // Recalled on every execution of the step; recorded once, with its start.
+        let recalled = match &self.recall {
+            Some(recall) => recall.recall(&ctx.principal.tenant_id, persona, &ctx.session.id, &ctx.trigger).await,
+            None => crate::recall::Recalled::default(),
+        };
+        blocks.extend(recalled.block.clone());
+        let system = context::with_blocks(prompt.system, &blocks);
         let head = context::head(system, prompt.messages, persona);
         let models = self.models.models();
         let model = model_for_tier(&models, spec.model_tier).cloned().ok_or(LlmError::NoProvider)?;
@@ -386,7 +398,14 @@ impl Inner {
                 context_messages: fitted.context_messages,
                 trimmed_messages: fitted.trimmed_messages,
             };
-            let events = decided.into_iter().chain([event]).collect();
+            let recorded = recalled.block.is_some().then(|| EventBody::MemoryRecalled {
+                step,
+                persona: persona.to_owned(),
+                memories: recalled.memories,
+                snippets: recalled.snippets,
+                tokens: recalled.tokens,
+            });
+            let events = decided.into_iter().chain([event]).chain(recorded).collect();
             self.commit(ctx, Commit { events, add, ..Commit::default() }).await?;
         } else if render_credits > 0 {
             self.commit(ctx, Commit { add, ..Commit::default() }).await?;

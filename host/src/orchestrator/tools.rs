@@ -377,6 +377,9 @@ fn summary(body: &EventBody) -> Option<String> {
         EventBody::RunFailed { error, .. } => format!("run failed: {}", error.code),
         EventBody::RunCancelled { .. } => "run cancelled".to_owned(),
         EventBody::RunExpired { .. } => "run expired".to_owned(),
+        EventBody::MemoryRecalled { step, memories, snippets, .. } => {
+            format!("step {step}: recalled {} memories and {} earlier snippets", memories.len(), snippets.len())
+        }
         EventBody::MessageDelta { .. } | EventBody::MessageCompleted { .. } => return None,
     })
 }

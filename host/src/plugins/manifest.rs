@@ -121,6 +121,7 @@ mod tests {
             (GOOD.replace("\"calc\"", "\"documents\""), "reserved for the host's built-in tools"),
             (GOOD.replace("\"calc\"", "\"runs\""), "reserved for the host's built-in tools"),
             (GOOD.replace("\"calc\"", "\"maestro\""), "reserved for the host's built-in tools"),
+            (GOOD.replace("\"calc\"", "\"memory\""), "reserved for the host's built-in tools"),
         ];
         for (text, expected) in cases {
             let err = Manifest::parse(&text).expect_err(expected);

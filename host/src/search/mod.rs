@@ -132,6 +132,9 @@ pub struct TextFilters {
     pub since: Option<DateTime<Utc>>,
     /// Written before.
     pub until: Option<DateTime<Utc>>,
+    /// Never objects of this session (the session a run is in, when recalling earlier
+    /// sessions); objects of no session still match.
+    pub exclude_session: Option<SessionId>,
     /// Only memories of this scope kind (`tenant`, `persona`, `session`).
     pub scope: Option<String>,
     /// Only memories carrying these tags (any or all, by `all_tags`); empty: no filter.

@@ -102,6 +102,9 @@ pub(super) fn candidates(
     if let Some(session) = &filters.session {
         clauses.push((Occur::Must, exact(fields.session, session.as_str())));
     }
+    if let Some(session) = &filters.exclude_session {
+        clauses.push((Occur::MustNot, exact(fields.session, session.as_str())));
+    }
     if let Some(author) = &filters.author {
         clauses.push((Occur::Must, exact(fields.author, author)));
     }

@@ -252,8 +252,9 @@ macro_rules! bind_insert {
     }};
 }
 
-/// The best `k` (score, id) pairs seen so far: a min-heap on the score.
-struct TopK {
+/// The best `k` (score, id) pairs seen so far: a min-heap on the score (passages'
+/// exact scan uses it too).
+pub(super) struct TopK {
     k: usize,
     heap: BinaryHeap<Candidate>,
 }
@@ -282,16 +283,16 @@ impl Ord for Candidate {
 }
 
 impl TopK {
-    fn new(k: usize) -> Self {
+    pub(super) fn new(k: usize) -> Self {
         Self { k, heap: BinaryHeap::with_capacity(k + 1) }
     }
 
     /// Whether a candidate with `score` would be kept (so its id is worth copying).
-    fn admits(&self, score: f32) -> bool {
+    pub(super) fn admits(&self, score: f32) -> bool {
         self.heap.len() < self.k || self.heap.peek().is_some_and(|worst| score > worst.score)
     }
 
-    fn push(&mut self, score: f32, id: String) {
+    pub(super) fn push(&mut self, score: f32, id: String) {
         self.heap.push(Candidate { score, id });
         if self.heap.len() > self.k {
             self.heap.pop();
@@ -299,7 +300,7 @@ impl TopK {
     }
 
     /// Best first.
-    fn into_sorted(self) -> Vec<(f32, String)> {
+    pub(super) fn into_sorted(self) -> Vec<(f32, String)> {
         self.heap.into_sorted_vec().into_iter().map(|c| (c.score, c.id)).collect()
     }
 }
@@ -705,7 +706,7 @@ impl PostgresStore {
     /// vectors already chose the index, and the planner's row estimates for a tenant
     /// and filter (stale right after a bulk insert, blind to the clustering) must not
     /// turn it back into a sort of every row through a b-tree.
-    async fn memory_search_settings(conn: &mut sqlx::PgConnection, k: u32) -> Result<(), StoreError> {
+    pub(super) async fn memory_search_settings(conn: &mut sqlx::PgConnection, k: u32) -> Result<(), StoreError> {
         let ef = (k.saturating_mul(2)).clamp(40, 1000);
         sqlx::query(
             "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), \

@@ -111,4 +111,12 @@ impl maestro_core::EventSignal for PostgresStore {
     fn listen_documents(&self, on_notice: std::sync::Arc<dyn Fn(maestro_core::DocumentNotice) + Send + Sync>) {
         self.signal.listen_documents(on_notice);
     }
+
+    fn notify_memory(&self, notice: maestro_core::MemoryNotice) {
+        self.signal.notify_memory(notice);
+    }
+
+    fn listen_memories(&self, on_notice: std::sync::Arc<dyn Fn(maestro_core::MemoryNotice) + Send + Sync>) {
+        self.signal.listen_memories(on_notice);
+    }
 }

@@ -1,6 +1,7 @@
 //! [`maestro_core::EventSignal`] on Postgres: `NOTIFY maestro_run_events` after a run's
 //! events commit, `NOTIFY maestro_document_changes` after a document version commits,
-//! and one `LISTEN`ing connection per replica for both.
+//! `NOTIFY maestro_memory_changes` after a memory is edited or deleted, and one
+//! `LISTEN`ing connection per replica for all three.
 //!
 //! `notify` and `notify_document` never block and never run inside a transaction: they
 //! queue the notice (bounded; a full queue drops it, which costs a reader latency, never
@@ -9,7 +10,7 @@
 //! `SELECT pg_notify(…)` on the pool. The payloads are JSON: `{"run", "session", "seq",
 //! "session_seq"}` and `{"tenant", "document", "version", "origin"}`, where `origin`
 //! names the sending process so that its own document notices are not heard back (it
-//! announces them in process). The listener reconnects after a lost connection
+//! announces them in process); memory notices are `{"tenant", "memory", "origin"}`. The listener reconnects after a lost connection
 //! (notifications sent meanwhile are lost, as above) and stops when the pool closes.
 
 use std::collections::HashMap;
@@ -17,8 +18,9 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use maestro_core::document::DocumentId;
+use maestro_core::memory::MemoryId;
 use maestro_core::run::{RunId, SessionId};
-use maestro_core::{DocumentNotice, EventNotice, TenantId};
+use maestro_core::{DocumentNotice, EventNotice, MemoryNotice, TenantId};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::mpsc;
@@ -28,6 +30,9 @@ pub(super) const CHANNEL: &str = "maestro_run_events";
 
 /// The channel of document changes.
 pub(super) const DOCUMENT_CHANNEL: &str = "maestro_document_changes";
+
+/// The channel of memory changes.
+pub(super) const MEMORY_CHANNEL: &str = "maestro_memory_changes";
 
 /// Notices waiting to be sent before new ones are dropped.
 const QUEUE: usize = 1024;
@@ -54,21 +59,33 @@ struct DocumentPayload {
     origin: String,
 }
 
+/// The memory notification payload.
+#[derive(Debug, Serialize, Deserialize)]
+struct MemoryPayload {
+    tenant: String,
+    memory: String,
+    /// The sending process.
+    origin: String,
+}
+
 /// A notice waiting to be sent.
 #[derive(Debug)]
 enum Outgoing {
     Run(EventNotice),
     Document(DocumentNotice),
+    Memory(MemoryNotice),
 }
 
 type OnRun = Arc<dyn Fn(EventNotice) + Send + Sync>;
 type OnDocument = Arc<dyn Fn(DocumentNotice) + Send + Sync>;
+type OnMemory = Arc<dyn Fn(MemoryNotice) + Send + Sync>;
 
 /// Who hears what the listener receives.
 #[derive(Default)]
 struct Handlers {
     runs: Mutex<Vec<OnRun>>,
     documents: Mutex<Vec<OnDocument>>,
+    memories: Mutex<Vec<OnMemory>>,
 }
 
 /// A copy of the handlers, so that none is called under the lock.
@@ -108,6 +125,11 @@ impl PgSignal {
         self.enqueue(Outgoing::Document(notice));
     }
 
+    /// Queues a memory notice for the sender task (started on first use).
+    pub(super) fn notify_memory(&self, notice: MemoryNotice) {
+        self.enqueue(Outgoing::Memory(notice));
+    }
+
     fn enqueue(&self, notice: Outgoing) {
         let queue = self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
@@ -132,6 +154,13 @@ impl PgSignal {
         self.start_listening();
     }
 
+    /// Hands other replicas' memory notices to `on_notice` (and starts the listening
+    /// task).
+    pub(super) fn listen_memories(&self, on_notice: OnMemory) {
+        self.handlers.memories.lock().unwrap_or_else(PoisonError::into_inner).push(on_notice);
+        self.start_listening();
+    }
+
     fn start_listening(&self) {
         self.listening.get_or_init(|| {
             tokio::spawn(listen_loop(self.pool.clone(), self.origin.clone(), self.handlers.clone()));
@@ -143,6 +172,7 @@ async fn send_loop(pool: PgPool, origin: String, mut rx: mpsc::Receiver<Outgoing
     while let Some(first) = rx.recv().await {
         let mut runs: HashMap<RunId, EventNotice> = HashMap::new();
         let mut documents: HashMap<DocumentId, DocumentNotice> = HashMap::new();
+        let mut memories: HashMap<MemoryId, MemoryNotice> = HashMap::new();
         let mut keep = |notice: Outgoing| match notice {
             Outgoing::Run(notice) => {
                 let entry = runs.entry(notice.run.clone()).or_insert_with(|| notice.clone());
@@ -152,6 +182,9 @@ async fn send_loop(pool: PgPool, origin: String, mut rx: mpsc::Receiver<Outgoing
             Outgoing::Document(notice) => {
                 let entry = documents.entry(notice.document.clone()).or_insert_with(|| notice.clone());
                 entry.version = entry.version.max(notice.version);
+            }
+            Outgoing::Memory(notice) => {
+                memories.insert(notice.memory.clone(), notice);
             }
         };
         keep(first);
@@ -176,7 +209,15 @@ async fn send_loop(pool: PgPool, origin: String, mut rx: mpsc::Receiver<Outgoing
             };
             Some((DOCUMENT_CHANNEL, serde_json::to_string(&payload).ok()?))
         });
-        let payloads: Vec<(&str, String)> = runs.chain(documents).collect();
+        let memories = memories.into_values().filter_map(|notice| {
+            let payload = MemoryPayload {
+                tenant: notice.tenant.to_string(),
+                memory: notice.memory.to_string(),
+                origin: origin.clone(),
+            };
+            Some((MEMORY_CHANNEL, serde_json::to_string(&payload).ok()?))
+        });
+        let payloads: Vec<(&str, String)> = runs.chain(documents).chain(memories).collect();
         for (channel, payload) in payloads {
             if let Err(err) = sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(&pool).await {
                 if matches!(err, sqlx::Error::PoolClosed) {
@@ -201,13 +242,13 @@ async fn listen_loop(pool: PgPool, origin: String, handlers: Arc<Handlers>) {
                 continue;
             }
         };
-        if let Err(err) = listener.listen_all([CHANNEL, DOCUMENT_CHANNEL]).await {
+        if let Err(err) = listener.listen_all([CHANNEL, DOCUMENT_CHANNEL, MEMORY_CHANNEL]).await {
             tracing::warn!(error = %err, "cannot listen for event notifications; retrying");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
             continue;
         }
-        tracing::debug!(channels = ?[CHANNEL, DOCUMENT_CHANNEL], "listening for notices of every replica");
+        tracing::debug!(channels = ?[CHANNEL, DOCUMENT_CHANNEL, MEMORY_CHANNEL], "listening for notices of every replica");
         backoff = Duration::from_millis(100);
         loop {
             match listener.try_recv().await {
@@ -222,6 +263,16 @@ async fn listen_loop(pool: PgPool, origin: String, handlers: Arc<Handlers>) {
                                 }
                             }
                             None => tracing::debug!("ignored a malformed document notification"),
+                        }
+                    } else if notification.channel() == MEMORY_CHANNEL {
+                        match decode_memory(payload) {
+                            Some((_, from)) if from == origin => {}
+                            Some((notice, _)) => {
+                                for on_notice in handlers_of(&handlers.memories) {
+                                    on_notice(notice.clone());
+                                }
+                            }
+                            None => tracing::debug!("ignored a malformed memory notification"),
                         }
                     } else {
                         match decode(payload) {
@@ -257,6 +308,14 @@ fn decode(payload: &str) -> Option<EventNotice> {
     })
 }
 
+/// A memory notice and the process that sent it.
+fn decode_memory(payload: &str) -> Option<(MemoryNotice, String)> {
+    let payload: MemoryPayload = serde_json::from_str(payload).ok()?;
+    let notice =
+        MemoryNotice { tenant: TenantId::parse(&payload.tenant).ok()?, memory: MemoryId::parse(&payload.memory).ok()? };
+    Some((notice, payload.origin))
+}
+
 /// A document notice and the process that sent it.
 fn decode_document(payload: &str) -> Option<(DocumentNotice, String)> {
     let payload: DocumentPayload = serde_json::from_str(payload).ok()?;
@@ -271,6 +330,19 @@ fn decode_document(payload: &str) -> Option<(DocumentNotice, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_payloads_round_trip_with_their_origin() {
+        let (tenant, memory) = (TenantId::from_random([5; 16]), MemoryId::from_random([6; 16]));
+        let text = serde_json::to_string(&MemoryPayload {
+            tenant: tenant.to_string(),
+            memory: memory.to_string(),
+            origin: "abc".into(),
+        })
+        .expect("json");
+        assert_eq!(decode_memory(&text), Some((MemoryNotice { tenant, memory }, "abc".to_owned())));
+        assert_eq!(decode_memory(r#"{"tenant":"x","memory":"mem_1","origin":"a"}"#), None);
+    }
 
     #[test]
     fn payloads_round_trip_and_malformed_ones_are_ignored() {

@@ -29,6 +29,8 @@ pub struct SqliteStore {
     pub(super) pool: SqlitePool,
     /// Tenants' memory vectors held in memory for the exact scan (`memories.rs`).
     pub(super) vectors: std::sync::Arc<super::memories::VectorCache>,
+    /// Tenants' passage vectors held in memory for the exact scan (`passages.rs`).
+    pub(super) passage_vectors: std::sync::Arc<super::passages::PassageCache>,
 }
 
 impl Backend for SqliteStore {
@@ -52,7 +54,7 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await.map_err(backend_err)?;
         MIGRATOR.run(&pool).await.map_err(backend_err)?;
-        Ok(Self { pool, vectors: Default::default() })
+        Ok(Self { pool, vectors: Default::default(), passage_vectors: Default::default() })
     }
 
     /// A write transaction that takes SQLite's write lock up front (`BEGIN IMMEDIATE`),

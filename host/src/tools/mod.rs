@@ -22,6 +22,7 @@ mod charge;
 pub mod documents;
 pub mod host;
 mod inflight;
+pub mod memory;
 mod network;
 mod platform;
 mod rate;

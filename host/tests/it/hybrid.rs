@@ -404,6 +404,46 @@ impl PassageStore for FakePassages {
         hits.truncate(k as usize);
         Ok(hits)
     }
+
+    // The follower's side: search never calls it.
+    async fn passage_follower(&self) -> Result<maestro_core::passage::FollowerState, maestro_core::StoreError> {
+        Err(not_searching())
+    }
+
+    async fn stored_passages(
+        &self,
+        _kind: SearchKind,
+        _ids: &[String],
+    ) -> Result<Vec<maestro_core::passage::StoredPassage>, maestro_core::StoreError> {
+        Err(not_searching())
+    }
+
+    async fn passage_objects_between(
+        &self,
+        _kind: SearchKind,
+        _after: Option<&str>,
+        _through: Option<&str>,
+    ) -> Result<Vec<String>, maestro_core::StoreError> {
+        Err(not_searching())
+    }
+
+    async fn write_passages(
+        &self,
+        _write: &maestro_core::passage::PassageWrite,
+    ) -> Result<bool, maestro_core::StoreError> {
+        Err(not_searching())
+    }
+
+    async fn has_stale_passages(
+        &self,
+        _current: &maestro_core::embed::EmbedderInfo,
+    ) -> Result<bool, maestro_core::StoreError> {
+        Err(not_searching())
+    }
+}
+
+fn not_searching() -> maestro_core::StoreError {
+    maestro_core::StoreError::Corrupt("the fake passage store only searches".into())
 }
 
 async fn passages_count_once_per_object_at_their_best_and_take_the_filters(backend: Backend) {

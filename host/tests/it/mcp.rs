@@ -621,59 +621,22 @@ async fn short_names_and_list_changed_on_policy_reload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdio_serves_a_local_operator_and_refuses_bad_keys() {
-    use std::io::{BufRead as _, BufReader, Write as _};
-    use std::process::Stdio;
-
     let db = crate::harness::TestDb::new(Backend::Sqlite).await;
-    let (plugins, policies) = (db.dir().join("plugins"), db.dir().join("policies"));
-    std::fs::create_dir_all(&policies).expect("policies");
-    crate::fixtures::install(&plugins, "calc");
-    std::fs::write(policies.join("p.toml"), TWO_TENANTS).expect("policy");
-    let maestro = || {
-        let mut command = crate::server::maestro(&db, Backend::Sqlite);
-        command.env("MAESTRO_PLUGIN_DIR", &plugins).env("MAESTRO_POLICY_DIR", &policies).env("MAESTRO_LOG", "warn");
-        command
-    };
+    let maestro = || crate::server::maestro_with(&db, Backend::Sqlite, &["calc"], TWO_TENANTS);
     crate::server::run({
         let mut c = maestro();
         c.args(["tenant", "create", "beta"]);
         c
     });
 
-    let mut child = maestro()
-        .args(["mcp", "--tenant", "beta", "--role", "member"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("maestro mcp starts");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let send = |stdin: &mut std::process::ChildStdin, message: Value| writeln!(stdin, "{message}").expect("write");
-    let mut receive = || {
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read");
-        serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("not JSON-RPC ({e}): {line:?}"))
-    };
-    send(
-        &mut stdin,
-        json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": SESSIONS, "capabilities": {}, "clientInfo": { "name": "t", "version": "1" } } }),
-    );
-    assert_eq!(receive()["result"]["serverInfo"]["name"], "maestro");
-    send(&mut stdin, json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }));
-    send(
-        &mut stdin,
-        json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/call",
-        "params": { "name": "calc.evaluate", "arguments": { "expression": "6 * 7" } } }),
-    );
-    let answer = receive();
+    let args = ["mcp", "--tenant", "beta", "--role", "member"];
+    let mut stdio = crate::server::StdioMcp::spawn(maestro(), &args, std::process::Stdio::piped());
+    assert_eq!(stdio.initialize(SESSIONS)["result"]["serverInfo"]["name"], "maestro");
+    let answer = stdio.ask(2, "tools/call", json!({ "name": "calc.evaluate", "arguments": { "expression": "6 * 7" } }));
     assert_eq!(answer["id"], 2);
     assert_eq!(answer["result"]["isError"], false, "{answer}");
     assert!(answer["result"]["content"][0]["text"].as_str().unwrap_or_default().contains("42"), "{answer}");
-    drop(stdin);
-    let status = child.wait().expect("exits when stdin closes");
-    assert!(status.success(), "{status}");
+    stdio.close();
 
     let refused =
         maestro().args(["mcp", "--key", "mk_notarealkeynotarealkeynotarealkey0000000"]).output().expect("runs");

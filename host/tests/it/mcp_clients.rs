@@ -397,7 +397,9 @@ async fn sdk_clients_start_a_run_read_its_document_and_hear_it_updated() {
     use crate::fake_llm::{FakeLlm, Script, usage};
     let installed = installed_clients();
     let fake = FakeLlm::start().await;
-    let setup = Setup::with(AGENTS_POLICY, &fake.serve_config()).await;
+    // Scripts are queued per run: no distillation may take one in between.
+    let config = format!("{}\n[memory]\ndistil = false\n", fake.serve_config());
+    let setup = Setup::with(AGENTS_POLICY, &config).await;
     let server = Server::start(setup.maestro(), &setup.db.dir(), 1).await;
     let clients = [
         (Client::TypescriptSdk, Transport::Http),

@@ -32,7 +32,10 @@ const STATELESS: &str = "2026-07-28";
 /// A `maestro serve` with the personas plugin, members granted `personas.*`,
 /// `documents.*` and `runs.*`, and every model tier served by the fake.
 fn serve_command(db: &TestDb, backend: Backend, fake: &FakeLlm) -> std::process::Command {
-    crate::server::serve_personas(db, backend, fake, &["personas.*", "documents.*", "runs.*"])
+    let mut command = crate::server::serve_personas(db, backend, fake, &["personas.*", "documents.*", "runs.*"]);
+    // Scripts are queued per run: no distillation may take one in between.
+    command.env("MAESTRO_MEMORY_DISTIL", "false");
+    command
 }
 
 struct Setup {

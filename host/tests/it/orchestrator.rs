@@ -1141,6 +1141,8 @@ async fn a_killed_server_s_run_is_taken_over_by_the_next(backend: Backend) {
     let command = || {
         let mut command = maestro(&db, backend);
         command.env("MAESTRO_PLUGIN_DIR", &plugins).env("MAESTRO_POLICY_DIR", &policies).env("MAESTRO_CONFIG", &config);
+        // Every model request is counted: no distillation after the run.
+        command.env("MAESTRO_MEMORY_DISTIL", "false");
         // The test reads the server's store too (SQLite: the same file).
         command.env("MAESTRO_DATABASE_URL", &db.url);
         command

@@ -91,6 +91,17 @@ fn dockerfile_is_multi_stage_non_root_with_a_healthcheck() {
         instructions.iter().any(|l| l.starts_with("COPY") && l.contains("migrations")),
         "migrations are in the build"
     );
+    // The offline embedder's model is fetched by the same script `scripts/run` uses and
+    // the runtime points the host at it.
+    assert!(instructions.iter().any(|l| l.contains("scripts/model.sh")), "the image fetches the model");
+    let model_env = instructions
+        .iter()
+        .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("MAESTRO_EMBEDDINGS_MODEL_DIR=")))
+        .expect("the runtime sets MAESTRO_EMBEDDINGS_MODEL_DIR");
+    assert!(
+        instructions.iter().any(|l| l.starts_with("COPY --from=model") && l.trim_end().ends_with(model_env)),
+        "the model is copied to {model_env}"
+    );
     let entry = instructions.iter().find(|l| l.starts_with("ENTRYPOINT")).expect("ENTRYPOINT");
     assert!(entry.contains("maestro"), "{entry}");
 }

@@ -179,7 +179,7 @@ async fn a_plugin_whose_resources_overlap_another_plugins_is_refused_naming_both
 }
 
 /// Reads the next JSON-RPC message from a session's GET stream (SSE) within a deadline.
-async fn next_notification(stream: &mut reqwest::Response, buffer: &mut String, method: &str) -> Value {
+pub(crate) async fn next_notification(stream: &mut reqwest::Response, buffer: &mut String, method: &str) -> Value {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         while let Some(end) = buffer.find("\n\n") {
@@ -237,57 +237,22 @@ async fn subscribers_hear_of_a_plugin_reload_and_denied_callers_cannot_subscribe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdio_lists_and_reads_plugin_resources() {
-    use std::io::{BufRead as _, BufReader, Write as _};
-    use std::process::Stdio;
-
     let db = crate::harness::TestDb::new(Backend::Sqlite).await;
-    let (plugins, policies) = (db.dir().join("plugins"), db.dir().join("policies"));
-    std::fs::create_dir_all(&policies).expect("policies");
-    crate::fixtures::install(&plugins, "conformance");
-    std::fs::write(policies.join("p.toml"), POLICY).expect("policy");
-    let maestro = || {
-        let mut command = crate::server::maestro(&db, Backend::Sqlite);
-        command.env("MAESTRO_PLUGIN_DIR", &plugins).env("MAESTRO_POLICY_DIR", &policies).env("MAESTRO_LOG", "warn");
-        command
-    };
+    let maestro = || crate::server::maestro_with(&db, Backend::Sqlite, &["conformance"], POLICY);
     crate::server::run({
         let mut c = maestro();
         c.args(["tenant", "create", "acme"]);
         c
     });
-    let mut child = maestro()
-        .args(["mcp", "--tenant", "acme", "--role", "member"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("maestro mcp starts");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut ask = |id: u64, method: &str, params: Value| {
-        writeln!(stdin, "{}", json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }))
-            .expect("write");
-        loop {
-            let mut line = String::new();
-            stdout.read_line(&mut line).expect("read");
-            let message: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON-RPC ({e}): {line:?}"));
-            if message["id"] == id {
-                return message;
-            }
-        }
-    };
-    let init = ask(
-        1,
-        "initialize",
-        json!({ "protocolVersion": SESSIONS, "capabilities": {}, "clientInfo": { "name": "t", "version": "1" } }),
-    );
+    let args = ["mcp", "--tenant", "acme", "--role", "member"];
+    let mut stdio = crate::server::StdioMcp::spawn(maestro(), &args, std::process::Stdio::null());
+    let init = stdio.initialize(SESSIONS);
     assert_eq!(init["result"]["capabilities"]["resources"]["subscribe"], true, "{init}");
-    let listed = ask(2, "resources/list", json!({}));
+    let listed = stdio.ask(2, "resources/list", json!({}));
     assert!(uris(&listed["result"], "resources", "uri").contains(&"test://static-binary".to_owned()), "{listed}");
-    let read = ask(3, "resources/read", json!({ "uri": "test://template/abc/data" }));
+    let read = stdio.ask(3, "resources/read", json!({ "uri": "test://template/abc/data" }));
     assert!(read["result"]["contents"][0]["text"].as_str().expect("text").contains("Data for ID: abc"), "{read}");
-    let unknown = ask(4, "resources/read", json!({ "uri": "test://nope" }));
+    let unknown = stdio.ask(4, "resources/read", json!({ "uri": "test://nope" }));
     assert_eq!(unknown["error"]["data"]["uri"], "test://nope", "{unknown}");
-    drop(stdin);
-    assert!(child.wait().expect("exits when stdin closes").success());
+    stdio.close();
 }

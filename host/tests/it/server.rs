@@ -155,3 +155,101 @@ pub(crate) fn serve_personas(
     command.env("MAESTRO_PLUGIN_DIR", plugins).env("MAESTRO_POLICY_DIR", policies).env("MAESTRO_CONFIG", config);
     command
 }
+
+/// `maestro` on `db` with a plugin directory holding the built fixtures `plugins` and a
+/// policy directory holding `policy` (TOML text), quiet (`MAESTRO_LOG=warn`): the
+/// command the stdio MCP tests start `maestro mcp` and one-shot commands with.
+pub(crate) fn maestro_with(db: &TestDb, backend: Backend, plugins: &[&str], policy: &str) -> Command {
+    let (plugin_dir, policy_dir) = (db.dir().join("plugins"), db.dir().join("policies"));
+    std::fs::create_dir_all(&plugin_dir).expect("plugin dir");
+    std::fs::create_dir_all(&policy_dir).expect("policy dir");
+    for plugin in plugins {
+        crate::fixtures::install(&plugin_dir, plugin);
+    }
+    std::fs::write(policy_dir.join("p.toml"), policy).expect("policy");
+    let mut command = maestro(db, backend);
+    command.env("MAESTRO_PLUGIN_DIR", plugin_dir).env("MAESTRO_POLICY_DIR", policy_dir).env("MAESTRO_LOG", "warn");
+    command
+}
+
+/// `maestro mcp` as a child process, spoken to over its stdin and stdout (one JSON-RPC
+/// message a line). Blocking reads: a test holding one runs on a multi-thread runtime.
+pub(crate) struct StdioMcp {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// Notifications that arrived while waiting for answers, in order.
+    pub(crate) notifications: Vec<Value>,
+}
+
+impl StdioMcp {
+    /// Starts `command` with `args` (e.g. `["mcp", "--tenant", "acme", "--role",
+    /// "member"]`); its stderr is discarded unless `stderr` is given.
+    pub(crate) fn spawn(mut command: Command, args: &[&str], stderr: Stdio) -> Self {
+        let mut child = command
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("maestro mcp starts");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        Self { child, stdin: Some(stdin), stdout, notifications: Vec::new() }
+    }
+
+    /// Writes one message.
+    pub(crate) fn send(&mut self, message: &Value) {
+        use std::io::Write as _;
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{message}").expect("write");
+    }
+
+    /// Reads the next message.
+    pub(crate) fn receive(&mut self) -> Value {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON-RPC ({e}): {line:?}"))
+    }
+
+    /// Sends a request and returns the answer carrying its `id`, keeping the
+    /// notifications read meanwhile.
+    pub(crate) fn ask(&mut self, id: u64, method: &str, params: Value) -> Value {
+        self.send(&serde_json::json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }));
+        loop {
+            let message = self.receive();
+            if message["id"] == id {
+                return message;
+            }
+            if message.get("id").is_none() {
+                self.notifications.push(message);
+            }
+        }
+    }
+
+    /// `initialize` (as client `t`) and `notifications/initialized`; returns the answer.
+    pub(crate) fn initialize(&mut self, revision: &str) -> Value {
+        let params = serde_json::json!({
+            "protocolVersion": revision, "capabilities": {}, "clientInfo": { "name": "t", "version": "1" } });
+        let answer = self.ask(1, "initialize", params);
+        self.send(&serde_json::json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }));
+        answer
+    }
+
+    /// Closes stdin and expects a clean exit.
+    pub(crate) fn close(mut self) {
+        drop(self.stdin.take());
+        let status = self.child.wait().expect("exits when stdin closes");
+        assert!(status.success(), "{status}");
+    }
+}
+
+impl Drop for StdioMcp {
+    fn drop(&mut self) {
+        if self.stdin.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

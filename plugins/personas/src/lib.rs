@@ -156,7 +156,7 @@ fn product_manager() -> Persona {
             PRODUCT_MANAGER,
         )
         .model_tier(ModelTier::Large)
-        .tools(["calc.*", "text.*", "web.fetch", "documents.*"])
+        .tools(["calc.*", "text.*", "web.fetch", "documents.*", "memory.*"])
         .argument(idea())
         .argument(audience())
         .argument(detail())
@@ -174,7 +174,7 @@ fn architect() -> Persona {
             ARCHITECT,
         )
         .model_tier(ModelTier::Large)
-        .tools(["calc.*", "text.*", "web.fetch", "documents.*"])
+        .tools(["calc.*", "text.*", "web.fetch", "documents.*", "memory.*"])
         .argument(idea())
         .argument(PromptArgument::optional("scale", "Expected scale (default startup)").values([
             "prototype",
@@ -191,7 +191,7 @@ fn critic() -> Persona {
     Persona::new(
         PersonaSpec::new("critic", "Critic", "finds the reasons the idea or the design will fail", CRITIC)
             .model_tier(ModelTier::Medium)
-            .tools(["calc.*", "text.*", "web.fetch", "documents.*"])
+            .tools(["calc.*", "text.*", "web.fetch", "documents.*", "memory.*"])
             .argument(idea())
             .argument(PromptArgument::optional("focus", "What to scrutinise most (default all)").values([
                 "feasibility",
@@ -209,7 +209,7 @@ fn writer() -> Persona {
     Persona::new(
         PersonaSpec::new("writer", "Writer", "turns the team's work into one spec people can act on", WRITER)
             .model_tier(ModelTier::Medium)
-            .tools(["text.*", "documents.*"])
+            .tools(["text.*", "documents.*", "memory.*"])
             .argument(idea())
             .argument(audience())
             .argument(PromptArgument::optional("tone", "Voice of the document (default plain)").values([
