@@ -229,6 +229,7 @@ async fn setup(dir: &Path, component: &Path, location: StoreLocation) -> Bench {
         memories: None,
         search: None,
         embedder: Arc::new(maestro_host::embed::Unavailable::new(maestro_host::embed::info(), "not benchmarked here")),
+        retrieval: None,
     };
     let settings = maestro_host::http_settings(&config);
     Bench {

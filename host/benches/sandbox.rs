@@ -332,6 +332,7 @@ async fn responsiveness(sandbox: &Arc<Sandbox>, hostile: &LoadedPlugin) {
         schedules,
         search: None,
         embedder: Arc::new(maestro_host::embed::Unavailable::new(maestro_host::embed::info(), "not benchmarked here")),
+        retrieval: None,
     };
     let app = http::router(
         state,

@@ -1,7 +1,7 @@
 //! Full-text search benchmark (SQLite store). Prints figures beside a floor measured in
 //! the same run; never asserts timings.
 //!
-//! `cargo bench -p maestro-host --bench search` (`SEARCH_BENCH_DOCS`, default 100,000).
+//! `cargo bench -p maestro-host --bench search` (`SEARCH_BENCH_DOCS`, default 200,000).
 //!
 //! 1. Indexing throughput (documents per second): the indexer catching up with an
 //!    outbox of N messages (outbox reads, content fetched from the store, delete-by-key
@@ -13,6 +13,12 @@
 //!    hop). Floor: the same parsed queries run on the bare index (no filter, no snippet).
 //! 3. Write-to-searchable latency at the default cadence (commit every second, poll
 //!    every 200 ms): a message committed, then searched until found.
+//! 4. Hybrid search, top-10 p50/p99 (`Retrieval::search`, mode `hybrid`): 50 BM25
+//!    candidates from the same index, 50 vector candidates from `MEMORIES` memories
+//!    of the tenant (SQLite exact scan) and its passages, fused, snippets for the hits.
+//!    The query is embedded by a hashing embedder (microseconds): the offline model's
+//!    own cost per query is `benches/embed.rs`'s. Floor: the two sides alone, one after
+//!    the other (`FullText::candidates` and `MemoryStore::search_memories`).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -21,10 +27,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{micros, millis, percentile};
+use maestro_core::embed::{EmbedError, Embedder, EmbedderInfo};
 use maestro_core::id::{Id, IdKind};
+use maestro_core::memory::{Memory, MemoryFilter, MemoryScope};
 use maestro_core::run::{Author, Message, RunLimits, Session, SessionId, Strategy};
 use maestro_core::{Clock, Store, Tenant, TenantId, TenantName};
 use maestro_host::accounts::SystemClock;
+use maestro_host::retrieval::{Filters, Mode, Query, Retrieval};
 use maestro_host::search::{Access, FullText, SearchSettings, TextFilters};
 use maestro_host::storage::StoreLocation;
 use tantivy::collector::TopDocs;
@@ -35,9 +44,13 @@ use tantivy::{Index, TantivyDocument};
 const QUERIES: usize = 2000;
 const LATENCY_SAMPLES: usize = 15;
 const WORDS: usize = 5000;
+/// Memories of the tenant in the hybrid measurement.
+const MEMORIES: usize = 10_000;
+/// Hybrid queries measured.
+const HYBRID_QUERIES: usize = 500;
 
 fn main() {
-    let docs: usize = std::env::var("SEARCH_BENCH_DOCS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let docs: usize = std::env::var("SEARCH_BENCH_DOCS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     println!(
         "full-text search benchmark: {docs} documents, cores {}",
@@ -273,6 +286,9 @@ async fn run(docs: usize) {
         micros(percentile(&bare_times, 0.99))
     );
     println!("   index size: {:.1} MB", index.size_bytes() as f64 / 1e6);
+
+    // 4. Hybrid: memories (with vectors) join the index, then fused searches.
+    hybrid(&store, &index, &acme, &words, &queries, &mut rng).await;
     drop(index);
 
     // 3. Write-to-searchable at the default cadence, with the indexer running.
@@ -304,4 +320,128 @@ async fn run(docs: usize) {
     );
     stop.cancel();
     task.await.expect("indexer ends");
+}
+
+/// A hashing embedder: each word to one of 384 dimensions with a sign, normalised
+/// (texts sharing words get close vectors), costing microseconds.
+#[derive(Debug)]
+struct HashEmbedder(EmbedderInfo);
+
+impl HashEmbedder {
+    fn vector(text: &str) -> Vec<f32> {
+        let mut vector = vec![0.0f32; 384];
+        for word in text.split_whitespace() {
+            let hash =
+                word.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+            vector[(hash % 384) as usize] += if hash >> 63 == 0 { 1.0 } else { -1.0 };
+        }
+        maestro_core::embed::normalise(&mut vector);
+        vector
+    }
+}
+
+#[async_trait::async_trait]
+impl Embedder for HashEmbedder {
+    fn info(&self) -> &EmbedderInfo {
+        &self.0
+    }
+
+    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        Ok(texts.iter().map(|t| Self::vector(t)).collect())
+    }
+}
+
+async fn hybrid(
+    store: &Arc<dyn Store>,
+    index: &FullText,
+    tenant: &TenantId,
+    words: &[String],
+    queries: &[String],
+    rng: &mut Rng,
+) {
+    let embedder =
+        Arc::new(HashEmbedder(EmbedderInfo { provider: "bench".into(), model: "hash".into(), dimensions: 384 }));
+    let texts = texts(MEMORIES, words, rng);
+    let at = now();
+    for chunk in texts.chunks(500) {
+        let batch: Vec<(Memory, Vec<f32>)> = chunk
+            .iter()
+            .map(|text| {
+                let memory = Memory {
+                    id: fresh(rng),
+                    tenant: tenant.clone(),
+                    scope: MemoryScope::Tenant,
+                    text: text.clone(),
+                    tags: Vec::new(),
+                    pinned: false,
+                    source: None,
+                    created_at: at,
+                    updated_at: at,
+                    last_used_at: None,
+                    embedder: embedder.0.clone(),
+                };
+                (memory, HashEmbedder::vector(text))
+            })
+            .collect();
+        store.insert_memories(&batch).await.expect("memories");
+    }
+    let status = index.catch_up().await.expect("catch up");
+    let retrieval = Retrieval::new(
+        Some(index.clone()),
+        store.clone(),
+        store.clone(),
+        embedder.clone(),
+        Arc::new(SystemClock),
+        None,
+    );
+    let query = |text: &str| Query {
+        text: text.to_owned(),
+        mode: Mode::Hybrid,
+        filters: Filters::default(),
+        limit: 10,
+        half_life: None,
+    };
+    let queries = &queries[..HYBRID_QUERIES.min(queries.len())];
+    for q in queries.iter().take(50) {
+        retrieval.search(tenant, &query(q)).await.expect("warm up");
+    }
+    let (mut fused, mut both_sides) = (0usize, 0usize);
+    let mut ours = Vec::with_capacity(queries.len());
+    for q in queries {
+        let started = Instant::now();
+        let results = retrieval.search(tenant, &query(q)).await.expect("hybrid search");
+        ours.push(started.elapsed());
+        fused += results.hits.len();
+        both_sides += results.hits.iter().filter(|h| h.ranks.text.is_some() && h.ranks.vector.is_some()).count();
+    }
+    let mut floor = Vec::with_capacity(queries.len());
+    let filters = TextFilters::default();
+    for q in queries {
+        let started = Instant::now();
+        let text = index.candidates(tenant, q, &filters, 50).await.expect("candidates");
+        let vector = HashEmbedder::vector(q);
+        let near =
+            store.search_memories(tenant, &embedder.0, &vector, &MemoryFilter::default(), 50).await.expect("memories");
+        floor.push(started.elapsed());
+        std::hint::black_box((text, near));
+    }
+    ours.sort();
+    floor.sort();
+    println!(
+        "\n4. hybrid top-10 over {} documents ({MEMORIES} of them memories with vectors), {} queries",
+        status.docs,
+        queries.len()
+    );
+    println!(
+        "   Retrieval::search (hybrid):  p50 {:>7.0} µs   p99 {:>7.0} µs   ({:.1} hits/query, {:.1} from both sides)",
+        micros(percentile(&ours, 0.5)),
+        micros(percentile(&ours, 0.99)),
+        fused as f64 / queries.len() as f64,
+        both_sides as f64 / queries.len() as f64
+    );
+    println!(
+        "   floor: the two sides alone:  p50 {:>7.0} µs   p99 {:>7.0} µs   (50 BM25 candidates + 50 nearest memories, one after the other)",
+        micros(percentile(&floor, 0.5)),
+        micros(percentile(&floor, 0.99))
+    );
 }

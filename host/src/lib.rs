@@ -23,6 +23,7 @@ pub mod policy;
 mod poll;
 mod random;
 pub mod recall;
+pub mod retrieval;
 pub mod schedules;
 pub mod search;
 pub mod storage;
@@ -477,6 +478,14 @@ pub async fn serve(
         artifacts,
         memories: Some(memories),
         search: Some(search.clone()),
+        retrieval: Some(Arc::new(retrieval::Retrieval::new(
+            Some(search.clone()),
+            store.clone(),
+            store.clone(),
+            embedder.clone(),
+            clock.clone(),
+            config.search.half_life,
+        ))),
         embedder,
     };
     let app = http::router(state, &http_settings(&config));

@@ -157,6 +157,12 @@ pub struct Searchable {
     pub title: String,
     /// Its text.
     pub text: String,
-    /// When it was written (a document: its current version).
+    /// When it was written (a document: its current version; a memory: its creation).
     pub at: DateTime<Utc>,
+    /// A memory's tags (sorted; empty for other kinds).
+    pub tags: Vec<String>,
+    /// A memory's scope kind (`tenant`, `persona`, `session`); `None` for other kinds.
+    pub scope: Option<String>,
+    /// A memory exempt from recency decay.
+    pub pinned: bool,
 }

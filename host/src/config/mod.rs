@@ -1036,6 +1036,13 @@ fn search_settings(
             second.saturating_mul(60)..=day.saturating_mul(3650),
         )?,
         max_query_chars: count("search.max_query_chars", raw.max_query_chars, defaults.max_query_chars, 1..=100_000)?,
+        half_life: Some(duration(
+            "search.half_life",
+            raw.half_life,
+            Duration::ZERO,
+            Duration::ZERO..=day.saturating_mul(36_500),
+        )?)
+        .filter(|d| !d.is_zero()),
     })
 }
 

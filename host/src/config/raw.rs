@@ -134,6 +134,8 @@ pub struct RawSearch {
     pub outbox_retention: Option<String>,
     /// Longest accepted query, in characters.
     pub max_query_chars: Option<usize>,
+    /// Hybrid search's default recency half-life (`0s`: none).
+    pub half_life: Option<String>,
 }
 
 /// `[schedules]`: how schedules fire.

@@ -78,6 +78,8 @@ pub struct AppState {
     pub search: Option<crate::search::FullText>,
     /// The one embedder of memories and semantic search (`[embeddings]`).
     pub embedder: Arc<dyn maestro_core::embed::Embedder>,
+    /// Hybrid retrieval (`POST /v1/search`); `None`: search answers 503.
+    pub retrieval: Option<Arc<crate::retrieval::Retrieval>>,
 }
 
 /// HTTP settings from the validated config.
@@ -133,7 +135,7 @@ pub struct HttpSettings {
         (name = "schedules", description = "messages posted on a cron schedule into a session or a new one (tenant keys: members change, viewers read)"),
         (name = "artifacts", description = "files Maestro produced (document exports), by the SHA-256 of their bytes (tenant keys)"),
         (name = "memories", description = "what was remembered: see, edit, delete, search by meaning (tenant keys: members change, viewers read)"),
-        (name = "search", description = "full-text search over the tenant's messages and documents (tenant keys)"),
+        (name = "search", description = "search over the tenant's messages, documents and memories: by words, by meaning, or both fused (tenant keys)"),
     )
 )]
 pub struct ApiDoc;

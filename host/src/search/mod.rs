@@ -1,6 +1,6 @@
 //! Full-text search: a Tantivy index under the data directory over every tenant's
-//! messages and current document versions (memories join through the same outbox),
-//! fed from the search outbox (the only module that uses tantivy).
+//! messages, current document versions and memories, fed from the search outbox (the
+//! only module that uses tantivy).
 //!
 //! [`FullText`] is the use-case: it owns the index, its reader, and (in a server or an
 //! offline rebuild) the single `IndexWriter` (1 thread, a fixed memory budget).
@@ -61,6 +61,9 @@ pub struct SearchSettings {
     pub outbox_retention: Duration,
     /// Longest accepted query, in characters.
     pub max_query_chars: usize,
+    /// The recency decay a hybrid search applies after fusion unless the request says
+    /// otherwise (`None`: no decay).
+    pub half_life: Option<Duration>,
 }
 
 impl SearchSettings {
@@ -74,6 +77,7 @@ impl SearchSettings {
             writer_memory_bytes: 50_000_000,
             outbox_retention: Duration::from_secs(7 * 24 * 3600),
             max_query_chars: 1024,
+            half_life: None,
         }
     }
 }
@@ -133,6 +137,19 @@ pub struct TextFilters {
     /// Never objects of this session (the session a run is in, when recalling earlier
     /// sessions); objects of no session still match.
     pub exclude_session: Option<SessionId>,
+    /// Only memories of this scope kind (`tenant`, `persona`, `session`).
+    pub scope: Option<String>,
+    /// Only memories carrying these tags (any or all, by `all_tags`); empty: no filter.
+    pub tags: Vec<String>,
+    /// Every tag of `tags` rather than any.
+    pub all_tags: bool,
+}
+
+impl TextFilters {
+    /// Whether a filter that only memories can pass is set (scope or tags).
+    pub fn memories_only(&self) -> bool {
+        self.scope.is_some() || !self.tags.is_empty()
+    }
 }
 
 /// One hit of [`FullText::full_text`].
@@ -156,8 +173,14 @@ pub struct TextHit {
     pub title: Option<String>,
     /// Who wrote it.
     pub author: Option<String>,
-    /// When it was written.
+    /// When it was written (a memory: created).
     pub at: DateTime<Utc>,
+    /// A memory's tags.
+    pub tags: Vec<String>,
+    /// A memory's scope kind.
+    pub scope: Option<String>,
+    /// A pinned memory.
+    pub pinned: bool,
 }
 
 /// The index as it stands.
@@ -344,10 +367,67 @@ impl FullText {
         let this = self.clone();
         let tenant = tenant.clone();
         let filters = filters.clone();
-        tokio::task::spawn_blocking(move || query::search(&this.inner, &tenant, &prepared, &filters, k.clamp(1, 100)))
+        blocking(move || query::candidates(&this.inner, &tenant, &prepared, &filters, k.clamp(1, 100))?.into_hits())
             .await
-            .map_err(|e| SearchError::Io(std::io::Error::other(e.to_string())))?
     }
+
+    /// The tenant's best `k` matches for `query` (at most [`MAX_CANDIDATES`]) as
+    /// candidates of a fused ranking: BM25-ranked, without snippets until
+    /// [`TextCandidates::snippets`] asks for the few it shows.
+    pub async fn candidates(
+        &self,
+        tenant: &TenantId,
+        query: &str,
+        filters: &TextFilters,
+        k: usize,
+    ) -> Result<TextCandidates, SearchError> {
+        let prepared = query::prepare(query, self.inner.settings.max_query_chars)?;
+        let this = self.clone();
+        let tenant = tenant.clone();
+        let filters = filters.clone();
+        let found =
+            blocking(move || query::candidates(&this.inner, &tenant, &prepared, &filters, k.clamp(1, MAX_CANDIDATES)))
+                .await?;
+        Ok(TextCandidates { hits: found.hits().cloned().collect(), found: Arc::new(found) })
+    }
+
+    /// Checks a query as [`FullText::full_text`] would (empty, over-long), without
+    /// searching.
+    pub fn check_query(&self, query: &str) -> Result<(), SearchError> {
+        query::prepare(query, self.inner.settings.max_query_chars).map(|_| ())
+    }
+}
+
+/// The most candidates [`FullText::candidates`] returns.
+pub const MAX_CANDIDATES: usize = 1000;
+
+/// BM25 candidates of a fused ranking ([`FullText::candidates`]).
+pub struct TextCandidates {
+    /// The hits, best first, their snippets empty.
+    pub hits: Vec<TextHit>,
+    found: Arc<query::Candidates>,
+}
+
+impl std::fmt::Debug for TextCandidates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextCandidates").field("hits", &self.hits).finish_non_exhaustive()
+    }
+}
+
+impl TextCandidates {
+    /// The snippets (fragment, highlighted byte ranges) of the hits at these positions
+    /// of [`TextCandidates::hits`], in that order.
+    pub async fn snippets(&self, positions: Vec<usize>) -> Result<Vec<(String, Vec<(usize, usize)>)>, SearchError> {
+        let found = self.found.clone();
+        blocking(move || positions.into_iter().map(|i| found.snippet(i)).collect()).await
+    }
+}
+
+/// Runs index work on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, SearchError> + Send + 'static,
+) -> Result<T, SearchError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| SearchError::Io(std::io::Error::other(e.to_string())))?
 }
 
 /// Opens an index in `dir`: `None` when there is none; an error when it cannot be read

@@ -15,7 +15,7 @@ use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
 use tantivy::schema::{IndexRecordOption, Value};
 use tantivy::snippet::SnippetGenerator;
-use tantivy::{TantivyDocument, Term};
+use tantivy::{DocAddress, Searcher, TantivyDocument, Term};
 
 use super::{Inner, SearchError, TextFilters, TextHit};
 
@@ -39,14 +39,56 @@ pub(super) fn prepare(query: &str, max_chars: usize) -> Result<Prepared, SearchE
     Ok(Prepared(text))
 }
 
-/// Searches the reader's current searcher.
-pub(super) fn search(
+/// The best `k` matches of a query with what the index stores of each, snippets left
+/// to [`Candidates::snippet`] (a caller fusing rankings needs only a few of them).
+pub(super) struct Candidates {
+    searcher: Searcher,
+    snippets: SnippetGenerator,
+    text: tantivy::schema::Field,
+    found: Vec<(DocAddress, TextHit)>,
+}
+
+impl Candidates {
+    /// The hits, best first, with empty snippets.
+    pub(super) fn hits(&self) -> impl Iterator<Item = &TextHit> {
+        self.found.iter().map(|(_, hit)| hit)
+    }
+
+    /// The snippet of hit `i`: a fragment around the matched words and their byte ranges
+    /// (the text's start when no word matched it, e.g. a title-only match).
+    pub(super) fn snippet(&self, i: usize) -> Result<(String, Vec<(usize, usize)>), SearchError> {
+        let Some((address, _)) = self.found.get(i) else { return Ok((String::new(), Vec::new())) };
+        let doc: TantivyDocument = self.searcher.doc(*address)?;
+        let snippet = self.snippets.snippet_from_doc(&doc);
+        if snippet.is_empty() {
+            let text = doc.get_first(self.text).and_then(|v| v.as_str()).unwrap_or_default();
+            return Ok((prefix(text, SNIPPET_CHARS), Vec::new()));
+        }
+        Ok((snippet.fragment().to_owned(), snippet.highlighted().iter().map(|r| (r.start, r.end)).collect()))
+    }
+
+    /// Every hit with its snippet.
+    pub(super) fn into_hits(self) -> Result<Vec<TextHit>, SearchError> {
+        let mut hits = Vec::with_capacity(self.found.len());
+        for i in 0..self.found.len() {
+            let (snippet, highlights) = self.snippet(i)?;
+            let mut hit = self.found[i].1.clone();
+            hit.snippet = snippet;
+            hit.highlights = highlights;
+            hits.push(hit);
+        }
+        Ok(hits)
+    }
+}
+
+/// Searches the reader's current searcher: the best `k` with their stored fields.
+pub(super) fn candidates(
     inner: &Inner,
     tenant: &TenantId,
     query: &Prepared,
     filters: &TextFilters,
     k: usize,
-) -> Result<Vec<TextHit>, SearchError> {
+) -> Result<Candidates, SearchError> {
     let fields = &inner.fields;
     let mut parser = QueryParser::for_index(&inner.index, vec![fields.title, fields.text]);
     parser.set_field_boost(fields.title, 2.0);
@@ -66,6 +108,14 @@ pub(super) fn search(
     if let Some(author) = &filters.author {
         clauses.push((Occur::Must, exact(fields.author, author)));
     }
+    if let Some(scope) = &filters.scope {
+        clauses.push((Occur::Must, exact(fields.scope, scope)));
+    }
+    if !filters.tags.is_empty() {
+        let tags: Vec<Box<dyn Query>> = filters.tags.iter().map(|t| exact(fields.tags, t)).collect();
+        let tags = if filters.all_tags { BooleanQuery::intersection(tags) } else { BooleanQuery::union(tags) };
+        clauses.push((Occur::Must, Box::new(tags)));
+    }
     if filters.since.is_some() || filters.until.is_some() {
         let date = |at: chrono::DateTime<chrono::Utc>| {
             Term::from_field_date(fields.created, tantivy::DateTime::from_timestamp_millis(at.timestamp_millis()))
@@ -79,37 +129,36 @@ pub(super) fn search(
     let top = searcher.search(&query, &TopDocs::with_limit(k).order_by_score()).map_err(unsupported)?;
     let mut snippets = SnippetGenerator::create(&searcher, &*parsed, fields.text).map_err(unsupported)?;
     snippets.set_max_num_chars(SNIPPET_CHARS);
-    let mut hits = Vec::with_capacity(top.len());
-    for (rank, (score, address)) in top.into_iter().enumerate() {
+    let mut found = Vec::with_capacity(top.len());
+    for (score, address) in top {
         let doc: TantivyDocument = searcher.doc(address)?;
         let text = |field| doc.get_first(field).and_then(|v| v.as_str()).map(str::to_owned);
         let Some(kind) = text(fields.kind).as_deref().and_then(SearchKind::parse) else { continue };
         let Some(id) = text(fields.id) else { continue };
-        let snippet = snippets.snippet_from_doc(&doc);
-        let (fragment, highlights) = if snippet.is_empty() {
-            (text(fields.text).map(|t| prefix(&t, SNIPPET_CHARS)).unwrap_or_default(), Vec::new())
-        } else {
-            (snippet.fragment().to_owned(), snippet.highlighted().iter().map(|r| (r.start, r.end)).collect())
-        };
         let at = doc
             .get_first(fields.created)
             .and_then(|v| v.as_datetime())
             .and_then(|d| chrono::DateTime::from_timestamp_millis(d.into_timestamp_millis()))
             .unwrap_or_default();
-        hits.push(TextHit {
+        let hit = TextHit {
             kind,
             id,
             score,
-            rank: rank + 1,
-            snippet: fragment,
-            highlights,
+            rank: found.len() + 1,
+            snippet: String::new(),
+            highlights: Vec::new(),
             session: text(fields.session),
-            title: text(fields.title),
+            // A memory's title field holds its tags (for matching): not a title.
+            title: if kind == SearchKind::Memory { None } else { text(fields.title) },
             author: text(fields.author),
             at,
-        });
+            tags: doc.get_all(fields.tags).filter_map(|v| v.as_str()).map(str::to_owned).collect(),
+            scope: text(fields.scope),
+            pinned: doc.get_first(fields.pinned).and_then(|v| v.as_u64()) == Some(1),
+        };
+        found.push((address, hit));
     }
-    Ok(hits)
+    Ok(Candidates { searcher, snippets, text: fields.text, found })
 }
 
 /// What the user's query asked that this index cannot do is the query's fault (422);

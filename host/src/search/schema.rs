@@ -1,8 +1,9 @@
 //! The index's schema and tokenizer.
 //!
 //! One document per indexed object, keyed by `key` (`kind:id`) so that an update is a
-//! delete-by-term and an add. `tenant`, `kind`, `id`, `session` and `author` are
-//! untokenised (`STRING`): exact filters, never matched by the user's words. `title` and
+//! delete-by-term and an add. `tenant`, `kind`, `id`, `session`, `author` and a
+//! memory's `tags` and `scope` are untokenised (`STRING`): exact filters, never matched
+//! by the user's words (a memory's tags are also its `title`, so words find them). `title` and
 //! `text` go through [`TOKENIZER`] (split on non-alphanumerics, very long tokens
 //! dropped, lowercased, accents folded to ASCII), language-neutral because tenants write
 //! in any language.
@@ -28,6 +29,12 @@ pub(super) struct Fields {
     pub(super) created: Field,
     pub(super) title: Field,
     pub(super) text: Field,
+    /// A memory's tags (one value each), exact.
+    pub(super) tags: Field,
+    /// A memory's scope kind, exact.
+    pub(super) scope: Field,
+    /// 1 for a pinned memory (stored only).
+    pub(super) pinned: Field,
 }
 
 /// The schema and its fields.
@@ -53,6 +60,9 @@ pub(super) fn schema() -> (Schema, Fields) {
         ),
         title: builder.add_text_field("title", text_options.clone()),
         text: builder.add_text_field("text", text_options),
+        tags: builder.add_text_field("tags", STRING | STORED),
+        scope: builder.add_text_field("scope", STRING | STORED),
+        pinned: builder.add_u64_field("pinned", STORED),
     };
     (builder.build(), fields)
 }
@@ -94,5 +104,14 @@ pub(super) fn document(fields: &Fields, object: &Searchable) -> TantivyDocument 
         doc.add_text(fields.title, &object.title);
     }
     doc.add_text(fields.text, &object.text);
+    for tag in &object.tags {
+        doc.add_text(fields.tags, tag);
+    }
+    if let Some(scope) = &object.scope {
+        doc.add_text(fields.scope, scope);
+    }
+    if object.pinned {
+        doc.add_u64(fields.pinned, 1);
+    }
     doc
 }

@@ -44,6 +44,7 @@ use maestro_core::memory::{
 };
 use maestro_core::ports::{MemoryStore, StaleMemory};
 use maestro_core::run::{RunId, SessionId};
+use maestro_core::search::{ChangeOp, SearchChange, SearchKind};
 use maestro_core::{StoreError, TenantId};
 use sqlx::Row as _;
 
@@ -230,6 +231,12 @@ fn check_vector(memory: &Memory, vector: &[f32]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The search outbox row of a memory's change: the full-text index follows it (written
+/// in the transaction that changes the memory).
+fn search_change(tenant: &TenantId, id: &MemoryId, op: ChangeOp, at: DateTime<Utc>) -> SearchChange {
+    SearchChange { tenant: tenant.clone(), kind: SearchKind::Memory, object: id.as_str().to_owned(), op, at }
+}
+
 const INSERT: &str = "INSERT INTO memories (id, tenant_id, scope, persona, session_id, text, tags, pinned, \
      source_run, source_step, created_at, updated_at, last_used_at, provider, model, dims, embedding) VALUES \
      ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
@@ -337,6 +344,8 @@ impl MemoryStore for SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err(&format!("memory {}", memory.id)))?;
+            let change = search_change(&memory.tenant, &memory.id, ChangeOp::Upsert, memory.created_at);
+            SqliteStore::search_record(&mut tx, &change).await?;
         }
         tx.commit().await.map_err(backend_err)
     }
@@ -368,6 +377,7 @@ impl MemoryStore for SqliteStore {
         );
         let tags = patch.tags.as_deref().map(tags_json).transpose()?;
         let text = patch.text.as_ref();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend_err)?;
         let row = sqlx::query_as::<_, MemoryRow>(sqlx::AssertSqlSafe(sql))
             .bind(tenant.as_str())
             .bind(id.as_str())
@@ -379,20 +389,31 @@ impl MemoryStore for SqliteStore {
             .bind(text.map(|(_, _, e)| e.model.as_str()))
             .bind(text.map(|(_, _, e)| dims(e)))
             .bind(text.map(|(_, v, _)| vector_to_bytes(v)))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(map_err(&format!("memory {id}")))?;
+        if row.is_some() {
+            SqliteStore::search_record(&mut tx, &search_change(tenant, id, ChangeOp::Upsert, at)).await?;
+        }
+        tx.commit().await.map_err(backend_err)?;
         row.map(Memory::try_from).transpose()
     }
 
     async fn delete_memory(&self, tenant: &TenantId, id: &MemoryId) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend_err)?;
         let done = sqlx::query("DELETE FROM memories WHERE tenant_id = $1 AND id = $2")
             .bind(tenant.as_str())
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(backend_err)?;
-        Ok(done.rows_affected() > 0)
+        let deleted = done.rows_affected() > 0;
+        if deleted {
+            let change = search_change(tenant, id, ChangeOp::Delete, ms(Utc::now()));
+            SqliteStore::search_record(&mut tx, &change).await?;
+        }
+        tx.commit().await.map_err(backend_err)?;
+        Ok(deleted)
     }
 
     async fn memories(
@@ -810,6 +831,8 @@ impl MemoryStore for PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err(&format!("memory {}", memory.id)))?;
+            let change = search_change(&memory.tenant, &memory.id, ChangeOp::Upsert, memory.created_at);
+            PostgresStore::search_record(&mut tx, &change).await?;
         }
         tx.commit().await.map_err(backend_err)
     }
@@ -841,6 +864,7 @@ impl MemoryStore for PostgresStore {
             columns(PG_TAGS)
         );
         let text = patch.text.as_ref();
+        let mut tx = self.pool.begin().await.map_err(backend_err)?;
         let row = sqlx::query_as::<_, MemoryRow>(sqlx::AssertSqlSafe(sql))
             .bind(tenant.as_str())
             .bind(id.as_str())
@@ -852,20 +876,31 @@ impl MemoryStore for PostgresStore {
             .bind(text.map(|(_, _, e)| e.model.as_str()))
             .bind(text.map(|(_, _, e)| dims(e)))
             .bind(text.map(|(_, v, _)| v.as_slice()))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(map_err(&format!("memory {id}")))?;
+        if row.is_some() {
+            PostgresStore::search_record(&mut tx, &search_change(tenant, id, ChangeOp::Upsert, at)).await?;
+        }
+        tx.commit().await.map_err(backend_err)?;
         row.map(Memory::try_from).transpose()
     }
 
     async fn delete_memory(&self, tenant: &TenantId, id: &MemoryId) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend_err)?;
         let done = sqlx::query("DELETE FROM memories WHERE tenant_id = $1 AND id = $2")
             .bind(tenant.as_str())
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(backend_err)?;
-        Ok(done.rows_affected() > 0)
+        let deleted = done.rows_affected() > 0;
+        if deleted {
+            let change = search_change(tenant, id, ChangeOp::Delete, ms(Utc::now()));
+            PostgresStore::search_record(&mut tx, &change).await?;
+        }
+        tx.commit().await.map_err(backend_err)?;
+        Ok(deleted)
     }
 
     async fn memories(

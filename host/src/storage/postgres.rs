@@ -79,7 +79,8 @@ impl_artifact_queries!(PostgresStore);
 impl_search_queries!(
     PostgresStore,
     " AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
-    Some("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+    Some("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"),
+    "to_json(m.tags)::text"
 );
 
 #[async_trait]

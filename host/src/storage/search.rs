@@ -5,7 +5,8 @@
 //! transaction id is below its snapshot's xmin (see `maestro_core::search`).
 //!
 //! Writers record their change in their own transaction: a message by `OUTBOX_MESSAGE`
-//! (its tenant from its session's row), a document version by `OUTBOX_DOCUMENT`, any
+//! (its tenant from its session's row), a document version by `OUTBOX_DOCUMENT`, a
+//! memory's insert, update or delete by `OUTBOX_INSERT` (`storage/memories.rs`), any
 //! other kind by `OUTBOX_INSERT` through [`maestro_core::Tx::record_search_change`].
 
 use chrono::{DateTime, Utc};
@@ -46,18 +47,27 @@ const MESSAGES: &str = "SELECT m.id, s.tenant_id, m.session_id, m.author_kind, m
 const DOCUMENTS: &str = "SELECT d.id, d.tenant_id, d.session_id, d.title, v.content, v.author, d.updated_at \
      FROM documents d JOIN document_versions v ON v.document_id = d.id AND v.version = d.version";
 
+/// Memories by id (`{tags}`: the backend's expression reading tags as a JSON array
+/// text). A memory's session and persona come from its scope.
+const MEMORIES: &str = "SELECT m.id, m.tenant_id, m.scope, m.persona, m.session_id, m.text, {tags} AS tags, \
+     m.pinned, m.created_at FROM memories m";
+
 /// The most ids one `searchables` query binds.
 pub(super) const IDS_PER_QUERY: usize = 500;
 
-/// `MESSAGES`/`DOCUMENTS` for `ids` ids (`… WHERE x.id IN ($1, …)`), or a page
-/// (`… WHERE x.id > $1 ORDER BY x.id LIMIT $2`, or without the cursor when `after` is
-/// false). Only placeholders are formatted in, never values.
-pub(super) fn select(kind: SearchKind, shape: Shape) -> Option<String> {
+/// `MESSAGES`/`DOCUMENTS`/`MEMORIES` for `ids` ids (`… WHERE x.id IN ($1, …)`), or a
+/// page (`… WHERE x.id > $1 ORDER BY x.id LIMIT $2`, or without the cursor when `after`
+/// is false); `memory_tags` is the backend's expression of a memory's tags as JSON text.
+/// Only placeholders and that constant are formatted in, never values.
+pub(super) fn select(kind: SearchKind, shape: Shape, memory_tags: &str) -> Option<String> {
+    let memories;
     let (base, alias) = match kind {
         SearchKind::Message => (MESSAGES, "m"),
         SearchKind::Document => (DOCUMENTS, "d"),
-        // Memories are added here with their table.
-        SearchKind::Memory => return None,
+        SearchKind::Memory => {
+            memories = MEMORIES.replace("{tags}", memory_tags);
+            (memories.as_str(), "m")
+        }
     };
     Some(match shape {
         Shape::Ids(n) => {
@@ -139,6 +149,9 @@ impl TryFrom<MessageRow> for Searchable {
             title: String::new(),
             text: row.content,
             at: row.at,
+            tags: Vec::new(),
+            scope: None,
+            pinned: false,
             id: row.id,
         })
     }
@@ -174,6 +187,47 @@ impl TryFrom<DocumentRow> for Searchable {
             title: row.title,
             text: row.content,
             at: row.updated_at,
+            tags: Vec::new(),
+            scope: None,
+            pinned: false,
+            id: row.id,
+        })
+    }
+}
+
+/// A memory as the index reads it (tags as a JSON array text).
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct MemoryRow {
+    id: String,
+    tenant_id: String,
+    scope: String,
+    persona: Option<String>,
+    session_id: Option<String>,
+    text: String,
+    tags: String,
+    pinned: bool,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<MemoryRow> for Searchable {
+    type Error = StoreError;
+
+    /// Its tags go in the title (searched, boosted), its scope's session and persona in
+    /// `session` and `author`, its creation time in `at` (what the memory filters use).
+    fn try_from(row: MemoryRow) -> Result<Self, StoreError> {
+        let what = format!("memory {}", row.id);
+        let tags: Vec<String> = serde_json::from_str(&row.tags).map_err(|e| corrupt(&what, e))?;
+        Ok(Searchable {
+            tenant: TenantId::parse(&row.tenant_id).map_err(|e| corrupt(&what, e))?,
+            kind: SearchKind::Memory,
+            session: row.session_id.as_deref().map(SessionId::parse).transpose().map_err(|e| corrupt(&what, e))?,
+            author: row.persona,
+            title: tags.join(" "),
+            text: row.text,
+            at: row.created_at,
+            tags,
+            scope: Some(row.scope),
+            pinned: row.pinned,
             id: row.id,
         })
     }
@@ -187,9 +241,10 @@ fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
 /// `search_record_message`, `search_record_document`, called on a writer's connection)
 /// for a store type with a `pool` field and a `begin_write` method. `$settled` is the
 /// condition that keeps a reader to rows no open transaction can precede (empty on
-/// SQLite); `$xmin` the SQL of the oldest open transaction id, `None` on SQLite.
+/// SQLite); `$xmin` the SQL of the oldest open transaction id, `None` on SQLite;
+/// `$memory_tags` the expression reading a memory's tags as a JSON array text.
 macro_rules! impl_search_queries {
-    ($store:ty, $settled:literal, $xmin:expr) => {
+    ($store:ty, $settled:literal, $xmin:expr, $memory_tags:literal) => {
         impl $store {
             /// Records a change on a writer's connection.
             pub(super) async fn search_record(
@@ -355,7 +410,8 @@ macro_rules! impl_search_queries {
                 use maestro_core::search::SearchKind;
                 let mut found = Vec::with_capacity(ids.len());
                 for chunk in ids.chunks(super::search::IDS_PER_QUERY) {
-                    let Some(sql) = super::search::select(kind, super::search::Shape::Ids(chunk.len())) else {
+                    let Some(sql) = super::search::select(kind, super::search::Shape::Ids(chunk.len()), $memory_tags)
+                    else {
                         return Ok(Vec::new());
                     };
                     match kind {
@@ -368,9 +424,18 @@ macro_rules! impl_search_queries {
                             let rows = query.fetch_all(&self.pool).await.map_err(super::backend_err)?;
                             found.extend(super::runs::from_rows::<_, maestro_core::search::Searchable>(rows)?);
                         }
-                        SearchKind::Document | SearchKind::Memory => {
+                        SearchKind::Document => {
                             let mut query =
                                 sqlx::query_as::<_, super::search::DocumentRow>(sqlx::AssertSqlSafe(sql.as_str()));
+                            for id in chunk {
+                                query = query.bind(id);
+                            }
+                            let rows = query.fetch_all(&self.pool).await.map_err(super::backend_err)?;
+                            found.extend(super::runs::from_rows::<_, maestro_core::search::Searchable>(rows)?);
+                        }
+                        SearchKind::Memory => {
+                            let mut query =
+                                sqlx::query_as::<_, super::search::MemoryRow>(sqlx::AssertSqlSafe(sql.as_str()));
                             for id in chunk {
                                 query = query.bind(id);
                             }
@@ -390,7 +455,7 @@ macro_rules! impl_search_queries {
             ) -> Result<Vec<maestro_core::search::Searchable>, maestro_core::StoreError> {
                 use maestro_core::search::SearchKind;
                 let shape = if after.is_some() { super::search::Shape::After } else { super::search::Shape::First };
-                let Some(sql) = super::search::select(kind, shape) else {
+                let Some(sql) = super::search::select(kind, shape, $memory_tags) else {
                     return Ok(Vec::new());
                 };
                 let limit = super::runs::page(limit);
@@ -404,9 +469,18 @@ macro_rules! impl_search_queries {
                         let rows = query.bind(limit).fetch_all(&self.pool).await.map_err(super::backend_err)?;
                         super::runs::from_rows(rows)
                     }
-                    SearchKind::Document | SearchKind::Memory => {
+                    SearchKind::Document => {
                         let mut query =
                             sqlx::query_as::<_, super::search::DocumentRow>(sqlx::AssertSqlSafe(sql.as_str()));
+                        if let Some(after) = after {
+                            query = query.bind(after);
+                        }
+                        let rows = query.bind(limit).fetch_all(&self.pool).await.map_err(super::backend_err)?;
+                        super::runs::from_rows(rows)
+                    }
+                    SearchKind::Memory => {
+                        let mut query =
+                            sqlx::query_as::<_, super::search::MemoryRow>(sqlx::AssertSqlSafe(sql.as_str()));
                         if let Some(after) = after {
                             query = query.bind(after);
                         }
@@ -428,13 +502,15 @@ mod tests {
     #[tokio::test]
     async fn outbox_reads_search_an_index_on_sqlite() {
         let after = concat!(outbox_columns!(), " WHERE (txid, id) > ($1, $2) ORDER BY txid, id LIMIT 10");
-        let pages = select(SearchKind::Message, Shape::After).expect("messages are searchable");
-        let docs = select(SearchKind::Document, Shape::After).expect("documents are searchable");
+        let pages = select(SearchKind::Message, Shape::After, "m.tags").expect("messages are searchable");
+        let docs = select(SearchKind::Document, Shape::After, "m.tags").expect("documents are searchable");
+        let memories = select(SearchKind::Memory, Shape::After, "m.tags").expect("memories are searchable");
         crate::storage::assert_indexed_on_sqlite(&[
             ("OUTBOX_AFTER", after),
             ("OUTBOX_PENDING", OUTBOX_PENDING),
             ("MESSAGES", pages.as_str()),
             ("DOCUMENTS", docs.as_str()),
+            ("MEMORIES", memories.as_str()),
         ])
         .await;
     }

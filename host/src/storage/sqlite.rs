@@ -83,7 +83,7 @@ impl_schedule_queries!(SqliteStore);
 impl_unit_of_work!(SqliteStore, SqliteTx);
 impl_ledger_queries!(SqliteStore, "");
 impl_artifact_queries!(SqliteStore);
-impl_search_queries!(SqliteStore, "", None);
+impl_search_queries!(SqliteStore, "", None, "m.tags");
 
 #[async_trait]
 impl StoreProbe for SqliteStore {

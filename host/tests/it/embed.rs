@@ -18,7 +18,7 @@ use crate::harness::{Backend, TestDb};
 use crate::server::{Server, maestro};
 
 /// The model directory, from `MAESTRO_EMBEDDINGS_MODEL_DIR`.
-fn model_dir() -> PathBuf {
+pub(crate) fn model_dir() -> PathBuf {
     match std::env::var("MAESTRO_EMBEDDINGS_MODEL_DIR") {
         Ok(dir) if !dir.trim().is_empty() => PathBuf::from(dir),
         _ => panic!(

@@ -229,6 +229,8 @@ pub(crate) struct TestHost {
     pub(crate) search: Option<maestro_host::search::FullText>,
     /// The embedder: the deterministic fake (`fake_embed`) unless a test replaces it.
     pub(crate) embedder: Arc<dyn maestro_core::embed::Embedder>,
+    /// Hybrid search's default half-life (`[search] half_life`; `None`: no decay).
+    pub(crate) half_life: Option<std::time::Duration>,
 }
 
 /// An answer: status, headers, and the body parsed as JSON (or `Value::String` when it
@@ -290,6 +292,7 @@ impl TestHost {
             memories,
             search: None,
             embedder,
+            half_life: None,
         }
     }
 
@@ -335,6 +338,14 @@ impl TestHost {
             memories: self.memories.clone(),
             search: self.search.clone(),
             embedder: self.embedder.clone(),
+            retrieval: Some(Arc::new(maestro_host::retrieval::Retrieval::new(
+                self.search.clone(),
+                self.store.clone(),
+                self.store.clone(),
+                self.embedder.clone(),
+                self.clock.clone(),
+                self.half_life,
+            ))),
         };
         http::router(state, &self.settings)
     }

@@ -196,6 +196,7 @@ async fn app_over(
         memories: None,
         search: None,
         embedder: Arc::new(crate::fake_embed::FakeEmbedder::new()),
+        retrieval: None,
     };
     let settings = HttpSettings { body_limit_bytes: 64 * 1024, cors_allow_origins: vec![], mcp: Default::default() };
     (db, http::router(state, &settings), platform)

@@ -21,6 +21,7 @@ mod first_party;
 mod fixtures;
 mod harness;
 mod http_api;
+mod hybrid;
 mod jobs;
 mod ledger;
 mod llm;

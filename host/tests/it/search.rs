@@ -1,8 +1,9 @@
 //! Full-text search on both backends: the outbox written with the rows it indexes, the
 //! index following it (messages and document edits become searchable, restart replays
 //! the outbox past the watermark, a deleted or corrupted index or one behind the
-//! outbox's pruning is rebuilt), Postgres transactions committing out of order, tenant
-//! isolation against hostile queries over `POST /v1/search`, and `maestro index`.
+//! outbox's pruning is rebuilt), memories indexed with their tags and gone after delete,
+//! Postgres transactions committing out of order, tenant isolation against hostile
+//! queries over `POST /v1/search` (text and hybrid), and `maestro index`.
 //! Tests wait for the index's status to reach the outbox head, never sleep.
 
 use std::collections::HashSet;
@@ -12,10 +13,12 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use maestro_core::document::{DocAuthor, DocumentKind, TextEdit};
+use maestro_core::memory::MemoryScope;
 use maestro_core::run::{Author, Message, RunLimits, Session, SessionId, Strategy};
 use maestro_core::search::{ChangeOp, OutboxPosition, SearchChange, SearchKind};
 use maestro_core::{Clock, Store, TenantId};
 use maestro_host::documents::NewDocument;
+use maestro_host::memory::NewMemory;
 use maestro_host::search::{Access, FullText, SearchSettings, TextFilters};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -31,17 +34,18 @@ backend_tests!(
     a_deleted_or_corrupted_index_is_rebuilt_with_the_same_top_ten,
     an_index_behind_the_outbox_pruning_is_rebuilt,
     index_rebuild_and_status_commands_work_offline,
+    memories_are_found_by_words_follow_their_edits_and_are_gone_after_delete,
 );
 
 /// A running index and its indexer.
-struct Running {
-    index: FullText,
+pub(crate) struct Running {
+    pub(crate) index: FullText,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
-    async fn stop(self) -> FullText {
+    pub(crate) async fn stop(self) -> FullText {
         self.stop.cancel();
         self.task.await.expect("the indexer ends");
         self.index
@@ -58,11 +62,11 @@ fn settings(dir: &Path) -> SearchSettings {
     }
 }
 
-fn open(store: &Arc<dyn Store>, clock: Arc<dyn Clock>, dir: &Path) -> FullText {
+pub(crate) fn open(store: &Arc<dyn Store>, clock: Arc<dyn Clock>, dir: &Path) -> FullText {
     FullText::open(settings(dir), store.clone(), clock, Access::Write).expect("the index opens")
 }
 
-fn start(index: FullText) -> Running {
+pub(crate) fn start(index: FullText) -> Running {
     let stop = CancellationToken::new();
     let task = index.spawn_indexer(stop.clone());
     Running { index, stop, task }
@@ -70,7 +74,7 @@ fn start(index: FullText) -> Running {
 
 /// Waits until the index has committed everything in the outbox (nothing pending after
 /// its watermark) and is not rebuilding; polls the status, fails after a deadline.
-async fn caught_up(store: &Arc<dyn Store>, index: &FullText) {
+pub(crate) async fn caught_up(store: &Arc<dyn Store>, index: &FullText) {
     let mut status = index.watch();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -88,7 +92,7 @@ async fn caught_up(store: &Arc<dyn Store>, index: &FullText) {
     }
 }
 
-async fn new_session(store: &Arc<dyn Store>, tenant: &TenantId) -> SessionId {
+pub(crate) async fn new_session(store: &Arc<dyn Store>, tenant: &TenantId) -> SessionId {
     let session = Session {
         id: fresh(),
         tenant: tenant.clone(),
@@ -110,7 +114,7 @@ async fn new_session(store: &Arc<dyn Store>, tenant: &TenantId) -> SessionId {
 }
 
 /// Writes a message through a unit of work, as the orchestrator does; returns its id.
-async fn say(store: &Arc<dyn Store>, session: &SessionId, text: &str) -> String {
+pub(crate) async fn say(store: &Arc<dyn Store>, session: &SessionId, text: &str) -> String {
     let message = Message {
         id: fresh(),
         session: session.clone(),
@@ -131,11 +135,15 @@ async fn ids(index: &FullText, tenant: &TenantId, query: &str) -> Vec<String> {
     hits.into_iter().map(|h| h.id).collect()
 }
 
-async fn search(host: &TestHost, token: &str, body: Value) -> crate::harness::Reply {
+/// `POST /v1/search`, in mode `text` unless `body` names a mode.
+async fn search(host: &TestHost, token: &str, mut body: Value) -> crate::harness::Reply {
+    if body.get("mode").is_none() {
+        body["mode"] = json!("text");
+    }
     host.post("/v1/search", Some(token), body).await
 }
 
-fn hit_ids(reply: &crate::harness::Reply) -> Vec<String> {
+pub(crate) fn hit_ids(reply: &crate::harness::Reply) -> Vec<String> {
     let hits = reply.body["hits"].as_array().unwrap_or_else(|| panic!("hits: {reply:?}"));
     hits.iter().map(|h| h["id"].as_str().expect("id").to_owned()).collect()
 }
@@ -233,6 +241,11 @@ async fn hostile_queries_never_return_another_tenants_objects_nor_a_server_error
     for text in ["shared words alpha beta gamma", "globex secret alpha", "tenant globex confidential"] {
         globex_ids.push(say(&host.store, &theirs, text).await);
     }
+    // Memories too: the hybrid mode's vector side searches them.
+    let memories = host.memories.clone().expect("memories");
+    let mine_remembered = memories.store(&acme, remember("alpha remembered by acme")).await.expect("memory");
+    acme_ids.insert(mine_remembered.id.to_string());
+    memories.store(&globex, remember("globex secret alpha remembered")).await.expect("memory");
     caught_up(&host.store, &running.index).await;
 
     let g = globex.as_str();
@@ -294,8 +307,11 @@ async fn hostile_queries_never_return_another_tenants_objects_nor_a_server_error
     hostile.push((0..500).map(|i| format!("t{i}")).collect::<Vec<_>>().join(" OR "));
     let mut answered = 0;
     for query in &hostile {
-        for kinds in [json!([]), json!(["message", "document", "memory"])] {
-            let reply = search(&host, &acme_token, json!({ "query": query, "kinds": kinds, "limit": 100 })).await;
+        for (mode, kinds) in
+            [("text", json!([])), ("text", json!(["message", "document", "memory"])), ("hybrid", json!([]))]
+        {
+            let body = json!({ "query": query, "kinds": kinds, "limit": 100, "mode": mode });
+            let reply = search(&host, &acme_token, body).await;
             assert!(
                 reply.status == StatusCode::OK || reply.status == StatusCode::UNPROCESSABLE_ENTITY,
                 "{query:?}: {reply:?}"
@@ -308,9 +324,92 @@ async fn hostile_queries_never_return_another_tenants_objects_nor_a_server_error
             }
         }
     }
-    assert!(answered > hostile.len(), "most hostile queries get a lenient answer");
+    assert!(answered > 2 * hostile.len(), "most hostile queries get a lenient answer");
     let everything = search(&host, &acme_token, json!({ "query": "*" })).await;
     assert_eq!(hit_ids(&everything).into_iter().collect::<HashSet<_>>(), acme_ids, "`*` is all of acme's, only");
+    running.stop().await;
+}
+
+/// A tenant-scoped memory of `text`.
+pub(crate) fn remember(text: &str) -> NewMemory {
+    NewMemory { scope: MemoryScope::Tenant, text: text.into(), tags: Vec::new(), pinned: false, source: None }
+}
+
+async fn memories_are_found_by_words_follow_their_edits_and_are_gone_after_delete(backend: Backend) {
+    let mut host = TestHost::new(backend).await;
+    let dir = host.dir().join("index");
+    let running = start(open(&host.store, host.clock.clone(), &dir));
+    host.search = Some(running.index.clone());
+    let platform = host.platform_token().await;
+    let acme_token = host.tenant_with_key(&platform, "acme", "member").await;
+    let globex_token = host.tenant_with_key(&platform, "globex", "member").await;
+    let created = host
+        .post(
+            "/v1/memories",
+            Some(&acme_token),
+            json!({ "text": "The customer prefers invoices in Swiss francs", "tags": ["Billing", "currency"] }),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let id = created.body["id"].as_str().expect("id").to_owned();
+    let theirs =
+        host.post("/v1/memories", Some(&globex_token), json!({ "text": "Globex also invoices in Swiss francs" })).await;
+    assert_eq!(theirs.status, StatusCode::CREATED, "{theirs:?}");
+    caught_up(&host.store, &running.index).await;
+
+    let reply = search(&host, &acme_token, json!({ "query": "francs" })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(hit_ids(&reply), std::slice::from_ref(&id), "acme's memory only");
+    let hit = &reply.body["hits"][0];
+    assert_eq!(hit["kind"], "memory");
+    assert_eq!(hit["tags"], json!(["billing", "currency"]));
+    assert_eq!(hit["scope"], "tenant");
+    assert!(hit["title"].is_null(), "a memory has no title: {hit}");
+    assert_eq!(hit["ranks"], json!({ "text": 1, "vector": null }));
+    assert!(hit["snippet"].as_str().expect("snippet").contains("francs"), "{hit}");
+    // Its tags are words too, and filters.
+    assert_eq!(hit_ids(&search(&host, &acme_token, json!({ "query": "billing" })).await), std::slice::from_ref(&id));
+    let tagged = json!({ "query": "francs", "tags": ["currency"] });
+    assert_eq!(hit_ids(&search(&host, &acme_token, tagged).await), std::slice::from_ref(&id));
+    for narrowing in [
+        json!({ "query": "francs", "tags": ["travel"] }),
+        json!({ "query": "francs", "tags": ["billing", "travel"], "tags_match": "all" }),
+        json!({ "query": "francs", "scope": "persona" }),
+        json!({ "query": "francs", "kinds": ["message", "document"] }),
+    ] {
+        let reply = search(&host, &acme_token, narrowing.clone()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{narrowing}: {reply:?}");
+        assert!(hit_ids(&reply).is_empty(), "{narrowing}: {reply:?}");
+    }
+
+    // An edit re-indexes it: the old words no longer match.
+    let edited = host
+        .send(
+            axum::http::Method::PATCH,
+            &format!("/v1/memories/{id}"),
+            Some(&acme_token),
+            Some(json!({ "text": "The customer prefers invoices in euros" })),
+        )
+        .await;
+    assert_eq!(edited.status, StatusCode::OK, "{edited:?}");
+    caught_up(&host.store, &running.index).await;
+    assert!(hit_ids(&search(&host, &acme_token, json!({ "query": "francs" })).await).is_empty());
+    assert_eq!(hit_ids(&search(&host, &acme_token, json!({ "query": "euros" })).await), std::slice::from_ref(&id));
+
+    // A rebuilt index holds memories too.
+    drop(running.stop().await);
+    std::fs::remove_dir_all(&dir).expect("delete the index");
+    let running = start(open(&host.store, host.clock.clone(), &dir));
+    host.search = Some(running.index.clone());
+    caught_up(&host.store, &running.index).await;
+    assert_eq!(running.index.status().docs, 2, "both tenants' memories");
+    assert_eq!(hit_ids(&search(&host, &acme_token, json!({ "query": "euros" })).await), std::slice::from_ref(&id));
+
+    let deleted = host.delete(&format!("/v1/memories/{id}"), Some(&acme_token)).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{deleted:?}");
+    caught_up(&host.store, &running.index).await;
+    assert!(hit_ids(&search(&host, &acme_token, json!({ "query": "euros" })).await).is_empty(), "gone after delete");
+    assert_eq!(running.index.status().docs, 1);
     running.stop().await;
 }
 
