@@ -455,6 +455,9 @@ async fn an_agent_stores_a_fact_in_one_session_and_a_run_of_another_session_find
     let db = TestDb::new(backend).await;
     let mut command = crate::server::serve_personas(&db, backend, &fake, &["personas.*", "memory.*"]);
     command.env("MAESTRO_EMBEDDINGS_MODEL_DIR", model_dir());
+    // One scripted model answer per persona turn: the post-run distillation job (tested
+    // in `recall`) would take the next run's answer.
+    command.env("MAESTRO_MEMORY_DISTIL", "false");
     let server = Server::start(command, &db.dir(), 1).await;
     let platform = server.bootstrap_token();
     let (status, _) =
