@@ -235,6 +235,9 @@ mod tests {
             title: " Plan ".into(),
             text: (0..200).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" "),
             at: DateTime::from_timestamp(1_000, 0).expect("a valid time"),
+            tags: Vec::new(),
+            scope: None,
+            pinned: false,
         };
         let passages = passages_of(&object);
         assert_eq!(passages.len(), 2);
