@@ -4,10 +4,12 @@
 //!
 //! Searches take the same road as memories' (`memories.rs` explains it): **Postgres**
 //! keeps vectors in a `vector` column without a fixed dimension with a partial HNSW
-//! index per common dimension on `embedding::vector(D)`; a tenant large enough (by
-//! [`EXACT_SCAN_BELOW`] and [`INDEX_SHARE`]) is searched through the index with the
-//! memories' per-transaction settings (iterative scan, `ef_search` sized to `k`), a
-//! smaller one, or a dimension without an index, exactly. **SQLite** keeps f32 BLOBs
+//! index per common dimension on `embedding::halfvec(D)` (m 32, ef_construction 128);
+//! a tenant large enough (by [`EXACT_SCAN_BELOW`] and [`INDEX_SHARE`], its count kept
+//! by triggers in `passage_counts`) is searched through the index with the memories'
+//! per-transaction settings (iterative scan, `ef_search` sized to `k`) and its rows
+//! re-sorted by their full-precision distance; a smaller one, or a dimension without an
+//! index, exactly. **SQLite** keeps f32 BLOBs
 //! and scans a tenant's vectors in process, cached while its `passage_epochs` row
 //! (moved by triggers on every write) is unchanged.
 //!
@@ -496,14 +498,17 @@ impl PostgresStore {
     /// index (`indexed`) or exact. Parameters: tenant ($1), provider ($2), model ($3),
     /// the filter ($4–$10), the query vector as `real[]` ($11).
     fn passage_search_sql(dims: u32, indexed: bool, k: u32) -> String {
-        // `embedding::vector(D)` is the indexed expression; the bare column is not.
+        let exact = "embedding <#> $11::real[]::vector";
+        // `embedding::halfvec(D)` is the indexed expression (migration 0012); the bare
+        // column is not. Either way the rows come back with their full-precision
+        // distance, and in its order.
         let order = if indexed {
-            format!("embedding::vector({dims}) <#> $11::real[]::vector({dims})")
+            format!("embedding::halfvec({dims}) <#> $11::real[]::halfvec({dims})")
         } else {
-            "embedding <#> $11::real[]::vector".to_owned()
+            exact.to_owned()
         };
         format!(
-            "WITH nearest AS MATERIALIZED (SELECT {COLUMNS}, ({order}) AS distance FROM passages \
+            "WITH nearest AS MATERIALIZED (SELECT {COLUMNS}, ({exact}) AS distance FROM passages \
              WHERE dims = {dims} AND tenant_id = $1 AND provider = $2 AND model = $3{filter} \
              ORDER BY {order} LIMIT {k}) SELECT * FROM nearest ORDER BY distance, object_id, chunk",
             filter = filter_sql(4),
@@ -512,28 +517,20 @@ impl PostgresStore {
 
     /// Whether a search of `tenant` in `embedder`'s space goes through the HNSW index,
     /// by the memories' rule: an indexed dimension, at least [`EXACT_SCAN_BELOW`]
-    /// passages of the tenant, and at least one row in [`INDEX_SHARE`] of the table.
+    /// passages of the tenant (kept by triggers in `passage_counts`: one key lookup),
+    /// and at least one row in [`INDEX_SHARE`] of the table.
     async fn passage_search_indexed(&self, tenant: &TenantId, embedder: &EmbedderInfo) -> Result<bool, StoreError> {
         if !INDEXED_DIMENSIONS.contains(&embedder.dimensions) {
             return Ok(false);
         }
-        let table: f32 = sqlx::query_scalar(
-            "SELECT COALESCE((SELECT reltuples FROM pg_class WHERE oid = 'passages'::regclass), -1)",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(backend_err)?;
-        // Count only as far as the decision needs.
-        let needed = EXACT_SCAN_BELOW.max((f64::from(table.max(0.0)) / INDEX_SHARE as f64).ceil() as i64);
-        let held: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT 1 FROM passages WHERE tenant_id = $1 AND dims = $2 AND provider = $3 \
-             AND model = $4 LIMIT $5) AS held",
+        let (held, table): (i64, f32) = sqlx::query_as(
+            "SELECT COALESCE((SELECT n FROM passage_counts WHERE tenant_id = $1 AND provider = $2 AND model = $3 \
+             AND dims = $4), 0), COALESCE((SELECT reltuples FROM pg_class WHERE oid = 'passages'::regclass), -1)",
         )
         .bind(tenant.as_str())
-        .bind(dims(embedder))
         .bind(&embedder.provider)
         .bind(&embedder.model)
-        .bind(needed)
+        .bind(dims(embedder))
         .fetch_one(&self.pool)
         .await
         .map_err(backend_err)?;
