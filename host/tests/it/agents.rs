@@ -46,7 +46,9 @@ impl Site {
         .expect("policy");
         let config = db.dir().join("maestro.toml");
         let text = format!(
-            "[jobs]\npoll_interval = \"100ms\"\n\n{provider}\n\
+            // No post-run distillation: these tests count every model call and hold of a
+            // run (distillation's own call and charge are tested in `recall`).
+            "[jobs]\npoll_interval = \"100ms\"\n\n[memory]\ndistil = false\n\n{provider}\n\
              [[llm.models]]\nid = \"fast\"\nprovider = \"fake\"\nmodel = \"upstream-fast\"\ntier = \"fast\"\n\
              context_window = 32000\nmax_output_tokens = 400\n\
              [[llm.models]]\nid = \"best\"\nprovider = \"fake\"\nmodel = \"upstream-best\"\ntier = \"best\"\n\
