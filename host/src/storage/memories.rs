@@ -555,9 +555,47 @@ const CACHE_MAX_FLOATS: usize = 64 * 1024 * 1024;
 /// reuses them while the tenant's `memory_epochs` row (moved by triggers on every write
 /// that changes what a search sees, from any connection) is unchanged: the scan then
 /// runs at memory speed instead of decoding every row through the driver.
-#[derive(Debug, Default)]
-pub(super) struct VectorCache {
-    tenants: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<TenantVectors>>>,
+pub(super) type VectorCache = TenantCache<TenantVectors>;
+
+/// What a [`TenantCache`] keeps per (tenant, embedder): its size is the count of the
+/// vector numbers it holds.
+pub(super) trait Cached {
+    /// How many vector numbers it holds.
+    fn floats(&self) -> usize;
+}
+
+/// A tenant's vectors of one embedder kept in memory (SQLite's exact scans: memories'
+/// and passages'), at most [`CACHE_MAX_FLOATS`] numbers in all.
+#[derive(Debug)]
+pub(super) struct TenantCache<V> {
+    tenants: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<V>>>,
+}
+
+impl<V> Default for TenantCache<V> {
+    fn default() -> Self {
+        Self { tenants: std::sync::Mutex::default() }
+    }
+}
+
+impl<V: Cached> TenantCache<V> {
+    pub(super) fn get(&self, key: &(String, String)) -> Option<Arc<V>> {
+        self.tenants.lock().ok()?.get(key).cloned()
+    }
+
+    /// Keeps `value`, evicting the others when the cache would hold too many numbers;
+    /// a value larger than the whole cache is not kept.
+    pub(super) fn put(&self, key: (String, String), value: Arc<V>) {
+        let Ok(mut tenants) = self.tenants.lock() else { return };
+        if value.floats() > CACHE_MAX_FLOATS {
+            tenants.remove(&key);
+            return;
+        }
+        let held: usize = tenants.iter().filter(|(k, _)| **k != key).map(|(_, v)| v.floats()).sum();
+        if held + value.floats() > CACHE_MAX_FLOATS {
+            tenants.clear();
+        }
+        tenants.insert(key, value);
+    }
 }
 
 /// One tenant's vectors of one embedder, as of `epoch`.
@@ -704,23 +742,9 @@ impl SqliteStore {
     }
 }
 
-impl VectorCache {
-    fn get(&self, key: &(String, String)) -> Option<Arc<TenantVectors>> {
-        self.tenants.lock().ok()?.get(key).cloned()
-    }
-
-    /// Keeps `vectors`, evicting the others when the cache would hold too many numbers.
-    fn put(&self, key: (String, String), vectors: Arc<TenantVectors>) {
-        let Ok(mut tenants) = self.tenants.lock() else { return };
-        if vectors.flat.len() > CACHE_MAX_FLOATS {
-            tenants.remove(&key);
-            return;
-        }
-        let held: usize = tenants.iter().filter(|(k, _)| **k != key).map(|(_, v)| v.flat.len()).sum();
-        if held + vectors.flat.len() > CACHE_MAX_FLOATS {
-            tenants.clear();
-        }
-        tenants.insert(key, vectors);
+impl Cached for TenantVectors {
+    fn floats(&self) -> usize {
+        self.flat.len()
     }
 }
 

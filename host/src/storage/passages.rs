@@ -32,7 +32,7 @@ use maestro_core::search::{OutboxPosition, SearchKind};
 use maestro_core::{StoreError, TenantId};
 use sqlx::Row as _;
 
-use super::memories::{EXACT_SCAN_BELOW, INDEX_SHARE, INDEXED_DIMENSIONS, TopK};
+use super::memories::{Cached, EXACT_SCAN_BELOW, INDEX_SHARE, INDEXED_DIMENSIONS, TenantCache, TopK};
 use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
 use super::{backend_err, map_err};
@@ -254,17 +254,10 @@ fn in_order(
         .collect())
 }
 
-/// Most vector numbers the SQLite passage cache holds across tenants (256 MiB of f32,
-/// e.g. one tenant of 160,000 384-dimension passages); a tenant larger than this alone
-/// is scanned but not kept. Separate from the memories' cache of the same size.
-const CACHE_MAX_FLOATS: usize = 64 * 1024 * 1024;
-
 /// SQLite's exact scan reads a tenant's passage vectors (of one embedder) into memory
-/// once and reuses them while the tenant's `passage_epochs` row is unchanged.
-#[derive(Debug, Default)]
-pub(super) struct PassageCache {
-    tenants: std::sync::Mutex<HashMap<(String, String), Arc<TenantPassages>>>,
-}
+/// once and reuses them while the tenant's `passage_epochs` row is unchanged (a cache
+/// of its own, of the memories' cache's size).
+pub(super) type PassageCache = TenantCache<TenantPassages>;
 
 /// One tenant's passages of one embedder, as of `epoch`.
 #[derive(Debug)]
@@ -296,23 +289,9 @@ impl TenantPassages {
     }
 }
 
-impl PassageCache {
-    fn get(&self, key: &(String, String)) -> Option<Arc<TenantPassages>> {
-        self.tenants.lock().ok()?.get(key).cloned()
-    }
-
-    /// Keeps `passages`, evicting the others when the cache would hold too many numbers.
-    fn put(&self, key: (String, String), passages: Arc<TenantPassages>) {
-        let Ok(mut tenants) = self.tenants.lock() else { return };
-        if passages.flat.len() > CACHE_MAX_FLOATS {
-            tenants.remove(&key);
-            return;
-        }
-        let held: usize = tenants.iter().filter(|(k, _)| **k != key).map(|(_, v)| v.flat.len()).sum();
-        if held + passages.flat.len() > CACHE_MAX_FLOATS {
-            tenants.clear();
-        }
-        tenants.insert(key, passages);
+impl Cached for TenantPassages {
+    fn floats(&self) -> usize {
+        self.flat.len()
     }
 }
 
