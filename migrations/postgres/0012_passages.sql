@@ -61,9 +61,9 @@ CREATE TABLE passage_follower (
 );
 INSERT INTO passage_follower (singleton, txid, id, updated_at) VALUES (TRUE, 0, 0, now());
 
--- How many passages each tenant holds of each embedder, kept by statement triggers (as
--- migration 0013 keeps `memory_counts`): choosing between the index and an exact scan
--- is one key lookup instead of counting the tenant's rows.
+-- How many passages each tenant holds of each embedder, kept by statement triggers
+-- (migration 0013 keeps `memory_counts` with the same function): choosing between the
+-- index and an exact scan is one key lookup instead of counting the tenant's rows.
 CREATE TABLE passage_counts (
     tenant_id  TEXT NOT NULL,
     provider   TEXT NOT NULL,
@@ -73,49 +73,60 @@ CREATE TABLE passage_counts (
     PRIMARY KEY (tenant_id, provider, model, dims)
 );
 
--- Adds each statement's net change per (tenant, embedder); keys in order, so that two
--- transactions never wait on each other's rows in opposite orders.
-CREATE FUNCTION passage_counts_follow() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Adds each statement's net change per (tenant, embedder) to the counts table named by
+-- the trigger's argument; keys in order, so that two transactions never wait on each
+-- other's rows in opposite orders. Rows are never negative; a key whose count falls to
+-- 0 is removed. (The transition tables are visible to the dynamic statements.)
+CREATE FUNCTION vector_counts_follow() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    counts TEXT := TG_ARGV[0];
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO passage_counts AS c (tenant_id, provider, model, dims, n)
-        SELECT tenant_id, provider, model, dims, count(*) FROM new_rows
-        GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-        ON CONFLICT (tenant_id, provider, model, dims) DO UPDATE SET n = c.n + EXCLUDED.n;
+        EXECUTE format(
+            'INSERT INTO %1$I AS c (tenant_id, provider, model, dims, n)
+             SELECT tenant_id, provider, model, dims, count(*) FROM new_rows
+             GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+             ON CONFLICT (tenant_id, provider, model, dims) DO UPDATE SET n = c.n + EXCLUDED.n', counts);
     ELSIF TG_OP = 'DELETE' THEN
-        UPDATE passage_counts AS c SET n = c.n - gone.n
-        FROM (SELECT tenant_id, provider, model, dims, count(*) AS n FROM old_rows
-              GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4) AS gone
-        WHERE (c.tenant_id, c.provider, c.model, c.dims) = (gone.tenant_id, gone.provider, gone.model, gone.dims);
-        DELETE FROM passage_counts WHERE n = 0 AND tenant_id IN (SELECT tenant_id FROM old_rows);
+        EXECUTE format(
+            'UPDATE %1$I AS c SET n = c.n - gone.n
+             FROM (SELECT tenant_id, provider, model, dims, count(*) AS n FROM old_rows
+                   GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4) AS gone
+             WHERE (c.tenant_id, c.provider, c.model, c.dims) = (gone.tenant_id, gone.provider, gone.model, gone.dims)',
+            counts);
+        EXECUTE format('DELETE FROM %1$I WHERE n = 0 AND tenant_id IN (SELECT tenant_id FROM old_rows)', counts);
     ELSE
         -- Gains are upserted, losses subtracted (a CHECK applies to the row an INSERT
         -- proposes, before it meets the conflict).
-        INSERT INTO passage_counts AS c (tenant_id, provider, model, dims, n)
-        SELECT tenant_id, provider, model, dims, sum(d) FROM (
-            SELECT tenant_id, provider, model, dims, 1 AS d FROM new_rows
-            UNION ALL
-            SELECT tenant_id, provider, model, dims, -1 AS d FROM old_rows
-        ) AS moved
-        GROUP BY 1, 2, 3, 4 HAVING sum(d) > 0 ORDER BY 1, 2, 3, 4
-        ON CONFLICT (tenant_id, provider, model, dims) DO UPDATE SET n = c.n + EXCLUDED.n;
-        UPDATE passage_counts AS c SET n = c.n + lost.n
-        FROM (SELECT tenant_id, provider, model, dims, sum(d) AS n FROM (
-                  SELECT tenant_id, provider, model, dims, 1 AS d FROM new_rows
-                  UNION ALL
-                  SELECT tenant_id, provider, model, dims, -1 AS d FROM old_rows
-              ) AS moved
-              GROUP BY 1, 2, 3, 4 HAVING sum(d) < 0 ORDER BY 1, 2, 3, 4) AS lost
-        WHERE (c.tenant_id, c.provider, c.model, c.dims) = (lost.tenant_id, lost.provider, lost.model, lost.dims);
-        DELETE FROM passage_counts WHERE n = 0 AND tenant_id IN (SELECT tenant_id FROM old_rows);
+        EXECUTE format(
+            'INSERT INTO %1$I AS c (tenant_id, provider, model, dims, n)
+             SELECT tenant_id, provider, model, dims, sum(d) FROM (
+                 SELECT tenant_id, provider, model, dims, 1 AS d FROM new_rows
+                 UNION ALL
+                 SELECT tenant_id, provider, model, dims, -1 AS d FROM old_rows
+             ) AS moved
+             GROUP BY 1, 2, 3, 4 HAVING sum(d) > 0 ORDER BY 1, 2, 3, 4
+             ON CONFLICT (tenant_id, provider, model, dims) DO UPDATE SET n = c.n + EXCLUDED.n', counts);
+        EXECUTE format(
+            'UPDATE %1$I AS c SET n = c.n + lost.n
+             FROM (SELECT tenant_id, provider, model, dims, sum(d) AS n FROM (
+                       SELECT tenant_id, provider, model, dims, 1 AS d FROM new_rows
+                       UNION ALL
+                       SELECT tenant_id, provider, model, dims, -1 AS d FROM old_rows
+                   ) AS moved
+                   GROUP BY 1, 2, 3, 4 HAVING sum(d) < 0 ORDER BY 1, 2, 3, 4) AS lost
+             WHERE (c.tenant_id, c.provider, c.model, c.dims) = (lost.tenant_id, lost.provider, lost.model, lost.dims)',
+            counts);
+        EXECUTE format('DELETE FROM %1$I WHERE n = 0 AND tenant_id IN (SELECT tenant_id FROM old_rows)', counts);
     END IF;
     RETURN NULL;
 END
 $$;
 
 CREATE TRIGGER passage_counts_insert AFTER INSERT ON passages
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION passage_counts_follow();
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION vector_counts_follow('passage_counts');
 CREATE TRIGGER passage_counts_delete AFTER DELETE ON passages
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION passage_counts_follow();
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION vector_counts_follow('passage_counts');
 CREATE TRIGGER passage_counts_update AFTER UPDATE ON passages
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION passage_counts_follow();
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION vector_counts_follow('passage_counts');

@@ -37,52 +37,14 @@ CREATE TABLE memory_counts (
     PRIMARY KEY (tenant_id, provider, model, dims)
 );
 
--- Adds each statement's net change per (tenant, embedder); keys in order, so that two
--- transactions never wait on each other's rows in opposite orders.
-CREATE FUNCTION memory_counts_follow() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO memory_counts AS c (tenant_id, provider, model, dims, n)
-        SELECT tenant_id, provider, model, dims, count(*) FROM new_rows
-        GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-        ON CONFLICT (tenant_id, provider, model, dims) DO UPDATE SET n = c.n + EXCLUDED.n;
-    ELSIF TG_OP = 'DELETE' THEN
-        UPDATE memory_counts AS c SET n = c.n - gone.n
-        FROM (SELECT tenant_id, provider, model, dims, count(*) AS n FROM old_rows
-              GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4) AS gone
-        WHERE (c.tenant_id, c.provider, c.model, c.dims) = (gone.tenant_id, gone.provider, gone.model, gone.dims);
-        DELETE FROM memory_counts WHERE n = 0 AND tenant_id IN (SELECT tenant_id FROM old_rows);
-    ELSE
-        -- Gains are upserted, losses subtracted (a CHECK applies to the row an INSERT
-        -- proposes, before it meets the conflict).
-        INSERT INTO memory_counts AS c (tenant_id, provider, model, dims, n)
-        SELECT tenant_id, provider, model, dims, sum(d) FROM (
-            SELECT tenant_id, provider, model, dims, 1 AS d FROM new_rows
-            UNION ALL
-            SELECT tenant_id, provider, model, dims, -1 AS d FROM old_rows
-        ) AS moved
-        GROUP BY 1, 2, 3, 4 HAVING sum(d) > 0 ORDER BY 1, 2, 3, 4
-        ON CONFLICT (tenant_id, provider, model, dims) DO UPDATE SET n = c.n + EXCLUDED.n;
-        UPDATE memory_counts AS c SET n = c.n + lost.n
-        FROM (SELECT tenant_id, provider, model, dims, sum(d) AS n FROM (
-                  SELECT tenant_id, provider, model, dims, 1 AS d FROM new_rows
-                  UNION ALL
-                  SELECT tenant_id, provider, model, dims, -1 AS d FROM old_rows
-              ) AS moved
-              GROUP BY 1, 2, 3, 4 HAVING sum(d) < 0 ORDER BY 1, 2, 3, 4) AS lost
-        WHERE (c.tenant_id, c.provider, c.model, c.dims) = (lost.tenant_id, lost.provider, lost.model, lost.dims);
-        DELETE FROM memory_counts WHERE n = 0 AND tenant_id IN (SELECT tenant_id FROM old_rows);
-    END IF;
-    RETURN NULL;
-END
-$$;
-
+-- The function migration 0012 keeps `passage_counts` with.
 CREATE TRIGGER memory_counts_insert AFTER INSERT ON memories
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION memory_counts_follow();
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION vector_counts_follow('memory_counts');
 CREATE TRIGGER memory_counts_delete AFTER DELETE ON memories
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION memory_counts_follow();
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION vector_counts_follow('memory_counts');
 CREATE TRIGGER memory_counts_update AFTER UPDATE ON memories
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION memory_counts_follow();
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION vector_counts_follow('memory_counts');
 
 -- The memories already stored (writers wait until this migration commits).
 LOCK TABLE memories IN SHARE MODE;
