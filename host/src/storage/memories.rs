@@ -748,20 +748,34 @@ impl Cached for TenantVectors {
     }
 }
 
+/// A Postgres table of vectors searched by the memories' rule.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum VectorTable {
+    /// `memories` (counts in `memory_counts`).
+    Memories,
+    /// `passages` (counts in `passage_counts`).
+    Passages,
+}
+
+/// The full-precision distance a vector search reports and the expression it orders by
+/// (the query vector is `$11`, a `real[]`): `embedding::halfvec(D)` is the indexed
+/// expression (migrations 0012 and 0013), the bare column is not, so `indexed` picks
+/// the index and its absence an exact scan. Either way the rows come back with their
+/// full-precision distance.
+pub(super) fn nearest_order(dims: u32, indexed: bool) -> (&'static str, String) {
+    let exact = "embedding <#> $11::real[]::vector";
+    let order =
+        if indexed { format!("embedding::halfvec({dims}) <#> $11::real[]::halfvec({dims})") } else { exact.to_owned() };
+    (exact, order)
+}
+
 impl PostgresStore {
     /// The SQL of a memory search in dimension `dims` for `k` hits: through the HNSW
     /// index (`indexed`) or exact. Parameters: tenant ($1), the filter ($2–$8),
     /// provider ($9), model ($10), the query vector as `real[]` ($11). Either way the
     /// rows come back with their full-precision distance, and in its order.
     fn memory_search_sql(dims: u32, indexed: bool, k: u32) -> String {
-        let exact = "embedding <#> $11::real[]::vector";
-        // `embedding::halfvec(D)` is the indexed expression (migration 0013); the bare
-        // column is not.
-        let order = if indexed {
-            format!("embedding::halfvec({dims}) <#> $11::real[]::halfvec({dims})")
-        } else {
-            exact.to_owned()
-        };
+        let (exact, order) = nearest_order(dims, indexed);
         format!(
             "WITH nearest AS MATERIALIZED (SELECT {cols}, ({exact}) AS distance FROM memories \
              WHERE dims = {dims} AND tenant_id = $1 AND provider = $9 AND model = $10{filter} \
@@ -778,21 +792,38 @@ impl PostgresStore {
     /// exactly: its neighbours lie among many other tenants' rows, and the iterative scan
     /// stops at `hnsw.max_scan_tuples` with few of them found (`benches/memory.rs`).
     async fn memory_search_indexed(&self, tenant: &TenantId, embedder: &EmbedderInfo) -> Result<bool, StoreError> {
+        self.search_through_index(VectorTable::Memories, tenant, embedder).await
+    }
+
+    /// Whether a search of `tenant` in `embedder`'s space of `table` goes through its
+    /// HNSW index, by the rule [`PostgresStore::memory_search_indexed`] states. The
+    /// tenant's count is kept by triggers (`memory_counts`, `passage_counts`): one key
+    /// lookup.
+    pub(super) async fn search_through_index(
+        &self,
+        table: VectorTable,
+        tenant: &TenantId,
+        embedder: &EmbedderInfo,
+    ) -> Result<bool, StoreError> {
         if !INDEXED_DIMENSIONS.contains(&embedder.dimensions) {
             return Ok(false);
         }
-        // The tenant's count is kept by triggers (migration 0013): one key lookup.
-        let (held, table): (i64, f32) = sqlx::query_as(
-            "SELECT COALESCE((SELECT n FROM memory_counts WHERE tenant_id = $1 AND provider = $2 AND model = $3 \
-             AND dims = $4), 0), COALESCE((SELECT reltuples FROM pg_class WHERE oid = 'memories'::regclass), -1)",
-        )
-        .bind(tenant.as_str())
-        .bind(&embedder.provider)
-        .bind(&embedder.model)
-        .bind(dims(embedder))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(backend_err)?;
+        let (rows, counts) = match table {
+            VectorTable::Memories => ("memories", "memory_counts"),
+            VectorTable::Passages => ("passages", "passage_counts"),
+        };
+        let sql = format!(
+            "SELECT COALESCE((SELECT n FROM {counts} WHERE tenant_id = $1 AND provider = $2 AND model = $3 \
+             AND dims = $4), 0), COALESCE((SELECT reltuples FROM pg_class WHERE oid = '{rows}'::regclass), -1)"
+        );
+        let (held, table): (i64, f32) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(&embedder.provider)
+            .bind(&embedder.model)
+            .bind(dims(embedder))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend_err)?;
         let share_ok = table <= 0.0 || (held as f32) * INDEX_SHARE as f32 >= table;
         Ok(held >= EXACT_SCAN_BELOW && share_ok)
     }

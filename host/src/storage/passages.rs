@@ -5,7 +5,7 @@
 //! Searches take the same road as memories' (`memories.rs` explains it): **Postgres**
 //! keeps vectors in a `vector` column without a fixed dimension with a partial HNSW
 //! index per common dimension on `embedding::halfvec(D)` (m 32, ef_construction 128);
-//! a tenant large enough (by [`EXACT_SCAN_BELOW`] and [`INDEX_SHARE`], its count kept
+//! a tenant large enough (by [`EXACT_SCAN_BELOW`](super::memories::EXACT_SCAN_BELOW) and [`INDEX_SHARE`](super::memories::INDEX_SHARE), its count kept
 //! by triggers in `passage_counts`) is searched through the index with the memories'
 //! per-transaction settings (iterative scan, `ef_search` sized to `k`) and its rows
 //! re-sorted by their full-precision distance; a smaller one, or a dimension without an
@@ -32,7 +32,7 @@ use maestro_core::search::{OutboxPosition, SearchKind};
 use maestro_core::{StoreError, TenantId};
 use sqlx::Row as _;
 
-use super::memories::{Cached, EXACT_SCAN_BELOW, INDEX_SHARE, INDEXED_DIMENSIONS, TenantCache, TopK};
+use super::memories::{Cached, TenantCache, TopK, VectorTable, nearest_order};
 use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
 use super::{backend_err, map_err};
@@ -477,15 +477,7 @@ impl PostgresStore {
     /// index (`indexed`) or exact. Parameters: tenant ($1), provider ($2), model ($3),
     /// the filter ($4–$10), the query vector as `real[]` ($11).
     fn passage_search_sql(dims: u32, indexed: bool, k: u32) -> String {
-        let exact = "embedding <#> $11::real[]::vector";
-        // `embedding::halfvec(D)` is the indexed expression (migration 0012); the bare
-        // column is not. Either way the rows come back with their full-precision
-        // distance, and in its order.
-        let order = if indexed {
-            format!("embedding::halfvec({dims}) <#> $11::real[]::halfvec({dims})")
-        } else {
-            exact.to_owned()
-        };
+        let (exact, order) = nearest_order(dims, indexed);
         format!(
             "WITH nearest AS MATERIALIZED (SELECT {COLUMNS}, ({exact}) AS distance FROM passages \
              WHERE dims = {dims} AND tenant_id = $1 AND provider = $2 AND model = $3{filter} \
@@ -495,26 +487,11 @@ impl PostgresStore {
     }
 
     /// Whether a search of `tenant` in `embedder`'s space goes through the HNSW index,
-    /// by the memories' rule: an indexed dimension, at least [`EXACT_SCAN_BELOW`]
-    /// passages of the tenant (kept by triggers in `passage_counts`: one key lookup),
-    /// and at least one row in [`INDEX_SHARE`] of the table.
+    /// by the memories' rule: an indexed dimension, at least [`EXACT_SCAN_BELOW`](super::memories::EXACT_SCAN_BELOW)
+    /// passages of the tenant (kept by triggers in `passage_counts`), and at least one
+    /// row in [`INDEX_SHARE`](super::memories::INDEX_SHARE) of the table.
     async fn passage_search_indexed(&self, tenant: &TenantId, embedder: &EmbedderInfo) -> Result<bool, StoreError> {
-        if !INDEXED_DIMENSIONS.contains(&embedder.dimensions) {
-            return Ok(false);
-        }
-        let (held, table): (i64, f32) = sqlx::query_as(
-            "SELECT COALESCE((SELECT n FROM passage_counts WHERE tenant_id = $1 AND provider = $2 AND model = $3 \
-             AND dims = $4), 0), COALESCE((SELECT reltuples FROM pg_class WHERE oid = 'passages'::regclass), -1)",
-        )
-        .bind(tenant.as_str())
-        .bind(&embedder.provider)
-        .bind(&embedder.model)
-        .bind(dims(embedder))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(backend_err)?;
-        let share_ok = table <= 0.0 || (held as f32) * INDEX_SHARE as f32 >= table;
-        Ok(held >= EXACT_SCAN_BELOW && share_ok)
+        self.search_through_index(VectorTable::Passages, tenant, embedder).await
     }
 
     /// The plan Postgres chooses for a passage search of `tenant` (`EXPLAIN` lines),
