@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use maestro_core::embed::{EmbedError, Embedder, EmbedderStatus};
-use maestro_core::memory::{MemoryError, MemoryFilter, MemoryHit, MemoryScope, TagMatch, normalise_tags};
+use maestro_core::memory::{MemoryError, MemoryFilter, MemoryHit, MemoryId, MemoryScope, TagMatch, normalise_tags};
 use maestro_core::passage::{PassageFilter, PassageHit};
 use maestro_core::ports::{MemoryStore, PassageStore};
 use maestro_core::retrieval::{RRF_K, decay, fuse};
@@ -329,7 +329,7 @@ impl Retrieval {
         if let Some(index) = &self.index {
             index.check_query(&query.text)?;
         }
-        match query.mode {
+        let results = match query.mode {
             Mode::Text => self.text(tenant, query, &filters).await,
             Mode::Vector => {
                 let vector = self.embed(&query.text).await.map_err(RetrievalError::Embedder)?;
@@ -347,6 +347,25 @@ impl Retrieval {
                 Ok(Results { mode: Mode::Vector, hits, degraded: None })
             }
             Mode::Hybrid => self.hybrid(tenant, query, &filters).await,
+        }?;
+        self.note_use(tenant, &results).await;
+        Ok(results)
+    }
+
+    /// Notes when the memories a search returned were used (as `/v1/memories/search`
+    /// does): recency bookkeeping only, a failure is logged, never the search's.
+    async fn note_use(&self, tenant: &TenantId, results: &Results) {
+        let ids: Vec<MemoryId> = results
+            .hits
+            .iter()
+            .filter(|hit| hit.kind == SearchKind::Memory)
+            .filter_map(|hit| MemoryId::parse(&hit.id).ok())
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        if let Err(err) = self.memories.touch_memories(tenant, &ids, self.clock.now()).await {
+            tracing::warn!(error = %err, "cannot note when memories were used");
         }
     }
 

@@ -397,7 +397,10 @@ impl Site {
             .env("MAESTRO_PLUGIN_DIR", self.db.dir().join("plugins"))
             .env("MAESTRO_POLICY_DIR", self.db.dir().join("policies"))
             .env("MAESTRO_CONFIG", &self.config)
-            .env("MAESTRO_DATABASE_URL", &self.db.url);
+            .env("MAESTRO_DATABASE_URL", &self.db.url)
+            // These tests count every model call of a run: no post-run distillation
+            // (tested in `recall`).
+            .env("MAESTRO_MEMORY_DISTIL", "false");
         command
     }
 

@@ -125,6 +125,10 @@ async fn hybrid_finds_a_memory_by_meaning_and_a_message_by_words_in_one_query(ba
     let scores: Vec<f64> =
         reply.body["hits"].as_array().expect("hits").iter().map(|h| h["score"].as_f64().expect("score")).collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "best first: {scores:?}");
+    // A memory the search returned notes when it was used.
+    let id = maestro_core::memory::MemoryId::parse(&by_meaning).expect("a memory id");
+    let used = t.memories.get(&t.acme, &id).await.expect("the memory");
+    assert!(used.last_used_at.is_some(), "{used:?}");
 
     // Each side alone.
     let text = t.search(&t.acme_token, json!({ "query": "pet allergy", "mode": "text" })).await;

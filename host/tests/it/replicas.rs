@@ -283,7 +283,10 @@ async fn a_run_streams_live_from_another_replica_and_survives_the_kill_of_its_ex
     assert_eq!(kinds.last(), Some(&"run.completed"), "{kinds:?}");
     let finished = store.run(None, &run).await.expect("read").expect("run");
     assert_eq!(finished.state, RunState::Completed);
-    assert_eq!(fake.request_count(), 2, "only the cut call was asked again");
+    // The completed run's distillation may ask the model too (in the background).
+    let run_calls =
+        fake.requests().iter().filter(|r| r.body["response_format"]["json_schema"]["name"] != "maestro_facts").count();
+    assert_eq!(run_calls, 2, "only the cut call was asked again");
     drop(store);
     servers.remove(other).stop().await;
 }
