@@ -46,6 +46,7 @@ mod process;
 mod recall;
 mod reload;
 mod replicas;
+mod retrieval_quality;
 mod runs_api;
 mod sandbox;
 mod sandbox_memory;
