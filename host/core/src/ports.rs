@@ -609,6 +609,24 @@ pub trait MemoryStore: Send + Sync + std::fmt::Debug {
         vector: &[f32],
         embedder: &EmbedderInfo,
     ) -> Result<bool, StoreError>;
+    /// Remembers `memory` (with its `vector`, made by `memory.embedder`) unless a memory
+    /// of its tenant passing `same_scope` is at least `min_score` near it by inner
+    /// product: then the nearest such one gets `restate(it)` at `memory.updated_at`
+    /// instead. The search and the write are one step against every other call for the
+    /// same tenant and scope, in any replica (Postgres: a transaction-scoped advisory
+    /// lock on the tenant and scope, taken before the search; SQLite: the write
+    /// transaction checks that no write to the tenant's memories came between the search
+    /// and itself, else searches again), so concurrent restatements of one fact end as
+    /// one memory. Returns the memory as stored and whether an existing one was updated;
+    /// [`StoreError::NotFound`] if a session-scoped memory's session is not its tenant's.
+    async fn remember_memory(
+        &self,
+        memory: &Memory,
+        vector: &[f32],
+        same_scope: &MemoryFilter,
+        min_score: f32,
+        restate: &(dyn for<'m> Fn(&'m Memory) -> MemoryPatch + Send + Sync),
+    ) -> Result<(Memory, bool), StoreError>;
 }
 
 /// The search outbox and the indexed objects' current content (see [`crate::search`]),

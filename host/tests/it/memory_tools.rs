@@ -35,6 +35,7 @@ backend_tests!(
     mcp_clients_call_the_memory_tools_their_role_and_policy_allow,
     memories_are_mcp_resources_of_their_tenant_only_listed_in_pages,
     subscribers_hear_when_a_memory_changes_or_is_forgotten,
+    concurrent_remembers_of_one_fact_in_two_replicas_end_as_one_memory,
 );
 
 /// Twenty distinct words: a text and the same plus one word are near-duplicates for the
@@ -120,6 +121,42 @@ async fn remembering_a_near_duplicate_in_the_same_scope_updates_it_and_anything_
     assert!(memories.remember(&acme, new_memory(MemoryScope::Tenant, "  ", &[])).await.is_err());
     assert!(memories.remember(&acme, new_memory(MemoryScope::Tenant, "fine", &["no spaces"])).await.is_err());
     assert_eq!(memories.list(&acme, &MemoryFilter::default(), None, 10).await.expect("list").len(), 4);
+}
+
+/// Two replicas (two stores opened on one database) remember the same fact and its
+/// restatement eight times at once, in each of two scopes: one memory per scope, one
+/// insert and seven updates.
+async fn concurrent_remembers_of_one_fact_in_two_replicas_end_as_one_memory(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let replicas = [db.open().await, db.open().await];
+    let acme = tenant(&replicas[0], "acme").await;
+    let persona = MemoryScope::Persona("team.writer".into());
+    let restated = format!("{FACT} indeed");
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let memories = Memories::new(
+            replicas[i % 2].clone(),
+            Arc::new(FakeEmbedder::named("fake-a")),
+            Arc::new(maestro_host::accounts::SystemClock),
+        );
+        let scope = if i < 8 { MemoryScope::Tenant } else { persona.clone() };
+        let text = if i % 3 == 0 { restated.clone() } else { FACT.to_owned() };
+        let acme = acme.clone();
+        calls.spawn(async move {
+            let (memory, how) =
+                memories.remember(&acme, new_memory(scope.clone(), &text, &[])).await.expect("remember");
+            (scope, memory.id, how)
+        });
+    }
+    let done = calls.join_all().await;
+    for scope in [MemoryScope::Tenant, persona] {
+        let of_scope: Vec<_> = done.iter().filter(|(s, _, _)| *s == scope).collect();
+        let inserted = of_scope.iter().filter(|(_, _, how)| *how == Remembered::Inserted).count();
+        assert_eq!(inserted, 1, "one insert in {scope:?}: {of_scope:?}");
+        assert!(of_scope.iter().all(|(_, id, _)| *id == of_scope[0].1), "one memory in {scope:?}: {of_scope:?}");
+    }
+    let all = replicas[1].memories(&acme, &MemoryFilter::default(), None, 50).await.expect("list");
+    assert_eq!(all.len(), 2, "{all:?}");
 }
 
 /// The policy of the MCP tests: the shipped grants of the memory tools, and a tenant
