@@ -23,7 +23,7 @@ use maestro_core::memory::{
     MAX_TOP_K, Memory, MemoryError, MemoryFilter, MemoryHit, MemoryId, MemoryPatch, MemoryScope, MemorySource,
     normalise_tags, validate_text,
 };
-use maestro_core::ports::MemoryStore;
+use maestro_core::ports::{Distillation, MemoryStore};
 use maestro_core::{Clock, EventSignal, Job, JobStore, MemoryNotice, NewJob, StoreError, TenantId};
 
 use crate::jobs::{JobError, JobHandler};
@@ -254,6 +254,17 @@ impl Memories {
             Err(StoreError::NotFound(_)) => Err(MemoriesError::SessionNotFound),
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// The distillation answer recorded for `run` (see `distil.rs`), if any.
+    pub async fn distillation(&self, run: &maestro_core::run::RunId) -> Result<Option<Distillation>, MemoriesError> {
+        Ok(self.store.distillation(run).await?)
+    }
+
+    /// Records a run's distillation answer unless one is recorded already; returns the
+    /// one stored.
+    pub async fn record_distillation(&self, distillation: &Distillation) -> Result<Distillation, MemoriesError> {
+        Ok(self.store.record_distillation(distillation).await?)
     }
 
     /// A memory of `tenant`.

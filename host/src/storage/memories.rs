@@ -39,10 +39,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use maestro_core::embed::EmbedderInfo;
+use maestro_core::ledger::HoldId;
 use maestro_core::memory::{
     Memory, MemoryFilter, MemoryHit, MemoryId, MemoryPatch, MemoryScope, MemorySource, TagMatch, vector_to_bytes,
 };
-use maestro_core::ports::{MemoryStore, StaleMemory};
+use maestro_core::ports::{Distillation, MemoryStore, StaleMemory};
 use maestro_core::run::{RunId, SessionId};
 use maestro_core::search::{ChangeOp, SearchChange, SearchKind};
 use maestro_core::{StoreError, TenantId};
@@ -333,6 +334,44 @@ fn in_order(ranked: Vec<(f32, String)>, rows: Vec<MemoryRow>) -> Result<Vec<Memo
         .collect()
 }
 
+/// A run's recorded distillation: run, tenant, answer, hold, charged, created.
+type DistillationRow = (String, String, String, Option<String>, Option<i64>, DateTime<Utc>);
+const DISTILLATION: &str =
+    "SELECT run_id, tenant_id, answer, hold_id, charged, created_at FROM memory_distillations WHERE run_id = $1";
+const RECORD_DISTILLATION: &str = "INSERT INTO memory_distillations (run_id, tenant_id, answer, hold_id, charged, \
+     created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (run_id) DO NOTHING";
+
+/// Binds a [`Distillation`]'s six parameters (see [`RECORD_DISTILLATION`]).
+macro_rules! bind_distillation {
+    ($query:expr, $d:expr) => {
+        $query
+            .bind($d.run.as_str())
+            .bind($d.tenant.as_str())
+            .bind(&$d.answer)
+            .bind($d.charge.as_ref().map(|(hold, _)| hold.as_str()))
+            .bind($d.charge.as_ref().map(|(_, amount)| *amount))
+            .bind(ms($d.at))
+    };
+}
+
+/// A [`Distillation`] from its row.
+fn distillation_from_row(
+    (run, tenant, answer, hold, charged, at): DistillationRow,
+) -> Result<Distillation, StoreError> {
+    let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("distillation of run {run}: {e}"));
+    let charge = match (hold, charged) {
+        (Some(hold), Some(amount)) => Some((HoldId::parse(&hold).map_err(|e| corrupt(&e))?, amount)),
+        _ => None,
+    };
+    Ok(Distillation {
+        run: RunId::parse(&run).map_err(|e| corrupt(&e))?,
+        tenant: TenantId::parse(&tenant).map_err(|e| corrupt(&e))?,
+        answer,
+        charge,
+        at,
+    })
+}
+
 #[async_trait::async_trait]
 impl MemoryStore for SqliteStore {
     async fn insert_memories(&self, memories: &[(Memory, Vec<f32>)]) -> Result<(), StoreError> {
@@ -584,6 +623,25 @@ impl MemoryStore for SqliteStore {
             return Ok(remembered);
         }
         Err(StoreError::Conflict(format!("the memories of tenant {tenant} kept changing while remembering")))
+    }
+
+    async fn distillation(&self, run: &RunId) -> Result<Option<Distillation>, StoreError> {
+        let row = sqlx::query_as::<_, DistillationRow>(DISTILLATION)
+            .bind(run.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend_err)?;
+        row.map(distillation_from_row).transpose()
+    }
+
+    async fn record_distillation(&self, distillation: &Distillation) -> Result<Distillation, StoreError> {
+        bind_distillation!(sqlx::query(RECORD_DISTILLATION), distillation)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err(&format!("distillation of run {}", distillation.run)))?;
+        self.distillation(&distillation.run)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("distillation of run {} vanished", distillation.run)))
     }
 }
 
@@ -1251,6 +1309,25 @@ impl MemoryStore for PostgresStore {
         };
         tx.commit().await.map_err(backend_err)?;
         Ok(remembered)
+    }
+
+    async fn distillation(&self, run: &RunId) -> Result<Option<Distillation>, StoreError> {
+        let row = sqlx::query_as::<_, DistillationRow>(DISTILLATION)
+            .bind(run.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend_err)?;
+        row.map(distillation_from_row).transpose()
+    }
+
+    async fn record_distillation(&self, distillation: &Distillation) -> Result<Distillation, StoreError> {
+        bind_distillation!(sqlx::query(RECORD_DISTILLATION), distillation)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err(&format!("distillation of run {}", distillation.run)))?;
+        self.distillation(&distillation.run)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("distillation of run {} vanished", distillation.run)))
     }
 }
 

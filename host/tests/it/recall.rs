@@ -39,6 +39,7 @@ backend_tests!(
     recall_switched_off_or_skipped_for_a_persona_adds_nothing,
     nothing_relevant_records_no_recall_and_an_unavailable_embedder_never_fails_a_run,
     a_malformed_distillation_answer_writes_nothing_and_leaves_no_hold,
+    a_distillation_retried_after_its_charge_reuses_the_recorded_answer,
 );
 
 const POLICY: &str = r#"
@@ -345,6 +346,42 @@ async fn a_retried_distillation_updates_instead_of_inserting_again(backend: Back
     assert_eq!(again.len(), 1, "the near-duplicate updated the memory: {again:?}");
     assert_eq!(again[0].id, first[0].id);
     assert_eq!(again[0].text, first[0].text);
+    let balance = fx.credits.balance(&fx.acme.tenant_id).await.expect("balance");
+    assert_eq!(balance.held, 0, "no hold is left open");
+}
+
+/// The first attempt asks the model, pays, then fails to write (the embedder is down);
+/// the retries reuse the recorded answer: one model call, one hold settled once, the
+/// memory written once.
+async fn a_distillation_retried_after_its_charge_reuses_the_recorded_answer(backend: Backend) {
+    let embedder = Arc::new(FakeEmbedder::named("fake-a"));
+    let fx = Fixture::with_embedder(backend, embedder.clone()).await;
+    let runner = fx.runner(settings());
+    let session = fx.session(&fx.acme).await;
+    fx.run(&runner, &fx.acme, &session, "Our office beehives live on the roof in Lisbon.").await;
+    let job = fx.distil_jobs().await.pop().expect("job");
+    let distil = fx.distil();
+    let distillations = || fx.fake.requests().iter().filter(|r| is_distillation(r)).count();
+
+    embedder.fail_with("down");
+    assert!(distil.handle(&job).await.is_err(), "no memory could be written");
+    assert_eq!(distillations(), 1);
+    assert!(fx.tenant_memories(&fx.acme.tenant_id).await.is_empty());
+    embedder.recover();
+    for attempt in [2, 3] {
+        distil.handle(&Job { attempts: attempt, ..job.clone() }).await.expect("a retry");
+    }
+    assert_eq!(distillations(), 1, "the model was asked once");
+    let memories = fx.tenant_memories(&fx.acme.tenant_id).await;
+    assert_eq!(memories.len(), 1, "{memories:?}");
+    let ledger = fx
+        .credits
+        .transactions(&fx.acme.tenant_id, &maestro_core::TransactionQuery { limit: 500, ..Default::default() })
+        .await
+        .expect("ledger");
+    let distil_keys: Vec<&str> =
+        ledger.transactions.iter().map(|t| t.idempotency_key.as_str()).filter(|k| k.starts_with(DISTIL_JOB)).collect();
+    assert_eq!(distil_keys.len(), 2, "one hold, one settlement: {distil_keys:?}");
     let balance = fx.credits.balance(&fx.acme.tenant_id).await.expect("balance");
     assert_eq!(balance.held, 0, "no hold is left open");
 }
