@@ -554,6 +554,20 @@ async fn an_agent_stores_a_fact_in_one_session_and_a_run_of_another_session_find
     server.stop().await;
 }
 
+/// `params` as `revision` sends them: the stateless revision names itself and the
+/// client's capabilities in every request's `_meta` (there is no `initialize`).
+fn stdio_params(revision: &str, mut params: Value) -> Value {
+    if revision == STATELESS {
+        params["_meta"] = json!({
+            "io.modelcontextprotocol/protocolVersion": STATELESS,
+            "io.modelcontextprotocol/clientCapabilities": {},
+        });
+    }
+    params
+}
+
+/// `maestro mcp` over stdio, in both revisions (2025-11-25 initialises a session;
+/// 2026-07-28 is stateless, its version in each request's `_meta`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdio_stores_searches_and_reads_memories() {
     let db = TestDb::new(Backend::Sqlite).await;
@@ -569,39 +583,48 @@ async fn stdio_stores_searches_and_reads_memories() {
             c
         });
     }
-    let mut acme =
-        StdioMcp::spawn(maestro(), &["mcp", "--tenant", "acme", "--role", "member"], std::process::Stdio::null());
-    acme.initialize(SESSIONS);
-    let stored =
-        acme.ask(2, "tools/call", json!({ "name": "memory.store", "arguments": { "text": "The office is in Lyon" } }));
-    assert_eq!(stored["result"]["isError"], false, "{stored}");
-    let id = stored["result"]["structuredContent"]["id"].as_str().expect("id").to_owned();
-    let found =
-        acme.ask(3, "tools/call", json!({ "name": "memory.search", "arguments": { "query": "where is the office?" } }));
-    assert_eq!(found["result"]["structuredContent"]["memories"][0]["id"], json!(id), "{found}");
-    let listed = acme.ask(4, "resources/list", json!({}));
-    let uri = format!("maestro://memories/{id}");
-    assert!(uris(&listed["result"]).contains(&uri), "{listed}");
-    let read = acme.ask(5, "resources/read", json!({ "uri": uri }));
-    assert!(read["result"]["contents"][0]["text"].as_str().expect("text").contains("The office is in Lyon"), "{read}");
-    acme.close();
+    for revision in [SESSIONS, STATELESS] {
+        let p = |params: Value| stdio_params(revision, params);
+        let mut acme =
+            StdioMcp::spawn(maestro(), &["mcp", "--tenant", "acme", "--role", "member"], std::process::Stdio::null());
+        if revision == SESSIONS {
+            acme.initialize(SESSIONS);
+        }
+        let fact = format!("The office of {revision} is in Lyon");
+        let stored = acme.ask(2, "tools/call", p(json!({ "name": "memory.store", "arguments": { "text": fact } })));
+        assert_eq!(stored["result"]["isError"], false, "{revision}: {stored}");
+        let id = stored["result"]["structuredContent"]["id"].as_str().expect("id").to_owned();
+        let search =
+            json!({ "name": "memory.search", "arguments": { "query": format!("where is the office of {revision}?") } });
+        let found = acme.ask(3, "tools/call", p(search.clone()));
+        assert_eq!(found["result"]["structuredContent"]["memories"][0]["id"], json!(id), "{revision}: {found}");
+        let listed = acme.ask(4, "resources/list", p(json!({})));
+        let uri = format!("maestro://memories/{id}");
+        assert!(uris(&listed["result"]).contains(&uri), "{revision}: {listed}");
+        let read = acme.ask(5, "resources/read", p(json!({ "uri": uri })));
+        let text = read["result"]["contents"][0]["text"].as_str().expect("text");
+        assert!(text.contains(&fact), "{revision}: {read}");
+        acme.close();
 
-    let mut viewer =
-        StdioMcp::spawn(maestro(), &["mcp", "--tenant", "beta", "--role", "viewer"], std::process::Stdio::null());
-    viewer.initialize(SESSIONS);
-    let tools = viewer.ask(2, "tools/list", json!({}));
-    let names: Vec<&str> =
-        tools["result"]["tools"].as_array().expect("tools").iter().map(|t| t["name"].as_str().expect("name")).collect();
-    assert_eq!(names, ["memory.search"]);
-    let nothing = viewer.ask(
-        3,
-        "tools/call",
-        json!({ "name": "memory.search", "arguments": { "query": "where is the office?" } }),
-    );
-    assert_eq!(nothing["result"]["structuredContent"]["memories"], json!([]), "{nothing}");
-    let read = viewer.ask(4, "resources/read", json!({ "uri": uri }));
-    assert_eq!(read["error"]["data"]["uri"], json!(uri), "{read}");
-    viewer.close();
+        let mut viewer =
+            StdioMcp::spawn(maestro(), &["mcp", "--tenant", "beta", "--role", "viewer"], std::process::Stdio::null());
+        if revision == SESSIONS {
+            viewer.initialize(SESSIONS);
+        }
+        let tools = viewer.ask(2, "tools/list", p(json!({})));
+        let names: Vec<&str> = tools["result"]["tools"]
+            .as_array()
+            .expect("tools")
+            .iter()
+            .map(|t| t["name"].as_str().expect("name"))
+            .collect();
+        assert_eq!(names, ["memory.search"], "{revision}");
+        let nothing = viewer.ask(3, "tools/call", p(search));
+        assert_eq!(nothing["result"]["structuredContent"]["memories"], json!([]), "{revision}: {nothing}");
+        let read = viewer.ask(4, "resources/read", p(json!({ "uri": uri })));
+        assert_eq!(read["error"]["data"]["uri"], json!(uri), "{revision}: {read}");
+        viewer.close();
+    }
 }
 
 /// Two processes on one Postgres (here: two stores, each with its own signal): a memory
