@@ -15,9 +15,17 @@
 //!
 //! The call is paid by the run's tenant like any model call of the run: a hold for the
 //! worst case before it (key `memory.distil:<run>:a<attempt>:hold`), settled at the
-//! reported usage after it, memo naming the run; it is not added to the run's totals
-//! (the run ended before). A tenant that cannot cover the hold gets no distillation (the
-//! job fails with `insufficient credits`).
+//! reported usage after it (key `memory.distil:<run>:settle`), memo naming the run; it
+//! is not added to the run's totals (the run ended before). A tenant that cannot cover
+//! the hold gets no distillation (the job fails with `insufficient credits`).
+//!
+//! A job is idempotent per run: the model's answer is recorded durably with its hold and
+//! the amount to settle ([`Distillation`], one per run) before the settlement and before
+//! any fact is written. A retried job (after a store failure, or a worker that died after
+//! the call) finds the record and reuses it: no second model call, no second hold, and the
+//! settlement of the recorded hold is posted again under its one key, which the ledger
+//! replays when it was posted already. Only a crash between the model's answer and its
+//! record asks the model again (that attempt's hold then expires unsettled).
 
 use std::sync::Arc;
 
@@ -29,6 +37,7 @@ use maestro_core::llm::{
 };
 use maestro_core::memory::{MemoryScope, MemorySource, normalise_tags, validate_text};
 use maestro_core::plugin::ModelTier;
+use maestro_core::ports::Distillation;
 use maestro_core::run::{Author, Message, Run, RunId, RunState};
 use maestro_core::{Clock, Job, NewJob, RunStore};
 use serde::Deserialize;
@@ -154,23 +163,14 @@ impl Distil {
         if conversation.is_empty() {
             return Ok(Distilled::default());
         }
-        let models = self.ports.models.models();
-        let model = model_for_tier(&models, ModelTier::Small).cloned().ok_or(DistilError::NoModel)?;
-        let max_tokens = MAX_ANSWER_TOKENS.min(model.max_output_tokens);
-        let mut request = ChatRequest {
-            model: model.id.clone(),
-            messages: vec![ChatMessage::new(ChatRole::System, prompt(&session.personas, self.max_facts))],
-            tools: vec![],
-            max_tokens: Some(max_tokens),
-            temperature: Some(0.0),
-            response_schema: Some(schema(&session.personas)),
+        let answer = match self.ports.memories.distillation(&run.id).await? {
+            Some(recorded) => {
+                self.settle(&run, &recorded).await;
+                recorded.answer
+            }
+            None => self.ask(&run, &session.personas, &conversation, attempt).await?,
         };
-        // The newest messages that fit the model's window (a long run loses its start).
-        let room =
-            u64::from(model.context_window.saturating_sub(max_tokens)).saturating_sub(prompt_token_bound(&request));
-        request.messages.push(ChatMessage::new(ChatRole::User, transcript(&conversation, room)));
-        let response = self.call(&run, attempt, &models, &model.id, request).await?;
-        let facts = parse(&response.text, &session.personas, self.max_facts as usize)?;
+        let facts = parse(&answer, &session.personas, self.max_facts as usize)?;
         let mut distilled = Distilled::default();
         for fact in facts {
             let new = NewMemory { source: Some(MemorySource { run: run.id.clone(), step: 0 }), ..fact };
@@ -180,6 +180,34 @@ impl Distil {
             }
         }
         Ok(distilled)
+    }
+
+    /// Asks the model for the facts of `conversation`, records its answer, then settles
+    /// the call; returns the answer recorded (an earlier attempt's, should one have
+    /// recorded it meanwhile).
+    async fn ask(
+        &self,
+        run: &Run,
+        team: &[String],
+        conversation: &[Message],
+        attempt: u32,
+    ) -> Result<String, DistilError> {
+        let models = self.ports.models.models();
+        let model = model_for_tier(&models, ModelTier::Small).cloned().ok_or(DistilError::NoModel)?;
+        let max_tokens = MAX_ANSWER_TOKENS.min(model.max_output_tokens);
+        let mut request = ChatRequest {
+            model: model.id.clone(),
+            messages: vec![ChatMessage::new(ChatRole::System, prompt(team, self.max_facts))],
+            tools: vec![],
+            max_tokens: Some(max_tokens),
+            temperature: Some(0.0),
+            response_schema: Some(schema(team)),
+        };
+        // The newest messages that fit the model's window (a long run loses its start).
+        let room =
+            u64::from(model.context_window.saturating_sub(max_tokens)).saturating_sub(prompt_token_bound(&request));
+        request.messages.push(ChatMessage::new(ChatRole::User, transcript(conversation, room)));
+        self.call(run, attempt, &models, &model.id, request).await
     }
 
     /// The run's triggering message and its personas' answers, in order.
@@ -197,7 +225,8 @@ impl Distil {
         }
     }
 
-    /// One model call, held for and settled on the tenant's wallet.
+    /// One model call, held for on the tenant's wallet, its answer recorded with the
+    /// amount to settle, then settled; returns the recorded answer.
     async fn call(
         &self,
         run: &Run,
@@ -205,7 +234,7 @@ impl Distil {
         models: &[maestro_core::llm::ModelInfo],
         model: &str,
         request: ChatRequest,
-    ) -> Result<ChatResponse, DistilError> {
+    ) -> Result<String, DistilError> {
         let chain = pricing::chain(models, model);
         let prompt = prompt_token_bound(&request);
         let max_tokens = request.max_tokens.unwrap_or(MAX_ANSWER_TOKENS);
@@ -236,7 +265,7 @@ impl Distil {
                 return Err(DistilError::Model(err));
             }
         };
-        if let Some(hold) = &hold {
+        let charge = hold.as_ref().map(|hold| {
             let usage = if response.usage_reported {
                 response.usage
             } else {
@@ -244,14 +273,42 @@ impl Distil {
                 maestro_core::llm::Usage { input_tokens: prompt, output_tokens: output, ..Default::default() }
             };
             let actual = self.pricing.settlement(&response.model, &usage).unwrap_or(worst).min(hold.amount);
-            match self.ports.credits.settle(&run.tenant, &hold.id, actual, &format!("{key}:settle")).await {
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::error!(error = %err, run = %run.id, hold = %hold.id, "cannot settle the distillation's hold; it expires later");
+            (hold.id.clone(), actual)
+        });
+        let mine = Distillation {
+            run: run.id.clone(),
+            tenant: run.tenant.clone(),
+            answer: response.text,
+            charge,
+            at: self.ports.clock.now(),
+        };
+        let recorded = match self.ports.memories.record_distillation(&mine).await {
+            Ok(recorded) => recorded,
+            Err(err) => {
+                if let Some(hold) = &hold {
+                    self.release(run, hold, &key).await;
                 }
+                return Err(err.into());
             }
+        };
+        if let Some(hold) = &hold
+            && recorded.charge.as_ref().map(|(id, _)| id) != Some(&hold.id)
+        {
+            // Another attempt recorded its answer first: that one is kept and paid.
+            self.release(run, hold, &key).await;
         }
-        Ok(response)
+        self.settle(run, &recorded).await;
+        Ok(recorded.answer)
+    }
+
+    /// Settles the recorded call's hold for its recorded amount, under the run's one
+    /// settlement key (replayed by the ledger when already posted).
+    async fn settle(&self, run: &Run, recorded: &Distillation) {
+        let Some((hold, amount)) = &recorded.charge else { return };
+        let key = format!("{DISTIL_JOB}:{}:settle", run.id);
+        if let Err(err) = self.ports.credits.settle(&run.tenant, hold, *amount, &key).await {
+            tracing::error!(error = %err, run = %run.id, hold = %hold, "cannot settle the distillation's hold; it expires later");
+        }
     }
 
     async fn release(&self, run: &Run, hold: &Hold, key: &str) {

@@ -463,6 +463,7 @@ pub async fn serve(
         embedder.clone(),
         passages::FollowerSettings { poll_interval: config.search.poll_interval, ..Default::default() },
     )
+    .with_lease(store.clone())
     .spawn(stopping.clone());
     let state = http::AppState {
         accounts,

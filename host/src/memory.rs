@@ -23,7 +23,7 @@ use maestro_core::memory::{
     MAX_TOP_K, Memory, MemoryError, MemoryFilter, MemoryHit, MemoryId, MemoryPatch, MemoryScope, MemorySource,
     normalise_tags, validate_text,
 };
-use maestro_core::ports::MemoryStore;
+use maestro_core::ports::{Distillation, MemoryStore};
 use maestro_core::{Clock, EventSignal, Job, JobStore, MemoryNotice, NewJob, StoreError, TenantId};
 
 use crate::jobs::{JobError, JobHandler};
@@ -191,8 +191,10 @@ impl Memories {
     /// and keeps its id, creation time and source. Otherwise a new memory is stored, as
     /// by [`Memories::store`]. One embedding either way; nothing is written when it fails.
     ///
-    /// Two concurrent calls with the same new text may both insert (there is no lock
-    /// across the search and the write); the next remembering of it updates one of them.
+    /// The search and the write are one step against every other remembering in the
+    /// same tenant and scope, in this replica or another
+    /// ([`MemoryStore::remember_memory`]): concurrent calls with the same new text end as
+    /// one memory, the first inserting it and the others updating it.
     pub async fn remember(&self, tenant: &TenantId, new: NewMemory) -> Result<(Memory, Remembered), MemoriesError> {
         let text = validate_text(&new.text)?;
         let tags = normalise_tags(&new.tags)?;
@@ -202,31 +204,34 @@ impl Memories {
             MemoryScope::Persona(name) => MemoryFilter { persona: Some(name.clone()), ..MemoryFilter::default() },
             MemoryScope::Session(id) => MemoryFilter { session: Some(id.clone()), ..MemoryFilter::default() },
         };
-        let nearest = self.store.search_memories(tenant, self.embedder.info(), &vector, &same_scope, 1).await?;
-        if let Some(hit) = nearest.into_iter().find(|hit| hit.score >= DUPLICATE_SIMILARITY) {
+        let pinned = new.pinned;
+        let restate = |held: &Memory| {
             let mut merged = tags.clone();
-            merged.extend(hit.memory.tags.iter().filter(|t| !tags.contains(t)).cloned());
+            merged.extend(held.tags.iter().filter(|t| !tags.contains(t)).cloned());
             merged.truncate(maestro_core::memory::MAX_TAGS);
             merged.sort();
-            let patch = MemoryPatch {
+            MemoryPatch {
                 text: Some((text.clone(), vector.clone(), self.embedder.info().clone())),
                 tags: Some(merged),
-                pinned: (new.pinned && !hit.memory.pinned).then_some(true),
-            };
-            // `None`: deleted since the search; then it is inserted anew below.
-            if let Some(updated) = self.store.update_memory(tenant, &hit.memory.id, &patch, self.clock.now()).await? {
-                self.announce(tenant, &updated.id);
-                return Ok((updated, Remembered::Updated));
+                pinned: (pinned && !held.pinned).then_some(true),
             }
+        };
+        let memory = self.new_memory(tenant, NewMemory { text: text.clone(), tags: tags.clone(), ..new });
+        match self.store.remember_memory(&memory, &vector, &same_scope, DUPLICATE_SIMILARITY, &restate).await {
+            Ok((updated, true)) => {
+                self.announce(tenant, &updated.id);
+                Ok((updated, Remembered::Updated))
+            }
+            Ok((inserted, false)) => Ok((inserted, Remembered::Inserted)),
+            Err(StoreError::NotFound(_)) => Err(MemoriesError::SessionNotFound),
+            Err(err) => Err(err.into()),
         }
-        let memory = self.insert(tenant, NewMemory { text, tags, ..new }, vector).await?;
-        Ok((memory, Remembered::Inserted))
     }
 
-    /// Inserts a new memory of validated `new` with its `vector`.
-    async fn insert(&self, tenant: &TenantId, new: NewMemory, vector: Vec<f32>) -> Result<Memory, MemoriesError> {
+    /// A new memory of `tenant` made now from validated `new`, by the configured embedder.
+    fn new_memory(&self, tenant: &TenantId, new: NewMemory) -> Memory {
         let now = self.clock.now();
-        let memory = Memory {
+        Memory {
             id: MemoryId::from_random(random_bytes()),
             tenant: tenant.clone(),
             scope: new.scope,
@@ -238,12 +243,28 @@ impl Memories {
             updated_at: now,
             last_used_at: None,
             embedder: self.embedder.info().clone(),
-        };
+        }
+    }
+
+    /// Inserts a new memory of validated `new` with its `vector`.
+    async fn insert(&self, tenant: &TenantId, new: NewMemory, vector: Vec<f32>) -> Result<Memory, MemoriesError> {
+        let memory = self.new_memory(tenant, new);
         match self.store.insert_memories(&[(memory.clone(), vector)]).await {
             Ok(()) => Ok(memory),
             Err(StoreError::NotFound(_)) => Err(MemoriesError::SessionNotFound),
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// The distillation answer recorded for `run` (see `distil.rs`), if any.
+    pub async fn distillation(&self, run: &maestro_core::run::RunId) -> Result<Option<Distillation>, MemoriesError> {
+        Ok(self.store.distillation(run).await?)
+    }
+
+    /// Records a run's distillation answer unless one is recorded already; returns the
+    /// one stored.
+    pub async fn record_distillation(&self, distillation: &Distillation) -> Result<Distillation, MemoriesError> {
+        Ok(self.store.record_distillation(distillation).await?)
     }
 
     /// A memory of `tenant`.

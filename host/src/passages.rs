@@ -26,6 +26,20 @@
 //! not overwrite it), which one task interleaving both keeps simple; and a restart
 //! resumes cheaply, since pages already current are compared, not re-embedded.
 //!
+//! **One replica embeds at a time.** With [`PassageFollower::with_lease`] (the server
+//! sets it on both backends), the follower task holds the [`LEASE`] lease
+//! ([`LeaseStore`]) while it works: it takes or renews it, for
+//! [`FollowerSettings::lease_for`], before every unit of work, and gives it up when it
+//! stops. Every other replica's follower stands by, looking every
+//! [`FollowerSettings::poll_interval`], and takes the lease over once it expired or was
+//! given up; since the position is in the database and moved by compare-and-set, the new
+//! holder goes on from where the last write left it, and a holder that lost its lease
+//! mid-step (a pause past the lease's end) loses only its write, not a change. A step is
+//! bounded by [`FollowerSettings::write_budget`], so the lease, renewed between steps,
+//! must outlast one step's embedding (256 passages take about 12 s on the offline model
+//! on 2 cores; the default lease is 60 s). On SQLite a single process usually holds it,
+//! through the same code.
+//!
 //! The embedder decides the pace: while it is loading the follower waits; while it is
 //! unavailable or failing it backs off (doubling up to [`FollowerSettings::max_backoff`])
 //! and retries the same rows: nothing is dropped.
@@ -37,11 +51,14 @@ use std::time::{Duration, Instant};
 use maestro_core::StoreError;
 use maestro_core::embed::{EmbedError, Embedder, EmbedderStatus};
 use maestro_core::passage::{FollowerState, Passage, PassageWrite, StoredPassage, passages_of};
-use maestro_core::ports::{PassageStore, SearchStore};
+use maestro_core::ports::{LeaseStore, PassageStore, SearchStore};
 use maestro_core::search::{OutboxPosition, SearchKind, Searchable};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+/// The name of the lease the following replica holds.
+pub const LEASE: &str = "passages.follower";
 
 /// The kinds that have passages.
 const KINDS: [SearchKind; 2] = [SearchKind::Message, SearchKind::Document];
@@ -62,6 +79,8 @@ pub struct FollowerSettings {
     pub reconcile_page: u32,
     /// The longest pause after failures.
     pub max_backoff: Duration,
+    /// How long the follower's lease lasts past each renewal (see the module docs).
+    pub lease_for: Duration,
 }
 
 impl Default for FollowerSettings {
@@ -73,6 +92,7 @@ impl Default for FollowerSettings {
             embed_batch: 32,
             reconcile_page: 500,
             max_backoff: Duration::from_secs(30),
+            lease_for: Duration::from_secs(60),
         }
     }
 }
@@ -92,8 +112,12 @@ pub struct FollowerStatus {
     pub writes: u64,
     /// Writes refused because another follower moved the position first.
     pub lost_races: u64,
-    /// Why it is waiting, when it is (the embedder loading or unavailable).
+    /// Why it is waiting, when it is (the embedder loading or unavailable, or another
+    /// replica holding the lease).
     pub waiting: Option<String>,
+    /// Whether this process holds the follower's lease (always `true` without one once
+    /// it ran).
+    pub leading: bool,
 }
 
 /// Why a follower step did not finish.
@@ -146,6 +170,8 @@ struct Inner {
     status: watch::Sender<FollowerStatus>,
     /// The reconcile under way, and whether the start's checks were made.
     work: tokio::sync::Mutex<Work>,
+    /// The lease the follower task holds while it works, and its holder name.
+    lease: std::sync::OnceLock<(Arc<dyn LeaseStore>, String)>,
 }
 
 #[derive(Debug)]
@@ -176,8 +202,20 @@ impl PassageFollower {
             settings,
             status: watch::Sender::new(FollowerStatus::default()),
             work: tokio::sync::Mutex::new(Work { reconcile: None, first_look: true }),
+            lease: std::sync::OnceLock::new(),
         };
         Self { inner: Arc::new(inner) }
+    }
+
+    /// Makes the follower task work only while it holds the [`LEASE`] lease of
+    /// `leases` (see the module docs); call before [`spawn`](Self::spawn) (a second call
+    /// keeps the first lease).
+    #[must_use]
+    pub fn with_lease(self, leases: Arc<dyn LeaseStore>) -> Self {
+        let holder = format!("follower-{}", hex::encode(crate::random::random_bytes::<8>()));
+        // Set once: a second call keeps the first lease.
+        let _ = self.inner.lease.set((leases, holder));
+        self
     }
 
     /// What this process's follower has done.
@@ -200,26 +238,38 @@ impl PassageFollower {
         let settings = &self.inner.settings;
         let mut failures = 0u32;
         while !stop.is_cancelled() {
-            let wait = match self.step().await {
-                Ok(Progress::More) => {
-                    failures = 0;
-                    continue;
-                }
-                Ok(Progress::Idle) => {
-                    failures = 0;
-                    settings.poll_interval
-                }
-                Err(PassagesError::Loading) => {
-                    self.set_waiting(Some("the embedder is loading".to_owned()));
-                    settings.poll_interval
-                }
+            let leading = match self.lead().await {
+                Ok(leading) => leading,
                 Err(err) => {
-                    failures = failures.saturating_add(1);
-                    let why = crate::telemetry::error_chain(&err);
-                    tracing::warn!(error = %why, failures, "the passage follower failed; retrying");
-                    self.set_waiting(Some(why));
-                    let doubled = settings.poll_interval.saturating_mul(1u32 << failures.min(16));
-                    doubled.min(settings.max_backoff)
+                    tracing::warn!(error = %err, "cannot take the passage follower's lease; retrying");
+                    false
+                }
+            };
+            let wait = if !leading {
+                self.set_waiting(Some("another replica follows the outbox".to_owned()));
+                settings.poll_interval
+            } else {
+                match self.step().await {
+                    Ok(Progress::More) => {
+                        failures = 0;
+                        continue;
+                    }
+                    Ok(Progress::Idle) => {
+                        failures = 0;
+                        settings.poll_interval
+                    }
+                    Err(PassagesError::Loading) => {
+                        self.set_waiting(Some("the embedder is loading".to_owned()));
+                        settings.poll_interval
+                    }
+                    Err(err) => {
+                        failures = failures.saturating_add(1);
+                        let why = crate::telemetry::error_chain(&err);
+                        tracing::warn!(error = %why, failures, "the passage follower failed; retrying");
+                        self.set_waiting(Some(why));
+                        let doubled = settings.poll_interval.saturating_mul(1u32 << failures.min(16));
+                        doubled.min(settings.max_backoff)
+                    }
                 }
             };
             tokio::select! {
@@ -227,6 +277,34 @@ impl PassageFollower {
                 () = tokio::time::sleep(wait) => {}
             }
         }
+        if let Some((leases, holder)) = self.inner.lease.get()
+            && self.inner.status.borrow().leading
+            && let Err(err) = leases.release_lease(LEASE, holder, chrono::Utc::now()).await
+        {
+            tracing::warn!(error = %err, "cannot give up the passage follower's lease; it expires later");
+        }
+    }
+
+    /// Takes or renews the lease (always held without one); notes the change.
+    async fn lead(&self) -> Result<bool, StoreError> {
+        let leading = match self.inner.lease.get() {
+            None => true,
+            Some((leases, holder)) => {
+                let now = chrono::Utc::now();
+                let lease_for = chrono::Duration::from_std(self.inner.settings.lease_for)
+                    .unwrap_or_else(|_| chrono::Duration::seconds(60));
+                leases.take_lease(LEASE, holder, now, now + lease_for).await?
+            }
+        };
+        self.inner.status.send_if_modified(|status| {
+            let changed = status.leading != leading;
+            if changed {
+                tracing::info!(leading, "passage follower lease");
+            }
+            status.leading = leading;
+            changed
+        });
+        Ok(leading)
     }
 
     fn set_waiting(&self, why: Option<String>) {

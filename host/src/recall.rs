@@ -17,6 +17,11 @@
 //! `recall_tokens`; what does not fit is left out. The block sits in the system prompt,
 //! which `fit` never trims. Nothing relevant: no block, and the runner records nothing.
 //!
+//! Recall reads what the run's caller could read through [`RECALL_TOOL`]: the runner
+//! asks the policy for that tool and that caller before each persona step, and a denial
+//! skips recall for the step (logged at info with the policy's reason; no block, no
+//! `memory.recalled` event).
+//!
 //! Recall never fails a run: an embedder that is loading or unavailable, a store or
 //! index that fails, or no index at all only leave that side out, with a warning.
 
@@ -66,6 +71,9 @@ impl Default for MemorySettings {
         }
     }
 }
+
+/// The tool whose policy decision for the run's caller gates recall.
+pub const RECALL_TOOL: &str = "memory.search";
 
 /// Candidates asked of each side (per memory scope; per snippet side).
 const CANDIDATES: u32 = 10;

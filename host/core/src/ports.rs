@@ -488,6 +488,7 @@ pub trait Store:
     + MemoryStore
     + SearchStore
     + PassageStore
+    + LeaseStore
 {
 }
 
@@ -504,9 +505,31 @@ impl<
         + ArtifactStore
         + MemoryStore
         + SearchStore
-        + PassageStore,
+        + PassageStore
+        + LeaseStore,
 > Store for T
 {
+}
+
+/// Leases: named work that one replica does at a time (the passage follower). A holder
+/// renews its lease before it expires; the others stand by and take it over once it has
+/// expired or was released. Times are the callers' clocks, so a lease's lifetime must
+/// dwarf the replicas' clock skew.
+#[async_trait]
+pub trait LeaseStore: Send + Sync + std::fmt::Debug {
+    /// Takes or renews lease `name` for `holder` until `until`, when it is free, expired
+    /// at `now`, or already `holder`'s; returns whether `holder` holds it now. Of
+    /// concurrent takers of a free lease, one gets it.
+    async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Ends `holder`'s lease `name` at `now` (nothing when another holds it), so another
+    /// replica takes it over at once.
+    async fn release_lease(&self, name: &str, holder: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
 }
 
 /// The time source. Injected so that tests can move time (e.g. past a key's expiry)
@@ -609,6 +632,46 @@ pub trait MemoryStore: Send + Sync + std::fmt::Debug {
         vector: &[f32],
         embedder: &EmbedderInfo,
     ) -> Result<bool, StoreError>;
+    /// Remembers `memory` (with its `vector`, made by `memory.embedder`) unless a memory
+    /// of its tenant passing `same_scope` is at least `min_score` near it by inner
+    /// product: then the nearest such one gets `restate(it)` at `memory.updated_at`
+    /// instead. The search and the write are one step against every other call for the
+    /// same tenant and scope, in any replica (Postgres: a transaction-scoped advisory
+    /// lock on the tenant and scope, taken before the search; SQLite: the write
+    /// transaction checks that no write to the tenant's memories came between the search
+    /// and itself, else searches again), so concurrent restatements of one fact end as
+    /// one memory. Returns the memory as stored and whether an existing one was updated;
+    /// [`StoreError::NotFound`] if a session-scoped memory's session is not its tenant's.
+    async fn remember_memory(
+        &self,
+        memory: &Memory,
+        vector: &[f32],
+        same_scope: &MemoryFilter,
+        min_score: f32,
+        restate: &(dyn for<'m> Fn(&'m Memory) -> MemoryPatch + Send + Sync),
+    ) -> Result<(Memory, bool), StoreError>;
+    /// The distillation answer recorded for `run`, if any.
+    async fn distillation(&self, run: &RunId) -> Result<Option<Distillation>, StoreError>;
+    /// Records `distillation` unless its run has one already; returns the one stored
+    /// (the earlier one when there was one). Records never change.
+    async fn record_distillation(&self, distillation: &Distillation) -> Result<Distillation, StoreError>;
+}
+
+/// A completed run's distillation answer, recorded before any of its facts is written
+/// (see `distil.rs` in the host): a retry reuses it rather than asking the model again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Distillation {
+    /// The run distilled.
+    pub run: RunId,
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// The model's answer, as it came.
+    pub answer: String,
+    /// The hold the call was paid from and the amount it settles for (`None`: the call
+    /// cost nothing).
+    pub charge: Option<(crate::ledger::HoldId, i64)>,
+    /// When it was recorded.
+    pub at: DateTime<Utc>,
 }
 
 /// The search outbox and the indexed objects' current content (see [`crate::search`]),

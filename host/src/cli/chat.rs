@@ -124,7 +124,8 @@ pub async fn run(config: &Config, env: &Env, args: ChatArgs) -> anyhow::Result<(
         };
         let run = posted["run"]["id"].as_str().context("the server answered without a run id")?.to_owned();
         let mut out = std::io::stdout().lock();
-        match follow(&api, &run, &mut interrupts, &mut lines, &mut Printer::new(&mut out)).await {
+        let dim = std::io::IsTerminal::is_terminal(&out);
+        match follow(&api, &run, &mut interrupts, &mut lines, &mut Printer::new(&mut out).dimmed(dim)).await {
             Ok(Followed::Quit) => return Ok(()),
             Ok(Followed::Ended) => {}
             Err(err) => eprintln!("[cannot follow run {run}: {err:#}]"),
@@ -435,6 +436,8 @@ struct Printer<'a> {
     out: &'a mut dyn Write,
     /// Whether the cursor is mid-line (after streamed text).
     mid_line: bool,
+    /// Whether secondary lines are dimmed (ANSI faint; only on a terminal).
+    dim: bool,
 }
 
 impl std::fmt::Debug for Printer<'_> {
@@ -458,7 +461,18 @@ fn tokens(usage: &Value) -> String {
 
 impl<'a> Printer<'a> {
     fn new(out: &'a mut dyn Write) -> Self {
-        Self { out, mid_line: false }
+        Self { out, mid_line: false, dim: false }
+    }
+
+    /// Dims secondary lines (`memory.recalled`) when `dim`.
+    fn dimmed(mut self, dim: bool) -> Self {
+        self.dim = dim;
+        self
+    }
+
+    /// A secondary line: faint on a terminal, plain otherwise.
+    fn faint(&mut self, text: &str) -> std::io::Result<()> {
+        if self.dim { self.line(&format!("\x1b[2m{text}\x1b[0m")) } else { self.line(text) }
     }
 
     fn line(&mut self, text: &str) -> std::io::Result<()> {
@@ -503,6 +517,15 @@ impl<'a> Printer<'a> {
                 }
             }
             "step.started" => self.line(&format!("[{}] {} · {}", n("step"), s("persona"), s("model")))?,
+            "memory.recalled" => {
+                let count = |key: &str| data[key].as_array().map_or(0, Vec::len);
+                self.faint(&format!(
+                    "  ◦ recalled {} memories and {} earlier snippets ({} tokens)",
+                    count("memories"),
+                    count("snippets"),
+                    n("tokens")
+                ))?;
+            }
             "message.delta" => {
                 write!(self.out, "{}", data["text"].as_str().unwrap_or_default())?;
                 self.mid_line = true;
@@ -740,6 +763,10 @@ mod tests {
                 json!({ "turn": 1, "personas": ["team.writer"], "reason": "drafts first", "satisfied": false }),
             ),
             ("step.started", json!({ "step": 1, "turn": 1, "persona": "team.writer", "model": "fast-1" })),
+            (
+                "memory.recalled",
+                json!({ "step": 1, "persona": "team.writer", "memories": [{ "id": "mem_1", "score": 0.8 }, { "id": "mem_2", "score": 0.5 }], "snippets": [{ "kind": "message", "id": "msg_1", "score": 0.03 }], "tokens": 212 }),
+            ),
             ("message.delta", json!({ "step": 1, "call": 1, "text": "Hel" })),
             ("message.delta", json!({ "step": 1, "call": 1, "text": "lo" })),
             ("tool.called", json!({ "tool": "calc.add", "arguments": "{\"a\":1}" })),
@@ -762,10 +789,25 @@ mod tests {
         }
         let text = String::from_utf8(out).expect("utf-8");
         assert!(text.contains("turn 1: team.writer"), "{text}");
-        assert!(text.contains("[1] team.writer · fast-1\nHello\n  ⚙ calc.add"), "{text}");
+        assert!(
+            text.contains("[1] team.writer · fast-1\n  ◦ recalled 2 memories and 1 earlier snippets (212 tokens)\nHello\n  ⚙ calc.add"),
+            "{text}"
+        );
+        assert!(!text.contains('\x1b'), "plain when not on a terminal: {text}");
         assert!(text.contains("failed [not_offered]"), "{text}");
         assert!(text.contains("✎ Plan v2 by team.writer (doc_1)"), "{text}");
         assert!(text.contains("10 in / 2 out tokens, 1 model calls, 1 tool calls, 3 credits"), "{text}");
         assert!(text.contains("run failed [budget_exceeded]: over"), "{text}");
+    }
+
+    #[test]
+    fn a_recall_is_one_faint_line_on_a_terminal() {
+        let mut out = Vec::new();
+        let mut printer = Printer::new(&mut out).dimmed(true);
+        let recalled =
+            json!({ "step": 2, "persona": "p.x", "memories": [{ "id": "mem_1", "score": 0.8 }], "tokens": 40 });
+        printer.event("memory.recalled", &recalled).expect("write");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert_eq!(text, "\x1b[2m  ◦ recalled 1 memories and 0 earlier snippets (40 tokens)\x1b[0m\n");
     }
 }

@@ -46,12 +46,14 @@ pub(super) async fn run(command: IndexCommand, config: &Config) -> anyhow::Resul
     let clock: Arc<dyn maestro_core::Clock> = Arc::new(crate::accounts::SystemClock);
     match command {
         IndexCommand::Status { json } => {
-            let index = FullText::open(config.search.clone(), store.clone(), clock, Access::Read)
-                .with_context(|| format!("cannot read the search index in {}", config.search.dir.display()))?;
-            let status = index.status();
+            let (status, size) = read_retrying(|| async {
+                let index = FullText::open(config.search.clone(), store.clone(), clock.clone(), Access::Read)
+                    .with_context(|| format!("cannot read the search index in {}", config.search.dir.display()))?;
+                Ok((index.status(), index.size_bytes()))
+            })
+            .await?;
             let outbox = store.outbox_status(status.watermark.unwrap_or_default()).await?;
             let behind_prune = status.watermark.is_none_or(|w| w < outbox.pruned_through);
-            let size = index.size_bytes();
             if json {
                 let value = json!({
                     "dir": config.search.dir,
@@ -99,9 +101,12 @@ pub(super) async fn run(command: IndexCommand, config: &Config) -> anyhow::Resul
             Ok(())
         }
         IndexCommand::Ids { json } => {
-            let index = FullText::open(config.search.clone(), store, clock, Access::Read)
-                .with_context(|| format!("cannot read the search index in {}", config.search.dir.display()))?;
-            let objects = index.indexed_objects().await?;
+            let objects = read_retrying(|| async {
+                let index = FullText::open(config.search.clone(), store.clone(), clock.clone(), Access::Read)
+                    .with_context(|| format!("cannot read the search index in {}", config.search.dir.display()))?;
+                Ok(index.indexed_objects().await?)
+            })
+            .await?;
             let rows: Vec<_> = objects
                 .iter()
                 .map(|o| {
@@ -121,6 +126,37 @@ pub(super) async fn run(command: IndexCommand, config: &Config) -> anyhow::Resul
                 }
             }
             Ok(())
+        }
+    }
+}
+
+/// Reads of the index made before giving up.
+const READ_ATTEMPTS: u32 = 5;
+/// The pause after the first failed read; it doubles after each (50 + 100 + 200 + 400 ms
+/// in all at most).
+const READ_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// `read` (open a reader and read through it), tried again with a growing pause when it
+/// fails, up to [`READ_ATTEMPTS`] times: beside a running server, a reader can open a
+/// commit whose files the writer deletes as it replaces that commit, and fail; a fresh
+/// reader then opens the new commit. Any other failure is reported after the last try.
+async fn read_retrying<T, F, Fut>(mut read: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut pause = READ_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        match read().await {
+            Ok(value) => return Ok(value),
+            Err(err) if attempt < READ_ATTEMPTS => {
+                tracing::debug!(error = %format!("{err:#}"), attempt, "reading the index failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                attempt += 1;
+            }
+            Err(err) => return Err(err),
         }
     }
 }

@@ -19,7 +19,8 @@
 //! Before the first model call, the persona recalls what is relevant to the triggering
 //! message (`crate::recall`): one delimited block appended to its system prompt (never
 //! trimmed), recorded as `memory.recalled` in the unit of work of `step.started`. A
-//! resumed step recalls again and records nothing more.
+//! resumed step recalls again and records nothing more. Recall is skipped (logged, no
+//! event) when the run's caller may not use `memory.search`.
 //!
 //! # A model call
 //! Before it, a hold for the worst case (the prompt's token bound plus `max_tokens` at
@@ -356,8 +357,17 @@ impl Inner {
         let (prompt, render_credits) = self.render(ctx, persona, &spec).await?;
         let mut blocks = self.tools.host_context(&ctx.principal, &ctx.session.id).await;
         // Recalled on every execution of the step; recorded once, with its start.
+        // Only what the run's caller could read through `memory.search` is recalled.
         let recalled = match &self.recall {
-            Some(recall) => recall.recall(&ctx.principal.tenant_id, persona, &ctx.session.id, &ctx.trigger).await,
+            Some(recall) => match self.tools.decide(&ctx.principal, crate::recall::RECALL_TOOL) {
+                maestro_core::policy::Decision::Allow(_) => {
+                    recall.recall(&ctx.principal.tenant_id, persona, &ctx.session.id, &ctx.trigger).await
+                }
+                denied @ maestro_core::policy::Decision::Deny(_) => {
+                    tracing::info!(step, persona, reason = %denied, "recall skipped: the run's caller may not use memory.search");
+                    crate::recall::Recalled::default()
+                }
+            },
             None => crate::recall::Recalled::default(),
         };
         blocks.extend(recalled.block.clone());

@@ -39,10 +39,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use maestro_core::embed::EmbedderInfo;
+use maestro_core::ledger::HoldId;
 use maestro_core::memory::{
     Memory, MemoryFilter, MemoryHit, MemoryId, MemoryPatch, MemoryScope, MemorySource, TagMatch, vector_to_bytes,
 };
-use maestro_core::ports::{MemoryStore, StaleMemory};
+use maestro_core::ports::{Distillation, MemoryStore, StaleMemory};
 use maestro_core::run::{RunId, SessionId};
 use maestro_core::search::{ChangeOp, SearchChange, SearchKind};
 use maestro_core::{StoreError, TenantId};
@@ -333,6 +334,44 @@ fn in_order(ranked: Vec<(f32, String)>, rows: Vec<MemoryRow>) -> Result<Vec<Memo
         .collect()
 }
 
+/// A run's recorded distillation: run, tenant, answer, hold, charged, created.
+type DistillationRow = (String, String, String, Option<String>, Option<i64>, DateTime<Utc>);
+const DISTILLATION: &str =
+    "SELECT run_id, tenant_id, answer, hold_id, charged, created_at FROM memory_distillations WHERE run_id = $1";
+const RECORD_DISTILLATION: &str = "INSERT INTO memory_distillations (run_id, tenant_id, answer, hold_id, charged, \
+     created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (run_id) DO NOTHING";
+
+/// Binds a [`Distillation`]'s six parameters (see [`RECORD_DISTILLATION`]).
+macro_rules! bind_distillation {
+    ($query:expr, $d:expr) => {
+        $query
+            .bind($d.run.as_str())
+            .bind($d.tenant.as_str())
+            .bind(&$d.answer)
+            .bind($d.charge.as_ref().map(|(hold, _)| hold.as_str()))
+            .bind($d.charge.as_ref().map(|(_, amount)| *amount))
+            .bind(ms($d.at))
+    };
+}
+
+/// A [`Distillation`] from its row.
+fn distillation_from_row(
+    (run, tenant, answer, hold, charged, at): DistillationRow,
+) -> Result<Distillation, StoreError> {
+    let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("distillation of run {run}: {e}"));
+    let charge = match (hold, charged) {
+        (Some(hold), Some(amount)) => Some((HoldId::parse(&hold).map_err(|e| corrupt(&e))?, amount)),
+        _ => None,
+    };
+    Ok(Distillation {
+        run: RunId::parse(&run).map_err(|e| corrupt(&e))?,
+        tenant: TenantId::parse(&tenant).map_err(|e| corrupt(&e))?,
+        answer,
+        charge,
+        at,
+    })
+}
+
 #[async_trait::async_trait]
 impl MemoryStore for SqliteStore {
     async fn insert_memories(&self, memories: &[(Memory, Vec<f32>)]) -> Result<(), StoreError> {
@@ -523,6 +562,118 @@ impl MemoryStore for SqliteStore {
         .await
         .map_err(backend_err)?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn remember_memory(
+        &self,
+        memory: &Memory,
+        vector: &[f32],
+        same_scope: &MemoryFilter,
+        min_score: f32,
+        restate: &(dyn for<'m> Fn(&'m Memory) -> MemoryPatch + Send + Sync),
+    ) -> Result<(Memory, bool), StoreError> {
+        check_vector(memory, vector)?;
+        let tenant = &memory.tenant;
+        for _ in 0..REMEMBER_ATTEMPTS {
+            // The search reads through the vector cache (other connections); the write
+            // transaction then proves nothing changed the tenant's memories since.
+            let seen = Self::memory_epoch(&self.pool, tenant).await?;
+            let nearest = self.search_memories(tenant, &memory.embedder, vector, same_scope, 1).await?;
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend_err)?;
+            if Self::memory_epoch(&mut *tx, tenant).await? != seen {
+                continue;
+            }
+            let remembered = match nearest.into_iter().find(|hit| hit.score >= min_score) {
+                Some(hit) => {
+                    let patch = restate(&hit.memory);
+                    let sql = format!("{SQLITE_RESTATE} RETURNING {}", columns(SQLITE_TAGS));
+                    let text = patch.text.as_ref();
+                    let row = sqlx::query_as::<_, MemoryRow>(sqlx::AssertSqlSafe(sql))
+                        .bind(tenant.as_str())
+                        .bind(hit.memory.id.as_str())
+                        .bind(text.map(|(t, _, _)| t.as_str()))
+                        .bind(patch.tags.as_deref().map(tags_json).transpose()?)
+                        .bind(patch.pinned)
+                        .bind(ms(memory.updated_at))
+                        .bind(text.map(|(_, _, e)| e.provider.as_str()))
+                        .bind(text.map(|(_, _, e)| e.model.as_str()))
+                        .bind(text.map(|(_, _, e)| dims(e)))
+                        .bind(text.map(|(_, v, _)| vector_to_bytes(v)))
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(map_err(&format!("memory {}", hit.memory.id)))?;
+                    // The epoch did not move, so the hit is still there.
+                    let row = row.ok_or_else(|| StoreError::Corrupt(format!("memory {} vanished", hit.memory.id)))?;
+                    let change = search_change(tenant, &hit.memory.id, ChangeOp::Upsert, memory.updated_at);
+                    SqliteStore::search_record(&mut tx, &change).await?;
+                    (Memory::try_from(row)?, true)
+                }
+                None => {
+                    let tags = tags_json(&memory.tags)?;
+                    bind_insert!(sqlx::query(INSERT), memory, tags, vector_to_bytes(vector))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err(&format!("memory {}", memory.id)))?;
+                    let change = search_change(tenant, &memory.id, ChangeOp::Upsert, memory.created_at);
+                    SqliteStore::search_record(&mut tx, &change).await?;
+                    (memory.clone(), false)
+                }
+            };
+            tx.commit().await.map_err(backend_err)?;
+            return Ok(remembered);
+        }
+        Err(StoreError::Conflict(format!("the memories of tenant {tenant} kept changing while remembering")))
+    }
+
+    async fn distillation(&self, run: &RunId) -> Result<Option<Distillation>, StoreError> {
+        let row = sqlx::query_as::<_, DistillationRow>(DISTILLATION)
+            .bind(run.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend_err)?;
+        row.map(distillation_from_row).transpose()
+    }
+
+    async fn record_distillation(&self, distillation: &Distillation) -> Result<Distillation, StoreError> {
+        bind_distillation!(sqlx::query(RECORD_DISTILLATION), distillation)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err(&format!("distillation of run {}", distillation.run)))?;
+        self.distillation(&distillation.run)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("distillation of run {} vanished", distillation.run)))
+    }
+}
+
+/// How often SQLite's [`MemoryStore::remember_memory`] searches again when another write
+/// to the tenant's memories came between its search and its write (each round, one of
+/// the concurrent writers gets through).
+const REMEMBER_ATTEMPTS: usize = 64;
+
+/// The update of a restated memory on SQLite (parameters as in `update_memory`).
+const SQLITE_RESTATE: &str = "UPDATE memories SET text = COALESCE($3, text), tags = COALESCE($4, tags), \
+     pinned = COALESCE($5, pinned), updated_at = $6, provider = COALESCE($7, provider), \
+     model = COALESCE($8, model), dims = COALESCE($9, dims), embedding = COALESCE($10, embedding) \
+     WHERE tenant_id = $1 AND id = $2";
+
+/// The update of a restated memory on Postgres (parameters as in `update_memory`).
+const PG_RESTATE: &str = "UPDATE memories SET text = COALESCE($3, text), tags = COALESCE($4::text[], tags), \
+     pinned = COALESCE($5, pinned), updated_at = $6, provider = COALESCE($7, provider), \
+     model = COALESCE($8, model), dims = COALESCE($9, dims), \
+     embedding = COALESCE($10::real[]::vector, embedding) WHERE tenant_id = $1 AND id = $2";
+
+impl SqliteStore {
+    /// The tenant's memory epoch (0 before its first memory), read through `conn`.
+    async fn memory_epoch<'c>(
+        conn: impl sqlx::Executor<'c, Database = sqlx::Sqlite>,
+        tenant: &TenantId,
+    ) -> Result<i64, StoreError> {
+        let epoch: Option<i64> = sqlx::query_scalar("SELECT epoch FROM memory_epochs WHERE tenant_id = $1")
+            .bind(tenant.as_str())
+            .fetch_optional(conn)
+            .await
+            .map_err(backend_err)?;
+        Ok(epoch.unwrap_or(0))
     }
 }
 
@@ -1069,6 +1220,114 @@ impl MemoryStore for PostgresStore {
         .await
         .map_err(backend_err)?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn remember_memory(
+        &self,
+        memory: &Memory,
+        vector: &[f32],
+        same_scope: &MemoryFilter,
+        min_score: f32,
+        restate: &(dyn for<'m> Fn(&'m Memory) -> MemoryPatch + Send + Sync),
+    ) -> Result<(Memory, bool), StoreError> {
+        check_vector(memory, vector)?;
+        let (tenant, embedder) = (&memory.tenant, &memory.embedder);
+        let indexed = self.memory_search_indexed(tenant, embedder).await?;
+        let mut tx = self.pool.begin().await.map_err(backend_err)?;
+        // Every remember of this tenant and scope, in any replica, waits here until the
+        // one before commits: the search below then sees what it wrote.
+        let (scope, persona, session) = scope_columns(&memory.scope);
+        let key = format!("memory.remember\u{1f}{tenant}\u{1f}{scope}\u{1f}{}", persona.or(session).unwrap_or(""));
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend_err)?;
+        if indexed {
+            Self::memory_search_settings(&mut tx, 1).await?;
+        }
+        let search = sqlx::query(sqlx::AssertSqlSafe(Self::memory_search_sql(embedder.dimensions, indexed, 1)))
+            .bind(tenant.as_str());
+        let nearest = bind_filter!(search, same_scope, &same_scope.tags)
+            .bind(&embedder.provider)
+            .bind(&embedder.model)
+            .bind(vector)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend_err)?;
+        let hit = match nearest {
+            Some(row) => {
+                let distance: f64 = row.try_get("distance").map_err(backend_err)?;
+                let found = Memory::try_from(<MemoryRow as sqlx::FromRow<_>>::from_row(&row).map_err(backend_err)?)?;
+                // `<#>` is the negative inner product.
+                (-distance as f32 >= min_score).then_some(found)
+            }
+            None => None,
+        };
+        let remembered = match hit {
+            Some(found) => {
+                let patch = restate(&found);
+                let sql = format!("{PG_RESTATE} RETURNING {}", columns(PG_TAGS));
+                let text = patch.text.as_ref();
+                let row = sqlx::query_as::<_, MemoryRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant.as_str())
+                    .bind(found.id.as_str())
+                    .bind(text.map(|(t, _, _)| t.as_str()))
+                    .bind(patch.tags.as_deref())
+                    .bind(patch.pinned)
+                    .bind(ms(memory.updated_at))
+                    .bind(text.map(|(_, _, e)| e.provider.as_str()))
+                    .bind(text.map(|(_, _, e)| e.model.as_str()))
+                    .bind(text.map(|(_, _, e)| dims(e)))
+                    .bind(text.map(|(_, v, _)| v.as_slice()))
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(map_err(&format!("memory {}", found.id)))?;
+                match row {
+                    Some(row) => {
+                        let change = search_change(tenant, &found.id, ChangeOp::Upsert, memory.updated_at);
+                        PostgresStore::search_record(&mut tx, &change).await?;
+                        Some((Memory::try_from(row)?, true))
+                    }
+                    // Deleted since the search (deletes take no lock): inserted anew.
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        let remembered = match remembered {
+            Some(updated) => updated,
+            None => {
+                bind_insert!(sqlx::query(PG_INSERT), memory, &memory.tags, vector)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err(&format!("memory {}", memory.id)))?;
+                let change = search_change(tenant, &memory.id, ChangeOp::Upsert, memory.created_at);
+                PostgresStore::search_record(&mut tx, &change).await?;
+                (memory.clone(), false)
+            }
+        };
+        tx.commit().await.map_err(backend_err)?;
+        Ok(remembered)
+    }
+
+    async fn distillation(&self, run: &RunId) -> Result<Option<Distillation>, StoreError> {
+        let row = sqlx::query_as::<_, DistillationRow>(DISTILLATION)
+            .bind(run.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend_err)?;
+        row.map(distillation_from_row).transpose()
+    }
+
+    async fn record_distillation(&self, distillation: &Distillation) -> Result<Distillation, StoreError> {
+        bind_distillation!(sqlx::query(RECORD_DISTILLATION), distillation)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err(&format!("distillation of run {}", distillation.run)))?;
+        self.distillation(&distillation.run)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("distillation of run {} vanished", distillation.run)))
     }
 }
 

@@ -12,6 +12,7 @@ mod artifacts;
 mod billing;
 mod documents;
 mod jobs;
+mod leases;
 mod ledger;
 pub mod memories;
 mod passages;

@@ -79,6 +79,11 @@ impl FakeEmbedder {
         *self.unavailable.lock().expect("fake embedder state") = Some(reason.to_owned());
     }
 
+    /// Makes later calls answer again.
+    pub(crate) fn recover(&self) {
+        *self.unavailable.lock().expect("fake embedder state") = None;
+    }
+
     /// Calls answered so far (failed ones included).
     pub(crate) fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)

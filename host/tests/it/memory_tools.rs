@@ -35,6 +35,7 @@ backend_tests!(
     mcp_clients_call_the_memory_tools_their_role_and_policy_allow,
     memories_are_mcp_resources_of_their_tenant_only_listed_in_pages,
     subscribers_hear_when_a_memory_changes_or_is_forgotten,
+    concurrent_remembers_of_one_fact_in_two_replicas_end_as_one_memory,
 );
 
 /// Twenty distinct words: a text and the same plus one word are near-duplicates for the
@@ -120,6 +121,42 @@ async fn remembering_a_near_duplicate_in_the_same_scope_updates_it_and_anything_
     assert!(memories.remember(&acme, new_memory(MemoryScope::Tenant, "  ", &[])).await.is_err());
     assert!(memories.remember(&acme, new_memory(MemoryScope::Tenant, "fine", &["no spaces"])).await.is_err());
     assert_eq!(memories.list(&acme, &MemoryFilter::default(), None, 10).await.expect("list").len(), 4);
+}
+
+/// Two replicas (two stores opened on one database) remember the same fact and its
+/// restatement eight times at once, in each of two scopes: one memory per scope, one
+/// insert and seven updates.
+async fn concurrent_remembers_of_one_fact_in_two_replicas_end_as_one_memory(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let replicas = [db.open().await, db.open().await];
+    let acme = tenant(&replicas[0], "acme").await;
+    let persona = MemoryScope::Persona("team.writer".into());
+    let restated = format!("{FACT} indeed");
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let memories = Memories::new(
+            replicas[i % 2].clone(),
+            Arc::new(FakeEmbedder::named("fake-a")),
+            Arc::new(maestro_host::accounts::SystemClock),
+        );
+        let scope = if i < 8 { MemoryScope::Tenant } else { persona.clone() };
+        let text = if i % 3 == 0 { restated.clone() } else { FACT.to_owned() };
+        let acme = acme.clone();
+        calls.spawn(async move {
+            let (memory, how) =
+                memories.remember(&acme, new_memory(scope.clone(), &text, &[])).await.expect("remember");
+            (scope, memory.id, how)
+        });
+    }
+    let done = calls.join_all().await;
+    for scope in [MemoryScope::Tenant, persona] {
+        let of_scope: Vec<_> = done.iter().filter(|(s, _, _)| *s == scope).collect();
+        let inserted = of_scope.iter().filter(|(_, _, how)| *how == Remembered::Inserted).count();
+        assert_eq!(inserted, 1, "one insert in {scope:?}: {of_scope:?}");
+        assert!(of_scope.iter().all(|(_, id, _)| *id == of_scope[0].1), "one memory in {scope:?}: {of_scope:?}");
+    }
+    let all = replicas[1].memories(&acme, &MemoryFilter::default(), None, 50).await.expect("list");
+    assert_eq!(all.len(), 2, "{all:?}");
 }
 
 /// The policy of the MCP tests: the shipped grants of the memory tools, and a tenant
@@ -517,6 +554,20 @@ async fn an_agent_stores_a_fact_in_one_session_and_a_run_of_another_session_find
     server.stop().await;
 }
 
+/// `params` as `revision` sends them: the stateless revision names itself and the
+/// client's capabilities in every request's `_meta` (there is no `initialize`).
+fn stdio_params(revision: &str, mut params: Value) -> Value {
+    if revision == STATELESS {
+        params["_meta"] = json!({
+            "io.modelcontextprotocol/protocolVersion": STATELESS,
+            "io.modelcontextprotocol/clientCapabilities": {},
+        });
+    }
+    params
+}
+
+/// `maestro mcp` over stdio, in both revisions (2025-11-25 initialises a session;
+/// 2026-07-28 is stateless, its version in each request's `_meta`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdio_stores_searches_and_reads_memories() {
     let db = TestDb::new(Backend::Sqlite).await;
@@ -532,39 +583,48 @@ async fn stdio_stores_searches_and_reads_memories() {
             c
         });
     }
-    let mut acme =
-        StdioMcp::spawn(maestro(), &["mcp", "--tenant", "acme", "--role", "member"], std::process::Stdio::null());
-    acme.initialize(SESSIONS);
-    let stored =
-        acme.ask(2, "tools/call", json!({ "name": "memory.store", "arguments": { "text": "The office is in Lyon" } }));
-    assert_eq!(stored["result"]["isError"], false, "{stored}");
-    let id = stored["result"]["structuredContent"]["id"].as_str().expect("id").to_owned();
-    let found =
-        acme.ask(3, "tools/call", json!({ "name": "memory.search", "arguments": { "query": "where is the office?" } }));
-    assert_eq!(found["result"]["structuredContent"]["memories"][0]["id"], json!(id), "{found}");
-    let listed = acme.ask(4, "resources/list", json!({}));
-    let uri = format!("maestro://memories/{id}");
-    assert!(uris(&listed["result"]).contains(&uri), "{listed}");
-    let read = acme.ask(5, "resources/read", json!({ "uri": uri }));
-    assert!(read["result"]["contents"][0]["text"].as_str().expect("text").contains("The office is in Lyon"), "{read}");
-    acme.close();
+    for revision in [SESSIONS, STATELESS] {
+        let p = |params: Value| stdio_params(revision, params);
+        let mut acme =
+            StdioMcp::spawn(maestro(), &["mcp", "--tenant", "acme", "--role", "member"], std::process::Stdio::null());
+        if revision == SESSIONS {
+            acme.initialize(SESSIONS);
+        }
+        let fact = format!("The office of {revision} is in Lyon");
+        let stored = acme.ask(2, "tools/call", p(json!({ "name": "memory.store", "arguments": { "text": fact } })));
+        assert_eq!(stored["result"]["isError"], false, "{revision}: {stored}");
+        let id = stored["result"]["structuredContent"]["id"].as_str().expect("id").to_owned();
+        let search =
+            json!({ "name": "memory.search", "arguments": { "query": format!("where is the office of {revision}?") } });
+        let found = acme.ask(3, "tools/call", p(search.clone()));
+        assert_eq!(found["result"]["structuredContent"]["memories"][0]["id"], json!(id), "{revision}: {found}");
+        let listed = acme.ask(4, "resources/list", p(json!({})));
+        let uri = format!("maestro://memories/{id}");
+        assert!(uris(&listed["result"]).contains(&uri), "{revision}: {listed}");
+        let read = acme.ask(5, "resources/read", p(json!({ "uri": uri })));
+        let text = read["result"]["contents"][0]["text"].as_str().expect("text");
+        assert!(text.contains(&fact), "{revision}: {read}");
+        acme.close();
 
-    let mut viewer =
-        StdioMcp::spawn(maestro(), &["mcp", "--tenant", "beta", "--role", "viewer"], std::process::Stdio::null());
-    viewer.initialize(SESSIONS);
-    let tools = viewer.ask(2, "tools/list", json!({}));
-    let names: Vec<&str> =
-        tools["result"]["tools"].as_array().expect("tools").iter().map(|t| t["name"].as_str().expect("name")).collect();
-    assert_eq!(names, ["memory.search"]);
-    let nothing = viewer.ask(
-        3,
-        "tools/call",
-        json!({ "name": "memory.search", "arguments": { "query": "where is the office?" } }),
-    );
-    assert_eq!(nothing["result"]["structuredContent"]["memories"], json!([]), "{nothing}");
-    let read = viewer.ask(4, "resources/read", json!({ "uri": uri }));
-    assert_eq!(read["error"]["data"]["uri"], json!(uri), "{read}");
-    viewer.close();
+        let mut viewer =
+            StdioMcp::spawn(maestro(), &["mcp", "--tenant", "beta", "--role", "viewer"], std::process::Stdio::null());
+        if revision == SESSIONS {
+            viewer.initialize(SESSIONS);
+        }
+        let tools = viewer.ask(2, "tools/list", p(json!({})));
+        let names: Vec<&str> = tools["result"]["tools"]
+            .as_array()
+            .expect("tools")
+            .iter()
+            .map(|t| t["name"].as_str().expect("name"))
+            .collect();
+        assert_eq!(names, ["memory.search"], "{revision}");
+        let nothing = viewer.ask(3, "tools/call", p(search));
+        assert_eq!(nothing["result"]["structuredContent"]["memories"], json!([]), "{revision}: {nothing}");
+        let read = viewer.ask(4, "resources/read", p(json!({ "uri": uri })));
+        assert_eq!(read["error"]["data"]["uri"], json!(uri), "{revision}: {read}");
+        viewer.close();
+    }
 }
 
 /// Two processes on one Postgres (here: two stores, each with its own signal): a memory

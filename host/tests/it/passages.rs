@@ -40,6 +40,7 @@ backend_tests!(
     changing_the_embedder_re_embeds_every_passage,
     an_unavailable_embedder_delays_passages_and_drops_none,
     the_real_model_finds_a_paraphrase_that_shares_no_word,
+    of_two_leased_followers_one_embeds_and_the_other_takes_over_when_it_stops,
 );
 
 /// Short cadences so that tests wait milliseconds; small batches so that cuts happen.
@@ -51,6 +52,7 @@ fn settings() -> FollowerSettings {
         embed_batch: 8,
         reconcile_page: 7,
         max_backoff: Duration::from_millis(50),
+        lease_for: Duration::from_secs(60),
     }
 }
 
@@ -645,4 +647,63 @@ async fn the_real_model_finds_a_paraphrase_that_shares_no_word(backend: Backend)
     assert_eq!(hits.len(), 4);
     assert_eq!(ids[&hits[0].passage.object], "The production database ran out of disk space overnight.", "{hits:?}");
     assert!(hits[0].score > hits[1].score, "{hits:?}");
+}
+
+/// Two followers on one database, each with the lease and its own counting embedder:
+/// only the lease holder embeds; when it stops (giving its lease up), the other takes
+/// over and catches up with what was written since, and nothing is missed.
+async fn of_two_leased_followers_one_embeds_and_the_other_takes_over_when_it_stops(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (first, second) = (db.open().await, db.open().await);
+    let acme = tenant(&first, "acme").await;
+    let session = new_session(&first, &acme).await;
+    let embedders = [Arc::new(FakeEmbedder::named("fake-a")), Arc::new(FakeEmbedder::named("fake-a"))];
+    let followers = [
+        follower(&first, embedders[0].clone()).with_lease(first.clone()),
+        follower(&second, embedders[1].clone()).with_lease(second.clone()),
+    ];
+    let stops = [CancellationToken::new(), CancellationToken::new()];
+    let mut tasks: Vec<_> = followers.iter().zip(&stops).map(|(f, stop)| Some(f.spawn(stop.clone()))).collect();
+    let mut written = vec![];
+    for i in 0..30 {
+        written.push(say(&first, &session, &format!("message number {i} about okapis")).await);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let leader = loop {
+        if let Some(leader) = followers.iter().position(|f| f.status().leading) {
+            break leader;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no follower took the lease");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    caught_up(&first, &[&followers[leader]]).await;
+    let other = 1 - leader;
+    assert!(
+        !followers[other].status().leading,
+        "one leader: {:?}",
+        followers.iter().map(|f| f.status()).collect::<Vec<_>>()
+    );
+    assert!(embedders[leader].texts() >= 30, "the leader embedded: {}", embedders[leader].texts());
+    assert_eq!(embedders[other].calls(), 0, "the other stood by");
+    assert_eq!(followers[other].status().writes, 0);
+
+    // The leader stops and gives up its lease; the other takes over.
+    stops[leader].cancel();
+    tasks[leader].take().expect("task").await.expect("the leader stops");
+    for i in 30..45 {
+        written.push(say(&second, &session, &format!("message number {i} about okapis")).await);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !followers[other].status().leading {
+        assert!(tokio::time::Instant::now() < deadline, "the other never took over: {:?}", followers[other].status());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    caught_up(&first, &[&followers[other]]).await;
+    assert!(embedders[other].texts() >= 15, "the new leader embedded what came since: {}", embedders[other].texts());
+    let stored = first.stored_passages(SearchKind::Message, &written).await.expect("stored");
+    let objects: HashSet<&str> = stored.iter().map(|p| p.passage.object.as_str()).collect();
+    assert_eq!(objects.len(), written.len(), "every message has its passages, once");
+    assert_eq!(stored.len(), written.len());
+    stops[other].cancel();
+    tasks[other].take().expect("task").await.expect("stops");
 }

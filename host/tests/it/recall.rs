@@ -39,6 +39,8 @@ backend_tests!(
     recall_switched_off_or_skipped_for_a_persona_adds_nothing,
     nothing_relevant_records_no_recall_and_an_unavailable_embedder_never_fails_a_run,
     a_malformed_distillation_answer_writes_nothing_and_leaves_no_hold,
+    a_distillation_retried_after_its_charge_reuses_the_recorded_answer,
+    a_caller_the_policy_denies_memory_search_gets_no_recalled_block,
 );
 
 const POLICY: &str = r#"
@@ -48,6 +50,16 @@ version = 1
 name = "teams"
 subjects = ["tenant:acme", "tenant:globex"]
 tools = ["personas.*"]
+
+[[grant]]
+name = "recall"
+subjects = ["role:member+"]
+tools = ["memory.search"]
+
+[[deny]]
+name = "no-memories-for-one-key"
+subjects = ["key:key_000000000000000000zz"]
+tools = ["memory.*"]
 "#;
 
 /// What the fake model answers a distillation request.
@@ -349,6 +361,42 @@ async fn a_retried_distillation_updates_instead_of_inserting_again(backend: Back
     assert_eq!(balance.held, 0, "no hold is left open");
 }
 
+/// The first attempt asks the model, pays, then fails to write (the embedder is down);
+/// the retries reuse the recorded answer: one model call, one hold settled once, the
+/// memory written once.
+async fn a_distillation_retried_after_its_charge_reuses_the_recorded_answer(backend: Backend) {
+    let embedder = Arc::new(FakeEmbedder::named("fake-a"));
+    let fx = Fixture::with_embedder(backend, embedder.clone()).await;
+    let runner = fx.runner(settings());
+    let session = fx.session(&fx.acme).await;
+    fx.run(&runner, &fx.acme, &session, "Our office beehives live on the roof in Lisbon.").await;
+    let job = fx.distil_jobs().await.pop().expect("job");
+    let distil = fx.distil();
+    let distillations = || fx.fake.requests().iter().filter(|r| is_distillation(r)).count();
+
+    embedder.fail_with("down");
+    assert!(distil.handle(&job).await.is_err(), "no memory could be written");
+    assert_eq!(distillations(), 1);
+    assert!(fx.tenant_memories(&fx.acme.tenant_id).await.is_empty());
+    embedder.recover();
+    for attempt in [2, 3] {
+        distil.handle(&Job { attempts: attempt, ..job.clone() }).await.expect("a retry");
+    }
+    assert_eq!(distillations(), 1, "the model was asked once");
+    let memories = fx.tenant_memories(&fx.acme.tenant_id).await;
+    assert_eq!(memories.len(), 1, "{memories:?}");
+    let ledger = fx
+        .credits
+        .transactions(&fx.acme.tenant_id, &maestro_core::TransactionQuery { limit: 500, ..Default::default() })
+        .await
+        .expect("ledger");
+    let distil_keys: Vec<&str> =
+        ledger.transactions.iter().map(|t| t.idempotency_key.as_str()).filter(|k| k.starts_with(DISTIL_JOB)).collect();
+    assert_eq!(distil_keys.len(), 2, "one hold, one settlement: {distil_keys:?}");
+    let balance = fx.credits.balance(&fx.acme.tenant_id).await.expect("balance");
+    assert_eq!(balance.held, 0, "no hold is left open");
+}
+
 async fn the_recalled_block_stays_within_its_token_budget(backend: Backend) {
     let fx = Fixture::new(backend).await;
     for n in 0..30 {
@@ -398,6 +446,33 @@ async fn recall_switched_off_or_skipped_for_a_persona_adds_nothing(backend: Back
     let session = fx.session(&fx.acme).await;
     let run = fx.run(&runner, &fx.acme, &session, "Where are the office beehives kept?").await;
     assert_eq!(recalled(&fx.events(&run).await).len(), 1);
+    assert_eq!(fx.persona_requests_holding("Lisbon"), 1);
+}
+
+/// Recall follows the policy of `memory.search` for the run's caller: a member whose
+/// key [`POLICY`] denies `memory.*` gets no recalled block and no `memory.recalled`
+/// event; another member asking the same does.
+async fn a_caller_the_policy_denies_memory_search_gets_no_recalled_block(backend: Backend) {
+    let fx = Fixture::new(backend).await;
+    let new = NewMemory {
+        scope: MemoryScope::Tenant,
+        text: "The office beehives are kept on the roof in Lisbon.".into(),
+        tags: vec![],
+        pinned: false,
+        source: None,
+    };
+    fx.memories.store(&fx.acme.tenant_id, new).await.expect("stored");
+    let runner = fx.runner(MemorySettings { distil: false, ..settings() });
+    let denied = Principal { key_id: "key_000000000000000000zz".into(), ..fx.acme.clone() };
+    assert!(!fx.tools.decide(&denied, "memory.search").is_allowed(), "the fixture denies this key");
+    let session = fx.session(&denied).await;
+    let run = fx.run(&runner, &denied, &session, "Where are the office beehives kept?").await;
+    assert!(recalled(&fx.events(&run).await).is_empty(), "no memory.recalled for the denied caller");
+    assert_eq!(fx.persona_requests_holding("Lisbon"), 0, "the denied caller's model saw no recalled block");
+
+    let session = fx.session(&fx.acme).await;
+    let run = fx.run(&runner, &fx.acme, &session, "Where are the office beehives kept?").await;
+    assert_eq!(recalled(&fx.events(&run).await).len(), 1, "a member's run recalls");
     assert_eq!(fx.persona_requests_holding("Lisbon"), 1);
 }
 
@@ -505,7 +580,7 @@ async fn a_served_run_s_fact_is_remembered_and_recalled_in_a_later_session() {
         })
     });
     let db = TestDb::new(Backend::Sqlite).await;
-    let mut command = crate::server::serve_personas(&db, Backend::Sqlite, &fake, &["personas.*"]);
+    let mut command = crate::server::serve_personas(&db, Backend::Sqlite, &fake, &["personas.*", "memory.search"]);
     let model_dir = std::env::var("MAESTRO_EMBEDDINGS_MODEL_DIR")
         .expect("MAESTRO_EMBEDDINGS_MODEL_DIR is not set: export MAESTRO_EMBEDDINGS_MODEL_DIR=$(scripts/model.sh)");
     command.env("MAESTRO_EMBEDDINGS_MODEL_DIR", model_dir);

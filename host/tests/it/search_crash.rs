@@ -39,23 +39,13 @@ fn digest(title: &str, text: &str) -> String {
     hex::encode(hash.finalize())
 }
 
-/// `maestro index …` on the test's data directory, its stdout parsed as JSON. A reader
-/// in another process can lose the race with the server's writer deleting the files of
-/// a commit it just replaced (the reader then fails to open them): such a read is
-/// retried, a few times.
+/// `maestro index …` on the test's data directory, its stdout parsed as JSON (the CLI
+/// itself retries a read that lost the race with the server's writer replacing a
+/// commit).
 fn index_command(db: &TestDb, backend: Backend, args: &[&str]) -> Value {
-    let command = || {
-        let mut command = crate::server::maestro(db, backend);
-        command.env("MAESTRO_CONFIG", db.dir().join("maestro.toml")).arg("index").args(args).arg("--json");
-        command
-    };
-    for _ in 0..4 {
-        let output = command().output().expect("maestro runs");
-        if output.status.success() {
-            return serde_json::from_str(&stdout(&output)).expect("json");
-        }
-    }
-    serde_json::from_str(&stdout(&run(command()))).expect("json")
+    let mut command = crate::server::maestro(db, backend);
+    command.env("MAESTRO_CONFIG", db.dir().join("maestro.toml")).arg("index").args(args).arg("--json");
+    serde_json::from_str(&stdout(&run(command))).expect("json")
 }
 
 /// What the index's last commit holds.
