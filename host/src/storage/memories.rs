@@ -26,7 +26,8 @@
 //! tenant's vectors of the query's embedder into memory once (the `VectorCache`) and
 //! reuses them while the tenant's `memory_epochs` row is unchanged (triggers move it on
 //! every write that changes what a search sees, whichever connection or process
-//! writes); the scan applies the filter ([`MemoryFilter::matches`]) on a blocking
+//! writes), after a write reading only the rows changed since and the deletions'
+//! tombstones (`vector_cache.rs`, migration 0014); the scan applies the filter ([`MemoryFilter::matches`]) on a blocking
 //! thread and, over a few hundred rows, first ranks every row by an int8 copy of its
 //! vector (a quarter of the bytes to read) and keeps the best ten per hit asked for,
 //! then takes the exact f32 inner product ([`maestro_core::embed::dot`]) of those,

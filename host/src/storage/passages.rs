@@ -11,7 +11,8 @@
 //! re-sorted by their full-precision distance; a smaller one, or a dimension without an
 //! index, exactly. **SQLite** keeps f32 BLOBs
 //! and scans a tenant's vectors in process, cached while its `passage_epochs` row
-//! (moved by triggers on every write) is unchanged.
+//! (moved by triggers on every write) is unchanged and brought forward by the rows
+//! changed since after a write (`vector_cache.rs`, migration 0014).
 //!
 //! [`PassageStore::write_passages`] is the follower's only write: one transaction that
 //! first moves the position with a compare-and-set (`UPDATE passage_follower … WHERE

@@ -60,8 +60,11 @@ pub(super) trait CachedRow: Sized + Clone + Send + Sync + 'static {
 /// numbers in all.
 #[derive(Debug)]
 pub(super) struct TenantCache<T: CachedRow> {
-    tenants: std::sync::Mutex<HashMap<(String, String), Arc<TenantVectors<T>>>>,
+    tenants: std::sync::Mutex<HashMap<CacheKey, Arc<TenantVectors<T>>>>,
 }
+
+/// (tenant id, embedder key).
+type CacheKey = (String, String);
 
 impl<T: CachedRow> Default for TenantCache<T> {
     fn default() -> Self {
@@ -70,19 +73,19 @@ impl<T: CachedRow> Default for TenantCache<T> {
 }
 
 impl<T: CachedRow> TenantCache<T> {
-    fn get(&self, key: &(String, String)) -> Option<Arc<TenantVectors<T>>> {
+    fn get(&self, key: &CacheKey) -> Option<Arc<TenantVectors<T>>> {
         self.tenants.lock().ok()?.get(key).cloned()
     }
 
     /// Removes and returns the entry (so that, when no search holds it, it can be
     /// brought forward in place).
-    fn take(&self, key: &(String, String)) -> Option<Arc<TenantVectors<T>>> {
+    fn take(&self, key: &CacheKey) -> Option<Arc<TenantVectors<T>>> {
         self.tenants.lock().ok()?.remove(key)
     }
 
     /// Keeps `value`, evicting the others when the cache would hold too many numbers;
     /// a value larger than the whole cache is not kept.
-    fn put(&self, key: (String, String), value: Arc<TenantVectors<T>>) {
+    fn put(&self, key: CacheKey, value: Arc<TenantVectors<T>>) {
         let Ok(mut tenants) = self.tenants.lock() else { return };
         if value.flat.len() > CACHE_MAX_FLOATS {
             tenants.remove(&key);
@@ -451,7 +454,7 @@ mod tests {
             tenant: TenantId::from_random([1; 16]),
             scope: MemoryScope::Tenant,
             text: String::new(),
-            tags: if i % 3 == 0 { vec!["third".into()] } else { Vec::new() },
+            tags: if i.is_multiple_of(3) { vec!["third".into()] } else { Vec::new() },
             pinned: false,
             source: None,
             created_at: at,

@@ -702,7 +702,7 @@ async fn interleaved_writes_and_searches_find_what_a_fresh_store_finds_and_tenan
             0 | 1 => {
                 let batch: Vec<(Memory, Vec<f32>)> = (0..=pick(&mut state, 3))
                     .map(|i| {
-                        let tags: &[&str] = if (step + i as u64) % 3 == 0 { &["red"] } else { &[] };
+                        let tags: &[&str] = if (step + i as u64).is_multiple_of(3) { &["red"] } else { &[] };
                         (stored(&a, &info, tags, Utc::now()), random_unit(&mut state, dims))
                     })
                     .collect();
