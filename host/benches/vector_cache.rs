@@ -6,6 +6,12 @@
 //!
 //! `cargo bench -p maestro-host --bench vector_cache`; `PASSAGE_BENCH_SIZE` sets the
 //! tenant's passages (default 20,000).
+//!
+//! Measured 2026-11-29 at 20,000 passages, our crates at opt-level 3 (`--profile dev`
+//! with `CARGO_PROFILE_DEV_OPT_LEVEL=3`; dependencies at the dev profile's 2, no LTO),
+//! on 2 cores under a load average of 9–12: nothing changed p50 2.8 ms (p95 27 ms),
+//! after one write by delta p50 1.7 ms (p95 11 ms), after one write read whole p50
+//! 261 ms (p95 336 ms). In the plain dev profile: 159, 144 and 900 ms.
 
 #[path = "common/mod.rs"]
 mod common;
