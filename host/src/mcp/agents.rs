@@ -7,8 +7,7 @@
 //! either then gets `notifications/resources/updated` when this process writes one of
 //! their versions.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use maestro_core::document::{DocumentId, DocumentKind, DocumentScope};
 use maestro_core::run::{Author, SessionId};
@@ -17,6 +16,7 @@ use rmcp::{Peer, RoleServer};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::subscribe;
 use crate::documents::{Documents, DocumentsError};
 use crate::orchestrator::tools::OrchestratorSlot;
 use crate::tools::{Principal, Tools};
@@ -197,9 +197,12 @@ fn failure(uri: &str, err: &DocumentsError) -> ErrorData {
 
 /// One session's document subscriptions, and the task that forwards their changes.
 #[derive(Debug, Default)]
-pub(super) struct Subscriptions {
-    uris: Arc<Mutex<HashSet<String>>>,
-    started: Mutex<bool>,
+pub(super) struct Subscriptions(subscribe::Subscriptions);
+
+impl subscribe::Change for crate::documents::DocumentChanged {
+    fn uri(&self, tenant: &maestro_core::TenantId) -> Option<String> {
+        (self.tenant == *tenant).then(|| format!("{DOCUMENT_PREFIX}{}", self.document))
+    }
 }
 
 impl Subscriptions {
@@ -220,20 +223,13 @@ impl Subscriptions {
             return Err(not_found(uri));
         }
         agents.documents.get(&principal.tenant_id, &id).await.map_err(|e| failure(uri, &e))?;
-        lock(&self.uris).insert(uri.to_owned());
-        let mut started = self.started.lock().unwrap_or_else(PoisonError::into_inner);
-        if !*started {
-            *started = true;
-            let changes = agents.documents.changes();
-            let target = Target::Peer(peer);
-            tokio::spawn(forward(changes, self.uris.clone(), principal.tenant_id.clone(), target, stop));
-        }
+        self.0.add(uri, || agents.documents.changes(), &principal.tenant_id, peer, stop);
         Ok(())
     }
 
     /// Drops a subscription (unknown ones are fine).
     pub(super) fn unsubscribe(&self, uri: &str) {
-        lock(&self.uris).remove(uri);
+        self.0.remove(uri);
     }
 }
 
@@ -263,62 +259,6 @@ pub(super) async fn listen(
     if uris.is_empty() || !may_read_documents(tools, principal) {
         return;
     }
-    let uris = Arc::new(Mutex::new(uris.into_iter().collect()));
-    let changes = agents.documents.changes();
-    forward(changes, uris, principal.tenant_id.clone(), Target::Sink(sink), stop).await;
-}
-
-/// Where updates go: a session's peer, or a stateless listen stream.
-enum Target {
-    Peer(Peer<RoleServer>),
-    Sink(rmcp::service::SubscriptionSink),
-}
-
-impl Target {
-    /// Sends one update; `false` once the client is gone.
-    async fn updated(&self, uri: String) -> bool {
-        match self {
-            Target::Peer(peer) => {
-                peer.notify_resource_updated(rmcp::model::ResourceUpdatedNotificationParam::new(uri)).await.is_ok()
-            }
-            Target::Sink(sink) => sink.notify_resource_updated(uri).await.is_ok(),
-        }
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Sends `notifications/resources/updated` for every change of a subscribed document
-/// of the tenant, until the session ends or the client is gone.
-async fn forward(
-    mut changes: tokio::sync::broadcast::Receiver<crate::documents::DocumentChanged>,
-    uris: Arc<Mutex<HashSet<String>>>,
-    tenant: maestro_core::TenantId,
-    target: Target,
-    stop: CancellationToken,
-) {
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        let changed = tokio::select! {
-            changed = changes.recv() => changed,
-            () = stop.cancelled() => return,
-        };
-        let updated: Vec<String> = match changed {
-            Ok(change) if change.tenant == tenant => {
-                let uri = format!("{DOCUMENT_PREFIX}{}", change.document);
-                if lock(&uris).contains(&uri) { vec![uri] } else { Vec::new() }
-            }
-            Ok(_) => Vec::new(),
-            // Missed changes: every subscribed document may have changed.
-            Err(RecvError::Lagged(_)) => lock(&uris).iter().cloned().collect(),
-            Err(RecvError::Closed) => return,
-        };
-        for uri in updated {
-            if !target.updated(uri).await {
-                return;
-            }
-        }
-    }
+    let uris = uris.into_iter().collect();
+    subscribe::listen(agents.documents.changes(), uris, &principal.tenant_id, sink, stop).await;
 }

@@ -9,7 +9,6 @@
 //! near-duplicate, or deletes it.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
 
 use maestro_core::TenantId;
 use maestro_core::memory::{MemoryFilter, MemoryId, MemoryScope};
@@ -18,6 +17,7 @@ use rmcp::{Peer, RoleServer};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::subscribe;
 use crate::memory::{Memories, MemoriesError, MemoryChanged};
 use crate::tools::{Principal, Tools};
 
@@ -148,13 +148,12 @@ fn failure(uri: &str, err: &MemoriesError) -> ErrorData {
 
 /// One session's memory subscriptions, and the task that forwards their changes.
 #[derive(Debug, Default)]
-pub(super) struct Subscriptions {
-    uris: Arc<Mutex<HashSet<String>>>,
-    started: Mutex<bool>,
-}
+pub(super) struct Subscriptions(subscribe::Subscriptions);
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+impl subscribe::Change for MemoryChanged {
+    fn uri(&self, tenant: &TenantId) -> Option<String> {
+        (self.tenant == *tenant).then(|| format!("{MEMORY_PREFIX}{}", self.memory))
+    }
 }
 
 impl Subscriptions {
@@ -174,19 +173,13 @@ impl Subscriptions {
             return Err(not_found(uri));
         }
         memories.get(&principal.tenant_id, &id).await.map_err(|e| failure(uri, &e))?;
-        lock(&self.uris).insert(uri.to_owned());
-        let mut started = lock(&self.started);
-        if !*started {
-            *started = true;
-            let (changes, target) = (memories.changes(), Target::Peer(peer));
-            tokio::spawn(forward(changes, self.uris.clone(), principal.tenant_id.clone(), target, stop));
-        }
+        self.0.add(uri, || memories.changes(), &principal.tenant_id, peer, stop);
         Ok(())
     }
 
     /// Drops a subscription (unknown ones are fine).
     pub(super) fn unsubscribe(&self, uri: &str) {
-        lock(&self.uris).remove(uri);
+        self.0.remove(uri);
     }
 }
 
@@ -212,57 +205,5 @@ pub(super) async fn listen(
     if uris.is_empty() || !may_read(tools, principal) {
         return;
     }
-    let changes = memories.changes();
-    forward(changes, Arc::new(Mutex::new(uris)), principal.tenant_id.clone(), Target::Sink(sink), stop).await;
-}
-
-/// Where updates go: a session's peer, or a stateless listen stream.
-enum Target {
-    Peer(Peer<RoleServer>),
-    Sink(rmcp::service::SubscriptionSink),
-}
-
-impl Target {
-    /// Sends one update; `false` once the client is gone.
-    async fn updated(&self, uri: String) -> bool {
-        match self {
-            Target::Peer(peer) => {
-                peer.notify_resource_updated(rmcp::model::ResourceUpdatedNotificationParam::new(uri)).await.is_ok()
-            }
-            Target::Sink(sink) => sink.notify_resource_updated(uri).await.is_ok(),
-        }
-    }
-}
-
-/// Sends `notifications/resources/updated` for every change of a subscribed memory of
-/// the tenant, until the session ends or the client is gone.
-async fn forward(
-    mut changes: tokio::sync::broadcast::Receiver<MemoryChanged>,
-    uris: Arc<Mutex<HashSet<String>>>,
-    tenant: TenantId,
-    target: Target,
-    stop: CancellationToken,
-) {
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        let changed = tokio::select! {
-            changed = changes.recv() => changed,
-            () = stop.cancelled() => return,
-        };
-        let updated: Vec<String> = match changed {
-            Ok(change) if change.tenant == tenant => {
-                let uri = format!("{MEMORY_PREFIX}{}", change.memory);
-                if lock(&uris).contains(&uri) { vec![uri] } else { Vec::new() }
-            }
-            Ok(_) => Vec::new(),
-            // Missed changes: every subscribed memory may have changed.
-            Err(RecvError::Lagged(_)) => lock(&uris).iter().cloned().collect(),
-            Err(RecvError::Closed) => return,
-        };
-        for uri in updated {
-            if !target.updated(uri).await {
-                return;
-            }
-        }
-    }
+    subscribe::listen(memories.changes(), uris, &principal.tenant_id, sink, stop).await;
 }

@@ -19,6 +19,7 @@ mod redact;
 mod resources;
 mod resume;
 mod sampling;
+mod subscribe;
 mod watch;
 
 use std::borrow::Cow;

@@ -26,16 +26,13 @@
 //! tenant's vectors of the query's embedder into memory once (the `VectorCache`) and
 //! reuses them while the tenant's `memory_epochs` row is unchanged (triggers move it on
 //! every write that changes what a search sees, whichever connection or process
-//! writes); the scan applies the filter ([`MemoryFilter::matches`]) on a blocking
+//! writes), after a write reading only the rows changed since and the deletions'
+//! tombstones (`vector_cache.rs`, migration 0014); the scan applies the filter ([`MemoryFilter::matches`]) on a blocking
 //! thread and, over a few hundred rows, first ranks every row by an int8 copy of its
 //! vector (a quarter of the bytes to read) and keeps the best ten per hit asked for,
 //! then takes the exact f32 inner product ([`maestro_core::embed::dot`]) of those,
 //! keeps the best `k` in a heap, and reads those rows. Streaming every row through the
 //! driver instead costs about 30× the in-memory scan (`benches/memory.rs`).
-
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use maestro_core::embed::EmbedderInfo;
@@ -51,6 +48,7 @@ use sqlx::Row as _;
 
 use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
+use super::vector_cache::{CachedRow, TenantCache};
 use super::{backend_err, map_err};
 
 /// Below this many vectors of the query's embedder, a Postgres tenant is searched
@@ -271,59 +269,6 @@ macro_rules! bind_insert {
     }};
 }
 
-/// The best `k` (score, id) pairs seen so far: a min-heap on the score (passages'
-/// exact scan uses it too).
-pub(super) struct TopK {
-    k: usize,
-    heap: BinaryHeap<Candidate>,
-}
-
-struct Candidate {
-    score: f32,
-    id: String,
-}
-
-impl PartialEq for Candidate {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Candidate {}
-impl PartialOrd for Candidate {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Candidate {
-    /// Reversed, so the heap's top is the worst kept candidate (ties: the larger id).
-    fn cmp(&self, other: &Self) -> Ordering {
-        other.score.total_cmp(&self.score).then_with(|| self.id.cmp(&other.id))
-    }
-}
-
-impl TopK {
-    pub(super) fn new(k: usize) -> Self {
-        Self { k, heap: BinaryHeap::with_capacity(k + 1) }
-    }
-
-    /// Whether a candidate with `score` would be kept (so its id is worth copying).
-    pub(super) fn admits(&self, score: f32) -> bool {
-        self.heap.len() < self.k || self.heap.peek().is_some_and(|worst| score > worst.score)
-    }
-
-    pub(super) fn push(&mut self, score: f32, id: String) {
-        self.heap.push(Candidate { score, id });
-        if self.heap.len() > self.k {
-            self.heap.pop();
-        }
-    }
-
-    /// Best first.
-    pub(super) fn into_sorted(self) -> Vec<(f32, String)> {
-        self.heap.into_sorted_vec().into_iter().map(|c| (c.score, c.id)).collect()
-    }
-}
-
 /// Puts rows in the order of `ranked` (id, score), dropping ids no row has.
 fn in_order(ranked: Vec<(f32, String)>, rows: Vec<MemoryRow>) -> Result<Vec<MemoryHit>, StoreError> {
     let mut by_id: std::collections::HashMap<String, MemoryRow> = rows.into_iter().map(|r| (r.id.clone(), r)).collect();
@@ -490,11 +435,15 @@ impl MemoryStore for SqliteStore {
         if k == 0 || query.len() != embedder.dimensions as usize {
             return Ok(Vec::new());
         }
-        let vectors = self.tenant_vectors(tenant, embedder).await?;
+        let vectors = self.tenant_vectors(&self.vectors, tenant, embedder).await?;
         let (query, filter) = (query.to_vec(), filter.clone());
-        let ranked = tokio::task::spawn_blocking(move || vectors.top_k(&query, &filter, k as usize))
-            .await
-            .map_err(backend_err)?;
+        let ranked = tokio::task::spawn_blocking(move || {
+            let everything = filter == MemoryFilter::default();
+            let ranked = vectors.top_k(&query, everything, |memory| filter.matches(memory), k as usize);
+            ranked.into_iter().map(|(score, i)| (score, vectors.rows()[i].id.as_str().to_owned())).collect::<Vec<_>>()
+        })
+        .await
+        .map_err(backend_err)?;
 
         let ids: Vec<&str> = ranked.iter().map(|(_, id)| id.as_str()).collect();
         let sql = format!(
@@ -697,205 +646,36 @@ where
         .collect()
 }
 
-/// Most vector numbers the SQLite cache holds across tenants (256 MiB of f32 and 64 MiB
-/// of their int8 codes, e.g. one tenant of 160,000 384-dimension vectors): a tenant
-/// larger than this alone is scanned but not kept.
-const CACHE_MAX_FLOATS: usize = 64 * 1024 * 1024;
-
 /// SQLite's exact scan reads a tenant's vectors (of one embedder) into memory once and
-/// reuses them while the tenant's `memory_epochs` row (moved by triggers on every write
-/// that changes what a search sees, from any connection) is unchanged: the scan then
-/// runs at memory speed instead of decoding every row through the driver.
-pub(super) type VectorCache = TenantCache<TenantVectors>;
+/// brings them forward by delta after writes (`vector_cache.rs`): the scan then runs at
+/// memory speed instead of decoding every row through the driver.
+pub(super) type VectorCache = TenantCache<Memory>;
 
-/// What a [`TenantCache`] keeps per (tenant, embedder): its size is the count of the
-/// vector numbers it holds.
-pub(super) trait Cached {
-    /// How many vector numbers it holds.
-    fn floats(&self) -> usize;
-}
+impl CachedRow for Memory {
+    type Key = String;
+    const QUANTIZED: bool = true;
+    const EPOCH: &'static str = "SELECT epoch FROM memory_epochs WHERE tenant_id = $1";
+    const DELETED: &'static str = "SELECT id FROM memory_deletions WHERE tenant_id = $1 AND seq > $2";
 
-/// A tenant's vectors of one embedder kept in memory (SQLite's exact scans: memories'
-/// and passages'), at most [`CACHE_MAX_FLOATS`] numbers in all.
-#[derive(Debug)]
-pub(super) struct TenantCache<V> {
-    tenants: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<V>>>,
-}
-
-impl<V> Default for TenantCache<V> {
-    fn default() -> Self {
-        Self { tenants: std::sync::Mutex::default() }
-    }
-}
-
-impl<V: Cached> TenantCache<V> {
-    pub(super) fn get(&self, key: &(String, String)) -> Option<Arc<V>> {
-        self.tenants.lock().ok()?.get(key).cloned()
-    }
-
-    /// Keeps `value`, evicting the others when the cache would hold too many numbers;
-    /// a value larger than the whole cache is not kept.
-    pub(super) fn put(&self, key: (String, String), value: Arc<V>) {
-        let Ok(mut tenants) = self.tenants.lock() else { return };
-        if value.floats() > CACHE_MAX_FLOATS {
-            tenants.remove(&key);
-            return;
-        }
-        let held: usize = tenants.iter().filter(|(k, _)| **k != key).map(|(_, v)| v.floats()).sum();
-        if held + value.floats() > CACHE_MAX_FLOATS {
-            tenants.clear();
-        }
-        tenants.insert(key, value);
-    }
-}
-
-/// One tenant's vectors of one embedder, as of `epoch`.
-#[derive(Debug)]
-pub(super) struct TenantVectors {
-    epoch: i64,
-    dims: usize,
-    /// The memories (without their text), for the filter.
-    memories: Vec<Memory>,
-    /// Their vectors, one after the other.
-    flat: Vec<f32>,
-    /// The same vectors in 8 bits (see [`quantize`]), for the prefilter.
-    codes: Vec<i8>,
-    /// Each vector's scale: its numbers are about `code × scale`.
-    scales: Vec<f32>,
-}
-
-impl TenantVectors {
-    /// The best `k` (score, id) of the memories passing `filter`, best first. Over
-    /// more than twice [`prefilter_size`] rows, an int8 prefilter picks that many
-    /// candidates (a quarter of the memory traffic of f32), which are then scored
-    /// exactly; otherwise every row is scored exactly.
-    fn top_k(&self, query: &[f32], filter: &MemoryFilter, k: usize) -> Vec<(f32, String)> {
-        let everything = *filter == MemoryFilter::default();
-        let passes = |memory: &Memory| everything || filter.matches(memory);
-        let candidates = prefilter_size(k);
-        let mut best = TopK::new(k);
-        if self.memories.len() <= candidates.saturating_mul(2) {
-            for (memory, vector) in self.memories.iter().zip(self.flat.chunks_exact(self.dims)) {
-                if !passes(memory) {
-                    continue;
-                }
-                let score = maestro_core::embed::dot(query, vector);
-                if best.admits(score) {
-                    best.push(score, memory.id.as_str().to_owned());
-                }
-            }
-            return best.into_sorted();
-        }
-        let mut query_codes = Vec::with_capacity(self.dims);
-        quantize(query, &mut query_codes);
-        let mut approximate: Vec<(f32, usize)> = Vec::with_capacity(self.memories.len());
-        let rows = self.codes.chunks_exact(self.dims).zip(&self.scales);
-        for (i, (memory, (codes, scale))) in self.memories.iter().zip(rows).enumerate() {
-            if passes(memory) {
-                approximate.push((dot_i8(codes, &query_codes) as f32 * scale, i));
-            }
-        }
-        if approximate.len() > candidates {
-            approximate.select_nth_unstable_by(candidates - 1, |a, b| b.0.total_cmp(&a.0));
-            approximate.truncate(candidates);
-        }
-        for (_, i) in approximate {
-            let vector = &self.flat[i * self.dims..(i + 1) * self.dims];
-            let score = maestro_core::embed::dot(query, vector);
-            if best.admits(score) {
-                best.push(score, self.memories[i].id.as_str().to_owned());
-            }
-        }
-        best.into_sorted()
-    }
-}
-
-/// Candidates the int8 prefilter keeps for a search of `k`, to be scored exactly: ten
-/// per hit, at least 100. `benches/memory.rs` prints recall@10 against an exact scan.
-fn prefilter_size(k: usize) -> usize {
-    k.saturating_mul(10).max(100)
-}
-
-/// Appends `vector` in 8 bits (each number over the largest magnitude, times 127,
-/// rounded) to `codes`; returns the scale that maps a code back to the number.
-fn quantize(vector: &[f32], codes: &mut Vec<i8>) -> f32 {
-    let largest = vector.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    if largest == 0.0 || !largest.is_finite() {
-        codes.extend(std::iter::repeat_n(0, vector.len()));
-        return 0.0;
-    }
-    let scale = largest / 127.0;
-    codes.extend(vector.iter().map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8));
-    scale
-}
-
-/// The inner product of two code vectors (at most 384 × 127² per 384 numbers: far
-/// from overflowing).
-fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-    a.iter().zip(b).map(|(x, y)| i32::from(*x) * i32::from(*y)).sum()
-}
-
-impl SqliteStore {
-    /// The tenant's vectors of `embedder`: the cached ones while the tenant's epoch is
-    /// unchanged, else read anew (epoch and rows in one read transaction).
-    async fn tenant_vectors(
-        &self,
-        tenant: &TenantId,
-        embedder: &EmbedderInfo,
-    ) -> Result<Arc<TenantVectors>, StoreError> {
-        const EPOCH: &str = "SELECT epoch FROM memory_epochs WHERE tenant_id = $1";
-        let key = (tenant.as_str().to_owned(), embedder.key());
-        let epoch: Option<i64> =
-            sqlx::query_scalar(EPOCH).bind(tenant.as_str()).fetch_optional(&self.pool).await.map_err(backend_err)?;
-        let epoch = epoch.unwrap_or(0);
-        if let Some(cached) = self.vectors.get(&key).filter(|c| c.epoch == epoch) {
-            return Ok(cached);
-        }
-        let mut tx = self.pool.begin().await.map_err(backend_err)?;
-        let epoch: Option<i64> =
-            sqlx::query_scalar(EPOCH).bind(tenant.as_str()).fetch_optional(&mut *tx).await.map_err(backend_err)?;
-        let sql = format!(
-            "SELECT {}, embedding FROM memories WHERE tenant_id = $1 AND provider = $2 AND model = $3 AND dims = $4",
+    fn select() -> String {
+        format!(
+            "SELECT {}, embedding FROM memories WHERE tenant_id = $1",
             columns(SQLITE_TAGS).replace("text,", "'' AS text,")
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(tenant.as_str())
-            .bind(&embedder.provider)
-            .bind(&embedder.model)
-            .bind(dims(embedder))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend_err)?;
-        tx.commit().await.map_err(backend_err)?;
-        let dims = embedder.dimensions as usize;
-        let mut loaded = TenantVectors {
-            epoch: epoch.unwrap_or(0),
-            dims,
-            memories: Vec::with_capacity(rows.len()),
-            flat: Vec::with_capacity(rows.len() * dims),
-            codes: Vec::with_capacity(rows.len() * dims),
-            scales: Vec::with_capacity(rows.len()),
-        };
-        for row in &rows {
-            let bytes: &[u8] = row.try_get("embedding").map_err(backend_err)?;
-            let Some(vector) = maestro_core::memory::vector_from_bytes(bytes).filter(|v| v.len() == dims) else {
-                continue;
-            };
-            let memory = Memory::try_from(<MemoryRow as sqlx::FromRow<_>>::from_row(row).map_err(backend_err)?)?;
-            loaded.memories.push(memory);
-            loaded.flat.extend_from_slice(&vector);
-            let scale = quantize(&vector, &mut loaded.codes);
-            loaded.scales.push(scale);
-        }
-        let loaded = Arc::new(loaded);
-        self.vectors.put(key, loaded.clone());
-        Ok(loaded)
+        )
     }
-}
 
-impl Cached for TenantVectors {
-    fn floats(&self) -> usize {
-        self.flat.len()
+    fn key(&self) -> String {
+        self.id.as_str().to_owned()
+    }
+
+    fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<(Self, EmbedderInfo), StoreError> {
+        let memory = Memory::try_from(<MemoryRow as sqlx::FromRow<_>>::from_row(row).map_err(backend_err)?)?;
+        let embedder = memory.embedder.clone();
+        Ok((memory, embedder))
+    }
+
+    fn deleted(row: &sqlx::sqlite::SqliteRow) -> Result<String, StoreError> {
+        row.try_get("id").map_err(backend_err)
     }
 }
 
@@ -1328,119 +1108,5 @@ impl MemoryStore for PostgresStore {
         self.distillation(&distillation.run)
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("distillation of run {} vanished", distillation.run)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn top_k_keeps_the_best_scores_best_first() {
-        let mut top = TopK::new(3);
-        for (i, score) in [0.1f32, 0.9, 0.5, 0.7, 0.2, 0.95].iter().enumerate() {
-            if top.admits(*score) {
-                top.push(*score, format!("m{i}"));
-            }
-        }
-        let got: Vec<(f32, String)> = top.into_sorted();
-        assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![0.95, 0.9, 0.7]);
-        assert_eq!(got[0].1, "m5");
-    }
-
-    #[test]
-    fn quantized_vectors_keep_their_numbers_within_half_a_step() {
-        let vector = [0.5f32, -0.25, 0.125, 0.0, -0.5];
-        let mut codes = Vec::new();
-        let scale = quantize(&vector, &mut codes);
-        assert_eq!(codes, [127, -64, 32, 0, -127]);
-        for (x, c) in vector.iter().zip(&codes) {
-            assert!((x - f32::from(*c) * scale).abs() <= scale / 2.0);
-        }
-        let mut zeros = Vec::new();
-        assert_eq!(quantize(&[0.0; 3], &mut zeros), 0.0);
-        assert_eq!(zeros, [0, 0, 0]);
-        assert_eq!(dot_i8(&[127, -64], &[127, 2]), 127 * 127 - 128);
-    }
-
-    /// Unit vectors near 16 random centres, like the benchmark's.
-    fn clustered(n: usize, dims: usize, seed: u64) -> Vec<Vec<f32>> {
-        let mut state = seed;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        };
-        let centres: Vec<Vec<f32>> = (0..16).map(|_| (0..dims).map(|_| next()).collect()).collect();
-        (0..n)
-            .map(|i| {
-                let mut v: Vec<f32> = centres[i % 16].iter().map(|c| c + 0.8 * next()).collect();
-                maestro_core::embed::normalise(&mut v);
-                v
-            })
-            .collect()
-    }
-
-    fn tenant_vectors(vectors: &[Vec<f32>]) -> TenantVectors {
-        let dims = vectors[0].len();
-        let embedder = EmbedderInfo { provider: "test".into(), model: "m".into(), dimensions: dims as u32 };
-        let at = Utc::now();
-        let mut loaded = TenantVectors {
-            epoch: 0,
-            dims,
-            memories: Vec::new(),
-            flat: Vec::new(),
-            codes: Vec::new(),
-            scales: Vec::new(),
-        };
-        for (i, vector) in vectors.iter().enumerate() {
-            let mut id = [0u8; 16];
-            id[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            loaded.memories.push(Memory {
-                id: MemoryId::from_random(id),
-                tenant: TenantId::from_random([1; 16]),
-                scope: MemoryScope::Tenant,
-                text: String::new(),
-                tags: if i % 3 == 0 { vec!["third".into()] } else { Vec::new() },
-                pinned: false,
-                source: None,
-                created_at: at,
-                updated_at: at,
-                last_used_at: None,
-                embedder: embedder.clone(),
-            });
-            loaded.flat.extend_from_slice(vector);
-            let scale = quantize(vector, &mut loaded.codes);
-            loaded.scales.push(scale);
-        }
-        loaded
-    }
-
-    #[test]
-    fn the_int8_prefilter_finds_the_exact_top_k_with_and_without_a_filter() {
-        let vectors = clustered(3_000, 64, 0x2545_f491);
-        let loaded = tenant_vectors(&vectors);
-        assert!(loaded.memories.len() > 2 * prefilter_size(10), "the prefilter is used");
-        let exact = |query: &[f32], keep: &dyn Fn(usize) -> bool| {
-            let mut scored: Vec<(f32, usize)> = vectors
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| keep(*i))
-                .map(|(i, v)| (maestro_core::embed::dot(query, v), i))
-                .collect();
-            scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-            scored.into_iter().take(10).map(|(_, i)| loaded.memories[i].id.as_str().to_owned()).collect::<Vec<_>>()
-        };
-        let third = MemoryFilter { tags: vec!["third".into()], ..Default::default() };
-        for q in 0..20 {
-            let mut query: Vec<f32> = vectors[q * 37].iter().map(|x| x + 0.01 * ((q % 5) as f32 - 2.0)).collect();
-            maestro_core::embed::normalise(&mut query);
-            let got: Vec<String> =
-                loaded.top_k(&query, &MemoryFilter::default(), 10).into_iter().map(|h| h.1).collect();
-            assert_eq!(got, exact(&query, &|_| true), "query {q}");
-            let got: Vec<String> = loaded.top_k(&query, &third, 10).into_iter().map(|h| h.1).collect();
-            assert_eq!(got, exact(&query, &|i| i % 3 == 0), "filtered query {q}");
-        }
     }
 }

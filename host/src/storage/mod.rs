@@ -24,6 +24,7 @@ mod shared;
 mod signal;
 pub mod sqlite;
 mod unit;
+mod vector_cache;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -11,7 +11,8 @@
 //! re-sorted by their full-precision distance; a smaller one, or a dimension without an
 //! index, exactly. **SQLite** keeps f32 BLOBs
 //! and scans a tenant's vectors in process, cached while its `passage_epochs` row
-//! (moved by triggers on every write) is unchanged.
+//! (moved by triggers on every write) is unchanged and brought forward by the rows
+//! changed since after a write (`vector_cache.rs`, migration 0014).
 //!
 //! [`PassageStore::write_passages`] is the follower's only write: one transaction that
 //! first moves the position with a compare-and-set (`UPDATE passage_follower … WHERE
@@ -20,7 +21,6 @@
 //! replaces the named objects' passages.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use maestro_core::embed::EmbedderInfo;
@@ -32,9 +32,10 @@ use maestro_core::search::{OutboxPosition, SearchKind};
 use maestro_core::{StoreError, TenantId};
 use sqlx::Row as _;
 
-use super::memories::{Cached, TenantCache, TopK, VectorTable, nearest_order};
+use super::memories::{VectorTable, nearest_order};
 use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
+use super::vector_cache::{CachedRow, TenantCache};
 use super::{backend_err, map_err};
 
 /// A raw `passages` row (without its vector).
@@ -255,97 +256,36 @@ fn in_order(
 }
 
 /// SQLite's exact scan reads a tenant's passage vectors (of one embedder) into memory
-/// once and reuses them while the tenant's `passage_epochs` row is unchanged (a cache
-/// of its own, of the memories' cache's size).
-pub(super) type PassageCache = TenantCache<TenantPassages>;
+/// once and brings them forward by delta after writes (`vector_cache.rs`; a cache of
+/// its own, of the memories' cache's size).
+pub(super) type PassageCache = TenantCache<Passage>;
 
-/// One tenant's passages of one embedder, as of `epoch`.
-#[derive(Debug)]
-pub(super) struct TenantPassages {
-    epoch: i64,
-    dims: usize,
-    /// The passages (without their text), for the filter.
-    passages: Vec<Passage>,
-    /// Their vectors, one after the other.
-    flat: Vec<f32>,
-}
+impl CachedRow for Passage {
+    type Key = (SearchKind, String, u32);
+    const QUANTIZED: bool = false;
+    const EPOCH: &'static str = "SELECT epoch FROM passage_epochs WHERE tenant_id = $1";
+    const DELETED: &'static str =
+        "SELECT kind, object_id, chunk FROM passage_deletions WHERE tenant_id = $1 AND seq > $2";
 
-impl TenantPassages {
-    /// The best `k` (score, index into `passages`) passing `filter`, best first.
-    fn top_k(&self, query: &[f32], filter: &PassageFilter, k: usize) -> Vec<(f32, usize)> {
-        let mut best = TopK::new(k);
-        let everything = *filter == PassageFilter::default();
-        for (i, (passage, vector)) in self.passages.iter().zip(self.flat.chunks_exact(self.dims)).enumerate() {
-            if !everything && !filter.matches(passage) {
-                continue;
-            }
-            let score = maestro_core::embed::dot(query, vector);
-            if best.admits(score) {
-                // Zero-padded, so that ties break in load order.
-                best.push(score, format!("{i:012}"));
-            }
-        }
-        best.into_sorted().into_iter().filter_map(|(score, i)| Some((score, i.parse().ok()?))).collect()
+    fn select() -> String {
+        format!("SELECT {}, embedding FROM passages WHERE tenant_id = $1", COLUMNS.replace("text,", "'' AS text,"))
     }
-}
 
-impl Cached for TenantPassages {
-    fn floats(&self) -> usize {
-        self.flat.len()
+    fn key(&self) -> Self::Key {
+        (self.kind, self.object.clone(), self.chunk)
     }
-}
 
-impl SqliteStore {
-    /// The tenant's passages of `embedder`: the cached ones while the tenant's epoch is
-    /// unchanged, else read anew (epoch and rows in one read transaction).
-    async fn tenant_passages(
-        &self,
-        tenant: &TenantId,
-        embedder: &EmbedderInfo,
-    ) -> Result<Arc<TenantPassages>, StoreError> {
-        const EPOCH: &str = "SELECT epoch FROM passage_epochs WHERE tenant_id = $1";
-        let key = (tenant.as_str().to_owned(), embedder.key());
-        let epoch: Option<i64> =
-            sqlx::query_scalar(EPOCH).bind(tenant.as_str()).fetch_optional(&self.pool).await.map_err(backend_err)?;
-        if let Some(cached) = self.passage_vectors.get(&key).filter(|c| c.epoch == epoch.unwrap_or(0)) {
-            return Ok(cached);
-        }
-        let mut tx = self.pool.begin().await.map_err(backend_err)?;
-        let epoch: Option<i64> =
-            sqlx::query_scalar(EPOCH).bind(tenant.as_str()).fetch_optional(&mut *tx).await.map_err(backend_err)?;
-        let sql = format!(
-            "SELECT {}, embedding FROM passages WHERE tenant_id = $1 AND provider = $2 AND model = $3 AND dims = $4",
-            COLUMNS.replace("text,", "'' AS text,")
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(tenant.as_str())
-            .bind(&embedder.provider)
-            .bind(&embedder.model)
-            .bind(dims(embedder))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend_err)?;
-        tx.commit().await.map_err(backend_err)?;
-        let dims = embedder.dimensions as usize;
-        let mut loaded = TenantPassages {
-            epoch: epoch.unwrap_or(0),
-            dims,
-            passages: Vec::with_capacity(rows.len()),
-            flat: Vec::with_capacity(rows.len() * dims),
-        };
-        for row in &rows {
-            let bytes: &[u8] = row.try_get("embedding").map_err(backend_err)?;
-            let Some(vector) = vector_from_bytes(bytes).filter(|v| v.len() == dims) else {
-                continue;
-            };
-            let raw = <PassageRow as sqlx::FromRow<_>>::from_row(row).map_err(backend_err)?;
-            let (passage, _) = <(Passage, EmbedderInfo)>::try_from(raw)?;
-            loaded.passages.push(passage);
-            loaded.flat.extend_from_slice(&vector);
-        }
-        let loaded = Arc::new(loaded);
-        self.passage_vectors.put(key, loaded.clone());
-        Ok(loaded)
+    fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<(Self, EmbedderInfo), StoreError> {
+        <(Passage, EmbedderInfo)>::try_from(<PassageRow as sqlx::FromRow<_>>::from_row(row).map_err(backend_err)?)
+    }
+
+    fn deleted(row: &sqlx::sqlite::SqliteRow) -> Result<Self::Key, StoreError> {
+        let kind: String = row.try_get("kind").map_err(backend_err)?;
+        let object: String = row.try_get("object_id").map_err(backend_err)?;
+        let chunk: i64 = row.try_get("chunk").map_err(backend_err)?;
+        let corrupt = || StoreError::Corrupt(format!("passage tombstone {object}#{chunk}"));
+        let kind = SearchKind::parse(&kind).ok_or_else(corrupt)?;
+        Ok((kind, object.clone(), u32::try_from(chunk).map_err(|_| corrupt())?))
     }
 }
 
@@ -363,15 +303,18 @@ impl PassageStore for SqliteStore {
         if k == 0 || query.len() != embedder.dimensions as usize || !kinds_wanted {
             return Ok(Vec::new());
         }
-        let passages = self.tenant_passages(tenant, embedder).await?;
+        let passages = self.tenant_vectors(&self.passage_vectors, tenant, embedder).await?;
         let (query, owned_filter, scan) = (query.to_vec(), filter.clone(), passages.clone());
-        let ranked = tokio::task::spawn_blocking(move || scan.top_k(&query, &owned_filter, k as usize))
-            .await
-            .map_err(backend_err)?;
+        let ranked = tokio::task::spawn_blocking(move || {
+            let everything = owned_filter == PassageFilter::default();
+            scan.top_k(&query, everything, |passage| owned_filter.matches(passage), k as usize)
+        })
+        .await
+        .map_err(backend_err)?;
         let ranked: Vec<(f32, SearchKind, String, u32)> = ranked
             .into_iter()
             .map(|(score, i)| {
-                let p = &passages.passages[i];
+                let p = &passages.rows()[i];
                 (score, p.kind, p.object.clone(), p.chunk)
             })
             .collect();
@@ -639,10 +582,13 @@ mod tests {
             "SELECT {COLUMNS}, embedding FROM passages WHERE tenant_id = $1 AND provider = $2 AND model = $3 AND dims = $4"
         );
         let (first, middle) = (objects_between(false, true), objects_between(true, true));
+        let (delta, deleted) = (format!("{} AND seq > $2", Passage::select()), Passage::DELETED);
         crate::storage::assert_indexed_on_sqlite(&[
             ("OBJECTS_BETWEEN first", first.as_str()),
             ("OBJECTS_BETWEEN middle", middle.as_str()),
             ("LOAD", load.as_str()),
+            ("DELTA", delta.as_str()),
+            ("DELETED", deleted),
         ])
         .await;
     }

@@ -316,7 +316,8 @@ fn spec(op: Op) -> ToolSpec {
     }
 }
 
-fn parse<T: DeserializeOwned>(arguments: Value) -> Result<T, HostResult> {
+/// A tool's arguments as `T`, or the invalid-arguments result (the memory tools' too).
+pub(super) fn parse<T: DeserializeOwned>(arguments: Value) -> Result<T, HostResult> {
     serde_json::from_value(arguments).map_err(|e| HostResult::invalid(e.to_string()))
 }
 
@@ -324,7 +325,8 @@ fn document_id(raw: &str) -> Option<DocumentId> {
     DocumentId::parse(raw).ok()
 }
 
-fn clip(raw: &str) -> String {
+/// At most 64 characters of a caller's input, to quote it in an error.
+pub(super) fn clip(raw: &str) -> String {
     raw.chars().take(64).collect()
 }
 
@@ -391,7 +393,8 @@ fn context_block(documents: &[Document]) -> Option<String> {
     Some(block)
 }
 
-fn output(text: String, structured: Value, events: Vec<EventBody>) -> HostResult {
+/// A successful result: `text` for the model, `structured` for clients, and `events`.
+pub(super) fn output(text: String, structured: Value, events: Vec<EventBody>) -> HostResult {
     HostResult {
         outcome: Ok(ToolOutput { content: vec![Content::Text { text }], structured: Some(structured) }),
         events,

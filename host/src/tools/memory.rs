@@ -21,12 +21,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use maestro_core::memory::{Memory, MemoryFilter, MemoryId, MemoryScope, MemorySource};
-use maestro_core::plugin::{Annotations, Content, ToolOutput, ToolSpec};
+use maestro_core::plugin::{Annotations, ToolSpec};
 use maestro_core::run::SessionId;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::documents::{clip, parse};
 use super::host::{HostCall, HostResult, HostTool, Origin};
 use crate::memory::{Memories, MemoriesError, NewMemory, Remembered};
 
@@ -413,20 +413,12 @@ fn spec(op: Op) -> ToolSpec {
     }
 }
 
-fn parse<T: DeserializeOwned>(arguments: Value) -> Result<T, HostResult> {
-    serde_json::from_value(arguments).map_err(|e| HostResult::invalid(e.to_string()))
-}
-
-fn clip(raw: &str) -> String {
-    raw.chars().take(64).collect()
-}
-
 fn not_found() -> HostResult {
     HostResult::error("memory not found")
 }
 
 fn output(text: String, structured: Value) -> HostResult {
-    HostResult::output(ToolOutput { content: vec![Content::Text { text }], structured: Some(structured) })
+    super::documents::output(text, structured, Vec::new())
 }
 
 /// A use-case error as the tool's result.

@@ -33,6 +33,7 @@ backend_tests!(
     a_small_tenant_gets_its_own_top_k_inside_large_tenants_data_clustered_around_the_query,
     changing_the_embedder_re_embeds_every_memory_in_the_background,
     a_search_sees_writes_made_through_another_store_on_the_same_database,
+    interleaved_writes_and_searches_find_what_a_fresh_store_finds_and_tenants_never_mix,
 );
 
 struct Api {
@@ -657,4 +658,120 @@ fn rand_bytes() -> [u8; 16] {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("random");
     bytes
+}
+
+/// A random unit vector of `dims` numbers from `state` (xorshift).
+pub(crate) fn random_unit(state: &mut u64, dims: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..dims)
+        .map(|_| {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            (*state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect();
+    normalise(&mut v);
+    v
+}
+
+async fn interleaved_writes_and_searches_find_what_a_fresh_store_finds_and_tenants_never_mix(backend: Backend) {
+    // SQLite brings a tenant's cached vectors forward by the rows changed since (and
+    // the tombstones of those deleted), or reads them whole when far behind: after
+    // every kind of write, a long-lived store's search equals a new store's (which
+    // reads everything) and the exact top 5 of the rows as the test keeps them.
+    let db = TestDb::new(backend).await;
+    let cached = db.open().await;
+    let (a, b) =
+        (crate::storage_runs::tenant(&cached, "acme").await, crate::storage_runs::tenant(&cached, "beta").await);
+    let (info, other) = (FakeEmbedder::named("fake-a").info().clone(), FakeEmbedder::named("fake-b").info().clone());
+    let dims = info.dimensions as usize;
+    let mut state = 0x5eed_1234_u64;
+    let mut live: Vec<(Memory, Vec<f32>)> = Vec::new();
+    let red = MemoryFilter { tags: vec!["red".into()], ..Default::default() };
+    let mut searches = 0;
+    for step in 0..90u64 {
+        let pick = |state: &mut u64, n: usize| {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            (*state % n.max(1) as u64) as usize
+        };
+        let op = if live.len() < 8 { 0 } else { pick(&mut state, 6) };
+        match op {
+            // Inserted, one to three at a time.
+            0 | 1 => {
+                let batch: Vec<(Memory, Vec<f32>)> = (0..=pick(&mut state, 3))
+                    .map(|i| {
+                        let tags: &[&str] = if (step + i as u64).is_multiple_of(3) { &["red"] } else { &[] };
+                        (stored(&a, &info, tags, Utc::now()), random_unit(&mut state, dims))
+                    })
+                    .collect();
+                cached.insert_memories(&batch).await.expect("insert");
+                live.extend(batch);
+            }
+            // New text and vector.
+            2 => {
+                let i = pick(&mut state, live.len());
+                let vector = random_unit(&mut state, dims);
+                let patch = maestro_core::memory::MemoryPatch {
+                    text: Some((format!("text {step}"), vector.clone(), info.clone())),
+                    ..Default::default()
+                };
+                cached.update_memory(&a, &live[i].0.id, &patch, Utc::now()).await.expect("update").expect("found");
+                live[i].1 = vector;
+            }
+            // Tags changed.
+            3 => {
+                let i = pick(&mut state, live.len());
+                let tags = if live[i].0.tags.is_empty() { vec!["red".to_owned()] } else { Vec::new() };
+                let patch = maestro_core::memory::MemoryPatch { tags: Some(tags.clone()), ..Default::default() };
+                cached.update_memory(&a, &live[i].0.id, &patch, Utc::now()).await.expect("update").expect("found");
+                live[i].0.tags = tags;
+            }
+            // Deleted.
+            4 => {
+                let (gone, _) = live.swap_remove(pick(&mut state, live.len()));
+                assert!(cached.delete_memory(&a, &gone.id).await.expect("delete"));
+            }
+            // Re-embedded by another embedder: no longer among fake-a's vectors.
+            _ => {
+                let (gone, _) = live.swap_remove(pick(&mut state, live.len()));
+                let patch = maestro_core::memory::MemoryPatch {
+                    text: Some(("elsewhere".into(), random_unit(&mut state, dims), other.clone())),
+                    ..Default::default()
+                };
+                cached.update_memory(&a, &gone.id, &patch, Utc::now()).await.expect("update").expect("found");
+            }
+        }
+        // The other tenant holds vectors right at the query.
+        let query = random_unit(&mut state, dims);
+        if step % 10 == 0 {
+            let near = (stored(&b, &info, &["red"], Utc::now()), query.clone());
+            cached.insert_memories(std::slice::from_ref(&near)).await.expect("insert");
+        }
+        if step % 2 == 1 {
+            continue;
+        }
+        let fresh = db.open().await;
+        for filter in [MemoryFilter::default(), red.clone()] {
+            let got = cached.search_memories(&a, &info, &query, &filter, 5).await.expect("search");
+            assert!(got.iter().all(|h| h.memory.tenant == a), "step {step}: only the tenant's own");
+            let got: Vec<MemoryId> = got.into_iter().map(|h| h.memory.id).collect();
+            let full = fresh.search_memories(&a, &info, &query, &filter, 5).await.expect("search");
+            let full: Vec<MemoryId> = full.into_iter().map(|h| h.memory.id).collect();
+            assert_eq!(got, full, "step {step}: as a full load finds");
+            assert_eq!(got, exact(&live, &query, 5, |m| filter.matches(m)), "step {step}: the exact top 5");
+            searches += 1;
+        }
+    }
+    assert_eq!(searches, 90);
+    // Further behind than a delta brings forward (one batch of 1,100 rows): read whole.
+    let batch: Vec<(Memory, Vec<f32>)> =
+        (0..1_100).map(|_| (stored(&a, &info, &[], Utc::now()), random_unit(&mut state, dims))).collect();
+    cached.insert_memories(&batch).await.expect("insert");
+    live.extend(batch);
+    let query = random_unit(&mut state, dims);
+    let got = cached.search_memories(&a, &info, &query, &MemoryFilter::default(), 5).await.expect("search");
+    let got: Vec<MemoryId> = got.into_iter().map(|h| h.memory.id).collect();
+    assert_eq!(got, exact(&live, &query, 5, |_| true), "after a large batch");
 }

@@ -41,6 +41,7 @@ backend_tests!(
     an_unavailable_embedder_delays_passages_and_drops_none,
     the_real_model_finds_a_paraphrase_that_shares_no_word,
     of_two_leased_followers_one_embeds_and_the_other_takes_over_when_it_stops,
+    interleaved_passage_writes_and_searches_find_what_a_fresh_store_finds,
 );
 
 /// Short cadences so that tests wait milliseconds; small batches so that cuts happen.
@@ -706,4 +707,119 @@ async fn of_two_leased_followers_one_embeds_and_the_other_takes_over_when_it_sto
     assert_eq!(stored.len(), written.len());
     stops[other].cancel();
     tasks[other].take().expect("task").await.expect("stops");
+}
+
+/// A passage write at the stored position that replaces `objects` with `passages`.
+async fn replace(store: &Arc<dyn Store>, objects: &[String], passages: Vec<(Passage, Vec<f32>)>) {
+    let at = store.passage_follower().await.expect("follower").position;
+    let write = PassageWrite {
+        expected: at,
+        next: at,
+        follows_outbox: false,
+        objects: objects.iter().map(|o| (SearchKind::Document, o.clone())).collect(),
+        embedder: fake_a(),
+        passages,
+    };
+    assert!(store.write_passages(&write).await.expect("write"), "written");
+}
+
+async fn interleaved_passage_writes_and_searches_find_what_a_fresh_store_finds(backend: Backend) {
+    // SQLite brings a tenant's cached passage vectors forward by delta (an object
+    // rewritten is deleted and inserted again, under the same keys and reused rowids),
+    // or reads them whole when far behind; each search equals a new store's and the
+    // exact top 8 of the passages as the test keeps them, and never shows another
+    // tenant's passages lying right at the query.
+    let db = TestDb::new(backend).await;
+    let cached = db.open().await;
+    let (a, b) = (tenant(&cached, "acme").await, tenant(&cached, "beta").await);
+    let dims = fake_a().dimensions as usize;
+    let mut state = 0x0dd_ba11_u64;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let unit = |seed: u64| crate::memories::random_unit(&mut (seed * 2 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15), dims);
+    let passage = |tenant: &TenantId, object: &str, chunk: u32, author: &str| Passage {
+        tenant: tenant.clone(),
+        kind: SearchKind::Document,
+        object: object.to_owned(),
+        chunk,
+        session: None,
+        author: Some(author.to_owned()),
+        at: t0(),
+        text: format!("{object} {chunk}"),
+    };
+    // What the store holds of tenant a: key → (passage, vector).
+    let mut held: HashMap<(String, u32), (Passage, Vec<f32>)> = HashMap::new();
+    let by_ann = PassageFilter { author: Some("ann".into()), ..Default::default() };
+    let objects = |n: u64| (0..n).map(|i| format!("doc_{i}")).collect::<Vec<_>>();
+    let all = objects(12);
+    let mut seed = 1;
+    let compare = async |held: &HashMap<(String, u32), (Passage, Vec<f32>)>, what: &str, seed: u64| {
+        let query = unit(seed);
+        let fresh = db.open().await;
+        for filter in [PassageFilter::default(), by_ann.clone()] {
+            let key = |h: maestro_core::passage::PassageHit| (h.passage.object, h.passage.chunk);
+            let got = cached.search_passages(&a, &fake_a(), &query, &filter, 8).await.expect("search");
+            assert!(got.iter().all(|h| h.passage.tenant == a), "{what}: only the tenant's own");
+            let got: Vec<(String, u32)> = got.into_iter().map(key).collect();
+            let full = fresh.search_passages(&a, &fake_a(), &query, &filter, 8).await.expect("search");
+            assert_eq!(got, full.into_iter().map(key).collect::<Vec<_>>(), "{what}: as a full load finds");
+            let mut exact: Vec<(f32, (String, u32))> = held
+                .iter()
+                .filter(|(_, (p, _))| filter.matches(p))
+                .map(|(k, (_, v))| (maestro_core::embed::dot(&query, v), k.clone()))
+                .collect();
+            exact.sort_by(|x, y| y.0.total_cmp(&x.0));
+            assert_eq!(got, exact.into_iter().take(8).map(|(_, k)| k).collect::<Vec<_>>(), "{what}: the exact top 8");
+        }
+    };
+    for step in 0..40 {
+        // One object rewritten (one to four chunks, another author, new vectors) or
+        // deleted; now and then the other tenant gains a passage at the next query.
+        let object = all[next(all.len() as u64) as usize].clone();
+        held.retain(|(o, _), _| *o != object);
+        let mut passages = Vec::new();
+        if next(4) != 0 {
+            let author = if next(2) == 0 { "ann" } else { "bob" };
+            for chunk in 0..=next(4) as u32 {
+                seed += 1;
+                let p = passage(&a, &object, chunk, author);
+                held.insert((object.clone(), chunk), (p.clone(), unit(seed)));
+                passages.push((p, unit(seed)));
+            }
+        }
+        if step % 5 == 0 {
+            let near = format!("doc_b{step}");
+            replace(&cached, std::slice::from_ref(&near), vec![(passage(&b, &near, 0, "ann"), unit(seed + 1))]).await;
+        }
+        replace(&cached, std::slice::from_ref(&object), passages).await;
+        compare(&held, &format!("step {step}"), seed + 1).await;
+    }
+    // 1,200 passages written, then deleted, in single writes: further behind than a
+    // delta brings forward, and the deletions' tombstones pruned to their window.
+    let many = objects(20).into_iter().map(|o| format!("{o}_many")).collect::<Vec<_>>();
+    let mut passages = Vec::new();
+    for object in &many {
+        for chunk in 0..60 {
+            seed += 1;
+            let p = passage(&a, object, chunk, "ann");
+            held.insert((object.clone(), chunk), (p.clone(), unit(seed)));
+            passages.push((p, unit(seed)));
+        }
+    }
+    replace(&cached, &many, passages).await;
+    compare(&held, "after 1,200 inserts", seed + 1).await;
+    replace(&cached, &many, Vec::new()).await;
+    held.retain(|(o, _), _| !o.ends_with("_many"));
+    compare(&held, "after 1,200 deletes", seed + 2).await;
+    // And by delta again.
+    let object = all[0].clone();
+    held.retain(|(o, _), _| *o != object);
+    let p = passage(&a, &object, 0, "ann");
+    held.insert((object.clone(), 0), (p.clone(), unit(seed + 3)));
+    replace(&cached, std::slice::from_ref(&object), vec![(p, unit(seed + 3))]).await;
+    compare(&held, "after the deletes, one rewrite", seed + 3).await;
 }
