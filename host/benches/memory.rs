@@ -371,47 +371,54 @@ async fn time_steps(url: &str, who: &TenantId, queries: &Queries, limit: usize) 
         took[1] = start.elapsed();
         drop(conn);
 
-        let start = Instant::now();
-        let _: (i64, f32) = sqlx::query_as(count_sql)
-            .bind(who.as_str())
-            .bind(&info.provider)
-            .bind(&info.model)
-            .bind(DIMS as i32)
-            .fetch_one(&pool)
-            .await
-            .expect("count");
-        took[2] = start.elapsed();
-        let start = Instant::now();
-        let mut tx = pool.begin().await.expect("begin");
-        took[3] = start.elapsed();
-        let start = Instant::now();
-        sqlx::query(
-            "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), \
-             set_config('hnsw.ef_search', $1, true), set_config('enable_sort', 'off', true)",
-        )
-        .bind(&ef)
-        .execute(&mut *tx)
-        .await
-        .expect("settings");
-        took[4] = start.elapsed();
-        let start = Instant::now();
-        let rows = search(q).fetch_all(&mut *tx).await.expect("search");
-        took[5] = start.elapsed();
-        assert_eq!(rows.len(), K);
-        let start = Instant::now();
-        tx.commit().await.expect("commit");
-        took[6] = start.elapsed();
-
-        let start = Instant::now();
-        let mut tx = pool.begin_with(sqlx::AssertSqlSafe(begin.clone())).await.expect("begin with");
-        took[7] = start.elapsed();
-        let start = Instant::now();
-        let rows = search(q).fetch_all(&mut *tx).await.expect("search");
-        took[8] = start.elapsed();
-        assert_eq!(rows.len(), K);
-        let start = Instant::now();
-        drop(tx);
-        took[9] = start.elapsed();
+        // Each sequence runs first in every other round: the second reads pages the
+        // first brought into the buffers.
+        let order = if round % 2 == 0 { [true, false] } else { [false, true] };
+        for before in order {
+            if before {
+                let start = Instant::now();
+                let _: (i64, f32) = sqlx::query_as(count_sql)
+                    .bind(who.as_str())
+                    .bind(&info.provider)
+                    .bind(&info.model)
+                    .bind(DIMS as i32)
+                    .fetch_one(&pool)
+                    .await
+                    .expect("count");
+                took[2] = start.elapsed();
+                let start = Instant::now();
+                let mut tx = pool.begin().await.expect("begin");
+                took[3] = start.elapsed();
+                let start = Instant::now();
+                sqlx::query(
+                    "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), \
+                     set_config('hnsw.ef_search', $1, true), set_config('enable_sort', 'off', true)",
+                )
+                .bind(&ef)
+                .execute(&mut *tx)
+                .await
+                .expect("settings");
+                took[4] = start.elapsed();
+                let start = Instant::now();
+                let rows = search(q).fetch_all(&mut *tx).await.expect("search");
+                took[5] = start.elapsed();
+                assert_eq!(rows.len(), K);
+                let start = Instant::now();
+                tx.commit().await.expect("commit");
+                took[6] = start.elapsed();
+            } else {
+                let start = Instant::now();
+                let mut tx = pool.begin_with(sqlx::AssertSqlSafe(begin.clone())).await.expect("begin with");
+                took[7] = start.elapsed();
+                let start = Instant::now();
+                let rows = search(q).fetch_all(&mut *tx).await.expect("search");
+                took[8] = start.elapsed();
+                assert_eq!(rows.len(), K);
+                let start = Instant::now();
+                drop(tx);
+                took[9] = start.elapsed();
+            }
+        }
         if round >= 10 {
             for (all, one) in samples.iter_mut().zip(took) {
                 all.push(one);
