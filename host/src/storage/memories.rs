@@ -62,9 +62,9 @@ use super::{backend_err, map_err};
 
 /// Below this many vectors of the query's embedder, a Postgres tenant is searched
 /// exactly rather than through the HNSW index: measured with `benches/memory.rs` (an
-/// exact scan of 1,000 384-dimension vectors in the shared table took 1.4 ms p50, of
-/// 2,000 2.3 ms, of 4,000 5.2 ms; a search of a 100,000-vector tenant through the index
-/// about 6 ms with its round trips: 2,000 exact costs less, and is exact).
+/// exact scan of 1,000 384-dimension vectors in the shared table took 1.0 ms p50, of
+/// 2,000 1.7 ms, of 4,000 3.9 ms; a search of a 100,000-vector tenant through the index
+/// 4.9 ms in the same run, on a loaded machine: 2,000 exact costs less, and is exact).
 pub const EXACT_SCAN_BELOW: i64 = 2_000;
 
 /// A tenant goes through the HNSW index only when it holds at least one row in this
@@ -765,8 +765,8 @@ pub(super) enum VectorTable {
     Passages,
 }
 
-/// How a Postgres vector search reads a tenant's rows, by the rule
-/// [`PostgresStore::search_through_index`] states.
+/// How a Postgres vector search reads a tenant's rows: chosen from the tenant's count
+/// of vectors in the query's embedder and the table's size (see the module's notes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SearchRoad {
     /// Fewer than [`EXACT_SCAN_BELOW`] vectors: one statement, an exact scan through the
@@ -781,7 +781,7 @@ pub enum SearchRoad {
 }
 
 /// How long a Postgres store reuses a tenant's [`SearchRoad`] in one embedder's space
-/// before reading the counts again ([`SearchPaths`]). The store's own writes to the
+/// before reading the counts again (`SearchPaths`). The store's own writes to the
 /// table forget its choices at once; another replica's are seen within this time. The
 /// choice only picks the faster road, both return the tenant's own rows: a stale one
 /// costs time (or, through the index for a tenant that has just shrunk, some recall)
