@@ -4,7 +4,8 @@
 //! `cargo bench -p maestro-host --bench memory` (Postgres too when `TEST_DATABASE_URL`
 //! names a pgvector server; a fresh database is created on it). Sizes default to 10,000
 //! and 100,000 vectors of 384 dimensions; `MEMORY_BENCH_SIZES=10000` picks others,
-//! `MEMORY_BENCH_QUERIES=50` fewer queries (200).
+//! `MEMORY_BENCH_QUERIES=50` fewer queries (200), `MEMORY_BENCH_BACKENDS=postgres` one
+//! backend (both).
 //!
 //! Vectors are unit length, drawn around 64 random centres (like embeddings of texts
 //! on a few topics). Two sets of queries: **near** ones, a stored vector moved a little
@@ -37,7 +38,7 @@ use common::{millis, percentile};
 use maestro_core::embed::{EmbedderInfo, dot, normalise};
 use maestro_core::memory::{Memory, MemoryFilter, MemoryId, MemoryScope};
 use maestro_core::{Store, Tenant, TenantId, TenantName};
-use maestro_host::storage::memories::{EF_SEARCH_MIN, EF_SEARCH_PER_HIT, EXACT_SCAN_BELOW};
+use maestro_host::storage::memories::{EF_SEARCH_MIN, EF_SEARCH_PER_HIT, EXACT_SCAN_BELOW, ExplainOptions, SearchRoad};
 use maestro_host::storage::postgres::PostgresStore;
 use maestro_host::storage::{self, StoreLocation};
 use sqlx::Connection as _;
@@ -148,9 +149,10 @@ fn floor_top_k(flat: &[f32], query: &[f32]) -> Vec<usize> {
 fn report(name: &str, samples: &mut [Duration], extra: &str) {
     samples.sort();
     println!(
-        "  {name:<52} p50 {:>8.3} ms  p95 {:>8.3} ms{extra}",
+        "  {name:<52} p50 {:>8.3} ms  p95 {:>8.3} ms  p99 {:>8.3} ms{extra}",
         millis(percentile(samples, 0.5)),
-        millis(percentile(samples, 0.95))
+        millis(percentile(samples, 0.95)),
+        millis(percentile(samples, 0.99))
     );
 }
 
@@ -316,6 +318,148 @@ async fn time_sql(
     (samples, recall / picked.len() as f64)
 }
 
+/// Where a search through the store goes: each statement the store sends, timed on its
+/// own on a pool with the store's options, over the first `limit` near queries of a
+/// tenant searched through the index. "before" is the sequence the store sent until
+/// this bench's change (count lookup; BEGIN; settings; search; COMMIT), "now" the one
+/// it sends (BEGIN with the settings in one round trip; search; the transaction dropped,
+/// its ROLLBACK sent as the pool takes the connection back). Each pool acquire pings the
+/// connection (sqlx's `test_before_acquire`, on by default): a round trip of its own.
+async fn time_steps(url: &str, who: &TenantId, queries: &Queries, limit: usize) {
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(16).connect(url).await.expect("pool");
+    let info = embedder();
+    let search_sql = PostgresStore::memory_search_sql(DIMS as u32, true, K as u32);
+    let count_sql = "SELECT COALESCE((SELECT n FROM memory_counts WHERE tenant_id = $1 AND provider = $2 AND model = $3 \
+                     AND dims = $4), 0), COALESCE((SELECT reltuples FROM pg_class WHERE oid = 'memories'::regclass), -1)";
+    let ef = (K as u32 * EF_SEARCH_PER_HIT).max(EF_SEARCH_MIN).to_string();
+    let begin = PostgresStore::search_begin(SearchRoad::Index, K as u32).expect("the index road opens a transaction");
+    let search = |q: &[f32]| {
+        sqlx::query(sqlx::AssertSqlSafe(search_sql.clone()))
+            .bind(who.as_str())
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .bind(None::<chrono::DateTime<Utc>>)
+            .bind(None::<chrono::DateTime<Utc>>)
+            .bind(Vec::<String>::new())
+            .bind(false)
+            .bind(info.provider.clone())
+            .bind(info.model.clone())
+            .bind(q.to_vec())
+    };
+    const STEPS: [&str; 10] = [
+        "acquire a pooled connection (its ping)",
+        "one bare round trip (SELECT 1)",
+        "before: count lookup (acquire + query)",
+        "before: BEGIN (acquire + BEGIN)",
+        "before: set_config",
+        "before: search",
+        "before: COMMIT",
+        "now: BEGIN with the settings (acquire + one round trip)",
+        "now: search",
+        "now: drop the transaction",
+    ];
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); STEPS.len()];
+    let mut totals: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for (round, q) in queries.vectors.iter().take(limit + 10).enumerate() {
+        let mut took = [Duration::ZERO; STEPS.len()];
+        let start = Instant::now();
+        let mut conn = pool.acquire().await.expect("acquire");
+        took[0] = start.elapsed();
+        let start = Instant::now();
+        sqlx::query("SELECT 1").execute(&mut *conn).await.expect("select 1");
+        took[1] = start.elapsed();
+        drop(conn);
+
+        // Each sequence runs first in every other round: the second reads pages the
+        // first brought into the buffers.
+        let order = if round % 2 == 0 { [true, false] } else { [false, true] };
+        for before in order {
+            if before {
+                let start = Instant::now();
+                let _: (i64, f32) = sqlx::query_as(count_sql)
+                    .bind(who.as_str())
+                    .bind(&info.provider)
+                    .bind(&info.model)
+                    .bind(DIMS as i32)
+                    .fetch_one(&pool)
+                    .await
+                    .expect("count");
+                took[2] = start.elapsed();
+                let start = Instant::now();
+                let mut tx = pool.begin().await.expect("begin");
+                took[3] = start.elapsed();
+                let start = Instant::now();
+                sqlx::query(
+                    "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), \
+                     set_config('hnsw.ef_search', $1, true), set_config('enable_sort', 'off', true)",
+                )
+                .bind(&ef)
+                .execute(&mut *tx)
+                .await
+                .expect("settings");
+                took[4] = start.elapsed();
+                let start = Instant::now();
+                let rows = search(q).fetch_all(&mut *tx).await.expect("search");
+                took[5] = start.elapsed();
+                assert_eq!(rows.len(), K);
+                let start = Instant::now();
+                tx.commit().await.expect("commit");
+                took[6] = start.elapsed();
+            } else {
+                let start = Instant::now();
+                let mut tx = pool.begin_with(sqlx::AssertSqlSafe(begin.clone())).await.expect("begin with");
+                took[7] = start.elapsed();
+                let start = Instant::now();
+                let rows = search(q).fetch_all(&mut *tx).await.expect("search");
+                took[8] = start.elapsed();
+                assert_eq!(rows.len(), K);
+                let start = Instant::now();
+                drop(tx);
+                took[9] = start.elapsed();
+            }
+        }
+        if round >= 10 {
+            for (all, one) in samples.iter_mut().zip(took) {
+                all.push(one);
+            }
+            totals[0].push(took[2..7].iter().sum());
+            totals[1].push(took[7..10].iter().sum());
+        }
+    }
+    for (name, mut all) in STEPS.iter().zip(samples) {
+        report(&format!("  step: {name}"), &mut all, "");
+    }
+    report("  steps: before, in all", &mut totals[0], "");
+    report("  steps: now, in all (without the count lookup: cached)", &mut totals[1], "");
+    pool.close().await;
+}
+
+/// `EXPLAIN (ANALYZE, BUFFERS)` of the store's search for `who` with its settings: the
+/// lines that say where the server's time goes (planning, execution, JIT, buffers).
+async fn analyze(pg: &PostgresStore, who: &TenantId, query: &[f32]) {
+    let plan = pg
+        .explain_memory_search_with(
+            ExplainOptions::AnalyzeBuffers,
+            who,
+            &embedder(),
+            query,
+            &MemoryFilter::default(),
+            K as u32,
+        )
+        .await
+        .expect("explain analyze");
+    for line in plan.iter().filter(|l| {
+        l.contains("Planning Time")
+            || l.contains("Execution Time")
+            || l.contains("JIT")
+            || l.trim_start().starts_with("Buffers")
+            || l.contains("Scan")
+    }) {
+        println!("    | {}", line.chars().take(140).collect::<String>());
+    }
+}
+
 struct Sized {
     n: usize,
     data: Data,
@@ -353,10 +497,10 @@ async fn bench_sqlite(sets: &[Sized]) {
 }
 
 async fn bench_postgres(server: &str, sets: &[Sized]) {
-    let url = fresh_postgres_database(server).await;
+    let url = &fresh_postgres_database(server).await;
     let store = storage::open(&StoreLocation::Postgres(url.clone())).await.expect("store");
-    let pg = PostgresStore::open(&url).await.expect("store");
-    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let pg = PostgresStore::open(url).await.expect("store");
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
     println!("postgres:");
     // Load every tenant first, then build the index once (its definition from the
     // catalog, so that it is exactly the migration's).
@@ -421,6 +565,11 @@ async fn bench_postgres(server: &str, sets: &[Sized]) {
             );
         }
         if plan.contains("hnsw") {
+            println!("  {n} × {DIMS}: the store's search step by step (100 near queries):");
+            time_steps(url, who, &set.near, 100).await;
+            println!("  {n} × {DIMS}: EXPLAIN (ANALYZE, BUFFERS) of the store's search, twice:");
+            analyze(&pg, who, &set.near.vectors[0]).await;
+            analyze(&pg, who, &set.near.vectors[1]).await;
             for queries in [&set.near, &set.far] {
                 for ef in [40, 64, 100, 200] {
                     let (mut samples, recall) = time_sql(&mut conn, who, queries, ids, Some(ef), usize::MAX).await;
@@ -454,11 +603,12 @@ async fn bench_postgres(server: &str, sets: &[Sized]) {
             &mut samples,
             &format!("  recall@10 {recall:.3}"),
         );
+        analyze(&pg, who, &near.vectors[0]).await;
     }
     println!("  (a tenant goes through the index from {EXACT_SCAN_BELOW} vectors and a tenth of the table)");
     drop((store, pg));
     conn.close().await.ok();
-    drop_database(server, &url).await;
+    drop_database(server, url).await;
 }
 
 /// Drops the benchmark's database (it holds hundreds of megabytes).
@@ -487,10 +637,14 @@ fn main() {
         })
         .collect();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let backends = std::env::var("MEMORY_BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".to_owned());
     runtime.block_on(async {
-        bench_sqlite(&sets).await;
+        if backends.contains("sqlite") {
+            bench_sqlite(&sets).await;
+        }
         if let Ok(server) = std::env::var("TEST_DATABASE_URL")
             && !server.is_empty()
+            && backends.contains("postgres")
         {
             bench_postgres(&server, &sets).await;
         }

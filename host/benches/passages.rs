@@ -5,7 +5,8 @@
 //! `cargo bench -p maestro-host --bench passages` (Postgres too when `TEST_DATABASE_URL`
 //! names a pgvector server; a fresh database is created on it; the MiniLM figure when
 //! `MAESTRO_EMBEDDINGS_MODEL_DIR` names the model). `PASSAGE_BENCH_SIZE` sets the
-//! tenant's passages (default 20,000).
+//! tenant's passages (default 20,000), `PASSAGE_BENCH_BACKENDS=postgres` one backend
+//! (both).
 //!
 //! - search: one tenant of N clustered 384-dimension passages (messages and documents
 //!   over 50 sessions) beside a second tenant of N/4, `PassageStore::search_passages`
@@ -101,9 +102,10 @@ fn floor_top_k(vectors: &[Vec<f32>], query: &[f32], keep: impl Fn(usize) -> bool
 fn report(name: &str, samples: &mut [Duration], extra: &str) {
     samples.sort();
     println!(
-        "  {name:<52} p50 {:>8.3} ms  p95 {:>8.3} ms{extra}",
+        "  {name:<52} p50 {:>8.3} ms  p95 {:>8.3} ms  p99 {:>8.3} ms{extra}",
         millis(percentile(samples, 0.5)),
-        millis(percentile(samples, 0.95))
+        millis(percentile(samples, 0.95)),
+        millis(percentile(samples, 0.99))
     );
 }
 
@@ -360,15 +362,32 @@ fn main() {
                     maestro_host::embed::MiniLm::load(std::path::Path::new(&dir), options).expect("the model loads");
                 Arc::new(model) as Arc<dyn Embedder>
             });
+        let backends = std::env::var("PASSAGE_BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".to_owned());
         let dir = tempfile::tempdir().expect("temp dir");
-        bench_backend("sqlite", &StoreLocation::Sqlite(dir.path().join("bench.db")), n, minilm.as_ref()).await;
+        if backends.contains("sqlite") {
+            bench_backend("sqlite", &StoreLocation::Sqlite(dir.path().join("bench.db")), n, minilm.as_ref()).await;
+        }
         if let Ok(server) = std::env::var("TEST_DATABASE_URL")
             && !server.is_empty()
+            && backends.contains("postgres")
         {
             let url = fresh_postgres_database(&server).await;
-            bench_backend("postgres", &StoreLocation::Postgres(url), n, None).await;
+            bench_backend("postgres", &StoreLocation::Postgres(url.clone()), n, None).await;
+            drop_database(&server, &url).await;
         }
     });
+}
+
+/// Drops the benchmark's database.
+async fn drop_database(server: &str, url: &str) {
+    use sqlx::Connection as _;
+    let name = url.rsplit('/').next().unwrap_or_default().split('?').next().unwrap_or_default();
+    let mut admin = sqlx::PgConnection::connect(server).await.expect("connect to TEST_DATABASE_URL");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+        .execute(&mut admin)
+        .await
+        .expect("drop db");
+    admin.close().await.ok();
 }
 
 async fn fresh_postgres_database(server: &str) -> String {

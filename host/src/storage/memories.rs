@@ -8,19 +8,27 @@
 //! `WHERE dims = D`, with `m = 32, ef_construction = 128` (migration 0013; 0010's
 //! sparser graph found too few of the true neighbours at any `ef_search`). Triggers keep
 //! how many vectors each tenant holds per embedder (`memory_counts`), so choosing the
-//! path is one key lookup. A search in an indexed dimension, for a tenant holding at
-//! least [`EXACT_SCAN_BELOW`] vectors of the query's embedder and at least one row in
-//! [`INDEX_SHARE`] of the table, runs in a transaction that first sets
-//! `hnsw.iterative_scan = relaxed_order` and `hnsw.ef_search` sized to `k` (both `SET
-//! LOCAL`): the index hands out neighbours of every tenant, the tenant and filter
-//! conditions drop the others, and the scan goes on past the first `ef_search`
-//! candidates until `k` rows pass (up to pgvector's `hnsw.max_scan_tuples`, 20,000 by
-//! default). The nearest rows come out of a `MATERIALIZED` CTE with their
-//! full-precision distance and are re-sorted by it (relaxed order, and half precision,
-//! may emit them slightly out of order). A smaller tenant, or a dimension without an
-//! index, is scanned exactly: the `ORDER BY` names the uncast column, which no index
-//! matches, so the planner takes the tenant's rows through `memories_by_tenant` and
-//! sorts them.
+//! path is one key lookup, and the store reuses its choice for [`SEARCH_PATH_TTL`]. A
+//! search in an indexed dimension, for a tenant holding at least [`EXACT_SCAN_BELOW`]
+//! vectors of the query's embedder and at least one row in [`INDEX_SHARE`] of the
+//! table, runs in a transaction opened with its settings in the same round trip
+//! (`BEGIN; SET LOCAL …`, see [`PostgresStore::search_begin`]):
+//! `hnsw.iterative_scan = relaxed_order` and `hnsw.ef_search` sized to `k`. The index
+//! hands out neighbours of every tenant, the tenant and filter conditions drop the
+//! others, and the scan goes on past the first `ef_search` candidates until `k` rows
+//! pass (up to pgvector's `hnsw.max_scan_tuples`, 20,000 by default). The nearest rows
+//! come out of a `MATERIALIZED` CTE with their full-precision distance and are re-sorted
+//! by it (relaxed order, and half precision, may emit them slightly out of order). A
+//! smaller tenant, or a dimension without an index, is scanned exactly: the `ORDER BY`
+//! names the uncast column, which no index matches, so the planner takes the tenant's
+//! rows through `memories_by_tenant` and sorts them (one statement, without a
+//! transaction, under [`EXACT_SCAN_BELOW`] rows). A search only reads, so it never
+//! waits for a COMMIT: its transaction is dropped, and the pool sends the ROLLBACK as
+//! it takes the connection back. Round trips cost more than the search itself on a
+//! loaded machine (`benches/memory.rs` times each step): a search through the index
+//! makes two (BEGIN with its settings, the search) besides the pool's ping on acquiring
+//! a connection, where it made five (count lookup, BEGIN, settings, search, COMMIT) and
+//! two pings.
 //!
 //! **SQLite** keeps vectors as BLOBs of f32 little-endian numbers. A search reads the
 //! tenant's vectors of the query's embedder into memory once (the `VectorCache`) and
@@ -53,9 +61,9 @@ use super::{backend_err, map_err};
 
 /// Below this many vectors of the query's embedder, a Postgres tenant is searched
 /// exactly rather than through the HNSW index: measured with `benches/memory.rs` (an
-/// exact scan of 1,000 384-dimension vectors in the shared table took 1.4 ms p50, of
-/// 2,000 2.3 ms, of 4,000 5.2 ms; a search of a 100,000-vector tenant through the index
-/// about 6 ms with its round trips: 2,000 exact costs less, and is exact).
+/// exact scan of 1,000 384-dimension vectors in the shared table took 1.0 ms p50, of
+/// 2,000 1.7 ms, of 4,000 3.9 ms; a search of a 100,000-vector tenant through the index
+/// 4.9 ms in the same run, on a loaded machine: 2,000 exact costs less, and is exact).
 pub const EXACT_SCAN_BELOW: i64 = 2_000;
 
 /// A tenant goes through the HNSW index only when it holds at least one row in this
@@ -680,12 +688,75 @@ impl CachedRow for Memory {
 }
 
 /// A Postgres table of vectors searched by the memories' rule.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum VectorTable {
     /// `memories` (counts in `memory_counts`).
     Memories,
     /// `passages` (counts in `passage_counts`).
     Passages,
+}
+
+/// How a Postgres vector search reads a tenant's rows: chosen from the tenant's count
+/// of vectors in the query's embedder and the table's size (see the module's notes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchRoad {
+    /// Fewer than [`EXACT_SCAN_BELOW`] vectors: one statement, an exact scan through the
+    /// tenant's b-tree (too few rows for the planner to reach JIT's cost threshold).
+    Small,
+    /// An exact scan of a larger tenant (a small share of the table, or a dimension
+    /// without an index), in a transaction with `jit = off`.
+    Exact,
+    /// Through the HNSW index, in a transaction with the settings of
+    /// [`PostgresStore::search_begin`].
+    Index,
+}
+
+/// How long a Postgres store reuses a tenant's [`SearchRoad`] in one embedder's space
+/// before reading the counts again (`SearchPaths`). The store's own writes to the
+/// table forget its choices at once; another replica's are seen within this time. The
+/// choice only picks the faster road, both return the tenant's own rows: a stale one
+/// costs time (or, through the index for a tenant that has just shrunk, some recall)
+/// for at most this long.
+pub const SEARCH_PATH_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How many choices a [`SearchPaths`] holds before it drops the expired ones (all of
+/// them, when none has expired).
+const SEARCH_PATHS_MAX: usize = 10_000;
+
+type PathKey = (VectorTable, String, String, String, u32);
+
+/// The [`SearchRoad`]s of a Postgres store's recent vector searches, by table, tenant
+/// and embedder, each for [`SEARCH_PATH_TTL`]: a search then costs no count lookup (a
+/// pool acquire and a round trip, more than the search through the index itself on a
+/// loaded machine, `benches/memory.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct SearchPaths {
+    chosen: std::sync::Mutex<std::collections::HashMap<PathKey, (SearchRoad, std::time::Instant)>>,
+}
+
+impl SearchPaths {
+    fn get(&self, key: &PathKey) -> Option<SearchRoad> {
+        let chosen = self.chosen.lock().ok()?;
+        chosen.get(key).filter(|(_, at)| at.elapsed() < SEARCH_PATH_TTL).map(|(road, _)| *road)
+    }
+
+    fn put(&self, key: PathKey, road: SearchRoad) {
+        let Ok(mut chosen) = self.chosen.lock() else { return };
+        if chosen.len() >= SEARCH_PATHS_MAX {
+            chosen.retain(|_, (_, at)| at.elapsed() < SEARCH_PATH_TTL);
+            if chosen.len() >= SEARCH_PATHS_MAX {
+                chosen.clear();
+            }
+        }
+        chosen.insert(key, (road, std::time::Instant::now()));
+    }
+
+    /// Forgets every choice in `table` (after this store wrote to it).
+    pub(super) fn forget(&self, table: VectorTable) {
+        if let Ok(mut chosen) = self.chosen.lock() {
+            chosen.retain(|key, _| key.0 != table);
+        }
+    }
 }
 
 /// The full-precision distance a vector search reports and the expression it orders by
@@ -705,7 +776,7 @@ impl PostgresStore {
     /// index (`indexed`) or exact. Parameters: tenant ($1), the filter ($2–$8),
     /// provider ($9), model ($10), the query vector as `real[]` ($11). Either way the
     /// rows come back with their full-precision distance, and in its order.
-    fn memory_search_sql(dims: u32, indexed: bool, k: u32) -> String {
+    pub fn memory_search_sql(dims: u32, indexed: bool, k: u32) -> String {
         let (exact, order) = nearest_order(dims, indexed);
         format!(
             "WITH nearest AS MATERIALIZED (SELECT {cols}, ({exact}) AS distance FROM memories \
@@ -716,29 +787,40 @@ impl PostgresStore {
         )
     }
 
-    /// Whether a search of `tenant` in `embedder`'s space goes through the HNSW index:
-    /// an indexed dimension, at least [`EXACT_SCAN_BELOW`] vectors of the tenant, and at
-    /// least one row in [`INDEX_SHARE`] of the table (by the planner's estimate, when it
-    /// has one). A tenant holding a small share of a large shared index is scanned
-    /// exactly: its neighbours lie among many other tenants' rows, and the iterative scan
-    /// stops at `hnsw.max_scan_tuples` with few of them found (`benches/memory.rs`).
-    async fn memory_search_indexed(&self, tenant: &TenantId, embedder: &EmbedderInfo) -> Result<bool, StoreError> {
-        self.search_through_index(VectorTable::Memories, tenant, embedder).await
+    /// How a search of `tenant` in `embedder`'s space of `table` reads its rows, by the
+    /// rule [`PostgresStore::search_through_index`] states, reusing a choice made less
+    /// than [`SEARCH_PATH_TTL`] ago.
+    pub(super) async fn search_road(
+        &self,
+        table: VectorTable,
+        tenant: &TenantId,
+        embedder: &EmbedderInfo,
+    ) -> Result<SearchRoad, StoreError> {
+        let key =
+            (table, tenant.as_str().to_owned(), embedder.provider.clone(), embedder.model.clone(), embedder.dimensions);
+        if let Some(road) = self.search_paths.get(&key) {
+            return Ok(road);
+        }
+        let road = self.search_through_index(table, tenant, embedder).await?;
+        self.search_paths.put(key, road);
+        Ok(road)
     }
 
-    /// Whether a search of `tenant` in `embedder`'s space of `table` goes through its
-    /// HNSW index, by the rule [`PostgresStore::memory_search_indexed`] states. The
-    /// tenant's count is kept by triggers (`memory_counts`, `passage_counts`): one key
-    /// lookup.
+    /// How a search of `tenant` in `embedder`'s space of `table` reads its rows, from
+    /// the counts now: through the HNSW index for an indexed dimension, at least
+    /// [`EXACT_SCAN_BELOW`] vectors of the tenant, and at least one row in
+    /// [`INDEX_SHARE`] of the table (by the planner's estimate, when it has one);
+    /// otherwise exactly. A tenant holding a small share of a large shared index is
+    /// scanned exactly: its neighbours lie among many other tenants' rows, and the
+    /// iterative scan stops at `hnsw.max_scan_tuples` with few of them found
+    /// (`benches/memory.rs`). The tenant's count is kept by triggers (`memory_counts`,
+    /// `passage_counts`): one key lookup.
     pub(super) async fn search_through_index(
         &self,
         table: VectorTable,
         tenant: &TenantId,
         embedder: &EmbedderInfo,
-    ) -> Result<bool, StoreError> {
-        if !INDEXED_DIMENSIONS.contains(&embedder.dimensions) {
-            return Ok(false);
-        }
+    ) -> Result<SearchRoad, StoreError> {
         let (rows, counts) = match table {
             VectorTable::Memories => ("memories", "memory_counts"),
             VectorTable::Passages => ("passages", "passage_counts"),
@@ -755,34 +837,82 @@ impl PostgresStore {
             .fetch_one(&self.pool)
             .await
             .map_err(backend_err)?;
+        if held < EXACT_SCAN_BELOW {
+            return Ok(SearchRoad::Small);
+        }
         let share_ok = table <= 0.0 || (held as f32) * INDEX_SHARE as f32 >= table;
-        Ok(held >= EXACT_SCAN_BELOW && share_ok)
+        Ok(if share_ok && INDEXED_DIMENSIONS.contains(&embedder.dimensions) {
+            SearchRoad::Index
+        } else {
+            SearchRoad::Exact
+        })
     }
 
-    /// The settings a search through the index sets for its transaction: iterative
-    /// index scans (so a tenant's filtered query still finds `k` rows in the shared
-    /// index), an `ef_search` of [`EF_SEARCH_PER_HIT`] per hit asked for and at least
-    /// [`EF_SEARCH_MIN`] (up to pgvector's maximum of 1,000), and `enable_sort = off`
-    /// inside the CTE's choice: the count of the tenant's vectors already chose the
-    /// index, and the planner's row estimates for a tenant and filter (stale right after
-    /// a bulk insert, blind to the clustering) must not turn it back into a sort of every
-    /// row through a b-tree.
-    pub(super) async fn memory_search_settings(conn: &mut sqlx::PgConnection, k: u32) -> Result<(), StoreError> {
-        let ef = k.saturating_mul(EF_SEARCH_PER_HIT).clamp(EF_SEARCH_MIN, 1000);
-        sqlx::query(
-            "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), \
-             set_config('hnsw.ef_search', $1, true), set_config('enable_sort', 'off', true)",
-        )
-        .bind(ef.to_string())
-        .execute(conn)
-        .await
-        .map_err(backend_err)?;
-        Ok(())
+    /// The statement that opens a search's transaction, with the settings it runs
+    /// under (`SET LOCAL`; the simple-query protocol runs them all in one round trip),
+    /// or none for a [`SearchRoad::Small`] search (one statement, no transaction).
+    /// Every transaction sets `jit = off`: an exact scan of a tenant of tens of
+    /// thousands of rows passes JIT's cost threshold, and compiling costs tens of
+    /// milliseconds. Through the index it also sets iterative index scans (so a
+    /// tenant's filtered query still finds `k` rows in the shared index), an
+    /// `ef_search` of [`EF_SEARCH_PER_HIT`] per hit asked for and at least
+    /// [`EF_SEARCH_MIN`] (up to pgvector's maximum of 1,000), `enable_sort = off` inside
+    /// the CTE's choice (the count of the tenant's vectors already chose the index, and
+    /// the planner's row estimates for a tenant and filter, stale right after a bulk
+    /// insert and blind to the clustering, must not turn it back into a sort of every
+    /// row through a b-tree), and the generic plan (the index whatever the tenant: no
+    /// planning after a connection's first search, about a third of a millisecond).
+    pub fn search_begin(road: SearchRoad, k: u32) -> Option<String> {
+        match road {
+            SearchRoad::Small => None,
+            SearchRoad::Exact => Some("BEGIN; SET LOCAL jit = off".to_owned()),
+            SearchRoad::Index => {
+                let ef = k.saturating_mul(EF_SEARCH_PER_HIT).clamp(EF_SEARCH_MIN, 1000);
+                Some(format!(
+                    "BEGIN; SET LOCAL jit = off; SET LOCAL hnsw.iterative_scan = relaxed_order; \
+                     SET LOCAL hnsw.ef_search = {ef}; SET LOCAL enable_sort = off; \
+                     SET LOCAL plan_cache_mode = force_generic_plan"
+                ))
+            }
+        }
+    }
+
+    /// Runs a vector search's `query` under the settings of `road`
+    /// ([`PostgresStore::search_begin`]) and returns its rows.
+    pub(super) async fn search_rows<'q>(
+        &self,
+        road: SearchRoad,
+        k: u32,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<Vec<sqlx::postgres::PgRow>, StoreError> {
+        let Some(begin) = Self::search_begin(road, k) else {
+            return query.fetch_all(&self.pool).await.map_err(backend_err);
+        };
+        let mut tx = self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await.map_err(backend_err)?;
+        let rows = query.fetch_all(&mut *tx).await.map_err(backend_err)?;
+        // The search only reads: dropping its transaction queues the ROLLBACK, which
+        // the pool sends as it takes the connection back, off the search's path (a
+        // COMMIT would cost the caller one more round trip).
+        drop(tx);
+        Ok(rows)
+    }
+
+    /// The plan Postgres chooses for a vector search (`EXPLAIN` lines of `explain`, a
+    /// search's SQL after `EXPLAIN`), under the settings of `road`.
+    pub(super) async fn explain_rows<'q>(
+        &self,
+        road: SearchRoad,
+        k: u32,
+        explain: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = self.search_rows(road, k, explain).await?;
+        rows.iter().map(|r| r.try_get::<String, _>(0).map_err(backend_err)).collect()
     }
 
     /// The plan Postgres chooses for a memory search of `tenant` (`EXPLAIN` lines), with
-    /// the same settings and SQL [`MemoryStore::search_memories`] uses: tests check that
-    /// a large tenant's search uses the HNSW index and a small one's does not.
+    /// the same settings and SQL [`MemoryStore::search_memories`] uses, the road chosen
+    /// from the counts now: tests check that a large tenant's search uses the HNSW index
+    /// and a small one's does not.
     pub async fn explain_memory_search(
         &self,
         tenant: &TenantId,
@@ -791,19 +921,49 @@ impl PostgresStore {
         filter: &MemoryFilter,
         k: u32,
     ) -> Result<Vec<String>, StoreError> {
-        let indexed = self.memory_search_indexed(tenant, embedder).await?;
-        let sql = format!("EXPLAIN {}", Self::memory_search_sql(embedder.dimensions, indexed, k));
-        let mut tx = self.pool.begin().await.map_err(backend_err)?;
-        Self::memory_search_settings(&mut tx, k).await?;
+        self.explain_memory_search_with(ExplainOptions::Plan, tenant, embedder, query, filter, k).await
+    }
+
+    /// [`PostgresStore::explain_memory_search`] with `EXPLAIN`'s `options`
+    /// ([`ExplainOptions::AnalyzeBuffers`]: the search runs, and the plan tells where its
+    /// time went).
+    pub async fn explain_memory_search_with(
+        &self,
+        options: ExplainOptions,
+        tenant: &TenantId,
+        embedder: &EmbedderInfo,
+        query: &[f32],
+        filter: &MemoryFilter,
+        k: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let road = self.search_through_index(VectorTable::Memories, tenant, embedder).await?;
+        let sql = format!(
+            "EXPLAIN {}{}",
+            options.sql(),
+            Self::memory_search_sql(embedder.dimensions, road == SearchRoad::Index, k)
+        );
         let explain = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant.as_str());
-        let rows = bind_filter!(explain, filter, &filter.tags)
-            .bind(&embedder.provider)
-            .bind(&embedder.model)
-            .bind(query)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend_err)?;
-        rows.iter().map(|r| r.try_get::<String, _>(0).map_err(backend_err)).collect()
+        let explain =
+            bind_filter!(explain, filter, &filter.tags).bind(&embedder.provider).bind(&embedder.model).bind(query);
+        self.explain_rows(road, k, explain).await
+    }
+}
+
+/// What `EXPLAIN` reports of a vector search ([`PostgresStore::explain_memory_search_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExplainOptions {
+    /// The plan only.
+    Plan,
+    /// `ANALYZE, BUFFERS`: the search runs, and each node reports its time and pages.
+    AnalyzeBuffers,
+}
+
+impl ExplainOptions {
+    fn sql(self) -> &'static str {
+        match self {
+            Self::Plan => "",
+            Self::AnalyzeBuffers => "(ANALYZE, BUFFERS) ",
+        }
     }
 }
 
@@ -820,7 +980,9 @@ impl MemoryStore for PostgresStore {
             let change = search_change(&memory.tenant, &memory.id, ChangeOp::Upsert, memory.created_at);
             PostgresStore::search_record(&mut tx, &change).await?;
         }
-        tx.commit().await.map_err(backend_err)
+        tx.commit().await.map_err(backend_err)?;
+        self.search_paths.forget(VectorTable::Memories);
+        Ok(())
     }
 
     async fn memory(&self, tenant: &TenantId, id: &MemoryId) -> Result<Option<Memory>, StoreError> {
@@ -869,6 +1031,10 @@ impl MemoryStore for PostgresStore {
             PostgresStore::search_record(&mut tx, &search_change(tenant, id, ChangeOp::Upsert, at)).await?;
         }
         tx.commit().await.map_err(backend_err)?;
+        if text.is_some() {
+            // A new text may come with another embedder: the counts moved.
+            self.search_paths.forget(VectorTable::Memories);
+        }
         row.map(Memory::try_from).transpose()
     }
 
@@ -886,6 +1052,9 @@ impl MemoryStore for PostgresStore {
             PostgresStore::search_record(&mut tx, &change).await?;
         }
         tx.commit().await.map_err(backend_err)?;
+        if deleted {
+            self.search_paths.forget(VectorTable::Memories);
+        }
         Ok(deleted)
     }
 
@@ -924,21 +1093,12 @@ impl MemoryStore for PostgresStore {
         if k == 0 || query.len() != embedder.dimensions as usize {
             return Ok(Vec::new());
         }
-        let indexed = self.memory_search_indexed(tenant, embedder).await?;
-        let sql = Self::memory_search_sql(embedder.dimensions, indexed, k);
-        let mut tx = self.pool.begin().await.map_err(backend_err)?;
-        if indexed {
-            Self::memory_search_settings(&mut tx, k).await?;
-        }
+        let road = self.search_road(VectorTable::Memories, tenant, embedder).await?;
+        let sql = Self::memory_search_sql(embedder.dimensions, road == SearchRoad::Index, k);
         let search = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant.as_str());
-        let rows = bind_filter!(search, filter, &filter.tags)
-            .bind(&embedder.provider)
-            .bind(&embedder.model)
-            .bind(query)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend_err)?;
-        tx.commit().await.map_err(backend_err)?;
+        let search =
+            bind_filter!(search, filter, &filter.tags).bind(&embedder.provider).bind(&embedder.model).bind(query);
+        let rows = self.search_rows(road, k, search).await?;
         rows.into_iter()
             .map(|row| {
                 let distance: f64 = row.try_get("distance").map_err(backend_err)?;
@@ -999,6 +1159,7 @@ impl MemoryStore for PostgresStore {
         .execute(&self.pool)
         .await
         .map_err(backend_err)?;
+        self.search_paths.forget(VectorTable::Memories);
         Ok(done.rows_affected() > 0)
     }
 
@@ -1012,8 +1173,9 @@ impl MemoryStore for PostgresStore {
     ) -> Result<(Memory, bool), StoreError> {
         check_vector(memory, vector)?;
         let (tenant, embedder) = (&memory.tenant, &memory.embedder);
-        let indexed = self.memory_search_indexed(tenant, embedder).await?;
-        let mut tx = self.pool.begin().await.map_err(backend_err)?;
+        let road = self.search_road(VectorTable::Memories, tenant, embedder).await?;
+        let begin = Self::search_begin(road, 1).unwrap_or_else(|| "BEGIN".to_owned());
+        let mut tx = self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await.map_err(backend_err)?;
         // Every remember of this tenant and scope, in any replica, waits here until the
         // one before commits: the search below then sees what it wrote.
         let (scope, persona, session) = scope_columns(&memory.scope);
@@ -1023,9 +1185,7 @@ impl MemoryStore for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(backend_err)?;
-        if indexed {
-            Self::memory_search_settings(&mut tx, 1).await?;
-        }
+        let indexed = road == SearchRoad::Index;
         let search = sqlx::query(sqlx::AssertSqlSafe(Self::memory_search_sql(embedder.dimensions, indexed, 1)))
             .bind(tenant.as_str());
         let nearest = bind_filter!(search, same_scope, &same_scope.tags)
@@ -1088,6 +1248,7 @@ impl MemoryStore for PostgresStore {
             }
         };
         tx.commit().await.map_err(backend_err)?;
+        self.search_paths.forget(VectorTable::Memories);
         Ok(remembered)
     }
 
@@ -1108,5 +1269,37 @@ impl MemoryStore for PostgresStore {
         self.distillation(&distillation.run)
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("distillation of run {} vanished", distillation.run)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_search_paths_are_kept_per_table_tenant_and_embedder_until_a_write_to_the_table() {
+        let paths = SearchPaths::default();
+        let key = |table, tenant: &str, dims| (table, tenant.to_owned(), "p".to_owned(), "m".to_owned(), dims);
+        paths.put(key(VectorTable::Memories, "acme", 384), SearchRoad::Index);
+        paths.put(key(VectorTable::Passages, "acme", 384), SearchRoad::Small);
+        assert_eq!(paths.get(&key(VectorTable::Memories, "acme", 384)), Some(SearchRoad::Index));
+        assert_eq!(paths.get(&key(VectorTable::Passages, "acme", 384)), Some(SearchRoad::Small));
+        assert_eq!(paths.get(&key(VectorTable::Memories, "globex", 384)), None, "another tenant");
+        assert_eq!(paths.get(&key(VectorTable::Memories, "acme", 768)), None, "another embedder");
+        paths.forget(VectorTable::Memories);
+        assert_eq!(paths.get(&key(VectorTable::Memories, "acme", 384)), None, "a write to memories forgets");
+        assert_eq!(paths.get(&key(VectorTable::Passages, "acme", 384)), Some(SearchRoad::Small), "not passages'");
+    }
+
+    #[test]
+    fn postgres_search_begins_with_its_settings_in_one_statement() {
+        assert_eq!(PostgresStore::search_begin(SearchRoad::Small, 10), None, "a small tenant: one statement");
+        assert_eq!(PostgresStore::search_begin(SearchRoad::Exact, 10).as_deref(), Some("BEGIN; SET LOCAL jit = off"));
+        let index = PostgresStore::search_begin(SearchRoad::Index, 10).expect("a transaction");
+        assert!(index.starts_with("BEGIN; ") && index.contains("hnsw.ef_search = 64"), "{index}");
+        let many = PostgresStore::search_begin(SearchRoad::Index, 100).expect("a transaction");
+        assert!(many.contains("hnsw.ef_search = 400"), "{many}");
+        let most = PostgresStore::search_begin(SearchRoad::Index, 10_000).expect("a transaction");
+        assert!(most.contains("hnsw.ef_search = 1000"), "pgvector's maximum: {most}");
     }
 }

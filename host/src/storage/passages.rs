@@ -429,16 +429,9 @@ impl PostgresStore {
         )
     }
 
-    /// Whether a search of `tenant` in `embedder`'s space goes through the HNSW index,
-    /// by the memories' rule: an indexed dimension, at least [`EXACT_SCAN_BELOW`](super::memories::EXACT_SCAN_BELOW)
-    /// passages of the tenant (kept by triggers in `passage_counts`), and at least one
-    /// row in [`INDEX_SHARE`](super::memories::INDEX_SHARE) of the table.
-    async fn passage_search_indexed(&self, tenant: &TenantId, embedder: &EmbedderInfo) -> Result<bool, StoreError> {
-        self.search_through_index(VectorTable::Passages, tenant, embedder).await
-    }
-
     /// The plan Postgres chooses for a passage search of `tenant` (`EXPLAIN` lines),
-    /// with the same settings and SQL [`PassageStore::search_passages`] uses.
+    /// with the same settings and SQL [`PassageStore::search_passages`] uses, the road
+    /// chosen from the counts now.
     pub async fn explain_passage_search(
         &self,
         tenant: &TenantId,
@@ -447,16 +440,15 @@ impl PostgresStore {
         filter: &PassageFilter,
         k: u32,
     ) -> Result<Vec<String>, StoreError> {
-        let indexed = self.passage_search_indexed(tenant, embedder).await?;
-        let sql = format!("EXPLAIN {}", Self::passage_search_sql(embedder.dimensions, indexed, k));
-        let mut tx = self.pool.begin().await.map_err(backend_err)?;
-        if indexed {
-            Self::memory_search_settings(&mut tx, k).await?;
-        }
+        let road = self.search_through_index(VectorTable::Passages, tenant, embedder).await?;
+        let sql = format!(
+            "EXPLAIN {}",
+            Self::passage_search_sql(embedder.dimensions, road == super::memories::SearchRoad::Index, k)
+        );
         let explain =
             sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant.as_str()).bind(&embedder.provider).bind(&embedder.model);
-        let rows = bind_filter!(explain, filter).bind(query).fetch_all(&mut *tx).await.map_err(backend_err)?;
-        rows.iter().map(|r| r.try_get::<String, _>(0).map_err(backend_err)).collect()
+        let explain = bind_filter!(explain, filter).bind(query);
+        self.explain_rows(road, k, explain).await
     }
 }
 
@@ -474,16 +466,11 @@ impl PassageStore for PostgresStore {
         if k == 0 || query.len() != embedder.dimensions as usize || !kinds_wanted {
             return Ok(Vec::new());
         }
-        let indexed = self.passage_search_indexed(tenant, embedder).await?;
-        let sql = Self::passage_search_sql(embedder.dimensions, indexed, k);
-        let mut tx = self.pool.begin().await.map_err(backend_err)?;
-        if indexed {
-            Self::memory_search_settings(&mut tx, k).await?;
-        }
+        let road = self.search_road(VectorTable::Passages, tenant, embedder).await?;
+        let sql = Self::passage_search_sql(embedder.dimensions, road == super::memories::SearchRoad::Index, k);
         let search =
             sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant.as_str()).bind(&embedder.provider).bind(&embedder.model);
-        let rows = bind_filter!(search, filter).bind(query).fetch_all(&mut *tx).await.map_err(backend_err)?;
-        tx.commit().await.map_err(backend_err)?;
+        let rows = self.search_rows(road, k, bind_filter!(search, filter).bind(query)).await?;
         rows.into_iter()
             .map(|row| {
                 let distance: f64 = row.try_get("distance").map_err(backend_err)?;
@@ -556,6 +543,7 @@ impl PassageStore for PostgresStore {
                 .map_err(map_err(&format!("passage {}#{}", passage.object, passage.chunk)))?;
         }
         tx.commit().await.map_err(backend_err)?;
+        self.search_paths.forget(VectorTable::Passages);
         Ok(true)
     }
 

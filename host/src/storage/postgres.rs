@@ -29,6 +29,8 @@ pub struct PostgresStore {
     pub(super) pool: PgPool,
     /// Live run events across replicas (`LISTEN`/`NOTIFY`).
     signal: std::sync::Arc<super::signal::PgSignal>,
+    /// Recent vector searches' index-or-exact choices (`memories.rs`).
+    pub(super) search_paths: std::sync::Arc<super::memories::SearchPaths>,
 }
 
 impl Backend for PostgresStore {
@@ -47,7 +49,7 @@ impl PostgresStore {
             .map_err(backend_err)?;
         MIGRATOR.run(&pool).await.map_err(backend_err)?;
         let signal = std::sync::Arc::new(super::signal::PgSignal::new(pool.clone()));
-        Ok(Self { pool, signal })
+        Ok(Self { pool, signal, search_paths: std::sync::Arc::default() })
     }
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
