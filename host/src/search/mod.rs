@@ -17,6 +17,7 @@
 //! and ANDed, outside it, with a constant-score term on the caller's tenant and the
 //! filters; BM25 top-k with snippets.
 
+mod filtered;
 mod ids;
 mod indexer;
 mod query;
@@ -416,10 +417,10 @@ impl std::fmt::Debug for TextCandidates {
 
 impl TextCandidates {
     /// The snippets (fragment, highlighted byte ranges) of the hits at these positions
-    /// of [`TextCandidates::hits`], in that order.
+    /// of [`TextCandidates::hits`], in that order (from the documents the search
+    /// fetched: no index access).
     pub async fn snippets(&self, positions: Vec<usize>) -> Result<Vec<(String, Vec<(usize, usize)>)>, SearchError> {
-        let found = self.found.clone();
-        blocking(move || positions.into_iter().map(|i| found.snippet(i)).collect()).await
+        Ok(positions.into_iter().map(|i| self.found.snippet(i)).collect())
     }
 }
 

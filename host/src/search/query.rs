@@ -2,9 +2,10 @@
 //! filters, BM25 top-k with snippets.
 //!
 //! The tenant clause is a constant-score (0) term query on the untokenised `tenant`
-//! field, a required clause of the outer boolean query beside the parsed query: nothing
-//! the user writes (`tenant:other`, `OR`, `*`, a range) can widen it, since at most it
-//! adds clauses inside its own subquery. Regexes stay disabled (the parser's default)
+//! field, required with the filters' clauses in a filter applied outside the parsed
+//! query ([`Filtered`], which keeps tantivy's block-max WAND pruning that a boolean
+//! intersection would lose): nothing the user writes (`tenant:other`, `OR`, `*`, a
+//! range) can widen it, since at most it adds clauses inside its own subquery. Regexes stay disabled (the parser's default)
 //! and no field is fuzzy, so no query expands into an automaton over the dictionary.
 
 use std::ops::Bound;
@@ -15,8 +16,9 @@ use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
 use tantivy::schema::{IndexRecordOption, Value};
 use tantivy::snippet::SnippetGenerator;
-use tantivy::{DocAddress, Searcher, TantivyDocument, Term};
+use tantivy::{TantivyDocument, Term};
 
+use super::filtered::Filtered;
 use super::{Inner, SearchError, TextFilters, TextHit};
 
 /// Characters of a snippet.
@@ -40,12 +42,13 @@ pub(super) fn prepare(query: &str, max_chars: usize) -> Result<Prepared, SearchE
 }
 
 /// The best `k` matches of a query with what the index stores of each, snippets left
-/// to [`Candidates::snippet`] (a caller fusing rankings needs only a few of them).
+/// to [`Candidates::snippet`] (a caller fusing rankings needs only a few of them). The
+/// stored documents are kept: a snippet reads its text from them rather than fetching
+/// (and decompressing) the document again.
 pub(super) struct Candidates {
-    searcher: Searcher,
     snippets: SnippetGenerator,
     text: tantivy::schema::Field,
-    found: Vec<(DocAddress, TextHit)>,
+    found: Vec<(TantivyDocument, TextHit)>,
 }
 
 impl Candidates {
@@ -56,22 +59,21 @@ impl Candidates {
 
     /// The snippet of hit `i`: a fragment around the matched words and their byte ranges
     /// (the text's start when no word matched it, e.g. a title-only match).
-    pub(super) fn snippet(&self, i: usize) -> Result<(String, Vec<(usize, usize)>), SearchError> {
-        let Some((address, _)) = self.found.get(i) else { return Ok((String::new(), Vec::new())) };
-        let doc: TantivyDocument = self.searcher.doc(*address)?;
-        let snippet = self.snippets.snippet_from_doc(&doc);
+    pub(super) fn snippet(&self, i: usize) -> (String, Vec<(usize, usize)>) {
+        let Some((doc, _)) = self.found.get(i) else { return (String::new(), Vec::new()) };
+        let snippet = self.snippets.snippet_from_doc(doc);
         if snippet.is_empty() {
             let text = doc.get_first(self.text).and_then(|v| v.as_str()).unwrap_or_default();
-            return Ok((prefix(text, SNIPPET_CHARS), Vec::new()));
+            return (prefix(text, SNIPPET_CHARS), Vec::new());
         }
-        Ok((snippet.fragment().to_owned(), snippet.highlighted().iter().map(|r| (r.start, r.end)).collect()))
+        (snippet.fragment().to_owned(), snippet.highlighted().iter().map(|r| (r.start, r.end)).collect())
     }
 
     /// Every hit with its snippet.
     pub(super) fn into_hits(self) -> Result<Vec<TextHit>, SearchError> {
         let mut hits = Vec::with_capacity(self.found.len());
         for i in 0..self.found.len() {
-            let (snippet, highlights) = self.snippet(i)?;
+            let (snippet, highlights) = self.snippet(i);
             let mut hit = self.found[i].1.clone();
             hit.snippet = snippet;
             hit.highlights = highlights;
@@ -93,38 +95,7 @@ pub(super) fn candidates(
     let mut parser = QueryParser::for_index(&inner.index, vec![fields.title, fields.text]);
     parser.set_field_boost(fields.title, 2.0);
     let (parsed, _ignored) = parser.parse_query_lenient(&query.0);
-    let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, parsed.box_clone())];
-    clauses.push((Occur::Must, exact(fields.tenant, tenant.as_str())));
-    if !filters.kinds.is_empty() {
-        let kinds: Vec<Box<dyn Query>> = filters.kinds.iter().map(|k| exact(fields.kind, k.as_str())).collect();
-        clauses.push((Occur::Must, Box::new(BooleanQuery::union(kinds))));
-    }
-    if let Some(session) = &filters.session {
-        clauses.push((Occur::Must, exact(fields.session, session.as_str())));
-    }
-    if let Some(session) = &filters.exclude_session {
-        clauses.push((Occur::MustNot, exact(fields.session, session.as_str())));
-    }
-    if let Some(author) = &filters.author {
-        clauses.push((Occur::Must, exact(fields.author, author)));
-    }
-    if let Some(scope) = &filters.scope {
-        clauses.push((Occur::Must, exact(fields.scope, scope)));
-    }
-    if !filters.tags.is_empty() {
-        let tags: Vec<Box<dyn Query>> = filters.tags.iter().map(|t| exact(fields.tags, t)).collect();
-        let tags = if filters.all_tags { BooleanQuery::intersection(tags) } else { BooleanQuery::union(tags) };
-        clauses.push((Occur::Must, Box::new(tags)));
-    }
-    if filters.since.is_some() || filters.until.is_some() {
-        let date = |at: chrono::DateTime<chrono::Utc>| {
-            Term::from_field_date(fields.created, tantivy::DateTime::from_timestamp_millis(at.timestamp_millis()))
-        };
-        let lower = filters.since.map_or(Bound::Unbounded, |at| Bound::Included(date(at)));
-        let upper = filters.until.map_or(Bound::Unbounded, |at| Bound::Excluded(date(at)));
-        clauses.push((Occur::Must, Box::new(ConstScoreQuery::new(Box::new(RangeQuery::new(lower, upper)), 0.0))));
-    }
-    let query = BooleanQuery::new(clauses);
+    let query = Filtered::new(parsed.box_clone(), filter(inner, tenant, filters));
     let searcher = inner.reader.searcher();
     let top = searcher.search(&query, &TopDocs::with_limit(k).order_by_score()).map_err(unsupported)?;
     let mut snippets = SnippetGenerator::create(&searcher, &*parsed, fields.text).map_err(unsupported)?;
@@ -156,9 +127,49 @@ pub(super) fn candidates(
             scope: text(fields.scope),
             pinned: doc.get_first(fields.pinned).and_then(|v| v.as_u64()) == Some(1),
         };
-        found.push((address, hit));
+        found.push((doc, hit));
     }
-    Ok(Candidates { searcher, snippets, text: fields.text, found })
+    Ok(Candidates { snippets, text: fields.text, found })
+}
+
+/// The documents a query may return: the tenant's, narrowed by the filters; every
+/// clause scores 0.
+fn filter(inner: &Inner, tenant: &TenantId, filters: &TextFilters) -> Box<dyn Query> {
+    let fields = &inner.fields;
+    let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, exact(fields.tenant, tenant.as_str()))];
+    if !filters.kinds.is_empty() {
+        let kinds: Vec<Box<dyn Query>> = filters.kinds.iter().map(|k| exact(fields.kind, k.as_str())).collect();
+        clauses.push((Occur::Must, Box::new(BooleanQuery::union(kinds))));
+    }
+    if let Some(session) = &filters.session {
+        clauses.push((Occur::Must, exact(fields.session, session.as_str())));
+    }
+    if let Some(session) = &filters.exclude_session {
+        clauses.push((Occur::MustNot, exact(fields.session, session.as_str())));
+    }
+    if let Some(author) = &filters.author {
+        clauses.push((Occur::Must, exact(fields.author, author)));
+    }
+    if let Some(scope) = &filters.scope {
+        clauses.push((Occur::Must, exact(fields.scope, scope)));
+    }
+    if !filters.tags.is_empty() {
+        let tags: Vec<Box<dyn Query>> = filters.tags.iter().map(|t| exact(fields.tags, t)).collect();
+        let tags = if filters.all_tags { BooleanQuery::intersection(tags) } else { BooleanQuery::union(tags) };
+        clauses.push((Occur::Must, Box::new(tags)));
+    }
+    if filters.since.is_some() || filters.until.is_some() {
+        let date = |at: chrono::DateTime<chrono::Utc>| {
+            Term::from_field_date(fields.created, tantivy::DateTime::from_timestamp_millis(at.timestamp_millis()))
+        };
+        let lower = filters.since.map_or(Bound::Unbounded, |at| Bound::Included(date(at)));
+        let upper = filters.until.map_or(Bound::Unbounded, |at| Bound::Excluded(date(at)));
+        clauses.push((Occur::Must, Box::new(ConstScoreQuery::new(Box::new(RangeQuery::new(lower, upper)), 0.0))));
+    }
+    if clauses.len() == 1 {
+        return clauses.remove(0).1;
+    }
+    Box::new(BooleanQuery::new(clauses))
 }
 
 /// What the user's query asked that this index cannot do is the query's fault (422);
