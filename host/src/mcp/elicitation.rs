@@ -6,10 +6,10 @@
 
 use rmcp::Peer;
 use rmcp::model::{
-    ClientResult, ElicitRequest, ElicitRequestParams, ElicitationAction, ElicitationSchema, ProtocolVersion,
-    ServerRequest,
+    ClientResult, ElicitRequest, ElicitRequestParams, ElicitationAction, ElicitationSchema, GetExtensions,
+    ProtocolVersion, RequestId, ServerRequest,
 };
-use rmcp::service::{RequestContext, RoleServer};
+use rmcp::service::{OriginatingRequestId, RequestContext, RoleServer};
 
 use maestro_core::call::{Answer, Completion, CompletionRequest, Platform, PlatformError, Question};
 
@@ -17,6 +17,11 @@ use maestro_core::call::{Answer, Completion, CompletionRequest, Platform, Platfo
 #[derive(Debug)]
 pub(super) struct Elicitation {
     peer: Peer<RoleServer>,
+    /// The client's request (the tool call) the questions belong to: they ride its
+    /// response stream (SEP-2260), not the session's GET stream, which the client may
+    /// not have opened yet. rmcp marks this only inside the handler's own task, and a
+    /// plugin asks from the sandbox's.
+    origin: RequestId,
 }
 
 impl Elicitation {
@@ -26,7 +31,7 @@ impl Elicitation {
         let stateless =
             context.protocol_version().is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
         let declared = context.peer.peer_info().is_some_and(|info| info.capabilities.elicitation.is_some());
-        (declared && !stateless).then(|| Self { peer: context.peer.clone() })
+        (declared && !stateless).then(|| Self { peer: context.peer.clone(), origin: context.id.clone() })
     }
 }
 
@@ -43,7 +48,8 @@ impl Platform for Elicitation {
         })?;
         let params =
             ElicitRequestParams::FormElicitationParams { meta: None, message: question.message, requested_schema };
-        let request = ServerRequest::ElicitRequest(ElicitRequest::new(params));
+        let mut request = ServerRequest::ElicitRequest(ElicitRequest::new(params));
+        request.extensions_mut().insert(OriginatingRequestId(self.origin.clone()));
         let result = self.peer.send_request(request).await.map_err(|err| {
             tracing::info!(error = %err, "the MCP client's elicitation failed");
             PlatformError::Failed("the client did not answer the question".into())
