@@ -9,9 +9,10 @@
 
 use rmcp::Peer;
 use rmcp::model::{
-    CreateMessageRequestParams, ModelPreferences, ProtocolVersion, Role, SamplingMessage, SamplingMessageContentBlock,
+    ClientResult, CreateMessageRequest, CreateMessageRequestParams, GetExtensions, ModelPreferences, ProtocolVersion,
+    RequestId, Role, SamplingMessage, SamplingMessageContentBlock, ServerRequest,
 };
-use rmcp::service::{RequestContext, RoleServer};
+use rmcp::service::{OriginatingRequestId, RequestContext, RoleServer};
 
 use maestro_core::call::{Completion, CompletionRequest, CompletionRole, Platform, PlatformError};
 use maestro_core::plugin::ModelTier;
@@ -20,6 +21,9 @@ use maestro_core::plugin::ModelTier;
 #[derive(Debug)]
 pub(super) struct Sampling {
     peer: Peer<RoleServer>,
+    /// The tool call the completions belong to: they ride its response stream, as the
+    /// elicitation's questions do (`elicitation::Elicitation`).
+    origin: RequestId,
 }
 
 impl Sampling {
@@ -29,7 +33,7 @@ impl Sampling {
         let stateless =
             context.protocol_version().is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
         let declared = context.peer.peer_info().is_some_and(|info| info.capabilities.sampling.is_some());
-        (declared && !stateless).then(|| Self { peer: context.peer.clone() })
+        (declared && !stateless).then(|| Self { peer: context.peer.clone(), origin: context.id.clone() })
     }
 }
 
@@ -121,10 +125,21 @@ pub(super) fn completion(
 impl Platform for Sampling {
     async fn complete(&self, request: CompletionRequest) -> Result<Completion, PlatformError> {
         let params = params(&request)?;
-        let result = self.peer.create_message(params).await.map_err(|err| {
+        // What `Peer::create_message` does, with the originating call marked (no tools
+        // are ever offered to the client's model here).
+        params
+            .validate()
+            .map_err(|e| PlatformError::InvalidRequest(format!("not a completion a client can make: {e}")))?;
+        let mut sample = ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params));
+        sample.extensions_mut().insert(OriginatingRequestId(self.origin.clone()));
+        let answered = self.peer.send_request(sample).await.map_err(|err| {
             tracing::info!(error = %err, "the MCP client's sampling failed");
             PlatformError::Failed("the client's model did not answer".into())
         })?;
+        let ClientResult::CreateMessageResult(result) = answered else {
+            return Err(PlatformError::Failed("the client answered something else".into()));
+        };
+        let result = *result;
         completion(&request, result)
     }
 }
