@@ -360,13 +360,7 @@ impl MemoryStore for SqliteStore {
         patch: &MemoryPatch,
         at: DateTime<Utc>,
     ) -> Result<Option<Memory>, StoreError> {
-        let sql = format!(
-            "UPDATE memories SET text = COALESCE($3, text), tags = COALESCE($4, tags), pinned = COALESCE($5, pinned), \
-             updated_at = $6, provider = COALESCE($7, provider), model = COALESCE($8, model), \
-             dims = COALESCE($9, dims), embedding = COALESCE($10, embedding) \
-             WHERE tenant_id = $1 AND id = $2 RETURNING {}",
-            columns(SQLITE_TAGS)
-        );
+        let sql = format!("{SQLITE_UPDATE} RETURNING {}", columns(SQLITE_TAGS));
         let tags = patch.tags.as_deref().map(tags_json).transpose()?;
         let text = patch.text.as_ref();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend_err)?;
@@ -543,7 +537,7 @@ impl MemoryStore for SqliteStore {
             let remembered = match nearest.into_iter().find(|hit| hit.score >= min_score) {
                 Some(hit) => {
                     let patch = restate(&hit.memory);
-                    let sql = format!("{SQLITE_RESTATE} RETURNING {}", columns(SQLITE_TAGS));
+                    let sql = format!("{SQLITE_UPDATE} RETURNING {}", columns(SQLITE_TAGS));
                     let text = patch.text.as_ref();
                     let row = sqlx::query_as::<_, MemoryRow>(sqlx::AssertSqlSafe(sql))
                         .bind(tenant.as_str())
@@ -607,14 +601,17 @@ impl MemoryStore for SqliteStore {
 /// the concurrent writers gets through).
 const REMEMBER_ATTEMPTS: usize = 64;
 
-/// The update of a restated memory on SQLite (parameters as in `update_memory`).
-const SQLITE_RESTATE: &str = "UPDATE memories SET text = COALESCE($3, text), tags = COALESCE($4, tags), \
+/// A memory's update by a [`MemoryPatch`] on SQLite (`update_memory`, and a restated
+/// memory in `remember_memory`): tenant ($1), id ($2), the patch ($3–$5, $7–$10, each
+/// kept when absent), the time ($6).
+const SQLITE_UPDATE: &str = "UPDATE memories SET text = COALESCE($3, text), tags = COALESCE($4, tags), \
      pinned = COALESCE($5, pinned), updated_at = $6, provider = COALESCE($7, provider), \
      model = COALESCE($8, model), dims = COALESCE($9, dims), embedding = COALESCE($10, embedding) \
      WHERE tenant_id = $1 AND id = $2";
 
-/// The update of a restated memory on Postgres (parameters as in `update_memory`).
-const PG_RESTATE: &str = "UPDATE memories SET text = COALESCE($3, text), tags = COALESCE($4::text[], tags), \
+/// A memory's update by a [`MemoryPatch`] on Postgres, with the parameters of
+/// [`SQLITE_UPDATE`].
+const PG_UPDATE: &str = "UPDATE memories SET text = COALESCE($3, text), tags = COALESCE($4::text[], tags), \
      pinned = COALESCE($5, pinned), updated_at = $6, provider = COALESCE($7, provider), \
      model = COALESCE($8, model), dims = COALESCE($9, dims), \
      embedding = COALESCE($10::real[]::vector, embedding) WHERE tenant_id = $1 AND id = $2";
@@ -1003,14 +1000,7 @@ impl MemoryStore for PostgresStore {
         patch: &MemoryPatch,
         at: DateTime<Utc>,
     ) -> Result<Option<Memory>, StoreError> {
-        let sql = format!(
-            "UPDATE memories SET text = COALESCE($3, text), tags = COALESCE($4::text[], tags), \
-             pinned = COALESCE($5, pinned), updated_at = $6, provider = COALESCE($7, provider), \
-             model = COALESCE($8, model), dims = COALESCE($9, dims), \
-             embedding = COALESCE($10::real[]::vector, embedding) \
-             WHERE tenant_id = $1 AND id = $2 RETURNING {}",
-            columns(PG_TAGS)
-        );
+        let sql = format!("{PG_UPDATE} RETURNING {}", columns(PG_TAGS));
         let text = patch.text.as_ref();
         let mut tx = self.pool.begin().await.map_err(backend_err)?;
         let row = sqlx::query_as::<_, MemoryRow>(sqlx::AssertSqlSafe(sql))
@@ -1207,7 +1197,7 @@ impl MemoryStore for PostgresStore {
         let remembered = match hit {
             Some(found) => {
                 let patch = restate(&found);
-                let sql = format!("{PG_RESTATE} RETURNING {}", columns(PG_TAGS));
+                let sql = format!("{PG_UPDATE} RETURNING {}", columns(PG_TAGS));
                 let text = patch.text.as_ref();
                 let row = sqlx::query_as::<_, MemoryRow>(sqlx::AssertSqlSafe(sql))
                     .bind(tenant.as_str())
