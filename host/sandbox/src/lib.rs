@@ -3,14 +3,17 @@
 //!
 //! - One [`Engine`] per process: pooling allocator, fuel, epoch interruption driven by a
 //!   ticker thread, compiled code cached on disk keyed by content hash.
-//! - One `InstancePre` per plugin ([`LoadedPlugin`]); a fresh `Store` per call.
-//! - Every call runs on the sandbox's own tokio runtime, never on the request runtime,
-//!   under the limits of the caller's policy ([`CallLimits`]): fuel, a wall-clock
-//!   deadline (epoch callback for guest code, plus an outer timeout that also covers
-//!   time inside host calls such as HTTP), linear memory, instances/tables/memories,
-//!   output size, and the network policy ([`net`]).
-//! - Guests yield to the sandbox runtime at every epoch tick, so spinning guests share
-//!   its threads fairly and deadlines and cancellation are noticed within a tick.
+//! - One `InstancePre` per plugin ([`LoadedPlugin`]); a fresh `Store` per call, or for a
+//!   stateless plugin an idle one the same caller left ([`pool`]).
+//! - Every call runs under the limits of the caller's policy ([`CallLimits`]): fuel, a
+//!   wall-clock deadline (epoch callback for guest code, plus an outer timeout that also
+//!   covers time inside host calls such as HTTP), linear memory,
+//!   instances/tables/memories, output size, and the network policy ([`net`]).
+//! - A call starts on the caller's thread (no hop for calls that take microseconds);
+//!   guests yield every 500k fuel and at every epoch tick, and at the first yield (or a
+//!   host call that waits) the call moves to the sandbox's own runtime and stays there.
+//!   Spinning guests thus hold a request thread for one slice at most, share the
+//!   sandbox threads fairly, and deadlines and cancellation are noticed within a tick.
 //! - Every call and every persona rendering returns a [`CallOutcome`]: the core's
 //!   [`Metering`] (duration, fuel used, bytes in/out, HTTP activity) and a typed
 //!   [`Failure`] (the core's: the sandbox speaks the call types of `maestro_core::call`).
@@ -62,7 +65,7 @@ use wit::bindings;
 pub struct SandboxConfig {
     /// Where compiled components are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
-    /// Threads of the sandbox runtime (guests never run on the request runtime).
+    /// Threads of the sandbox runtime (guests past their first fuel slice run there).
     pub workers: usize,
     /// Largest linear memory any call may get (policies are clamped to it).
     pub max_memory_bytes: usize,
@@ -369,6 +372,14 @@ impl Sandbox {
     /// The engine-wide settings.
     pub fn config(&self) -> &SandboxConfig {
         &self.config
+    }
+
+    /// Linear-memory slots of the instance pool not in use but warm, and the bytes they
+    /// keep resident between calls (what guests dirtied, up to the keep-resident bound).
+    pub fn warm_memory_slots(&self) -> (u32, usize) {
+        self.engine
+            .pooling_allocator_metrics()
+            .map_or((0, 0), |m| (m.unused_warm_memories(), m.unused_memory_bytes_resident()))
     }
 
     /// The interfaces a component imports, e.g. `wasi:http/outgoing-handler@0.2.12`
