@@ -206,12 +206,13 @@ impl WasiFloor {
     fn new(path: &Path) -> Self {
         let mut config = Config::new();
         config.wasm_component_model(true);
+        let slots = pool_slots();
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(64)
-            .total_core_instances(256)
-            .total_memories(128)
-            .total_tables(256)
-            .total_stacks(64)
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 4)
+            .total_memories(slots * 2)
+            .total_tables(slots * 4)
+            .total_stacks(slots)
             .max_memory_size(64 << 20);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).expect("WASI floor engine");
@@ -254,12 +255,13 @@ const ANSWER_WAT: &str = r#"
 fn bare_instance_pre(metered: bool) -> InstancePre<()> {
     let mut config = Config::new();
     config.wasm_component_model(true).consume_fuel(metered).epoch_interruption(metered);
+    let slots = pool_slots();
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(64)
-        .total_core_instances(64)
-        .total_memories(64)
-        .total_tables(64)
-        .total_stacks(64)
+    pool.total_component_instances(slots)
+        .total_core_instances(slots)
+        .total_memories(slots)
+        .total_tables(slots)
+        .total_stacks(slots)
         .max_memory_size(1 << 20);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&config).expect("bare engine");
@@ -600,6 +602,12 @@ async fn mixed_calls(
 // ---------------------------------------------------------------------------------
 // 7. Instruction counts (callgrind)
 
+/// Instance slots of the floors' pools: valgrind cannot reserve the address space of
+/// many (`MAESTRO_BENCH_SMALL_POOL` is set for the callgrind runs).
+fn pool_slots() -> u32 {
+    if std::env::var_os("MAESTRO_BENCH_SMALL_POOL").is_some() { 2 } else { 64 }
+}
+
 /// A case measured under callgrind.
 #[derive(Clone, Copy, Debug)]
 enum Case {
@@ -689,6 +697,7 @@ fn callgrind(components: &Path) {
     for case in Case::ALL {
         let count = |calls: usize| -> u64 {
             let output = std::process::Command::new("valgrind")
+                .env("MAESTRO_BENCH_SMALL_POOL", "1")
                 .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
                 .arg(&exe)
                 .args(["callgrind-case", case.name(), &calls.to_string()])

@@ -364,8 +364,10 @@ impl Sandbox {
             })
             .map_err(engine_err)?;
 
-        // Idle instances hold pool slots: at most a quarter of them.
-        let idle_budget = pool::Budget::new(config.max_instances as usize / 4);
+        // Idle instances hold pool slots: at most a quarter of them (one in a pool of two
+        // or three).
+        let max_instances = config.max_instances as usize;
+        let idle_budget = pool::Budget::new((max_instances / 4).max(usize::from(max_instances >= 2)));
         Ok(Self { engine, linker: Arc::new(linker), runtime: Some(runtime), handle, config, ticker_stop, idle_budget })
     }
 
