@@ -10,8 +10,13 @@
 //!   thread: callers, sandbox workers, epoch ticker). Its unit is a 10 ms clock tick, so
 //!   throughput windows last 3 s (≤ 0.3 % resolution).
 //! - RSS is `VmRSS` from `/proc/self/status`.
-//! - Callers run on this binary's own runtime (the "request runtime"); the sandbox runs
-//!   guests on its own runtime, as in the server.
+//! - Callers run on this binary's own runtime (the "request runtime"), as in the server:
+//!   a call starts there and moves to the sandbox's runtime only if the guest yields.
+//! - Every trivial-call figure is printed beside the bare-wasmtime floor measured in the
+//!   same run, with the ratio.
+//! - Instruction counts (stable on a noisy machine): `cargo bench -p maestro-host --bench
+//!   sandbox -- callgrind` runs each case under `valgrind --tool=callgrind` for two call
+//!   counts and prints the difference per call (start-up cancels out).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -41,6 +46,19 @@ const PLUGINS: [&str; 5] = ["calc", "hostile", "personas", "text", "web"];
 fn main() {
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
     let components = components_dir();
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "callgrind-case") {
+        // One case for callgrind: `callgrind-case <case> <calls>` (run by `callgrind`).
+        let case = Case::parse(&args[at + 1]);
+        let calls = args[at + 2].parse().expect("call count");
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
+        runtime.block_on(case.run(&components, calls));
+        return;
+    }
+    if args.iter().any(|a| a == "callgrind") {
+        callgrind(&components);
+        return;
+    }
     let missing: Vec<_> = PLUGINS.iter().filter(|p| !component(&components, p).is_file()).collect();
     if !missing.is_empty() {
         eprintln!(
@@ -62,7 +80,7 @@ async fn run(cores: usize, components: &Path) {
     // Loads come first: the cold case needs an empty cache, and the other sections use
     // the sandbox the ten-plugin start leaves behind.
     let (sandbox, hostile) = plugin_loads(components).await;
-    trivial_calls(cores, &sandbox, &hostile).await;
+    trivial_calls(cores, &sandbox, &hostile, components).await;
     timeout_overshoot(&sandbox, &hostile).await;
     responsiveness(&sandbox, &hostile).await;
     memory(rss_start, &sandbox, &hostile).await;
@@ -71,44 +89,35 @@ async fn run(cores: usize, components: &Path) {
 // ---------------------------------------------------------------------------------
 // 1-2. Trivial calls
 
-async fn trivial_calls(cores: usize, sandbox: &Arc<Sandbox>, hostile: &LoadedPlugin) {
+async fn trivial_calls(cores: usize, sandbox: &Arc<Sandbox>, hostile: &LoadedPlugin, components: &Path) {
     println!("\n1-2. Trivial call: instantiate + call + drop, fresh Store per call ({}s windows)", WINDOW.as_secs());
+    println!("  Ratios are CPU per call over the bare-wasmtime floor (call_async) with as many callers, same run.");
     println!(
-        "  {:<40} {:>7} {:>9} {:>8} {:>8} {:>11}",
-        "case", "callers", "calls/s", "p50 µs", "p99 µs", "CPU µs/call"
+        "  {:<44} {:>7} {:>9} {:>8} {:>8} {:>11} {:>7}",
+        "case", "callers", "calls/s", "p50 µs", "p99 µs", "CPU µs/call", "ratio"
     );
     let callers = [1, cores];
 
-    let fuel = sandbox.call_tool(hostile, "noop", "{}".to_owned(), &CallContext::default()).await.metering.fuel;
-    let (sandbox, plugin, context) = (sandbox.clone(), Arc::new(hostile.clone()), Arc::new(CallContext::default()));
-    let noop = move || {
-        let (sandbox, plugin, context) = (sandbox.clone(), plugin.clone(), context.clone());
-        async move {
-            let outcome = sandbox.call_tool(&plugin, "noop", "{}".to_owned(), &context).await;
-            if let Err(failure) = outcome.result {
-                panic!("hostile.noop failed: {failure}");
-            }
-        }
+    // The floor: a minimal component on bare wasmtime, pooling allocator, InstancePre.
+    let mut floors = Vec::new();
+    let pre = Arc::new(bare_instance_pre(false));
+    let floor = move || {
+        let pre = pre.clone();
+        async move { bare_call(&pre, false).await }
     };
     for n in callers {
-        drive(n, noop.clone()).await.print("sandbox hostile.noop", n);
+        let run = drive(n, floor.clone()).await;
+        floors.push(run.cpu_per_call());
+        run.print("bare wasmtime, call_async (the floor)", n, None);
     }
-
-    // The floor: a minimal component on bare wasmtime, pooling allocator, InstancePre.
-    for (label, metered) in [("bare wasmtime, call_async", false), ("bare wasmtime + fuel/epoch, call_async", true)] {
-        let pre = Arc::new(bare_instance_pre(metered));
-        let call = move || {
-            let pre = pre.clone();
-            async move {
-                let mut store = bare_store(&pre, metered);
-                let instance = pre.instantiate_async(&mut store).await.expect("instantiate");
-                let answer = instance.get_typed_func::<(), (u32,)>(&mut store, "answer").expect("export");
-                assert_eq!(answer.call_async(&mut store, ()).await.expect("call"), (42,));
-            }
-        };
-        for n in callers {
-            drive(n, call.clone()).await.print(label, n);
-        }
+    let floor_of = |n: usize| floors[usize::from(n != 1)];
+    let pre = Arc::new(bare_instance_pre(true));
+    let metered = move || {
+        let pre = pre.clone();
+        async move { bare_call(&pre, true).await }
+    };
+    for n in callers {
+        drive(n, metered.clone()).await.print("bare wasmtime + fuel/epoch, call_async", n, Some(floor_of(n)));
     }
     let pre = Arc::new(bare_instance_pre(false));
     let sync_call = move || {
@@ -122,9 +131,115 @@ async fn trivial_calls(cores: usize, sandbox: &Arc<Sandbox>, hostile: &LoadedPlu
         }
     };
     for n in callers {
-        drive(n, sync_call.clone()).await.print("bare wasmtime, sync call", n);
+        drive(n, sync_call.clone()).await.print("bare wasmtime, sync call", n, Some(floor_of(n)));
     }
-    println!("  (guest work of one hostile.noop call, as metered: {fuel} fuel units ≈ wasm instructions)");
+    // The same hostile component on bare wasmtime with a WASI linker: what instantiating
+    // a real Rust component costs before anything of ours.
+    let wasi = Arc::new(WasiFloor::new(&component(components, "hostile")));
+    let wasi_call = move || {
+        let wasi = wasi.clone();
+        async move { wasi.call().await }
+    };
+    for n in callers {
+        drive(n, wasi_call.clone()).await.print("bare wasmtime + WASI linker, hostile.noop", n, Some(floor_of(n)));
+    }
+
+    let fresh = sandbox.call_tool(hostile, "noop", "{}".to_owned(), &CallContext::default()).await.metering.fuel;
+    for (label, plugin) in [
+        ("sandbox hostile.noop (fresh instance)", hostile.clone()),
+        ("sandbox hostile.noop, stateless (pooled)", hostile.clone().stateless(true)),
+    ] {
+        let (sandbox, plugin, context) = (sandbox.clone(), Arc::new(plugin), Arc::new(CallContext::default()));
+        let noop = move || {
+            let (sandbox, plugin, context) = (sandbox.clone(), plugin.clone(), context.clone());
+            async move {
+                let outcome = sandbox.call_tool(&plugin, "noop", "{}".to_owned(), &context).await;
+                if let Err(failure) = outcome.result {
+                    panic!("hostile.noop failed: {failure}");
+                }
+            }
+        };
+        for n in callers {
+            drive(n, noop.clone()).await.print(label, n, Some(floor_of(n)));
+        }
+    }
+    let pooled = hostile.clone().stateless(true);
+    let reused = sandbox.call_tool(&pooled, "noop", "{}".to_owned(), &CallContext::default()).await.metering.fuel;
+    println!(
+        "  (guest work of one hostile.noop call, as metered: {fresh} fuel units ≈ wasm instructions on a fresh \
+         instance, {reused} on a pooled one)"
+    );
+    let metrics = sandbox.warm_memory_slots();
+    println!(
+        "  (kept resident in {} warm memory slots: {:.0} KiB each on average)",
+        metrics.0,
+        metrics.1 as f64 / 1024.0 / metrics.0.max(1) as f64
+    );
+}
+
+async fn bare_call(pre: &InstancePre<()>, metered: bool) {
+    let mut store = bare_store(pre, metered);
+    let instance = pre.instantiate_async(&mut store).await.expect("instantiate");
+    let answer = instance.get_typed_func::<(), (u32,)>(&mut store, "answer").expect("export");
+    assert_eq!(answer.call_async(&mut store, ()).await.expect("call"), (42,));
+}
+
+/// A real Rust component (the hostile fixture) on bare wasmtime: pooling allocator, WASI
+/// p2 linker (its own imports as traps), InstancePre, a fresh Store and WASI context per
+/// call, `tools.call("noop", "{}")` through an untyped export.
+struct WasiFloor {
+    pre: InstancePre<WasiState>,
+}
+
+struct WasiState {
+    wasi: wasmtime_wasi::WasiCtx,
+    table: wasmtime::component::ResourceTable,
+}
+
+impl wasmtime_wasi::WasiView for WasiState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiFloor {
+    fn new(path: &Path) -> Self {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        let slots = pool_slots();
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 4)
+            .total_memories(slots * 2)
+            .total_tables(slots * 4)
+            .total_stacks(slots)
+            .max_memory_size(64 << 20);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).expect("WASI floor engine");
+        let component = Component::from_file(&engine, path).expect("hostile compiles");
+        let mut linker = Linker::<WasiState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("WASI links");
+        linker.define_unknown_imports_as_traps(&component).expect("stubs");
+        Self { pre: linker.instantiate_pre(&component).expect("hostile links") }
+    }
+
+    async fn call(&self) {
+        use wasmtime::component::Val;
+        let state = WasiState {
+            wasi: wasmtime_wasi::WasiCtx::builder().build(),
+            table: wasmtime::component::ResourceTable::new(),
+        };
+        let mut store = Store::new(self.pre.engine(), state);
+        let instance = self.pre.instantiate_async(&mut store).await.expect("instantiate");
+        let tools = instance.get_export_index(&mut store, None, "maestro:plugin/tools@0.2.0").expect("tools");
+        let call = instance.get_export_index(&mut store, Some(&tools), "call").expect("call");
+        let call = instance.get_func(&mut store, call).expect("func");
+        let mut results = [Val::Bool(false)];
+        call.call_async(&mut store, &[Val::String("noop".into()), Val::String("{}".into())], &mut results)
+            .await
+            .expect("noop");
+        assert!(matches!(&results[0], Val::Result(Ok(_))), "{:?}", results[0]);
+    }
 }
 
 /// A component exporting `answer: func() -> u32`, linked with nothing.
@@ -140,12 +255,13 @@ const ANSWER_WAT: &str = r#"
 fn bare_instance_pre(metered: bool) -> InstancePre<()> {
     let mut config = Config::new();
     config.wasm_component_model(true).consume_fuel(metered).epoch_interruption(metered);
+    let slots = pool_slots();
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(64)
-        .total_core_instances(64)
-        .total_memories(64)
-        .total_tables(64)
-        .total_stacks(64)
+    pool.total_component_instances(slots)
+        .total_core_instances(slots)
+        .total_memories(slots)
+        .total_tables(slots)
+        .total_stacks(slots)
         .max_memory_size(1 << 20);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&config).expect("bare engine");
@@ -171,15 +287,22 @@ struct Run {
 }
 
 impl Run {
-    fn print(mut self, label: &str, callers: usize) {
+    fn cpu_per_call(&self) -> f64 {
+        micros(self.cpu) / self.latencies.len() as f64
+    }
+
+    /// Prints the row, with the ratio of its CPU per call to `floor`'s.
+    fn print(mut self, label: &str, callers: usize, floor: Option<f64>) {
+        let cpu = self.cpu_per_call();
         self.latencies.sort_unstable();
         let calls = self.latencies.len() as f64;
+        let ratio = floor.map_or_else(|| "1.0×".to_owned(), |floor| format!("{:.1}×", cpu / floor));
         println!(
-            "  {label:<40} {callers:>7} {:>9.0} {:>8.1} {:>8.1} {:>11.1}",
+            "  {label:<44} {callers:>7} {:>9.0} {:>8.1} {:>8.1} {:>11.1} {ratio:>7}",
             calls / self.wall.as_secs_f64(),
             micros(percentile(&self.latencies, 0.50)),
             micros(percentile(&self.latencies, 0.99)),
-            micros(self.cpu) / calls,
+            cpu,
         );
     }
 }
@@ -473,6 +596,122 @@ async fn mixed_calls(
         .collect();
     for task in tasks {
         task.await.expect("caller task");
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 7. Instruction counts (callgrind)
+
+/// Instance slots of the floors' pools: valgrind cannot reserve the address space of
+/// many (`MAESTRO_BENCH_SMALL_POOL` is set for the callgrind runs).
+fn pool_slots() -> u32 {
+    if std::env::var_os("MAESTRO_BENCH_SMALL_POOL").is_some() { 2 } else { 64 }
+}
+
+/// A case measured under callgrind.
+#[derive(Clone, Copy, Debug)]
+enum Case {
+    /// The bare-wasmtime floor (minimal component, call_async).
+    Floor,
+    /// The hostile component on bare wasmtime with a WASI linker.
+    Wasi,
+    /// `hostile.noop` through the sandbox, fresh instance per call.
+    Fresh,
+    /// `hostile.noop` through the sandbox, stateless (pooled).
+    Pooled,
+}
+
+impl Case {
+    const ALL: [Case; 4] = [Case::Floor, Case::Wasi, Case::Fresh, Case::Pooled];
+
+    fn parse(name: &str) -> Self {
+        Self::ALL.into_iter().find(|c| c.name() == name).unwrap_or_else(|| panic!("no case `{name}`"))
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Case::Floor => "floor",
+            Case::Wasi => "wasi",
+            Case::Fresh => "fresh",
+            Case::Pooled => "pooled",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Case::Floor => "bare wasmtime, call_async (the floor)",
+            Case::Wasi => "bare wasmtime + WASI linker, hostile.noop",
+            Case::Fresh => "sandbox hostile.noop (fresh instance)",
+            Case::Pooled => "sandbox hostile.noop, stateless (pooled)",
+        }
+    }
+
+    /// Warms up, then makes `calls` sequential calls.
+    async fn run(self, components: &Path, calls: usize) {
+        match self {
+            Case::Floor => {
+                let pre = bare_instance_pre(false);
+                for _ in 0..CALLGRIND_WARMUP + calls {
+                    bare_call(&pre, false).await;
+                }
+            }
+            Case::Wasi => {
+                let floor = WasiFloor::new(&component(components, "hostile"));
+                for _ in 0..CALLGRIND_WARMUP + calls {
+                    floor.call().await;
+                }
+            }
+            Case::Fresh | Case::Pooled => {
+                // Valgrind cannot reserve the default pool's address space: a small one.
+                let cache = components.join("../../maestro-bench-callgrind-cache");
+                let config = SandboxConfig { cache_dir: Some(cache), max_instances: 2, ..SandboxConfig::default() };
+                let sandbox = Sandbox::new(config).expect("sandbox starts");
+                let bytes = std::fs::read(component(components, "hostile")).expect("read component");
+                let plugin = sandbox.load("hostile", bytes, CallLimits::default()).await.expect("loads");
+                let plugin = plugin.stateless(matches!(self, Case::Pooled));
+                let context = CallContext::default();
+                for _ in 0..CALLGRIND_WARMUP + calls {
+                    let outcome = sandbox.call_tool(&plugin, "noop", "{}".to_owned(), &context).await;
+                    outcome.result.expect("hostile.noop");
+                }
+            }
+        }
+    }
+}
+
+/// Calls before the measured ones (both runs make them, so they cancel out).
+const CALLGRIND_WARMUP: usize = 50;
+/// The two call counts whose difference is measured.
+const CALLGRIND_CALLS: (usize, usize) = (200, 1200);
+
+/// Runs every case under callgrind for both call counts and prints instructions per call.
+fn callgrind(components: &Path) {
+    let exe = std::env::current_exe().expect("bench binary path");
+    // Fills the compile cache outside valgrind first.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
+    runtime.block_on(Case::Fresh.run(components, 1));
+    println!("\n7. Instructions per trivial call (valgrind --tool=callgrind, whole process, difference of");
+    println!("   {} and {} calls)", CALLGRIND_CALLS.0, CALLGRIND_CALLS.1);
+    println!("  {:<44} {:>14} {:>7}", "case", "instructions", "ratio");
+    let mut floor = None;
+    for case in Case::ALL {
+        let count = |calls: usize| -> u64 {
+            let output = std::process::Command::new("valgrind")
+                .env("MAESTRO_BENCH_SMALL_POOL", "1")
+                .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+                .arg(&exe)
+                .args(["callgrind-case", case.name(), &calls.to_string()])
+                .output()
+                .expect("runs valgrind (is it installed?)");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(output.status.success(), "{case:?} under callgrind failed:\n{stderr}");
+            let line = stderr.lines().find(|l| l.contains("Collected :")).expect("callgrind's total");
+            line.rsplit(' ').next().and_then(|n| n.trim().parse().ok()).expect("a count")
+        };
+        let (few, many) = (count(CALLGRIND_CALLS.0), count(CALLGRIND_CALLS.1));
+        let per_call = many.saturating_sub(few) as f64 / (CALLGRIND_CALLS.1 - CALLGRIND_CALLS.0) as f64;
+        let floor = *floor.get_or_insert(per_call);
+        println!("  {:<44} {per_call:>14.0} {:>6.1}×", case.label(), per_call / floor);
     }
 }
 

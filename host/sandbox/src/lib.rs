@@ -3,14 +3,17 @@
 //!
 //! - One [`Engine`] per process: pooling allocator, fuel, epoch interruption driven by a
 //!   ticker thread, compiled code cached on disk keyed by content hash.
-//! - One `InstancePre` per plugin ([`LoadedPlugin`]); a fresh `Store` per call.
-//! - Every call runs on the sandbox's own tokio runtime, never on the request runtime,
-//!   under the limits of the caller's policy ([`CallLimits`]): fuel, a wall-clock
-//!   deadline (epoch callback for guest code, plus an outer timeout that also covers
-//!   time inside host calls such as HTTP), linear memory, instances/tables/memories,
-//!   output size, and the network policy ([`net`]).
-//! - Guests yield to the sandbox runtime at every epoch tick, so spinning guests share
-//!   its threads fairly and deadlines and cancellation are noticed within a tick.
+//! - One `InstancePre` per plugin ([`LoadedPlugin`]); a fresh `Store` per call, or for a
+//!   stateless plugin an idle one the same caller left ([`pool`]).
+//! - Every call runs under the limits of the caller's policy ([`CallLimits`]): fuel, a
+//!   wall-clock deadline (epoch callback for guest code, plus an outer timeout that also
+//!   covers time inside host calls such as HTTP), linear memory,
+//!   instances/tables/memories, output size, and the network policy ([`net`]).
+//! - A call starts on the caller's thread (no hop for calls that take microseconds);
+//!   guests yield every 500k fuel and at every epoch tick, and at the first yield (or a
+//!   host call that waits) the call moves to the sandbox's own runtime and stays there.
+//!   Spinning guests thus hold a request thread for one slice at most, share the
+//!   sandbox threads fairly, and deadlines and cancellation are noticed within a tick.
 //! - Every call and every persona rendering returns a [`CallOutcome`]: the core's
 //!   [`Metering`] (duration, fuel used, bytes in/out, HTTP activity) and a typed
 //!   [`Failure`] (the core's: the sandbox speaks the call types of `maestro_core::call`).
@@ -23,6 +26,7 @@
 //!   sequential calls do not pin one limit's worth of RSS each.
 
 pub mod net;
+pub mod pool;
 pub mod port;
 mod wit;
 
@@ -61,7 +65,7 @@ use wit::bindings;
 pub struct SandboxConfig {
     /// Where compiled components are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
-    /// Threads of the sandbox runtime (guests never run on the request runtime).
+    /// Threads of the sandbox runtime (guests past their first fuel slice run there).
     pub workers: usize,
     /// Largest linear memory any call may get (policies are clamped to it).
     pub max_memory_bytes: usize,
@@ -211,6 +215,10 @@ pub struct LoadedPlugin {
     output_schemas: Arc<HashMap<String, serde_json::Value>>,
     /// Resources and URI templates it serves (none for 0.1.0 components).
     pub resources: ResourceListing,
+    /// Whether the plugin declared itself stateless (its instances are pooled).
+    stateless: bool,
+    /// Idle instances kept for reuse (used only when `stateless`).
+    pool: Arc<pool::Pool>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -232,6 +240,25 @@ impl LoadedPlugin {
     pub fn contract_version(&self) -> &'static str {
         self.pre.version()
     }
+
+    /// Declares the plugin stateless (`stateless = true` in its manifest), or not: a
+    /// stateless plugin's instances are kept after calls that end cleanly and reused
+    /// by the same caller's next calls (see [`pool`] for what the host guarantees).
+    #[must_use]
+    pub fn stateless(mut self, stateless: bool) -> Self {
+        self.stateless = stateless;
+        self
+    }
+
+    /// Whether the plugin's instances are pooled.
+    pub fn is_stateless(&self) -> bool {
+        self.stateless
+    }
+
+    /// How many of its instances are idle in the pool.
+    pub fn idle_instances(&self) -> usize {
+        self.pool.len()
+    }
 }
 
 /// The process-wide sandbox.
@@ -242,6 +269,8 @@ pub struct Sandbox {
     handle: tokio::runtime::Handle,
     config: SandboxConfig,
     ticker_stop: Arc<AtomicBool>,
+    /// Idle slots left for pooled instances of stateless plugins.
+    idle_budget: pool::Budget,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -335,12 +364,24 @@ impl Sandbox {
             })
             .map_err(engine_err)?;
 
-        Ok(Self { engine, linker: Arc::new(linker), runtime: Some(runtime), handle, config, ticker_stop })
+        // Idle instances hold pool slots: at most a quarter of them (one in a pool of two
+        // or three).
+        let max_instances = config.max_instances as usize;
+        let idle_budget = pool::Budget::new((max_instances / 4).max(usize::from(max_instances >= 2)));
+        Ok(Self { engine, linker: Arc::new(linker), runtime: Some(runtime), handle, config, ticker_stop, idle_budget })
     }
 
     /// The engine-wide settings.
     pub fn config(&self) -> &SandboxConfig {
         &self.config
+    }
+
+    /// Linear-memory slots of the instance pool not in use but warm, and the bytes they
+    /// keep resident between calls (what guests dirtied, up to the keep-resident bound).
+    pub fn warm_memory_slots(&self) -> (u32, usize) {
+        self.engine
+            .pooling_allocator_metrics()
+            .map_or((0, 0), |m| (m.unused_warm_memories(), m.unused_memory_bytes_resident()))
     }
 
     /// The interfaces a component imports, e.g. `wasi:http/outgoing-handler@0.2.12`
@@ -385,6 +426,8 @@ impl Sandbox {
             personas: Vec::new(),
             output_schemas: Arc::default(),
             resources: ResourceListing::default(),
+            stateless: false,
+            pool: Arc::new(pool::Pool::new(self.idle_budget.clone())),
         };
         let context = CallContext { limits, ..CallContext::default() };
 
@@ -499,8 +542,15 @@ impl Sandbox {
         meter.outcome(result, started, bytes_in, bytes_out)
     }
 
-    /// Instantiates `plugin` in a fresh store on the sandbox runtime and runs `op`
-    /// under the context's limits.
+    /// Runs `op` on an instance of `plugin` under the context's limits: a pooled idle
+    /// instance of a stateless plugin for the same caller, else a fresh one.
+    ///
+    /// The call starts on the caller's thread, with no hop to another runtime: calls
+    /// that finish within their first fuel slice ([`FUEL_SLICE`], a few hundred
+    /// microseconds of guest code) or epoch tick never leave it. A guest that yields
+    /// there (its slice is spent, an epoch tick passed, or it waits on a host call such
+    /// as HTTP) is moved to the sandbox runtime and finishes there, so a spinning guest
+    /// holds a request thread for one slice at most.
     async fn run<R, F>(&self, plugin: &LoadedPlugin, context: &CallContext, op: F) -> (Result<R, Failure>, Meter)
     where
         R: Send + 'static,
@@ -512,97 +562,208 @@ impl Sandbox {
             + Send
             + 'static,
     {
-        let engine = self.engine.clone();
-        let pre = plugin.pre.clone();
-        let name = plugin.name.clone();
-        let context = context.clone();
         let limits = CallLimits {
             memory_bytes: context.limits.memory_bytes.min(self.config.max_memory_bytes),
             ..context.limits.clone()
         };
-        let grace = self.config.epoch_tick * 2;
         // This call's own token: cancelled by the caller's token, or when the caller
         // stops waiting (e.g. its client disconnected) and drops this future.
         let cancel = CallCancel { caller: context.cancel.clone(), call: CancelToken::default() };
         let _cancel_on_drop = CancelOnDrop(cancel.call.clone());
+        if cancel.is_cancelled() {
+            return (Err(Failure::Cancelled), Meter::default());
+        }
+        let pool = plugin.stateless.then(|| plugin.pool.clone());
+        let idle = pool.as_ref().and_then(|pool| pool.take(&context.caller, &context.config_json, limits.memory_bytes));
+        let task = Call {
+            engine: self.engine.clone(),
+            pre: plugin.pre.clone(),
+            name: plugin.name.clone(),
+            context: context.clone(),
+            limits,
+            cancel,
+            grace: self.config.epoch_tick * 2,
+            pooled: pool.is_some(),
+        }
+        .run(idle, op);
         // The call runs in the caller's span (request id, tenant), so the plugin's log
         // lines and the sandbox's own are tied to the request that caused them.
-        let span = tracing::Span::current();
-        let task = self.handle.spawn(tracing::Instrument::instrument(
-            async move {
-                let network_log = Arc::new(Mutex::new(NetLog::default()));
-                let (stdout, stderr) = (Capture::default(), Capture::default());
-                let state = State::new(
-                    &name,
-                    &context,
-                    &limits,
-                    cancel.clone(),
-                    network_log.clone(),
-                    (stdout.clone(), stderr.clone()),
-                );
-                let mut store = Store::new(&engine, state);
-                store.limiter(|state| &mut state.limiter);
-                // Fuel is also checked (and the guest yields) every FUEL_SLICE units: wasmtime
-                // writes a running guest's fuel count back only at such checks, so a call ended
-                // by the deadline or a cancellation would otherwise meter almost nothing.
-                if let Err(err) =
-                    store.fuel_async_yield_interval(Some(FUEL_SLICE)).and_then(|()| store.set_fuel(limits.fuel))
-                {
-                    return (Err(Failure::Trap(format!("{err:#}"))), Meter::default());
+        let mut task = Box::pin(tracing::Instrument::instrument(task, tracing::Span::current()));
+        let done = match poll_once(task.as_mut()).await {
+            Some(done) => done,
+            None => match self.handle.spawn(task).await {
+                Ok(done) => done,
+                Err(join) => {
+                    let detail = format!("sandbox task failed: {join}");
+                    return (Err(Failure::Unavailable { detail }), Meter::default());
                 }
-                let deadline = Instant::now() + limits.timeout;
-                let epoch_cancel = cancel.clone();
-                store.set_epoch_deadline(1);
-                store.epoch_deadline_callback(move |_| {
-                    if epoch_cancel.is_cancelled() {
-                        return Err(Interrupted::Cancelled.into());
-                    }
-                    if Instant::now() >= deadline {
-                        return Err(Interrupted::Deadline.into());
-                    }
-                    Ok(UpdateDeadline::Yield(1))
-                });
-                let outcome = {
-                    let call = async {
-                        let instance = pre.instantiate(&mut store).await?;
-                        op(&instance, &mut store).await
-                    };
-                    tokio::select! {
-                        result = call => Some(result),
-                        () = tokio::time::sleep(limits.timeout + grace) => None,
-                        () = cancel.cancelled() => Some(Err(Interrupted::Cancelled.into())),
-                    }
-                };
-                let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
-                let memory_hit = store.data().limiter.hit;
-                store.data_mut().progress.finish();
-                let logs_dropped = store.data().logs_dropped;
-                if logs_dropped > 0 {
-                    tracing::debug!(plugin = &*name, logs_dropped, "plugin log lines over the per-call cap dropped");
-                }
-                log_output(&name, &stdout, &stderr);
-                let network = network_log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-                let result = match outcome {
-                    None => Err(Failure::Timeout(limits.timeout)),
-                    Some(Ok(value)) => Ok(value),
-                    Some(Err(err)) => Err(classify(&err, &limits, memory_hit, &stderr, &network)),
-                };
-                (result, Meter { fuel_used, network, memory_hit })
             },
-            span,
-        ));
-        match task.await {
-            Ok(done) => done,
-            Err(join) => {
-                (Err(Failure::Unavailable { detail: format!("sandbox task failed: {join}") }), Meter::default())
-            }
+        };
+        if let (Some(pool), Some(idle)) = (pool, done.keep) {
+            pool.put(idle);
         }
+        (done.result, done.meter)
     }
 }
 
-/// Fuel between a running guest's fuel checks (about 3 ms of a tight loop here): the
-/// bound on how much of a deadline- or cancel-ended call's fuel goes unmetered.
-const FUEL_SLICE: u64 = 10_000_000;
+/// One call's settings, moved into the future that runs it.
+struct Call {
+    engine: Engine,
+    pre: wit::Pre,
+    name: Arc<str>,
+    context: CallContext,
+    limits: CallLimits,
+    cancel: CallCancel,
+    /// How long after the deadline the outer timeout fires.
+    grace: Duration,
+    /// Whether the instance may be kept for the next call.
+    pooled: bool,
+}
+
+/// How a call ended, with the instance to keep if it may serve the next call.
+struct Done<R> {
+    result: Result<R, Failure>,
+    meter: Meter,
+    keep: Option<pool::Idle>,
+}
+
+impl<R> Done<R> {
+    fn failed(failure: Failure) -> Self {
+        Self { result: Err(failure), meter: Meter::default(), keep: None }
+    }
+}
+
+impl Call {
+    /// The call, on `idle`'s instance or a fresh one. Its first poll runs the guest until
+    /// it finishes or first yields; if it yielded, the future answers `Pending` once more
+    /// (the caller moves it to the sandbox runtime then) and only then arms the outer
+    /// timeout, on the runtime that drives it from there on.
+    async fn run<R, F>(self, idle: Option<pool::Idle>, op: F) -> Done<R>
+    where
+        F: for<'a> FnOnce(
+            &'a wit::Instance,
+            &'a mut Store<State>,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>>,
+    {
+        let Call { engine, pre, name, context, limits, cancel, grace, pooled } = self;
+        let started = Instant::now();
+        let (mut store, instance) = match idle {
+            Some(idle) => {
+                let (mut store, instance) = idle.into_parts();
+                store.data_mut().begin(&context, &limits, cancel.clone());
+                (store, Some(instance))
+            }
+            None => {
+                let mut store = Store::new(&engine, State::new(&name, &context, &limits, cancel.clone()));
+                store.limiter(|state| &mut state.limiter);
+                // Fuel is also checked (and the guest yields) every FUEL_SLICE units.
+                if let Err(err) = store.fuel_async_yield_interval(Some(FUEL_SLICE)) {
+                    return Done::failed(Failure::Trap(format!("{err:#}")));
+                }
+                (store, None)
+            }
+        };
+        if let Err(err) = store.set_fuel(limits.fuel) {
+            return Done::failed(Failure::Trap(format!("{err:#}")));
+        }
+        let deadline = started + limits.timeout;
+        let epoch_cancel = cancel.clone();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if epoch_cancel.is_cancelled() {
+                return Err(Interrupted::Cancelled.into());
+            }
+            if Instant::now() >= deadline {
+                return Err(Interrupted::Deadline.into());
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+        let outcome = {
+            let call = async {
+                let instance = match instance {
+                    Some(instance) => instance,
+                    None => pre.instantiate(&mut store).await?,
+                };
+                let value = op(&instance, &mut store).await?;
+                Ok((value, instance))
+            };
+            let mut call = std::pin::pin!(call);
+            match poll_once(call.as_mut()).await {
+                Some(result) => Some(result),
+                None => {
+                    // Off the caller's thread from here on.
+                    YieldOnce::default().await;
+                    let at = tokio::time::Instant::from_std(deadline + grace);
+                    tokio::select! {
+                        result = call => Some(result),
+                        () = tokio::time::sleep_until(at) => None,
+                        () = cancel.cancelled() => Some(Err(Interrupted::Cancelled.into())),
+                    }
+                }
+            }
+        };
+        let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let state = store.data_mut();
+        let memory_hit = state.limiter.hit;
+        state.progress.finish();
+        if state.logs_dropped > 0 {
+            tracing::debug!(
+                plugin = &*name,
+                logs_dropped = state.logs_dropped,
+                "plugin log lines over the per-call cap dropped"
+            );
+        }
+        log_output(&name, &state.stdout, &state.stderr);
+        let network = state.network_log.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let (result, instance) = match outcome {
+            None => (Err(Failure::Timeout(limits.timeout)), None),
+            Some(Ok((value, instance))) => (Ok(value), Some(instance)),
+            Some(Err(err)) => (Err(classify(&err, &limits, memory_hit, &state.stderr, &network)), None),
+        };
+        // Kept only after a clean end: the export returned, nothing was refused, nobody
+        // cancelled.
+        let keep = match instance {
+            Some(instance) if pooled && !memory_hit && !cancel.is_cancelled() => {
+                Some(pool::Idle::new(store, instance, context.caller.clone(), context.config_json.clone()))
+            }
+            _ => None,
+        };
+        Done { result, meter: Meter { fuel_used, network, memory_hit }, keep }
+    }
+}
+
+/// Polls `future` once: its output if it is ready, `None` if it is pending.
+fn poll_once<F: std::future::Future>(
+    mut future: Pin<&mut F>,
+) -> impl std::future::Future<Output = Option<F::Output>> + '_ {
+    std::future::poll_fn(move |cx| match future.as_mut().poll(cx) {
+        Poll::Ready(output) => Poll::Ready(Some(output)),
+        Poll::Pending => Poll::Ready(None),
+    })
+}
+
+/// Pending once (waking its task at once), then ready.
+#[derive(Default)]
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if std::mem::replace(&mut self.0, true) {
+            return Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Fuel between a running guest's fuel checks, where it yields (about 150 µs of a tight
+/// loop here): how long a guest may run on the caller's thread before it is moved to the
+/// sandbox runtime, and the bound on how much of a deadline- or cancel-ended call's fuel
+/// goes unmetered.
+const FUEL_SLICE: u64 = 500_000;
 
 /// Metering of a call, whether it succeeded or failed.
 #[derive(Debug, Default)]
@@ -978,6 +1139,11 @@ pub(crate) struct State {
     logs_left: u32,
     log_bytes_left: usize,
     logs_dropped: u64,
+    /// The guest's stdout and stderr (the WASI context writes to the same captures).
+    stdout: Capture,
+    stderr: Capture,
+    /// The call's outgoing HTTP activity (the hooks' client records into it).
+    network_log: Arc<Mutex<NetLog>>,
 }
 
 /// Most log lines a call may write (more are dropped and counted).
@@ -986,29 +1152,24 @@ pub const LOG_LINES: u32 = 1000;
 pub const LOG_BYTES: usize = 256 << 10;
 
 impl State {
-    fn new(
-        plugin: &Arc<str>,
-        context: &CallContext,
-        limits: &CallLimits,
-        cancel: CallCancel,
-        log: Arc<Mutex<NetLog>>,
-        (stdout, stderr): (Capture, Capture),
-    ) -> Self {
+    fn new(plugin: &Arc<str>, context: &CallContext, limits: &CallLimits, cancel: CallCancel) -> Self {
+        let (stdout, stderr) = (Capture::default(), Capture::default());
         // No preopened directories, no environment, no arguments, no sockets; stdout
         // and stderr go to bounded captures the host logs.
         let wasi = WasiCtx::builder()
-            .stdout(stdout)
-            .stderr(stderr)
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        let network_log = Arc::new(Mutex::new(NetLog::default()));
         Self {
             wasi,
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
-            hooks: NetHooks::new(context.network.clone(), log),
-            limiter: MemoryGuard { limit: limits.memory_bytes, hit: false },
+            hooks: NetHooks::new(context.network.clone(), network_log.clone()),
+            limiter: MemoryGuard { limit: limits.memory_bytes, hit: false, largest: 0 },
             plugin: plugin.clone(),
             caller: context.caller.clone(),
             config_json: context.config_json.clone(),
@@ -1019,7 +1180,38 @@ impl State {
             logs_left: LOG_LINES,
             log_bytes_left: LOG_BYTES,
             logs_dropped: 0,
+            stdout,
+            stderr,
+            network_log,
         }
+    }
+
+    /// Readies a pooled instance's state for its next call: everything that belongs to
+    /// a call is the new call's (limits, network, config, platform, cancellation,
+    /// progress and log sinks, caps, captures, network log); what the instance itself
+    /// holds (its WASI context and resource table) stays with it.
+    fn begin(&mut self, context: &CallContext, limits: &CallLimits, cancel: CallCancel) {
+        let network_log = Arc::new(Mutex::new(NetLog::default()));
+        self.hooks = NetHooks::new(context.network.clone(), network_log.clone());
+        self.network_log = network_log;
+        self.limiter.limit = limits.memory_bytes;
+        self.limiter.hit = false;
+        self.caller = context.caller.clone();
+        self.config_json = context.config_json.clone();
+        self.platform = context.platform.clone();
+        self.cancel = cancel;
+        self.progress = ProgressGate::new(context.progress.clone());
+        self.log_sink = context.log.clone();
+        self.logs_left = LOG_LINES;
+        self.log_bytes_left = LOG_BYTES;
+        self.logs_dropped = 0;
+        *self.stdout.lock() = Captured::default();
+        *self.stderr.lock() = Captured::default();
+    }
+
+    /// The largest linear memory the instance has (its memories only grow).
+    pub(crate) fn memory_size(&self) -> usize {
+        self.limiter.largest
     }
 }
 
@@ -1202,6 +1394,8 @@ impl bindings::v2::maestro::plugin::model::Host for State {
 struct MemoryGuard {
     limit: usize,
     hit: bool,
+    /// The largest size a memory was allowed to reach (at creation or by growing).
+    largest: usize,
 }
 
 impl ResourceLimiter for MemoryGuard {
@@ -1210,6 +1404,7 @@ impl ResourceLimiter for MemoryGuard {
             self.hit = true;
             return Ok(false);
         }
+        self.largest = self.largest.max(desired);
         Ok(true)
     }
 

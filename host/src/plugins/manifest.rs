@@ -27,6 +27,12 @@ pub struct Manifest {
     /// What the plugin asks for (the administrator's policy decides).
     #[serde(default)]
     pub capabilities: Capabilities,
+    /// The plugin promises that no tool depends on what an earlier call left in its
+    /// memory, so the host may keep an instance after a clean call and reuse it for the
+    /// same caller's next call (never another caller's); default `false`: a fresh
+    /// instance per call.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stateless: bool,
 }
 
 /// Requested capabilities (informational: policy grants).
@@ -108,6 +114,11 @@ mod tests {
         let manifest = Manifest::parse(GOOD).expect("valid");
         assert_eq!(manifest.name, "calc");
         assert_eq!(manifest.capabilities, Capabilities::default());
+        assert!(!manifest.stateless, "instances are not pooled unless the plugin says so");
+        let stateless = Manifest::parse(&format!("{GOOD}stateless = true\n")).expect("valid");
+        assert!(stateless.stateless);
+        assert!(toml::to_string(&stateless).expect("serialises").contains("stateless = true"));
+        assert!(!toml::to_string(&manifest).expect("serialises").contains("stateless"));
     }
 
     #[test]

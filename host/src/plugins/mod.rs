@@ -419,6 +419,7 @@ async fn load_one(
             || matches!(e, SandboxError::Engine(_));
         LoadError { reason: e.to_string(), remember: !host_side }
     })?;
+    let loaded = loaded.stateless(manifest.stateless);
     let built_against = format!("maestro:plugin@{}", loaded.contract_version());
     if manifest.wit != built_against {
         return Err(LoadError::from(format!(

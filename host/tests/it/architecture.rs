@@ -135,6 +135,7 @@ const BENCH_ONLY: &[(&str, &str)] = &[
     ("hyper", "benches/mcp.rs: a connection-level HTTP/1.1 client"),
     ("hyper-util", "benches/mcp.rs: the tokio I/O adapter for that client"),
     ("http-body-util", "benches/mcp.rs: request and response bodies"),
+    ("wasmtime-wasi", "benches/sandbox.rs measures a real component with a WASI linker as a floor"),
 ];
 
 /// Libraries no adapter crate may depend on: other adapters' frameworks.

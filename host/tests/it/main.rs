@@ -50,6 +50,7 @@ mod retrieval_quality;
 mod runs_api;
 mod sandbox;
 mod sandbox_memory;
+mod sandbox_pool;
 mod schedules;
 mod search;
 mod search_crash;

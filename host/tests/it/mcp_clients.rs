@@ -21,6 +21,7 @@ use crate::server::{Server, maestro, run, stdout};
 const ACME_TOOLS: &[&str] = &[
     "calc.evaluate",
     "hostile.bad_structured",
+    "hostile.canary",
     "hostile.config",
     "hostile.control_text",
     "hostile.echo",

@@ -27,10 +27,22 @@ fn echo(args: Map<String, Value>) -> Result<ToolOutput, ToolError> {
     Ok(ToolOutput::structured(Value::Object(args)))
 }
 
-fn spin(_: NoInput) -> Result<&'static str, ToolError> {
+/// Arguments of `spin`.
+#[derive(Deserialize, JsonSchema)]
+struct SpinArgs {
+    /// Stop after this many iterations and log it (default: loop forever).
+    #[serde(default)]
+    iterations: Option<u64>,
+}
+
+fn spin(args: SpinArgs) -> Result<&'static str, ToolError> {
     let mut counter: u64 = 0;
     loop {
         counter = black_box(counter.wrapping_add(1));
+        if args.iterations.is_some_and(|n| counter >= n) {
+            maestro_sdk::log::info(format!("spun {counter} iterations"));
+            return Ok("spun");
+        }
     }
 }
 
@@ -281,6 +293,26 @@ fn hog(_: NoInput) -> Result<String, ToolError> {
     }
 }
 
+/// Arguments of `canary`.
+#[derive(Deserialize, JsonSchema)]
+struct CanaryArgs {
+    /// Written into the instance's memory (a global) after the previous value is read.
+    #[serde(default)]
+    write: Option<String>,
+}
+
+/// What earlier calls in this instance left behind.
+static CANARY: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+fn canary(args: CanaryArgs) -> Result<String, ToolError> {
+    let mut canary = CANARY.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let seen = canary.clone().unwrap_or_default();
+    if let Some(write) = args.write {
+        *canary = Some(write);
+    }
+    Ok(seen)
+}
+
 /// Renders the saboteur's prompt, `repeat` times over; `fail` fails with a message of
 /// that many bytes.
 fn sabotage(context: &RenderContext<'_>) -> Result<String, String> {
@@ -345,6 +377,12 @@ fn maestro_plugin() -> &'static Plugin {
                 bad_structured,
             ))
             .tool(tool("hog", "Allocates 1 MiB blocks until refused", hog))
+            .tool(tool(
+                "canary",
+                "Returns what an earlier call of this instance left in a global (empty if nothing), then writes `write` \
+                 there",
+                canary,
+            ))
             .persona(saboteur())
     })
 }
@@ -415,7 +453,7 @@ mod tests {
     #[test]
     fn lists_every_fixture_tool_and_the_persona() {
         let names: Vec<String> = maestro_plugin().tool_specs().into_iter().map(|s| s.name).collect();
-        assert_eq!(names.len(), 20);
+        assert_eq!(names.len(), 21);
         assert!(names.iter().all(|n| maestro_sdk::is_valid_name(n)));
         assert_eq!(maestro_plugin().persona_specs()[0].name, "saboteur");
     }
@@ -481,6 +519,19 @@ mod tests {
         let out = call("bad_structured", json!({})).expect("returns");
         assert_eq!(out.structured, Some(json!({"count": "many"})));
         assert!(serde_json::from_str::<Value>(NOT_JSON).is_err());
+    }
+
+    #[test]
+    fn spin_stops_after_the_iterations_it_was_given() {
+        let host = FakeHost::install();
+        assert_eq!(call("spin", json!({ "iterations": 10 })).expect("stops").text_content(), "spun");
+        assert_eq!(host.logs().len(), 1);
+    }
+
+    #[test]
+    fn canary_returns_what_the_previous_call_wrote() {
+        assert_eq!(call("canary", json!({ "write": "first" })).expect("writes").text_content(), "");
+        assert_eq!(call("canary", json!({})).expect("reads").text_content(), "first");
     }
 
     #[test]
