@@ -31,6 +31,8 @@ pub struct SqliteStore {
     pub(super) vectors: std::sync::Arc<super::memories::VectorCache>,
     /// Tenants' passage vectors held in memory for the exact scan (`passages.rs`).
     pub(super) passage_vectors: std::sync::Arc<super::passages::PassageCache>,
+    /// The key generation every process on this file shares.
+    key_epoch: std::sync::Arc<KeyEpoch>,
 }
 
 impl Backend for SqliteStore {
@@ -54,7 +56,19 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await.map_err(backend_err)?;
         MIGRATOR.run(&pool).await.map_err(backend_err)?;
-        Ok(Self { pool, vectors: Default::default(), passage_vectors: Default::default() })
+        let key_epoch = std::sync::Arc::new(KeyEpoch::open(path).map_err(backend_err)?);
+        Ok(Self { pool, vectors: Default::default(), passage_vectors: Default::default(), key_epoch })
+    }
+
+    /// After a key write committed: a fresh epoch in the sidecar file, so that every
+    /// process's key cache drops what it read before.
+    fn announce_key_write(&self) {
+        self.key_epoch.bump();
+    }
+
+    /// The sidecar file's epoch (one `pread` of 8 bytes, ~1 µs).
+    fn current_key_generation(&self) -> Option<u64> {
+        self.key_epoch.read()
     }
 
     /// A write transaction that takes SQLite's write lock up front (`BEGIN IMMEDIATE`),
@@ -107,4 +121,48 @@ impl maestro_core::EventSignal for SqliteStore {
     fn notify_document(&self, _notice: maestro_core::DocumentNotice) {}
 
     fn listen_documents(&self, _on_notice: std::sync::Arc<dyn Fn(maestro_core::DocumentNotice) + Send + Sync>) {}
+}
+
+/// The key generation of one SQLite file, shared by every process that opens it (the
+/// server, `maestro mcp`, the CLI): 8 bytes in the sidecar file `<database>-keys`, a
+/// fresh random value written after every key write commits and read before every use
+/// of a cached key. A random value rather than a counter: two processes bumping at
+/// once can never write the same value back, so a reader that tagged its cache with a
+/// value sees a change whatever the order of the writes. Nothing here is durable or
+/// needs to be: it only orders a commit before the next request's read. A process that
+/// dies between its commit and the bump leaves caches stale until their entries' time
+/// to live ends, or another key write (a repeated revocation) bumps the epoch.
+#[derive(Debug)]
+struct KeyEpoch {
+    file: std::fs::File,
+}
+
+impl KeyEpoch {
+    fn open(database: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::FileExt as _;
+        let mut name = database.as_os_str().to_owned();
+        name.push("-keys");
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&name)?;
+        if file.metadata()?.len() < 8 {
+            file.write_all_at(&crate::random::random_bytes::<8>(), 0)?;
+        }
+        Ok(Self { file })
+    }
+
+    fn read(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt as _;
+        let mut bytes = [0u8; 8];
+        self.file.read_exact_at(&mut bytes, 0).ok()?;
+        Some(u64::from_le_bytes(bytes))
+    }
+
+    fn bump(&self) {
+        use std::os::unix::fs::FileExt as _;
+        if let Err(err) = self.file.write_all_at(&crate::random::random_bytes::<8>(), 0) {
+            tracing::error!(
+                error = %err,
+                "cannot announce a key change to other processes; their cached keys stay until their time to live ends"
+            );
+        }
+    }
 }

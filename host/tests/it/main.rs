@@ -8,6 +8,7 @@ mod agents;
 mod architecture;
 mod artifacts;
 mod asking;
+mod auth_cache;
 mod billing;
 mod config_files;
 mod documents;
