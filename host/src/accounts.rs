@@ -334,7 +334,7 @@ impl KeyCache {
 
     /// Files a key read from the store under `generation` (read before the store was).
     fn insert(&self, key: Arc<ApiKey>, generation: u64, now: DateTime<Utc>) {
-        if self.settings.entries == 0 {
+        if self.settings.entries == 0 || self.settings.ttl.is_zero() {
             return;
         }
         let mut inner = self.lock();

@@ -295,7 +295,8 @@ fn healthcheck(mut address: std::net::SocketAddr) -> anyhow::Result<()> {
 /// `maestro mcp`: resolves the caller, loads plugins and policies, serves stdio.
 async fn mcp(config: &Config, env: &Env, args: McpArgs) -> anyhow::Result<()> {
     let store = open_store(config).await?;
-    let accounts = Accounts::new(store.clone(), Arc::new(crate::accounts::SystemClock));
+    let accounts =
+        Accounts::new(store.clone(), Arc::new(crate::accounts::SystemClock)).with_key_cache(config.key_cache);
     let key = args.key.or_else(|| env.get("MAESTRO_MCP_KEY").filter(|k| !k.trim().is_empty()).cloned());
     let (principal, key_check) = match (key, args.tenant, args.role) {
         (Some(key), None, None) => {

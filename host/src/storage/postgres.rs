@@ -58,8 +58,13 @@ impl PostgresStore {
 
     /// After a key write committed: this process's key cache drops what it read before
     /// at once (the trigger of migration 0016 tells the other processes).
-    fn announce_key_write(&self) {
+    async fn announce_key_write(&self) {
         self.signal.keys_written();
+    }
+
+    /// Commits are as durable as the server's settings make them; nothing to add.
+    async fn make_durable(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     /// This process's key generation, moved by key notices and by the listener's

@@ -84,8 +84,8 @@ fn corrupt(err: impl std::fmt::Display) -> StoreError {
 
 /// Implements [`maestro_core::TenantStore`] and [`maestro_core::KeyStore`] for a store
 /// type with a `pool` field of the given sqlx pool type, and two methods of its own:
-/// `announce_key_write(&self)`, called after every key write has committed (other
-/// processes' key caches must learn of it), and `current_key_generation(&self) ->
+/// `async announce_key_write(&self)`, called after every key write has committed (it
+/// must be durable, and other processes' key caches must learn of it), and `current_key_generation(&self) ->
 /// Option<u64>`, the port's `key_generation`.
 macro_rules! impl_shared_queries {
     ($store:ty) => {
@@ -147,7 +147,7 @@ macro_rules! impl_shared_queries {
         impl maestro_core::KeyStore for $store {
             async fn insert_key(&self, key: &maestro_core::ApiKey) -> Result<(), maestro_core::StoreError> {
                 insert_key(&self.pool, key).await?;
-                self.announce_key_write();
+                self.announce_key_write().await;
                 Ok(())
             }
 
@@ -171,7 +171,7 @@ macro_rules! impl_shared_queries {
                 // Commit even when keys already existed (created offline with the CLI):
                 // the store counts as bootstrapped from now on.
                 tx.commit().await.map_err(super::backend_err)?;
-                self.announce_key_write();
+                self.announce_key_write().await;
                 Ok(claimed && !any_key)
             }
 
@@ -226,7 +226,7 @@ macro_rules! impl_shared_queries {
                     .map_err(super::backend_err)?;
                 // Announced even when nothing matched: harmless, and a retried revocation
                 // announces again should the first one's process have died before it did.
-                self.announce_key_write();
+                self.announce_key_write().await;
                 row.map(super::shared::key_from_row)
                     .transpose()?
                     .ok_or_else(|| maestro_core::StoreError::NotFound(format!("key {id}")))

@@ -18,7 +18,7 @@ use super::schedules::impl_schedule_queries;
 use super::search::impl_search_queries;
 use super::shared::impl_shared_queries;
 use super::unit::impl_unit_of_work;
-use super::{Backend, backend_err};
+use super::{Backend, Durability, backend_err};
 
 /// Migrations for SQLite, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -33,6 +33,8 @@ pub struct SqliteStore {
     pub(super) passage_vectors: std::sync::Arc<super::passages::PassageCache>,
     /// The key generation every process on this file shares.
     key_epoch: std::sync::Arc<KeyEpoch>,
+    /// The WAL's flusher under [`Durability::Normal`].
+    wal: Option<std::sync::Arc<WalFlusher>>,
 }
 
 impl Backend for SqliteStore {
@@ -40,8 +42,15 @@ impl Backend for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and applies migrations.
+    /// Opens (creating if needed) the database file and applies migrations, with the
+    /// default settings.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, &super::StoreSettings::default()).await
+    }
+
+    /// Opens (creating if needed) the database file with `settings` and applies
+    /// migrations.
+    pub async fn open_with(path: &Path, settings: &super::StoreSettings) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(backend_err)?;
         }
@@ -51,18 +60,49 @@ impl SqliteStore {
             .create_if_missing(true)
             .foreign_keys(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // Money and keys live here: a commit that returned is on disk.
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(match settings.durability {
+                Durability::Full => SqliteSynchronous::Full,
+                Durability::Normal => SqliteSynchronous::Normal,
+            })
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await.map_err(backend_err)?;
         MIGRATOR.run(&pool).await.map_err(backend_err)?;
         let key_epoch = std::sync::Arc::new(KeyEpoch::open(path).map_err(backend_err)?);
-        Ok(Self { pool, vectors: Default::default(), passage_vectors: Default::default(), key_epoch })
+        let wal = match settings.durability {
+            Durability::Full => None,
+            Durability::Normal => Some(WalFlusher::start(path, settings.flush_interval).map_err(backend_err)?),
+        };
+        Ok(Self { pool, vectors: Default::default(), passage_vectors: Default::default(), key_epoch, wal })
     }
 
-    /// After a key write committed: a fresh epoch in the sidecar file, so that every
-    /// process's key cache drops what it read before.
-    fn announce_key_write(&self) {
+    /// Makes every commit so far durable now: under [`Durability::Normal`], an fsync of
+    /// the WAL (on a blocking thread); under [`Durability::Full`] they already are. For
+    /// writes that must survive a power loss before they are acknowledged (keys,
+    /// processed Stripe events and, through the WAL's order, the grants before them).
+    pub(super) async fn make_durable(&self) -> Result<(), StoreError> {
+        let Some(wal) = self.wal.clone() else { return Ok(()) };
+        tokio::task::spawn_blocking(move || wal.sync()).await.map_err(backend_err)?.map_err(backend_err)
+    }
+
+    /// SQLite's `synchronous` setting on a connection of the pool (`2`: full, `1`:
+    /// normal), for diagnostics and tests.
+    pub async fn synchronous(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("PRAGMA synchronous").fetch_one(&self.pool).await.map_err(backend_err)
+    }
+
+    /// How many times the WAL was fsynced by the flusher or [`Self::make_durable`]
+    /// (`None` under [`Durability::Full`]).
+    pub fn wal_syncs(&self) -> Option<u64> {
+        self.wal.as_ref().map(|wal| wal.syncs.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// After a key write committed: durable at once (a revocation must survive a power
+    /// loss), then a fresh epoch in the sidecar file, so that every process's key cache
+    /// drops what it read before.
+    async fn announce_key_write(&self) {
+        if let Err(err) = self.make_durable().await {
+            tracing::error!(error = %err, "cannot fsync the store after a key write");
+        }
         self.key_epoch.bump();
     }
 
@@ -77,7 +117,8 @@ impl SqliteStore {
         self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend_err)
     }
 
-    /// A ledger write: a write transaction (`synchronous=FULL` makes its commit durable).
+    /// A ledger write: a write transaction, durable as `[store] durability` says (at
+    /// once under `full`; within the flush interval under `normal`).
     async fn begin_ledger(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         self.begin_write().await
     }
@@ -164,5 +205,72 @@ impl KeyEpoch {
                 "cannot announce a key change to other processes; their cached keys stay until their time to live ends"
             );
         }
+    }
+}
+
+/// Under [`Durability::Normal`], fsyncs the WAL file every interval while commits
+/// arrive, so that a power loss loses at most the commits of the last interval. A
+/// plain thread (a sleep and, when the WAL changed, one `fdatasync`), stopped when the
+/// store's last handle is dropped. The WAL is opened by path for every sync: SQLite
+/// deletes and recreates it when the last connection closes, and an fsync through an
+/// old descriptor would sync a file nobody writes any more.
+#[derive(Debug)]
+struct WalFlusher {
+    wal: std::path::PathBuf,
+    /// The WAL's length and modification time at the last sync.
+    synced: std::sync::Mutex<Option<(u64, std::time::SystemTime)>>,
+    syncs: std::sync::atomic::AtomicU64,
+}
+
+impl WalFlusher {
+    fn start(database: &Path, interval: Duration) -> std::io::Result<std::sync::Arc<Self>> {
+        let mut wal = database.as_os_str().to_owned();
+        wal.push("-wal");
+        let flusher = std::sync::Arc::new(Self {
+            wal: wal.into(),
+            synced: std::sync::Mutex::new(None),
+            syncs: std::sync::atomic::AtomicU64::new(0),
+        });
+        let weak = std::sync::Arc::downgrade(&flusher);
+        std::thread::Builder::new().name("maestro-wal-flush".into()).spawn(move || {
+            loop {
+                std::thread::sleep(interval);
+                let Some(flusher) = weak.upgrade() else { return };
+                if let Err(err) = flusher.sync_if_changed() {
+                    tracing::warn!(error = %err, "cannot fsync the store's WAL; retrying");
+                }
+            }
+        })?;
+        Ok(flusher)
+    }
+
+    fn state(&self) -> std::io::Result<Option<(u64, std::time::SystemTime)>> {
+        match std::fs::metadata(&self.wal) {
+            Ok(meta) => Ok(Some((meta.len(), meta.modified()?))),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    fn sync_if_changed(&self) -> std::io::Result<()> {
+        let now = self.state()?;
+        if now.is_none() || now == *self.synced.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            return Ok(());
+        }
+        self.sync()
+    }
+
+    /// fsyncs the WAL (its data: its length is fixed by SQLite's own header writes).
+    fn sync(&self) -> std::io::Result<()> {
+        // The state is taken before the sync, so a write racing it is synced next time.
+        let before = self.state()?;
+        match std::fs::File::open(&self.wal) {
+            Ok(file) => file.sync_data()?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(err),
+        }
+        *self.synced.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = before;
+        self.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 }

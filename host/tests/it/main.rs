@@ -13,6 +13,7 @@ mod billing;
 mod config_files;
 mod documents;
 mod documents_api;
+mod durability;
 mod embed;
 mod embed_service;
 mod exports;
