@@ -1163,7 +1163,7 @@ fn store_and_auth_settings(
         .unwrap_or(cache.ttl);
     let entries = auth.key_cache_entries.unwrap_or(cache.entries);
     if entries > 1_000_000 {
-        return Err(invalid("auth.key_cache_entries", &entries.to_string(), "must be at most 1000000".into()));
+        return Err(invalid("auth.key_cache_entries", entries, "must be at most 1000000".into()));
     }
     Ok((StoreSettings { durability, flush_interval }, crate::accounts::KeyCacheSettings { entries, ttl }))
 }

@@ -210,15 +210,17 @@ impl KeyEpoch {
 
 /// Under [`Durability::Normal`], fsyncs the WAL file every interval while commits
 /// arrive, so that a power loss loses at most the commits of the last interval. A
-/// plain thread (a sleep and, when the WAL changed, one `fdatasync`), stopped when the
-/// store's last handle is dropped. The WAL is opened by path for every sync: SQLite
+/// plain thread (a sleep, a `stat` of the WAL and, when it changed, one `fdatasync`),
+/// stopped when the store's last handle is dropped. A change is seen by the WAL's
+/// length and modification time; the kernel stamps the latter with a coarse clock (one
+/// tick, up to 10 ms), so a write in the same tick as the last `stat` looks like no
+/// change: the flusher keeps syncing for [`WalFlusher::settle`] after the last change
+/// it saw, which covers such writes. The WAL is opened by path for every sync: SQLite
 /// deletes and recreates it when the last connection closes, and an fsync through an
 /// old descriptor would sync a file nobody writes any more.
 #[derive(Debug)]
 struct WalFlusher {
     wal: std::path::PathBuf,
-    /// The WAL's length and modification time at the last sync.
-    synced: std::sync::Mutex<Option<(u64, std::time::SystemTime)>>,
     syncs: std::sync::atomic::AtomicU64,
 }
 
@@ -226,22 +228,36 @@ impl WalFlusher {
     fn start(database: &Path, interval: Duration) -> std::io::Result<std::sync::Arc<Self>> {
         let mut wal = database.as_os_str().to_owned();
         wal.push("-wal");
-        let flusher = std::sync::Arc::new(Self {
-            wal: wal.into(),
-            synced: std::sync::Mutex::new(None),
-            syncs: std::sync::atomic::AtomicU64::new(0),
-        });
+        let flusher = std::sync::Arc::new(Self { wal: wal.into(), syncs: std::sync::atomic::AtomicU64::new(0) });
         let weak = std::sync::Arc::downgrade(&flusher);
+        let settle = Self::settle(interval);
         std::thread::Builder::new().name("maestro-wal-flush".into()).spawn(move || {
+            let (mut seen, mut changed_at) = (None, None::<std::time::Instant>);
             loop {
                 std::thread::sleep(interval);
                 let Some(flusher) = weak.upgrade() else { return };
-                if let Err(err) = flusher.sync_if_changed() {
+                let synced = flusher.state().and_then(|state| {
+                    if state != seen {
+                        seen = state;
+                        changed_at = Some(std::time::Instant::now());
+                    }
+                    match changed_at {
+                        Some(at) if state.is_some() && at.elapsed() <= settle => flusher.sync(),
+                        _ => Ok(()),
+                    }
+                });
+                if let Err(err) = synced {
                     tracing::warn!(error = %err, "cannot fsync the store's WAL; retrying");
                 }
             }
         })?;
         Ok(flusher)
+    }
+
+    /// How long syncing goes on after the last change seen: three intervals, and at
+    /// least 30 ms (three ticks of the coarsest kernel clock).
+    fn settle(interval: Duration) -> Duration {
+        (interval * 3).max(Duration::from_millis(30))
     }
 
     fn state(&self) -> std::io::Result<Option<(u64, std::time::SystemTime)>> {
@@ -252,24 +268,14 @@ impl WalFlusher {
         }
     }
 
-    fn sync_if_changed(&self) -> std::io::Result<()> {
-        let now = self.state()?;
-        if now.is_none() || now == *self.synced.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
-            return Ok(());
-        }
-        self.sync()
-    }
-
-    /// fsyncs the WAL (its data: its length is fixed by SQLite's own header writes).
+    /// `fdatasync`s the WAL (its data and its length, what reading it back needs):
+    /// every frame written before this call is on disk when it returns.
     fn sync(&self) -> std::io::Result<()> {
-        // The state is taken before the sync, so a write racing it is synced next time.
-        let before = self.state()?;
         match std::fs::File::open(&self.wal) {
             Ok(file) => file.sync_data()?,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(err) => return Err(err),
         }
-        *self.synced.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = before;
         self.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
