@@ -4,7 +4,7 @@
 //! adapter types.
 //!
 //! Authentication keeps a bounded cache of the stored keys it read, by lookup prefix
-//! ([`KeyCache`]): a hit still checks the presented token against the stored hash in
+//! (`KeyCache`, bounded by [`KeyCacheSettings`]): a hit still checks the presented token against the stored hash in
 //! constant time, and the key's revocation and expiry against the clock, so the cache
 //! holds what the store said about a key, never "this string is valid". An entry is
 //! trusted only while the store's key generation

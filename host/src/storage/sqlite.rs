@@ -90,7 +90,7 @@ impl SqliteStore {
         sqlx::query_scalar("PRAGMA synchronous").fetch_one(&self.pool).await.map_err(backend_err)
     }
 
-    /// How many times the WAL was fsynced by the flusher or [`Self::make_durable`]
+    /// How many times the WAL was fsynced by the flusher or `make_durable`
     /// (`None` under [`Durability::Full`]).
     pub fn wal_syncs(&self) -> Option<u64> {
         self.wal.as_ref().map(|wal| wal.syncs.load(std::sync::atomic::Ordering::Relaxed))
