@@ -1739,12 +1739,18 @@ mod tests {
             (s3(&[("MAESTRO_ARTIFACTS_ENDPOINT", "http://minio:9000")]), "artifacts.endpoint"),
             (s3(&[("MAESTRO_ARTIFACTS_ALLOW_HTTP", "yes")]), "MAESTRO_ARTIFACTS_ALLOW_HTTP"),
             (s3(&[("MAESTRO_ARTIFACTS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG")]), "artifacts.secret_access_key"),
+            (env(&[("MAESTRO_STORE_DURABILITY", "sometimes")]), "store.durability"),
+            (env(&[("MAESTRO_STORE_FLUSH_INTERVAL", "5s")]), "store.flush_interval"),
         ];
         for (vars, key) in cases {
             let err = Config::load(None, &vars, &Overrides::default()).expect_err(key).to_string();
             assert!(err.contains(key), "{vars:?}: {err}");
             assert!(!err.contains("wJalrXUtnFEMI"), "a literal key is never echoed: {err}");
         }
+        let full = env(&[("MAESTRO_STORE_DURABILITY", "full"), ("MAESTRO_STORE_FLUSH_INTERVAL", "2ms")]);
+        let config = Config::load(None, &full, &Overrides::default()).expect("valid");
+        assert_eq!(config.store_settings.durability, crate::storage::Durability::Full);
+        assert_eq!(config.store_settings.flush_interval, Duration::from_millis(2));
     }
 
     #[test]
