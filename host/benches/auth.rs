@@ -13,7 +13,8 @@
 //!   (one indexed read of the store per call, what every request paid before).
 //! - `debit`: `Credits::debit` of 1 credit by one caller, one after another, on SQLite
 //!   with `[store] durability = "full"` (an fsync per commit) and `"normal"` (the WAL
-//!   fsynced by the flusher every 10 ms), on fresh files in the same directory.
+//!   fsynced by the flusher every 10 ms, and every second to show what the flusher
+//!   itself costs), on fresh files in the same directory.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,16 +47,22 @@ async fn run() {
         _ => println!("postgres: skipped (TEST_DATABASE_URL is not set)"),
     }
     let mut per_debit = Vec::new();
-    for durability in [Durability::Full, Durability::Normal] {
-        let location = StoreLocation::Sqlite(dir.path().join(format!("debit-{}.db", durability.as_str())));
-        let settings = StoreSettings { durability, ..StoreSettings::default() };
+    let flush = StoreSettings::default().flush_interval;
+    for (durability, flush_interval) in
+        [(Durability::Full, flush), (Durability::Normal, flush), (Durability::Normal, Duration::from_secs(1))]
+    {
+        let name = format!("debit-{}-{}.db", durability.as_str(), flush_interval.as_millis());
+        let location = StoreLocation::Sqlite(dir.path().join(name));
+        let settings = StoreSettings { durability, flush_interval };
         let store = open_with(&location, &settings).await.expect("sqlite store");
-        per_debit.push((durability, debit(store).await));
+        per_debit.push((durability, flush_interval, debit(store).await));
     }
-    for (durability, cost) in &per_debit {
-        println!("sqlite debit, durability {:<6}  {:>8.1} µs/debit", durability.as_str(), micros(*cost));
+    for (durability, flush_interval, cost) in &per_debit {
+        let flush =
+            if *durability == Durability::Normal { format!(", flush {flush_interval:?}") } else { String::new() };
+        println!("sqlite debit, durability {}{flush:<12} {:>8.1} µs/debit", durability.as_str(), micros(*cost));
     }
-    if let [(_, full), (_, normal)] = per_debit.as_slice() {
+    if let [(_, _, full), (_, _, normal), _] = per_debit.as_slice() {
         println!("sqlite debit: normal/full = {:.3}", normal.as_secs_f64() / full.as_secs_f64());
     }
 }
