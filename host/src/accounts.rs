@@ -2,6 +2,14 @@
 //!
 //! Holds only ports (`Arc<dyn AccountStore>`: tenants and keys; `Arc<dyn Clock>`), never
 //! adapter types.
+//!
+//! Authentication keeps a bounded cache of the stored keys it read, by lookup prefix
+//! (`KeyCache`, bounded by [`KeyCacheSettings`]): a hit still checks the presented token against the stored hash in
+//! constant time, and the key's revocation and expiry against the clock, so the cache
+//! holds what the store said about a key, never "this string is valid". An entry is
+//! trusted only while the store's key generation
+//! ([`maestro_core::KeyStore::key_generation`]) is the one it was read under, and for
+//! at most its time to live; a prefix with no key is never cached.
 
 use std::sync::Arc;
 
@@ -84,12 +92,26 @@ pub struct Accounts {
     clock: Arc<dyn Clock>,
     /// Tenant names never change, so they are cached after the first lookup.
     tenant_names: Arc<std::sync::RwLock<std::collections::HashMap<TenantId, TenantName>>>,
+    /// Keys read by authentication (shared by clones).
+    keys: Arc<KeyCache>,
 }
 
 impl Accounts {
-    /// Builds the use-cases over the tenant and key ports and a clock.
+    /// Builds the use-cases over the tenant and key ports and a clock, with the default
+    /// key cache ([`KeyCacheSettings::default`]).
     pub fn new(store: Arc<dyn AccountStore>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock, tenant_names: Arc::default() }
+        Self { store, clock, tenant_names: Arc::default(), keys: Arc::new(KeyCache::new(KeyCacheSettings::default())) }
+    }
+
+    /// The same use-cases with a key cache of these settings (an empty one).
+    pub fn with_key_cache(mut self, settings: KeyCacheSettings) -> Self {
+        self.keys = Arc::new(KeyCache::new(settings));
+        self
+    }
+
+    /// How many keys the authentication cache holds now.
+    pub fn cached_keys(&self) -> usize {
+        self.keys.len()
     }
 
     /// The name of a tenant (cached).
@@ -175,7 +197,10 @@ impl Accounts {
     pub async fn revoke_key(&self, id: &str, tenant: Option<&TenantId>) -> Result<ApiKey, AccountsError> {
         let not_found = || AccountsError::KeyNotFound(id.chars().take(64).collect());
         let key_id = KeyId::parse(id).map_err(|_| not_found())?;
-        match self.store.revoke_key(&key_id, tenant, self.clock.now()).await {
+        let revoked = self.store.revoke_key(&key_id, tenant, self.clock.now()).await;
+        // The store announces the write to every process; this one need not even wait.
+        self.keys.clear();
+        match revoked {
             Err(StoreError::NotFound(_)) => Err(not_found()),
             other => Ok(other?),
         }
@@ -190,13 +215,29 @@ impl Accounts {
         let Ok(token) = KeyToken::parse(bearer) else {
             return Ok(Err(AuthError::Invalid));
         };
-        let Some(key) = self.store.key_by_prefix(token.lookup_prefix()).await? else {
-            return Ok(Err(AuthError::Invalid));
+        let prefix = token.lookup_prefix();
+        // Read before the store, so that a key write committed after the store's read
+        // moves it away from the value the entry is filed under.
+        let generation = self.store.key_generation();
+        let now = self.clock.now();
+        let cached = generation.and_then(|generation| self.keys.get(prefix, generation, now));
+        let key = match cached {
+            Some(key) => key,
+            None => {
+                let Some(key) = self.store.key_by_prefix(prefix).await? else {
+                    return Ok(Err(AuthError::Invalid));
+                };
+                let key = Arc::new(key);
+                if let Some(generation) = generation {
+                    self.keys.insert(key.clone(), generation, now);
+                }
+                key
+            }
         };
-        Ok(match key.verify(&token, self.clock.now()) {
+        Ok(match key.verify(&token, now) {
             None => Err(AuthError::Invalid),
             Some(Err(state)) => Err(AuthError::Inactive(state)),
-            Some(Ok(())) => Ok(Caller { key_id: key.id, scope: key.scope }),
+            Some(Ok(())) => Ok(Caller { key_id: key.id.clone(), scope: key.scope.clone() }),
         })
     }
 
@@ -221,6 +262,105 @@ impl Accounts {
             Some(token) => Bootstrap::Generated(IssuedKey { key, token }),
             None => Bootstrap::RegisteredConfiguredKey(key),
         })
+    }
+}
+
+/// The bounds of the authentication key cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyCacheSettings {
+    /// The most keys held; past it, inserting evicts an arbitrary entry. `0` turns the
+    /// cache off.
+    pub entries: usize,
+    /// How long an entry is trusted at most, whatever the store's key generation says:
+    /// the backstop for a key change whose announcement was lost (a process that died
+    /// between its commit and its announcement, a Postgres notice lost on a connection
+    /// not yet known to be broken, an edit made outside Maestro).
+    pub ttl: std::time::Duration,
+}
+
+impl Default for KeyCacheSettings {
+    fn default() -> Self {
+        Self { entries: 10_000, ttl: std::time::Duration::from_secs(5) }
+    }
+}
+
+/// Stored keys by lookup prefix, all read under one key generation of the store.
+#[derive(Debug)]
+struct KeyCache {
+    settings: KeyCacheSettings,
+    inner: std::sync::Mutex<CacheInner>,
+}
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    /// The store's key generation every entry was read under.
+    generation: Option<u64>,
+    keys: std::collections::HashMap<String, CachedKey>,
+}
+
+#[derive(Debug)]
+struct CachedKey {
+    key: Arc<ApiKey>,
+    read_at: DateTime<Utc>,
+}
+
+impl KeyCache {
+    fn new(settings: KeyCacheSettings) -> Self {
+        Self { settings, inner: std::sync::Mutex::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The key filed under `prefix`, if it was read under `generation` less than the
+    /// time to live before `now`. A new generation empties the cache.
+    fn get(&self, prefix: &str, generation: u64, now: DateTime<Utc>) -> Option<Arc<ApiKey>> {
+        let mut inner = self.lock();
+        if inner.generation != Some(generation) {
+            inner.keys.clear();
+            inner.generation = Some(generation);
+            return None;
+        }
+        let entry = inner.keys.get(prefix)?;
+        let age = now.signed_duration_since(entry.read_at).to_std().ok();
+        // A clock that went back, or an entry past its time to live, is read again.
+        if age.is_none_or(|age| age >= self.settings.ttl) {
+            inner.keys.remove(prefix);
+            return None;
+        }
+        Some(entry.key.clone())
+    }
+
+    /// Files a key read from the store under `generation` (read before the store was).
+    fn insert(&self, key: Arc<ApiKey>, generation: u64, now: DateTime<Utc>) {
+        if self.settings.entries == 0 || self.settings.ttl.is_zero() {
+            return;
+        }
+        let mut inner = self.lock();
+        if inner.generation != Some(generation) {
+            // Whichever is newer, entries of two generations never mix: the next `get`
+            // compares the store's generation with this one again.
+            inner.keys.clear();
+            inner.generation = Some(generation);
+        }
+        if inner.keys.len() >= self.settings.entries && !inner.keys.contains_key(&key.prefix) {
+            // The map's iteration order is seeded per process: an arbitrary victim.
+            if let Some(victim) = inner.keys.keys().next().cloned() {
+                inner.keys.remove(&victim);
+            }
+        }
+        inner.keys.insert(key.prefix.clone(), CachedKey { key, read_at: now });
+    }
+
+    fn clear(&self) {
+        let mut inner = self.lock();
+        inner.keys.clear();
+        inner.generation = None;
+    }
+
+    fn len(&self) -> usize {
+        self.lock().keys.len()
     }
 }
 

@@ -49,12 +49,12 @@ use maestro_core::{Clock, Store, StoreError};
 /// Opens the configured store (migrating it): the whole backend, whose ports the caller
 /// hands to the use-cases (`Accounts` its tenants and keys, `Credits` its ledger, …).
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
-    storage::open(&config.store).await
+    storage::open_with(&config.store, &config.store_settings).await
 }
 
 /// Opens the configured store (migrating it) and builds the account use-cases on it.
 pub async fn open_accounts(config: &Config) -> Result<Accounts, StoreError> {
-    Ok(Accounts::new(open_store(config).await?, Arc::new(SystemClock)))
+    Ok(Accounts::new(open_store(config).await?, Arc::new(SystemClock)).with_key_cache(config.key_cache))
 }
 
 /// How often the hold-expiry sweep runs (one job per slot of this length, whatever the
@@ -335,7 +335,7 @@ pub async fn serve(
     let store =
         open_store(&config).await.with_context(|| format!("cannot open the store at {}", config.store.describe()))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let accounts = Accounts::new(store.clone(), clock.clone());
+    let accounts = Accounts::new(store.clone(), clock.clone()).with_key_cache(config.key_cache);
     report_bootstrap(accounts.bootstrap(config.admin_key.as_ref()).await?);
     let credits = Arc::new(credits::Credits::new(store.clone(), clock.clone()));
     let jobs = Arc::new(jobs::Jobs::new(store.clone(), clock.clone()));

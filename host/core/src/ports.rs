@@ -80,6 +80,14 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// keeps the first revocation time. [`StoreError::NotFound`] when no such key is
     /// visible.
     async fn revoke_key(&self, id: &KeyId, tenant: Option<&TenantId>, at: DateTime<Utc>) -> Result<ApiKey, StoreError>;
+    /// The store's key generation, read without a round trip: a number that changes, in
+    /// every process using this store, once any key write has committed (so keys read
+    /// while it had one value may be kept only while it still has it). `None` when the
+    /// store cannot vouch for that right now (keys must then be read from the store).
+    /// The default is `None`: callers never cache keys.
+    fn key_generation(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Stripe billing: which Stripe customer is which tenant, the checkout sessions Maestro

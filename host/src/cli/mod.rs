@@ -295,7 +295,14 @@ fn healthcheck(mut address: std::net::SocketAddr) -> anyhow::Result<()> {
 /// `maestro mcp`: resolves the caller, loads plugins and policies, serves stdio.
 async fn mcp(config: &Config, env: &Env, args: McpArgs) -> anyhow::Result<()> {
     let store = open_store(config).await?;
-    let accounts = Accounts::new(store.clone(), Arc::new(crate::accounts::SystemClock));
+    // The process refuses its key on the very next request after a revocation. On
+    // Postgres another process's revocation reaches the cache by a notice that may come
+    // after that request, so the key is read from the store every time there.
+    let key_cache = match store.backend() {
+        "postgres" => crate::accounts::KeyCacheSettings { entries: 0, ..config.key_cache },
+        _ => config.key_cache,
+    };
+    let accounts = Accounts::new(store.clone(), Arc::new(crate::accounts::SystemClock)).with_key_cache(key_cache);
     let key = args.key.or_else(|| env.get("MAESTRO_MCP_KEY").filter(|k| !k.trim().is_empty()).cloned());
     let (principal, key_check) = match (key, args.tenant, args.role) {
         (Some(key), None, None) => {

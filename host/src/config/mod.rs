@@ -60,6 +60,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MAESTRO_SCHEDULES_MIN_PERIOD", "the shortest period a schedule may have (schedules.min_period)"),
     ("MAESTRO_SCHEDULES_CATCH_UP_GRACE", "how late a fire still counts as on time (schedules.catch_up_grace)"),
     ("MAESTRO_EVENTS_POLL_INTERVAL", "how often an idle event stream reads the store (events.poll_interval)"),
+    ("MAESTRO_STORE_DURABILITY", "full or normal: when SQLite commits are on disk (store.durability)"),
+    ("MAESTRO_STORE_FLUSH_INTERVAL", "how often the WAL is fsynced under normal (store.flush_interval)"),
     ("MAESTRO_ARTIFACTS_STORE", "disk or s3 (artifacts.store)"),
     ("MAESTRO_ARTIFACTS_DIR", "directory of the disk artifact store (artifacts.dir)"),
     ("MAESTRO_ARTIFACTS_BUCKET", "S3 bucket of the s3 artifact store (artifacts.bucket)"),
@@ -167,6 +169,10 @@ pub struct Config {
     /// `MAESTRO_*` variables that were set but are not known, to warn about once
     /// logging is up.
     pub unknown_env: Vec<String>,
+    /// `[store]`: when the embedded store's commits are on disk.
+    pub store_settings: crate::storage::StoreSettings,
+    /// `[auth]`: the cache of verified API keys.
+    pub key_cache: crate::accounts::KeyCacheSettings,
 }
 
 /// How tools and prompts are named to MCP clients.
@@ -455,6 +461,7 @@ impl Config {
         let search = search_settings(raw.search, &data_dir)?;
         let embeddings = embedding_settings(raw.embeddings)?;
         let memory = memory_settings(raw.memory)?;
+        let (store_settings, key_cache) = store_and_auth_settings(&raw.store, &raw.auth)?;
         let unknown_env = env
             .keys()
             .filter(|k| k.starts_with("MAESTRO_") && !ENV_VARS.iter().any(|(known, _)| known == k))
@@ -488,6 +495,8 @@ impl Config {
             embeddings,
             memory,
             unknown_env,
+            store_settings,
+            key_cache,
         })
     }
 }
@@ -1124,6 +1133,41 @@ fn schedule_settings(
     Ok((settings, poll))
 }
 
+/// `[store]` and `[auth]`.
+fn store_and_auth_settings(
+    store: &raw::RawStore,
+    auth: &raw::RawAuth,
+) -> Result<(crate::storage::StoreSettings, crate::accounts::KeyCacheSettings), ConfigError> {
+    use crate::storage::{Durability, StoreSettings};
+    let defaults = StoreSettings::default();
+    let durability = match store.durability.as_deref().map(str::trim) {
+        None => defaults.durability,
+        Some("full") => Durability::Full,
+        Some("normal") => Durability::Normal,
+        Some(other) => return Err(invalid("store.durability", other, "expected full or normal".into())),
+    };
+    let duration = |key: &str, text: Option<&String>, range: std::ops::RangeInclusive<Duration>| {
+        let Some(text) = text else { return Ok(None) };
+        humantime::parse_duration(text.trim()).ok().filter(|d| range.contains(d)).map(Some).ok_or_else(|| {
+            invalid(key, text, format!("expected a duration from {:?} to {:?}", range.start(), range.end()))
+        })
+    };
+    let flush_interval = duration(
+        "store.flush_interval",
+        store.flush_interval.as_ref(),
+        Duration::from_millis(1)..=Duration::from_secs(1),
+    )?
+    .unwrap_or(defaults.flush_interval);
+    let cache = crate::accounts::KeyCacheSettings::default();
+    let ttl = duration("auth.key_cache_ttl", auth.key_cache_ttl.as_ref(), Duration::ZERO..=Duration::from_secs(3600))?
+        .unwrap_or(cache.ttl);
+    let entries = auth.key_cache_entries.unwrap_or(cache.entries);
+    if entries > 1_000_000 {
+        return Err(invalid("auth.key_cache_entries", entries, "must be at most 1000000".into()));
+    }
+    Ok((StoreSettings { durability, flush_interval }, crate::accounts::KeyCacheSettings { entries, ttl }))
+}
+
 fn reload_interval(key: &str, text: Option<&str>) -> Result<Option<Duration>, ConfigError> {
     let text = text.unwrap_or(raw::DEFAULT_RELOAD_INTERVAL);
     let interval = humantime::parse_duration(text.trim())
@@ -1695,12 +1739,18 @@ mod tests {
             (s3(&[("MAESTRO_ARTIFACTS_ENDPOINT", "http://minio:9000")]), "artifacts.endpoint"),
             (s3(&[("MAESTRO_ARTIFACTS_ALLOW_HTTP", "yes")]), "MAESTRO_ARTIFACTS_ALLOW_HTTP"),
             (s3(&[("MAESTRO_ARTIFACTS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG")]), "artifacts.secret_access_key"),
+            (env(&[("MAESTRO_STORE_DURABILITY", "sometimes")]), "store.durability"),
+            (env(&[("MAESTRO_STORE_FLUSH_INTERVAL", "5s")]), "store.flush_interval"),
         ];
         for (vars, key) in cases {
             let err = Config::load(None, &vars, &Overrides::default()).expect_err(key).to_string();
             assert!(err.contains(key), "{vars:?}: {err}");
             assert!(!err.contains("wJalrXUtnFEMI"), "a literal key is never echoed: {err}");
         }
+        let full = env(&[("MAESTRO_STORE_DURABILITY", "full"), ("MAESTRO_STORE_FLUSH_INTERVAL", "2ms")]);
+        let config = Config::load(None, &full, &Overrides::default()).expect("valid");
+        assert_eq!(config.store_settings.durability, crate::storage::Durability::Full);
+        assert_eq!(config.store_settings.flush_interval, Duration::from_millis(2));
     }
 
     #[test]

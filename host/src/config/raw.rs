@@ -94,6 +94,32 @@ pub struct RawConfig {
     /// `[memory]`.
     #[serde(default)]
     pub memory: RawMemory,
+    /// `[store]`.
+    #[serde(default)]
+    pub store: RawStore,
+    /// `[auth]`.
+    #[serde(default)]
+    pub auth: RawAuth,
+}
+
+/// `[store]`: when the embedded store's commits are on disk.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `full` or `normal`.
+    pub durability: Option<String>,
+    /// How often the WAL is fsynced under `normal`.
+    pub flush_interval: Option<String>,
+}
+
+/// `[auth]`: the cache of verified API keys.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// The most keys cached (`0`: no cache).
+    pub key_cache_entries: Option<usize>,
+    /// How long a cached key is trusted at most.
+    pub key_cache_ttl: Option<String>,
 }
 
 /// `[memory]`: what personas recall, and distillation after runs.
@@ -564,6 +590,12 @@ impl RawConfig {
         }
         if let Some(v) = get("MAESTRO_EVENTS_POLL_INTERVAL") {
             self.events.poll_interval = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_STORE_DURABILITY") {
+            self.store.durability = Some(v);
+        }
+        if let Some(v) = get("MAESTRO_STORE_FLUSH_INTERVAL") {
+            self.store.flush_interval = Some(v);
         }
         let artifacts = &mut self.artifacts;
         if let Some(v) = get("MAESTRO_ARTIFACTS_STORE") {

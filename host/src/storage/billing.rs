@@ -291,6 +291,9 @@ macro_rules! impl_billing_queries {
                 .await
                 .map_err(super::backend_err)?
                 .rows_affected();
+                // The webhook is acknowledged after this: the event and the postings
+                // committed before it must survive a power loss (the WAL is in order).
+                self.make_durable().await?;
                 Ok(inserted == 1)
             }
         }

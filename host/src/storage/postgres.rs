@@ -56,6 +56,23 @@ impl PostgresStore {
         self.pool.begin().await.map_err(backend_err)
     }
 
+    /// After a key write committed: this process's key cache drops what it read before
+    /// at once (the trigger of migration 0016 tells the other processes).
+    async fn announce_key_write(&self) {
+        self.signal.keys_written();
+    }
+
+    /// Commits are as durable as the server's settings make them; nothing to add.
+    async fn make_durable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// This process's key generation, moved by key notices and by the listener's
+    /// reconnections; `None` while the listener is not connected.
+    fn current_key_generation(&self) -> Option<u64> {
+        self.signal.key_generation()
+    }
+
     /// A ledger write: commits wait for the WAL flush whatever the server's default
     /// (`synchronous_commit = on` for this transaction).
     async fn begin_ledger(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {

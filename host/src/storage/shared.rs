@@ -83,7 +83,10 @@ fn corrupt(err: impl std::fmt::Display) -> StoreError {
 }
 
 /// Implements [`maestro_core::TenantStore`] and [`maestro_core::KeyStore`] for a store
-/// type with a `pool` field of the given sqlx pool type.
+/// type with a `pool` field of the given sqlx pool type, and two methods of its own:
+/// `async announce_key_write(&self)`, called after every key write has committed (it
+/// must be durable, and other processes' key caches must learn of it), and `current_key_generation(&self) ->
+/// Option<u64>`, the port's `key_generation`.
 macro_rules! impl_shared_queries {
     ($store:ty) => {
         #[async_trait::async_trait]
@@ -143,7 +146,9 @@ macro_rules! impl_shared_queries {
         #[async_trait::async_trait]
         impl maestro_core::KeyStore for $store {
             async fn insert_key(&self, key: &maestro_core::ApiKey) -> Result<(), maestro_core::StoreError> {
-                insert_key(&self.pool, key).await
+                insert_key(&self.pool, key).await?;
+                self.announce_key_write().await;
+                Ok(())
             }
 
             async fn insert_bootstrap_key(&self, key: &maestro_core::ApiKey) -> Result<bool, maestro_core::StoreError> {
@@ -166,6 +171,7 @@ macro_rules! impl_shared_queries {
                 // Commit even when keys already existed (created offline with the CLI):
                 // the store counts as bootstrapped from now on.
                 tx.commit().await.map_err(super::backend_err)?;
+                self.announce_key_write().await;
                 Ok(claimed && !any_key)
             }
 
@@ -211,16 +217,23 @@ macro_rules! impl_shared_queries {
                     "WHERE id = $2 AND ($3 IS NULL OR tenant_id = $3) RETURNING ",
                     super::shared::key_columns!()
                 );
-                sqlx::query_as::<_, super::shared::KeyRow>(sql)
+                let row = sqlx::query_as::<_, super::shared::KeyRow>(sql)
                     .bind(at)
                     .bind(id.as_str())
                     .bind(tenant.map(|t| t.as_str()))
                     .fetch_optional(&self.pool)
                     .await
-                    .map_err(super::backend_err)?
-                    .map(super::shared::key_from_row)
+                    .map_err(super::backend_err)?;
+                // Announced even when nothing matched: harmless, and a retried revocation
+                // announces again should the first one's process have died before it did.
+                self.announce_key_write().await;
+                row.map(super::shared::key_from_row)
                     .transpose()?
                     .ok_or_else(|| maestro_core::StoreError::NotFound(format!("key {id}")))
+            }
+
+            fn key_generation(&self) -> Option<u64> {
+                self.current_key_generation()
             }
         }
 

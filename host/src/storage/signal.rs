@@ -12,8 +12,16 @@
 //! names the sending process so that its own document notices are not heard back (it
 //! announces them in process); memory notices are `{"tenant", "memory", "origin"}`. The listener reconnects after a lost connection
 //! (notifications sent meanwhile are lost, as above) and stops when the pool closes.
+//!
+//! Key changes: the trigger of migration 0016 notifies `maestro_key_changes` when any
+//! write to `api_keys` commits. Each notice, this process's own key writes, and every
+//! loss or re-establishment of the listening connection move the process's key
+//! generation ([`PgSignal::key_generation`]), which callers' key caches compare before
+//! trusting an entry; while the listener is not connected there is no generation, so
+//! nothing cached is trusted.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -33,6 +41,9 @@ pub(super) const DOCUMENT_CHANNEL: &str = "maestro_document_changes";
 
 /// The channel of memory changes.
 pub(super) const MEMORY_CHANNEL: &str = "maestro_memory_changes";
+
+/// The channel of key changes (sent by the trigger of migration 0016).
+pub(super) const KEY_CHANNEL: &str = "maestro_key_changes";
 
 /// Notices waiting to be sent before new ones are dropped.
 const QUEUE: usize = 1024;
@@ -86,6 +97,32 @@ struct Handlers {
     runs: Mutex<Vec<OnRun>>,
     documents: Mutex<Vec<OnDocument>>,
     memories: Mutex<Vec<OnMemory>>,
+    keys: KeyWatch,
+}
+
+/// The process's key generation and whether the listener hears key notices right now.
+#[derive(Debug, Default)]
+struct KeyWatch {
+    generation: AtomicU64,
+    live: AtomicBool,
+}
+
+impl KeyWatch {
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The listener connected (or lost its connection): whatever was cached may have
+    /// missed notices, so it is all dropped.
+    fn set_live(&self, live: bool) {
+        self.live.store(live, Ordering::SeqCst);
+        self.changed();
+    }
+
+    fn current(&self) -> Option<u64> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        self.live.load(Ordering::SeqCst).then_some(generation)
+    }
 }
 
 /// A copy of the handlers, so that none is called under the lock.
@@ -159,6 +196,18 @@ impl PgSignal {
     pub(super) fn listen_memories(&self, on_notice: OnMemory) {
         self.handlers.memories.lock().unwrap_or_else(PoisonError::into_inner).push(on_notice);
         self.start_listening();
+    }
+
+    /// The process's key generation (and starts the listening task): `None` until the
+    /// listener hears key notices.
+    pub(super) fn key_generation(&self) -> Option<u64> {
+        self.start_listening();
+        self.handlers.keys.current()
+    }
+
+    /// This process wrote a key: its own cache must not wait for the notice.
+    pub(super) fn keys_written(&self) {
+        self.handlers.keys.changed();
     }
 
     fn start_listening(&self) {
@@ -242,19 +291,23 @@ async fn listen_loop(pool: PgPool, origin: String, handlers: Arc<Handlers>) {
                 continue;
             }
         };
-        if let Err(err) = listener.listen_all([CHANNEL, DOCUMENT_CHANNEL, MEMORY_CHANNEL]).await {
+        let channels = [CHANNEL, DOCUMENT_CHANNEL, MEMORY_CHANNEL, KEY_CHANNEL];
+        if let Err(err) = listener.listen_all(channels).await {
             tracing::warn!(error = %err, "cannot listen for event notifications; retrying");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
             continue;
         }
-        tracing::debug!(channels = ?[CHANNEL, DOCUMENT_CHANNEL, MEMORY_CHANNEL], "listening for notices of every replica");
+        tracing::debug!(?channels, "listening for notices of every replica");
+        handlers.keys.set_live(true);
         backoff = Duration::from_millis(100);
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
                     let payload = notification.payload();
-                    if notification.channel() == DOCUMENT_CHANNEL {
+                    if notification.channel() == KEY_CHANNEL {
+                        handlers.keys.changed();
+                    } else if notification.channel() == DOCUMENT_CHANNEL {
                         match decode_document(payload) {
                             Some((_, from)) if from == origin => {}
                             Some((notice, _)) => {
@@ -285,11 +338,20 @@ async fn listen_loop(pool: PgPool, origin: String, handlers: Arc<Handlers>) {
                         }
                     }
                 }
-                // The connection was lost; the next call reconnects and listens again.
-                Ok(None) => tracing::warn!("event listener connection lost; reconnecting"),
-                Err(sqlx::Error::PoolClosed) => return,
+                // The connection was lost: notices sent meanwhile are lost, so key
+                // caches stop being trusted until a new connection listens again.
+                Ok(None) => {
+                    tracing::warn!("event listener connection lost; reconnecting");
+                    handlers.keys.set_live(false);
+                    break;
+                }
+                Err(sqlx::Error::PoolClosed) => {
+                    handlers.keys.set_live(false);
+                    return;
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "event listener failed; reconnecting");
+                    handlers.keys.set_live(false);
                     break;
                 }
             }

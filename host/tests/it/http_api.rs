@@ -169,7 +169,10 @@ async fn app_over(
     let db = crate::harness::TestDb::new(backend).await;
     let store = db.open().await;
     let clock = crate::harness::ManualClock::new();
-    let accounts = Accounts::new(store.clone(), clock.clone());
+    // Without the key cache, every request reads the key from the store, so that a test
+    // breaking the store sees authentication fail.
+    let no_cache = maestro_host::accounts::KeyCacheSettings { entries: 0, ..Default::default() };
+    let accounts = Accounts::new(store.clone(), clock.clone()).with_key_cache(no_cache);
     let credits = Arc::new(Credits::new(store.clone(), clock.clone()));
     let jobs = Arc::new(maestro_host::jobs::Jobs::new(store.clone(), clock.clone()));
     let tools = crate::harness::tools_with(&db.dir().join("plugins"), plugins, policy, credits.clone()).await;
