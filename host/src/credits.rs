@@ -6,8 +6,19 @@
 //! wallet go below zero. Every operation that moves credits takes an idempotency key:
 //! repeating a request with its key returns the first outcome (`replayed: true`) and
 //! moves nothing again.
+//!
+//! **Group commit.** Postings of one tenant go through [`GroupCommit`]: a caller alone
+//! posts at once (no added wait); callers arriving while that posting is in flight queue
+//! up, and when it ends the first of them posts the whole queue as one batch
+//! ([`LedgerStore::post_batch`]: one statement and one durable commit on Postgres, one
+//! write transaction and one fsync on SQLite). Each caller still gets its own exact
+//! outcome, in arrival order, exactly as if the postings had been posted one after
+//! another: a batch where the wallet runs out half-way pays the first callers and
+//! refuses the rest. So a busy tenant pays one commit per batch instead of one per
+//! posting, and waits on its wallet row once per batch.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use maestro_core::ledger::{HoldId, TransactionId};
 use maestro_core::{
@@ -126,12 +137,13 @@ const EXPIRE_BATCH: u32 = 100;
 pub struct Credits {
     store: Arc<dyn LedgerStore>,
     clock: Arc<dyn Clock>,
+    group: Arc<GroupCommit>,
 }
 
 impl Credits {
     /// Builds the use-cases over the ledger port and a clock.
     pub fn new(store: Arc<dyn LedgerStore>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+        Self { store, clock, group: Arc::default() }
     }
 
     /// A tenant's balance (zero for a tenant that never had credits).
@@ -167,7 +179,7 @@ impl Credits {
         memo: &str,
     ) -> Result<Reversal, CreditsError> {
         let posting = Posting::purchase_reversal(tx_id(), tenant.clone(), amount, key, memo)?;
-        match self.store.post(&posting, self.clock.now()).await {
+        match self.group.post(&*self.store, &*self.clock, posting).await {
             Ok(posted) => {
                 let reversed = posted.transaction.amount;
                 Ok(Reversal { posted: Some(posted), reversed, unrecovered: amount - reversed })
@@ -229,7 +241,7 @@ impl Credits {
         }
         let now = self.clock.now();
         let posting = Posting::reserve(tx_id(), tenant.clone(), hold_id(), amount, now + expires_in, key, memo)?;
-        let posted = self.store.post(&posting, now).await?;
+        let posted = self.group.post(&*self.store, &*self.clock, posting).await?;
         let id = posted.transaction.hold.clone().ok_or_else(|| {
             CreditsError::Store(StoreError::Corrupt(format!("reserve {} has no hold", posted.transaction.id)))
         })?;
@@ -313,8 +325,143 @@ impl Credits {
     }
 
     async fn post(&self, posting: Posting) -> Result<Posted, CreditsError> {
-        Ok(self.store.post(&posting, self.clock.now()).await?)
+        Ok(self.group.post(&*self.store, &*self.clock, posting).await?)
     }
+}
+
+/// Group commit of each tenant's concurrent postings (see the module notes).
+///
+/// A tenant with a posting in flight has a queue here; its presence means "busy". The
+/// caller that found no queue leads: it posts (with whoever queued meanwhile, when it
+/// was handed the lead), answers the others, and hands the lead to the first caller
+/// still waiting, or removes the queue. The mutex is never held across an await.
+#[derive(Default)]
+struct GroupCommit {
+    queues: Mutex<HashMap<TenantId, Vec<Waiter>>>,
+}
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let busy = self.queues.lock().map_or(0, |q| q.len());
+        f.debug_struct("GroupCommit").field("busy_tenants", &busy).finish()
+    }
+}
+
+/// A caller waiting for its turn.
+struct Waiter {
+    posting: Posting,
+    turn: tokio::sync::oneshot::Sender<Turn>,
+}
+
+/// What a waiting caller is told.
+enum Turn {
+    /// Its posting was applied (or refused) in another caller's batch.
+    Done(Result<Posted, LedgerError>),
+    /// It leads the next batch: its own posting, then these (in arrival order).
+    Lead(Vec<Waiter>),
+}
+
+impl GroupCommit {
+    /// Posts `posting` alone when its tenant has nothing in flight, else in the tenant's
+    /// next batch; the outcome is the posting's own, as if posted alone in arrival order.
+    async fn post(
+        &self,
+        store: &dyn LedgerStore,
+        clock: &dyn Clock,
+        posting: Posting,
+    ) -> Result<Posted, LedgerError> {
+        let tenant = posting.tenant.clone();
+        let queued = {
+            let mut queues = self.lock();
+            match queues.get_mut(&tenant) {
+                None => {
+                    queues.insert(tenant.clone(), Vec::new());
+                    None
+                }
+                Some(queue) => {
+                    let (turn, told) = tokio::sync::oneshot::channel();
+                    queue.push(Waiter { posting: posting.clone(), turn });
+                    Some(told)
+                }
+            }
+        };
+        let followers = match queued {
+            None => Vec::new(),
+            Some(told) => match told.await {
+                Ok(Turn::Done(outcome)) => return outcome,
+                Ok(Turn::Lead(followers)) => followers,
+                // The caller leading our batch was dropped mid-commit, so whether our
+                // posting was applied is unknown: post it again (its key makes that safe;
+                // finding its own transaction id means the first attempt committed).
+                Err(_) => return repost(store, clock, &posting).await,
+            },
+        };
+        let handover = Handover { group: self, tenant: &tenant };
+        let (postings, turns): (Vec<Posting>, Vec<_>) =
+            std::iter::once((posting, None)).chain(followers.into_iter().map(|w| (w.posting, Some(w.turn)))).unzip();
+        let outcomes = if let [alone] = postings.as_slice() {
+            vec![store.post(alone, clock.now()).await]
+        } else {
+            store.post_batch(&postings, clock.now()).await
+        };
+        let mut own = None;
+        for (turn, outcome) in turns.into_iter().zip(outcomes) {
+            match turn {
+                None => own = Some(outcome),
+                // A caller that left meanwhile just misses its answer.
+                Some(turn) => drop(turn.send(Turn::Done(outcome))),
+            }
+        }
+        drop(handover);
+        own.unwrap_or_else(|| {
+            Err(LedgerError::Store(maestro_core::StoreError::Corrupt("the store answered fewer postings".into())))
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Vec<Waiter>>> {
+        // A panic while holding the lock leaves the map consistent (each step is one
+        // insert, push, take or remove): keep going with it.
+        self.queues.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Hands the tenant's lead to the first caller still waiting, or ends its busy state.
+    fn hand_over(&self, tenant: &TenantId) {
+        let mut queues = self.lock();
+        let Some(queue) = queues.get_mut(tenant) else { return };
+        let mut waiting: Vec<Waiter> = std::mem::take(queue).into_iter().filter(|w| !w.turn.is_closed()).collect();
+        while !waiting.is_empty() {
+            let first = waiting.remove(0);
+            match first.turn.send(Turn::Lead(waiting)) {
+                Ok(()) => return,
+                // That caller left just now: the next one leads.
+                Err(Turn::Lead(rest)) => waiting = rest,
+                Err(Turn::Done(_)) => return,
+            }
+        }
+        queues.remove(tenant);
+    }
+}
+
+/// Passes the lead on when the leading caller finishes, or is dropped mid-commit (its
+/// followers, whose answers are lost with it, then post again on their own).
+struct Handover<'a> {
+    group: &'a GroupCommit,
+    tenant: &'a TenantId,
+}
+
+impl Drop for Handover<'_> {
+    fn drop(&mut self) {
+        self.group.hand_over(self.tenant);
+    }
+}
+
+/// Posts again a posting whose batch's outcome was lost.
+async fn repost(store: &dyn LedgerStore, clock: &dyn Clock, posting: &Posting) -> Result<Posted, LedgerError> {
+    let mut posted = store.post(posting, clock.now()).await?;
+    if posted.replayed && posted.transaction.id == posting.id {
+        posted.replayed = false;
+    }
+    Ok(posted)
 }
 
 fn tx_id() -> TransactionId {
