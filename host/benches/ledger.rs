@@ -42,8 +42,12 @@ use sqlx::Connection as _;
 const WARMUP: Duration = Duration::from_millis(300);
 const WINDOW: Duration = Duration::from_millis(2500);
 /// (layout, callers) cases, in order.
-const CASES: [(Layout, usize); 4] =
-    [(Layout::TenantPerCaller, 1), (Layout::TenantPerCaller, 16), (Layout::TenantPerCaller, 64), (Layout::OneTenant, 64)];
+const CASES: [(Layout, usize); 4] = [
+    (Layout::TenantPerCaller, 1),
+    (Layout::TenantPerCaller, 16),
+    (Layout::TenantPerCaller, 64),
+    (Layout::OneTenant, 64),
+];
 /// Rows one raw ×100 statement debits.
 const BATCH: usize = 100;
 const AMOUNT: i64 = 10;
@@ -143,8 +147,7 @@ const RAW_DEBIT: &str = "UPDATE ledger_balances SET balance = balance - 10 WHERE
 /// Raw ×100: one statement (one commit) debiting each of its accounts.
 const RAW_DEBIT_MANY_PG: &str =
     "UPDATE ledger_balances SET balance = balance - 10 WHERE account = ANY($1) AND balance >= 10";
-const RAW_DEBIT_MANY_SQLITE: &str =
-    "UPDATE ledger_balances SET balance = balance - 10 WHERE account IN (SELECT value FROM json_each($1)) AND balance >= 10";
+const RAW_DEBIT_MANY_SQLITE: &str = "UPDATE ledger_balances SET balance = balance - 10 WHERE account IN (SELECT value FROM json_each($1)) AND balance >= 10";
 
 impl Raw {
     async fn seed(&self, account: &str, tenant: &str) {
@@ -221,9 +224,8 @@ async fn bench_backend(label: &str, location: StoreLocation, raw: Raw) {
     let ours: Vec<TenantId> = (1..=max).map(|i| TenantId::from_random([i as u8; 16])).collect();
     let raws: Vec<String> =
         (1..=max).map(|i| format!("wallet:{}", TenantId::from_random([(100 + i) as u8; 16]))).collect();
-    let batches: Vec<Vec<String>> = (0..max)
-        .map(|caller| (0..BATCH).map(|j| format!("wallet:raw-{caller}-{j}")).collect())
-        .collect();
+    let batches: Vec<Vec<String>> =
+        (0..max).map(|caller| (0..BATCH).map(|j| format!("wallet:raw-{caller}-{j}")).collect()).collect();
     for tenant in &ours {
         credits.grant(tenant, GRANT, "bench-grant", "bench").await.expect("grant");
     }

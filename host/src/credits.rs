@@ -7,7 +7,7 @@
 //! repeating a request with its key returns the first outcome (`replayed: true`) and
 //! moves nothing again.
 //!
-//! **Group commit.** Postings of one tenant go through [`GroupCommit`]: a caller alone
+//! **Group commit.** Postings of one tenant go through `GroupCommit`: a caller alone
 //! posts at once (no added wait); callers arriving while that posting is in flight queue
 //! up, and when it ends the first of them posts the whole queue as one batch
 //! ([`LedgerStore::post_batch`]: one statement and one durable commit on Postgres, one
@@ -364,12 +364,7 @@ enum Turn {
 impl GroupCommit {
     /// Posts `posting` alone when its tenant has nothing in flight, else in the tenant's
     /// next batch; the outcome is the posting's own, as if posted alone in arrival order.
-    async fn post(
-        &self,
-        store: &dyn LedgerStore,
-        clock: &dyn Clock,
-        posting: Posting,
-    ) -> Result<Posted, LedgerError> {
+    async fn post(&self, store: &dyn LedgerStore, clock: &dyn Clock, posting: Posting) -> Result<Posted, LedgerError> {
         let tenant = posting.tenant.clone();
         let queued = {
             let mut queues = self.lock();

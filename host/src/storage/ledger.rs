@@ -275,7 +275,9 @@ impl PgPostArgs {
             args.cap_accounts.push(posting.capped_account().map(Account::key));
             let (op, hold, expires, state, settled) = match &posting.hold {
                 None => (None, None, None, None, None),
-                Some(HoldEffect::Open { hold, expires_at }) => (Some("open"), Some(hold), Some(*expires_at), None, None),
+                Some(HoldEffect::Open { hold, expires_at }) => {
+                    (Some("open"), Some(hold), Some(*expires_at), None, None)
+                }
                 Some(HoldEffect::Close { hold, state, settled }) => {
                     (Some("close"), Some(hold), None, Some(state.as_str()), Some(*settled))
                 }
@@ -353,7 +355,8 @@ impl PostgresStore {
                 None => Err(StoreError::Corrupt(format!("transaction {} vanished", posting.key)).into()),
             },
             "reversed" => {
-                let original = posting.reverses.clone().ok_or_else(|| corrupt("reversal without an original".into()))?;
+                let original =
+                    posting.reverses.clone().ok_or_else(|| corrupt("reversal without an original".into()))?;
                 Err(LedgerError::AlreadyReversed(original))
             }
             "hold_missing" => Err(LedgerError::NotFound(format!("hold {}", hold()))),
@@ -392,7 +395,12 @@ impl PostgresStore {
     /// One posting in its own transaction: one statement, one round trip (see the
     /// module notes for the unchecked connection and its one retry). `retried` says the
     /// posting may have committed in an attempt whose answer was lost.
-    async fn ledger_post_one(&self, posting: &Posting, at: DateTime<Utc>, retried: bool) -> Result<Posted, LedgerError> {
+    async fn ledger_post_one(
+        &self,
+        posting: &Posting,
+        at: DateTime<Utc>,
+        retried: bool,
+    ) -> Result<Posted, LedgerError> {
         posting.check()?;
         let fingerprint = posting.fingerprint();
         let (mut conn, unchecked) = self.ledger_connection().await?;
@@ -419,7 +427,11 @@ impl PostgresStore {
 
     /// Postings in one statement and one commit; each answered as if posted alone, in
     /// order. When the call fails as a whole, each posting is posted on its own.
-    pub(super) async fn ledger_post_many(&self, postings: &[Posting], at: DateTime<Utc>) -> Vec<Result<Posted, LedgerError>> {
+    pub(super) async fn ledger_post_many(
+        &self,
+        postings: &[Posting],
+        at: DateTime<Utc>,
+    ) -> Vec<Result<Posted, LedgerError>> {
         if postings.len() < 2 {
             let mut outcomes = Vec::new();
             for posting in postings {
@@ -686,15 +698,17 @@ impl SqliteStore {
         .map_err(super::map_err(&format!("transaction {}", posting.key)))?;
         if let [a, b] = legs.as_slice() {
             // The usual two legs in one statement.
-            sqlx::query("INSERT INTO ledger_entries (transaction_id, account, amount) VALUES ($1, $2, $3), ($1, $4, $5)")
-                .bind(posting.id.as_str())
-                .bind(a.account.key())
-                .bind(a.amount)
-                .bind(b.account.key())
-                .bind(b.amount)
-                .execute(&mut *conn)
-                .await
-                .map_err(be)?;
+            sqlx::query(
+                "INSERT INTO ledger_entries (transaction_id, account, amount) VALUES ($1, $2, $3), ($1, $4, $5)",
+            )
+            .bind(posting.id.as_str())
+            .bind(a.account.key())
+            .bind(a.amount)
+            .bind(b.account.key())
+            .bind(b.amount)
+            .execute(&mut *conn)
+            .await
+            .map_err(be)?;
         } else {
             for leg in &legs {
                 sqlx::query("INSERT INTO ledger_entries (transaction_id, account, amount) VALUES ($1, $2, $3)")
@@ -728,7 +742,7 @@ impl SqliteStore {
         posting.check()?;
         let fingerprint = posting.fingerprint();
         let mut tx = self.ledger_begin().await?;
-        let outcome = match Self::ledger_apply(&mut *tx, posting, &fingerprint, at).await {
+        let outcome = match Self::ledger_apply(&mut tx, posting, &fingerprint, at).await {
             Ok(posted) => tx.commit().await.map(|()| posted).map_err(|e| super::backend_err(e).into()),
             Err(err) => {
                 tx.rollback().await.map_err(super::backend_err)?;
@@ -743,7 +757,11 @@ impl SqliteStore {
     /// Postings in one write transaction and one commit, each answered as if posted
     /// alone, in order. When the transaction fails as a whole (a key used before the
     /// batch, the store), each posting is posted on its own instead.
-    pub(super) async fn ledger_post_many(&self, postings: &[Posting], at: DateTime<Utc>) -> Vec<Result<Posted, LedgerError>> {
+    pub(super) async fn ledger_post_many(
+        &self,
+        postings: &[Posting],
+        at: DateTime<Utc>,
+    ) -> Vec<Result<Posted, LedgerError>> {
         if postings.len() > 1
             && let Ok(outcomes) = self.ledger_try_batch(postings, at).await
         {
@@ -781,8 +799,8 @@ impl SqliteStore {
                 }
                 continue;
             }
-            let outcome = match Self::ledger_check(&mut *tx, posting, at).await {
-                Ok(plan) => Self::ledger_write(&mut *tx, posting, &fingerprint, plan, at).await,
+            let outcome = match Self::ledger_check(&mut tx, posting, at).await {
+                Ok(plan) => Self::ledger_write(&mut tx, posting, &fingerprint, plan, at).await,
                 Err(err) => Err(err),
             };
             match outcome {
@@ -793,7 +811,7 @@ impl SqliteStore {
                 // A failed write may have written part of the posting: the batch is void.
                 Err(LedgerError::Store(err)) => return Err(err),
                 // A refusal wrote nothing; an earlier request with the key wins, as alone.
-                Err(refusal) => match Self::ledger_after_failure(&mut *tx, posting, &fingerprint, refusal).await {
+                Err(refusal) => match Self::ledger_after_failure(&mut tx, posting, &fingerprint, refusal).await {
                     Err(LedgerError::Store(err)) => return Err(err),
                     outcome => outcomes.push(outcome),
                 },

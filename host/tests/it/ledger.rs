@@ -594,7 +594,12 @@ async fn a_batch_answers_each_posting_in_arrival_order_as_if_posted_alone(backen
     let summary: Vec<String> = outcomes
         .iter()
         .map(|o| match o {
-            Ok(p) => format!("{} {}{}", p.transaction.idempotency_key, p.balance_after.available, if p.replayed { " replay" } else { "" }),
+            Ok(p) => format!(
+                "{} {}{}",
+                p.transaction.idempotency_key,
+                p.balance_after.available,
+                if p.replayed { " replay" } else { "" }
+            ),
             Err(LedgerError::Insufficient { available, needed }) => format!("insufficient {available}/{needed}"),
             Err(LedgerError::IdempotencyConflict { key }) => format!("conflict {key}"),
             Err(err) => format!("{err}"),
@@ -669,7 +674,12 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
 
 /// Runs `steps` for a fresh tenant: postings go to the model one by one and to the store
 /// in batches; every outcome, the balance and the audit must agree.
-async fn run_batched(store: &Arc<dyn Store>, start: DateTime<Utc>, acme: TenantId, steps: Vec<Step>) -> Result<(), String> {
+async fn run_batched(
+    store: &Arc<dyn Store>,
+    start: DateTime<Utc>,
+    acme: TenantId,
+    steps: Vec<Step>,
+) -> Result<(), String> {
     let mut model = Model::new();
     let mut now = start;
     let mut holds: Vec<HoldId> = Vec::new();
@@ -713,7 +723,11 @@ async fn run_batched(store: &Arc<dyn Store>, start: DateTime<Utc>, acme: TenantI
                     let sent: Vec<Posting> = batch.iter().map(|(p, _)| p.clone()).collect();
                     let outcomes = store.post_batch(&sent, now).await;
                     if outcomes.len() != batch.len() {
-                        return Err(format!("batch {batches}: {} outcomes for {} postings", outcomes.len(), batch.len()));
+                        return Err(format!(
+                            "batch {batches}: {} outcomes for {} postings",
+                            outcomes.len(),
+                            batch.len()
+                        ));
                     }
                     for ((posting, expected), actual) in batch.drain(..).zip(outcomes) {
                         if describe(&actual) != expected {
@@ -812,7 +826,11 @@ impl maestro_core::LedgerStore for Counted {
     ) -> Result<Option<maestro_core::Hold>, maestro_core::StoreError> {
         self.inner.hold(id, tenant).await
     }
-    async fn due_holds(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<maestro_core::Hold>, maestro_core::StoreError> {
+    async fn due_holds(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<maestro_core::Hold>, maestro_core::StoreError> {
         self.inner.due_holds(now, limit).await
     }
     async fn transaction_by_key(
@@ -893,9 +911,15 @@ async fn concurrent_callers_of_one_tenant_share_commits_and_never_overdraw(backe
     let report = f.credits.audit().await.expect("audit");
     assert!(report.is_clean(), "{report:?}");
     let alone = counted.alone.load(std::sync::atomic::Ordering::Relaxed);
-    let (batches, batched) =
-        (counted.batches.load(std::sync::atomic::Ordering::Relaxed), counted.batched.load(std::sync::atomic::Ordering::Relaxed));
-    println!("{backend:?}: {} debits in {} commits ({alone} alone, {batches} batches of {batched})", CALLERS * DEBITS + 1, alone + batches);
+    let (batches, batched) = (
+        counted.batches.load(std::sync::atomic::Ordering::Relaxed),
+        counted.batched.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    println!(
+        "{backend:?}: {} debits in {} commits ({alone} alone, {batches} batches of {batched})",
+        CALLERS * DEBITS + 1,
+        alone + batches
+    );
     assert_eq!(alone + batched, CALLERS * DEBITS + 1, "each posting reached the store once");
     assert!(batches > 0 && alone + batches < CALLERS * DEBITS, "concurrent callers shared commits");
 }
