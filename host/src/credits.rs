@@ -466,3 +466,123 @@ fn tx_id() -> TransactionId {
 fn hold_id() -> HoldId {
     HoldId::from_random(random_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use chrono::{DateTime, Utc};
+    use maestro_core::{HoldId, Store, Transaction, TransactionPage};
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::accounts::SystemClock;
+
+    /// The real (SQLite) store, whose postings wait at a gate the test opens.
+    #[derive(Debug)]
+    struct Gated {
+        inner: Arc<dyn Store>,
+        gate: Semaphore,
+        entered: AtomicUsize,
+    }
+
+    impl Gated {
+        async fn pass(&self) {
+            self.entered.fetch_add(1, Ordering::SeqCst);
+            self.gate.acquire().await.expect("gate open").forget();
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl LedgerStore for Gated {
+        async fn post(&self, posting: &Posting, at: DateTime<Utc>) -> Result<Posted, LedgerError> {
+            self.pass().await;
+            self.inner.post(posting, at).await
+        }
+        async fn post_batch(&self, postings: &[Posting], at: DateTime<Utc>) -> Vec<Result<Posted, LedgerError>> {
+            self.pass().await;
+            self.inner.post_batch(postings, at).await
+        }
+        async fn balance(&self, tenant: &TenantId) -> Result<Balance, StoreError> {
+            self.inner.balance(tenant).await
+        }
+        async fn hold(&self, id: &HoldId, tenant: Option<&TenantId>) -> Result<Option<Hold>, StoreError> {
+            self.inner.hold(id, tenant).await
+        }
+        async fn due_holds(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Hold>, StoreError> {
+            self.inner.due_holds(now, limit).await
+        }
+        async fn transaction_by_key(&self, tenant: &TenantId, key: &str) -> Result<Option<Transaction>, StoreError> {
+            self.inner.transaction_by_key(tenant, key).await
+        }
+        async fn transactions(
+            &self,
+            tenant: &TenantId,
+            query: &TransactionQuery,
+        ) -> Result<TransactionPage, StoreError> {
+            self.inner.transactions(tenant, query).await
+        }
+        async fn audit(&self) -> Result<AuditReport, StoreError> {
+            self.inner.audit().await
+        }
+    }
+
+    /// Waits (bounded) until `condition` holds.
+    async fn until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leader_dropped_mid_commit_hands_over_and_its_followers_post_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let location = crate::storage::StoreLocation::Sqlite(dir.path().join("ledger.db"));
+        let inner = crate::storage::open(&location).await.expect("store");
+        let acme = TenantId::from_random([1; 16]);
+        let grant = Posting::grant(tx_id(), acme.clone(), 100, "g", "").expect("valid");
+        inner.post(&grant, Utc::now()).await.expect("grant");
+        let store = Arc::new(Gated { inner: inner.clone(), gate: Semaphore::new(0), entered: AtomicUsize::new(0) });
+        let group = Arc::new(GroupCommit::default());
+        let debit = |key: &str| {
+            let (group, store, posting) =
+                (group.clone(), store.clone(), Posting::debit(tx_id(), acme.clone(), 10, key, "").expect("valid"));
+            tokio::spawn(async move { group.post(&*store, &SystemClock, posting).await })
+        };
+        let queued = |n: usize| {
+            let (group, acme) = (group.clone(), acme.clone());
+            move || group.lock().get(&acme).map_or(0, Vec::len) == n
+        };
+
+        // A posts alone; B and C queue behind it.
+        let a = debit("a");
+        until("a at the store", || store.entered.load(Ordering::SeqCst) == 1).await;
+        let b = debit("b");
+        until("b queued", queued(1)).await;
+        let c = debit("c");
+        until("c queued", queued(2)).await;
+        // A commits and hands the lead to B, which posts [b, c] as one batch.
+        store.gate.add_permits(1);
+        let a = a.await.expect("a").expect("a posted");
+        assert_eq!(a.balance_after.available, 90);
+        until("the batch at the store", || store.entered.load(Ordering::SeqCst) == 2).await;
+        let d = debit("d");
+        until("d queued", queued(1)).await;
+        // B is dropped mid-commit: D takes the lead, C (whose answer was lost) posts again.
+        b.abort();
+        assert!(b.await.expect_err("aborted").is_cancelled());
+        until("d and c at the store", || store.entered.load(Ordering::SeqCst) == 4).await;
+        store.gate.add_permits(10);
+        let c = c.await.expect("c").expect("c posted");
+        let d = d.await.expect("d").expect("d posted");
+        assert!(!c.replayed && !d.replayed);
+        assert!(inner.transaction_by_key(&acme, "b").await.expect("lookup").is_none(), "b never reached the store");
+        assert_eq!(inner.balance(&acme).await.expect("balance").available, 70);
+        assert!(group.lock().is_empty(), "nothing left in flight");
+        let report = inner.audit().await.expect("audit");
+        assert!(report.is_clean(), "{report:?}");
+    }
+}
