@@ -58,6 +58,13 @@ DECLARE
     v_debits       INT;
     v_constrained  INT;
     v_refused      BOOLEAN;
+    v_tenant       TEXT;
+    v_id           TEXT;
+    v_hold_op      TEXT;
+    v_hold_id      TEXT;
+    v_hold_state   TEXT;
+    v_other        BIGINT;
+    v_after        BOOLEAN;
 BEGIN
     -- Money: the commit waits for the WAL flush whatever the session's default (a
     -- transaction-local setting, so it holds until this transaction's commit).
@@ -72,6 +79,12 @@ BEGIN
         v_classes := p_leg_classes[v_next_leg : v_next_leg + v_legs - 1];
         v_amounts := p_leg_amounts[v_next_leg : v_next_leg + v_legs - 1];
         v_next_leg := v_next_leg + v_legs;
+        -- Each element once: reading the i-th element of a text array walks the array.
+        v_id := p_ids[i];
+        v_tenant := p_tenants[i];
+        v_hold_op := p_hold_ops[i];
+        v_hold_id := p_hold_ids[i];
+        v_hold_state := p_hold_states[i];
         r_status := NULL;
         r_available := NULL;
         r_held := NULL;
@@ -79,7 +92,7 @@ BEGIN
         r_detail := NULL;
 
         SELECT t.fingerprint INTO v_fingerprint FROM ledger_transactions t
-         WHERE t.tenant_id = p_tenants[i] AND t.idempotency_key = p_keys[i];
+         WHERE t.tenant_id = v_tenant AND t.idempotency_key = p_keys[i];
         IF FOUND THEN
             r_status := CASE WHEN v_fingerprint = p_fingerprints[i] THEN 'replay' ELSE 'conflict' END;
             RETURN NEXT;
@@ -93,9 +106,9 @@ BEGIN
             CONTINUE;
         END IF;
 
-        IF p_hold_ops[i] = 'close' THEN
+        IF v_hold_op = 'close' THEN
             SELECT h.amount, h.state, h.expires_at INTO v_hold FROM ledger_holds h
-             WHERE h.id = p_hold_ids[i] AND h.tenant_id = p_tenants[i] FOR UPDATE;
+             WHERE h.id = v_hold_id AND h.tenant_id = v_tenant FOR UPDATE;
             IF NOT FOUND THEN
                 r_status := 'hold_missing';
                 RETURN NEXT;
@@ -104,8 +117,8 @@ BEGIN
             -- `Hold::check_close`: open, a settlement before the expiry, an expiry at or after it.
             r_detail := CASE
                 WHEN v_hold.state <> 'open' THEN v_hold.state
-                WHEN p_hold_states[i] = 'settled' AND p_at >= v_hold.expires_at THEN 'expired'
-                WHEN p_hold_states[i] = 'expired' AND p_at < v_hold.expires_at THEN 'open'
+                WHEN v_hold_state = 'settled' AND p_at >= v_hold.expires_at THEN 'expired'
+                WHEN v_hold_state = 'expired' AND p_at < v_hold.expires_at THEN 'open'
             END;
             IF r_detail IS NOT NULL THEN
                 r_status := 'hold_closed';
@@ -113,7 +126,7 @@ BEGIN
                 CONTINUE;
             END IF;
             IF NOT EXISTS (SELECT 1 FROM unnest(v_accounts, v_amounts) AS l (account, amount)
-                            WHERE l.account = 'held:' || p_tenants[i] AND l.amount = -v_hold.amount) THEN
+                            WHERE l.account = 'held:' || v_tenant AND l.amount = -v_hold.amount) THEN
                 r_status := 'hold_unreleased';
                 RETURN NEXT;
                 CONTINUE;
@@ -139,7 +152,11 @@ BEGIN
         -- Tenant accounts may not go below zero (platform accounts have no balance row).
         v_debits := 0;
         v_constrained := 0;
+        v_moved := 0;
         FOR k IN 1 .. v_legs LOOP
+            IF v_amounts[k] > 0 THEN
+                v_moved := v_moved + v_amounts[k];
+            END IF;
             IF v_classes[k] <> 'platform' THEN
                 v_constrained := v_constrained + 1;
                 IF v_amounts[k] < 0 THEN
@@ -148,6 +165,7 @@ BEGIN
             END IF;
         END LOOP;
         v_refused := false;
+        v_after := false;
         IF v_debits > 0 AND v_constrained > 1 THEN
             -- Several tenant accounts: lock them in key order, check every debit, then write.
             FOR k IN 1 .. v_legs LOOP
@@ -168,9 +186,19 @@ BEGIN
         FOR k IN 1 .. v_legs LOOP
             CONTINUE WHEN v_classes[k] = 'platform';
             IF v_amounts[k] < 0 THEN
-                -- The conditional update: a lone debit's check (nothing is written before it).
+                -- The conditional update: a lone debit's check (nothing is written before it),
+                -- reading the tenant's other balance with it.
                 UPDATE ledger_balances b SET balance = b.balance + v_amounts[k]
-                 WHERE b.account = v_accounts[k] AND b.balance + v_amounts[k] >= 0;
+                 WHERE b.account = v_accounts[k] AND b.balance + v_amounts[k] >= 0
+                RETURNING b.balance,
+                          (SELECT o.balance FROM ledger_balances o
+                            WHERE o.account = CASE WHEN v_classes[k] = 'wallet' THEN 'held:' ELSE 'wallet:' END || v_tenant)
+                     INTO v_balance, v_other;
+                IF FOUND AND v_constrained = 1 THEN
+                    r_available := CASE WHEN v_classes[k] = 'wallet' THEN v_balance ELSE coalesce(v_other, 0) END;
+                    r_held := CASE WHEN v_classes[k] = 'wallet' THEN coalesce(v_other, 0) ELSE v_balance END;
+                    v_after := true;
+                END IF;
                 IF NOT FOUND THEN
                     IF v_constrained > 1 THEN
                         RAISE EXCEPTION 'ledger balance % changed under its lock', v_accounts[k];
@@ -185,40 +213,46 @@ BEGIN
                 END IF;
             ELSE
                 INSERT INTO ledger_balances AS b (account, class, tenant_id, balance)
-                VALUES (v_accounts[k], v_classes[k], p_tenants[i], v_amounts[k])
+                VALUES (v_accounts[k], v_classes[k], v_tenant, v_amounts[k])
                 ON CONFLICT (account) DO UPDATE SET balance = b.balance + excluded.balance;
             END IF;
         END LOOP;
         CONTINUE WHEN v_refused;
 
-        v_moved := (SELECT sum(a) FROM unnest(v_amounts) AS a WHERE a > 0);
-        IF p_hold_ops[i] = 'close' THEN
+        IF v_hold_op = 'close' THEN
             UPDATE ledger_holds h
-               SET state = p_hold_states[i],
-                   settled_amount = CASE WHEN p_hold_states[i] = 'settled' THEN p_hold_settled[i] END,
+               SET state = v_hold_state,
+                   settled_amount = CASE WHEN v_hold_state = 'settled' THEN p_hold_settled[i] END,
                    closed_at = p_at
-             WHERE h.id = p_hold_ids[i] AND h.state = 'open';
+             WHERE h.id = v_hold_id AND h.state = 'open';
             IF NOT FOUND THEN
-                RAISE EXCEPTION 'hold % closed under its lock', p_hold_ids[i];
+                RAISE EXCEPTION 'hold % closed under its lock', v_hold_id;
             END IF;
-        ELSIF p_hold_ops[i] = 'open' THEN
+        ELSIF v_hold_op = 'open' THEN
             INSERT INTO ledger_holds (id, tenant_id, amount, expires_at, state, created_at)
-            VALUES (p_hold_ids[i], p_tenants[i], v_moved, p_hold_expires[i], 'open', p_at);
+            VALUES (v_hold_id, v_tenant, v_moved, p_hold_expires[i], 'open', p_at);
         END IF;
 
-        SELECT coalesce(max(b.balance) FILTER (WHERE b.class = 'wallet'), 0),
-               coalesce(max(b.balance) FILTER (WHERE b.class = 'held'), 0)
-          INTO r_available, r_held
-          FROM ledger_balances b
-         WHERE b.account IN ('wallet:' || p_tenants[i], 'held:' || p_tenants[i]);
+        IF NOT v_after THEN
+            SELECT coalesce(max(b.balance) FILTER (WHERE b.class = 'wallet'), 0),
+                   coalesce(max(b.balance) FILTER (WHERE b.class = 'held'), 0)
+              INTO r_available, r_held
+              FROM ledger_balances b
+             WHERE b.account IN ('wallet:' || v_tenant, 'held:' || v_tenant);
+        END IF;
         INSERT INTO ledger_transactions (id, tenant_id, kind, amount, memo, idempotency_key, fingerprint, hold_id,
                                          reverses, available_after, held_after, created_at)
-        VALUES (p_ids[i], p_tenants[i], p_kinds[i], v_moved, p_memos[i], p_keys[i], p_fingerprints[i],
-                CASE WHEN p_hold_ops[i] IS NOT NULL THEN p_hold_ids[i] END, p_reverses[i], r_available, r_held, p_at);
-        INSERT INTO ledger_entries (transaction_id, account, amount)
-        SELECT p_ids[i], l.account, l.amount
-          FROM unnest(v_accounts, v_amounts) WITH ORDINALITY AS l (account, amount, o)
-         ORDER BY l.o;
+        VALUES (v_id, v_tenant, p_kinds[i], v_moved, p_memos[i], p_keys[i], p_fingerprints[i],
+                CASE WHEN v_hold_op IS NOT NULL THEN v_hold_id END, p_reverses[i], r_available, r_held, p_at);
+        IF v_legs = 2 THEN
+            INSERT INTO ledger_entries (transaction_id, account, amount)
+            VALUES (v_id, v_accounts[1], v_amounts[1]), (v_id, v_accounts[2], v_amounts[2]);
+        ELSE
+            INSERT INTO ledger_entries (transaction_id, account, amount)
+            SELECT v_id, l.account, l.amount
+              FROM unnest(v_accounts, v_amounts) WITH ORDINALITY AS l (account, amount, o)
+             ORDER BY l.o;
+        END IF;
         r_status := 'posted';
         r_amount := v_moved;
         RETURN NEXT;
