@@ -7,15 +7,17 @@
 //! repeating a request with its key returns the first outcome (`replayed: true`) and
 //! moves nothing again.
 //!
-//! **Group commit.** Postings of one tenant go through `GroupCommit`: a caller alone
-//! posts at once (no added wait); callers arriving while that posting is in flight queue
+//! **Group commit.** Postings go through `GroupCommit`, in one of a few lanes chosen by
+//! tenant (so one tenant's postings always share a lane): a caller alone posts at once
+//! (no added wait); callers arriving while a posting of their lane is in flight queue
 //! up, and when it ends the first of them posts the whole queue as one batch
 //! ([`LedgerStore::post_batch`]: one statement and one durable commit on Postgres, one
 //! write transaction and one fsync on SQLite). Each caller still gets its own exact
 //! outcome, in arrival order, exactly as if the postings had been posted one after
 //! another: a batch where the wallet runs out half-way pays the first callers and
 //! refuses the rest. So a busy tenant pays one commit per batch instead of one per
-//! posting, and waits on its wallet row once per batch.
+//! posting, and waits on its wallet row once per batch; and many tenants posting at once
+//! share commits too (a lane's batch may hold several tenants' postings).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -329,21 +331,34 @@ impl Credits {
     }
 }
 
-/// Group commit of each tenant's concurrent postings (see the module notes).
+/// How many batches may be in flight at once (per `Credits`): a tenant's postings
+/// always go to the same lane, so they stay in arrival order and coalesce; several lanes
+/// let unrelated tenants' batches commit side by side.
+const LANES: u64 = 4;
+
+/// Group commit of concurrent postings (see the module notes).
 ///
-/// A tenant with a posting in flight has a queue here; its presence means "busy". The
+/// A lane with a posting in flight has a queue here; its presence means "busy". The
 /// caller that found no queue leads: it posts (with whoever queued meanwhile, when it
 /// was handed the lead), answers the others, and hands the lead to the first caller
 /// still waiting, or removes the queue. The mutex is never held across an await.
 #[derive(Default)]
 struct GroupCommit {
-    queues: Mutex<HashMap<TenantId, Vec<Waiter>>>,
+    queues: Mutex<HashMap<u64, Vec<Waiter>>>,
+}
+
+/// The lane of a tenant's postings.
+fn lane(tenant: &TenantId) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::hash::DefaultHasher::new();
+    tenant.as_str().hash(&mut hasher);
+    hasher.finish() % LANES
 }
 
 impl std::fmt::Debug for GroupCommit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let busy = self.queues.lock().map_or(0, |q| q.len());
-        f.debug_struct("GroupCommit").field("busy_tenants", &busy).finish()
+        f.debug_struct("GroupCommit").field("busy_lanes", &busy).finish()
     }
 }
 
@@ -362,15 +377,15 @@ enum Turn {
 }
 
 impl GroupCommit {
-    /// Posts `posting` alone when its tenant has nothing in flight, else in the tenant's
-    /// next batch; the outcome is the posting's own, as if posted alone in arrival order.
+    /// Posts `posting` alone when its lane has nothing in flight, else in the lane's next
+    /// batch; the outcome is the posting's own, as if posted alone in arrival order.
     async fn post(&self, store: &dyn LedgerStore, clock: &dyn Clock, posting: Posting) -> Result<Posted, LedgerError> {
-        let tenant = posting.tenant.clone();
+        let lane = lane(&posting.tenant);
         let queued = {
             let mut queues = self.lock();
-            match queues.get_mut(&tenant) {
+            match queues.get_mut(&lane) {
                 None => {
-                    queues.insert(tenant.clone(), Vec::new());
+                    queues.insert(lane, Vec::new());
                     None
                 }
                 Some(queue) => {
@@ -391,7 +406,7 @@ impl GroupCommit {
                 Err(_) => return repost(store, clock, &posting).await,
             },
         };
-        let handover = Handover { group: self, tenant: &tenant };
+        let handover = Handover { group: self, lane };
         let (postings, turns): (Vec<Posting>, Vec<_>) =
             std::iter::once((posting, None)).chain(followers.into_iter().map(|w| (w.posting, Some(w.turn)))).unzip();
         let outcomes = if let [alone] = postings.as_slice() {
@@ -413,16 +428,16 @@ impl GroupCommit {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Vec<Waiter>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<Waiter>>> {
         // A panic while holding the lock leaves the map consistent (each step is one
         // insert, push, take or remove): keep going with it.
         self.queues.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Hands the tenant's lead to the first caller still waiting, or ends its busy state.
-    fn hand_over(&self, tenant: &TenantId) {
+    /// Hands the lane's lead to the first caller still waiting, or ends its busy state.
+    fn hand_over(&self, lane: u64) {
         let mut queues = self.lock();
-        let Some(queue) = queues.get_mut(tenant) else { return };
+        let Some(queue) = queues.get_mut(&lane) else { return };
         let mut waiting: Vec<Waiter> = std::mem::take(queue).into_iter().filter(|w| !w.turn.is_closed()).collect();
         while !waiting.is_empty() {
             let first = waiting.remove(0);
@@ -433,7 +448,7 @@ impl GroupCommit {
                 Err(Turn::Done(_)) => return,
             }
         }
-        queues.remove(tenant);
+        queues.remove(&lane);
     }
 }
 
@@ -441,12 +456,12 @@ impl GroupCommit {
 /// followers, whose answers are lost with it, then post again on their own).
 struct Handover<'a> {
     group: &'a GroupCommit,
-    tenant: &'a TenantId,
+    lane: u64,
 }
 
 impl Drop for Handover<'_> {
     fn drop(&mut self) {
-        self.group.hand_over(self.tenant);
+        self.group.hand_over(self.lane);
     }
 }
 
@@ -554,7 +569,7 @@ mod tests {
         };
         let queued = |n: usize| {
             let (group, acme) = (group.clone(), acme.clone());
-            move || group.lock().get(&acme).map_or(0, Vec::len) == n
+            move || group.lock().get(&lane(&acme)).map_or(0, Vec::len) == n
         };
 
         // A posts alone; B and C queue behind it.
