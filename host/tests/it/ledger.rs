@@ -672,12 +672,13 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
     ]
 }
 
-/// Runs `steps` for a fresh tenant: postings go to the model one by one and to the store
-/// in batches; every outcome, the balance and the audit must agree.
+/// Runs `steps` for two fresh tenants (every third step is the second's, so batches mix
+/// tenants as group commit's lanes do): postings go to the model one by one and to the
+/// store in batches; every outcome and the balances must agree.
 async fn run_batched(
     store: &Arc<dyn Store>,
     start: DateTime<Utc>,
-    acme: TenantId,
+    tenants: [TenantId; 2],
     steps: Vec<Step>,
 ) -> Result<(), String> {
     let mut model = Model::new();
@@ -688,6 +689,7 @@ async fn run_batched(
     let mut batches = 0;
     for (i, step) in steps.into_iter().chain([Step::Cut]).enumerate() {
         let key = format!("k{}", i % 23);
+        let acme = tenants[usize::from(i % 3 == 2)].clone();
         let new: Vec<Result<Posting, LedgerError>> = match step {
             Step::Grant(a) => vec![Posting::grant(tx_id(), acme.clone(), a, &key, "")],
             Step::Debit(a) => vec![Posting::debit(tx_id(), acme.clone(), a, &key, "")],
@@ -752,9 +754,11 @@ async fn run_batched(
             batch.push((posting, describe(&expected)));
         }
     }
-    let balance = store.balance(&acme).await.map_err(|e| e.to_string())?;
-    if balance != model.balance(&acme) {
-        return Err(format!("balance {balance:?}, model {:?}", model.balance(&acme)));
+    for tenant in &tenants {
+        let balance = store.balance(tenant).await.map_err(|e| e.to_string())?;
+        if balance != model.balance(tenant) {
+            return Err(format!("balance {balance:?}, model {:?}", model.balance(tenant)));
+        }
     }
     Ok(())
 }
@@ -775,12 +779,14 @@ async fn batches_match_the_model_posting_one_by_one(backend: Backend) {
         TestRunner::new(config).run(&strategy, |steps| {
             // Every case (and every shrinking attempt) gets a tenant of its own.
             let n = next_tenant.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let mut seed = [0u8; 16];
-            seed[..8].copy_from_slice(&n.to_be_bytes());
-            seed[8] = 0xBA;
-            let acme = TenantId::from_random(seed);
+            let tenant = |which: u8| {
+                let mut seed = [0u8; 16];
+                seed[..8].copy_from_slice(&n.to_be_bytes());
+                seed[8] = which;
+                TenantId::from_random(seed)
+            };
             handle
-                .block_on(run_batched(&f.store, start, acme, steps))
+                .block_on(run_batched(&f.store, start, [tenant(0xBA), tenant(0xBB)], steps))
                 .map_err(proptest::test_runner::TestCaseError::fail)
         })
     });
