@@ -1,21 +1,29 @@
 //! Ledger benchmark: durable debits with the balance check through `Credits::debit`, next
-//! to a raw single-statement SQL debit on the same store. Prints figures, never asserts
-//! timings.
+//! to a raw single-statement SQL debit on the same store in the same run. Prints figures
+//! and ratios, never asserts timings.
 //!
 //! `cargo bench -p maestro-host --bench ledger` (Postgres runs when `TEST_DATABASE_URL`
-//! names a server: the bench creates a fresh database on it and leaves it there).
+//! names a server: the bench creates a fresh database on it and leaves it there). The
+//! figures are durable only when the server runs with `fsync = on`: the bench prints the
+//! server's `fsync`, `synchronous_commit` and `full_page_writes` and says so when they are
+//! not (the test instance of `scripts/pg.sh` runs with `fsync = off`; for durable figures
+//! start one and `ALTER SYSTEM SET fsync = on; SELECT pg_reload_conf()`).
 //!
 //! Method notes:
-//! - Ours: `Credits::debit(tenant, 10, unique key, memo)`, i.e. the whole posting (replay
-//!   lookup, conditional wallet update, transaction and entry rows, balance read-back) in
-//!   one durable transaction. Each tenant is granted the maximum amount first, so the
-//!   wallet never runs out.
+//! - Ours: `Credits::debit(tenant, 10, unique key, memo)`, i.e. the whole posting
+//!   (idempotency check, conditional wallet update, transaction and entry rows, balance
+//!   after) durably committed; concurrent debits of one tenant go through the group
+//!   commit (one statement and one commit per batch). Each tenant is granted the maximum
+//!   amount first, so the wallet never runs out.
 //! - Raw: `UPDATE ledger_balances SET balance = balance - 10 WHERE account = $1 AND
-//!   balance >= 10` on its own accounts in the same `ledger_balances` table, through a
-//!   sqlx pool of the store's size and durability (SQLite: WAL, `synchronous=FULL`,
-//!   autocommit; Postgres: `synchronous_commit = on`).
-//! - Callers are tokio tasks, each issuing one debit after another. Two layouts: every
-//!   caller on its own tenant (different rows), and all callers on one tenant (one row).
+//!   balance >= 10` on its own accounts in the same `ledger_balances` table, autocommit,
+//!   through a sqlx pool of the store's size and durability (SQLite: WAL,
+//!   `synchronous=FULL`; Postgres: `synchronous_commit = on`) without the pool's
+//!   per-acquire ping, so the floor is the statement alone.
+//! - Raw ×100 (the ceiling): one statement debiting 100 rows (`account = ANY($1)`), so
+//!   one commit per 100 debits; counted as 100 debits.
+//! - Callers are tokio tasks, each issuing one debit after another. Layouts: every caller
+//!   on its own tenant (different rows), all callers on one tenant (one row).
 //! - A case runs a short warm-up, then counts the debits that start within the window;
 //!   latency is one debit's wall time at the caller. `ours/raw` is the ratio of cost per
 //!   debit (the inverse ratio of throughputs; goal ≤ 1.25).
@@ -33,7 +41,15 @@ use sqlx::Connection as _;
 
 const WARMUP: Duration = Duration::from_millis(300);
 const WINDOW: Duration = Duration::from_millis(2500);
-const CALLERS: [usize; 3] = [1, 16, 64];
+/// (layout, callers) cases, in order.
+const CASES: [(Layout, usize); 4] = [
+    (Layout::TenantPerCaller, 1),
+    (Layout::TenantPerCaller, 16),
+    (Layout::TenantPerCaller, 64),
+    (Layout::OneTenant, 64),
+];
+/// Rows one raw ×100 statement debits.
+const BATCH: usize = 100;
 const AMOUNT: i64 = 10;
 const GOAL_RATIO: f64 = 1.25;
 /// Largest single grant (`maestro_core::ledger::MAX_AMOUNT`): 10^11 debits of 10.
@@ -58,13 +74,19 @@ async fn run() {
             let url = fresh_postgres_database(&server).await;
             let pool = postgres_raw_pool(&url).await;
             let settings: Vec<(String, String)> = sqlx::query_as(
-                "SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit') ORDER BY name",
+                "SELECT name, setting FROM pg_settings \
+                 WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'wal_sync_method') ORDER BY name",
             )
             .fetch_all(&pool)
             .await
             .expect("server settings");
             // `synchronous_commit` is this session's (on); `fsync = off` makes no commit durable.
             println!("\npostgres server settings: {settings:?}");
+            let durable = settings.iter().any(|(n, v)| n == "fsync" && v == "on")
+                && settings.iter().any(|(n, v)| n == "synchronous_commit" && v == "on");
+            if !durable {
+                println!("WARNING: fsync or synchronous_commit is off: these figures are NOT durable commits");
+            }
             let raw = Raw::Postgres(pool);
             bench_backend("postgres", StoreLocation::Postgres(url), raw).await;
         }
@@ -72,7 +94,8 @@ async fn run() {
     }
 }
 
-/// The raw statement's pool, like the store's: 8 connections, WAL, `synchronous=FULL`.
+/// The raw statement's pool, like the store's: 8 connections, WAL, `synchronous=FULL`;
+/// no ping before each statement.
 async fn sqlite_raw_pool(path: &Path) -> sqlx::SqlitePool {
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
     // The store creates the file and its schema; the raw pool only needs to reach it.
@@ -82,14 +105,15 @@ async fn sqlite_raw_pool(path: &Path) -> sqlx::SqlitePool {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10));
-    SqlitePoolOptions::new().max_connections(8).connect_lazy_with(options)
+    SqlitePoolOptions::new().max_connections(8).test_before_acquire(false).connect_lazy_with(options)
 }
 
-/// The raw statement's pool, like the store's: 16 connections, `synchronous_commit = on`.
+/// The raw statement's pool, like the store's: 16 connections, `synchronous_commit = on`;
+/// no ping before each statement.
 async fn postgres_raw_pool(url: &str) -> sqlx::PgPool {
     use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
     let options = PgConnectOptions::from_str(url).expect("postgres url").options([("synchronous_commit", "on")]);
-    PgPoolOptions::new().max_connections(16).connect_lazy_with(options)
+    PgPoolOptions::new().max_connections(16).test_before_acquire(false).connect_lazy_with(options)
 }
 
 /// Creates `maestro_bench_ledger_<random>` on the server and returns its URL.
@@ -120,6 +144,10 @@ enum Raw {
 }
 
 const RAW_DEBIT: &str = "UPDATE ledger_balances SET balance = balance - 10 WHERE account = $1 AND balance >= 10";
+/// Raw ×100: one statement (one commit) debiting each of its accounts.
+const RAW_DEBIT_MANY_PG: &str =
+    "UPDATE ledger_balances SET balance = balance - 10 WHERE account = ANY($1) AND balance >= 10";
+const RAW_DEBIT_MANY_SQLITE: &str = "UPDATE ledger_balances SET balance = balance - 10 WHERE account IN (SELECT value FROM json_each($1)) AND balance >= 10";
 
 impl Raw {
     async fn seed(&self, account: &str, tenant: &str) {
@@ -150,6 +178,20 @@ impl Raw {
         };
         assert_eq!(updated.expect("raw debit"), 1, "raw debit refused");
     }
+
+    /// Debits each of `accounts` in one statement.
+    async fn debit_many(&self, accounts: &[String]) {
+        let updated = match self {
+            Self::Sqlite(pool) => {
+                let list = format!("[{}]", accounts.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(","));
+                sqlx::query(RAW_DEBIT_MANY_SQLITE).bind(list).execute(pool).await.map(|r| r.rows_affected())
+            }
+            Self::Postgres(pool) => {
+                sqlx::query(RAW_DEBIT_MANY_PG).bind(accounts).execute(pool).await.map(|r| r.rows_affected())
+            }
+        };
+        assert_eq!(updated.expect("raw debits"), accounts.len() as u64, "raw debit refused");
+    }
 }
 
 /// One case's figures.
@@ -177,77 +219,86 @@ enum Layout {
 async fn bench_backend(label: &str, location: StoreLocation, raw: Raw) {
     let store = open(&location).await.expect("open store");
     let credits = Arc::new(Credits::new(store, Arc::new(SystemClock)));
-    let max = CALLERS.iter().copied().max().unwrap_or(1);
-    // Tenants 1..=max for ours, raw accounts on tenants 101..=100+max.
+    let max = CASES.iter().map(|(_, c)| *c).max().unwrap_or(1);
+    // Tenants 1..=max for ours; raw accounts: one per caller, and BATCH per caller for ×100.
     let ours: Vec<TenantId> = (1..=max).map(|i| TenantId::from_random([i as u8; 16])).collect();
     let raws: Vec<String> =
         (1..=max).map(|i| format!("wallet:{}", TenantId::from_random([(100 + i) as u8; 16]))).collect();
+    let batches: Vec<Vec<String>> =
+        (0..max).map(|caller| (0..BATCH).map(|j| format!("wallet:raw-{caller}-{j}")).collect()).collect();
     for tenant in &ours {
         credits.grant(tenant, GRANT, "bench-grant", "bench").await.expect("grant");
     }
-    for (i, account) in raws.iter().enumerate() {
+    for (i, account) in raws.iter().chain(batches.iter().flatten()).enumerate() {
         raw.seed(account, &format!("raw-{i}")).await;
     }
 
     println!("\n{label}:");
     println!(
-        "{:<18} {:>7} {:>5} {:>9} {:>7} {:>10} {:>9} {:>9} {:>8}",
+        "{:<18} {:>7} {:>8} {:>9} {:>7} {:>10} {:>9} {:>9} {:>8}",
         "layout", "callers", "impl", "debits", "seconds", "debits/s", "p50 µs", "p99 µs", "ours/raw"
     );
-    let mut case = 0usize;
-    for layout in [Layout::TenantPerCaller, Layout::OneTenant] {
-        for callers in CALLERS {
-            if layout == Layout::OneTenant && callers == 1 {
-                continue;
-            }
-            case += 1;
-            let ours_figures = measure(callers, {
+    for (case, (layout, callers)) in CASES.into_iter().enumerate() {
+        let ours_figures = measure(callers, 1, {
+            let credits = credits.clone();
+            let tenants = ours.clone();
+            move |caller, n| {
                 let credits = credits.clone();
-                let tenants = ours.clone();
-                move |caller, n| {
-                    let credits = credits.clone();
-                    let tenant = tenants[if layout == Layout::OneTenant { 0 } else { caller }].clone();
-                    async move {
-                        let key = format!("c{case}-{caller}-{n}");
-                        credits.debit(&tenant, AMOUNT, &key, "bench").await.expect("debit").expect("posted");
-                    }
+                let tenant = tenants[if layout == Layout::OneTenant { 0 } else { caller }].clone();
+                async move {
+                    let key = format!("c{case}-{caller}-{n}");
+                    credits.debit(&tenant, AMOUNT, &key, "bench").await.expect("debit").expect("posted");
                 }
-            })
-            .await;
-            let raw_figures = measure(callers, {
+            }
+        })
+        .await;
+        let raw_figures = measure(callers, 1, {
+            let raw = raw.clone();
+            let accounts = raws.clone();
+            move |caller, _| {
                 let raw = raw.clone();
-                let accounts = raws.clone();
+                let account = accounts[if layout == Layout::OneTenant { 0 } else { caller }].clone();
+                async move { raw.debit(&account).await }
+            }
+        })
+        .await;
+        let ratio = raw_figures.rate() / ours_figures.rate();
+        let name = match layout {
+            Layout::TenantPerCaller => "tenant per caller",
+            Layout::OneTenant => "one tenant",
+        };
+        let mut rows = vec![("ours", ours_figures, Some(ratio)), ("raw", raw_figures, None)];
+        if callers == max && layout == Layout::TenantPerCaller {
+            let ceiling = measure(callers, BATCH, {
+                let raw = raw.clone();
+                let batches = batches.clone();
                 move |caller, _| {
                     let raw = raw.clone();
-                    let account = accounts[if layout == Layout::OneTenant { 0 } else { caller }].clone();
-                    async move { raw.debit(&account).await }
+                    let accounts = batches[caller].clone();
+                    async move { raw.debit_many(&accounts).await }
                 }
             })
             .await;
-            let ratio = raw_figures.rate() / ours_figures.rate();
-            let name = match layout {
-                Layout::TenantPerCaller => "tenant per caller",
-                Layout::OneTenant => "one tenant",
-            };
-            for (which, f, r) in [("ours", &ours_figures, Some(ratio)), ("raw", &raw_figures, None)] {
-                println!(
-                    "{:<18} {:>7} {:>5} {:>9} {:>7.2} {:>10.0} {:>9.0} {:>9.0} {:>8}",
-                    name,
-                    callers,
-                    which,
-                    f.debits,
-                    f.seconds,
-                    f.rate(),
-                    f.p50.as_secs_f64() * 1e6,
-                    f.p99.as_secs_f64() * 1e6,
-                    r.map_or(String::new(), |r| format!("{r:.2}{}", if r <= GOAL_RATIO { "" } else { " >goal" })),
-                );
-            }
+            rows.push(("raw ×100", ceiling, None));
+        }
+        for (which, f, r) in rows {
+            println!(
+                "{:<18} {:>7} {:>8} {:>9} {:>7.2} {:>10.0} {:>9.0} {:>9.0} {:>8}",
+                name,
+                callers,
+                which,
+                f.debits,
+                f.seconds,
+                f.rate(),
+                f.p50.as_secs_f64() * 1e6,
+                f.p99.as_secs_f64() * 1e6,
+                r.map_or(String::new(), |r| format!("{r:.2}{}", if r <= GOAL_RATIO { "" } else { " >goal" })),
+            );
         }
     }
     let mut report = credits.audit().await.expect("audit");
     // The raw statement changes balances without entries: not the ledger's mismatches.
-    report.mismatches.retain(|m| !raws.contains(&m.account));
+    report.mismatches.retain(|m| !m.account.starts_with("wallet:raw-") && !raws.contains(&m.account));
     println!(
         "audit after the run (raw accounts aside): {} transactions, clean: {}",
         report.transactions,
@@ -255,9 +306,9 @@ async fn bench_backend(label: &str, location: StoreLocation, raw: Raw) {
     );
 }
 
-/// Runs `callers` tasks issuing `debit(caller, n)` one after another: a warm-up, then the
-/// debits that start within the window are counted and timed.
-async fn measure<F, Fut>(callers: usize, debit: F) -> Figures
+/// Runs `callers` tasks issuing `debit(caller, n)` (each `per_call` debits) one after
+/// another: a warm-up, then the calls that start within the window are counted and timed.
+async fn measure<F, Fut>(callers: usize, per_call: usize, debit: F) -> Figures
 where
     F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
@@ -295,7 +346,7 @@ where
     latencies.sort();
     let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)));
     Figures {
-        debits: latencies.len(),
+        debits: latencies.len() * per_call,
         seconds,
         p50: at(0.50).copied().unwrap_or_default(),
         p99: at(0.99).copied().unwrap_or_default(),

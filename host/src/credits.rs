@@ -6,8 +6,21 @@
 //! wallet go below zero. Every operation that moves credits takes an idempotency key:
 //! repeating a request with its key returns the first outcome (`replayed: true`) and
 //! moves nothing again.
+//!
+//! **Group commit.** Postings go through `GroupCommit`, in one of a few lanes chosen by
+//! tenant (so one tenant's postings always share a lane): a caller alone posts at once
+//! (no added wait); callers arriving while a posting of their lane is in flight queue
+//! up, and when it ends the first of them posts the whole queue as one batch
+//! ([`LedgerStore::post_batch`]: one statement and one durable commit on Postgres, one
+//! write transaction and one fsync on SQLite). Each caller still gets its own exact
+//! outcome, in arrival order, exactly as if the postings had been posted one after
+//! another: a batch where the wallet runs out half-way pays the first callers and
+//! refuses the rest. So a busy tenant pays one commit per batch instead of one per
+//! posting, and waits on its wallet row once per batch; and many tenants posting at once
+//! share commits too (a lane's batch may hold several tenants' postings).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use maestro_core::ledger::{HoldId, TransactionId};
 use maestro_core::{
@@ -126,12 +139,13 @@ const EXPIRE_BATCH: u32 = 100;
 pub struct Credits {
     store: Arc<dyn LedgerStore>,
     clock: Arc<dyn Clock>,
+    group: Arc<GroupCommit>,
 }
 
 impl Credits {
     /// Builds the use-cases over the ledger port and a clock.
     pub fn new(store: Arc<dyn LedgerStore>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+        Self { store, clock, group: Arc::default() }
     }
 
     /// A tenant's balance (zero for a tenant that never had credits).
@@ -167,7 +181,7 @@ impl Credits {
         memo: &str,
     ) -> Result<Reversal, CreditsError> {
         let posting = Posting::purchase_reversal(tx_id(), tenant.clone(), amount, key, memo)?;
-        match self.store.post(&posting, self.clock.now()).await {
+        match self.group.post(&*self.store, &*self.clock, posting).await {
             Ok(posted) => {
                 let reversed = posted.transaction.amount;
                 Ok(Reversal { posted: Some(posted), reversed, unrecovered: amount - reversed })
@@ -229,7 +243,7 @@ impl Credits {
         }
         let now = self.clock.now();
         let posting = Posting::reserve(tx_id(), tenant.clone(), hold_id(), amount, now + expires_in, key, memo)?;
-        let posted = self.store.post(&posting, now).await?;
+        let posted = self.group.post(&*self.store, &*self.clock, posting).await?;
         let id = posted.transaction.hold.clone().ok_or_else(|| {
             CreditsError::Store(StoreError::Corrupt(format!("reserve {} has no hold", posted.transaction.id)))
         })?;
@@ -313,8 +327,151 @@ impl Credits {
     }
 
     async fn post(&self, posting: Posting) -> Result<Posted, CreditsError> {
-        Ok(self.store.post(&posting, self.clock.now()).await?)
+        Ok(self.group.post(&*self.store, &*self.clock, posting).await?)
     }
+}
+
+/// How many batches may be in flight at once (per `Credits`): a tenant's postings
+/// always go to the same lane, so they stay in arrival order and coalesce; several lanes
+/// let unrelated tenants' batches commit side by side.
+const LANES: u64 = 4;
+
+/// Group commit of concurrent postings (see the module notes).
+///
+/// A lane with a posting in flight has a queue here; its presence means "busy". The
+/// caller that found no queue leads: it posts (with whoever queued meanwhile, when it
+/// was handed the lead), answers the others, and hands the lead to the first caller
+/// still waiting, or removes the queue. The mutex is never held across an await.
+#[derive(Default)]
+struct GroupCommit {
+    queues: Mutex<HashMap<u64, Vec<Waiter>>>,
+}
+
+/// The lane of a tenant's postings.
+fn lane(tenant: &TenantId) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::hash::DefaultHasher::new();
+    tenant.as_str().hash(&mut hasher);
+    hasher.finish() % LANES
+}
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let busy = self.queues.lock().map_or(0, |q| q.len());
+        f.debug_struct("GroupCommit").field("busy_lanes", &busy).finish()
+    }
+}
+
+/// A caller waiting for its turn.
+struct Waiter {
+    posting: Posting,
+    turn: tokio::sync::oneshot::Sender<Turn>,
+}
+
+/// What a waiting caller is told.
+enum Turn {
+    /// Its posting was applied (or refused) in another caller's batch.
+    Done(Result<Posted, LedgerError>),
+    /// It leads the next batch: its own posting, then these (in arrival order).
+    Lead(Vec<Waiter>),
+}
+
+impl GroupCommit {
+    /// Posts `posting` alone when its lane has nothing in flight, else in the lane's next
+    /// batch; the outcome is the posting's own, as if posted alone in arrival order.
+    async fn post(&self, store: &dyn LedgerStore, clock: &dyn Clock, posting: Posting) -> Result<Posted, LedgerError> {
+        let lane = lane(&posting.tenant);
+        let queued = {
+            let mut queues = self.lock();
+            match queues.get_mut(&lane) {
+                None => {
+                    queues.insert(lane, Vec::new());
+                    None
+                }
+                Some(queue) => {
+                    let (turn, told) = tokio::sync::oneshot::channel();
+                    queue.push(Waiter { posting: posting.clone(), turn });
+                    Some(told)
+                }
+            }
+        };
+        let followers = match queued {
+            None => Vec::new(),
+            Some(told) => match told.await {
+                Ok(Turn::Done(outcome)) => return outcome,
+                Ok(Turn::Lead(followers)) => followers,
+                // The caller leading our batch was dropped mid-commit, so whether our
+                // posting was applied is unknown: post it again (its key makes that safe;
+                // finding its own transaction id means the first attempt committed).
+                Err(_) => return repost(store, clock, &posting).await,
+            },
+        };
+        let handover = Handover { group: self, lane };
+        let (postings, turns): (Vec<Posting>, Vec<_>) =
+            std::iter::once((posting, None)).chain(followers.into_iter().map(|w| (w.posting, Some(w.turn)))).unzip();
+        let outcomes = if let [alone] = postings.as_slice() {
+            vec![store.post(alone, clock.now()).await]
+        } else {
+            store.post_batch(&postings, clock.now()).await
+        };
+        let mut own = None;
+        for (turn, outcome) in turns.into_iter().zip(outcomes) {
+            match turn {
+                None => own = Some(outcome),
+                // A caller that left meanwhile just misses its answer.
+                Some(turn) => drop(turn.send(Turn::Done(outcome))),
+            }
+        }
+        drop(handover);
+        own.unwrap_or_else(|| {
+            Err(LedgerError::Store(maestro_core::StoreError::Corrupt("the store answered fewer postings".into())))
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<Waiter>>> {
+        // A panic while holding the lock leaves the map consistent (each step is one
+        // insert, push, take or remove): keep going with it.
+        self.queues.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Hands the lane's lead to the first caller still waiting, or ends its busy state.
+    fn hand_over(&self, lane: u64) {
+        let mut queues = self.lock();
+        let Some(queue) = queues.get_mut(&lane) else { return };
+        let mut waiting: Vec<Waiter> = std::mem::take(queue).into_iter().filter(|w| !w.turn.is_closed()).collect();
+        while !waiting.is_empty() {
+            let first = waiting.remove(0);
+            match first.turn.send(Turn::Lead(waiting)) {
+                Ok(()) => return,
+                // That caller left just now: the next one leads.
+                Err(Turn::Lead(rest)) => waiting = rest,
+                Err(Turn::Done(_)) => return,
+            }
+        }
+        queues.remove(&lane);
+    }
+}
+
+/// Passes the lead on when the leading caller finishes, or is dropped mid-commit (its
+/// followers, whose answers are lost with it, then post again on their own).
+struct Handover<'a> {
+    group: &'a GroupCommit,
+    lane: u64,
+}
+
+impl Drop for Handover<'_> {
+    fn drop(&mut self) {
+        self.group.hand_over(self.lane);
+    }
+}
+
+/// Posts again a posting whose batch's outcome was lost.
+async fn repost(store: &dyn LedgerStore, clock: &dyn Clock, posting: &Posting) -> Result<Posted, LedgerError> {
+    let mut posted = store.post(posting, clock.now()).await?;
+    if posted.replayed && posted.transaction.id == posting.id {
+        posted.replayed = false;
+    }
+    Ok(posted)
 }
 
 fn tx_id() -> TransactionId {
@@ -323,4 +480,124 @@ fn tx_id() -> TransactionId {
 
 fn hold_id() -> HoldId {
     HoldId::from_random(random_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use chrono::{DateTime, Utc};
+    use maestro_core::{HoldId, Store, Transaction, TransactionPage};
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::accounts::SystemClock;
+
+    /// The real (SQLite) store, whose postings wait at a gate the test opens.
+    #[derive(Debug)]
+    struct Gated {
+        inner: Arc<dyn Store>,
+        gate: Semaphore,
+        entered: AtomicUsize,
+    }
+
+    impl Gated {
+        async fn pass(&self) {
+            self.entered.fetch_add(1, Ordering::SeqCst);
+            self.gate.acquire().await.expect("gate open").forget();
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl LedgerStore for Gated {
+        async fn post(&self, posting: &Posting, at: DateTime<Utc>) -> Result<Posted, LedgerError> {
+            self.pass().await;
+            self.inner.post(posting, at).await
+        }
+        async fn post_batch(&self, postings: &[Posting], at: DateTime<Utc>) -> Vec<Result<Posted, LedgerError>> {
+            self.pass().await;
+            self.inner.post_batch(postings, at).await
+        }
+        async fn balance(&self, tenant: &TenantId) -> Result<Balance, StoreError> {
+            self.inner.balance(tenant).await
+        }
+        async fn hold(&self, id: &HoldId, tenant: Option<&TenantId>) -> Result<Option<Hold>, StoreError> {
+            self.inner.hold(id, tenant).await
+        }
+        async fn due_holds(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Hold>, StoreError> {
+            self.inner.due_holds(now, limit).await
+        }
+        async fn transaction_by_key(&self, tenant: &TenantId, key: &str) -> Result<Option<Transaction>, StoreError> {
+            self.inner.transaction_by_key(tenant, key).await
+        }
+        async fn transactions(
+            &self,
+            tenant: &TenantId,
+            query: &TransactionQuery,
+        ) -> Result<TransactionPage, StoreError> {
+            self.inner.transactions(tenant, query).await
+        }
+        async fn audit(&self) -> Result<AuditReport, StoreError> {
+            self.inner.audit().await
+        }
+    }
+
+    /// Waits (bounded) until `condition` holds.
+    async fn until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leader_dropped_mid_commit_hands_over_and_its_followers_post_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let location = crate::storage::StoreLocation::Sqlite(dir.path().join("ledger.db"));
+        let inner = crate::storage::open(&location).await.expect("store");
+        let acme = TenantId::from_random([1; 16]);
+        let grant = Posting::grant(tx_id(), acme.clone(), 100, "g", "").expect("valid");
+        inner.post(&grant, Utc::now()).await.expect("grant");
+        let store = Arc::new(Gated { inner: inner.clone(), gate: Semaphore::new(0), entered: AtomicUsize::new(0) });
+        let group = Arc::new(GroupCommit::default());
+        let debit = |key: &str| {
+            let (group, store, posting) =
+                (group.clone(), store.clone(), Posting::debit(tx_id(), acme.clone(), 10, key, "").expect("valid"));
+            tokio::spawn(async move { group.post(&*store, &SystemClock, posting).await })
+        };
+        let queued = |n: usize| {
+            let (group, acme) = (group.clone(), acme.clone());
+            move || group.lock().get(&lane(&acme)).map_or(0, Vec::len) == n
+        };
+
+        // A posts alone; B and C queue behind it.
+        let a = debit("a");
+        until("a at the store", || store.entered.load(Ordering::SeqCst) == 1).await;
+        let b = debit("b");
+        until("b queued", queued(1)).await;
+        let c = debit("c");
+        until("c queued", queued(2)).await;
+        // A commits and hands the lead to B, which posts [b, c] as one batch.
+        store.gate.add_permits(1);
+        let a = a.await.expect("a").expect("a posted");
+        assert_eq!(a.balance_after.available, 90);
+        until("the batch at the store", || store.entered.load(Ordering::SeqCst) == 2).await;
+        let d = debit("d");
+        until("d queued", queued(1)).await;
+        // B is dropped mid-commit: D takes the lead, C (whose answer was lost) posts again.
+        b.abort();
+        assert!(b.await.expect_err("aborted").is_cancelled());
+        until("d and c at the store", || store.entered.load(Ordering::SeqCst) == 4).await;
+        store.gate.add_permits(10);
+        let c = c.await.expect("c").expect("c posted");
+        let d = d.await.expect("d").expect("d posted");
+        assert!(!c.replayed && !d.replayed);
+        assert!(inner.transaction_by_key(&acme, "b").await.expect("lookup").is_none(), "b never reached the store");
+        assert_eq!(inner.balance(&acme).await.expect("balance").available, 70);
+        assert!(group.lock().is_empty(), "nothing left in flight");
+        let report = inner.audit().await.expect("audit");
+        assert!(report.is_clean(), "{report:?}");
+    }
 }

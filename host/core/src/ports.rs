@@ -160,6 +160,12 @@ pub trait LedgerStore: Send + Sync + std::fmt::Debug {
     /// balances equal the sum of their entries, tenant accounts are not negative, held
     /// accounts equal their open holds.
     async fn audit(&self) -> Result<AuditReport, StoreError>;
+    /// Applies postings in order, each exactly as [`LedgerStore::post`] would had they been
+    /// posted one after another, sharing one store transaction (one durable commit) where
+    /// the backend can: group commit. Returns one outcome per posting, in order; a refused
+    /// posting writes nothing and does not affect the others. When the shared transaction
+    /// fails as a whole, the postings are answered one by one instead (keys make that safe).
+    async fn post_batch(&self, postings: &[Posting], at: DateTime<Utc>) -> Vec<Result<Posted, LedgerError>>;
 }
 
 /// Background jobs (see [`crate::jobs`]). Every method is one atomic store transaction.

@@ -1,31 +1,51 @@
-//! [`maestro_core::LedgerStore`]: the same SQL on both backends, expanded per store type
-//! by [`impl_ledger_queries!`] (like `shared.rs`). The backend supplies `begin_ledger`
-//! (SQLite: `BEGIN IMMEDIATE`; Postgres: `SET LOCAL synchronous_commit = on`),
-//! `begin_audit` (a consistent read snapshot) and the row-lock clause appended to reads
-//! that precede a write (` FOR UPDATE` on Postgres, nothing on SQLite, whose write
-//! transaction already excludes every other writer).
+//! [`maestro_core::LedgerStore`] on both backends. Reads (balances, holds, pages, the
+//! audit) are the same SQL, expanded per store type by [`impl_ledger_queries!`] (like
+//! `shared.rs`); a posting is written the way each backend does it fastest, by
+//! `ledger_apply` (one posting inside a transaction, as units of work use it),
+//! `ledger_post_one` and `ledger_post_many` below.
 //!
-//! A posting runs in one transaction: hold check and update, one
-//! conditional `UPDATE ledger_balances … WHERE balance + $n >= 0` per debited tenant
-//! account (rows affected = 0 means insufficient credits) and an upsert per credited
-//! one, then the transaction row (its unique `(tenant_id, idempotency_key)` settles races
-//! between replays, concurrent or not: replays are answered after the rollback) and its
-//! entries. Only tenant accounts have a cached
-//! balance row: platform accounts (revenue, clearing, promotions) are unconstrained, so
-//! their balances are sums of entries, and postings of different tenants share no row.
-//! Balance rows are updated in account-key order, so concurrent postings take row locks
-//! in one order and cannot deadlock. When anything fails, the transaction is
-//! rolled back and the key looked up again: a concurrent request with the same key may
-//! have committed meanwhile, and its outcome is then the answer.
+//! **Postgres: one statement per posting.** `ledger_post` (migration 0017) does all of a
+//! posting server-side: the idempotency check (same key, same request fingerprint → a
+//! replay; another request → a conflict), the reversal and hold checks, the conditional
+//! balance update that never overdraws, the hold, the transaction row and its entries,
+//! answering the new balance or the refusal with the balance. Called on its own it is the
+//! whole (autocommit) transaction, with `synchronous_commit = on` set inside: one round
+//! trip, one durable commit. It takes arrays, so a batch of postings is also one
+//! statement and one commit (group commit, `post_batch`). A refusal writes nothing; an
+//! SQL error (a key or reversal committed concurrently) fails the call, and each posting
+//! is then answered on its own: the key is looked up again and an earlier outcome wins.
+//!
+//! The pool pings a connection before handing it out (`test_before_acquire`, a round
+//! trip). Postings skip that ping by taking an idle connection with `try_acquire`: a
+//! connection the server closed while idle then fails the one statement, which is
+//! retried once on a connection the pool checked. That retry is safe because a posting
+//! is idempotent by its key, and the retry recognises its own transaction id if the
+//! first attempt committed before the connection died (then it is no replay).
+//!
+//! **SQLite: a write transaction per posting or per batch.** The backend's
+//! `begin_ledger` (`BEGIN IMMEDIATE`) takes the write lock; every check (reversal, hold,
+//! capped amount, every debit of several tenant accounts) is a read before the first
+//! write, so a refused posting writes nothing and a batch shares one transaction and one
+//! commit (one fsync) however many of its postings are refused. A lone debit is the
+//! conditional `UPDATE … RETURNING` that also reads the balance after.
+//!
+//! Only tenant accounts have a cached balance row: platform accounts (revenue, clearing,
+//! promotions) are unconstrained, so their balances are sums of entries, and postings of
+//! different tenants share no row. Rows are locked in one order everywhere (holds to
+//! close, then balances by account key), so concurrent postings cannot deadlock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use maestro_core::ledger::{Leg, TransactionId};
+use maestro_core::ledger::{HoldEffect, Leg, TransactionId};
 use maestro_core::{
-    Account, Balance, Hold, HoldId, HoldState, IdempotencyKey, StoreError, TenantId, Transaction, TransactionKind,
+    Account, Balance, Hold, HoldId, HoldState, IdempotencyKey, LedgerError, Posted, Posting, StoreError, TenantId,
+    Transaction, TransactionKind,
 };
+use sqlx::pool::PoolConnection;
 
+use super::postgres::PostgresStore;
+use super::sqlite::SqliteStore;
 /// Columns of a transaction joined with one of its entries, read by name into [`TxRow`].
 macro_rules! tx_columns {
     () => {
@@ -169,194 +189,656 @@ fn corrupt(message: String) -> StoreError {
     StoreError::Corrupt(message)
 }
 
-/// Implements [`maestro_core::LedgerStore`] for a store type with a `pool` field and
-/// `begin_ledger`/`begin_audit` methods; `$lock` is appended to reads that precede
-/// writes of the same rows.
-macro_rules! impl_ledger_queries {
-    ($store:ty, $lock:literal) => {
-        impl $store {
-            /// Everything a posting does, inside `tx`. `Ok(Err(posted))` is a replay.
-            async fn ledger_apply(
-                conn: &mut <<$store as super::Backend>::Db as sqlx::Database>::Connection,
-                posting: &maestro_core::Posting,
-                fingerprint: &str,
-                at: chrono::DateTime<chrono::Utc>,
-            ) -> Result<maestro_core::Posted, maestro_core::LedgerError> {
-                use maestro_core::LedgerError;
-                use maestro_core::ledger::HoldEffect;
-                let be = super::backend_err;
+/// The hold a posting opens or closes.
+fn hold_of(posting: &Posting) -> Option<HoldId> {
+    posting.hold.as_ref().map(|effect| match effect {
+        HoldEffect::Open { hold, .. } | HoldEffect::Close { hold, .. } => hold.clone(),
+    })
+}
 
-                // No up-front replay lookup: a reused key fails on the unique
-                // `(tenant_id, idempotency_key)` (or earlier), and `post` then answers
-                // with the earlier posting after rolling this one back.
-                Self::ledger_check_not_reversed(&mut *conn, posting).await?;
-                if let Some(HoldEffect::Close { hold, state, settled }) = &posting.hold {
-                    let sql = concat!(
-                        "SELECT ",
-                        super::ledger::hold_columns!(),
-                        " FROM ledger_holds WHERE id = $1 AND tenant_id = $2",
-                        $lock
-                    );
-                    let stored = sqlx::query_as::<_, super::ledger::HoldRow>(sql)
-                        .bind(hold.as_str())
-                        .bind(posting.tenant.as_str())
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(be)?
-                        .map(super::ledger::hold_from_row)
-                        .transpose()?
-                        .ok_or_else(|| LedgerError::NotFound(format!("hold {hold}")))?;
-                    stored.check_close(*state, at)?;
-                    let held = maestro_core::Account::Held(posting.tenant.clone());
-                    if !posting.legs.iter().any(|l| l.account == held && l.amount == -stored.amount) {
-                        return Err(LedgerError::Unbalanced(format!("posting does not release all of hold {hold}")));
-                    }
-                    let settled = (*state == maestro_core::HoldState::Settled).then_some(*settled);
-                    let closed = sqlx::query(
-                        "UPDATE ledger_holds SET state = $2, settled_amount = $3, closed_at = $4 \
-                         WHERE id = $1 AND state = 'open'",
-                    )
-                    .bind(hold.as_str())
-                    .bind(state.as_str())
-                    .bind(settled)
-                    .bind(at)
-                    .execute(&mut *conn)
+/// A posting applied: its transaction with the legs it moved (`amount` in all; fewer
+/// than asked for when it takes at most what is available).
+fn applied(posting: &Posting, amount: i64, balance_after: Balance, at: DateTime<Utc>) -> Posted {
+    let legs = if posting.capped_account().is_some() { posting.capped_legs(amount) } else { posting.legs.clone() };
+    Posted { transaction: posting.transaction(legs, amount, hold_of(posting), at), balance_after, replayed: false }
+}
+
+/// A replay found after a retry whose first attempt may have committed: a transaction
+/// with this posting's own (freshly drawn) id is that attempt, not an earlier request.
+fn own_attempt(posting: &Posting, outcome: Result<Posted, LedgerError>) -> Result<Posted, LedgerError> {
+    outcome.map(|mut posted| {
+        if posted.replayed && posted.transaction.id == posting.id {
+            posted.replayed = false;
+        }
+        posted
+    })
+}
+
+/// Whether a Postgres error says the connection is gone (closed while idle in the pool,
+/// or the server went away): the statement may be retried on another connection.
+fn connection_lost(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) => true,
+        // Connection exceptions (08…) and operator intervention (57P01 admin shutdown,
+        // 57P02 crash shutdown, 57P03 cannot connect now).
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
+}
+
+/// `ledger_post`: one row per posting (see migration 0017).
+const PG_POST: &str = "SELECT r_status, r_available, r_held, r_amount, r_detail FROM ledger_post(\
+     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
+
+/// One answer of `ledger_post`: status, available, held, amount, detail.
+type PgAnswer = (String, Option<i64>, Option<i64>, Option<i64>, Option<String>);
+
+/// `ledger_post`'s arguments: one element per posting, legs flattened.
+#[derive(Debug, Default)]
+struct PgPostArgs {
+    ids: Vec<String>,
+    tenants: Vec<String>,
+    kinds: Vec<String>,
+    memos: Vec<String>,
+    keys: Vec<String>,
+    fingerprints: Vec<String>,
+    leg_counts: Vec<i32>,
+    leg_accounts: Vec<String>,
+    leg_classes: Vec<String>,
+    leg_amounts: Vec<i64>,
+    cap_accounts: Vec<Option<String>>,
+    hold_ops: Vec<Option<String>>,
+    hold_ids: Vec<Option<String>>,
+    hold_expires: Vec<Option<DateTime<Utc>>>,
+    hold_states: Vec<Option<String>>,
+    hold_settled: Vec<Option<i64>>,
+    reverses: Vec<Option<String>>,
+}
+
+impl PgPostArgs {
+    fn new<'a>(postings: impl IntoIterator<Item = (&'a Posting, &'a str)>) -> Self {
+        let mut args = Self::default();
+        for (posting, fingerprint) in postings {
+            args.ids.push(posting.id.to_string());
+            args.tenants.push(posting.tenant.to_string());
+            args.kinds.push(posting.kind.as_str().to_owned());
+            args.memos.push(posting.memo.clone());
+            args.keys.push(posting.key.as_str().to_owned());
+            args.fingerprints.push(fingerprint.to_owned());
+            // `Posting::check` bounds legs to distinct accounts: a handful.
+            args.leg_counts.push(i32::try_from(posting.legs.len()).unwrap_or(i32::MAX));
+            for leg in &posting.legs {
+                args.leg_accounts.push(leg.account.key());
+                args.leg_classes.push(leg.account.class().to_owned());
+                args.leg_amounts.push(leg.amount);
+            }
+            args.cap_accounts.push(posting.capped_account().map(Account::key));
+            let (op, hold, expires, state, settled) = match &posting.hold {
+                None => (None, None, None, None, None),
+                Some(HoldEffect::Open { hold, expires_at }) => {
+                    (Some("open"), Some(hold), Some(*expires_at), None, None)
+                }
+                Some(HoldEffect::Close { hold, state, settled }) => {
+                    (Some("close"), Some(hold), None, Some(state.as_str()), Some(*settled))
+                }
+            };
+            args.hold_ops.push(op.map(str::to_owned));
+            args.hold_ids.push(hold.map(|h| h.to_string()));
+            args.hold_expires.push(expires);
+            args.hold_states.push(state.map(str::to_owned));
+            args.hold_settled.push(settled);
+            args.reverses.push(posting.reverses.as_ref().map(|t| t.to_string()));
+        }
+        args
+    }
+
+    /// Runs `ledger_post` on `conn` (its own transaction unless one is open there).
+    async fn call(self, conn: &mut sqlx::PgConnection, at: DateTime<Utc>) -> Result<Vec<PgAnswer>, sqlx::Error> {
+        sqlx::query_as::<_, PgAnswer>(PG_POST)
+            .bind(self.ids)
+            .bind(self.tenants)
+            .bind(self.kinds)
+            .bind(self.memos)
+            .bind(self.keys)
+            .bind(self.fingerprints)
+            .bind(self.leg_counts)
+            .bind(self.leg_accounts)
+            .bind(self.leg_classes)
+            .bind(self.leg_amounts)
+            .bind(self.cap_accounts)
+            .bind(self.hold_ops)
+            .bind(self.hold_ids)
+            .bind(self.hold_expires)
+            .bind(self.hold_states)
+            .bind(self.hold_settled)
+            .bind(self.reverses)
+            .bind(at)
+            .fetch_all(&mut *conn)
+            .await
+    }
+}
+
+/// What a failed `ledger_post` call means for a posting: a unique violation names the
+/// posting (its key, hold or reversal was taken meanwhile), anything else is the backend.
+fn pg_call_error(posting: &Posting, err: sqlx::Error) -> LedgerError {
+    super::map_err(&format!("transaction {}", posting.key))(err).into()
+}
+
+impl PostgresStore {
+    /// A pooled connection, without the pool's liveness ping when one is idle
+    /// (`try_acquire`); `true` when it was not checked.
+    async fn ledger_connection(&self) -> Result<(PoolConnection<sqlx::Postgres>, bool), StoreError> {
+        match self.pool.try_acquire() {
+            Some(conn) => Ok((conn, true)),
+            None => Ok((self.pool.acquire().await.map_err(super::backend_err)?, false)),
+        }
+    }
+
+    /// The outcome of one of `ledger_post`'s answers, read on `conn` (a replay is the
+    /// stored original).
+    async fn ledger_answer(
+        conn: &mut sqlx::PgConnection,
+        posting: &Posting,
+        fingerprint: &str,
+        answer: PgAnswer,
+        at: DateTime<Utc>,
+    ) -> Result<Posted, LedgerError> {
+        let (status, available, held, amount, detail) = answer;
+        let hold = || hold_of(posting).map_or_else(|| "-".to_owned(), |h| h.to_string());
+        match status.as_str() {
+            "posted" => {
+                let balance = Balance { available: available.unwrap_or(0), held: held.unwrap_or(0) };
+                Ok(applied(posting, amount.unwrap_or_else(|| posting.amount()), balance, at))
+            }
+            "replay" | "conflict" => match Self::ledger_replay(&mut *conn, posting, fingerprint).await? {
+                Some(posted) => Ok(posted),
+                None => Err(StoreError::Corrupt(format!("transaction {} vanished", posting.key)).into()),
+            },
+            "reversed" => {
+                let original =
+                    posting.reverses.clone().ok_or_else(|| corrupt("reversal without an original".into()))?;
+                Err(LedgerError::AlreadyReversed(original))
+            }
+            "hold_missing" => Err(LedgerError::NotFound(format!("hold {}", hold()))),
+            "hold_closed" => {
+                let state = detail.as_deref().and_then(HoldState::parse);
+                let state = state.ok_or_else(|| corrupt(format!("hold {}: state {detail:?}", hold())))?;
+                let hold = hold_of(posting).ok_or_else(|| corrupt("hold refusal without a hold".into()))?;
+                Err(LedgerError::HoldClosed { hold, state })
+            }
+            "hold_unreleased" => {
+                Err(LedgerError::Unbalanced(format!("posting does not release all of hold {}", hold())))
+            }
+            "insufficient" => Err(LedgerError::Insufficient {
+                available: available.unwrap_or(0),
+                needed: amount.unwrap_or_else(|| posting.amount()),
+            }),
+            other => Err(corrupt(format!("ledger_post answered `{other}`")).into()),
+        }
+    }
+
+    /// One posting inside `conn`'s open transaction (a unit of work): one statement.
+    pub(super) async fn ledger_apply(
+        conn: &mut sqlx::PgConnection,
+        posting: &Posting,
+        fingerprint: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Posted, LedgerError> {
+        let answers = PgPostArgs::new([(posting, fingerprint)])
+            .call(&mut *conn, at)
+            .await
+            .map_err(|e| pg_call_error(posting, e))?;
+        let answer = answers.into_iter().next().ok_or_else(|| corrupt("ledger_post answered nothing".into()))?;
+        Self::ledger_answer(conn, posting, fingerprint, answer, at).await
+    }
+
+    /// One posting in its own transaction: one statement, one round trip (see the
+    /// module notes for the unchecked connection and its one retry). `retried` says the
+    /// posting may have committed in an attempt whose answer was lost.
+    async fn ledger_post_one(
+        &self,
+        posting: &Posting,
+        at: DateTime<Utc>,
+        retried: bool,
+    ) -> Result<Posted, LedgerError> {
+        posting.check()?;
+        let fingerprint = posting.fingerprint();
+        let (mut conn, unchecked) = self.ledger_connection().await?;
+        let mut retried = retried;
+        let mut result = PgPostArgs::new([(posting, fingerprint.as_str())]).call(&mut conn, at).await;
+        if unchecked && result.as_ref().is_err_and(connection_lost) {
+            conn.close_on_drop();
+            conn = self.pool.acquire().await.map_err(super::backend_err)?;
+            retried = true;
+            result = PgPostArgs::new([(posting, fingerprint.as_str())]).call(&mut conn, at).await;
+        }
+        let outcome = match result {
+            Ok(answers) => match answers.into_iter().next() {
+                Some(answer) => Self::ledger_answer(&mut conn, posting, &fingerprint, answer, at).await,
+                None => Err(corrupt("ledger_post answered nothing".into()).into()),
+            },
+            Err(err) => {
+                let err = pg_call_error(posting, err);
+                Self::ledger_after_failure(&mut conn, posting, &fingerprint, err).await
+            }
+        };
+        if retried { own_attempt(posting, outcome) } else { outcome }
+    }
+
+    /// Postings in one statement and one commit; each answered as if posted alone, in
+    /// order. When the call fails as a whole, each posting is posted on its own.
+    pub(super) async fn ledger_post_many(
+        &self,
+        postings: &[Posting],
+        at: DateTime<Utc>,
+    ) -> Vec<Result<Posted, LedgerError>> {
+        if postings.len() < 2 {
+            let mut outcomes = Vec::new();
+            for posting in postings {
+                outcomes.push(self.ledger_post_one(posting, at, false).await);
+            }
+            return outcomes;
+        }
+        let checked: Vec<Result<String, LedgerError>> =
+            postings.iter().map(|p| p.check().map(|()| p.fingerprint())).collect();
+        let valid = || postings.iter().zip(&checked).filter_map(|(p, f)| Some((p, f.as_ref().ok()?.as_str())));
+        let Ok((mut conn, _)) = self.ledger_connection().await else {
+            return self.ledger_post_each(postings, at, false).await;
+        };
+        let answers = match PgPostArgs::new(valid()).call(&mut conn, at).await {
+            Ok(answers) if answers.len() == valid().count() => answers,
+            Ok(_) => return self.ledger_post_each(postings, at, false).await,
+            Err(err) => {
+                // The batch rolled back, unless the connection died after its commit.
+                let lost = connection_lost(&err);
+                if lost {
+                    conn.close_on_drop();
+                }
+                drop(conn);
+                return self.ledger_post_each(postings, at, lost).await;
+            }
+        };
+        let mut answers = answers.into_iter();
+        let mut outcomes = Vec::with_capacity(postings.len());
+        for (posting, fingerprint) in postings.iter().zip(checked) {
+            let outcome = match (fingerprint, answers.next()) {
+                (Err(err), _) => Err(err),
+                (Ok(fingerprint), Some(answer)) => {
+                    Self::ledger_answer(&mut conn, posting, &fingerprint, answer, at).await
+                }
+                (Ok(_), None) => Err(corrupt("ledger_post answered too few".into()).into()),
+            };
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+
+    /// One posting in its own transaction.
+    pub(super) async fn ledger_post(&self, posting: &Posting, at: DateTime<Utc>) -> Result<Posted, LedgerError> {
+        self.ledger_post_one(posting, at, false).await
+    }
+
+    /// The fallback of a failed batch: each posting on its own, in order.
+    async fn ledger_post_each(
+        &self,
+        postings: &[Posting],
+        at: DateTime<Utc>,
+        retried: bool,
+    ) -> Vec<Result<Posted, LedgerError>> {
+        let mut outcomes = Vec::with_capacity(postings.len());
+        for posting in postings {
+            outcomes.push(self.ledger_post_one(posting, at, retried).await);
+        }
+        outcomes
+    }
+}
+
+/// What a posting's checks decided on SQLite: the legs to write (scaled down when it
+/// takes at most what is available) and the total they move.
+struct Plan {
+    legs: Vec<Leg>,
+    amount: i64,
+}
+
+impl SqliteStore {
+    /// A posting's checks, all reads: the refusals ([`LedgerError`] other than `Store`)
+    /// come from here, before anything is written. The write lock is held.
+    async fn ledger_check(
+        conn: &mut sqlx::SqliteConnection,
+        posting: &Posting,
+        at: DateTime<Utc>,
+    ) -> Result<Plan, LedgerError> {
+        let be = super::backend_err;
+        Self::ledger_check_not_reversed(&mut *conn, posting).await?;
+        if let Some(HoldEffect::Close { hold, state, .. }) = &posting.hold {
+            let sql = concat!("SELECT ", hold_columns!(), " FROM ledger_holds WHERE id = $1 AND tenant_id = $2");
+            let stored = sqlx::query_as::<_, HoldRow>(sql)
+                .bind(hold.as_str())
+                .bind(posting.tenant.as_str())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(be)?
+                .map(hold_from_row)
+                .transpose()?
+                .ok_or_else(|| LedgerError::NotFound(format!("hold {hold}")))?;
+            stored.check_close(*state, at)?;
+            let held = Account::Held(posting.tenant.clone());
+            if !posting.legs.iter().any(|l| l.account == held && l.amount == -stored.amount) {
+                return Err(LedgerError::Unbalanced(format!("posting does not release all of hold {hold}")));
+            }
+        }
+        let mut legs = posting.legs.clone();
+        if let Some(account) = posting.capped_account() {
+            let available = sqlx::query_scalar::<_, i64>("SELECT balance FROM ledger_balances WHERE account = $1")
+                .bind(account.key())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(be)?
+                .unwrap_or(0);
+            let amount = posting.amount().min(available);
+            if amount <= 0 {
+                return Err(LedgerError::Insufficient { available, needed: posting.amount() });
+            }
+            legs = posting.capped_legs(amount);
+        }
+        let constrained = legs.iter().filter(|l| l.account.is_constrained()).count();
+        if constrained > 1 && legs.iter().any(|l| l.account.is_constrained() && l.amount < 0) {
+            // Several tenant accounts (a wallet and a held account): every debit is checked
+            // before the first write. A lone debit is checked by its conditional update.
+            let balance = Self::ledger_balance(&mut *conn, &posting.tenant).await?;
+            for leg in legs.iter().filter(|l| l.amount < 0) {
+                let available = match leg.account {
+                    Account::Wallet(_) => balance.available,
+                    Account::Held(_) => balance.held,
+                    _ => continue,
+                };
+                if available + leg.amount < 0 {
+                    return Err(LedgerError::Insufficient { available, needed: -leg.amount });
+                }
+            }
+        }
+        let amount = legs.iter().filter(|l| l.amount > 0).map(|l| l.amount).sum();
+        Ok(Plan { legs, amount })
+    }
+
+    /// Writes a checked posting. The one refusal left is a lone debit's conditional
+    /// update, its first write; any other error is the store's.
+    async fn ledger_write(
+        conn: &mut sqlx::SqliteConnection,
+        posting: &Posting,
+        fingerprint: &str,
+        plan: Plan,
+        at: DateTime<Utc>,
+    ) -> Result<Posted, LedgerError> {
+        let be = super::backend_err;
+        let Plan { legs, amount } = plan;
+        let constrained: Vec<&Leg> = legs.iter().filter(|l| l.account.is_constrained()).collect();
+        let mut balance_after = None;
+        if let [debit] = constrained.as_slice()
+            && debit.amount < 0
+        {
+            // The lone debit: update, check and read the balance after in one statement.
+            let (wallet, held) = (Account::Wallet(posting.tenant.clone()), Account::Held(posting.tenant.clone()));
+            let other = if debit.account == wallet { held.key() } else { wallet.key() };
+            let row = sqlx::query_as::<_, (i64, Option<i64>)>(
+                "UPDATE ledger_balances SET balance = balance + $2 WHERE account = $1 AND balance + $2 >= 0 \
+                 RETURNING balance, (SELECT balance FROM ledger_balances WHERE account = $3)",
+            )
+            .bind(debit.account.key())
+            .bind(debit.amount)
+            .bind(other)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(be)?;
+            let Some((debited, other)) = row else {
+                let available = sqlx::query_scalar::<_, i64>("SELECT balance FROM ledger_balances WHERE account = $1")
+                    .bind(debit.account.key())
+                    .fetch_optional(&mut *conn)
                     .await
                     .map_err(be)?
-                    .rows_affected();
-                    if closed != 1 {
-                        return Err(LedgerError::HoldClosed { hold: hold.clone(), state: stored.state });
-                    }
+                    .unwrap_or(0);
+                return Err(LedgerError::Insufficient { available, needed: -debit.amount });
+            };
+            let other = other.unwrap_or(0);
+            balance_after = Some(if debit.account == wallet {
+                Balance { available: debited, held: other }
+            } else {
+                Balance { available: other, held: debited }
+            });
+        } else {
+            for leg in constrained {
+                let updated = if leg.amount < 0 {
+                    sqlx::query(
+                        "UPDATE ledger_balances SET balance = balance + $2 WHERE account = $1 AND balance + $2 >= 0",
+                    )
+                    .bind(leg.account.key())
+                    .bind(leg.amount)
+                    .execute(&mut *conn)
+                    .await
+                } else {
+                    sqlx::query(
+                        "INSERT INTO ledger_balances (account, class, tenant_id, balance) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (account) DO UPDATE SET balance = ledger_balances.balance + excluded.balance",
+                    )
+                    .bind(leg.account.key())
+                    .bind(leg.account.class())
+                    .bind(posting.tenant.as_str())
+                    .bind(leg.amount)
+                    .execute(&mut *conn)
+                    .await
                 }
-
-                let mut legs = posting.legs.clone();
-                if let Some(account) = posting.capped_account() {
-                    let sql = concat!("SELECT balance FROM ledger_balances WHERE account = $1", $lock);
-                    let available = sqlx::query_scalar::<_, i64>(sql)
-                        .bind(account.key())
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(be)?
-                        .unwrap_or(0);
-                    let amount = posting.amount().min(available);
-                    if amount <= 0 {
-                        return Err(LedgerError::Insufficient { available, needed: posting.amount() });
-                    }
-                    legs = posting.capped_legs(amount);
+                .map_err(be)?
+                .rows_affected();
+                if updated != 1 {
+                    return Err(corrupt(format!("balance {} changed under the write lock", leg.account)).into());
                 }
-                // Only tenant accounts carry a cached balance (they must stay at or above
-                // zero); platform accounts are unconstrained and computed from entries, so
-                // no posting waits on another tenant's posting for a shared platform row.
-                for leg in legs.iter().filter(|l| l.account.is_constrained()) {
-                    let key = leg.account.key();
-                    let updated = if leg.amount < 0 {
-                        sqlx::query(
-                            "UPDATE ledger_balances SET balance = balance + $2 WHERE account = $1 AND balance + $2 >= 0",
-                        )
-                        .bind(&key)
-                        .bind(leg.amount)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(be)?
-                        .rows_affected()
-                    } else {
-                        sqlx::query(
-                            "INSERT INTO ledger_balances (account, class, tenant_id, balance) VALUES ($1, $2, $3, $4) \
-                             ON CONFLICT (account) DO UPDATE SET balance = ledger_balances.balance + excluded.balance",
-                        )
-                        .bind(&key)
-                        .bind(leg.account.class())
-                        .bind(leg.account.tenant().map(|t| t.as_str()))
-                        .bind(leg.amount)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(be)?
-                        .rows_affected()
-                    };
-                    if updated != 1 {
-                        let available =
-                            sqlx::query_scalar::<_, i64>("SELECT balance FROM ledger_balances WHERE account = $1")
-                                .bind(&key)
-                                .fetch_optional(&mut *conn)
-                                .await
-                                .map_err(be)?
-                                .unwrap_or(0);
-                        return Err(LedgerError::Insufficient { available, needed: -leg.amount });
-                    }
-                }
-                let amount: i64 = legs.iter().filter(|l| l.amount > 0).map(|l| l.amount).sum();
+            }
+        }
 
-                let hold_id = match &posting.hold {
-                    None => None,
-                    Some(HoldEffect::Close { hold, .. }) => Some(hold.clone()),
-                    Some(HoldEffect::Open { hold, expires_at }) => {
-                        sqlx::query(
-                            "INSERT INTO ledger_holds (id, tenant_id, amount, expires_at, state, created_at) \
-                             VALUES ($1, $2, $3, $4, 'open', $5)",
-                        )
-                        .bind(hold.as_str())
-                        .bind(posting.tenant.as_str())
-                        .bind(amount)
-                        .bind(*expires_at)
-                        .bind(at)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(super::map_err(&format!("hold {hold}")))?;
-                        Some(hold.clone())
-                    }
-                };
-
-                let balance_after = Self::ledger_balance(&mut *conn, &posting.tenant).await?;
-                sqlx::query(
-                    "INSERT INTO ledger_transactions (id, tenant_id, kind, amount, memo, idempotency_key, fingerprint, \
-                     hold_id, reverses, available_after, held_after, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        match &posting.hold {
+            None => {}
+            Some(HoldEffect::Close { hold, state, settled }) => {
+                let settled = (*state == HoldState::Settled).then_some(*settled);
+                let closed = sqlx::query(
+                    "UPDATE ledger_holds SET state = $2, settled_amount = $3, closed_at = $4 \
+                     WHERE id = $1 AND state = 'open'",
                 )
-                .bind(posting.id.as_str())
-                .bind(posting.tenant.as_str())
-                .bind(posting.kind.as_str())
-                .bind(amount)
-                .bind(&posting.memo)
-                .bind(posting.key.as_str())
-                .bind(fingerprint)
-                .bind(hold_id.as_ref().map(|h| h.as_str()))
-                .bind(posting.reverses.as_ref().map(|t| t.as_str()))
-                .bind(balance_after.available)
-                .bind(balance_after.held)
+                .bind(hold.as_str())
+                .bind(state.as_str())
+                .bind(settled)
                 .bind(at)
                 .execute(&mut *conn)
                 .await
-                .map_err(super::map_err(&format!("transaction {}", posting.key)))?;
-                if let [a, b] = legs.as_slice() {
-                    // The usual two legs in one statement.
-                    sqlx::query(
-                        "INSERT INTO ledger_entries (transaction_id, account, amount) VALUES ($1, $2, $3), ($1, $4, $5)",
-                    )
+                .map_err(be)?
+                .rows_affected();
+                if closed != 1 {
+                    return Err(corrupt(format!("hold {hold} closed under the write lock")).into());
+                }
+            }
+            Some(HoldEffect::Open { hold, expires_at }) => {
+                sqlx::query(
+                    "INSERT INTO ledger_holds (id, tenant_id, amount, expires_at, state, created_at) \
+                     VALUES ($1, $2, $3, $4, 'open', $5)",
+                )
+                .bind(hold.as_str())
+                .bind(posting.tenant.as_str())
+                .bind(amount)
+                .bind(*expires_at)
+                .bind(at)
+                .execute(&mut *conn)
+                .await
+                .map_err(super::map_err(&format!("hold {hold}")))?;
+            }
+        }
+
+        let balance_after = match balance_after {
+            Some(balance) => balance,
+            None => Self::ledger_balance(&mut *conn, &posting.tenant).await?,
+        };
+        let hold = hold_of(posting);
+        sqlx::query(
+            "INSERT INTO ledger_transactions (id, tenant_id, kind, amount, memo, idempotency_key, fingerprint, \
+             hold_id, reverses, available_after, held_after, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(posting.id.as_str())
+        .bind(posting.tenant.as_str())
+        .bind(posting.kind.as_str())
+        .bind(amount)
+        .bind(&posting.memo)
+        .bind(posting.key.as_str())
+        .bind(fingerprint)
+        .bind(hold.as_ref().map(|h| h.as_str()))
+        .bind(posting.reverses.as_ref().map(|t| t.as_str()))
+        .bind(balance_after.available)
+        .bind(balance_after.held)
+        .bind(at)
+        .execute(&mut *conn)
+        .await
+        .map_err(super::map_err(&format!("transaction {}", posting.key)))?;
+        if let [a, b] = legs.as_slice() {
+            // The usual two legs in one statement.
+            sqlx::query(
+                "INSERT INTO ledger_entries (transaction_id, account, amount) VALUES ($1, $2, $3), ($1, $4, $5)",
+            )
+            .bind(posting.id.as_str())
+            .bind(a.account.key())
+            .bind(a.amount)
+            .bind(b.account.key())
+            .bind(b.amount)
+            .execute(&mut *conn)
+            .await
+            .map_err(be)?;
+        } else {
+            for leg in &legs {
+                sqlx::query("INSERT INTO ledger_entries (transaction_id, account, amount) VALUES ($1, $2, $3)")
                     .bind(posting.id.as_str())
-                    .bind(a.account.key())
-                    .bind(a.amount)
-                    .bind(b.account.key())
-                    .bind(b.amount)
+                    .bind(leg.account.key())
+                    .bind(leg.amount)
                     .execute(&mut *conn)
                     .await
                     .map_err(be)?;
-                } else {
-                    for leg in &legs {
-                        sqlx::query("INSERT INTO ledger_entries (transaction_id, account, amount) VALUES ($1, $2, $3)")
-                            .bind(posting.id.as_str())
-                            .bind(leg.account.key())
-                            .bind(leg.amount)
-                            .execute(&mut *conn)
-                            .await
-                            .map_err(be)?;
-                    }
+            }
+        }
+        Ok(Posted { transaction: posting.transaction(legs, amount, hold, at), balance_after, replayed: false })
+    }
+
+    /// One posting inside `conn`'s open write transaction (a unit of work, or a batch).
+    /// No up-front replay lookup: a reused key fails on the unique `(tenant_id,
+    /// idempotency_key)` (or earlier), and the caller then answers with the earlier
+    /// posting (`ledger_after_failure`).
+    pub(super) async fn ledger_apply(
+        conn: &mut sqlx::SqliteConnection,
+        posting: &Posting,
+        fingerprint: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Posted, LedgerError> {
+        let plan = Self::ledger_check(&mut *conn, posting, at).await?;
+        Self::ledger_write(conn, posting, fingerprint, plan, at).await
+    }
+
+    /// One posting in its own write transaction.
+    pub(super) async fn ledger_post(&self, posting: &Posting, at: DateTime<Utc>) -> Result<Posted, LedgerError> {
+        posting.check()?;
+        let fingerprint = posting.fingerprint();
+        let mut tx = self.ledger_begin().await?;
+        let outcome = match Self::ledger_apply(&mut tx, posting, &fingerprint, at).await {
+            Ok(posted) => tx.commit().await.map(|()| posted).map_err(|e| super::backend_err(e).into()),
+            Err(err) => {
+                tx.rollback().await.map_err(super::backend_err)?;
+                Err(err)
+            }
+        };
+        let Err(err) = outcome else { return outcome };
+        let mut conn = self.pool.acquire().await.map_err(super::backend_err)?;
+        Self::ledger_after_failure(&mut conn, posting, &fingerprint, err).await
+    }
+
+    /// Postings in one write transaction and one commit, each answered as if posted
+    /// alone, in order. When the transaction fails as a whole (a key used before the
+    /// batch, the store), each posting is posted on its own instead.
+    pub(super) async fn ledger_post_many(
+        &self,
+        postings: &[Posting],
+        at: DateTime<Utc>,
+    ) -> Vec<Result<Posted, LedgerError>> {
+        if postings.len() > 1
+            && let Ok(outcomes) = self.ledger_try_batch(postings, at).await
+        {
+            return outcomes;
+        }
+        let mut outcomes = Vec::with_capacity(postings.len());
+        for posting in postings {
+            outcomes.push(self.ledger_post(posting, at).await);
+        }
+        outcomes
+    }
+
+    /// The batch in one transaction; `Err` (rolled back) when it cannot be answered so.
+    async fn ledger_try_batch(
+        &self,
+        postings: &[Posting],
+        at: DateTime<Utc>,
+    ) -> Result<Vec<Result<Posted, LedgerError>>, StoreError> {
+        let mut tx = self.ledger_begin().await?;
+        let mut posted_keys: HashSet<(&TenantId, &IdempotencyKey)> = HashSet::new();
+        let mut outcomes = Vec::with_capacity(postings.len());
+        for posting in postings {
+            if let Err(err) = posting.check() {
+                outcomes.push(Err(err));
+                continue;
+            }
+            let fingerprint = posting.fingerprint();
+            let scope = (&posting.tenant, &posting.key);
+            if posted_keys.contains(&scope) {
+                // Posted earlier in this batch: a replay or a conflict, as in a serial run.
+                match Self::ledger_replay(&mut *tx, posting, &fingerprint).await {
+                    Ok(Some(posted)) => outcomes.push(Ok(posted)),
+                    Err(err @ LedgerError::IdempotencyConflict { .. }) => outcomes.push(Err(err)),
+                    Ok(None) | Err(_) => return Err(StoreError::Corrupt("batch lost a posting".into())),
                 }
-                let transaction = posting.transaction(legs, amount, hold_id, at);
-                Ok(maestro_core::Posted { transaction, balance_after, replayed: false })
+                continue;
+            }
+            let outcome = match Self::ledger_check(&mut tx, posting, at).await {
+                Ok(plan) => Self::ledger_write(&mut tx, posting, &fingerprint, plan, at).await,
+                Err(err) => Err(err),
+            };
+            match outcome {
+                Ok(posted) => {
+                    posted_keys.insert(scope);
+                    outcomes.push(Ok(posted));
+                }
+                // A failed write may have written part of the posting: the batch is void.
+                Err(LedgerError::Store(err)) => return Err(err),
+                // A refusal wrote nothing; an earlier request with the key wins, as alone.
+                Err(refusal) => match Self::ledger_after_failure(&mut tx, posting, &fingerprint, refusal).await {
+                    Err(LedgerError::Store(err)) => return Err(err),
+                    outcome => outcomes.push(outcome),
+                },
+            }
+        }
+        tx.commit().await.map_err(super::backend_err)?;
+        Ok(outcomes)
+    }
+}
+
+/// Implements [`maestro_core::LedgerStore`] for a store type with a `pool` field,
+/// `begin_audit`, and the posting methods above (`ledger_post`, `ledger_post_many`).
+/// `$lock` (the row-lock clause of the backend) is unused since postings moved to the
+/// backend-specific code above; the backends still pass it.
+macro_rules! impl_ledger_queries {
+    ($store:ty, $lock:literal) => {
+        impl $store {
+            /// The backend's ledger write transaction (`begin_ledger`, private to it).
+            #[allow(dead_code, reason = "Postgres postings need no explicit transaction")]
+            pub(super) async fn ledger_begin(
+                &self,
+            ) -> Result<sqlx::Transaction<'static, <$store as super::Backend>::Db>, maestro_core::StoreError> {
+                self.begin_ledger().await
             }
 
             /// Refuses a posting that reverses a transaction already reversed.
-            async fn ledger_check_not_reversed(
+            pub(super) async fn ledger_check_not_reversed(
                 conn: &mut <<$store as super::Backend>::Db as sqlx::Database>::Connection,
                 posting: &maestro_core::Posting,
             ) -> Result<(), maestro_core::LedgerError> {
@@ -377,7 +859,7 @@ macro_rules! impl_ledger_queries {
             /// Answers a posting that failed (and was rolled back): a concurrent request
             /// with the same key (or reversing the same transaction) may have committed
             /// while this one ran, and its outcome wins; otherwise `err`.
-            async fn ledger_after_failure(
+            pub(super) async fn ledger_after_failure(
                 conn: &mut <<$store as super::Backend>::Db as sqlx::Database>::Connection,
                 posting: &maestro_core::Posting,
                 fingerprint: &str,
@@ -392,7 +874,7 @@ macro_rules! impl_ledger_queries {
 
             /// The outcome of an earlier posting with the same key: the original (as a
             /// replay) when the request matches, a conflict when it does not.
-            async fn ledger_replay<'e, E>(
+            pub(super) async fn ledger_replay<'e, E>(
                 executor: E,
                 posting: &maestro_core::Posting,
                 fingerprint: &str,
@@ -423,7 +905,7 @@ macro_rules! impl_ledger_queries {
                 }))
             }
 
-            async fn ledger_balance<'e, E>(
+            pub(super) async fn ledger_balance<'e, E>(
                 executor: E,
                 tenant: &maestro_core::TenantId,
             ) -> Result<maestro_core::Balance, maestro_core::StoreError>
@@ -449,24 +931,15 @@ macro_rules! impl_ledger_queries {
                 posting: &maestro_core::Posting,
                 at: chrono::DateTime<chrono::Utc>,
             ) -> Result<maestro_core::Posted, maestro_core::LedgerError> {
-                posting.check()?;
-                let fingerprint = posting.fingerprint();
-                let mut tx = self.begin_ledger().await?;
-                let outcome = Self::ledger_apply(&mut *tx, posting, &fingerprint, at).await;
-                let outcome = match outcome {
-                    Ok(posted) if posted.replayed => {
-                        tx.rollback().await.map_err(super::backend_err)?;
-                        return Ok(posted);
-                    }
-                    Ok(posted) => tx.commit().await.map(|()| posted).map_err(|e| super::backend_err(e).into()),
-                    Err(err) => {
-                        tx.rollback().await.map_err(super::backend_err)?;
-                        Err(err)
-                    }
-                };
-                let Err(err) = outcome else { return outcome };
-                let mut conn = self.pool.acquire().await.map_err(super::backend_err)?;
-                Self::ledger_after_failure(&mut conn, posting, &fingerprint, err).await
+                self.ledger_post(posting, at).await
+            }
+
+            async fn post_batch(
+                &self,
+                postings: &[maestro_core::Posting],
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Vec<Result<maestro_core::Posted, maestro_core::LedgerError>> {
+                self.ledger_post_many(postings, at).await
             }
 
             async fn balance(

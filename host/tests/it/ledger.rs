@@ -1,6 +1,8 @@
 //! The credits ledger on both stores: posting rules, idempotency (sequential and
-//! concurrent), holds, no overdraft under concurrency, the audit, pagination, and a
-//! model-based test comparing the store with `maestro_core::ledger::Model`.
+//! concurrent), holds, no overdraft under concurrency, the audit, pagination, a
+//! model-based test comparing the store with `maestro_core::ledger::Model`, and group
+//! commit: batches answered as if posted one by one (a property test against the model),
+//! one tenant's concurrent callers sharing commits, and the Postgres posting statement.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,6 +34,9 @@ backend_tests!(
     audit_detects_a_tampered_cached_balance,
     paginates_transactions_with_a_cursor_and_filters,
     store_matches_the_model_under_random_operations,
+    a_batch_answers_each_posting_in_arrival_order_as_if_posted_alone,
+    batches_match_the_model_posting_one_by_one,
+    concurrent_callers_of_one_tenant_share_commits_and_never_overdraw,
 );
 
 struct Fixture {
@@ -567,4 +572,409 @@ async fn store_matches_the_model_under_random_operations(backend: Backend) {
     }
     println!("{backend:?}: model test posted {posted}, replayed {replayed}, refused {refused}");
     assert!(posted > 0 && replayed > 0 && refused > 0, "the sequences exercise every outcome");
+}
+
+async fn a_batch_answers_each_posting_in_arrival_order_as_if_posted_alone(backend: Backend) {
+    let f = fixture(backend).await;
+    let acme = tenant(1);
+    f.credits.grant(&acme, 25, "g", "").await.expect("grant");
+    let now = f.clock.now();
+    let debit = |key: &str, amount| Posting::debit(tx_id(), acme.clone(), amount, key, "").expect("valid");
+    let batch = [
+        debit("a", 10),
+        debit("b", 10),
+        debit("c", 10),
+        debit("d", 5),
+        debit("a", 10),
+        debit("b", 11),
+        debit("c", 1),
+        Posting::debit(tx_id(), tenant(2), 1, "a", "").expect("valid"),
+    ];
+    let outcomes = f.store.post_batch(&batch, now).await;
+    let summary: Vec<String> = outcomes
+        .iter()
+        .map(|o| match o {
+            Ok(p) => format!(
+                "{} {}{}",
+                p.transaction.idempotency_key,
+                p.balance_after.available,
+                if p.replayed { " replay" } else { "" }
+            ),
+            Err(LedgerError::Insufficient { available, needed }) => format!("insufficient {available}/{needed}"),
+            Err(LedgerError::IdempotencyConflict { key }) => format!("conflict {key}"),
+            Err(err) => format!("{err}"),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "a 15",
+            "b 5",
+            "insufficient 5/10",
+            "d 0",
+            "a 15 replay",
+            "conflict b",
+            "insufficient 0/1",
+            "insufficient 0/1",
+        ],
+        "the wallet runs out half-way: the first callers are paid, the rest refused, keys kept per posting"
+    );
+    let first = outcomes[0].as_ref().expect("posted");
+    assert_eq!(outcomes[4].as_ref().expect("replay").transaction, first.transaction);
+    assert!(f.store.transaction_by_key(&acme, "c").await.expect("lookup").is_none(), "a refusal writes nothing");
+    assert_eq!(f.credits.balance(&acme).await.expect("balance"), Balance { available: 0, held: 0 });
+    let report = f.credits.audit().await.expect("audit");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.transactions, 4);
+}
+
+fn tx_id() -> TransactionId {
+    TransactionId::from_random(rand_bytes())
+}
+
+fn rand_bytes() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("random");
+    bytes
+}
+
+/// One step of a batched run: a posting (built from the model's state at its place in the
+/// serial order), the end of a batch, or the clock moving on (which ends the batch too).
+#[derive(Debug, Clone)]
+enum Step {
+    Grant(i64),
+    Debit(i64),
+    Reversal(i64),
+    Reserve(i64, i64),
+    Settle(usize, i64),
+    Void(usize),
+    ExpireDue,
+    Refund(usize),
+    Replay(usize),
+    Cut,
+    Advance(i64),
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        2 => (1i64..80).prop_map(Step::Grant),
+        4 => (1i64..60).prop_map(Step::Debit),
+        1 => (1i64..60).prop_map(Step::Reversal),
+        2 => ((1i64..60), (1i64..4)).prop_map(|(a, s)| Step::Reserve(a, s)),
+        2 => ((0usize..6), (0i64..60)).prop_map(|(h, a)| Step::Settle(h, a)),
+        1 => (0usize..6).prop_map(Step::Void),
+        1 => Just(Step::ExpireDue),
+        1 => (0usize..10).prop_map(Step::Refund),
+        2 => (0usize..10).prop_map(Step::Replay),
+        2 => Just(Step::Cut),
+        1 => (0i64..3).prop_map(Step::Advance),
+    ]
+}
+
+/// Runs `steps` for two fresh tenants (every third step is the second's, so batches mix
+/// tenants as group commit's lanes do): postings go to the model one by one and to the
+/// store in batches; every outcome and the balances must agree.
+async fn run_batched(
+    store: &Arc<dyn Store>,
+    start: DateTime<Utc>,
+    tenants: [TenantId; 2],
+    steps: Vec<Step>,
+) -> Result<(), String> {
+    let mut model = Model::new();
+    let mut now = start;
+    let mut holds: Vec<HoldId> = Vec::new();
+    let mut postings: Vec<Posting> = Vec::new();
+    let mut batch: Vec<(Posting, String)> = Vec::new();
+    let mut batches = 0;
+    for (i, step) in steps.into_iter().chain([Step::Cut]).enumerate() {
+        let key = format!("k{}", i % 23);
+        let acme = tenants[usize::from(i % 3 == 2)].clone();
+        let new: Vec<Result<Posting, LedgerError>> = match step {
+            Step::Grant(a) => vec![Posting::grant(tx_id(), acme.clone(), a, &key, "")],
+            Step::Debit(a) => vec![Posting::debit(tx_id(), acme.clone(), a, &key, "")],
+            Step::Reversal(a) => vec![Posting::purchase_reversal(tx_id(), acme.clone(), a, &key, "")],
+            Step::Reserve(a, secs) => {
+                let hold = HoldId::from_random(rand_bytes());
+                holds.push(hold.clone());
+                vec![Posting::reserve(tx_id(), acme.clone(), hold, a, now + Duration::seconds(secs), &key, "")]
+            }
+            Step::Settle(h, a) => match holds.get(h).and_then(|h| model.hold(h)) {
+                Some(hold) => vec![Posting::settle(tx_id(), &hold.clone(), a.min(hold.amount), &key, "")],
+                None => continue,
+            },
+            Step::Void(h) => match holds.get(h).and_then(|h| model.hold(h)) {
+                Some(hold) => vec![Posting::void(tx_id(), &hold.clone(), &key, "")],
+                None => continue,
+            },
+            Step::ExpireDue => model.due_holds(now).iter().map(|h| Posting::expire(tx_id(), h)).collect(),
+            Step::Refund(j) => {
+                let debits: Vec<_> = model.transactions().filter(|t| t.kind == TransactionKind::Debit).collect();
+                match debits.get(j) {
+                    Some(original) => vec![Posting::refund(tx_id(), &(*original).clone(), &key, "")],
+                    None => continue,
+                }
+            }
+            Step::Replay(j) => match postings.get(j) {
+                Some(earlier) => vec![Ok(earlier.clone())],
+                None => continue,
+            },
+            Step::Cut | Step::Advance(_) => {
+                if !batch.is_empty() {
+                    batches += 1;
+                    let sent: Vec<Posting> = batch.iter().map(|(p, _)| p.clone()).collect();
+                    let outcomes = store.post_batch(&sent, now).await;
+                    if outcomes.len() != batch.len() {
+                        return Err(format!(
+                            "batch {batches}: {} outcomes for {} postings",
+                            outcomes.len(),
+                            batch.len()
+                        ));
+                    }
+                    for ((posting, expected), actual) in batch.drain(..).zip(outcomes) {
+                        if describe(&actual) != expected {
+                            return Err(format!(
+                                "batch {batches}: {posting:?}\n  store: {}\n  model: {expected}",
+                                describe(&actual)
+                            ));
+                        }
+                    }
+                }
+                if let Step::Advance(secs) = step {
+                    now += Duration::seconds(secs);
+                }
+                continue;
+            }
+        };
+        for posting in new.into_iter().flatten() {
+            let expected = model.post(&posting, now);
+            if matches!(&expected, Ok(p) if !p.replayed) {
+                postings.push(posting.clone());
+            }
+            batch.push((posting, describe(&expected)));
+        }
+    }
+    for tenant in &tenants {
+        let balance = store.balance(tenant).await.map_err(|e| e.to_string())?;
+        if balance != model.balance(tenant) {
+            return Err(format!("balance {balance:?}, model {:?}", model.balance(tenant)));
+        }
+    }
+    Ok(())
+}
+
+async fn batches_match_the_model_posting_one_by_one(backend: Backend) {
+    use proptest::test_runner::{Config, TestRunner};
+    let f = fixture(backend).await;
+    let cases = match backend {
+        Backend::Sqlite => 48,
+        Backend::Postgres => 24,
+    };
+    let config = Config { cases, failure_persistence: None, ..Config::default() };
+    let strategy = proptest::collection::vec(step(), 1..50);
+    let next_tenant = std::sync::atomic::AtomicU64::new(0);
+    let handle = tokio::runtime::Handle::current();
+    let start = f.clock.now();
+    let result = tokio::task::block_in_place(|| {
+        TestRunner::new(config).run(&strategy, |steps| {
+            // Every case (and every shrinking attempt) gets a tenant of its own.
+            let n = next_tenant.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tenant = |which: u8| {
+                let mut seed = [0u8; 16];
+                seed[..8].copy_from_slice(&n.to_be_bytes());
+                seed[8] = which;
+                TenantId::from_random(seed)
+            };
+            handle
+                .block_on(run_batched(&f.store, start, [tenant(0xBA), tenant(0xBB)], steps))
+                .map_err(proptest::test_runner::TestCaseError::fail)
+        })
+    });
+    if let Err(err) = result {
+        panic!("{err}");
+    }
+    let report = f.store.audit().await.expect("audit");
+    assert!(report.is_clean(), "{report:?}");
+    assert!(report.transactions > 0);
+}
+
+/// The real store, counting how its postings reach it.
+#[derive(Debug)]
+struct Counted {
+    inner: Arc<dyn Store>,
+    alone: std::sync::atomic::AtomicUsize,
+    batches: std::sync::atomic::AtomicUsize,
+    batched: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl maestro_core::LedgerStore for Counted {
+    async fn post(&self, posting: &Posting, at: DateTime<Utc>) -> Result<maestro_core::Posted, LedgerError> {
+        self.alone.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.post(posting, at).await
+    }
+    async fn post_batch(
+        &self,
+        postings: &[Posting],
+        at: DateTime<Utc>,
+    ) -> Vec<Result<maestro_core::Posted, LedgerError>> {
+        self.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.batched.fetch_add(postings.len(), std::sync::atomic::Ordering::Relaxed);
+        self.inner.post_batch(postings, at).await
+    }
+    async fn balance(&self, tenant: &TenantId) -> Result<Balance, maestro_core::StoreError> {
+        self.inner.balance(tenant).await
+    }
+    async fn hold(
+        &self,
+        id: &HoldId,
+        tenant: Option<&TenantId>,
+    ) -> Result<Option<maestro_core::Hold>, maestro_core::StoreError> {
+        self.inner.hold(id, tenant).await
+    }
+    async fn due_holds(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<maestro_core::Hold>, maestro_core::StoreError> {
+        self.inner.due_holds(now, limit).await
+    }
+    async fn transaction_by_key(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+    ) -> Result<Option<maestro_core::Transaction>, maestro_core::StoreError> {
+        self.inner.transaction_by_key(tenant, key).await
+    }
+    async fn transactions(
+        &self,
+        tenant: &TenantId,
+        query: &TransactionQuery,
+    ) -> Result<maestro_core::TransactionPage, maestro_core::StoreError> {
+        self.inner.transactions(tenant, query).await
+    }
+    async fn audit(&self) -> Result<maestro_core::AuditReport, maestro_core::StoreError> {
+        self.inner.audit().await
+    }
+}
+
+async fn concurrent_callers_of_one_tenant_share_commits_and_never_overdraw(backend: Backend) {
+    const CALLERS: usize = 64;
+    const DEBITS: usize = 20;
+    let f = fixture(backend).await;
+    let counted = Arc::new(Counted {
+        inner: f.store.clone(),
+        alone: Default::default(),
+        batches: Default::default(),
+        batched: Default::default(),
+    });
+    let credits = Credits::new(counted.clone(), f.clock.clone());
+    let acme = tenant(1);
+    f.credits.grant(&acme, 5_000, "g", "").await.expect("grant");
+    // A caller alone posts at once, on its own.
+    credits.debit(&acme, 10, "first", "").await.expect("debit").expect("posted");
+    assert_eq!(counted.alone.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(counted.batches.load(std::sync::atomic::Ordering::Relaxed), 0);
+
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|caller| {
+            let (credits, acme) = (credits.clone(), acme.clone());
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for i in 0..DEBITS {
+                    // Amounts vary so that refusals report what is left.
+                    let amount = 1 + ((caller * 7 + i * 3) % 10) as i64;
+                    let key = format!("c{caller}-{i}");
+                    outcomes.push((amount, key.clone(), credits.debit(&acme, amount, &key, "").await));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let (mut paid, mut refused) = (0i64, 0usize);
+    for task in tasks {
+        for (amount, key, outcome) in task.await.expect("caller") {
+            match outcome {
+                Ok(Some(posted)) => {
+                    assert!(!posted.replayed, "{key}");
+                    assert!(posted.balance_after.available >= 0);
+                    assert_eq!(posted.transaction.amount, amount);
+                    paid += amount;
+                }
+                Err(CreditsError::Insufficient { available, needed }) => {
+                    assert_eq!(needed, amount);
+                    assert!(available < amount, "refused {key} with {available} available for {amount}");
+                    refused += 1;
+                }
+                other => panic!("{key}: unexpected outcome {other:?}"),
+            }
+        }
+    }
+    let balance = f.credits.balance(&acme).await.expect("balance");
+    assert_eq!(balance.available, 5_000 - 10 - paid, "every credit accounted for");
+    assert!(balance.available < 10, "the wallet ran dry before the callers stopped: {balance:?}");
+    assert!(refused > 0);
+    let report = f.credits.audit().await.expect("audit");
+    assert!(report.is_clean(), "{report:?}");
+    let alone = counted.alone.load(std::sync::atomic::Ordering::Relaxed);
+    let (batches, batched) = (
+        counted.batches.load(std::sync::atomic::Ordering::Relaxed),
+        counted.batched.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    println!(
+        "{backend:?}: {} debits in {} commits ({alone} alone, {batches} batches of {batched})",
+        CALLERS * DEBITS + 1,
+        alone + batches
+    );
+    assert_eq!(alone + batched, CALLERS * DEBITS + 1, "each posting reached the store once");
+    assert!(batches > 0 && alone + batches < CALLERS * DEBITS, "concurrent callers shared commits");
+}
+
+/// A dead pooled connection (closed by the server while idle) costs a posting one retry,
+/// never its outcome: the pool's per-acquire ping is skipped for postings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_posting_survives_connections_the_server_closed_while_idle_on_postgres() {
+    let f = fixture(Backend::Postgres).await;
+    let acme = tenant(1);
+    f.credits.grant(&acme, 100, "g", "").await.expect("grant");
+    f.credits.debit(&acme, 10, "d1", "").await.expect("debit");
+    let mut admin = sqlx::PgConnection::connect(&f.db.url).await.expect("connect");
+    let closed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'idle'",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .expect("terminate the pool's connections");
+    assert!(!closed.is_empty(), "the pool held idle connections");
+    let posted = f.credits.debit(&acme, 10, "d2", "").await.expect("debit after the server closed connections");
+    let posted = posted.expect("posted");
+    assert!(!posted.replayed);
+    assert_eq!(posted.balance_after.available, 80);
+    let replay = f.credits.debit(&acme, 10, "d2", "").await.expect("replay").expect("posted");
+    assert!(replay.replayed);
+    assert_eq!(f.credits.balance(&acme).await.expect("balance").available, 80);
+    assert_clean(&f.credits).await;
+}
+
+/// `ledger_post` makes its own commit durable whatever the session's default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_posting_statement_commits_synchronously_whatever_the_session_says_on_postgres() {
+    let f = fixture(Backend::Postgres).await;
+    let mut conn = sqlx::PgConnection::connect(&f.db.url).await.expect("connect");
+    sqlx::query("SET synchronous_commit = off").execute(&mut conn).await.expect("session default");
+    let mut tx = conn.begin().await.expect("begin");
+    let empty: Vec<String> = Vec::new();
+    let answers: Vec<(String,)> = sqlx::query_as(
+        "SELECT r_status FROM ledger_post($1, $1, $1, $1, $1, $1, '{}', $1, $1, '{}', $1, $1, $1, '{}', $1, '{}', $1, now())",
+    )
+    .bind(&empty)
+    .fetch_all(&mut *tx)
+    .await
+    .expect("an empty batch");
+    assert!(answers.is_empty());
+    let setting: String =
+        sqlx::query_scalar("SELECT current_setting('synchronous_commit')").fetch_one(&mut *tx).await.expect("setting");
+    assert_eq!(setting, "on", "the transaction that posted waits for its WAL flush");
+    tx.rollback().await.expect("rollback");
 }
