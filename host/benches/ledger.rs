@@ -17,8 +17,8 @@
 //!   amount first, so the wallet never runs out.
 //! - Raw: `UPDATE ledger_balances SET balance = balance - 10 WHERE account = $1 AND
 //!   balance >= 10` on its own accounts in the same `ledger_balances` table, autocommit,
-//!   through a sqlx pool of the store's size and durability (SQLite: WAL,
-//!   `synchronous=FULL`; Postgres: `synchronous_commit = on`) without the pool's
+//!   through a sqlx pool of the store's size and durability (SQLite: WAL, run once per
+//!   `[store] durability`, `synchronous=FULL` and `NORMAL`; Postgres: `synchronous_commit = on`) without the pool's
 //!   per-acquire ping, so the floor is the statement alone.
 //! - Raw ×100 (the ceiling): one statement debiting 100 rows (`account = ANY($1)`), so
 //!   one commit per 100 debits; counted as 100 debits.
@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use maestro_core::TenantId;
 use maestro_host::accounts::SystemClock;
 use maestro_host::credits::Credits;
-use maestro_host::storage::{StoreLocation, open};
+use maestro_host::storage::{Durability, StoreLocation, StoreSettings, open_with};
 use sqlx::Connection as _;
 
 const WARMUP: Duration = Duration::from_millis(300);
@@ -62,12 +62,16 @@ fn main() {
 
 async fn run() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("ledger.db");
     println!("cores: {}", std::thread::available_parallelism().map_or(0, |n| n.get()));
     println!("window {:?} per case after {:?} warm-up; debits of {AMOUNT} credits", WINDOW, WARMUP);
-    {
-        let raw = sqlite_raw_pool(&path).await;
-        bench_backend("sqlite", StoreLocation::Sqlite(path.clone()), Raw::Sqlite(raw)).await;
+    // The embedded store under each `[store] durability`, beside a raw pool with the same
+    // `synchronous` (each on its own file).
+    for durability in [Durability::Full, Durability::Normal] {
+        let path = dir.path().join(format!("ledger-{}.db", durability.as_str()));
+        let raw = sqlite_raw_pool(&path, durability).await;
+        let settings = StoreSettings { durability, ..StoreSettings::default() };
+        let label = format!("sqlite durability={}", durability.as_str());
+        bench_backend(&label, StoreLocation::Sqlite(path), &settings, Raw::Sqlite(raw)).await;
     }
     match std::env::var("TEST_DATABASE_URL") {
         Ok(server) if !server.is_empty() => {
@@ -88,22 +92,26 @@ async fn run() {
                 println!("WARNING: fsync or synchronous_commit is off: these figures are NOT durable commits");
             }
             let raw = Raw::Postgres(pool);
-            bench_backend("postgres", StoreLocation::Postgres(url), raw).await;
+            bench_backend("postgres", StoreLocation::Postgres(url), &StoreSettings::default(), raw).await;
         }
         _ => println!("\npostgres: skipped (TEST_DATABASE_URL is not set; `scripts/pg.sh start` prints one)"),
     }
 }
 
-/// The raw statement's pool, like the store's: 8 connections, WAL, `synchronous=FULL`;
-/// no ping before each statement.
-async fn sqlite_raw_pool(path: &Path) -> sqlx::SqlitePool {
+/// The raw statement's pool, like the store's: 8 connections, WAL, `synchronous=FULL` or
+/// `NORMAL` as the store's durability; no ping before each statement. (Under `normal` the
+/// store also runs its WAL flusher, which the raw pool does not: that is part of our cost.)
+async fn sqlite_raw_pool(path: &Path, durability: Durability) -> sqlx::SqlitePool {
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
     // The store creates the file and its schema; the raw pool only needs to reach it.
     let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
+        .synchronous(match durability {
+            Durability::Full => SqliteSynchronous::Full,
+            Durability::Normal => SqliteSynchronous::Normal,
+        })
         .busy_timeout(Duration::from_secs(10));
     SqlitePoolOptions::new().max_connections(8).test_before_acquire(false).connect_lazy_with(options)
 }
@@ -216,8 +224,8 @@ enum Layout {
     OneTenant,
 }
 
-async fn bench_backend(label: &str, location: StoreLocation, raw: Raw) {
-    let store = open(&location).await.expect("open store");
+async fn bench_backend(label: &str, location: StoreLocation, settings: &StoreSettings, raw: Raw) {
+    let store = open_with(&location, settings).await.expect("open store");
     let credits = Arc::new(Credits::new(store, Arc::new(SystemClock)));
     let max = CASES.iter().map(|(_, c)| *c).max().unwrap_or(1);
     // Tenants 1..=max for ours; raw accounts: one per caller, and BATCH per caller for ×100.
