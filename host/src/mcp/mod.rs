@@ -19,6 +19,7 @@ mod redact;
 mod resources;
 mod resume;
 mod sampling;
+mod stdio;
 mod subscribe;
 mod watch;
 
@@ -1284,6 +1285,9 @@ pub enum StdioError {
     /// The session's task failed.
     #[error("the MCP session failed")]
     Session(#[source] tokio::task::JoinError),
+    /// The threads reading stdin and writing stdout could not start.
+    #[error("cannot start the stdio threads")]
+    Threads(#[source] std::io::Error),
 }
 
 /// Serves MCP over stdin/stdout for one caller until the client closes stdin; `key`,
@@ -1295,7 +1299,8 @@ pub async fn serve_stdio(
 ) -> Result<(), StdioError> {
     use rmcp::ServiceExt as _;
     let stdio = Stdio { handler: Handler::for_principal(mcp, principal), key };
-    let service = stdio.serve(rmcp::transport::stdio()).await.map_err(|e| StdioError::Initialize(Box::new(e)))?;
+    let streams = self::stdio::threads().map_err(StdioError::Threads)?;
+    let service = stdio.serve(streams).await.map_err(|e| StdioError::Initialize(Box::new(e)))?;
     service.waiting().await.map_err(StdioError::Session)?;
     Ok(())
 }
