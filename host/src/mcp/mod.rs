@@ -15,6 +15,7 @@ mod agents;
 mod content;
 mod elicitation;
 mod memories;
+mod plain;
 mod redact;
 mod resources;
 mod resume;
@@ -51,6 +52,7 @@ use crate::tools::{CallError, Observe, Principal, Tools, VisiblePersona, Visible
 
 pub use agents::{Agents, DOCUMENT_TEMPLATE, TRANSCRIPT_TEMPLATE, VERSION_TEMPLATE};
 pub use memories::{MEMORY_TEMPLATE, PAGE as MEMORY_PAGE};
+pub use plain::PlainAnswer;
 pub use resources::{PLUGIN_TEMPLATE, POLICY_URI};
 pub use resume::{EventBuffer, MAX_STREAM_EVENTS, ResumeError};
 
@@ -794,6 +796,24 @@ fn trace<T>(method: &str, tenant: &str, target: &str, started: Instant, result: 
     }
 }
 
+/// Logs one `tools/call`: tenant, tool, duration and outcome (a tool error's kind).
+fn log_call(tenant: &str, name: &str, started: Instant, result: &Result<rmcp::model::CallToolResult, ErrorData>) {
+    let duration_us = started.elapsed().as_micros();
+    match result {
+        Ok(r) if r.is_error == Some(true) => {
+            let cause = r.content.first().and_then(|c| c.as_text()).map_or("", |t| t.text.as_str());
+            let kind = cause.split_once(':').map_or(cause, |(kind, _)| kind);
+            tracing::info!(method = "tools/call", tenant, tool = %name, duration_us, outcome = "tool_error", kind, "mcp request");
+        }
+        Ok(_) => {
+            tracing::info!(method = "tools/call", tenant, tool = %name, duration_us, outcome = "ok", "mcp request")
+        }
+        Err(err) => {
+            tracing::info!(method = "tools/call", tenant, tool = %name, duration_us, outcome = "error", code = err.code.0, error = %err.message, "mcp request");
+        }
+    }
+}
+
 fn tenant_of(principal: &Result<Principal, ErrorData>) -> &str {
     principal.as_ref().map_or("-", |p| p.tenant.as_str())
 }
@@ -866,20 +886,7 @@ impl ServerHandler for Handler {
             Err(err) => Err(err),
         };
         let _entered = span.enter();
-        let duration_us = started.elapsed().as_micros();
-        match &result {
-            Ok(r) if r.is_error == Some(true) => {
-                let cause = r.content.first().and_then(|c| c.as_text()).map_or("", |t| t.text.as_str());
-                let kind = cause.split_once(':').map_or(cause, |(kind, _)| kind);
-                tracing::info!(method = "tools/call", tenant, tool = %name, duration_us, outcome = "tool_error", kind, "mcp request");
-            }
-            Ok(_) => {
-                tracing::info!(method = "tools/call", tenant, tool = %name, duration_us, outcome = "ok", "mcp request")
-            }
-            Err(err) => {
-                tracing::info!(method = "tools/call", tenant, tool = %name, duration_us, outcome = "error", code = err.code.0, error = %err.message, "mcp request");
-            }
-        }
+        log_call(&tenant, &name, started, &result);
         Ok(match result? {
             // A run waits for an answer and the stateless client can be asked: ask it to
             // retry with the answer (the run id travels as the request state).
@@ -1170,6 +1177,8 @@ pub struct HttpTransport {
     sessions: Arc<Sessions>,
     /// Every event sent on a session's streams, for clients resuming with `Last-Event-ID`.
     events: EventBuffer,
+    /// The use-cases, for the calls answered without rmcp's machinery.
+    mcp: Arc<Mcp>,
 }
 
 impl std::fmt::Debug for HttpTransport {
@@ -1193,12 +1202,26 @@ impl HttpTransport {
             .with_sse_keep_alive(Some(Duration::from_secs(15)))
             .with_max_request_body_bytes(body_limit_bytes)
             .with_cancellation_token(shutdown);
+        let handlers = mcp.clone();
         let service = rmcp::transport::StreamableHttpService::new(
-            move || Ok(Handler::per_request(mcp.clone())),
+            move || Ok(Handler::per_request(handlers.clone())),
             sessions.clone(),
             config,
         );
-        Self { service, sessions, events }
+        Self { service, sessions, events, mcp }
+    }
+
+    /// Answers a POST without a session when it is a plain stateless (2026-07-28)
+    /// `tools/call`: one that needs nothing from the transport but its answer (see
+    /// [`PlainAnswer`]); `None` for every other request, which goes to [`Self::service`].
+    /// `principal` is the authenticated caller, `body` the whole request body.
+    pub async fn plain_call(
+        &self,
+        principal: &Principal,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Option<PlainAnswer> {
+        plain::plain_call(&self.mcp, principal, headers, body).await
     }
 
     /// Whether a stream can be resumed after `last_event_id` without a gap.

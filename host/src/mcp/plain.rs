@@ -1,0 +1,205 @@
+//! The short way for the commonest stateless request: a 2026-07-28 `tools/call` whose
+//! answer is one JSON-RPC response and nothing else.
+//!
+//! rmcp serves every stateless request as a one-message session: it builds a handler,
+//! re-serialises the message to check its headers, starts a serve loop on its own task
+//! with a peer and channels, spawns the request on another task and sends the answer
+//! back through them: most of a no-op call's CPU. A request that can need none of that
+//! (no progress token, no log level, a client that offers neither elicitation nor
+//! sampling nor tasks, no input responses or request state, the standard headers
+//! present and agreeing with the body) is answered here, by the same call and the same
+//! mapping of outcomes as [`Handler::call_tool`](super::Handler), into the same bytes
+//! rmcp would send. Every other request, and every request this module is not sure
+//! about, goes to rmcp unchanged: [`plain_call`] answers `None` for it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderMap, StatusCode, header};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, ClientJsonRpcMessage, ClientRequest, ErrorCode, ErrorData, GetMeta as _,
+    JsonRpcMessage, ProtocolVersion, RequestId, ServerJsonRpcMessage, ServerResult,
+};
+use serde_json::Value;
+use tracing::Instrument as _;
+
+use maestro_core::call::CancelToken;
+
+use super::{Mcp, content, log_call, tool_answer, truncate};
+use crate::tools::{CallError, Observe, Principal};
+
+/// The only `_meta` keys a plain call may carry.
+const PLAIN_META: [&str; 3] = [
+    "io.modelcontextprotocol/protocolVersion",
+    "io.modelcontextprotocol/clientCapabilities",
+    "io.modelcontextprotocol/clientInfo",
+];
+
+/// A plain call's answer: the HTTP status and the JSON-RPC message, serialised.
+#[derive(Debug)]
+pub struct PlainAnswer {
+    /// As rmcp maps the message (200, or 4xx for the errors it maps).
+    pub status: StatusCode,
+    /// The JSON-RPC response or error (`application/json`).
+    pub body: Vec<u8>,
+}
+
+/// Answers `body` (a POST to `/mcp` without a session, from `principal`) when it is a
+/// plain stateless `tools/call`; `None` sends it to rmcp.
+pub(super) async fn plain_call(
+    mcp: &Arc<Mcp>,
+    principal: &Principal,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<PlainAnswer> {
+    if !plain_headers(headers) {
+        return None;
+    }
+    let (id, params) = plain_request(headers, body)?;
+    let span = tracing::info_span!("mcp", method = "tools/call");
+    let observe = Observe::default();
+    let cancel = observe.cancel.clone();
+    let call = Box::pin(call(mcp.clone(), principal.clone(), params, observe).instrument(span));
+    let mut call = FinishOnDrop { call: Some(call), cancel };
+    let result = call.call.as_mut().expect("the call was set just above").await;
+    // It ended: nothing is left to finish when the guard drops.
+    call.call = None;
+    let message: ServerJsonRpcMessage = match result {
+        Ok(done) => JsonRpcMessage::response(ServerResult::from(CallToolResponse::from(done)), id),
+        Err(error) => JsonRpcMessage::error(error, Some(id)),
+    };
+    let status = status_of(&message);
+    match serde_json::to_vec(&message) {
+        Ok(body) => Some(PlainAnswer { status, body }),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot serialise an MCP response");
+            let body = br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"internal error"}}"#.to_vec();
+            Some(PlainAnswer { status: StatusCode::INTERNAL_SERVER_ERROR, body })
+        }
+    }
+}
+
+/// `tools/call` as [`Handler::call_tool`](super::Handler) serves it to a client that
+/// can be sent nothing but the answer.
+async fn call(
+    mcp: Arc<Mcp>,
+    principal: Principal,
+    request: CallToolRequestParams,
+    observe: Observe,
+) -> Result<rmcp::model::CallToolResult, ErrorData> {
+    mcp.tools.registry().first_scan().await;
+    let started = Instant::now();
+    let (name, arguments) = (request.name, request.arguments);
+    let principal = &principal;
+    let result = match mcp.resolve_tool(principal, &name) {
+        None => tool_answer(&CallError::UnknownTool(truncate(&name, 128)).into()),
+        Some(qualified) => {
+            let arguments = Value::Object(arguments.unwrap_or_default());
+            tracing::debug!(tenant = %principal.tenant, tool = %qualified, arguments = %super::redact::redacted(&arguments), "mcp tools/call arguments");
+            let called = mcp.tools.call(principal, &qualified, arguments, observe).await;
+            match called {
+                Ok(call) => match call.outcome.result {
+                    Ok(output) => Ok(content::success(output)),
+                    Err(failure) => tool_answer(&(&failure).into()),
+                },
+                Err(err) => tool_answer(&(&err).into()),
+            }
+        }
+    };
+    log_call(&principal.tenant, &name, started, &result);
+    result
+}
+
+/// A call in progress. When the request goes away before it ends (the client closed
+/// it), the call is told to stop and finishes on its own task, as rmcp's cancellation
+/// does: its credits are settled and its outcome logged, never cut off half-way.
+struct FinishOnDrop<F: Future<Output = Result<rmcp::model::CallToolResult, ErrorData>> + Send + 'static> {
+    call: Option<Pin<Box<F>>>,
+    cancel: CancelToken,
+}
+
+impl<F: Future<Output = Result<rmcp::model::CallToolResult, ErrorData>> + Send + 'static> Drop for FinishOnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            self.cancel.cancel();
+            tokio::spawn(call);
+        }
+    }
+}
+
+/// Whether the headers are what rmcp accepts without a word for a 2026-07-28 request:
+/// JSON and SSE accepted (no quality weights to weigh), a JSON body, the version
+/// header, and `Mcp-Method: tools/call`; no `Mcp-Param-*` headers.
+fn plain_headers(headers: &HeaderMap) -> bool {
+    let (mut json, mut sse) = (false, false);
+    for value in headers.get_all(header::ACCEPT) {
+        let Ok(value) = value.to_str() else { return false };
+        for range in value.split(',').map(str::trim) {
+            if range.contains(';') {
+                return false;
+            }
+            json |= range.eq_ignore_ascii_case("application/json");
+            sse |= range.eq_ignore_ascii_case("text/event-stream");
+        }
+    }
+    let json_body = sole(headers, header::CONTENT_TYPE.as_str())
+        .is_some_and(|v| v.split(';').next().is_some_and(|e| e.trim().eq_ignore_ascii_case("application/json")));
+    json && sse
+        && json_body
+        && sole(headers, "mcp-protocol-version") == Some(ProtocolVersion::V_2026_07_28.as_str())
+        && sole(headers, "mcp-method") == Some("tools/call")
+        && !headers.keys().any(|name| name.as_str().starts_with("mcp-param-"))
+}
+
+/// The id and parameters of a plain stateless `tools/call` in `body`.
+fn plain_request(headers: &HeaderMap, body: &[u8]) -> Option<(RequestId, CallToolRequestParams)> {
+    let ClientJsonRpcMessage::Request(request) = serde_json::from_slice::<ClientJsonRpcMessage>(body).ok()? else {
+        return None;
+    };
+    let meta = request.request.get_meta();
+    if meta.protocol_version() != Some(ProtocolVersion::V_2026_07_28)
+        || !meta.keys().all(|key| PLAIN_META.contains(&key.as_str()))
+    {
+        return None;
+    }
+    let capabilities = meta.client_capabilities()?;
+    if capabilities.elicitation.is_some()
+        || capabilities.sampling.is_some()
+        || capabilities.extensions.is_some()
+        || capabilities.supports_tasks()
+    {
+        return None;
+    }
+    let ClientRequest::CallToolRequest(call) = request.request else { return None };
+    let params = call.params;
+    let plain_name =
+        !params.name.is_empty() && params.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    let named = sole(headers, "mcp-name") == Some(params.name.as_ref());
+    if !plain_name || !named || params.request_state.is_some() || params.input_responses.is_some() {
+        return None;
+    }
+    Some((request.id, params))
+}
+
+/// The one value of a header, when it has exactly one and it is text.
+fn sole<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let mut values = headers.get_all(name).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    value.to_str().ok()
+}
+
+/// The HTTP status rmcp gives a stateless request's answer.
+fn status_of(message: &ServerJsonRpcMessage) -> StatusCode {
+    let JsonRpcMessage::Error(error) = message else { return StatusCode::OK };
+    match error.error.code {
+        ErrorCode::UNSUPPORTED_PROTOCOL_VERSION
+        | ErrorCode::MISSING_REQUIRED_CLIENT_CAPABILITY
+        | ErrorCode::HEADER_MISMATCH => StatusCode::BAD_REQUEST,
+        ErrorCode::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
+        _ => StatusCode::OK,
+    }
+}
