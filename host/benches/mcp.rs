@@ -247,6 +247,13 @@ impl Setup {
             "version = 1\n\n[[grant]]\nname = \"bench\"\nsubjects = [\"tenant:acme\"]\ntools = [\"hostile.*\"]\n",
         )
         .expect("write policy");
+        // One tenant runs every client's calls: let it hold more at once than the
+        // clients can (the default, 16, would refuse the 64-client cases).
+        std::fs::write(
+            dir.path().join("maestro.toml"),
+            "version = 1\n\n[sandbox]\nmax_calls_in_flight_per_tenant = 256\n",
+        )
+        .expect("write config");
         let mut setup = Self { dir: Arc::new(dir), key: String::new() };
         setup.cli(&["tenant", "create", "acme"]);
         let created = setup.cli(&["key", "create", "--tenant", "acme", "--role", "member"]);
@@ -266,6 +273,7 @@ impl Setup {
         let mut env: Env =
             dirs.iter().map(|(var, dir)| ((*var).to_owned(), self.path(dir).display().to_string())).collect();
         env.insert("MAESTRO_LOG".to_owned(), LOG_FILTER.to_owned());
+        env.insert("MAESTRO_CONFIG".to_owned(), self.path("maestro.toml").display().to_string());
         env
     }
 

@@ -470,18 +470,46 @@ const MAX_QUEUED_EVENTS: usize = 256;
 /// bounded [`EventQueue`].
 struct Events {
     shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 #[derive(Default)]
 struct Shared {
     queue: Mutex<EventQueue>,
     ready: tokio::sync::Notify,
+    /// The sending task: started by the first event, so that a call which reports
+    /// nothing (most) spawns nothing.
+    sender: Mutex<Sender>,
+}
+
+/// The task sending a call's events, before and after its first event.
+#[derive(Default)]
+enum Sender {
+    /// Nothing to send yet; what the task needs once there is.
+    Idle(Option<Box<SenderParts>>),
+    Running(tokio::task::JoinHandle<()>),
+    #[default]
+    Done,
+}
+
+/// What [`forward`] needs, and where to run it (sinks are called from any thread).
+struct SenderParts {
+    runtime: tokio::runtime::Handle,
+    peer: Peer<RoleServer>,
+    progress_token: Option<ProgressToken>,
+    plugin: String,
 }
 
 impl Shared {
-    fn push(&self, push: impl FnOnce(&mut EventQueue)) {
+    fn push(self: &Arc<Self>, push: impl FnOnce(&mut EventQueue)) {
         push(&mut self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let mut sender = self.sender.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Sender::Idle(parts) = &mut *sender
+            && let Some(parts) = parts.take()
+        {
+            let SenderParts { runtime, peer, progress_token, plugin } = *parts;
+            *sender = Sender::Running(runtime.spawn(forward(self.clone(), peer, progress_token, plugin)));
+        }
+        drop(sender);
         self.ready.notify_one();
     }
 }
@@ -539,7 +567,13 @@ impl Events {
         log_threshold: Option<LoggingLevel>,
         plugin: String,
     ) -> (Observe, Self) {
-        let shared = Arc::new(Shared::default());
+        let parts = SenderParts {
+            runtime: tokio::runtime::Handle::current(),
+            peer,
+            progress_token: progress_token.clone(),
+            plugin,
+        };
+        let shared = Arc::new(Shared { sender: Mutex::new(Sender::Idle(Some(Box::new(parts)))), ..Shared::default() });
         let progress = progress_token.is_some().then(|| {
             let shared = shared.clone();
             Arc::new(move |p: Progress| shared.push(|queue| queue.push_progress(p))) as maestro_core::call::ProgressSink
@@ -553,14 +587,20 @@ impl Events {
                 }
             }) as maestro_core::call::LogSink
         });
-        let task = tokio::spawn(forward(shared.clone(), peer, progress_token, plugin));
-        (Observe { progress, log, ..Observe::default() }, Self { shared, task })
+        (Observe { progress, log, ..Observe::default() }, Self { shared })
     }
 
     /// Waits until every event reported so far has been sent (before the response).
     async fn finish(self) {
-        self.shared.push(|queue| queue.done = true);
-        let _ = self.task.await;
+        let sender = {
+            let mut sender = self.shared.sender.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::mem::take(&mut *sender)
+        };
+        // Nothing was reported: nothing to send.
+        let Sender::Running(task) = sender else { return };
+        self.shared.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).done = true;
+        self.shared.ready.notify_one();
+        let _ = task.await;
     }
 }
 
