@@ -247,11 +247,12 @@ impl Setup {
             "version = 1\n\n[[grant]]\nname = \"bench\"\nsubjects = [\"tenant:acme\"]\ntools = [\"hostile.*\"]\n",
         )
         .expect("write policy");
-        // One tenant runs every client's calls: let it hold more at once than the
-        // clients can (the default, 16, would refuse the 64-client cases).
+        // One key runs every client's calls and sessions: let it hold more at once than
+        // the clients can (the defaults, 16 calls and 32 sessions, would refuse the
+        // 64-client cases).
         std::fs::write(
             dir.path().join("maestro.toml"),
-            "version = 1\n\n[sandbox]\nmax_calls_in_flight_per_tenant = 256\n",
+            "version = 1\n\n[sandbox]\nmax_calls_in_flight_per_tenant = 256\n\n[mcp]\nmax_sessions_per_key = 1024\n",
         )
         .expect("write config");
         let mut setup = Self { dir: Arc::new(dir), key: String::new() };
