@@ -203,3 +203,81 @@ fn status_of(message: &ServerJsonRpcMessage) -> StatusCode {
         _ => StatusCode::OK,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderMap, HeaderValue};
+    use serde_json::json;
+
+    use super::{plain_headers, plain_request};
+
+    fn headers(extra: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("accept", "application/json, text/event-stream"),
+            ("content-type", "application/json"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "calc.evaluate"),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        for (name, value) in extra {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    fn body(params: serde_json::Value) -> Vec<u8> {
+        let mut params = params;
+        let meta = params["_meta"].take();
+        let mut all = json!({
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": { "name": "t", "version": "1" },
+        });
+        if let Some(meta) = meta.as_object() {
+            all.as_object_mut().expect("object").extend(meta.clone());
+        }
+        params["_meta"] = all;
+        serde_json::to_vec(&json!({ "jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": params }))
+            .expect("json")
+    }
+
+    #[test]
+    fn only_requests_that_need_nothing_but_their_answer_take_the_short_way() {
+        let call = json!({ "name": "calc.evaluate", "arguments": { "expression": "1+1" } });
+        assert!(plain_headers(&headers(&[])));
+        let (id, params) = plain_request(&headers(&[]), &body(call.clone())).expect("a plain call");
+        assert_eq!((id.to_string(), params.name.as_ref()), ("3".to_owned(), "calc.evaluate"));
+
+        // Headers rmcp weighs or checks further: its way.
+        let mut weighted = headers(&[]);
+        weighted.insert("accept", HeaderValue::from_static("application/json;q=0.9, text/event-stream"));
+        assert!(!plain_headers(&weighted));
+        assert!(!plain_headers(&headers(&[("mcp-method", "tools/call")])), "a repeated header");
+        assert!(!plain_headers(&headers(&[("mcp-param-region", "eu")])));
+        let mut older = headers(&[]);
+        older.insert("mcp-protocol-version", HeaderValue::from_static("2025-11-25"));
+        assert!(!plain_headers(&older));
+
+        // Requests that may be sent more than their answer, or that say more: rmcp's way.
+        for meta in [
+            json!({ "progressToken": 1 }),
+            json!({ "io.modelcontextprotocol/logLevel": "debug" }),
+            json!({ "io.modelcontextprotocol/clientCapabilities": { "elicitation": {} } }),
+            json!({ "io.modelcontextprotocol/clientCapabilities": { "sampling": {} } }),
+            json!({ "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01" }),
+        ] {
+            let mut params = call.clone();
+            params["_meta"] = meta.clone();
+            assert!(plain_request(&headers(&[]), &body(params)).is_none(), "{meta}");
+        }
+        let mut resumed = call.clone();
+        resumed["requestState"] = json!("maestro-run:r1");
+        assert!(plain_request(&headers(&[]), &body(resumed)).is_none());
+        // A name the header does not carry as it is.
+        let other = json!({ "name": "calc.other", "arguments": {} });
+        assert!(plain_request(&headers(&[]), &body(other)).is_none());
+    }
+}
