@@ -123,7 +123,10 @@ impl<F: Future<Output = Result<rmcp::model::CallToolResult, ErrorData>> + Send +
     fn drop(&mut self) {
         if let Some(call) = self.call.take() {
             self.cancel.cancel();
-            tokio::spawn(call);
+            // Outside a runtime (it is being dropped) there is nothing left to finish on.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(call);
+            }
         }
     }
 }
