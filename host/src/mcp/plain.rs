@@ -18,8 +18,8 @@ use std::time::Instant;
 
 use http::{HeaderMap, StatusCode, header};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, ClientJsonRpcMessage, ClientRequest, ErrorCode, ErrorData, GetMeta as _,
-    JsonRpcMessage, ProtocolVersion, RequestId, ServerJsonRpcMessage, ServerResult,
+    CallToolResponse, ErrorCode, ErrorData, JsonObject, JsonRpcMessage, ProtocolVersion, RequestId,
+    ServerJsonRpcMessage, ServerResult,
 };
 use serde_json::Value;
 use tracing::Instrument as _;
@@ -28,13 +28,6 @@ use maestro_core::call::CancelToken;
 
 use super::{Mcp, content, log_call, tool_answer, truncate};
 use crate::tools::{CallError, Observe, Principal};
-
-/// The only `_meta` keys a plain call may carry.
-const PLAIN_META: [&str; 3] = [
-    "io.modelcontextprotocol/protocolVersion",
-    "io.modelcontextprotocol/clientCapabilities",
-    "io.modelcontextprotocol/clientInfo",
-];
 
 /// A plain call's answer: the HTTP status and the JSON-RPC message, serialised.
 #[derive(Debug)]
@@ -56,11 +49,11 @@ pub(super) async fn plain_call(
     if !plain_headers(headers) {
         return None;
     }
-    let (id, params) = plain_request(headers, body)?;
+    let (id, name, arguments) = plain_request(headers, body)?;
     let span = tracing::info_span!("mcp", method = "tools/call");
     let observe = Observe::default();
     let cancel = observe.cancel.clone();
-    let call = Box::pin(call(mcp.clone(), principal.clone(), params, observe).instrument(span));
+    let call = Box::pin(call(mcp.clone(), principal.clone(), name, arguments, observe).instrument(span));
     let mut call = FinishOnDrop { call: Some(call), cancel };
     let result = call.call.as_mut().expect("the call was set just above").await;
     // It ended: nothing is left to finish when the guard drops.
@@ -85,12 +78,12 @@ pub(super) async fn plain_call(
 async fn call(
     mcp: Arc<Mcp>,
     principal: Principal,
-    request: CallToolRequestParams,
+    name: String,
+    arguments: Option<JsonObject>,
     observe: Observe,
 ) -> Result<rmcp::model::CallToolResult, ErrorData> {
     mcp.tools.registry().first_scan().await;
     let started = Instant::now();
-    let (name, arguments) = (request.name, request.arguments);
     let principal = &principal;
     let result = match mcp.resolve_tool(principal, &name) {
         None => tool_answer(&CallError::UnknownTool(truncate(&name, 128)).into()),
@@ -155,34 +148,63 @@ fn plain_headers(headers: &HeaderMap) -> bool {
         && !headers.keys().any(|name| name.as_str().starts_with("mcp-param-"))
 }
 
-/// The id and parameters of a plain stateless `tools/call` in `body`.
-fn plain_request(headers: &HeaderMap, body: &[u8]) -> Option<(RequestId, CallToolRequestParams)> {
-    let ClientJsonRpcMessage::Request(request) = serde_json::from_slice::<ClientJsonRpcMessage>(body).ok()? else {
-        return None;
-    };
-    let meta = request.request.get_meta();
-    if meta.protocol_version() != Some(ProtocolVersion::V_2026_07_28)
-        || !meta.keys().all(|key| PLAIN_META.contains(&key.as_str()))
-    {
-        return None;
-    }
-    let capabilities = meta.client_capabilities()?;
-    if capabilities.elicitation.is_some()
+/// A plain stateless `tools/call` as it must be written to take the short way: every
+/// part typed as rmcp types it, nothing else (an unknown member anywhere, or one rmcp
+/// would read differently, makes the parse fail and the request go to rmcp). Reading
+/// this is a fraction of the cost of reading rmcp's message enums.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainMessage<'a> {
+    #[serde(rename = "jsonrpc")]
+    _jsonrpc: rmcp::model::JsonRpcVersion2_0,
+    id: RequestId,
+    #[serde(borrow)]
+    method: std::borrow::Cow<'a, str>,
+    params: PlainParams,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainParams {
+    name: String,
+    #[serde(default)]
+    arguments: Option<JsonObject>,
+    #[serde(rename = "_meta")]
+    meta: PlainMeta,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainMeta {
+    #[serde(rename = "io.modelcontextprotocol/protocolVersion")]
+    protocol_version: ProtocolVersion,
+    #[serde(rename = "io.modelcontextprotocol/clientCapabilities")]
+    client_capabilities: rmcp::model::ClientCapabilities,
+    #[serde(rename = "io.modelcontextprotocol/clientInfo", default)]
+    _client_info: Option<rmcp::model::Implementation>,
+}
+
+/// The id, tool name and arguments of a plain stateless `tools/call` in `body`.
+fn plain_request(headers: &HeaderMap, body: &[u8]) -> Option<(RequestId, String, Option<JsonObject>)> {
+    let message = serde_json::from_slice::<PlainMessage<'_>>(body).ok()?;
+    let params = message.params;
+    let capabilities = &params.meta.client_capabilities;
+    if message.method != "tools/call"
+        || params.meta.protocol_version != ProtocolVersion::V_2026_07_28
+        || capabilities.elicitation.is_some()
         || capabilities.sampling.is_some()
         || capabilities.extensions.is_some()
         || capabilities.supports_tasks()
     {
         return None;
     }
-    let ClientRequest::CallToolRequest(call) = request.request else { return None };
-    let params = call.params;
     let plain_name =
         !params.name.is_empty() && params.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    let named = sole(headers, "mcp-name") == Some(params.name.as_ref());
-    if !plain_name || !named || params.request_state.is_some() || params.input_responses.is_some() {
+    if !plain_name || sole(headers, "mcp-name") != Some(params.name.as_str()) {
         return None;
     }
-    Some((request.id, params))
+    let PlainParams { name, arguments, .. } = params;
+    Some((message.id, name, arguments))
 }
 
 /// The one value of a header, when it has exactly one and it is text.
@@ -251,8 +273,9 @@ mod tests {
     fn only_requests_that_need_nothing_but_their_answer_take_the_short_way() {
         let call = json!({ "name": "calc.evaluate", "arguments": { "expression": "1+1" } });
         assert!(plain_headers(&headers(&[])));
-        let (id, params) = plain_request(&headers(&[]), &body(call.clone())).expect("a plain call");
-        assert_eq!((id.to_string(), params.name.as_ref()), ("3".to_owned(), "calc.evaluate"));
+        let (id, name, arguments) = plain_request(&headers(&[]), &body(call.clone())).expect("a plain call");
+        assert_eq!((id.to_string(), name.as_str()), ("3".to_owned(), "calc.evaluate"));
+        assert_eq!(arguments.expect("arguments")["expression"], "1+1");
 
         // Headers rmcp weighs or checks further: its way.
         let mut weighted = headers(&[]);
