@@ -1362,9 +1362,12 @@ pub async fn serve_stdio(
 ) -> Result<(), StdioError> {
     use rmcp::ServiceExt as _;
     let stdio = Stdio { handler: Handler::for_principal(mcp, principal), key };
-    let streams = self::stdio::threads().map_err(StdioError::Threads)?;
-    let service = stdio.serve(streams).await.map_err(|e| StdioError::Initialize(Box::new(e)))?;
+    let (reader, writer, written) = self::stdio::threads().map_err(StdioError::Threads)?;
+    let service = stdio.serve((reader, writer)).await.map_err(|e| StdioError::Initialize(Box::new(e)))?;
     service.waiting().await.map_err(StdioError::Session)?;
+    // The session is over and its writing half dropped: wait for the last answers to
+    // reach stdout.
+    let _ = tokio::task::spawn_blocking(move || written.join()).await;
     Ok(())
 }
 

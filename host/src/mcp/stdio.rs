@@ -37,17 +37,19 @@ pub(super) struct ThreadWriter {
     to_thread: PollSender<Vec<u8>>,
 }
 
-/// Starts the stdin reader and stdout writer threads: the streams to run MCP over.
-/// Neither thread keeps the process alive: the reader ends at end of input, the writer
-/// when the writing half is dropped.
-pub(super) fn threads() -> std::io::Result<(ThreadReader, ThreadWriter)> {
+/// Starts the stdin reader and stdout writer threads: the streams to run MCP over, and
+/// the writer thread, which ends once the writing half is dropped and everything handed
+/// to it is written (join it before the process exits, so no answer is cut short). The
+/// reader ends at end of input and never keeps the process alive.
+pub(super) fn threads() -> std::io::Result<(ThreadReader, ThreadWriter, std::thread::JoinHandle<()>)> {
     let (chunk_tx, chunk_rx) = mpsc::channel(QUEUED);
     std::thread::Builder::new().name("mcp-stdin".to_owned()).spawn(move || read_stdin(&chunk_tx))?;
     let (out_tx, out_rx) = mpsc::channel(QUEUED);
-    std::thread::Builder::new().name("mcp-stdout".to_owned()).spawn(move || write_stdout(out_rx))?;
+    let writer = std::thread::Builder::new().name("mcp-stdout".to_owned()).spawn(move || write_stdout(out_rx))?;
     Ok((
         ThreadReader { chunks: chunk_rx, chunk: Vec::new(), at: 0 },
         ThreadWriter { pending: Vec::with_capacity(4096), to_thread: PollSender::new(out_tx) },
+        writer,
     ))
 }
 
