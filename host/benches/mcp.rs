@@ -19,6 +19,11 @@
 //! - Client and server share the machine's cores: once clients outnumber cores,
 //!   throughput is bound by client + server CPU. Server CPU per call is the figure to
 //!   hold against the goal.
+//! - Floors, measured in the same run with the same client and the same CPU
+//!   accounting: this bench binary re-run as a server process (`--floor-server`) with
+//!   a bare rmcp no-op server (one tool answering "ok", rmcp's stateless Streamable
+//!   HTTP service, JSON responses) and a bare axum plaintext handler. Each Maestro MCP
+//!   figure is printed with its ratio to them.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -48,13 +53,23 @@ const WINDOW: Duration = Duration::from_secs(3);
 /// Concurrent HTTP clients per case.
 const CLIENTS: [usize; 3] = [1, 16, 64];
 /// Goals from the issue.
-const GOAL_CALLS_PER_CPU_SECOND: f64 = 40_000.0;
-const GOAL_P50_MICROS: f64 = 100.0;
+const GOAL_CALLS_PER_CPU_SECOND: f64 = 20_000.0;
+const GOAL_P50_MICROS: f64 = 150.0;
+const GOAL_STDIO_P50_MICROS: f64 = 80.0;
 /// The server's log filter: `warn`, except rmcp's one warning per JSON-RPC error
 /// response, which would dominate the unknown-tool baseline.
 const LOG_FILTER: &str = "warn,rmcp::service=error";
+/// The argument that makes this binary a floor server: `--floor-server rmcp|axum ADDR`.
+const FLOOR_SERVER: &str = "--floor-server";
 
 fn main() {
+    // `cargo bench` passes its own flags: look for ours among them.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == FLOOR_SERVER) {
+        let (kind, addr) = (args.get(at + 1).expect("floor kind"), args.get(at + 2).expect("floor address"));
+        floor::serve(kind, addr);
+        return;
+    }
     let component = components_dir().join("maestro_plugin_hostile.wasm");
     if !component.is_file() {
         eprintln!(
@@ -69,7 +84,8 @@ fn main() {
         tokio::runtime::Builder::new_multi_thread().worker_threads(cores).enable_all().build().expect("bench runtime");
     println!("Maestro MCP benchmark: {cores} cores (shared by client and server), tools/call of hostile.noop");
     println!(
-        "Goals: ≥ {GOAL_CALLS_PER_CPU_SECOND:.0} calls per server CPU-second; c=1 p50 ≤ {GOAL_P50_MICROS:.0} µs \
+        "Goals: ≥ {GOAL_CALLS_PER_CPU_SECOND:.0} calls per server CPU-second; c=1 p50 ≤ {GOAL_P50_MICROS:.0} µs over HTTP, \
+         ≤ {GOAL_STDIO_P50_MICROS:.0} µs over stdio \
          (the sandbox bench measured ~70-100 µs CPU per noop call; section 1 measures it here)"
     );
     // Other processes compete for the same cores and skew every figure: say so.
@@ -146,6 +162,18 @@ async fn run(setup: &Setup, cores: usize) {
     }
     drop(accounts);
 
+    // 2a. The floors: bare rmcp and bare axum, same client, same CPU accounting.
+    println!("\n2a. Floors: this binary as a bare server process (same client; server CPU is that process's)");
+    print_header();
+    for (kind, exchange) in [("axum", Exchange::Plaintext), ("rmcp", Exchange::BareRmcp)] {
+        let floor = Server::floor(setup, kind).await;
+        for clients in CLIENTS {
+            let run = drive_http(&floor, &setup.key, exchange, clients).await;
+            run.print(exchange.label(), clients);
+            results.floors.push((exchange, clients, run.calls_per_cpu_second(), run.p(0.5)));
+        }
+    }
+
     let server = Server::start(setup).await;
     let idle = server.idle_cpu(Duration::from_secs(2)).await;
     println!(
@@ -219,6 +247,14 @@ impl Setup {
             "version = 1\n\n[[grant]]\nname = \"bench\"\nsubjects = [\"tenant:acme\"]\ntools = [\"hostile.*\"]\n",
         )
         .expect("write policy");
+        // One key runs every client's calls and sessions: let it hold more at once than
+        // the clients can (the defaults, 16 calls and 32 sessions, would refuse the
+        // 64-client cases).
+        std::fs::write(
+            dir.path().join("maestro.toml"),
+            "version = 1\n\n[sandbox]\nmax_calls_in_flight_per_tenant = 256\n\n[mcp]\nmax_sessions_per_key = 1024\n",
+        )
+        .expect("write config");
         let mut setup = Self { dir: Arc::new(dir), key: String::new() };
         setup.cli(&["tenant", "create", "acme"]);
         let created = setup.cli(&["key", "create", "--tenant", "acme", "--role", "member"]);
@@ -238,6 +274,7 @@ impl Setup {
         let mut env: Env =
             dirs.iter().map(|(var, dir)| ((*var).to_owned(), self.path(dir).display().to_string())).collect();
         env.insert("MAESTRO_LOG".to_owned(), LOG_FILTER.to_owned());
+        env.insert("MAESTRO_CONFIG".to_owned(), self.path("maestro.toml").display().to_string());
         env
     }
 
@@ -333,6 +370,27 @@ impl Server {
         }
     }
 
+    /// This bench binary as a bare floor server (`rmcp` or `axum`).
+    async fn floor(setup: &Setup, kind: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let exe = std::env::current_exe().expect("bench binary path");
+        let child = Command::new(exe)
+            .args([FLOOR_SERVER, kind, &addr.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(setup.path(&format!("floor-{kind}.stderr"))).expect("stderr file"))
+            .spawn()
+            .expect("floor server starts");
+        let server = Self { pid: child.id(), child, addr };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(Instant::now() < deadline, "the {kind} floor server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server
+    }
+
     fn cpu(&self) -> Duration {
         cpu_time(&self.pid.to_string())
     }
@@ -369,6 +427,10 @@ enum Exchange {
     Stateless,
     /// 2025-11-25 MCP `tools/call` of `hostile.noop` on a session.
     Session,
+    /// `GET /plaintext` of the bare axum floor server.
+    Plaintext,
+    /// Stateless MCP `tools/call` of the bare rmcp floor server's no-op tool.
+    BareRmcp,
 }
 
 impl Exchange {
@@ -379,6 +441,8 @@ impl Exchange {
             Self::UnknownTool => "MCP stateless tools/call unknown tool",
             Self::Stateless => "MCP stateless tools/call",
             Self::Session => "MCP session tools/call",
+            Self::Plaintext => "floor: bare axum GET /plaintext",
+            Self::BareRmcp => "floor: bare rmcp stateless no-op call",
         }
     }
 }
@@ -409,7 +473,7 @@ impl Client {
         tokio::spawn(connection);
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_str(&addr.to_string()).expect("host header"));
-        if exchange != Exchange::Healthz {
+        if !matches!(exchange, Exchange::Healthz | Exchange::Plaintext) {
             headers
                 .insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {key}")).expect("auth header"));
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -419,11 +483,11 @@ impl Client {
             headers.insert("mcp-protocol-version", HeaderValue::from_static(version));
         };
         match exchange {
-            Exchange::Healthz | Exchange::Rest => {}
-            Exchange::Stateless | Exchange::UnknownTool => {
+            Exchange::Healthz | Exchange::Rest | Exchange::Plaintext => {}
+            Exchange::Stateless | Exchange::UnknownTool | Exchange::BareRmcp => {
                 mcp(&mut headers, STATELESS);
                 headers.insert("mcp-method", HeaderValue::from_static("tools/call"));
-                let name = if exchange == Exchange::Stateless { "hostile.noop" } else { "hostile.missing" };
+                let name = if exchange == Exchange::UnknownTool { "hostile.missing" } else { "hostile.noop" };
                 headers.insert("mcp-name", HeaderValue::from_static(name));
             }
             Exchange::Session => mcp(&mut headers, SESSION),
@@ -460,6 +524,8 @@ impl Client {
     async fn call(&mut self) -> Result<(), String> {
         let (method, path, body) = match self.exchange {
             Exchange::Healthz => (Method::GET, "/healthz", String::new()),
+            Exchange::Plaintext => (Method::GET, "/plaintext", String::new()),
+            Exchange::BareRmcp => (Method::POST, "/mcp", stateless_call(self.next_id, true)),
             Exchange::Rest => (Method::POST, "/v1/tools/hostile.noop/call", r#"{"arguments":{}}"#.to_owned()),
             Exchange::Stateless | Exchange::UnknownTool => {
                 (Method::POST, "/mcp", stateless_call(self.next_id, self.exchange == Exchange::Stateless))
@@ -476,12 +542,12 @@ impl Client {
         self.next_id += 1;
         let (_, body) = self.send(method, path, body).await?;
         match self.exchange {
-            Exchange::Healthz => Ok(()),
+            Exchange::Healthz | Exchange::Plaintext => Ok(()),
             Exchange::Rest => {
                 let value: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
                 check_ok(&value)
             }
-            Exchange::Stateless | Exchange::Session => check_ok(&jsonrpc_result(&body)?),
+            Exchange::Stateless | Exchange::Session | Exchange::BareRmcp => check_ok(&jsonrpc_result(&body)?),
             Exchange::UnknownTool => match jsonrpc_result(&body) {
                 Err(error) if error.contains("-32602") => Ok(()),
                 other => Err(format!("expected an unknown-tool error, got {other:?}")),
@@ -555,6 +621,10 @@ struct Run {
 impl Run {
     fn calls(&self) -> usize {
         self.latencies.len()
+    }
+
+    fn calls_per_cpu_second(&self) -> f64 {
+        self.calls() as f64 / self.server_cpu.as_secs_f64().max(1e-9)
     }
 
     fn server_cpu_per_call(&self) -> Duration {
@@ -780,6 +850,10 @@ struct Results {
     best: Option<(f64, String)>,
     /// c=1 p50 of each MCP transport.
     p50s: Vec<(&'static str, Duration)>,
+    /// The floors: which, clients, calls per server CPU-second, p50.
+    floors: Vec<(Exchange, usize, f64, Duration)>,
+    /// Every Maestro MCP figure: transport, clients, calls per server CPU-second, p50.
+    figures: Vec<(&'static str, usize, f64, Duration)>,
 }
 
 impl Results {
@@ -791,9 +865,31 @@ impl Results {
         if clients == 1 {
             self.p50s.push((transport, run.p(0.5)));
         }
+        self.figures.push((transport, clients, per_second, run.p(0.5)));
+    }
+
+    /// Each MCP figure beside the floors measured with as many clients in this run.
+    fn print_ratios(&self) {
+        println!("\nRatios to the floors of this run (calls per server CPU-second; c=1 p50)");
+        for (transport, clients, per_second, p50) in &self.figures {
+            let floor = |exchange| self.floors.iter().find(|f| f.0 == exchange && f.1 == *clients);
+            let (Some(rmcp), Some(axum)) = (floor(Exchange::BareRmcp), floor(Exchange::Plaintext)) else { continue };
+            println!(
+                "  MCP {transport:<15} c={clients:<3} {per_second:>8.0}/cpu-s = {:>5.2}× bare rmcp ({:.0}), {:>5.3}× axum ({:.0}); \
+                 p50 {:.1} µs = {:.2}× bare rmcp ({:.1} µs)",
+                per_second / rmcp.2,
+                rmcp.2,
+                per_second / axum.2,
+                axum.2,
+                micros(*p50),
+                micros(*p50) / micros(rmcp.3).max(1e-9),
+                micros(rmcp.3),
+            );
+        }
     }
 
     fn print(&self) {
+        self.print_ratios();
         println!("\nGoals");
         if let Some((best, case)) = &self.best {
             let verdict = if *best >= GOAL_CALLS_PER_CPU_SECOND { "met" } else { "NOT met" };
@@ -811,8 +907,9 @@ impl Results {
             );
         }
         for (transport, p50) in &self.p50s {
-            let verdict = if micros(*p50) <= GOAL_P50_MICROS { "met" } else { "NOT met" };
-            println!("  c=1 p50, MCP {transport}: {:.1} µs; goal ≤ {GOAL_P50_MICROS:.0} µs: {verdict}", micros(*p50));
+            let goal = if *transport == "stdio" { GOAL_STDIO_P50_MICROS } else { GOAL_P50_MICROS };
+            let verdict = if micros(*p50) <= goal { "met" } else { "NOT met" };
+            println!("  c=1 p50, MCP {transport}: {:.1} µs; goal ≤ {goal:.0} µs: {verdict}", micros(*p50));
         }
     }
 }
@@ -838,4 +935,49 @@ fn cpu_time(pid: &str) -> Duration {
     let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
     // USER_HZ is 100 on every Linux ABI (sysconf(_SC_CLK_TCK) would need libc).
     Duration::from_millis(ticks * 10)
+}
+
+// ---------------------------------------------------------------------------------
+// The floor servers
+
+mod floor {
+    use std::sync::Arc;
+
+    use rmcp::model::{CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData};
+    use rmcp::service::{RequestContext, RoleServer};
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+
+    /// An MCP server with one tool, whatever its name: it answers "ok".
+    struct Noop;
+
+    impl rmcp::ServerHandler for Noop {
+        async fn call_tool(
+            &self,
+            _request: CallToolRequestParams,
+            _context: RequestContext<RoleServer>,
+        ) -> Result<CallToolResponse, ErrorData> {
+            Ok(CallToolResponse::from(CallToolResult::success(vec![ContentBlock::text("ok")])))
+        }
+    }
+
+    /// Serves `kind` (`rmcp`: the no-op MCP server at `/mcp`; `axum`: "Hello, World!" at
+    /// `/plaintext`) on `addr` until killed, on as many workers as `maestro serve` has.
+    pub(super) fn serve(kind: &str, addr: &str) {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("floor runtime");
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the floor address");
+            let app = match kind {
+                "axum" => axum::Router::new().route("/plaintext", axum::routing::get(|| async { "Hello, World!" })),
+                "rmcp" => {
+                    let config = StreamableHttpServerConfig::default().disable_allowed_hosts().with_json_response(true);
+                    let service =
+                        StreamableHttpService::new(|| Ok(Noop), Arc::new(LocalSessionManager::default()), config);
+                    axum::Router::new().route_service("/mcp", service)
+                }
+                other => panic!("unknown floor server {other}"),
+            };
+            axum::serve(listener, app).await.expect("floor server");
+        });
+    }
 }

@@ -306,11 +306,23 @@ pub(super) async fn guard(State(guard): State<Guard>, mut request: Request, next
             return Err(ApiError::new(ErrorCode::PayloadTooLarge, "request body is larger than the server accepts"));
         };
         let peek = serde_json::from_slice::<Peek>(&bytes).ok();
-        if let Some(peek) = peek.filter(|p| p.method.as_deref() == Some("initialize")) {
-            match guard.owners.reserve(&key_id, &guard.transport).await {
-                Some(taken) => slot = Some(taken),
-                None => return Ok(too_many_sessions(peek.id, guard.owners.cap, guard.idle_timeout)),
+        match peek {
+            Some(peek) if peek.method.as_deref() == Some("initialize") => {
+                match guard.owners.reserve(&key_id, &guard.transport).await {
+                    Some(taken) => slot = Some(taken),
+                    None => return Ok(too_many_sessions(peek.id, guard.owners.cap, guard.idle_timeout)),
+                }
             }
+            // A plain stateless call is answered without rmcp's per-request session.
+            Some(peek) if peek.method.as_deref() == Some("tools/call") => {
+                if let Some(answer) = guard.transport.plain_call(&principal, &parts.headers, &bytes).await {
+                    let mut response = Response::new(Body::from(answer.body));
+                    *response.status_mut() = answer.status;
+                    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    return Ok(response);
+                }
+            }
+            _ => {}
         }
         request = Request::from_parts(parts, Body::from(bytes));
     }

@@ -15,10 +15,12 @@ mod agents;
 mod content;
 mod elicitation;
 mod memories;
+mod plain;
 mod redact;
 mod resources;
 mod resume;
 mod sampling;
+mod stdio;
 mod subscribe;
 mod watch;
 
@@ -50,6 +52,7 @@ use crate::tools::{CallError, Observe, Principal, Tools, VisiblePersona, Visible
 
 pub use agents::{Agents, DOCUMENT_TEMPLATE, TRANSCRIPT_TEMPLATE, VERSION_TEMPLATE};
 pub use memories::{MEMORY_TEMPLATE, PAGE as MEMORY_PAGE};
+pub use plain::PlainAnswer;
 pub use resources::{PLUGIN_TEMPLATE, POLICY_URI};
 pub use resume::{EventBuffer, MAX_STREAM_EVENTS, ResumeError};
 
@@ -467,18 +470,46 @@ const MAX_QUEUED_EVENTS: usize = 256;
 /// bounded [`EventQueue`].
 struct Events {
     shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 #[derive(Default)]
 struct Shared {
     queue: Mutex<EventQueue>,
     ready: tokio::sync::Notify,
+    /// The sending task: started by the first event, so that a call which reports
+    /// nothing (most) spawns nothing.
+    sender: Mutex<Sender>,
+}
+
+/// The task sending a call's events, before and after its first event.
+#[derive(Default)]
+enum Sender {
+    /// Nothing to send yet; what the task needs once there is.
+    Idle(Option<Box<SenderParts>>),
+    Running(tokio::task::JoinHandle<()>),
+    #[default]
+    Done,
+}
+
+/// What [`forward`] needs, and where to run it (sinks are called from any thread).
+struct SenderParts {
+    runtime: tokio::runtime::Handle,
+    peer: Peer<RoleServer>,
+    progress_token: Option<ProgressToken>,
+    plugin: String,
 }
 
 impl Shared {
-    fn push(&self, push: impl FnOnce(&mut EventQueue)) {
+    fn push(self: &Arc<Self>, push: impl FnOnce(&mut EventQueue)) {
         push(&mut self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let mut sender = self.sender.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Sender::Idle(parts) = &mut *sender
+            && let Some(parts) = parts.take()
+        {
+            let SenderParts { runtime, peer, progress_token, plugin } = *parts;
+            *sender = Sender::Running(runtime.spawn(forward(self.clone(), peer, progress_token, plugin)));
+        }
+        drop(sender);
         self.ready.notify_one();
     }
 }
@@ -536,7 +567,13 @@ impl Events {
         log_threshold: Option<LoggingLevel>,
         plugin: String,
     ) -> (Observe, Self) {
-        let shared = Arc::new(Shared::default());
+        let parts = SenderParts {
+            runtime: tokio::runtime::Handle::current(),
+            peer,
+            progress_token: progress_token.clone(),
+            plugin,
+        };
+        let shared = Arc::new(Shared { sender: Mutex::new(Sender::Idle(Some(Box::new(parts)))), ..Shared::default() });
         let progress = progress_token.is_some().then(|| {
             let shared = shared.clone();
             Arc::new(move |p: Progress| shared.push(|queue| queue.push_progress(p))) as maestro_core::call::ProgressSink
@@ -550,14 +587,20 @@ impl Events {
                 }
             }) as maestro_core::call::LogSink
         });
-        let task = tokio::spawn(forward(shared.clone(), peer, progress_token, plugin));
-        (Observe { progress, log, ..Observe::default() }, Self { shared, task })
+        (Observe { progress, log, ..Observe::default() }, Self { shared })
     }
 
     /// Waits until every event reported so far has been sent (before the response).
     async fn finish(self) {
-        self.shared.push(|queue| queue.done = true);
-        let _ = self.task.await;
+        let sender = {
+            let mut sender = self.shared.sender.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::mem::take(&mut *sender)
+        };
+        // Nothing was reported: nothing to send.
+        let Sender::Running(task) = sender else { return };
+        self.shared.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).done = true;
+        self.shared.ready.notify_one();
+        let _ = task.await;
     }
 }
 
@@ -793,6 +836,24 @@ fn trace<T>(method: &str, tenant: &str, target: &str, started: Instant, result: 
     }
 }
 
+/// Logs one `tools/call`: tenant, tool, duration and outcome (a tool error's kind).
+fn log_call(tenant: &str, name: &str, started: Instant, result: &Result<rmcp::model::CallToolResult, ErrorData>) {
+    let duration_us = started.elapsed().as_micros();
+    match result {
+        Ok(r) if r.is_error == Some(true) => {
+            let cause = r.content.first().and_then(|c| c.as_text()).map_or("", |t| t.text.as_str());
+            let kind = cause.split_once(':').map_or(cause, |(kind, _)| kind);
+            tracing::info!(method = "tools/call", tenant, tool = %name, duration_us, outcome = "tool_error", kind, "mcp request");
+        }
+        Ok(_) => {
+            tracing::info!(method = "tools/call", tenant, tool = %name, duration_us, outcome = "ok", "mcp request")
+        }
+        Err(err) => {
+            tracing::info!(method = "tools/call", tenant, tool = %name, duration_us, outcome = "error", code = err.code.0, error = %err.message, "mcp request");
+        }
+    }
+}
+
 fn tenant_of(principal: &Result<Principal, ErrorData>) -> &str {
     principal.as_ref().map_or("-", |p| p.tenant.as_str())
 }
@@ -865,20 +926,7 @@ impl ServerHandler for Handler {
             Err(err) => Err(err),
         };
         let _entered = span.enter();
-        let duration_us = started.elapsed().as_micros();
-        match &result {
-            Ok(r) if r.is_error == Some(true) => {
-                let cause = r.content.first().and_then(|c| c.as_text()).map_or("", |t| t.text.as_str());
-                let kind = cause.split_once(':').map_or(cause, |(kind, _)| kind);
-                tracing::info!(method = "tools/call", tenant, tool = %name, duration_us, outcome = "tool_error", kind, "mcp request");
-            }
-            Ok(_) => {
-                tracing::info!(method = "tools/call", tenant, tool = %name, duration_us, outcome = "ok", "mcp request")
-            }
-            Err(err) => {
-                tracing::info!(method = "tools/call", tenant, tool = %name, duration_us, outcome = "error", code = err.code.0, error = %err.message, "mcp request");
-            }
-        }
+        log_call(&tenant, &name, started, &result);
         Ok(match result? {
             // A run waits for an answer and the stateless client can be asked: ask it to
             // retry with the answer (the run id travels as the request state).
@@ -1169,6 +1217,8 @@ pub struct HttpTransport {
     sessions: Arc<Sessions>,
     /// Every event sent on a session's streams, for clients resuming with `Last-Event-ID`.
     events: EventBuffer,
+    /// The use-cases, for the calls answered without rmcp's machinery.
+    mcp: Arc<Mcp>,
 }
 
 impl std::fmt::Debug for HttpTransport {
@@ -1192,12 +1242,26 @@ impl HttpTransport {
             .with_sse_keep_alive(Some(Duration::from_secs(15)))
             .with_max_request_body_bytes(body_limit_bytes)
             .with_cancellation_token(shutdown);
+        let handlers = mcp.clone();
         let service = rmcp::transport::StreamableHttpService::new(
-            move || Ok(Handler::per_request(mcp.clone())),
+            move || Ok(Handler::per_request(handlers.clone())),
             sessions.clone(),
             config,
         );
-        Self { service, sessions, events }
+        Self { service, sessions, events, mcp }
+    }
+
+    /// Answers a POST without a session when it is a plain stateless (2026-07-28)
+    /// `tools/call`: one that needs nothing from the transport but its answer (see
+    /// [`PlainAnswer`]); `None` for every other request, which goes to [`Self::service`].
+    /// `principal` is the authenticated caller, `body` the whole request body.
+    pub async fn plain_call(
+        &self,
+        principal: &Principal,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Option<PlainAnswer> {
+        plain::plain_call(&self.mcp, principal, headers, body).await
     }
 
     /// Whether a stream can be resumed after `last_event_id` without a gap.
@@ -1284,6 +1348,9 @@ pub enum StdioError {
     /// The session's task failed.
     #[error("the MCP session failed")]
     Session(#[source] tokio::task::JoinError),
+    /// The threads reading stdin and writing stdout could not start.
+    #[error("cannot start the stdio threads")]
+    Threads(#[source] std::io::Error),
 }
 
 /// Serves MCP over stdin/stdout for one caller until the client closes stdin; `key`,
@@ -1295,8 +1362,12 @@ pub async fn serve_stdio(
 ) -> Result<(), StdioError> {
     use rmcp::ServiceExt as _;
     let stdio = Stdio { handler: Handler::for_principal(mcp, principal), key };
-    let service = stdio.serve(rmcp::transport::stdio()).await.map_err(|e| StdioError::Initialize(Box::new(e)))?;
+    let (reader, writer, written) = self::stdio::threads().map_err(StdioError::Threads)?;
+    let service = stdio.serve((reader, writer)).await.map_err(|e| StdioError::Initialize(Box::new(e)))?;
     service.waiting().await.map_err(StdioError::Session)?;
+    // The session is over and its writing half dropped: wait for the last answers to
+    // reach stdout.
+    let _ = tokio::task::spawn_blocking(move || written.join()).await;
     Ok(())
 }
 

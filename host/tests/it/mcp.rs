@@ -880,3 +880,54 @@ async fn rich_prompts_arrive_as_mcp_messages_with_images_and_embedded_resources(
         assert_eq!(missing.error_code(), -32602);
     }
 }
+
+/// Sends a stateless `tools/call` twice: as clients send it (answered by Maestro's
+/// short path for plain calls), and with an `Accept` header that carries a quality
+/// weight (which the short path leaves to rmcp's full stateless service).
+async fn both_ways(client: &Client, tool: &str, arguments: Value) -> [(StatusCode, Value); 2] {
+    let body = client.body(7, "tools/call", json!({ "name": tool, "arguments": arguments }), json!({}));
+    let plain = client.send(client.builder("tools/call", Some(tool)).json(&body)).await;
+    let weighted = client
+        .builder("tools/call", Some(tool))
+        .header("accept", "application/json;q=1, text/event-stream;q=0.5")
+        .json(&body);
+    let full = client.send(weighted).await;
+    [plain, full].map(|reply| (reply.status, serde_json::from_str(&reply.text).expect("one JSON body")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_stateless_call_answers_exactly_as_the_full_stateless_service_does() {
+    let served = Served::with_plugins(&["hostile", "calc"], TWO_TENANTS).await;
+    let (acme, beta) = (served.member_of("acme").await, served.member_of("beta").await);
+    let (acme, beta) = (served.client(&acme, STATELESS), served.client(&beta, STATELESS));
+    let cases = [
+        (&acme, "hostile.noop", json!({})),
+        (&acme, "hostile.echo", json!({ "a": [1, 2] })),
+        (&acme, "calc.evaluate", json!({ "expression": "2 * (3 + 4)" })),
+        // A tool error: an isError result.
+        (&acme, "hostile.trap", json!({})),
+        // Protocol errors: bad arguments, an unknown tool, a tool outside the policy.
+        (&acme, "calc.evaluate", json!({ "expression": 5 })),
+        (&acme, "calc.nothing", json!({})),
+        (&beta, "hostile.noop", json!({})),
+    ];
+    for (client, tool, arguments) in cases {
+        let [plain, full] = both_ways(client, tool, arguments.clone()).await;
+        assert_eq!(plain, full, "{tool} {arguments}");
+        assert_eq!(plain.1["id"], 7, "{plain:?}");
+    }
+    // A client that offers elicitation, or asks for progress, goes the full way and is
+    // still answered.
+    for meta in [
+        json!({ "io.modelcontextprotocol/clientCapabilities": { "elicitation": {} } }),
+        json!({ "progressToken": "p1" }),
+    ] {
+        let body = acme.body(8, "tools/call", json!({ "name": "hostile.noop", "arguments": {} }), meta);
+        let reply = acme.send(acme.builder("tools/call", Some("hostile.noop")).json(&body)).await;
+        assert_eq!(reply.result()["content"][0]["text"], "ok", "{reply:?}");
+    }
+    // Headers that disagree with the body are refused as before.
+    let body = acme.body(9, "tools/call", json!({ "name": "hostile.noop", "arguments": {} }), json!({}));
+    let reply = acme.send(acme.builder("tools/call", Some("hostile.echo")).json(&body)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
+}
