@@ -260,9 +260,11 @@ async fn after_downtime_catch_up_once_runs_the_latest_missed_fire_and_skip_runs_
         fx.schedule(json!({ "cron": "0 * * * *", "session": fx.session, "message": "once", "catch_up": "once" })).await;
     let skip =
         fx.schedule(json!({ "cron": "0 * * * *", "session": fx.session, "message": "skip", "catch_up": "skip" })).await;
-    // Down for three and a half hours: three or four hourly fires missed.
+    // Down until half past the hour, three and a half hours or more later: at least three
+    // hourly fires missed, the latest 30 minutes late (well past the catch-up grace,
+    // whatever the time of day the test starts at).
     let start = fx.host.clock.now();
-    fx.move_to(start + Span::minutes(210));
+    fx.move_to(start.duration_trunc(Span::hours(1)).expect("hour") + Span::minutes(210 + 60));
     let now = fx.host.clock.now();
     let latest = now.duration_trunc(Span::hours(1)).expect("hour");
     assert_eq!(fx.host.schedules.tick().await.expect("tick"), 1, "only `once` fires, and once");
