@@ -193,7 +193,39 @@ struct WasiFloor {
 
 struct WasiState {
     wasi: wasmtime_wasi::WasiCtx,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    hooks: NoNetwork,
     table: wasmtime::component::ResourceTable,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for WasiState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+/// The floor's outgoing HTTP: refused (the measured call makes none).
+struct NoNetwork;
+
+impl wasmtime_wasi_http::WasiHttpHooks for NoNetwork {
+    fn send_request(
+        &mut self,
+        _request: ::http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        ::http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
 }
 
 impl wasmtime_wasi::WasiView for WasiState {
@@ -219,7 +251,23 @@ impl WasiFloor {
         let component = Component::from_file(&engine, path).expect("hostile compiles");
         let mut linker = Linker::<WasiState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("WASI links");
-        linker.define_unknown_imports_as_traps(&component).expect("stubs");
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).expect("WASI HTTP links");
+        // The component's own (non-WASI) imports as traps. Not `define_unknown_imports_as_traps`:
+        // it redefines WASI interfaces imported at a newer patch version than the linker
+        // names, with resources of their own, which then fail to link.
+        for (name, item) in component.component_type().imports(&engine) {
+            let (false, wasmtime::component::types::ComponentItem::ComponentInstance(instance)) =
+                (name.starts_with("wasi:"), item.ty)
+            else {
+                continue;
+            };
+            let mut stubs = linker.instance(name).expect("stub instance");
+            for (export, item) in instance.exports(&engine) {
+                if let wasmtime::component::types::ComponentItem::ComponentFunc(_) = item.ty {
+                    stubs.func_new(export, |_, _, _, _| wasmtime::bail!("not linked in the floor")).expect("stub");
+                }
+            }
+        }
         Self { pre: linker.instantiate_pre(&component).expect("hostile links") }
     }
 
@@ -227,6 +275,8 @@ impl WasiFloor {
         use wasmtime::component::Val;
         let state = WasiState {
             wasi: wasmtime_wasi::WasiCtx::builder().build(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            hooks: NoNetwork,
             table: wasmtime::component::ResourceTable::new(),
         };
         let mut store = Store::new(self.pre.engine(), state);

@@ -136,6 +136,7 @@ const BENCH_ONLY: &[(&str, &str)] = &[
     ("hyper-util", "benches/mcp.rs: the tokio I/O adapter for that client"),
     ("http-body-util", "benches/mcp.rs: request and response bodies"),
     ("wasmtime-wasi", "benches/sandbox.rs measures a real component with a WASI linker as a floor"),
+    ("wasmtime-wasi-http", "benches/sandbox.rs: the WASI HTTP imports of that component"),
 ];
 
 /// Libraries no adapter crate may depend on: other adapters' frameworks.
