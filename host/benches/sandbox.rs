@@ -714,7 +714,14 @@ impl Case {
             Case::Fresh | Case::Pooled => {
                 // Valgrind cannot reserve the default pool's address space: a small one.
                 let cache = components.join("../../maestro-bench-callgrind-cache");
-                let config = SandboxConfig { cache_dir: Some(cache), max_instances: 2, ..SandboxConfig::default() };
+                // Compiling under valgrind (the run that fills the cache) takes minutes on a
+                // busy machine: no compile budget to trip.
+                let config = SandboxConfig {
+                    cache_dir: Some(cache),
+                    max_instances: 2,
+                    compile_timeout: Duration::from_secs(3600),
+                    ..SandboxConfig::default()
+                };
                 let sandbox = Sandbox::new(config).expect("sandbox starts");
                 let bytes = std::fs::read(component(components, "hostile")).expect("read component");
                 let plugin = sandbox.load("hostile", bytes, CallLimits::default()).await.expect("loads");

@@ -120,8 +120,8 @@ pub use persona::{
 pub use plugin::{Plugin, is_valid_name};
 pub use resource::{Body, Contents, Params, Resource, ResourceError, ResourceInfo, ResourceTemplate};
 pub use tool::{
-    Annotations, Content, FnTool, IntoToolOutput, NoInput, ResourceContents, Structured, Tool, ToolError, ToolInfo,
-    ToolOutput, ToolSpec, schema_of, tool,
+    Annotations, Content, Dispatch, FnTool, IntoToolOutput, NoInput, ResourceContents, Structured, Tool, ToolError,
+    ToolInfo, ToolOutput, ToolSet, ToolSpec, schema_of, tool,
 };
 
 // Re-exported so plugins use the same versions as the SDK's schemas and values.
@@ -138,8 +138,8 @@ pub mod __private {
     pub use crate::wit::{
         PersonasGuest, ResourcesGuest, ToolsGuest, WitContents, WitPersonaSpec, WitPromptMessage, WitResourceError,
         WitResourceSpec, WitResourceTemplate, WitToolError, WitToolOutput, WitToolSpec, bindings, personas_list,
-        personas_render, personas_render_messages, resources_list, resources_read, resources_templates, tools_call,
-        tools_list,
+        personas_render, personas_render_messages, resources_list, resources_read, resources_templates, tool_result,
+        tools_call, tools_list,
     };
 }
 
@@ -198,7 +198,10 @@ macro_rules! export_plugin {
                     name: ::std::string::String,
                     arguments: ::std::string::String,
                 ) -> ::std::result::Result<$crate::__private::WitToolOutput, $crate::__private::WitToolError> {
-                    $crate::__private::tools_call(maestro_plugin(), name, arguments)
+                    // Only the called tool runs; the registry is not built.
+                    $crate::__private::tool_result(
+                        $crate::Dispatch::new(&name, &arguments)$($(.tool($tool))*)?.finish(),
+                    )
                 }
             }
 

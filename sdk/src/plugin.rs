@@ -5,13 +5,13 @@ use std::fmt;
 
 use crate::persona::{Persona, PersonaSpec, PromptMessage};
 use crate::resource::{Contents, Resource, ResourceError, ResourceInfo, ResourceTemplate};
-use crate::tool::{ErasedTool, Tool, ToolError, ToolOutput, ToolSpec};
+use crate::tool::{ErasedTool, Tool, ToolError, ToolOutput, ToolSet, ToolSpec};
 
 /// A plugin's tools and personas. [`export_plugin!`](crate::export_plugin) builds one
 /// and exports it; tests call it directly.
 #[derive(Default)]
 pub struct Plugin {
-    tools: Vec<(String, Box<dyn ErasedTool>)>,
+    tools: Vec<Box<dyn ErasedTool>>,
     personas: Vec<Persona>,
     resources: Vec<Resource>,
     templates: Vec<ResourceTemplate>,
@@ -19,7 +19,7 @@ pub struct Plugin {
 
 impl fmt::Debug for Plugin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let tools: Vec<&str> = self.tools.iter().map(|(name, _)| name.as_str()).collect();
+        let tools: Vec<_> = self.tools.iter().map(|tool| tool.name()).collect();
         let personas: Vec<&str> = self.personas.iter().map(|p| p.spec().name.as_str()).collect();
         let resources: Vec<&str> = self
             .resources
@@ -53,10 +53,11 @@ impl Plugin {
     /// touching the plugin reveals.
     #[must_use]
     pub fn tool(mut self, tool: impl Tool) -> Self {
-        let name = tool.info().name;
+        let name = Tool::name(&tool);
         assert!(is_valid_name(&name), "invalid tool name `{name}`: must match ^[A-Za-z0-9_-]{{1,48}}$");
-        assert!(self.tools.iter().all(|(n, _)| *n != name), "duplicate tool name `{name}`");
-        self.tools.push((name, Box::new(tool)));
+        assert!(self.tools.iter().all(|t| t.name() != name), "duplicate tool name `{name}`");
+        drop(name);
+        self.tools.push(Box::new(tool));
         self
     }
 
@@ -76,13 +77,12 @@ impl Plugin {
 
     /// The tools, with their derived schemas (the WIT `tools.list-tools`).
     pub fn tool_specs(&self) -> Vec<ToolSpec> {
-        self.tools.iter().map(|(_, tool)| tool.spec()).collect()
+        self.tools.iter().map(|tool| tool.spec()).collect()
     }
 
     /// Calls a tool with its arguments, a JSON object document (the WIT `tools.call`).
     pub fn call(&self, name: &str, arguments: &str) -> Result<ToolOutput, ToolError> {
-        let (_, tool) =
-            self.tools.iter().find(|(n, _)| n == name).ok_or_else(|| ToolError::NotFound(name.to_owned()))?;
+        let tool = self.tools.iter().find(|t| t.name() == name).ok_or_else(|| ToolError::NotFound(name.to_owned()))?;
         tool.call_json(arguments)
     }
 
@@ -145,6 +145,12 @@ impl Plugin {
         let persona =
             self.personas.iter().find(|p| p.spec().name == name).ok_or_else(|| format!("no persona named `{name}`"))?;
         persona.render_messages(context)
+    }
+}
+
+impl ToolSet for Plugin {
+    fn tool(self, tool: impl Tool) -> Self {
+        Plugin::tool(self, tool)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Tools: typed functions the host exposes as `<plugin>.<tool>`.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -348,20 +349,39 @@ pub trait Tool: Send + Sync + 'static {
     /// Name, title, description and annotations.
     fn info(&self) -> ToolInfo;
 
+    /// The tool's name, as in [`info`](Tool::info). The default builds the whole info;
+    /// override it when the name is at hand: the `tools.call` export of a fresh
+    /// instance looks the called tool up by name among every tool ([`Dispatch`]).
+    fn name(&self) -> Cow<'_, str> {
+        Cow::Owned(self.info().name)
+    }
+
     /// Runs the tool on arguments that already fit `Input`.
     fn call(&self, input: Self::Input) -> Result<Self::Output, ToolError>;
 }
 
 /// A tool made from a function; see [`tool`].
+///
+/// It keeps its name, description and title as given (a `&'static str` is not copied),
+/// so building one costs nothing: the `tools.call` export of a fresh instance builds
+/// every tool of the plugin to find the one called ([`Dispatch`]).
 pub struct FnTool<I, O, F> {
-    info: ToolInfo,
+    name: Cow<'static, str>,
+    title: Option<Cow<'static, str>>,
+    description: Cow<'static, str>,
+    annotations: Annotations,
     function: F,
     types: PhantomData<fn(I) -> O>,
 }
 
 impl<I, O, F> fmt::Debug for FnTool<I, O, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FnTool").field("info", &self.info).finish()
+        f.debug_struct("FnTool")
+            .field("name", &self.name)
+            .field("title", &self.title)
+            .field("description", &self.description)
+            .field("annotations", &self.annotations)
+            .finish()
     }
 }
 
@@ -379,55 +399,66 @@ impl<I, O, F> fmt::Debug for FnTool<I, O, F> {
 /// let greet = tool("greet", "Greets someone", greet).title("Greeter").read_only();
 /// # let _ = greet;
 /// ```
-pub fn tool<I, O, F>(name: impl Into<String>, description: impl Into<String>, function: F) -> FnTool<I, O, F>
+pub fn tool<I, O, F>(
+    name: impl Into<Cow<'static, str>>,
+    description: impl Into<Cow<'static, str>>,
+    function: F,
+) -> FnTool<I, O, F>
 where
     I: DeserializeOwned + JsonSchema + 'static,
     O: IntoToolOutput + 'static,
     F: Fn(I) -> Result<O, ToolError> + Send + Sync + 'static,
 {
-    FnTool { info: ToolInfo::new(name, description), function, types: PhantomData }
+    FnTool {
+        name: name.into(),
+        title: None,
+        description: description.into(),
+        annotations: Annotations::default(),
+        function,
+        types: PhantomData,
+    }
 }
 
 impl<I, O, F> FnTool<I, O, F> {
     /// Sets the human title.
     #[must_use]
-    pub fn title(mut self, title: impl Into<String>) -> Self {
-        self.info = self.info.title(title);
+    pub fn title(mut self, title: impl Into<Cow<'static, str>>) -> Self {
+        self.title = Some(title.into());
         self
     }
 
     /// Sets all annotations at once.
     #[must_use]
     pub fn annotations(mut self, annotations: Annotations) -> Self {
-        self.info.annotations = annotations;
+        self.annotations = annotations;
         self
     }
 
     /// Marks the tool read-only.
     #[must_use]
     pub fn read_only(mut self) -> Self {
-        self.info = self.info.read_only();
+        self.annotations.read_only = true;
         self
     }
 
     /// Marks the tool destructive.
     #[must_use]
     pub fn destructive(mut self) -> Self {
-        self.info = self.info.destructive();
+        self.annotations.destructive = true;
         self
     }
 
     /// Marks the tool idempotent.
     #[must_use]
     pub fn idempotent(mut self) -> Self {
-        self.info = self.info.idempotent();
+        self.annotations.idempotent = true;
         self
     }
 
     /// Marks the tool as reaching outside systems.
     #[must_use]
     pub fn open_world(mut self) -> Self {
-        self.info = self.info.open_world();
+        self.annotations.open_world = true;
         self
     }
 }
@@ -442,7 +473,16 @@ where
     type Output = O;
 
     fn info(&self) -> ToolInfo {
-        self.info.clone()
+        ToolInfo {
+            name: self.name.clone().into_owned(),
+            title: self.title.clone().map(Cow::into_owned),
+            description: self.description.clone().into_owned(),
+            annotations: self.annotations,
+        }
+    }
+
+    fn name(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.name)
     }
 
     fn call(&self, input: I) -> Result<O, ToolError> {
@@ -450,13 +490,103 @@ where
     }
 }
 
+/// One call of a tool chosen by name from a list of tools, building nothing else: no
+/// registry, no boxing, no specs or schemas. It is what [`export_plugin!`](crate::export_plugin)'s
+/// `tools.call` export runs on a fresh instance (one instance usually serves one call);
+/// hand-written exports use it the same way.
+///
+/// ```
+/// use maestro_sdk::{Dispatch, NoInput, ToolError, tool};
+///
+/// fn ping(_: NoInput) -> Result<&'static str, ToolError> {
+///     Ok("pong")
+/// }
+///
+/// let out = Dispatch::new("ping", "{}")
+///     .tool(tool("echo", "Echoes", |args: serde_json::Map<String, serde_json::Value>| {
+///         Ok(maestro_sdk::ToolOutput::structured(args.into()))
+///     }))
+///     .tool(tool("ping", "Answers pong", ping))
+///     .finish();
+/// assert_eq!(out.expect("pong").text_content(), "pong");
+/// let missing = Dispatch::new("nope", "{}").tool(tool("ping", "Answers pong", ping)).finish();
+/// assert_eq!(missing, Err(ToolError::NotFound("nope".into())));
+/// ```
+#[derive(Debug)]
+#[must_use = "the call's result is in `finish()`"]
+pub struct Dispatch<'a> {
+    name: &'a str,
+    arguments: &'a str,
+    result: Option<Result<ToolOutput, ToolError>>,
+}
+
+impl<'a> Dispatch<'a> {
+    /// A call of the tool `name` with `arguments` (a JSON object document).
+    pub fn new(name: &'a str, arguments: &'a str) -> Self {
+        Self { name, arguments, result: None }
+    }
+
+    /// Offers a tool: the first one named as the call runs, the others are dropped.
+    #[inline]
+    pub fn tool(mut self, tool: impl Tool) -> Self {
+        if self.result.is_none() && Tool::name(&tool) == self.name {
+            self.result = Some(run(tool, self.arguments));
+        }
+        self
+    }
+
+    /// The called tool's result, or [`ToolError::NotFound`] when no tool had the name.
+    pub fn finish(self) -> Result<ToolOutput, ToolError> {
+        self.result.unwrap_or_else(|| Err(ToolError::NotFound(self.name.to_owned())))
+    }
+}
+
+/// Runs the tool a [`Dispatch`] chose; out of line, so that offering a tool is only the
+/// comparison of its name.
+#[inline(never)]
+fn run<T: Tool>(tool: T, arguments: &str) -> Result<ToolOutput, ToolError> {
+    tool.call_json(arguments)
+}
+
+/// What a plugin's tools are added to: the [`Plugin`](crate::Plugin) registry or one
+/// call's [`Dispatch`]. A function generic over it lists the tools once for both:
+///
+/// ```
+/// use maestro_sdk::{Dispatch, NoInput, Plugin, ToolError, ToolSet, tool};
+///
+/// fn tools<S: ToolSet>(set: S) -> S {
+///     set.tool(tool("ping", "Answers pong", |_: NoInput| Ok::<_, ToolError>("pong")))
+/// }
+///
+/// let plugin = tools(Plugin::new());
+/// assert_eq!(plugin.tool_specs().len(), 1);
+/// let out = tools(Dispatch::new("ping", "")).finish().expect("pong");
+/// assert_eq!(out.text_content(), "pong");
+/// ```
+pub trait ToolSet: Sized {
+    /// Adds a tool.
+    #[must_use]
+    fn tool(self, tool: impl Tool) -> Self;
+}
+
+impl ToolSet for Dispatch<'_> {
+    fn tool(self, tool: impl Tool) -> Self {
+        Dispatch::tool(self, tool)
+    }
+}
+
 /// A tool with its types erased, as the plugin registry holds it.
 pub(crate) trait ErasedTool: Send + Sync {
+    fn name(&self) -> Cow<'_, str>;
     fn spec(&self) -> ToolSpec;
     fn call_json(&self, arguments: &str) -> Result<ToolOutput, ToolError>;
 }
 
 impl<T: Tool> ErasedTool for T {
+    fn name(&self) -> Cow<'_, str> {
+        Tool::name(self)
+    }
+
     fn spec(&self) -> ToolSpec {
         let info = self.info();
         ToolSpec {
@@ -477,6 +607,14 @@ impl<T: Tool> ErasedTool for T {
 
 /// Deserialises a tool's arguments, with errors that say what is wrong and where.
 pub(crate) fn parse_arguments<I: DeserializeOwned>(arguments: &str) -> Result<I, ToolError> {
+    // An object document goes straight into `I`, without building a `Value` first. Any
+    // failure takes the path below, which accepts what it always did (e.g. a repeated
+    // key, the last one winning) and says what is wrong.
+    if arguments.trim_start().starts_with('{')
+        && let Ok(input) = serde_json::from_str(arguments)
+    {
+        return Ok(input);
+    }
     let arguments = if arguments.trim().is_empty() { "{}" } else { arguments };
     let value: Value = serde_json::from_str(arguments)
         .map_err(|e| ToolError::invalid(format!("arguments are not valid JSON: {e}")))?;
@@ -583,6 +721,72 @@ mod tests {
         assert!(err.to_string().contains("missing field `n`"), "{err}");
         let err = parse_arguments::<Args>(r#"{"n":"x"}"#).expect_err("mistyped");
         assert!(err.to_string().contains("invalid type"), "{err}");
+    }
+
+    /// A tool that knows its name but refuses to describe itself: dispatching a call
+    /// must never need its info, schemas or specs.
+    struct Counted {
+        name: &'static str,
+        calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Tool for Counted {
+        type Input = NoInput;
+        type Output = &'static str;
+
+        fn info(&self) -> ToolInfo {
+            panic!("dispatch asked `{}` for its info", self.name)
+        }
+
+        fn name(&self) -> Cow<'_, str> {
+            Cow::Borrowed(self.name)
+        }
+
+        fn call(&self, _: NoInput) -> Result<&'static str, ToolError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(self.name)
+        }
+    }
+
+    #[test]
+    fn dispatch_runs_the_first_tool_of_that_name_and_describes_none() {
+        let calls: Vec<_> = (0..3).map(|_| std::sync::Arc::default()).collect();
+        let counted = |i: usize, name| Counted { name, calls: std::sync::Arc::clone(&calls[i]) };
+        let out = Dispatch::new("b", "{}")
+            .tool(counted(0, "a"))
+            .tool(counted(1, "b"))
+            .tool(counted(2, "b"))
+            .finish()
+            .expect("b runs");
+        assert_eq!(out.text_content(), "b");
+        let counts: Vec<usize> = calls.iter().map(|c| c.load(std::sync::atomic::Ordering::SeqCst)).collect();
+        assert_eq!(counts, [0, 1, 0]);
+        // The registry, too, holds and calls tools by name without their info.
+        let plugin = crate::Plugin::new().tool(counted(0, "a")).tool(counted(1, "b"));
+        assert_eq!(plugin.call("a", "").expect("a runs").text_content(), "a");
+        assert_eq!(calls[0].load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn dispatch_answers_like_the_registry() {
+        let tools = |set: crate::Plugin| set.tool(tool("n", "takes n", |a: Args| Ok(a.n.to_string())));
+        let dispatch = |name: &str, args: &str| {
+            Dispatch::new(name, args).tool(tool("n", "takes n", |a: Args| Ok(a.n.to_string()))).finish()
+        };
+        let plugin = tools(crate::Plugin::new());
+        for (name, args) in [("n", r#"{"n":4}"#), ("n", "{}"), ("n", "[4]"), ("n", "{"), ("n", ""), ("m", "{}")] {
+            assert_eq!(dispatch(name, args), plugin.call(name, args), "{name} {args}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_its_last_value() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Args {
+            n: u32,
+        }
+        assert_eq!(parse_arguments::<Args>(r#"{"n":1,"n":2}"#).expect("last wins").n, 2);
+        assert_eq!(parse_arguments::<Args>(r#" {"n":3} "#).expect("whitespace").n, 3);
     }
 
     #[test]

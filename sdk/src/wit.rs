@@ -56,7 +56,12 @@ pub fn tools_list(plugin: &Plugin) -> Vec<wit::ToolSpec> {
 
 /// `tools.call`.
 pub fn tools_call(plugin: &Plugin, name: String, arguments: String) -> Result<wit::ToolOutput, wit::ToolError> {
-    match plugin.call(&name, &arguments) {
+    tool_result(plugin.call(&name, &arguments))
+}
+
+/// A call's result as `tools.call` returns it (see [`crate::Dispatch`]).
+pub fn tool_result(result: Result<ToolOutput, ToolError>) -> Result<wit::ToolOutput, wit::ToolError> {
+    match result {
         Ok(output) => Ok(output_to_wit(output)),
         Err(ToolError::InvalidArguments(m)) => Err(wit::ToolError::InvalidArguments(m)),
         Err(ToolError::NotFound(m)) => Err(wit::ToolError::NotFound(m)),

@@ -116,3 +116,20 @@ async fn an_idle_instance_larger_than_the_calls_memory_limit_is_not_reused() {
     assert_eq!(canary(&plugin, &tight, None).await, "", "a fresh instance under the smaller limit");
     assert_eq!(plugin.idle_instances(), 2, "the grown instance stays idle for calls it fits");
 }
+
+/// The guest's own start-up is what a fresh instance costs in fuel beyond a reused one:
+/// the SDK builds nothing the call does not need (no registry, specs, schemas or boxes
+/// for the other tools). It was about 44,500 units when every instance built its
+/// `Plugin` registry before dispatching.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_instance_spends_next_to_no_fuel_on_the_guests_start_up() {
+    let plugin = pooled().await;
+    let alice = caller("start-up");
+    let fresh = sandbox().call_tool(&plugin, "noop", "{}".to_owned(), &alice).await;
+    assert_eq!(plugin.idle_instances(), 1, "kept for the next call");
+    let reused = sandbox().call_tool(&plugin, "noop", "{}".to_owned(), &alice).await;
+    assert_eq!(plugin.idle_instances(), 1, "the same instance, kept again");
+    let (fresh, reused) = (fresh.metering.fuel, reused.metering.fuel);
+    assert!(reused > 0 && fresh >= reused, "fresh {fresh}, reused {reused}");
+    assert!(fresh - reused < 5_000, "a fresh instance spent {fresh} fuel on hostile.noop, a reused one {reused}");
+}

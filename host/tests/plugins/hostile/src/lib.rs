@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use maestro_sdk::{
     Content, IntoToolOutput, ModelTier, NoInput, Persona, PersonaSpec, Plugin, PromptArgument, RenderContext,
-    Structured, ToolError, ToolOutput, tool,
+    Structured, ToolError, ToolOutput, ToolSet, tool,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -342,49 +342,50 @@ fn saboteur() -> Persona {
     .render_with(sabotage)
 }
 
-/// This plugin's tools and personas, built on first use (by the wasm exports and the
+/// This plugin's tools, added to the registry or to one call's dispatch.
+fn tools<S: ToolSet>(set: S) -> S {
+    set.tool(tool("noop", "Returns \"ok\" at once (the trivial tool for benchmarks)", noop).read_only())
+        .tool(tool("echo", "Returns its arguments as structured JSON", echo).read_only())
+        .tool(tool("spin", "Loops forever without checking anything", spin))
+        .tool(tool("spin_until_cancelled", "Loops until the call is cancelled", spin_until_cancelled))
+        .tool(tool("recurse", "Recurses without bound (stack overflow)", recurse))
+        .tool(tool("grow_memory", "Allocates and touches `mb` megabytes", grow_memory))
+        .tool(tool("huge_output", "Returns a text of `bytes` bytes", huge_output))
+        .tool(tool("sleep", "Blocks in a host call (a WASI poll) for `ms` milliseconds", sleep))
+        .tool(tool("fetch", "GETs a URL through the SDK's HTTP client", fetch).open_world())
+        .tool(tool("fail", "Fails with \"boom\"", fail))
+        .tool(tool("config", "Returns the plugin configuration", config).read_only())
+        .tool(tool("progress", "Reports progress 1..=n, logging each step", progress))
+        .tool(tool("trap", "Panics (or executes `unreachable`)", trap))
+        .tool(tool("progress_flood", "Reports progress `n` times as fast as it can", progress_flood))
+        .tool(tool("huge_error", "Fails with a message of `bytes` bytes", huge_error))
+        .tool(tool("empty_items", "Returns `n` empty text items", empty_items))
+        .tool(tool(
+            "control_text",
+            "Returns `bytes` control characters (each escaped as \\u0001 in JSON)",
+            control_text,
+        ))
+        .tool(tool("print", "Prints `bytes` bytes to stdout, stderr or the log, then maybe panics", print))
+        .tool(tool(
+            "bad_structured",
+            "Returns structured output that breaks its schema, or is not JSON",
+            bad_structured,
+        ))
+        .tool(tool("hog", "Allocates 1 MiB blocks until refused", hog))
+        .tool(tool(
+            "canary",
+            "Returns what an earlier call of this instance left in a global (empty if nothing), then writes `write` \
+             there",
+            canary,
+        ))
+}
+
+/// This plugin's tools and personas, built on first use (by the listing exports and the
 /// native tests).
 #[allow(dead_code)]
 fn maestro_plugin() -> &'static Plugin {
     static PLUGIN: std::sync::OnceLock<Plugin> = std::sync::OnceLock::new();
-    PLUGIN.get_or_init(|| {
-        Plugin::new()
-            .tool(tool("noop", "Returns \"ok\" at once (the trivial tool for benchmarks)", noop).read_only())
-            .tool(tool("echo", "Returns its arguments as structured JSON", echo).read_only())
-            .tool(tool("spin", "Loops forever without checking anything", spin))
-            .tool(tool("spin_until_cancelled", "Loops until the call is cancelled", spin_until_cancelled))
-            .tool(tool("recurse", "Recurses without bound (stack overflow)", recurse))
-            .tool(tool("grow_memory", "Allocates and touches `mb` megabytes", grow_memory))
-            .tool(tool("huge_output", "Returns a text of `bytes` bytes", huge_output))
-            .tool(tool("sleep", "Blocks in a host call (a WASI poll) for `ms` milliseconds", sleep))
-            .tool(tool("fetch", "GETs a URL through the SDK's HTTP client", fetch).open_world())
-            .tool(tool("fail", "Fails with \"boom\"", fail))
-            .tool(tool("config", "Returns the plugin configuration", config).read_only())
-            .tool(tool("progress", "Reports progress 1..=n, logging each step", progress))
-            .tool(tool("trap", "Panics (or executes `unreachable`)", trap))
-            .tool(tool("progress_flood", "Reports progress `n` times as fast as it can", progress_flood))
-            .tool(tool("huge_error", "Fails with a message of `bytes` bytes", huge_error))
-            .tool(tool("empty_items", "Returns `n` empty text items", empty_items))
-            .tool(tool(
-                "control_text",
-                "Returns `bytes` control characters (each escaped as \\u0001 in JSON)",
-                control_text,
-            ))
-            .tool(tool("print", "Prints `bytes` bytes to stdout, stderr or the log, then maybe panics", print))
-            .tool(tool(
-                "bad_structured",
-                "Returns structured output that breaks its schema, or is not JSON",
-                bad_structured,
-            ))
-            .tool(tool("hog", "Allocates 1 MiB blocks until refused", hog))
-            .tool(tool(
-                "canary",
-                "Returns what an earlier call of this instance left in a global (empty if nothing), then writes `write` \
-                 there",
-                canary,
-            ))
-            .persona(saboteur())
-    })
+    PLUGIN.get_or_init(|| tools(Plugin::new()).persona(saboteur()))
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -402,7 +403,8 @@ const _: () = {
             if name == "bad_structured" && serde_json::from_str::<BadArgs>(&arguments).is_ok_and(|a| a.invalid) {
                 return Ok(sdk::WitToolOutput { content: Vec::new(), structured: Some(NOT_JSON.to_owned()) });
             }
-            sdk::tools_call(maestro_plugin(), name, arguments)
+            // Only the called tool runs; the registry is not built.
+            sdk::tool_result(tools(maestro_sdk::Dispatch::new(&name, &arguments)).finish())
         }
     }
 
