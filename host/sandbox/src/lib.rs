@@ -2,7 +2,8 @@
 //! that touches wasmtime).
 //!
 //! - One [`Engine`] per process: pooling allocator, fuel, epoch interruption driven by a
-//!   ticker thread, compiled code cached on disk keyed by content hash.
+//!   ticker thread (parked after a second without calls: `ticker.rs`), compiled code
+//!   cached on disk keyed by content hash.
 //! - One `InstancePre` per plugin ([`LoadedPlugin`]); a fresh `Store` per call, or for a
 //!   stateless plugin an idle one the same caller left ([`pool`]).
 //! - Every call runs under the limits of the caller's policy ([`CallLimits`]): fuel, a
@@ -28,12 +29,12 @@
 pub mod net;
 pub mod pool;
 pub mod port;
+mod ticker;
 mod wit;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -268,7 +269,8 @@ pub struct Sandbox {
     runtime: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
     config: SandboxConfig,
-    ticker_stop: Arc<AtomicBool>,
+    /// Advances the engine's epoch while calls run.
+    ticker: ticker::Ticker,
     /// Idle slots left for pooled instances of stateless plugins.
     idle_budget: pool::Budget,
 }
@@ -281,7 +283,6 @@ impl std::fmt::Debug for Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::SeqCst);
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
@@ -352,23 +353,13 @@ impl Sandbox {
             .map_err(engine_err)?;
         let handle = runtime.handle().clone();
 
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        let (ticker_engine, stop, tick) = (engine.clone(), ticker_stop.clone(), config.epoch_tick);
-        std::thread::Builder::new()
-            .name("maestro-epoch".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(tick);
-                    ticker_engine.increment_epoch();
-                }
-            })
-            .map_err(engine_err)?;
+        let ticker = ticker::Ticker::start(engine.clone(), config.epoch_tick).map_err(engine_err)?;
 
         // Idle instances hold pool slots: at most a quarter of them (one in a pool of two
         // or three).
         let max_instances = config.max_instances as usize;
         let idle_budget = pool::Budget::new((max_instances / 4).max(usize::from(max_instances >= 2)));
-        Ok(Self { engine, linker: Arc::new(linker), runtime: Some(runtime), handle, config, ticker_stop, idle_budget })
+        Ok(Self { engine, linker: Arc::new(linker), runtime: Some(runtime), handle, config, ticker, idle_budget })
     }
 
     /// The engine-wide settings.
@@ -584,6 +575,7 @@ impl Sandbox {
             cancel,
             grace: self.config.epoch_tick * 2,
             pooled: pool.is_some(),
+            ticking: self.ticker.ticking(),
         }
         .run(idle, op);
         // The call runs in the caller's span (request id, tenant), so the plugin's log
@@ -618,6 +610,8 @@ struct Call {
     grace: Duration,
     /// Whether the instance may be kept for the next call.
     pooled: bool,
+    /// Keeps the epoch advancing for as long as the call's future lives.
+    ticking: ticker::Ticking,
 }
 
 /// How a call ended, with the instance to keep if it may serve the next call.
@@ -646,7 +640,7 @@ impl Call {
         )
             -> std::pin::Pin<Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>>,
     {
-        let Call { engine, pre, name, context, limits, cancel, grace, pooled } = self;
+        let Call { engine, pre, name, context, limits, cancel, grace, pooled, ticking: _ticking } = self;
         let started = Instant::now();
         let (mut store, instance) = match idle {
             Some(idle) => {
