@@ -954,7 +954,7 @@ impl ClosedUnlessSettled {
     }
 
     fn get(&mut self) -> &mut sqlx::SqliteConnection {
-        &mut *self.conn
+        &mut self.conn
     }
 
     /// The command ran to its end (its `COMMIT` included): the connection may go back.
