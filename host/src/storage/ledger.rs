@@ -509,39 +509,59 @@ struct Plan {
     amount: i64,
 }
 
-impl SqliteStore {
-    /// A lone debit in one worker command ([`SqliteStore::ledger_post`]'s fast path):
-    /// the write transaction, the conditional update, the transaction row, its entries,
-    /// the outcome and the commit. The update is the only check: it refuses (writes
-    /// nothing) when the key was used before, the reversed transaction is already
-    /// reversed, or the account would go below zero; each later write runs only when
-    /// the one before it wrote (`changes()`). The final row says what happened.
-    /// Parameters: `$1` the debited account, `$2` the (negative) amount, `$3` the tenant,
-    /// `$4` the key, `$5` what it reverses, `$6` the wallet, `$7` the held account, `$8`
-    /// the transaction id, `$9` its kind, `$10` the amount moved, `$11` the memo, `$12`
-    /// the fingerprint, `$13` the time, `$14`–`$17` the two legs.
-    const ONE_COMMAND_DEBIT: &'static str = "BEGIN IMMEDIATE; \
-        UPDATE ledger_balances SET balance = balance + $2 WHERE account = $1 AND balance + $2 >= 0 \
+/// A lone debit's statements (see [`SqliteStore::ledger_post`]), to run under the write
+/// lock: the conditional update is the only check, refusing (writing nothing) when the
+/// key was used before, the reversed transaction is already reversed, or the account
+/// would go below zero; each later write runs only when the one before it wrote
+/// (`changes() = 1`); the last row says what happened (written, key used, reversed,
+/// the wallet and held balances). Parameters: `$1` the debited account, `$2` the
+/// (negative) amount, `$3` the tenant, `$4` the key, `$5` what it reverses, `$6` the
+/// wallet, `$7` the held account, `$8` the transaction id, `$9` its kind, `$10` the
+/// amount moved, `$11` the memo, `$12` the fingerprint, `$13` the time, `$14`–`$17` the
+/// two legs.
+macro_rules! lone_debit_body {
+    () => {
+        "UPDATE ledger_balances SET balance = balance + $2 WHERE account = $1 AND balance + $2 >= 0 \
          AND NOT EXISTS (SELECT 1 FROM ledger_transactions WHERE tenant_id = $3 AND idempotency_key = $4) \
          AND ($5 IS NULL OR NOT EXISTS (SELECT 1 FROM ledger_transactions WHERE reverses = $5)); \
-        INSERT INTO ledger_transactions (id, tenant_id, kind, amount, memo, idempotency_key, fingerprint, \
+         INSERT INTO ledger_transactions (id, tenant_id, kind, amount, memo, idempotency_key, fingerprint, \
          hold_id, reverses, available_after, held_after, created_at) \
          SELECT $8, $3, $9, $10, $11, $4, $12, NULL, $5, \
-          COALESCE((SELECT balance FROM ledger_balances WHERE account = $6), 0), \
-          COALESCE((SELECT balance FROM ledger_balances WHERE account = $7), 0), $13 \
+         COALESCE((SELECT balance FROM ledger_balances WHERE account = $6), 0), \
+         COALESCE((SELECT balance FROM ledger_balances WHERE account = $7), 0), $13 \
          WHERE changes() = 1; \
-        INSERT INTO ledger_entries (transaction_id, account, amount) \
+         INSERT INTO ledger_entries (transaction_id, account, amount) \
          SELECT $8, column1, column2 FROM (VALUES ($14, $15), ($16, $17)) WHERE changes() = 1; \
-        SELECT changes() > 0, \
+         SELECT changes() > 0, \
          EXISTS (SELECT 1 FROM ledger_transactions WHERE tenant_id = $3 AND idempotency_key = $4), \
          $5 IS NOT NULL AND EXISTS (SELECT 1 FROM ledger_transactions WHERE reverses = $5), \
          COALESCE((SELECT balance FROM ledger_balances WHERE account = $6), 0), \
-         COALESCE((SELECT balance FROM ledger_balances WHERE account = $7), 0); \
-        COMMIT";
+         COALESCE((SELECT balance FROM ledger_balances WHERE account = $7), 0)"
+    };
+}
 
-    /// The debited leg, then both legs in order, when `posting` takes the one-command path: two legs, one of them
-    /// a debit of a tenant account and the other a platform account, no hold, not
-    /// capped at what is available.
+/// What a lone debit's command decided.
+enum LoneDebit {
+    /// Written.
+    Posted(Posted),
+    /// Nothing written: the key was used before (a replay or a conflict).
+    KeyUsed,
+    /// Nothing written: the refusal.
+    Refused(LedgerError),
+}
+
+impl SqliteStore {
+    /// A lone debit in one worker command ([`SqliteStore::ledger_post`]'s fast path):
+    /// the write transaction around [`lone_debit_body!`] (the conditional update, the
+    /// transaction row, its entries and the outcome), then the commit.
+    const ONE_COMMAND_DEBIT: &'static str = concat!("BEGIN IMMEDIATE; ", lone_debit_body!(), "; COMMIT");
+
+    /// [`lone_debit_body!`] alone, for a debit in a batch's open write transaction.
+    const LONE_DEBIT_BODY: &'static str = lone_debit_body!();
+
+    /// The debited leg, then both legs in order, when `posting` takes the one-command
+    /// path: two legs, one of them a debit of a tenant account and the other a platform
+    /// account, no hold, not capped at what is available.
     fn ledger_lone_debit(posting: &Posting) -> Option<(&Leg, &Leg, &Leg)> {
         let [a, b] = posting.legs.as_slice() else { return None };
         if posting.hold.is_some() || posting.capped_account().is_some() {
@@ -554,25 +574,23 @@ impl SqliteStore {
         }
     }
 
-    /// Posts a lone debit with [`Self::ONE_COMMAND_DEBIT`]: one hop to the connection's
-    /// worker thread (the pool does not ping, see `sqlite.rs`). The connection goes back
-    /// to the pool only when the whole command ran, so it never carries an open
-    /// transaction: after an error, or when this future is dropped mid-command, it is
-    /// closed instead, which rolls back whatever the command left open.
-    async fn ledger_post_lone_debit(
-        &self,
+    /// Runs `sql` (the one-command debit, or [`lone_debit_body!`] inside an open write
+    /// transaction) for a lone debit on `conn`: one hop to its worker thread. `Err` is
+    /// the command's failure (it may have stopped half-way); otherwise the outcome,
+    /// where a used key still needs [`Self::ledger_replay`].
+    async fn ledger_run_lone_debit(
+        conn: &mut sqlx::SqliteConnection,
+        sql: &'static str,
         posting: &Posting,
         debit: &Leg,
         [a, b]: [&Leg; 2],
         fingerprint: &str,
         at: DateTime<Utc>,
-    ) -> Result<Posted, LedgerError> {
+    ) -> Result<LoneDebit, sqlx::Error> {
         use sqlx::Row as _;
-        let be = super::backend_err;
         let amount = -debit.amount;
         let (wallet, held) = (Account::Wallet(posting.tenant.clone()), Account::Held(posting.tenant.clone()));
-        let mut conn = ClosedUnlessSettled::new(self.pool.acquire().await.map_err(be)?);
-        let outcome = sqlx::query(Self::ONE_COMMAND_DEBIT)
+        let rows = sqlx::query(sql)
             .bind(debit.account.key())
             .bind(debit.amount)
             .bind(posting.tenant.as_str())
@@ -590,37 +608,72 @@ impl SqliteStore {
             .bind(a.amount)
             .bind(b.account.key())
             .bind(b.amount)
-            .fetch_all(conn.get())
-            .await;
-        let row = match outcome {
-            Ok(rows) => {
+            .fetch_all(conn)
+            .await?;
+        let row = rows.first().ok_or_else(|| sqlx::Error::RowNotFound)?;
+        let column = |i: usize| row.try_get::<i64, _>(i);
+        let (written, key_used, reversed) = (column(0)? != 0, column(1)? != 0, column(2)? != 0);
+        let balance_after = Balance { available: column(3)?, held: column(4)? };
+        Ok(if written {
+            let transaction = posting.transaction(posting.legs.clone(), amount, None, at);
+            LoneDebit::Posted(Posted { transaction, balance_after, replayed: false })
+        } else if key_used {
+            LoneDebit::KeyUsed
+        } else if let (true, Some(original)) = (reversed, &posting.reverses) {
+            LoneDebit::Refused(LedgerError::AlreadyReversed(original.clone()))
+        } else {
+            let available = if debit.account == wallet { balance_after.available } else { balance_after.held };
+            LoneDebit::Refused(LedgerError::Insufficient { available, needed: amount })
+        })
+    }
+
+    /// Posts a lone debit with [`Self::ONE_COMMAND_DEBIT`]: one hop to the connection's
+    /// worker thread (the pool does not ping, see `sqlite.rs`). The connection goes back
+    /// to the pool only when the whole command ran, so it never carries an open
+    /// transaction: after an error, or when this future is dropped mid-command, it is
+    /// closed instead, which rolls back whatever the command left open.
+    async fn ledger_post_lone_debit(
+        &self,
+        posting: &Posting,
+        debit: &Leg,
+        legs: [&Leg; 2],
+        fingerprint: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Posted, LedgerError> {
+        let be = super::backend_err;
+        let mut conn = ClosedUnlessSettled::new(self.pool.acquire().await.map_err(be)?);
+        let outcome =
+            Self::ledger_run_lone_debit(conn.get(), Self::ONE_COMMAND_DEBIT, posting, debit, legs, fingerprint, at)
+                .await;
+        match outcome {
+            Ok(outcome) => {
                 conn.settle();
-                rows.into_iter().next().ok_or_else(|| corrupt("a debit answered no outcome".into()))?
+                Self::ledger_answer_lone_debit(conn.get(), posting, fingerprint, outcome).await
             }
             Err(err) => {
                 drop(conn);
                 let err = super::map_err(&format!("transaction {}", posting.key))(err);
                 let mut conn = self.pool.acquire().await.map_err(be)?;
-                return Self::ledger_after_failure(&mut conn, posting, fingerprint, err.into()).await;
+                Self::ledger_after_failure(&mut conn, posting, fingerprint, err.into()).await
             }
-        };
-        let column = |i: usize| row.try_get::<i64, _>(i).map_err(be);
-        let (written, key_used, reversed) = (column(0)? != 0, column(1)? != 0, column(2)? != 0);
-        let balance_after = Balance { available: column(3)?, held: column(4)? };
-        if written {
-            let transaction = posting.transaction(posting.legs.clone(), amount, None, at);
-            return Ok(Posted { transaction, balance_after, replayed: false });
         }
-        if key_used {
-            return Self::ledger_replay(conn.get(), posting, fingerprint)
+    }
+
+    /// A lone debit's answer: a used key is answered by the posting that used it (a
+    /// replay, or a conflict for another request).
+    async fn ledger_answer_lone_debit(
+        conn: &mut sqlx::SqliteConnection,
+        posting: &Posting,
+        fingerprint: &str,
+        outcome: LoneDebit,
+    ) -> Result<Posted, LedgerError> {
+        match outcome {
+            LoneDebit::Posted(posted) => Ok(posted),
+            LoneDebit::Refused(err) => Err(err),
+            LoneDebit::KeyUsed => Self::ledger_replay(conn, posting, fingerprint)
                 .await?
-                .ok_or_else(|| corrupt(format!("key {} used by no transaction", posting.key)).into());
+                .ok_or_else(|| corrupt(format!("key {} used by no transaction", posting.key)).into()),
         }
-        if let (true, Some(original)) = (reversed, &posting.reverses) {
-            return Err(LedgerError::AlreadyReversed(original.clone()));
-        }
-        let available = if debit.account == wallet { balance_after.available } else { balance_after.held };
-        Err(LedgerError::Insufficient { available, needed: amount })
     }
 
     /// A posting's checks, all reads: the refusals ([`LedgerError`] other than `Store`)
@@ -921,6 +974,22 @@ impl SqliteStore {
                     Ok(Some(posted)) => outcomes.push(Ok(posted)),
                     Err(err @ LedgerError::IdempotencyConflict { .. }) => outcomes.push(Err(err)),
                     Ok(None) | Err(_) => return Err(StoreError::Corrupt("batch lost a posting".into())),
+                }
+                continue;
+            }
+            if let Some((debit, a, b)) = Self::ledger_lone_debit(posting) {
+                // One hop per debit; a failed command voids the batch (rolled back).
+                let sql = Self::LONE_DEBIT_BODY;
+                let outcome = Self::ledger_run_lone_debit(&mut tx, sql, posting, debit, [a, b], &fingerprint, at)
+                    .await
+                    .map_err(super::map_err(&format!("transaction {}", posting.key)))?;
+                match Self::ledger_answer_lone_debit(&mut tx, posting, &fingerprint, outcome).await {
+                    Err(LedgerError::Store(err)) => return Err(err),
+                    Ok(posted) if !posted.replayed => {
+                        posted_keys.insert(scope);
+                        outcomes.push(Ok(posted));
+                    }
+                    outcome => outcomes.push(outcome),
                 }
                 continue;
             }
