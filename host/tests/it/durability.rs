@@ -46,6 +46,36 @@ async fn each_durability_sets_its_synchronous_mode_and_normal_flushes_the_wal() 
     }
 }
 
+/// Commits do not checkpoint the WAL on their own path (SQLite's automatic checkpoint
+/// is only a backstop at 10,000 pages): the store's background checkpointer copies the
+/// WAL into the database file, which, in WAL mode, nothing else writes. Under both
+/// durabilities.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_checkpointed_in_the_background_under_each_durability() {
+    for durability in [Durability::Full, Durability::Normal] {
+        let db = TestDb::new(Backend::Sqlite).await;
+        let path = db.dir().join("maestro.db");
+        let settings = StoreSettings { durability, ..StoreSettings::default() };
+        let store = SqliteStore::open_with(&path, &settings).await.expect("opens");
+        let size = || std::fs::metadata(&path).expect("database file").len();
+        let before = size();
+        let credits = Credits::new(Arc::new(store.clone()), Arc::new(SystemClock));
+        let tenant = maestro_core::TenantId::from_random([7; 16]);
+        credits.grant(&tenant, 1_000_000, "g", "").await.expect("grant");
+        let memo = "m".repeat(1000);
+        for i in 0..200 {
+            credits.debit(&tenant, 1, &format!("d{i}"), &memo).await.expect("debit").expect("posted");
+        }
+        // ~200 KiB of new rows: 2,000+ WAL pages, below the backstop.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while size() <= before {
+            assert!(Instant::now() < deadline, "{durability:?}: the database file never grew from {before} bytes");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(credits.audit().await.expect("audit").is_clean());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paid_calls_survive_a_sigkill_of_the_server_with_every_credit_exact() {
     const PRICE: i64 = 3;

@@ -978,3 +978,109 @@ async fn the_posting_statement_commits_synchronously_whatever_the_session_says_o
     assert_eq!(setting, "on", "the transaction that posted waits for its WAL flush");
     tx.rollback().await.expect("rollback");
 }
+
+/// SQLite posts a lone debit in one command to its connection's worker (`BEGIN
+/// IMMEDIATE` to `COMMIT`). When a statement in the middle fails (here the transaction
+/// row, on a taken transaction id, after the wallet's update), the debit is rolled back
+/// and the connection never goes back to the pool inside its open transaction: more
+/// postings than the pool has connections all succeed, and an outside connection takes
+/// the write lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_one_command_debit_writes_nothing_and_leaves_no_open_transaction_on_sqlite() {
+    let f = fixture(Backend::Sqlite).await;
+    let acme = tenant(1);
+    f.credits.grant(&acme, 100, "g", "").await.expect("grant");
+    let id = tx_id();
+    let first = Posting::debit(id.clone(), acme.clone(), 10, "d1", "").expect("valid");
+    f.store.post(&first, Utc::now()).await.expect("first debit");
+    let clash = Posting::debit(id, acme.clone(), 10, "d2", "").expect("valid");
+    let err = f.store.post(&clash, Utc::now()).await.expect_err("the transaction id is taken");
+    assert!(matches!(err, LedgerError::Store(_)), "{err:?}");
+    assert_eq!(f.credits.balance(&acme).await.expect("balance").available, 90, "the update was rolled back");
+    assert!(f.store.transaction_by_key(&acme, "d2").await.expect("lookup").is_none());
+
+    let debits = (0..16).map(|i| {
+        let posting = Posting::debit(tx_id(), acme.clone(), 1, &format!("after-{i}"), "").expect("valid");
+        let store = f.store.clone();
+        async move { store.post(&posting, Utc::now()).await }
+    });
+    for outcome in futures_util::future::join_all(debits).await {
+        assert!(!outcome.expect("a debit after the failure").replayed);
+    }
+    assert_eq!(f.credits.balance(&acme).await.expect("balance").available, 74);
+    let mut outside = sqlx::SqliteConnection::connect(&f.db.url).await.expect("connect");
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut outside).await.expect("the write lock is free");
+    sqlx::query("ROLLBACK").execute(&mut outside).await.expect("rollback");
+    assert_clean(&f.credits).await;
+}
+
+/// A lone debit whose caller goes away while its command runs (the future dropped after
+/// one to several polls) is posted whole or not at all, and leaves no open transaction
+/// behind on SQLite: the connection is closed, not pooled, unless the command finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debit_dropped_mid_command_is_all_or_nothing_and_leaves_no_open_transaction_on_sqlite() {
+    use std::future::Future as _;
+    use std::task::{Context, Waker};
+    let f = fixture(Backend::Sqlite).await;
+    let acme = tenant(1);
+    f.credits.grant(&acme, 1000, "g", "").await.expect("grant");
+    for i in 0..40 {
+        let posting = Posting::debit(tx_id(), acme.clone(), 1, &format!("dropped-{i}"), "").expect("valid");
+        let mut post = Box::pin(f.store.post(&posting, Utc::now()));
+        for _ in 0..=(i % 5) {
+            if post.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_ready() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+    for i in 0..16 {
+        let posting = Posting::debit(tx_id(), acme.clone(), 1, &format!("after-{i}"), "").expect("valid");
+        f.store.post(&posting, Utc::now()).await.expect("a debit after the dropped ones");
+    }
+    let mut posted = 16;
+    for i in 0..40 {
+        posted +=
+            i64::from(f.store.transaction_by_key(&acme, &format!("dropped-{i}")).await.expect("lookup").is_some());
+    }
+    assert_eq!(f.credits.balance(&acme).await.expect("balance").available, 1000 - posted);
+    let mut outside = sqlx::SqliteConnection::connect(&f.db.url).await.expect("connect");
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut outside).await.expect("the write lock is free");
+    sqlx::query("ROLLBACK").execute(&mut outside).await.expect("rollback");
+    assert_clean(&f.credits).await;
+}
+
+/// The one-command debit on SQLite answers like the general path: a replay returns the
+/// original (balance after included), another request with the key is a conflict, a
+/// refusal writes nothing and leaves its key free, and a second reversal of one
+/// transaction is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_one_command_debit_replays_conflicts_and_refuses_like_any_posting_on_sqlite() {
+    let f = fixture(Backend::Sqlite).await;
+    let acme = tenant(1);
+    f.credits.grant(&acme, 50, "g", "").await.expect("grant");
+    let posted = f.credits.debit(&acme, 20, "call", "calc").await.expect("debit").expect("posted");
+    assert_eq!(posted.balance_after, Balance { available: 30, held: 0 });
+    let replay = f.credits.debit(&acme, 20, "call", "calc").await.expect("replay").expect("posted");
+    assert!(replay.replayed);
+    assert_eq!(replay.transaction.id, posted.transaction.id);
+    assert_eq!(replay.balance_after, posted.balance_after);
+    let err = f.credits.debit(&acme, 21, "call", "calc").await.expect_err("another request");
+    assert!(matches!(err, CreditsError::IdempotencyConflict { .. }), "{err:?}");
+    let err = f.credits.debit(&acme, 31, "big", "").await.expect_err("insufficient");
+    assert!(matches!(err, CreditsError::Insufficient { available: 30, needed: 31 }), "{err:?}");
+    assert!(f.store.transaction_by_key(&acme, "big").await.expect("lookup").is_none(), "the key stays free");
+    // A debit that reverses a transaction (no first-party posting is one today; the
+    // command checks it all the same), once only.
+    let mut reversal = Posting::debit(tx_id(), acme.clone(), 5, "reversal-1", "").expect("valid");
+    reversal.reverses = Some(posted.transaction.id.clone());
+    let reversed = f.store.post(&reversal, Utc::now()).await.expect("first reversal");
+    assert_eq!(reversed.transaction.reverses.as_ref(), Some(&posted.transaction.id));
+    let mut again = Posting::debit(tx_id(), acme.clone(), 5, "reversal-2", "").expect("valid");
+    again.reverses = Some(posted.transaction.id.clone());
+    let err = f.store.post(&again, Utc::now()).await.expect_err("reversed already");
+    assert!(matches!(&err, LedgerError::AlreadyReversed(id) if *id == posted.transaction.id), "{err:?}");
+    assert!(f.store.transaction_by_key(&acme, "reversal-2").await.expect("lookup").is_none());
+    assert_eq!(f.credits.balance(&acme).await.expect("balance"), Balance { available: 25, held: 0 });
+    assert_clean(&f.credits).await;
+}
