@@ -24,9 +24,12 @@
 //!   one commit per 100 debits; counted as 100 debits.
 //! - Callers are tokio tasks, each issuing one debit after another. Layouts: every caller
 //!   on its own tenant (different rows), all callers on one tenant (one row).
-//! - A case runs a short warm-up, then counts the debits that start within the window;
-//!   latency is one debit's wall time at the caller. `ours/raw` is the ratio of cost per
-//!   debit (the inverse ratio of throughputs; goal ≤ 1.25).
+//! - A case runs `ROUNDS` rounds, ours and raw alternating (ours first in even rounds,
+//!   raw first in odd ones), so a busy moment of the shared machine hits both alike. A
+//!   round runs a short warm-up, then counts the debits that start within the window;
+//!   latency is one debit's wall time at the caller. Each row is the round with the
+//!   median rate; `ours/raw` is the median of the rounds' ratios of cost per debit (the
+//!   inverse ratio of throughputs; goal ≤ 1.25), printed with their range.
 
 use std::path::Path;
 use std::str::FromStr as _;
@@ -39,8 +42,10 @@ use maestro_host::credits::Credits;
 use maestro_host::storage::{Durability, StoreLocation, StoreSettings, open_with};
 use sqlx::Connection as _;
 
-const WARMUP: Duration = Duration::from_millis(300);
-const WINDOW: Duration = Duration::from_millis(2500);
+const WARMUP: Duration = Duration::from_millis(200);
+const WINDOW: Duration = Duration::from_millis(800);
+/// Interleaved rounds of ours and raw per case.
+const ROUNDS: usize = 5;
 /// (layout, callers) cases, in order.
 const CASES: [(Layout, usize); 4] = [
     (Layout::TenantPerCaller, 1),
@@ -247,30 +252,50 @@ async fn bench_backend(label: &str, location: StoreLocation, settings: &StoreSet
         "layout", "callers", "impl", "debits", "seconds", "debits/s", "p50 µs", "p99 µs", "ours/raw"
     );
     for (case, (layout, callers)) in CASES.into_iter().enumerate() {
-        let ours_figures = measure(callers, 1, {
-            let credits = credits.clone();
-            let tenants = ours.clone();
-            move |caller, n| {
-                let credits = credits.clone();
-                let tenant = tenants[if layout == Layout::OneTenant { 0 } else { caller }].clone();
-                async move {
-                    let key = format!("c{case}-{caller}-{n}");
-                    credits.debit(&tenant, AMOUNT, &key, "bench").await.expect("debit").expect("posted");
-                }
+        // Ours and raw alternate in rounds (ABAB, then BABA…), so both see the same
+        // machine; each figure is the median of its rounds, the ratio the median of the
+        // rounds' ratios.
+        let mut ours_rounds = Vec::with_capacity(ROUNDS);
+        let mut raw_rounds = Vec::with_capacity(ROUNDS);
+        for round in 0..ROUNDS {
+            let ours_round = || {
+                measure(callers, 1, {
+                    let credits = credits.clone();
+                    let tenants = ours.clone();
+                    move |caller, n| {
+                        let credits = credits.clone();
+                        let tenant = tenants[if layout == Layout::OneTenant { 0 } else { caller }].clone();
+                        async move {
+                            let key = format!("c{case}-r{round}-{caller}-{n}");
+                            credits.debit(&tenant, AMOUNT, &key, "bench").await.expect("debit").expect("posted");
+                        }
+                    }
+                })
+            };
+            let raw_round = || {
+                measure(callers, 1, {
+                    let raw = raw.clone();
+                    let accounts = raws.clone();
+                    move |caller, _| {
+                        let raw = raw.clone();
+                        let account = accounts[if layout == Layout::OneTenant { 0 } else { caller }].clone();
+                        async move { raw.debit(&account).await }
+                    }
+                })
+            };
+            if round % 2 == 0 {
+                ours_rounds.push(ours_round().await);
+                raw_rounds.push(raw_round().await);
+            } else {
+                raw_rounds.push(raw_round().await);
+                ours_rounds.push(ours_round().await);
             }
-        })
-        .await;
-        let raw_figures = measure(callers, 1, {
-            let raw = raw.clone();
-            let accounts = raws.clone();
-            move |caller, _| {
-                let raw = raw.clone();
-                let account = accounts[if layout == Layout::OneTenant { 0 } else { caller }].clone();
-                async move { raw.debit(&account).await }
-            }
-        })
-        .await;
-        let ratio = raw_figures.rate() / ours_figures.rate();
+        }
+        let mut ratios: Vec<f64> = ours_rounds.iter().zip(&raw_rounds).map(|(o, r)| r.rate() / o.rate()).collect();
+        let ratio = median_f64(&mut ratios);
+        let spread = (ratios.first().copied().unwrap_or(0.0), ratios.last().copied().unwrap_or(0.0));
+        let ours_figures = median_figures(ours_rounds);
+        let raw_figures = median_figures(raw_rounds);
         let name = match layout {
             Layout::TenantPerCaller => "tenant per caller",
             Layout::OneTenant => "one tenant",
@@ -303,6 +328,7 @@ async fn bench_backend(label: &str, location: StoreLocation, settings: &StoreSet
                 r.map_or(String::new(), |r| format!("{r:.2}{}", if r <= GOAL_RATIO { "" } else { " >goal" })),
             );
         }
+        println!("{:<18} {:>7} ratios of {ROUNDS} rounds: {:.2}–{:.2}", "", "", spread.0, spread.1);
     }
     let mut report = credits.audit().await.expect("audit");
     // The raw statement changes balances without entries: not the ledger's mismatches.
@@ -312,6 +338,19 @@ async fn bench_backend(label: &str, location: StoreLocation, settings: &StoreSet
         report.transactions,
         report.is_clean()
     );
+}
+
+/// The median of `values` (sorted in place).
+fn median_f64(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The round with the median rate.
+fn median_figures(mut rounds: Vec<Figures>) -> Figures {
+    rounds.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    let middle = rounds.len() / 2;
+    rounds.swap_remove(middle)
 }
 
 /// Runs `callers` tasks issuing `debit(caller, n)` (each `per_call` debits) one after

@@ -14,6 +14,13 @@
 //! statement and one commit (group commit, `post_batch`). A refusal writes nothing; an
 //! SQL error (a key or reversal committed concurrently) fails the call, and each posting
 //! is then answered on its own: the key is looked up again and an earlier outcome wins.
+//! Postings of two legs with one tenant account and no hold, reversal or cap (debits,
+//! grants, purchases: nearly all of them) go instead, when a call holds only such, to
+//! `ledger_post_set` (migration 0018), which answers the same way at a fraction of the
+//! server time per posting: it locks the batch's balance rows, looks all keys up at once,
+//! decides each posting in memory in order (a debit passes iff the running balance
+//! covers it), then writes with one update of the changed balances and one insert each of
+//! transactions and entries.
 //!
 //! The pool pings a connection before handing it out (`test_before_acquire`, a round
 //! trip). Postings skip that ping by taking an idle connection with `try_acquire`: a
@@ -327,6 +334,96 @@ impl PgPostArgs {
     }
 }
 
+/// `ledger_post_set`: the set-based batch of simple postings (see migration 0018).
+const PG_POST_SET: &str = "SELECT r_status, r_available, r_held, r_amount, r_detail FROM ledger_post_set(\
+     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+
+/// A posting `ledger_post_set` takes: two legs, one of them a tenant account, no hold,
+/// no reversal, no cap (debits, grants, purchases). Returns the tenant leg.
+fn simple_leg(posting: &Posting) -> Option<&Leg> {
+    if posting.hold.is_some() || posting.reverses.is_some() || posting.up_to_available {
+        return None;
+    }
+    match posting.legs.as_slice() {
+        [a, b] if a.account.is_constrained() != b.account.is_constrained() => {
+            Some(if a.account.is_constrained() { a } else { b })
+        }
+        _ => None,
+    }
+}
+
+/// `ledger_post_set`'s arguments: one element per posting (two per posting for legs).
+#[derive(Debug, Default)]
+struct PgSetArgs {
+    ids: Vec<String>,
+    tenants: Vec<String>,
+    kinds: Vec<String>,
+    memos: Vec<String>,
+    keys: Vec<String>,
+    fingerprints: Vec<String>,
+    accounts: Vec<String>,
+    classes: Vec<String>,
+    deltas: Vec<i64>,
+    leg_accounts: Vec<String>,
+    leg_amounts: Vec<i64>,
+}
+
+impl PgSetArgs {
+    /// The arguments, when every posting is simple ([`simple_leg`]).
+    fn new<'a>(postings: impl IntoIterator<Item = (&'a Posting, &'a str)>) -> Option<Self> {
+        let mut args = Self::default();
+        for (posting, fingerprint) in postings {
+            let leg = simple_leg(posting)?;
+            args.ids.push(posting.id.to_string());
+            args.tenants.push(posting.tenant.to_string());
+            args.kinds.push(posting.kind.as_str().to_owned());
+            args.memos.push(posting.memo.clone());
+            args.keys.push(posting.key.as_str().to_owned());
+            args.fingerprints.push(fingerprint.to_owned());
+            args.accounts.push(leg.account.key());
+            args.classes.push(leg.account.class().to_owned());
+            args.deltas.push(leg.amount);
+            for leg in &posting.legs {
+                args.leg_accounts.push(leg.account.key());
+                args.leg_amounts.push(leg.amount);
+            }
+        }
+        Some(args)
+    }
+
+    /// Runs `ledger_post_set` on `conn` (its own transaction unless one is open there).
+    async fn call(self, conn: &mut sqlx::PgConnection, at: DateTime<Utc>) -> Result<Vec<PgAnswer>, sqlx::Error> {
+        sqlx::query_as::<_, PgAnswer>(PG_POST_SET)
+            .bind(self.ids)
+            .bind(self.tenants)
+            .bind(self.kinds)
+            .bind(self.memos)
+            .bind(self.keys)
+            .bind(self.fingerprints)
+            .bind(self.accounts)
+            .bind(self.classes)
+            .bind(self.deltas)
+            .bind(self.leg_accounts)
+            .bind(self.leg_amounts)
+            .bind(at)
+            .fetch_all(&mut *conn)
+            .await
+    }
+}
+
+/// Posts `postings` in one statement: `ledger_post_set` when all are simple, else
+/// `ledger_post`. Both answer one row per posting, in order.
+async fn pg_post_call(
+    conn: &mut sqlx::PgConnection,
+    postings: &[(&Posting, &str)],
+    at: DateTime<Utc>,
+) -> Result<Vec<PgAnswer>, sqlx::Error> {
+    match PgSetArgs::new(postings.iter().copied()) {
+        Some(args) => args.call(conn, at).await,
+        None => PgPostArgs::new(postings.iter().copied()).call(conn, at).await,
+    }
+}
+
 /// What a failed `ledger_post` call means for a posting: a unique violation names the
 /// posting (its key, hold or reversal was taken meanwhile), anything else is the backend.
 fn pg_call_error(posting: &Posting, err: sqlx::Error) -> LedgerError {
@@ -414,12 +511,13 @@ impl PostgresStore {
         let fingerprint = posting.fingerprint();
         let (mut conn, unchecked) = self.ledger_connection().await?;
         let mut retried = retried;
-        let mut result = PgPostArgs::new([(posting, fingerprint.as_str())]).call(&mut conn, at).await;
+        let one = [(posting, fingerprint.as_str())];
+        let mut result = pg_post_call(&mut conn, &one, at).await;
         if unchecked && result.as_ref().is_err_and(connection_lost) {
             conn.close_on_drop();
             conn = self.pool.acquire().await.map_err(super::backend_err)?;
             retried = true;
-            result = PgPostArgs::new([(posting, fingerprint.as_str())]).call(&mut conn, at).await;
+            result = pg_post_call(&mut conn, &one, at).await;
         }
         let outcome = match result {
             Ok(answers) => match answers.into_iter().next() {
@@ -454,8 +552,9 @@ impl PostgresStore {
         let Ok((mut conn, _)) = self.ledger_connection().await else {
             return self.ledger_post_each(postings, at, false).await;
         };
-        let answers = match PgPostArgs::new(valid()).call(&mut conn, at).await {
-            Ok(answers) if answers.len() == valid().count() => answers,
+        let batch: Vec<(&Posting, &str)> = valid().collect();
+        let answers = match pg_post_call(&mut conn, &batch, at).await {
+            Ok(answers) if answers.len() == batch.len() => answers,
             Ok(_) => return self.ledger_post_each(postings, at, false).await,
             Err(err) => {
                 // The batch rolled back, unless the connection died after its commit.

@@ -37,6 +37,7 @@ backend_tests!(
     a_batch_answers_each_posting_in_arrival_order_as_if_posted_alone,
     batches_match_the_model_posting_one_by_one,
     concurrent_callers_of_one_tenant_share_commits_and_never_overdraw,
+    batches_of_grants_debits_and_replays_match_the_model_posting_one_by_one,
 );
 
 struct Fixture {
@@ -1083,4 +1084,48 @@ async fn the_one_command_debit_replays_conflicts_and_refuses_like_any_posting_on
     assert!(f.store.transaction_by_key(&acme, "reversal-2").await.expect("lookup").is_none());
     assert_eq!(f.credits.balance(&acme).await.expect("balance"), Balance { available: 25, held: 0 });
     assert_clean(&f.credits).await;
+}
+
+/// Steps of postings the set-based batch path takes whole (grants, debits and
+/// replays of them): batches of these never fall back to the general path.
+fn simple_step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        2 => (1i64..80).prop_map(Step::Grant),
+        6 => (1i64..60).prop_map(Step::Debit),
+        2 => (0usize..10).prop_map(Step::Replay),
+        1 => Just(Step::Cut),
+    ]
+}
+
+async fn batches_of_grants_debits_and_replays_match_the_model_posting_one_by_one(backend: Backend) {
+    use proptest::test_runner::{Config, TestRunner};
+    let f = fixture(backend).await;
+    let config = Config { cases: 32, failure_persistence: None, ..Config::default() };
+    let strategy = proptest::collection::vec(simple_step(), 1..60);
+    let next_tenant = std::sync::atomic::AtomicU64::new(0);
+    let handle = tokio::runtime::Handle::current();
+    let start = f.clock.now();
+    let result = tokio::task::block_in_place(|| {
+        TestRunner::new(config).run(&strategy, |steps| {
+            // Fresh tenants every case: their first grant creates the wallet mid-batch,
+            // after debits the empty wallet refused.
+            let n = next_tenant.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tenant = |which: u8| {
+                let mut seed = [0u8; 16];
+                seed[..8].copy_from_slice(&n.to_be_bytes());
+                seed[8] = which;
+                TenantId::from_random(seed)
+            };
+            handle
+                .block_on(run_batched(&f.store, start, [tenant(0xCA), tenant(0xCB)], steps))
+                .map_err(proptest::test_runner::TestCaseError::fail)
+        })
+    });
+    if let Err(err) = result {
+        panic!("{err}");
+    }
+    let report = f.store.audit().await.expect("audit");
+    assert!(report.is_clean(), "{report:?}");
+    assert!(report.transactions > 0);
 }
