@@ -10,9 +10,9 @@ use maestro_core::{ApiKey, Caller, KeyScope, Role, Tenant, TenantId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::{StrictJson, StrictQuery};
+use super::{AppState, Shared};
 use crate::accounts::{AccountsError, expiry_after, validate_key_name};
 
 /// Body of `POST /v1/tenants`.
@@ -201,7 +201,7 @@ pub struct KeyListQuery {
     )
 )]
 pub(super) async fn create_tenant(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     StrictJson(body): StrictJson<CreateTenant>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -217,7 +217,7 @@ pub(super) async fn create_tenant(
     responses((status = 200, body = TenantList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
 pub(super) async fn list_tenants(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<TenantList>, ApiError> {
     caller.require_platform_admin()?;
@@ -235,7 +235,7 @@ pub(super) async fn list_tenants(
     )
 )]
 pub(super) async fn create_key(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     StrictJson(body): StrictJson<CreateKey>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -280,7 +280,7 @@ pub(super) async fn create_key(
     )
 )]
 pub(super) async fn list_keys(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     StrictQuery(query): StrictQuery<KeyListQuery>,
 ) -> Result<Json<KeyList>, ApiError> {
@@ -301,7 +301,7 @@ pub(super) async fn list_keys(
     )
 )]
 pub(super) async fn revoke_key(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use maestro_core::artifact::{Artifact, Sha256};
 use maestro_core::{Caller, Role, TenantId};
 
-use super::AppState;
+use super::Shared;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 
 /// The tenant a viewer's key belongs to; platform keys hold no artifacts.
@@ -72,7 +72,7 @@ pub(super) fn artifact_headers(artifact: &Artifact, length: usize) -> Result<Hea
         (status = 403, body = ErrorBody, description = "a platform key"),
         (status = 404, body = ErrorBody, description = "no such artifact for this tenant")))]
 pub(super) async fn get_one(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     request_headers: HeaderMap,

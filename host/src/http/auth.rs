@@ -6,14 +6,14 @@ use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use super::AppState;
+use super::Shared;
 use super::error::{ApiError, ErrorCode};
 use crate::accounts::AuthError;
 
 /// Middleware for authenticated routes: puts the [`maestro_core::Caller`] into the
 /// request's extensions.
 pub(super) async fn require_caller(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {

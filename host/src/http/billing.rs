@@ -12,9 +12,9 @@ use maestro_core::{Caller, Role};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::StrictJson;
+use super::{AppState, Shared};
 use crate::billing::{Billing, BillingError};
 
 /// Body of `POST /v1/billing/checkout`.
@@ -69,7 +69,7 @@ fn billing(state: &AppState) -> Result<&Arc<Billing>, ApiError> {
     )
 )]
 pub(super) async fn checkout(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     StrictJson(body): StrictJson<CheckoutRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -100,7 +100,7 @@ pub(super) async fn checkout(
     )
 )]
 pub(super) async fn stripe_webhook(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<WebhookAck>, ApiError> {

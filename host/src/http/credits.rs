@@ -10,10 +10,10 @@ use maestro_core::{Caller, Role, TenantId, TransactionKind, TransactionQuery};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::AppState;
 use super::admin::resolve_tenant;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::{StrictJson, StrictQuery};
+use super::{AppState, Shared};
 use crate::credits::CreditsError;
 
 /// Query of `GET /v1/credits`.
@@ -121,7 +121,7 @@ async fn tenant_of(state: &AppState, caller: &Caller, role: Role, named: Option<
     responses((status = 200, body = BalanceView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(super) async fn balance(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     StrictQuery(query): StrictQuery<BalanceQuery>,
 ) -> Result<Json<BalanceView>, ApiError> {
@@ -135,7 +135,7 @@ pub(super) async fn balance(
     responses((status = 200, body = LedgerPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(super) async fn ledger(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     StrictQuery(query): StrictQuery<LedgerQuery>,
 ) -> Result<Json<LedgerPage>, ApiError> {
@@ -178,7 +178,7 @@ pub(super) async fn ledger(
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 pub(super) async fn grant(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     StrictJson(body): StrictJson<GrantRequest>,

@@ -21,10 +21,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::{StrictJson, StrictQuery};
 use super::sessions::tenant_principal;
+use super::{AppState, Shared};
 use crate::documents::{Current, DocumentsError, NewDocument};
 use crate::tools::Principal;
 
@@ -300,7 +300,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody, description = "no such session"),
         (status = 422, body = ErrorBody, description = "invalid title or content (a JSON document's content must parse)")))]
 pub(super) async fn create(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     StrictJson(body): StrictJson<CreateDocument>,
 ) -> Result<Response, ApiError> {
@@ -319,7 +319,7 @@ pub(super) async fn create(
 #[utoipa::path(get, path = "/v1/documents", tag = "documents", params(DocumentsQuery), security(("bearer" = [])),
     responses((status = 200, body = DocumentList), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(super) async fn list(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     StrictQuery(query): StrictQuery<DocumentsQuery>,
 ) -> Result<Json<DocumentList>, ApiError> {
@@ -344,7 +344,7 @@ pub(super) async fn list(
     responses((status = 200, body = DocumentView, headers(("ETag" = String, description = "the version, quoted"))),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn get_one(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -364,7 +364,7 @@ pub(super) async fn get_one(
         (status = 422, body = ErrorBody, description = "invalid content or If-Match"),
         (status = 428, body = ErrorBody, description = "`precondition_required`: no If-Match")))]
 pub(super) async fn put(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -388,7 +388,7 @@ pub(super) async fn put(
     responses((status = 200, body = VersionList), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 pub(super) async fn versions(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     StrictQuery(query): StrictQuery<VersionsQuery>,
@@ -409,7 +409,7 @@ pub(super) async fn versions(
     params(("id" = String, Path, description = "document id (doc_…)"), ("version" = i64, Path, description = "the version")),
     responses((status = 200, body = VersionView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn version(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path((id, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
@@ -439,7 +439,7 @@ pub(super) async fn version(
             description = "a unified diff (`--- <id>@v<from>`, `+++ <id>@v<to>`, hunks with 3 lines of context); empty when equal"),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(super) async fn diff(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     StrictQuery(query): StrictQuery<DiffQuery>,
@@ -458,7 +458,7 @@ pub(super) async fn diff(
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 412, body = ErrorBody, description = "`stale_version`: If-Match is not the current version")))]
 pub(super) async fn rollback(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,

@@ -15,7 +15,7 @@ use maestro_core::document::{DocumentId, DocumentKind};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::AppState;
+use super::Shared;
 use super::artifacts::{artifact_headers, caller_tenant};
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::StrictQuery;
@@ -44,7 +44,7 @@ pub(super) struct ExportQuery {
         (status = 404, body = ErrorBody, description = "no such document or version for this tenant"),
         (status = 422, body = ErrorBody, description = "an unknown format or a malformed query")))]
 pub(super) async fn export(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     StrictQuery(query): StrictQuery<ExportQuery>,

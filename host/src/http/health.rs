@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::AppState;
+use super::Shared;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 
 /// Health and readiness answer.
@@ -59,7 +59,7 @@ pub(super) async fn healthz() -> Json<Status> {
     get, path = "/readyz", tag = "health",
     responses((status = 200, body = Status), (status = 503, body = ErrorBody))
 )]
-pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
+pub(super) async fn readyz(State(state): State<Shared>) -> Result<Json<Status>, ApiError> {
     let store = state.accounts.store();
     store.ping().await.map_err(|e| ApiError::internal(ErrorCode::Unavailable, &e))?;
     let embedder = Some(EmbedderReport::of(state.embedder.as_ref()));
@@ -68,7 +68,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Status>
 
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, body = String, content_type = "text/plain")))]
-pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub(super) async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
     let mut text = state.metrics.render();
     text.push_str("# HELP maestro_tool_calls_in_flight Tool calls and persona renderings running in the sandbox.\n");
     text.push_str("# TYPE maestro_tool_calls_in_flight gauge\n");

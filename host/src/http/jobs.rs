@@ -8,7 +8,7 @@ use maestro_core::{Caller, Job, JobQuery, JobState, StoreError};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::AppState;
+use super::Shared;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::StrictQuery;
 
@@ -89,7 +89,7 @@ pub struct JobList {
         (status = 404, body = ErrorBody, description = "unknown cursor"), (status = 422, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub(super) async fn list(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     StrictQuery(query): StrictQuery<JobsQuery>,
 ) -> Result<Json<JobList>, ApiError> {

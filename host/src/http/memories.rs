@@ -15,10 +15,10 @@ use maestro_core::{Caller, Role};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::{StrictJson, StrictQuery};
 use super::sessions::tenant_principal;
+use super::{AppState, Shared};
 use crate::memory::{Memories, MemoriesError, MemoryEdit, NewMemory};
 use crate::tools::Principal;
 
@@ -305,7 +305,7 @@ fn truncate(raw: &str) -> String {
         (status = 422, body = ErrorBody, description = "empty or too long text, bad tags, unknown scope"),
         (status = 503, body = ErrorBody, description = "`embedder_unavailable`: no embedder, or it failed")))]
 pub(super) async fn create(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     StrictJson(body): StrictJson<CreateMemory>,
 ) -> Result<Response, ApiError> {
@@ -327,7 +327,7 @@ pub(super) async fn create(
     responses((status = 200, body = MemoryList), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 503, body = ErrorBody, description = "`embedder_unavailable`: no embedder is configured")))]
 pub(super) async fn list(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     StrictQuery(query): StrictQuery<MemoriesQuery>,
 ) -> Result<Json<MemoryList>, ApiError> {
@@ -365,7 +365,7 @@ pub(super) async fn list(
     responses((status = 200, body = MemoryHits), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 503, body = ErrorBody, description = "`embedder_unavailable`: no embedder, or it failed")))]
 pub(super) async fn search(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     StrictJson(body): StrictJson<SearchMemories>,
 ) -> Result<Json<MemoryHits>, ApiError> {
@@ -388,7 +388,7 @@ pub(super) async fn search(
     responses((status = 200, body = MemoryView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody, description = "`embedder_unavailable`: no embedder is configured")))]
 pub(super) async fn get_one(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<MemoryView>, ApiError> {
@@ -403,7 +403,7 @@ pub(super) async fn get_one(
         (status = 422, body = ErrorBody, description = "empty or too long text, bad tags"),
         (status = 503, body = ErrorBody, description = "`embedder_unavailable`: no embedder, or it failed")))]
 pub(super) async fn patch(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     StrictJson(body): StrictJson<PatchMemory>,
@@ -419,7 +419,7 @@ pub(super) async fn patch(
     responses((status = 204, description = "deleted"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody, description = "`embedder_unavailable`: no embedder is configured")))]
 pub(super) async fn delete_one(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {

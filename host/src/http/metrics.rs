@@ -27,8 +27,15 @@ pub struct Metrics {
 
 #[derive(Debug, Default)]
 struct Inner {
-    requests: BTreeMap<(String, String, u16), u64>,
-    latency: BTreeMap<String, Histogram>,
+    /// By route (the template): found without allocating once the route was seen.
+    routes: BTreeMap<String, RouteStats>,
+}
+
+/// One route's requests by method and status, and its latency.
+#[derive(Debug, Default)]
+struct RouteStats {
+    requests: BTreeMap<(&'static str, u16), u64>,
+    latency: Histogram,
 }
 
 #[derive(Debug, Default)]
@@ -44,10 +51,14 @@ impl Metrics {
         self.mcp_sessions.store(sessions, Ordering::Relaxed);
     }
 
-    fn record(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    fn record(&self, method: &'static str, route: &str, status: u16, seconds: f64) {
         let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        *inner.requests.entry((method.to_owned(), route.to_owned(), status)).or_default() += 1;
-        let histogram = inner.latency.entry(route.to_owned()).or_default();
+        let stats = match inner.routes.get_mut(route) {
+            Some(stats) => stats,
+            None => inner.routes.entry(route.to_owned()).or_default(),
+        };
+        *stats.requests.entry((method, status)).or_default() += 1;
+        let histogram = &mut stats.latency;
         histogram.count += 1;
         histogram.sum += seconds;
         for (bucket, bound) in histogram.buckets.iter_mut().zip(BUCKETS) {
@@ -65,15 +76,17 @@ impl Metrics {
         let _ = writeln!(out, "maestro_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
         out.push_str("# HELP maestro_http_requests_total HTTP requests by route, method and status.\n");
         out.push_str("# TYPE maestro_http_requests_total counter\n");
-        for ((method, route, status), count) in &inner.requests {
-            let _ = writeln!(
-                out,
-                "maestro_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {count}"
-            );
+        for (route, stats) in &inner.routes {
+            for ((method, status), count) in &stats.requests {
+                let _ = writeln!(
+                    out,
+                    "maestro_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {count}"
+                );
+            }
         }
         out.push_str("# HELP maestro_http_request_duration_seconds HTTP request latency by route.\n");
         out.push_str("# TYPE maestro_http_request_duration_seconds histogram\n");
-        for (route, h) in &inner.latency {
+        for (route, RouteStats { latency: h, .. }) in &inner.routes {
             for (bound, count) in BUCKETS.iter().zip(h.buckets) {
                 let _ = writeln!(
                     out,
@@ -116,11 +129,13 @@ pub(super) fn method_label(method: &Method) -> &'static str {
 pub(super) async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(request.method());
-    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
+    // A reference-counted clone of the template, not a copy of it.
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let response = next.run(request).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    metrics.record(method, &route, status, elapsed.as_secs_f64());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    metrics.record(method, route, status, elapsed.as_secs_f64());
     tracing::debug!(status, micros = elapsed.as_micros(), "request");
     response
 }

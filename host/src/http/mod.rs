@@ -82,6 +82,11 @@ pub struct AppState {
     pub retrieval: Option<Arc<crate::retrieval::Retrieval>>,
 }
 
+/// The state handlers extract: one reference count to bump per request, where cloning
+/// [`AppState`] itself would bump one per field (several times per request, on counters
+/// every core shares).
+pub(crate) type Shared = Arc<AppState>;
+
 /// HTTP settings from the validated config.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
@@ -237,7 +242,7 @@ impl Route {
 const MCP_METHODS: [Method; 3] = [Method::POST, Method::GET, Method::DELETE];
 
 /// Every route the router serves, with its handler (`None`: the MCP transport).
-fn table() -> Vec<(Route, Option<MethodRouter<AppState>>)> {
+fn table() -> Vec<(Route, Option<MethodRouter<Shared>>)> {
     let route =
         |method: Method, path: &'static str, access: Access, json_body: bool| Route { method, path, access, json_body };
     use Access::{Bearer, Public, StripeSignature};
@@ -322,6 +327,7 @@ async fn method_not_allowed() -> ApiError {
 
 /// The application's router.
 pub fn router(state: AppState, settings: &HttpSettings) -> Router {
+    let state = Arc::new(state);
     let (mut public, mut authenticated) = (Router::new(), Router::new());
     for (route, handler) in table() {
         let Some(handler) = handler else { continue };

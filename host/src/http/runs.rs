@@ -13,11 +13,11 @@ use maestro_core::run::{AnswerAction, Asker, Run, RunId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::events::{EventsQuery, Positions};
 use super::extract::{StrictJson, StrictQuery};
 use super::sessions::{LimitsView, tenant_principal};
+use super::{AppState, Shared};
 use crate::orchestrator::{AnswerInput, PendingQuestion};
 
 /// Tokens as providers reported them.
@@ -251,7 +251,7 @@ fn run_id(raw: &str) -> Result<RunId, ApiError> {
     params(("id" = String, Path, description = "run id (run_…)")),
     responses((status = 200, body = RunView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn get_one(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<RunView>, ApiError> {
@@ -303,7 +303,7 @@ pub struct AnswerBody {
         (status = 409, body = ErrorBody, description = "`run_not_waiting`"),
         (status = 422, body = ErrorBody, description = "`invalid_answer`, or neither or both of `answer` and `choice`")))]
 pub(super) async fn answer(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     StrictJson(body): StrictJson<AnswerBody>,
@@ -344,7 +344,7 @@ pub(super) async fn answer(
         (status = 200, body = RunView, description = "the run had already ended"),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn cancel(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -367,7 +367,7 @@ pub(super) async fn cancel(
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody, description = "unknown query parameter")))]
 pub(super) async fn events(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,

@@ -15,7 +15,7 @@ use maestro_core::schedule::{CatchUp, Schedule, ScheduleFire, ScheduleId, Schedu
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::AppState;
+use super::Shared;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::{StrictJson, StrictQuery};
 use super::sessions::{LimitsBody, LimitsView, tenant_principal};
@@ -222,7 +222,7 @@ fn schedule_id(raw: &str) -> Result<ScheduleId, ApiError> {
         (status = 422, body = ErrorBody,
             description = "invalid cron expression or time zone, fires too often, invalid message or template, or `unknown_persona`")))]
 pub(super) async fn create(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     StrictJson(body): StrictJson<CreateSchedule>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -255,7 +255,7 @@ pub(super) async fn create(
 #[utoipa::path(get, path = "/v1/schedules", tag = "schedules", params(SchedulesQuery), security(("bearer" = [])),
     responses((status = 200, body = ScheduleList), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(super) async fn list(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     StrictQuery(query): StrictQuery<SchedulesQuery>,
 ) -> Result<Json<ScheduleList>, ApiError> {
@@ -285,7 +285,7 @@ pub(super) async fn list(
     params(("id" = String, Path, description = "schedule id (sch_…)")),
     responses((status = 200, body = ScheduleDetailView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn get_one(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<ScheduleDetailView>, ApiError> {
@@ -299,7 +299,7 @@ pub(super) async fn get_one(
     params(("id" = String, Path, description = "schedule id (sch_…)")),
     responses((status = 200, body = ScheduleView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn pause(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<ScheduleView>, ApiError> {
@@ -313,7 +313,7 @@ pub(super) async fn pause(
     params(("id" = String, Path, description = "schedule id (sch_…)")),
     responses((status = 200, body = ScheduleView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn resume(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<ScheduleView>, ApiError> {
@@ -327,7 +327,7 @@ pub(super) async fn resume(
     params(("id" = String, Path, description = "schedule id (sch_…)")),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn delete_one(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {

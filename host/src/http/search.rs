@@ -13,7 +13,7 @@ use maestro_core::search::SearchKind;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::AppState;
+use super::Shared;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::StrictJson;
 use super::sessions::tenant_principal;
@@ -230,7 +230,7 @@ impl From<RetrievalError> for ApiError {
         (status = 422, body = ErrorBody, description = "empty or over-long query, unknown kind or scope, bad session, tags, half-life or limit"),
         (status = 503, body = ErrorBody, description = "`unavailable`: this server keeps no search index (text mode); `embedder_unavailable`: the embedder cannot embed now (vector mode)")))]
 pub(super) async fn search(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     StrictJson(body): StrictJson<SearchRequest>,
 ) -> Result<Json<SearchResults>, ApiError> {

@@ -14,12 +14,12 @@ use maestro_core::run::{Author, MAX_PAGE, Message, RunLimits, Session, SessionId
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::events::{EventsQuery, Positions};
 use super::extract::{StrictJson, StrictQuery};
 use super::runs::RunView;
 use super::tools::{call_error, principal_of};
+use super::{AppState, Shared};
 use crate::orchestrator::NewSession;
 use crate::tools::{CallError, Principal};
 
@@ -267,7 +267,7 @@ fn session_id(raw: &str) -> Result<SessionId, ApiError> {
     responses((status = 201, body = SessionView), (status = 403, body = ErrorBody),
         (status = 422, body = ErrorBody, description = "invalid title, team or limits, or `unknown_persona`")))]
 pub(super) async fn create(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     StrictJson(body): StrictJson<CreateSession>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -286,7 +286,7 @@ pub(super) async fn create(
 #[utoipa::path(get, path = "/v1/sessions", tag = "sessions", params(SessionsQuery), security(("bearer" = [])),
     responses((status = 200, body = SessionList), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(super) async fn list(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     StrictQuery(query): StrictQuery<SessionsQuery>,
 ) -> Result<Json<SessionList>, ApiError> {
@@ -310,7 +310,7 @@ pub(super) async fn list(
     params(("id" = String, Path, description = "session id (ses_…)")),
     responses((status = 200, body = SessionView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn get_one(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
@@ -325,7 +325,7 @@ pub(super) async fn get_one(
     responses((status = 200, body = MessageList), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 pub(super) async fn messages(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     StrictQuery(query): StrictQuery<MessagesQuery>,
@@ -348,7 +348,7 @@ pub(super) async fn messages(
     responses((status = 202, body = PostedView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 pub(super) async fn post_message(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     StrictJson(body): StrictJson<PostMessage>,
@@ -372,7 +372,7 @@ pub(super) async fn post_message(
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody, description = "unknown query parameter")))]
 pub(super) async fn events(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::StrictJson;
+use super::{AppState, Shared};
 use crate::tools::{CallError, Observe, Principal, principal};
 use maestro_core::call::{Code, Failure};
 
@@ -174,7 +174,7 @@ pub(super) async fn principal_of(state: &AppState, caller: &Caller) -> Result<Op
 #[utoipa::path(get, path = "/v1/tools", tag = "tools", security(("bearer" = [])),
     responses((status = 200, body = ToolList), (status = 401, body = ErrorBody)))]
 pub(super) async fn list_tools(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<ToolList>, ApiError> {
     let tools = match principal_of(&state, &caller).await? {
@@ -215,7 +215,7 @@ fn tool_view(name: String, plugin: &str, spec: maestro_core::plugin::ToolSpec, c
 #[utoipa::path(get, path = "/v1/personas", tag = "tools", security(("bearer" = [])),
     responses((status = 200, body = PersonaList), (status = 401, body = ErrorBody)))]
 pub(super) async fn list_personas(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<PersonaList>, ApiError> {
     let personas: Vec<(String, String, maestro_core::plugin::PersonaSpec)> = match principal_of(&state, &caller).await?
@@ -253,7 +253,7 @@ pub(super) async fn list_personas(
 #[utoipa::path(get, path = "/v1/plugins", tag = "tools", security(("bearer" = [])),
     responses((status = 200, body = PluginList), (status = 401, body = ErrorBody)))]
 pub(super) async fn list_plugins(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<PluginList>, ApiError> {
     let catalog = state.tools.catalog();
@@ -297,7 +297,7 @@ pub(super) async fn list_plugins(
         (status = 504, body = ErrorBody),
     ))]
 pub(super) async fn call_tool(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     StrictJson(body): StrictJson<CallRequest>,
@@ -351,7 +351,7 @@ pub struct RenderResponse {
         (status = 504, body = ErrorBody),
     ))]
 pub(super) async fn render_persona(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     StrictJson(body): StrictJson<RenderRequest>,

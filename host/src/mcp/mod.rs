@@ -1348,14 +1348,45 @@ pub enum StdioError {
     /// The session's task failed.
     #[error("the MCP session failed")]
     Session(#[source] tokio::task::JoinError),
-    /// The threads reading stdin and writing stdout could not start.
+    /// The threads reading stdin and writing stdout, or the session's, could not start.
     #[error("cannot start the stdio threads")]
     Threads(#[source] std::io::Error),
+    /// The session's thread panicked.
+    #[error("the MCP session's thread failed")]
+    Panicked,
 }
 
 /// Serves MCP over stdin/stdout for one caller until the client closes stdin; `key`,
 /// when the caller is a key, is checked before every request.
+///
+/// The session runs on a runtime of its own, one thread: rmcp moves every request
+/// through several tasks (its serve loop, the handler's task, a task sending the
+/// answer), and on a multi-threaded runtime each spawn could wake another worker, a
+/// thread hand-off each. On one thread a request crosses threads only where it must:
+/// from the stdin reader and to the stdout writer. Calls that run long still leave
+/// the thread (the sandbox moves a guest past its first slice to its own runtime), and
+/// requests still run concurrently, interleaved on the thread.
 pub async fn serve_stdio(
+    mcp: Arc<Mcp>,
+    principal: Principal,
+    key: Option<Arc<dyn KeyCheck>>,
+) -> Result<(), StdioError> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("mcp-session".to_owned())
+        .spawn(move || {
+            let served = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime.block_on(serve_stdio_session(mcp, principal, key)),
+                Err(err) => Err(StdioError::Threads(err)),
+            };
+            let _ = done_tx.send(served);
+        })
+        .map_err(StdioError::Threads)?;
+    // The session thread always answers, unless it panicked.
+    done_rx.await.unwrap_or_else(|_| Err(StdioError::Panicked))
+}
+
+async fn serve_stdio_session(
     mcp: Arc<Mcp>,
     principal: Principal,
     key: Option<Arc<dyn KeyCheck>>,

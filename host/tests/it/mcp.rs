@@ -619,6 +619,37 @@ async fn short_names_and_list_changed_on_policy_reload() {
     assert!(!seen.contains("prompts/list_changed"), "{seen}");
 }
 
+/// The stdio session runs on one thread of its own: a call that never ends by itself
+/// must not hold it, so later requests are answered meanwhile, and cancelling the call
+/// stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_answers_other_requests_while_a_call_spins_and_cancels_it() {
+    let db = crate::harness::TestDb::new(Backend::Sqlite).await;
+    let policy = "version = 1\n\n[[grant]]\nname = \"spin\"\nsubjects = [\"tenant:beta\"]\ntools = [\"hostile.*\"]\n";
+    let maestro = || crate::server::maestro_with(&db, Backend::Sqlite, &["hostile"], policy);
+    crate::server::run({
+        let mut c = maestro();
+        c.args(["tenant", "create", "beta"]);
+        c
+    });
+    let args = ["mcp", "--tenant", "beta", "--role", "member"];
+    let mut stdio = crate::server::StdioMcp::spawn(maestro(), &args, std::process::Stdio::piped());
+    stdio.initialize(SESSIONS);
+    stdio.send(&json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": { "name": "hostile.spin_until_cancelled", "arguments": {} } }));
+    // Spinning never ends by itself: these answers can only come while it spins.
+    let listed = stdio.ask(3, "tools/list", json!({}));
+    assert!(listed["result"]["tools"].as_array().is_some_and(|tools| !tools.is_empty()), "{listed}");
+    let noop = stdio.ask(4, "tools/call", json!({ "name": "hostile.noop", "arguments": {} }));
+    assert_eq!(noop["result"]["content"][0]["text"], "ok", "{noop}");
+    stdio.send(&json!({ "jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": { "requestId": 2, "reason": "user pressed stop" } }));
+    // The cancelled call stopped: the session still answers, and ends when stdin closes.
+    let after = stdio.ask(5, "tools/call", json!({ "name": "hostile.noop", "arguments": {} }));
+    assert_eq!(after["result"]["content"][0]["text"], "ok", "{after}");
+    stdio.close();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdio_serves_a_local_operator_and_refuses_bad_keys() {
     let db = crate::harness::TestDb::new(Backend::Sqlite).await;
