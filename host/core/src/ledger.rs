@@ -789,6 +789,10 @@ pub struct AuditReport {
     pub negative: Vec<(String, i64)>,
     /// Held accounts that differ from the sum of their tenant's open holds.
     pub holds_mismatched: Vec<BalanceMismatch>,
+    /// Transaction ids that entries name but no stored transaction has (on Postgres no
+    /// foreign key checks this since migration 0018: only the posting functions write
+    /// entries, in the statement that writes their transaction).
+    pub orphaned: Vec<String>,
 }
 
 impl AuditReport {
@@ -798,6 +802,7 @@ impl AuditReport {
             && self.mismatches.is_empty()
             && self.negative.is_empty()
             && self.holds_mismatched.is_empty()
+            && self.orphaned.is_empty()
     }
 }
 

@@ -84,6 +84,7 @@ impl Ticker {
     }
 
     /// Whether the thread is parked for want of calls (for tests).
+    #[cfg(test)]
     pub(crate) fn is_parked(&self) -> bool {
         self.shared.parked.load(Ordering::SeqCst)
     }

@@ -466,6 +466,9 @@ async fn credits(store: Arc<dyn maestro_core::Store>, command: CreditsCommand) -
                 for (account, balance) in &report.negative {
                     println!("NEGATIVE {account}: {balance}");
                 }
+                for tx in &report.orphaned {
+                    println!("ORPHANED entries of transaction {tx}: no such transaction");
+                }
             }
             if !report.is_clean() {
                 bail!("the ledger audit found violations");

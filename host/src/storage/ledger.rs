@@ -1415,6 +1415,13 @@ macro_rules! impl_ledger_queries {
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(be)?;
+                let orphaned = sqlx::query_scalar::<_, String>(
+                    "SELECT DISTINCT e.transaction_id FROM ledger_entries e WHERE NOT EXISTS \
+                     (SELECT 1 FROM ledger_transactions t WHERE t.id = e.transaction_id) ORDER BY 1",
+                )
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(be)?;
                 tx.rollback().await.map_err(be)?;
                 let mismatch =
                     |(account, cached, computed)| maestro_core::ledger::BalanceMismatch { account, cached, computed };
@@ -1425,6 +1432,7 @@ macro_rules! impl_ledger_queries {
                     mismatches: mismatches.into_iter().map(mismatch).collect(),
                     negative,
                     holds_mismatched: holds.into_iter().map(mismatch).collect(),
+                    orphaned,
                 })
             }
         }

@@ -32,6 +32,7 @@ backend_tests!(
     refunds_a_debit_exactly_once,
     purchase_reversal_takes_back_only_what_is_available,
     audit_detects_a_tampered_cached_balance,
+    audit_detects_entries_without_their_transaction,
     paginates_transactions_with_a_cursor_and_filters,
     store_matches_the_model_under_random_operations,
     a_batch_answers_each_posting_in_arrival_order_as_if_posted_alone,
@@ -375,6 +376,34 @@ async fn purchase_reversal_takes_back_only_what_is_available(backend: Backend) {
     let nothing = f.credits.reverse_purchase(&acme, 10, "chargeback-2", "").await.expect("empty wallet");
     assert_eq!((nothing.posted, nothing.reversed, nothing.unrecovered), (None, 0, 10));
     assert_clean(&f.credits).await;
+}
+
+/// Entries are written only with their transaction (by the posting functions on
+/// Postgres, which has no foreign key from entries to transactions since migration
+/// 0018): an entry naming no stored transaction is a violation the audit reports.
+async fn audit_detects_entries_without_their_transaction(backend: Backend) {
+    let f = fixture(backend).await;
+    let acme = tenant(1);
+    f.credits.grant(&acme, 100, "g", "").await.expect("grant");
+    assert_clean(&f.credits).await;
+    // A balanced pair on platform accounts: nothing else in the audit is off.
+    let stray = "INSERT INTO ledger_entries (transaction_id, account, amount) \
+                 VALUES ('tx_stray', 'platform:revenue', 5), ('tx_stray', 'platform:promotions', -5)";
+    match backend {
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&f.db.url).await.expect("connect");
+            sqlx::query("PRAGMA foreign_keys = OFF").execute(&mut conn).await.expect("pragma");
+            sqlx::query(stray).execute(&mut conn).await.expect("tamper");
+        }
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&f.db.url).await.expect("connect");
+            sqlx::query(stray).execute(&mut conn).await.expect("tamper");
+        }
+    }
+    let report = f.credits.audit().await.expect("audit");
+    assert!(!report.is_clean(), "{report:?}");
+    assert_eq!(report.orphaned, vec!["tx_stray".to_owned()]);
+    assert!(report.imbalanced.is_empty() && report.mismatches.is_empty() && report.negative.is_empty(), "{report:?}");
 }
 
 async fn audit_detects_a_tampered_cached_balance(backend: Backend) {
