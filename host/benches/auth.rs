@@ -16,6 +16,8 @@
 //!   fsynced by the flusher every 10 ms, and every second to show what the flusher
 //!   itself costs), on fresh files in the same directory.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,7 +42,7 @@ async fn run() {
     authenticate("sqlite", open_with(&location, &StoreSettings::default()).await.expect("sqlite store")).await;
     match std::env::var("TEST_DATABASE_URL") {
         Ok(server) if !server.is_empty() => {
-            let url = fresh_postgres_database(&server).await;
+            let url = common::fresh_postgres_database(&server, "maestro_bench_auth").await;
             let store = open_with(&StoreLocation::Postgres(url), &StoreSettings::default()).await.expect("postgres");
             authenticate("postgres", store).await;
         }
@@ -155,24 +157,4 @@ async fn debit(store: Arc<dyn Store>) -> Duration {
         }
     })
     .await
-}
-
-async fn fresh_postgres_database(server: &str) -> String {
-    use sqlx::Connection as _;
-    let mut bytes = [0u8; 6];
-    getrandom::fill(&mut bytes).expect("random");
-    let name = format!("maestro_bench_auth_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
-    let mut admin = sqlx::PgConnection::connect(server).await.expect("connect to TEST_DATABASE_URL");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .expect("create bench database");
-    admin.close().await.ok();
-    let (base, query) = server.split_once('?').map_or((server, None), |(b, q)| (b, Some(q)));
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let prefix = base[authority_start..].find('/').map_or(base, |i| &base[..authority_start + i]);
-    match query {
-        Some(q) => format!("{prefix}/{name}?{q}"),
-        None => format!("{prefix}/{name}"),
-    }
 }

@@ -31,6 +31,8 @@
 //!   median rate; `ours/raw` is the median of the rounds' ratios of cost per debit (the
 //!   inverse ratio of throughputs; goal ≤ 1.25), printed with their range.
 
+mod common;
+
 use std::path::Path;
 use std::str::FromStr as _;
 use std::sync::Arc;
@@ -40,7 +42,6 @@ use maestro_core::TenantId;
 use maestro_host::accounts::SystemClock;
 use maestro_host::credits::Credits;
 use maestro_host::storage::{Durability, StoreLocation, StoreSettings, open_with};
-use sqlx::Connection as _;
 
 const WARMUP: Duration = Duration::from_millis(200);
 const WINDOW: Duration = Duration::from_millis(800);
@@ -80,7 +81,7 @@ async fn run() {
     }
     match std::env::var("TEST_DATABASE_URL") {
         Ok(server) if !server.is_empty() => {
-            let url = fresh_postgres_database(&server).await;
+            let url = common::fresh_postgres_database(&server, "maestro_bench_ledger").await;
             let pool = postgres_raw_pool(&url).await;
             let settings: Vec<(String, String)> = sqlx::query_as(
                 "SELECT name, setting FROM pg_settings \
@@ -127,27 +128,6 @@ async fn postgres_raw_pool(url: &str) -> sqlx::PgPool {
     use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
     let options = PgConnectOptions::from_str(url).expect("postgres url").options([("synchronous_commit", "on")]);
     PgPoolOptions::new().max_connections(16).test_before_acquire(false).connect_lazy_with(options)
-}
-
-/// Creates `maestro_bench_ledger_<random>` on the server and returns its URL.
-async fn fresh_postgres_database(server: &str) -> String {
-    let mut bytes = [0u8; 6];
-    getrandom::fill(&mut bytes).expect("random");
-    let name = format!("maestro_bench_ledger_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
-    let mut admin = sqlx::PgConnection::connect(server).await.expect("connect to TEST_DATABASE_URL");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .expect("create bench database");
-    admin.close().await.ok();
-    // Replace the URL's path (the database name), keeping its query.
-    let (base, query) = server.split_once('?').map_or((server, None), |(b, q)| (b, Some(q)));
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let prefix = base[authority_start..].find('/').map_or(base, |i| &base[..authority_start + i]);
-    match query {
-        Some(q) => format!("{prefix}/{name}?{q}"),
-        None => format!("{prefix}/{name}"),
-    }
 }
 
 #[derive(Clone)]

@@ -497,7 +497,7 @@ async fn bench_sqlite(sets: &[Sized]) {
 }
 
 async fn bench_postgres(server: &str, sets: &[Sized]) {
-    let url = &fresh_postgres_database(server).await;
+    let url = &common::fresh_postgres_database(server, "maestro_bench_memory").await;
     let store = storage::open(&StoreLocation::Postgres(url.clone())).await.expect("store");
     let pg = PostgresStore::open(url).await.expect("store");
     let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
@@ -649,19 +649,4 @@ fn main() {
             bench_postgres(&server, &sets).await;
         }
     });
-}
-
-async fn fresh_postgres_database(server: &str) -> String {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).expect("random");
-    let name = format!("maestro_bench_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
-    let mut admin = sqlx::PgConnection::connect(server).await.expect("connect to TEST_DATABASE_URL");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.expect("create db");
-    admin.close().await.ok();
-    let (base, query) = server.split_once('?').map_or((server, None), |(b, q)| (b, Some(q)));
-    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
-    match query {
-        Some(q) => format!("{base}/{name}?{q}"),
-        None => format!("{base}/{name}"),
-    }
 }

@@ -371,7 +371,7 @@ fn main() {
             && !server.is_empty()
             && backends.contains("postgres")
         {
-            let url = fresh_postgres_database(&server).await;
+            let url = common::fresh_postgres_database(&server, "maestro_bench_passages").await;
             bench_backend("postgres", &StoreLocation::Postgres(url.clone()), n, None).await;
             drop_database(&server, &url).await;
         }
@@ -388,18 +388,4 @@ async fn drop_database(server: &str, url: &str) {
         .await
         .expect("drop db");
     admin.close().await.ok();
-}
-
-async fn fresh_postgres_database(server: &str) -> String {
-    use sqlx::Connection as _;
-    let name = format!("maestro_bench_{}", random_bytes()[..8].iter().map(|b| format!("{b:02x}")).collect::<String>());
-    let mut admin = sqlx::PgConnection::connect(server).await.expect("connect to TEST_DATABASE_URL");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.expect("create db");
-    admin.close().await.ok();
-    let (base, query) = server.split_once('?').map_or((server, None), |(b, q)| (b, Some(q)));
-    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
-    match query {
-        Some(q) => format!("{base}/{name}?{q}"),
-        None => format!("{base}/{name}"),
-    }
 }

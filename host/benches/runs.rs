@@ -77,7 +77,7 @@ fn main() {
             && !server.is_empty()
         {
             let pg_dir = tempfile::tempdir().expect("temp dir");
-            let url = fresh_postgres_database(&server).await;
+            let url = common::fresh_postgres_database(&server, "maestro_bench_runs").await;
             bench_backend("postgres", pg_dir.path(), &component, StoreLocation::Postgres(url)).await;
         }
     });
@@ -575,20 +575,4 @@ fn components_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("bench binary path");
     let target = exe.ancestors().nth(3).expect("<target>/release/deps/<binary>");
     target.join("wasm32-wasip2/release")
-}
-
-async fn fresh_postgres_database(server: &str) -> String {
-    use sqlx::Connection as _;
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).expect("random");
-    let name = format!("maestro_bench_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
-    let mut admin = sqlx::PgConnection::connect(server).await.expect("connect to TEST_DATABASE_URL");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.expect("create db");
-    admin.close().await.ok();
-    let (base, query) = server.split_once('?').map_or((server, None), |(b, q)| (b, Some(q)));
-    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
-    match query {
-        Some(q) => format!("{base}/{name}?{q}"),
-        None => format!("{base}/{name}"),
-    }
 }

@@ -1150,10 +1150,8 @@ impl Drop for ClosedUnlessSettled {
 
 /// Implements [`maestro_core::LedgerStore`] for a store type with a `pool` field,
 /// `begin_audit`, and the posting methods above (`ledger_post`, `ledger_post_many`).
-/// `$lock` (the row-lock clause of the backend) is unused since postings moved to the
-/// backend-specific code above; the backends still pass it.
 macro_rules! impl_ledger_queries {
-    ($store:ty, $lock:literal) => {
+    ($store:ty) => {
         impl $store {
             /// The backend's ledger write transaction (`begin_ledger`, private to it).
             #[allow(dead_code, reason = "Postgres postings need no explicit transaction")]

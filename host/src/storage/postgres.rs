@@ -93,7 +93,7 @@ impl_run_queries!(PostgresStore);
 impl_document_queries!(PostgresStore);
 impl_schedule_queries!(PostgresStore);
 impl_unit_of_work!(PostgresStore, PostgresTx);
-impl_ledger_queries!(PostgresStore, " FOR UPDATE");
+impl_ledger_queries!(PostgresStore);
 impl_artifact_queries!(PostgresStore);
 impl_search_queries!(
     PostgresStore,

@@ -163,7 +163,7 @@ impl_run_queries!(SqliteStore);
 impl_document_queries!(SqliteStore);
 impl_schedule_queries!(SqliteStore);
 impl_unit_of_work!(SqliteStore, SqliteTx);
-impl_ledger_queries!(SqliteStore, "");
+impl_ledger_queries!(SqliteStore);
 impl_artifact_queries!(SqliteStore);
 impl_search_queries!(SqliteStore, "", None, "m.tags");
 
