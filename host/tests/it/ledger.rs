@@ -794,20 +794,31 @@ async fn run_batched(
 }
 
 async fn batches_match_the_model_posting_one_by_one(backend: Backend) {
-    use proptest::test_runner::{Config, TestRunner};
     let f = fixture(backend).await;
     let cases = match backend {
         Backend::Sqlite => 48,
         Backend::Postgres => 24,
     };
+    // Every case (and every shrinking attempt) gets tenants of its own.
+    check_batches_against_the_model(&f, cases, proptest::collection::vec(step(), 1..50), [0xBA, 0xBB]).await;
+}
+
+/// Runs `cases` sequences of steps from `strategy`, each posted in batches and checked
+/// against the model by `run_batched`, on fresh tenants per case (tagged `tags`), then
+/// audits the store.
+async fn check_batches_against_the_model(
+    f: &Fixture,
+    cases: u32,
+    strategy: impl proptest::strategy::Strategy<Value = Vec<Step>>,
+    tags: [u8; 2],
+) {
+    use proptest::test_runner::{Config, TestRunner};
     let config = Config { cases, failure_persistence: None, ..Config::default() };
-    let strategy = proptest::collection::vec(step(), 1..50);
     let next_tenant = std::sync::atomic::AtomicU64::new(0);
     let handle = tokio::runtime::Handle::current();
     let start = f.clock.now();
     let result = tokio::task::block_in_place(|| {
         TestRunner::new(config).run(&strategy, |steps| {
-            // Every case (and every shrinking attempt) gets a tenant of its own.
             let n = next_tenant.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let tenant = |which: u8| {
                 let mut seed = [0u8; 16];
@@ -816,7 +827,7 @@ async fn batches_match_the_model_posting_one_by_one(backend: Backend) {
                 TenantId::from_random(seed)
             };
             handle
-                .block_on(run_batched(&f.store, start, [tenant(0xBA), tenant(0xBB)], steps))
+                .block_on(run_batched(&f.store, start, [tenant(tags[0]), tenant(tags[1])], steps))
                 .map_err(proptest::test_runner::TestCaseError::fail)
         })
     });
@@ -1128,33 +1139,8 @@ fn simple_step() -> impl proptest::strategy::Strategy<Value = Step> {
 }
 
 async fn batches_of_grants_debits_and_replays_match_the_model_posting_one_by_one(backend: Backend) {
-    use proptest::test_runner::{Config, TestRunner};
     let f = fixture(backend).await;
-    let config = Config { cases: 32, failure_persistence: None, ..Config::default() };
-    let strategy = proptest::collection::vec(simple_step(), 1..60);
-    let next_tenant = std::sync::atomic::AtomicU64::new(0);
-    let handle = tokio::runtime::Handle::current();
-    let start = f.clock.now();
-    let result = tokio::task::block_in_place(|| {
-        TestRunner::new(config).run(&strategy, |steps| {
-            // Fresh tenants every case: their first grant creates the wallet mid-batch,
-            // after debits the empty wallet refused.
-            let n = next_tenant.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let tenant = |which: u8| {
-                let mut seed = [0u8; 16];
-                seed[..8].copy_from_slice(&n.to_be_bytes());
-                seed[8] = which;
-                TenantId::from_random(seed)
-            };
-            handle
-                .block_on(run_batched(&f.store, start, [tenant(0xCA), tenant(0xCB)], steps))
-                .map_err(proptest::test_runner::TestCaseError::fail)
-        })
-    });
-    if let Err(err) = result {
-        panic!("{err}");
-    }
-    let report = f.store.audit().await.expect("audit");
-    assert!(report.is_clean(), "{report:?}");
-    assert!(report.transactions > 0);
+    // Fresh tenants every case: their first grant creates the wallet mid-batch, after
+    // debits the empty wallet refused.
+    check_batches_against_the_model(&f, 32, proptest::collection::vec(simple_step(), 1..60), [0xCA, 0xCB]).await;
 }
