@@ -31,6 +31,8 @@ pub struct PostgresStore {
     signal: std::sync::Arc<super::signal::PgSignal>,
     /// Recent vector searches' index-or-exact choices (`memories.rs`).
     pub(super) search_paths: std::sync::Arc<super::memories::SearchPaths>,
+    /// Connections kept for postings between them (`ledger.rs`).
+    pub(super) ledger_connections: std::sync::Arc<super::ledger::LedgerConnections>,
 }
 
 impl Backend for PostgresStore {
@@ -49,7 +51,12 @@ impl PostgresStore {
             .map_err(backend_err)?;
         MIGRATOR.run(&pool).await.map_err(backend_err)?;
         let signal = std::sync::Arc::new(super::signal::PgSignal::new(pool.clone()));
-        Ok(Self { pool, signal, search_paths: std::sync::Arc::default() })
+        Ok(Self {
+            pool,
+            signal,
+            search_paths: std::sync::Arc::default(),
+            ledger_connections: std::sync::Arc::default(),
+        })
     }
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {

@@ -1144,3 +1144,56 @@ async fn batches_of_grants_debits_and_replays_match_the_model_posting_one_by_one
     // debits the empty wallet refused.
     check_batches_against_the_model(&f, 32, proptest::collection::vec(simple_step(), 1..60), [0xCA, 0xCB]).await;
 }
+
+/// Postings keep their connection between them: one after another, they all run on the
+/// same server process (the pool would hand out whichever connection is idle, and ping
+/// it twice per posting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postings_one_after_another_run_on_one_kept_connection_on_postgres() {
+    let f = fixture(Backend::Postgres).await;
+    let acme = tenant(1);
+    f.credits.grant(&acme, 1_000, "g", "").await.expect("grant");
+    // Other work on the pool meanwhile, so it holds more than one connection.
+    let reads: Vec<_> = (0..8).map(|_| f.credits.balance(&acme)).collect();
+    for read in futures_util::future::join_all(reads).await {
+        read.expect("balance");
+    }
+    for n in 0..20 {
+        f.credits.debit(&acme, 10, &format!("d{n}"), "").await.expect("debit").expect("posted");
+    }
+    let mut admin = sqlx::PgConnection::connect(&f.db.url).await.expect("connect");
+    let posting: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
+         AND query LIKE '%FROM ledger_post_set(%'",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .expect("the server's sessions");
+    assert_eq!(posting.len(), 1, "the postings ran on server processes {posting:?}");
+    assert_eq!(f.credits.balance(&acme).await.expect("balance").available, 800);
+    assert_clean(&f.credits).await;
+}
+
+/// A posting whose caller gave up mid-statement does not leave its connection to the
+/// next posting in a broken state: every outcome stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postings_cut_off_mid_statement_leave_the_next_ones_exact_on_postgres() {
+    let f = fixture(Backend::Postgres).await;
+    let acme = tenant(1);
+    f.credits.grant(&acme, 100_000, "g", "").await.expect("grant");
+    let mut cut = 0;
+    for n in 0..40u64 {
+        let wait = std::time::Duration::from_micros(n * 25);
+        if tokio::time::timeout(wait, f.credits.debit(&acme, 10, &format!("cut{n}"), "")).await.is_err() {
+            cut += 1;
+        }
+    }
+    // Whatever the cut-off ones did, each posts exactly once when asked again.
+    for n in 0..40u64 {
+        f.credits.debit(&acme, 10, &format!("cut{n}"), "").await.expect("debit").expect("posted");
+        f.credits.debit(&acme, 10, &format!("after{n}"), "").await.expect("debit").expect("posted");
+    }
+    println!("{cut} of 40 postings cut off");
+    assert_eq!(f.credits.balance(&acme).await.expect("balance").available, 100_000 - 80 * 10);
+    assert_clean(&f.credits).await;
+}
