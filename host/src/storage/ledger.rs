@@ -442,11 +442,24 @@ fn pg_call_error(posting: &Posting, err: sqlx::Error) -> LedgerError {
 /// (`credits.rs`), which has at most that many postings in flight.
 const KEPT_LEDGER_CONNECTIONS: usize = 4;
 
-/// The pool's connections that postings keep between them, the one used last on top.
-/// They stay checked out of the pool (and count in its size) while kept here.
+/// A kept connection's posting counts at which its session's cached plans are dropped
+/// (`DISCARD PLANS`), so `ledger_post`'s statements are planned again for the tables as
+/// they are now. Plans are made once per session (migration 0018) and kept until the
+/// server invalidates them, which an `ANALYZE` does; but a plan made while the ledger was
+/// young, before autovacuum first analysed it (a minute at the least), costs a tenant's
+/// key lookup as one row by either index on `tenant_id` and may take
+/// `ledger_transactions_by_tenant`, which then reads the tenant's whole history on every
+/// posting: the ledger bench's fresh database read 85 million rows that way, and one
+/// tenant's debits fell to ~700 a second. Replanned at these counts, the plans follow
+/// the tables' growth through their young minutes; afterwards the statistics do.
+const REPLAN_AT_POSTINGS: [u64; 3] = [64, 1_024, 16_384];
+
+/// The pool's connections that postings keep between them, the one used last on top,
+/// each with how many postings it ran. They stay checked out of the pool (and count in
+/// its size) while kept here.
 #[derive(Default)]
 pub(super) struct LedgerConnections {
-    kept: std::sync::Mutex<Vec<PoolConnection<sqlx::Postgres>>>,
+    kept: std::sync::Mutex<Vec<(PoolConnection<sqlx::Postgres>, u64)>>,
 }
 
 impl std::fmt::Debug for LedgerConnections {
@@ -456,7 +469,7 @@ impl std::fmt::Debug for LedgerConnections {
 }
 
 impl LedgerConnections {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PoolConnection<sqlx::Postgres>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(PoolConnection<sqlx::Postgres>, u64)>> {
         // Each step under the lock is one push or pop: the list is whole after a panic.
         self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -468,6 +481,8 @@ impl LedgerConnections {
 struct LedgerConnection<'a> {
     conn: Option<PoolConnection<sqlx::Postgres>>,
     home: &'a LedgerConnections,
+    /// Postings run on it while kept.
+    postings: u64,
     /// Its statements so far ran to their end: kept when dropped.
     keep: bool,
     /// A statement on it failed in the backend, or it is closing: never kept.
@@ -475,12 +490,24 @@ struct LedgerConnection<'a> {
 }
 
 impl<'a> LedgerConnection<'a> {
-    fn new(conn: PoolConnection<sqlx::Postgres>, home: &'a LedgerConnections) -> Self {
-        Self { conn: Some(conn), home, keep: false, spoiled: false }
+    fn new(conn: PoolConnection<sqlx::Postgres>, postings: u64, home: &'a LedgerConnections) -> Self {
+        Self { conn: Some(conn), home, postings, keep: false, spoiled: false }
     }
 
     fn get(&mut self) -> &mut sqlx::PgConnection {
         self.conn.as_deref_mut().expect("a ledger connection is present until dropped")
+    }
+
+    /// Counts a posting about to run on it, first dropping the session's cached plans
+    /// when the count is one of [`REPLAN_AT_POSTINGS`]. A failure here is the
+    /// connection's, and the posting's statement then meets it.
+    async fn count_posting(&mut self) {
+        self.postings += 1;
+        if REPLAN_AT_POSTINGS.contains(&self.postings)
+            && let Err(err) = sqlx::query("DISCARD PLANS").execute(self.get()).await
+        {
+            tracing::debug!(error = %err, "cannot drop a ledger connection's cached plans");
+        }
     }
 
     /// The posting's statements ran to their end: the connection may serve the next one.
@@ -514,7 +541,7 @@ impl Drop for LedgerConnection<'_> {
         if self.keep {
             let mut kept = self.home.lock();
             if kept.len() < KEPT_LEDGER_CONNECTIONS {
-                kept.push(conn);
+                kept.push((conn, self.postings));
                 return;
             }
         }
@@ -529,18 +556,20 @@ impl PostgresStore {
     async fn ledger_connection(&self) -> Result<(LedgerConnection<'_>, bool), StoreError> {
         let home = &*self.ledger_connections;
         let kept = home.lock().pop();
-        let (conn, unchecked) = match kept.or_else(|| self.pool.try_acquire()) {
-            Some(conn) => (conn, true),
-            None => (self.pool.acquire().await.map_err(super::backend_err)?, false),
+        let (conn, postings, unchecked) = match kept.or_else(|| self.pool.try_acquire().map(|conn| (conn, 0))) {
+            Some((conn, postings)) => (conn, postings, true),
+            None => (self.pool.acquire().await.map_err(super::backend_err)?, 0, false),
         };
-        Ok((LedgerConnection::new(conn, home), unchecked))
+        let mut conn = LedgerConnection::new(conn, postings, home);
+        conn.count_posting().await;
+        Ok((conn, unchecked))
     }
 
     /// A connection the pool checked, for the retry of a posting whose unchecked one
     /// failed.
     async fn ledger_checked_connection(&self) -> Result<LedgerConnection<'_>, StoreError> {
         let conn = self.pool.acquire().await.map_err(super::backend_err)?;
-        Ok(LedgerConnection::new(conn, &self.ledger_connections))
+        Ok(LedgerConnection::new(conn, 0, &self.ledger_connections))
     }
 
     /// The outcome of one of `ledger_post`'s answers, read on `conn` (a replay is the
