@@ -468,6 +468,20 @@ impl std::fmt::Debug for LedgerConnections {
     }
 }
 
+/// A pooled connection given back to the pool is pinged by a task the pool spawns, which
+/// needs a Tokio runtime: when the store goes away outside one (its last handle dropped
+/// after its runtime stopped), the kept connections are detached from the pool and just
+/// closed instead, without a panic.
+impl Drop for LedgerConnections {
+    fn drop(&mut self) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            for (conn, _) in self.lock().drain(..) {
+                drop(conn.detach());
+            }
+        }
+    }
+}
+
 impl LedgerConnections {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(PoolConnection<sqlx::Postgres>, u64)>> {
         // Each step under the lock is one push or pop: the list is whole after a panic.

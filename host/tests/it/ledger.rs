@@ -1234,3 +1234,21 @@ async fn postings_on_a_young_ledger_stop_reading_the_tenants_history_on_postgres
     assert_eq!(after - before, 0, "postings read the tenant's history by tenant ({before} rows, then {after})");
     assert_clean(&f.credits).await;
 }
+
+/// A Postgres store whose postings kept connections may go away after its runtime has
+/// stopped: the kept connections are closed, without the panic of a pooled connection
+/// given back outside a runtime.
+#[test]
+fn a_store_with_kept_posting_connections_drops_outside_its_runtime_on_postgres() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (credits, db) = runtime.block_on(async {
+        let f = fixture(Backend::Postgres).await;
+        let acme = tenant(1);
+        f.credits.grant(&acme, 100, "g", "").await.expect("grant");
+        f.credits.debit(&acme, 10, "d", "").await.expect("debit").expect("posted");
+        (f.credits, f.db)
+    });
+    drop(runtime);
+    drop(credits);
+    drop(db);
+}
