@@ -334,7 +334,7 @@ impl Credits {
 /// How many batches may be in flight at once (per `Credits`): a tenant's postings
 /// always go to the same lane, so they stay in arrival order and coalesce; several lanes
 /// let unrelated tenants' batches commit side by side.
-const LANES: u64 = 4;
+pub(crate) const LANES: u64 = 4;
 
 /// Group commit of concurrent postings (see the module notes).
 ///

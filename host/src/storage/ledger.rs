@@ -440,7 +440,7 @@ fn pg_call_error(posting: &Posting, err: sqlx::Error) -> LedgerError {
 
 /// How many connections postings keep between them: one per lane of the group commit
 /// (`credits.rs`), which has at most that many postings in flight.
-const KEPT_LEDGER_CONNECTIONS: usize = 4;
+const KEPT_LEDGER_CONNECTIONS: usize = crate::credits::LANES as usize;
 
 /// A kept connection's posting counts at which its session's cached plans are dropped
 /// (`DISCARD PLANS`), so `ledger_post`'s statements are planned again for the tables as
