@@ -1252,3 +1252,111 @@ fn a_store_with_kept_posting_connections_drops_outside_its_runtime_on_postgres()
     drop(credits);
     drop(db);
 }
+
+/// Migration 0019 rebuilds the SQLite ledger tables (no `AUTOINCREMENT`, reversals
+/// indexed only where set): a ledger written before it keeps every transaction, entry,
+/// `seq` and rule. Rows are written at 0018 with SQL (seq with gaps, as `AUTOINCREMENT`
+/// leaves them), then the store opens the file and migrates it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_written_before_migration_19_keeps_its_rows_and_rules_on_sqlite() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("before-0019.db");
+    let acme = tenant(1);
+    let wallet = Account::Wallet(acme.clone()).key();
+    let at = Utc::now();
+    let (grant, debit, refund) = (tx_id(), tx_id(), tx_id());
+    {
+        let options = SqliteConnectOptions::new().filename(&path).create_if_missing(true).foreign_keys(true);
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.expect("open");
+        maestro_host::storage::sqlite::MIGRATOR.run_to(18, &pool).await.expect("migrate to 0018");
+        // A grant of 100, a debit of 30 and the debit's refund: the wallet holds 100.
+        let rows = [
+            (10, grant.as_str(), "grant", 100, "grant-1", None, 100, "platform:promotions"),
+            (11, debit.as_str(), "debit", 30, "debit-1", None, 70, "platform:revenue"),
+            (15, refund.as_str(), "refund", 30, "refund-1", Some(debit.as_str()), 100, "platform:revenue"),
+        ];
+        for (seq, id, kind, amount, key, reverses, after, platform) in rows {
+            sqlx::query(
+                "INSERT INTO ledger_transactions (seq, id, tenant_id, kind, amount, memo, idempotency_key, \
+                 fingerprint, reverses, available_after, held_after, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, '', $6, 'f', $7, $8, 0, $9)",
+            )
+            .bind(seq)
+            .bind(id)
+            .bind(acme.as_str())
+            .bind(kind)
+            .bind(amount)
+            .bind(key)
+            .bind(reverses)
+            .bind(after)
+            .bind(at)
+            .execute(&pool)
+            .await
+            .expect("transaction at 0018");
+            let into_wallet = if kind == "debit" { -amount } else { amount };
+            sqlx::query(
+                "INSERT INTO ledger_entries (transaction_id, account, amount) VALUES ($1, $2, $3), ($1, $4, $5)",
+            )
+            .bind(id)
+            .bind(&wallet)
+            .bind(into_wallet)
+            .bind(platform)
+            .bind(-into_wallet)
+            .execute(&pool)
+            .await
+            .expect("entries at 0018");
+        }
+        sqlx::query("INSERT INTO ledger_balances (account, class, tenant_id, balance) VALUES ($1, 'wallet', $2, 100)")
+            .bind(&wallet)
+            .bind(acme.as_str())
+            .execute(&pool)
+            .await
+            .expect("balance at 0018");
+        pool.close().await;
+    }
+
+    let location = maestro_host::storage::StoreLocation::Sqlite(path.clone());
+    let store = maestro_host::storage::open_with(&location, &maestro_host::storage::StoreSettings::default())
+        .await
+        .expect("open and migrate");
+    let credits = Credits::new(store, ManualClock::new());
+    let page = credits.transactions(&acme, &TransactionQuery::default()).await.expect("transactions");
+    let ids: Vec<&TransactionId> = page.transactions.iter().map(|t| &t.id).collect();
+    assert_eq!(ids, [&grant, &debit, &refund]);
+    assert_eq!(page.transactions[2].reverses.as_ref(), Some(&debit));
+    assert_eq!(page.transactions[1].entries.len(), 2);
+    assert_eq!(credits.balance(&acme).await.expect("balance"), Balance { available: 100, held: 0 });
+    let report = credits.audit().await.expect("audit");
+    assert!(report.is_clean() && report.transactions == 3, "{report:?}");
+
+    // The rules hold on the new tables: a refund once only, keys unique per tenant.
+    let err = credits.refund_debit(&acme, "debit-1", "refund-2", "").await.expect_err("refunded before");
+    assert!(matches!(&err, CreditsError::AlreadyRefunded(id) if *id == debit), "{err:?}");
+    let replay = credits.debit(&acme, 30, "debit-1", "").await;
+    assert!(matches!(replay, Err(CreditsError::IdempotencyConflict { .. })), "{replay:?}");
+    let posted = credits.debit(&acme, 25, "debit-2", "").await.expect("debit").expect("posted");
+    assert_eq!(posted.balance_after.available, 75);
+    let refund = credits.refund_debit(&acme, "debit-2", "refund-3", "").await.expect("refund");
+    assert_eq!(refund.balance_after.available, 100);
+    assert_clean(&credits).await;
+
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.expect("connect");
+    let seqs: Vec<i64> =
+        sqlx::query_scalar("SELECT seq FROM ledger_transactions ORDER BY seq").fetch_all(&mut conn).await.expect("seq");
+    assert_eq!(seqs, [10, 11, 15, 16, 17], "kept, then the largest + 1");
+    let sequences: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_sequence WHERE name LIKE 'ledger_%'")
+        .fetch_one(&mut conn)
+        .await
+        .expect("sqlite_sequence");
+    assert_eq!(sequences, 0, "no AUTOINCREMENT left on the ledger");
+    let parent: String = sqlx::query_scalar("SELECT \"table\" FROM pragma_foreign_key_list('ledger_entries')")
+        .fetch_one(&mut conn)
+        .await
+        .expect("foreign key");
+    assert_eq!(parent, "ledger_transactions");
+    let err = sqlx::query("UPDATE ledger_entries SET amount = 1").execute(&mut conn).await.expect_err("immutable");
+    assert!(err.to_string().contains("immutable"), "{err}");
+    let err = sqlx::query("DELETE FROM ledger_transactions").execute(&mut conn).await.expect_err("immutable");
+    assert!(err.to_string().contains("immutable"), "{err}");
+}
