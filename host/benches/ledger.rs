@@ -9,6 +9,9 @@
 //! not (the test instance of `scripts/pg.sh` runs with `fsync = off`; for durable figures
 //! start one and `ALTER SYSTEM SET fsync = on; SELECT pg_reload_conf()`).
 //!
+//! `LEDGER_BENCH_ONLY=normal` (or `full`, `postgres`, `sqlite`) runs only the backends
+//! whose label contains it.
+//!
 //! Method notes:
 //! - Ours: `Credits::debit(tenant, 10, unique key, memo)`, i.e. the whole posting
 //!   (idempotency check, conditional wallet update, transaction and entry rows, balance
@@ -72,15 +75,20 @@ async fn run() {
     println!("window {:?} per case after {:?} warm-up; debits of {AMOUNT} credits", WINDOW, WARMUP);
     // The embedded store under each `[store] durability`, beside a raw pool with the same
     // `synchronous` (each on its own file).
+    let only = std::env::var("LEDGER_BENCH_ONLY").unwrap_or_default();
+    let wanted = |label: &str| label.contains(only.as_str());
     for durability in [Durability::Full, Durability::Normal] {
+        let label = format!("sqlite durability={}", durability.as_str());
+        if !wanted(&label) {
+            continue;
+        }
         let path = dir.path().join(format!("ledger-{}.db", durability.as_str()));
         let raw = sqlite_raw_pool(&path, durability).await;
         let settings = StoreSettings { durability, ..StoreSettings::default() };
-        let label = format!("sqlite durability={}", durability.as_str());
         bench_backend(&label, StoreLocation::Sqlite(path), &settings, Raw::Sqlite(raw)).await;
     }
     match std::env::var("TEST_DATABASE_URL") {
-        Ok(server) if !server.is_empty() => {
+        Ok(server) if !server.is_empty() && wanted("postgres") => {
             let url = common::fresh_postgres_database(&server, "maestro_bench_ledger").await;
             let pool = postgres_raw_pool(&url).await;
             let settings: Vec<(String, String)> = sqlx::query_as(
@@ -100,6 +108,7 @@ async fn run() {
             let raw = Raw::Postgres(pool);
             bench_backend("postgres", StoreLocation::Postgres(url), &StoreSettings::default(), raw).await;
         }
+        _ if !wanted("postgres") => {}
         _ => println!("\npostgres: skipped (TEST_DATABASE_URL is not set; `scripts/pg.sh start` prints one)"),
     }
 }
