@@ -7,8 +7,10 @@
 //! repeating a request with its key returns the first outcome (`replayed: true`) and
 //! moves nothing again.
 //!
-//! **Group commit.** Postings go through `GroupCommit`, in one of a few lanes chosen by
-//! tenant (so one tenant's postings always share a lane): a caller alone posts at once
+//! **Group commit.** Postings go through `GroupCommit`, in one of the store's lanes
+//! ([`LedgerStore::posting_lanes`]: a few on Postgres, one on SQLite, whose writers take
+//! turns anyway) chosen by tenant (so one tenant's postings always share a lane): a
+//! caller alone posts at once
 //! (no added wait); callers arriving while a posting of their lane is in flight queue
 //! up, and when it ends the first of them posts the whole queue as one batch
 //! ([`LedgerStore::post_batch`]: one statement and one durable commit on Postgres, one
@@ -145,7 +147,8 @@ pub struct Credits {
 impl Credits {
     /// Builds the use-cases over the ledger port and a clock.
     pub fn new(store: Arc<dyn LedgerStore>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock, group: Arc::default() }
+        let group = Arc::new(GroupCommit::new(store.posting_lanes()));
+        Self { store, clock, group }
     }
 
     /// A tenant's balance (zero for a tenant that never had credits).
@@ -331,34 +334,25 @@ impl Credits {
     }
 }
 
-/// How many batches may be in flight at once (per `Credits`): a tenant's postings
-/// always go to the same lane, so they stay in arrival order and coalesce; several lanes
-/// let unrelated tenants' batches commit side by side.
-pub(crate) const LANES: u64 = 4;
-
 /// Group commit of concurrent postings (see the module notes).
 ///
 /// A lane with a posting in flight has a queue here; its presence means "busy". The
 /// caller that found no queue leads: it posts (with whoever queued meanwhile, when it
 /// was handed the lead), answers the others, and hands the lead to the first caller
 /// still waiting, or removes the queue. The mutex is never held across an await.
-#[derive(Default)]
+///
+/// A tenant's postings always go to the same lane, so they stay in arrival order and
+/// coalesce; several lanes let unrelated tenants' batches commit side by side where the
+/// store can run them so (one per lane at most: the number of batches in flight).
 struct GroupCommit {
     queues: Mutex<HashMap<u64, Vec<Waiter>>>,
-}
-
-/// The lane of a tenant's postings.
-fn lane(tenant: &TenantId) -> u64 {
-    use std::hash::{Hash as _, Hasher as _};
-    let mut hasher = std::hash::DefaultHasher::new();
-    tenant.as_str().hash(&mut hasher);
-    hasher.finish() % LANES
+    lanes: u64,
 }
 
 impl std::fmt::Debug for GroupCommit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let busy = self.queues.lock().map_or(0, |q| q.len());
-        f.debug_struct("GroupCommit").field("busy_lanes", &busy).finish()
+        f.debug_struct("GroupCommit").field("lanes", &self.lanes).field("busy_lanes", &busy).finish()
     }
 }
 
@@ -377,10 +371,22 @@ enum Turn {
 }
 
 impl GroupCommit {
+    fn new(lanes: usize) -> Self {
+        Self { queues: Mutex::default(), lanes: lanes.max(1) as u64 }
+    }
+
+    /// The lane of a tenant's postings.
+    fn lane(&self, tenant: &TenantId) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::hash::DefaultHasher::new();
+        tenant.as_str().hash(&mut hasher);
+        hasher.finish() % self.lanes
+    }
+
     /// Posts `posting` alone when its lane has nothing in flight, else in the lane's next
     /// batch; the outcome is the posting's own, as if posted alone in arrival order.
     async fn post(&self, store: &dyn LedgerStore, clock: &dyn Clock, posting: Posting) -> Result<Posted, LedgerError> {
-        let lane = lane(&posting.tenant);
+        let lane = self.lane(&posting.tenant);
         let queued = {
             let mut queues = self.lock();
             match queues.get_mut(&lane) {
@@ -561,7 +567,7 @@ mod tests {
         let grant = Posting::grant(tx_id(), acme.clone(), 100, "g", "").expect("valid");
         inner.post(&grant, Utc::now()).await.expect("grant");
         let store = Arc::new(Gated { inner: inner.clone(), gate: Semaphore::new(0), entered: AtomicUsize::new(0) });
-        let group = Arc::new(GroupCommit::default());
+        let group = Arc::new(GroupCommit::new(4));
         let debit = |key: &str| {
             let (group, store, posting) =
                 (group.clone(), store.clone(), Posting::debit(tx_id(), acme.clone(), 10, key, "").expect("valid"));
@@ -569,7 +575,7 @@ mod tests {
         };
         let queued = |n: usize| {
             let (group, acme) = (group.clone(), acme.clone());
-            move || group.lock().get(&lane(&acme)).map_or(0, Vec::len) == n
+            move || group.lock().get(&group.lane(&acme)).map_or(0, Vec::len) == n
         };
 
         // A posts alone; B and C queue behind it.

@@ -166,6 +166,13 @@ pub trait LedgerStore: Send + Sync + std::fmt::Debug {
     /// posting writes nothing and does not affect the others. When the shared transaction
     /// fails as a whole, the postings are answered one by one instead (keys make that safe).
     async fn post_batch(&self, postings: &[Posting], at: DateTime<Utc>) -> Vec<Result<Posted, LedgerError>>;
+    /// How many postings (each alone or a batch) gain from being in flight at once: the
+    /// group commit runs at most this many side by side and queues the rest into the
+    /// next batches. A backend whose writers take turns (one write lock) says 1, so that
+    /// concurrent postings coalesce instead of waiting on each other's lock.
+    fn posting_lanes(&self) -> usize {
+        4
+    }
 }
 
 /// Background jobs (see [`crate::jobs`]). Every method is one atomic store transaction.

@@ -32,7 +32,7 @@ pub struct PostgresStore {
     /// Recent vector searches' index-or-exact choices (`memories.rs`).
     pub(super) search_paths: std::sync::Arc<super::memories::SearchPaths>,
     /// Connections kept for postings between them (`ledger.rs`).
-    pub(super) ledger_connections: std::sync::Arc<super::ledger::LedgerConnections>,
+    pub(super) ledger_connections: std::sync::Arc<super::ledger::LedgerConnections<sqlx::Postgres>>,
 }
 
 impl Backend for PostgresStore {
@@ -55,7 +55,7 @@ impl PostgresStore {
             pool,
             signal,
             search_paths: std::sync::Arc::default(),
-            ledger_connections: std::sync::Arc::default(),
+            ledger_connections: std::sync::Arc::new(super::ledger::LedgerConnections::new(Self::POSTING_LANES)),
         })
     }
 

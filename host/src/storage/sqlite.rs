@@ -37,6 +37,8 @@ pub struct SqliteStore {
     wal: Option<std::sync::Arc<WalFlusher>>,
     /// Keeps the background checkpointer running while a handle lives.
     _checkpointer: std::sync::Arc<Checkpointer>,
+    /// The connection kept for postings between them (`ledger.rs`).
+    pub(super) ledger_connections: std::sync::Arc<super::ledger::LedgerConnections<sqlx::Sqlite>>,
 }
 
 /// The WAL size in pages past which a committing connection checkpoints itself: a
@@ -99,6 +101,7 @@ impl SqliteStore {
             key_epoch,
             wal,
             _checkpointer: checkpointer,
+            ledger_connections: std::sync::Arc::new(super::ledger::LedgerConnections::new(Self::POSTING_LANES)),
         })
     }
 
