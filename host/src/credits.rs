@@ -480,8 +480,11 @@ async fn repost(store: &dyn LedgerStore, clock: &dyn Clock, posting: &Posting) -
     Ok(posted)
 }
 
-fn tx_id() -> TransactionId {
-    TransactionId::from_random(random_bytes())
+/// A new transaction id, ordered by the time it was made (so the ledger's indexes on
+/// transaction ids grow at their right edge, see [`TransactionId::from_time_and_random`]).
+pub(crate) fn tx_id() -> TransactionId {
+    let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    TransactionId::from_time_and_random(u64::try_from(millis).unwrap_or(u64::MAX), random_bytes())
 }
 
 fn hold_id() -> HoldId {

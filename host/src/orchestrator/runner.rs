@@ -69,7 +69,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use maestro_core::ledger::{Hold, HoldState, Posting, TransactionId};
+use maestro_core::ledger::{Hold, HoldState, Posting};
 use maestro_core::llm::{LlmError, ModelProvider};
 use maestro_core::plugin::{ModelTier, PersonaSpec};
 use maestro_core::run::{
@@ -84,7 +84,6 @@ use super::record::Record;
 use crate::config::ModelPrice;
 use crate::credits::{Credits, CreditsError};
 use crate::jobs::{JobError, JobHandler};
-use crate::random::random_bytes;
 use crate::tools::{Principal, Tools};
 
 /// How the runner behaves.
@@ -733,14 +732,9 @@ impl Inner {
             }
             let mut tx = self.unit.begin().await?;
             if let Some(settle) = &commit.settle {
-                let posting = Posting::settle(
-                    TransactionId::from_random(random_bytes()),
-                    &settle.hold,
-                    settle.actual,
-                    &settle.key,
-                    &settle.memo,
-                )
-                .map_err(|e| Stop::fail("ledger_error", e.to_string()))?;
+                let posting =
+                    Posting::settle(crate::credits::tx_id(), &settle.hold, settle.actual, &settle.key, &settle.memo)
+                        .map_err(|e| Stop::fail("ledger_error", e.to_string()))?;
                 match tx.post(&posting, now).await {
                     Ok(_) => {}
                     Err(LedgerError::Store(err)) => return Err(Stop::Store(err)),
