@@ -423,13 +423,88 @@ impl PgSetArgs {
     }
 }
 
-/// Posts `postings` in one statement: `ledger_post_set` when all are simple, else
-/// `ledger_post`. Both answer one row per posting, in order.
+/// A lone debit of a tenant's wallet (every paid call) in one plain statement, without
+/// `ledger_post_set`'s procedural steps (~100 µs of server time of a lone debit's ~190
+/// on this machine, measured with pgbench beside it): it locks the tenant's held
+/// balance row first, if any (the lock order of 0017: account key order), then takes
+/// the amount from the wallet only when the key is unused and the wallet covers it,
+/// and only then writes the transaction (with both balances after) and its two
+/// entries. It answers the balances after, or nothing when it wrote nothing (the key
+/// used, the wallet short): `ledger_post_set` then answers that posting exactly (a
+/// replay, a conflict, or the refusal with the balance under its lock). A key
+/// committed meanwhile by another posting fails the statement on the unique key, as
+/// `ledger_post_set` does. `$1` id, `$2` tenant, `$3` kind, `$4` memo, `$5` key, `$6`
+/// fingerprint, `$7` the amount, `$8` the wallet, `$9` the held account, `$10`/`$11`
+/// both legs, `$12` the time.
+const PG_LONE_DEBIT: &str = "\
+    WITH sync AS (SELECT set_config('synchronous_commit', 'on', true)), \
+    held AS (SELECT balance FROM ledger_balances WHERE account = $9 FOR UPDATE), \
+    debited AS ( \
+        UPDATE ledger_balances SET balance = balance - $7 \
+         WHERE account = $8 AND balance >= $7 \
+           AND NOT EXISTS (SELECT 1 FROM ledger_transactions WHERE tenant_id = $2 AND idempotency_key = $5) \
+           AND (SELECT count(*) FROM held) >= 0 \
+        RETURNING balance), \
+    tx AS ( \
+        INSERT INTO ledger_transactions (id, tenant_id, kind, amount, memo, idempotency_key, fingerprint, \
+                                         available_after, held_after, created_at) \
+        SELECT $1, $2, $3, $7, $4, $5, $6, d.balance, coalesce((SELECT balance FROM held), 0), $12 \
+          FROM debited d \
+        RETURNING available_after, held_after), \
+    entries AS ( \
+        INSERT INTO ledger_entries (transaction_id, account, amount) \
+        SELECT $1, e.account, e.amount FROM tx, unnest($10::text[], $11::bigint[]) AS e (account, amount)) \
+    SELECT tx.available_after, tx.held_after FROM sync LEFT JOIN tx ON true";
+
+/// The wallet leg of a posting [`PG_LONE_DEBIT`] takes: a simple posting
+/// ([`simple_leg`]) taking credits from the tenant's wallet.
+fn lone_wallet_debit(posting: &Posting) -> Option<&Leg> {
+    simple_leg(posting).filter(|leg| leg.amount < 0 && matches!(leg.account, Account::Wallet(_)))
+}
+
+/// Runs [`PG_LONE_DEBIT`]: `ledger_post`'s answer when it posted, `None` when it wrote
+/// nothing.
+async fn pg_lone_debit(
+    conn: &mut sqlx::PgConnection,
+    posting: &Posting,
+    fingerprint: &str,
+    wallet: &Leg,
+    at: DateTime<Utc>,
+) -> Result<Option<PgAnswer>, sqlx::Error> {
+    let amount = -wallet.amount;
+    let (legs, amounts): (Vec<String>, Vec<i64>) = posting.legs.iter().map(|l| (l.account.key(), l.amount)).unzip();
+    let (available, held) = sqlx::query_as::<_, (Option<i64>, Option<i64>)>(PG_LONE_DEBIT)
+        .bind(posting.id.as_str())
+        .bind(posting.tenant.as_str())
+        .bind(posting.kind.as_str())
+        .bind(&posting.memo)
+        .bind(posting.key.as_str())
+        .bind(fingerprint)
+        .bind(amount)
+        .bind(wallet.account.key())
+        .bind(Account::Held(posting.tenant.clone()).key())
+        .bind(legs)
+        .bind(amounts)
+        .bind(at)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(available.map(|available| ("posted".to_owned(), Some(available), held, Some(amount), None)))
+}
+
+/// Posts `postings` in one statement: a lone wallet debit with [`PG_LONE_DEBIT`] (and,
+/// when that wrote nothing, `ledger_post_set` to say why), else `ledger_post_set` when
+/// all are simple, else `ledger_post`. Each answers one row per posting, in order.
 async fn pg_post_call(
     conn: &mut sqlx::PgConnection,
     postings: &[(&Posting, &str)],
     at: DateTime<Utc>,
 ) -> Result<Vec<PgAnswer>, sqlx::Error> {
+    if let [(posting, fingerprint)] = postings
+        && let Some(wallet) = lone_wallet_debit(posting)
+        && let Some(answer) = pg_lone_debit(conn, posting, fingerprint, wallet, at).await?
+    {
+        return Ok(vec![answer]);
+    }
     match PgSetArgs::new(postings.iter().copied()) {
         Some(args) => args.call(conn, at).await,
         None => PgPostArgs::new(postings.iter().copied()).call(conn, at).await,

@@ -1020,6 +1020,70 @@ async fn the_posting_statement_commits_synchronously_whatever_the_session_says_o
     tx.rollback().await.expect("rollback");
 }
 
+/// A lone debit (one statement of its own, not `ledger_post_set`) also makes its commit
+/// durable whatever the session's default: on a database whose sessions default to
+/// `synchronous_commit = off`, the posting's own server process writes the WAL at each
+/// debit's commit (an asynchronous commit leaves that to the WAL writer), as its
+/// per-process I/O statistics show (20 debits, at least 10 writes: the WAL writer may
+/// have written some first; asynchronous commits write none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_debit_commits_synchronously_whatever_the_session_says_on_postgres() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::query(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET synchronous_commit = off', current_database()); END $$",
+    )
+    .execute(&mut admin)
+    .await
+    .expect("sessions default to asynchronous commits");
+    let credits = Credits::new(db.open().await, ManualClock::new());
+    let acme = tenant(1);
+    credits.grant(&acme, 1_000, "g", "").await.expect("grant");
+    credits.debit(&acme, 1, "first", "").await.expect("debit").expect("posted");
+    let pid: i32 = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
+         AND query LIKE '%INSERT INTO ledger_entries%'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .expect("the posting's server process");
+    let setting: String = sqlx::query_scalar(
+        "SELECT setting FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase, unnest(s.setconfig) AS setting \
+         WHERE d.datname = current_database()",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .expect("the database's default");
+    assert_eq!(setting, "synchronous_commit=off");
+    // A process's I/O statistics reach the shared ones within a second or so of a commit.
+    async fn wal_writes(admin: &mut sqlx::PgConnection, pid: i32) -> i64 {
+        sqlx::query_scalar(
+            "SELECT coalesce(sum(writes), 0)::bigint FROM pg_stat_get_backend_io($1) WHERE object = 'wal'",
+        )
+        .bind(pid)
+        .fetch_one(admin)
+        .await
+        .expect("statistics")
+    }
+    let before = wal_writes(&mut admin, pid).await;
+    for n in 0..20 {
+        credits.debit(&acme, 1, &format!("d{n}"), "").await.expect("debit").expect("posted");
+    }
+    // A process flushes its statistics at the end of a transaction when a second has
+    // passed since its last flush (else ten seconds later): post once more after one.
+    let mut written = 0;
+    for n in 0..10 {
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        credits.debit(&acme, 1, &format!("flush-{n}"), "").await.expect("debit").expect("posted");
+        written = wal_writes(&mut admin, pid).await - before;
+        if written >= 10 {
+            break;
+        }
+    }
+    assert!(written >= 10, "20 debits' commits wrote the WAL {written} times from their own process");
+    assert_clean(&credits).await;
+}
+
 /// SQLite posts a lone debit in one command to its connection's worker (`BEGIN
 /// IMMEDIATE` to `COMMIT`). When a statement in the middle fails (here the transaction
 /// row, on a taken transaction id, after the wallet's update), the debit is rolled back
@@ -1164,7 +1228,7 @@ async fn postings_one_after_another_run_on_one_kept_connection_on_postgres() {
     let mut admin = sqlx::PgConnection::connect(&f.db.url).await.expect("connect");
     let posting: Vec<i32> = sqlx::query_scalar(
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
-         AND query LIKE '%FROM ledger_post_set(%'",
+         AND (query LIKE '%FROM ledger_post_set(%' OR query LIKE '%INSERT INTO ledger_entries%')",
     )
     .fetch_all(&mut admin)
     .await
