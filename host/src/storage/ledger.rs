@@ -453,7 +453,8 @@ const PG_LONE_DEBIT: &str = "\
         RETURNING available_after, held_after), \
     entries AS ( \
         INSERT INTO ledger_entries (transaction_id, account, amount) \
-        SELECT $1, e.account, e.amount FROM tx, unnest($10::text[], $11::bigint[]) AS e (account, amount)) \
+        SELECT $1, e.account, e.amount FROM tx, unnest($10::text[], $11::bigint[]) WITH ORDINALITY AS e (account, amount, n) \
+         ORDER BY e.n) \
     SELECT tx.available_after, tx.held_after FROM sync LEFT JOIN tx ON true";
 
 /// The wallet leg of a posting [`PG_LONE_DEBIT`] takes: a simple posting
