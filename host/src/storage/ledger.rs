@@ -1738,14 +1738,10 @@ pub(super) use impl_ledger_queries;
 
 #[cfg(test)]
 mod tests {
-    use maestro_core::ledger::TransactionId;
     use maestro_core::{LedgerStore as _, Posting, TenantId};
 
     use super::*;
-
-    fn tx_id() -> TransactionId {
-        TransactionId::from_random(crate::random::random_bytes())
-    }
+    use crate::credits::tx_id;
 
     /// Postings one after another on SQLite run on one kept connection, so its page
     /// cache stays current: that connection made every posting's changes
