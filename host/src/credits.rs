@@ -8,18 +8,18 @@
 //! moves nothing again.
 //!
 //! **Group commit.** Postings go through `GroupCommit`, in one of the store's lanes
-//! ([`LedgerStore::posting_lanes`]: a few on Postgres, one on SQLite, whose writers take
-//! turns anyway) chosen by tenant (so one tenant's postings always share a lane): a
-//! caller alone posts at once
-//! (no added wait); callers arriving while a posting of their lane is in flight queue
-//! up, and when it ends the first of them posts the whole queue as one batch
-//! ([`LedgerStore::post_batch`]: one statement and one durable commit on Postgres, one
-//! write transaction and one fsync on SQLite). Each caller still gets its own exact
-//! outcome, in arrival order, exactly as if the postings had been posted one after
-//! another: a batch where the wallet runs out half-way pays the first callers and
-//! refuses the rest. So a busy tenant pays one commit per batch instead of one per
-//! posting, and waits on its wallet row once per batch; and many tenants posting at once
-//! share commits too (a lane's batch may hold several tenants' postings).
+//! ([`LedgerStore::posting_lanes`]; one on both stores today: SQLite's writers take
+//! turns anyway, and a Postgres batch costs mostly per batch) chosen by tenant (so one
+//! tenant's postings always share a lane): a caller alone posts at once (no added wait);
+//! callers arriving while a posting of their lane is in flight queue up, and when it ends
+//! the first of them posts the whole queue as one batch ([`LedgerStore::post_batch`]:
+//! one statement and one durable commit on Postgres, one write transaction and one
+//! fsync on SQLite). Each caller still gets its own exact outcome, in arrival order,
+//! exactly as if the postings had been posted one after another: a batch where the
+//! wallet runs out half-way pays the first callers and refuses the rest. So a busy
+//! tenant pays one commit per batch instead of one per posting, and waits on its wallet
+//! row once per batch; and many tenants posting at once share commits too (a lane's
+//! batch may hold several tenants' postings).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -22,20 +22,19 @@
 //! covers it), then writes with one update of the changed balances and one insert each of
 //! transactions and entries.
 //!
-//! Postings keep a few connections of their own between them ([`LedgerConnections`]):
-//! a posting takes the one used last and puts it back when done, never going through
-//! the pool. The pool pings a connection before handing it out (`test_before_acquire`)
-//! and again, in a task of its own, whenever one is given back, and hands out whichever
-//! is idle, so a posting through it paid two round trips and ran on a different server
-//! process each time, whose caches `ledger_post` then found cold: ~200 µs of a lone
-//! debit's ~470 against ~280 on a kept connection, measured beside each other. A kept
-//! connection is unchecked: one the server closed while it waited fails the one
-//! statement, which is retried once on a connection the pool checked. That retry is
-//! safe because a posting is idempotent by its key, and the retry recognises its own
-//! transaction id if the first attempt committed before the connection died (then it
-//! is no replay). Only a connection whose posting ran to its end is kept; one whose
-//! caller's future was dropped mid-statement goes back through the pool, which checks
-//! it.
+//! Postings keep connections of their own between them, one per lane
+//! ([`LedgerConnections`]): a posting takes the one used last and puts it back when done,
+//! never going through the pool. The pool pings a connection before handing it out
+//! (`test_before_acquire`) and again, in a task of its own, whenever one is given back, and
+//! hands out whichever is idle, so a posting through it paid two round trips and ran on a
+//! different server process each time, whose caches `ledger_post` then found cold: ~200 µs
+//! of a lone debit's ~470 against ~280 on a kept connection, measured beside each other. A
+//! kept connection is unchecked: one the server closed while it waited fails the one
+//! statement, which is retried once on a connection the pool checked. That retry is safe
+//! because a posting is idempotent by its key, and the retry recognises its own transaction
+//! id if the first attempt committed before the connection died (then it is no replay).
+//! Only a connection whose posting ran to its end is kept; one whose caller's future was
+//! dropped mid-statement goes back through the pool, which checks it.
 //!
 //! **SQLite: a write transaction per posting or per batch.** `BEGIN IMMEDIATE` takes
 //! the write lock; every check (reversal, hold, capped amount, every debit of several
@@ -658,11 +657,16 @@ impl Drop for LedgerConnection<'_> {
 }
 
 impl PostgresStore {
-    /// Postings in flight at once ([`maestro_core::LedgerStore::posting_lanes`]): batches
-    /// of different tenants commit side by side, each on its own server process. More
-    /// lanes make smaller batches: with 8 on two cores the ledger bench fell from 0.67× to
-    /// 0.89× the raw statement's cost with 64 callers, and from 1.76× to 2.18× with 16.
-    pub(super) const POSTING_LANES: usize = 4;
+    /// Postings in flight at once ([`maestro_core::LedgerStore::posting_lanes`]): one.
+    /// A batch's cost is mostly per batch (the round trip, the statement's start, the
+    /// commit), so while one is in flight the postings arriving meanwhile are cheaper
+    /// joined into the next than sent side by side in smaller batches, which only
+    /// compete for the server's CPU. The ledger bench (two cores, durable commits) with
+    /// 16 callers on their own tenants costs 1.17× the raw statement with one lane,
+    /// 1.38× with two, 1.48× with three and 1.71× with four; with 64 callers 0.58–0.64×
+    /// whatever the count. One process's ceiling is then one server process's CPU per
+    /// posting in a batch (~20,000 postings a second here); replicas add their own.
+    pub(super) const POSTING_LANES: usize = 1;
 
     /// A connection for a posting: the one a posting kept last, else one from the pool
     /// (an idle one without its liveness ping, `try_acquire`, when there is one);
