@@ -36,6 +36,7 @@ backend_tests!(
     paginates_transactions_with_a_cursor_and_filters,
     store_matches_the_model_under_random_operations,
     a_batch_answers_each_posting_in_arrival_order_as_if_posted_alone,
+    a_batch_of_debits_of_different_tenants_answers_each_as_if_posted_alone,
     batches_match_the_model_posting_one_by_one,
     concurrent_callers_of_one_tenant_share_commits_and_never_overdraw,
     batches_of_grants_debits_and_replays_match_the_model_posting_one_by_one,
@@ -658,6 +659,71 @@ async fn a_batch_answers_each_posting_in_arrival_order_as_if_posted_alone(backen
     assert_eq!(report.transactions, 4);
 }
 
+/// A batch of lone debits, each of another tenant (Postgres posts it with one plain
+/// statement and answers those it did not write with a second): every outcome of a
+/// debit in one batch, each exact and independent of the others.
+async fn a_batch_of_debits_of_different_tenants_answers_each_as_if_posted_alone(backend: Backend) {
+    let f = fixture(backend).await;
+    let [paid, short, unfunded, replayed, conflicted, holding] = [11, 12, 13, 14, 15, 16].map(tenant);
+    f.credits.grant(&paid, 100, "g", "").await.expect("grant");
+    f.credits.grant(&short, 5, "g", "").await.expect("grant");
+    for t in [&replayed, &conflicted] {
+        f.credits.grant(t, 50, "g", "").await.expect("grant");
+    }
+    let original = f.credits.debit(&replayed, 20, "used", "m").await.expect("debit").expect("posted");
+    f.credits.debit(&conflicted, 20, "used", "m").await.expect("debit").expect("posted");
+    f.credits.grant(&holding, 100, "g", "").await.expect("grant");
+    f.credits.reserve(&holding, 20, Duration::minutes(5), "r", "").await.expect("reserve");
+    let now = f.clock.now();
+    let debit = |t: &TenantId, amount, key: &str| Posting::debit(tx_id(), t.clone(), amount, key, "m").expect("valid");
+    let batch = [
+        debit(&paid, 30, "a"),
+        debit(&short, 10, "a"),
+        debit(&unfunded, 1, "a"),
+        debit(&replayed, 20, "used"),
+        debit(&conflicted, 21, "used"),
+        debit(&holding, 30, "a"),
+    ];
+    let outcomes = f.store.post_batch(&batch, now).await;
+    let summary: Vec<String> = outcomes
+        .iter()
+        .map(|o| match o {
+            Ok(p) => format!(
+                "{} {}/{}{}",
+                p.transaction.idempotency_key,
+                p.balance_after.available,
+                p.balance_after.held,
+                if p.replayed { " replay" } else { "" }
+            ),
+            Err(LedgerError::Insufficient { available, needed }) => format!("insufficient {available}/{needed}"),
+            Err(LedgerError::IdempotencyConflict { key }) => format!("conflict {key}"),
+            Err(err) => format!("{err}"),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        ["a 70/0", "insufficient 5/10", "insufficient 0/1", "used 30/0 replay", "conflict used", "a 50/20"]
+    );
+    assert_eq!(outcomes[3].as_ref().expect("replay").transaction, original.transaction);
+    for (posting, outcome) in batch.iter().zip(&outcomes).filter(|(_, o)| o.as_ref().is_ok_and(|p| !p.replayed)) {
+        let stored = f.store.transaction_by_key(&posting.tenant, "a").await.expect("lookup").expect("stored");
+        assert_eq!(stored, outcome.as_ref().expect("posted").transaction);
+        assert_eq!((&stored.id, &stored.entries, stored.created_at), (&posting.id, &posting.legs, now));
+    }
+    for t in [&short, &unfunded] {
+        assert!(f.store.transaction_by_key(t, "a").await.expect("lookup").is_none(), "a refusal writes nothing");
+    }
+    let mut balances = Vec::new();
+    for t in [&paid, &short, &unfunded, &replayed, &conflicted, &holding] {
+        balances.push(f.credits.balance(t).await.expect("balance"));
+    }
+    let expected = [(70, 0), (5, 0), (0, 0), (30, 0), (30, 0), (50, 20)];
+    assert_eq!(balances, expected.map(|(available, held)| Balance { available, held }));
+    let report = f.credits.audit().await.expect("audit");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.transactions, 5 + 2 + 1 + 2, "grants, the used keys, the reserve, the two debits");
+}
+
 fn tx_id() -> TransactionId {
     TransactionId::from_random(rand_bytes())
 }
@@ -1081,6 +1147,53 @@ async fn a_lone_debit_commits_synchronously_whatever_the_session_says_on_postgre
         }
     }
     assert!(written >= 10, "20 debits' commits wrote the WAL {written} times from their own process");
+    assert_clean(&credits).await;
+}
+
+/// A batch of lone debits of different tenants is one plain statement on Postgres:
+/// `ledger_post_set` runs only for the debits that statement did not write (to say
+/// why), counted by the server's function statistics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_debits_of_different_tenants_is_one_plain_statement_on_postgres() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::query("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET track_functions = pl', current_database()); END $$")
+        .execute(&mut admin)
+        .await
+        .expect("count function calls");
+    let store = db.open().await;
+    let clock = ManualClock::new();
+    let credits = Credits::new(store.clone(), clock.clone());
+    let tenants: Vec<TenantId> = (20..24).map(tenant).collect();
+    for t in &tenants {
+        credits.grant(t, 100, "g", "").await.expect("grant");
+    }
+    // A process flushes its statistics at the end of a transaction a second after its
+    // last flush: a lone debit (no function) ends one after a second's wait.
+    let mut flushes = 0;
+    let mut calls = async |credits: &Credits, admin: &mut sqlx::PgConnection| -> i64 {
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        flushes += 1;
+        credits.debit(&tenants[0], 1, &format!("flush-{flushes}"), "").await.expect("debit").expect("posted");
+        sqlx::query_scalar(
+            "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_user_functions WHERE funcname = 'ledger_post_set'",
+        )
+        .fetch_one(admin)
+        .await
+        .expect("function statistics")
+    };
+    let before = calls(&credits, &mut admin).await;
+    assert!(before >= 4, "the grants' calls were counted: {before}");
+    let debit = |t: &TenantId, amount, key: &str| Posting::debit(tx_id(), t.clone(), amount, key, "").expect("valid");
+    let batch: Vec<Posting> = tenants.iter().map(|t| debit(t, 10, "a")).collect();
+    let outcomes = store.post_batch(&batch, clock.now()).await;
+    assert!(outcomes.iter().all(|o| o.as_ref().is_ok_and(|p| !p.replayed)), "{outcomes:?}");
+    assert_eq!(calls(&credits, &mut admin).await, before, "four debits posted, no function called");
+    let batch = [debit(&tenants[1], 10, "b"), debit(&tenants[2], 1_000, "b"), debit(&tenants[3], 10, "b")];
+    let outcomes = store.post_batch(&batch, clock.now()).await;
+    assert!(matches!(outcomes[1], Err(LedgerError::Insufficient { available: 90, needed: 1_000 })), "{outcomes:?}");
+    assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+    assert_eq!(calls(&credits, &mut admin).await, before + 1, "one call, for the refused debit");
     assert_clean(&credits).await;
 }
 
