@@ -20,7 +20,10 @@
 //! server time per posting: it locks the batch's balance rows, looks all keys up at once,
 //! decides each posting in memory in order (a debit passes iff the running balance
 //! covers it), then writes with one update of the changed balances and one insert each of
-//! transactions and entries.
+//! transactions and entries. Wallet debits, alone or in a batch each of another tenant
+//! (paid calls), are one plain data-modifying statement instead ([`PG_LONE_DEBIT`],
+//! [`PG_LONE_DEBITS`]), which leaves to `ledger_post_set` only the debits it did not
+//! write, to say why.
 //!
 //! Postings keep connections of their own between them, one per lane
 //! ([`LedgerConnections`]): a posting takes the one used last and puts it back when done,
