@@ -1026,6 +1026,27 @@ macro_rules! lone_debit_body {
     };
 }
 
+/// The arguments of one [`lone_debit_body!`].
+const LONE_DEBIT_ARGUMENTS: usize = 17;
+
+/// `sql` with every numbered argument `$n` made `$(n + offset)`.
+fn renumbered(sql: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + sql.len() / 16);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + offset).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// What a lone debit's command decided.
 enum LoneDebit {
     /// Written.
@@ -1064,6 +1085,30 @@ impl SqliteStore {
     /// [`lone_debit_body!`] alone, for a debit in a batch's open write transaction.
     const LONE_DEBIT_BODY: &'static str = lone_debit_body!();
 
+    /// Lone debits one batch command holds at most ([`Self::lone_debits_command`]).
+    /// Each count is a statement of its own in the connection's cache (sqlx keeps 100),
+    /// twice (with and without its transaction).
+    const LONE_DEBITS_PER_COMMAND: usize = 16;
+
+    /// `n` (1 to [`Self::LONE_DEBITS_PER_COMMAND`]) copies of [`lone_debit_body!`], one
+    /// after another, the `i`th (from 0) with its arguments renumbered `$(17i + 1)` to
+    /// `$(17i + 17)`; between `BEGIN IMMEDIATE` and `COMMIT` when `whole`. Made once.
+    fn lone_debits_command(n: usize, whole: bool) -> &'static str {
+        static COMMANDS: std::sync::OnceLock<Vec<[String; 2]>> = std::sync::OnceLock::new();
+        let commands = COMMANDS.get_or_init(|| {
+            (1..=SqliteStore::LONE_DEBITS_PER_COMMAND)
+                .map(|n| {
+                    let bodies: Vec<String> =
+                        (0..n).map(|i| renumbered(SqliteStore::LONE_DEBIT_BODY, LONE_DEBIT_ARGUMENTS * i)).collect();
+                    let bodies = bodies.join("; ");
+                    let whole = format!("BEGIN IMMEDIATE; {bodies}; COMMIT");
+                    [bodies, whole]
+                })
+                .collect()
+        });
+        commands[n - 1][usize::from(whole)].as_str()
+    }
+
     /// The debited leg, then both legs in order, when `posting` takes the one-command
     /// path: two legs, one of them a debit of a tenant account and the other a platform
     /// account, no hold, not capped at what is available.
@@ -1088,14 +1133,28 @@ impl SqliteStore {
         sql: &'static str,
         posting: &Posting,
         debit: &Leg,
-        [a, b]: [&Leg; 2],
+        legs: [&Leg; 2],
         fingerprint: &str,
         at: DateTime<Utc>,
     ) -> Result<LoneDebit, sqlx::Error> {
-        use sqlx::Row as _;
-        let amount = -debit.amount;
+        let query = Self::bind_lone_debit(sqlx::query(sql), posting, debit, legs, fingerprint, at);
+        let rows = query.fetch_all(conn).await?;
+        let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
+        Self::lone_debit_outcome(row, posting, debit, at)
+    }
+
+    /// `query` with the arguments of [`lone_debit_body!`] for `posting` added (its
+    /// `$1`–`$17`, or the next 17 when several bodies share a command).
+    fn bind_lone_debit<'q>(
+        query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+        posting: &'q Posting,
+        debit: &Leg,
+        [a, b]: [&Leg; 2],
+        fingerprint: &'q str,
+        at: DateTime<Utc>,
+    ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
         let (wallet, held) = (Account::Wallet(posting.tenant.clone()), Account::Held(posting.tenant.clone()));
-        let rows = sqlx::query(sql)
+        query
             .bind(debit.account.key())
             .bind(debit.amount)
             .bind(posting.tenant.as_str())
@@ -1105,7 +1164,7 @@ impl SqliteStore {
             .bind(held.key())
             .bind(posting.id.as_str())
             .bind(posting.kind.as_str())
-            .bind(amount)
+            .bind(-debit.amount)
             .bind(&posting.memo)
             .bind(fingerprint)
             .bind(at)
@@ -1113,9 +1172,17 @@ impl SqliteStore {
             .bind(a.amount)
             .bind(b.account.key())
             .bind(b.amount)
-            .fetch_all(conn)
-            .await?;
-        let row = rows.first().ok_or_else(|| sqlx::Error::RowNotFound)?;
+    }
+
+    /// What a lone debit's statements decided, from the row the last of them answered.
+    fn lone_debit_outcome(
+        row: &sqlx::sqlite::SqliteRow,
+        posting: &Posting,
+        debit: &Leg,
+        at: DateTime<Utc>,
+    ) -> Result<LoneDebit, sqlx::Error> {
+        use sqlx::Row as _;
+        let amount = -debit.amount;
         let column = |i: usize| row.try_get::<i64, _>(i);
         let (written, key_used, reversed) = (column(0)? != 0, column(1)? != 0, column(2)? != 0);
         let balance_after = Balance { available: column(3)?, held: column(4)? };
@@ -1127,7 +1194,8 @@ impl SqliteStore {
         } else if let (true, Some(original)) = (reversed, &posting.reverses) {
             LoneDebit::Refused(LedgerError::AlreadyReversed(original.clone()))
         } else {
-            let available = if debit.account == wallet { balance_after.available } else { balance_after.held };
+            let wallet = matches!(debit.account, Account::Wallet(_));
+            let available = if wallet { balance_after.available } else { balance_after.held };
             LoneDebit::Refused(LedgerError::Insufficient { available, needed: amount })
         })
     }
@@ -1473,6 +1541,14 @@ impl SqliteStore {
         postings: &[Posting],
         at: DateTime<Utc>,
     ) -> Result<Vec<Result<Posted, LedgerError>>, StoreError> {
+        let debits: Option<Vec<_>> =
+            postings.iter().map(|p| p.check().ok().and_then(|()| Self::ledger_lone_debit(p))).collect();
+        let mut scopes = HashSet::with_capacity(postings.len());
+        if let Some(debits) = debits
+            && postings.iter().all(|p| scopes.insert((&p.tenant, &p.key)))
+        {
+            return self.ledger_post_lone_debits(postings, &debits, at).await;
+        }
         let mut conn = self.ledger_connection().await?;
         let mut tx = Self::ledger_begin_on(conn.get()).await?;
         let mut posted_keys: HashSet<(&TenantId, &IdempotencyKey)> = HashSet::new();
@@ -1530,6 +1606,53 @@ impl SqliteStore {
         tx.commit().await.map_err(super::backend_err)?;
         conn.settle();
         Ok(outcomes)
+    }
+
+    /// A batch of lone debits ([`Self::ledger_lone_debit`], all checked), each with
+    /// another key, in one write transaction with one hop to the connection's worker per
+    /// [`Self::LONE_DEBITS_PER_COMMAND`] debits ([`Self::lone_debits_command`]) instead
+    /// of one per debit. Each debit's statements see the ones before them, so debits of
+    /// one tenant are decided in order on its running balance, as if posted alone. A
+    /// used key is answered after the commit. `Err` when the transaction failed: it was
+    /// rolled back (the connection, unsettled, is closed).
+    async fn ledger_post_lone_debits(
+        &self,
+        postings: &[Posting],
+        debits: &[(&Leg, &Leg, &Leg)],
+        at: DateTime<Utc>,
+    ) -> Result<Vec<Result<Posted, LedgerError>>, StoreError> {
+        let be = super::backend_err;
+        let fingerprints: Vec<String> = postings.iter().map(Posting::fingerprint).collect();
+        let mut conn = self.ledger_connection().await?;
+        let whole = postings.len() <= Self::LONE_DEBITS_PER_COMMAND;
+        if !whole {
+            sqlx::query("BEGIN IMMEDIATE").execute(conn.get()).await.map_err(be)?;
+        }
+        let mut outcomes = Vec::with_capacity(postings.len());
+        for start in (0..postings.len()).step_by(Self::LONE_DEBITS_PER_COMMAND) {
+            let end = postings.len().min(start + Self::LONE_DEBITS_PER_COMMAND);
+            let mut query = sqlx::query(Self::lone_debits_command(end - start, whole));
+            for i in start..end {
+                let (debit, a, b) = debits[i];
+                query = Self::bind_lone_debit(query, &postings[i], debit, [a, b], &fingerprints[i], at);
+            }
+            let rows = query.fetch_all(conn.get()).await.map_err(be)?;
+            if rows.len() != end - start {
+                return Err(StoreError::Corrupt(format!("{} debits answered {} rows", end - start, rows.len())));
+            }
+            for (i, row) in (start..end).zip(&rows) {
+                outcomes.push(Self::lone_debit_outcome(row, &postings[i], debits[i].0, at).map_err(be)?);
+            }
+        }
+        if !whole {
+            sqlx::query("COMMIT").execute(conn.get()).await.map_err(be)?;
+        }
+        conn.settle();
+        let mut answers = Vec::with_capacity(postings.len());
+        for ((posting, fingerprint), outcome) in postings.iter().zip(&fingerprints).zip(outcomes) {
+            answers.push(Self::ledger_answer_lone_debit(conn.get(), posting, fingerprint, outcome).await);
+        }
+        Ok(answers)
     }
 
     /// A ledger write transaction on a posting's connection: `BEGIN IMMEDIATE`, as

@@ -37,6 +37,7 @@ backend_tests!(
     store_matches_the_model_under_random_operations,
     a_batch_answers_each_posting_in_arrival_order_as_if_posted_alone,
     a_batch_of_debits_of_different_tenants_answers_each_as_if_posted_alone,
+    a_long_batch_of_one_tenants_debits_pays_in_order_until_the_wallet_runs_out,
     batches_match_the_model_posting_one_by_one,
     concurrent_callers_of_one_tenant_share_commits_and_never_overdraw,
     batches_of_grants_debits_and_replays_match_the_model_posting_one_by_one,
@@ -722,6 +723,47 @@ async fn a_batch_of_debits_of_different_tenants_answers_each_as_if_posted_alone(
     let report = f.credits.audit().await.expect("audit");
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(report.transactions, 5 + 2 + 1 + 2, "grants, the used keys, the reserve, the two debits");
+}
+
+/// A batch of many debits of one tenant, each with its own key (SQLite runs them in
+/// commands of several debits each): paid in order until the wallet runs out, then
+/// refused; a key used before the batch is answered with its posting.
+async fn a_long_batch_of_one_tenants_debits_pays_in_order_until_the_wallet_runs_out(backend: Backend) {
+    let f = fixture(backend).await;
+    let acme = tenant(30);
+    f.credits.grant(&acme, 100, "g", "").await.expect("grant");
+    let used = f.credits.debit(&acme, 4, "used", "m").await.expect("debit").expect("posted");
+    let now = f.clock.now();
+    let mut batch: Vec<Posting> =
+        (0..40).map(|i| Posting::debit(tx_id(), acme.clone(), 3, &format!("k{i}"), "m").expect("valid")).collect();
+    batch.insert(20, Posting::debit(tx_id(), acme.clone(), 4, "used", "m").expect("valid"));
+    let outcomes = f.store.post_batch(&batch, now).await;
+    assert_eq!(outcomes.len(), 41);
+    let mut available = 96;
+    for (i, (posting, outcome)) in batch.iter().zip(&outcomes).enumerate() {
+        if i == 20 {
+            let replay = outcome.as_ref().expect("replay");
+            assert!(replay.replayed && replay.transaction == used.transaction, "{outcome:?}");
+            continue;
+        }
+        if available >= 3 {
+            available -= 3;
+            let posted = outcome.as_ref().expect("posted");
+            assert_eq!(
+                (posted.transaction.id.clone(), posted.balance_after.available),
+                (posting.id.clone(), available)
+            );
+        } else {
+            assert!(
+                matches!(outcome, Err(LedgerError::Insufficient { available: 0, needed: 3 })),
+                "debit {i}: {outcome:?}"
+            );
+        }
+    }
+    assert_eq!(f.credits.balance(&acme).await.expect("balance"), Balance { available: 0, held: 0 });
+    let report = f.credits.audit().await.expect("audit");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.transactions, 2 + 32, "the grant, the used key, 32 debits of 3");
 }
 
 fn tx_id() -> TransactionId {
