@@ -53,8 +53,10 @@
 //! one string from `BEGIN IMMEDIATE` to `COMMIT` whose conditional update is the only
 //! check (unused key, not reversed before, enough balance), whose later writes run only
 //! when the one before wrote (`changes() = 1`), and whose last row says what happened, so
-//! a refusal writes nothing and is answered without another hop. Postings keep their
-//! connection between them ([`LedgerConnections`], as on Postgres), so its page cache
+//! a refusal writes nothing and is answered without another hop. A batch of such debits
+//! with distinct keys (paying callers at once) is one command too, per 16 debits: the
+//! same statements one debit after another, with their arguments renumbered, each
+//! seeing the debits before it. Postings keep their connection between them ([`LedgerConnections`], as on Postgres), so its page cache
 //! stays current; a connection is kept (or goes back to the pool) only when the whole
 //! command ran: after an error, or when the caller's future is dropped, it is closed,
 //! which rolls back what the command left open.
