@@ -243,9 +243,21 @@ fn a_short_call_runs_on_the_callers_thread_and_a_long_one_moves_to_the_sandbox()
         .name("request-thread".into())
         .spawn(move || {
             runtime.block_on(async {
-                let (context, threads) = log_threads();
-                call("progress", json!({ "n": 2 }), &context).await.result.expect("progress");
-                assert_eq!(*threads.lock().expect("lock"), ["request-thread", "request-thread"]);
+                // A short call moves too when an epoch tick (every 10 ms) passes while it
+                // runs, which a loaded machine makes likely now and then: one of a few
+                // attempts staying is the rule.
+                let mut seen = Vec::new();
+                for _ in 0..5 {
+                    let (context, threads) = log_threads();
+                    call("progress", json!({ "n": 2 }), &context).await.result.expect("progress");
+                    let threads = threads.lock().expect("lock").clone();
+                    if threads == ["request-thread", "request-thread"] {
+                        seen.clear();
+                        break;
+                    }
+                    seen.push(threads);
+                }
+                assert!(seen.is_empty(), "a short call never stayed on the caller's thread: {seen:?}");
 
                 let (context, threads) = log_threads();
                 // Tens of milliseconds of guest work, then one log line.
