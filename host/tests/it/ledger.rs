@@ -623,28 +623,14 @@ async fn a_batch_answers_each_posting_in_arrival_order_as_if_posted_alone(backen
         Posting::debit(tx_id(), tenant(2), 1, "a", "").expect("valid"),
     ];
     let outcomes = f.store.post_batch(&batch, now).await;
-    let summary: Vec<String> = outcomes
-        .iter()
-        .map(|o| match o {
-            Ok(p) => format!(
-                "{} {}{}",
-                p.transaction.idempotency_key,
-                p.balance_after.available,
-                if p.replayed { " replay" } else { "" }
-            ),
-            Err(LedgerError::Insufficient { available, needed }) => format!("insufficient {available}/{needed}"),
-            Err(LedgerError::IdempotencyConflict { key }) => format!("conflict {key}"),
-            Err(err) => format!("{err}"),
-        })
-        .collect();
     assert_eq!(
-        summary,
+        summarize(&outcomes),
         [
-            "a 15",
-            "b 5",
+            "a 15/0",
+            "b 5/0",
             "insufficient 5/10",
-            "d 0",
-            "a 15 replay",
+            "d 0/0",
+            "a 15/0 replay",
             "conflict b",
             "insufficient 0/1",
             "insufficient 0/1",
@@ -658,6 +644,26 @@ async fn a_batch_answers_each_posting_in_arrival_order_as_if_posted_alone(backen
     let report = f.credits.audit().await.expect("audit");
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(report.transactions, 4);
+}
+
+/// Each outcome of a batch in a line: the key and the balances after (`available/held`,
+/// and whether it was a replay), or the refusal.
+fn summarize(outcomes: &[Result<maestro_core::Posted, LedgerError>]) -> Vec<String> {
+    outcomes
+        .iter()
+        .map(|o| match o {
+            Ok(p) => format!(
+                "{} {}/{}{}",
+                p.transaction.idempotency_key,
+                p.balance_after.available,
+                p.balance_after.held,
+                if p.replayed { " replay" } else { "" }
+            ),
+            Err(LedgerError::Insufficient { available, needed }) => format!("insufficient {available}/{needed}"),
+            Err(LedgerError::IdempotencyConflict { key }) => format!("conflict {key}"),
+            Err(err) => format!("{err}"),
+        })
+        .collect()
 }
 
 /// A batch of lone debits, each of another tenant (Postgres posts it with one plain
@@ -686,23 +692,8 @@ async fn a_batch_of_debits_of_different_tenants_answers_each_as_if_posted_alone(
         debit(&holding, 30, "a"),
     ];
     let outcomes = f.store.post_batch(&batch, now).await;
-    let summary: Vec<String> = outcomes
-        .iter()
-        .map(|o| match o {
-            Ok(p) => format!(
-                "{} {}/{}{}",
-                p.transaction.idempotency_key,
-                p.balance_after.available,
-                p.balance_after.held,
-                if p.replayed { " replay" } else { "" }
-            ),
-            Err(LedgerError::Insufficient { available, needed }) => format!("insufficient {available}/{needed}"),
-            Err(LedgerError::IdempotencyConflict { key }) => format!("conflict {key}"),
-            Err(err) => format!("{err}"),
-        })
-        .collect();
     assert_eq!(
-        summary,
+        summarize(&outcomes),
         ["a 70/0", "insufficient 5/10", "insufficient 0/1", "used 30/0 replay", "conflict used", "a 50/20"]
     );
     assert_eq!(outcomes[3].as_ref().expect("replay").transaction, original.transaction);
