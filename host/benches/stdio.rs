@@ -13,6 +13,15 @@
 //! - `Tools::call` of `calc.evaluate` in this process (the call pipeline without the
 //!   transport: policy, charge, sandbox).
 //!
+//! A peer measured the same way in the same run, when `STDIO_BENCH_PEER` names its
+//! command (program and arguments, split on spaces), `STDIO_BENCH_PEER_TOOL` the tool
+//! to call and `STDIO_BENCH_PEER_ARGUMENTS` its arguments (JSON): the same client spawns
+//! it, initializes, waits until `tools/list` shows the tool (a peer may load its
+//! components after answering `initialize`), then makes the same 200 calls. For
+//! Wassette built from source: `STDIO_BENCH_PEER="<target>/release/wassette serve
+//! --stdio --plugin-dir <dir>"` with a component exporting `add: func(a: s32, b: s32) ->
+//! s32` in `<dir>`, `STDIO_BENCH_PEER_TOOL=add`, `STDIO_BENCH_PEER_ARGUMENTS='{"a":6,"b":7}'`.
+//!
 //! Each case runs [`ROUNDS`] fresh processes; the figures of every round are printed,
 //! and the summary takes the round with the median p50. Server CPU per call is the
 //! `maestro mcp` process's user + system time over the 200 calls (10 ms ticks, so a
@@ -81,6 +90,16 @@ fn main() {
         summary.push((case, goal, in_process, median_round(rounds)));
     }
 
+    let peer = Peer::from_env().map(|peer| {
+        println!("\npeer: {} (tool `{}`), the same client and method", peer.command.join(" "), peer.tool);
+        print_header();
+        let rounds: Vec<Run> = (0..ROUNDS).map(|_| peer.round()).collect();
+        for run in &rounds {
+            run.print("peer stdio");
+        }
+        median_round(rounds)
+    });
+
     println!("\nSummary (round with the median p50; ratios to the floors of this run)");
     for (case, goal, in_process, run) in &summary {
         let p50 = micros(run.p(0.5));
@@ -94,6 +113,18 @@ fn main() {
             p50 / micros(in_process.p(0.5)).max(1e-9),
             micros(in_process.p(0.5)),
         );
+    }
+    if let Some(peer) = &peer {
+        println!(
+            "  {:<14} p50 {:>7.1} µs  p90 {:>7.1} µs  = {:.1}× the pipe round trip",
+            "peer",
+            micros(peer.p(0.5)),
+            micros(peer.p(0.9)),
+            micros(peer.p(0.5)) / micros(pipe.p(0.5)).max(1e-9),
+        );
+        for (case, _, _, run) in &summary {
+            println!("  {case:<14} / peer: {:.2}×", micros(run.p(0.5)) / micros(peer.p(0.5)).max(1e-9));
+        }
     }
 }
 
@@ -296,6 +327,80 @@ fn stdio_round(setup: &Setup) -> Run {
     let _ = child.wait();
     latencies.sort_unstable();
     Run { latencies, server_cpu: Some(server_cpu) }
+}
+
+/// A peer MCP server over stdio (`STDIO_BENCH_PEER`, see the module notes).
+struct Peer {
+    command: Vec<String>,
+    tool: String,
+    arguments: Value,
+}
+
+impl Peer {
+    fn from_env() -> Option<Self> {
+        let command: Vec<String> =
+            std::env::var("STDIO_BENCH_PEER").ok()?.split_whitespace().map(str::to_owned).collect();
+        if command.is_empty() {
+            return None;
+        }
+        let tool = std::env::var("STDIO_BENCH_PEER_TOOL").expect("STDIO_BENCH_PEER_TOOL names the peer's tool");
+        let arguments = std::env::var("STDIO_BENCH_PEER_ARGUMENTS").unwrap_or_else(|_| "{}".to_owned());
+        let arguments = serde_json::from_str(&arguments).expect("STDIO_BENCH_PEER_ARGUMENTS is JSON");
+        Some(Self { command, tool, arguments })
+    }
+
+    /// One fresh process: initialize, wait for the tool, then [`CALLS`] calls.
+    fn round(&self) -> Run {
+        let mut child = Command::new(&self.command[0])
+            .args(&self.command[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the peer starts");
+        let pid = child.id().to_string();
+        let mut client = LineClient::new(&mut child);
+        let initialize = json!({
+            "jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": { "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": { "name": "bench", "version": "1" } },
+        });
+        client.request(0, &initialize.to_string()).expect("the peer initializes");
+        client.send(&json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }).to_string());
+        let started = Instant::now();
+        let mut id = 1u64;
+        loop {
+            let list = json!({ "jsonrpc": "2.0", "id": id, "method": "tools/list" }).to_string();
+            let tools = client.request(id, &list).expect("the peer lists its tools");
+            id += 1;
+            let listed = tools["tools"].as_array().is_some_and(|tools| tools.iter().any(|t| t["name"] == self.tool));
+            if listed {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "the peer never listed `{}`: {tools}", self.tool);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let before = cpu_time(&pid);
+        let mut latencies = Vec::with_capacity(CALLS);
+        for _ in 0..CALLS {
+            let call = json!({
+                "jsonrpc": "2.0", "id": id, "method": "tools/call",
+                "params": { "name": self.tool, "arguments": self.arguments },
+            })
+            .to_string();
+            let begun = Instant::now();
+            let result = client.request(id, &call).unwrap_or_else(|e| panic!("peer call failed: {e}"));
+            latencies.push(begun.elapsed());
+            assert!(result["isError"] != Value::Bool(true), "{result}");
+            id += 1;
+        }
+        let server_cpu = cpu_time(&pid).saturating_sub(before);
+        drop(client);
+        // A peer need not exit when its stdin closes.
+        let _ = child.kill();
+        let _ = child.wait();
+        latencies.sort_unstable();
+        Run { latencies, server_cpu: Some(server_cpu) }
+    }
 }
 
 /// The same client and lines through `cat`: the pipe round trip alone.
