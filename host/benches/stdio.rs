@@ -21,6 +21,9 @@
 //! Wassette built from source: `STDIO_BENCH_PEER="<target>/release/wassette serve
 //! --stdio --plugin-dir <dir>"` with a component exporting `add: func(a: s32, b: s32) ->
 //! s32` in `<dir>`, `STDIO_BENCH_PEER_TOOL=add`, `STDIO_BENCH_PEER_ARGUMENTS='{"a":6,"b":7}'`.
+//! For hyper-mcp: `STDIO_BENCH_PEER="<target>/release/hyper-mcp -c <config.json>"` with
+//! a plugin `calc` given by a `file://` URL there, `STDIO_BENCH_PEER_TOOL=calc-add`, and
+//! `RUST_LOG=off` (it logs to stdout otherwise, which no stdio client can read).
 //!
 //! Each case runs [`ROUNDS`] fresh processes; the figures of every round are printed,
 //! and the summary takes the round with the median p50. Server CPU per call is the
