@@ -308,12 +308,7 @@ fn stdio_round(setup: &Setup) -> Run {
         .expect("maestro mcp starts");
     let pid = child.id().to_string();
     let mut client = LineClient::new(&mut child);
-    let initialize = json!({
-        "jsonrpc": "2.0", "id": 0, "method": "initialize",
-        "params": { "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "bench", "version": "1" } },
-    });
-    client.request(0, &initialize.to_string()).expect("initialize");
-    client.send(&json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }).to_string());
+    client.initialize("2025-11-25").expect("initialize");
     let before = cpu_time(&pid);
     let mut latencies = Vec::with_capacity(CALLS);
     for id in 1..=CALLS as u64 {
@@ -363,12 +358,7 @@ impl Peer {
             .expect("the peer starts");
         let pid = child.id().to_string();
         let mut client = LineClient::new(&mut child);
-        let initialize = json!({
-            "jsonrpc": "2.0", "id": 0, "method": "initialize",
-            "params": { "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": { "name": "bench", "version": "1" } },
-        });
-        client.request(0, &initialize.to_string()).expect("the peer initializes");
-        client.send(&json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }).to_string());
+        client.initialize("2025-06-18").expect("the peer initializes");
         let started = Instant::now();
         let mut id = 1u64;
         loop {
@@ -450,6 +440,18 @@ impl LineClient {
         bytes.push(b'\n');
         self.stdin.write_all(&bytes).expect("write stdin");
         self.stdin.flush().expect("flush stdin");
+    }
+
+    /// The MCP handshake: `initialize` (request id 0) asking for `protocol_version`, then
+    /// `notifications/initialized`.
+    fn initialize(&mut self, protocol_version: &str) -> Result<Value, String> {
+        let initialize = json!({
+            "jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": { "protocolVersion": protocol_version, "capabilities": {}, "clientInfo": { "name": "bench", "version": "1" } },
+        });
+        let result = self.request(0, &initialize.to_string())?;
+        self.send(&json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }).to_string());
+        Ok(result)
     }
 
     /// Sends a message and reads lines until the response with `id` (skipping
